@@ -1,0 +1,49 @@
+//! Client-server API: capabilities negotiation (`GET /capabilities`).
+
+use std::{collections::BTreeMap, sync::Arc};
+
+#[allow(deprecated)]
+use ruma::{
+    api::client::discovery::get_capabilities::v3::{
+        self as get_capabilities, Capabilities, ChangePasswordCapability, RoomVersionStability, RoomVersionsCapability,
+        SetAvatarUrlCapability, SetDisplayNameCapability, ThirdPartyIdChangesCapability,
+    },
+    RoomVersionId,
+};
+
+use crate::{api::Ruma, error::Result, Services};
+
+/// Room versions Hearth implements.
+pub const ROOM_VERSIONS: &[RoomVersionId] = &[
+    RoomVersionId::V1,
+    RoomVersionId::V2,
+    RoomVersionId::V3,
+    RoomVersionId::V4,
+    RoomVersionId::V5,
+    RoomVersionId::V6,
+    RoomVersionId::V7,
+    RoomVersionId::V8,
+    RoomVersionId::V9,
+    RoomVersionId::V10,
+    RoomVersionId::V11,
+    RoomVersionId::V12,
+];
+
+/// `GET /_matrix/client/v3/capabilities`
+///
+/// `m.set_displayname` / `m.set_avatar_url` are deprecated in favour of `m.profile_fields`
+/// but Element and Nheko still read them.
+#[allow(deprecated)]
+pub async fn get_capabilities(
+    s: Arc<Services>,
+    _req: Ruma<get_capabilities::Request>,
+) -> Result<get_capabilities::Response> {
+    let available: BTreeMap<_, _> = ROOM_VERSIONS.iter().map(|v| (v.clone(), RoomVersionStability::Stable)).collect();
+    let mut caps = Capabilities::new();
+    caps.change_password = ChangePasswordCapability::new(true);
+    caps.room_versions = RoomVersionsCapability::new(s.config.default_room_version.clone(), available);
+    caps.set_displayname = SetDisplayNameCapability::new(true);
+    caps.set_avatar_url = SetAvatarUrlCapability::new(true);
+    caps.thirdparty_id_changes = ThirdPartyIdChangesCapability::new(false);
+    Ok(get_capabilities::Response::new(caps))
+}

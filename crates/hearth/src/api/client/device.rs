@@ -1,0 +1,88 @@
+//! Client-server API: device management (`/devices`, `/delete_devices`).
+
+use std::sync::Arc;
+
+use ruma::{
+    api::client::{
+        device::{self, delete_device, delete_devices, get_device, get_devices, update_device},
+        uiaa::AuthType,
+    },
+    DeviceId, MilliSecondsSinceUnixEpoch, UInt,
+};
+
+use crate::{
+    api::Ruma,
+    error::{Error, Result},
+    users::{devices::Device, uiaa::Purpose},
+    Services,
+};
+
+fn to_ruma(id: &DeviceId, d: Device) -> device::Device {
+    let mut out = device::Device::new(id.to_owned());
+    out.display_name = d.display_name;
+    out.last_seen_ip = d.last_seen_ip;
+    out.last_seen_ts = d.last_seen_ts.and_then(|ts| UInt::new(ts).map(MilliSecondsSinceUnixEpoch));
+    out
+}
+
+/// `GET /_matrix/client/v3/devices`
+pub async fn get_devices(s: Arc<Services>, req: Ruma<get_devices::v3::Request>) -> Result<get_devices::v3::Response> {
+    let caller = req.caller()?;
+    let devices = s.users.devices(&caller.user_id)?.into_iter().map(|(id, d)| to_ruma(&id, d)).collect();
+    Ok(get_devices::v3::Response::new(devices))
+}
+
+/// `GET /_matrix/client/v3/devices/{deviceId}`
+pub async fn get_device(s: Arc<Services>, req: Ruma<get_device::v3::Request>) -> Result<get_device::v3::Response> {
+    let caller = req.caller()?;
+    let device =
+        s.users.device(&caller.user_id, &req.body.device_id)?.ok_or_else(|| Error::not_found("No such device"))?;
+    Ok(get_device::v3::Response::new(to_ruma(&req.body.device_id, device)))
+}
+
+/// `PUT /_matrix/client/v3/devices/{deviceId}`
+pub async fn update_device(
+    s: Arc<Services>,
+    req: Ruma<update_device::v3::Request>,
+) -> Result<update_device::v3::Response> {
+    let caller = req.caller()?;
+    s.users.set_device_display_name(&caller.user_id, &req.body.device_id, req.body.display_name.clone())?;
+    Ok(update_device::v3::Response::new())
+}
+
+/// `DELETE /_matrix/client/v3/devices/{deviceId}`
+///
+/// Behind a password UIA stage; revokes the device's token.
+pub async fn delete_device(
+    s: Arc<Services>,
+    req: Ruma<delete_device::v3::Request>,
+) -> Result<delete_device::v3::Response> {
+    let caller = req.caller()?;
+    if s.users.device(&caller.user_id, &req.body.device_id)?.is_none() {
+        return Err(Error::not_found("No such device"));
+    }
+    let flows = vec![vec![AuthType::Password]];
+    s.uiaa.check(Purpose::DeleteDevices, Some(&caller.user_id), &flows, req.body.auth.as_ref()).await?;
+    s.users.delete_devices(&caller.user_id, std::slice::from_ref(&req.body.device_id))?;
+    Ok(delete_device::v3::Response::new())
+}
+
+/// Most devices one `delete_devices` call may name.
+pub const MAX_DELETE_DEVICES: usize = 1000;
+
+/// `POST /_matrix/client/v3/delete_devices`
+///
+/// Behind a password UIA stage; unknown device ids are ignored.
+pub async fn delete_devices(
+    s: Arc<Services>,
+    req: Ruma<delete_devices::v3::Request>,
+) -> Result<delete_devices::v3::Response> {
+    let caller = req.caller()?;
+    if req.body.devices.len() > MAX_DELETE_DEVICES {
+        return Err(Error::too_large(format!("At most {MAX_DELETE_DEVICES} devices per request")));
+    }
+    let flows = vec![vec![AuthType::Password]];
+    s.uiaa.check(Purpose::DeleteDevices, Some(&caller.user_id), &flows, req.body.auth.as_ref()).await?;
+    s.users.delete_devices(&caller.user_id, &req.body.devices)?;
+    Ok(delete_devices::v3::Response::new())
+}

@@ -1,0 +1,81 @@
+//! Client-server API: login and logout.
+
+use std::sync::Arc;
+
+use ruma::api::client::{
+    session::{
+        get_login_types::v3::{self as get_login_types, LoginType, PasswordLoginType},
+        login::v3::{self as login, DiscoveryInfo, HomeserverInfo, LoginInfo},
+        logout, logout_all,
+    },
+    uiaa::UserIdentifier,
+};
+
+use crate::{
+    api::Ruma,
+    error::{Error, Result},
+    Services,
+};
+
+/// `GET /_matrix/client/v3/login`
+pub async fn get_login_types(
+    _s: Arc<Services>,
+    _req: Ruma<get_login_types::Request>,
+) -> Result<get_login_types::Response> {
+    Ok(get_login_types::Response::new(vec![LoginType::Password(PasswordLoginType::new())]))
+}
+
+/// The same refusal for an unknown user and a wrong password, so login does not reveal
+/// who has an account.
+fn bad_credentials() -> Error {
+    Error::forbidden("Invalid username or password")
+}
+
+/// `POST /_matrix/client/v3/login`
+///
+/// `m.login.password` with a localpart or a full user id of this server, given as an
+/// `m.id.user` identifier or the legacy `user` field.
+pub async fn login(s: Arc<Services>, req: Ruma<login::Request>) -> Result<login::Response> {
+    let body = req.body;
+    let LoginInfo::Password(password) = &body.login_info else {
+        return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unsupported login type"));
+    };
+    #[allow(deprecated)]
+    let typed = match (&password.identifier, &password.user) {
+        (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
+        (None, Some(user)) => user.clone(),
+        (Some(_), _) => return Err(Error::forbidden("Only user id login is supported")),
+        (None, None) => return Err(Error::missing_param("identifier is required")),
+    };
+    let user_id = s.users.parse_login_user(&typed).ok_or_else(bad_credentials)?;
+    let users = s.users.clone();
+    let (uid, pw) = (user_id.clone(), password.password.clone());
+    let ok = tokio::task::spawn_blocking(move || users.check_password(&uid, &pw))
+        .await
+        .map_err(|e| Error::internal(format!("password check task: {e}")))??;
+    if !ok {
+        return Err(bad_credentials());
+    }
+    let (device_id, token) = s.users.login_device(&user_id, body.device_id, body.initial_device_display_name, None)?;
+    let mut res = login::Response::new(user_id, token, device_id);
+    if s.config.allow_well_known {
+        res.well_known = Some(DiscoveryInfo::new(HomeserverInfo::new(s.config.client_base_url())));
+    }
+    Ok(res)
+}
+
+/// `POST /_matrix/client/v3/logout`
+///
+/// Revokes the token and deletes its device.
+pub async fn logout(s: Arc<Services>, req: Ruma<logout::v3::Request>) -> Result<logout::v3::Response> {
+    let caller = req.caller()?;
+    s.users.delete_devices(&caller.user_id, std::slice::from_ref(&caller.device_id))?;
+    Ok(logout::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/logout/all`
+pub async fn logout_all(s: Arc<Services>, req: Ruma<logout_all::v3::Request>) -> Result<logout_all::v3::Response> {
+    let caller = req.caller()?;
+    s.users.delete_all_devices_except(&caller.user_id, None)?;
+    Ok(logout_all::v3::Response::new())
+}

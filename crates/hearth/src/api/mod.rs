@@ -1,0 +1,302 @@
+//! The HTTP surface: how a request becomes a typed ruma request and a typed ruma response
+//! becomes HTTP. Handlers live in `client/` (one file per spec chapter) and `well_known.rs`.
+//!
+//! [`Ruma<R>`] is the extractor every handler takes. In order it reads the body within
+//! `max_request_size` (413 `M_TOO_LARGE`), checks it is JSON (400 `M_NOT_JSON`),
+//! authenticates the caller as the endpoint's metadata demands (401 `M_MISSING_TOKEN` /
+//! `M_UNKNOWN_TOKEN`), then lets ruma parse path, query and body (400 `M_BAD_JSON` or
+//! `M_INVALID_PARAM`). A handler therefore only ever sees well-formed input.
+
+pub mod client;
+pub mod key;
+pub mod well_known;
+
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    body::Body,
+    extract::{FromRequest, FromRequestParts, RawPathParams, Request, State},
+    response::{IntoResponse, Response},
+    routing::{on, MethodFilter},
+    Router,
+};
+use bytes::{Bytes, BytesMut};
+use http::{header, Method, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use ruma::{
+    api::{
+        auth_scheme::{
+            AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken, NoAuthentication,
+        },
+        error::{DeserializationError, FromHttpRequestError},
+        path_builder::PathBuilder,
+        IncomingRequest, IncomingRequestExt, OutgoingResponseExt,
+    },
+    OwnedDeviceId, OwnedUserId,
+};
+
+use crate::{
+    error::{Error, Result},
+    Services,
+};
+
+/// What an endpoint's ruma metadata says about who may call it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthKind {
+    /// No token looked at.
+    None,
+    /// A valid access token is required.
+    Required,
+    /// A token may be given; if given it must be valid.
+    Optional,
+    /// Signed by a remote server (federation).
+    Server,
+}
+
+/// Maps ruma's authentication scheme types to [`AuthKind`].
+pub trait AuthPolicy {
+    const KIND: AuthKind;
+}
+
+impl AuthPolicy for NoAuthentication {
+    const KIND: AuthKind = AuthKind::None;
+}
+impl AuthPolicy for NoAccessToken {
+    const KIND: AuthKind = AuthKind::None;
+}
+impl AuthPolicy for AccessToken {
+    const KIND: AuthKind = AuthKind::Required;
+}
+impl AuthPolicy for AccessTokenOptional {
+    const KIND: AuthKind = AuthKind::Optional;
+}
+// Application services are not supported yet: their token is treated as a user token,
+// which no appservice will have, so they are refused with M_UNKNOWN_TOKEN.
+impl AuthPolicy for AppserviceToken {
+    const KIND: AuthKind = AuthKind::Required;
+}
+impl AuthPolicy for AppserviceTokenOptional {
+    const KIND: AuthKind = AuthKind::Optional;
+}
+impl AuthPolicy for ruma::api::federation::authentication::ServerSignatures {
+    const KIND: AuthKind = AuthKind::Server;
+}
+
+/// The authenticated caller, when there is one.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+}
+
+/// A parsed, authenticated request of ruma type `R`.
+pub struct Ruma<R> {
+    pub body: R,
+    pub caller: Option<Caller>,
+}
+
+impl<R> Ruma<R> {
+    /// The caller of an endpoint whose metadata requires a token.
+    pub fn caller(&self) -> Result<&Caller> {
+        self.caller.as_ref().ok_or_else(Error::missing_token)
+    }
+}
+
+/// The access token from `Authorization: Bearer …` or the deprecated `access_token` query
+/// parameter (still sent by some clients and bridges).
+fn access_token(parts: &http::request::Parts) -> Result<Option<String>> {
+    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| Error::unknown_token())?;
+        let token = value.strip_prefix("Bearer ").ok_or_else(Error::unknown_token)?.trim();
+        return Ok(Some(token.to_owned()));
+    }
+    let query = parts.uri.query().unwrap_or("");
+    for (k, v) in query_pairs(query) {
+        if k == "access_token" {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
+
+/// Minimal `application/x-www-form-urlencoded` pair parsing for the token lookup.
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Reads the whole body, refusing more than `limit` bytes.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(Error::too_large(format!("Request body is larger than the limit of {limit} bytes")))
+        }
+        Err(e) => Err(Error::invalid_param(format!("Could not read the request body: {e}"))),
+    }
+}
+
+fn map_parse_error(err: FromHttpRequestError) -> Error {
+    match err {
+        FromHttpRequestError::MethodMismatch { .. } => {
+            Error::unrecognized(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed for this endpoint")
+        }
+        FromHttpRequestError::Deserialization(e) => match e {
+            DeserializationError::Json(e) => Error::bad_json(format!("Invalid request body: {e}")),
+            DeserializationError::Query(e) => Error::invalid_param(format!("Invalid query parameters: {e}")),
+            DeserializationError::Ident(e) => Error::invalid_param(format!("Invalid identifier: {e}")),
+            other => Error::bad_json(format!("Invalid request: {other}")),
+        },
+        // FromHttpRequestError is non-exhaustive.
+        #[allow(unreachable_patterns)]
+        other => Error::bad_json(format!("Invalid request: {other}")),
+    }
+}
+
+impl<R> FromRequest<Arc<Services>> for Ruma<R>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: AuthPolicy,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, services: &Arc<Services>) -> Result<Self> {
+        let (mut parts, body) = req.into_parts();
+        let path_params = RawPathParams::from_request_parts(&mut parts, services)
+            .await
+            .map_err(|e| Error::invalid_param(format!("Invalid path: {e}")))?;
+        let path_args: Vec<&str> = path_params.iter().map(|(_, v)| v).collect();
+
+        let mut body = read_body(body, services.config.max_request_size as usize).await?;
+        if body.is_empty() && parts.method != Method::GET && parts.method != Method::HEAD {
+            // Clients post `/logout` and friends with no body at all; that means `{}`.
+            body = Bytes::from_static(b"{}");
+        }
+        if !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            return Err(Error::not_json("Request body is not valid JSON"));
+        }
+        body = drop_empty_auth(body);
+
+        let caller = match <R::Authentication as AuthPolicy>::KIND {
+            AuthKind::None | AuthKind::Server => None,
+            kind => match access_token(&parts)? {
+                Some(token) => Some(services.users.authenticate(&token)?),
+                None if kind == AuthKind::Required => return Err(Error::missing_token()),
+                None => None,
+            },
+        };
+
+        let http_req = http::Request::from_parts(parts, body.as_ref());
+        let parsed = R::try_from_http_request(http_req, &path_args).map_err(map_parse_error)?;
+        Ok(Ruma { body: parsed, caller })
+    }
+}
+
+/// matrix-nio (and Synapse, which accepts it) opens UIA with an `auth` object that has
+/// neither `type` nor `session`, e.g. `{"initial_device_display_name": …}`. The spec allows
+/// leaving out `type` only with a `session`; such an object carries no authentication, so
+/// it is read as no `auth` at all rather than refused as `M_BAD_JSON`.
+fn drop_empty_auth(body: Bytes) -> Bytes {
+    // Cheap pre-check: only bodies that mention `"auth"` are parsed again.
+    if !body.windows(6).any(|w| w == b"\"auth\"") {
+        return body;
+    }
+    let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return body;
+    };
+    let empty = match map.get("auth") {
+        Some(serde_json::Value::Object(auth)) => !auth.contains_key("type") && !auth.contains_key("session"),
+        _ => false,
+    };
+    if !empty {
+        return body;
+    }
+    map.remove("auth");
+    serde_json::to_vec(&map).map(Bytes::from).unwrap_or(body)
+}
+
+/// A ruma response as an axum response.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: ruma::api::OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<BytesMut>() {
+            Ok(res) => res.map(|b| Body::from(b.freeze())),
+            Err(e) => Error::internal(format!("cannot serialise response: {e}")).into_response(),
+        }
+    }
+}
+
+fn method_filter(method: &Method) -> MethodFilter {
+    match *method {
+        Method::GET => MethodFilter::GET,
+        Method::POST => MethodFilter::POST,
+        Method::PUT => MethodFilter::PUT,
+        Method::DELETE => MethodFilter::DELETE,
+        Method::PATCH => MethodFilter::PATCH,
+        Method::HEAD => MethodFilter::HEAD,
+        _ => MethodFilter::OPTIONS,
+    }
+}
+
+/// Extension to register a ruma endpoint on every path its metadata names.
+pub trait RumaRouter {
+    fn ruma<R, H, Fut>(self, handler: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthPolicy,
+        R::OutgoingResponse: Send,
+        H: Fn(Arc<Services>, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static;
+}
+
+impl RumaRouter for Router<Arc<Services>> {
+    fn ruma<R, H, Fut>(mut self, handler: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthPolicy,
+        R::OutgoingResponse: Send,
+        H: Fn(Arc<Services>, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
+    {
+        let mut filter = method_filter(&R::METHOD);
+        if R::METHOD == Method::GET {
+            filter = filter.or(MethodFilter::HEAD);
+        }
+        for path in R::PATH_BUILDER.all_paths() {
+            let handler = handler.clone();
+            self = self.route(
+                path,
+                on(filter, move |State(s): State<Arc<Services>>, req: Ruma<R>| async move {
+                    handler(s, req).await.map(RumaResponse)
+                }),
+            );
+        }
+        self
+    }
+}

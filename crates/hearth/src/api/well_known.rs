@@ -1,0 +1,45 @@
+//! `/.well-known/matrix/client` and `/.well-known/matrix/server`, with Conduit's semantics:
+//! both are served when `allow_well_known` is on; the server document only when federation
+//! is allowed. CORS (any origin) comes from the global layer, as web clients need.
+
+use std::sync::Arc;
+
+use axum::Router;
+use ruma::api::{
+    client::discovery::discover_homeserver::{self, HomeserverInfo},
+    federation::discovery::discover_homeserver as discover_server,
+};
+
+use super::{Ruma, RumaRouter};
+use crate::{
+    error::{Error, Result},
+    Services,
+};
+
+pub fn routes() -> Router<Arc<Services>> {
+    Router::new().ruma(client).ruma(server)
+}
+
+/// `GET /.well-known/matrix/client`
+pub async fn client(
+    s: Arc<Services>,
+    _req: Ruma<discover_homeserver::Request>,
+) -> Result<discover_homeserver::Response> {
+    if !s.config.allow_well_known {
+        return Err(Error::not_found("Well-known delegation is not served here"));
+    }
+    Ok(discover_homeserver::Response::new(HomeserverInfo::new(s.config.client_base_url())))
+}
+
+/// `GET /.well-known/matrix/server`
+pub async fn server(s: Arc<Services>, _req: Ruma<discover_server::Request>) -> Result<discover_server::Response> {
+    if !s.config.allow_well_known || !s.config.allow_federation {
+        return Err(Error::not_found("Well-known delegation is not served here"));
+    }
+    let server = s
+        .config
+        .federation_server()
+        .parse()
+        .map_err(|_| Error::internal("well_known.server is not a valid host:port"))?;
+    Ok(discover_server::Response::new(server))
+}

@@ -1,0 +1,464 @@
+//! Configuration: one [`Config`], loaded from built-in defaults, then a TOML file, then
+//! `HEARTH_*` environment variables, then `CONDUIT_*` ones (later sources win).
+//!
+//! Conduit compatibility is the point: every key of a Conduit ConfigMap means the same
+//! here. Conduit's TOML files keep their keys under `[global]`; that table is read as the
+//! top level. Conduit's flat environment names for nested keys (`CONDUIT_WELL_KNOWN_CLIENT`)
+//! map onto the nested key (`well_known.client`), as do `__`-separated ones.
+//!
+//! A value of the wrong type stops start-up with one line naming the key and its source;
+//! an unknown key is a warning naming it, because a typo must not pass silently.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use figment::{
+    providers::{Env, Serialized},
+    Figment, Provider,
+};
+use ruma::{OwnedServerName, RoomVersionId};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Backend, Durability};
+
+/// Where `/.well-known/matrix/*` points clients and servers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WellKnown {
+    /// Base URL for clients (`m.homeserver.base_url`). Default: `https://<server_name>`.
+    pub client: Option<String>,
+    /// `host:port` other servers federate with (`m.server`). Default: `<server_name>:443`.
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub server_name: OwnedServerName,
+    pub database_path: PathBuf,
+    pub database_backend: Backend,
+    /// fsync every acknowledged write (survives power loss). With `false`, writes survive a
+    /// crash of Hearth but not of the machine.
+    pub database_fsync: bool,
+    /// RocksDB block cache, in MiB.
+    pub db_cache_capacity_mb: u64,
+    pub address: IpAddr,
+    pub port: u16,
+    pub max_concurrent_requests: u16,
+    pub max_request_size: u32,
+    pub allow_registration: bool,
+    pub registration_token: Option<String>,
+    pub registration_token_file: Option<PathBuf>,
+    pub allow_federation: bool,
+    /// Accepted for Conduit compatibility; Hearth never contacts anyone to check for updates.
+    pub allow_check_for_updates: bool,
+    pub trusted_servers: Vec<OwnedServerName>,
+    pub allow_well_known: bool,
+    pub well_known: WellKnown,
+    pub allow_encryption: bool,
+    pub default_room_version: RoomVersionId,
+    /// `tracing` filter, e.g. `info` or `hearth=debug,info`. `RUST_LOG` overrides it.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server_name: "localhost".try_into().expect("static server name"),
+            database_path: PathBuf::from("./hearth-data"),
+            database_backend: Backend::Rocksdb,
+            database_fsync: true,
+            db_cache_capacity_mb: 64,
+            address: IpAddr::from([127, 0, 0, 1]),
+            port: 6167,
+            max_concurrent_requests: 100,
+            max_request_size: 20_000_000,
+            allow_registration: false,
+            registration_token: None,
+            registration_token_file: None,
+            allow_federation: true,
+            allow_check_for_updates: false,
+            trusted_servers: vec!["matrix.org".try_into().expect("static server name")],
+            allow_well_known: true,
+            well_known: WellKnown::default(),
+            allow_encryption: true,
+            default_room_version: RoomVersionId::V12,
+            log: "info".to_owned(),
+        }
+    }
+}
+
+/// A configuration problem, worded for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Conduit's flat environment names for nested keys.
+const FLAT_ALIASES: &[(&str, &str)] =
+    &[("well_known_client", "well_known.client"), ("well_known_server", "well_known.server")];
+
+/// Keys read from the environment that are not configuration keys.
+const NOT_KEYS: &[&str] = &["config"];
+
+fn env_provider(prefix: &str) -> Env {
+    Env::prefixed(prefix)
+        .filter(|k| !NOT_KEYS.iter().any(|n| k.as_str().eq_ignore_ascii_case(n)))
+        .map(|k| {
+            let lower = k.as_str().to_ascii_lowercase();
+            match FLAT_ALIASES.iter().find(|(flat, _)| *flat == lower) {
+                Some((_, nested)) => (*nested).to_owned().into(),
+                None => lower.replace("__", ".").into(),
+            }
+        })
+        .lowercase(false)
+}
+
+/// The TOML file to read: `--config`, else `HEARTH_CONFIG`, else `CONDUIT_CONFIG`; an
+/// empty value means "no file" (Conduit's ConfigMaps set `CONDUIT_CONFIG: ''`).
+pub fn config_file_path(cli: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    if let Some(p) = cli {
+        return Some(p.to_path_buf());
+    }
+    for var in ["HEARTH_CONFIG", "CONDUIT_CONFIG"] {
+        if let Some(v) = env(var) {
+            return if v.trim().is_empty() { None } else { Some(PathBuf::from(v)) };
+        }
+    }
+    None
+}
+
+/// Reads a TOML file, lifting Conduit's `[global]` table to the top level.
+fn read_toml(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+    let mut table: toml::Table =
+        text.parse().map_err(|e| ConfigError(format!("config file {} is not valid TOML: {e}", path.display())))?;
+    if let Some(toml::Value::Table(global)) = table.remove("global") {
+        for (k, v) in global {
+            table.insert(k, v);
+        }
+    }
+    Ok(table)
+}
+
+/// A TOML file's keys (after lifting `[global]`), named after the file in error messages.
+struct FileSource {
+    name: String,
+    table: toml::Table,
+}
+
+impl Provider for FileSource {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(format!("configuration file {}", self.name))
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Serialized::defaults(&self.table).data()
+    }
+}
+
+/// The loaded configuration plus the warnings found while loading it.
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Loads from the process environment and an optional file.
+    pub fn load(cli_file: Option<&Path>) -> Result<Loaded, ConfigError> {
+        let file = config_file_path(cli_file, &|k| std::env::var(k).ok());
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &file {
+            figment = figment.merge(FileSource { name: format!("{}", path.display()), table: read_toml(path)? });
+        }
+        figment = figment.merge(env_provider("HEARTH_")).merge(env_provider("CONDUIT_"));
+        Self::from_figment(figment)
+    }
+
+    fn from_figment(figment: Figment) -> Result<Loaded, ConfigError> {
+        let mut config: Config = figment.extract().map_err(describe_figment_error)?;
+        let mut warnings = unknown_keys(&figment);
+        config.resolve_secrets()?;
+        config.validate(&mut warnings)?;
+        Ok(Loaded { config, warnings })
+    }
+
+    /// Reads `registration_token_file` (a Kubernetes Secret mounted as a file).
+    fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.registration_token_file else { return Ok(()) };
+        if self.registration_token.is_some() {
+            return Err(ConfigError(
+                "registration_token and registration_token_file are both set; set only one".into(),
+            ));
+        }
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("registration_token_file: cannot read {}: {e}", path.display())))?;
+        let token = token.trim_end_matches(['\n', '\r']).to_owned();
+        if token.is_empty() {
+            return Err(ConfigError(format!("registration_token_file: {} is empty", path.display())));
+        }
+        self.registration_token = Some(token);
+        Ok(())
+    }
+
+    fn validate(&mut self, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+        if self.max_request_size < 1024 {
+            return Err(ConfigError("max_request_size: expected at least 1024 bytes".into()));
+        }
+        if self.max_concurrent_requests == 0 {
+            return Err(ConfigError("max_concurrent_requests: expected at least 1".into()));
+        }
+        if let Some(url) = &self.well_known.client {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(ConfigError(format!(
+                    "well_known.client: expected an http(s) URL such as https://matrix.example.org, got {url:?}"
+                )));
+            }
+        }
+        if let Some(t) = &self.registration_token {
+            if t.is_empty() {
+                self.registration_token = None;
+            }
+        }
+        if self.allow_registration && self.registration_token.is_none() {
+            warnings.push(
+                "allow_registration is true and no registration_token is set: anyone who can reach \
+                 this server can create an account"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn durability(&self) -> Durability {
+        if self.database_fsync {
+            Durability::Fsync
+        } else {
+            Durability::Process
+        }
+    }
+
+    /// `m.homeserver.base_url` for `/.well-known/matrix/client` and login responses.
+    pub fn client_base_url(&self) -> String {
+        match &self.well_known.client {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("https://{}", self.server_name),
+        }
+    }
+
+    /// `m.server` for `/.well-known/matrix/server`.
+    pub fn federation_server(&self) -> String {
+        match &self.well_known.server {
+            Some(s) => s.clone(),
+            None if self.server_name.port().is_some() => self.server_name.to_string(),
+            None => format!("{}:443", self.server_name),
+        }
+    }
+
+    /// The effective configuration as TOML, secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        if shown.registration_token.is_some() {
+            shown.registration_token = Some("********".into());
+        }
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}"))
+    }
+}
+
+/// One line naming the key, what it expected, and where the bad value came from.
+fn describe_figment_error(err: figment::Error) -> ConfigError {
+    let err = err.into_iter().next().unwrap_or_else(|| figment::Error::from("unknown error".to_owned()));
+    let key = err.path.join(".");
+    let source = err.metadata.as_ref().map(|m| describe_source(&m.name, &err.path)).unwrap_or_default();
+    if key.is_empty() {
+        ConfigError(format!("invalid configuration: {}{source}", err.kind))
+    } else {
+        ConfigError(format!("invalid configuration value for `{key}`: {}{source}", err.kind))
+    }
+}
+
+/// " (from CONDUIT_PORT)" for environment values, " (from <what>)" otherwise.
+fn describe_source(metadata_name: &str, path: &[String]) -> String {
+    if metadata_name.contains("environment") {
+        if let Some(prefix) = metadata_name.split('`').nth(1) {
+            let var = path.iter().map(|p| p.to_ascii_uppercase()).collect::<Vec<_>>().join("__");
+            return format!(" (from {prefix}{var})");
+        }
+    }
+    format!(" (from {metadata_name})")
+}
+
+/// Keys present in the sources that [`Config`] does not have.
+fn unknown_keys(figment: &Figment) -> Vec<String> {
+    let known = serde_json::to_value(Config::default()).unwrap_or_default();
+    let Ok(data) = figment.data() else { return Vec::new() };
+    let mut warnings = Vec::new();
+    for dict in data.values() {
+        collect_unknown(dict, &known, "", figment, &mut warnings);
+    }
+    warnings.sort();
+    warnings.dedup();
+    warnings
+}
+
+fn collect_unknown(
+    dict: &BTreeMap<String, figment::value::Value>,
+    known: &serde_json::Value,
+    prefix: &str,
+    figment: &Figment,
+    out: &mut Vec<String>,
+) {
+    for (key, value) in dict {
+        let full = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match known.get(key) {
+            None => {
+                let source = figment.find_metadata(&full).map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+                out.push(format!("unknown configuration key `{full}` ignored{source}"));
+            }
+            Some(serde_json::Value::Object(_)) => {
+                if let figment::value::Value::Dict(_, inner) = value {
+                    collect_unknown(inner, &known[key], &full, figment, out);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loads a configuration from exactly these environment variables (no file).
+    #[allow(clippy::result_large_err)]
+    fn with_env(vars: &[(&str, &str)], check: impl FnOnce(Result<Loaded, ConfigError>)) {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            for (k, v) in vars {
+                jail.set_env(k, v);
+            }
+            let figment = Figment::from(Serialized::defaults(Config::default()))
+                .merge(env_provider("HEARTH_"))
+                .merge(env_provider("CONDUIT_"));
+            check(Config::from_figment(figment));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn seed_configmap_is_understood() {
+        with_env(
+            &[
+                ("CONDUIT_CONFIG", ""),
+                ("CONDUIT_SERVER_NAME", "choppa.xyz"),
+                ("CONDUIT_DATABASE_PATH", "/var/lib/matrix-conduit/"),
+                ("CONDUIT_DATABASE_BACKEND", "rocksdb"),
+                ("CONDUIT_ADDRESS", "0.0.0.0"),
+                ("CONDUIT_PORT", "6167"),
+                ("CONDUIT_MAX_CONCURRENT_REQUESTS", "200"),
+                ("CONDUIT_MAX_REQUEST_SIZE", "20000000"),
+                ("CONDUIT_ALLOW_REGISTRATION", "true"),
+                ("CONDUIT_ALLOW_FEDERATION", "true"),
+                ("CONDUIT_ALLOW_CHECK_FOR_UPDATES", "true"),
+                ("CONDUIT_TRUSTED_SERVERS", "[\"matrix.org\"]"),
+                ("CONDUIT_ALLOW_WELL_KNOWN", "true"),
+                ("CONDUIT_WELL_KNOWN_CLIENT", "https://talk.choppa.xyz"),
+                ("CONDUIT_WELL_KNOWN_SERVER", "talk.choppa.xyz:443"),
+                ("CONDUIT_REGISTRATION_TOKEN", "mypasswordoraccesstoken"),
+            ],
+            |loaded| {
+                let loaded = loaded.unwrap();
+                let c = loaded.config;
+                assert_eq!(c.server_name.as_str(), "choppa.xyz");
+                assert_eq!(c.database_path, PathBuf::from("/var/lib/matrix-conduit/"));
+                assert_eq!(c.database_backend, Backend::Rocksdb);
+                assert_eq!(c.address.to_string(), "0.0.0.0");
+                assert_eq!(c.port, 6167);
+                assert_eq!(c.max_concurrent_requests, 200);
+                assert_eq!(c.max_request_size, 20_000_000);
+                assert!(c.allow_registration && c.allow_federation && c.allow_well_known);
+                assert_eq!(c.trusted_servers.len(), 1);
+                assert_eq!(c.client_base_url(), "https://talk.choppa.xyz");
+                assert_eq!(c.federation_server(), "talk.choppa.xyz:443");
+                assert_eq!(c.registration_token.as_deref(), Some("mypasswordoraccesstoken"));
+                assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+            },
+        );
+    }
+
+    #[test]
+    fn hearth_env_loses_to_conduit_env_and_nested_names_work() {
+        with_env(
+            &[
+                ("HEARTH_PORT", "7000"),
+                ("CONDUIT_PORT", "7001"),
+                ("HEARTH_WELL_KNOWN__CLIENT", "https://a.example"),
+                ("HEARTH_DATABASE_BACKEND", "sqlite"),
+            ],
+            |loaded| {
+                let c = loaded.unwrap().config;
+                assert_eq!(c.port, 7001);
+                assert_eq!(c.client_base_url(), "https://a.example");
+                assert_eq!(c.database_backend, Backend::Sqlite);
+            },
+        );
+    }
+
+    #[test]
+    fn bad_value_names_key_and_source() {
+        let expect_err = |vars: &[(&str, &str)], needles: &[&str]| {
+            with_env(vars, |r| {
+                let err = r.err().expect("bad value must be refused").0;
+                for n in needles {
+                    assert!(err.contains(n), "{err} lacks {n}");
+                }
+            })
+        };
+        expect_err(&[("CONDUIT_PORT", "sixty")], &["`port`", "CONDUIT_PORT"]);
+        expect_err(&[("CONDUIT_DATABASE_BACKEND", "postgres")], &["database_backend"]);
+        expect_err(&[("CONDUIT_SERVER_NAME", "not a name")], &["server_name"]);
+    }
+
+    #[test]
+    fn unknown_key_is_a_warning() {
+        with_env(&[("CONDUIT_ALOW_REGISTRATION", "true")], |loaded| {
+            let loaded = loaded.unwrap();
+            assert!(loaded.warnings.iter().any(|w| w.contains("alow_registration")), "{:?}", loaded.warnings);
+        });
+    }
+
+    #[test]
+    fn conduit_toml_global_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conduit.toml");
+        std::fs::write(&path, "[global]\nserver_name = \"example.org\"\nport = 8008\n").unwrap();
+        let table = read_toml(&path).unwrap();
+        let c: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Serialized::defaults(table))
+            .extract()
+            .unwrap();
+        assert_eq!(c.server_name.as_str(), "example.org");
+        assert_eq!(c.port, 8008);
+    }
+
+    #[test]
+    fn masked_output_hides_token() {
+        let c = Config { registration_token: Some("sekrit".into()), ..Config::default() };
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains("sekrit"));
+        assert!(shown.contains("********"));
+    }
+
+    #[test]
+    fn token_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "abc\n").unwrap();
+        let mut c = Config { registration_token_file: Some(path), ..Config::default() };
+        c.resolve_secrets().unwrap();
+        assert_eq!(c.registration_token.as_deref(), Some("abc"));
+    }
+}

@@ -1,0 +1,128 @@
+//! The one error type every request path returns, and its mapping to Matrix errors.
+//!
+//! A client always gets `{"errcode": …, "error": …}` with the spec's status code. Faults
+//! of our own (storage, bugs) are logged with the request's id and answered with a bare
+//! 500 `M_UNKNOWN`; their details stay in the log.
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use serde_json::{json, Map, Value};
+
+use crate::store::StoreError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A refusal the client should understand.
+    #[error("{errcode}: {message}")]
+    Matrix { status: StatusCode, errcode: &'static str, message: String, extra: Map<String, Value> },
+    /// User-interactive authentication is (still) needed: 401 with the flows.
+    #[error("user-interactive authentication required")]
+    Uiaa(Value),
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn matrix(status: StatusCode, errcode: &'static str, message: impl Into<String>) -> Self {
+        Error::Matrix { status, errcode, message: message.into(), extra: Map::new() }
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::matrix(StatusCode::FORBIDDEN, "M_FORBIDDEN", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::matrix(StatusCode::NOT_FOUND, "M_NOT_FOUND", message)
+    }
+
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Self::matrix(StatusCode::BAD_REQUEST, "M_BAD_JSON", message)
+    }
+
+    pub fn not_json(message: impl Into<String>) -> Self {
+        Self::matrix(StatusCode::BAD_REQUEST, "M_NOT_JSON", message)
+    }
+
+    pub fn invalid_param(message: impl Into<String>) -> Self {
+        Self::matrix(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", message)
+    }
+
+    pub fn missing_param(message: impl Into<String>) -> Self {
+        Self::matrix(StatusCode::BAD_REQUEST, "M_MISSING_PARAM", message)
+    }
+
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::matrix(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", message)
+    }
+
+    pub fn unrecognized(status: StatusCode, message: impl Into<String>) -> Self {
+        Self::matrix(status, "M_UNRECOGNIZED", message)
+    }
+
+    pub fn missing_token() -> Self {
+        Self::matrix(StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN", "Missing access token")
+    }
+
+    pub fn unknown_token() -> Self {
+        let mut extra = Map::new();
+        extra.insert("soft_logout".into(), Value::Bool(false));
+        Error::Matrix {
+            status: StatusCode::UNAUTHORIZED,
+            errcode: "M_UNKNOWN_TOKEN",
+            message: "Unknown or expired access token".into(),
+            extra,
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::Internal(message.into())
+    }
+
+    /// The errcode a client sees (used by logs and tests).
+    pub fn errcode(&self) -> &'static str {
+        match self {
+            Error::Matrix { errcode, .. } => errcode,
+            Error::Uiaa(_) => "M_FORBIDDEN",
+            Error::Store(_) | Error::Internal(_) => "M_UNKNOWN",
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut res = (status, bytes).into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        match self {
+            Error::Matrix { status, errcode, message, extra } => {
+                let mut body = extra;
+                body.insert("errcode".into(), Value::String(errcode.into()));
+                body.insert("error".into(), Value::String(message));
+                json_response(status, &Value::Object(body))
+            }
+            Error::Uiaa(body) => json_response(StatusCode::UNAUTHORIZED, &body),
+            Error::Store(e) => {
+                tracing::error!(error = %e, "storage failure while serving a request");
+                json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({"errcode": "M_UNKNOWN", "error": "Internal server error"}),
+                )
+            }
+            Error::Internal(e) => {
+                tracing::error!(error = %e, "internal failure while serving a request");
+                json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({"errcode": "M_UNKNOWN", "error": "Internal server error"}),
+                )
+            }
+        }
+    }
+}

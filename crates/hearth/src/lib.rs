@@ -1,0 +1,88 @@
+//! Hearth: a Matrix homeserver for self-hosters, in one binary over one embedded database.
+//!
+//! Layers, top to bottom (nothing points back up):
+//! - `api`: the HTTP surface — typed ruma requests in, typed ruma responses out;
+//! - services: `users` (accounts, devices, tokens, profiles, UIA), `server_key`, …;
+//! - `store`: ordered key/value tables over RocksDB or SQLite;
+//! - shared basics: `config`, `error`, `time`.
+//!
+//! [`Services`] owns one instance of each service and is handed to handlers as axum state;
+//! there are no globals, so one process can run several servers (the tests do).
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod server;
+pub mod server_key;
+pub mod store;
+pub mod time;
+pub mod users;
+
+use std::sync::Arc;
+
+pub use crate::config::Config;
+use crate::{
+    server_key::ServerKey,
+    store::{Store, StoreError},
+    users::{
+        uiaa::{TokenCheck, Uiaa},
+        Users,
+    },
+};
+
+/// Everything a request handler may use.
+pub struct Services {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub users: Arc<Users>,
+    pub uiaa: Uiaa,
+    pub server_key: ServerKey,
+}
+
+/// Registration tokens accepted by `m.login.registration_token`.
+pub struct RegistrationTokens {
+    configured: Option<String>,
+}
+
+impl RegistrationTokens {
+    pub fn is_required(&self) -> bool {
+        self.configured.is_some()
+    }
+}
+
+impl TokenCheck for RegistrationTokens {
+    fn is_valid(&self, token: &str) -> error::Result<bool> {
+        Ok(self.configured.as_deref().is_some_and(|c| constant_time_eq(c.as_bytes(), token.as_bytes())))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Services {
+    /// Opens the data directory and builds every service.
+    pub fn open(config: Config) -> Result<Arc<Self>, StoreError> {
+        let store = Arc::new(Store::open(
+            &config.database_path,
+            config.database_backend,
+            config.durability(),
+            config.db_cache_capacity_mb,
+        )?);
+        let server_key = ServerKey::load_or_create(&store, config.server_name.clone())?;
+        let users = Arc::new(Users::new(store.clone(), config.server_name.clone()));
+        let tokens = Arc::new(RegistrationTokens { configured: config.registration_token.clone() });
+        let uiaa = Uiaa::new(users.clone(), tokens);
+        Ok(Arc::new(Services { config, store, users, uiaa, server_key }))
+    }
+
+    /// Whether registration needs a token (and so offers `m.login.registration_token`).
+    pub fn registration_token_required(&self) -> bool {
+        self.config.registration_token.is_some()
+    }
+
+    /// Checks a registration token outside UIA (the validity endpoint).
+    pub fn registration_token_valid(&self, token: &str) -> error::Result<bool> {
+        RegistrationTokens { configured: self.config.registration_token.clone() }.is_valid(token)
+    }
+}

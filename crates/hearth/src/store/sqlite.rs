@@ -1,0 +1,167 @@
+//! The SQLite engine: one `WITHOUT ROWID` table per table, in `<database_path>/sqlite/hearth.db`.
+//!
+//! WAL mode: one writer connection behind a mutex, a few reader connections that never
+//! block it. A batch is one transaction. `synchronous=FULL` with [`Durability::Fsync`],
+//! `NORMAL` (survives a process crash, not a power cut) with [`Durability::Process`].
+
+use std::{
+    path::Path,
+    sync::atomic::{AtomicUsize, Ordering as AtomicOrdering},
+};
+
+use parking_lot::Mutex;
+use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension};
+
+use super::{dir_size, tables, Batch, Durability, Engine, KeyRange, Op, Order, Result, StoreError, Visit};
+
+const SUBDIR: &str = "sqlite";
+const FILE: &str = "hearth.db";
+const READERS: usize = 4;
+
+pub struct SqliteEngine {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    dir: std::path::PathBuf,
+}
+
+fn configure(conn: &Connection, durability: Durability) -> Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match durability {
+        Durability::Fsync => "FULL",
+        Durability::Process => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(())
+}
+
+impl SqliteEngine {
+    pub fn open(root: &Path, durability: Durability) -> Result<Self> {
+        let dir = root.join(SUBDIR);
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join(FILE);
+        let writer = Connection::open(&file)?;
+        configure(&writer, durability)?;
+        for t in tables::ALL {
+            writer.execute_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS \"{t}\" (k BLOB PRIMARY KEY NOT NULL, v BLOB NOT NULL) WITHOUT ROWID;"
+            ))?;
+        }
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r =
+                Connection::open_with_flags(&file, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+            r.busy_timeout(std::time::Duration::from_secs(10))?;
+            readers.push(Mutex::new(r));
+        }
+        Ok(SqliteEngine { writer: Mutex::new(writer), readers, next_reader: AtomicUsize::new(0), dir })
+    }
+
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        for r in &self.readers {
+            if let Some(conn) = r.try_lock() {
+                return f(&conn);
+            }
+        }
+        let i = self.next_reader.fetch_add(1, AtomicOrdering::Relaxed) % self.readers.len();
+        f(&self.readers[i].lock())
+    }
+}
+
+fn check_table(table: &'static str) -> Result<()> {
+    // Table names are interpolated into SQL, so only declared names may pass.
+    if tables::ALL.contains(&table) {
+        Ok(())
+    } else {
+        Err(StoreError::Other(format!("unknown table {table}")))
+    }
+}
+
+impl Engine for SqliteEngine {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        check_table(table)?;
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(&format!("SELECT v FROM \"{table}\" WHERE k = ?1"))?;
+            Ok(stmt.query_row([key], |row| row.get::<_, Vec<u8>>(0)).optional()?)
+        })
+    }
+
+    fn scan(&self, table: &'static str, range: &KeyRange, order: Order, visit: Visit<'_>) -> Result<()> {
+        check_table(table)?;
+        let mut sql = format!("SELECT k, v FROM \"{table}\"");
+        let mut params: Vec<&[u8]> = Vec::new();
+        let mut conds = Vec::new();
+        if let Some(lower) = &range.lower {
+            params.push(lower);
+            conds.push(format!("k >= ?{}", params.len()));
+        }
+        if let Some(upper) = &range.upper {
+            params.push(upper);
+            conds.push(format!("k < ?{}", params.len()));
+        }
+        if !conds.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conds.join(" AND "));
+        }
+        sql.push_str(match order {
+            Order::Ascending => " ORDER BY k ASC",
+            Order::Descending => " ORDER BY k DESC",
+        });
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let mut rows = stmt.query(params_from_iter(params.iter()))?;
+            while let Some(row) = rows.next()? {
+                let k = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+                let v = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+                if !visit(k, v)? {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn write(&self, batch: Batch) -> Result<()> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction()?;
+        for op in batch.ops {
+            match op {
+                Op::Put { table, key, value } => {
+                    check_table(table)?;
+                    tx.prepare_cached(&format!("INSERT OR REPLACE INTO \"{table}\" (k, v) VALUES (?1, ?2)"))?
+                        .execute((key, value))?;
+                }
+                Op::Delete { table, key } => {
+                    check_table(table)?;
+                    tx.prepare_cached(&format!("DELETE FROM \"{table}\" WHERE k = ?1"))?.execute([key])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        let conn = self.writer.lock();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn backup(&self, dest: &Path) -> Result<()> {
+        let dir = dest.join(SUBDIR);
+        std::fs::create_dir_all(&dir)?;
+        let target = dir.join(FILE);
+        let target = target.to_str().ok_or_else(|| StoreError::Other("backup path is not valid UTF-8".into()))?;
+        // VACUUM INTO writes a consistent, compacted copy from one read transaction.
+        self.with_reader(|c| {
+            c.execute("VACUUM INTO ?1", [target])?;
+            Ok(())
+        })
+    }
+
+    fn size_on_disk(&self) -> Result<u64> {
+        dir_size(&self.dir)
+    }
+}

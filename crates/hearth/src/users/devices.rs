@@ -1,0 +1,188 @@
+//! Devices and their access tokens.
+//!
+//! A device is what a login creates; its access token is the only credential a client
+//! holds. `ACCESS_TOKENS` maps SHA-256(token) to its (user, device), and the device record
+//! keeps the same hash so deleting a device revokes its token in the same batch.
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use rand::{Rng, RngCore};
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::Users;
+use crate::{
+    api::Caller,
+    error::{Error, Result},
+    json_value,
+    store::{tables, Batch, Table},
+    time::now_millis,
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Device {
+    pub display_name: Option<String>,
+    /// SHA-256 of the current access token.
+    pub token_hash: Vec<u8>,
+    pub created_ts: u64,
+    pub last_seen_ts: Option<u64>,
+    pub last_seen_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenOwner {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+}
+
+json_value!(Device, TokenOwner);
+
+pub const DEVICES: Table<(String, String), Device> = Table::new(tables::DEVICES);
+pub const ACCESS_TOKENS: Table<Vec<u8>, TokenOwner> = Table::new(tables::ACCESS_TOKENS);
+
+/// Longest device display name kept.
+pub const MAX_DISPLAY_NAME: usize = 256;
+/// Longest client-chosen device id accepted.
+pub const MAX_DEVICE_ID: usize = 255;
+
+fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// 32 random bytes, URL-safe base64.
+fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn new_device_id() -> OwnedDeviceId {
+    let mut rng = rand::thread_rng();
+    let id: String = (0..10).map(|_| rng.gen_range(b'A'..=b'Z') as char).collect();
+    id.into()
+}
+
+fn clamp_display_name(name: Option<String>) -> Option<String> {
+    name.map(|mut n| {
+        if n.len() > MAX_DISPLAY_NAME {
+            let mut cut = MAX_DISPLAY_NAME;
+            while !n.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            n.truncate(cut);
+        }
+        n
+    })
+}
+
+impl Users {
+    /// Resolves an access token to its caller.
+    pub fn authenticate(&self, token: &str) -> Result<Caller> {
+        let owner = ACCESS_TOKENS.get(self.store(), &token_hash(token))?.ok_or_else(Error::unknown_token)?;
+        Ok(Caller { user_id: owner.user_id, device_id: owner.device_id })
+    }
+
+    /// Logs a device in: creates it (or, for an existing device id of this user, replaces
+    /// its token) and returns the device id and the new access token.
+    pub fn login_device(
+        &self,
+        user_id: &UserId,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<String>,
+        ip: Option<String>,
+    ) -> Result<(OwnedDeviceId, String)> {
+        if let Some(d) = &device_id {
+            if d.as_str().is_empty() || d.as_str().len() > MAX_DEVICE_ID {
+                return Err(Error::invalid_param("device_id must be 1 to 255 bytes"));
+            }
+        }
+        let device_id = device_id.unwrap_or_else(new_device_id);
+        let token = new_token();
+        let hash = token_hash(&token);
+        let now = now_millis();
+
+        let _guard = self.write_lock.lock();
+        let mut batch = Batch::new();
+        let device = match DEVICES.get(self.store(), (user_id.as_str(), device_id.as_str()))? {
+            Some(mut existing) => {
+                ACCESS_TOKENS.delete(&mut batch, &existing.token_hash);
+                existing.token_hash = hash.clone();
+                existing.last_seen_ts = Some(now);
+                existing.last_seen_ip = ip;
+                existing
+            }
+            None => Device {
+                display_name: clamp_display_name(display_name),
+                token_hash: hash.clone(),
+                created_ts: now,
+                last_seen_ts: Some(now),
+                last_seen_ip: ip,
+            },
+        };
+        DEVICES.put(&mut batch, (user_id.as_str(), device_id.as_str()), &device);
+        ACCESS_TOKENS.put(&mut batch, &hash, &TokenOwner { user_id: user_id.to_owned(), device_id: device_id.clone() });
+        self.store().write(batch)?;
+        Ok((device_id, token))
+    }
+
+    pub fn device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<Device>> {
+        Ok(DEVICES.get(self.store(), (user_id.as_str(), device_id.as_str()))?)
+    }
+
+    pub fn devices(&self, user_id: &UserId) -> Result<Vec<(OwnedDeviceId, Device)>> {
+        Ok(DEVICES
+            .collect_prefix(self.store(), user_id.as_str())?
+            .into_iter()
+            .map(|(id, d)| (OwnedDeviceId::from(id), d))
+            .collect())
+    }
+
+    pub fn set_device_display_name(&self, user_id: &UserId, device_id: &DeviceId, name: Option<String>) -> Result<()> {
+        let _guard = self.write_lock.lock();
+        let key = (user_id.as_str(), device_id.as_str());
+        let mut device = DEVICES.get(self.store(), key)?.ok_or_else(|| Error::not_found("No such device"))?;
+        device.display_name = clamp_display_name(name);
+        let mut batch = Batch::new();
+        DEVICES.put(&mut batch, key, &device);
+        Ok(self.store().write(batch)?)
+    }
+
+    /// Deletes devices (and so their tokens). Unknown device ids are skipped, as the spec
+    /// asks of `delete_devices`.
+    pub fn delete_devices(&self, user_id: &UserId, device_ids: &[OwnedDeviceId]) -> Result<()> {
+        let _guard = self.write_lock.lock();
+        let mut batch = Batch::new();
+        for d in device_ids {
+            self.delete_device_into(&mut batch, user_id, d.as_str())?;
+        }
+        Ok(self.store().write(batch)?)
+    }
+
+    /// Deletes every device of the user except `keep`.
+    pub fn delete_all_devices_except(&self, user_id: &UserId, keep: Option<&DeviceId>) -> Result<()> {
+        let ids: Vec<OwnedDeviceId> =
+            self.devices(user_id)?.into_iter().map(|(id, _)| id).filter(|id| Some(id.as_ref()) != keep).collect();
+        self.delete_devices(user_id, &ids)
+    }
+
+    /// Adds the deletion of one device and its token to `batch`. Callers hold `write_lock`.
+    pub(super) fn delete_device_into(&self, batch: &mut Batch, user_id: &UserId, device_id: &str) -> Result<()> {
+        let key = (user_id.as_str(), device_id);
+        if let Some(device) = DEVICES.get(self.store(), key)? {
+            ACCESS_TOKENS.delete(batch, &device.token_hash);
+            DEVICES.delete(batch, key);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_are_long_and_unique() {
+        let a = super::new_token();
+        let b = super::new_token();
+        assert_ne!(a, b);
+        assert!(a.len() >= 43);
+    }
+}

@@ -1,0 +1,186 @@
+//! User-interactive authentication (UIA): the 401 dance that guards registration,
+//! password changes, deactivation and device deletion.
+//!
+//! Sessions live in memory, bound to the purpose and (when there is one) the user that
+//! started them, and expire after [`SESSION_TTL`]. A server restart simply makes clients
+//! start over, which every client handles. The number of live sessions is bounded.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
+use rand::{distributions::Alphanumeric, Rng};
+use ruma::{
+    api::client::uiaa::{AuthData, AuthType, UserIdentifier},
+    OwnedUserId, UserId,
+};
+use serde_json::{json, Value};
+
+use super::Users;
+use crate::error::{Error, Result};
+
+pub const SESSION_TTL: Duration = Duration::from_secs(15 * 60);
+pub const MAX_SESSIONS: usize = 10_000;
+
+/// What a UIA session authorises; a session started for one cannot complete another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Register,
+    ChangePassword,
+    Deactivate,
+    DeleteDevices,
+    SigningKeys,
+}
+
+struct Session {
+    purpose: Purpose,
+    user: Option<OwnedUserId>,
+    completed: Vec<AuthType>,
+    expires: Instant,
+}
+
+/// Checks registration tokens; the static token from the configuration for now.
+pub trait TokenCheck: Send + Sync {
+    fn is_valid(&self, token: &str) -> Result<bool>;
+}
+
+pub struct Uiaa {
+    users: Arc<Users>,
+    tokens: Arc<dyn TokenCheck>,
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+/// The flows an endpoint offers, each a list of stages.
+pub type Flows = Vec<Vec<AuthType>>;
+
+impl Uiaa {
+    pub fn new(users: Arc<Users>, tokens: Arc<dyn TokenCheck>) -> Self {
+        Uiaa { users, tokens, sessions: Mutex::new(HashMap::new()) }
+    }
+
+    /// Succeeds once the client has completed one of `flows`; otherwise answers 401 with
+    /// what remains. `user` is the authenticated caller, if any: password stages must prove
+    /// that same user.
+    pub async fn check(
+        &self,
+        purpose: Purpose,
+        user: Option<&UserId>,
+        flows: &Flows,
+        auth: Option<&AuthData>,
+    ) -> Result<()> {
+        let Some(auth) = auth else {
+            let session = self.start(purpose, user)?;
+            return Err(self.challenge(flows, &session, &[], None));
+        };
+        let session = match auth.session() {
+            Some(id) => {
+                let sessions = self.sessions.lock();
+                match sessions.get(id) {
+                    Some(s) if s.purpose == purpose && s.user.as_deref() == user && s.expires > Instant::now() => {
+                        id.to_owned()
+                    }
+                    _ => {
+                        drop(sessions);
+                        let session = self.start(purpose, user)?;
+                        return Err(self.challenge(
+                            flows,
+                            &session,
+                            &[],
+                            Some(("M_UNKNOWN", "Unknown or expired UIA session")),
+                        ));
+                    }
+                }
+            }
+            // A client that sends a stage straight away, without a session, is accepted.
+            None => self.start(purpose, user)?,
+        };
+
+        let stage = auth.auth_type();
+        let offered = stage.as_ref().is_some_and(|t| flows.iter().any(|f| f.contains(t)));
+        let passed = if offered { self.verify(auth, user).await? } else { false };
+        let completed = {
+            let mut sessions = self.sessions.lock();
+            let Some(s) = sessions.get_mut(&session) else {
+                return Err(self.challenge(flows, &session, &[], Some(("M_UNKNOWN", "UIA session vanished"))));
+            };
+            if let (true, Some(t)) = (passed, stage.clone()) {
+                if !s.completed.contains(&t) {
+                    s.completed.push(t);
+                }
+            }
+            s.completed.clone()
+        };
+        if flows.iter().any(|f| f.iter().all(|t| completed.contains(t))) {
+            self.sessions.lock().remove(&session);
+            return Ok(());
+        }
+        let error = match (offered, passed) {
+            (false, _) => Some(("M_UNRECOGNIZED", "This authentication stage is not offered here")),
+            (true, false) => Some(match stage {
+                Some(AuthType::RegistrationToken) => ("M_FORBIDDEN", "Invalid registration token"),
+                _ => ("M_FORBIDDEN", "Invalid password"),
+            }),
+            (true, true) => None,
+        };
+        Err(self.challenge(flows, &session, &completed, error))
+    }
+
+    fn start(&self, purpose: Purpose, user: Option<&UserId>) -> Result<String> {
+        let mut sessions = self.sessions.lock();
+        let now = Instant::now();
+        sessions.retain(|_, s| s.expires > now);
+        if sessions.len() >= MAX_SESSIONS {
+            return Err(Error::matrix(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                "M_LIMIT_EXCEEDED",
+                "Too many authentication sessions in progress",
+            ));
+        }
+        let id: String = rand::thread_rng().sample_iter(Alphanumeric).take(24).map(char::from).collect();
+        sessions.insert(
+            id.clone(),
+            Session { purpose, user: user.map(ToOwned::to_owned), completed: Vec::new(), expires: now + SESSION_TTL },
+        );
+        Ok(id)
+    }
+
+    fn challenge(&self, flows: &Flows, session: &str, completed: &[AuthType], error: Option<(&str, &str)>) -> Error {
+        let flows: Vec<Value> =
+            flows.iter().map(|f| json!({ "stages": f.iter().map(|t| t.as_str()).collect::<Vec<_>>() })).collect();
+        let mut body = json!({
+            "flows": flows,
+            "params": {},
+            "session": session,
+            "completed": completed.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+        });
+        if let Some((errcode, message)) = error {
+            body["errcode"] = json!(errcode);
+            body["error"] = json!(message);
+        }
+        Error::Uiaa(body)
+    }
+
+    async fn verify(&self, auth: &AuthData, user: Option<&UserId>) -> Result<bool> {
+        match auth {
+            AuthData::Dummy(_) => Ok(true),
+            AuthData::RegistrationToken(t) => self.tokens.is_valid(&t.token),
+            AuthData::Password(p) => {
+                let UserIdentifier::Matrix(id) = &p.identifier else { return Ok(false) };
+                let Some(claimed) = self.users.parse_login_user(&id.user) else { return Ok(false) };
+                // The password must be the caller's own.
+                if user.is_some_and(|u| u != claimed) {
+                    return Ok(false);
+                }
+                let users = self.users.clone();
+                let password = p.password.clone();
+                tokio::task::spawn_blocking(move || users.check_password(&claimed, &password))
+                    .await
+                    .map_err(|e| Error::internal(format!("password check task: {e}")))?
+            }
+            _ => Ok(false),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Bad input gets a Matrix error: never a crash, never a bare HTTP error.
+
+use hearth::store::Backend;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::{
+    both_engines,
+    common::{assert_error, TestServer},
+};
+
+async fn unknown_endpoint_and_wrong_method(b: Backend) {
+    let s = TestServer::start(b).await;
+    assert_error(&s.get("/_matrix/client/v3/nope", None).await, 404, "M_UNRECOGNIZED");
+    assert_error(&s.get("/totally/elsewhere", None).await, 404, "M_UNRECOGNIZED");
+    // /login exists for GET and POST, not DELETE.
+    assert_error(&s.request(Method::DELETE, "/_matrix/client/v3/login", None, None).await, 405, "M_UNRECOGNIZED");
+}
+
+async fn malformed_and_misshapen_json(b: Backend) {
+    let s = TestServer::start(b).await;
+    let res = s
+        .http
+        .post(format!("{}/_matrix/client/v3/login", s.base))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_NOT_JSON");
+
+    // Valid JSON, wrong shape: password must be a string.
+    let got = s.post("/_matrix/client/v3/login", None, json!({"type": "m.login.password", "password": 5})).await;
+    assert_error(&got, 400, "M_BAD_JSON");
+    // Valid JSON that is not an object at all.
+    let got = s.post("/_matrix/client/v3/register", None, json!([1, 2, 3])).await;
+    assert_error(&got, 400, "M_BAD_JSON");
+}
+
+async fn oversized_body_is_413(b: Backend) {
+    let s = TestServer::start(b).await;
+    // The test server's limit is 64 KiB.
+    let big = "x".repeat(70 * 1024);
+    let got = s.post("/_matrix/client/v3/login", None, json!({"type": "m.login.password", "password": big})).await;
+    assert_error(&got, 413, "M_TOO_LARGE");
+}
+
+async fn missing_and_unknown_tokens(b: Backend) {
+    let s = TestServer::start(b).await;
+    assert_error(&s.get("/_matrix/client/v3/account/whoami", None).await, 401, "M_MISSING_TOKEN");
+    let got = s.get("/_matrix/client/v3/account/whoami", Some("not-a-token")).await;
+    assert_error(&got, 401, "M_UNKNOWN_TOKEN");
+    assert_eq!(got.1["soft_logout"], false);
+    // A malformed Authorization header is an unknown token, not a crash.
+    let res = s
+        .http
+        .get(format!("{}/_matrix/client/v3/account/whoami", s.base))
+        .header("authorization", "Basic Zm9vOmJhcg==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+async fn invalid_path_identifier_is_a_client_error(b: Backend) {
+    let s = TestServer::start(b).await;
+    let got = s.get("/_matrix/client/v3/profile/not-a-user-id", None).await;
+    assert_error(&got, 400, "M_INVALID_PARAM");
+    let got = s.get("/_matrix/client/v3/profile/%FF%FE", None).await;
+    assert_eq!(got.0, StatusCode::BAD_REQUEST, "{}", got.1);
+}
+
+async fn cors_preflight_is_answered(b: Backend) {
+    let s = TestServer::start(b).await;
+    let res = s
+        .http
+        .request(Method::OPTIONS, format!("{}/_matrix/client/v3/login", s.base))
+        .header("origin", "https://app.element.io")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization,content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    let methods = res.headers()["access-control-allow-methods"].to_str().unwrap().to_owned();
+    assert!(methods.contains("POST"), "{methods}");
+}
+
+async fn responses_carry_a_request_id(b: Backend) {
+    let s = TestServer::start(b).await;
+    let res = s.http.get(format!("{}/_matrix/client/versions", s.base)).send().await.unwrap();
+    assert!(res.headers().contains_key("x-request-id"));
+}
+
+both_engines!(
+    unknown_endpoint_and_wrong_method,
+    malformed_and_misshapen_json,
+    oversized_body_is_413,
+    missing_and_unknown_tokens,
+    invalid_path_identifier_is_a_client_error,
+    cors_preflight_is_answered,
+    responses_carry_a_request_id,
+);

@@ -1,0 +1,12 @@
+//! End-to-end tests of the HTTP API: a real server on loopback, real HTTP, both engines.
+
+mod common;
+
+mod account;
+mod devices;
+mod discovery;
+mod errors;
+mod login;
+mod processes;
+mod profile;
+mod storage;

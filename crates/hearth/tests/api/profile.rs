@@ -1,0 +1,91 @@
+//! Profiles: display name and avatar.
+
+use hearth::store::Backend;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::{
+    both_engines,
+    common::{assert_error, TestServer, SERVER_NAME},
+};
+
+async fn display_name_and_avatar(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (user, token, _) = s.register("alice", "pw-alice-1").await;
+
+    // Starts as the localpart.
+    let (status, res) = s.get(&format!("/_matrix/client/v3/profile/{user}/displayname"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(res["displayname"], "alice");
+
+    let (status, _) = s
+        .put(
+            &format!("/_matrix/client/v3/profile/{user}/displayname"),
+            Some(&token),
+            json!({"displayname": "Alice A."}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = s
+        .put(
+            &format!("/_matrix/client/v3/profile/{user}/avatar_url"),
+            Some(&token),
+            json!({"avatar_url": "mxc://hearth.test/abc"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, profile) = s.get(&format!("/_matrix/client/v3/profile/{user}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(profile, json!({"displayname": "Alice A.", "avatar_url": "mxc://hearth.test/abc"}));
+    let (_, avatar) = s.get(&format!("/_matrix/client/v3/profile/{user}/avatar_url"), None).await;
+    assert_eq!(avatar["avatar_url"], "mxc://hearth.test/abc");
+
+    // Clearing the name removes it.
+    s.put(&format!("/_matrix/client/v3/profile/{user}/displayname"), Some(&token), json!({"displayname": null})).await;
+    let (_, res) = s.get(&format!("/_matrix/client/v3/profile/{user}/displayname"), None).await;
+    assert!(res.get("displayname").is_none_or(|v| v.is_null()), "{res}");
+}
+
+async fn cannot_edit_someone_else(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (alice, _, _) = s.register("alice", "pw-alice-1").await;
+    let (_, bob, _) = s.register("bob", "pw-bob-1").await;
+    let got = s
+        .put(&format!("/_matrix/client/v3/profile/{alice}/displayname"), Some(&bob), json!({"displayname": "pwned"}))
+        .await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    let got =
+        s.put(&format!("/_matrix/client/v3/profile/{alice}/displayname"), None, json!({"displayname": "pwned"})).await;
+    assert_error(&got, 401, "M_MISSING_TOKEN");
+}
+
+async fn unknown_users_are_404(b: Backend) {
+    let s = TestServer::start(b).await;
+    assert_error(&s.get(&format!("/_matrix/client/v3/profile/@nobody:{SERVER_NAME}"), None).await, 404, "M_NOT_FOUND");
+    assert_error(
+        &s.get("/_matrix/client/v3/profile/@someone:elsewhere.example/displayname", None).await,
+        404,
+        "M_NOT_FOUND",
+    );
+}
+
+async fn overlong_display_name_is_refused(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (user, token, _) = s.register("alice", "pw-alice-1").await;
+    let got = s
+        .put(
+            &format!("/_matrix/client/v3/profile/{user}/displayname"),
+            Some(&token),
+            json!({"displayname": "x".repeat(2000)}),
+        )
+        .await;
+    assert_error(&got, 413, "M_TOO_LARGE");
+}
+
+both_engines!(
+    display_name_and_avatar,
+    cannot_edit_someone_else,
+    unknown_users_are_404,
+    overlong_display_name_is_refused
+);

@@ -1,0 +1,142 @@
+//! The storage engines behave identically: ordering, ranges, batches, backups, locking.
+
+use std::ops::Bound;
+
+use hearth::store::{tables, Backend, Batch, Durability, KeyRange, Order, Store, Table};
+
+use crate::both_engines;
+
+/// A scratch table (the name is a real one; the store is fresh, so nothing else uses it).
+const T: Table<(String, u64), Vec<u8>> = Table::new(tables::PROFILE_FIELDS);
+
+fn open(b: Backend, dir: &std::path::Path) -> Store {
+    Store::open(dir, b, Durability::Process, 8).unwrap()
+}
+
+async fn ordered_scans_and_prefixes(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(b, dir.path());
+    let mut batch = Batch::new();
+    for room in ["!a", "!b", "!a\0x"] {
+        for n in [3u64, 1, 256, 2] {
+            T.put(&mut batch, (room, n), &format!("{room}{n}").into_bytes());
+        }
+    }
+    store.write(batch).unwrap();
+
+    let mut seen = Vec::new();
+    T.scan_prefix(&store, "!a", Order::Ascending, |(r, n), _| {
+        seen.push((r, n));
+        true
+    })
+    .unwrap();
+    assert_eq!(seen, vec![("!a".into(), 1), ("!a".into(), 2), ("!a".into(), 3), ("!a".into(), 256)]);
+
+    let mut seen = Vec::new();
+    T.scan_prefix(&store, "!b", Order::Descending, |(_, n), v| {
+        seen.push((n, v));
+        n > 2
+    })
+    .unwrap();
+    assert_eq!(seen, vec![(256, b"!b256".to_vec()), (3, b"!b3".to_vec()), (2, b"!b2".to_vec())]);
+
+    // An explicit range: from (!a, 2) inclusive to (!a, 256) exclusive.
+    let lo = hearth::store::codec::encode_key::<(String, u64)>(("!a", 2));
+    let hi = hearth::store::codec::encode_key::<(String, u64)>(("!a", 256));
+    let mut seen = Vec::new();
+    T.scan_range(
+        &store,
+        &KeyRange::from_bounds(Bound::Included(&lo), Bound::Excluded(&hi)),
+        Order::Ascending,
+        |(_, n), _| {
+            seen.push(n);
+            true
+        },
+    )
+    .unwrap();
+    assert_eq!(seen, vec![2, 3]);
+
+    let mut all = 0;
+    T.scan_all(&store, |_, _| {
+        all += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(all, 12);
+}
+
+async fn batches_put_and_delete(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(b, dir.path());
+    let mut batch = Batch::new();
+    T.put(&mut batch, ("k", 1), &b"one".to_vec());
+    T.put(&mut batch, ("k", 2), &b"two".to_vec());
+    store.write(batch).unwrap();
+    let mut batch = Batch::new();
+    T.delete(&mut batch, ("k", 1));
+    T.put(&mut batch, ("k", 2), &b"TWO".to_vec());
+    store.write(batch).unwrap();
+    assert_eq!(T.get(&store, ("k", 1)).unwrap(), None);
+    assert_eq!(T.get(&store, ("k", 2)).unwrap(), Some(b"TWO".to_vec()));
+    assert!(store.size_on_disk().unwrap() > 0);
+}
+
+async fn data_survives_reopen_and_backup_restores(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let backup = dir.path().join("backup");
+    {
+        let store = open(b, &data);
+        let mut batch = Batch::new();
+        T.put(&mut batch, ("x", 7), &b"seven".to_vec());
+        store.write(batch).unwrap();
+        store.backup(&backup).unwrap();
+        // Written after the backup: must not be in it.
+        let mut batch = Batch::new();
+        T.put(&mut batch, ("x", 8), &b"eight".to_vec());
+        store.write(batch).unwrap();
+    }
+    let store = open(b, &data);
+    assert_eq!(T.get(&store, ("x", 8)).unwrap(), Some(b"eight".to_vec()));
+    drop(store);
+    let restored = open(b, &backup);
+    assert_eq!(T.get(&restored, ("x", 7)).unwrap(), Some(b"seven".to_vec()));
+    assert_eq!(T.get(&restored, ("x", 8)).unwrap(), None);
+}
+
+async fn second_open_is_refused(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = open(b, dir.path());
+    let err = Store::open(dir.path(), b, Durability::Process, 8).err().expect("second open must fail");
+    let msg = err.to_string();
+    assert!(msg.contains("already in use"), "{msg}");
+    assert!(msg.contains(&std::process::id().to_string()), "holder pid missing: {msg}");
+}
+
+async fn newer_schema_is_refused(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(b, dir.path());
+        let mut batch = Batch::new();
+        tables::META.put(&mut batch, "schema_version", &999u64.to_be_bytes().to_vec());
+        store.write(batch).unwrap();
+    }
+    let err = Store::open(dir.path(), b, Durability::Process, 8).err().expect("newer schema must be refused");
+    assert!(err.to_string().contains("schema version 999"), "{err}");
+}
+
+async fn conduit_directory_is_refused(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("CURRENT"), "MANIFEST-000001\n").unwrap();
+    let err = Store::open(dir.path(), b, Durability::Process, 8).err().expect("Conduit data must be refused");
+    assert!(err.to_string().contains("Conduit"), "{err}");
+}
+
+both_engines!(
+    ordered_scans_and_prefixes,
+    batches_put_and_delete,
+    data_survives_reopen_and_backup_restores,
+    second_open_is_refused,
+    newer_schema_is_refused,
+    conduit_directory_is_refused,
+);
