@@ -40,6 +40,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .merge(api::client::routes())
         .merge(api::well_known::routes())
         .merge(api::key::routes())
+        .merge(api::health::routes())
         .fallback(|| async { Error::unrecognized(StatusCode::NOT_FOUND, "Unrecognized request") })
         .method_not_allowed_fallback(|| async {
             Error::unrecognized(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")

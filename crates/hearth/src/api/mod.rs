@@ -8,6 +8,7 @@
 //! `M_INVALID_PARAM`). A handler therefore only ever sees well-formed input.
 
 pub mod client;
+pub mod health;
 pub mod key;
 pub mod well_known;
 

@@ -104,3 +104,12 @@ both_engines!(
     capabilities_need_a_token,
     server_key_is_signed_and_stable,
 );
+
+async fn health_endpoint_answers(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (status, body) = s.get("/_hearth/health", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+}
+
+both_engines!(health_endpoint_answers);
