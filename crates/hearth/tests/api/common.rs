@@ -80,7 +80,19 @@ impl TestServer {
         self.running.take().unwrap().stop().await.unwrap();
         let mut config = self.config.clone();
         config.port = 0;
-        let running = Running::start(Services::open(config).unwrap()).await.unwrap();
+        // Connection tasks of the old server may still be dropping their handle on the
+        // store (and with it the directory lock) for a moment after the server stopped.
+        let mut services = Services::open(config.clone());
+        for _ in 0..100 {
+            match &services {
+                Err(e) if e.to_string().contains("already in use") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    services = Services::open(config.clone());
+                }
+                _ => break,
+            }
+        }
+        let running = Running::start(services.unwrap()).await.unwrap();
         self.base = format!("http://{}", running.addr);
         self.running = Some(running);
     }
