@@ -8,7 +8,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hearth-target}"
 VENV="${HEARTH_VENV:-$HOME/.cache/hearth-venv}"
 
 cargo fmt --all --check
-cargo build --workspace --bins
+# Build everything once with the test profile's feature set (dev-dependencies unify features;
+# a separate `cargo build --bins` would compile RocksDB's C++ a second time). The binary the
+# client tests use comes out of this build too.
+cargo test --workspace --no-run
 cargo test --workspace -- --test-threads "${HEARTH_TEST_THREADS:-4}"
 
 export HEARTH_BIN="$CARGO_TARGET_DIR/debug/hearth"
