@@ -12,9 +12,11 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod rooms;
 pub mod server;
 pub mod server_key;
 pub mod store;
+pub mod sync;
 pub mod time;
 pub mod users;
 
@@ -22,8 +24,10 @@ use std::sync::Arc;
 
 pub use crate::config::Config;
 use crate::{
+    rooms::Rooms,
     server_key::ServerKey,
     store::{Store, StoreError},
+    sync::notifier::Notifier,
     users::{
         uiaa::{TokenCheck, Uiaa},
         Users,
@@ -36,7 +40,9 @@ pub struct Services {
     pub store: Arc<Store>,
     pub users: Arc<Users>,
     pub uiaa: Uiaa,
-    pub server_key: ServerKey,
+    pub server_key: Arc<ServerKey>,
+    pub rooms: Rooms,
+    pub notifier: Arc<Notifier>,
 }
 
 /// Registration tokens accepted by `m.login.registration_token`.
@@ -69,11 +75,14 @@ impl Services {
             config.durability(),
             config.db_cache_capacity_mb,
         )?);
-        let server_key = ServerKey::load_or_create(&store, config.server_name.clone())?;
+        let server_key = Arc::new(ServerKey::load_or_create(&store, config.server_name.clone())?);
         let users = Arc::new(Users::new(store.clone(), config.server_name.clone()));
         let tokens = Arc::new(RegistrationTokens { configured: config.registration_token.clone() });
         let uiaa = Uiaa::new(users.clone(), tokens);
-        Ok(Arc::new(Services { config, store, users, uiaa, server_key }))
+        let notifier = Arc::new(Notifier::default());
+        let rooms = Rooms::new(store.clone(), config.server_name.clone(), server_key.clone(), notifier.clone())
+            .map_err(|e| StoreError::Other(format!("cannot load rooms: {e}")))?;
+        Ok(Arc::new(Services { config, store, users, uiaa, server_key, rooms, notifier }))
     }
 
     /// Whether registration needs a token (and so offers `m.login.registration_token`).

@@ -191,7 +191,13 @@ where
         let path_params = RawPathParams::from_request_parts(&mut parts, services)
             .await
             .map_err(|e| Error::invalid_param(format!("Invalid path: {e}")))?;
-        let path_args: Vec<&str> = path_params.iter().map(|(_, v)| v).collect();
+        let mut path_args: Vec<&str> = path_params.iter().map(|(_, v)| v).collect();
+        // `/state/{eventType}` and `/state/{eventType}/` mean an empty state key, as
+        // Element and Synapse have it (see `RumaRouter::ruma`).
+        let expected = R::PATH_BUILDER.all_paths().next().map_or(0, |p| p.matches('{').count());
+        while path_args.len() < expected {
+            path_args.push("");
+        }
 
         let mut body = read_body(body, services.config.max_request_size as usize).await?;
         if body.is_empty() && parts.method != Method::GET && parts.method != Method::HEAD {
@@ -289,10 +295,17 @@ impl RumaRouter for Router<Arc<Services>> {
         if R::METHOD == Method::GET {
             filter = filter.or(MethodFilter::HEAD);
         }
-        for path in R::PATH_BUILDER.all_paths() {
+        let mut paths: Vec<String> = R::PATH_BUILDER.all_paths().map(str::to_owned).collect();
+        for path in paths.clone() {
+            if let Some(prefix) = path.strip_suffix("/{state_key}") {
+                paths.push(prefix.to_owned());
+                paths.push(format!("{prefix}/"));
+            }
+        }
+        for path in paths {
             let handler = handler.clone();
             self = self.route(
-                path,
+                &path,
                 on(filter, move |State(s): State<Arc<Services>>, req: Ruma<R>| async move {
                     handler(s, req).await.map(RumaResponse)
                 }),

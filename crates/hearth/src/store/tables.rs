@@ -17,7 +17,60 @@ pub const DEVICES: &str = "devices";
 /// Access tokens by SHA-256 of the token → owning (user, device).
 pub const ACCESS_TOKENS: &str = "access_tokens";
 
-pub const ALL: &[&str] = &[META_NAME, ACCOUNTS, PROFILE_FIELDS, DEVICES, ACCESS_TOKENS];
+/// Rooms by id → room record (version, …).
+pub const ROOMS: &str = "rooms";
+/// PDUs by event id → signed canonical JSON.
+pub const PDUS: &str = "pdus";
+/// Per-event facts of ours: room, stream position, short id, sending device's txn id.
+pub const EVENT_META: &str = "event_meta";
+/// Interned event ids: event id → short id, and back.
+pub const SHORT_EVENT_IDS: &str = "short_event_ids";
+pub const EVENT_IDS_BY_SHORT: &str = "event_ids_by_short";
+/// Interned (event type, state key) pairs: pair → short id, and back.
+pub const SHORT_STATE_KEYS: &str = "short_state_keys";
+pub const STATE_KEYS_BY_SHORT: &str = "state_keys_by_short";
+/// State snapshots: snapshot id → diff from a parent snapshot.
+pub const STATE_SNAPSHOTS: &str = "state_snapshots";
+/// Short event id → snapshot of the room state before that event.
+pub const STATE_BEFORE_EVENT: &str = "state_before_event";
+/// Room id → current state snapshot, forward extremities and depth.
+pub const ROOM_HEADS: &str = "room_heads";
+/// (room id, stream position) → event id: each room's timeline in order.
+pub const TIMELINE: &str = "timeline";
+/// Stream position → (room id, event id): every event in global order.
+pub const EVENT_STREAM: &str = "event_stream";
+/// (user id, room id) → the user's membership in that room and when it last changed.
+pub const USER_ROOMS: &str = "user_rooms";
+/// (room id, user id) → membership, for member lists.
+pub const ROOM_MEMBERS: &str = "room_members";
+/// (user id, device id, transaction id) → event id, for idempotent sends.
+pub const TRANSACTIONS: &str = "transactions";
+/// Room alias → room id.
+pub const ALIASES: &str = "aliases";
+
+pub const ALL: &[&str] = &[
+    META_NAME,
+    ACCOUNTS,
+    PROFILE_FIELDS,
+    DEVICES,
+    ACCESS_TOKENS,
+    ROOMS,
+    PDUS,
+    EVENT_META,
+    SHORT_EVENT_IDS,
+    EVENT_IDS_BY_SHORT,
+    SHORT_STATE_KEYS,
+    STATE_KEYS_BY_SHORT,
+    STATE_SNAPSHOTS,
+    STATE_BEFORE_EVENT,
+    ROOM_HEADS,
+    TIMELINE,
+    EVENT_STREAM,
+    USER_ROOMS,
+    ROOM_MEMBERS,
+    TRANSACTIONS,
+    ALIASES,
+];
 
 /// The meta table is the store's own (schema version lives there).
 pub const META: Table<String, Vec<u8>> = Table::new(META_NAME);

@@ -9,4 +9,5 @@ mod errors;
 mod login;
 mod processes;
 mod profile;
+mod rooms;
 mod storage;

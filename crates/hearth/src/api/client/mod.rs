@@ -1,10 +1,15 @@
 //! Client-server API endpoints, one file per chapter of the specification.
 
 mod account;
-mod capabilities;
+mod alias;
+pub mod capabilities;
 mod device;
+mod membership;
+mod message;
 mod profile;
+mod room;
 mod session;
+mod state;
 mod versions;
 
 use std::sync::Arc;
@@ -38,4 +43,25 @@ pub fn routes() -> Router<Arc<Services>> {
         .ruma(profile::set_display_name)
         .ruma(profile::get_avatar_url)
         .ruma(profile::set_avatar_url)
+        .ruma(room::create_room)
+        .ruma(room::get_room_event)
+        .ruma(message::send_message_event)
+        .ruma(message::get_message_events)
+        .ruma(state::get_state_events)
+        .ruma(state::get_state_event_for_key)
+        .ruma(state::send_state_event)
+        .ruma(membership::join_room_by_id)
+        .ruma(membership::join_room_by_id_or_alias)
+        .ruma(membership::invite_user)
+        .ruma(membership::leave_room)
+        .ruma(membership::kick_user)
+        .ruma(membership::ban_user)
+        .ruma(membership::unban_user)
+        .ruma(membership::forget_room)
+        .ruma(membership::joined_rooms)
+        .ruma(membership::get_member_events)
+        .ruma(membership::joined_members)
+        .ruma(alias::get_alias)
+        .ruma(alias::create_alias)
+        .ruma(alias::delete_alias)
 }

@@ -1,0 +1,202 @@
+//! Client-server API: joining, inviting, leaving, kicking, banning; member lists.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use ruma::{
+    api::client::membership::{
+        ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
+        joined_members, joined_rooms, kick_user, leave_room, unban_user,
+    },
+    OwnedRoomId, RoomOrAliasId,
+};
+
+use super::room::{member_profile, raw};
+use crate::{
+    api::Ruma,
+    error::{Error, Result},
+    Services,
+};
+
+fn resolve(s: &Services, target: &RoomOrAliasId) -> Result<OwnedRoomId> {
+    match <&ruma::RoomId>::try_from(target) {
+        Ok(room_id) => Ok(room_id.to_owned()),
+        Err(alias) => s.rooms.resolve_alias(alias.as_str())?.ok_or_else(|| Error::not_found("Room alias not found")),
+    }
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/join`
+pub async fn join_room_by_id(
+    s: Arc<Services>,
+    req: Ruma<join_room_by_id::v3::Request>,
+) -> Result<join_room_by_id::v3::Response> {
+    let caller = req.caller()?;
+    s.rooms.join(&req.body.room_id, &caller.user_id, member_profile(&s, &caller.user_id)?, req.body.reason.clone())?;
+    Ok(join_room_by_id::v3::Response::new(req.body.room_id.clone()))
+}
+
+/// `POST /_matrix/client/v3/join/{roomIdOrAlias}`
+pub async fn join_room_by_id_or_alias(
+    s: Arc<Services>,
+    req: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> Result<join_room_by_id_or_alias::v3::Response> {
+    let caller = req.caller()?;
+    let room_id = resolve(&s, &req.body.room_id_or_alias)?;
+    s.rooms.join(&room_id, &caller.user_id, member_profile(&s, &caller.user_id)?, req.body.reason.clone())?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/invite`
+pub async fn invite_user(s: Arc<Services>, req: Ruma<invite_user::v3::Request>) -> Result<invite_user::v3::Response> {
+    let caller = req.caller()?;
+    let invite_user::v3::InvitationRecipient::UserId(invitee) = &req.body.recipient else {
+        return Err(Error::forbidden("Third-party invites are not supported"));
+    };
+    let user_id = &invitee.user_id;
+    if user_id.server_name() == s.config.server_name && !s.users.is_active(user_id)? {
+        return Err(Error::not_found("No such user"));
+    }
+    s.rooms.invite(&req.body.room_id, &caller.user_id, user_id, invitee.reason.clone(), false)?;
+    Ok(invite_user::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/leave`
+pub async fn leave_room(s: Arc<Services>, req: Ruma<leave_room::v3::Request>) -> Result<leave_room::v3::Response> {
+    let caller = req.caller()?;
+    match s.rooms.membership(&req.body.room_id, &caller.user_id)? {
+        Some(m) if m.membership == "join" || m.membership == "invite" || m.membership == "knock" => {
+            s.rooms.set_leave(&req.body.room_id, &caller.user_id, &caller.user_id, req.body.reason.clone())?;
+        }
+        // Leaving a room one is not in is a no-op, as Synapse does.
+        _ => {
+            s.rooms.known_room(&req.body.room_id)?;
+        }
+    }
+    Ok(leave_room::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/kick`
+pub async fn kick_user(s: Arc<Services>, req: Ruma<kick_user::v3::Request>) -> Result<kick_user::v3::Response> {
+    let caller = req.caller()?;
+    match s.rooms.membership(&req.body.room_id, &req.body.user_id)? {
+        Some(m) if m.membership == "join" || m.membership == "invite" || m.membership == "knock" => {}
+        _ => return Err(Error::forbidden("That user is not in the room")),
+    }
+    s.rooms.set_leave(&req.body.room_id, &caller.user_id, &req.body.user_id, req.body.reason.clone())?;
+    Ok(kick_user::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/ban`
+pub async fn ban_user(s: Arc<Services>, req: Ruma<ban_user::v3::Request>) -> Result<ban_user::v3::Response> {
+    let caller = req.caller()?;
+    s.rooms.ban(&req.body.room_id, &caller.user_id, &req.body.user_id, req.body.reason.clone())?;
+    Ok(ban_user::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/unban`
+pub async fn unban_user(s: Arc<Services>, req: Ruma<unban_user::v3::Request>) -> Result<unban_user::v3::Response> {
+    let caller = req.caller()?;
+    match s.rooms.membership(&req.body.room_id, &req.body.user_id)? {
+        Some(m) if m.membership == "ban" => {}
+        _ => return Err(Error::forbidden("That user is not banned")),
+    }
+    s.rooms.set_leave(&req.body.room_id, &caller.user_id, &req.body.user_id, req.body.reason.clone())?;
+    Ok(unban_user::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/forget`
+pub async fn forget_room(s: Arc<Services>, req: Ruma<forget_room::v3::Request>) -> Result<forget_room::v3::Response> {
+    let caller = req.caller()?;
+    s.rooms.forget(&req.body.room_id, &caller.user_id)?;
+    Ok(forget_room::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/joined_rooms`
+pub async fn joined_rooms(
+    s: Arc<Services>,
+    req: Ruma<joined_rooms::v3::Request>,
+) -> Result<joined_rooms::v3::Response> {
+    let caller = req.caller()?;
+    Ok(joined_rooms::v3::Response::new(s.rooms.joined_rooms(&caller.user_id)?))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/members`
+pub async fn get_member_events(
+    s: Arc<Services>,
+    req: Ruma<get_member_events::v3::Request>,
+) -> Result<get_member_events::v3::Response> {
+    let caller = req.caller()?;
+    let b = &req.body;
+    let until = s.rooms.require_visible(&b.room_id, &caller.user_id)?;
+    let map = match &b.at {
+        Some(t) => {
+            // `at` is a sync or pagination token: the state at that point of the timeline.
+            let pos = crate::rooms::timeline::parse_token(t)?.min(until);
+            let page = s.rooms.page(&b.room_id, pos, ruma::api::Direction::Backward, 1, until, None)?;
+            match page.first() {
+                Some((_, pdu)) => {
+                    let mut m = (*s.rooms.state_before(&pdu.event_id)?).clone();
+                    if let Some(key) = &pdu.state_key {
+                        if let (Some(sk), Some(short)) = (
+                            s.rooms.state.lookup_state_key(&pdu.kind.to_string(), key)?,
+                            s.rooms.state.short_event(&pdu.event_id)?,
+                        ) {
+                            m.insert(sk, short);
+                        }
+                    }
+                    Arc::new(m)
+                }
+                None => Default::default(),
+            }
+        }
+        None if until == u64::MAX => s.rooms.current_state_map(&b.room_id)?,
+        None => {
+            let rec =
+                s.rooms.membership(&b.room_id, &caller.user_id)?.ok_or_else(|| Error::forbidden("Not a member"))?;
+            s.rooms.state_before(&rec.event_id)?
+        }
+    };
+    let mut chunk = Vec::new();
+    for pdu in s.rooms.state_events(&map)? {
+        if pdu.kind.to_string() != "m.room.member" {
+            continue;
+        }
+        let membership = pdu.content_value().get("membership").and_then(|m| m.as_str()).unwrap_or_default().to_owned();
+        if b.membership.as_ref().is_some_and(|m| m.as_str() != membership) {
+            continue;
+        }
+        if b.not_membership.as_ref().is_some_and(|m| m.as_str() == membership) {
+            continue;
+        }
+        chunk.push(raw(&s.rooms.client_event(&pdu, None, None))?);
+    }
+    Ok(get_member_events::v3::Response::new(chunk))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`
+pub async fn joined_members(
+    s: Arc<Services>,
+    req: Ruma<joined_members::v3::Request>,
+) -> Result<joined_members::v3::Response> {
+    let caller = req.caller()?;
+    if !s.rooms.is_joined(&req.body.room_id, &caller.user_id)? {
+        s.rooms.known_room(&req.body.room_id)?;
+        return Err(Error::forbidden("You are not joined to this room"));
+    }
+    let map = s.rooms.current_state_map(&req.body.room_id)?;
+    let mut joined = BTreeMap::new();
+    for pdu in s.rooms.state_events(&map)? {
+        if pdu.kind.to_string() != "m.room.member" {
+            continue;
+        }
+        let content = pdu.content_value();
+        if content.get("membership").and_then(|m| m.as_str()) != Some("join") {
+            continue;
+        }
+        let Some(user) = pdu.state_key.as_deref().and_then(|k| ruma::OwnedUserId::try_from(k).ok()) else { continue };
+        let mut member = joined_members::v3::RoomMember::new();
+        member.display_name = content.get("displayname").and_then(|v| v.as_str()).map(str::to_owned);
+        member.avatar_url = content.get("avatar_url").and_then(|v| v.as_str()).map(Into::into);
+        joined.insert(user, member);
+    }
+    Ok(joined_members::v3::Response::new(joined))
+}

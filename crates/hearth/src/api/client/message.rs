@@ -1,0 +1,119 @@
+//! Client-server API: sending events and paginating history.
+
+use std::sync::Arc;
+
+use ruma::{
+    api::{
+        client::message::{get_message_events, send_message_event},
+        Direction,
+    },
+    events::TimelineEventType,
+};
+use serde_json::{Map, Value};
+
+use super::room::raw;
+use crate::{
+    api::Ruma,
+    error::{Error, Result},
+    rooms::{
+        append::{NewEvent, TxnRef},
+        timeline::{parse_token, token},
+    },
+    Services,
+};
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
+///
+/// Idempotent per device and transaction id: a retry returns the first event's id.
+pub async fn send_message_event(
+    s: Arc<Services>,
+    req: Ruma<send_message_event::v3::Request>,
+) -> Result<send_message_event::v3::Response> {
+    let caller = req.caller()?.clone();
+    let body = req.body;
+    let content: Map<String, Value> = match serde_json::from_str(body.body.json().get()) {
+        Ok(Value::Object(m)) => m,
+        _ => return Err(Error::bad_json("Event content must be an object")),
+    };
+    let kind = TimelineEventType::from(body.event_type.to_string());
+    if kind == TimelineEventType::RoomEncrypted && !s.config.allow_encryption {
+        return Err(Error::forbidden("Encryption is disabled on this server"));
+    }
+    if !s.rooms.is_joined(&body.room_id, &caller.user_id)? {
+        s.rooms.known_room(&body.room_id)?;
+        return Err(Error::forbidden("You are not joined to this room"));
+    }
+    let new = NewEvent::message(body.event_type.to_string(), content);
+    let txn = TxnRef { device_id: caller.device_id.as_str(), txn_id: body.txn_id.as_str() };
+    let pdu = s.rooms.append_local(&body.room_id, &caller.user_id, new, Some(txn))?;
+    Ok(send_message_event::v3::Response::new(pdu.event_id))
+}
+
+/// Largest `/messages` page.
+pub const MAX_MESSAGES_LIMIT: usize = 1000;
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/messages`
+pub async fn get_message_events(
+    s: Arc<Services>,
+    req: Ruma<get_message_events::v3::Request>,
+) -> Result<get_message_events::v3::Response> {
+    let caller = req.caller()?;
+    let body = &req.body;
+    let until = s.rooms.require_visible(&body.room_id, &caller.user_id)?;
+    let from = match &body.from {
+        Some(t) => parse_token(t)?,
+        None => match body.dir {
+            Direction::Backward => s.rooms.stream_now(),
+            Direction::Forward => 0,
+        },
+    };
+    let to = body.to.as_deref().map(parse_token).transpose()?;
+    let limit = usize::try_from(u64::from(body.limit)).unwrap_or(MAX_MESSAGES_LIMIT).clamp(1, MAX_MESSAGES_LIMIT);
+    let filter = &body.filter;
+    let viewer = Some((&*caller.user_id, caller.device_id.as_str()));
+
+    // Filtered-out events still advance the page; fetch a bounded number of extra pages.
+    let mut chunk = Vec::new();
+    let mut cursor = from;
+    let mut end = None;
+    for _ in 0..10 {
+        let page = s.rooms.page(&body.room_id, cursor, body.dir, limit, until, to)?;
+        let exhausted = page.len() < limit;
+        for (pos, pdu) in page {
+            cursor = match body.dir {
+                Direction::Backward => pos.saturating_sub(1),
+                Direction::Forward => pos,
+            };
+            end = Some(cursor);
+            let kind = pdu.kind.to_string();
+            if filter.types.as_ref().is_some_and(|t| !t.iter().any(|x| type_matches(x, &kind)))
+                || filter.not_types.iter().any(|x| type_matches(x, &kind))
+            {
+                continue;
+            }
+            if chunk.len() < limit {
+                let meta = s.rooms.event_meta(&pdu.event_id)?;
+                chunk.push(raw(&s.rooms.client_event(&pdu, meta.as_ref(), viewer))?);
+            }
+        }
+        if exhausted || chunk.len() >= limit {
+            if exhausted {
+                end = None;
+            }
+            break;
+        }
+    }
+    let mut res = get_message_events::v3::Response::new();
+    res.start = token(from);
+    res.end = end.map(token);
+    res.chunk = chunk;
+    Ok(res)
+}
+
+/// Event type filters may end in `*`.
+pub fn type_matches(pattern: &str, kind: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => pattern == kind,
+    }
+}

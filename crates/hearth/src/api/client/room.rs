@@ -1,0 +1,134 @@
+//! Client-server API: creating rooms and reading single events.
+
+use std::sync::Arc;
+
+use ruma::{
+    api::client::room::{create_room, get_room_event, Visibility},
+    serde::Raw,
+};
+use serde_json::{Map, Value};
+
+use super::capabilities::ROOM_VERSIONS;
+use crate::{
+    api::Ruma,
+    error::{Error, Result},
+    rooms::create::{CreateRoom, Preset},
+    Services,
+};
+
+/// Wraps a JSON value as a ruma `Raw<T>` without re-validating it.
+pub fn raw<T>(value: &Value) -> Result<Raw<T>> {
+    let json = serde_json::value::to_raw_value(value).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(Raw::from_json(json))
+}
+
+fn object_of<T>(raw: &Raw<T>, what: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_str(raw.json().get()) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(Error::bad_json(format!("{what} must be an object"))),
+    }
+}
+
+/// The member event content a local user joins with: their display name and avatar.
+pub fn member_profile(s: &Services, user: &ruma::UserId) -> Result<Map<String, Value>> {
+    let mut content = Map::new();
+    for field in ["displayname", "avatar_url"] {
+        if let Some(v) = s.users.profile_field(user, field)? {
+            content.insert(field.into(), v);
+        }
+    }
+    Ok(content)
+}
+
+/// Most users one `createRoom` may invite, and most `initial_state` events.
+pub const MAX_INVITES: usize = 100;
+pub const MAX_INITIAL_STATE: usize = 100;
+
+/// `POST /_matrix/client/v3/createRoom`
+pub async fn create_room(s: Arc<Services>, req: Ruma<create_room::v3::Request>) -> Result<create_room::v3::Response> {
+    let caller = req.caller()?.clone();
+    let body = req.body;
+    let version = body.room_version.clone().unwrap_or_else(|| s.config.default_room_version.clone());
+    if !ROOM_VERSIONS.contains(&version) {
+        return Err(Error::matrix(
+            http::StatusCode::BAD_REQUEST,
+            "M_UNSUPPORTED_ROOM_VERSION",
+            format!("Room version {version} is not supported"),
+        ));
+    }
+    if body.invite.len() > MAX_INVITES || body.initial_state.len() > MAX_INITIAL_STATE {
+        return Err(Error::too_large("Too many invites or initial state events"));
+    }
+    let preset = match body.preset.as_ref().map(|p| p.as_str()) {
+        Some("public_chat") => Preset::PublicChat,
+        Some("trusted_private_chat") => Preset::TrustedPrivateChat,
+        Some("private_chat") => Preset::PrivateChat,
+        Some(other) => return Err(Error::invalid_param(format!("Unknown preset {other}"))),
+        None if body.visibility == Visibility::Public => Preset::PublicChat,
+        None => Preset::PrivateChat,
+    };
+    let creation_content = match &body.creation_content {
+        Some(raw) => {
+            let mut m = object_of(raw, "creation_content")?;
+            // The server decides these.
+            m.remove("room_version");
+            m.remove("creator");
+            m
+        }
+        None => Map::new(),
+    };
+    let mut initial_state = Vec::new();
+    for raw in &body.initial_state {
+        let ev = object_of(raw, "initial_state event")?;
+        let kind = ev
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::bad_json("initial_state event needs a type"))?;
+        let key = ev.get("state_key").and_then(Value::as_str).unwrap_or_default();
+        let content = match ev.get("content") {
+            Some(Value::Object(c)) => c.clone(),
+            _ => return Err(Error::bad_json("initial_state event needs an object content")),
+        };
+        if kind == "m.room.encryption" && !s.config.allow_encryption {
+            return Err(Error::forbidden("Encryption is disabled on this server"));
+        }
+        initial_state.push((kind.to_owned(), key.to_owned(), content));
+    }
+    let power_level_override = match &body.power_level_content_override {
+        Some(raw) => Some(object_of(raw, "power_level_content_override")?),
+        None => None,
+    };
+    let request = CreateRoom {
+        version,
+        creation_content,
+        preset,
+        name: body.name.clone(),
+        topic: body.topic.clone(),
+        alias_localpart: body.room_alias_name.clone(),
+        invite: body.invite.clone(),
+        is_direct: body.is_direct,
+        initial_state,
+        power_level_override,
+        creator_member_content: member_profile(&s, &caller.user_id)?,
+    };
+    let room_id = s.rooms.create_room(&caller.user_id, request)?;
+    Ok(create_room::v3::Response::new(room_id))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`
+pub async fn get_room_event(
+    s: Arc<Services>,
+    req: Ruma<get_room_event::v3::Request>,
+) -> Result<get_room_event::v3::Response> {
+    let caller = req.caller()?;
+    let until = s.rooms.require_visible(&req.body.room_id, &caller.user_id)?;
+    let meta = s.rooms.event_meta(&req.body.event_id)?.ok_or_else(|| Error::not_found("Event not found"))?;
+    if meta.room_id != req.body.room_id || meta.stream > until {
+        return Err(Error::not_found("Event not found"));
+    }
+    let event = s
+        .rooms
+        .client_event_by_id(&req.body.event_id, Some((&caller.user_id, caller.device_id.as_str())))?
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    Ok(get_room_event::v3::Response::new(raw(&event)?))
+}

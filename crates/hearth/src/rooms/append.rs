@@ -1,0 +1,332 @@
+//! "Build and append": turning a local intent into a signed PDU and committing it.
+//!
+//! [`Rooms::append_local`] builds the PDU for the room's version (prev events = forward
+//! extremities, auth events chosen from the current state by the auth rules, content hash,
+//! event id, signature), checks it with the room version's authorization rules, and writes
+//! it with every index in one batch. A refusal by the auth rules is 403 `M_FORBIDDEN` with
+//! the rule that failed.
+
+use rand::{distributions::Alphanumeric, Rng};
+use ruma::{
+    events::{StateEventType, TimelineEventType},
+    signatures::{hash_and_sign_event, reference_hash},
+    state_res, CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
+};
+use serde_json::{value::to_raw_value, Map, Value};
+
+use super::{
+    pdu::{canonical_len, to_canonical, to_canonical_object, Pdu, MAX_PDU_BYTES},
+    state::{Interner, StateMap, STATE_BEFORE_EVENT},
+    Counters, EventMeta, MembershipRecord, RoomHeads, RoomRecord, Rooms, StreamEntry, EVENT_META, EVENT_STREAM, PDUS,
+    ROOMS, ROOM_HEADS, ROOM_MEMBERS, TIMELINE, TRANSACTIONS, USER_ROOMS,
+};
+use crate::{
+    error::{Error, Result},
+    store::Batch,
+    time::now_millis,
+};
+
+/// What a local user wants to put into a room.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: TimelineEventType,
+    pub content: Map<String, Value>,
+    pub state_key: Option<String>,
+    pub redacts: Option<OwnedEventId>,
+}
+
+impl NewEvent {
+    pub fn state(kind: impl Into<String>, state_key: impl Into<String>, content: Value) -> Self {
+        NewEvent {
+            kind: TimelineEventType::from(kind.into()),
+            content: match content {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            },
+            state_key: Some(state_key.into()),
+            redacts: None,
+        }
+    }
+
+    pub fn message(kind: impl Into<String>, content: Map<String, Value>) -> Self {
+        NewEvent { kind: TimelineEventType::from(kind.into()), content, state_key: None, redacts: None }
+    }
+}
+
+/// The sending device's transaction, for idempotent sends and `unsigned.transaction_id`.
+#[derive(Debug, Clone, Copy)]
+pub struct TxnRef<'a> {
+    pub device_id: &'a str,
+    pub txn_id: &'a str,
+}
+
+/// Longest state key, and longest event type, accepted from clients.
+pub const MAX_STATE_KEY_BYTES: usize = 255;
+pub const MAX_EVENT_TYPE_BYTES: usize = 255;
+/// Most forward extremities referenced by one event.
+const MAX_PREV_EVENTS: usize = 20;
+
+fn rules_for(version: &RoomVersionId) -> Result<ruma::room_version_rules::RoomVersionRules> {
+    version.rules().ok_or_else(|| {
+        Error::matrix(
+            http::StatusCode::BAD_REQUEST,
+            "M_UNSUPPORTED_ROOM_VERSION",
+            format!("Room version {version} is not supported"),
+        )
+    })
+}
+
+fn random_id(len: usize) -> String {
+    rand::thread_rng().sample_iter(Alphanumeric).take(len).map(char::from).collect()
+}
+
+impl Rooms {
+    /// Builds, authorises and appends a local event to an existing room.
+    pub fn append_local(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        new: NewEvent,
+        txn: Option<TxnRef<'_>>,
+    ) -> Result<Pdu> {
+        check_limits(&new)?;
+        let record = self.known_room(room_id)?;
+        let mut counters = self.append_lock.lock();
+        if let Some(t) = txn {
+            if let Some(existing) = self.transaction(sender, t.device_id, t.txn_id)? {
+                return self.pdu(&existing)?.ok_or_else(|| Error::internal("transaction points at a missing event"));
+            }
+        }
+        let heads = self.heads(room_id)?;
+        let pdu = self.build(&record.version, Some(room_id), &heads, sender, &new)?;
+        self.commit(&mut counters, pdu, &heads, txn, None)
+    }
+
+    /// Builds and appends the `m.room.create` event of a new room; returns it (its
+    /// `room_id` is the new room's id).
+    pub fn append_create(&self, version: &RoomVersionId, sender: &UserId, content: Map<String, Value>) -> Result<Pdu> {
+        let rules = rules_for(version)?;
+        let room_id = if rules.event_format.require_room_create_room_id {
+            Some(
+                OwnedRoomId::try_from(format!("!{}:{}", random_id(18), self.server_name))
+                    .map_err(|e| Error::internal(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let new = NewEvent::state("m.room.create", "", Value::Object(content));
+        let mut counters = self.append_lock.lock();
+        let heads = RoomHeads::default();
+        let pdu = self.build(version, room_id.as_deref(), &heads, sender, &new)?;
+        let record = RoomRecord { version: version.clone(), created_ts: now_millis() };
+        self.commit(&mut counters, pdu, &heads, None, Some(record))
+    }
+
+    fn build(
+        &self,
+        version: &RoomVersionId,
+        room_id: Option<&RoomId>,
+        heads: &RoomHeads,
+        sender: &UserId,
+        new: &NewEvent,
+    ) -> Result<Pdu> {
+        let rules = rules_for(version)?;
+        let map: std::sync::Arc<StateMap> = match heads.snapshot {
+            Some(s) => self.state.materialise(s)?,
+            None => Default::default(),
+        };
+        let raw_content = to_raw_value(&new.content).map_err(|e| Error::bad_json(e.to_string()))?;
+
+        // Auth events: the state the auth rules look at for this kind of event.
+        let auth_types = state_res::auth_types_for_event(
+            &new.kind,
+            sender,
+            new.state_key.as_deref(),
+            &raw_content,
+            &rules.authorization,
+        )
+        .map_err(|e| Error::bad_json(format!("invalid event: {e}")))?;
+        let mut auth_events = Vec::new();
+        for (ty, key) in auth_types {
+            if ty == StateEventType::RoomCreate && !rules.event_format.allow_room_create_in_auth_events {
+                continue;
+            }
+            if let Some(pdu) = self.state_event_in(&map, &ty, &key)? {
+                auth_events.push(pdu);
+            }
+        }
+        let mut prev_events = Vec::new();
+        for id in heads.forward_extremities.iter().take(MAX_PREV_EVENTS) {
+            if let Some(p) = self.pdu(id)? {
+                prev_events.push(p);
+            }
+        }
+        let depth = prev_events.iter().map(|p| p.depth).max().map_or(1, |d| d + 1);
+
+        let refs = |events: &[Pdu]| -> CanonicalJsonValue {
+            CanonicalJsonValue::Array(
+                events
+                    .iter()
+                    .map(|p| {
+                        if rules.event_format.require_event_id {
+                            let mut hashes = CanonicalJsonObject::new();
+                            hashes.insert(
+                                "sha256".into(),
+                                CanonicalJsonValue::String(p.sha256_hash().unwrap_or_default().to_owned()),
+                            );
+                            CanonicalJsonValue::Array(vec![
+                                CanonicalJsonValue::String(p.event_id.to_string()),
+                                CanonicalJsonValue::Object(hashes),
+                            ])
+                        } else {
+                            CanonicalJsonValue::String(p.event_id.to_string())
+                        }
+                    })
+                    .collect(),
+            )
+        };
+
+        let mut obj = CanonicalJsonObject::new();
+        obj.insert("type".into(), CanonicalJsonValue::String(new.kind.to_string()));
+        obj.insert("sender".into(), CanonicalJsonValue::String(sender.to_string()));
+        obj.insert("content".into(), to_canonical(Value::Object(new.content.clone()))?);
+        obj.insert("origin_server_ts".into(), to_canonical(Value::from(now_millis()))?);
+        obj.insert("depth".into(), to_canonical(Value::from(depth))?);
+        obj.insert("prev_events".into(), refs(&prev_events));
+        obj.insert("auth_events".into(), refs(&auth_events));
+        if let Some(r) = room_id {
+            obj.insert("room_id".into(), CanonicalJsonValue::String(r.to_string()));
+        }
+        if let Some(k) = &new.state_key {
+            obj.insert("state_key".into(), CanonicalJsonValue::String(k.clone()));
+        }
+        if let Some(r) = &new.redacts {
+            // From v11 `redacts` lives in the content; clients already put it there.
+            obj.insert("redacts".into(), CanonicalJsonValue::String(r.to_string()));
+        }
+        let v1_event_id = if rules.event_format.require_event_id {
+            let id = format!("${}:{}", random_id(18), self.server_name);
+            obj.insert("event_id".into(), CanonicalJsonValue::String(id.clone()));
+            Some(id)
+        } else {
+            None
+        };
+
+        hash_and_sign_event(self.server_name.as_str(), self.server_key.key_pair(), &mut obj, &rules.redaction)
+            .map_err(|e| Error::internal(format!("cannot sign event: {e}")))?;
+        if canonical_len(&obj) > MAX_PDU_BYTES {
+            return Err(Error::too_large(format!("Event is larger than {MAX_PDU_BYTES} bytes")));
+        }
+        let event_id = match v1_event_id {
+            Some(id) => id,
+            None => format!("${}", reference_hash(&obj, &rules).map_err(|e| Error::too_large(e.to_string()))?),
+        };
+        let event_id = OwnedEventId::try_from(event_id).map_err(|e| Error::internal(e.to_string()))?;
+        let room_id = match room_id {
+            Some(r) => r.to_owned(),
+            // v12: the room id is the create event's reference hash.
+            None => OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..]))
+                .map_err(|e| Error::internal(e.to_string()))?,
+        };
+        let pdu = Pdu::from_json(event_id, obj, Some(&room_id))?;
+
+        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| self.pdu(id).ok().flatten())
+            .map_err(|e| Error::forbidden(format!("Refused by the room's rules: {e}")))?;
+        state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |ty, key| {
+            self.state_event_in(&map, ty, key).ok().flatten()
+        })
+        .map_err(|e| Error::forbidden(format!("Refused by the room's rules: {e}")))?;
+        Ok(pdu)
+    }
+
+    /// Writes a built PDU and every index in one batch, then wakes the syncs it concerns.
+    fn commit(
+        &self,
+        counters: &mut Counters,
+        pdu: Pdu,
+        heads: &RoomHeads,
+        txn: Option<TxnRef<'_>>,
+        new_room: Option<RoomRecord>,
+    ) -> Result<Pdu> {
+        let store = &*self.store;
+        let room = pdu.room_id.as_str();
+        let stream = counters.next_stream;
+        counters.next_stream += 1;
+        let mut batch = Batch::new();
+        let mut interner = Interner::new(&mut counters.next_short);
+        let short = interner.event(store, &mut batch, &pdu.event_id)?;
+        if let Some(s) = heads.snapshot {
+            STATE_BEFORE_EVENT.put(&mut batch, short, &s);
+        }
+        let mut new_heads =
+            RoomHeads { snapshot: heads.snapshot, forward_extremities: vec![pdu.event_id.clone()], depth: pdu.depth };
+        if let Some(key) = &pdu.state_key {
+            let sk = interner.state_key(store, &mut batch, &pdu.kind.to_string(), key)?;
+            new_heads.snapshot =
+                Some(self.state.write_child(&mut batch, &mut interner, heads.snapshot, vec![(sk, short)])?);
+        }
+        let json = serde_json::to_vec(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
+        PDUS.put(&mut batch, pdu.event_id.as_str(), &json);
+        EVENT_META.put(
+            &mut batch,
+            pdu.event_id.as_str(),
+            &EventMeta {
+                room_id: pdu.room_id.clone(),
+                stream,
+                short,
+                txn: txn.map(|t| (t.device_id.to_owned(), t.txn_id.to_owned())),
+            },
+        );
+        TIMELINE.put(&mut batch, (room, stream), &pdu.event_id.to_string());
+        EVENT_STREAM.put(
+            &mut batch,
+            stream,
+            &StreamEntry { room_id: pdu.room_id.clone(), event_id: pdu.event_id.clone() },
+        );
+        ROOM_HEADS.put(&mut batch, room, &new_heads);
+        let mut target = None;
+        if pdu.kind == TimelineEventType::RoomMember {
+            if let (Some(user), Some(membership)) = (
+                pdu.state_key.as_deref(),
+                pdu.content_value().get("membership").and_then(Value::as_str).map(str::to_owned),
+            ) {
+                USER_ROOMS.put(
+                    &mut batch,
+                    (user, room),
+                    &MembershipRecord { membership: membership.clone(), stream, event_id: pdu.event_id.clone() },
+                );
+                ROOM_MEMBERS.put(&mut batch, (room, user), &membership);
+                target = ruma::OwnedUserId::try_from(user).ok();
+            }
+        }
+        if let Some(t) = txn {
+            TRANSACTIONS.put(&mut batch, (pdu.sender.as_str(), t.device_id, t.txn_id), &pdu.event_id.to_string());
+        }
+        if let Some(record) = &new_room {
+            ROOMS.put(&mut batch, room, record);
+        }
+        store.write(batch)?;
+        self.stream_now.store(stream, std::sync::atomic::Ordering::Release);
+
+        let mut wake = self.members(&pdu.room_id, "join")?;
+        wake.extend(target);
+        self.notifier.notify(wake.iter().map(|u| &**u), stream);
+        Ok(pdu)
+    }
+}
+
+fn check_limits(new: &NewEvent) -> Result<()> {
+    if new.kind.to_string().len() > MAX_EVENT_TYPE_BYTES {
+        return Err(Error::too_large("Event type too long"));
+    }
+    if new.state_key.as_ref().is_some_and(|k| k.len() > MAX_STATE_KEY_BYTES) {
+        return Err(Error::too_large("State key too long"));
+    }
+    // A cheap early refusal; the exact PDU size is checked after signing.
+    let approx = serde_json::to_vec(&new.content).map(|v| v.len()).unwrap_or(usize::MAX);
+    if approx > MAX_PDU_BYTES {
+        return Err(Error::too_large(format!("Event is larger than {MAX_PDU_BYTES} bytes")));
+    }
+    let _ = to_canonical_object(new.content.clone())?;
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! Membership changes: join, invite, leave, kick, ban, unban, forget.
+//!
+//! Each is an `m.room.member` event through the one append path, so the room version's
+//! auth rules decide who may do what (joining an invite-only room uninvited, kicking
+//! without power, … are refused there with 403).
+
+use ruma::{OwnedRoomId, RoomId, UserId};
+use serde_json::{json, Map, Value};
+
+use super::{append::NewEvent, pdu::Pdu, Rooms, USER_ROOMS};
+use crate::{
+    error::{Error, Result},
+    store::Batch,
+};
+
+impl Rooms {
+    fn member_event(&self, room_id: &RoomId, sender: &UserId, target: &UserId, content: Value) -> Result<Pdu> {
+        self.append_local(room_id, sender, NewEvent::state("m.room.member", target.as_str(), content), None)
+    }
+
+    /// Joins a room this server knows. `profile` is the joiner's displayname/avatar_url.
+    pub fn join(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        profile: Map<String, Value>,
+        reason: Option<String>,
+    ) -> Result<Pdu> {
+        if self.room(room_id)?.is_none() {
+            return Err(Error::not_found(
+                "Unknown room (joining rooms on other servers needs federation, not built yet)",
+            ));
+        }
+        let mut content = profile;
+        content.insert("membership".into(), json!("join"));
+        if let Some(r) = reason {
+            content.insert("reason".into(), json!(r));
+        }
+        self.member_event(room_id, user, user, Value::Object(content))
+    }
+
+    pub fn invite(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<String>,
+        is_direct: bool,
+    ) -> Result<Pdu> {
+        self.known_room(room_id)?;
+        let mut content = json!({"membership": "invite"});
+        if let Some(r) = reason {
+            content["reason"] = json!(r);
+        }
+        if is_direct {
+            content["is_direct"] = json!(true);
+        }
+        self.member_event(room_id, sender, target, content)
+    }
+
+    /// Leave (target = sender), kick (target ≠ sender) or unban: all are `leave`.
+    pub fn set_leave(&self, room_id: &RoomId, sender: &UserId, target: &UserId, reason: Option<String>) -> Result<Pdu> {
+        self.known_room(room_id)?;
+        let mut content = json!({"membership": "leave"});
+        if let Some(r) = reason {
+            content["reason"] = json!(r);
+        }
+        self.member_event(room_id, sender, target, content)
+    }
+
+    pub fn ban(&self, room_id: &RoomId, sender: &UserId, target: &UserId, reason: Option<String>) -> Result<Pdu> {
+        self.known_room(room_id)?;
+        let mut content = json!({"membership": "ban"});
+        if let Some(r) = reason {
+            content["reason"] = json!(r);
+        }
+        self.member_event(room_id, sender, target, content)
+    }
+
+    /// Forgets a room the user has left: it disappears from their sync and room lists.
+    pub fn forget(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
+        match self.membership(room_id, user)? {
+            Some(m) if m.membership == "join" || m.membership == "invite" || m.membership == "knock" => {
+                Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Leave the room before forgetting it"))
+            }
+            Some(_) => {
+                let mut batch = Batch::new();
+                USER_ROOMS.delete(&mut batch, (user.as_str(), room_id.as_str()));
+                Ok(self.store.write(batch)?)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Joined rooms of a user.
+    pub fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {
+        Ok(self.rooms_of(user, &["join"])?.into_iter().map(|(r, _)| r).collect())
+    }
+}

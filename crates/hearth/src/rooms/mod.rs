@@ -1,0 +1,244 @@
+//! Rooms: PDUs, state, timelines and memberships, on one "build and append" path.
+//!
+//! Every local event is built as a full, signed PDU of its room's version, checked against
+//! the room's authorization rules (ruma's state-res), and appended in one atomic batch:
+//! the PDU, its short id, the new state snapshot if it is a state event, the room's forward
+//! extremities, the timeline and global stream indexes, membership indexes and the
+//! sender's transaction id. Appends are serialised by one lock, which also guards the
+//! stream and short-id counters; a small server signs and fsyncs far slower than it locks.
+
+pub mod append;
+pub mod create;
+pub mod membership;
+pub mod pdu;
+pub mod state;
+pub mod timeline;
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use parking_lot::Mutex;
+use ruma::{
+    events::StateEventType, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId,
+    UserId,
+};
+use serde::{Deserialize, Serialize};
+
+use self::{
+    pdu::Pdu,
+    state::{StateMap, StateReader},
+};
+use crate::{
+    error::{Error, Result},
+    json_value,
+    server_key::ServerKey,
+    store::{tables, KeyRange, Order, Store, Table},
+    sync::notifier::Notifier,
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomRecord {
+    pub version: RoomVersionId,
+    pub created_ts: u64,
+}
+
+/// The head of a room: what the next local event builds on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RoomHeads {
+    /// Current state snapshot.
+    pub snapshot: Option<u64>,
+    pub forward_extremities: Vec<OwnedEventId>,
+    pub depth: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventMeta {
+    pub room_id: OwnedRoomId,
+    pub stream: u64,
+    pub short: u64,
+    /// (device id, transaction id) of the local device that sent it.
+    pub txn: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamEntry {
+    pub room_id: OwnedRoomId,
+    pub event_id: OwnedEventId,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembershipRecord {
+    pub membership: String,
+    /// Stream position of the event that set it.
+    pub stream: u64,
+    pub event_id: OwnedEventId,
+}
+
+json_value!(RoomRecord, RoomHeads, EventMeta, StreamEntry, MembershipRecord);
+
+pub const ROOMS: Table<String, RoomRecord> = Table::new(tables::ROOMS);
+pub const PDUS: Table<String, Vec<u8>> = Table::new(tables::PDUS);
+pub const EVENT_META: Table<String, EventMeta> = Table::new(tables::EVENT_META);
+pub const ROOM_HEADS: Table<String, RoomHeads> = Table::new(tables::ROOM_HEADS);
+pub const TIMELINE: Table<(String, u64), String> = Table::new(tables::TIMELINE);
+pub const EVENT_STREAM: Table<u64, StreamEntry> = Table::new(tables::EVENT_STREAM);
+pub const USER_ROOMS: Table<(String, String), MembershipRecord> = Table::new(tables::USER_ROOMS);
+pub const ROOM_MEMBERS: Table<(String, String), String> = Table::new(tables::ROOM_MEMBERS);
+pub const TRANSACTIONS: Table<(String, String, String), String> = Table::new(tables::TRANSACTIONS);
+pub const ALIASES: Table<String, String> = Table::new(tables::ALIASES);
+
+/// Counters advanced under the append lock.
+pub struct Counters {
+    pub next_stream: u64,
+    pub next_short: u64,
+}
+
+pub struct Rooms {
+    pub store: Arc<Store>,
+    pub server_name: OwnedServerName,
+    pub server_key: Arc<ServerKey>,
+    pub state: StateReader,
+    pub notifier: Arc<Notifier>,
+    append_lock: Mutex<Counters>,
+    /// The last stream position whose write is committed.
+    stream_now: AtomicU64,
+}
+
+impl Rooms {
+    pub fn new(
+        store: Arc<Store>,
+        server_name: OwnedServerName,
+        server_key: Arc<ServerKey>,
+        notifier: Arc<Notifier>,
+    ) -> Result<Self> {
+        let mut last_stream = 0;
+        EVENT_STREAM.scan_range(&store, &KeyRange::default(), Order::Descending, |k, _| {
+            last_stream = k;
+            false
+        })?;
+        let max_short = state::max_short_id(&store)?;
+        Ok(Rooms {
+            state: StateReader::new(store.clone()),
+            store,
+            server_name,
+            server_key,
+            notifier,
+            append_lock: Mutex::new(Counters { next_stream: last_stream + 1, next_short: max_short + 1 }),
+            stream_now: AtomicU64::new(last_stream),
+        })
+    }
+
+    /// The newest committed stream position.
+    pub fn stream_now(&self) -> u64 {
+        self.stream_now.load(Ordering::Acquire)
+    }
+
+    pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
+        Ok(ROOMS.get(&self.store, room_id.as_str())?)
+    }
+
+    /// The room's record, or 404 for a room this server does not know.
+    pub fn known_room(&self, room_id: &RoomId) -> Result<RoomRecord> {
+        self.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))
+    }
+
+    pub fn heads(&self, room_id: &RoomId) -> Result<RoomHeads> {
+        Ok(ROOM_HEADS.get(&self.store, room_id.as_str())?.unwrap_or_default())
+    }
+
+    pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
+        let Some(bytes) = PDUS.get(&self.store, event_id.as_str())? else { return Ok(None) };
+        let meta = EVENT_META.get(&self.store, event_id.as_str())?;
+        let json =
+            serde_json::from_slice(&bytes).map_err(|e| Error::internal(format!("stored PDU unreadable: {e}")))?;
+        let room = meta.as_ref().map(|m| m.room_id.as_ref());
+        Ok(Some(Pdu::from_json(event_id.to_owned(), json, room)?))
+    }
+
+    pub fn event_meta(&self, event_id: &EventId) -> Result<Option<EventMeta>> {
+        Ok(EVENT_META.get(&self.store, event_id.as_str())?)
+    }
+
+    pub fn current_state_map(&self, room_id: &RoomId) -> Result<Arc<StateMap>> {
+        match self.heads(room_id)?.snapshot {
+            Some(s) => self.state.materialise(s),
+            None => Ok(Arc::new(StateMap::new())),
+        }
+    }
+
+    /// A state event from a state map.
+    pub fn state_event_in(&self, map: &StateMap, event_type: &StateEventType, state_key: &str) -> Result<Option<Pdu>> {
+        let Some(sk) = self.state.lookup_state_key(&event_type.to_string(), state_key)? else { return Ok(None) };
+        let Some(short) = map.get(&sk) else { return Ok(None) };
+        self.pdu(&self.state.event_id(*short)?)
+    }
+
+    /// A current state event.
+    pub fn state_event(&self, room_id: &RoomId, event_type: &StateEventType, state_key: &str) -> Result<Option<Pdu>> {
+        let map = self.current_state_map(room_id)?;
+        self.state_event_in(&map, event_type, state_key)
+    }
+
+    /// Every event of a state map.
+    pub fn state_events(&self, map: &StateMap) -> Result<Vec<Pdu>> {
+        let mut out = Vec::with_capacity(map.len());
+        for short in map.values() {
+            if let Some(pdu) = self.pdu(&self.state.event_id(*short)?)? {
+                out.push(pdu);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The state before an event (for `/members?at=` and `/context`).
+    pub fn state_before(&self, event_id: &EventId) -> Result<Arc<StateMap>> {
+        let short = self.state.short_event(event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
+        match state::STATE_BEFORE_EVENT.get(&self.store, short)? {
+            Some(s) => self.state.materialise(s),
+            None => Ok(Arc::new(StateMap::new())),
+        }
+    }
+
+    /// A user's membership in a room ("join", "invite", "leave", "ban", "knock").
+    pub fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipRecord>> {
+        Ok(USER_ROOMS.get(&self.store, (user_id.as_str(), room_id.as_str()))?)
+    }
+
+    pub fn is_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
+        Ok(self.membership(room_id, user_id)?.is_some_and(|m| m.membership == "join"))
+    }
+
+    /// Rooms where the user's membership is one of `memberships`.
+    pub fn rooms_of(&self, user_id: &UserId, memberships: &[&str]) -> Result<Vec<(OwnedRoomId, MembershipRecord)>> {
+        let mut out = Vec::new();
+        for (room, rec) in USER_ROOMS.collect_prefix(&self.store, user_id.as_str())? {
+            if memberships.contains(&rec.membership.as_str()) {
+                if let Ok(room) = OwnedRoomId::try_from(room) {
+                    out.push((room, rec));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Members of a room with a given membership.
+    pub fn members(&self, room_id: &RoomId, membership: &str) -> Result<Vec<OwnedUserId>> {
+        Ok(ROOM_MEMBERS
+            .collect_prefix(&self.store, room_id.as_str())?
+            .into_iter()
+            .filter(|(_, m)| m == membership)
+            .filter_map(|(u, _)| OwnedUserId::try_from(u).ok())
+            .collect())
+    }
+
+    /// The event a device already sent with this transaction id.
+    pub fn transaction(&self, user: &UserId, device: &str, txn: &str) -> Result<Option<OwnedEventId>> {
+        Ok(TRANSACTIONS.get(&self.store, (user.as_str(), device, txn))?.and_then(|id| OwnedEventId::try_from(id).ok()))
+    }
+
+    pub fn resolve_alias(&self, alias: &str) -> Result<Option<OwnedRoomId>> {
+        Ok(ALIASES.get(&self.store, alias)?.and_then(|id| OwnedRoomId::try_from(id).ok()))
+    }
+}

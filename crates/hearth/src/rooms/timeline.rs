@@ -1,0 +1,119 @@
+//! Reading timelines: pages in either direction, history visibility, client format.
+//!
+//! Positions are stream positions: a token `p` stands just after the event at `p`. Going
+//! backwards from `p` returns events at `p` and before; forwards, events after `p`.
+
+use ruma::{api::Direction, EventId, RoomId, UserId};
+use serde_json::{json, Map, Value};
+
+use super::{pdu::Pdu, EventMeta, Rooms, TIMELINE};
+use crate::{
+    error::{Error, Result},
+    store::{codec::encode_key, KeyRange, Order},
+};
+
+/// Most events one page may hold.
+pub const MAX_PAGE: usize = 1000;
+
+/// A pagination token: `s<position>`.
+pub fn token(pos: u64) -> String {
+    format!("s{pos}")
+}
+
+pub fn parse_token(t: &str) -> Result<u64> {
+    t.strip_prefix('s').and_then(|n| n.parse().ok()).ok_or_else(|| Error::invalid_param("Invalid pagination token"))
+}
+
+impl Rooms {
+    /// The last stream position of this room a user may see, or `None` if they may see
+    /// nothing (never joined). Joined members see everything ("shared" history); former
+    /// members see up to the moment they left.
+    pub fn visible_until(&self, room_id: &RoomId, user: &UserId) -> Result<Option<u64>> {
+        Ok(match self.membership(room_id, user)? {
+            Some(m) if m.membership == "join" => Some(u64::MAX),
+            Some(m) if m.membership == "leave" || m.membership == "ban" => Some(m.stream),
+            _ => None,
+        })
+    }
+
+    /// Refuses users who may not read the room (404 for unknown rooms, 403 otherwise).
+    pub fn require_visible(&self, room_id: &RoomId, user: &UserId) -> Result<u64> {
+        self.known_room(room_id)?;
+        self.visible_until(room_id, user)?.ok_or_else(|| Error::forbidden("You are not a member of this room"))
+    }
+
+    /// Up to `limit` events from `from` in `dir`, not past `until` (visibility) nor past
+    /// `to` (if given). Returns (stream position, PDU) in the direction's order.
+    pub fn page(
+        &self,
+        room_id: &RoomId,
+        from: u64,
+        dir: Direction,
+        limit: usize,
+        until: u64,
+        to: Option<u64>,
+    ) -> Result<Vec<(u64, Pdu)>> {
+        let room = room_id.as_str();
+        let limit = limit.min(MAX_PAGE);
+        let (range, order) = match dir {
+            Direction::Backward => {
+                let hi = from.min(until).saturating_add(1);
+                let lo = to.map(|t| t.saturating_add(1)).unwrap_or(0);
+                (
+                    KeyRange {
+                        lower: Some(encode_key::<(String, u64)>((room, lo))),
+                        upper: Some(encode_key::<(String, u64)>((room, hi))),
+                    },
+                    Order::Descending,
+                )
+            }
+            Direction::Forward => {
+                let lo = from.saturating_add(1);
+                let hi = to.unwrap_or(u64::MAX).min(until).saturating_add(1).max(lo);
+                (
+                    KeyRange {
+                        lower: Some(encode_key::<(String, u64)>((room, lo))),
+                        upper: Some(encode_key::<(String, u64)>((room, hi))),
+                    },
+                    Order::Ascending,
+                )
+            }
+        };
+        let mut ids = Vec::new();
+        TIMELINE.scan_range(&self.store, &range, order, |(_, pos), id| {
+            ids.push((pos, id));
+            ids.len() < limit
+        })?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (pos, id) in ids {
+            let id = ruma::OwnedEventId::try_from(id).map_err(|e| Error::internal(e.to_string()))?;
+            if let Some(pdu) = self.pdu(&id)? {
+                out.push((pos, pdu));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The event as a client sees it: `unsigned.transaction_id` for the device that sent
+    /// it, `unsigned.age`.
+    pub fn client_event(&self, pdu: &Pdu, meta: Option<&EventMeta>, viewer: Option<(&UserId, &str)>) -> Value {
+        let mut unsigned = Map::new();
+        if let (Some(meta), Some((user, device))) = (meta, viewer) {
+            if let Some((d, txn)) = &meta.txn {
+                if pdu.sender == user && d == device {
+                    unsigned.insert("transaction_id".into(), json!(txn));
+                }
+            }
+        }
+        let now = crate::time::now_millis();
+        unsigned.insert("age".into(), json!(now.saturating_sub(u64::from(pdu.origin_server_ts.0))));
+        pdu.to_client_json(unsigned)
+    }
+
+    /// Client format of an event by id, with its meta.
+    pub fn client_event_by_id(&self, event_id: &EventId, viewer: Option<(&UserId, &str)>) -> Result<Option<Value>> {
+        let Some(pdu) = self.pdu(event_id)? else { return Ok(None) };
+        let meta = self.event_meta(event_id)?;
+        Ok(Some(self.client_event(&pdu, meta.as_ref(), viewer)))
+    }
+}

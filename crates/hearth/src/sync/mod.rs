@@ -1,0 +1,3 @@
+//! `/sync` assembly and the notifier that wakes it.
+
+pub mod notifier;

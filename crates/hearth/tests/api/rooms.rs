@@ -1,0 +1,342 @@
+//! Rooms: creation in every room version, messages, state, membership, aliases, history.
+
+use hearth::store::Backend;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::{
+    both_engines,
+    common::{assert_error, TestServer, SERVER_NAME},
+};
+
+async fn create(s: &TestServer, token: &str, body: Value) -> String {
+    let (status, res) = s.post("/_matrix/client/v3/createRoom", Some(token), body).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    res["room_id"].as_str().unwrap().to_owned()
+}
+
+async fn send(s: &TestServer, token: &str, room: &str, txn: &str, body: &str) -> (StatusCode, Value) {
+    s.put(
+        &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"),
+        Some(token),
+        json!({"msgtype": "m.text", "body": body}),
+    )
+    .await
+}
+
+async fn every_room_version_works(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, token, _) = s.register("alice", "pw-alice-1").await;
+    for v in 1..=12 {
+        let room = create(&s, &token, json!({"room_version": v.to_string(), "name": format!("v{v}")})).await;
+        if v >= 12 {
+            assert!(!room.contains(':'), "v12 room ids are hashes: {room}");
+        } else {
+            assert!(room.ends_with(&format!(":{SERVER_NAME}")), "{room}");
+        }
+        let (status, res) = send(&s, &token, &room, &format!("t{v}"), "hello").await;
+        assert_eq!(status, StatusCode::OK, "v{v}: {res}");
+        let event_id = res["event_id"].as_str().unwrap();
+        match v {
+            1 | 2 => assert!(event_id.ends_with(&format!(":{SERVER_NAME}")), "{event_id}"),
+            3 => assert!(!event_id.contains(':') && event_id.len() == 44, "{event_id}"),
+            _ => assert!(!event_id.contains(['+', '/', ':']) && event_id.len() == 44, "{event_id}"),
+        }
+        // v3 event ids are standard base64, so they need escaping in a path.
+        let escaped = event_id.replace('+', "%2B").replace('/', "%2F");
+        let (status, ev) = s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{escaped}"), Some(&token)).await;
+        assert_eq!(status, StatusCode::OK, "{ev}");
+        assert_eq!(ev["content"]["body"], "hello");
+        assert_eq!(ev["room_id"], room.as_str());
+
+        let (_, create_content) =
+            s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.create/"), Some(&token)).await;
+        assert_eq!(create_content["room_version"], v.to_string());
+        let (_, name) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"), Some(&token)).await;
+        assert_eq!(name["name"], format!("v{v}"));
+    }
+    // The PDUs are really signed by the server key with the right hashes: checked from the store.
+    let services = s.services();
+    let rooms = services.rooms.joined_rooms(&ruma::UserId::parse(format!("@alice:{SERVER_NAME}")).unwrap()).unwrap();
+    assert_eq!(rooms.len(), 12);
+}
+
+async fn default_version_and_unsupported(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, token, _) = s.register("alice", "pw-alice-1").await;
+    let room = create(&s, &token, json!({})).await;
+    let (_, c) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.create/"), Some(&token)).await;
+    assert_eq!(c["room_version"], "12");
+    let got = s.post("/_matrix/client/v3/createRoom", Some(&token), json!({"room_version": "99"})).await;
+    assert_error(&got, 400, "M_UNSUPPORTED_ROOM_VERSION");
+}
+
+async fn invite_join_chat_leave(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (alice, at, _) = s.register("alice", "pw-alice-1").await;
+    let (bob, bt, _) = s.register("bob", "pw-bob-1").await;
+    let (_, ct, _) = s.register("carol", "pw-carol-1").await;
+    let room = create(&s, &at, json!({"preset": "private_chat", "invite": [bob]})).await;
+
+    // Carol was not invited: refused by the room's join rules.
+    let got = s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&ct), json!({})).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    // Carol cannot read it either.
+    assert_error(
+        &s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), Some(&ct)).await,
+        403,
+        "M_FORBIDDEN",
+    );
+
+    let (status, res) = s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    assert_eq!(res["room_id"], room.as_str());
+    let (_, jr) = s.get("/_matrix/client/v3/joined_rooms", Some(&bt)).await;
+    assert_eq!(jr["joined_rooms"], json!([room]));
+
+    for i in 0..5 {
+        let (tok, who) = if i % 2 == 0 { (&at, "alice") } else { (&bt, "bob") };
+        let (status, _) = send(&s, tok, &room, &format!("m{i}"), &format!("{who} {i}")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (_, members) = s.get(&format!("/_matrix/client/v3/rooms/{room}/joined_members"), Some(&at)).await;
+    let joined = members["joined"].as_object().unwrap();
+    assert_eq!(joined.len(), 2);
+    assert_eq!(joined[&alice]["display_name"], "alice");
+
+    let (_, all) = s.get(&format!("/_matrix/client/v3/rooms/{room}/members"), Some(&at)).await;
+    assert_eq!(all["chunk"].as_array().unwrap().len(), 2);
+    let (_, left) = s.get(&format!("/_matrix/client/v3/rooms/{room}/members?membership=leave"), Some(&at)).await;
+    assert_eq!(left["chunk"], json!([]));
+
+    let (status, _) = s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bt), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let got = send(&s, &bt, &room, "after", "still here?").await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    // Bob still sees the history up to his leave, not after.
+    send(&s, &at, &room, "later", "after bob left").await;
+    let (status, page) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), Some(&bt)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let bodies: Vec<&str> =
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert!(bodies.contains(&"bob 1") && !bodies.contains(&"after bob left"), "{bodies:?}");
+    let got = s.post(&format!("/_matrix/client/v3/rooms/{room}/forget"), Some(&bt), json!({})).await;
+    assert_eq!(got.0, StatusCode::OK);
+    let (_, jr) = s.get("/_matrix/client/v3/joined_rooms", Some(&bt)).await;
+    assert_eq!(jr["joined_rooms"], json!([]));
+}
+
+async fn power_is_enforced(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (bob, bt, _) = s.register("bob", "pw-bob-1").await;
+    let (carol, ct, _) = s.register("carol", "pw-carol-1").await;
+    let room = create(&s, &at, json!({"preset": "public_chat"})).await;
+    for t in [&bt, &ct] {
+        let (status, res) = s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(t), json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{res}");
+    }
+    // Bob has no power to kick Carol or change the name.
+    let got = s.post(&format!("/_matrix/client/v3/rooms/{room}/kick"), Some(&bt), json!({"user_id": carol})).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    let got =
+        s.put(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"), Some(&bt), json!({"name": "mine"})).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    // Alice can kick and ban; a banned user cannot come back until unbanned.
+    let (status, _) = s
+        .post(&format!("/_matrix/client/v3/rooms/{room}/kick"), Some(&at), json!({"user_id": carol, "reason": "bye"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = s.post(&format!("/_matrix/client/v3/rooms/{room}/ban"), Some(&at), json!({"user_id": bob})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_error(
+        &s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    let (status, _) =
+        s.post(&format!("/_matrix/client/v3/rooms/{room}/unban"), Some(&at), json!({"user_id": bob})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+async fn unknown_rooms_and_events_are_404(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let nowhere = format!("!nowhere:{SERVER_NAME}");
+    assert_error(
+        &s.post(&format!("/_matrix/client/v3/rooms/{nowhere}/join"), Some(&at), json!({})).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_error(&send(&s, &at, &nowhere, "x", "hi").await, 404, "M_NOT_FOUND");
+    let room = create(&s, &at, json!({})).await;
+    assert_error(&s.get(&format!("/_matrix/client/v3/rooms/{room}/event/$nope"), Some(&at)).await, 404, "M_NOT_FOUND");
+    assert_error(
+        &s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"), Some(&at)).await,
+        404,
+        "M_NOT_FOUND",
+    );
+}
+
+async fn sends_are_idempotent_per_transaction(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let room = create(&s, &at, json!({})).await;
+    let (_, first) = send(&s, &at, &room, "same", "once").await;
+    let (_, again) = send(&s, &at, &room, "same", "once").await;
+    assert_eq!(first["event_id"], again["event_id"]);
+    let (_, page) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"), Some(&at)).await;
+    let count = page["chunk"].as_array().unwrap().iter().filter(|e| e["content"]["body"] == "once").count();
+    assert_eq!(count, 1);
+    // Our own device sees its transaction id; that is how clients match local echoes.
+    let mine = page["chunk"].as_array().unwrap().iter().find(|e| e["content"]["body"] == "once").unwrap();
+    assert_eq!(mine["unsigned"]["transaction_id"], "same");
+}
+
+async fn history_paginates_in_order(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let room = create(&s, &at, json!({})).await;
+    for i in 0..25 {
+        send(&s, &at, &room, &format!("t{i}"), &format!("msg {i}")).await;
+    }
+    let mut seen = Vec::new();
+    let mut from: Option<String> = None;
+    loop {
+        let q = match &from {
+            Some(f) => format!("?dir=b&limit=10&from={f}&filter=%7B%22types%22%3A%5B%22m.room.message%22%5D%7D"),
+            None => "?dir=b&limit=10&filter=%7B%22types%22%3A%5B%22m.room.message%22%5D%7D".to_owned(),
+        };
+        let (status, page) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages{q}"), Some(&at)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for e in page["chunk"].as_array().unwrap() {
+            seen.push(e["content"]["body"].as_str().unwrap().to_owned());
+        }
+        match page["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..25).rev().map(|i| format!("msg {i}")).collect();
+    assert_eq!(seen, expected);
+
+    // Forwards from the start.
+    let (_, page) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=1000"), Some(&at)).await;
+    let bodies: Vec<&str> =
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies.first(), Some(&"msg 0"));
+    assert_eq!(page["chunk"][0]["type"], "m.room.create");
+}
+
+async fn aliases_resolve_and_join(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (_, bt, _) = s.register("bob", "pw-bob-1").await;
+    let room = create(&s, &at, json!({"preset": "public_chat", "room_alias_name": "lounge"})).await;
+    let alias = format!("#lounge:{SERVER_NAME}");
+    let enc = alias.replace('#', "%23");
+    let (status, res) = s.get(&format!("/_matrix/client/v3/directory/room/{enc}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    assert_eq!(res["room_id"], room.as_str());
+    let (_, ca) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.canonical_alias/"), Some(&at)).await;
+    assert_eq!(ca["alias"], alias.as_str());
+    let (status, res) = s.post(&format!("/_matrix/client/v3/join/{enc}"), Some(&bt), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    assert_eq!(res["room_id"], room.as_str());
+
+    let got = s.post("/_matrix/client/v3/createRoom", Some(&at), json!({"room_alias_name": "lounge"})).await;
+    assert_error(&got, 400, "M_ROOM_IN_USE");
+
+    let (status, _) = s
+        .put(&format!("/_matrix/client/v3/directory/room/%23extra:{SERVER_NAME}"), Some(&at), json!({"room_id": room}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = s
+        .request(Method::DELETE, &format!("/_matrix/client/v3/directory/room/%23extra:{SERVER_NAME}"), Some(&at), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_error(
+        &s.get(&format!("/_matrix/client/v3/directory/room/%23extra:{SERVER_NAME}"), None).await,
+        404,
+        "M_NOT_FOUND",
+    );
+}
+
+async fn state_put_and_get(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (alice, at, _) = s.register("alice", "pw-alice-1").await;
+    let room = create(&s, &at, json!({"topic": "first"})).await;
+    let (status, res) = s
+        .put(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"), Some(&at), json!({"topic": "second"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    let (_, t) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"), Some(&at)).await;
+    assert_eq!(t, json!({"topic": "second"}));
+    let (_, ev) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/?format=event"), Some(&at)).await;
+    assert_eq!(ev["sender"], alice.as_str());
+    assert_eq!(ev["content"]["topic"], "second");
+    let (_, all) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state"), Some(&at)).await;
+    let types: Vec<&str> = all.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    for t in [
+        "m.room.create",
+        "m.room.member",
+        "m.room.power_levels",
+        "m.room.join_rules",
+        "m.room.history_visibility",
+        "m.room.topic",
+    ] {
+        assert!(types.contains(&t), "{t} missing from {types:?}");
+    }
+    assert_eq!(types.iter().filter(|t| **t == "m.room.topic").count(), 1);
+
+    // Content that is not canonical JSON (a float) is refused.
+    let got = s.put(&format!("/_matrix/client/v3/rooms/{room}/state/m.custom/"), Some(&at), json!({"x": 1.5})).await;
+    assert_error(&got, 400, "M_BAD_JSON");
+}
+
+async fn oversized_event_is_413(b: Backend) {
+    // A request limit above the PDU limit, so the PDU limit is what refuses.
+    let s = TestServer::start_with(b, |c| c.max_request_size = 1_000_000).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let room = create(&s, &at, json!({})).await;
+    let got = s
+        .put(&format!("/_matrix/client/v3/rooms/{room}/state/m.custom/"), Some(&at), json!({"x": "y".repeat(65_000)}))
+        .await;
+    assert_error(&got, 413, "M_TOO_LARGE");
+    let got = send(&s, &at, &room, "big", &"z".repeat(70_000)).await;
+    assert_error(&got, 413, "M_TOO_LARGE");
+    // Just under the limit is fine.
+    let (status, res) = send(&s, &at, &room, "ok", &"z".repeat(60_000)).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+}
+
+async fn rooms_survive_restart(b: Backend) {
+    let mut s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let room = create(&s, &at, json!({"name": "persistent"})).await;
+    let (_, first) = send(&s, &at, &room, "a", "before").await;
+    s.restart().await;
+    let (status, second) = send(&s, &at, &room, "b", "after").await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_ne!(first["event_id"], second["event_id"]);
+    let (_, page) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=2"), Some(&at)).await;
+    let bodies: Vec<&str> =
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, vec!["after", "before"]);
+}
+
+both_engines!(
+    every_room_version_works,
+    default_version_and_unsupported,
+    invite_join_chat_leave,
+    power_is_enforced,
+    unknown_rooms_and_events_are_404,
+    sends_are_idempotent_per_transaction,
+    history_paginates_in_order,
+    aliases_resolve_and_join,
+    state_put_and_get,
+    oversized_event_is_413,
+    rooms_survive_restart,
+);
