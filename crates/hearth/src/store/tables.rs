@@ -47,6 +47,8 @@ pub const ROOM_MEMBERS: &str = "room_members";
 pub const TRANSACTIONS: &str = "transactions";
 /// Room alias → room id.
 pub const ALIASES: &str = "aliases";
+/// (user id, filter id) → filter definition JSON.
+pub const FILTERS: &str = "filters";
 
 pub const ALL: &[&str] = &[
     META_NAME,
@@ -70,6 +72,7 @@ pub const ALL: &[&str] = &[
     ROOM_MEMBERS,
     TRANSACTIONS,
     ALIASES,
+    FILTERS,
 ];
 
 /// The meta table is the store's own (schema version lives there).

@@ -1,3 +1,246 @@
 //! `/sync` assembly and the notifier that wakes it.
+//!
+//! A since-token is a stream position (`s<n>`). An incremental sync reads the global event
+//! stream after `since` once and groups it by room, so its cost follows what happened, not
+//! how many rooms the user is in; rooms whose membership changed are handled as new. When
+//! nothing happened, the request waits on the user's notifier (subscribed before reading).
 
 pub mod notifier;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ruma::{api::Direction, OwnedRoomId, RoomId, UserId};
+use serde_json::Value;
+
+use crate::{
+    error::Result,
+    rooms::{pdu::Pdu, state::StateMap, Rooms, EVENT_STREAM},
+    store::{codec::encode_key, KeyRange, Order},
+};
+
+/// What a sync asks for, from its filter.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub timeline_limit: usize,
+    pub types: Option<Vec<String>>,
+    pub not_types: Vec<String>,
+    pub lazy_load_members: bool,
+    pub include_leave: bool,
+    pub full_state: bool,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            timeline_limit: 10,
+            types: None,
+            not_types: vec![],
+            lazy_load_members: false,
+            include_leave: false,
+            full_state: false,
+        }
+    }
+}
+
+/// Most timeline events per room in one sync.
+pub const MAX_TIMELINE_LIMIT: usize = 100;
+
+pub struct JoinedRoomSync {
+    pub timeline: Vec<Value>,
+    pub limited: bool,
+    pub prev_batch: Option<String>,
+    pub state: Vec<Value>,
+    pub heroes: Vec<String>,
+    pub joined_count: u64,
+    pub invited_count: u64,
+}
+
+pub struct LeftRoomSync {
+    pub timeline: Vec<Value>,
+    pub limited: bool,
+    pub prev_batch: Option<String>,
+    pub state: Vec<Value>,
+}
+
+#[derive(Default)]
+pub struct SyncResult {
+    pub join: BTreeMap<OwnedRoomId, JoinedRoomSync>,
+    pub invite: BTreeMap<OwnedRoomId, Vec<Value>>,
+    pub leave: BTreeMap<OwnedRoomId, LeftRoomSync>,
+}
+
+impl SyncResult {
+    pub fn is_empty(&self) -> bool {
+        self.join.is_empty() && self.invite.is_empty() && self.leave.is_empty()
+    }
+}
+
+fn type_allowed(opts: &SyncOptions, kind: &str) -> bool {
+    let m = |p: &String| match p.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => p == kind,
+    };
+    opts.types.as_ref().is_none_or(|t| t.iter().any(m)) && !opts.not_types.iter().any(m)
+}
+
+/// Rooms with events in (since, now], in stream order.
+fn rooms_with_events(rooms: &Rooms, since: u64, now: u64) -> Result<BTreeSet<OwnedRoomId>> {
+    let mut out = BTreeSet::new();
+    let range = KeyRange {
+        lower: Some(encode_key::<u64>(since.saturating_add(1))),
+        upper: Some(encode_key::<u64>(now.saturating_add(1))),
+    };
+    EVENT_STREAM.scan_range(&rooms.store, &range, Order::Ascending, |_, e| {
+        out.insert(e.room_id);
+        true
+    })?;
+    Ok(out)
+}
+
+/// Assembles a sync for `user` (as `device`) from `since` up to `now`.
+pub fn assemble(
+    rooms: &Rooms,
+    user: &UserId,
+    device: &str,
+    since: Option<u64>,
+    now: u64,
+    opts: &SyncOptions,
+) -> Result<SyncResult> {
+    let mut result = SyncResult::default();
+    let changed = match since {
+        Some(s) => rooms_with_events(rooms, s, now)?,
+        None => BTreeSet::new(),
+    };
+    let viewer = Some((user, device));
+    for (room_id, rec) in rooms.rooms_of(user, &["join", "invite", "leave", "ban"])? {
+        if rec.stream > now {
+            continue; // Committed after this sync's snapshot of the stream.
+        }
+        let is_new = since.is_none_or(|s| rec.stream > s);
+        match rec.membership.as_str() {
+            "join" => {
+                if !(is_new || opts.full_state || changed.contains(&room_id)) {
+                    continue;
+                }
+                let from = if is_new || opts.full_state { None } else { since };
+                let r = room_section(rooms, &room_id, user, from, now, opts, viewer)?;
+                let (joined_count, invited_count, heroes) = summary(rooms, &room_id, user)?;
+                result.join.insert(
+                    room_id,
+                    JoinedRoomSync {
+                        timeline: r.timeline,
+                        limited: r.limited,
+                        prev_batch: r.prev_batch,
+                        state: r.state,
+                        heroes,
+                        joined_count,
+                        invited_count,
+                    },
+                );
+            }
+            "invite" if is_new => {
+                result.invite.insert(room_id.clone(), invite_state(rooms, &room_id, user)?);
+            }
+            "leave" | "ban" if (since.is_some() && is_new) || (since.is_none() && opts.include_leave) => {
+                let until = rec.stream;
+                let from = if since.is_some() && !opts.full_state { since } else { None };
+                let r = room_section(rooms, &room_id, user, from, until, opts, viewer)?;
+                result.leave.insert(
+                    room_id,
+                    LeftRoomSync { timeline: r.timeline, limited: r.limited, prev_batch: r.prev_batch, state: r.state },
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(result)
+}
+
+struct Section {
+    timeline: Vec<Value>,
+    limited: bool,
+    prev_batch: Option<String>,
+    state: Vec<Value>,
+}
+
+/// Timeline after `from` (or the latest events, with full state, when `from` is None) up to `until`.
+fn room_section(
+    rooms: &Rooms,
+    room_id: &RoomId,
+    user: &UserId,
+    from: Option<u64>,
+    until: u64,
+    opts: &SyncOptions,
+    viewer: Option<(&UserId, &str)>,
+) -> Result<Section> {
+    let limit = opts.timeline_limit.clamp(1, MAX_TIMELINE_LIMIT);
+    // Newest first, one more than needed to know whether the timeline is limited.
+    let mut page = rooms.page(room_id, until, Direction::Backward, limit + 1, until, from)?;
+    let limited = page.len() > limit;
+    page.truncate(limit);
+    page.reverse();
+    let events: Vec<&(u64, Pdu)> = page.iter().filter(|(_, p)| type_allowed(opts, &p.kind.to_string())).collect();
+    let prev_batch = page.first().map(|(pos, _)| crate::rooms::timeline::token(pos.saturating_sub(1)));
+
+    // State: everything before the timeline when starting fresh or after a gap.
+    let mut state = Vec::new();
+    if from.is_none() || limited {
+        let map: StateMap = match page.first() {
+            Some((_, first)) => (*rooms.state_before(&first.event_id)?).clone(),
+            None => (*rooms.current_state_map(room_id)?).clone(),
+        };
+        let senders: BTreeSet<String> =
+            page.iter().map(|(_, p)| p.sender.to_string()).chain([user.to_string()]).collect();
+        let in_timeline: BTreeSet<&str> = page.iter().map(|(_, p)| p.event_id.as_str()).collect();
+        for pdu in rooms.state_events(&map)? {
+            if in_timeline.contains(pdu.event_id.as_str()) {
+                continue;
+            }
+            if opts.lazy_load_members
+                && pdu.kind.to_string() == "m.room.member"
+                && !senders.contains(pdu.state_key.as_deref().unwrap_or_default())
+            {
+                continue;
+            }
+            state.push(rooms.client_event(&pdu, None, None));
+        }
+    }
+    let mut timeline = Vec::with_capacity(events.len());
+    for (_, pdu) in events {
+        let meta = rooms.event_meta(&pdu.event_id)?;
+        timeline.push(rooms.client_event(pdu, meta.as_ref(), viewer));
+    }
+    Ok(Section { timeline, limited, prev_batch, state })
+}
+
+/// (joined count, invited count, heroes): heroes are up to five other members.
+fn summary(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<(u64, u64, Vec<String>)> {
+    let joined = rooms.members(room_id, "join")?;
+    let invited = rooms.members(room_id, "invite")?;
+    let heroes = joined.iter().chain(invited.iter()).filter(|u| *u != user).take(5).map(|u| u.to_string()).collect();
+    Ok((joined.len() as u64, invited.len() as u64, heroes))
+}
+
+/// Stripped state shown with an invite: what a client needs to show the room.
+fn invite_state(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
+    let map = rooms.current_state_map(room_id)?;
+    let mut out = Vec::new();
+    for pdu in rooms.state_events(&map)? {
+        let kind = pdu.kind.to_string();
+        let keep = matches!(
+            kind.as_str(),
+            "m.room.create"
+                | "m.room.join_rules"
+                | "m.room.name"
+                | "m.room.avatar"
+                | "m.room.canonical_alias"
+                | "m.room.encryption"
+                | "m.room.topic"
+        ) || (kind == "m.room.member"
+            && (pdu.state_key.as_deref() == Some(user.as_str()) || pdu.sender == user));
+        if keep {
+            out.push(pdu.to_stripped_json());
+        }
+    }
+    Ok(out)
+}

@@ -11,3 +11,4 @@ mod processes;
 mod profile;
 mod rooms;
 mod storage;
+mod sync;

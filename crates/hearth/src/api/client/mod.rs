@@ -4,12 +4,14 @@ mod account;
 mod alias;
 pub mod capabilities;
 mod device;
+mod filter;
 mod membership;
 mod message;
 mod profile;
 mod room;
 mod session;
 mod state;
+mod sync;
 mod versions;
 
 use std::sync::Arc;
@@ -64,4 +66,7 @@ pub fn routes() -> Router<Arc<Services>> {
         .ruma(alias::get_alias)
         .ruma(alias::create_alias)
         .ruma(alias::delete_alias)
+        .ruma(filter::create_filter)
+        .ruma(filter::get_filter)
+        .ruma(sync::sync_events)
 }

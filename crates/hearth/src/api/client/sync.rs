@@ -1,0 +1,125 @@
+//! Client-server API: `GET /_matrix/client/v3/sync`.
+
+use std::{sync::Arc, time::Duration};
+
+use ruma::{
+    api::client::{
+        filter::{FilterDefinition, LazyLoadOptions},
+        sync::sync_events::{
+            self,
+            v3::{
+                self as sync_v3, Filter, InvitedRoom, JoinedRoom, LeftRoom, RoomSummary, State, StateEvents, Timeline,
+            },
+        },
+    },
+    UInt,
+};
+
+use super::room::raw;
+use crate::{
+    api::Ruma,
+    error::{Error, Result},
+    rooms::timeline::parse_token,
+    sync::{assemble, SyncOptions, SyncResult},
+    Services,
+};
+
+/// Longest long-poll a client may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn options(filter: Option<&FilterDefinition>, full_state: bool) -> SyncOptions {
+    let mut o = SyncOptions { full_state, ..SyncOptions::default() };
+    if let Some(f) = filter {
+        let t = &f.room.timeline;
+        if let Some(limit) = t.limit {
+            o.timeline_limit = u64::from(limit).min(1000) as usize;
+        }
+        o.types = t.types.clone();
+        o.not_types = t.not_types.clone();
+        o.lazy_load_members = !matches!(f.room.state.lazy_load_options, LazyLoadOptions::Disabled);
+        o.include_leave = f.room.include_leave;
+    }
+    o
+}
+
+/// `GET /_matrix/client/v3/sync`
+///
+/// Initial or incremental; when nothing is new, waits up to `timeout` for the caller's
+/// notifier and answers as soon as something for them is committed.
+pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>) -> Result<sync_v3::Response> {
+    let caller = req.caller()?.clone();
+    let body = req.body;
+    let filter = match &body.filter {
+        Some(Filter::FilterDefinition(def)) => Some(def.clone()),
+        Some(Filter::FilterId(id)) => Some(
+            super::filter::load(&s, &caller.user_id, id)?.ok_or_else(|| Error::invalid_param("Unknown filter id"))?,
+        ),
+        // Filter is non-exhaustive.
+        #[allow(unreachable_patterns)]
+        Some(_) => None,
+        None => None,
+    };
+    let opts = options(filter.as_ref(), body.full_state);
+    let since = body.since.as_deref().map(parse_token).transpose()?;
+    let timeout = body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
+
+    // Subscribe before reading, so a write between the read and the wait still wakes us.
+    let mut rx = s.notifier.subscribe(&caller.user_id);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let now = s.rooms.stream_now();
+        let result = assemble(&s.rooms, &caller.user_id, caller.device_id.as_str(), since, now, &opts)?;
+        let waiting_pays = since.is_some() && result.is_empty() && !opts.full_state;
+        if !waiting_pays || tokio::time::Instant::now() >= deadline {
+            return to_response(result, now);
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            // Timed out (or the notifier went away): answer with what there is.
+            _ => {
+                let now = s.rooms.stream_now();
+                let result = assemble(&s.rooms, &caller.user_id, caller.device_id.as_str(), since, now, &opts)?;
+                return to_response(result, now);
+            }
+        }
+    }
+}
+
+fn to_response(result: SyncResult, now: u64) -> Result<sync_v3::Response> {
+    let mut res = sync_events::v3::Response::new(crate::rooms::timeline::token(now));
+    for (room_id, r) in result.join {
+        let mut joined = JoinedRoom::new();
+        let mut timeline = Timeline::new();
+        timeline.limited = r.limited;
+        timeline.prev_batch = r.prev_batch;
+        timeline.events = r.timeline.iter().map(raw).collect::<Result<_>>()?;
+        joined.timeline = timeline;
+        let mut state = StateEvents::new();
+        state.events = r.state.iter().map(raw).collect::<Result<_>>()?;
+        joined.state = State::Before(state);
+        let mut summary = RoomSummary::new();
+        summary.heroes = r.heroes.iter().filter_map(|h| h.as_str().try_into().ok()).collect();
+        summary.joined_member_count = UInt::new(r.joined_count);
+        summary.invited_member_count = UInt::new(r.invited_count);
+        joined.summary = summary;
+        res.rooms.join.insert(room_id, joined);
+    }
+    for (room_id, stripped) in result.invite {
+        let mut invited = InvitedRoom::new();
+        invited.invite_state.events = stripped.iter().map(raw).collect::<Result<_>>()?;
+        res.rooms.invite.insert(room_id, invited);
+    }
+    for (room_id, r) in result.leave {
+        let mut left = LeftRoom::new();
+        let mut timeline = Timeline::new();
+        timeline.limited = r.limited;
+        timeline.prev_batch = r.prev_batch;
+        timeline.events = r.timeline.iter().map(raw).collect::<Result<_>>()?;
+        left.timeline = timeline;
+        let mut state = StateEvents::new();
+        state.events = r.state.iter().map(raw).collect::<Result<_>>()?;
+        left.state = State::Before(state);
+        res.rooms.leave.insert(room_id, left);
+    }
+    Ok(res)
+}

@@ -1,0 +1,178 @@
+//! `/sync`: initial, incremental, long-poll wake-ups, invites, leaves, filters.
+
+use hearth::store::Backend;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::{both_engines, common::TestServer};
+
+async fn create(s: &TestServer, token: &str, body: Value) -> String {
+    let (status, res) = s.post("/_matrix/client/v3/createRoom", Some(token), body).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    res["room_id"].as_str().unwrap().to_owned()
+}
+
+async fn sync(s: &TestServer, token: &str, query: &str) -> Value {
+    let (status, res) = s.get(&format!("/_matrix/client/v3/sync{query}"), Some(token)).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    res
+}
+
+fn bodies(timeline: &Value) -> Vec<String> {
+    timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn initial_then_incremental(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let room = create(&s, &at, json!({"name": "Kitchen"})).await;
+    s.put(
+        &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/1"),
+        Some(&at),
+        json!({"msgtype": "m.text", "body": "hi"}),
+    )
+    .await;
+
+    let first = sync(&s, &at, "").await;
+    let joined = &first["rooms"]["join"][&room];
+    assert_eq!(bodies(&joined["timeline"]), vec!["hi"]);
+    // Empty state sections may be left out.
+    let state_types: Vec<&str> = joined["state"]["events"]
+        .as_array()
+        .map(|a| a.iter().map(|e| e["type"].as_str().unwrap()).collect())
+        .unwrap_or_default();
+    let timeline_types: Vec<&str> =
+        joined["timeline"]["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    // The room name is known one way or the other.
+    assert!(state_types.contains(&"m.room.name") || timeline_types.contains(&"m.room.name"), "{joined}");
+    assert_eq!(joined["summary"]["m.joined_member_count"], 1);
+    let mine = joined["timeline"]["events"].as_array().unwrap().iter().find(|e| e["content"]["body"] == "hi").unwrap();
+    assert_eq!(mine["unsigned"]["transaction_id"], "1");
+    let next = first["next_batch"].as_str().unwrap().to_owned();
+
+    // Nothing new: an immediate empty answer with timeout=0.
+    let empty = sync(&s, &at, &format!("?since={next}&timeout=0")).await;
+    assert!(empty["rooms"]["join"].get(&room).is_none(), "{empty}");
+
+    s.put(
+        &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/2"),
+        Some(&at),
+        json!({"msgtype": "m.text", "body": "again"}),
+    )
+    .await;
+    let inc = sync(&s, &at, &format!("?since={next}&timeout=0")).await;
+    assert_eq!(bodies(&inc["rooms"]["join"][&room]["timeline"]), vec!["again"]);
+    // `limited: false` is the default and may be left out.
+    assert_ne!(inc["rooms"]["join"][&room]["timeline"]["limited"], true);
+}
+
+async fn long_poll_wakes_on_message(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (bob, bt, _) = s.register("bob", "pw-bob-1").await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let room = create(&s, &at, json!({"invite": [bob]})).await;
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+    let next = sync(&s, &bt, "").await["next_batch"].as_str().unwrap().to_owned();
+
+    // Bob waits (up to a minute); Alice then speaks. The sync must come back with it —
+    // a sync that ran into its timeout would come back empty.
+    let url = format!("{}/_matrix/client/v3/sync?since={next}&timeout=60000", s.base);
+    let http = s.http.clone();
+    let bt2 = bt.clone();
+    let waiting =
+        tokio::spawn(
+            async move { http.get(url).bearer_auth(bt2).send().await.unwrap().json::<Value>().await.unwrap() },
+        );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    s.put(
+        &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/x"),
+        Some(&at),
+        json!({"msgtype": "m.text", "body": "wake up"}),
+    )
+    .await;
+    let res = waiting.await.unwrap();
+    assert_eq!(bodies(&res["rooms"]["join"][&room]["timeline"]), vec!["wake up"], "{res}");
+}
+
+async fn invites_and_leaves_show_up(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (bob, bt, _) = s.register("bob", "pw-bob-1").await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let next = sync(&s, &bt, "").await["next_batch"].as_str().unwrap().to_owned();
+    let room = create(&s, &at, json!({"name": "Secret", "invite": [bob], "is_direct": true})).await;
+    let inc = sync(&s, &bt, &format!("?since={next}&timeout=0")).await;
+    let invite = &inc["rooms"]["invite"][&room]["invite_state"]["events"];
+    let types: Vec<&str> = invite.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(types.contains(&"m.room.name") && types.contains(&"m.room.member"), "{inc}");
+    let me = invite.as_array().unwrap().iter().find(|e| e["state_key"] == bob.as_str()).unwrap();
+    assert_eq!(me["content"]["is_direct"], true);
+
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+    let next = inc["next_batch"].as_str().unwrap().to_owned();
+    let inc = sync(&s, &bt, &format!("?since={next}&timeout=0")).await;
+    assert!(inc["rooms"]["join"].get(&room).is_some(), "{inc}");
+    assert!(inc["rooms"]["invite"].get(&room).is_none(), "{inc}");
+
+    let next = inc["next_batch"].as_str().unwrap().to_owned();
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bt), json!({})).await;
+    let inc = sync(&s, &bt, &format!("?since={next}&timeout=0")).await;
+    let left = &inc["rooms"]["leave"][&room];
+    let last = left["timeline"]["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["content"]["membership"], "leave", "{inc}");
+}
+
+async fn filters_limit_the_timeline(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (alice, at, _) = s.register("alice", "pw-alice-1").await;
+    let room = create(&s, &at, json!({})).await;
+    for i in 0..8 {
+        s.put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{i}"),
+            Some(&at),
+            json!({"msgtype": "m.text", "body": format!("m{i}")}),
+        )
+        .await;
+    }
+    let filter = json!({"room": {"timeline": {"limit": 3}, "state": {"lazy_load_members": true}}});
+    let (status, res) = s.post(&format!("/_matrix/client/v3/user/{alice}/filter"), Some(&at), filter.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    let id = res["filter_id"].as_str().unwrap();
+    let (_, back) = s.get(&format!("/_matrix/client/v3/user/{alice}/filter/{id}"), Some(&at)).await;
+    assert_eq!(back["room"]["timeline"]["limit"], 3);
+
+    let res = sync(&s, &at, &format!("?filter={id}")).await;
+    let tl = &res["rooms"]["join"][&room]["timeline"];
+    assert_eq!(bodies(tl), vec!["m5", "m6", "m7"]);
+    assert_eq!(tl["limited"], true);
+    // prev_batch continues where the timeline starts.
+    let prev = tl["prev_batch"].as_str().unwrap();
+    let (_, page) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1&from={prev}"), Some(&at)).await;
+    assert_eq!(page["chunk"][0]["content"]["body"], "m4");
+
+    // An inline filter works too.
+    let inline = urlencode(&json!({"room": {"timeline": {"limit": 1}}}).to_string());
+    let res = sync(&s, &at, &format!("?filter={inline}")).await;
+    assert_eq!(bodies(&res["rooms"]["join"][&room]["timeline"]), vec!["m7"]);
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+both_engines!(
+    initial_then_incremental,
+    long_poll_wakes_on_message,
+    invites_and_leaves_show_up,
+    filters_limit_the_timeline
+);
