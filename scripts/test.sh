@@ -15,4 +15,8 @@ cargo test --workspace --no-run
 cargo test --workspace -- --test-threads "${HEARTH_TEST_THREADS:-4}"
 
 export HEARTH_BIN="$CARGO_TARGET_DIR/debug/hearth"
+# Deployment artefacts: kustomize renders validated strictly, Dockerfile lint, the
+# runtime layout started with each overlay's ConfigMap and Secret.
+bash scripts/validate-deploy.sh --binary "$HEARTH_BIN"
+# Real Matrix clients against the built binary; its summary line closes the run.
 "$VENV/bin/python" -m pytest -q tests/clients

@@ -1,0 +1,101 @@
+#
+# Hearth's container image: a release build in the official Rust image, then a small
+# Debian runtime with the binary, a non-root user and the data directory as a volume.
+#
+# Build for the machine you are on:
+#   docker build -t hearth:latest .
+# Build for a Raspberry Pi / Odroid (arm64) and a PC (amd64) at once:
+#   docker buildx build --platform linux/arm64,linux/amd64 -t registry.example/hearth:latest --push .
+#
+# Multi-arch: every stage is built *for* the target platform (no `--platform=$BUILDPLATFORM`
+# on the builder), so there is no cross toolchain to set up. Two ways work:
+#   * natively on each architecture (e.g. `docker build` on the Pi itself, or one buildx
+#     node per architecture), which is fast;
+#   * buildx on one machine with QEMU user emulation (`docker run --privileged --rm
+#     tonistiigi/binfmt --install arm64`), which needs no arm64 hardware but is slow: the
+#     first build compiles RocksDB's C++ under emulation and can take an hour or more.
+# Without a registry, `--platform linux/arm64 -o type=docker,dest=hearth-arm64.tar` gives
+# a tarball to copy to a node and import (k3s: `k3s ctr images import hearth-arm64.tar`).
+#
+# The same runtime layout can be produced without Docker: scripts/build-rootfs.sh.
+# Lint: scripts/lint-dockerfile.sh. Kubernetes manifests: deploy/kubernetes/.
+
+ARG RUST_IMAGE=rust:1-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+
+# ---------------------------------------------------------------------------------------
+FROM ${RUST_IMAGE} AS builder
+
+# libclang: bindgen generates RocksDB's Rust bindings at build time. The rust image
+# (buildpack-deps) already has g++ and make for RocksDB's C++.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libclang-dev \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /src
+
+# Layer 1, dependencies only: the manifests plus a stub main, so that the slow part
+# (RocksDB's C++, SQLite, ruma, …) lands in a cached layer that is rebuilt only when
+# Cargo.toml or Cargo.lock change. Plain layers rather than BuildKit cache mounts, so the
+# cache also works when it is exported to a registry (`--cache-to`), as in CI.
+COPY Cargo.toml Cargo.lock ./
+COPY crates/hearth/Cargo.toml crates/hearth/Cargo.toml
+RUN mkdir -p crates/hearth/src \
+    && echo 'fn main() {}' > crates/hearth/src/main.rs \
+    && cargo build --release --locked -p hearth \
+    && rm -rf crates/hearth/src
+
+# Layer 2, Hearth itself. COPY keeps the files' old modification times, so `touch` tells
+# cargo that our crate changed since the stub was built.
+COPY crates/hearth/src crates/hearth/src
+RUN touch crates/hearth/src/main.rs \
+    && cargo build --release --locked -p hearth \
+    && install -D -m 0755 target/release/hearth /out/hearth \
+    && /out/hearth --version
+
+# ---------------------------------------------------------------------------------------
+FROM ${RUNTIME_IMAGE} AS runtime
+
+# Only what the binary needs at run time: RocksDB is linked statically but uses the C++
+# runtime (libstdc++6, which pulls libgcc-s1) dynamically; ca-certificates for outgoing
+# TLS (federation). No curl: the health check below uses bash, which the image has.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates libstdc++6 \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 hearth \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/matrix-conduit \
+       --no-create-home --shell /usr/sbin/nologin hearth \
+    && install -d -m 0750 -o 10001 -g 10001 /var/lib/matrix-conduit
+
+COPY --from=builder /out/hearth /usr/local/bin/hearth
+
+# The data path of the Conduit deployment, so an existing ConfigMap works unchanged.
+# MALLOC_MMAP_THRESHOLD_ fixes glibc's mmap threshold at 1 MiB: each password check
+# (argon2id) allocates 19 MiB, and with glibc's default dynamic threshold that memory
+# stays in the process after the request (measured: 1.6 GiB resident after 32 logins at
+# once, against 22 MiB with this setting). See deploy/kubernetes/README.md.
+ENV CONDUIT_ADDRESS=0.0.0.0 \
+    CONDUIT_PORT=6167 \
+    CONDUIT_DATABASE_PATH=/var/lib/matrix-conduit \
+    MALLOC_MMAP_THRESHOLD_=1048576
+
+USER 10001:10001
+WORKDIR /var/lib/matrix-conduit
+VOLUME ["/var/lib/matrix-conduit"]
+EXPOSE 6167
+
+# A real HTTP check without curl: bash opens the TCP connection, sends the request and
+# requires a `200` status line from /_hearth/health (which also reads the database).
+# Adding curl would pull in libcurl and a dozen libraries for this one line, and a
+# `hearth`-side check would need the server's code; a bare TCP connect would not tell a
+# server that answers 503 from a healthy one. Kubernetes ignores HEALTHCHECK and uses the
+# Deployment's probes on the same endpoint; this one serves `docker run` and Compose.
+# It connects to 127.0.0.1, so CONDUIT_ADDRESS must stay 0.0.0.0 (or 127.0.0.1).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${CONDUIT_PORT:-6167} && printf 'GET /_hearth/health HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && read -r -t 4 _ code _ <&3 && [ \"${code:0:3}\" = 200 ]"]
+
+# SIGTERM: Hearth finishes in-flight requests, flushes the database and exits 0.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["hearth"]

@@ -1,0 +1,365 @@
+#!/usr/bin/env python3
+"""The project's own checks of the deployment artefacts, run by scripts/validate-deploy.sh.
+
+  check_deploy.py manifests RENDERED.yaml --seed SEED.yaml [--overlay NAME]
+      the rendered kustomize output has the shape of the seed deployment
+  check_deploy.py rootfs ROOTFS_DIR --dockerfile Dockerfile
+      scripts/build-rootfs.sh's layout matches the Dockerfile's runtime stage
+  check_deploy.py smoke ROOTFS_DIR RENDERED.yaml
+      the rootfs's binary starts with the rendered ConfigMap + Secret as its environment
+      (as the Deployment injects them; data dir and address made local), as uid 10001 when
+      run as root, answers /_hearth/health, and exits 0 on SIGTERM within the grace period
+
+Each prints one line per failed check and exits 1 if any failed.
+"""
+import argparse
+import base64
+import io
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import yaml
+
+DATA = "/var/lib/matrix-conduit"
+UID = 10001
+HEALTH = "/_hearth/health"
+
+
+class Checks:
+    def __init__(self, what):
+        self.what, self.failed, self.passed = what, [], 0
+
+    def check(self, ok, msg):
+        if ok:
+            self.passed += 1
+        else:
+            self.failed.append(msg)
+        return ok
+
+    def done(self):
+        for m in self.failed:
+            print(f"  FAIL {self.what}: {m}")
+        print(f"  {self.what}: {self.passed} checks passed, {len(self.failed)} failed")
+        return 1 if self.failed else 0
+
+
+def load_docs(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def by_kind(docs):
+    out = {}
+    for d in docs:
+        out.setdefault(d["kind"], []).append(d)
+    return out
+
+
+def one(kinds, kind, c):
+    items = kinds.get(kind, [])
+    c.check(len(items) == 1, f"expected exactly one {kind}, found {len(items)}")
+    return items[0] if items else {}
+
+
+def cmd_manifests(a):
+    c = Checks(f"manifests[{a.overlay}]")
+    docs = load_docs(a.rendered)
+    kinds = by_kind(docs)
+    seed = by_kind(load_docs(a.seed))
+    seed_cm = seed["ConfigMap"][0]
+    seed_secret = seed["Secret"][0]
+
+    ns = one(kinds, "Namespace", c)
+    ns_name = ns.get("metadata", {}).get("name")
+    for d in docs:
+        if d["kind"] != "Namespace":
+            c.check(d["metadata"].get("namespace") == ns_name,
+                    f"{d['kind']}/{d['metadata']['name']} is in namespace {d['metadata'].get('namespace')!r}, "
+                    f"not the Namespace {ns_name!r}")
+
+    # ConfigMap: the seed's name and every key of the seed's ConfigMap.
+    cm = one(kinds, "ConfigMap", c)
+    c.check(cm.get("metadata", {}).get("name") == seed_cm["metadata"]["name"],
+            f"ConfigMap is named {cm.get('metadata', {}).get('name')!r}, the seed's is {seed_cm['metadata']['name']!r}")
+    data = cm.get("data", {})
+    missing = sorted(set(seed_cm["data"]) - set(data))
+    c.check(not missing, f"ConfigMap lacks the seed's keys {missing}")
+    extra = sorted(set(data) - set(seed_cm["data"]))
+    c.check(not extra, f"ConfigMap has keys the seed does not: {extra}")
+    expected_values = dict(seed_cm["data"])
+    if a.overlay == "sqlite":
+        expected_values["CONDUIT_DATABASE_BACKEND"] = "sqlite"
+    for k, v in expected_values.items():
+        c.check(str(data.get(k)) == str(v), f"ConfigMap {k} is {data.get(k)!r}, expected {v!r}")
+
+    # Secret: the seed's name and key, a placeholder value (not the seed's real token).
+    secret = one(kinds, "Secret", c)
+    c.check(secret.get("metadata", {}).get("name") == seed_secret["metadata"]["name"],
+            "Secret is not named like the seed's")
+    sdata = secret.get("data", {})
+    c.check(set(sdata) >= set(seed_secret["data"]), f"Secret lacks the seed's keys {sorted(set(seed_secret['data']) - set(sdata))}")
+    tok = sdata.get("CONDUIT_REGISTRATION_TOKEN", "")
+    try:
+        plain = base64.b64decode(tok, validate=True).decode()
+        c.check("REPLACE" in plain.upper(), "registration token placeholder does not say it must be replaced")
+    except Exception:
+        c.check(False, "CONDUIT_REGISTRATION_TOKEN is not valid base64")
+
+    # PVC
+    pvc = one(kinds, "PersistentVolumeClaim", c)
+    spec = pvc.get("spec", {})
+    c.check(spec.get("accessModes") == ["ReadWriteOnce"], f"PVC accessModes {spec.get('accessModes')}")
+    c.check(spec.get("resources", {}).get("requests", {}).get("storage") == "50Gi", "PVC does not request 50Gi")
+    if a.overlay == "nfs-big":
+        c.check(spec.get("storageClassName") == "nfs-big", "nfs-big overlay: PVC storageClassName is not nfs-big")
+    else:
+        c.check("storageClassName" not in spec, f"{a.overlay}: PVC sets storageClassName {spec.get('storageClassName')!r}")
+
+    # Deployment
+    dep = one(kinds, "Deployment", c)
+    dspec = dep.get("spec", {})
+    c.check(dspec.get("replicas") == 1, f"Deployment replicas is {dspec.get('replicas')}, must be 1")
+    c.check(dspec.get("strategy", {}).get("type") == "Recreate", "Deployment strategy is not Recreate")
+    pod = dspec.get("template", {}).get("spec", {})
+    sel = dspec.get("selector", {}).get("matchLabels", {})
+    tlabels = dspec.get("template", {}).get("metadata", {}).get("labels", {})
+    c.check(sel and all(tlabels.get(k) == v for k, v in sel.items()), "pod labels do not match the selector")
+    c.check(pod.get("terminationGracePeriodSeconds", 30) >= 60, "terminationGracePeriodSeconds < 60")
+    psc = pod.get("securityContext", {})
+    for k, v in {"runAsNonRoot": True, "runAsUser": UID, "fsGroup": UID, "fsGroupChangePolicy": "OnRootMismatch"}.items():
+        c.check(psc.get(k) == v, f"pod securityContext.{k} is {psc.get(k)!r}, expected {v!r}")
+    containers = pod.get("containers", [])
+    c.check(len(containers) == 1, f"{len(containers)} containers")
+    ctr = containers[0] if containers else {}
+    c.check(ctr.get("image", "").startswith("hearth"), f"image is {ctr.get('image')!r}")
+    ports = {p.get("name"): p.get("containerPort") for p in ctr.get("ports", [])}
+    c.check(ports.get("conduit-port") == int(data.get("CONDUIT_PORT", 0) or 0),
+            f"containerPort conduit-port {ports.get('conduit-port')} != CONDUIT_PORT {data.get('CONDUIT_PORT')}")
+    c.check({"configMapRef": {"name": cm.get("metadata", {}).get("name")}} in ctr.get("envFrom", []),
+            "envFrom does not take the ConfigMap")
+    env = {e["name"]: e for e in ctr.get("env", [])}
+    ref = env.get("CONDUIT_REGISTRATION_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef", {})
+    c.check(ref.get("name") == secret.get("metadata", {}).get("name") and ref.get("key") == "CONDUIT_REGISTRATION_TOKEN",
+            "CONDUIT_REGISTRATION_TOKEN is not taken from the Secret")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = ctr.get(probe, {}).get("httpGet", {})
+        c.check(get.get("path") == HEALTH and get.get("port") in ("conduit-port", ports.get("conduit-port")),
+                f"{probe} is not an httpGet on {HEALTH} at the container port")
+    res = ctr.get("resources", {})
+    for kind in ("requests", "limits"):
+        for r in ("cpu", "memory"):
+            c.check(r in res.get(kind, {}), f"resources.{kind}.{r} is not set")
+    csc = ctr.get("securityContext", {})
+    c.check(csc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem is not true")
+    c.check(csc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation is not false")
+    c.check(csc.get("capabilities", {}).get("drop") == ["ALL"], "capabilities are not drop: [ALL]")
+    mounts = {m["mountPath"].rstrip("/"): m["name"] for m in ctr.get("volumeMounts", [])}
+    vol_name = mounts.get(DATA)
+    c.check(vol_name is not None, f"nothing mounted at {DATA}")
+    c.check(data.get("CONDUIT_DATABASE_PATH", "").rstrip("/") == DATA, "CONDUIT_DATABASE_PATH is not the mounted path")
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    claim = vols.get(vol_name, {}).get("persistentVolumeClaim", {}).get("claimName")
+    c.check(claim == pvc.get("metadata", {}).get("name"), f"data volume claims {claim!r}, not the PVC")
+
+    # Service: 8448 -> the named container port, selecting the pods.
+    svc = one(kinds, "Service", c)
+    sspec = svc.get("spec", {})
+    c.check(any(p.get("port") == 8448 and p.get("targetPort") == "conduit-port" for p in sspec.get("ports", [])),
+            "Service does not map 8448 to conduit-port")
+    c.check(sspec.get("selector") and all(tlabels.get(k) == v for k, v in sspec["selector"].items()),
+            "Service selector does not match the pods")
+
+    # Ingress: TLS for apex + talk, .well-known on the apex, / on talk, all to the Service.
+    ing = one(kinds, "Ingress", c)
+    ispec = ing.get("spec", {})
+    apex = data.get("CONDUIT_SERVER_NAME")
+    talk = data.get("CONDUIT_WELL_KNOWN_SERVER", "").rsplit(":", 1)[0]
+    c.check(ispec.get("ingressClassName") == "traefik", "ingressClassName is not traefik")
+    c.check("cert-manager.io/cluster-issuer" in ing.get("metadata", {}).get("annotations", {}),
+            "no cert-manager annotation")
+    tls_hosts = {h for t in ispec.get("tls", []) for h in t.get("hosts", [])}
+    c.check({apex, talk} <= tls_hosts, f"TLS hosts {sorted(tls_hosts)} do not cover {apex} and {talk}")
+    c.check(data.get("CONDUIT_WELL_KNOWN_CLIENT") == f"https://{talk}", "well-known client is not https://<talk host>")
+    routes = {}
+    for rule in ispec.get("rules", []):
+        for p in rule.get("http", {}).get("paths", []):
+            routes[(rule.get("host"), p.get("path"))] = p.get("backend", {}).get("service", {})
+    svc_name = svc.get("metadata", {}).get("name")
+    wk = [s for (h, p), s in routes.items() if h == apex and p.rstrip("/") == "/.well-known/matrix"]
+    c.check(wk and wk[0].get("name") == svc_name and wk[0].get("port", {}).get("number") == 8448,
+            f"no /.well-known/matrix route on {apex} to {svc_name}:8448")
+    root = routes.get((talk, "/"), {})
+    c.check(root.get("name") == svc_name and root.get("port", {}).get("number") == 8448,
+            f"no / route on {talk} to {svc_name}:8448")
+    return c.done()
+
+
+def dockerfile_runtime(path):
+    from dockerfile_parse import DockerfileParser
+
+    with open(path, "rb") as f:
+        structure = DockerfileParser(fileobj=io.BytesIO(f.read())).structure
+    last_from = max(i for i, ins in enumerate(structure) if ins["instruction"] == "FROM")
+    rt = structure[last_from + 1:]
+    env = {}
+    for ins in rt:
+        if ins["instruction"] == "ENV":
+            for tok in shlex.split(ins["value"]):
+                k, _, v = tok.partition("=")
+                env[k] = v
+    get = lambda name: [ins["value"] for ins in rt if ins["instruction"] == name]
+    return {
+        "env": env,
+        "user": get("USER")[-1].strip(),
+        "entrypoint": json.loads(get("ENTRYPOINT")[-1]),
+        "exposed_ports": [p if "/" in p else p + "/tcp" for v in get("EXPOSE") for p in v.split()],
+        "volumes": [x for v in get("VOLUME") for x in json.loads(v)],
+        "stop_signal": get("STOPSIGNAL")[-1].strip(),
+        "working_dir": get("WORKDIR")[-1].strip(),
+    }
+
+
+def cmd_rootfs(a):
+    c = Checks("rootfs")
+    root = a.rootfs
+    binary = os.path.join(root, "usr/local/bin/hearth")
+    c.check(os.path.isfile(binary) and os.access(binary, os.X_OK), "usr/local/bin/hearth is not an executable file")
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True)
+    c.check(out.returncode == 0 and out.stdout.startswith("hearth"), f"hearth --version: {out.stdout!r} {out.stderr!r}")
+    data = os.path.join(root, DATA.lstrip("/"))
+    c.check(os.path.isdir(data), f"{DATA} is missing")
+    if os.path.isdir(data) and os.geteuid() == 0:
+        st = os.stat(data)
+        c.check((st.st_uid, st.st_gid) == (UID, UID), f"{DATA} is owned by {st.st_uid}:{st.st_gid}")
+    with open(os.path.join(root, "etc/passwd.hearth")) as f:
+        fields = f.read().strip().split(":")
+    c.check(len(fields) == 7 and fields[2] == fields[3] == str(UID), f"passwd entry {fields}")
+    c.check(fields[5] == DATA and fields[6].endswith("nologin"), f"passwd home/shell {fields[5:]}")
+    with open(os.path.join(root, "etc/group.hearth")) as f:
+        c.check(f.read().strip().split(":")[2] == str(UID), "group entry gid is not 10001")
+    with open(os.path.join(root, "image-manifest.json")) as f:
+        m = json.load(f)
+    d = dockerfile_runtime(a.dockerfile)
+    c.check(m["env"] == d["env"], f"manifest env {m['env']} != Dockerfile ENV {d['env']}")
+    c.check(m["user"] == d["user"], f"manifest user {m['user']} != Dockerfile USER {d['user']}")
+    c.check(m["entrypoint"] == d["entrypoint"], f"entrypoint {m['entrypoint']} != {d['entrypoint']}")
+    c.check(m["exposed_ports"] == d["exposed_ports"], f"ports {m['exposed_ports']} != {d['exposed_ports']}")
+    c.check([v.rstrip("/") for v in m["volumes"]] == [v.rstrip("/") for v in d["volumes"]],
+            f"volumes {m['volumes']} != {d['volumes']}")
+    c.check(m["stop_signal"] == d["stop_signal"], "stop signal differs")
+    c.check(m["working_dir"] == d["working_dir"], "working dir differs")
+    c.check(m["healthcheck"]["path"] == HEALTH, "manifest health check path")
+    return c.done()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def cmd_smoke(a):
+    c = Checks(f"smoke[{os.path.basename(a.rendered)}]")
+    kinds = by_kind(load_docs(a.rendered))
+    data = kinds["ConfigMap"][0]["data"]
+    token = base64.b64decode(kinds["Secret"][0]["data"]["CONDUIT_REGISTRATION_TOKEN"]).decode()
+    with open(os.path.join(a.rootfs, "image-manifest.json")) as f:
+        manifest = json.load(f)
+    grace = kinds["Deployment"][0]["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+
+    datadir = tempfile.mkdtemp(prefix="hearth-smoke-")
+    port = free_port()
+    # As in the pod: the image's env, then the ConfigMap's (envFrom), then the Secret; only
+    # the data path and address are made local, since this runs outside a container.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    env.update(manifest["env"])
+    env.update({k: str(v) for k, v in data.items()})
+    env.update(CONDUIT_REGISTRATION_TOKEN=token, CONDUIT_DATABASE_PATH=datadir,
+               CONDUIT_ADDRESS="127.0.0.1", CONDUIT_PORT=str(port))
+    argv = [os.path.join(a.rootfs, "usr/local/bin/hearth")]
+    if os.geteuid() == 0 and shutil.which("setpriv"):
+        os.chown(datadir, UID, UID)
+        argv = ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups", "--"] + argv
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(argv, env=env, cwd=datadir, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        status = None
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                status, body = get(base + HEALTH)
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        c.check(status == 200, f"{HEALTH} answered {status} (process {'exited ' + str(proc.returncode) if proc.poll() is not None else 'running'})")
+        if status == 200:
+            c.check(json.loads(body) == {"status": "ok"}, f"{HEALTH} body {body!r}")
+            st, body = get(base + "/.well-known/matrix/client")
+            c.check(st == 200 and json.loads(body).get("m.homeserver", {}).get("base_url")
+                    == data["CONDUIT_WELL_KNOWN_CLIENT"], f"/.well-known/matrix/client: {st} {body!r}")
+            st, body = get(base + "/.well-known/matrix/server")
+            c.check(st == 200 and json.loads(body).get("m.server") == data["CONDUIT_WELL_KNOWN_SERVER"],
+                    f"/.well-known/matrix/server: {st} {body!r}")
+        if proc.poll() is None:
+            t = time.time()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                rc = proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = "killed"
+            c.check(rc == 0, f"SIGTERM: exit {rc}")
+            print(f"  smoke: served {HEALTH} as uid {UID if argv[0] == 'setpriv' else os.geteuid()}, "
+                  f"SIGTERM -> exit {rc} in {time.time() - t:.2f} s")
+        backend = data.get("CONDUIT_DATABASE_BACKEND", "rocksdb")
+        c.check(os.path.isdir(os.path.join(datadir, backend)), f"no {backend}/ in the data directory")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if c.failed:
+            log.seek(0)
+            sys.stdout.write(log.read().decode(errors="replace")[-3000:])
+        shutil.rmtree(datadir, ignore_errors=True)
+    return c.done()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("manifests")
+    m.add_argument("rendered")
+    m.add_argument("--seed", required=True)
+    m.add_argument("--overlay", default="base")
+    r = sub.add_parser("rootfs")
+    r.add_argument("rootfs")
+    r.add_argument("--dockerfile", required=True)
+    s = sub.add_parser("smoke")
+    s.add_argument("rootfs")
+    s.add_argument("rendered")
+    a = ap.parse_args()
+    return {"manifests": cmd_manifests, "rootfs": cmd_rootfs, "smoke": cmd_smoke}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

