@@ -59,7 +59,9 @@ pub fn router(services: Arc<Services>) -> Router {
                     Error::internal("panic").into_response()
                 }))
                 .layer(cors)
-                .layer(tower::limit::ConcurrencyLimitLayer::new(max_concurrent)),
+                // Global: axum applies layers per route, and a plain ConcurrencyLimitLayer
+                // would give every route its own semaphore.
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_concurrent)),
         )
 }
 

@@ -48,6 +48,7 @@ pub trait TokenCheck: Send + Sync {
 }
 
 pub struct Uiaa {
+    ttl: Duration,
     users: Arc<Users>,
     tokens: Arc<dyn TokenCheck>,
     sessions: Mutex<HashMap<String, Session>>,
@@ -58,7 +59,12 @@ pub type Flows = Vec<Vec<AuthType>>;
 
 impl Uiaa {
     pub fn new(users: Arc<Users>, tokens: Arc<dyn TokenCheck>) -> Self {
-        Uiaa { users, tokens, sessions: Mutex::new(HashMap::new()) }
+        Self::with_ttl(users, tokens, SESSION_TTL)
+    }
+
+    /// As [`Uiaa::new`], with sessions expiring after `ttl`.
+    pub fn with_ttl(users: Arc<Users>, tokens: Arc<dyn TokenCheck>, ttl: Duration) -> Self {
+        Uiaa { ttl, users, tokens, sessions: Mutex::new(HashMap::new()) }
     }
 
     /// Succeeds once the client has completed one of `flows`; otherwise answers 401 with
@@ -142,7 +148,7 @@ impl Uiaa {
         let id: String = rand::thread_rng().sample_iter(Alphanumeric).take(24).map(char::from).collect();
         sessions.insert(
             id.clone(),
-            Session { purpose, user: user.map(ToOwned::to_owned), completed: Vec::new(), expires: now + SESSION_TTL },
+            Session { purpose, user: user.map(ToOwned::to_owned), completed: Vec::new(), expires: now + self.ttl },
         );
         Ok(id)
     }
@@ -182,5 +188,48 @@ impl Uiaa {
             }
             _ => Ok(false),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Backend, Durability, Store};
+
+    struct AnyToken;
+    impl TokenCheck for AnyToken {
+        fn is_valid(&self, _: &str) -> Result<bool> {
+            Ok(true)
+        }
+    }
+
+    fn session_of(err: Error) -> String {
+        match err {
+            Error::Uiaa(body) => body["session"].as_str().unwrap_or_default().to_owned(),
+            other => panic!("expected a UIA challenge, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn sessions_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Backend::Sqlite, Durability::Process, 8).unwrap());
+        let users = Arc::new(Users::new(store, "x.test".try_into().unwrap()));
+        let uiaa = Uiaa::with_ttl(users, Arc::new(AnyToken), Duration::from_millis(50));
+        let flows: Flows = vec![vec![AuthType::RegistrationToken, AuthType::Dummy]];
+        let session = session_of(uiaa.check(Purpose::Register, None, &flows, None).await.unwrap_err());
+        let token_stage: AuthData = serde_json::from_value(
+            serde_json::json!({"type": "m.login.registration_token", "token": "t", "session": session}),
+        )
+        .unwrap();
+        // Within its lifetime the session accumulates stages.
+        let err = uiaa.check(Purpose::Register, None, &flows, Some(&token_stage)).await.unwrap_err();
+        assert_eq!(session_of(err), session);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        // Expired: the next stage starts over in a new session.
+        let dummy: AuthData =
+            serde_json::from_value(serde_json::json!({"type": "m.login.dummy", "session": session})).unwrap();
+        let err = uiaa.check(Purpose::Register, None, &flows, Some(&dummy)).await.unwrap_err();
+        assert_ne!(session_of(err), session);
     }
 }

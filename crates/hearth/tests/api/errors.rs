@@ -104,3 +104,31 @@ both_engines!(
     cors_preflight_is_answered,
     responses_carry_a_request_id,
 );
+
+async fn requests_beyond_the_limit_wait_their_turn(b: Backend) {
+    // One request at a time: a long-polling sync holds the only slot, so a request sent
+    // while it waits is answered only after the sync has returned.
+    let s = TestServer::start_with(b, |c| c.max_concurrent_requests = 1).await;
+    let (_, token, _) = s.register("alice", "pw-alice-1").await;
+    let (_, first) = s.get("/_matrix/client/v3/sync", Some(&token)).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let order = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let (http, base) = (s.http.clone(), s.base.clone());
+    let (o1, t1) = (order.clone(), token.clone());
+    let sync = tokio::spawn(async move {
+        http.get(format!("{base}/_matrix/client/v3/sync?since={since}&timeout=3000"))
+            .bearer_auth(t1)
+            .send()
+            .await
+            .unwrap();
+        o1.lock().push("sync");
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (status, _) = s.get("/_matrix/client/versions", None).await;
+    order.lock().push("versions");
+    sync.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(*order.lock(), vec!["sync", "versions"]);
+}
+
+both_engines!(requests_beyond_the_limit_wait_their_turn);
