@@ -7,6 +7,16 @@ injects it), both read from seed-deployment.yaml. Only what a test must change i
 changed: the database path (a pytest tmp dir), the address (127.0.0.1) and the
 port (a free one).
 
+Two fixtures let a test vary the deployment, by parametrising them
+(`@pytest.mark.parametrize("backend", ["rocksdb", "sqlite"])` overrides the fixture):
+
+* `backend`: the value of `CONDUIT_DATABASE_BACKEND` (default: the ConfigMap's).
+* `hearth_extra_env`: further variables for the server's environment (default: none).
+
+A test may crash the server (`HearthServer.crash()`, a SIGKILL) and start it again on
+the same data directory, port and environment (`HearthServer.start()`); teardown only
+requires a clean SIGTERM exit of a process that is still running.
+
 The binary is `$HEARTH_BIN`, else `$CARGO_TARGET_DIR/debug/hearth`, else
 `/root/.cache/hearth-target/debug/hearth`. Build it before running pytest.
 """
@@ -100,6 +110,7 @@ class HearthServer:
     port: int
     seed: Seed
     proc: subprocess.Popen | None = None
+    starts: int = 0
     stdout_path: Path = field(init=False)
     stderr_path: Path = field(init=False)
 
@@ -130,7 +141,12 @@ class HearthServer:
         return "\n".join(parts)
 
     def start(self) -> None:
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+        # Append: a restarted server's logs follow those of the run before.
+        self.starts += 1
+        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            for f in (out, err):
+                f.write(f"===== hearth start #{self.starts} =====\n".encode())
+                f.flush()
             self.proc = subprocess.Popen(
                 [str(self.binary)],
                 env=self.env,
@@ -171,6 +187,13 @@ class HearthServer:
             self.proc.kill()
             self.proc.wait()
 
+    def crash(self) -> None:
+        """SIGKILL the running server (no chance to flush or shut down) and reap it."""
+        assert self.proc is not None and self.proc.poll() is None, "hearth is not running"
+        self.proc.send_signal(signal.SIGKILL)
+        code = self.proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
+        assert code == -signal.SIGKILL, f"hearth exited with {code}, not by SIGKILL"
+
     def stop(self) -> None:
         """SIGTERM, then require a clean exit (code 0) within the timeout."""
         assert self.proc is not None
@@ -192,7 +215,13 @@ class HearthServer:
             pytest.fail(f"hearth exited with code {code} after SIGTERM (expected 0)\n{self.logs()}", pytrace=False)
 
 
-def deployment_env(seed: Seed, database_path: Path, port: int) -> dict[str, str]:
+def deployment_env(
+    seed: Seed,
+    database_path: Path,
+    port: int,
+    backend: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
     """What the Deployment's container sees, adapted only where a test must."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -205,11 +234,33 @@ def deployment_env(seed: Seed, database_path: Path, port: int) -> dict[str, str]
     env["CONDUIT_ADDRESS"] = "127.0.0.1"
     env["CONDUIT_PORT"] = str(port)
     env["RUST_LOG"] = "info"
+    # What a test varies on purpose: the storage engine, and whatever else it names.
+    if backend is not None:
+        env["CONDUIT_DATABASE_BACKEND"] = backend
+    env.update(extra or {})
     return env
 
 
 @pytest.fixture
-def hearth(request: pytest.FixtureRequest, tmp_path: Path, seed: Seed):
+def backend(seed: Seed) -> str:
+    """The database backend; parametrise `backend` to override the ConfigMap's."""
+    return seed.configmap["CONDUIT_DATABASE_BACKEND"]
+
+
+@pytest.fixture
+def hearth_extra_env() -> dict[str, str]:
+    """Extra environment for the server; parametrise `hearth_extra_env` to set some."""
+    return {}
+
+
+@pytest.fixture
+def hearth(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    seed: Seed,
+    backend: str,
+    hearth_extra_env: dict[str, str],
+):
     binary = hearth_binary()
     if not (binary.is_file() and os.access(binary, os.X_OK)):
         pytest.fail(
@@ -223,7 +274,7 @@ def hearth(request: pytest.FixtureRequest, tmp_path: Path, seed: Seed):
     port = free_port()
     server = HearthServer(
         binary=binary,
-        env=deployment_env(seed, database, port),
+        env=deployment_env(seed, database, port, backend=backend, extra=hearth_extra_env),
         workdir=tmp_path,
         port=port,
         seed=seed,

@@ -58,7 +58,8 @@ fn config_command_masks_secrets_and_warns_on_unknown_keys() {
     assert!(stderr.contains("alow_federation"), "{stderr}");
 }
 
-fn second_process_is_refused(backend: &str) {
+/// Also: `signal` (TERM or INT) stops the server gracefully with exit code 0.
+fn second_process_is_refused(backend: &str, signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut first = hearth(dir.path(), backend, port).stderr(Stdio::null()).stdout(Stdio::null()).spawn().unwrap();
@@ -68,8 +69,8 @@ fn second_process_is_refused(backend: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already in use") && err.contains(&first.id().to_string()), "{err}");
 
-    // SIGTERM: graceful exit 0.
-    send_signal(first.id(), "TERM");
+    // SIGTERM / SIGINT: graceful exit 0.
+    send_signal(first.id(), signal);
     let status = first.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 
@@ -89,10 +90,10 @@ fn send_signal(pid: u32, signal: &str) {
 
 #[test]
 fn second_process_is_refused_rocksdb() {
-    second_process_is_refused("rocksdb");
+    second_process_is_refused("rocksdb", "TERM");
 }
 
 #[test]
 fn second_process_is_refused_sqlite() {
-    second_process_is_refused("sqlite");
+    second_process_is_refused("sqlite", "INT");
 }
