@@ -201,6 +201,30 @@ impl Rooms {
         }
     }
 
+    /// The state right after an event: the state before it, plus the event if it is state.
+    pub fn state_after(&self, event_id: &EventId) -> Result<Arc<StateMap>> {
+        let before = self.state_before(event_id)?;
+        let Some(pdu) = self.pdu(event_id)? else { return Ok(before) };
+        let Some(key) = &pdu.state_key else { return Ok(before) };
+        let (Some(sk), Some(short)) =
+            (self.state.lookup_state_key(&pdu.kind.to_string(), key)?, self.state.short_event(event_id)?)
+        else {
+            return Ok(before);
+        };
+        let mut map = (*before).clone();
+        map.insert(sk, short);
+        Ok(Arc::new(map))
+    }
+
+    /// Refuses callers not joined to the room: 404 for an unknown room, 403 otherwise.
+    pub fn require_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        if self.is_joined(room_id, user_id)? {
+            return Ok(());
+        }
+        self.known_room(room_id)?;
+        Err(Error::forbidden("You are not joined to this room"))
+    }
+
     /// A user's membership in a room ("join", "invite", "leave", "ban", "knock").
     pub fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipRecord>> {
         Ok(USER_ROOMS.get(&self.store, (user_id.as_str(), room_id.as_str()))?)

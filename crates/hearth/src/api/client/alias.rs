@@ -29,10 +29,7 @@ pub async fn create_alias(
     if alias.server_name() != s.config.server_name {
         return Err(Error::invalid_param("Aliases can only be created on this server"));
     }
-    if !s.rooms.is_joined(&req.body.room_id, &caller.user_id)? {
-        s.rooms.known_room(&req.body.room_id)?;
-        return Err(Error::forbidden("You are not joined to this room"));
-    }
+    s.rooms.require_joined(&req.body.room_id, &caller.user_id)?;
     if s.rooms.resolve_alias(alias.as_str())?.is_some() {
         return Err(Error::matrix(http::StatusCode::CONFLICT, "M_UNKNOWN", "Room alias already exists"));
     }

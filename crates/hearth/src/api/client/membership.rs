@@ -133,18 +133,7 @@ pub async fn get_member_events(
             let pos = crate::rooms::timeline::parse_token(t)?.min(until);
             let page = s.rooms.page(&b.room_id, pos, ruma::api::Direction::Backward, 1, until, None)?;
             match page.first() {
-                Some((_, pdu)) => {
-                    let mut m = (*s.rooms.state_before(&pdu.event_id)?).clone();
-                    if let Some(key) = &pdu.state_key {
-                        if let (Some(sk), Some(short)) = (
-                            s.rooms.state.lookup_state_key(&pdu.kind.to_string(), key)?,
-                            s.rooms.state.short_event(&pdu.event_id)?,
-                        ) {
-                            m.insert(sk, short);
-                        }
-                    }
-                    Arc::new(m)
-                }
+                Some((_, pdu)) => s.rooms.state_after(&pdu.event_id)?,
                 None => Default::default(),
             }
         }
@@ -178,10 +167,7 @@ pub async fn joined_members(
     req: Ruma<joined_members::v3::Request>,
 ) -> Result<joined_members::v3::Response> {
     let caller = req.caller()?;
-    if !s.rooms.is_joined(&req.body.room_id, &caller.user_id)? {
-        s.rooms.known_room(&req.body.room_id)?;
-        return Err(Error::forbidden("You are not joined to this room"));
-    }
+    s.rooms.require_joined(&req.body.room_id, &caller.user_id)?;
     let map = s.rooms.current_state_map(&req.body.room_id)?;
     let mut joined = BTreeMap::new();
     for pdu in s.rooms.state_events(&map)? {

@@ -39,10 +39,7 @@ pub async fn send_message_event(
     if kind == TimelineEventType::RoomEncrypted && !s.config.allow_encryption {
         return Err(Error::forbidden("Encryption is disabled on this server"));
     }
-    if !s.rooms.is_joined(&body.room_id, &caller.user_id)? {
-        s.rooms.known_room(&body.room_id)?;
-        return Err(Error::forbidden("You are not joined to this room"));
-    }
+    s.rooms.require_joined(&body.room_id, &caller.user_id)?;
     let new = NewEvent::message(body.event_type.to_string(), content);
     let txn = TxnRef { device_id: caller.device_id.as_str(), txn_id: body.txn_id.as_str() };
     let pdu = s.rooms.append_local(&body.room_id, &caller.user_id, new, Some(txn))?;

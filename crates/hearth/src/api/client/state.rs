@@ -24,14 +24,8 @@ fn visible_state(
         return s.rooms.current_state_map(room_id);
     }
     let rec = s.rooms.membership(room_id, user)?.ok_or_else(|| Error::forbidden("Not a member"))?;
-    // State before the leave event, plus the leave event itself.
-    let mut map = (*s.rooms.state_before(&rec.event_id)?).clone();
-    if let (Some(sk), Some(short)) =
-        (s.rooms.state.lookup_state_key("m.room.member", user.as_str())?, s.rooms.state.short_event(&rec.event_id)?)
-    {
-        map.insert(sk, short);
-    }
-    Ok(Arc::new(map))
+    // As it was when they left, their leave included.
+    s.rooms.state_after(&rec.event_id)
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/state`
@@ -91,10 +85,7 @@ pub async fn send_state_event(
     if kind == "m.room.member" {
         return Err(Error::forbidden("Use the membership endpoints to change membership"));
     }
-    if !s.rooms.is_joined(&b.room_id, &caller.user_id)? {
-        s.rooms.known_room(&b.room_id)?;
-        return Err(Error::forbidden("You are not joined to this room"));
-    }
+    s.rooms.require_joined(&b.room_id, &caller.user_id)?;
     let pdu = s.rooms.append_local(
         &b.room_id,
         &caller.user_id,

@@ -89,14 +89,7 @@ fn to_response(result: SyncResult, now: u64) -> Result<sync_v3::Response> {
     let mut res = sync_events::v3::Response::new(crate::rooms::timeline::token(now));
     for (room_id, r) in result.join {
         let mut joined = JoinedRoom::new();
-        let mut timeline = Timeline::new();
-        timeline.limited = r.limited;
-        timeline.prev_batch = r.prev_batch;
-        timeline.events = r.timeline.iter().map(raw).collect::<Result<_>>()?;
-        joined.timeline = timeline;
-        let mut state = StateEvents::new();
-        state.events = r.state.iter().map(raw).collect::<Result<_>>()?;
-        joined.state = State::Before(state);
+        (joined.timeline, joined.state) = timeline_and_state(&r.timeline, r.limited, r.prev_batch, &r.state)?;
         let mut summary = RoomSummary::new();
         summary.heroes = r.heroes.iter().filter_map(|h| h.as_str().try_into().ok()).collect();
         summary.joined_member_count = UInt::new(r.joined_count);
@@ -111,15 +104,24 @@ fn to_response(result: SyncResult, now: u64) -> Result<sync_v3::Response> {
     }
     for (room_id, r) in result.leave {
         let mut left = LeftRoom::new();
-        let mut timeline = Timeline::new();
-        timeline.limited = r.limited;
-        timeline.prev_batch = r.prev_batch;
-        timeline.events = r.timeline.iter().map(raw).collect::<Result<_>>()?;
-        left.timeline = timeline;
-        let mut state = StateEvents::new();
-        state.events = r.state.iter().map(raw).collect::<Result<_>>()?;
-        left.state = State::Before(state);
+        (left.timeline, left.state) = timeline_and_state(&r.timeline, r.limited, r.prev_batch, &r.state)?;
         res.rooms.leave.insert(room_id, left);
     }
     Ok(res)
+}
+
+/// A room's timeline and state sections in ruma's types.
+fn timeline_and_state(
+    events: &[serde_json::Value],
+    limited: bool,
+    prev_batch: Option<String>,
+    state: &[serde_json::Value],
+) -> Result<(Timeline, State)> {
+    let mut timeline = Timeline::new();
+    timeline.limited = limited;
+    timeline.prev_batch = prev_batch;
+    timeline.events = events.iter().map(raw).collect::<Result<_>>()?;
+    let mut state_events = StateEvents::new();
+    state_events.events = state.iter().map(raw).collect::<Result<_>>()?;
+    Ok((timeline, State::Before(state_events)))
 }
