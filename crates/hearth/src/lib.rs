@@ -16,6 +16,7 @@ pub mod rooms;
 pub mod server;
 pub mod server_key;
 pub mod store;
+pub mod stream;
 pub mod sync;
 pub mod time;
 pub mod users;
@@ -27,6 +28,7 @@ use crate::{
     rooms::Rooms,
     server_key::ServerKey,
     store::{Store, StoreError},
+    stream::Stream,
     sync::notifier::Notifier,
     users::{
         uiaa::{TokenCheck, Uiaa},
@@ -43,6 +45,7 @@ pub struct Services {
     pub server_key: Arc<ServerKey>,
     pub rooms: Rooms,
     pub notifier: Arc<Notifier>,
+    pub stream: Arc<Stream>,
 }
 
 /// Registration tokens accepted by `m.login.registration_token`.
@@ -80,9 +83,13 @@ impl Services {
         let tokens = Arc::new(RegistrationTokens { configured: config.registration_token.clone() });
         let uiaa = Uiaa::new(users.clone(), tokens);
         let notifier = Arc::new(Notifier::default());
-        let rooms = Rooms::new(store.clone(), config.server_name.clone(), server_key.clone(), notifier.clone())
+        let stream = Arc::new(
+            Stream::open(store.clone(), notifier.clone())
+                .map_err(|e| StoreError::Other(format!("cannot load the stream: {e}")))?,
+        );
+        let rooms = Rooms::new(store.clone(), config.server_name.clone(), server_key.clone(), stream.clone())
             .map_err(|e| StoreError::Other(format!("cannot load rooms: {e}")))?;
-        Ok(Arc::new(Services { config, store, users, uiaa, server_key, rooms, notifier }))
+        Ok(Arc::new(Services { config, store, users, uiaa, server_key, rooms, notifier, stream }))
     }
 
     /// Whether registration needs a token (and so offers `m.login.registration_token`).

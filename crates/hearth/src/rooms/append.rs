@@ -22,7 +22,6 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    store::Batch,
     time::now_millis,
 };
 
@@ -239,7 +238,8 @@ impl Rooms {
         Ok(pdu)
     }
 
-    /// Writes a built PDU and every index in one batch, then wakes the syncs it concerns.
+    /// Writes a built PDU and every index in one batch at the next stream position, then
+    /// wakes the syncs it concerns.
     fn commit(
         &self,
         counters: &mut Counters,
@@ -250,63 +250,64 @@ impl Rooms {
     ) -> Result<Pdu> {
         let store = &*self.store;
         let room = pdu.room_id.as_str();
-        let stream = counters.next_stream;
-        counters.next_stream += 1;
-        let mut batch = Batch::new();
-        let mut interner = Interner::new(&mut counters.next_short);
-        let short = interner.event(store, &mut batch, &pdu.event_id)?;
-        if let Some(s) = heads.snapshot {
-            STATE_BEFORE_EVENT.put(&mut batch, short, &s);
-        }
-        let mut new_heads =
-            RoomHeads { snapshot: heads.snapshot, forward_extremities: vec![pdu.event_id.clone()], depth: pdu.depth };
-        if let Some(key) = &pdu.state_key {
-            let sk = interner.state_key(store, &mut batch, &pdu.kind.to_string(), key)?;
-            new_heads.snapshot =
-                Some(self.state.write_child(&mut batch, &mut interner, heads.snapshot, vec![(sk, short)])?);
-        }
-        let json = serde_json::to_vec(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
-        PDUS.put(&mut batch, pdu.event_id.as_str(), &json);
-        EVENT_META.put(
-            &mut batch,
-            pdu.event_id.as_str(),
-            &EventMeta {
-                room_id: pdu.room_id.clone(),
-                stream,
-                short,
-                txn: txn.map(|t| (t.device_id.to_owned(), t.txn_id.to_owned())),
-            },
-        );
-        TIMELINE.put(&mut batch, (room, stream), &pdu.event_id.to_string());
-        EVENT_STREAM.put(
-            &mut batch,
-            stream,
-            &StreamEntry { room_id: pdu.room_id.clone(), event_id: pdu.event_id.clone() },
-        );
-        ROOM_HEADS.put(&mut batch, room, &new_heads);
-        let mut target = None;
-        if pdu.kind == TimelineEventType::RoomMember {
-            if let (Some(user), Some(membership)) = (
-                pdu.state_key.as_deref(),
-                pdu.content_value().get("membership").and_then(Value::as_str).map(str::to_owned),
-            ) {
-                USER_ROOMS.put(
-                    &mut batch,
-                    (user, room),
-                    &MembershipRecord { membership: membership.clone(), stream, event_id: pdu.event_id.clone() },
-                );
-                ROOM_MEMBERS.put(&mut batch, (room, user), &membership);
-                target = ruma::OwnedUserId::try_from(user).ok();
+        let (stream, target) = self.stream.commit(|stream, batch| {
+            let mut interner = Interner::new(&mut counters.next_short);
+            let short = interner.event(store, batch, &pdu.event_id)?;
+            if let Some(s) = heads.snapshot {
+                STATE_BEFORE_EVENT.put(batch, short, &s);
             }
-        }
-        if let Some(t) = txn {
-            TRANSACTIONS.put(&mut batch, (pdu.sender.as_str(), t.device_id, t.txn_id), &pdu.event_id.to_string());
-        }
-        if let Some(record) = &new_room {
-            ROOMS.put(&mut batch, room, record);
-        }
-        store.write(batch)?;
-        self.stream_now.store(stream, std::sync::atomic::Ordering::Release);
+            let mut new_heads = RoomHeads {
+                snapshot: heads.snapshot,
+                forward_extremities: vec![pdu.event_id.clone()],
+                depth: pdu.depth,
+            };
+            if let Some(key) = &pdu.state_key {
+                let sk = interner.state_key(store, batch, &pdu.kind.to_string(), key)?;
+                new_heads.snapshot =
+                    Some(self.state.write_child(batch, &mut interner, heads.snapshot, vec![(sk, short)])?);
+            }
+            let json = serde_json::to_vec(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
+            PDUS.put(batch, pdu.event_id.as_str(), &json);
+            EVENT_META.put(
+                batch,
+                pdu.event_id.as_str(),
+                &EventMeta {
+                    room_id: pdu.room_id.clone(),
+                    stream,
+                    short,
+                    txn: txn.map(|t| (t.device_id.to_owned(), t.txn_id.to_owned())),
+                },
+            );
+            TIMELINE.put(batch, (room, stream), &pdu.event_id.to_string());
+            EVENT_STREAM.put(
+                batch,
+                stream,
+                &StreamEntry { room_id: pdu.room_id.clone(), event_id: pdu.event_id.clone() },
+            );
+            ROOM_HEADS.put(batch, room, &new_heads);
+            let mut target = None;
+            if pdu.kind == TimelineEventType::RoomMember {
+                if let (Some(user), Some(membership)) = (
+                    pdu.state_key.as_deref(),
+                    pdu.content_value().get("membership").and_then(Value::as_str).map(str::to_owned),
+                ) {
+                    USER_ROOMS.put(
+                        batch,
+                        (user, room),
+                        &MembershipRecord { membership: membership.clone(), stream, event_id: pdu.event_id.clone() },
+                    );
+                    ROOM_MEMBERS.put(batch, (room, user), &membership);
+                    target = ruma::OwnedUserId::try_from(user).ok();
+                }
+            }
+            if let Some(t) = txn {
+                TRANSACTIONS.put(batch, (pdu.sender.as_str(), t.device_id, t.txn_id), &pdu.event_id.to_string());
+            }
+            if let Some(record) = &new_room {
+                ROOMS.put(batch, room, record);
+            }
+            Ok(target)
+        })?;
 
         let mut wake = self.members(&pdu.room_id, "join")?;
         wake.extend(target);

@@ -14,10 +14,7 @@ pub mod pdu;
 pub mod state;
 pub mod timeline;
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
-};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use ruma::{
@@ -34,7 +31,8 @@ use crate::{
     error::{Error, Result},
     json_value,
     server_key::ServerKey,
-    store::{tables, KeyRange, Order, Store, Table},
+    store::{tables, Store, Table},
+    stream::Stream,
     sync::notifier::Notifier,
 };
 
@@ -91,7 +89,6 @@ pub const ALIASES: Table<String, String> = Table::new(tables::ALIASES);
 
 /// Counters advanced under the append lock.
 pub struct Counters {
-    pub next_stream: u64,
     pub next_short: u64,
 }
 
@@ -101,9 +98,8 @@ pub struct Rooms {
     pub server_key: Arc<ServerKey>,
     pub state: StateReader,
     pub notifier: Arc<Notifier>,
+    pub stream: Arc<Stream>,
     append_lock: Mutex<Counters>,
-    /// The last stream position whose write is committed.
-    stream_now: AtomicU64,
 }
 
 impl Rooms {
@@ -111,28 +107,23 @@ impl Rooms {
         store: Arc<Store>,
         server_name: OwnedServerName,
         server_key: Arc<ServerKey>,
-        notifier: Arc<Notifier>,
+        stream: Arc<Stream>,
     ) -> Result<Self> {
-        let mut last_stream = 0;
-        EVENT_STREAM.scan_range(&store, &KeyRange::default(), Order::Descending, |k, _| {
-            last_stream = k;
-            false
-        })?;
         let max_short = state::max_short_id(&store)?;
         Ok(Rooms {
             state: StateReader::new(store.clone()),
             store,
             server_name,
             server_key,
-            notifier,
-            append_lock: Mutex::new(Counters { next_stream: last_stream + 1, next_short: max_short + 1 }),
-            stream_now: AtomicU64::new(last_stream),
+            notifier: stream.notifier.clone(),
+            stream,
+            append_lock: Mutex::new(Counters { next_short: max_short + 1 }),
         })
     }
 
     /// The newest committed stream position.
     pub fn stream_now(&self) -> u64 {
-        self.stream_now.load(Ordering::Acquire)
+        self.stream.now()
     }
 
     pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {

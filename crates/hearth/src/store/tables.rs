@@ -49,6 +49,12 @@ pub const TRANSACTIONS: &str = "transactions";
 pub const ALIASES: &str = "aliases";
 /// (user id, filter id) → filter definition JSON.
 pub const FILTERS: &str = "filters";
+/// Stream position → a non-event change (receipt, account data) written at it.
+pub const STREAM_LOG: &str = "stream_log";
+/// (room id, user id, receipt type, thread) → receipt.
+pub const RECEIPTS: &str = "receipts";
+/// (user id, room id or "", event type) → account data content and position.
+pub const ACCOUNT_DATA: &str = "account_data";
 
 pub const ALL: &[&str] = &[
     META_NAME,
@@ -73,6 +79,9 @@ pub const ALL: &[&str] = &[
     TRANSACTIONS,
     ALIASES,
     FILTERS,
+    STREAM_LOG,
+    RECEIPTS,
+    ACCOUNT_DATA,
 ];
 
 /// The meta table is the store's own (schema version lives there).

@@ -123,7 +123,14 @@ async fn requests_beyond_the_limit_wait_their_turn(b: Backend) {
             .unwrap();
         o1.lock().push("sync");
     });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Wait until the sync is really waiting inside the server (holding the slot).
+    for _ in 0..200 {
+        if s.services().notifier.waiting_users() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(s.services().notifier.waiting_users(), 1, "the sync never started waiting");
     let (status, _) = s.get("/_matrix/client/versions", None).await;
     order.lock().push("versions");
     sync.await.unwrap();
