@@ -25,12 +25,13 @@ use std::sync::Arc;
 
 pub use crate::config::Config;
 use crate::{
-    rooms::Rooms,
+    rooms::{typing::Typing, Rooms},
     server_key::ServerKey,
     store::{Store, StoreError},
     stream::Stream,
     sync::notifier::Notifier,
     users::{
+        account_data::AccountData,
         uiaa::{TokenCheck, Uiaa},
         Users,
     },
@@ -46,6 +47,8 @@ pub struct Services {
     pub rooms: Rooms,
     pub notifier: Arc<Notifier>,
     pub stream: Arc<Stream>,
+    pub typing: Arc<Typing>,
+    pub account_data: AccountData,
 }
 
 /// Registration tokens accepted by `m.login.registration_token`.
@@ -89,7 +92,9 @@ impl Services {
         );
         let rooms = Rooms::new(store.clone(), config.server_name.clone(), server_key.clone(), stream.clone())
             .map_err(|e| StoreError::Other(format!("cannot load rooms: {e}")))?;
-        Ok(Arc::new(Services { config, store, users, uiaa, server_key, rooms, notifier, stream }))
+        let typing = Typing::new(notifier.clone());
+        let account_data = AccountData::new(store.clone(), stream.clone());
+        Ok(Arc::new(Services { config, store, users, uiaa, server_key, rooms, notifier, stream, typing, account_data }))
     }
 
     /// Whether registration needs a token (and so offers `m.login.registration_token`).

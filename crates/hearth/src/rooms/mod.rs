@@ -11,8 +11,10 @@ pub mod append;
 pub mod create;
 pub mod membership;
 pub mod pdu;
+pub mod receipts;
 pub mod state;
 pub mod timeline;
+pub mod typing;
 
 use std::sync::Arc;
 

@@ -20,8 +20,12 @@ pub fn token(pos: u64) -> String {
     format!("s{pos}")
 }
 
+/// Parses a pagination token; sync tokens (`s<pos>_<typing>`) are accepted too.
 pub fn parse_token(t: &str) -> Result<u64> {
-    t.strip_prefix('s').and_then(|n| n.parse().ok()).ok_or_else(|| Error::invalid_param("Invalid pagination token"))
+    t.strip_prefix('s')
+        .map(|rest| rest.split('_').next().unwrap_or_default())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| Error::invalid_param("Invalid pagination token"))
 }
 
 impl Rooms {

@@ -367,6 +367,18 @@ pub(crate) fn dir_size(dir: &Path) -> Result<u64> {
     Ok(total)
 }
 
+impl<A: KeyPart, B: KeyPart, C: KeyPart, V: ValueCodec> Table<(A, B, C), V> {
+    /// Collects every entry whose first key part is `first`, as ((second, third), value).
+    pub fn collect_prefix(&self, store: &Store, first: A::Ref<'_>) -> Result<Vec<((B, C), V)>> {
+        let mut out = Vec::new();
+        self.scan_range(store, &KeyRange::prefix(&encode_key::<A>(first)), Order::Ascending, |(_, b, c), v| {
+            out.push(((b, c), v));
+            true
+        })?;
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

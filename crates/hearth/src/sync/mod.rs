@@ -13,10 +13,39 @@ use ruma::{api::Direction, OwnedRoomId, RoomId, UserId};
 use serde_json::Value;
 
 use crate::{
-    error::Result,
-    rooms::{pdu::Pdu, state::StateMap, Rooms, EVENT_STREAM},
+    error::{Error, Result},
+    rooms::{pdu::Pdu, state::StateMap, typing::Typing, Rooms, EVENT_STREAM},
     store::{codec::encode_key, KeyRange, Order},
+    stream::StreamItem,
+    users::account_data::AccountData,
 };
+
+/// A sync position: the stream position and the typing version (`s<pos>_<typing>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncToken {
+    pub pos: u64,
+    pub typing: u64,
+}
+
+impl SyncToken {
+    pub fn parse(token: &str) -> Result<Self> {
+        let bad = || Error::invalid_param("Invalid since token");
+        let rest = token.strip_prefix('s').ok_or_else(bad)?;
+        let (pos, typing) = rest.split_once('_').unwrap_or((rest, "0"));
+        Ok(SyncToken { pos: pos.parse().map_err(|_| bad())?, typing: typing.parse().map_err(|_| bad())? })
+    }
+
+    pub fn encode(&self) -> String {
+        format!("s{}_{}", self.pos, self.typing)
+    }
+}
+
+/// The services a sync reads from.
+pub struct SyncSources<'a> {
+    pub rooms: &'a Rooms,
+    pub typing: &'a Typing,
+    pub account_data: &'a AccountData,
+}
 
 /// What a sync asks for, from its filter.
 #[derive(Debug, Clone)]
@@ -46,6 +75,8 @@ impl Default for SyncOptions {
 pub const MAX_TIMELINE_LIMIT: usize = 100;
 
 pub struct JoinedRoomSync {
+    pub ephemeral: Vec<Value>,
+    pub account_data: Vec<Value>,
     pub timeline: Vec<Value>,
     pub limited: bool,
     pub prev_batch: Option<String>,
@@ -64,6 +95,7 @@ pub struct LeftRoomSync {
 
 #[derive(Default)]
 pub struct SyncResult {
+    pub account_data: Vec<Value>,
     pub join: BTreeMap<OwnedRoomId, JoinedRoomSync>,
     pub invite: BTreeMap<OwnedRoomId, Vec<Value>>,
     pub leave: BTreeMap<OwnedRoomId, LeftRoomSync>,
@@ -71,7 +103,7 @@ pub struct SyncResult {
 
 impl SyncResult {
     pub fn is_empty(&self) -> bool {
-        self.join.is_empty() && self.invite.is_empty() && self.leave.is_empty()
+        self.account_data.is_empty() && self.join.is_empty() && self.invite.is_empty() && self.leave.is_empty()
     }
 }
 
@@ -99,18 +131,35 @@ fn rooms_with_events(rooms: &Rooms, since: u64, now: u64) -> Result<BTreeSet<Own
 
 /// Assembles a sync for `user` (as `device`) from `since` up to `now`.
 pub fn assemble(
-    rooms: &Rooms,
+    src: &SyncSources<'_>,
     user: &UserId,
     device: &str,
-    since: Option<u64>,
-    now: u64,
+    since_token: Option<SyncToken>,
+    now_token: SyncToken,
     opts: &SyncOptions,
 ) -> Result<SyncResult> {
+    let rooms = src.rooms;
+    let since = since_token.map(|t| t.pos);
+    let now = now_token.pos;
     let mut result = SyncResult::default();
-    let changed = match since {
+    let mut changed = match since {
         Some(s) => rooms_with_events(rooms, s, now)?,
         None => BTreeSet::new(),
     };
+    // Receipts and typing changes put a room in the sync too.
+    if let Some(s) = since {
+        for (_, item) in rooms.stream.items_between(s, now)? {
+            if let StreamItem::Receipt { room_id } = item {
+                changed.insert(room_id);
+            }
+        }
+    }
+    if let Some(t) = since_token {
+        changed.extend(src.typing.rooms_changed_since(t.typing));
+    }
+    let account = src.account_data.changes(user, if opts.full_state { None } else { since })?;
+    result.account_data = account.global;
+    let mut room_account = account.rooms;
     let viewer = Some((user, device));
     for (room_id, rec) in rooms.rooms_of(user, &["join", "invite", "leave", "ban"])? {
         if rec.stream > now {
@@ -119,8 +168,17 @@ pub fn assemble(
         let is_new = since.is_none_or(|s| rec.stream > s);
         match rec.membership.as_str() {
             "join" => {
-                if !(is_new || opts.full_state || changed.contains(&room_id)) {
+                let account_data = room_account.remove(&room_id).unwrap_or_default();
+                if !(is_new || opts.full_state || changed.contains(&room_id) || !account_data.is_empty()) {
                     continue;
+                }
+                let eph_since = if is_new || opts.full_state { None } else { since_token };
+                let mut ephemeral = Vec::new();
+                if let Some(users) = src.typing.typing_since(&room_id, eph_since.map(|t| t.typing)) {
+                    ephemeral.push(serde_json::json!({"type": "m.typing", "content": {"user_ids": users}}));
+                }
+                if let Some(receipts) = rooms.receipt_event(&room_id, eph_since.map(|t| t.pos), user)? {
+                    ephemeral.push(receipts);
                 }
                 let from = if is_new || opts.full_state { None } else { since };
                 let r = room_section(rooms, &room_id, user, from, now, opts, viewer)?;
@@ -128,6 +186,8 @@ pub fn assemble(
                 result.join.insert(
                     room_id,
                     JoinedRoomSync {
+                        ephemeral,
+                        account_data,
                         timeline: r.timeline,
                         limited: r.limited,
                         prev_batch: r.prev_batch,

@@ -5,6 +5,7 @@
 //! to act as anyone. Account and device changes take one mutex so that "check then write"
 //! sequences (name taken? first user?) cannot interleave; none of them is on a hot path.
 
+pub mod account_data;
 pub mod devices;
 pub mod password;
 pub mod profile;

@@ -5,6 +5,7 @@ mod common;
 mod account;
 mod devices;
 mod discovery;
+mod ephemeral;
 mod errors;
 mod login;
 mod processes;

@@ -1,6 +1,7 @@
 //! Client-server API endpoints, one file per chapter of the specification.
 
 mod account;
+mod account_data;
 mod alias;
 pub mod capabilities;
 mod device;
@@ -8,10 +9,12 @@ mod filter;
 mod membership;
 mod message;
 mod profile;
+mod receipt;
 mod room;
 mod session;
 mod state;
 mod sync;
+mod typing;
 mod versions;
 
 use std::sync::Arc;
@@ -69,4 +72,14 @@ pub fn routes() -> Router<Arc<Services>> {
         .ruma(filter::create_filter)
         .ruma(filter::get_filter)
         .ruma(sync::sync_events)
+        .ruma(typing::create_typing_event)
+        .ruma(receipt::create_receipt)
+        .ruma(receipt::set_read_marker)
+        .ruma(account_data::set_global_account_data)
+        .ruma(account_data::get_global_account_data)
+        .ruma(account_data::set_room_account_data)
+        .ruma(account_data::get_room_account_data)
+        .ruma(account_data::get_tags)
+        .ruma(account_data::create_tag)
+        .ruma(account_data::delete_tag)
 }

@@ -19,8 +19,7 @@ use super::room::raw;
 use crate::{
     api::Ruma,
     error::{Error, Result},
-    rooms::timeline::parse_token,
-    sync::{assemble, SyncOptions, SyncResult},
+    sync::{assemble, SyncOptions, SyncResult, SyncSources, SyncToken},
     Services,
 };
 
@@ -60,15 +59,17 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>) -> Resul
         None => None,
     };
     let opts = options(filter.as_ref(), body.full_state);
-    let since = body.since.as_deref().map(parse_token).transpose()?;
+    let since = body.since.as_deref().map(SyncToken::parse).transpose()?;
     let timeout = body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
 
     // Subscribe before reading, so a write between the read and the wait still wakes us.
     let mut rx = s.notifier.subscribe(&caller.user_id);
     let deadline = tokio::time::Instant::now() + timeout;
+    let sources = SyncSources { rooms: &s.rooms, typing: &s.typing, account_data: &s.account_data };
+    let now_token = || SyncToken { pos: s.rooms.stream_now(), typing: s.typing.version() };
     loop {
-        let now = s.rooms.stream_now();
-        let result = assemble(&s.rooms, &caller.user_id, caller.device_id.as_str(), since, now, &opts)?;
+        let now = now_token();
+        let result = assemble(&sources, &caller.user_id, caller.device_id.as_str(), since, now, &opts)?;
         let waiting_pays = since.is_some() && result.is_empty() && !opts.full_state;
         if !waiting_pays || tokio::time::Instant::now() >= deadline {
             return to_response(result, now);
@@ -77,19 +78,22 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>) -> Resul
             Ok(Ok(())) => continue,
             // Timed out (or the notifier went away): answer with what there is.
             _ => {
-                let now = s.rooms.stream_now();
-                let result = assemble(&s.rooms, &caller.user_id, caller.device_id.as_str(), since, now, &opts)?;
+                let now = now_token();
+                let result = assemble(&sources, &caller.user_id, caller.device_id.as_str(), since, now, &opts)?;
                 return to_response(result, now);
             }
         }
     }
 }
 
-fn to_response(result: SyncResult, now: u64) -> Result<sync_v3::Response> {
-    let mut res = sync_events::v3::Response::new(crate::rooms::timeline::token(now));
+fn to_response(result: SyncResult, now: SyncToken) -> Result<sync_v3::Response> {
+    let mut res = sync_events::v3::Response::new(now.encode());
+    res.account_data.events = result.account_data.iter().map(raw).collect::<Result<_>>()?;
     for (room_id, r) in result.join {
         let mut joined = JoinedRoom::new();
         (joined.timeline, joined.state) = timeline_and_state(&r.timeline, r.limited, r.prev_batch, &r.state)?;
+        joined.ephemeral.events = r.ephemeral.iter().map(raw).collect::<Result<_>>()?;
+        joined.account_data.events = r.account_data.iter().map(raw).collect::<Result<_>>()?;
         let mut summary = RoomSummary::new();
         summary.heroes = r.heroes.iter().filter_map(|h| h.as_str().try_into().ok()).collect();
         summary.joined_member_count = UInt::new(r.joined_count);

@@ -1,0 +1,69 @@
+//! Client-server API: receipts and read markers.
+
+use std::sync::Arc;
+
+use ruma::api::client::{read_marker::set_read_marker, receipt::create_receipt};
+use serde_json::json;
+
+use crate::{
+    api::Ruma,
+    error::{Error, Result},
+    Services,
+};
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}`
+///
+/// `m.read` and `m.read.private` (threaded or not) are receipts; `m.fully_read` is stored
+/// as the room's `m.fully_read` account data, as the spec says.
+pub async fn create_receipt(
+    s: Arc<Services>,
+    req: Ruma<create_receipt::v3::Request>,
+) -> Result<create_receipt::v3::Response> {
+    let caller = req.caller()?;
+    let b = &req.body;
+    s.rooms.require_joined(&b.room_id, &caller.user_id)?;
+    let kind = b.receipt_type.as_str();
+    if kind == "m.fully_read" {
+        s.rooms
+            .event_meta(&b.event_id)?
+            .filter(|m| m.room_id == b.room_id)
+            .ok_or_else(|| Error::not_found("Unknown event"))?;
+        let content = json!({"event_id": b.event_id});
+        s.account_data.set(
+            &caller.user_id,
+            Some(&b.room_id),
+            "m.fully_read",
+            content.as_object().cloned().unwrap_or_default(),
+        )?;
+    } else {
+        s.rooms.set_receipt(&b.room_id, &caller.user_id, kind, b.thread.as_str(), &b.event_id)?;
+    }
+    Ok(create_receipt::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/read_markers`
+pub async fn set_read_marker(
+    s: Arc<Services>,
+    req: Ruma<set_read_marker::v3::Request>,
+) -> Result<set_read_marker::v3::Response> {
+    let caller = req.caller()?;
+    let b = &req.body;
+    s.rooms.require_joined(&b.room_id, &caller.user_id)?;
+    if let Some(id) = &b.fully_read {
+        s.rooms.event_meta(id)?.filter(|m| m.room_id == b.room_id).ok_or_else(|| Error::not_found("Unknown event"))?;
+        let content = json!({"event_id": id});
+        s.account_data.set(
+            &caller.user_id,
+            Some(&b.room_id),
+            "m.fully_read",
+            content.as_object().cloned().unwrap_or_default(),
+        )?;
+    }
+    if let Some(id) = &b.read_receipt {
+        s.rooms.set_receipt(&b.room_id, &caller.user_id, "m.read", None, id)?;
+    }
+    if let Some(id) = &b.private_read_receipt {
+        s.rooms.set_receipt(&b.room_id, &caller.user_id, "m.read.private", None, id)?;
+    }
+    Ok(set_read_marker::v3::Response::new())
+}

@@ -1,0 +1,92 @@
+//! Read receipts (`m.read`, `m.read.private`, threaded), stored per (room, user, type+thread).
+//!
+//! Each receipt change takes a stream position, so a sync sends only receipts changed since
+//! its token. Private receipts are shown to their owner only.
+
+use ruma::{OwnedEventId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::Rooms;
+use crate::{
+    error::{Error, Result},
+    json_value,
+    store::{tables, Table},
+    stream::{StreamItem, STREAM_LOG},
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Receipt {
+    pub event_id: OwnedEventId,
+    pub ts: u64,
+    pub stream: u64,
+}
+
+json_value!(Receipt);
+
+/// (room, user, "<type>|<thread>") → receipt. The thread part is empty for unthreaded ones.
+pub const RECEIPTS: Table<(String, String, String), Receipt> = Table::new(tables::RECEIPTS);
+
+pub const RECEIPT_TYPES: &[&str] = &["m.read", "m.read.private"];
+
+impl Rooms {
+    /// Records a receipt; `thread` is `None` (unthreaded), `Some("main")` or a thread root id.
+    pub fn set_receipt(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        receipt_type: &str,
+        thread: Option<&str>,
+        event_id: &ruma::EventId,
+    ) -> Result<()> {
+        if !RECEIPT_TYPES.contains(&receipt_type) {
+            return Err(Error::invalid_param(format!("Unknown receipt type {receipt_type}")));
+        }
+        let meta = self.event_meta(event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
+        if meta.room_id != room_id {
+            return Err(Error::not_found("Event not in this room"));
+        }
+        let key = format!("{receipt_type}|{}", thread.unwrap_or_default());
+        let (pos, _) = self.stream.commit(|pos, batch| {
+            RECEIPTS.put(
+                batch,
+                (room_id.as_str(), user.as_str(), &key),
+                &Receipt { event_id: event_id.to_owned(), ts: crate::time::now_millis(), stream: pos },
+            );
+            STREAM_LOG.put(batch, pos, &StreamItem::Receipt { room_id: room_id.to_owned() });
+            Ok(())
+        })?;
+        if receipt_type == "m.read.private" {
+            self.notifier.notify([user], pos);
+        } else {
+            let members = self.members(room_id, "join")?;
+            self.notifier.notify(members.iter().map(|u| &**u), pos);
+        }
+        Ok(())
+    }
+
+    /// The room's `m.receipt` ephemeral event with receipts changed after `since` (all if
+    /// `None`) that `viewer` may see; `None` if there are none.
+    pub fn receipt_event(&self, room_id: &RoomId, since: Option<u64>, viewer: &UserId) -> Result<Option<Value>> {
+        let mut content: Map<String, Value> = Map::new();
+        for ((user, key), r) in RECEIPTS.collect_prefix(&self.store, room_id.as_str())? {
+            if since.is_some_and(|s| r.stream <= s) {
+                continue;
+            }
+            let (kind, thread) = key.split_once('|').unwrap_or((key.as_str(), ""));
+            if kind == "m.read.private" && user != viewer.as_str() {
+                continue;
+            }
+            let mut info = json!({"ts": r.ts});
+            if !thread.is_empty() {
+                info["thread_id"] = json!(thread);
+            }
+            let by_type = content.entry(r.event_id.to_string()).or_insert_with(|| json!({}));
+            by_type[kind][&user] = info;
+        }
+        if content.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(json!({"type": "m.receipt", "content": content})))
+    }
+}
