@@ -7,6 +7,11 @@ The scenario, on each storage engine (the ConfigMap's RocksDB, and SQLite):
 3. bob sees the invite in /sync (with the room's name) and joins; alice sees him join;
 4. they exchange messages, each seeing the other's through incremental /sync;
 5. a long-polling /sync of bob's is woken by a message of alice's;
+5a. alice starts typing and bob's /sync shows her typing; she stops and he sees nobody typing;
+5b. bob marks alice's latest message read (a private receipt, then the read markers with
+    a public `m.read` and `m.fully_read`): alice's /sync shows bob's public receipt and
+    never his private one; bob's own /sync shows both receipts and his `m.fully_read`
+    room account data;
 6. alice sends 30 more messages; /messages pages the whole history backwards, ten at a
    time, newest first, exactly in reverse order of sending, down to the room's creation;
 7. the alias resolves to the room;
@@ -23,24 +28,32 @@ from collections.abc import Callable
 
 import pytest
 from nio import AsyncClient
-from nio.api import RoomPreset, RoomVisibility
+from nio.api import ReceiptType, RoomPreset, RoomVisibility
 from nio.events import (
+    FullyReadEvent,
     InviteMemberEvent,
+    Receipt,
+    ReceiptEvent,
     RoomCreateEvent,
     RoomMemberEvent,
     RoomMessageText,
+    TypingNoticeEvent,
 )
 from nio.responses import (
     JoinResponse,
+    LoginResponse,
     RegisterResponse,
     RoomCreateResponse,
     RoomInviteResponse,
     RoomLeaveResponse,
     RoomMessagesResponse,
+    RoomReadMarkersResponse,
     RoomResolveAliasResponse,
     RoomSendError,
     RoomSendResponse,
+    RoomTypingResponse,
     SyncResponse,
+    UpdateReceiptMarkerResponse,
 )
 
 PASSWORD = "correct horse battery staple"
@@ -49,6 +62,8 @@ ROOM_TOPIC = "Where alice and bob talk"
 ALIAS_LOCALPART = "hearth-chat"
 SYNC_POLL_MS = 10_000
 LONG_POLL_MS = 30_000
+# Long enough never to lapse during the test: alice stops typing explicitly.
+TYPING_TIMEOUT_MS = 120_000
 
 pytestmark = pytest.mark.parametrize("backend", ["rocksdb", "sqlite"])
 
@@ -96,6 +111,32 @@ async def sync_until(
 def timeline(resp: SyncResponse, room_id: str) -> list:
     joined = resp.rooms.join.get(room_id)
     return list(joined.timeline.events) if joined is not None else []
+
+
+def ephemeral(resp: SyncResponse, room_id: str) -> list:
+    joined = resp.rooms.join.get(room_id)
+    return list(joined.ephemeral) if joined is not None else []
+
+
+def room_account_data(resp: SyncResponse, room_id: str) -> list:
+    joined = resp.rooms.join.get(room_id)
+    return list(joined.account_data) if joined is not None else []
+
+
+def typing_notices(resp: SyncResponse, room_id: str) -> list[list[str]]:
+    """The user lists of the m.typing events in `resp` for the room, in order."""
+    return [list(e.users) for e in ephemeral(resp, room_id) if isinstance(e, TypingNoticeEvent)]
+
+
+def receipts(resps: list[SyncResponse], room_id: str) -> list[Receipt]:
+    """Every receipt of the m.receipt events in `resps` for the room."""
+    return [
+        r
+        for resp in resps
+        for e in ephemeral(resp, room_id)
+        if isinstance(e, ReceiptEvent)
+        for r in e.receipts
+    ]
 
 
 def texts(events) -> list[tuple[str, str, str]]:
@@ -212,6 +253,83 @@ def test_two_users_chat_in_a_private_room(hearth, backend):
                 f"bob's long-polling sync returned without alice's message: {woken!r}"
             )
             bob_since = woken.next_batch
+
+            # ---- typing: alice starts typing, bob sees it; she stops, bob sees nobody typing.
+            typing = await alice.room_typing(room_id, True, timeout=TYPING_TIMEOUT_MS)
+            assert isinstance(typing, RoomTypingResponse), f"alice's typing notice failed: {typing!r}"
+
+            def typing_now(users: list[str]) -> Callable[[SyncResponse], bool]:
+                # The last m.typing of a response is the room's current typing list.
+                return lambda resp: typing_notices(resp, room_id)[-1:] == [users]
+
+            bob_syncs, bob_since = await sync_until(
+                bob, bob_since, typing_now([alice_id]), "typing notice of alice's"
+            )
+            assert bob.rooms[room_id].typing_users == [alice_id], (
+                f"bob's client shows {bob.rooms[room_id].typing_users} typing: "
+                f"{[typing_notices(r, room_id) for r in bob_syncs]}"
+            )
+            stopped = await alice.room_typing(room_id, False)
+            assert isinstance(stopped, RoomTypingResponse), f"alice's stop-typing notice failed: {stopped!r}"
+            bob_syncs, bob_since = await sync_until(bob, bob_since, typing_now([]), "end of alice's typing")
+            assert bob.rooms[room_id].typing_users == [], (
+                f"bob's client still shows {bob.rooms[room_id].typing_users} typing: "
+                f"{[typing_notices(r, room_id) for r in bob_syncs]}"
+            )
+
+            # ---- receipts and read markers: bob reads alice's latest message.
+            private = await bob.update_receipt_marker(room_id, wake_up, ReceiptType.read_private)
+            assert isinstance(private, UpdateReceiptMarkerResponse), f"bob's private receipt failed: {private!r}"
+            marked = await bob.room_read_markers(room_id, fully_read_event=wake_up, read_event=wake_up)
+            assert isinstance(marked, RoomReadMarkersResponse), f"bob's read markers failed: {marked!r}"
+
+            def bob_read(resp: SyncResponse) -> bool:
+                return any(
+                    (r.user_id, r.receipt_type, r.event_id) == (bob_id, "m.read", wake_up)
+                    for r in receipts([resp], room_id)
+                )
+
+            alice_syncs, alice_since = await sync_until(alice, alice_since, bob_read, "read receipt of bob's")
+            alice_got = receipts(alice_syncs, room_id)
+            # The private receipt was set before the public one, so these syncs cover it too.
+            assert [r for r in alice_got if r.receipt_type == "m.read.private"] == [], (
+                f"alice was shown a private receipt: {alice_got}"
+            )
+            shown = alice.rooms[room_id].read_receipts.get(bob_id)
+            assert shown is not None and (shown.event_id, shown.receipt_type) == (wake_up, "m.read"), (
+                f"alice's client has bob's read receipt as {shown!r}: {alice_got}"
+            )
+
+            # bob's own sync: both his receipts, and m.fully_read as the room's account data.
+            def fully_read(resp: SyncResponse) -> bool:
+                return any(
+                    isinstance(e, FullyReadEvent) and e.event_id == wake_up
+                    for e in room_account_data(resp, room_id)
+                )
+
+            bob_syncs, bob_since = await sync_until(bob, bob_since, fully_read, "m.fully_read of bob's")
+            assert bob.rooms[room_id].fully_read_marker == wake_up, bob.rooms[room_id].fully_read_marker
+            bob_got = {(r.user_id, r.receipt_type, r.event_id) for r in receipts(bob_syncs, room_id)}
+            assert {(bob_id, "m.read", wake_up), (bob_id, "m.read.private", wake_up)} <= bob_got, (
+                f"bob's sync shows his receipts as {bob_got}"
+            )
+            # The initial sync of a new device of bob's carries the marker and his receipts too.
+            bob_phone = AsyncClient(hearth.url, "bob")
+            try:
+                logged_in = await bob_phone.login(PASSWORD, device_name="Hearth e2e chat: bob's phone")
+                assert isinstance(logged_in, LoginResponse), f"bob's second login failed: {logged_in!r}"
+                fresh = await bob_phone.sync(timeout=0)
+                assert isinstance(fresh, SyncResponse), f"initial sync of bob's phone failed: {fresh!r}"
+                assert fully_read(fresh), (
+                    f"bob's initial sync lacks m.fully_read: {room_account_data(fresh, room_id)}"
+                )
+                assert bob_phone.rooms[room_id].fully_read_marker == wake_up
+                fresh_got = {(r.user_id, r.receipt_type, r.event_id) for r in receipts([fresh], room_id)}
+                assert {(bob_id, "m.read", wake_up), (bob_id, "m.read.private", wake_up)} <= fresh_got, (
+                    f"bob's initial sync shows his receipts as {fresh_got}"
+                )
+            finally:
+                await bob_phone.close()
 
             # ---- history: 30 more messages, paged back 10 at a time, exactly reversed.
             for i in range(30):

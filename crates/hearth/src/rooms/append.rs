@@ -92,7 +92,7 @@ impl Rooms {
         let record = self.known_room(room_id)?;
         let mut counters = self.append_lock.lock();
         if let Some(t) = txn {
-            if let Some(existing) = self.transaction(sender, t.device_id, t.txn_id)? {
+            if let Some(existing) = self.transaction(sender, t.device_id, &txn_scope(room_id, &new.kind, t.txn_id))? {
                 return self.pdu(&existing)?.ok_or_else(|| Error::internal("transaction points at a missing event"));
             }
         }
@@ -200,7 +200,7 @@ impl Rooms {
             obj.insert("state_key".into(), CanonicalJsonValue::String(k.clone()));
         }
         if let Some(r) = &new.redacts {
-            // From v11 `redacts` lives in the content; clients already put it there.
+            // Up to v10 `redacts` is a top-level key; from v11 it lives in the content.
             obj.insert("redacts".into(), CanonicalJsonValue::String(r.to_string()));
         }
         let v1_event_id = if rules.event_format.require_event_id {
@@ -276,8 +276,12 @@ impl Rooms {
                     stream,
                     short,
                     txn: txn.map(|t| (t.device_id.to_owned(), t.txn_id.to_owned())),
+                    redacted_by: None,
                 },
             );
+            if pdu.kind == TimelineEventType::RoomRedaction {
+                self.apply_redaction(batch, &pdu)?;
+            }
             TIMELINE.put(batch, (room, stream), &pdu.event_id.to_string());
             EVENT_STREAM.put(
                 batch,
@@ -301,7 +305,8 @@ impl Rooms {
                 }
             }
             if let Some(t) = txn {
-                TRANSACTIONS.put(batch, (pdu.sender.as_str(), t.device_id, t.txn_id), &pdu.event_id.to_string());
+                let scope = txn_scope(&pdu.room_id, &pdu.kind, t.txn_id);
+                TRANSACTIONS.put(batch, (pdu.sender.as_str(), t.device_id, &scope), &pdu.event_id.to_string());
             }
             if let Some(record) = &new_room {
                 ROOMS.put(batch, room, record);
@@ -314,6 +319,12 @@ impl Rooms {
         self.notifier.notify(wake.iter().map(|u| &**u), stream);
         Ok(pdu)
     }
+}
+
+/// What a transaction id is unique within, besides the device: like Synapse, the request
+/// it came with (room and kind of event), so the same id in another room is a new send.
+fn txn_scope(room_id: &RoomId, kind: &TimelineEventType, txn_id: &str) -> String {
+    format!("{room_id}|{kind}|{txn_id}")
 }
 
 fn check_limits(new: &NewEvent) -> Result<()> {

@@ -11,7 +11,9 @@ pub mod append;
 pub mod create;
 pub mod membership;
 pub mod pdu;
+pub mod power;
 pub mod receipts;
+pub mod redaction;
 pub mod state;
 pub mod timeline;
 pub mod typing;
@@ -60,6 +62,9 @@ pub struct EventMeta {
     pub short: u64,
     /// (device id, transaction id) of the local device that sent it.
     pub txn: Option<(String, String)>,
+    /// The redaction that redacted this event, if any.
+    #[serde(default)]
+    pub redacted_by: Option<OwnedEventId>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -111,6 +111,11 @@ impl Rooms {
         }
         let now = crate::time::now_millis();
         unsigned.insert("age".into(), json!(now.saturating_sub(u64::from(pdu.origin_server_ts.0))));
+        if let Some(by) = meta.and_then(|m| m.redacted_by.as_ref()) {
+            if let Ok(Some(redaction)) = self.pdu(by) {
+                unsigned.insert("redacted_because".into(), redaction.to_client_json(Map::new()));
+            }
+        }
         pdu.to_client_json(unsigned)
     }
 

@@ -340,3 +340,61 @@ both_engines!(
     oversized_event_is_413,
     rooms_survive_restart,
 );
+
+async fn redactions_in_every_version(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (_, bt, _) = s.register("bob", "pw-bob-1").await;
+    for v in [1, 5, 10, 11, 12] {
+        let room =
+            create(&s, &at, json!({"room_version": v.to_string(), "preset": "public_chat", "topic": "secret topic"}))
+                .await;
+        s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+        let (_, mine) = send(&s, &bt, &room, "b1", "oops").await;
+        let (_, theirs) = send(&s, &at, &room, "a1", "alice's").await;
+        let esc = |id: &Value| id.as_str().unwrap().replace('+', "%2B").replace('/', "%2F");
+
+        // Bob may redact his own message, not Alice's.
+        let path = format!("/_matrix/client/v3/rooms/{room}/redact/{}/r1", esc(&mine["event_id"]));
+        let (status, red) = s.put(&path, Some(&bt), json!({"reason": "typo"})).await;
+        assert_eq!(status, StatusCode::OK, "v{v}: {red}");
+        let path = format!("/_matrix/client/v3/rooms/{room}/redact/{}/r2", esc(&theirs["event_id"]));
+        assert_error(&s.put(&path, Some(&bt), json!({})).await, 403, "M_FORBIDDEN");
+
+        let (_, ev) =
+            s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{}", esc(&mine["event_id"])), Some(&at)).await;
+        assert_eq!(ev["content"], json!({}), "v{v}: {ev}");
+        assert_eq!(ev["unsigned"]["redacted_because"]["event_id"], red["event_id"], "v{v}: {ev}");
+        assert_eq!(ev["unsigned"]["redacted_because"]["content"]["reason"], "typo");
+        if v >= 11 {
+            assert_eq!(ev["unsigned"]["redacted_because"]["content"]["redacts"], mine["event_id"]);
+        } else {
+            assert_eq!(ev["unsigned"]["redacted_because"]["redacts"], mine["event_id"]);
+        }
+
+        // Alice (room admin) may redact state; the topic's content goes.
+        let (_, topic) =
+            s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/?format=event"), Some(&at)).await;
+        let path = format!("/_matrix/client/v3/rooms/{room}/redact/{}/r3", esc(&topic["event_id"]));
+        assert_eq!(s.put(&path, Some(&at), json!({})).await.0, StatusCode::OK);
+        let (status, content) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"), Some(&at)).await;
+        assert_eq!((status, content), (StatusCode::OK, json!({})));
+    }
+}
+
+both_engines!(redactions_in_every_version);
+
+async fn same_transaction_id_in_another_room_is_a_new_send(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let one = create(&s, &at, json!({})).await;
+    let two = create(&s, &at, json!({})).await;
+    let (_, a) = send(&s, &at, &one, "same-txn", "in one").await;
+    let (_, b2) = send(&s, &at, &two, "same-txn", "in two").await;
+    assert_ne!(a["event_id"], b2["event_id"]);
+    let (_, ev) =
+        s.get(&format!("/_matrix/client/v3/rooms/{two}/event/{}", b2["event_id"].as_str().unwrap()), Some(&at)).await;
+    assert_eq!(ev["content"]["body"], "in two");
+}
+
+both_engines!(same_transaction_id_in_another_room_is_a_new_send);

@@ -10,6 +10,7 @@ mod membership;
 mod message;
 mod profile;
 mod receipt;
+mod redact;
 mod room;
 mod session;
 mod state;
@@ -73,6 +74,7 @@ pub fn routes() -> Router<Arc<Services>> {
         .ruma(filter::get_filter)
         .ruma(sync::sync_events)
         .ruma(typing::create_typing_event)
+        .ruma(redact::redact_event)
         .ruma(receipt::create_receipt)
         .ruma(receipt::set_read_marker)
         .ruma(account_data::set_global_account_data)
