@@ -12,6 +12,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod push;
 pub mod rooms;
 pub mod server;
 pub mod server_key;

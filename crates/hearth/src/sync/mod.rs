@@ -75,6 +75,8 @@ impl Default for SyncOptions {
 pub const MAX_TIMELINE_LIMIT: usize = 100;
 
 pub struct JoinedRoomSync {
+    pub notification_count: u64,
+    pub highlight_count: u64,
     pub ephemeral: Vec<Value>,
     pub account_data: Vec<Value>,
     pub timeline: Vec<Value>,
@@ -159,6 +161,13 @@ pub fn assemble(
     }
     let account = src.account_data.changes(user, if opts.full_state { None } else { since })?;
     result.account_data = account.global;
+    // A first sync always carries the push rules, defaults included.
+    if since.is_none() || opts.full_state {
+        if !result.account_data.iter().any(|e| e["type"] == "m.push_rules") {
+            result.account_data.push(crate::push::rules_event(src.account_data, user)?);
+        }
+    }
+    let rules = crate::push::ruleset(src.account_data, user)?;
     let mut room_account = account.rooms;
     let viewer = Some((user, device));
     for (room_id, rec) in rooms.rooms_of(user, &["join", "invite", "leave", "ban"])? {
@@ -183,9 +192,13 @@ pub fn assemble(
                 let from = if is_new || opts.full_state { None } else { since };
                 let r = room_section(rooms, &room_id, user, from, now, opts, viewer)?;
                 let (joined_count, invited_count, heroes) = summary(rooms, &room_id, user)?;
+                let (notification_count, highlight_count) =
+                    crate::push::unread_counts(rooms, &rules, &room_id, user, now)?;
                 result.join.insert(
                     room_id,
                     JoinedRoomSync {
+                        notification_count,
+                        highlight_count,
                         ephemeral,
                         account_data,
                         timeline: r.timeline,

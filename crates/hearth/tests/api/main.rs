@@ -10,6 +10,7 @@ mod errors;
 mod login;
 mod processes;
 mod profile;
+mod push;
 mod rooms;
 mod storage;
 mod sync;

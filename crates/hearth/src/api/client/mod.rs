@@ -9,6 +9,7 @@ mod filter;
 mod membership;
 mod message;
 mod profile;
+mod push;
 mod receipt;
 mod redact;
 mod room;
@@ -75,6 +76,16 @@ pub fn routes() -> Router<Arc<Services>> {
         .ruma(sync::sync_events)
         .ruma(typing::create_typing_event)
         .ruma(redact::redact_event)
+        .ruma(push::get_pushrules_all)
+        .ruma(push::get_pushrules_global_scope)
+        .ruma(push::get_pushrule)
+        .ruma(push::set_pushrule)
+        .ruma(push::delete_pushrule)
+        .ruma(push::get_pushrule_enabled)
+        .ruma(push::set_pushrule_enabled)
+        .ruma(push::get_pushrule_actions)
+        .ruma(push::set_pushrule_actions)
+        .ruma(push::get_pushers)
         .ruma(receipt::create_receipt)
         .ruma(receipt::set_read_marker)
         .ruma(account_data::set_global_account_data)

@@ -93,6 +93,8 @@ fn to_response(result: SyncResult, now: SyncToken) -> Result<sync_v3::Response> 
         let mut joined = JoinedRoom::new();
         (joined.timeline, joined.state) = timeline_and_state(&r.timeline, r.limited, r.prev_batch, &r.state)?;
         joined.ephemeral.events = r.ephemeral.iter().map(raw).collect::<Result<_>>()?;
+        joined.unread_notifications.notification_count = UInt::new(r.notification_count);
+        joined.unread_notifications.highlight_count = UInt::new(r.highlight_count);
         joined.account_data.events = r.account_data.iter().map(raw).collect::<Result<_>>()?;
         let mut summary = RoomSummary::new();
         summary.heroes = r.heroes.iter().filter_map(|h| h.as_str().try_into().ok()).collect();

@@ -1,0 +1,92 @@
+//! Push rules and the unread counts they drive in /sync.
+
+use hearth::store::Backend;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::{both_engines, common::TestServer};
+
+async fn unread(s: &TestServer, token: &str, room: &str) -> (u64, u64) {
+    let (_, res) = s.get("/_matrix/client/v3/sync", Some(token)).await;
+    let n = &res["rooms"]["join"][room]["unread_notifications"];
+    (n["notification_count"].as_u64().unwrap_or(0), n["highlight_count"].as_u64().unwrap_or(0))
+}
+
+async fn default_rules_and_edits(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (status, rules) = s.get("/_matrix/client/v3/pushrules/", Some(&at)).await;
+    assert_eq!(status, StatusCode::OK);
+    let overrides: Vec<&str> =
+        rules["global"]["override"].as_array().unwrap().iter().map(|r| r["rule_id"].as_str().unwrap()).collect();
+    assert!(overrides.contains(&".m.rule.master") && overrides.contains(&".m.rule.suppress_notices"), "{overrides:?}");
+
+    // The first sync carries them too.
+    let (_, first) = s.get("/_matrix/client/v3/sync", Some(&at)).await;
+    assert!(first["account_data"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.push_rules"), "{first}");
+
+    let rule = "/_matrix/client/v3/pushrules/global/content/cheese";
+    let (status, res) = s.put(rule, Some(&at), json!({"pattern": "cheese", "actions": ["notify"]})).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    let (_, got) = s.get(rule, Some(&at)).await;
+    assert_eq!(got["pattern"], "cheese");
+    assert_eq!(s.put(&format!("{rule}/enabled"), Some(&at), json!({"enabled": false})).await.0, StatusCode::OK);
+    assert_eq!(s.get(&format!("{rule}/enabled"), Some(&at)).await.1["enabled"], false);
+    assert_eq!(s.put(&format!("{rule}/actions"), Some(&at), json!({"actions": []})).await.0, StatusCode::OK);
+    assert_eq!(s.get(&format!("{rule}/actions"), Some(&at)).await.1["actions"], json!([]));
+    assert_eq!(s.request(Method::DELETE, rule, Some(&at), None).await.0, StatusCode::OK);
+    assert_eq!(s.get(rule, Some(&at)).await.0, StatusCode::NOT_FOUND);
+    // Server defaults cannot be deleted.
+    let (status, _) =
+        s.request(Method::DELETE, "/_matrix/client/v3/pushrules/global/override/.m.rule.master", Some(&at), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Toggling a default works.
+    let master = "/_matrix/client/v3/pushrules/global/override/.m.rule.master/enabled";
+    assert_eq!(s.put(master, Some(&at), json!({"enabled": true})).await.0, StatusCode::OK);
+    assert_eq!(s.get(master, Some(&at)).await.1["enabled"], true);
+}
+
+async fn unread_counts_follow_messages_mentions_and_receipts(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (bob, bt, _) = s.register("bob", "pw-bob-1").await;
+    let (_, res) =
+        s.post("/_matrix/client/v3/createRoom", Some(&at), json!({"invite": [bob], "is_direct": true})).await;
+    let room = res["room_id"].as_str().unwrap().to_owned();
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+    assert_eq!(unread(&s, &bt, &room).await, (0, 0));
+
+    let mut last = Value::Null;
+    for (i, body) in ["hello", "are you there?", "hey bob, look"].iter().enumerate() {
+        let mut content = json!({"msgtype": "m.text", "body": body});
+        if body.contains("bob") {
+            // An intentional mention, as current clients send it.
+            content["m.mentions"] = json!({"user_ids": [bob]});
+        }
+        let (_, r) =
+            s.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{i}"), Some(&at), content).await;
+        last = r["event_id"].clone();
+    }
+    // Three messages in a one-to-one room notify; the one mentioning Bob highlights.
+    assert_eq!(unread(&s, &bt, &room).await, (3, 1));
+    // Alice's own messages never count for her.
+    assert_eq!(unread(&s, &at, &room).await, (0, 0));
+
+    let path = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", last.as_str().unwrap());
+    assert_eq!(s.post(&path, Some(&bt), json!({})).await.0, StatusCode::OK);
+    assert_eq!(unread(&s, &bt, &room).await, (0, 0));
+
+    // A room rule that does not notify silences the room.
+    let (status, res) =
+        s.put(&format!("/_matrix/client/v3/pushrules/global/room/{room}"), Some(&bt), json!({"actions": []})).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    s.put(
+        &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/9"),
+        Some(&at),
+        json!({"msgtype": "m.text", "body": "quiet"}),
+    )
+    .await;
+    assert_eq!(unread(&s, &bt, &room).await.0, 0);
+}
+
+both_engines!(default_rules_and_edits, unread_counts_follow_messages_mentions_and_receipts);
