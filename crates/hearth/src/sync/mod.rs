@@ -162,10 +162,8 @@ pub fn assemble(
     let account = src.account_data.changes(user, if opts.full_state { None } else { since })?;
     result.account_data = account.global;
     // A first sync always carries the push rules, defaults included.
-    if since.is_none() || opts.full_state {
-        if !result.account_data.iter().any(|e| e["type"] == "m.push_rules") {
-            result.account_data.push(crate::push::rules_event(src.account_data, user)?);
-        }
+    if (since.is_none() || opts.full_state) && !result.account_data.iter().any(|e| e["type"] == "m.push_rules") {
+        result.account_data.push(crate::push::rules_event(src.account_data, user)?);
     }
     let rules = crate::push::ruleset(src.account_data, user)?;
     let mut room_account = account.rooms;
