@@ -17,8 +17,8 @@ use serde_json::{value::to_raw_value, Map, Value};
 use super::{
     pdu::{canonical_len, to_canonical, to_canonical_object, Pdu, MAX_PDU_BYTES},
     state::{Interner, StateMap, STATE_BEFORE_EVENT},
-    Counters, EventMeta, MembershipRecord, RoomHeads, RoomRecord, Rooms, StreamEntry, EVENT_META, EVENT_STREAM, PDUS,
-    ROOMS, ROOM_HEADS, ROOM_MEMBERS, TIMELINE, TRANSACTIONS, USER_ROOMS,
+    Counters, EventMeta, MembershipRecord, RelationEntry, RoomHeads, RoomRecord, Rooms, StreamEntry, EVENT_META,
+    EVENT_STREAM, PDUS, RELATIONS, ROOMS, ROOM_HEADS, ROOM_MEMBERS, TIMELINE, TRANSACTIONS, USER_ROOMS,
 };
 use crate::{
     error::{Error, Result},
@@ -281,6 +281,24 @@ impl Rooms {
             );
             if pdu.kind == TimelineEventType::RoomRedaction {
                 self.apply_redaction(batch, &pdu)?;
+            }
+            let content = pdu.content_value();
+            if let Some(rel) = content.get("m.relates_to") {
+                if let (Some(rel_type), Some(target)) =
+                    (rel.get("rel_type").and_then(Value::as_str), rel.get("event_id").and_then(Value::as_str))
+                {
+                    if let Ok(event_id) = OwnedEventId::try_from(pdu.event_id.as_str()) {
+                        RELATIONS.put(
+                            batch,
+                            (target, stream),
+                            &RelationEntry {
+                                rel_type: rel_type.to_owned(),
+                                event_type: pdu.kind.to_string(),
+                                event_id,
+                            },
+                        );
+                    }
+                }
             }
             TIMELINE.put(batch, (room, stream), &pdu.event_id.to_string());
             EVENT_STREAM.put(

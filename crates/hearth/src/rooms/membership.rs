@@ -39,6 +39,23 @@ impl Rooms {
         self.member_event(room_id, user, user, Value::Object(content))
     }
 
+    /// Asks to join a room whose join rule is `knock`.
+    pub fn knock(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        profile: Map<String, Value>,
+        reason: Option<String>,
+    ) -> Result<Pdu> {
+        self.known_room(room_id)?;
+        let mut content = profile;
+        content.insert("membership".into(), json!("knock"));
+        if let Some(r) = reason {
+            content.insert("reason".into(), json!(r));
+        }
+        self.member_event(room_id, user, user, Value::Object(content))
+    }
+
     pub fn invite(
         &self,
         room_id: &RoomId,

@@ -81,7 +81,15 @@ pub struct MembershipRecord {
     pub event_id: OwnedEventId,
 }
 
-json_value!(RoomRecord, RoomHeads, EventMeta, StreamEntry, MembershipRecord);
+/// An event that relates to another (`m.relates_to`): reply threads, edits, reactions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelationEntry {
+    pub rel_type: String,
+    pub event_type: String,
+    pub event_id: OwnedEventId,
+}
+
+json_value!(RoomRecord, RoomHeads, EventMeta, StreamEntry, MembershipRecord, RelationEntry);
 
 pub const ROOMS: Table<String, RoomRecord> = Table::new(tables::ROOMS);
 pub const PDUS: Table<String, Vec<u8>> = Table::new(tables::PDUS);
@@ -93,6 +101,8 @@ pub const USER_ROOMS: Table<(String, String), MembershipRecord> = Table::new(tab
 pub const ROOM_MEMBERS: Table<(String, String), String> = Table::new(tables::ROOM_MEMBERS);
 pub const TRANSACTIONS: Table<(String, String, String), String> = Table::new(tables::TRANSACTIONS);
 pub const ALIASES: Table<String, String> = Table::new(tables::ALIASES);
+pub const PUBLISHED_ROOMS: Table<String, ()> = Table::new(tables::PUBLISHED_ROOMS);
+pub const RELATIONS: Table<(String, u64), RelationEntry> = Table::new(tables::RELATIONS);
 
 /// Counters advanced under the append lock.
 pub struct Counters {

@@ -55,6 +55,12 @@ pub const STREAM_LOG: &str = "stream_log";
 pub const RECEIPTS: &str = "receipts";
 /// (user id, room id or "", event type) → account data content and position.
 pub const ACCOUNT_DATA: &str = "account_data";
+/// Room id → () for rooms published in the public room directory.
+pub const PUBLISHED_ROOMS: &str = "published_rooms";
+/// (related-to event id, stream position) → the relating event.
+pub const RELATIONS: &str = "relations";
+/// (room id, stream position) → a content report, for the admins.
+pub const REPORTS: &str = "reports";
 
 pub const ALL: &[&str] = &[
     META_NAME,
@@ -82,6 +88,9 @@ pub const ALL: &[&str] = &[
     STREAM_LOG,
     RECEIPTS,
     ACCOUNT_DATA,
+    PUBLISHED_ROOMS,
+    RELATIONS,
+    REPORTS,
 ];
 
 /// The meta table is the store's own (schema version lives there).

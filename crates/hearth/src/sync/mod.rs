@@ -100,12 +100,17 @@ pub struct SyncResult {
     pub account_data: Vec<Value>,
     pub join: BTreeMap<OwnedRoomId, JoinedRoomSync>,
     pub invite: BTreeMap<OwnedRoomId, Vec<Value>>,
+    pub knock: BTreeMap<OwnedRoomId, Vec<Value>>,
     pub leave: BTreeMap<OwnedRoomId, LeftRoomSync>,
 }
 
 impl SyncResult {
     pub fn is_empty(&self) -> bool {
-        self.account_data.is_empty() && self.join.is_empty() && self.invite.is_empty() && self.leave.is_empty()
+        self.account_data.is_empty()
+            && self.join.is_empty()
+            && self.invite.is_empty()
+            && self.knock.is_empty()
+            && self.leave.is_empty()
     }
 }
 
@@ -168,7 +173,7 @@ pub fn assemble(
     let rules = crate::push::ruleset(src.account_data, user)?;
     let mut room_account = account.rooms;
     let viewer = Some((user, device));
-    for (room_id, rec) in rooms.rooms_of(user, &["join", "invite", "leave", "ban"])? {
+    for (room_id, rec) in rooms.rooms_of(user, &["join", "invite", "knock", "leave", "ban"])? {
         if rec.stream > now {
             continue; // Committed after this sync's snapshot of the stream.
         }
@@ -211,6 +216,9 @@ pub fn assemble(
             }
             "invite" if is_new => {
                 result.invite.insert(room_id.clone(), invite_state(rooms, &room_id, user)?);
+            }
+            "knock" if is_new => {
+                result.knock.insert(room_id.clone(), invite_state(rooms, &room_id, user)?);
             }
             "leave" | "ban" if (since.is_some() && is_new) || (since.is_none() && opts.include_leave) => {
                 let until = rec.stream;
@@ -292,7 +300,7 @@ fn summary(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<(u64, u64, 
     Ok((joined.len() as u64, invited.len() as u64, heroes))
 }
 
-/// Stripped state shown with an invite: what a client needs to show the room.
+/// Stripped state shown with an invite or knock: what a client needs to show the room.
 fn invite_state(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
     let map = rooms.current_state_map(room_id)?;
     let mut out = Vec::new();

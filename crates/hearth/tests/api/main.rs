@@ -4,6 +4,7 @@ mod common;
 
 mod account;
 mod devices;
+mod directory;
 mod discovery;
 mod ephemeral;
 mod errors;

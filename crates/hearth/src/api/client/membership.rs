@@ -3,6 +3,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::{
+    api::client::knock::knock_room,
     api::client::membership::{
         ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
         joined_members, joined_rooms, kick_user, leave_room, unban_user,
@@ -43,6 +44,16 @@ pub async fn join_room_by_id_or_alias(
     let room_id = resolve(&s, &req.body.room_id_or_alias)?;
     s.rooms.join(&room_id, &caller.user_id, member_profile(&s, &caller.user_id)?, req.body.reason.clone())?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+/// `POST /_matrix/client/v3/knock/{roomIdOrAlias}`
+///
+/// Allowed by the auth rules only in rooms (v7+) whose join rule is `knock`.
+pub async fn knock_room(s: Arc<Services>, req: Ruma<knock_room::v3::Request>) -> Result<knock_room::v3::Response> {
+    let caller = req.caller()?;
+    let room_id = resolve(&s, &req.body.room_id_or_alias)?;
+    s.rooms.knock(&room_id, &caller.user_id, member_profile(&s, &caller.user_id)?, req.body.reason.clone())?;
+    Ok(knock_room::v3::Response::new(room_id))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/invite`

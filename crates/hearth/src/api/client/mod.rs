@@ -4,7 +4,9 @@ mod account;
 mod account_data;
 mod alias;
 pub mod capabilities;
+mod context;
 mod device;
+mod directory;
 mod filter;
 mod membership;
 mod message;
@@ -17,6 +19,7 @@ mod session;
 mod state;
 mod sync;
 mod typing;
+mod user_directory;
 mod versions;
 
 use std::sync::Arc;
@@ -86,6 +89,17 @@ pub fn routes() -> Router<Arc<Services>> {
         .ruma(push::get_pushrule_actions)
         .ruma(push::set_pushrule_actions)
         .ruma(push::get_pushers)
+        .ruma(directory::get_public_rooms)
+        .ruma(directory::get_public_rooms_filtered)
+        .ruma(directory::get_room_visibility)
+        .ruma(directory::set_room_visibility)
+        .ruma(context::get_context)
+        .ruma(context::get_relating_events)
+        .ruma(context::get_relating_events_with_rel_type)
+        .ruma(context::get_relating_events_with_rel_type_and_event_type)
+        .ruma(user_directory::search_users)
+        .ruma(user_directory::report_content)
+        .ruma(membership::knock_room)
         .ruma(receipt::create_receipt)
         .ruma(receipt::set_read_marker)
         .ruma(account_data::set_global_account_data)

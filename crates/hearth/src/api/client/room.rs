@@ -112,6 +112,9 @@ pub async fn create_room(s: Arc<Services>, req: Ruma<create_room::v3::Request>) 
         creator_member_content: member_profile(&s, &caller.user_id)?,
     };
     let room_id = s.rooms.create_room(&caller.user_id, request)?;
+    if body.visibility == Visibility::Public {
+        super::directory::set_published(&s, &room_id, true)?;
+    }
     Ok(create_room::v3::Response::new(room_id))
 }
 

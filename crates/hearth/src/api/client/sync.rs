@@ -8,7 +8,8 @@ use ruma::{
         sync::sync_events::{
             self,
             v3::{
-                self as sync_v3, Filter, InvitedRoom, JoinedRoom, LeftRoom, RoomSummary, State, StateEvents, Timeline,
+                self as sync_v3, Filter, InvitedRoom, JoinedRoom, KnockedRoom, LeftRoom, RoomSummary, State,
+                StateEvents, Timeline,
             },
         },
     },
@@ -107,6 +108,11 @@ fn to_response(result: SyncResult, now: SyncToken) -> Result<sync_v3::Response> 
         let mut invited = InvitedRoom::new();
         invited.invite_state.events = stripped.iter().map(raw).collect::<Result<_>>()?;
         res.rooms.invite.insert(room_id, invited);
+    }
+    for (room_id, stripped) in result.knock {
+        let mut knocked = KnockedRoom::new();
+        knocked.knock_state.events = stripped.iter().map(raw).collect::<Result<_>>()?;
+        res.rooms.knock.insert(room_id, knocked);
     }
     for (room_id, r) in result.leave {
         let mut left = LeftRoom::new();

@@ -1,0 +1,222 @@
+//! Client-server API: `/context` around an event, and `/relations` of an event.
+
+use std::sync::Arc;
+
+use ruma::{
+    api::{
+        client::{
+            context::get_context,
+            relations::{
+                get_relating_events, get_relating_events_with_rel_type,
+                get_relating_events_with_rel_type_and_event_type,
+            },
+        },
+        Direction,
+    },
+    EventId, RoomId, UInt, UserId,
+};
+use serde_json::Value;
+
+use super::room::raw;
+use crate::{
+    api::{Caller, Ruma},
+    error::{Error, Result},
+    rooms::{
+        timeline::{parse_token, token},
+        RELATIONS,
+    },
+    store::{codec::encode_key, KeyRange, Order},
+    Services,
+};
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`
+pub async fn get_context(s: Arc<Services>, req: Ruma<get_context::v3::Request>) -> Result<get_context::v3::Response> {
+    let caller = req.caller()?;
+    let b = &req.body;
+    let until = s.rooms.require_visible(&b.room_id, &caller.user_id)?;
+    let meta = s
+        .rooms
+        .event_meta(&b.event_id)?
+        .filter(|m| m.room_id == b.room_id && m.stream <= until)
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let limit = (u64::from(b.limit) as usize).min(100);
+    let before_n = limit / 2;
+    let after_n = limit - before_n;
+    let viewer = Some((&*caller.user_id, caller.device_id.as_str()));
+    let before =
+        s.rooms.page(&b.room_id, meta.stream.saturating_sub(1), Direction::Backward, before_n.max(1), until, None)?;
+    let after = s.rooms.page(&b.room_id, meta.stream, Direction::Forward, after_n.max(1), until, None)?;
+    let before: Vec<_> = before.into_iter().take(before_n).collect();
+    let after: Vec<_> = after.into_iter().take(after_n).collect();
+    let client = |p: &crate::rooms::pdu::Pdu| -> Result<Value> {
+        let m = s.rooms.event_meta(&p.event_id)?;
+        Ok(s.rooms.client_event(p, m.as_ref(), viewer))
+    };
+    let mut res = get_context::v3::Response::new();
+    res.event = Some(raw(&s
+        .rooms
+        .client_event_by_id(&b.event_id, viewer)?
+        .ok_or_else(|| Error::not_found("Event not found"))?)?);
+    res.events_before = before.iter().map(|(_, p)| client(p).and_then(|v| raw(&v))).collect::<Result<_>>()?;
+    res.events_after = after.iter().map(|(_, p)| client(p).and_then(|v| raw(&v))).collect::<Result<_>>()?;
+    res.start = Some(token(before.last().map_or(meta.stream.saturating_sub(1), |(pos, _)| pos.saturating_sub(1))));
+    res.end = Some(token(after.last().map_or(meta.stream, |(pos, _)| *pos)));
+    // The state at the last event returned.
+    let last = after.last().map(|(_, p)| p.event_id.clone()).unwrap_or_else(|| b.event_id.clone());
+    let state = s.rooms.state_after(&last)?;
+    res.state = s
+        .rooms
+        .state_events(&state)?
+        .iter()
+        .map(|p| raw(&s.rooms.client_event(p, None, None)))
+        .collect::<Result<_>>()?;
+    Ok(res)
+}
+
+/// Most related events per page.
+pub const MAX_RELATIONS: usize = 100;
+
+struct RelationQuery<'a> {
+    room_id: &'a RoomId,
+    event_id: &'a EventId,
+    rel_type: Option<&'a str>,
+    event_type: Option<&'a str>,
+    from: Option<&'a str>,
+    dir: Direction,
+    limit: Option<UInt>,
+}
+
+/// Events relating to an event, newest first by default; (chunk, next_batch).
+fn relations(s: &Services, caller: &Caller, q: RelationQuery<'_>) -> Result<(Vec<Value>, Option<String>)> {
+    let user: &UserId = &caller.user_id;
+    let until = s.rooms.require_visible(q.room_id, user)?;
+    s.rooms
+        .event_meta(q.event_id)?
+        .filter(|m| m.room_id == q.room_id)
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let limit = q.limit.map_or(50, |l| (u64::from(l) as usize).clamp(1, MAX_RELATIONS));
+    let target = q.event_id.as_str();
+    let from = q.from.map(parse_token).transpose()?;
+    let (range, order) = match q.dir {
+        Direction::Backward => {
+            let hi = from.unwrap_or(u64::MAX - 1).min(until).saturating_add(1);
+            (
+                KeyRange {
+                    lower: Some(encode_key::<(String, u64)>((target, 0))),
+                    upper: Some(encode_key::<(String, u64)>((target, hi))),
+                },
+                Order::Descending,
+            )
+        }
+        Direction::Forward => {
+            let lo = from.map_or(0, |f| f.saturating_add(1));
+            let hi = until.saturating_add(1).max(lo);
+            (
+                KeyRange {
+                    lower: Some(encode_key::<(String, u64)>((target, lo))),
+                    upper: Some(encode_key::<(String, u64)>((target, hi))),
+                },
+                Order::Ascending,
+            )
+        }
+    };
+    let mut found = Vec::new();
+    let mut more = false;
+    RELATIONS.scan_range(&s.store, &range, order, |(_, pos), rel| {
+        if q.rel_type.is_some_and(|t| t != rel.rel_type) || q.event_type.is_some_and(|t| t != rel.event_type) {
+            return true;
+        }
+        if found.len() == limit {
+            more = true;
+            return false;
+        }
+        found.push((pos, rel.event_id));
+        true
+    })?;
+    let viewer = Some((user, caller.device_id.as_str()));
+    let mut chunk = Vec::new();
+    for (_, id) in &found {
+        if let Some(v) = s.rooms.client_event_by_id(id, viewer)? {
+            chunk.push(v);
+        }
+    }
+    let next = if more {
+        found.last().map(|(pos, _)| match q.dir {
+            Direction::Backward => token(pos.saturating_sub(1)),
+            Direction::Forward => token(*pos),
+        })
+    } else {
+        None
+    };
+    Ok((chunk, next))
+}
+
+/// `GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}`
+pub async fn get_relating_events(
+    s: Arc<Services>,
+    req: Ruma<get_relating_events::v1::Request>,
+) -> Result<get_relating_events::v1::Response> {
+    let caller = req.caller()?;
+    let b = &req.body;
+    let q = RelationQuery {
+        room_id: &b.room_id,
+        event_id: &b.event_id,
+        rel_type: None,
+        event_type: None,
+        from: b.from.as_deref(),
+        dir: b.dir,
+        limit: b.limit,
+    };
+    let (chunk, next) = relations(&s, caller, q)?;
+    let mut res = get_relating_events::v1::Response::new(chunk.iter().map(raw).collect::<Result<_>>()?);
+    res.next_batch = next;
+    Ok(res)
+}
+
+/// `GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}`
+pub async fn get_relating_events_with_rel_type(
+    s: Arc<Services>,
+    req: Ruma<get_relating_events_with_rel_type::v1::Request>,
+) -> Result<get_relating_events_with_rel_type::v1::Response> {
+    let caller = req.caller()?;
+    let b = &req.body;
+    let rel = b.rel_type.to_string();
+    let q = RelationQuery {
+        room_id: &b.room_id,
+        event_id: &b.event_id,
+        rel_type: Some(&rel),
+        event_type: None,
+        from: b.from.as_deref(),
+        dir: b.dir,
+        limit: b.limit,
+    };
+    let (chunk, next) = relations(&s, caller, q)?;
+    let mut res = get_relating_events_with_rel_type::v1::Response::new(chunk.iter().map(raw).collect::<Result<_>>()?);
+    res.next_batch = next;
+    Ok(res)
+}
+
+/// `GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}`
+pub async fn get_relating_events_with_rel_type_and_event_type(
+    s: Arc<Services>,
+    req: Ruma<get_relating_events_with_rel_type_and_event_type::v1::Request>,
+) -> Result<get_relating_events_with_rel_type_and_event_type::v1::Response> {
+    let caller = req.caller()?;
+    let b = &req.body;
+    let (rel, kind) = (b.rel_type.to_string(), b.event_type.to_string());
+    let q = RelationQuery {
+        room_id: &b.room_id,
+        event_id: &b.event_id,
+        rel_type: Some(&rel),
+        event_type: Some(&kind),
+        from: b.from.as_deref(),
+        dir: b.dir,
+        limit: b.limit,
+    };
+    let (chunk, next) = relations(&s, caller, q)?;
+    let mut res = get_relating_events_with_rel_type_and_event_type::v1::Response::new(
+        chunk.iter().map(raw).collect::<Result<_>>()?,
+    );
+    res.next_batch = next;
+    Ok(res)
+}
