@@ -51,13 +51,16 @@ fn chunk(s: &Services, room_id: &RoomId) -> Result<PublicRoomsChunk> {
     Ok(c)
 }
 
+/// One page of the directory.
+struct Listing {
+    chunk: Vec<PublicRoomsChunk>,
+    next: Option<String>,
+    prev: Option<String>,
+    total: u64,
+}
+
 /// Published rooms matching `term`, paged by offset (`since` is `o<offset>`).
-fn listing(
-    s: &Services,
-    term: Option<&str>,
-    since: Option<&str>,
-    limit: Option<UInt>,
-) -> Result<(Vec<PublicRoomsChunk>, Option<String>, Option<String>, u64)> {
+fn listing(s: &Services, term: Option<&str>, since: Option<&str>, limit: Option<UInt>) -> Result<Listing> {
     let offset: usize = match since {
         Some(t) => t
             .strip_prefix('o')
