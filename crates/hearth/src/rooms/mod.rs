@@ -17,6 +17,7 @@ pub mod redaction;
 pub mod state;
 pub mod timeline;
 pub mod typing;
+pub mod upgrade;
 
 use std::sync::Arc;
 

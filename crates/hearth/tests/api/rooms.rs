@@ -398,3 +398,46 @@ async fn same_transaction_id_in_another_room_is_a_new_send(b: Backend) {
 }
 
 both_engines!(same_transaction_id_in_another_room_is_a_new_send);
+
+async fn upgrade_continues_the_room(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (_, bt, _) = s.register("bob", "pw-bob-1").await;
+    let old = create(
+        &s,
+        &at,
+        json!({"room_version": "10", "preset": "public_chat", "name": "Old", "topic": "t", "room_alias_name": "hall"}),
+    )
+    .await;
+    s.post(&format!("/_matrix/client/v3/rooms/{old}/join"), Some(&bt), json!({})).await;
+    // Bob has no power to upgrade.
+    assert_error(
+        &s.post(&format!("/_matrix/client/v3/rooms/{old}/upgrade"), Some(&bt), json!({"new_version": "12"})).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    let (status, res) =
+        s.post(&format!("/_matrix/client/v3/rooms/{old}/upgrade"), Some(&at), json!({"new_version": "12"})).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    let new = res["replacement_room"].as_str().unwrap().to_owned();
+
+    let (_, tomb) = s.get(&format!("/_matrix/client/v3/rooms/{old}/state/m.room.tombstone/"), Some(&at)).await;
+    assert_eq!(tomb["replacement_room"], new.as_str());
+    let (_, create_content) = s.get(&format!("/_matrix/client/v3/rooms/{new}/state/m.room.create/"), Some(&at)).await;
+    assert_eq!(create_content["predecessor"]["room_id"], old.as_str());
+    assert_eq!(create_content["room_version"], "12");
+    let (_, name) = s.get(&format!("/_matrix/client/v3/rooms/{new}/state/m.room.name/"), Some(&at)).await;
+    assert_eq!(name["name"], "Old");
+    let (_, jr) = s.get(&format!("/_matrix/client/v3/rooms/{new}/state/m.room.join_rules/"), Some(&at)).await;
+    assert_eq!(jr["join_rule"], "public");
+    let (_, alias) = s.get(&format!("/_matrix/client/v3/directory/room/%23hall:{SERVER_NAME}"), None).await;
+    assert_eq!(alias["room_id"], new.as_str());
+    // Bob can no longer talk in the old room, and can join the new one.
+    assert_error(&send(&s, &bt, &old, "late", "hello?").await, 403, "M_FORBIDDEN");
+    assert_eq!(
+        s.post(&format!("/_matrix/client/v3/join/%23hall:{SERVER_NAME}"), Some(&bt), json!({})).await.0,
+        StatusCode::OK
+    );
+}
+
+both_engines!(upgrade_continues_the_room);

@@ -55,6 +55,7 @@ pub fn routes() -> Router<Arc<Services>> {
         .ruma(profile::set_avatar_url)
         .ruma(room::create_room)
         .ruma(room::get_room_event)
+        .ruma(room::upgrade_room)
         .ruma(message::send_message_event)
         .ruma(message::get_message_events)
         .ruma(state::get_state_events)

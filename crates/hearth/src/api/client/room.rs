@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use ruma::{
-    api::client::room::{create_room, get_room_event, Visibility},
+    api::client::room::{create_room, get_room_event, upgrade_room, Visibility},
     serde::Raw,
 };
 use serde_json::{Map, Value};
@@ -134,4 +134,23 @@ pub async fn get_room_event(
         .client_event_by_id(&req.body.event_id, Some((&caller.user_id, caller.device_id.as_str())))?
         .ok_or_else(|| Error::not_found("Event not found"))?;
     Ok(get_room_event::v3::Response::new(raw(&event)?))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/upgrade`
+pub async fn upgrade_room(
+    s: Arc<Services>,
+    req: Ruma<upgrade_room::v3::Request>,
+) -> Result<upgrade_room::v3::Response> {
+    let caller = req.caller()?;
+    let version = req.body.new_version.clone();
+    if !ROOM_VERSIONS.contains(&version) {
+        return Err(Error::matrix(
+            http::StatusCode::BAD_REQUEST,
+            "M_UNSUPPORTED_ROOM_VERSION",
+            format!("Room version {version} is not supported"),
+        ));
+    }
+    let content = member_profile(&s, &caller.user_id)?;
+    let new_room = s.rooms.upgrade_room(&req.body.room_id, &caller.user_id, version, content)?;
+    Ok(upgrade_room::v3::Response::new(new_room))
 }
