@@ -33,6 +33,7 @@ use crate::{
     sync::notifier::Notifier,
     users::{
         account_data::AccountData,
+        presence::Presence,
         uiaa::{TokenCheck, Uiaa},
         Users,
     },
@@ -50,6 +51,7 @@ pub struct Services {
     pub stream: Arc<Stream>,
     pub typing: Arc<Typing>,
     pub account_data: AccountData,
+    pub presence: Presence,
 }
 
 /// Registration tokens accepted by `m.login.registration_token`.
@@ -95,7 +97,20 @@ impl Services {
             .map_err(|e| StoreError::Other(format!("cannot load rooms: {e}")))?;
         let typing = Typing::new(notifier.clone());
         let account_data = AccountData::new(store.clone(), stream.clone());
-        Ok(Arc::new(Services { config, store, users, uiaa, server_key, rooms, notifier, stream, typing, account_data }))
+        let presence = Presence::new(store.clone(), stream.clone());
+        Ok(Arc::new(Services {
+            config,
+            store,
+            users,
+            uiaa,
+            server_key,
+            rooms,
+            notifier,
+            stream,
+            typing,
+            account_data,
+            presence,
+        }))
     }
 
     /// Whether registration needs a token (and so offers `m.login.registration_token`).

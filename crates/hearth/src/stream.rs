@@ -29,6 +29,7 @@ use crate::{
 pub enum StreamItem {
     Receipt { room_id: OwnedRoomId },
     AccountData { user_id: OwnedUserId, room_id: Option<OwnedRoomId> },
+    Presence { user_id: OwnedUserId },
 }
 
 json_value!(StreamItem);

@@ -61,6 +61,8 @@ pub const PUBLISHED_ROOMS: &str = "published_rooms";
 pub const RELATIONS: &str = "relations";
 /// (room id, stream position) → a content report, for the admins.
 pub const REPORTS: &str = "reports";
+/// User id → presence state, status message, last activity.
+pub const PRESENCE: &str = "presence";
 
 pub const ALL: &[&str] = &[
     META_NAME,
@@ -91,6 +93,7 @@ pub const ALL: &[&str] = &[
     PUBLISHED_ROOMS,
     RELATIONS,
     REPORTS,
+    PRESENCE,
 ];
 
 /// The meta table is the store's own (schema version lives there).

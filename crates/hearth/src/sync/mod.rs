@@ -17,7 +17,7 @@ use crate::{
     rooms::{pdu::Pdu, state::StateMap, typing::Typing, Rooms, EVENT_STREAM},
     store::{codec::encode_key, KeyRange, Order},
     stream::StreamItem,
-    users::account_data::AccountData,
+    users::{account_data::AccountData, presence::Presence},
 };
 
 /// A sync position: the stream position and the typing version (`s<pos>_<typing>`).
@@ -45,6 +45,7 @@ pub struct SyncSources<'a> {
     pub rooms: &'a Rooms,
     pub typing: &'a Typing,
     pub account_data: &'a AccountData,
+    pub presence: &'a Presence,
 }
 
 /// What a sync asks for, from its filter.
@@ -97,6 +98,7 @@ pub struct LeftRoomSync {
 
 #[derive(Default)]
 pub struct SyncResult {
+    pub presence: Vec<Value>,
     pub account_data: Vec<Value>,
     pub join: BTreeMap<OwnedRoomId, JoinedRoomSync>,
     pub invite: BTreeMap<OwnedRoomId, Vec<Value>>,
@@ -107,6 +109,7 @@ pub struct SyncResult {
 impl SyncResult {
     pub fn is_empty(&self) -> bool {
         self.account_data.is_empty()
+            && self.presence.is_empty()
             && self.join.is_empty()
             && self.invite.is_empty()
             && self.knock.is_empty()
@@ -171,6 +174,7 @@ pub fn assemble(
         result.account_data.push(crate::push::rules_event(src.account_data, user)?);
     }
     let rules = crate::push::ruleset(src.account_data, user)?;
+    result.presence = presence_events(src, user, since, now)?;
     let mut room_account = account.rooms;
     let viewer = Some((user, device));
     for (room_id, rec) in rooms.rooms_of(user, &["join", "invite", "knock", "leave", "ban"])? {
@@ -319,6 +323,33 @@ fn invite_state(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<Vec<Va
             && (pdu.state_key.as_deref() == Some(user.as_str()) || pdu.sender == user));
         if keep {
             out.push(pdu.to_stripped_json());
+        }
+    }
+    Ok(out)
+}
+
+/// Presence of the user and of everyone sharing a room with them: all of it on a first
+/// sync, changes after `since` otherwise.
+fn presence_events(src: &SyncSources<'_>, user: &UserId, since: Option<u64>, now: u64) -> Result<Vec<Value>> {
+    let mut contacts: BTreeSet<ruma::OwnedUserId> = BTreeSet::new();
+    contacts.insert(user.to_owned());
+    for room in src.rooms.joined_rooms(user)? {
+        contacts.extend(src.rooms.members(&room, "join")?);
+    }
+    let candidates: Vec<ruma::OwnedUserId> = match since {
+        Some(s) => crate::users::presence::changed_users(&src.rooms.stream, s, now)?
+            .into_iter()
+            .filter(|u| contacts.contains(u))
+            .collect(),
+        None => contacts.into_iter().collect(),
+    };
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for u in candidates {
+        if seen.insert(u.clone()) {
+            if let Some(ev) = src.presence.event(&u)? {
+                out.push(ev);
+            }
         }
     }
     Ok(out)

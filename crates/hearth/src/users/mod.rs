@@ -8,6 +8,7 @@
 pub mod account_data;
 pub mod devices;
 pub mod password;
+pub mod presence;
 pub mod profile;
 pub mod uiaa;
 

@@ -174,3 +174,32 @@ both_engines!(
     read_markers_set_fully_read_and_receipt,
     account_data_and_tags,
 );
+
+async fn presence_reaches_contacts_only(b: Backend) {
+    let p = pair(b).await;
+    let (_, ct, _) = p.s.register("carol", "pw-carol-1").await;
+    let since = next_batch(&p.s, &p.bt).await;
+    let path = format!("/_matrix/client/v3/presence/{}/status", p.alice);
+    let (status, _) = p.s.put(&path, Some(&p.at), json!({"presence": "unavailable", "status_msg": "lunch"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, got) = p.s.get(&path, Some(&p.bt)).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!((got["presence"].as_str(), got["status_msg"].as_str()), (Some("unavailable"), Some("lunch")));
+    assert_error(&p.s.get(&path, Some(&ct)).await, 403, "M_FORBIDDEN");
+    assert_error(&p.s.put(&path, Some(&p.bt), json!({"presence": "online"})).await, 403, "M_FORBIDDEN");
+
+    let res = sync_since(&p.s, &p.bt, &since, 10000).await;
+    let ev = res["presence"]["events"].as_array().unwrap().iter().find(|e| e["sender"] == p.alice.as_str()).cloned();
+    let ev = ev.unwrap_or_else(|| panic!("no presence for alice in {res}"));
+    assert_eq!(ev["content"]["presence"], "unavailable");
+    assert_eq!(ev["content"]["status_msg"], "lunch");
+    // Carol shares no room with Alice: nothing about her.
+    let (_, carol) = p.s.get("/_matrix/client/v3/sync", Some(&ct)).await;
+    let senders: Vec<&str> = carol["presence"]["events"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["sender"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(!senders.contains(&p.alice.as_str()), "{carol}");
+}
+
+both_engines!(presence_reaches_contacts_only);

@@ -10,6 +10,7 @@ mod directory;
 mod filter;
 mod membership;
 mod message;
+mod presence;
 mod profile;
 mod push;
 mod receipt;
@@ -56,6 +57,8 @@ pub fn routes() -> Router<Arc<Services>> {
         .ruma(room::create_room)
         .ruma(room::get_room_event)
         .ruma(room::upgrade_room)
+        .ruma(presence::set_presence)
+        .ruma(presence::get_presence)
         .ruma(message::send_message_event)
         .ruma(message::get_message_events)
         .ruma(state::get_state_events)

@@ -66,7 +66,15 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>) -> Resul
     // Subscribe before reading, so a write between the read and the wait still wakes us.
     let mut rx = s.notifier.subscribe(&caller.user_id);
     let deadline = tokio::time::Instant::now() + timeout;
-    let sources = SyncSources { rooms: &s.rooms, typing: &s.typing, account_data: &s.account_data };
+    // Presence the client asks to be in while syncing (`set_presence`, default online).
+    let state = body.set_presence.as_str();
+    if super::presence::STATES.contains(&state) {
+        if let Some(pos) = s.presence.set(&caller.user_id, state, None)? {
+            super::presence::notify_contacts(&s, &caller.user_id, pos)?;
+        }
+    }
+    let sources =
+        SyncSources { rooms: &s.rooms, typing: &s.typing, account_data: &s.account_data, presence: &s.presence };
     let now_token = || SyncToken { pos: s.rooms.stream_now(), typing: s.typing.version() };
     loop {
         let now = now_token();
@@ -90,6 +98,7 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>) -> Resul
 fn to_response(result: SyncResult, now: SyncToken) -> Result<sync_v3::Response> {
     let mut res = sync_events::v3::Response::new(now.encode());
     res.account_data.events = result.account_data.iter().map(raw).collect::<Result<_>>()?;
+    res.presence.events = result.presence.iter().map(raw).collect::<Result<_>>()?;
     for (room_id, r) in result.join {
         let mut joined = JoinedRoom::new();
         (joined.timeline, joined.state) = timeline_and_state(&r.timeline, r.limited, r.prev_batch, &r.state)?;

@@ -1,0 +1,68 @@
+//! Client-server API: presence (`/presence/{userId}/status`).
+
+use std::sync::Arc;
+
+use ruma::{
+    api::client::presence::{get_presence, set_presence},
+    UserId,
+};
+
+use crate::{
+    api::Ruma,
+    error::{Error, Result},
+    Services,
+};
+
+pub use crate::users::presence::STATES;
+
+/// Wakes the syncs of everyone who shares a room with `user` (and their own).
+pub fn notify_contacts(s: &Services, user: &UserId, pos: u64) -> Result<()> {
+    let mut wake = vec![user.to_owned()];
+    for room in s.rooms.joined_rooms(user)? {
+        wake.extend(s.rooms.members(&room, "join")?);
+    }
+    wake.sort();
+    wake.dedup();
+    s.notifier.notify(wake.iter().map(|u| &**u), pos);
+    Ok(())
+}
+
+/// `PUT /_matrix/client/v3/presence/{userId}/status`
+pub async fn set_presence(
+    s: Arc<Services>,
+    req: Ruma<set_presence::v3::Request>,
+) -> Result<set_presence::v3::Response> {
+    let caller = req.caller()?;
+    if caller.user_id != req.body.user_id {
+        return Err(Error::forbidden("You can only set your own presence"));
+    }
+    if let Some(pos) = s.presence.set(&caller.user_id, req.body.presence.as_str(), Some(req.body.status_msg.clone()))? {
+        notify_contacts(&s, &caller.user_id, pos)?;
+    }
+    Ok(set_presence::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/presence/{userId}/status`
+///
+/// Visible to the user themself and to those who share a room with them.
+pub async fn get_presence(
+    s: Arc<Services>,
+    req: Ruma<get_presence::v3::Request>,
+) -> Result<get_presence::v3::Response> {
+    let caller = req.caller()?;
+    let target = &req.body.user_id;
+    if caller.user_id != *target {
+        let mine = s.rooms.joined_rooms(&caller.user_id)?;
+        let shared = mine.iter().any(|r| s.rooms.is_joined(r, target).unwrap_or(false));
+        if !shared {
+            return Err(Error::forbidden("You do not share a room with this user"));
+        }
+    }
+    let rec = s.presence.get(target)?.ok_or_else(|| Error::not_found("No presence for this user"))?;
+    let mut res = get_presence::v3::Response::new(rec.presence.as_str().into());
+    res.status_msg = rec.status_msg;
+    let ago = crate::time::now_millis().saturating_sub(rec.last_active_ts);
+    res.last_active_ago = Some(std::time::Duration::from_millis(ago));
+    res.currently_active = Some(rec.presence == "online" && ago < 5 * 60 * 1000);
+    Ok(res)
+}
