@@ -40,6 +40,42 @@ impl Rooms {
         })
     }
 
+    /// Whether `user` may see `pdu` under the room's history visibility at that event:
+    /// `world_readable` and `shared` (within [`Rooms::visible_until`]) let them, `invited`
+    /// needs them invited or joined at the event, `joined` needs them joined at the event.
+    pub fn event_visible_to(&self, pdu: &Pdu, user: &UserId) -> Result<bool> {
+        let state = self.state_before(&pdu.event_id)?;
+        let visibility = self
+            .state_event_in(&state, &ruma::events::StateEventType::RoomHistoryVisibility, "")?
+            .and_then(|p| p.content_value().get("history_visibility").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| "shared".to_owned());
+        // A user's own membership events are always theirs to see.
+        if pdu.state_key.as_deref() == Some(user.as_str()) && pdu.kind.to_string() == "m.room.member" {
+            return Ok(true);
+        }
+        let membership = || -> Result<Option<String>> {
+            Ok(self
+                .state_event_in(&state, &ruma::events::StateEventType::RoomMember, user.as_str())?
+                .and_then(|p| p.content_value().get("membership").and_then(Value::as_str).map(str::to_owned)))
+        };
+        Ok(match visibility.as_str() {
+            "world_readable" | "shared" => true,
+            "invited" => matches!(membership()?.as_deref(), Some("invite" | "join")),
+            _ => membership()?.as_deref() == Some("join"),
+        })
+    }
+
+    /// Drops the events of a page that `user` may not see.
+    pub fn filter_visible(&self, page: Vec<(u64, Pdu)>, user: &UserId) -> Result<Vec<(u64, Pdu)>> {
+        let mut out = Vec::with_capacity(page.len());
+        for (pos, pdu) in page {
+            if self.event_visible_to(&pdu, user)? {
+                out.push((pos, pdu));
+            }
+        }
+        Ok(out)
+    }
+
     /// Refuses users who may not read the room (404 for unknown rooms, 403 otherwise).
     pub fn require_visible(&self, room_id: &RoomId, user: &UserId) -> Result<u64> {
         self.known_room(room_id)?;

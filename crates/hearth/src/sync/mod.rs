@@ -261,6 +261,8 @@ fn room_section(
     let mut page = rooms.page(room_id, until, Direction::Backward, limit + 1, until, from)?;
     let limited = page.len() > limit;
     page.truncate(limit);
+    let mut page = rooms.filter_visible(page, user)?;
+    page.truncate(limit);
     page.reverse();
     let events: Vec<&(u64, Pdu)> = page.iter().filter(|(_, p)| type_allowed(opts, &p.kind.to_string())).collect();
     let prev_batch = page.first().map(|(pos, _)| crate::rooms::timeline::token(pos.saturating_sub(1)));

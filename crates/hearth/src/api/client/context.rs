@@ -46,8 +46,8 @@ pub async fn get_context(s: Arc<Services>, req: Ruma<get_context::v3::Request>) 
     let before =
         s.rooms.page(&b.room_id, meta.stream.saturating_sub(1), Direction::Backward, before_n.max(1), until, None)?;
     let after = s.rooms.page(&b.room_id, meta.stream, Direction::Forward, after_n.max(1), until, None)?;
-    let before: Vec<_> = before.into_iter().take(before_n).collect();
-    let after: Vec<_> = after.into_iter().take(after_n).collect();
+    let before: Vec<_> = s.rooms.filter_visible(before.into_iter().take(before_n).collect(), &caller.user_id)?;
+    let after: Vec<_> = s.rooms.filter_visible(after.into_iter().take(after_n).collect(), &caller.user_id)?;
     let client = |p: &crate::rooms::pdu::Pdu| -> Result<Value> {
         let m = s.rooms.event_meta(&p.event_id)?;
         Ok(s.rooms.client_event(p, m.as_ref(), viewer))

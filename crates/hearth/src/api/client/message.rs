@@ -69,37 +69,39 @@ pub async fn get_message_events(
     let filter = &body.filter;
     let viewer = Some((&*caller.user_id, caller.device_id.as_str()));
 
-    // Filtered-out events still advance the page; fetch a bounded number of extra pages.
+    // Events filtered out or hidden by history visibility still advance the cursor; a
+    // bounded number of extra pages is read to fill the chunk. The cursor never moves past
+    // an event that was neither returned nor skipped, so the next page starts right there.
     let mut chunk = Vec::new();
     let mut cursor = from;
-    let mut end = None;
-    for _ in 0..10 {
+    let mut exhausted = false;
+    'pages: for _ in 0..10 {
         let page = s.rooms.page(&body.room_id, cursor, body.dir, limit, until, to)?;
-        let exhausted = page.len() < limit;
+        exhausted = page.len() < limit;
         for (pos, pdu) in page {
+            if chunk.len() >= limit {
+                exhausted = false;
+                break 'pages;
+            }
             cursor = match body.dir {
                 Direction::Backward => pos.saturating_sub(1),
                 Direction::Forward => pos,
             };
-            end = Some(cursor);
             let kind = pdu.kind.to_string();
             if filter.types.as_ref().is_some_and(|t| !t.iter().any(|x| type_matches(x, &kind)))
                 || filter.not_types.iter().any(|x| type_matches(x, &kind))
+                || !s.rooms.event_visible_to(&pdu, &caller.user_id)?
             {
                 continue;
             }
-            if chunk.len() < limit {
-                let meta = s.rooms.event_meta(&pdu.event_id)?;
-                chunk.push(raw(&s.rooms.client_event(&pdu, meta.as_ref(), viewer))?);
-            }
+            let meta = s.rooms.event_meta(&pdu.event_id)?;
+            chunk.push(raw(&s.rooms.client_event(&pdu, meta.as_ref(), viewer))?);
         }
         if exhausted || chunk.len() >= limit {
-            if exhausted {
-                end = None;
-            }
             break;
         }
     }
+    let end = if exhausted { None } else { Some(cursor) };
     let mut res = get_message_events::v3::Response::new();
     res.start = token(from);
     res.end = end.map(token);

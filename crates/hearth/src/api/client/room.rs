@@ -129,6 +129,10 @@ pub async fn get_room_event(
     if meta.room_id != req.body.room_id || meta.stream > until {
         return Err(Error::not_found("Event not found"));
     }
+    let pdu = s.rooms.pdu(&req.body.event_id)?.ok_or_else(|| Error::not_found("Event not found"))?;
+    if !s.rooms.event_visible_to(&pdu, &caller.user_id)? {
+        return Err(Error::not_found("Event not found"));
+    }
     let event = s
         .rooms
         .client_event_by_id(&req.body.event_id, Some((&caller.user_id, caller.device_id.as_str())))?
