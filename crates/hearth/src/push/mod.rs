@@ -89,41 +89,92 @@ fn room_context(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<PushCo
     Ok(ctx)
 }
 
-/// (notification count, highlight count) of a room for a user.
+/// Unread counts of a room: the main timeline, and per thread root when asked to split.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UnreadCounts {
+    pub notifications: u64,
+    pub highlights: u64,
+    pub threads: BTreeMap<ruma::OwnedEventId, (u64, u64)>,
+}
+
+fn receipt_pos(rooms: &Rooms, room_id: &RoomId, user: &UserId, key: &str) -> Result<u64> {
+    Ok(match RECEIPTS.get(&rooms.store, (room_id.as_str(), user.as_str(), key))? {
+        Some(r) => rooms.event_meta(&r.event_id)?.map_or(0, |m| m.stream),
+        None => 0,
+    })
+}
+
+/// The thread an event belongs to (`m.relates_to` with `rel_type: m.thread`).
+fn thread_root(event: &Value) -> Option<ruma::OwnedEventId> {
+    let rel = event.get("content")?.get("m.relates_to")?;
+    if rel.get("rel_type")?.as_str()? != "m.thread" {
+        return None;
+    }
+    ruma::OwnedEventId::try_from(rel.get("event_id")?.as_str()?).ok()
+}
+
+/// Unread notification and highlight counts of a room for a user, evaluated with their
+/// push rules over the events after their read receipts. With `split_threads`, events in
+/// threads are counted per thread against that thread's receipt (MSC3773).
 pub fn unread_counts(
     rooms: &Rooms,
     rules: &Ruleset,
     room_id: &RoomId,
     user: &UserId,
     until: u64,
-) -> Result<(u64, u64)> {
-    // The newest of the user's unthreaded or main-thread m.read receipts.
-    let mut read_pos = 0;
-    for key in ["m.read|", "m.read|main"] {
-        if let Some(r) = RECEIPTS.get(&rooms.store, (room_id.as_str(), user.as_str(), key))? {
-            if let Some(meta) = rooms.event_meta(&r.event_id)? {
-                read_pos = read_pos.max(meta.stream);
-            }
-        }
-    }
-    // Own events count as read up to themselves.
-    let page = rooms.page(room_id, read_pos, Direction::Forward, MAX_COUNTED, until, None)?;
-    let start = page.iter().rposition(|(_, p)| p.sender == user).map_or(0, |i| i + 1);
+    split_threads: bool,
+) -> Result<UnreadCounts> {
+    let unthreaded = receipt_pos(rooms, room_id, user, "m.read|")?;
+    let main_read = unthreaded.max(receipt_pos(rooms, room_id, user, "m.read|main")?);
+    let page = rooms.page(room_id, unthreaded, Direction::Forward, MAX_COUNTED, until, None)?;
     let ctx = room_context(rooms, room_id, user)?;
-    let (mut notes, mut highlights) = (0, 0);
-    for (_, pdu) in &page[start..] {
-        let raw: Raw<Value> = match serde_json::value::to_raw_value(&pdu.to_client_json(Default::default())) {
+    let mut counts = UnreadCounts::default();
+    // Last position read per bucket (None = main timeline).
+    let mut read: BTreeMap<Option<ruma::OwnedEventId>, u64> = BTreeMap::new();
+    read.insert(None, main_read);
+    for (pos, pdu) in &page {
+        let event = pdu.to_client_json(Default::default());
+        let bucket = if split_threads { thread_root(&event) } else { None };
+        if !read.contains_key(&bucket) {
+            let thread_read = match &bucket {
+                Some(root) => unthreaded.max(receipt_pos(rooms, room_id, user, &format!("m.read|{root}"))?),
+                None => main_read,
+            };
+            read.insert(bucket.clone(), thread_read);
+        }
+        if pdu.sender == user {
+            // Sending counts as having read everything before it in that timeline.
+            match &bucket {
+                None => (counts.notifications, counts.highlights) = (0, 0),
+                Some(root) => {
+                    counts.threads.remove(root);
+                }
+            }
+            read.insert(bucket, *pos);
+            continue;
+        }
+        if *pos <= read[&bucket] {
+            continue;
+        }
+        let raw: Raw<Value> = match serde_json::value::to_raw_value(&event) {
             Ok(r) => Raw::from_json(r),
             Err(_) => continue,
         };
         // ruma's evaluator is async only for an optional feature; it is ready at once.
         let Some(actions) = rules.get_actions(&raw, &ctx).now_or_never() else { continue };
-        if actions.iter().any(|a| a.should_notify()) {
-            notes += 1;
-        }
-        if actions.iter().any(|a| a.is_highlight()) {
-            highlights += 1;
+        let notify = u64::from(actions.iter().any(|a| a.should_notify()));
+        let highlight = u64::from(actions.iter().any(|a| a.is_highlight()));
+        match bucket {
+            None => {
+                counts.notifications += notify;
+                counts.highlights += highlight;
+            }
+            Some(root) => {
+                let entry = counts.threads.entry(root).or_default();
+                entry.0 += notify;
+                entry.1 += highlight;
+            }
         }
     }
-    Ok((notes, highlights))
+    Ok(counts)
 }

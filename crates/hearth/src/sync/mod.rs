@@ -57,6 +57,8 @@ pub struct SyncOptions {
     pub lazy_load_members: bool,
     pub include_leave: bool,
     pub full_state: bool,
+    /// Count unread notifications per thread (MSC3773).
+    pub unread_thread_notifications: bool,
 }
 
 impl Default for SyncOptions {
@@ -68,6 +70,7 @@ impl Default for SyncOptions {
             lazy_load_members: false,
             include_leave: false,
             full_state: false,
+            unread_thread_notifications: false,
         }
     }
 }
@@ -78,6 +81,8 @@ pub const MAX_TIMELINE_LIMIT: usize = 100;
 pub struct JoinedRoomSync {
     pub notification_count: u64,
     pub highlight_count: u64,
+    /// Thread root → (notifications, highlights), when asked for.
+    pub thread_counts: BTreeMap<ruma::OwnedEventId, (u64, u64)>,
     pub ephemeral: Vec<Value>,
     pub account_data: Vec<Value>,
     pub timeline: Vec<Value>,
@@ -199,13 +204,14 @@ pub fn assemble(
                 let from = if is_new || opts.full_state { None } else { since };
                 let r = room_section(rooms, &room_id, user, from, now, opts, viewer)?;
                 let (joined_count, invited_count, heroes) = summary(rooms, &room_id, user)?;
-                let (notification_count, highlight_count) =
-                    crate::push::unread_counts(rooms, &rules, &room_id, user, now)?;
+                let unread =
+                    crate::push::unread_counts(rooms, &rules, &room_id, user, now, opts.unread_thread_notifications)?;
                 result.join.insert(
                     room_id,
                     JoinedRoomSync {
-                        notification_count,
-                        highlight_count,
+                        notification_count: unread.notifications,
+                        highlight_count: unread.highlights,
+                        thread_counts: unread.threads,
                         ephemeral,
                         account_data,
                         timeline: r.timeline,
@@ -267,13 +273,20 @@ fn room_section(
     let events: Vec<&(u64, Pdu)> = page.iter().filter(|(_, p)| type_allowed(opts, &p.kind.to_string())).collect();
     let prev_batch = page.first().map(|(pos, _)| crate::rooms::timeline::token(pos.saturating_sub(1)));
 
-    // State: everything before the timeline when starting fresh or after a gap.
+    // State: everything before the timeline when starting fresh; after a gap, what changed
+    // between `since` and the start of the timeline.
     let mut state = Vec::new();
     if from.is_none() || limited {
-        let map: StateMap = match page.first() {
+        let mut map: StateMap = match page.first() {
             Some((_, first)) => (*rooms.state_before(&first.event_id)?).clone(),
             None => (*rooms.current_state_map(room_id)?).clone(),
         };
+        if let Some(since) = from {
+            if let Some((_, last_seen)) = rooms.page(room_id, since, Direction::Backward, 1, until, None)?.first() {
+                let known = rooms.state_after(&last_seen.event_id)?;
+                map.retain(|k, v| known.get(k) != Some(v));
+            }
+        }
         let senders: BTreeSet<String> =
             page.iter().map(|(_, p)| p.sender.to_string()).chain([user.to_string()]).collect();
         let in_timeline: BTreeSet<&str> = page.iter().map(|(_, p)| p.event_id.as_str()).collect();

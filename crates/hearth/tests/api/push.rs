@@ -90,3 +90,34 @@ async fn unread_counts_follow_messages_mentions_and_receipts(b: Backend) {
 }
 
 both_engines!(default_rules_and_edits, unread_counts_follow_messages_mentions_and_receipts);
+
+async fn thread_notifications_are_counted_per_thread(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (bob, bt, _) = s.register("bob", "pw-bob-1").await;
+    let (_, res) =
+        s.post("/_matrix/client/v3/createRoom", Some(&at), json!({"invite": [bob], "is_direct": true})).await;
+    let room = res["room_id"].as_str().unwrap().to_owned();
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+    let (_, root) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/root"),
+            Some(&at),
+            json!({"msgtype": "m.text", "body": "root"}),
+        )
+        .await;
+    let root = root["event_id"].as_str().unwrap().to_owned();
+    for i in 0..2 {
+        let content = json!({"msgtype": "m.text", "body": format!("in thread {i}"), "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+        s.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t{i}"), Some(&at), content).await;
+    }
+    let filter = "%7B%22room%22%3A%7B%22timeline%22%3A%7B%22unread_thread_notifications%22%3Atrue%7D%7D%7D";
+    let (_, res) = s.get(&format!("/_matrix/client/v3/sync?filter={filter}"), Some(&bt)).await;
+    let joined = &res["rooms"]["join"][&room];
+    assert_eq!(joined["unread_notifications"]["notification_count"], 1, "{joined}");
+    assert_eq!(joined["unread_thread_notifications"][&root]["notification_count"], 2, "{joined}");
+    // Without the filter flag everything counts in the room's total.
+    assert_eq!(unread(&s, &bt, &room).await.0, 3);
+}
+
+both_engines!(thread_notifications_are_counted_per_thread);

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use ruma::api::client::alias::{create_alias, delete_alias, get_alias};
+use ruma::api::client::{
+    alias::{create_alias, delete_alias, get_alias},
+    room::aliases,
+};
 
 use crate::{
     api::Ruma,
@@ -58,4 +61,22 @@ pub async fn delete_alias(
     ALIASES.delete(&mut batch, alias);
     s.store.write(batch)?;
     Ok(delete_alias::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/aliases`
+///
+/// The local aliases pointing at a room, for members (or anyone, if it is world readable).
+pub async fn get_room_aliases(s: Arc<Services>, req: Ruma<aliases::v3::Request>) -> Result<aliases::v3::Response> {
+    let caller = req.caller()?;
+    s.rooms.require_visible(&req.body.room_id, &caller.user_id)?;
+    let mut found = Vec::new();
+    ALIASES.scan_all(&s.store, |alias, room| {
+        if room == req.body.room_id.as_str() {
+            if let Ok(a) = ruma::OwnedRoomAliasId::try_from(alias) {
+                found.push(a);
+            }
+        }
+        true
+    })?;
+    Ok(aliases::v3::Response::new(found))
 }

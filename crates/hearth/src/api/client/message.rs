@@ -102,10 +102,31 @@ pub async fn get_message_events(
         }
     }
     let end = if exhausted { None } else { Some(cursor) };
+
+    // Lazy-loading members: the member events of the chunk's senders.
+    let mut state = Vec::new();
+    if !matches!(filter.lazy_load_options, ruma::api::client::filter::LazyLoadOptions::Disabled) {
+        let mut senders: Vec<String> = chunk
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(e.json().get()).ok())
+            .filter_map(|v| v["sender"].as_str().map(str::to_owned))
+            .collect();
+        senders.sort();
+        senders.dedup();
+        let current = s.rooms.current_state_map(&body.room_id)?;
+        for sender in senders {
+            if let Some(member) =
+                s.rooms.state_event_in(&current, &ruma::events::StateEventType::RoomMember, &sender)?
+            {
+                state.push(raw(&s.rooms.client_event(&member, None, None))?);
+            }
+        }
+    }
     let mut res = get_message_events::v3::Response::new();
     res.start = token(from);
     res.end = end.map(token);
     res.chunk = chunk;
+    res.state = state;
     Ok(res)
 }
 

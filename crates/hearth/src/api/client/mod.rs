@@ -31,7 +31,12 @@ use super::RumaRouter;
 use crate::Services;
 
 pub fn routes() -> Router<Arc<Services>> {
-    Router::new()
+    use ruma::api::{path_builder::PathBuilder, Metadata};
+    let mut router = Router::new();
+    for path in ruma::api::client::sync::sync_events::v3::Request::PATH_BUILDER.all_paths() {
+        router = router.route(path, axum::routing::get(sync::sync_events_route));
+    }
+    router
         .ruma(versions::get_supported_versions)
         .ruma(capabilities::get_capabilities)
         .ruma(account::register)
@@ -78,9 +83,9 @@ pub fn routes() -> Router<Arc<Services>> {
         .ruma(alias::get_alias)
         .ruma(alias::create_alias)
         .ruma(alias::delete_alias)
+        .ruma(alias::get_room_aliases)
         .ruma(filter::create_filter)
         .ruma(filter::get_filter)
-        .ruma(sync::sync_events)
         .ruma(typing::create_typing_event)
         .ruma(redact::redact_event)
         .ruma(push::get_pushrules_all)

@@ -38,6 +38,7 @@ fn options(filter: Option<&FilterDefinition>, full_state: bool) -> SyncOptions {
         o.not_types = t.not_types.clone();
         o.lazy_load_members = !matches!(f.room.state.lazy_load_options, LazyLoadOptions::Disabled);
         o.include_leave = f.room.include_leave;
+        o.unread_thread_notifications = t.unread_thread_notifications;
     }
     o
 }
@@ -105,6 +106,12 @@ fn to_response(result: SyncResult, now: SyncToken) -> Result<sync_v3::Response> 
         joined.ephemeral.events = r.ephemeral.iter().map(raw).collect::<Result<_>>()?;
         joined.unread_notifications.notification_count = UInt::new(r.notification_count);
         joined.unread_notifications.highlight_count = UInt::new(r.highlight_count);
+        for (root, (n, h)) in r.thread_counts {
+            let mut c = ruma::api::client::sync::sync_events::UnreadNotificationsCount::new();
+            c.notification_count = UInt::new(n);
+            c.highlight_count = UInt::new(h);
+            joined.unread_thread_notifications.insert(root, c);
+        }
         joined.account_data.events = r.account_data.iter().map(raw).collect::<Result<_>>()?;
         let mut summary = RoomSummary::new();
         summary.heroes = r.heroes.iter().filter_map(|h| h.as_str().try_into().ok()).collect();
@@ -145,4 +152,61 @@ fn timeline_and_state(
     let mut state_events = StateEvents::new();
     state_events.events = state.iter().map(raw).collect::<Result<_>>()?;
     Ok((timeline, State::Before(state_events)))
+}
+
+/// The `/sync` route: ruma's response, with empty `events` arrays written out.
+///
+/// ruma leaves out empty `events` lists (and whole empty sections). The spec allows that,
+/// but matrix-nio validates a left room's `state` and every `timeline` against a schema
+/// that requires `events`, and Synapse always sends them; so they are always present.
+pub async fn sync_events_route(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    req: Ruma<sync_v3::Request>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let res = match sync_events(s, req).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let http = match ruma::api::OutgoingResponseExt::try_into_http_response::<Vec<u8>>(res) {
+        Ok(h) => h,
+        Err(e) => return Error::internal(format!("cannot serialise sync: {e}")).into_response(),
+    };
+    let (parts, body) = http.into_parts();
+    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return axum::response::Response::from_parts(parts, axum::body::Body::from(body));
+    };
+    fill_empty_events(&mut json);
+    let bytes = serde_json::to_vec(&json).unwrap_or(body);
+    axum::response::Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+fn fill_empty_events(json: &mut serde_json::Value) {
+    let ensure = |obj: &mut serde_json::Value, key: &str| {
+        if let Some(map) = obj.as_object_mut() {
+            let section = map.entry(key).or_insert_with(|| serde_json::json!({}));
+            if let Some(section) = section.as_object_mut() {
+                section.entry("events").or_insert_with(|| serde_json::json!([]));
+            }
+        }
+    };
+    // `get_mut`, not indexing: indexing a missing key would insert a null.
+    let Some(all) = json.get_mut("rooms") else { return };
+    for kind in ["join", "leave"] {
+        if let Some(rooms) = all.get_mut(kind).and_then(|r| r.as_object_mut()) {
+            for room in rooms.values_mut() {
+                for key in ["state", "timeline", "account_data"] {
+                    ensure(room, key);
+                }
+                if kind == "join" {
+                    ensure(room, "ephemeral");
+                }
+            }
+        }
+    }
+    if let Some(rooms) = all.get_mut("invite").and_then(|r| r.as_object_mut()) {
+        for room in rooms.values_mut() {
+            ensure(room, "invite_state");
+        }
+    }
 }
