@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod config;
+pub mod e2ee;
 pub mod error;
 pub mod push;
 pub mod rooms;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 
 pub use crate::config::Config;
 use crate::{
+    e2ee::{backup::Backup, to_device::ToDevice, Keys},
     rooms::{typing::Typing, Rooms},
     server_key::ServerKey,
     store::{Store, StoreError},
@@ -52,6 +54,9 @@ pub struct Services {
     pub typing: Arc<Typing>,
     pub account_data: AccountData,
     pub presence: Presence,
+    pub keys: Keys,
+    pub to_device: ToDevice,
+    pub backup: Backup,
 }
 
 /// Registration tokens accepted by `m.login.registration_token`.
@@ -98,6 +103,9 @@ impl Services {
         let typing = Typing::new(notifier.clone());
         let account_data = AccountData::new(store.clone(), stream.clone());
         let presence = Presence::new(store.clone(), stream.clone());
+        let keys = Keys::new(store.clone(), stream.clone());
+        let to_device = ToDevice::new(store.clone(), stream.clone());
+        let backup = Backup::new(store.clone());
         Ok(Arc::new(Services {
             config,
             store,
@@ -110,6 +118,9 @@ impl Services {
             typing,
             account_data,
             presence,
+            keys,
+            to_device,
+            backup,
         }))
     }
 

@@ -27,9 +27,24 @@ use crate::{
 /// A non-event change on the stream.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum StreamItem {
-    Receipt { room_id: OwnedRoomId },
-    AccountData { user_id: OwnedUserId, room_id: Option<OwnedRoomId> },
-    Presence { user_id: OwnedUserId },
+    Receipt {
+        room_id: OwnedRoomId,
+    },
+    AccountData {
+        user_id: OwnedUserId,
+        room_id: Option<OwnedRoomId>,
+    },
+    Presence {
+        user_id: OwnedUserId,
+    },
+    /// A user's devices or cross-signing keys changed.
+    DeviceList {
+        user_id: OwnedUserId,
+    },
+    /// A to-device message for a device was queued.
+    ToDevice {
+        user_id: OwnedUserId,
+    },
 }
 
 json_value!(StreamItem);

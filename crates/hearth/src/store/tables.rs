@@ -63,6 +63,22 @@ pub const RELATIONS: &str = "relations";
 pub const REPORTS: &str = "reports";
 /// User id → presence state, status message, last activity.
 pub const PRESENCE: &str = "presence";
+/// (user id, device id) → the device's signed identity keys.
+pub const DEVICE_KEYS: &str = "device_keys";
+/// (user id, device id, "algorithm:key id") → an unclaimed one-time key.
+pub const ONE_TIME_KEYS: &str = "one_time_keys";
+/// (user id, device id, algorithm) → the device's fallback key and whether it was used.
+pub const FALLBACK_KEYS: &str = "fallback_keys";
+/// (user id, "master" | "self_signing" | "user_signing") → cross-signing key.
+pub const CROSS_SIGNING_KEYS: &str = "cross_signing_keys";
+/// (user id, device id, stream position) → a to-device message waiting for that device.
+pub const TO_DEVICE: &str = "to_device";
+/// (user id, device id, transaction id) → () for idempotent sendToDevice.
+pub const TO_DEVICE_TXNS: &str = "to_device_txns";
+/// (user id, version) → a key backup version.
+pub const BACKUP_VERSIONS: &str = "backup_versions";
+/// (user id, "version/room id", session id) → a backed-up room key.
+pub const BACKUP_KEYS: &str = "backup_keys";
 
 pub const ALL: &[&str] = &[
     META_NAME,
@@ -94,6 +110,14 @@ pub const ALL: &[&str] = &[
     RELATIONS,
     REPORTS,
     PRESENCE,
+    DEVICE_KEYS,
+    ONE_TIME_KEYS,
+    FALLBACK_KEYS,
+    CROSS_SIGNING_KEYS,
+    TO_DEVICE,
+    TO_DEVICE_TXNS,
+    BACKUP_VERSIONS,
+    BACKUP_KEYS,
 ];
 
 /// The meta table is the store's own (schema version lives there).

@@ -13,6 +13,7 @@ use ruma::{api::Direction, OwnedRoomId, RoomId, UserId};
 use serde_json::Value;
 
 use crate::{
+    e2ee::{to_device::ToDevice, Keys},
     error::{Error, Result},
     rooms::{pdu::Pdu, state::StateMap, typing::Typing, Rooms, EVENT_STREAM},
     store::{codec::encode_key, KeyRange, Order},
@@ -46,6 +47,8 @@ pub struct SyncSources<'a> {
     pub typing: &'a Typing,
     pub account_data: &'a AccountData,
     pub presence: &'a Presence,
+    pub keys: &'a Keys,
+    pub to_device: &'a ToDevice,
 }
 
 /// What a sync asks for, from its filter.
@@ -103,6 +106,11 @@ pub struct LeftRoomSync {
 
 #[derive(Default)]
 pub struct SyncResult {
+    pub to_device: Vec<Value>,
+    /// Users whose devices or cross-signing keys changed (for E2EE clients to re-query).
+    pub device_lists_changed: Vec<ruma::OwnedUserId>,
+    pub one_time_key_counts: BTreeMap<String, u64>,
+    pub unused_fallback_key_types: Vec<String>,
     pub presence: Vec<Value>,
     pub account_data: Vec<Value>,
     pub join: BTreeMap<OwnedRoomId, JoinedRoomSync>,
@@ -114,6 +122,8 @@ pub struct SyncResult {
 impl SyncResult {
     pub fn is_empty(&self) -> bool {
         self.account_data.is_empty()
+            && self.to_device.is_empty()
+            && self.device_lists_changed.is_empty()
             && self.presence.is_empty()
             && self.join.is_empty()
             && self.invite.is_empty()
@@ -180,6 +190,24 @@ pub fn assemble(
     }
     let rules = crate::push::ruleset(src.account_data, user)?;
     result.presence = presence_events(src, user, since, now)?;
+    // End-to-end encryption: to-device messages (acknowledged by this `since`), device-list
+    // changes of contacts, key counts.
+    if let Some(s) = since {
+        src.to_device.acknowledge(user, device, s)?;
+        let mut contacts: BTreeSet<ruma::OwnedUserId> = BTreeSet::new();
+        contacts.insert(user.to_owned());
+        for room in rooms.joined_rooms(user)? {
+            contacts.extend(rooms.members(&room, "join")?);
+        }
+        let mut changed: Vec<ruma::OwnedUserId> =
+            src.keys.changed_users(s, now)?.into_iter().filter(|u| contacts.contains(u)).collect();
+        changed.sort();
+        changed.dedup();
+        result.device_lists_changed = changed;
+    }
+    result.to_device = src.to_device.pending(user, device, now)?;
+    result.one_time_key_counts = src.keys.one_time_key_counts(user, device)?;
+    result.unused_fallback_key_types = src.keys.unused_fallback_types(user, device)?;
     let mut room_account = account.rooms;
     let viewer = Some((user, device));
     for (room_id, rec) in rooms.rooms_of(user, &["join", "invite", "knock", "leave", "ban"])? {

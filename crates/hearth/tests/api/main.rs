@@ -6,6 +6,7 @@ mod account;
 mod devices;
 mod directory;
 mod discovery;
+mod e2ee;
 mod ephemeral;
 mod errors;
 mod login;

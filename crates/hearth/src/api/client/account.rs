@@ -125,7 +125,15 @@ pub async fn change_password(
         .await
         .map_err(|e| Error::internal(format!("password task: {e}")))??;
     if body.logout_devices {
+        let others: Vec<String> = s
+            .users
+            .devices(&caller.user_id)?
+            .into_iter()
+            .map(|(d, _)| d.to_string())
+            .filter(|d| d.as_str() != caller.device_id.as_str())
+            .collect();
         s.users.delete_all_devices_except(&caller.user_id, Some(&caller.device_id))?;
+        super::keys::forget_devices(&s, &caller.user_id, &others)?;
     }
     Ok(change_password::v3::Response::new())
 }
@@ -138,6 +146,8 @@ pub async fn deactivate(s: Arc<Services>, req: Ruma<deactivate::v3::Request>) ->
     let caller = req.caller()?.clone();
     let flows = vec![vec![AuthType::Password]];
     s.uiaa.check(Purpose::Deactivate, Some(&caller.user_id), &flows, req.body.auth.as_ref()).await?;
+    let devices: Vec<String> = s.users.devices(&caller.user_id)?.into_iter().map(|(d, _)| d.to_string()).collect();
     s.users.deactivate(&caller.user_id)?;
+    super::keys::forget_devices(&s, &caller.user_id, &devices)?;
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
 }

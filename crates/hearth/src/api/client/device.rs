@@ -64,6 +64,7 @@ pub async fn delete_device(
     let flows = vec![vec![AuthType::Password]];
     s.uiaa.check(Purpose::DeleteDevices, Some(&caller.user_id), &flows, req.body.auth.as_ref()).await?;
     s.users.delete_devices(&caller.user_id, std::slice::from_ref(&req.body.device_id))?;
+    super::keys::forget_devices(&s, &caller.user_id, &[req.body.device_id.to_string()])?;
     Ok(delete_device::v3::Response::new())
 }
 
@@ -83,6 +84,14 @@ pub async fn delete_devices(
     }
     let flows = vec![vec![AuthType::Password]];
     s.uiaa.check(Purpose::DeleteDevices, Some(&caller.user_id), &flows, req.body.auth.as_ref()).await?;
+    let known: Vec<String> = s
+        .users
+        .devices(&caller.user_id)?
+        .into_iter()
+        .map(|(d, _)| d.to_string())
+        .filter(|d| req.body.devices.iter().any(|x| x.as_str() == d))
+        .collect();
     s.users.delete_devices(&caller.user_id, &req.body.devices)?;
+    super::keys::forget_devices(&s, &caller.user_id, &known)?;
     Ok(delete_devices::v3::Response::new())
 }

@@ -3,11 +3,13 @@
 mod account;
 mod account_data;
 mod alias;
+mod backup;
 pub mod capabilities;
 mod context;
 mod device;
 mod directory;
 mod filter;
+pub mod keys;
 mod membership;
 mod message;
 mod presence;
@@ -64,6 +66,27 @@ pub fn routes() -> Router<Arc<Services>> {
         .ruma(room::upgrade_room)
         .ruma(presence::set_presence)
         .ruma(presence::get_presence)
+        .ruma(keys::upload_keys)
+        .ruma(keys::get_keys)
+        .ruma(keys::claim_keys)
+        .ruma(keys::get_key_changes)
+        .ruma(keys::upload_signing_keys)
+        .ruma(keys::upload_signatures)
+        .ruma(keys::send_event_to_device)
+        .ruma(backup::create_backup_version)
+        .ruma(backup::get_latest_backup_info)
+        .ruma(backup::get_backup_info)
+        .ruma(backup::update_backup_version)
+        .ruma(backup::delete_backup_version)
+        .ruma(backup::add_backup_keys)
+        .ruma(backup::add_backup_keys_for_room)
+        .ruma(backup::add_backup_keys_for_session)
+        .ruma(backup::get_backup_keys)
+        .ruma(backup::get_backup_keys_for_room)
+        .ruma(backup::get_backup_keys_for_session)
+        .ruma(backup::delete_backup_keys)
+        .ruma(backup::delete_backup_keys_for_room)
+        .ruma(backup::delete_backup_keys_for_session)
         .ruma(message::send_message_event)
         .ruma(message::get_message_events)
         .ruma(state::get_state_events)

@@ -74,8 +74,14 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>) -> Resul
             super::presence::notify_contacts(&s, &caller.user_id, pos)?;
         }
     }
-    let sources =
-        SyncSources { rooms: &s.rooms, typing: &s.typing, account_data: &s.account_data, presence: &s.presence };
+    let sources = SyncSources {
+        rooms: &s.rooms,
+        typing: &s.typing,
+        account_data: &s.account_data,
+        presence: &s.presence,
+        keys: &s.keys,
+        to_device: &s.to_device,
+    };
     let now_token = || SyncToken { pos: s.rooms.stream_now(), typing: s.typing.version() };
     loop {
         let now = now_token();
@@ -100,6 +106,15 @@ fn to_response(result: SyncResult, now: SyncToken) -> Result<sync_v3::Response> 
     let mut res = sync_events::v3::Response::new(now.encode());
     res.account_data.events = result.account_data.iter().map(raw).collect::<Result<_>>()?;
     res.presence.events = result.presence.iter().map(raw).collect::<Result<_>>()?;
+    res.to_device.events = result.to_device.iter().map(raw).collect::<Result<_>>()?;
+    res.device_lists.changed = result.device_lists_changed;
+    res.device_one_time_keys_count = result
+        .one_time_key_counts
+        .iter()
+        .map(|(a, n)| (ruma::OneTimeKeyAlgorithm::from(a.as_str()), UInt::new(*n).unwrap_or_default()))
+        .collect();
+    res.device_unused_fallback_key_types =
+        Some(result.unused_fallback_key_types.iter().map(|a| ruma::OneTimeKeyAlgorithm::from(a.as_str())).collect());
     for (room_id, r) in result.join {
         let mut joined = JoinedRoom::new();
         (joined.timeline, joined.state) = timeline_and_state(&r.timeline, r.limited, r.prev_batch, &r.state)?;

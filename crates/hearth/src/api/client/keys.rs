@@ -1,0 +1,258 @@
+//! Client-server API: end-to-end encryption keys (`/keys/…`) and to-device messages.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use ruma::{
+    api::client::{
+        keys::{claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys},
+        to_device::send_event_to_device,
+        uiaa::AuthType,
+    },
+    OwnedUserId, UInt, UserId,
+};
+use serde_json::{json, Map, Value};
+
+use crate::{
+    api::Ruma,
+    error::{Error, Result},
+    rooms::timeline::parse_token,
+    users::uiaa::Purpose,
+    Services,
+};
+
+fn json_of<T: serde::Serialize>(v: &T) -> Result<Value> {
+    serde_json::to_value(v).map_err(|e| Error::bad_json(e.to_string()))
+}
+
+fn ruma_of<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| Error::internal(format!("cannot build response: {e}")))
+}
+
+/// Everyone who shares a room with `user`, and `user`.
+pub fn contacts(s: &Services, user: &UserId) -> Result<Vec<OwnedUserId>> {
+    let mut out = vec![user.to_owned()];
+    for room in s.rooms.joined_rooms(user)? {
+        out.extend(s.rooms.members(&room, "join")?);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Announces a key change at `pos` to everyone who shares a room with `user`.
+pub fn announce(s: &Services, user: &UserId, pos: u64) -> Result<()> {
+    let wake = contacts(s, user)?;
+    s.notifier.notify(wake.iter().map(|u| &**u), pos);
+    Ok(())
+}
+
+/// Forgets the keys and to-device queues of devices that were deleted.
+pub fn forget_devices(s: &Services, user: &UserId, devices: &[String]) -> Result<()> {
+    for d in devices {
+        let pos = s.keys.remove_device(user, d)?;
+        announce(s, user, pos)?;
+    }
+    Ok(())
+}
+
+fn counts(s: &Services, user: &UserId, device: &str) -> Result<BTreeMap<ruma::OneTimeKeyAlgorithm, UInt>> {
+    Ok(s.keys
+        .one_time_key_counts(user, device)?
+        .into_iter()
+        .map(|(a, n)| (ruma::OneTimeKeyAlgorithm::from(a.as_str()), UInt::new(n).unwrap_or_default()))
+        .collect())
+}
+
+/// `POST /_matrix/client/v3/keys/upload`
+pub async fn upload_keys(s: Arc<Services>, req: Ruma<upload_keys::v3::Request>) -> Result<upload_keys::v3::Response> {
+    let caller = req.caller()?;
+    let (user, device) = (&caller.user_id, caller.device_id.as_str());
+    let b = &req.body;
+    if let Some(keys) = &b.device_keys {
+        let keys: Value = serde_json::from_str(keys.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
+        if let Some(pos) = s.keys.upload_device_keys(user, device, keys)? {
+            announce(&s, user, pos)?;
+        }
+    }
+    let otks: BTreeMap<String, Value> =
+        ruma_of(json_of(&b.one_time_keys)?).map_err(|_| Error::bad_json("Invalid one_time_keys"))?;
+    s.keys.upload_one_time_keys(user, device, &otks)?;
+    let fallbacks: BTreeMap<String, Value> =
+        ruma_of(json_of(&b.fallback_keys)?).map_err(|_| Error::bad_json("Invalid fallback_keys"))?;
+    s.keys.upload_fallback_keys(user, device, &fallbacks)?;
+    Ok(upload_keys::v3::Response::new(counts(&s, user, device)?))
+}
+
+/// `POST /_matrix/client/v3/keys/query`
+pub async fn get_keys(s: Arc<Services>, req: Ruma<get_keys::v3::Request>) -> Result<get_keys::v3::Response> {
+    let caller = req.caller()?;
+    let mut device_keys = Map::new();
+    let (mut masters, mut self_signing, mut user_signing) = (Map::new(), Map::new(), Map::new());
+    let mut failures = Map::new();
+    if req.body.device_keys.len() > 1000 {
+        return Err(Error::too_large("Too many users in one query"));
+    }
+    for (user, wanted) in &req.body.device_keys {
+        if user.server_name() != s.config.server_name {
+            // Federation is not built yet: other servers cannot be asked.
+            failures.insert(user.server_name().to_string(), json!({}));
+            continue;
+        }
+        let mut devices = Map::new();
+        for (device, mut keys) in s.keys.device_keys(user)? {
+            if !wanted.is_empty() && !wanted.iter().any(|d| d.as_str() == device) {
+                continue;
+            }
+            if let Some(name) = s.users.device(user, device.as_str().into())?.and_then(|d| d.display_name) {
+                keys["unsigned"] = json!({"device_display_name": name});
+            }
+            devices.insert(device, keys);
+        }
+        device_keys.insert(user.to_string(), Value::Object(devices));
+        if let Some(k) = s.keys.cross_signing_key(user, "master")? {
+            masters.insert(user.to_string(), k);
+        }
+        if let Some(k) = s.keys.cross_signing_key(user, "self_signing")? {
+            self_signing.insert(user.to_string(), k);
+        }
+        // The user-signing key is only for its owner.
+        if *user == caller.user_id {
+            if let Some(k) = s.keys.cross_signing_key(user, "user_signing")? {
+                user_signing.insert(user.to_string(), k);
+            }
+        }
+    }
+    let mut res = get_keys::v3::Response::new();
+    res.device_keys = ruma_of(Value::Object(device_keys))?;
+    res.master_keys = ruma_of(Value::Object(masters))?;
+    res.self_signing_keys = ruma_of(Value::Object(self_signing))?;
+    res.user_signing_keys = ruma_of(Value::Object(user_signing))?;
+    res.failures = failures.into_iter().collect();
+    Ok(res)
+}
+
+/// `POST /_matrix/client/v3/keys/claim`
+pub async fn claim_keys(s: Arc<Services>, req: Ruma<claim_keys::v3::Request>) -> Result<claim_keys::v3::Response> {
+    req.caller()?;
+    let mut claimed = Map::new();
+    let mut failures = BTreeMap::new();
+    for (user, devices) in &req.body.one_time_keys {
+        if user.server_name() != s.config.server_name {
+            failures.insert(user.server_name().to_string(), json!({}));
+            continue;
+        }
+        let mut per_device = Map::new();
+        for (device, algorithm) in devices {
+            if let Some((id, key)) = s.keys.claim(user, device.as_str(), algorithm.as_str())? {
+                per_device.insert(device.to_string(), json!({ id: key }));
+            }
+        }
+        if !per_device.is_empty() {
+            claimed.insert(user.to_string(), Value::Object(per_device));
+        }
+    }
+    let mut res = claim_keys::v3::Response::new(ruma_of(Value::Object(claimed))?);
+    res.failures = failures;
+    Ok(res)
+}
+
+/// `GET /_matrix/client/v3/keys/changes`
+pub async fn get_key_changes(
+    s: Arc<Services>,
+    req: Ruma<get_key_changes::v3::Request>,
+) -> Result<get_key_changes::v3::Response> {
+    let caller = req.caller()?;
+    let (from, to) = (parse_token(&req.body.from)?, parse_token(&req.body.to)?);
+    let mine = contacts(&s, &caller.user_id)?;
+    let mut changed: Vec<OwnedUserId> =
+        s.keys.changed_users(from, to)?.into_iter().filter(|u| mine.contains(u)).collect();
+    changed.sort();
+    changed.dedup();
+    Ok(get_key_changes::v3::Response::new(changed, Vec::new()))
+}
+
+/// `POST /_matrix/client/v3/keys/device_signing/upload`
+///
+/// Behind a password UIA stage, except for a user's very first cross-signing keys (as
+/// Synapse does; Element bootstraps that way right after registering).
+pub async fn upload_signing_keys(
+    s: Arc<Services>,
+    req: Ruma<upload_signing_keys::v3::Request>,
+) -> Result<upload_signing_keys::v3::Response> {
+    let caller = req.caller()?.clone();
+    let b = req.body;
+    if s.keys.cross_signing_key(&caller.user_id, "master")?.is_some() {
+        let flows = vec![vec![AuthType::Password]];
+        s.uiaa.check(Purpose::SigningKeys, Some(&caller.user_id), &flows, b.auth.as_ref()).await?;
+    }
+    let mut keys = Vec::new();
+    for (kind, raw) in
+        [("master", &b.master_key), ("self_signing", &b.self_signing_key), ("user_signing", &b.user_signing_key)]
+    {
+        if let Some(raw) = raw {
+            let v: Value = serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
+            keys.push((kind, v));
+        }
+    }
+    if keys.is_empty() {
+        return Ok(upload_signing_keys::v3::Response::new());
+    }
+    let pos = s.keys.upload_cross_signing(&caller.user_id, &keys)?;
+    announce(&s, &caller.user_id, pos)?;
+    Ok(upload_signing_keys::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/keys/signatures/upload`
+pub async fn upload_signatures(
+    s: Arc<Services>,
+    req: Ruma<upload_signatures::v3::Request>,
+) -> Result<upload_signatures::v3::Response> {
+    let caller = req.caller()?;
+    let signed: BTreeMap<OwnedUserId, BTreeMap<String, Value>> =
+        ruma_of(json_of(&req.body.signed_keys)?).map_err(|_| Error::bad_json("Invalid signed_keys"))?;
+    let mut failures: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for (user, keys) in &signed {
+        for (key_id, object) in keys {
+            match s.keys.add_signatures(&caller.user_id, user, key_id, object) {
+                Ok(Some(pos)) => announce(&s, user, pos)?,
+                Ok(None) => {}
+                Err(e) => {
+                    failures
+                        .entry(user.to_string())
+                        .or_default()
+                        .insert(key_id.clone(), json!({"errcode": e.errcode(), "error": e.to_string()}));
+                }
+            }
+        }
+    }
+    let mut res = upload_signatures::v3::Response::new();
+    res.failures = ruma_of(json_of(&failures)?)?;
+    Ok(res)
+}
+
+/// `PUT /_matrix/client/v3/sendToDevice/{eventType}/{txnId}`
+pub async fn send_event_to_device(
+    s: Arc<Services>,
+    req: Ruma<send_event_to_device::v3::Request>,
+) -> Result<send_event_to_device::v3::Response> {
+    let caller = req.caller()?;
+    let messages: BTreeMap<OwnedUserId, BTreeMap<String, Value>> =
+        ruma_of(json_of(&req.body.messages)?).map_err(|_| Error::bad_json("Invalid messages"))?;
+    let local: BTreeMap<OwnedUserId, BTreeMap<String, Value>> =
+        messages.into_iter().filter(|(u, _)| u.server_name() == s.config.server_name).collect();
+    let devices_of = |u: &UserId| -> Result<Vec<String>> {
+        Ok(s.users.devices(u)?.into_iter().map(|(d, _)| d.to_string()).collect())
+    };
+    let sent = s.to_device.send(
+        &caller.user_id,
+        caller.device_id.as_str(),
+        req.body.txn_id.as_str(),
+        &req.body.event_type.to_string(),
+        &local,
+        devices_of,
+    )?;
+    if let Some((pos, users)) = sent {
+        s.notifier.notify(users.iter().map(|u| &**u), pos);
+    }
+    Ok(send_event_to_device::v3::Response::new())
+}

@@ -1,0 +1,130 @@
+//! To-device messages: queued per device at a stream position, delivered by `/sync`, and
+//! deleted only once the device acknowledges them by syncing with a later `since`. They
+//! survive restarts and are never delivered twice to a device that acknowledged them.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use ruma::UserId;
+use serde_json::{json, Value};
+
+use crate::{
+    error::{Error, Result},
+    store::{codec::encode_key, tables, Batch, KeyRange, Order, Store, Table},
+    stream::{Stream, StreamItem, STREAM_LOG},
+};
+
+pub const TO_DEVICE: Table<(String, String, u64), Value> = Table::new(tables::TO_DEVICE);
+pub const TO_DEVICE_TXNS: Table<(String, String, String), ()> = Table::new(tables::TO_DEVICE_TXNS);
+
+/// Most messages in one `sendToDevice` call.
+pub const MAX_MESSAGES: usize = 1000;
+/// Largest message content.
+pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
+
+pub struct ToDevice {
+    store: Arc<Store>,
+    stream: Arc<Stream>,
+}
+
+fn device_range(user: &UserId, device: &str, from: u64, to_inclusive: u64) -> KeyRange {
+    KeyRange {
+        lower: Some(encode_key::<(String, String, u64)>((user.as_str(), device, from))),
+        upper: Some(encode_key::<(String, String, u64)>((user.as_str(), device, to_inclusive.saturating_add(1)))),
+    }
+}
+
+/// Deletes everything queued for a device (it was deleted).
+pub fn clear_device(store: &Store, user: &UserId, device: &str) -> Result<()> {
+    let mut keys = Vec::new();
+    TO_DEVICE.scan_range(store, &device_range(user, device, 0, u64::MAX - 1), Order::Ascending, |(_, _, pos), _| {
+        keys.push(pos);
+        true
+    })?;
+    let mut batch = Batch::new();
+    for pos in keys {
+        TO_DEVICE.delete(&mut batch, (user.as_str(), device, pos));
+    }
+    Ok(store.write(batch)?)
+}
+
+impl ToDevice {
+    pub fn new(store: Arc<Store>, stream: Arc<Stream>) -> Self {
+        ToDevice { store, stream }
+    }
+
+    /// Queues messages (`user → device or "*" → content`) from `sender`; a retried
+    /// transaction is accepted and ignored. Returns the users to wake.
+    pub fn send(
+        &self,
+        sender: &UserId,
+        sender_device: &str,
+        txn: &str,
+        kind: &str,
+        messages: &BTreeMap<ruma::OwnedUserId, BTreeMap<String, Value>>,
+        devices_of: impl Fn(&UserId) -> Result<Vec<String>>,
+    ) -> Result<Option<(u64, Vec<ruma::OwnedUserId>)>> {
+        let total: usize = messages.values().map(BTreeMap::len).sum();
+        if total > MAX_MESSAGES {
+            return Err(Error::too_large(format!("At most {MAX_MESSAGES} messages per request")));
+        }
+        if TO_DEVICE_TXNS.contains(&self.store, (sender.as_str(), sender_device, txn))? {
+            return Ok(None);
+        }
+        let mut deliveries = Vec::new();
+        for (user, per_device) in messages {
+            for (device, content) in per_device {
+                if serde_json::to_vec(content).map(|b| b.len()).unwrap_or(usize::MAX) > MAX_CONTENT_BYTES {
+                    return Err(Error::too_large("To-device message too large"));
+                }
+                let targets = if device == "*" { devices_of(user)? } else { vec![device.clone()] };
+                for d in targets {
+                    deliveries.push((user.clone(), d, content.clone()));
+                }
+            }
+        }
+        let (pos, _) = self.stream.commit(|pos, batch| {
+            for (user, device, content) in &deliveries {
+                let event = json!({"sender": sender, "type": kind, "content": content});
+                TO_DEVICE.put(batch, (user.as_str(), device, pos), &event);
+            }
+            for user in messages.keys() {
+                STREAM_LOG.put(batch, pos, &StreamItem::ToDevice { user_id: user.clone() });
+            }
+            TO_DEVICE_TXNS.put(batch, (sender.as_str(), sender_device, txn), &());
+            Ok(())
+        })?;
+        Ok(Some((pos, messages.keys().cloned().collect())))
+    }
+
+    /// Deletes what the device acknowledged (queued at or before `since`).
+    pub fn acknowledge(&self, user: &UserId, device: &str, since: u64) -> Result<()> {
+        let mut keys = Vec::new();
+        TO_DEVICE.scan_range(
+            &self.store,
+            &device_range(user, device, 0, since),
+            Order::Ascending,
+            |(_, _, pos), _| {
+                keys.push(pos);
+                true
+            },
+        )?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        for pos in keys {
+            TO_DEVICE.delete(&mut batch, (user.as_str(), device, pos));
+        }
+        Ok(self.store.write(batch)?)
+    }
+
+    /// Everything queued for the device up to `until`, oldest first.
+    pub fn pending(&self, user: &UserId, device: &str, until: u64) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        TO_DEVICE.scan_range(&self.store, &device_range(user, device, 0, until), Order::Ascending, |_, v| {
+            out.push(v);
+            true
+        })?;
+        Ok(out)
+    }
+}

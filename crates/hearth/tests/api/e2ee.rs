@@ -1,0 +1,256 @@
+//! End-to-end encryption support: keys, to-device messages, cross-signing, key backup.
+
+use hearth::store::Backend;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::{
+    both_engines,
+    common::{assert_error, TestServer},
+};
+
+fn device_keys(user: &str, device: &str) -> Value {
+    json!({
+        "user_id": user, "device_id": device,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {format!("curve25519:{device}"): "curvekeybase64", format!("ed25519:{device}"): "edkeybase64"},
+        "signatures": {user: {format!("ed25519:{device}"): "selfsig"}}
+    })
+}
+
+fn otk(n: u32) -> (String, Value) {
+    (format!("signed_curve25519:AAAA{n}"), json!({"key": format!("otk{n}"), "signatures": {}}))
+}
+
+struct Pair {
+    s: TestServer,
+    alice: String,
+    at: String,
+    ad: String,
+    bob: String,
+    bt: String,
+    bd: String,
+}
+
+async fn pair(b: Backend) -> Pair {
+    let s = TestServer::start(b).await;
+    let (alice, at, ad) = s.register("alice", "pw-alice-1").await;
+    let (bob, bt, bd) = s.register("bob", "pw-bob-1").await;
+    let (_, res) = s.post("/_matrix/client/v3/createRoom", Some(&at), json!({"invite": [bob]})).await;
+    let room = res["room_id"].as_str().unwrap().to_owned();
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+    Pair { s, alice, at, ad, bob, bt, bd }
+}
+
+async fn since(s: &TestServer, t: &str) -> String {
+    s.get("/_matrix/client/v3/sync", Some(t)).await.1["next_batch"].as_str().unwrap().to_owned()
+}
+
+async fn upload_query_claim(b: Backend) {
+    let p = pair(b).await;
+    let bob_since = since(&p.s, &p.bt).await;
+    let otks: serde_json::Map<String, Value> = (0..2).map(otk).collect();
+    let body = json!({
+        "device_keys": device_keys(&p.alice, &p.ad),
+        "one_time_keys": otks,
+        "fallback_keys": {"signed_curve25519:FB1": {"key": "fallback", "fallback": true, "signatures": {}}}
+    });
+    let (status, res) = p.s.post("/_matrix/client/v3/keys/upload", Some(&p.at), body).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    assert_eq!(res["one_time_key_counts"]["signed_curve25519"], 2);
+
+    // Keys naming someone else are refused.
+    let bad = json!({"device_keys": device_keys(&p.bob, &p.ad)});
+    assert_error(&p.s.post("/_matrix/client/v3/keys/upload", Some(&p.at), bad).await, 400, "M_INVALID_PARAM");
+
+    // Bob shares a room with Alice: his sync says her keys changed, then he queries them.
+    let (_, sync) = p.s.get(&format!("/_matrix/client/v3/sync?since={bob_since}&timeout=10000"), Some(&p.bt)).await;
+    assert!(sync["device_lists"]["changed"].as_array().unwrap().iter().any(|u| u == p.alice.as_str()), "{sync}");
+    let (status, q) =
+        p.s.post("/_matrix/client/v3/keys/query", Some(&p.bt), json!({"device_keys": {&p.alice: []}})).await;
+    assert_eq!(status, StatusCode::OK, "{q}");
+    assert_eq!(q["device_keys"][&p.alice][&p.ad]["keys"][format!("ed25519:{}", p.ad)], "edkeybase64");
+    let (_, q) =
+        p.s.post("/_matrix/client/v3/keys/query", Some(&p.bt), json!({"device_keys": {"@x:elsewhere.example": []}}))
+            .await;
+    assert!(q["failures"].get("elsewhere.example").is_some(), "{q}");
+
+    // Claims hand out each one-time key once, then the fallback key.
+    let claim = json!({"one_time_keys": {&p.alice: {&p.ad: "signed_curve25519"}}});
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let (status, c) = p.s.post("/_matrix/client/v3/keys/claim", Some(&p.bt), claim.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{c}");
+        let keys = c["one_time_keys"][&p.alice][&p.ad].as_object().unwrap().clone();
+        got.push(keys.values().next().unwrap()["key"].as_str().unwrap().to_owned());
+    }
+    got.sort();
+    assert_eq!(got, vec!["fallback", "otk0", "otk1"]);
+    let (_, sync) = p.s.get("/_matrix/client/v3/sync", Some(&p.at)).await;
+    assert_eq!(sync["device_one_time_keys_count"].get("signed_curve25519").and_then(Value::as_u64).unwrap_or(0), 0);
+    assert_eq!(sync["device_unused_fallback_key_types"], json!([]));
+}
+
+async fn to_device_is_delivered_once_and_survives_restart(b: Backend) {
+    let mut p = pair(b).await;
+    let bob_since = since(&p.s, &p.bt).await;
+    let msg = json!({"messages": {&p.bob: {&p.bd: {"secret": "for bob"}}}});
+    let path = "/_matrix/client/v3/sendToDevice/m.room_key_request/txn1";
+    assert_eq!(p.s.put(path, Some(&p.at), msg.clone()).await.0, StatusCode::OK);
+    // A retried transaction is not delivered twice.
+    assert_eq!(p.s.put(path, Some(&p.at), msg).await.0, StatusCode::OK);
+
+    p.s.restart().await;
+    let (_, sync) = p.s.get(&format!("/_matrix/client/v3/sync?since={bob_since}&timeout=0"), Some(&p.bt)).await;
+    let events = sync["to_device"]["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{sync}");
+    assert_eq!(events[0]["sender"], p.alice.as_str());
+    assert_eq!(events[0]["type"], "m.room_key_request");
+    assert_eq!(events[0]["content"]["secret"], "for bob");
+    // Not yet acknowledged: a retry of the same since gets it again.
+    let (_, again) = p.s.get(&format!("/_matrix/client/v3/sync?since={bob_since}&timeout=0"), Some(&p.bt)).await;
+    assert_eq!(again["to_device"]["events"].as_array().unwrap().len(), 1);
+    // Acknowledged by syncing from the next token: gone.
+    let next = sync["next_batch"].as_str().unwrap();
+    let (_, after) = p.s.get(&format!("/_matrix/client/v3/sync?since={next}&timeout=0"), Some(&p.bt)).await;
+    assert!(after["to_device"]["events"].as_array().is_none_or(|a| a.is_empty()), "{after}");
+
+    // "*" reaches every device of the user.
+    let (bt2, _) = p.s.login("bob", "pw-bob-1").await;
+    let s2 = since(&p.s, &bt2).await;
+    let msg = json!({"messages": {&p.bob: {"*": {"hello": "all"}}}});
+    p.s.put("/_matrix/client/v3/sendToDevice/m.dummy/txn2", Some(&p.at), msg).await;
+    let (_, sync2) = p.s.get(&format!("/_matrix/client/v3/sync?since={s2}&timeout=10000"), Some(&bt2)).await;
+    assert_eq!(sync2["to_device"]["events"][0]["content"]["hello"], "all", "{sync2}");
+}
+
+async fn deleting_a_device_drops_its_keys_and_tells_contacts(b: Backend) {
+    let p = pair(b).await;
+    let (bt2, bd2) = p.s.login("bob", "pw-bob-1").await;
+    p.s.post("/_matrix/client/v3/keys/upload", Some(&bt2), json!({"device_keys": device_keys(&p.bob, &bd2)})).await;
+    let alice_since = since(&p.s, &p.at).await;
+    let got =
+        p.s.with_password_uia(
+            Method::DELETE,
+            &format!("/_matrix/client/v3/devices/{bd2}"),
+            &p.bt,
+            json!({}),
+            &p.bob,
+            "pw-bob-1",
+        )
+        .await;
+    assert_eq!(got.0, StatusCode::OK, "{}", got.1);
+    let (_, sync) = p.s.get(&format!("/_matrix/client/v3/sync?since={alice_since}&timeout=10000"), Some(&p.at)).await;
+    assert!(sync["device_lists"]["changed"].as_array().unwrap().iter().any(|u| u == p.bob.as_str()), "{sync}");
+    let (_, q) = p.s.post("/_matrix/client/v3/keys/query", Some(&p.at), json!({"device_keys": {&p.bob: []}})).await;
+    assert!(q["device_keys"][&p.bob].get(&bd2).is_none(), "{q}");
+}
+
+async fn cross_signing_and_signatures(b: Backend) {
+    let p = pair(b).await;
+    let key = |usage: &str, k: &str| json!({"user_id": p.alice, "usage": [usage], "keys": {format!("ed25519:{k}"): k}});
+    let body = json!({"master_key": key("master", "MASTER"), "self_signing_key": key("self_signing", "SELF"), "user_signing_key": key("user_signing", "USER")});
+    // The first upload needs no password (bootstrap right after registration).
+    let (status, res) = p.s.post("/_matrix/client/v3/keys/device_signing/upload", Some(&p.at), body.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    // Replacing them does.
+    let (status, _) = p.s.post("/_matrix/client/v3/keys/device_signing/upload", Some(&p.at), body.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let got =
+        p.s.with_password_uia(
+            Method::POST,
+            "/_matrix/client/v3/keys/device_signing/upload",
+            &p.at,
+            body,
+            &p.alice,
+            "pw-alice-1",
+        )
+        .await;
+    assert_eq!(got.0, StatusCode::OK, "{}", got.1);
+
+    let (_, q) = p.s.post("/_matrix/client/v3/keys/query", Some(&p.bt), json!({"device_keys": {&p.alice: []}})).await;
+    assert_eq!(q["master_keys"][&p.alice]["keys"]["ed25519:MASTER"], "MASTER");
+    assert_eq!(q["self_signing_keys"][&p.alice]["keys"]["ed25519:SELF"], "SELF");
+    assert!(q["user_signing_keys"].get(&p.alice).is_none(), "user-signing keys are private: {q}");
+    let (_, mine) =
+        p.s.post("/_matrix/client/v3/keys/query", Some(&p.at), json!({"device_keys": {&p.alice: []}})).await;
+    assert_eq!(mine["user_signing_keys"][&p.alice]["keys"]["ed25519:USER"], "USER");
+
+    // Alice signs her device with her self-signing key.
+    p.s.post("/_matrix/client/v3/keys/upload", Some(&p.at), json!({"device_keys": device_keys(&p.alice, &p.ad)})).await;
+    let mut signed = device_keys(&p.alice, &p.ad);
+    signed["signatures"] = json!({&p.alice: {"ed25519:SELF": "crosssig"}});
+    let (status, res) =
+        p.s.post("/_matrix/client/v3/keys/signatures/upload", Some(&p.at), json!({&p.alice: {&p.ad: signed}})).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    assert!(res.get("failures").is_none_or(|f| f.as_object().is_some_and(|o| o.is_empty())), "{res}");
+    let (_, q) =
+        p.s.post("/_matrix/client/v3/keys/query", Some(&p.bt), json!({"device_keys": {&p.alice: [&p.ad]}})).await;
+    let sigs = &q["device_keys"][&p.alice][&p.ad]["signatures"][&p.alice];
+    assert_eq!(sigs["ed25519:SELF"], "crosssig");
+    assert_eq!(sigs[format!("ed25519:{}", p.ad)], "selfsig");
+    // Signing a key that does not exist is a failure, not an error.
+    let (_, res) =
+        p.s.post("/_matrix/client/v3/keys/signatures/upload", Some(&p.at), json!({&p.alice: {"NOPE": signed}})).await;
+    assert!(res["failures"][&p.alice].get("NOPE").is_some(), "{res}");
+}
+
+async fn key_backup_round_trip(b: Backend) {
+    let p = pair(b).await;
+    let algo = json!({"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": {"public_key": "pk", "signatures": {}}});
+    let (status, res) = p.s.post("/_matrix/client/v3/room_keys/version", Some(&p.at), algo.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    let v = res["version"].as_str().unwrap().to_owned();
+    let data = |index: u64, verified: bool| {
+        json!({"first_message_index": index, "forwarded_count": 0, "is_verified": verified,
+        "session_data": {"ephemeral": "e", "ciphertext": format!("c{index}"), "mac": "m"}})
+    };
+    let room = "!room:hearth.test";
+    let (status, res) =
+        p.s.put(
+            &format!("/_matrix/client/v3/room_keys/keys?version={v}"),
+            Some(&p.at),
+            json!({"rooms": {room: {"sessions": {"s1": data(5, false), "s2": data(0, true)}}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    assert_eq!(res["count"], 2);
+    let etag1 = res["etag"].clone();
+    // A worse key does not replace a better one; a better one does.
+    p.s.put(&format!("/_matrix/client/v3/room_keys/keys/{room}/s1?version={v}"), Some(&p.at), data(9, false)).await;
+    let (_, one) = p.s.get(&format!("/_matrix/client/v3/room_keys/keys/{room}/s1?version={v}"), Some(&p.at)).await;
+    assert_eq!(one["first_message_index"], 5);
+    let (_, res) =
+        p.s.put(&format!("/_matrix/client/v3/room_keys/keys/{room}/s1?version={v}"), Some(&p.at), data(1, false)).await;
+    assert_ne!(res["etag"], etag1);
+    let (_, info) = p.s.get("/_matrix/client/v3/room_keys/version", Some(&p.at)).await;
+    assert_eq!((info["version"].as_str(), info["count"].as_u64()), (Some(v.as_str()), Some(2)));
+    assert_eq!(info["algorithm"], "m.megolm_backup.v1.curve25519-aes-sha2");
+
+    // A new device restores everything.
+    let (bt2, _) = p.s.login("alice", "pw-alice-1").await;
+    let (_, all) = p.s.get(&format!("/_matrix/client/v3/room_keys/keys?version={v}"), Some(&bt2)).await;
+    assert_eq!(all["rooms"][room]["sessions"]["s1"]["first_message_index"], 1);
+    assert_eq!(all["rooms"][room]["sessions"]["s2"]["is_verified"], true);
+
+    // Old versions are read-only; others' backups are invisible.
+    let (_, res) = p.s.post("/_matrix/client/v3/room_keys/version", Some(&p.at), algo).await;
+    let v2 = res["version"].as_str().unwrap().to_owned();
+    let got =
+        p.s.put(&format!("/_matrix/client/v3/room_keys/keys/{room}/s3?version={v}"), Some(&p.at), data(0, false)).await;
+    assert_error(&got, 403, "M_WRONG_ROOM_KEYS_VERSION");
+    assert_eq!(got.1["current_version"], v2.as_str());
+    assert_error(&p.s.get(&format!("/_matrix/client/v3/room_keys/version/{v}"), Some(&p.bt)).await, 404, "M_NOT_FOUND");
+    let (status, _) =
+        p.s.request(Method::DELETE, &format!("/_matrix/client/v3/room_keys/version/{v}"), Some(&p.at), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_error(&p.s.get(&format!("/_matrix/client/v3/room_keys/version/{v}"), Some(&p.at)).await, 404, "M_NOT_FOUND");
+}
+
+both_engines!(
+    upload_query_claim,
+    to_device_is_delivered_once_and_survives_restart,
+    deleting_a_device_drops_its_keys_and_tells_contacts,
+    cross_signing_and_signatures,
+    key_backup_round_trip,
+);
