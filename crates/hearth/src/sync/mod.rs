@@ -78,6 +78,9 @@ impl Default for SyncOptions {
     }
 }
 
+/// Most events of a room looked at for membership changes in one incremental sync.
+const MAX_MEMBER_SCAN: usize = 1000;
+
 /// Most timeline events per room in one sync.
 pub const MAX_TIMELINE_LIMIT: usize = 100;
 
@@ -109,6 +112,8 @@ pub struct SyncResult {
     pub to_device: Vec<Value>,
     /// Users whose devices or cross-signing keys changed (for E2EE clients to re-query).
     pub device_lists_changed: Vec<ruma::OwnedUserId>,
+    /// Users who no longer share any room with the user.
+    pub device_lists_left: Vec<ruma::OwnedUserId>,
     pub one_time_key_counts: BTreeMap<String, u64>,
     pub unused_fallback_key_types: Vec<String>,
     pub presence: Vec<Value>,
@@ -124,6 +129,7 @@ impl SyncResult {
         self.account_data.is_empty()
             && self.to_device.is_empty()
             && self.device_lists_changed.is_empty()
+            && self.device_lists_left.is_empty()
             && self.presence.is_empty()
             && self.join.is_empty()
             && self.invite.is_empty()
@@ -201,9 +207,36 @@ pub fn assemble(
         }
         let mut changed: Vec<ruma::OwnedUserId> =
             src.keys.changed_users(s, now)?.into_iter().filter(|u| contacts.contains(u)).collect();
+        // Membership changes in rooms the user is or was in: new members' devices must be
+        // queried (changed); people who no longer share any room are `left`.
+        let mut left = Vec::new();
+        for room in rooms_with_events(rooms, s, now)? {
+            if rooms.membership(&room, user)?.is_none() {
+                continue;
+            }
+            for (_, pdu) in rooms.page(&room, now, Direction::Backward, MAX_MEMBER_SCAN, now, Some(s))? {
+                if pdu.kind.to_string() != "m.room.member" {
+                    continue;
+                }
+                let Some(target) = pdu.state_key.as_deref().and_then(|k| ruma::OwnedUserId::try_from(k).ok()) else {
+                    continue;
+                };
+                if target == user {
+                    continue;
+                }
+                if contacts.contains(&target) {
+                    changed.push(target);
+                } else {
+                    left.push(target);
+                }
+            }
+        }
         changed.sort();
         changed.dedup();
+        left.sort();
+        left.dedup();
         result.device_lists_changed = changed;
+        result.device_lists_left = left;
     }
     result.to_device = src.to_device.pending(user, device, now)?;
     result.one_time_key_counts = src.keys.one_time_key_counts(user, device)?;

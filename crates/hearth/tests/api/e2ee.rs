@@ -254,3 +254,49 @@ both_engines!(
     cross_signing_and_signatures,
     key_backup_round_trip,
 );
+
+async fn device_lists_follow_membership(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (bob, bt, _) = s.register("bob", "pw-bob-1").await;
+    let (_, res) = s.post("/_matrix/client/v3/createRoom", Some(&at), json!({"preset": "public_chat"})).await;
+    let room = res["room_id"].as_str().unwrap().to_owned();
+    let a_since = since(&s, &at).await;
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+    let (_, sync) = s.get(&format!("/_matrix/client/v3/sync?since={a_since}&timeout=0"), Some(&at)).await;
+    assert!(
+        sync["device_lists"]["changed"].as_array().unwrap().iter().any(|u| u == bob.as_str()),
+        "a new member's devices must be queried: {sync}"
+    );
+    let a_since = sync["next_batch"].as_str().unwrap().to_owned();
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bt), json!({})).await;
+    let (_, sync) = s.get(&format!("/_matrix/client/v3/sync?since={a_since}&timeout=0"), Some(&at)).await;
+    assert!(sync["device_lists"]["left"].as_array().unwrap().iter().any(|u| u == bob.as_str()), "{sync}");
+}
+
+async fn encryption_can_be_disabled(b: Backend) {
+    let s = TestServer::start_with(b, |c| c.allow_encryption = false).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let enc = json!({"initial_state": [{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]});
+    assert_error(&s.post("/_matrix/client/v3/createRoom", Some(&at), enc).await, 403, "M_FORBIDDEN");
+    let (_, res) = s.post("/_matrix/client/v3/createRoom", Some(&at), json!({})).await;
+    let room = res["room_id"].as_str().unwrap();
+    let got = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.encryption/"),
+            Some(&at),
+            json!({"algorithm": "m.megolm.v1.aes-sha2"}),
+        )
+        .await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    let got = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.encrypted/1"),
+            Some(&at),
+            json!({"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "x"}),
+        )
+        .await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+}
+
+both_engines!(device_lists_follow_membership, encryption_can_be_disabled);

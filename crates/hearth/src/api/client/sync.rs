@@ -108,6 +108,7 @@ fn to_response(result: SyncResult, now: SyncToken) -> Result<sync_v3::Response> 
     res.presence.events = result.presence.iter().map(raw).collect::<Result<_>>()?;
     res.to_device.events = result.to_device.iter().map(raw).collect::<Result<_>>()?;
     res.device_lists.changed = result.device_lists_changed;
+    res.device_lists.left = result.device_lists_left;
     res.device_one_time_keys_count = result
         .one_time_key_counts
         .iter()
