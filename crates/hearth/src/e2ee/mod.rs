@@ -210,6 +210,10 @@ impl Keys {
             }
         }
         let Some((kind, mut key)) = target else { return Err(Error::not_found("No such key")) };
+        // Every new signature must verify with the signer's key over the signed object.
+        for (sig_key_id, sig) in new_sigs {
+            self.verify_signature(signer, sig_key_id, sig, &key)?;
+        }
         let sigs = key
             .as_object_mut()
             .and_then(|o| o.entry("signatures").or_insert_with(|| Value::Object(Map::new())).as_object_mut());
@@ -230,6 +234,44 @@ impl Keys {
             Ok(())
         })?;
         Ok(Some(pos))
+    }
+
+    /// The signer's public key named by `key_id` (`ed25519:<device id or cross-signing key>`).
+    fn signer_public_key(&self, signer: &UserId, key_id: &str) -> Result<Option<String>> {
+        let Some(id) = key_id.strip_prefix("ed25519:") else { return Ok(None) };
+        if let Some(device) = DEVICE_KEYS.get(&self.store, (signer.as_str(), id))? {
+            if let Some(k) = device["keys"][key_id].as_str() {
+                return Ok(Some(k.to_owned()));
+            }
+        }
+        for kind in ["master", "self_signing", "user_signing"] {
+            if let Some(k) = self.cross_signing_key(signer, kind)? {
+                if let Some(public) = k["keys"][key_id].as_str() {
+                    return Ok(Some(public.to_owned()));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Checks one signature by `signer` over `key` (signatures and unsigned excluded).
+    fn verify_signature(&self, signer: &UserId, key_id: &str, sig: &Value, key: &Value) -> Result<()> {
+        let invalid = |why: &str| Error::matrix(http::StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE", why.to_owned());
+        let public = self.signer_public_key(signer, key_id)?.ok_or_else(|| invalid("Unknown signing key"))?;
+        let public =
+            ruma::serde::Base64::parse(public.trim_end_matches('=')).map_err(|_| invalid("Malformed signing key"))?;
+        let mut object = key.clone();
+        if let Some(o) = object.as_object_mut() {
+            o.remove("unsigned");
+            o.insert("signatures".into(), serde_json::json!({ signer.as_str(): { key_id: sig } }));
+        }
+        let object: ruma::CanonicalJsonObject =
+            serde_json::from_value(object).map_err(|_| invalid("Key is not canonical JSON"))?;
+        let mut set = ruma::signatures::PublicKeySet::new();
+        set.insert(key_id.to_owned(), public);
+        let mut map = ruma::signatures::PublicKeyMap::new();
+        map.insert(signer.to_string(), set);
+        ruma::signatures::verify_json(&map, &object).map_err(|_| invalid("Signature does not verify"))
     }
 
     /// Forgets a deleted device's keys and announces the change.

@@ -176,10 +176,26 @@ async fn cross_signing_and_signatures(b: Backend) {
         p.s.post("/_matrix/client/v3/keys/query", Some(&p.at), json!({"device_keys": {&p.alice: []}})).await;
     assert_eq!(mine["user_signing_keys"][&p.alice]["keys"]["ed25519:USER"], "USER");
 
-    // Alice signs her device with her self-signing key.
+    // Alice signs her device with her self-signing key: a real ed25519 signature.
+    let (ssk, ssk_public) = keypair();
+    let body = json!({"self_signing_key": {"user_id": p.alice, "usage": ["self_signing"], "keys": {format!("ed25519:{ssk_public}"): ssk_public}}});
+    let got =
+        p.s.with_password_uia(
+            Method::POST,
+            "/_matrix/client/v3/keys/device_signing/upload",
+            &p.at,
+            body,
+            &p.alice,
+            "pw-alice-1",
+        )
+        .await;
+    assert_eq!(got.0, StatusCode::OK, "{}", got.1);
     p.s.post("/_matrix/client/v3/keys/upload", Some(&p.at), json!({"device_keys": device_keys(&p.alice, &p.ad)})).await;
-    let mut signed = device_keys(&p.alice, &p.ad);
-    signed["signatures"] = json!({&p.alice: {"ed25519:SELF": "crosssig"}});
+    let mut unsigned = device_keys(&p.alice, &p.ad);
+    unsigned.as_object_mut().unwrap().remove("signatures");
+    let mut object: ruma::CanonicalJsonObject = serde_json::from_value(unsigned).unwrap();
+    ruma::signatures::sign_json(&p.alice, &ssk, &mut object).unwrap();
+    let signed = serde_json::to_value(&object).unwrap();
     let (status, res) =
         p.s.post("/_matrix/client/v3/keys/signatures/upload", Some(&p.at), json!({&p.alice: {&p.ad: signed}})).await;
     assert_eq!(status, StatusCode::OK, "{res}");
@@ -187,12 +203,28 @@ async fn cross_signing_and_signatures(b: Backend) {
     let (_, q) =
         p.s.post("/_matrix/client/v3/keys/query", Some(&p.bt), json!({"device_keys": {&p.alice: [&p.ad]}})).await;
     let sigs = &q["device_keys"][&p.alice][&p.ad]["signatures"][&p.alice];
-    assert_eq!(sigs["ed25519:SELF"], "crosssig");
+    assert_eq!(sigs[format!("ed25519:{ssk_public}")], signed["signatures"][&p.alice][format!("ed25519:{ssk_public}")]);
     assert_eq!(sigs[format!("ed25519:{}", p.ad)], "selfsig");
-    // Signing a key that does not exist is a failure, not an error.
+
+    // A forged signature is a failure and changes nothing.
+    let mut forged = signed.clone();
+    forged["signatures"][&p.alice][format!("ed25519:{ssk_public}")] = json!("AAAAforgedAAAA");
+    let (_, res) =
+        p.s.post("/_matrix/client/v3/keys/signatures/upload", Some(&p.at), json!({&p.alice: {&p.ad: forged}})).await;
+    assert_eq!(res["failures"][&p.alice][&p.ad]["errcode"], "M_INVALID_SIGNATURE", "{res}");
+    // Signing a key that does not exist is a failure too.
     let (_, res) =
         p.s.post("/_matrix/client/v3/keys/signatures/upload", Some(&p.at), json!({&p.alice: {"NOPE": signed}})).await;
     assert!(res["failures"][&p.alice].get("NOPE").is_some(), "{res}");
+}
+
+/// A fresh ed25519 key pair whose key id is its own public key, as cross-signing keys are.
+fn keypair() -> (ruma::signatures::Ed25519KeyPair, String) {
+    use ruma::signatures::Ed25519KeyPair;
+    let doc = Ed25519KeyPair::generate();
+    let probe = Ed25519KeyPair::from_der(&doc, "probe".into()).unwrap();
+    let public = ruma::serde::Base64::<ruma::serde::base64::Standard>::new(probe.public_key().to_vec()).encode();
+    (Ed25519KeyPair::from_der(&doc, public.clone()).unwrap(), public)
 }
 
 async fn key_backup_round_trip(b: Backend) {

@@ -109,7 +109,11 @@ pub async fn get_keys(s: Arc<Services>, req: Ruma<get_keys::v3::Request>) -> Res
             devices.insert(device, keys);
         }
         device_keys.insert(user.to_string(), Value::Object(devices));
-        if let Some(k) = s.keys.cross_signing_key(user, "master")? {
+        if let Some(mut k) = s.keys.cross_signing_key(user, "master")? {
+            // Signatures by third parties' user-signing keys are for their makers only.
+            if let Some(sigs) = k.get_mut("signatures").and_then(Value::as_object_mut) {
+                sigs.retain(|signer, _| signer == user.as_str() || signer == caller.user_id.as_str());
+            }
             masters.insert(user.to_string(), k);
         }
         if let Some(k) = s.keys.cross_signing_key(user, "self_signing")? {
