@@ -62,6 +62,8 @@ pub struct Config {
     pub default_room_version: RoomVersionId,
     /// `tracing` filter, e.g. `info` or `hearth=debug,info`. `RUST_LOG` overrides it.
     pub log: String,
+    /// Port of the separate Prometheus listener (`/metrics`) on `address`; 0 turns it off.
+    pub metrics_port: u16,
 }
 
 impl Default for Config {
@@ -87,6 +89,7 @@ impl Default for Config {
             allow_encryption: true,
             default_room_version: RoomVersionId::V12,
             log: "info".to_owned(),
+            metrics_port: 0,
         }
     }
 }

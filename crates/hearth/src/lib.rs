@@ -13,6 +13,7 @@ pub mod api;
 pub mod config;
 pub mod e2ee;
 pub mod error;
+pub mod metrics;
 pub mod push;
 pub mod rooms;
 pub mod server;
@@ -36,6 +37,7 @@ use crate::{
     users::{
         account_data::AccountData,
         presence::Presence,
+        registration_tokens::RegistrationTokens,
         uiaa::{TokenCheck, Uiaa},
         Users,
     },
@@ -57,27 +59,8 @@ pub struct Services {
     pub keys: Keys,
     pub to_device: ToDevice,
     pub backup: Backup,
-}
-
-/// Registration tokens accepted by `m.login.registration_token`.
-pub struct RegistrationTokens {
-    configured: Option<String>,
-}
-
-impl RegistrationTokens {
-    pub fn is_required(&self) -> bool {
-        self.configured.is_some()
-    }
-}
-
-impl TokenCheck for RegistrationTokens {
-    fn is_valid(&self, token: &str) -> error::Result<bool> {
-        Ok(self.configured.as_deref().is_some_and(|c| constant_time_eq(c.as_bytes(), token.as_bytes())))
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    pub registration_tokens: Arc<RegistrationTokens>,
+    pub metrics: metrics::Metrics,
 }
 
 impl Services {
@@ -91,8 +74,8 @@ impl Services {
         )?);
         let server_key = Arc::new(ServerKey::load_or_create(&store, config.server_name.clone())?);
         let users = Arc::new(Users::new(store.clone(), config.server_name.clone()));
-        let tokens = Arc::new(RegistrationTokens { configured: config.registration_token.clone() });
-        let uiaa = Uiaa::new(users.clone(), tokens);
+        let registration_tokens = Arc::new(RegistrationTokens::new(store.clone(), config.registration_token.clone()));
+        let uiaa = Uiaa::new(users.clone(), registration_tokens.clone());
         let notifier = Arc::new(Notifier::default());
         let stream = Arc::new(
             Stream::open(store.clone(), notifier.clone())
@@ -121,16 +104,18 @@ impl Services {
             keys,
             to_device,
             backup,
+            registration_tokens,
+            metrics: metrics::Metrics::default(),
         }))
     }
 
     /// Whether registration needs a token (and so offers `m.login.registration_token`).
-    pub fn registration_token_required(&self) -> bool {
-        self.config.registration_token.is_some()
+    pub fn registration_token_required(&self) -> error::Result<bool> {
+        self.registration_tokens.required()
     }
 
     /// Checks a registration token outside UIA (the validity endpoint).
     pub fn registration_token_valid(&self, token: &str) -> error::Result<bool> {
-        RegistrationTokens { configured: self.config.registration_token.clone() }.is_valid(token)
+        self.registration_tokens.is_valid(token)
     }
 }

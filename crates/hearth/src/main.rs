@@ -26,11 +26,11 @@ enum Command {
     Config,
     /// Operator commands on the data directory (stop the server first).
     #[command(subcommand)]
-    Admin(Admin),
+    Admin(AdminCommand),
 }
 
 #[derive(Subcommand)]
-enum Admin {
+enum AdminCommand {
     /// Create a local user. Without --password a random one is generated and printed.
     CreateUser {
         localpart: String,
@@ -48,6 +48,32 @@ enum Admin {
     },
     /// List local users.
     ListUsers,
+    /// Make a user a server admin.
+    MakeAdmin { user: String },
+    /// Take server admin away from a user.
+    RevokeAdmin { user: String },
+    /// Deactivate a user: no password, no devices, the id stays taken.
+    Deactivate { user: String },
+    /// Create a registration token (random unless --token is given).
+    CreateToken {
+        #[arg(long)]
+        token: Option<String>,
+        /// How many registrations it allows (default: unlimited).
+        #[arg(long)]
+        uses: Option<u64>,
+        /// Days until it expires (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u64>,
+    },
+    /// List registration tokens with their uses and expiry.
+    ListTokens,
+    /// Delete a registration token.
+    RevokeToken { token: String },
+    /// Copy the whole database into an empty directory (stopped server; for a running one
+    /// use `POST /_hearth/admin/v1/backup` as an admin).
+    Backup { to: PathBuf },
+    /// Copy a backup into the (empty) configured database path.
+    Restore { from: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -155,7 +181,19 @@ async fn shutdown_signal() {
     }
 }
 
-fn run_admin(config: Config, cmd: Admin) -> ExitCode {
+fn run_admin(config: Config, cmd: AdminCommand) -> ExitCode {
+    if let AdminCommand::Restore { from } = &cmd {
+        return match hearth::store::restore(from, &config.database_path) {
+            Ok(()) => {
+                println!("restored {} into {}", from.display(), config.database_path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hearth: restore failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let services = match Services::open(config) {
         Ok(s) => s,
         Err(e) => {
@@ -164,12 +202,45 @@ fn run_admin(config: Config, cmd: Admin) -> ExitCode {
         }
     };
     let result = match cmd {
-        Admin::CreateUser { localpart, password, admin } => create_user(&services, &localpart, password, admin),
-        Admin::ResetPassword { user, password } => match services.users.parse_login_user(&user) {
+        AdminCommand::CreateUser { localpart, password, admin } => create_user(&services, &localpart, password, admin),
+        AdminCommand::ResetPassword { user, password } => match services.users.parse_login_user(&user) {
             Some(id) => services.users.set_password(&id, &password).map(|_| println!("password of {id} changed")),
             None => Err(hearth::error::Error::not_found(format!("{user} is not a user of this server"))),
         },
-        Admin::ListUsers => services.users.list_accounts().map(|accounts| {
+        AdminCommand::MakeAdmin { user } => with_user(&services, &user, |id| services.users.set_admin(id, true)),
+        AdminCommand::RevokeAdmin { user } => with_user(&services, &user, |id| services.users.set_admin(id, false)),
+        AdminCommand::Deactivate { user } => with_user(&services, &user, |id| {
+            let devices: Vec<String> = services.users.devices(id)?.into_iter().map(|(d, _)| d.to_string()).collect();
+            services.users.deactivate(id)?;
+            for d in devices {
+                services.keys.remove_device(id, &d)?;
+            }
+            Ok(())
+        }),
+        AdminCommand::CreateToken { token, uses, expires_in_days } => {
+            let expiry = expires_in_days.map(|d| hearth::time::now_millis() + d * 24 * 60 * 60 * 1000);
+            services.registration_tokens.create(token, uses, expiry).map(|t| println!("{t}"))
+        }
+        AdminCommand::ListTokens => services.registration_tokens.list().map(|tokens| {
+            for (t, r) in tokens {
+                let uses = r.uses_allowed.map_or("unlimited".to_owned(), |u| u.to_string());
+                let expiry = r.expiry_time.map_or("never".to_owned(), |e| e.to_string());
+                println!("{t}\tcompleted={}\tuses_allowed={uses}\texpiry_ms={expiry}", r.completed);
+            }
+        }),
+        AdminCommand::RevokeToken { token } => services.registration_tokens.revoke(&token).and_then(|found| {
+            if found {
+                println!("revoked {token}");
+                Ok(())
+            } else {
+                Err(hearth::error::Error::not_found(format!("no token {token}")))
+            }
+        }),
+        AdminCommand::Backup { to } => {
+            services.store.backup(&to).map_err(Into::into).map(|_| println!("backup written to {}", to.display()))
+        }
+        AdminCommand::Restore { .. } => Ok(()),
+        AdminCommand::ListUsers => services.users.list_accounts().map(|accounts| {
             for (id, a) in accounts {
                 let mut flags = Vec::new();
                 if a.admin {
@@ -194,6 +265,22 @@ fn run_admin(config: Config, cmd: Admin) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `f` on a local user given as a localpart or full id.
+fn with_user(
+    services: &Services,
+    user: &str,
+    f: impl FnOnce(&ruma::UserId) -> hearth::error::Result<()>,
+) -> hearth::error::Result<()> {
+    let id = services
+        .users
+        .parse_login_user(user)
+        .filter(|id| services.users.account(id).ok().flatten().is_some())
+        .ok_or_else(|| hearth::error::Error::not_found(format!("{user} is not a user of this server")))?;
+    f(&id)?;
+    println!("done: {id}");
+    Ok(())
 }
 
 fn create_user(

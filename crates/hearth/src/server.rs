@@ -7,7 +7,11 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{response::IntoResponse, Router};
+use axum::{
+    extract::{MatchedPath, State},
+    response::IntoResponse,
+    Router,
+};
 use http::{header, HeaderName, Method, StatusCode};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tower::ServiceBuilder;
@@ -41,10 +45,12 @@ pub fn router(services: Arc<Services>) -> Router {
         .merge(api::well_known::routes())
         .merge(api::key::routes())
         .merge(api::health::routes())
+        .merge(api::admin::routes())
         .fallback(|| async { Error::unrecognized(StatusCode::NOT_FOUND, "Unrecognized request") })
         .method_not_allowed_fallback(|| async {
             Error::unrecognized(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
         })
+        .layer(axum::middleware::from_fn_with_state(services.clone(), record_metrics))
         .with_state(services)
         .layer(
             ServiceBuilder::new()
@@ -63,6 +69,38 @@ pub fn router(services: Arc<Services>) -> Router {
                 // would give every route its own semaphore.
                 .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_concurrent)),
         )
+}
+
+/// Counts each request by matched route (not raw path: ids would explode the label set).
+async fn record_metrics(
+    State(services): State<Arc<Services>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().to_string();
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    services.metrics.record(&method, &route, res.status().as_u16(), started.elapsed());
+    res
+}
+
+/// The metrics listener's router: `GET /metrics` only.
+pub fn metrics_router(services: Arc<Services>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|State(s): State<Arc<Services>>| async move {
+                let db = s.store.size_on_disk().unwrap_or(0) as f64;
+                let body = s.metrics.render(&[
+                    ("hearth_sync_waiters", "Users with a /sync waiting for news.", s.notifier.waiting_users() as f64),
+                    ("hearth_database_bytes", "Bytes the database occupies on disk.", db),
+                    ("hearth_stream_position", "Newest committed stream position.", s.stream.now() as f64),
+                ]);
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+            }),
+        )
+        .with_state(services)
 }
 
 /// Serves until `shutdown` resolves, lets in-flight requests finish, then flushes the
@@ -84,6 +122,8 @@ pub async fn serve(
 /// A server started in the background (used by tests and by `main`).
 pub struct Running {
     pub addr: SocketAddr,
+    /// The metrics listener's address, when `metrics_port` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub services: Arc<Services>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
@@ -95,10 +135,30 @@ impl Running {
         let listener = TcpListener::bind((services.config.address, services.config.port)).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
+        let mut metrics_addr = None;
+        let metrics_stop = if services.config.metrics_port != 0 {
+            let ml = TcpListener::bind((services.config.address, services.config.metrics_port)).await?;
+            metrics_addr = Some(ml.local_addr()?);
+            let (tx, rx) = oneshot::channel::<()>();
+            let app = metrics_router(services.clone());
+            tokio::spawn(async move {
+                let _ = axum::serve(ml, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.await;
+                    })
+                    .await;
+            });
+            Some(tx)
+        } else {
+            None
+        };
         let task = tokio::spawn(serve(services.clone(), listener, async move {
             let _ = stopped.await;
+            if let Some(tx) = metrics_stop {
+                let _ = tx.send(());
+            }
         }));
-        Ok(Running { addr, services, stop: Some(stop), task })
+        Ok(Running { addr, metrics_addr, services, stop: Some(stop), task })
     }
 
     /// Graceful stop: finish in-flight requests, flush, return.

@@ -7,6 +7,7 @@
 //! `M_UNKNOWN_TOKEN`), then lets ruma parse path, query and body (400 `M_BAD_JSON` or
 //! `M_INVALID_PARAM`). A handler therefore only ever sees well-formed input.
 
+pub mod admin;
 pub mod client;
 pub mod health;
 pub mod key;

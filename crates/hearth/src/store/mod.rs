@@ -356,6 +356,35 @@ impl<A: KeyPart, B: KeyPart, V: ValueCodec> Table<(A, B), V> {
     }
 }
 
+/// Copies a backup made by [`Store::backup`] into `dest`, which must be empty or absent.
+/// The copy is a plain directory copy; the server must not be running on `dest`.
+pub fn restore(from: &Path, dest: &Path) -> Result<()> {
+    if !from.join("rocksdb").is_dir() && !from.join("sqlite").is_dir() {
+        return Err(StoreError::Other(format!("{} does not look like a Hearth backup", from.display())));
+    }
+    if dest.exists() && std::fs::read_dir(dest)?.next().is_some() {
+        return Err(StoreError::Other(format!(
+            "{} is not empty; restore only into an empty directory",
+            dest.display()
+        )));
+    }
+    copy_dir(from, dest)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else if entry.file_name() != "hearth.lock" {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
 /// Total size of the regular files below `dir`.
 pub(crate) fn dir_size(dir: &Path) -> Result<u64> {
     let mut total = 0;

@@ -63,6 +63,8 @@ pub const RELATIONS: &str = "relations";
 pub const REPORTS: &str = "reports";
 /// User id → presence state, status message, last activity.
 pub const PRESENCE: &str = "presence";
+/// Registration token → its uses, limits and expiry.
+pub const REGISTRATION_TOKENS: &str = "registration_tokens";
 /// (user id, device id) → the device's signed identity keys.
 pub const DEVICE_KEYS: &str = "device_keys";
 /// (user id, device id, "algorithm:key id") → an unclaimed one-time key.
@@ -110,6 +112,7 @@ pub const ALL: &[&str] = &[
     RELATIONS,
     REPORTS,
     PRESENCE,
+    REGISTRATION_TOKENS,
     DEVICE_KEYS,
     ONE_TIME_KEYS,
     FALLBACK_KEYS,

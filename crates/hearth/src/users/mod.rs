@@ -10,6 +10,7 @@ pub mod devices;
 pub mod password;
 pub mod presence;
 pub mod profile;
+pub mod registration_tokens;
 pub mod uiaa;
 
 use std::sync::Arc;

@@ -36,6 +36,8 @@ pub enum Purpose {
 }
 
 struct Session {
+    /// The registration token that passed its stage, if any (consumed on success).
+    registration_token: Option<String>,
     purpose: Purpose,
     user: Option<OwnedUserId>,
     completed: Vec<AuthType>,
@@ -52,6 +54,13 @@ pub struct Uiaa {
     users: Arc<Users>,
     tokens: Arc<dyn TokenCheck>,
     sessions: Mutex<HashMap<String, Session>>,
+}
+
+/// What a completed UIA proved, beyond "it is done".
+#[derive(Debug, Default)]
+pub struct Completed {
+    /// The registration token used, to be consumed when the account is created.
+    pub registration_token: Option<String>,
 }
 
 /// The flows an endpoint offers, each a list of stages.
@@ -76,7 +85,7 @@ impl Uiaa {
         user: Option<&UserId>,
         flows: &Flows,
         auth: Option<&AuthData>,
-    ) -> Result<()> {
+    ) -> Result<Completed> {
         let Some(auth) = auth else {
             let session = self.start(purpose, user)?;
             return Err(self.challenge(flows, &session, &[], None));
@@ -116,12 +125,16 @@ impl Uiaa {
                 if !s.completed.contains(&t) {
                     s.completed.push(t);
                 }
+                if let AuthData::RegistrationToken(rt) = auth {
+                    s.registration_token = Some(rt.token.clone());
+                }
             }
-            s.completed.clone()
+            (s.completed.clone(), s.registration_token.clone())
         };
+        let (completed, registration_token) = completed;
         if flows.iter().any(|f| f.iter().all(|t| completed.contains(t))) {
             self.sessions.lock().remove(&session);
-            return Ok(());
+            return Ok(Completed { registration_token });
         }
         let error = match (offered, passed) {
             (false, _) => Some(("M_UNRECOGNIZED", "This authentication stage is not offered here")),
@@ -148,7 +161,13 @@ impl Uiaa {
         let id: String = rand::thread_rng().sample_iter(Alphanumeric).take(24).map(char::from).collect();
         sessions.insert(
             id.clone(),
-            Session { purpose, user: user.map(ToOwned::to_owned), completed: Vec::new(), expires: now + self.ttl },
+            Session {
+                registration_token: None,
+                purpose,
+                user: user.map(ToOwned::to_owned),
+                completed: Vec::new(),
+                expires: now + self.ttl,
+            },
         );
         Ok(id)
     }

@@ -10,6 +10,7 @@ mod e2ee;
 mod ephemeral;
 mod errors;
 mod login;
+mod operator;
 mod processes;
 mod profile;
 mod push;

@@ -97,3 +97,135 @@ fn second_process_is_refused_rocksdb() {
 fn second_process_is_refused_sqlite() {
     second_process_is_refused("sqlite", "INT");
 }
+
+fn admin(dir: &std::path::Path, backend: &str, args: &[&str]) -> (bool, String) {
+    let out = hearth(dir, backend, 1).arg("admin").args(args).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn admin_commands(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(admin(&data, backend, &["create-user", "alice", "--password", "pw"]).0);
+    assert!(admin(&data, backend, &["create-user", "bob", "--password", "pw"]).0);
+    let (_, list) = admin(&data, backend, &["list-users"]);
+    assert!(list.contains("@alice:proc.test\tadmin") && list.contains("@bob:proc.test\t\n"), "{list}");
+    assert!(admin(&data, backend, &["make-admin", "bob"]).0);
+    assert!(admin(&data, backend, &["revoke-admin", "@alice:proc.test"]).0);
+    assert!(admin(&data, backend, &["deactivate", "alice"]).0);
+    let (_, list) = admin(&data, backend, &["list-users"]);
+    assert!(list.contains("@alice:proc.test\tdeactivated") && list.contains("@bob:proc.test\tadmin"), "{list}");
+    assert!(!admin(&data, backend, &["make-admin", "nobody"]).0);
+
+    let (ok, token) = admin(&data, backend, &["create-token", "--uses", "3", "--expires-in-days", "7"]);
+    assert!(ok, "{token}");
+    let token = token.trim().to_owned();
+    let (_, tokens) = admin(&data, backend, &["list-tokens"]);
+    assert!(tokens.contains(&format!("{token}\tcompleted=0\tuses_allowed=3")), "{tokens}");
+    assert!(admin(&data, backend, &["revoke-token", &token]).0);
+    assert!(!admin(&data, backend, &["revoke-token", &token]).0);
+
+    // Offline backup and restore.
+    let backup = dir.path().join("backup");
+    assert!(admin(&data, backend, &["backup", backup.to_str().unwrap()]).0);
+    let restored = dir.path().join("restored");
+    assert!(admin(&restored, backend, &["restore", backup.to_str().unwrap()]).0);
+    let (_, list) = admin(&restored, backend, &["list-users"]);
+    assert!(list.contains("@bob:proc.test\tadmin"), "{list}");
+    // Never over existing data.
+    assert!(!admin(&data, backend, &["restore", backup.to_str().unwrap()]).0);
+}
+
+#[test]
+fn admin_commands_rocksdb() {
+    admin_commands("rocksdb");
+}
+
+#[test]
+fn admin_commands_sqlite() {
+    admin_commands("sqlite");
+}
+
+/// SIGTERM in the middle of a burst of sends: every acknowledged event is there after a
+/// restart, and the server exits 0.
+fn sigterm_during_burst(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let start = || {
+        hearth(&data, backend, port)
+            .env("CONDUIT_ALLOW_REGISTRATION", "true")
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    assert!(admin(&data, backend, &["create-user", "alice", "--password", "pw"]).0);
+    let mut child = start();
+    wait_until_serving(port);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let acked = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let login: serde_json::Value = http
+            .post(format!("{base}/_matrix/client/v3/login"))
+            .json(&serde_json::json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw"}))
+            .send().await.unwrap().json().await.unwrap();
+        let token = login["access_token"].as_str().unwrap().to_owned();
+        let room: serde_json::Value = http.post(format!("{base}/_matrix/client/v3/createRoom")).bearer_auth(&token).json(&serde_json::json!({}))
+            .send().await.unwrap().json().await.unwrap();
+        let room = room["room_id"].as_str().unwrap().to_owned();
+        let mut acked = Vec::new();
+        for i in 0..400 {
+            if i == 60 {
+                send_signal(child.id(), "TERM");
+            }
+            let res = http
+                .put(format!("{base}/_matrix/client/v3/rooms/{room}/send/m.room.message/t{i}"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"msgtype": "m.text", "body": format!("m{i}")}))
+                .send()
+                .await;
+            match res {
+                Ok(r) if r.status().is_success() => {
+                    let v: serde_json::Value = r.json().await.unwrap();
+                    acked.push(v["event_id"].as_str().unwrap().to_owned());
+                }
+                _ => break,
+            }
+        }
+        (token, room, acked)
+    });
+    assert_eq!(child.wait().unwrap().code(), Some(0), "graceful stop exits 0");
+    let (token, room, acked) = acked;
+    assert!(acked.len() >= 60, "only {} sends were acknowledged", acked.len());
+    let mut child = start();
+    wait_until_serving(port);
+    let present: std::collections::BTreeSet<String> = rt.block_on(async {
+        let page: serde_json::Value = reqwest::Client::new()
+            .get(format!("{base}/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1000"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect()
+    });
+    for id in &acked {
+        assert!(present.contains(id), "acknowledged event {id} lost across SIGTERM");
+    }
+    send_signal(child.id(), "TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn sigterm_during_burst_rocksdb() {
+    sigterm_during_burst("rocksdb");
+}
+
+#[test]
+fn sigterm_during_burst_sqlite() {
+    sigterm_during_burst("sqlite");
+}

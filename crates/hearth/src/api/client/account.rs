@@ -49,12 +49,15 @@ pub async fn register(s: Arc<Services>, req: Ruma<register::v3::Request>) -> Res
 
     // Token then dummy, as Synapse offers it: matrix-nio's `register_with_token` expects a
     // second stage after the token, and every other client follows whatever flow it gets.
-    let flows = if s.registration_token_required() {
+    let flows = if s.registration_token_required()? {
         vec![vec![AuthType::RegistrationToken, AuthType::Dummy]]
     } else {
         vec![vec![AuthType::Dummy]]
     };
-    s.uiaa.check(Purpose::Register, None, &flows, body.auth.as_ref()).await?;
+    let done = s.uiaa.check(Purpose::Register, None, &flows, body.auth.as_ref()).await?;
+    if let Some(token) = &done.registration_token {
+        s.registration_tokens.consume(token)?;
+    }
 
     let password = body.password.clone();
     let users = s.users.clone();

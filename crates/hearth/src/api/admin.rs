@@ -1,0 +1,62 @@
+//! Operator endpoints on a running server, for server admins only (the first user, or
+//! whoever `hearth admin make-admin` named): `POST /_hearth/admin/v1/backup`.
+//!
+//! An online backup is a RocksDB checkpoint or an SQLite `VACUUM INTO`: a consistent copy
+//! taken while the server keeps serving. `hearth admin restore --from DIR` puts it back.
+
+use std::{path::PathBuf, sync::Arc};
+
+use axum::{
+    extract::{Request, State},
+    routing::post,
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{
+    error::{Error, Result},
+    Services,
+};
+
+pub fn routes() -> Router<Arc<Services>> {
+    Router::new().route("/_hearth/admin/v1/backup", post(backup))
+}
+
+#[derive(Deserialize)]
+struct BackupRequest {
+    /// An absent or empty directory on the server's filesystem.
+    to: PathBuf,
+}
+
+/// Authorises a server admin by access token.
+fn require_admin(s: &Services, req: &Request) -> Result<()> {
+    let token = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(Error::missing_token)?;
+    let caller = s.users.authenticate(token.trim())?;
+    if !s.users.account(&caller.user_id)?.is_some_and(|a| a.admin) {
+        return Err(Error::forbidden("Only server admins may do this"));
+    }
+    Ok(())
+}
+
+async fn backup(State(s): State<Arc<Services>>, req: Request) -> Result<Json<Value>> {
+    require_admin(&s, &req)?;
+    let bytes =
+        axum::body::to_bytes(req.into_body(), 64 * 1024).await.map_err(|_| Error::too_large("Request too large"))?;
+    let body: BackupRequest = serde_json::from_slice(&bytes).map_err(|e| Error::bad_json(e.to_string()))?;
+    if body.to.exists() && std::fs::read_dir(&body.to).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Err(Error::invalid_param("The backup directory must be absent or empty"));
+    }
+    let store = s.store.clone();
+    let to = body.to.clone();
+    tokio::task::spawn_blocking(move || store.backup(&to))
+        .await
+        .map_err(|e| Error::internal(format!("backup task: {e}")))??;
+    tracing::info!(to = %body.to.display(), "online backup written");
+    Ok(Json(json!({"backup": body.to})))
+}
