@@ -94,8 +94,10 @@ def cmd_manifests(a):
     data = cm.get("data", {})
     missing = sorted(set(seed_cm["data"]) - set(data))
     c.check(not missing, f"ConfigMap lacks the seed's keys {missing}")
-    extra = sorted(set(data) - set(seed_cm["data"]))
+    # Beyond the seed's keys only Hearth's own settings (HEARTH_*) may be added.
+    extra = sorted(k for k in set(data) - set(seed_cm["data"]) if not k.startswith("HEARTH_"))
     c.check(not extra, f"ConfigMap has keys the seed does not: {extra}")
+    c.check(data.get("HEARTH_METRICS_PORT") in (None, "9167"), "metrics port is 9167, matching the container port")
     expected_values = dict(seed_cm["data"])
     if a.overlay == "sqlite":
         expected_values["CONDUIT_DATABASE_BACKEND"] = "sqlite"
