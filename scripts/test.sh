@@ -18,5 +18,7 @@ export HEARTH_BIN="$CARGO_TARGET_DIR/debug/hearth"
 # Deployment artefacts: kustomize renders validated strictly, Dockerfile lint, the
 # runtime layout started with each overlay's ConfigMap and Secret.
 bash scripts/validate-deploy.sh --binary "$HEARTH_BIN"
+# Every client-server operation of the spec, fuzzed: no input may get a 5xx.
+bash scripts/fuzz-api.sh
 # Real Matrix clients against the built binary; its summary line closes the run.
 "$VENV/bin/python" -m pytest -q tests/clients

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Throws schemathesis at every operation of the Matrix client-server API, generated from
+# the spec's own OpenAPI document (../shared/matrix-spec, or $MATRIX_SPEC), against the
+# built binary on loopback, and fails on any 5xx: bad input must get a Matrix error.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN="${HEARTH_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/hearth-target}/debug/hearth}"
+VENV="${HEARTH_VENV:-$HOME/.cache/hearth-venv}"
+SPEC="${MATRIX_SPEC:-../shared/matrix-spec/client-server-api.json}"
+if [ ! -f "$SPEC" ]; then
+  echo "fuzz-api: no spec at $SPEC; skipping"
+  exit 0
+fi
+"$VENV/bin/python" -m pip install -q "schemathesis==4.32.5"
+
+DATA="$(mktemp -d)"
+PORT="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+env -i PATH="$PATH" CONDUIT_CONFIG= CONDUIT_SERVER_NAME=fuzz.test CONDUIT_DATABASE_PATH="$DATA" CONDUIT_PORT="$PORT" \
+  CONDUIT_ALLOW_REGISTRATION=true CONDUIT_REGISTRATION_TOKEN=fuzz HEARTH_DATABASE_FSYNC=false RUST_LOG=warn \
+  "$BIN" > "$DATA.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true; rm -rf "$DATA" "$DATA.log"' EXIT
+"$VENV/bin/python" - "$PORT" <<'PY'
+import sys, time, urllib.request
+for _ in range(300):
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/_matrix/client/versions", timeout=1)
+        break
+    except Exception:
+        time.sleep(0.1)
+PY
+TOKEN="$("$VENV/bin/python" - "$PORT" <<'PY'
+import json, sys, urllib.request, urllib.error
+base = f"http://127.0.0.1:{sys.argv[1]}/_matrix/client/v3/register"
+def post(body):
+    req = urllib.request.Request(base, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"})
+    try:
+        return json.load(urllib.request.urlopen(req))
+    except urllib.error.HTTPError as e:
+        return json.load(e)
+body = {"username": "fuzzer", "password": "fuzz-pw"}
+session = post(body)["session"]
+post({**body, "auth": {"type": "m.login.registration_token", "token": "fuzz", "session": session}})
+print(post({**body, "auth": {"type": "m.login.dummy", "session": session}})["access_token"])
+PY
+)"
+"$VENV/bin/st" run "$SPEC" --url "http://127.0.0.1:$PORT" -H "Authorization: Bearer $TOKEN" \
+  --checks not_a_server_error --max-examples 5 --workers 2 --request-timeout 10 --seed 1 > "$DATA.st" 2>&1 || {
+  tail -60 "$DATA.st"; echo "fuzz-api: the server answered a generated request with a server error"; exit 1; }
+grep -E "generated" "$DATA.st" | tail -1
+if grep -qi "panicked" "$DATA.log"; then
+  grep -i -A3 "panicked" "$DATA.log" | head -20; echo "fuzz-api: the server panicked"; exit 1
+fi
+echo "fuzz-api: no server errors"
