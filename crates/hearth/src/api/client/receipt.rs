@@ -24,17 +24,7 @@ pub async fn create_receipt(
     s.rooms.require_joined(&b.room_id, &caller.user_id)?;
     let kind = b.receipt_type.as_str();
     if kind == "m.fully_read" {
-        s.rooms
-            .event_meta(&b.event_id)?
-            .filter(|m| m.room_id == b.room_id)
-            .ok_or_else(|| Error::not_found("Unknown event"))?;
-        let content = json!({"event_id": b.event_id});
-        s.account_data.set(
-            &caller.user_id,
-            Some(&b.room_id),
-            "m.fully_read",
-            content.as_object().cloned().unwrap_or_default(),
-        )?;
+        set_fully_read(&s, &caller.user_id, &b.room_id, &b.event_id)?;
     } else {
         s.rooms.set_receipt(&b.room_id, &caller.user_id, kind, b.thread.as_str(), &b.event_id)?;
     }
@@ -50,14 +40,7 @@ pub async fn set_read_marker(
     let b = &req.body;
     s.rooms.require_joined(&b.room_id, &caller.user_id)?;
     if let Some(id) = &b.fully_read {
-        s.rooms.event_meta(id)?.filter(|m| m.room_id == b.room_id).ok_or_else(|| Error::not_found("Unknown event"))?;
-        let content = json!({"event_id": id});
-        s.account_data.set(
-            &caller.user_id,
-            Some(&b.room_id),
-            "m.fully_read",
-            content.as_object().cloned().unwrap_or_default(),
-        )?;
+        set_fully_read(&s, &caller.user_id, &b.room_id, id)?;
     }
     if let Some(id) = &b.read_receipt {
         s.rooms.set_receipt(&b.room_id, &caller.user_id, "m.read", None, id)?;
@@ -66,4 +49,11 @@ pub async fn set_read_marker(
         s.rooms.set_receipt(&b.room_id, &caller.user_id, "m.read.private", None, id)?;
     }
     Ok(set_read_marker::v3::Response::new())
+}
+
+/// Moves the user's `m.fully_read` marker (room account data) to an event of the room.
+fn set_fully_read(s: &Services, user: &ruma::UserId, room: &ruma::RoomId, event: &ruma::EventId) -> Result<()> {
+    s.rooms.event_meta(event)?.filter(|m| m.room_id == room).ok_or_else(|| Error::not_found("Unknown event"))?;
+    let content = json!({"event_id": event});
+    s.account_data.set(user, Some(room), "m.fully_read", content.as_object().cloned().unwrap_or_default())
 }
