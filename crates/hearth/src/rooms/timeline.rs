@@ -36,8 +36,18 @@ impl Rooms {
         Ok(match self.membership(room_id, user)? {
             Some(m) if m.membership == "join" => Some(u64::MAX),
             Some(m) if m.membership == "leave" || m.membership == "ban" => Some(m.stream),
+            // Anyone may read (peek into) a world-readable room; which events they see is
+            // then decided per event by `event_visible_to`.
+            _ if self.is_world_readable(room_id)? => Some(u64::MAX),
             _ => None,
         })
+    }
+
+    /// Whether the room's current history visibility is `world_readable`.
+    pub fn is_world_readable(&self, room_id: &RoomId) -> Result<bool> {
+        Ok(self.state_event(room_id, &ruma::events::StateEventType::RoomHistoryVisibility, "")?.is_some_and(|p| {
+            p.content_value().get("history_visibility").and_then(Value::as_str) == Some("world_readable")
+        }))
     }
 
     /// Whether `user` may see `pdu` under the room's history visibility at that event:
@@ -59,7 +69,11 @@ impl Rooms {
                 .and_then(|p| p.content_value().get("membership").and_then(Value::as_str).map(str::to_owned)))
         };
         Ok(match visibility.as_str() {
-            "world_readable" | "shared" => true,
+            "world_readable" => true,
+            // Shared history is for members (current, or former up to their leave).
+            "shared" => self
+                .membership(&pdu.room_id, user)?
+                .is_some_and(|m| m.membership != "invite" && m.membership != "knock"),
             "invited" => matches!(membership()?.as_deref(), Some("invite" | "join")),
             _ => membership()?.as_deref() == Some("join"),
         })

@@ -510,3 +510,30 @@ async fn filtered_pages_lose_nothing(b: Backend) {
 }
 
 both_engines!(history_visibility_is_honoured, filtered_pages_lose_nothing);
+
+async fn world_readable_rooms_can_be_peeked(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (_, ct, _) = s.register("carol", "pw-carol-1").await;
+    let room = create(&s, &at, json!({"preset": "public_chat"})).await;
+    send(&s, &at, &room, "shared-1", "members only").await;
+    assert_error(
+        &s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), Some(&ct)).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    s.put(
+        &format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/"),
+        Some(&at),
+        json!({"history_visibility": "world_readable"}),
+    )
+    .await;
+    send(&s, &at, &room, "open-1", "for everyone").await;
+    let (status, page) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), Some(&ct)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let bodies: Vec<&str> =
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, vec!["for everyone"], "only events sent while world readable: {page}");
+}
+
+both_engines!(world_readable_rooms_can_be_peeked);
