@@ -262,3 +262,12 @@ both_engines!(
     deactivation_is_final,
     accounts_survive_restart,
 );
+
+async fn no_third_party_ids(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, token, _) = s.register("alice", "pw-alice-1").await;
+    let (status, res) = s.get("/_matrix/client/v3/account/3pid", Some(&token)).await;
+    assert_eq!((status, res), (StatusCode::OK, json!({"threepids": []})));
+}
+
+both_engines!(no_third_party_ids);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use http::StatusCode;
 use ruma::api::client::{
     account::{
-        change_password, check_registration_token_validity, deactivate, get_username_availability, register,
+        change_password, check_registration_token_validity, deactivate, get_3pids, get_username_availability, register,
         register::RegistrationKind, whoami, ThirdPartyIdRemovalStatus,
     },
     uiaa::AuthType,
@@ -153,4 +153,17 @@ pub async fn deactivate(s: Arc<Services>, req: Ruma<deactivate::v3::Request>) ->
     s.users.deactivate(&caller.user_id)?;
     super::keys::forget_devices(&s, &caller.user_id, &devices)?;
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
+}
+
+/// `GET /_matrix/client/v3/account/3pid`
+///
+/// Hearth links no email addresses or phone numbers to accounts, so the list is empty
+/// (Element's settings page asks for it). Written out by hand: ruma leaves an empty list
+/// out, and Element reads `threepids` without a default.
+pub async fn get_3pids(
+    axum::extract::State(_s): axum::extract::State<Arc<Services>>,
+    req: Ruma<get_3pids::v3::Request>,
+) -> Result<axum::Json<serde_json::Value>> {
+    req.caller()?;
+    Ok(axum::Json(serde_json::json!({"threepids": []})))
 }

@@ -38,6 +38,9 @@ pub fn routes() -> Router<Arc<Services>> {
     for path in ruma::api::client::sync::sync_events::v3::Request::PATH_BUILDER.all_paths() {
         router = router.route(path, axum::routing::get(sync::sync_events_route));
     }
+    for path in ruma::api::client::account::get_3pids::v3::Request::PATH_BUILDER.all_paths() {
+        router = router.route(path, axum::routing::get(account::get_3pids));
+    }
     router
         .ruma(versions::get_supported_versions)
         .ruma(capabilities::get_capabilities)
