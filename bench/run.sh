@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Hearth vs Synapse benchmark, one command:
+#   bench/run.sh            full workload (100 users, 10,000-event pagination; ~9 min here, plus the build)
+#   bench/run.sh --quick    small workload, under five minutes for all three servers
+#   bench/run.sh --profile  short run of Hearth (RocksDB) alone under `perf record`
+# Builds Hearth in release into its own target dir (never the shared one), installs Synapse
+# into ~/.cache/hearth-bench-venv, runs Synapse, Hearth-RocksDB and Hearth-SQLite on
+# loopback, prints a table and writes bench/results/latest.json. Not part of CI.
+#
+# Environment knobs:
+#   HEARTH_BENCH_TARGET  cargo target dir     (default ~/.cache/hearth-target-release)
+#   HEARTH_BENCH_BIN     use this hearth binary, skip the build (label it with HEARTH_BENCH_LABEL)
+#   HEARTH_BENCH_VENV    Synapse venv          (default ~/.cache/hearth-bench-venv)
+#   HEARTH_BENCH_ROOT    scratch data dirs     (default /tmp/hearth-bench)
+#   HEARTH_BENCH_SERVERS comma list           (default synapse,hearth-rocksdb,hearth-sqlite)
+#   BENCH_PERF_CALLGRAPH e.g. "dwarf" for call graphs in --profile (needs debuginfo, see README)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENCH=bench
+SYNAPSE_VERSION=1.163.2
+AIOHTTP_VERSION=3.14.5
+TARGET="${HEARTH_BENCH_TARGET:-$HOME/.cache/hearth-target-release}"
+VENV="${HEARTH_BENCH_VENV:-$HOME/.cache/hearth-bench-venv}"
+ROOT="${HEARTH_BENCH_ROOT:-/tmp/hearth-bench}"
+SERVERS="${HEARTH_BENCH_SERVERS:-synapse,hearth-rocksdb,hearth-sqlite}"
+
+mode=full
+for arg in "$@"; do
+    case "$arg" in
+        --quick) mode=quick ;;
+        --profile) mode=profile ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
+    esac
+done
+
+# 1. Hearth, release, separate target dir.
+if [[ -n "${HEARTH_BENCH_BIN:-}" ]]; then
+    BIN="$HEARTH_BENCH_BIN"
+    LABEL="${HEARTH_BENCH_LABEL:-custom binary $BIN}"
+else
+    echo "== building Hearth (release) into $TARGET" >&2
+    CARGO_TARGET_DIR="$TARGET" cargo build --release -p hearth >&2
+    BIN="$TARGET/release/hearth"
+    LABEL=release
+fi
+
+# 2. Synapse + aiohttp in a venv (wheels only).
+if ! "$VENV/bin/python" -c "import synapse, aiohttp, sys; sys.exit(synapse.__version__ != '$SYNAPSE_VERSION')" 2>/dev/null; then
+    echo "== installing matrix-synapse==$SYNAPSE_VERSION into $VENV" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --only-binary :all: "matrix-synapse==$SYNAPSE_VERSION" "aiohttp==$AIOHTTP_VERSION" >&2
+fi
+PY="$VENV/bin/python"
+mkdir -p "$BENCH/results"
+
+common=(--hearth-bin "$BIN" --synapse-python "$PY" --synapse-template "$BENCH/synapse/homeserver.yaml.in"
+        --root "$ROOT" --build-label "$LABEL")
+
+if [[ "$mode" == profile ]]; then
+    out="$BENCH/results/profile"
+    rm -rf "$out"
+    mkdir -p "$out"
+    # perf if it can sample here (software cpu-clock event: works in VMs without PMU access),
+    # else valgrind's callgrind on a tiny workload.
+    if command -v perf >/dev/null && perf record -e cpu-clock -o /dev/null true >/dev/null 2>&1; then
+        "$PY" "$BENCH/workload.py" --quick "${common[@]}" --servers hearth-rocksdb \
+            --profile "$out" --json "$out/profile-run.json"
+        perf report -i "$out/perf-hearth-rocksdb.data" --no-children --sort dso,symbol --stdio \
+            > "$out/perf-report.txt" 2>/dev/null || true
+        echo
+        echo "== where Hearth (RocksDB) spends its CPU over the quick workload (full: $out/perf-report.txt):"
+        grep -v -e '^#' -e '^$' "$out/perf-report.txt" | sed -e 's/[ -]*$//' -e 's/^\(.\{160\}\).*/\1/' | sed -n '1,40p' || true
+    elif command -v valgrind >/dev/null; then
+        echo "== perf unavailable: profiling with callgrind on a tiny workload" >&2
+        BENCH_PROFILER=callgrind "$PY" "$BENCH/workload.py" --tiny "${common[@]}" --servers hearth-rocksdb \
+            --profile "$out" --json "$out/profile-run.json"
+        # one file per server start (pid in the name); the largest is the workload's
+        cg="$(ls -S "$out"/callgrind-hearth-rocksdb.*.out | head -n1)"
+        callgrind_annotate "$cg" > "$out/callgrind-report.txt" 2>/dev/null || true
+        sed -n '1,60p' "$out/callgrind-report.txt"
+    else
+        echo "neither perf (apt-get install linux-perf) nor valgrind is installed" >&2
+        exit 1
+    fi
+    exit 0
+fi
+
+quick=()
+[[ "$mode" == quick ]] && quick=(--quick)
+"$PY" "$BENCH/workload.py" "${quick[@]}" "${common[@]}" --servers "$SERVERS" --json "$BENCH/results/latest.json"
