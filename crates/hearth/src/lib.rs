@@ -59,6 +59,7 @@ pub struct Services {
     pub keys: Keys,
     pub to_device: ToDevice,
     pub backup: Backup,
+    pub push: push::Push,
     pub registration_tokens: Arc<RegistrationTokens>,
     pub metrics: metrics::Metrics,
 }
@@ -104,6 +105,7 @@ impl Services {
             keys,
             to_device,
             backup,
+            push: push::Push::default(),
             registration_tokens,
             metrics: metrics::Metrics::default(),
         }))

@@ -332,9 +332,11 @@ impl Rooms {
             Ok(target)
         })?;
 
-        let mut wake = self.members(&pdu.room_id, "join")?;
-        wake.extend(target);
-        self.notifier.notify(wake.iter().map(|u| &**u), stream);
+        if target.is_some() {
+            self.members.invalidate(&pdu.room_id);
+        }
+        let joined = self.members_shared(&pdu.room_id, "join")?;
+        self.notifier.notify(joined.iter().chain(target.as_ref()).map(|u| &**u), stream);
         Ok(pdu)
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod append;
 pub mod create;
+pub mod members;
 pub mod membership;
 pub mod pdu;
 pub mod power;
@@ -23,8 +24,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use ruma::{
-    events::StateEventType, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId,
-    UserId,
+    events::StateEventType, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -118,6 +118,7 @@ pub struct Rooms {
     pub notifier: Arc<Notifier>,
     pub stream: Arc<Stream>,
     append_lock: Mutex<Counters>,
+    members: members::MemberCache,
 }
 
 impl Rooms {
@@ -136,6 +137,7 @@ impl Rooms {
             notifier: stream.notifier.clone(),
             stream,
             append_lock: Mutex::new(Counters { next_short: max_short + 1 }),
+            members: members::MemberCache::default(),
         })
     }
 
@@ -254,16 +256,6 @@ impl Rooms {
             }
         }
         Ok(out)
-    }
-
-    /// Members of a room with a given membership.
-    pub fn members(&self, room_id: &RoomId, membership: &str) -> Result<Vec<OwnedUserId>> {
-        Ok(ROOM_MEMBERS
-            .collect_prefix(&self.store, room_id.as_str())?
-            .into_iter()
-            .filter(|(_, m)| m == membership)
-            .filter_map(|(u, _)| OwnedUserId::try_from(u).ok())
-            .collect())
     }
 
     /// The event a device already sent with this transaction id.

@@ -49,6 +49,7 @@ pub struct SyncSources<'a> {
     pub presence: &'a Presence,
     pub keys: &'a Keys,
     pub to_device: &'a ToDevice,
+    pub push: &'a crate::push::Push,
 }
 
 /// What a sync asks for, from its filter.
@@ -173,10 +174,11 @@ pub fn assemble(
     let since = since_token.map(|t| t.pos);
     let now = now_token.pos;
     let mut result = SyncResult::default();
-    let mut changed = match since {
+    let with_events = match since {
         Some(s) => rooms_with_events(rooms, s, now)?,
         None => BTreeSet::new(),
     };
+    let mut changed = with_events.clone();
     // Receipts and typing changes put a room in the sync too.
     if let Some(s) = since {
         for (_, item) in rooms.stream.items_between(s, now)? {
@@ -194,27 +196,27 @@ pub fn assemble(
     if (since.is_none() || opts.full_state) && !result.account_data.iter().any(|e| e["type"] == "m.push_rules") {
         result.account_data.push(crate::push::rules_event(src.account_data, user)?);
     }
-    let rules = crate::push::ruleset(src.account_data, user)?;
-    result.presence = presence_events(src, user, since, now)?;
+    // Everyone sharing a room with the user (and the user), read only when needed.
+    let contacts = Contacts::new(rooms, user);
+    result.presence = presence_events(src, &contacts, since, now)?;
     // End-to-end encryption: to-device messages (acknowledged by this `since`), device-list
     // changes of contacts, key counts.
     if let Some(s) = since {
         src.to_device.acknowledge(user, device, s)?;
-        let mut contacts: BTreeSet<ruma::OwnedUserId> = BTreeSet::new();
-        contacts.insert(user.to_owned());
-        for room in rooms.joined_rooms(user)? {
-            contacts.extend(rooms.members(&room, "join")?);
+        let mut changed = Vec::new();
+        for u in src.keys.changed_users(s, now)? {
+            if contacts.contains(&u)? {
+                changed.push(u);
+            }
         }
-        let mut changed: Vec<ruma::OwnedUserId> =
-            src.keys.changed_users(s, now)?.into_iter().filter(|u| contacts.contains(u)).collect();
         // Membership changes in rooms the user is or was in: new members' devices must be
         // queried (changed); people who no longer share any room are `left`.
         let mut left = Vec::new();
-        for room in rooms_with_events(rooms, s, now)? {
-            if rooms.membership(&room, user)?.is_none() {
+        for room in &with_events {
+            if rooms.membership(room, user)?.is_none() {
                 continue;
             }
-            for (_, pdu) in rooms.page(&room, now, Direction::Backward, MAX_MEMBER_SCAN, now, Some(s))? {
+            for (_, pdu) in rooms.page(room, now, Direction::Backward, MAX_MEMBER_SCAN, now, Some(s))? {
                 if pdu.kind.to_string() != "m.room.member" {
                     continue;
                 }
@@ -224,7 +226,7 @@ pub fn assemble(
                 if target == user {
                     continue;
                 }
-                if contacts.contains(&target) {
+                if contacts.contains(&target)? {
                     changed.push(target);
                 } else {
                     left.push(target);
@@ -265,8 +267,14 @@ pub fn assemble(
                 let from = if is_new || opts.full_state { None } else { since };
                 let r = room_section(rooms, &room_id, user, from, now, opts, viewer)?;
                 let (joined_count, invited_count, heroes) = summary(rooms, &room_id, user)?;
-                let unread =
-                    crate::push::unread_counts(rooms, &rules, &room_id, user, now, opts.unread_thread_notifications)?;
+                let unread = src.push.unread_counts(
+                    rooms,
+                    src.account_data,
+                    &room_id,
+                    user,
+                    now,
+                    opts.unread_thread_notifications,
+                )?;
                 result.join.insert(
                     room_id,
                     JoinedRoomSync {
@@ -374,8 +382,8 @@ fn room_section(
 
 /// (joined count, invited count, heroes): heroes are up to five other members.
 fn summary(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<(u64, u64, Vec<String>)> {
-    let joined = rooms.members(room_id, "join")?;
-    let invited = rooms.members(room_id, "invite")?;
+    let joined = rooms.members_shared(room_id, "join")?;
+    let invited = rooms.members_shared(room_id, "invite")?;
     let heroes = joined.iter().chain(invited.iter()).filter(|u| *u != user).take(5).map(|u| u.to_string()).collect();
     Ok((joined.len() as u64, invited.len() as u64, heroes))
 }
@@ -404,20 +412,55 @@ fn invite_state(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<Vec<Va
     Ok(out)
 }
 
+/// The user and everyone sharing a joined room with them: member lists are read on the
+/// first question, so a sync with nothing to filter reads none.
+struct Contacts<'a> {
+    rooms: &'a Rooms,
+    user: &'a UserId,
+    lists: std::cell::OnceCell<Vec<std::sync::Arc<[ruma::OwnedUserId]>>>,
+}
+
+impl<'a> Contacts<'a> {
+    fn new(rooms: &'a Rooms, user: &'a UserId) -> Self {
+        Contacts { rooms, user, lists: std::cell::OnceCell::new() }
+    }
+
+    fn lists(&self) -> Result<&[std::sync::Arc<[ruma::OwnedUserId]>]> {
+        if let Some(l) = self.lists.get() {
+            return Ok(l);
+        }
+        let mut lists = Vec::new();
+        for room in self.rooms.joined_rooms(self.user)? {
+            lists.push(self.rooms.members_shared(&room, "join")?);
+        }
+        Ok(self.lists.get_or_init(|| lists))
+    }
+
+    fn contains(&self, other: &UserId) -> Result<bool> {
+        Ok(other == self.user || self.lists()?.iter().any(|l| l.binary_search_by(|u| (**u).cmp(other)).is_ok()))
+    }
+
+    fn all(&self) -> Result<BTreeSet<ruma::OwnedUserId>> {
+        let mut out: BTreeSet<ruma::OwnedUserId> = self.lists()?.iter().flat_map(|l| l.iter().cloned()).collect();
+        out.insert(self.user.to_owned());
+        Ok(out)
+    }
+}
+
 /// Presence of the user and of everyone sharing a room with them: all of it on a first
 /// sync, changes after `since` otherwise.
-fn presence_events(src: &SyncSources<'_>, user: &UserId, since: Option<u64>, now: u64) -> Result<Vec<Value>> {
-    let mut contacts: BTreeSet<ruma::OwnedUserId> = BTreeSet::new();
-    contacts.insert(user.to_owned());
-    for room in src.rooms.joined_rooms(user)? {
-        contacts.extend(src.rooms.members(&room, "join")?);
-    }
+fn presence_events(src: &SyncSources<'_>, contacts: &Contacts<'_>, since: Option<u64>, now: u64) -> Result<Vec<Value>> {
     let candidates: Vec<ruma::OwnedUserId> = match since {
-        Some(s) => crate::users::presence::changed_users(&src.rooms.stream, s, now)?
-            .into_iter()
-            .filter(|u| contacts.contains(u))
-            .collect(),
-        None => contacts.into_iter().collect(),
+        Some(s) => {
+            let mut out = Vec::new();
+            for u in crate::users::presence::changed_users(&src.rooms.stream, s, now)? {
+                if contacts.contains(&u)? {
+                    out.push(u);
+                }
+            }
+            out
+        }
+        None => contacts.all()?.into_iter().collect(),
     };
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();

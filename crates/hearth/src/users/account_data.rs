@@ -72,6 +72,12 @@ impl AccountData {
         Ok(())
     }
 
+    /// The stored entry, with the stream position of its last change.
+    pub fn get_entry(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Entry>> {
+        let room_key = room.map(|r| r.as_str()).unwrap_or_default();
+        Ok(ACCOUNT_DATA.get(&self.store, (user.as_str(), room_key, kind))?)
+    }
+
     pub fn get(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>> {
         let room_key = room.map(|r| r.as_str()).unwrap_or_default();
         Ok(ACCOUNT_DATA.get(&self.store, (user.as_str(), room_key, kind))?.map(|e| e.content))

@@ -12,6 +12,19 @@ async fn unread(s: &TestServer, token: &str, room: &str) -> (u64, u64) {
     (n["notification_count"].as_u64().unwrap_or(0), n["highlight_count"].as_u64().unwrap_or(0))
 }
 
+/// A server where Alice and Bob (both joined) share a direct chat:
+/// (server, Alice's token, Bob's id, Bob's token, room id).
+async fn direct_chat(b: Backend) -> (TestServer, String, String, String, String) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (bob, bt, _) = s.register("bob", "pw-bob-1").await;
+    let (_, res) =
+        s.post("/_matrix/client/v3/createRoom", Some(&at), json!({"invite": [bob], "is_direct": true})).await;
+    let room = res["room_id"].as_str().unwrap().to_owned();
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+    (s, at, bob, bt, room)
+}
+
 async fn default_rules_and_edits(b: Backend) {
     let s = TestServer::start(b).await;
     let (_, at, _) = s.register("alice", "pw-alice-1").await;
@@ -47,13 +60,7 @@ async fn default_rules_and_edits(b: Backend) {
 }
 
 async fn unread_counts_follow_messages_mentions_and_receipts(b: Backend) {
-    let s = TestServer::start(b).await;
-    let (_, at, _) = s.register("alice", "pw-alice-1").await;
-    let (bob, bt, _) = s.register("bob", "pw-bob-1").await;
-    let (_, res) =
-        s.post("/_matrix/client/v3/createRoom", Some(&at), json!({"invite": [bob], "is_direct": true})).await;
-    let room = res["room_id"].as_str().unwrap().to_owned();
-    s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+    let (s, at, bob, bt, room) = direct_chat(b).await;
     assert_eq!(unread(&s, &bt, &room).await, (0, 0));
 
     let mut last = Value::Null;
@@ -92,13 +99,7 @@ async fn unread_counts_follow_messages_mentions_and_receipts(b: Backend) {
 both_engines!(default_rules_and_edits, unread_counts_follow_messages_mentions_and_receipts);
 
 async fn thread_notifications_are_counted_per_thread(b: Backend) {
-    let s = TestServer::start(b).await;
-    let (_, at, _) = s.register("alice", "pw-alice-1").await;
-    let (bob, bt, _) = s.register("bob", "pw-bob-1").await;
-    let (_, res) =
-        s.post("/_matrix/client/v3/createRoom", Some(&at), json!({"invite": [bob], "is_direct": true})).await;
-    let room = res["room_id"].as_str().unwrap().to_owned();
-    s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+    let (s, at, _, bt, room) = direct_chat(b).await;
     let (_, root) = s
         .put(
             &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/root"),
@@ -121,3 +122,53 @@ async fn thread_notifications_are_counted_per_thread(b: Backend) {
 }
 
 both_engines!(thread_notifications_are_counted_per_thread);
+
+/// The running tally is carried from sync to sync: each incremental sync adds only what is
+/// new, the user's own message and a private receipt both clear it, and a push rule change
+/// starts it over.
+async fn unread_counts_carry_forward_between_syncs(b: Backend) {
+    let (s, at, _, bt, room) = direct_chat(b).await;
+    let (_, first) = s.get("/_matrix/client/v3/sync", Some(&bt)).await;
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+    let mut n = 0;
+    let mut send_path = || {
+        n += 1;
+        format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/c{n}")
+    };
+    let counts_after = |res: &Value| {
+        let n = &res["rooms"]["join"][&room]["unread_notifications"];
+        (n["notification_count"].as_u64(), n["highlight_count"].as_u64())
+    };
+    let mut last_event = String::new();
+    for expected in 1..=3u64 {
+        let body = format!("message {expected}");
+        let (_, r) = s.put(&send_path(), Some(&at), json!({"msgtype": "m.text", "body": body})).await;
+        last_event = r["event_id"].as_str().unwrap().to_owned();
+        let (_, res) = s.get(&format!("/_matrix/client/v3/sync?since={since}"), Some(&bt)).await;
+        assert_eq!(counts_after(&res), (Some(expected), Some(0)), "{res}");
+        since = res["next_batch"].as_str().unwrap().to_owned();
+    }
+    // A repeated initial sync reports the same tally.
+    assert_eq!(unread(&s, &bt, &room).await, (3, 0));
+
+    // Bob answering counts as having read what came before.
+    s.put(&send_path(), Some(&bt), json!({"msgtype": "m.text", "body": "reply"})).await;
+    let (_, r) = s.put(&send_path(), Some(&at), json!({"msgtype": "m.text", "body": "one more"})).await;
+    last_event = r["event_id"].as_str().map(str::to_owned).unwrap_or(last_event);
+    let (_, res) = s.get(&format!("/_matrix/client/v3/sync?since={since}"), Some(&bt)).await;
+    assert_eq!(counts_after(&res), (Some(1), Some(0)), "{res}");
+
+    // A private read receipt clears the count as a public one does.
+    let path = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read.private/{last_event}");
+    assert_eq!(s.post(&path, Some(&bt), json!({})).await.0, StatusCode::OK);
+    assert_eq!(unread(&s, &bt, &room).await, (0, 0));
+
+    // A keyword rule added later highlights new messages that match it.
+    let rule = "/_matrix/client/v3/pushrules/global/content/cheese";
+    let body = json!({"pattern": "cheese", "actions": ["notify", {"set_tweak": "highlight"}]});
+    assert_eq!(s.put(rule, Some(&bt), body).await.0, StatusCode::OK);
+    s.put(&send_path(), Some(&at), json!({"msgtype": "m.text", "body": "cheese please"})).await;
+    assert_eq!(unread(&s, &bt, &room).await, (1, 1));
+}
+
+both_engines!(unread_counts_carry_forward_between_syncs);

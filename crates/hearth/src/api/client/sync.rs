@@ -81,6 +81,7 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>) -> Resul
         presence: &s.presence,
         keys: &s.keys,
         to_device: &s.to_device,
+        push: &s.push,
     };
     let now_token = || SyncToken { pos: s.rooms.stream_now(), typing: s.typing.version() };
     loop {

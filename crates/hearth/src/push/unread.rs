@@ -1,0 +1,216 @@
+//! Unread notification counts per room, as sync reports them.
+//!
+//! The events after the user's read receipt (`m.read` or `m.read.private`) are evaluated
+//! against their push rules with ruma's evaluator, in the room's context (member count,
+//! display name, power levels). The tally is kept in memory per (user, room) and carried
+//! forward: a sync evaluates only the events that arrived since the last one, so a wake-up
+//! costs what happened, not how much is unread. A tally starts over when the user's receipts
+//! in the room or their push rules change. One sync evaluates at most [`MAX_COUNTED`]
+//! events per room; a longer backlog is caught up over the following syncs.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+};
+
+use futures_util::FutureExt;
+use ruma::{api::Direction, push::Ruleset, serde::Raw, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde_json::Value;
+
+use crate::{
+    error::Result,
+    rooms::{receipts::RECEIPTS, Rooms},
+    store::{codec::encode_key, KeyRange, Order},
+};
+
+/// Most events evaluated for one room in one sync.
+pub const MAX_COUNTED: usize = 1000;
+
+/// Unread counts of a room: the main timeline, and per thread root when asked to split.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UnreadCounts {
+    pub notifications: u64,
+    pub highlights: u64,
+    pub threads: BTreeMap<ruma::OwnedEventId, (u64, u64)>,
+}
+
+/// The thread an event belongs to (`m.relates_to` with `rel_type: m.thread`).
+fn thread_root(event: &Value) -> Option<ruma::OwnedEventId> {
+    let rel = event.get("content")?.get("m.relates_to")?;
+    if rel.get("rel_type")?.as_str()? != "m.thread" {
+        return None;
+    }
+    ruma::OwnedEventId::try_from(rel.get("event_id")?.as_str()?).ok()
+}
+
+/// The user's read positions in a room: stream positions of the events their receipts
+/// point at, by thread ("" unthreaded, "main", or a thread root), public and private alike.
+struct ReadPositions {
+    by_thread: BTreeMap<String, u64>,
+    /// Highest stream position of any of these receipts' own changes: the tally's key.
+    changed_at: u64,
+}
+
+impl ReadPositions {
+    fn load(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<Self> {
+        let mut out = ReadPositions { by_thread: BTreeMap::new(), changed_at: 0 };
+        let range = KeyRange::prefix(&encode_key::<(String, String)>((room_id.as_str(), user.as_str())));
+        let mut receipts = Vec::new();
+        RECEIPTS.scan_range(&rooms.store, &range, Order::Ascending, |(_, _, key), r| {
+            receipts.push((key, r));
+            true
+        })?;
+        for (key, r) in receipts {
+            let (kind, thread) = key.split_once('|').unwrap_or((key.as_str(), ""));
+            if kind != "m.read" && kind != "m.read.private" {
+                continue;
+            }
+            out.changed_at = out.changed_at.max(r.stream);
+            let pos = rooms.event_meta(&r.event_id)?.map_or(0, |m| m.stream);
+            let slot = out.by_thread.entry(thread.to_owned()).or_default();
+            *slot = (*slot).max(pos);
+        }
+        Ok(out)
+    }
+
+    fn unthreaded(&self) -> u64 {
+        self.by_thread.get("").copied().unwrap_or(0)
+    }
+
+    /// Where reading stopped in a timeline (`None` = main).
+    fn read_up_to(&self, bucket: Option<&OwnedEventId>) -> u64 {
+        let key = bucket.map_or("main", |root| root.as_str());
+        self.unthreaded().max(self.by_thread.get(key).copied().unwrap_or(0))
+    }
+}
+
+/// A running count for one (user, room), valid while its key matches.
+#[derive(Clone)]
+struct Tally {
+    /// (push rules version, receipts changed at, counting threads apart).
+    key: (u64, u64, bool),
+    /// Events up to this stream position are counted.
+    counted_to: u64,
+    /// Last position read per timeline (None = main): a receipt, or the user's own event.
+    read: BTreeMap<Option<OwnedEventId>, u64>,
+    counts: UnreadCounts,
+}
+
+#[derive(Default)]
+pub(super) struct UnreadCache {
+    tallies: Mutex<HashMap<(OwnedUserId, OwnedRoomId), Tally>>,
+}
+
+impl UnreadCache {
+    /// Unread notification and highlight counts of a room for a user up to `until`. With
+    /// `split_threads`, events in threads are counted per thread against that thread's
+    /// receipt (MSC3773).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn counts(
+        &self,
+        rooms: &Rooms,
+        rules: &Ruleset,
+        rules_version: u64,
+        room_id: &RoomId,
+        user: &UserId,
+        until: u64,
+        split_threads: bool,
+    ) -> Result<UnreadCounts> {
+        let receipts = ReadPositions::load(rooms, room_id, user)?;
+        let key = (rules_version, receipts.changed_at, split_threads);
+        let cache_key = (user.to_owned(), room_id.to_owned());
+        let cached = {
+            let tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
+            tallies.get(&cache_key).filter(|t| t.key == key).cloned()
+        };
+        let mut tally = match cached {
+            Some(t) if t.counted_to >= until => {
+                if t.counted_to == until {
+                    return Ok(t.counts);
+                }
+                // A sync behind the tally (a concurrent request with an older snapshot):
+                // count afresh without disturbing the cache.
+                return Ok(fresh(&receipts, key).advance(rooms, rules, room_id, user, until, &receipts)?.counts);
+            }
+            Some(t) => t,
+            None => fresh(&receipts, key),
+        };
+        tally = tally.advance(rooms, rules, room_id, user, until, &receipts)?;
+        let counts = tally.counts.clone();
+        let mut tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
+        // Keep the furthest tally if two syncs raced.
+        if tallies.get(&cache_key).is_none_or(|t| t.key != key || t.counted_to <= tally.counted_to) {
+            tallies.insert(cache_key, tally);
+        }
+        Ok(counts)
+    }
+}
+
+fn fresh(receipts: &ReadPositions, key: (u64, u64, bool)) -> Tally {
+    let mut read = BTreeMap::new();
+    read.insert(None, receipts.read_up_to(None));
+    Tally { key, counted_to: receipts.unthreaded(), read, counts: UnreadCounts::default() }
+}
+
+impl Tally {
+    /// Evaluates the events after `counted_to` up to `until` (at most [`MAX_COUNTED`]).
+    fn advance(
+        mut self,
+        rooms: &Rooms,
+        rules: &Ruleset,
+        room_id: &RoomId,
+        user: &UserId,
+        until: u64,
+        receipts: &ReadPositions,
+    ) -> Result<Self> {
+        let split_threads = self.key.2;
+        let page = rooms.page(room_id, self.counted_to, Direction::Forward, MAX_COUNTED, until, None)?;
+        self.counted_to = match page.last() {
+            Some((last, _)) if page.len() == MAX_COUNTED => *last,
+            _ => until,
+        };
+        if page.is_empty() {
+            return Ok(self);
+        }
+        let ctx = super::room_context(rooms, room_id, user)?;
+        for (pos, pdu) in &page {
+            let event = pdu.to_client_json(Default::default());
+            let bucket = if split_threads { thread_root(&event) } else { None };
+            let read_pos = *self.read.entry(bucket.clone()).or_insert_with(|| receipts.read_up_to(bucket.as_ref()));
+            if pdu.sender == user {
+                // Sending counts as having read everything before it in that timeline.
+                match &bucket {
+                    None => (self.counts.notifications, self.counts.highlights) = (0, 0),
+                    Some(root) => {
+                        self.counts.threads.remove(root);
+                    }
+                }
+                self.read.insert(bucket, *pos);
+                continue;
+            }
+            if *pos <= read_pos {
+                continue;
+            }
+            let raw: Raw<Value> = match serde_json::value::to_raw_value(&event) {
+                Ok(r) => Raw::from_json(r),
+                Err(_) => continue,
+            };
+            // ruma's evaluator is async only for an optional feature; it is ready at once.
+            let Some(actions) = rules.get_actions(&raw, &ctx).now_or_never() else { continue };
+            let notify = u64::from(actions.iter().any(|a| a.should_notify()));
+            let highlight = u64::from(actions.iter().any(|a| a.is_highlight()));
+            match bucket {
+                None => {
+                    self.counts.notifications += notify;
+                    self.counts.highlights += highlight;
+                }
+                Some(root) => {
+                    let entry = self.counts.threads.entry(root).or_default();
+                    entry.0 += notify;
+                    entry.1 += highlight;
+                }
+            }
+        }
+        Ok(self)
+    }
+}
