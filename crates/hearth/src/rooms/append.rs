@@ -93,12 +93,17 @@ impl Rooms {
         let mut counters = self.append_lock.lock();
         if let Some(t) = txn {
             if let Some(existing) = self.transaction(sender, t.device_id, &txn_scope(room_id, &new.kind, t.txn_id))? {
+                drop(counters);
+                // The first request may still be waiting for its write to be durable.
+                self.stream.make_durable(self.stream.written())?;
                 return self.pdu(&existing)?.ok_or_else(|| Error::internal("transaction points at a missing event"));
             }
         }
         let heads = self.heads(room_id)?;
         let pdu = self.build(&record.version, Some(room_id), &heads, sender, &new)?;
-        self.commit(&mut counters, pdu, &heads, txn, None)
+        let written = self.commit(&mut counters, pdu, &heads, txn, None)?;
+        drop(counters);
+        self.finish(written)
     }
 
     /// Builds and appends the `m.room.create` event of a new room; returns it (its
@@ -118,7 +123,9 @@ impl Rooms {
         let heads = RoomHeads::default();
         let pdu = self.build(version, room_id.as_deref(), &heads, sender, &new)?;
         let record = RoomRecord { version: version.clone(), created_ts: now_millis() };
-        self.commit(&mut counters, pdu, &heads, None, Some(record))
+        let written = self.commit(&mut counters, pdu, &heads, None, Some(record))?;
+        drop(counters);
+        self.finish(written)
     }
 
     fn build(
@@ -238,8 +245,8 @@ impl Rooms {
         Ok(pdu)
     }
 
-    /// Writes a built PDU and every index in one batch at the next stream position, then
-    /// wakes the syncs it concerns.
+    /// Writes a built PDU and every index in one batch at the next stream position (not
+    /// yet durable: see [`Rooms::finish`], called once the append lock is released).
     fn commit(
         &self,
         counters: &mut Counters,
@@ -247,10 +254,10 @@ impl Rooms {
         heads: &RoomHeads,
         txn: Option<TxnRef<'_>>,
         new_room: Option<RoomRecord>,
-    ) -> Result<Pdu> {
+    ) -> Result<Written> {
         let store = &*self.store;
         let room = pdu.room_id.as_str();
-        let (stream, target) = self.stream.commit(|stream, batch| {
+        let (stream, target) = self.stream.commit_deferred(|stream, batch| {
             let mut interner = Interner::new(&mut counters.next_short);
             let short = interner.event(store, batch, &pdu.event_id)?;
             if let Some(s) = heads.snapshot {
@@ -331,14 +338,29 @@ impl Rooms {
             }
             Ok(target)
         })?;
-
         if target.is_some() {
             self.members.invalidate(&pdu.room_id);
         }
+        Ok(Written { pdu, stream, target })
+    }
+
+    /// Waits until a written event is durable (one fsync may cover many appends), then
+    /// wakes the syncs it concerns.
+    fn finish(&self, written: Written) -> Result<Pdu> {
+        let Written { pdu, stream, target } = written;
+        self.stream.make_durable(stream)?;
         let joined = self.members_shared(&pdu.room_id, "join")?;
         self.notifier.notify(joined.iter().chain(target.as_ref()).map(|u| &**u), stream);
         Ok(pdu)
     }
+}
+
+/// An event written at a stream position, not yet known durable.
+struct Written {
+    pdu: Pdu,
+    stream: u64,
+    /// The user a member event is about.
+    target: Option<ruma::OwnedUserId>,
 }
 
 /// What a transaction id is unique within, besides the device: like Synapse, the request

@@ -152,7 +152,18 @@ pub trait Engine: Send + Sync + 'static {
     /// Calls `visit` for each entry in range and order until it returns `false`.
     fn scan(&self, table: &'static str, range: &KeyRange, order: Order, visit: Visit<'_>) -> Result<()>;
     fn write(&self, batch: Batch) -> Result<()>;
-    /// Makes everything written so far durable on disk.
+    /// Writes a batch atomically and in order, but may return before it is on disk; a
+    /// later [`Engine::sync`] makes it (and everything before it) durable. Engines that
+    /// cannot split the two write durably here.
+    fn write_deferred(&self, batch: Batch) -> Result<()> {
+        self.write(batch)
+    }
+    /// Makes every deferred write so far durable.
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Makes everything written so far durable on disk, in the form that opens fastest
+    /// (called at shutdown: RocksDB memtables to table files, SQLite WAL checkpointed).
     fn flush(&self) -> Result<()>;
     /// Writes a consistent copy of the whole database into the empty directory `dest`
     /// while the database stays online.
@@ -224,6 +235,19 @@ impl Store {
             return Ok(());
         }
         self.engine.write(batch)
+    }
+
+    /// See [`Engine::write_deferred`]: only for callers that call [`Store::sync`] before
+    /// acknowledging (the stream's group commit).
+    pub fn write_deferred(&self, batch: Batch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.engine.write_deferred(batch)
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        self.engine.sync()
     }
 
     pub fn flush(&self) -> Result<()> {

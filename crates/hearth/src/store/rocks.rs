@@ -1,9 +1,11 @@
 //! The RocksDB engine: one column family per table, under `<database_path>/rocksdb`.
 //!
 //! Writes go through a single `WriteBatch`, so a batch is atomic across tables. With
-//! [`Durability::Fsync`] each batch is synced to disk before it is acknowledged; with
-//! [`Durability::Process`] it is in RocksDB's write-ahead log in the OS, which survives a
-//! crash of Hearth but not of the machine.
+//! [`Durability::Fsync`] each batch is synced to disk before it is acknowledged (either by
+//! a synced write, or, for the stream's deferred writes, by one WAL fsync covering every
+//! write that arrived meanwhile: group commit); with [`Durability::Process`] it is in
+//! RocksDB's write-ahead log in the OS, which survives a crash of Hearth but not of the
+//! machine.
 
 use std::path::Path;
 
@@ -17,6 +19,8 @@ use super::{dir_size, tables, Batch, Durability, Engine, KeyRange, Op, Order, Re
 pub struct RocksEngine {
     db: DB,
     sync: bool,
+    /// Every column family open (flushed together at shutdown).
+    names: Vec<String>,
 }
 
 const SUBDIR: &str = "rocksdb";
@@ -53,7 +57,20 @@ impl RocksEngine {
         }
         let cfs = names.iter().map(|n| ColumnFamilyDescriptor::new(n, cf_opts.clone()));
         let db = DB::open_cf_descriptors(&db_opts, &path, cfs)?;
-        Ok(RocksEngine { db, sync: durability == Durability::Fsync })
+        Ok(RocksEngine { db, sync: durability == Durability::Fsync, names })
+    }
+
+    fn write_batch(&self, batch: Batch, sync: bool) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        for op in batch.ops {
+            match op {
+                Op::Put { table, key, value } => wb.put_cf(self.cf(table)?, key, value),
+                Op::Delete { table, key } => wb.delete_cf(self.cf(table)?, key),
+            }
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        Ok(self.db.write_opt(wb, &opts)?)
     }
 
     fn cf(&self, table: &'static str) -> Result<&rocksdb::ColumnFamily> {
@@ -92,20 +109,27 @@ impl Engine for RocksEngine {
     }
 
     fn write(&self, batch: Batch) -> Result<()> {
-        let mut wb = WriteBatch::default();
-        for op in batch.ops {
-            match op {
-                Op::Put { table, key, value } => wb.put_cf(self.cf(table)?, key, value),
-                Op::Delete { table, key } => wb.delete_cf(self.cf(table)?, key),
-            }
+        self.write_batch(batch, self.sync)
+    }
+
+    fn write_deferred(&self, batch: Batch) -> Result<()> {
+        self.write_batch(batch, false)
+    }
+
+    fn sync(&self) -> Result<()> {
+        if self.sync {
+            // Flushes RocksDB's WAL buffer and fsyncs the log: every write so far is durable.
+            self.db.flush_wal(true)?;
         }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(self.sync);
-        Ok(self.db.write_opt(wb, &opts)?)
+        Ok(())
     }
 
     fn flush(&self) -> Result<()> {
         self.db.flush_wal(true)?;
+        // Memtables to table files too: otherwise the next start replays the whole
+        // write-ahead log (0.26 s after the benchmark's 12,000 events, against 0.05 s).
+        let cfs: Vec<&rocksdb::ColumnFamily> = self.names.iter().filter_map(|n| self.db.cf_handle(n)).collect();
+        self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
         Ok(())
     }
 
