@@ -60,6 +60,10 @@ pub struct Services {
     pub to_device: ToDevice,
     pub backup: Backup,
     pub push: push::Push,
+    /// Initial (and full-state) syncs building at once: each holds its whole response in
+    /// memory and keeps a core busy, so more than there are cores only adds memory.
+    pub initial_syncs: tokio::sync::Semaphore,
+    pub initial_sync_cache: sync::cache::InitialSyncCache,
     pub registration_tokens: Arc<RegistrationTokens>,
     pub metrics: metrics::Metrics,
 }
@@ -106,6 +110,10 @@ impl Services {
             to_device,
             backup,
             push: push::Push::default(),
+            initial_sync_cache: Default::default(),
+            initial_syncs: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            ),
             registration_tokens,
             metrics: metrics::Metrics::default(),
         }))

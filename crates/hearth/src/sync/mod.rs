@@ -5,6 +5,7 @@
 //! how many rooms the user is in; rooms whose membership changed are handled as new. When
 //! nothing happened, the request waits on the user's notifier (subscribed before reading).
 
+pub mod cache;
 pub mod notifier;
 
 use std::collections::{BTreeMap, BTreeSet};

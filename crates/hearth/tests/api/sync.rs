@@ -247,3 +247,47 @@ async fn room_aliases_are_listed(b: Backend) {
 }
 
 both_engines!(a_gap_sends_only_the_state_that_changed, messages_lazy_load_members, room_aliases_are_listed);
+
+/// A repeated initial sync may come from the cache, but never stale: a new message, new
+/// one-time keys and a forgotten room all show in the next one.
+async fn repeated_initial_syncs_stay_exact(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, device) = s.register("alice", "pw-alice-1").await;
+    let room = create(&s, &at, json!({"name": "Porch"})).await;
+    let gone = create(&s, &at, json!({"name": "Shed"})).await;
+    let first = sync(&s, &at, "").await;
+    let again = sync(&s, &at, "").await;
+    assert_eq!(first, again, "nothing changed, so the same answer");
+
+    s.put(
+        &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/1"),
+        Some(&at),
+        json!({"msgtype": "m.text", "body": "new"}),
+    )
+    .await;
+    let after_message = sync(&s, &at, "").await;
+    assert_eq!(bodies(&after_message["rooms"]["join"][&room]["timeline"]), ["new"], "{after_message}");
+
+    // One-time keys move no stream position; the counts must still be fresh.
+    assert_eq!(after_message["device_one_time_keys_count"]["signed_curve25519"], 0);
+    let key = json!({"key": "a".repeat(43), "signatures": {}});
+    let (status, _) = s
+        .post("/_matrix/client/v3/keys/upload", Some(&at), json!({"one_time_keys": {"signed_curve25519:AAAAAQ": key}}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let after_keys = sync(&s, &at, "").await;
+    assert_eq!(after_keys["device_one_time_keys_count"]["signed_curve25519"], 1, "device {device}");
+
+    // Forgetting a left room removes it from syncs that include left rooms.
+    let include_leave = "?filter=%7B%22room%22%3A%7B%22include_leave%22%3Atrue%7D%7D";
+    s.post(&format!("/_matrix/client/v3/rooms/{gone}/leave"), Some(&at), json!({})).await;
+    let with_leave = sync(&s, &at, include_leave).await;
+    assert!(with_leave["rooms"]["leave"].get(&gone).is_some(), "{with_leave}");
+    assert_eq!(sync(&s, &at, include_leave).await, with_leave);
+    let (status, _) = s.post(&format!("/_matrix/client/v3/rooms/{gone}/forget"), Some(&at), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let forgotten = sync(&s, &at, include_leave).await;
+    assert!(forgotten["rooms"].get("leave").and_then(|l| l.get(&gone)).is_none(), "{forgotten}");
+}
+
+both_engines!(repeated_initial_syncs_stay_exact);

@@ -118,6 +118,7 @@ pub async fn unban_user(s: Arc<Services>, req: Ruma<unban_user::v3::Request>) ->
 pub async fn forget_room(s: Arc<Services>, req: Ruma<forget_room::v3::Request>) -> Result<forget_room::v3::Response> {
     let caller = req.caller()?;
     s.rooms.forget(&req.body.room_id, &caller.user_id)?;
+    s.initial_sync_cache.forget_user(&caller.user_id);
     Ok(forget_room::v3::Response::new())
 }
 

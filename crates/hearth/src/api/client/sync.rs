@@ -1,26 +1,25 @@
 //! Client-server API: `GET /_matrix/client/v3/sync`.
+//!
+//! The request is parsed with ruma's types; the response is written directly as JSON from
+//! what [`assemble`] gathered (events are already JSON there), serialised once.
 
 use std::{sync::Arc, time::Duration};
 
-use ruma::{
-    api::client::{
-        filter::{FilterDefinition, LazyLoadOptions},
-        sync::sync_events::{
-            self,
-            v3::{
-                self as sync_v3, Filter, InvitedRoom, JoinedRoom, KnockedRoom, LeftRoom, RoomSummary, State,
-                StateEvents, Timeline,
-            },
-        },
-    },
-    UInt,
+use bytes::Bytes;
+use ruma::api::client::{
+    filter::{FilterDefinition, LazyLoadOptions},
+    sync::sync_events::v3::{self as sync_v3, Filter},
 };
+use serde_json::{json, Map, Value};
 
-use super::room::raw;
 use crate::{
     api::Ruma,
     error::{Error, Result},
-    sync::{assemble, SyncOptions, SyncResult, SyncSources, SyncToken},
+    sync::{
+        assemble,
+        cache::{CacheKey, KeyCounts},
+        SyncOptions, SyncResult, SyncSources, SyncToken,
+    },
     Services,
 };
 
@@ -47,9 +46,22 @@ fn options(filter: Option<&FilterDefinition>, full_state: bool) -> SyncOptions {
 ///
 /// Initial or incremental; when nothing is new, waits up to `timeout` for the caller's
 /// notifier and answers as soon as something for them is committed.
-pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>) -> Result<sync_v3::Response> {
+pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>) -> Result<Bytes> {
     let caller = req.caller()?.clone();
     let body = req.body;
+    // An initial sync may be answered from the cache of recent ones (see `sync::cache`).
+    let cache_key = body.since.is_none().then(|| {
+        let filter = match &body.filter {
+            Some(Filter::FilterId(id)) => format!("id:{id}"),
+            Some(f) => serde_json::to_string(f).unwrap_or_default(),
+            None => String::new(),
+        };
+        CacheKey {
+            user: caller.user_id.clone(),
+            device: caller.device_id.to_string(),
+            options: format!("{}|{}|{filter}", body.full_state, body.set_presence),
+        }
+    });
     let filter = match &body.filter {
         Some(Filter::FilterDefinition(def)) => Some(def.clone()),
         Some(Filter::FilterId(id)) => Some(
@@ -84,12 +96,35 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>) -> Resul
         push: &s.push,
     };
     let now_token = || SyncToken { pos: s.rooms.stream_now(), typing: s.typing.version() };
+    let key_counts = || -> Result<KeyCounts> {
+        Ok(KeyCounts {
+            one_time: s.keys.one_time_key_counts(&caller.user_id, caller.device_id.as_str())?,
+            unused_fallback: s.keys.unused_fallback_types(&caller.user_id, caller.device_id.as_str())?,
+        })
+    };
+    if let Some(key) = &cache_key {
+        if let Some(body) = s.initial_sync_cache.get(key, now_token(), &key_counts()?) {
+            return Ok(body);
+        }
+    }
+    let _building = match since.is_none() || opts.full_state {
+        true => Some(s.initial_syncs.acquire().await.map_err(|_| Error::internal("shutting down"))?),
+        false => None,
+    };
     loop {
         let now = now_token();
         let result = assemble(&sources, &caller.user_id, caller.device_id.as_str(), since, now, &opts)?;
         let waiting_pays = since.is_some() && result.is_empty() && !opts.full_state;
         if !waiting_pays || tokio::time::Instant::now() >= deadline {
-            return to_response(result, now);
+            let keys = KeyCounts {
+                one_time: result.one_time_key_counts.clone(),
+                unused_fallback: result.unused_fallback_key_types.clone(),
+            };
+            let body = serialise(result, now, &opts)?;
+            if let Some(key) = cache_key {
+                s.initial_sync_cache.put(key, now, keys, body.clone());
+            }
+            return Ok(body);
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {
             Ok(Ok(())) => continue,
@@ -97,133 +132,136 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>) -> Resul
             _ => {
                 let now = now_token();
                 let result = assemble(&sources, &caller.user_id, caller.device_id.as_str(), since, now, &opts)?;
-                return to_response(result, now);
+                return serialise(result, now, &opts);
             }
         }
     }
 }
 
-fn to_response(result: SyncResult, now: SyncToken) -> Result<sync_v3::Response> {
-    let mut res = sync_events::v3::Response::new(now.encode());
-    res.account_data.events = result.account_data.iter().map(raw).collect::<Result<_>>()?;
-    res.presence.events = result.presence.iter().map(raw).collect::<Result<_>>()?;
-    res.to_device.events = result.to_device.iter().map(raw).collect::<Result<_>>()?;
-    res.device_lists.changed = result.device_lists_changed;
-    res.device_lists.left = result.device_lists_left;
-    res.device_one_time_keys_count = result
-        .one_time_key_counts
-        .iter()
-        .map(|(a, n)| (ruma::OneTimeKeyAlgorithm::from(a.as_str()), UInt::new(*n).unwrap_or_default()))
-        .collect();
-    res.device_unused_fallback_key_types =
-        Some(result.unused_fallback_key_types.iter().map(|a| ruma::OneTimeKeyAlgorithm::from(a.as_str())).collect());
-    for (room_id, r) in result.join {
-        let mut joined = JoinedRoom::new();
-        (joined.timeline, joined.state) = timeline_and_state(&r.timeline, r.limited, r.prev_batch, &r.state)?;
-        joined.ephemeral.events = r.ephemeral.iter().map(raw).collect::<Result<_>>()?;
-        joined.unread_notifications.notification_count = UInt::new(r.notification_count);
-        joined.unread_notifications.highlight_count = UInt::new(r.highlight_count);
-        for (root, (n, h)) in r.thread_counts {
-            let mut c = ruma::api::client::sync::sync_events::UnreadNotificationsCount::new();
-            c.notification_count = UInt::new(n);
-            c.highlight_count = UInt::new(h);
-            joined.unread_thread_notifications.insert(root, c);
-        }
-        joined.account_data.events = r.account_data.iter().map(raw).collect::<Result<_>>()?;
-        let mut summary = RoomSummary::new();
-        summary.heroes = r.heroes.iter().filter_map(|h| h.as_str().try_into().ok()).collect();
-        summary.joined_member_count = UInt::new(r.joined_count);
-        summary.invited_member_count = UInt::new(r.invited_count);
-        joined.summary = summary;
-        res.rooms.join.insert(room_id, joined);
-    }
-    for (room_id, stripped) in result.invite {
-        let mut invited = InvitedRoom::new();
-        invited.invite_state.events = stripped.iter().map(raw).collect::<Result<_>>()?;
-        res.rooms.invite.insert(room_id, invited);
-    }
-    for (room_id, stripped) in result.knock {
-        let mut knocked = KnockedRoom::new();
-        knocked.knock_state.events = stripped.iter().map(raw).collect::<Result<_>>()?;
-        res.rooms.knock.insert(room_id, knocked);
-    }
-    for (room_id, r) in result.leave {
-        let mut left = LeftRoom::new();
-        (left.timeline, left.state) = timeline_and_state(&r.timeline, r.limited, r.prev_batch, &r.state)?;
-        res.rooms.leave.insert(room_id, left);
-    }
-    Ok(res)
+fn events(list: Vec<Value>) -> Value {
+    json!({ "events": list })
 }
 
-/// A room's timeline and state sections in ruma's types.
-fn timeline_and_state(
-    events: &[serde_json::Value],
-    limited: bool,
-    prev_batch: Option<String>,
-    state: &[serde_json::Value],
-) -> Result<(Timeline, State)> {
-    let mut timeline = Timeline::new();
-    timeline.limited = limited;
-    timeline.prev_batch = prev_batch;
-    timeline.events = events.iter().map(raw).collect::<Result<_>>()?;
-    let mut state_events = StateEvents::new();
-    state_events.events = state.iter().map(raw).collect::<Result<_>>()?;
-    Ok((timeline, State::Before(state_events)))
+fn timeline(events_list: Vec<Value>, limited: bool, prev_batch: Option<String>) -> Value {
+    let mut t = json!({ "events": events_list, "limited": limited });
+    if let Some(p) = prev_batch {
+        t["prev_batch"] = json!(p);
+    }
+    t
 }
 
-/// The `/sync` route: ruma's response, with empty `events` arrays written out.
+/// The response body, written straight from what `assemble` found.
 ///
-/// ruma leaves out empty `events` lists (and whole empty sections). The spec allows that,
-/// but matrix-nio validates a left room's `state` and every `timeline` against a schema
-/// that requires `events`, and Synapse always sends them; so they are always present.
+/// Shaped as Synapse shapes it, which clients were built against: empty top-level
+/// sections are left out, but every room section carries its `events` array (matrix-nio
+/// validates a left room's `state` and every `timeline` against a schema that requires
+/// it), `limited` is always there, and `signed_curve25519` is counted even at zero.
+fn response_json(result: SyncResult, now: SyncToken, thread_counts: bool) -> Value {
+    let mut out = Map::new();
+    out.insert("next_batch".into(), json!(now.encode()));
+    if !result.account_data.is_empty() {
+        out.insert("account_data".into(), events(result.account_data));
+    }
+    if !result.presence.is_empty() {
+        out.insert("presence".into(), events(result.presence));
+    }
+    if !result.to_device.is_empty() {
+        out.insert("to_device".into(), events(result.to_device));
+    }
+    let mut device_lists = Map::new();
+    if !result.device_lists_changed.is_empty() {
+        device_lists.insert("changed".into(), json!(result.device_lists_changed));
+    }
+    if !result.device_lists_left.is_empty() {
+        device_lists.insert("left".into(), json!(result.device_lists_left));
+    }
+    if !device_lists.is_empty() {
+        out.insert("device_lists".into(), Value::Object(device_lists));
+    }
+    let mut otk = result.one_time_key_counts;
+    otk.entry("signed_curve25519".into()).or_insert(0);
+    out.insert("device_one_time_keys_count".into(), json!(otk));
+    out.insert("device_unused_fallback_key_types".into(), json!(result.unused_fallback_key_types));
+
+    let mut rooms = Map::new();
+    let mut join = Map::new();
+    for (room_id, r) in result.join {
+        let mut room = json!({
+            "timeline": timeline(r.timeline, r.limited, r.prev_batch),
+            "state": events(r.state),
+            "ephemeral": events(r.ephemeral),
+            "account_data": events(r.account_data),
+            "unread_notifications": {
+                "notification_count": r.notification_count,
+                "highlight_count": r.highlight_count,
+            },
+        });
+        let mut summary = json!({
+            "m.joined_member_count": r.joined_count,
+            "m.invited_member_count": r.invited_count,
+        });
+        if !r.heroes.is_empty() {
+            summary["m.heroes"] = json!(r.heroes);
+        }
+        room["summary"] = summary;
+        if thread_counts && !r.thread_counts.is_empty() {
+            let threads: Map<String, Value> = r
+                .thread_counts
+                .into_iter()
+                .map(|(root, (n, h))| (root.to_string(), json!({"notification_count": n, "highlight_count": h})))
+                .collect();
+            room["unread_thread_notifications"] = Value::Object(threads);
+        }
+        join.insert(room_id.to_string(), room);
+    }
+    let mut invite = Map::new();
+    for (room_id, stripped) in result.invite {
+        invite.insert(room_id.to_string(), json!({ "invite_state": events(stripped) }));
+    }
+    let mut knock = Map::new();
+    for (room_id, stripped) in result.knock {
+        knock.insert(room_id.to_string(), json!({ "knock_state": events(stripped) }));
+    }
+    let mut leave = Map::new();
+    for (room_id, r) in result.leave {
+        leave.insert(
+            room_id.to_string(),
+            json!({
+                "timeline": timeline(r.timeline, r.limited, r.prev_batch),
+                "state": events(r.state),
+                "account_data": events(vec![]),
+            }),
+        );
+    }
+    for (kind, map) in [("join", join), ("invite", invite), ("knock", knock), ("leave", leave)] {
+        if !map.is_empty() {
+            rooms.insert(kind.into(), Value::Object(map));
+        }
+    }
+    if !rooms.is_empty() {
+        out.insert("rooms".into(), Value::Object(rooms));
+    }
+    Value::Object(out)
+}
+
+fn serialise(result: SyncResult, now: SyncToken, opts: &SyncOptions) -> Result<Bytes> {
+    serde_json::to_vec(&response_json(result, now, opts.unread_thread_notifications))
+        .map(Bytes::from)
+        .map_err(|e| Error::internal(format!("cannot serialise sync: {e}")))
+}
+
+/// The `/sync` route.
 pub async fn sync_events_route(
     axum::extract::State(s): axum::extract::State<Arc<Services>>,
     req: Ruma<sync_v3::Request>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let res = match sync_events(s, req).await {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let http = match ruma::api::OutgoingResponseExt::try_into_http_response::<Vec<u8>>(res) {
-        Ok(h) => h,
-        Err(e) => return Error::internal(format!("cannot serialise sync: {e}")).into_response(),
-    };
-    let (parts, body) = http.into_parts();
-    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return axum::response::Response::from_parts(parts, axum::body::Body::from(body));
-    };
-    fill_empty_events(&mut json);
-    let bytes = serde_json::to_vec(&json).unwrap_or(body);
-    axum::response::Response::from_parts(parts, axum::body::Body::from(bytes))
-}
-
-fn fill_empty_events(json: &mut serde_json::Value) {
-    let ensure = |obj: &mut serde_json::Value, key: &str| {
-        if let Some(map) = obj.as_object_mut() {
-            let section = map.entry(key).or_insert_with(|| serde_json::json!({}));
-            if let Some(section) = section.as_object_mut() {
-                section.entry("events").or_insert_with(|| serde_json::json!([]));
-            }
-        }
-    };
-    // `get_mut`, not indexing: indexing a missing key would insert a null.
-    let Some(all) = json.get_mut("rooms") else { return };
-    for kind in ["join", "leave"] {
-        if let Some(rooms) = all.get_mut(kind).and_then(|r| r.as_object_mut()) {
-            for room in rooms.values_mut() {
-                for key in ["state", "timeline", "account_data"] {
-                    ensure(room, key);
-                }
-                if kind == "join" {
-                    ensure(room, "ephemeral");
-                }
-            }
-        }
-    }
-    if let Some(rooms) = all.get_mut("invite").and_then(|r| r.as_object_mut()) {
-        for room in rooms.values_mut() {
-            ensure(room, "invite_state");
-        }
+    match sync_events(s, req).await {
+        Ok(body) => (
+            [(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"))],
+            axum::body::Body::from(body),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
     }
 }
