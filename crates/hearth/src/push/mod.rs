@@ -88,29 +88,27 @@ pub(crate) fn room_context(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Re
 /// Parsed rulesets and running unread counts, cached per user (and room) for sync.
 #[derive(Default)]
 pub struct Push {
-    /// User → (stream position of their `m.push_rules`, 0 for the default; the ruleset).
+    /// User → (version of their `m.push_rules` as [`AccountData::changed_since_start`]
+    /// counts it; the ruleset).
     rulesets: Mutex<HashMap<OwnedUserId, (u64, Arc<Ruleset>)>>,
     unread: unread::UnreadCache,
 }
 
 impl Push {
     /// The user's ruleset and a version that changes whenever they change it.
+    ///
+    /// Parsed once and kept: every change goes through [`AccountData::set`], which records
+    /// its stream position in memory, so a kept ruleset is known current without reading
+    /// (and parsing) the stored rules on every sync.
     pub fn ruleset(&self, account_data: &AccountData, user: &UserId) -> Result<(u64, Arc<Ruleset>)> {
-        let entry = account_data.get_entry(user, None, "m.push_rules")?;
-        let version = entry.as_ref().map_or(0, |e| e.stream);
-        let mut cache = self.rulesets.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((v, rules)) = cache.get(user) {
+        let version = account_data.changed_since_start(user, "m.push_rules");
+        if let Some((v, rules)) = self.rulesets.lock().unwrap_or_else(|e| e.into_inner()).get(user) {
             if *v == version {
                 return Ok((version, rules.clone()));
             }
         }
-        let rules = Arc::new(
-            entry
-                .and_then(|e| e.content.get("global").cloned())
-                .and_then(|g| serde_json::from_value(g).ok())
-                .unwrap_or_else(|| Ruleset::server_default(user)),
-        );
-        cache.insert(user.to_owned(), (version, rules.clone()));
+        let rules = Arc::new(ruleset(account_data, user)?);
+        self.rulesets.lock().unwrap_or_else(|e| e.into_inner()).insert(user.to_owned(), (version, rules.clone()));
         Ok((version, rules))
     }
 

@@ -10,11 +10,16 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use futures_util::FutureExt;
-use ruma::{api::Direction, push::Ruleset, serde::Raw, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{
+    api::Direction,
+    push::{PushConditionRoomCtx, Ruleset},
+    serde::Raw,
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
+};
 use serde_json::Value;
 
 use crate::{
@@ -96,9 +101,14 @@ struct Tally {
     counts: UnreadCounts,
 }
 
+/// A push context and the room state snapshot it was read at.
+type KeptContext = (Option<u64>, Arc<PushConditionRoomCtx>);
+
 #[derive(Default)]
 pub(super) struct UnreadCache {
     tallies: Mutex<HashMap<(OwnedUserId, OwnedRoomId), Tally>>,
+    /// The push context of (user, room), with the room state snapshot it was read at.
+    contexts: Mutex<HashMap<(OwnedUserId, OwnedRoomId), KeptContext>>,
 }
 
 impl UnreadCache {
@@ -130,12 +140,15 @@ impl UnreadCache {
                 }
                 // A sync behind the tally (a concurrent request with an older snapshot):
                 // count afresh without disturbing the cache.
-                return Ok(fresh(&receipts, key).advance(rooms, rules, room_id, user, until, &receipts)?.counts);
+                let context = || self.context(rooms, room_id, user);
+                return Ok(fresh(&receipts, key)
+                    .advance(rooms, rules, room_id, user, until, &receipts, context)?
+                    .counts);
             }
             Some(t) => t,
             None => fresh(&receipts, key),
         };
-        tally = tally.advance(rooms, rules, room_id, user, until, &receipts)?;
+        tally = tally.advance(rooms, rules, room_id, user, until, &receipts, || self.context(rooms, room_id, user))?;
         let counts = tally.counts.clone();
         let mut tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
         // Keep the furthest tally if two syncs raced.
@@ -143,6 +156,23 @@ impl UnreadCache {
             tallies.insert(cache_key, tally);
         }
         Ok(counts)
+    }
+}
+
+impl UnreadCache {
+    /// The room's push context for the user (member count, display name, power levels),
+    /// read again only when the room's state has changed.
+    fn context(&self, rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<Arc<PushConditionRoomCtx>> {
+        let snapshot = rooms.heads(room_id)?.snapshot;
+        let key = (user.to_owned(), room_id.to_owned());
+        if let Some((at, ctx)) = self.contexts.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            if *at == snapshot {
+                return Ok(ctx.clone());
+            }
+        }
+        let ctx = Arc::new(super::room_context(rooms, room_id, user)?);
+        self.contexts.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (snapshot, ctx.clone()));
+        Ok(ctx)
     }
 }
 
@@ -154,6 +184,7 @@ fn fresh(receipts: &ReadPositions, key: (u64, u64, bool)) -> Tally {
 
 impl Tally {
     /// Evaluates the events after `counted_to` up to `until` (at most [`MAX_COUNTED`]).
+    #[allow(clippy::too_many_arguments)]
     fn advance(
         mut self,
         rooms: &Rooms,
@@ -162,6 +193,7 @@ impl Tally {
         user: &UserId,
         until: u64,
         receipts: &ReadPositions,
+        context: impl FnOnce() -> Result<Arc<PushConditionRoomCtx>>,
     ) -> Result<Self> {
         let split_threads = self.key.2;
         let page = rooms.page(room_id, self.counted_to, Direction::Forward, MAX_COUNTED, until, None)?;
@@ -172,7 +204,7 @@ impl Tally {
         if page.is_empty() {
             return Ok(self);
         }
-        let ctx = super::room_context(rooms, room_id, user)?;
+        let ctx = context()?;
         for (pos, pdu) in &page {
             let event = pdu.to_client_json(Default::default());
             let bucket = if split_threads { thread_root(&event) } else { None };

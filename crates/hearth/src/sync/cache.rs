@@ -24,7 +24,7 @@ use super::SyncToken;
 /// How long an unchanged response stays.
 const TTL: Duration = Duration::from_secs(120);
 const MAX_ENTRIES: usize = 64;
-const MAX_BYTES: usize = 32 * 1024 * 1024;
+const MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// What the response was built for: device and the request's options (filter, full_state,
 /// set_presence), as the client wrote them.
@@ -67,7 +67,7 @@ impl InitialSyncCache {
     }
 
     pub fn put(&self, key: CacheKey, token: SyncToken, keys: KeyCounts, body: Bytes) {
-        if body.len() > MAX_BYTES / 4 {
+        if body.len() > MAX_BYTES / 2 {
             return;
         }
         let mut entries = self.entries.lock();

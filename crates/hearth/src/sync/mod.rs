@@ -179,19 +179,28 @@ pub fn assemble(
         Some(s) => rooms_with_events(rooms, s, now)?,
         None => BTreeSet::new(),
     };
+    // Everything else that happened since `since`, read once.
+    let items = match since {
+        Some(s) => rooms.stream.items_between(s, now)?,
+        None => Vec::new(),
+    };
     let mut changed = with_events.clone();
     // Receipts and typing changes put a room in the sync too.
-    if let Some(s) = since {
-        for (_, item) in rooms.stream.items_between(s, now)? {
-            if let StreamItem::Receipt { room_id } = item {
-                changed.insert(room_id);
-            }
+    for (_, item) in &items {
+        if let StreamItem::Receipt { room_id } = item {
+            changed.insert(room_id.clone());
         }
     }
     if let Some(t) = since_token {
         changed.extend(src.typing.rooms_changed_since(t.typing));
     }
-    let account = src.account_data.changes(user, if opts.full_state { None } else { since })?;
+    let account_changed =
+        |u: &UserId| items.iter().any(|(_, i)| matches!(i, StreamItem::AccountData { user_id, .. } if user_id == u));
+    let account = if since.is_none() || opts.full_state || account_changed(user) {
+        src.account_data.changes(user, if opts.full_state { None } else { since })?
+    } else {
+        Default::default()
+    };
     result.account_data = account.global;
     // A first sync always carries the push rules, defaults included.
     if (since.is_none() || opts.full_state) && !result.account_data.iter().any(|e| e["type"] == "m.push_rules") {
@@ -199,15 +208,21 @@ pub fn assemble(
     }
     // Everyone sharing a room with the user (and the user), read only when needed.
     let contacts = Contacts::new(rooms, user);
-    result.presence = presence_events(src, &contacts, since, now)?;
+    let presence_changed = items.iter().filter_map(|(_, i)| match i {
+        StreamItem::Presence { user_id } => Some(user_id),
+        _ => None,
+    });
+    result.presence = presence_events(src, &contacts, since.map(|_| presence_changed))?;
     // End-to-end encryption: to-device messages (acknowledged by this `since`), device-list
     // changes of contacts, key counts.
     if let Some(s) = since {
         src.to_device.acknowledge(user, device, s)?;
         let mut changed = Vec::new();
-        for u in src.keys.changed_users(s, now)? {
-            if contacts.contains(&u)? {
-                changed.push(u);
+        for (_, item) in &items {
+            if let StreamItem::DeviceList { user_id } = item {
+                if contacts.contains(user_id)? {
+                    changed.push(user_id.clone());
+                }
             }
         }
         // Membership changes in rooms the user is or was in: new members' devices must be
@@ -262,8 +277,13 @@ pub fn assemble(
                 if let Some(users) = src.typing.typing_since(&room_id, eph_since.map(|t| t.typing)) {
                     ephemeral.push(serde_json::json!({"type": "m.typing", "content": {"user_ids": users}}));
                 }
-                if let Some(receipts) = rooms.receipt_event(&room_id, eph_since.map(|t| t.pos), user)? {
-                    ephemeral.push(receipts);
+                // After `since`, only rooms with a receipt item on the stream have new ones.
+                let receipts_moved = eph_since.is_none()
+                    || items.iter().any(|(_, i)| matches!(i, StreamItem::Receipt { room_id: r } if *r == room_id));
+                if receipts_moved {
+                    if let Some(receipts) = rooms.receipt_event(&room_id, eph_since.map(|t| t.pos), user)? {
+                        ephemeral.push(receipts);
+                    }
                 }
                 let from = if is_new || opts.full_state { None } else { since };
                 let r = room_section(rooms, &room_id, user, from, now, opts, viewer)?;
@@ -449,14 +469,18 @@ impl<'a> Contacts<'a> {
 }
 
 /// Presence of the user and of everyone sharing a room with them: all of it on a first
-/// sync, changes after `since` otherwise.
-fn presence_events(src: &SyncSources<'_>, contacts: &Contacts<'_>, since: Option<u64>, now: u64) -> Result<Vec<Value>> {
-    let candidates: Vec<ruma::OwnedUserId> = match since {
-        Some(s) => {
+/// sync, else that of the `changed` users who are contacts.
+fn presence_events<'u>(
+    src: &SyncSources<'_>,
+    contacts: &Contacts<'_>,
+    changed: Option<impl Iterator<Item = &'u ruma::OwnedUserId>>,
+) -> Result<Vec<Value>> {
+    let candidates: Vec<ruma::OwnedUserId> = match changed {
+        Some(users) => {
             let mut out = Vec::new();
-            for u in crate::users::presence::changed_users(&src.rooms.stream, s, now)? {
-                if contacts.contains(&u)? {
-                    out.push(u);
+            for u in users {
+                if contacts.contains(u)? {
+                    out.push(u.clone());
                 }
             }
             out

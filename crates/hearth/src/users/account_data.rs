@@ -2,9 +2,13 @@
 //! are room account data). Each change takes a stream position so sync sends only what
 //! changed since its token.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
-use ruma::{OwnedRoomId, RoomId, UserId};
+use parking_lot::Mutex;
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -32,6 +36,9 @@ pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
 pub struct AccountData {
     store: Arc<Store>,
     stream: Arc<Stream>,
+    /// (user, type) → stream position of its last change since this process started, so
+    /// a cached reading (the push rules) can tell it is current without a database read.
+    changed_at: Mutex<HashMap<(OwnedUserId, String), u64>>,
 }
 
 /// What changed for a user: global events and per-room events, as `{type, content}`.
@@ -43,7 +50,7 @@ pub struct Changes {
 
 impl AccountData {
     pub fn new(store: Arc<Store>, stream: Arc<Stream>) -> Self {
-        AccountData { store, stream }
+        AccountData { store, stream, changed_at: Mutex::new(HashMap::new()) }
     }
 
     pub fn set(&self, user: &UserId, room: Option<&RoomId>, kind: &str, content: Map<String, Value>) -> Result<()> {
@@ -68,14 +75,17 @@ impl AccountData {
             );
             Ok(())
         })?;
+        if room.is_none() {
+            self.changed_at.lock().insert((user.to_owned(), kind.to_owned()), pos);
+        }
         self.stream.notifier.notify([user], pos);
         Ok(())
     }
 
-    /// The stored entry, with the stream position of its last change.
-    pub fn get_entry(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Entry>> {
-        let room_key = room.map(|r| r.as_str()).unwrap_or_default();
-        Ok(ACCOUNT_DATA.get(&self.store, (user.as_str(), room_key, kind))?)
+    /// Stream position of the last change of a global type of the user's account data
+    /// since start-up; 0 if it has not changed since.
+    pub fn changed_since_start(&self, user: &UserId, kind: &str) -> u64 {
+        self.changed_at.lock().get(&(user.to_owned(), kind.to_owned())).copied().unwrap_or(0)
     }
 
     pub fn get(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>> {

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use ruma::{OwnedUserId, UserId};
+use ruma::UserId;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -97,16 +97,4 @@ impl Presence {
         }
         Ok(Some(json!({"type": "m.presence", "sender": user, "content": content})))
     }
-}
-
-/// Users whose presence changed in (since, until].
-pub fn changed_users(stream: &Stream, since: u64, until: u64) -> Result<Vec<OwnedUserId>> {
-    Ok(stream
-        .items_between(since, until)?
-        .into_iter()
-        .filter_map(|(_, item)| match item {
-            StreamItem::Presence { user_id } => Some(user_id),
-            _ => None,
-        })
-        .collect())
 }
