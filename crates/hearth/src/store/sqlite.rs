@@ -1,8 +1,14 @@
 //! The SQLite engine: one `WITHOUT ROWID` table per table, in `<database_path>/sqlite/hearth.db`.
 //!
 //! WAL mode: one writer connection behind a mutex, a few reader connections that never
-//! block it. A batch is one transaction. `synchronous=FULL` with [`Durability::Fsync`],
-//! `NORMAL` (survives a process crash, not a power cut) with [`Durability::Process`].
+//! block it. A batch is one transaction, committed with `synchronous=NORMAL` (the WAL is
+//! written, not synced). With [`Durability::Fsync`], Hearth then syncs the WAL file itself:
+//! at once for a plain [`Engine::write`] (what `synchronous=FULL` would do), or once for
+//! many deferred writes ([`Engine::sync`], the stream's group commit). A committed
+//! transaction is a commit frame in the WAL, so once the file is synced the transaction
+//! survives a power cut; SQLite syncs the WAL before each checkpoint and the database
+//! after it, also under `NORMAL`. With [`Durability::Process`] nothing is synced: a
+//! process crash loses nothing, a power cut may lose the last transactions.
 
 use std::{
     path::Path,
@@ -23,15 +29,13 @@ pub struct SqliteEngine {
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     dir: std::path::PathBuf,
+    /// Sync the WAL after commits ([`Durability::Fsync`]).
+    fsync: bool,
 }
 
-fn configure(conn: &Connection, durability: Durability) -> Result<()> {
+fn configure(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    let sync = match durability {
-        Durability::Fsync => "FULL",
-        Durability::Process => "NORMAL",
-    };
-    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(())
@@ -43,7 +47,7 @@ impl SqliteEngine {
         std::fs::create_dir_all(&dir)?;
         let file = dir.join(FILE);
         let writer = Connection::open(&file)?;
-        configure(&writer, durability)?;
+        configure(&writer)?;
         for t in tables::ALL {
             writer.execute_batch(&format!(
                 "CREATE TABLE IF NOT EXISTS \"{t}\" (k BLOB PRIMARY KEY NOT NULL, v BLOB NOT NULL) WITHOUT ROWID;"
@@ -56,7 +60,48 @@ impl SqliteEngine {
             r.busy_timeout(std::time::Duration::from_secs(10))?;
             readers.push(Mutex::new(r));
         }
-        Ok(SqliteEngine { writer: Mutex::new(writer), readers, next_reader: AtomicUsize::new(0), dir })
+        Ok(SqliteEngine {
+            writer: Mutex::new(writer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+            dir,
+            fsync: durability == Durability::Fsync,
+        })
+    }
+
+    /// Makes every committed transaction durable: syncs the WAL file. Opened by path each
+    /// time, so the sync always reaches the file SQLite is writing now.
+    fn sync_wal(&self) -> Result<()> {
+        if !self.fsync {
+            return Ok(());
+        }
+        let wal = self.dir.join(format!("{FILE}-wal"));
+        match std::fs::File::open(&wal) {
+            Ok(f) => Ok(f.sync_data()?),
+            // No WAL (nothing written since the last truncating checkpoint, which synced).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn commit(&self, batch: Batch) -> Result<()> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction()?;
+        for op in batch.ops {
+            match op {
+                Op::Put { table, key, value } => {
+                    check_table(table)?;
+                    tx.prepare_cached(&format!("INSERT OR REPLACE INTO \"{table}\" (k, v) VALUES (?1, ?2)"))?
+                        .execute((key, value))?;
+                }
+                Op::Delete { table, key } => {
+                    check_table(table)?;
+                    tx.prepare_cached(&format!("DELETE FROM \"{table}\" WHERE k = ?1"))?.execute([key])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
@@ -124,23 +169,16 @@ impl Engine for SqliteEngine {
     }
 
     fn write(&self, batch: Batch) -> Result<()> {
-        let mut conn = self.writer.lock();
-        let tx = conn.transaction()?;
-        for op in batch.ops {
-            match op {
-                Op::Put { table, key, value } => {
-                    check_table(table)?;
-                    tx.prepare_cached(&format!("INSERT OR REPLACE INTO \"{table}\" (k, v) VALUES (?1, ?2)"))?
-                        .execute((key, value))?;
-                }
-                Op::Delete { table, key } => {
-                    check_table(table)?;
-                    tx.prepare_cached(&format!("DELETE FROM \"{table}\" WHERE k = ?1"))?.execute([key])?;
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        self.commit(batch)?;
+        self.sync_wal()
+    }
+
+    fn write_deferred(&self, batch: Batch) -> Result<()> {
+        self.commit(batch)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.sync_wal()
     }
 
     fn flush(&self) -> Result<()> {
