@@ -64,6 +64,8 @@ pub struct Services {
     /// memory and keeps a core busy, so more than there are cores only adds memory.
     pub initial_syncs: tokio::sync::Semaphore,
     pub initial_sync_cache: sync::cache::InitialSyncCache,
+    /// Places for requests doing work (`max_concurrent_requests`; see `server`).
+    pub request_slots: Arc<tokio::sync::Semaphore>,
     pub registration_tokens: Arc<RegistrationTokens>,
     pub metrics: metrics::Metrics,
 }
@@ -94,6 +96,7 @@ impl Services {
         let keys = Keys::new(store.clone(), stream.clone());
         let to_device = ToDevice::new(store.clone(), stream.clone());
         let backup = Backup::new(store.clone());
+        let max_concurrent = config.max_concurrent_requests as usize;
         Ok(Arc::new(Services {
             config,
             store,
@@ -111,6 +114,7 @@ impl Services {
             backup,
             push: push::Push::default(),
             initial_sync_cache: Default::default(),
+            request_slots: Arc::new(tokio::sync::Semaphore::new(max_concurrent)),
             initial_syncs: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             ),

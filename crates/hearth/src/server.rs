@@ -4,6 +4,11 @@
 //! `M_UNKNOWN`, never a dropped connection) → CORS (web clients) → concurrency limit
 //! (`max_concurrent_requests`; excess requests wait) → router. Unknown paths answer 404
 //! and wrong methods 405, both `M_UNRECOGNIZED`.
+//!
+//! The concurrency limit counts requests doing work: a `/sync` long-poll gives its slot
+//! back while it waits for news (see [`RequestSlot`]), so idle clients never crowd out
+//! working ones. Conduit counts them, so with its default of 100 a household's phones and
+//! laptops could hold every slot while doing nothing.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -13,7 +18,11 @@ use axum::{
     Router,
 };
 use http::{header, HeaderName, Method, StatusCode};
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, OwnedSemaphorePermit, Semaphore},
+    task::JoinHandle,
+};
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
@@ -28,7 +37,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole application router with its layers.
 pub fn router(services: Arc<Services>) -> Router {
-    let max_concurrent = services.config.max_concurrent_requests as usize;
+    let slots = services.request_slots.clone();
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
@@ -65,10 +74,48 @@ pub fn router(services: Arc<Services>) -> Router {
                     Error::internal("panic").into_response()
                 }))
                 .layer(cors)
-                // Global: axum applies layers per route, and a plain ConcurrencyLimitLayer
-                // would give every route its own semaphore.
-                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_concurrent)),
+                // One semaphore for the whole router (axum applies layers per route).
+                .layer(axum::middleware::from_fn_with_state(slots, limit_concurrency)),
         )
+}
+
+/// A request's place under `max_concurrent_requests`, in its extensions. A handler that
+/// is about to wait for something other than work (a `/sync` long-poll) releases it and
+/// takes a place again before working.
+#[derive(Clone)]
+pub struct RequestSlot {
+    slots: Arc<Semaphore>,
+    permit: Arc<parking_lot::Mutex<Option<OwnedSemaphorePermit>>>,
+}
+
+impl RequestSlot {
+    pub fn release(&self) {
+        self.permit.lock().take();
+    }
+
+    pub async fn reacquire(&self) {
+        if self.permit.lock().is_some() {
+            return;
+        }
+        if let Ok(p) = self.slots.clone().acquire_owned().await {
+            *self.permit.lock() = Some(p);
+        }
+    }
+}
+
+async fn limit_concurrency(
+    State(slots): State<Arc<Semaphore>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let Ok(permit) = slots.clone().acquire_owned().await else {
+        return Error::internal("shutting down").into_response();
+    };
+    let slot = RequestSlot { slots, permit: Arc::new(parking_lot::Mutex::new(Some(permit))) };
+    req.extensions_mut().insert(slot.clone());
+    let res = next.run(req).await;
+    slot.release();
+    res
 }
 
 /// Counts each request by matched route (not raw path: ids would explode the label set).

@@ -2,7 +2,7 @@
 
 use hearth::store::Backend;
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::{
     both_engines,
@@ -106,10 +106,22 @@ both_engines!(
 );
 
 async fn requests_beyond_the_limit_wait_their_turn(b: Backend) {
-    // One request at a time: a long-polling sync holds the only slot, so a request sent
-    // while it waits is answered only after the sync has returned.
+    // One place for requests doing work.
     let s = TestServer::start_with(b, |c| c.max_concurrent_requests = 1).await;
-    let (_, token, _) = s.register("alice", "pw-alice-1").await;
+    let (alice, token, _) = s.register("alice", "pw-alice-1").await;
+
+    // While the place is taken, a request waits for it...
+    let held = s.services().request_slots.clone().acquire_owned().await.unwrap();
+    let (http, base) = (s.http.clone(), s.base.clone());
+    let waiting = tokio::spawn(async move { http.get(format!("{base}/_matrix/client/versions")).send().await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a request was served beyond max_concurrent_requests");
+    // ...and is served once it is free.
+    drop(held);
+    let res = waiting.await.unwrap().unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    // A long-polling sync gives its place back while it waits: other requests go on.
     let (_, first) = s.get("/_matrix/client/v3/sync", Some(&token)).await;
     let since = first["next_batch"].as_str().unwrap().to_owned();
     let (http, base) = (s.http.clone(), s.base.clone());
@@ -119,9 +131,11 @@ async fn requests_beyond_the_limit_wait_their_turn(b: Backend) {
             .bearer_auth(t1)
             .send()
             .await
-            .unwrap();
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
     });
-    // Wait until the sync is really waiting inside the server (holding the slot).
     for _ in 0..200 {
         if s.services().notifier.waiting_users() > 0 {
             break;
@@ -129,13 +143,14 @@ async fn requests_beyond_the_limit_wait_their_turn(b: Backend) {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     assert_eq!(s.services().notifier.waiting_users(), 1, "the sync never started waiting");
-    let (status, _) = s.get("/_matrix/client/versions", None).await;
-    // Served only once the sync's handler had finished (and stopped waiting): with a
-    // broken limit it would have been answered while the sync still waited.
-    let still_waiting = s.services().notifier.waiting_users();
-    sync.await.unwrap();
+    // Served while the sync still waits, and its answer wakes the sync.
+    let (status, _) = s
+        .put(&format!("/_matrix/client/v3/user/{alice}/account_data/org.example.x"), Some(&token), json!({"a": 1}))
+        .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(still_waiting, 0, "a second request was served while the only slot was held");
+    let woke = sync.await.unwrap();
+    let events = woke["account_data"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(events.iter().any(|e| e["type"] == "org.example.x"), "{woke}");
 }
 
 both_engines!(requests_beyond_the_limit_wait_their_turn);

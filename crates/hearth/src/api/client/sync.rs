@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 use crate::{
     api::Ruma,
     error::{Error, Result},
+    server::RequestSlot,
     sync::{
         assemble,
         cache::{CacheKey, KeyCounts},
@@ -46,7 +47,7 @@ fn options(filter: Option<&FilterDefinition>, full_state: bool) -> SyncOptions {
 ///
 /// Initial or incremental; when nothing is new, waits up to `timeout` for the caller's
 /// notifier and answers as soon as something for them is committed.
-pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>) -> Result<Bytes> {
+pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>, slot: Option<RequestSlot>) -> Result<Bytes> {
     let caller = req.caller()?.clone();
     let body = req.body;
     // An initial sync may be answered from the cache of recent ones (see `sync::cache`).
@@ -126,7 +127,15 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>) -> Resul
             }
             return Ok(body);
         }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
+        // Waiting is not work: the place under max_concurrent_requests goes back meanwhile.
+        if let Some(slot) = &slot {
+            slot.release();
+        }
+        let woken = tokio::time::timeout_at(deadline, rx.changed()).await;
+        if let Some(slot) = &slot {
+            slot.reacquire().await;
+        }
+        match woken {
             Ok(Ok(())) => continue,
             // Timed out (or the notifier went away): answer with what there is.
             _ => {
@@ -253,10 +262,11 @@ fn serialise(result: SyncResult, now: SyncToken, opts: &SyncOptions) -> Result<B
 /// The `/sync` route.
 pub async fn sync_events_route(
     axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    slot: Option<axum::Extension<RequestSlot>>,
     req: Ruma<sync_v3::Request>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match sync_events(s, req).await {
+    match sync_events(s, req, slot.map(|axum::Extension(slot)| slot)).await {
         Ok(body) => (
             [(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"))],
             axum::body::Body::from(body),
