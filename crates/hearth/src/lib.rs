@@ -88,6 +88,7 @@ impl Services {
             Stream::open(store.clone(), notifier.clone())
                 .map_err(|e| StoreError::Other(format!("cannot load the stream: {e}")))?,
         );
+        stream.start_syncer().map_err(|e| StoreError::Other(format!("cannot start the syncer thread: {e}")))?;
         let rooms = Rooms::new(store.clone(), config.server_name.clone(), server_key.clone(), stream.clone())
             .map_err(|e| StoreError::Other(format!("cannot load rooms: {e}")))?;
         let typing = Typing::new(notifier.clone());

@@ -5,6 +5,9 @@
 //! (`max_concurrent_requests`; excess requests wait) → router. Unknown paths answer 404
 //! and wrong methods 405, both `M_UNRECOGNIZED`.
 //!
+//! Innermost, requests that append events are answered only once those are durable, without
+//! a thread waiting on the disk (see `stream`).
+//!
 //! The concurrency limit counts requests doing work: a `/sync` long-poll gives its slot
 //! back while it waits for news (see [`RequestSlot`]), so idle clients never crowd out
 //! working ones. Conduit counts them, so with its default of 100 a household's phones and
@@ -38,6 +41,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The whole application router with its layers.
 pub fn router(services: Arc<Services>) -> Router {
     let slots = services.request_slots.clone();
+    let stream = services.stream.clone();
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
@@ -75,7 +79,8 @@ pub fn router(services: Arc<Services>) -> Router {
                 }))
                 .layer(cors)
                 // One semaphore for the whole router (axum applies layers per route).
-                .layer(axum::middleware::from_fn_with_state(slots, limit_concurrency)),
+                .layer(axum::middleware::from_fn_with_state(slots, limit_concurrency))
+                .layer(axum::middleware::from_fn_with_state(stream, answer_when_durable)),
         )
 }
 
@@ -101,6 +106,23 @@ impl RequestSlot {
             *self.permit.lock() = Some(p);
         }
     }
+}
+
+/// Runs the handler with its appends' disk syncs deferred, and answers only once what it
+/// wrote is durable (one sync covers every request waiting; no thread waits on the disk).
+async fn answer_when_durable(
+    State(stream): State<Arc<crate::stream::Stream>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (res, wrote) = crate::stream::with_deferred_durability(next.run(req)).await;
+    if wrote > 0 {
+        if let Err(e) = stream.wait_durable(wrote).await {
+            tracing::error!(error = %e, "a write could not be made durable; answering 500");
+            return e.into_response();
+        }
+    }
+    res
 }
 
 async fn limit_concurrency(

@@ -8,20 +8,32 @@
 //! after a sync, so it is a watermark a sync can read up to without seeing a write that is
 //! not yet durable, or missing one still on its way to disk.
 //!
+//! Inside an HTTP request, an append does not even wait: it records its position in the
+//! request ([`with_deferred_durability`]) and leaves the sync to the syncer thread, and the
+//! HTTP layer awaits [`Stream::wait_durable`] before answering; the syncs it concerns are
+//! woken by whoever advances the watermark past it. No thread is held while a slow disk
+//! (an SD card, NFS) syncs. Outside a request (admin commands, tests driving services) an
+//! append waits in place.
+//!
 //! Non-event items are recorded in `stream_log` (position → what changed), which is how an
 //! incremental sync finds receipts and account data changed since its token.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
+use std::{
+    cell::Cell,
+    future::Future,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Weak,
+    },
+    time::Duration,
 };
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use ruma::{OwnedRoomId, OwnedUserId};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    error::Result,
+    error::{Error, Result},
     json_value,
     store::{tables, Batch, KeyRange, Order, Store, Table},
     sync::notifier::Notifier,
@@ -54,8 +66,46 @@ json_value!(StreamItem);
 
 pub const STREAM_LOG: Table<u64, StreamItem> = Table::new(tables::STREAM_LOG);
 
+tokio::task_local! {
+    /// Highest stream position the current request wrote and has not yet seen durable.
+    static REQUEST_WRITES: Cell<u64>;
+}
+
+/// Runs a request's handler so that its appends do not wait for the disk; returns the
+/// highest position it wrote (0 if none), which must be durable before it is answered
+/// ([`Stream::wait_durable`]).
+pub async fn with_deferred_durability<F: Future>(handler: F) -> (F::Output, u64) {
+    REQUEST_WRITES
+        .scope(Cell::new(0), async {
+            let out = handler.await;
+            (out, REQUEST_WRITES.with(Cell::get))
+        })
+        .await
+}
+
+/// Work to run once a position is durable (waking the syncs an event concerns).
+type AfterDurable = (u64, Box<dyn FnOnce() + Send>);
+
+/// Wakes the syncer thread.
+#[derive(Default)]
+struct Kick {
+    pending: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Kick {
+    fn kick(&self) {
+        *self.pending.lock() = true;
+        self.cv.notify_one();
+    }
+}
+
 pub struct Stream {
     store: Arc<Store>,
+    /// (highest durable position, sync failures so far), for requests awaiting durability.
+    durable_tx: tokio::sync::watch::Sender<(u64, u64)>,
+    after_durable: Mutex<Vec<AfterDurable>>,
+    kick: Arc<Kick>,
     next: Mutex<u64>,
     /// Highest position written to the database (not necessarily durable yet).
     written: AtomicU64,
@@ -78,6 +128,9 @@ impl Stream {
         }
         Ok(Stream {
             store,
+            durable_tx: tokio::sync::watch::Sender::new((last, 0)),
+            after_durable: Mutex::new(Vec::new()),
+            kick: Arc::new(Kick::default()),
             next: Mutex::new(last + 1),
             written: AtomicU64::new(last),
             durable: Mutex::new(last),
@@ -127,24 +180,121 @@ impl Stream {
         if self.now() >= pos {
             return Ok(());
         }
-        let wait = || -> Result<()> {
-            let mut durable = self.durable.lock();
-            if *durable >= pos {
-                return Ok(());
-            }
-            let target = self.written();
-            self.store.sync()?;
-            *durable = target;
-            self.now.fetch_max(target, Ordering::AcqRel);
-            Ok(())
-        };
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if multi_thread {
-            tokio::task::block_in_place(wait)
+            tokio::task::block_in_place(|| self.sync_up_to(pos))
         } else {
-            wait()
+            self.sync_up_to(pos)
         }
+    }
+
+    /// Makes `pos` durable unless someone already has: one fsync covers every write so
+    /// far. Then advances the watermark and runs what waited for it.
+    fn sync_up_to(&self, pos: u64) -> Result<()> {
+        let mut durable = self.durable.lock();
+        if *durable >= pos {
+            return Ok(());
+        }
+        let target = self.written();
+        if let Err(e) = self.store.sync() {
+            self.durable_tx.send_modify(|(_, failures)| *failures += 1);
+            return Err(e.into());
+        }
+        *durable = target;
+        self.now.fetch_max(target, Ordering::AcqRel);
+        drop(durable);
+        self.run_after_durable();
+        self.durable_tx.send_modify(|(d, _)| *d = (*d).max(target));
+        Ok(())
+    }
+
+    fn run_after_durable(&self) {
+        let now = self.now();
+        let ready: Vec<AfterDurable> = {
+            let mut waiting = self.after_durable.lock();
+            let (ready, rest) = std::mem::take(&mut *waiting).into_iter().partition(|(pos, _)| *pos <= now);
+            *waiting = rest;
+            ready
+        };
+        for (_, then) in ready {
+            then();
+        }
+    }
+
+    /// Runs `then` once `pos` is durable. Inside a request run by
+    /// [`with_deferred_durability`] this returns at once (the request is answered only
+    /// after [`Stream::wait_durable`]); elsewhere it syncs first.
+    pub fn after_durable(&self, pos: u64, then: impl FnOnce() + Send + 'static) -> Result<()> {
+        if REQUEST_WRITES.try_with(|w| w.set(w.get().max(pos))).is_err() {
+            self.make_durable(pos)?;
+            then();
+            return Ok(());
+        }
+        self.after_durable.lock().push((pos, Box::new(then)));
+        // The watermark may have passed `pos` before `then` was queued.
+        if self.now() >= pos {
+            self.run_after_durable();
+        }
+        self.kick.kick();
+        Ok(())
+    }
+
+    /// Records that the current request must not be answered before `pos` is durable
+    /// (outside a request: waits for it here).
+    pub fn require_durable(&self, pos: u64) -> Result<()> {
+        self.after_durable(pos, || ())
+    }
+
+    /// Waits, without holding a thread, until `pos` is durable; the syncer thread (started
+    /// by [`Stream::start_syncer`]) does the sync. An error if a sync failed meanwhile.
+    pub async fn wait_durable(&self, pos: u64) -> Result<()> {
+        let mut rx = self.durable_tx.subscribe();
+        let failures_before = rx.borrow().1;
+        self.kick.kick();
+        loop {
+            let (durable, failures) = *rx.borrow_and_update();
+            if durable >= pos || self.now() >= pos {
+                return Ok(());
+            }
+            if failures != failures_before {
+                return Err(Error::internal("the database could not be synced to disk"));
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::internal("shutting down"));
+            }
+        }
+    }
+
+    /// Keeps every disk sync (and so every acknowledgement of a write) waiting while the
+    /// guard lives. For tests that check nothing is answered before it is durable.
+    #[doc(hidden)]
+    pub fn hold_syncs(&self) -> parking_lot::MutexGuard<'_, u64> {
+        self.durable.lock()
+    }
+
+    /// Starts the thread that syncs deferred writes when kicked. It ends once the stream
+    /// is dropped.
+    pub fn start_syncer(self: &Arc<Self>) -> std::io::Result<()> {
+        let stream: Weak<Stream> = Arc::downgrade(self);
+        let kick = self.kick.clone();
+        std::thread::Builder::new().name("hearth-syncer".into()).spawn(move || loop {
+            {
+                let mut pending = kick.pending.lock();
+                if !*pending {
+                    kick.cv.wait_for(&mut pending, Duration::from_millis(200));
+                }
+                *pending = false;
+            }
+            let Some(stream) = stream.upgrade() else { return };
+            let written = stream.written();
+            if written > stream.now() {
+                if let Err(e) = stream.sync_up_to(written) {
+                    tracing::error!(error = %e, "syncing the database failed; writes are not acknowledged");
+                }
+            }
+        })?;
+        Ok(())
     }
 
     /// Non-event items in (since, until], in order.

@@ -95,7 +95,7 @@ impl Rooms {
             if let Some(existing) = self.transaction(sender, t.device_id, &txn_scope(room_id, &new.kind, t.txn_id))? {
                 drop(counters);
                 // The first request may still be waiting for its write to be durable.
-                self.stream.make_durable(self.stream.written())?;
+                self.stream.require_durable(self.stream.written())?;
                 return self.pdu(&existing)?.ok_or_else(|| Error::internal("transaction points at a missing event"));
             }
         }
@@ -344,13 +344,15 @@ impl Rooms {
         Ok(Written { pdu, stream, target })
     }
 
-    /// Waits until a written event is durable (one fsync may cover many appends), then
-    /// wakes the syncs it concerns.
+    /// Wakes the syncs a written event concerns once it is durable (one fsync may cover
+    /// many appends; inside a request the HTTP layer waits for it, see `stream`).
     fn finish(&self, written: Written) -> Result<Pdu> {
         let Written { pdu, stream, target } = written;
-        self.stream.make_durable(stream)?;
         let joined = self.members_shared(&pdu.room_id, "join")?;
-        self.notifier.notify(joined.iter().chain(target.as_ref()).map(|u| &**u), stream);
+        let notifier = self.notifier.clone();
+        self.stream.after_durable(stream, move || {
+            notifier.notify(joined.iter().chain(target.as_ref()).map(|u| &**u), stream);
+        })?;
         Ok(pdu)
     }
 }

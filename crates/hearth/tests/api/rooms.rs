@@ -537,3 +537,40 @@ async fn world_readable_rooms_can_be_peeked(b: Backend) {
 }
 
 both_engines!(world_readable_rooms_can_be_peeked);
+
+/// A send is answered only once its event is durable: while disk syncs are held back, a
+/// burst of concurrent sends gets no answer; once they may proceed, every send is answered
+/// with its event under the durable watermark that syncs read up to.
+// Holding the sync lock across awaits is the point: it keeps the server's syncs waiting.
+#[allow(clippy::await_holding_lock)]
+async fn sends_are_answered_only_when_durable(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, token, _) = s.register("alice", "pw-alice-1").await;
+    let room = create(&s, &token, json!({})).await;
+    let held = s.services().stream.hold_syncs();
+    let mut sends = Vec::new();
+    for i in 0..12 {
+        let (http, base, token, room) = (s.http.clone(), s.base.clone(), token.clone(), room.clone());
+        sends.push(tokio::spawn(async move {
+            http.put(format!("{base}/_matrix/client/v3/rooms/{room}/send/m.room.message/burst{i}"))
+                .bearer_auth(token)
+                .json(&json!({"msgtype": "m.text", "body": format!("burst {i}")}))
+                .send()
+                .await
+                .unwrap()
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(sends.iter().all(|t| !t.is_finished()), "a send was answered before its event was durable");
+    drop(held);
+    for send in sends {
+        let res = send.await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let event: Value = res.json().await.unwrap();
+        let id = ruma::OwnedEventId::try_from(event["event_id"].as_str().unwrap()).unwrap();
+        let pos = s.services().rooms.event_meta(&id).unwrap().unwrap().stream;
+        assert!(s.services().stream.now() >= pos, "event {pos} answered above the durable watermark");
+    }
+}
+
+both_engines!(sends_are_answered_only_when_durable);
