@@ -91,6 +91,8 @@ type AfterDurable = (u64, Box<dyn FnOnce() + Send>);
 struct Kick {
     pending: Mutex<bool>,
     cv: Condvar,
+    /// Set by tests to stand for a syncer thread that is gone or stuck.
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl Kick {
@@ -247,8 +249,11 @@ impl Stream {
     }
 
     /// Waits, without holding a thread, until `pos` is durable; the syncer thread (started
-    /// by [`Stream::start_syncer`]) does the sync. An error if a sync failed meanwhile.
-    pub async fn wait_durable(&self, pos: u64) -> Result<()> {
+    /// by [`Stream::start_syncer`]) does the sync. Should that thread not have done it
+    /// within half a second (gone, or stuck behind a very slow disk), the sync is also
+    /// started from tokio's blocking pool; the two never sync twice for one position. An
+    /// error if a sync failed meanwhile.
+    pub async fn wait_durable(self: &Arc<Self>, pos: u64) -> Result<()> {
         let mut rx = self.durable_tx.subscribe();
         let failures_before = rx.borrow().1;
         self.kick.kick();
@@ -260,8 +265,18 @@ impl Stream {
             if failures != failures_before {
                 return Err(Error::internal("the database could not be synced to disk"));
             }
-            if rx.changed().await.is_err() {
-                return Err(Error::internal("shutting down"));
+            match tokio::time::timeout(Duration::from_millis(500), rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::internal("shutting down")),
+                Err(_) => {
+                    let stream = self.clone();
+                    let synced = tokio::task::spawn_blocking(move || stream.sync_up_to(pos)).await;
+                    match synced {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(e) => return Err(Error::internal(format!("syncing the database failed: {e}"))),
+                    }
+                }
             }
         }
     }
@@ -271,6 +286,13 @@ impl Stream {
     #[doc(hidden)]
     pub fn hold_syncs(&self) -> parking_lot::MutexGuard<'_, u64> {
         self.durable.lock()
+    }
+
+    /// Makes the syncer thread ignore its work, as if it were gone: for tests of the
+    /// fallback in [`Stream::wait_durable`].
+    #[doc(hidden)]
+    pub fn pause_syncer(&self, paused: bool) {
+        self.kick.paused.store(paused, Ordering::Relaxed);
     }
 
     /// Starts the thread that syncs deferred writes when kicked. It ends once the stream
@@ -287,6 +309,9 @@ impl Stream {
                 *pending = false;
             }
             let Some(stream) = stream.upgrade() else { return };
+            if kick.paused.load(Ordering::Relaxed) {
+                continue;
+            }
             let written = stream.written();
             if written > stream.now() {
                 if let Err(e) = stream.sync_up_to(written) {

@@ -573,4 +573,21 @@ async fn sends_are_answered_only_when_durable(b: Backend) {
     }
 }
 
-both_engines!(sends_are_answered_only_when_durable);
+/// Should the syncer thread be gone or stuck, a send is still made durable (by the
+/// request's own fallback) and answered.
+async fn sends_are_made_durable_without_the_syncer(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, token, _) = s.register("alice", "pw-alice-1").await;
+    let room = create(&s, &token, json!({})).await;
+    s.services().stream.pause_syncer(true);
+    // A guard against hanging forever if the fallback broke, not a measure of speed.
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(30), send(&s, &token, &room, "alone", "hi"));
+    let (status, event) = sent.await.expect("the send was never answered");
+    assert_eq!(status, StatusCode::OK, "{event}");
+    let id = ruma::OwnedEventId::try_from(event["event_id"].as_str().unwrap()).unwrap();
+    let pos = s.services().rooms.event_meta(&id).unwrap().unwrap().stream;
+    assert!(s.services().stream.now() >= pos, "answered before durable");
+    s.services().stream.pause_syncer(false);
+}
+
+both_engines!(sends_are_answered_only_when_durable, sends_are_made_durable_without_the_syncer);
