@@ -173,7 +173,12 @@ pub trait Engine: Send + Sync + 'static {
 }
 
 /// The newest schema this build writes; older ones are migrated in [`Store::open`].
-pub const SCHEMA_VERSION: u64 = 1;
+///
+/// - 1: the first.
+/// - 2: RocksDB keeps every table but `meta` in one keyspace (the engine moves the data
+///   when it opens; SQLite is unchanged). Version 2 is recorded so that a Hearth from
+///   before it refuses the database instead of reading it as empty.
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// An open data directory: the engine plus the lock that keeps other processes out.
 pub struct Store {
@@ -224,7 +229,13 @@ impl Store {
                     )));
                 }
                 // Migrations from older versions go here, one step per version, each in
-                // its own batch that also bumps `schema_version`.
+                // its own batch that also bumps `schema_version`. 1 → 2 needs no data
+                // change here: the RocksDB engine moved its tables when it opened.
+                if found < SCHEMA_VERSION {
+                    let mut batch = Batch::new();
+                    meta.put(&mut batch, "schema_version", &SCHEMA_VERSION.to_be_bytes().to_vec());
+                    self.write(batch)?;
+                }
                 Ok(())
             }
         }
