@@ -15,8 +15,7 @@ use std::{
 
 use futures_util::FutureExt;
 use ruma::{
-    api::Direction,
-    push::{PushConditionRoomCtx, Ruleset},
+    push::{FlattenedJson, PushConditionRoomCtx, Ruleset},
     serde::Raw,
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
 };
@@ -39,13 +38,13 @@ pub struct UnreadCounts {
     pub threads: BTreeMap<ruma::OwnedEventId, (u64, u64)>,
 }
 
-/// The thread an event belongs to (`m.relates_to` with `rel_type: m.thread`).
-fn thread_root(event: &Value) -> Option<ruma::OwnedEventId> {
-    let rel = event.get("content")?.get("m.relates_to")?;
-    if rel.get("rel_type")?.as_str()? != "m.thread" {
+/// The thread an event belongs to (`m.relates_to` with `rel_type: m.thread`). Flattened
+/// paths escape the dots inside keys.
+fn thread_root(event: &FlattenedJson) -> Option<ruma::OwnedEventId> {
+    if event.get_str(r"content.m\.relates_to.rel_type")? != "m.thread" {
         return None;
     }
-    ruma::OwnedEventId::try_from(rel.get("event_id")?.as_str()?).ok()
+    ruma::OwnedEventId::try_from(event.get_str(r"content.m\.relates_to.event_id")?).ok()
 }
 
 /// The user's read positions in a room: stream positions of the events their receipts
@@ -196,7 +195,7 @@ impl Tally {
         context: impl FnOnce() -> Result<Arc<PushConditionRoomCtx>>,
     ) -> Result<Self> {
         let split_threads = self.key.2;
-        let page = rooms.page(room_id, self.counted_to, Direction::Forward, MAX_COUNTED, until, None)?;
+        let page = rooms.page_json(room_id, self.counted_to, MAX_COUNTED, until)?;
         self.counted_to = match page.last() {
             Some((last, _)) if page.len() == MAX_COUNTED => *last,
             _ => until,
@@ -205,11 +204,13 @@ impl Tally {
             return Ok(self);
         }
         let ctx = context()?;
-        for (pos, pdu) in &page {
-            let event = pdu.to_client_json(Default::default());
+        for (pos, json) in page {
+            // The rules see the event as stored (as Synapse's evaluator does): one parse,
+            // and no conversion to the client format, whose only extra field is `event_id`.
+            let event = FlattenedJson::from_raw(&Raw::<Value>::from_json(json));
             let bucket = if split_threads { thread_root(&event) } else { None };
             let read_pos = *self.read.entry(bucket.clone()).or_insert_with(|| receipts.read_up_to(bucket.as_ref()));
-            if pdu.sender == user {
+            if event.get_str("sender") == Some(user.as_str()) {
                 // Sending counts as having read everything before it in that timeline.
                 match &bucket {
                     None => (self.counts.notifications, self.counts.highlights) = (0, 0),
@@ -217,18 +218,13 @@ impl Tally {
                         self.counts.threads.remove(root);
                     }
                 }
-                self.read.insert(bucket, *pos);
+                self.read.insert(bucket, pos);
                 continue;
             }
-            if *pos <= read_pos {
+            if pos <= read_pos {
                 continue;
             }
-            let raw: Raw<Value> = match serde_json::value::to_raw_value(&event) {
-                Ok(r) => Raw::from_json(r),
-                Err(_) => continue,
-            };
-            // ruma's evaluator is async only for an optional feature; it is ready at once.
-            let Some(actions) = rules.get_actions(&raw, &ctx).now_or_never() else { continue };
+            let Some(actions) = first_match(rules, &event, &ctx) else { continue };
             let notify = u64::from(actions.iter().any(|a| a.should_notify()));
             let highlight = u64::from(actions.iter().any(|a| a.is_highlight()));
             match bucket {
@@ -245,4 +241,21 @@ impl Tally {
         }
         Ok(self)
     }
+}
+
+/// The actions of the first rule that applies, in the spec's order (override, content,
+/// room, sender, underride), or `None`. Ruleset::get_actions does the same from a raw
+/// event; this takes the event already flattened. ruma's evaluator is async only for an
+/// optional feature, so it is ready at once.
+fn first_match<'a>(
+    rules: &'a Ruleset,
+    event: &FlattenedJson,
+    ctx: &PushConditionRoomCtx,
+) -> Option<&'a [ruma::push::Action]> {
+    for rule in rules {
+        if rule.applies(event, ctx).now_or_never()? {
+            return Some(rule.actions());
+        }
+    }
+    None
 }

@@ -257,7 +257,7 @@ impl Rooms {
     ) -> Result<Written> {
         let store = &*self.store;
         let room = pdu.room_id.as_str();
-        let (stream, target) = self.stream.commit_deferred(|stream, batch| {
+        let (stream, (target, short)) = self.stream.commit_deferred(|stream, batch| {
             let mut interner = Interner::new(&mut counters.next_short);
             let short = interner.event(store, batch, &pdu.event_id)?;
             if let Some(s) = heads.snapshot {
@@ -336,10 +336,19 @@ impl Rooms {
             if let Some(record) = &new_room {
                 ROOMS.put(batch, room, record);
             }
-            Ok(target)
+            Ok((target, short))
         })?;
         if target.is_some() {
             self.members.invalidate(&pdu.room_id);
+        }
+        if pdu.is_state() {
+            self.state_pdus.keep_new(short, std::sync::Arc::new(pdu.clone()));
+        }
+        if let Some(redacted) = pdu.redaction_target() {
+            // Written now: no reader may keep the unredacted copy from here on.
+            if let Some(short) = self.state.short_event(&redacted)? {
+                self.state_pdus.forget(short);
+            }
         }
         Ok(Written { pdu, stream, target })
     }

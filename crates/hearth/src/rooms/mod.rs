@@ -12,6 +12,7 @@ pub mod create;
 pub mod members;
 pub mod membership;
 pub mod pdu;
+mod pdu_cache;
 pub mod power;
 pub mod receipts;
 pub mod redaction;
@@ -119,6 +120,7 @@ pub struct Rooms {
     pub stream: Arc<Stream>,
     append_lock: Mutex<Counters>,
     members: members::MemberCache,
+    state_pdus: pdu_cache::StatePduCache,
 }
 
 impl Rooms {
@@ -138,6 +140,7 @@ impl Rooms {
             stream,
             append_lock: Mutex::new(Counters { next_short: max_short + 1 }),
             members: members::MemberCache::default(),
+            state_pdus: Default::default(),
         })
     }
 
@@ -161,9 +164,14 @@ impl Rooms {
 
     pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
         let Some(bytes) = PDUS.get(&self.store, event_id.as_str())? else { return Ok(None) };
-        let meta = EVENT_META.get(&self.store, event_id.as_str())?;
-        let json =
+        let json: ruma::CanonicalJsonObject =
             serde_json::from_slice(&bytes).map_err(|e| Error::internal(format!("stored PDU unreadable: {e}")))?;
+        // Only a v12 create event lacks `room_id` (its room id derives from its own id);
+        // every other PDU carries it, so the metadata lookup is skipped for them.
+        let meta = match json.contains_key("room_id") {
+            true => None,
+            false => EVENT_META.get(&self.store, event_id.as_str())?,
+        };
         let room = meta.as_ref().map(|m| m.room_id.as_ref());
         Ok(Some(Pdu::from_json(event_id.to_owned(), json, room)?))
     }
@@ -193,10 +201,17 @@ impl Rooms {
     }
 
     /// Every event of a state map.
-    pub fn state_events(&self, map: &StateMap) -> Result<Vec<Pdu>> {
+    pub fn state_events(&self, map: &StateMap) -> Result<Vec<Arc<Pdu>>> {
         let mut out = Vec::with_capacity(map.len());
-        for short in map.values() {
-            if let Some(pdu) = self.pdu(&self.state.event_id(*short)?)? {
+        for &short in map.values() {
+            if let Some(pdu) = self.state_pdus.get(short) {
+                out.push(pdu);
+                continue;
+            }
+            let epoch = self.state_pdus.epoch();
+            if let Some(pdu) = self.pdu(&self.state.event_id(short)?)? {
+                let pdu = Arc::new(pdu);
+                self.state_pdus.keep(short, pdu.clone(), epoch);
                 out.push(pdu);
             }
         }

@@ -261,77 +261,121 @@ pub fn assemble(
     result.unused_fallback_key_types = src.keys.unused_fallback_types(user, device)?;
     let mut room_account = account.rooms;
     let viewer = Some((user, device));
-    for (room_id, rec) in rooms.rooms_of(user, &["join", "invite", "knock", "leave", "ban"])? {
-        if rec.stream > now {
-            continue; // Committed after this sync's snapshot of the stream.
+    let memberships = rooms.rooms_of(user, &["join", "invite", "knock", "leave", "ban"])?;
+    let joined: Vec<&RoomId> = memberships
+        .iter()
+        .filter(|(_, rec)| rec.membership == "join" && rec.stream <= now)
+        .map(|(room, _)| room.as_ref())
+        .collect();
+    // The largest part of an initial sync is counting unread events in every joined room
+    // (push rules over all the history the user has not read). It needs nothing else the
+    // sync builds, so a second thread starts on it at once, and this one joins in once the
+    // rooms' timelines and state are built.
+    let initial = since.is_none() && !joined.is_empty();
+    let next_room = std::sync::atomic::AtomicUsize::new(0);
+    let counted = std::sync::Mutex::new(std::collections::HashMap::new());
+    let count_rooms = || -> Result<()> {
+        while let Some(room) = joined.get(next_room.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+            let counts =
+                src.push.unread_counts(rooms, src.account_data, room, user, now, opts.unread_thread_notifications)?;
+            counted.lock().unwrap_or_else(|e| e.into_inner()).insert((*room).to_owned(), counts);
         }
-        let is_new = since.is_none_or(|s| rec.stream > s);
-        match rec.membership.as_str() {
-            "join" => {
-                let account_data = room_account.remove(&room_id).unwrap_or_default();
-                if !(is_new || opts.full_state || changed.contains(&room_id) || !account_data.is_empty()) {
-                    continue;
-                }
-                let eph_since = if is_new || opts.full_state { None } else { since_token };
-                let mut ephemeral = Vec::new();
-                if let Some(users) = src.typing.typing_since(&room_id, eph_since.map(|t| t.typing)) {
-                    ephemeral.push(serde_json::json!({"type": "m.typing", "content": {"user_ids": users}}));
-                }
-                // After `since`, only rooms with a receipt item on the stream have new ones.
-                let receipts_moved = eph_since.is_none()
-                    || items.iter().any(|(_, i)| matches!(i, StreamItem::Receipt { room_id: r } if *r == room_id));
-                if receipts_moved {
-                    if let Some(receipts) = rooms.receipt_event(&room_id, eph_since.map(|t| t.pos), user)? {
-                        ephemeral.push(receipts);
+        Ok(())
+    };
+    std::thread::scope(|scope| -> Result<()> {
+        let counting = initial.then(|| scope.spawn(count_rooms));
+        for (room_id, rec) in memberships.iter().cloned() {
+            if rec.stream > now {
+                continue; // Committed after this sync's snapshot of the stream.
+            }
+            let is_new = since.is_none_or(|s| rec.stream > s);
+            match rec.membership.as_str() {
+                "join" => {
+                    let account_data = room_account.remove(&room_id).unwrap_or_default();
+                    if !(is_new || opts.full_state || changed.contains(&room_id) || !account_data.is_empty()) {
+                        continue;
                     }
+                    let eph_since = if is_new || opts.full_state { None } else { since_token };
+                    let mut ephemeral = Vec::new();
+                    if let Some(users) = src.typing.typing_since(&room_id, eph_since.map(|t| t.typing)) {
+                        ephemeral.push(serde_json::json!({"type": "m.typing", "content": {"user_ids": users}}));
+                    }
+                    // After `since`, only rooms with a receipt item on the stream have new ones.
+                    let receipts_moved = eph_since.is_none()
+                        || items.iter().any(|(_, i)| matches!(i, StreamItem::Receipt { room_id: r } if *r == room_id));
+                    if receipts_moved {
+                        if let Some(receipts) = rooms.receipt_event(&room_id, eph_since.map(|t| t.pos), user)? {
+                            ephemeral.push(receipts);
+                        }
+                    }
+                    let from = if is_new || opts.full_state { None } else { since };
+                    let r = room_section(rooms, &room_id, user, from, now, opts, viewer)?;
+                    let (joined_count, invited_count, heroes) = summary(rooms, &room_id, user)?;
+                    let unread = match counting {
+                        Some(_) => Default::default(), // filled in below
+                        None => src.push.unread_counts(
+                            rooms,
+                            src.account_data,
+                            &room_id,
+                            user,
+                            now,
+                            opts.unread_thread_notifications,
+                        )?,
+                    };
+                    result.join.insert(
+                        room_id,
+                        JoinedRoomSync {
+                            notification_count: unread.notifications,
+                            highlight_count: unread.highlights,
+                            thread_counts: unread.threads,
+                            ephemeral,
+                            account_data,
+                            timeline: r.timeline,
+                            limited: r.limited,
+                            prev_batch: r.prev_batch,
+                            state: r.state,
+                            heroes,
+                            joined_count,
+                            invited_count,
+                        },
+                    );
                 }
-                let from = if is_new || opts.full_state { None } else { since };
-                let r = room_section(rooms, &room_id, user, from, now, opts, viewer)?;
-                let (joined_count, invited_count, heroes) = summary(rooms, &room_id, user)?;
-                let unread = src.push.unread_counts(
-                    rooms,
-                    src.account_data,
-                    &room_id,
-                    user,
-                    now,
-                    opts.unread_thread_notifications,
-                )?;
-                result.join.insert(
-                    room_id,
-                    JoinedRoomSync {
-                        notification_count: unread.notifications,
-                        highlight_count: unread.highlights,
-                        thread_counts: unread.threads,
-                        ephemeral,
-                        account_data,
-                        timeline: r.timeline,
-                        limited: r.limited,
-                        prev_batch: r.prev_batch,
-                        state: r.state,
-                        heroes,
-                        joined_count,
-                        invited_count,
-                    },
-                );
+                "invite" if is_new => {
+                    result.invite.insert(room_id.clone(), invite_state(rooms, &room_id, user)?);
+                }
+                "knock" if is_new => {
+                    result.knock.insert(room_id.clone(), invite_state(rooms, &room_id, user)?);
+                }
+                "leave" | "ban" if (since.is_some() && is_new) || (since.is_none() && opts.include_leave) => {
+                    let until = rec.stream;
+                    let from = if since.is_some() && !opts.full_state { since } else { None };
+                    let r = room_section(rooms, &room_id, user, from, until, opts, viewer)?;
+                    result.leave.insert(
+                        room_id,
+                        LeftRoomSync {
+                            timeline: r.timeline,
+                            limited: r.limited,
+                            prev_batch: r.prev_batch,
+                            state: r.state,
+                        },
+                    );
+                }
+                _ => {}
             }
-            "invite" if is_new => {
-                result.invite.insert(room_id.clone(), invite_state(rooms, &room_id, user)?);
-            }
-            "knock" if is_new => {
-                result.knock.insert(room_id.clone(), invite_state(rooms, &room_id, user)?);
-            }
-            "leave" | "ban" if (since.is_some() && is_new) || (since.is_none() && opts.include_leave) => {
-                let until = rec.stream;
-                let from = if since.is_some() && !opts.full_state { since } else { None };
-                let r = room_section(rooms, &room_id, user, from, until, opts, viewer)?;
-                result.leave.insert(
-                    room_id,
-                    LeftRoomSync { timeline: r.timeline, limited: r.limited, prev_batch: r.prev_batch, state: r.state },
-                );
-            }
-            _ => {}
         }
-    }
+        if let Some(handle) = counting {
+            count_rooms()?;
+            handle.join().map_err(|_| Error::internal("counting unread events panicked"))??;
+            let mut counts = counted.lock().unwrap_or_else(|e| e.into_inner());
+            for (room_id, sync) in result.join.iter_mut() {
+                if let Some(c) = counts.remove(room_id) {
+                    (sync.notification_count, sync.highlight_count, sync.thread_counts) =
+                        (c.notifications, c.highlights, c.threads);
+                }
+            }
+        }
+        Ok(())
+    })?;
     Ok(result)
 }
 

@@ -372,13 +372,21 @@ async fn redactions_in_every_version(b: Backend) {
             assert_eq!(ev["unsigned"]["redacted_because"]["redacts"], mine["event_id"]);
         }
 
-        // Alice (room admin) may redact state; the topic's content goes.
+        // Alice (room admin) may redact state; the topic's content goes, also from the
+        // whole-state readers, which keep parsed state events in memory.
+        let full_topic = || async {
+            let (_, all) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state"), Some(&at)).await;
+            let all = all.as_array().cloned().unwrap_or_default();
+            all.into_iter().find(|e| e["type"] == "m.room.topic").map(|e| e["content"].clone())
+        };
+        assert_eq!(full_topic().await, Some(json!({"topic": "secret topic"})), "v{v}");
         let (_, topic) =
             s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/?format=event"), Some(&at)).await;
         let path = format!("/_matrix/client/v3/rooms/{room}/redact/{}/r3", esc(&topic["event_id"]));
         assert_eq!(s.put(&path, Some(&at), json!({})).await.0, StatusCode::OK);
         let (status, content) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"), Some(&at)).await;
         assert_eq!((status, content), (StatusCode::OK, json!({})));
+        assert_eq!(full_topic().await, Some(json!({})), "v{v}");
     }
 }
 
