@@ -40,7 +40,7 @@ WORKDIR /src
 # Cargo.toml or Cargo.lock change. Plain layers rather than BuildKit cache mounts, so the
 # cache also works when it is exported to a registry (`--cache-to`), as in CI.
 COPY Cargo.toml Cargo.lock ./
-COPY crates/hearth/Cargo.toml crates/hearth/Cargo.toml
+COPY crates/hearth/Cargo.toml crates/hearth/build.rs crates/hearth/
 RUN mkdir -p crates/hearth/src \
     && echo 'fn main() {}' > crates/hearth/src/main.rs \
     && cargo build --release --locked -p hearth \
