@@ -338,8 +338,9 @@ impl Rooms {
             }
             Ok((target, short))
         })?;
-        if target.is_some() {
+        if let Some(user) = &target {
             self.members.invalidate(&pdu.room_id);
+            self.members.invalidate_user(user);
         }
         if pdu.is_state() {
             self.state_pdus.keep_new(short, std::sync::Arc::new(pdu.clone()));

@@ -1,9 +1,11 @@
-//! Who is in a room: member lists by membership, read from the `ROOM_MEMBERS` index and
-//! kept in memory, since sync, push and every append ask for them.
+//! Who is in a room, and which rooms a user is in: member lists by membership (from the
+//! `ROOM_MEMBERS` index) and each user's memberships (from `USER_ROOMS`), kept in memory,
+//! since every sync, push and append asks for them.
 //!
-//! The cache is dropped for a room when one of its member events is appended. A reader
-//! that raced with such an append does not store what it read (an epoch counter tells),
-//! so a stale list is never kept.
+//! A room's lists are dropped when one of its member events is appended, a user's when a
+//! member event about them is appended or they forget a room. A reader that raced with
+//! such a change does not store what it read (an epoch counter tells), so a stale list is
+//! never kept.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -14,10 +16,13 @@ use std::{
 };
 
 use parking_lot::Mutex;
-use ruma::{OwnedRoomId, OwnedUserId, RoomId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
-use super::{Rooms, ROOM_MEMBERS};
+use super::{MembershipRecord, Rooms, ROOM_MEMBERS, USER_ROOMS};
 use crate::error::Result;
+
+/// Every membership of one user, in room id order.
+type UserMemberships = Arc<[(OwnedRoomId, MembershipRecord)]>;
 
 /// Members of one room: membership → users, in user id order.
 type RoomMembers = BTreeMap<String, Arc<[OwnedUserId]>>;
@@ -27,6 +32,8 @@ pub(super) struct MemberCache {
     /// Advanced after every committed membership change.
     epoch: AtomicU64,
     rooms: Mutex<HashMap<OwnedRoomId, Arc<RoomMembers>>>,
+    /// Every membership of a user, in room id order.
+    users: Mutex<HashMap<OwnedUserId, UserMemberships>>,
 }
 
 impl MemberCache {
@@ -34,6 +41,12 @@ impl MemberCache {
     pub(super) fn invalidate(&self, room_id: &RoomId) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.rooms.lock().remove(room_id);
+    }
+
+    /// Called after a change to `user`'s memberships is committed.
+    pub(super) fn invalidate_user(&self, user: &UserId) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.users.lock().remove(user);
     }
 }
 
@@ -64,6 +77,26 @@ impl Rooms {
             rooms.insert(room_id.to_owned(), members.clone());
         }
         Ok(members)
+    }
+
+    /// Every membership of `user` (any kind, forgotten rooms excepted), in room id order.
+    pub(super) fn user_memberships(&self, user: &UserId) -> Result<UserMemberships> {
+        if let Some(m) = self.members.users.lock().get(user) {
+            return Ok(m.clone());
+        }
+        let epoch = self.members.epoch.load(Ordering::SeqCst);
+        let mut list = Vec::new();
+        for (room, rec) in USER_ROOMS.collect_prefix(&self.store, user.as_str())? {
+            if let Ok(room) = OwnedRoomId::try_from(room) {
+                list.push((room, rec));
+            }
+        }
+        let list: UserMemberships = list.into();
+        let mut users = self.members.users.lock();
+        if self.members.epoch.load(Ordering::SeqCst) == epoch {
+            users.insert(user.to_owned(), list.clone());
+        }
+        Ok(list)
     }
 
     /// Members of a room with a given membership, shared (no copy), sorted by user id.

@@ -103,7 +103,9 @@ impl Rooms {
             Some(_) => {
                 let mut batch = Batch::new();
                 USER_ROOMS.delete(&mut batch, (user.as_str(), room_id.as_str()));
-                Ok(self.store.write(batch)?)
+                self.store.write(batch)?;
+                self.members.invalidate_user(user);
+                Ok(())
             }
             None => Ok(()),
         }

@@ -262,15 +262,8 @@ impl Rooms {
 
     /// Rooms where the user's membership is one of `memberships`.
     pub fn rooms_of(&self, user_id: &UserId, memberships: &[&str]) -> Result<Vec<(OwnedRoomId, MembershipRecord)>> {
-        let mut out = Vec::new();
-        for (room, rec) in USER_ROOMS.collect_prefix(&self.store, user_id.as_str())? {
-            if memberships.contains(&rec.membership.as_str()) {
-                if let Ok(room) = OwnedRoomId::try_from(room) {
-                    out.push((room, rec));
-                }
-            }
-        }
-        Ok(out)
+        let all = self.user_memberships(user_id)?;
+        Ok(all.iter().filter(|(_, rec)| memberships.contains(&rec.membership.as_str())).cloned().collect())
     }
 
     /// The event a device already sent with this transaction id.
