@@ -13,6 +13,7 @@ pub mod api;
 pub mod config;
 pub mod e2ee;
 pub mod error;
+pub mod json_depth;
 pub mod metrics;
 pub mod push;
 pub mod rooms;

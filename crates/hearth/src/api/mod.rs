@@ -39,6 +39,7 @@ use ruma::{
 
 use crate::{
     error::{Error, Result},
+    json_depth::{nested_deeper_than, SAFE_DEPTH},
     Services,
 };
 
@@ -207,6 +208,9 @@ where
         }
         if !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
             return Err(Error::not_json("Request body is not valid JSON"));
+        }
+        if std::str::from_utf8(&body).is_ok_and(|b| nested_deeper_than(b, SAFE_DEPTH)) {
+            return Err(Error::bad_json(format!("Request body is nested deeper than {SAFE_DEPTH} levels")));
         }
         body = drop_empty_auth(body);
 

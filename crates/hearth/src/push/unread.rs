@@ -207,6 +207,12 @@ impl Tally {
         for (pos, json) in page {
             // The rules see the event as stored (as Synapse's evaluator does): one parse,
             // and no conversion to the client format, whose only extra field is `event_id`.
+            if crate::json_depth::nested_deeper_than(json.get(), crate::json_depth::READ_DEPTH) {
+                // ruma's evaluator would panic on it (it unwraps its own parse, which stops
+                // at 128 levels). Sends refuse such content now; one stored before is not
+                // counted rather than breaking every sync of the room.
+                continue;
+            }
             let event = FlattenedJson::from_raw(&Raw::<Value>::from_json(json));
             let bucket = if split_threads { thread_root(&event) } else { None };
             let read_pos = *self.read.entry(bucket.clone()).or_insert_with(|| receipts.read_up_to(bucket.as_ref()));

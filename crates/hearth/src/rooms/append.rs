@@ -62,6 +62,12 @@ pub struct TxnRef<'a> {
 /// Longest state key, and longest event type, accepted from clients.
 pub const MAX_STATE_KEY_BYTES: usize = 255;
 pub const MAX_EVENT_TYPE_BYTES: usize = 255;
+/// Deepest nesting of objects and arrays allowed in an event's content (the content
+/// object itself is level 1). JSON parsers stop at 128 levels (serde_json, and so ruma's
+/// push-rule evaluator and every reader of the stored PDU); an event at that depth would
+/// be stored but could not be read back, breaking `/sync` and `/messages` for the whole
+/// room. No real event comes anywhere near this.
+pub const MAX_CONTENT_DEPTH: usize = 100;
 /// Most forward extremities referenced by one event.
 const MAX_PREV_EVENTS: usize = 20;
 
@@ -119,6 +125,7 @@ impl Rooms {
             None
         };
         let new = NewEvent::state("m.room.create", "", Value::Object(content));
+        check_limits(&new)?;
         let mut counters = self.append_lock.lock();
         let heads = RoomHeads::default();
         let pdu = self.build(version, room_id.as_deref(), &heads, sender, &new)?;
@@ -385,6 +392,9 @@ fn check_limits(new: &NewEvent) -> Result<()> {
     if new.kind.to_string().len() > MAX_EVENT_TYPE_BYTES {
         return Err(Error::too_large("Event type too long"));
     }
+    if json_depth(&new.content) > MAX_CONTENT_DEPTH {
+        return Err(Error::bad_json(format!("Event content is nested deeper than {MAX_CONTENT_DEPTH} levels")));
+    }
     if new.state_key.as_ref().is_some_and(|k| k.len() > MAX_STATE_KEY_BYTES) {
         return Err(Error::too_large("State key too long"));
     }
@@ -395,4 +405,24 @@ fn check_limits(new: &NewEvent) -> Result<()> {
     }
     let _ = to_canonical_object(new.content.clone())?;
     Ok(())
+}
+
+/// Nesting depth of a JSON object (itself level 1), counted without recursion.
+fn json_depth(content: &Map<String, Value>) -> usize {
+    let mut deepest = 1;
+    let mut stack: Vec<(&Value, usize)> = content.values().map(|v| (v, 2)).collect();
+    while let Some((value, depth)) = stack.pop() {
+        match value {
+            Value::Object(m) => {
+                deepest = deepest.max(depth);
+                stack.extend(m.values().map(|v| (v, depth + 1)));
+            }
+            Value::Array(a) => {
+                deepest = deepest.max(depth);
+                stack.extend(a.iter().map(|v| (v, depth + 1)));
+            }
+            _ => {}
+        }
+    }
+    deepest
 }

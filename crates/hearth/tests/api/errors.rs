@@ -95,9 +95,32 @@ async fn responses_carry_a_request_id(b: Backend) {
     assert!(res.headers().contains_key("x-request-id"));
 }
 
+/// Bodies nested deeper than stored JSON can be read back are refused everywhere. Before,
+/// account data or a to-device message at 127 levels was stored, and the receiver's
+/// `/sync` failed from then on.
+async fn deeply_nested_bodies_are_refused(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (_, bt, _) = s.register("bob", "pw-bob-1").await;
+    let deep = |levels: usize| (0..levels).fold(json!("leaf"), |inner, _| json!({ "a": inner }));
+    let data = "/_matrix/client/v3/user/@bob:hearth.test/account_data/x.deep";
+    assert_error(&s.put(data, Some(&bt), deep(101)).await, 400, "M_BAD_JSON");
+    assert_error(&s.put(data, Some(&bt), deep(127)).await, 400, "M_BAD_JSON");
+    let to_device = json!({"messages": {"@bob:hearth.test": {"*": deep(98)}}});
+    assert_error(&s.put("/_matrix/client/v3/sendToDevice/x.deep/t1", Some(&at), to_device).await, 400, "M_BAD_JSON");
+    // At the limit is accepted, and reads back.
+    let (status, res) = s.put(data, Some(&bt), deep(100)).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    let (status, sync) = s.get("/_matrix/client/v3/sync", Some(&bt)).await;
+    assert_eq!(status, StatusCode::OK, "{sync}");
+    let (status, _) = s.get(data, Some(&bt)).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 both_engines!(
     unknown_endpoint_and_wrong_method,
     malformed_and_misshapen_json,
+    deeply_nested_bodies_are_refused,
     oversized_body_is_413,
     missing_and_unknown_tokens,
     invalid_path_identifier_is_a_client_error,

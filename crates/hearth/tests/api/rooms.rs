@@ -312,6 +312,42 @@ async fn oversized_event_is_413(b: Backend) {
     assert_eq!(status, StatusCode::OK, "{res}");
 }
 
+/// Content nested too deep to be parsed back (JSON parsers stop at 128 levels) is refused
+/// at send; before, it was stored and then broke `/sync` and `/messages` for the room.
+async fn deeply_nested_content_is_refused(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (_, bt, _) = s.register("bob", "pw-bob-1").await;
+    let room = create(&s, &at, json!({"preset": "public_chat"})).await;
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+    // `levels` = depth of the content object, itself level 1.
+    let nested = |levels: usize| {
+        let mut inner = json!("leaf");
+        for _ in 0..levels {
+            inner = json!({ "a": inner });
+        }
+        let mut content = inner;
+        content["msgtype"] = json!("m.text");
+        content["body"] = json!("deep");
+        content
+    };
+    let path = |txn: &str| format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}");
+    let (status, res) = s.put(&path("ok"), Some(&at), nested(100)).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    for (txn, levels) in [("deeper", 101), ("deepest", 127)] {
+        assert_error(&s.put(&path(txn), Some(&at), nested(levels)).await, 400, "M_BAD_JSON");
+    }
+    let state = format!("/_matrix/client/v3/rooms/{room}/state/m.custom/");
+    assert_error(&s.put(&state, Some(&at), nested(120)).await, 400, "M_BAD_JSON");
+    // Everyone's sync and history still work, and the accepted event is in them.
+    let (status, sync) = s.get("/_matrix/client/v3/sync", Some(&bt)).await;
+    assert_eq!(status, StatusCode::OK, "{sync}");
+    assert_eq!(sync["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 1, "{sync}");
+    let (status, page) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), Some(&bt)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["chunk"][0]["content"]["body"], "deep");
+}
+
 async fn rooms_survive_restart(b: Backend) {
     let mut s = TestServer::start(b).await;
     let (_, at, _) = s.register("alice", "pw-alice-1").await;
@@ -338,6 +374,7 @@ both_engines!(
     aliases_resolve_and_join,
     state_put_and_get,
     oversized_event_is_413,
+    deeply_nested_content_is_refused,
     rooms_survive_restart,
 );
 
