@@ -280,18 +280,29 @@ mod tests {
         assert_eq!(engine.get(tables::TO_DEVICE_TXNS, b"a").expect("get").as_deref(), Some(&b"to_device_txns"[..]));
     }
 
+    /// Opens `root`'s RocksDB directly, as the older per-table layout did, with `families`.
+    fn open_old_layout(root: &Path, families: &[&str]) -> DB {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        DB::open_cf(&opts, root.join(SUBDIR), families).expect("open old layout")
+    }
+
+    /// The column families left once the move is done.
+    fn families_left(root: &Path) -> Vec<String> {
+        let mut cfs = DB::list_cf(&Options::default(), root.join(SUBDIR)).expect("list");
+        cfs.sort();
+        cfs
+    }
+
     /// A database written by the older layout (a column family per table, schema 1)
     /// opens with every entry in place, loses its old column families, and records
     /// schema 2.
     #[test]
     fn the_per_table_layout_is_moved_over() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join(SUBDIR);
         {
-            let mut opts = Options::default();
-            opts.create_if_missing(true);
-            opts.create_missing_column_families(true);
-            let db = DB::open_cf(&opts, &path, tables::ALL).expect("open old layout");
+            let db = open_old_layout(dir.path(), tables::ALL);
             let cf = |n: &str| db.cf_handle(n).expect("cf");
             db.put_cf(cf(tables::META_NAME), b"schema_version\0\x01", 1u64.to_be_bytes()).expect("put");
             for i in 0..5000u32 {
@@ -306,9 +317,7 @@ mod tests {
         assert_eq!(version, SCHEMA.to_vec());
         drop(store);
 
-        let mut cfs = DB::list_cf(&Options::default(), &path).expect("list");
-        cfs.sort();
-        assert_eq!(cfs, [DEFAULT_COLUMN_FAMILY_NAME, META_CF]);
+        assert_eq!(families_left(dir.path()), [DEFAULT_COLUMN_FAMILY_NAME, META_CF]);
         let engine = RocksEngine::open(dir.path(), Durability::Fsync, 8).expect("reopen");
         let all = KeyRange { lower: None, upper: None };
         let pdus = collect(&engine, tables::PDUS, &all, Order::Ascending);
@@ -317,6 +326,33 @@ mod tests {
         assert_eq!(engine.get(tables::TO_DEVICE, b"k").expect("get").as_deref(), Some(&b"to-device"[..]));
         assert_eq!(engine.get(tables::TO_DEVICE_TXNS, b"k").expect("get").as_deref(), Some(&b"txn"[..]));
         assert_eq!(engine.get(tables::ACCOUNTS, b"alice").expect("get").as_deref(), Some(&b"account"[..]));
+    }
+
+    /// A move interrupted by a crash: part of one table already copied, another table
+    /// copied and its column family dropped. The next open finishes the move.
+    #[test]
+    fn an_interrupted_move_is_finished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = open_old_layout(dir.path(), &[META_CF, tables::PDUS]);
+            let pdus = db.cf_handle(tables::PDUS).expect("cf");
+            for i in 0..100u32 {
+                db.put_cf(pdus, i.to_be_bytes(), format!("pdu {i}")).expect("put");
+            }
+            // Already moved: the first ten PDUs, and all of ACCOUNTS (its family gone).
+            for i in 0..10u32 {
+                db.put(prefixed(tables::PDUS, &i.to_be_bytes()), format!("pdu {i}")).expect("put");
+            }
+            db.put(prefixed(tables::ACCOUNTS, b"alice"), b"account").expect("put");
+        }
+        let engine = RocksEngine::open(dir.path(), Durability::Fsync, 8).expect("open");
+        let all = KeyRange { lower: None, upper: None };
+        let pdus = collect(&engine, tables::PDUS, &all, Order::Ascending);
+        assert_eq!(pdus.len(), 100);
+        assert_eq!(pdus[42], (42u32.to_be_bytes().to_vec(), b"pdu 42".to_vec()));
+        assert_eq!(engine.get(tables::ACCOUNTS, b"alice").expect("get").as_deref(), Some(&b"account"[..]));
+        drop(engine);
+        assert_eq!(families_left(dir.path()), [DEFAULT_COLUMN_FAMILY_NAME, META_CF]);
     }
 
     const SCHEMA: [u8; 8] = crate::store::SCHEMA_VERSION.to_be_bytes();
