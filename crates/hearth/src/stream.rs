@@ -15,11 +15,15 @@
 //! (an SD card, NFS) syncs. Outside a request (admin commands, tests driving services) an
 //! append waits in place.
 //!
-//! Non-event items are recorded in `stream_log` (position → what changed), which is how an
-//! incremental sync finds receipts and account data changed since its token.
+//! Events are recorded in `event_stream` (position → room and event), non-event items in
+//! `stream_log` (position → what changed): that is how an incremental sync finds what
+//! changed since its token. The newest stretch of both is also kept in memory
+//! ([`Recent`]), filled from the very batches written, so the syncs of clients keeping up
+//! (nearly all of them) read it without touching the database.
 
 use std::{
     cell::Cell,
+    collections::VecDeque,
     future::Future,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -29,13 +33,13 @@ use std::{
 };
 
 use parking_lot::{Condvar, Mutex};
-use ruma::{OwnedRoomId, OwnedUserId};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, Result},
     json_value,
-    store::{tables, Batch, KeyRange, Order, Store, Table},
+    store::{codec::ValueCodec, tables, Batch, KeyRange, Op, Order, Store, Table},
     sync::notifier::Notifier,
 };
 
@@ -62,9 +66,100 @@ pub enum StreamItem {
     },
 }
 
-json_value!(StreamItem);
+/// An event on the stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamEntry {
+    pub room_id: OwnedRoomId,
+    pub event_id: OwnedEventId,
+}
+
+json_value!(StreamItem, StreamEntry);
 
 pub const STREAM_LOG: Table<u64, StreamItem> = Table::new(tables::STREAM_LOG);
+pub const EVENT_STREAM: Table<u64, StreamEntry> = Table::new(tables::EVENT_STREAM);
+
+/// How many stream positions [`Recent`] keeps (about 150 bytes each).
+const RECENT_POSITIONS: usize = 2048;
+
+/// The newest positions of the stream, as written: events and items after `from`.
+///
+/// Filled in [`Stream::commit_deferred`] from the batch itself, under the lock that hands
+/// out positions and before the position can become durable, so a sync reading up to the
+/// watermark finds everything at or below it here, and no writer can forget to record.
+struct Recent {
+    /// Every position after this one is here (if anything was logged at it).
+    from: u64,
+    /// Most entries kept ([`RECENT_POSITIONS`]; smaller in tests).
+    capacity: usize,
+    events: VecDeque<(u64, StreamEntry)>,
+    items: VecDeque<(u64, StreamItem)>,
+}
+
+/// What one batch logs on the stream: its event and its item, if any (`None`: unreadable).
+type Logged = Option<(Option<StreamEntry>, Option<StreamItem>)>;
+
+impl Recent {
+    /// Reads what `batch` logs at its position (one value per key: a later put at the same
+    /// position replaces an earlier one, as in the database).
+    fn logged(batch: &Batch) -> Logged {
+        let (mut event, mut item) = (None, None);
+        for op in &batch.ops {
+            let Op::Put { table, value, .. } = op else { continue };
+            match *table {
+                tables::EVENT_STREAM => event = Some(StreamEntry::decode_value(value).ok()?),
+                tables::STREAM_LOG => item = Some(StreamItem::decode_value(value).ok()?),
+                _ => {}
+            }
+        }
+        Some((event, item))
+    }
+
+    /// Forgets everything up to `pos`: memory answers only after it.
+    fn reset(&mut self, pos: u64) {
+        self.events.clear();
+        self.items.clear();
+        self.from = pos;
+    }
+
+    fn record(&mut self, pos: u64, logged: Logged) {
+        let Some((event, item)) = logged else {
+            // Cannot happen (the values were just encoded); if it did, stop answering
+            // from memory rather than miss something.
+            return self.reset(pos);
+        };
+        if let Some(e) = event {
+            self.events.push_back((pos, e));
+        }
+        if let Some(i) = item {
+            self.items.push_back((pos, i));
+        }
+        while self.events.len() + self.items.len() > self.capacity {
+            // Drop the oldest position of either kind; coverage starts after it.
+            let oldest = match (self.events.front(), self.items.front()) {
+                (Some((e, _)), Some((i, _))) => (*e).min(*i),
+                (Some((e, _)), None) => *e,
+                (None, Some((i, _))) => *i,
+                (None, None) => break,
+            };
+            while self.events.front().is_some_and(|(p, _)| *p <= oldest) {
+                self.events.pop_front();
+            }
+            while self.items.front().is_some_and(|(p, _)| *p <= oldest) {
+                self.items.pop_front();
+            }
+            self.from = oldest;
+        }
+    }
+
+    /// Entries in (since, until] if memory covers them.
+    fn between<T: Clone>(&self, list: &VecDeque<(u64, T)>, since: u64, until: u64) -> Option<Vec<(u64, T)>> {
+        if since < self.from {
+            return None;
+        }
+        let start = list.partition_point(|(p, _)| *p <= since);
+        Some(list.range(start..).take_while(|(p, _)| *p <= until).cloned().collect())
+    }
+}
 
 tokio::task_local! {
     /// Highest stream position the current request wrote and has not yet seen durable.
@@ -115,6 +210,7 @@ pub struct Stream {
     durable: Mutex<u64>,
     /// Highest position durable, with every position before it: what syncs read up to.
     now: AtomicU64,
+    recent: Mutex<Recent>,
     pub notifier: Arc<Notifier>,
 }
 
@@ -137,6 +233,12 @@ impl Stream {
             written: AtomicU64::new(last),
             durable: Mutex::new(last),
             now: AtomicU64::new(last),
+            recent: Mutex::new(Recent {
+                from: last,
+                capacity: RECENT_POSITIONS,
+                events: VecDeque::new(),
+                items: VecDeque::new(),
+            }),
             notifier,
         })
     }
@@ -162,7 +264,14 @@ impl Stream {
         let pos = *next;
         let mut batch = Batch::new();
         let out = fill(pos, &mut batch)?;
-        self.store.write_deferred(batch)?;
+        let logged = Recent::logged(&batch);
+        if let Err(e) = self.store.write_deferred(batch) {
+            // Whether it reached the database is unknown: memory no longer says.
+            self.recent.lock().reset(pos);
+            return Err(e.into());
+        }
+        // Recorded before `written` moves, so before any sync can read up to `pos`.
+        self.recent.lock().record(pos, logged);
         *next = pos + 1;
         self.written.store(pos, Ordering::Release);
         Ok((pos, out))
@@ -322,17 +431,123 @@ impl Stream {
         Ok(())
     }
 
+    /// Events in (since, until], in order.
+    pub fn events_between(&self, since: u64, until: u64) -> Result<Vec<(u64, StreamEntry)>> {
+        self.between(&EVENT_STREAM, |r| &r.events, since, until)
+    }
+
     /// Non-event items in (since, until], in order.
     pub fn items_between(&self, since: u64, until: u64) -> Result<Vec<(u64, StreamItem)>> {
+        self.between(&STREAM_LOG, |r| &r.items, since, until)
+    }
+
+    /// Entries of `table` in (since, until]: from memory when it covers them.
+    fn between<V: ValueCodec + Clone>(
+        &self,
+        table: &Table<u64, V>,
+        kept: fn(&Recent) -> &VecDeque<(u64, V)>,
+        since: u64,
+        until: u64,
+    ) -> Result<Vec<(u64, V)>> {
+        {
+            let recent = self.recent.lock();
+            if let Some(found) = recent.between(kept(&recent), since, until) {
+                return Ok(found);
+            }
+        }
         let range = KeyRange {
             lower: Some(crate::store::codec::encode_key::<u64>(since.saturating_add(1))),
             upper: Some(crate::store::codec::encode_key::<u64>(until.saturating_add(1))),
         };
         let mut out = Vec::new();
-        STREAM_LOG.scan_range(&self.store, &range, Order::Ascending, |k, v| {
+        table.scan_range(&self.store, &range, Order::Ascending, |k, v| {
             out.push((k, v));
             true
         })?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{owned_event_id, owned_room_id, owned_user_id};
+
+    use super::*;
+    use crate::store::{Backend, Durability};
+
+    fn from_disk<V: ValueCodec>(store: &Store, table: &Table<u64, V>, since: u64, until: u64) -> Vec<(u64, V)> {
+        let range = KeyRange {
+            lower: Some(crate::store::codec::encode_key::<u64>(since + 1)),
+            upper: Some(crate::store::codec::encode_key::<u64>(until + 1)),
+        };
+        let mut out = Vec::new();
+        table
+            .scan_range(store, &range, Order::Ascending, |k, v| {
+                out.push((k, v));
+                true
+            })
+            .expect("scan");
+        out
+    }
+
+    fn json<T: Serialize>(list: &[(u64, T)]) -> String {
+        serde_json::to_string(list).expect("serialise")
+    }
+
+    /// Memory answers exactly what the database holds, and gives way to it for tokens
+    /// older than what it keeps, also after a restart.
+    #[test]
+    fn recent_stretch_matches_the_database() {
+        for backend in [Backend::Rocksdb, Backend::Sqlite] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = Arc::new(Store::open(dir.path(), backend, Durability::Process, 8).expect("open"));
+            let stream = Stream::open(store.clone(), Arc::new(Notifier::default())).expect("stream");
+            stream.recent.lock().capacity = 5;
+            let room = owned_room_id!("!r:example.org");
+            let user = owned_user_id!("@u:example.org");
+            for i in 0..24u64 {
+                stream
+                    .commit(|pos, batch| {
+                        match i % 4 {
+                            0 | 1 => EVENT_STREAM.put(
+                                batch,
+                                pos,
+                                &StreamEntry { room_id: room.clone(), event_id: owned_event_id!("$e") },
+                            ),
+                            2 => {
+                                // Two puts at one position: the later one is what counts.
+                                STREAM_LOG.put(batch, pos, &StreamItem::Presence { user_id: user.clone() });
+                                STREAM_LOG.put(batch, pos, &StreamItem::Receipt { room_id: room.clone() });
+                            }
+                            _ => {} // a position that logs nothing
+                        }
+                        Ok(())
+                    })
+                    .expect("commit");
+            }
+            let now = stream.now();
+            assert_eq!(now, 24);
+            {
+                let recent = stream.recent.lock();
+                assert!(recent.from > 10, "old positions were let go ({})", recent.from);
+                let kept = recent.between(&recent.events, recent.from, now).expect("memory covers its own stretch");
+                assert!(!kept.is_empty() && kept.iter().all(|(p, _)| *p > recent.from));
+                assert!(recent.between(&recent.items, recent.from - 1, now).is_none());
+            }
+            for reopened in [false, true] {
+                let stream = match reopened {
+                    false => &stream,
+                    true => &Stream::open(store.clone(), Arc::new(Notifier::default())).expect("reopen"),
+                };
+                for since in 0..=now {
+                    for until in [since, since + 2, now] {
+                        let events = stream.events_between(since, until).expect("events");
+                        assert_eq!(json(&events), json(&from_disk(&store, &EVENT_STREAM, since, until)));
+                        let items = stream.items_between(since, until).expect("items");
+                        assert_eq!(json(&items), json(&from_disk(&store, &STREAM_LOG, since, until)));
+                    }
+                }
+            }
+        }
     }
 }

@@ -5,12 +5,23 @@
 //! - cross-signing keys and signatures on them;
 //! - device-list changes on the stream, so contacts re-query keys (`device_lists` in sync);
 //! - to-device messages ([`to_device`]) and server-side key backup ([`backup`]).
+//!
+//! Every sync reports the device's one-time key counts and unused fallback key types, so
+//! they are kept in memory per device, dropped whenever the device's keys change (an
+//! epoch counter keeps a reader that raced with a change from storing what it read).
 
 pub mod backup;
 pub mod to_device;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
+use parking_lot::Mutex;
 use ruma::{OwnedUserId, UserId};
 use serde_json::{Map, Value};
 
@@ -34,6 +45,20 @@ pub const MAX_KEY_BYTES: usize = 8 * 1024;
 pub struct Keys {
     store: Arc<Store>,
     stream: Arc<Stream>,
+    counts: CountCache,
+}
+
+/// What a sync reports about a device's keys.
+struct DeviceCounts {
+    one_time: BTreeMap<String, u64>,
+    unused_fallback: Vec<String>,
+}
+
+#[derive(Default)]
+struct CountCache {
+    /// Advanced after every change to one-time or fallback keys.
+    epoch: AtomicU64,
+    devices: Mutex<HashMap<OwnedUserId, HashMap<String, Arc<DeviceCounts>>>>,
 }
 
 fn check_size(v: &Value) -> Result<()> {
@@ -45,7 +70,42 @@ fn check_size(v: &Value) -> Result<()> {
 
 impl Keys {
     pub fn new(store: Arc<Store>, stream: Arc<Stream>) -> Self {
-        Keys { store, stream }
+        Keys { store, stream, counts: CountCache::default() }
+    }
+
+    /// Called after the device's one-time or fallback keys changed on disk.
+    fn counts_changed(&self, user: &UserId, device: &str) {
+        self.counts.epoch.fetch_add(1, Ordering::SeqCst);
+        if let Some(devices) = self.counts.devices.lock().get_mut(user) {
+            devices.remove(device);
+        }
+    }
+
+    fn counts(&self, user: &UserId, device: &str) -> Result<Arc<DeviceCounts>> {
+        if let Some(c) = self.counts.devices.lock().get(user).and_then(|d| d.get(device)) {
+            return Ok(c.clone());
+        }
+        let epoch = self.counts.epoch.load(Ordering::SeqCst);
+        let mut one_time = BTreeMap::new();
+        for ((d, id), _) in ONE_TIME_KEYS.collect_prefix(&self.store, user.as_str())? {
+            if d == device {
+                if let Some((algorithm, _)) = id.split_once(':') {
+                    *one_time.entry(algorithm.to_owned()).or_insert(0) += 1;
+                }
+            }
+        }
+        let unused_fallback = FALLBACK_KEYS
+            .collect_prefix(&self.store, user.as_str())?
+            .into_iter()
+            .filter(|((d, _), v)| d == device && v["used"] == false)
+            .map(|((_, algorithm), _)| algorithm)
+            .collect();
+        let counts = Arc::new(DeviceCounts { one_time, unused_fallback });
+        let mut devices = self.counts.devices.lock();
+        if self.counts.epoch.load(Ordering::SeqCst) == epoch {
+            devices.entry(user.to_owned()).or_default().insert(device.to_owned(), counts.clone());
+        }
+        Ok(counts)
     }
 
     /// Records that a user's keys changed: contacts will re-query them.
@@ -93,7 +153,9 @@ impl Keys {
             }
             ONE_TIME_KEYS.put(&mut batch, (user.as_str(), device, id), key);
         }
-        Ok(self.store.write(batch)?)
+        self.store.write(batch)?;
+        self.counts_changed(user, device);
+        Ok(())
     }
 
     /// Replaces the device's fallback key for each algorithm given.
@@ -106,30 +168,19 @@ impl Keys {
             let record = serde_json::json!({"key_id": id, "key": key, "used": false});
             FALLBACK_KEYS.put(&mut batch, (user.as_str(), device, algorithm), &record);
         }
-        Ok(self.store.write(batch)?)
+        self.store.write(batch)?;
+        self.counts_changed(user, device);
+        Ok(())
     }
 
     /// Unclaimed one-time keys per algorithm.
     pub fn one_time_key_counts(&self, user: &UserId, device: &str) -> Result<BTreeMap<String, u64>> {
-        let mut counts = BTreeMap::new();
-        for ((d, id), _) in ONE_TIME_KEYS.collect_prefix(&self.store, user.as_str())? {
-            if d == device {
-                if let Some((algorithm, _)) = id.split_once(':') {
-                    *counts.entry(algorithm.to_owned()).or_insert(0) += 1;
-                }
-            }
-        }
-        Ok(counts)
+        Ok(self.counts(user, device)?.one_time.clone())
     }
 
     /// Algorithms whose fallback key has not been used yet.
     pub fn unused_fallback_types(&self, user: &UserId, device: &str) -> Result<Vec<String>> {
-        Ok(FALLBACK_KEYS
-            .collect_prefix(&self.store, user.as_str())?
-            .into_iter()
-            .filter(|((d, _), v)| d == device && v["used"] == false)
-            .map(|((_, algorithm), _)| algorithm)
-            .collect())
+        Ok(self.counts(user, device)?.unused_fallback.clone())
     }
 
     /// Claims a one-time key of `algorithm`, else the fallback key; `(key id, key)`.
@@ -143,6 +194,7 @@ impl Keys {
             let mut batch = Batch::new();
             ONE_TIME_KEYS.delete(&mut batch, (user.as_str(), device, &id));
             self.store.write(batch)?;
+            self.counts_changed(user, device);
             return Ok(Some((id, key)));
         }
         let Some(mut fallback) = FALLBACK_KEYS.get(&self.store, (user.as_str(), device, algorithm))? else {
@@ -155,6 +207,7 @@ impl Keys {
             let mut batch = Batch::new();
             FALLBACK_KEYS.put(&mut batch, (user.as_str(), device, algorithm), &fallback);
             self.store.write(batch)?;
+            self.counts_changed(user, device);
         }
         Ok(Some((id, key)))
     }
@@ -299,6 +352,7 @@ impl Keys {
             self.mark_changed(batch, pos, user);
             Ok(())
         })?;
+        self.counts_changed(user, device);
         to_device::clear_device(&self.store, user, device)?;
         Ok(pos)
     }

@@ -1,10 +1,18 @@
 //! To-device messages: queued per device at a stream position, delivered by `/sync`, and
 //! deleted only once the device acknowledges them by syncing with a later `since`. They
 //! survive restarts and are never delivered twice to a device that acknowledged them.
+//!
+//! Most syncs find nothing queued, so what is known in memory spares them both reads: where
+//! each user's newest message was queued since start, and up to where each device's queue
+//! is known empty.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
-use ruma::UserId;
+use parking_lot::Mutex;
+use ruma::{OwnedUserId, UserId};
 use serde_json::{json, Value};
 
 use crate::{
@@ -24,6 +32,29 @@ pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
 pub struct ToDevice {
     store: Arc<Store>,
     stream: Arc<Stream>,
+    known: Mutex<Known>,
+    /// The stream position at start: messages queued before it are not in `known`.
+    start: u64,
+}
+
+#[derive(Default)]
+struct Known {
+    /// Position of the newest message queued for each user since start.
+    queued: HashMap<OwnedUserId, u64>,
+    /// For each user's devices, a position at or below which the device's queue is empty.
+    empty_through: HashMap<OwnedUserId, HashMap<String, u64>>,
+}
+
+impl Known {
+    fn newest_queued(&self, user: &UserId, start: u64) -> u64 {
+        self.queued.get(user).copied().unwrap_or(0).max(start)
+    }
+
+    /// Whether the device's queue is known to hold nothing at all.
+    fn known_empty(&self, user: &UserId, device: &str, start: u64) -> bool {
+        let newest = self.newest_queued(user, start);
+        self.empty_through.get(user).and_then(|d| d.get(device)).is_some_and(|through| newest <= *through)
+    }
 }
 
 fn device_range(user: &UserId, device: &str, from: u64, to_inclusive: u64) -> KeyRange {
@@ -49,7 +80,8 @@ pub fn clear_device(store: &Store, user: &UserId, device: &str) -> Result<()> {
 
 impl ToDevice {
     pub fn new(store: Arc<Store>, stream: Arc<Stream>) -> Self {
-        ToDevice { store, stream }
+        let start = stream.written();
+        ToDevice { store, stream, known: Mutex::default(), start }
     }
 
     /// Queues messages (`user → device or "*" → content`) from `sender`; a retried
@@ -83,6 +115,12 @@ impl ToDevice {
             }
         }
         let (pos, _) = self.stream.commit(|pos, batch| {
+            // Noted before the position can become durable, so before a sync reads up to it.
+            let mut known = self.known.lock();
+            for user in messages.keys() {
+                known.queued.insert(user.clone(), pos);
+            }
+            drop(known);
             for (user, device, content) in &deliveries {
                 let event = json!({"sender": sender, "type": kind, "content": content});
                 TO_DEVICE.put(batch, (user.as_str(), device, pos), &event);
@@ -98,6 +136,9 @@ impl ToDevice {
 
     /// Deletes what the device acknowledged (queued at or before `since`).
     pub fn acknowledge(&self, user: &UserId, device: &str, since: u64) -> Result<()> {
+        if self.known.lock().known_empty(user, device, self.start) {
+            return Ok(());
+        }
         let mut keys = Vec::new();
         TO_DEVICE.scan_range(
             &self.store,
@@ -108,18 +149,28 @@ impl ToDevice {
                 true
             },
         )?;
-        if keys.is_empty() {
-            return Ok(());
+        if !keys.is_empty() {
+            let mut batch = Batch::new();
+            for pos in keys {
+                TO_DEVICE.delete(&mut batch, (user.as_str(), device, pos));
+            }
+            self.store.write(batch)?;
         }
-        let mut batch = Batch::new();
-        for pos in keys {
-            TO_DEVICE.delete(&mut batch, (user.as_str(), device, pos));
+        // Everything queued at or below `since` is gone now, if `since` is a position that
+        // exists (a made-up token from the future says nothing about later messages).
+        if since <= self.stream.now() {
+            let mut known = self.known.lock();
+            let through = known.empty_through.entry(user.to_owned()).or_default().entry(device.to_owned()).or_insert(0);
+            *through = (*through).max(since);
         }
-        Ok(self.store.write(batch)?)
+        Ok(())
     }
 
     /// Everything queued for the device up to `until`, oldest first.
     pub fn pending(&self, user: &UserId, device: &str, until: u64) -> Result<Vec<Value>> {
+        if self.known.lock().known_empty(user, device, self.start) {
+            return Ok(Vec::new());
+        }
         let mut out = Vec::new();
         TO_DEVICE.scan_range(&self.store, &device_range(user, device, 0, until), Order::Ascending, |_, v| {
             out.push(v);

@@ -323,6 +323,7 @@ impl Rooms {
             ROOM_HEADS.put(batch, room, &new_heads);
             let mut target = None;
             if pdu.kind == TimelineEventType::RoomMember {
+                self.members.note_member_event(&pdu.room_id, stream);
                 if let (Some(user), Some(membership)) = (
                     pdu.state_key.as_deref(),
                     pdu.content_value().get("membership").and_then(Value::as_str).map(str::to_owned),

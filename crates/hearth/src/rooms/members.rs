@@ -6,6 +6,9 @@
 //! member event about them is appended or they forget a room. A reader that raced with
 //! such a change does not store what it read (an epoch counter tells), so a stale list is
 //! never kept.
+//!
+//! It also remembers where each room's newest member event is on the stream, so a sync
+//! can tell that nobody joined or left a room since its token without reading the room.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -27,16 +30,41 @@ type UserMemberships = Arc<[(OwnedRoomId, MembershipRecord)]>;
 /// Members of one room: membership → users, in user id order.
 type RoomMembers = BTreeMap<String, Arc<[OwnedUserId]>>;
 
-#[derive(Default)]
 pub(super) struct MemberCache {
     /// Advanced after every committed membership change.
     epoch: AtomicU64,
     rooms: Mutex<HashMap<OwnedRoomId, Arc<RoomMembers>>>,
     /// Every membership of a user, in room id order.
     users: Mutex<HashMap<OwnedUserId, UserMemberships>>,
+    /// Stream position of the newest member event of each room appended since start.
+    member_events: Mutex<HashMap<OwnedRoomId, u64>>,
+    /// The stream position at start: what happened before is not in `member_events`.
+    start: u64,
 }
 
 impl MemberCache {
+    pub(super) fn new(start: u64) -> Self {
+        MemberCache {
+            epoch: AtomicU64::new(0),
+            rooms: Mutex::default(),
+            users: Mutex::default(),
+            member_events: Mutex::default(),
+            start,
+        }
+    }
+
+    /// Called while a member event of `room_id` is written at `pos`, before the position
+    /// can become durable (so before any sync may read up to it).
+    pub(super) fn note_member_event(&self, room_id: &RoomId, pos: u64) {
+        let mut events = self.member_events.lock();
+        match events.get_mut(room_id) {
+            Some(p) => *p = (*p).max(pos),
+            None => {
+                events.insert(room_id.to_owned(), pos);
+            }
+        }
+    }
+
     /// Called after a member event of `room_id` is committed.
     pub(super) fn invalidate(&self, room_id: &RoomId) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
@@ -97,6 +125,13 @@ impl Rooms {
             users.insert(user.to_owned(), list.clone());
         }
         Ok(list)
+    }
+
+    /// Whether a member event of `room_id` may have been appended after stream position
+    /// `since` (always true for positions from before this process started).
+    pub fn member_event_after(&self, room_id: &RoomId, since: u64) -> bool {
+        let newest = self.members.member_events.lock().get(room_id).copied().unwrap_or(0);
+        newest.max(self.members.start) > since
     }
 
     /// Members of a room with a given membership, shared (no copy), sorted by user id.

@@ -33,6 +33,7 @@ use self::{
     pdu::Pdu,
     state::{StateMap, StateReader},
 };
+pub use crate::stream::{StreamEntry, EVENT_STREAM};
 use crate::{
     error::{Error, Result},
     json_value,
@@ -70,12 +71,6 @@ pub struct EventMeta {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StreamEntry {
-    pub room_id: OwnedRoomId,
-    pub event_id: OwnedEventId,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MembershipRecord {
     pub membership: String,
     /// Stream position of the event that set it.
@@ -91,14 +86,13 @@ pub struct RelationEntry {
     pub event_id: OwnedEventId,
 }
 
-json_value!(RoomRecord, RoomHeads, EventMeta, StreamEntry, MembershipRecord, RelationEntry);
+json_value!(RoomRecord, RoomHeads, EventMeta, MembershipRecord, RelationEntry);
 
 pub const ROOMS: Table<String, RoomRecord> = Table::new(tables::ROOMS);
 pub const PDUS: Table<String, Vec<u8>> = Table::new(tables::PDUS);
 pub const EVENT_META: Table<String, EventMeta> = Table::new(tables::EVENT_META);
 pub const ROOM_HEADS: Table<String, RoomHeads> = Table::new(tables::ROOM_HEADS);
 pub const TIMELINE: Table<(String, u64), String> = Table::new(tables::TIMELINE);
-pub const EVENT_STREAM: Table<u64, StreamEntry> = Table::new(tables::EVENT_STREAM);
 pub const USER_ROOMS: Table<(String, String), MembershipRecord> = Table::new(tables::USER_ROOMS);
 pub const ROOM_MEMBERS: Table<(String, String), String> = Table::new(tables::ROOM_MEMBERS);
 pub const TRANSACTIONS: Table<(String, String, String), String> = Table::new(tables::TRANSACTIONS);
@@ -131,6 +125,7 @@ impl Rooms {
         stream: Arc<Stream>,
     ) -> Result<Self> {
         let max_short = state::max_short_id(&store)?;
+        let members = members::MemberCache::new(stream.written());
         Ok(Rooms {
             state: StateReader::new(store.clone()),
             store,
@@ -139,7 +134,7 @@ impl Rooms {
             notifier: stream.notifier.clone(),
             stream,
             append_lock: Mutex::new(Counters { next_short: max_short + 1 }),
-            members: members::MemberCache::default(),
+            members,
             state_pdus: Default::default(),
         })
     }

@@ -16,8 +16,7 @@ use serde_json::Value;
 use crate::{
     e2ee::{to_device::ToDevice, Keys},
     error::{Error, Result},
-    rooms::{pdu::Pdu, state::StateMap, typing::Typing, Rooms, EVENT_STREAM},
-    store::{codec::encode_key, KeyRange, Order},
+    rooms::{pdu::Pdu, state::StateMap, typing::Typing, Rooms},
     stream::StreamItem,
     users::{account_data::AccountData, presence::Presence},
 };
@@ -148,18 +147,9 @@ fn type_allowed(opts: &SyncOptions, kind: &str) -> bool {
     opts.types.as_ref().is_none_or(|t| t.iter().any(m)) && !opts.not_types.iter().any(m)
 }
 
-/// Rooms with events in (since, now], in stream order.
+/// Rooms with events in (since, now].
 fn rooms_with_events(rooms: &Rooms, since: u64, now: u64) -> Result<BTreeSet<OwnedRoomId>> {
-    let mut out = BTreeSet::new();
-    let range = KeyRange {
-        lower: Some(encode_key::<u64>(since.saturating_add(1))),
-        upper: Some(encode_key::<u64>(now.saturating_add(1))),
-    };
-    EVENT_STREAM.scan_range(&rooms.store, &range, Order::Ascending, |_, e| {
-        out.insert(e.room_id);
-        true
-    })?;
-    Ok(out)
+    Ok(rooms.stream.events_between(since, now)?.into_iter().map(|(_, e)| e.room_id).collect())
 }
 
 /// Assembles a sync for `user` (as `device`) from `since` up to `now`.
@@ -229,7 +219,7 @@ pub fn assemble(
         // queried (changed); people who no longer share any room are `left`.
         let mut left = Vec::new();
         for room in &with_events {
-            if rooms.membership(room, user)?.is_none() {
+            if !rooms.member_event_after(room, s) || rooms.membership(room, user)?.is_none() {
                 continue;
             }
             for (_, pdu) in rooms.page(room, now, Direction::Backward, MAX_MEMBER_SCAN, now, Some(s))? {

@@ -288,13 +288,25 @@ both_engines!(
 );
 
 async fn device_lists_follow_membership(b: Backend) {
-    let s = TestServer::start(b).await;
+    joins_and_leaves_reach_device_lists(b, false).await
+}
+
+/// Membership changes from before a restart still reach a token from before it.
+async fn device_lists_span_a_restart(b: Backend) {
+    joins_and_leaves_reach_device_lists(b, true).await
+}
+
+async fn joins_and_leaves_reach_device_lists(b: Backend, restart_after_join: bool) {
+    let mut s = TestServer::start(b).await;
     let (_, at, _) = s.register("alice", "pw-alice-1").await;
     let (bob, bt, _) = s.register("bob", "pw-bob-1").await;
     let (_, res) = s.post("/_matrix/client/v3/createRoom", Some(&at), json!({"preset": "public_chat"})).await;
     let room = res["room_id"].as_str().unwrap().to_owned();
     let a_since = since(&s, &at).await;
     s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+    if restart_after_join {
+        s.restart().await;
+    }
     let (_, sync) = s.get(&format!("/_matrix/client/v3/sync?since={a_since}&timeout=0"), Some(&at)).await;
     assert!(
         sync["device_lists"]["changed"].as_array().unwrap().iter().any(|u| u == bob.as_str()),
@@ -331,4 +343,72 @@ async fn encryption_can_be_disabled(b: Backend) {
     assert_error(&got, 403, "M_FORBIDDEN");
 }
 
-both_engines!(device_lists_follow_membership, encryption_can_be_disabled);
+/// A device whose queue is empty and known to be (it acknowledged everything) still gets
+/// what arrives later, also after syncing once from a made-up token from the future.
+async fn to_device_reaches_a_device_with_an_empty_queue(b: Backend) {
+    let p = pair(b).await;
+    let sync = |since: String| {
+        let s = &p.s;
+        let bt = p.bt.clone();
+        async move { s.get(&format!("/_matrix/client/v3/sync?since={since}&timeout=0"), Some(&bt)).await.1 }
+    };
+    let first = since(&p.s, &p.bt).await;
+    // Two incremental syncs with nothing queued: the second has its queue known empty.
+    let next = sync(first).await["next_batch"].as_str().unwrap().to_owned();
+    let next = sync(next).await["next_batch"].as_str().unwrap().to_owned();
+    let send = |n: u32| {
+        let msg = json!({"messages": {&p.bob: {&p.bd: {"n": n}}}});
+        let (s, at) = (&p.s, p.at.clone());
+        async move {
+            let path = format!("/_matrix/client/v3/sendToDevice/m.dummy/txn{n}");
+            assert_eq!(s.put(&path, Some(&at), msg).await.0, StatusCode::OK);
+        }
+    };
+    // A token from the future claims everything queued so far was seen (message 0 goes),
+    // but says nothing about what is queued later.
+    send(0).await;
+    let (status, future) = p.s.get("/_matrix/client/v3/sync?since=s999999_0&timeout=0", Some(&p.bt)).await;
+    assert_eq!(status, StatusCode::OK, "{future}");
+    send(1).await;
+    send(2).await;
+    let got = sync(next).await;
+    let events = got["to_device"]["events"].as_array().unwrap();
+    assert_eq!(events.iter().map(|e| e["content"]["n"].clone()).collect::<Vec<_>>(), [json!(1), json!(2)], "{got}");
+    // Acknowledged by the next token, and nothing comes twice.
+    let after = sync(got["next_batch"].as_str().unwrap().to_owned()).await;
+    assert!(after["to_device"]["events"].as_array().is_none_or(|a| a.is_empty()), "{after}");
+}
+
+/// Key counts in sync follow uploads and claims (they are kept in memory between syncs).
+async fn key_counts_in_sync_follow_uploads_and_claims(b: Backend) {
+    let p = pair(b).await;
+    let counts = || async {
+        let (_, sync) = p.s.get("/_matrix/client/v3/sync?timeout=0", Some(&p.at)).await;
+        let otks = sync["device_one_time_keys_count"]["signed_curve25519"].as_u64().unwrap_or(0);
+        (otks, sync["device_unused_fallback_key_types"].clone())
+    };
+    assert_eq!(counts().await, (0, json!([])));
+    let otks: serde_json::Map<String, Value> = (0..3).map(otk).collect();
+    let body = json!({
+        "one_time_keys": otks,
+        "fallback_keys": {"signed_curve25519:FB1": {"key": "fallback", "fallback": true, "signatures": {}}}
+    });
+    assert_eq!(p.s.post("/_matrix/client/v3/keys/upload", Some(&p.at), body).await.0, StatusCode::OK);
+    assert_eq!(counts().await, (3, json!(["signed_curve25519"])));
+    let claim = json!({"one_time_keys": {&p.alice: {&p.ad: "signed_curve25519"}}});
+    for left in [2, 1, 0] {
+        assert_eq!(p.s.post("/_matrix/client/v3/keys/claim", Some(&p.bt), claim.clone()).await.0, StatusCode::OK);
+        assert_eq!(counts().await, (left, json!(["signed_curve25519"])));
+    }
+    // Out of one-time keys: the fallback key is handed out and no longer unused.
+    assert_eq!(p.s.post("/_matrix/client/v3/keys/claim", Some(&p.bt), claim).await.0, StatusCode::OK);
+    assert_eq!(counts().await, (0, json!([])));
+}
+
+both_engines!(
+    device_lists_follow_membership,
+    encryption_can_be_disabled,
+    to_device_reaches_a_device_with_an_empty_queue,
+    key_counts_in_sync_follow_uploads_and_claims,
+    device_lists_span_a_restart,
+);
