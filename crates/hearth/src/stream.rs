@@ -95,6 +95,63 @@ struct Recent {
     items: VecDeque<(u64, StreamItem)>,
 }
 
+/// Where each key (a room, a user) last had some kind of change on the stream, since this
+/// process started. A mark is set while the change is written, before its position can
+/// become durable, so a sync reading up to the watermark never misses one; what changed
+/// before start counts as changed at the start position.
+pub struct Marks<K> {
+    start: u64,
+    last: Mutex<std::collections::HashMap<K, u64>>,
+}
+
+impl<K: std::hash::Hash + Eq> Marks<K> {
+    pub fn new(start: u64) -> Self {
+        Marks { start, last: Mutex::default() }
+    }
+
+    /// Records a change of `key` at `pos` (call it inside the commit's `fill`).
+    pub fn note(&self, key: &K::Borrowed, pos: u64)
+    where
+        K: std::borrow::Borrow<K::Borrowed> + MarkKey,
+    {
+        let mut last = self.last.lock();
+        match last.get_mut(key) {
+            Some(p) => *p = (*p).max(pos),
+            None => {
+                last.insert(K::owned(key), pos);
+            }
+        }
+    }
+
+    /// Whether `key` may have changed after position `since`.
+    pub fn changed_after(&self, key: &K::Borrowed, since: u64) -> bool
+    where
+        K: std::borrow::Borrow<K::Borrowed> + MarkKey,
+    {
+        self.last.lock().get(key).copied().unwrap_or(0).max(self.start) > since
+    }
+}
+
+/// Keys of [`Marks`], looked up by their borrowed form.
+pub trait MarkKey {
+    type Borrowed: ?Sized + std::hash::Hash + Eq;
+    fn owned(key: &Self::Borrowed) -> Self;
+}
+
+impl MarkKey for OwnedRoomId {
+    type Borrowed = ruma::RoomId;
+    fn owned(key: &ruma::RoomId) -> Self {
+        key.to_owned()
+    }
+}
+
+impl MarkKey for OwnedUserId {
+    type Borrowed = ruma::UserId;
+    fn owned(key: &ruma::UserId) -> Self {
+        key.to_owned()
+    }
+}
+
 /// What one batch logs on the stream: its event and its item, if any (`None`: unreadable).
 type Logged = Option<(Option<StreamEntry>, Option<StreamItem>)>;
 
@@ -260,6 +317,17 @@ impl Stream {
     /// their own, who must call [`Stream::make_durable`] after releasing it and before
     /// acknowledging or announcing the write.
     pub fn commit_deferred<T>(&self, fill: impl FnOnce(u64, &mut Batch) -> Result<T>) -> Result<(u64, T)> {
+        self.commit_deferred_then(fill, |_, _| {})
+    }
+
+    /// [`Stream::commit_deferred`], running `written` once the batch is in the database
+    /// and before the position can become durable, so before any sync may read up to it:
+    /// the place to drop what memory keeps of the data just changed.
+    pub fn commit_deferred_then<T>(
+        &self,
+        fill: impl FnOnce(u64, &mut Batch) -> Result<T>,
+        written: impl FnOnce(u64, &T),
+    ) -> Result<(u64, T)> {
         let mut next = self.next.lock();
         let pos = *next;
         let mut batch = Batch::new();
@@ -272,6 +340,7 @@ impl Stream {
         }
         // Recorded before `written` moves, so before any sync can read up to `pos`.
         self.recent.lock().record(pos, logged);
+        written(pos, &out);
         *next = pos + 1;
         self.written.store(pos, Ordering::Release);
         Ok((pos, out))
@@ -434,6 +503,25 @@ impl Stream {
     /// Events in (since, until], in order.
     pub fn events_between(&self, since: u64, until: u64) -> Result<Vec<(u64, StreamEntry)>> {
         self.between(&EVENT_STREAM, |r| &r.events, since, until)
+    }
+
+    /// Positions and ids of `room`'s events in (since, until], oldest first, when memory
+    /// covers them (`None`: read the room's timeline instead).
+    pub fn room_events(&self, room: &ruma::RoomId, since: u64, until: u64) -> Option<Vec<(u64, OwnedEventId)>> {
+        let recent = self.recent.lock();
+        if since < recent.from {
+            return None;
+        }
+        let start = recent.events.partition_point(|(p, _)| *p <= since);
+        Some(
+            recent
+                .events
+                .range(start..)
+                .take_while(|(p, _)| *p <= until)
+                .filter(|(_, e)| e.room_id == room)
+                .map(|(p, e)| (*p, e.event_id.clone()))
+                .collect(),
+        )
     }
 
     /// Non-event items in (since, until], in order.

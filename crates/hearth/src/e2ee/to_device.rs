@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::{
     error::{Error, Result},
     store::{codec::encode_key, tables, Batch, KeyRange, Order, Store, Table},
-    stream::{Stream, StreamItem, STREAM_LOG},
+    stream::{Marks, Stream, StreamItem, STREAM_LOG},
 };
 
 pub const TO_DEVICE: Table<(String, String, u64), Value> = Table::new(tables::TO_DEVICE);
@@ -32,29 +32,10 @@ pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
 pub struct ToDevice {
     store: Arc<Store>,
     stream: Arc<Stream>,
-    known: Mutex<Known>,
-    /// The stream position at start: messages queued before it are not in `known`.
-    start: u64,
-}
-
-#[derive(Default)]
-struct Known {
-    /// Position of the newest message queued for each user since start.
-    queued: HashMap<OwnedUserId, u64>,
+    /// Where each user's newest message was queued.
+    queued: Marks<OwnedUserId>,
     /// For each user's devices, a position at or below which the device's queue is empty.
-    empty_through: HashMap<OwnedUserId, HashMap<String, u64>>,
-}
-
-impl Known {
-    fn newest_queued(&self, user: &UserId, start: u64) -> u64 {
-        self.queued.get(user).copied().unwrap_or(0).max(start)
-    }
-
-    /// Whether the device's queue is known to hold nothing at all.
-    fn known_empty(&self, user: &UserId, device: &str, start: u64) -> bool {
-        let newest = self.newest_queued(user, start);
-        self.empty_through.get(user).and_then(|d| d.get(device)).is_some_and(|through| newest <= *through)
-    }
+    empty_through: Mutex<HashMap<OwnedUserId, HashMap<String, u64>>>,
 }
 
 fn device_range(user: &UserId, device: &str, from: u64, to_inclusive: u64) -> KeyRange {
@@ -80,8 +61,14 @@ pub fn clear_device(store: &Store, user: &UserId, device: &str) -> Result<()> {
 
 impl ToDevice {
     pub fn new(store: Arc<Store>, stream: Arc<Stream>) -> Self {
-        let start = stream.written();
-        ToDevice { store, stream, known: Mutex::default(), start }
+        let queued = Marks::new(stream.written());
+        ToDevice { store, stream, queued, empty_through: Mutex::default() }
+    }
+
+    /// Whether the device's queue is known to hold nothing at all.
+    fn known_empty(&self, user: &UserId, device: &str) -> bool {
+        let Some(&through) = self.empty_through.lock().get(user).and_then(|d| d.get(device)) else { return false };
+        !self.queued.changed_after(user, through)
     }
 
     /// Queues messages (`user → device or "*" → content`) from `sender`; a retried
@@ -115,12 +102,9 @@ impl ToDevice {
             }
         }
         let (pos, _) = self.stream.commit(|pos, batch| {
-            // Noted before the position can become durable, so before a sync reads up to it.
-            let mut known = self.known.lock();
             for user in messages.keys() {
-                known.queued.insert(user.clone(), pos);
+                self.queued.note(user, pos);
             }
-            drop(known);
             for (user, device, content) in &deliveries {
                 let event = json!({"sender": sender, "type": kind, "content": content});
                 TO_DEVICE.put(batch, (user.as_str(), device, pos), &event);
@@ -136,7 +120,7 @@ impl ToDevice {
 
     /// Deletes what the device acknowledged (queued at or before `since`).
     pub fn acknowledge(&self, user: &UserId, device: &str, since: u64) -> Result<()> {
-        if self.known.lock().known_empty(user, device, self.start) {
+        if self.known_empty(user, device) {
             return Ok(());
         }
         let mut keys = Vec::new();
@@ -159,8 +143,8 @@ impl ToDevice {
         // Everything queued at or below `since` is gone now, if `since` is a position that
         // exists (a made-up token from the future says nothing about later messages).
         if since <= self.stream.now() {
-            let mut known = self.known.lock();
-            let through = known.empty_through.entry(user.to_owned()).or_default().entry(device.to_owned()).or_insert(0);
+            let mut empty = self.empty_through.lock();
+            let through = empty.entry(user.to_owned()).or_default().entry(device.to_owned()).or_insert(0);
             *through = (*through).max(since);
         }
         Ok(())
@@ -168,7 +152,7 @@ impl ToDevice {
 
     /// Everything queued for the device up to `until`, oldest first.
     pub fn pending(&self, user: &UserId, device: &str, until: u64) -> Result<Vec<Value>> {
-        if self.known.lock().known_empty(user, device, self.start) {
+        if self.known_empty(user, device) {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();

@@ -16,10 +16,8 @@ use std::{
 use futures_util::FutureExt;
 use ruma::{
     push::{FlattenedJson, PushConditionRoomCtx, Ruleset},
-    serde::Raw,
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
 };
-use serde_json::Value;
 
 use crate::{
     error::Result,
@@ -98,6 +96,9 @@ struct Tally {
     /// Last position read per timeline (None = main): a receipt, or the user's own event.
     read: BTreeMap<Option<OwnedEventId>, u64>,
     counts: UnreadCounts,
+    /// The user's receipts in the room, as read when no receipt was newer than `receipts_at`.
+    receipts: Arc<ReadPositions>,
+    receipts_at: u64,
 }
 
 /// A push context and the room state snapshot it was read at.
@@ -125,14 +126,18 @@ impl UnreadCache {
         until: u64,
         split_threads: bool,
     ) -> Result<UnreadCounts> {
-        let receipts = ReadPositions::load(rooms, room_id, user)?;
-        let key = (rules_version, receipts.changed_at, split_threads);
         let cache_key = (user.to_owned(), room_id.to_owned());
         let cached = {
             let tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
-            tallies.get(&cache_key).filter(|t| t.key == key).cloned()
+            tallies.get(&cache_key).cloned()
         };
-        let mut tally = match cached {
+        // The receipts read for the tally hold while none was written in the room since.
+        let receipts = match &cached {
+            Some(t) if !rooms.receipts_changed_after(room_id, t.receipts_at) => t.receipts.clone(),
+            _ => Arc::new(ReadPositions::load(rooms, room_id, user)?),
+        };
+        let key = (rules_version, receipts.changed_at, split_threads);
+        let mut tally = match cached.filter(|t| t.key == key) {
             Some(t) if t.counted_to >= until => {
                 if t.counted_to == until {
                     return Ok(t.counts);
@@ -140,14 +145,13 @@ impl UnreadCache {
                 // A sync behind the tally (a concurrent request with an older snapshot):
                 // count afresh without disturbing the cache.
                 let context = || self.context(rooms, room_id, user);
-                return Ok(fresh(&receipts, key)
-                    .advance(rooms, rules, room_id, user, until, &receipts, context)?
-                    .counts);
+                return Ok(fresh(receipts, until, key).advance(rooms, rules, room_id, user, until, context)?.counts);
             }
             Some(t) => t,
-            None => fresh(&receipts, key),
+            None => fresh(receipts, until, key),
         };
-        tally = tally.advance(rooms, rules, room_id, user, until, &receipts, || self.context(rooms, room_id, user))?;
+        tally.receipts_at = tally.receipts_at.max(until);
+        tally = tally.advance(rooms, rules, room_id, user, until, || self.context(rooms, room_id, user))?;
         let counts = tally.counts.clone();
         let mut tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
         // Keep the furthest tally if two syncs raced.
@@ -175,10 +179,11 @@ impl UnreadCache {
     }
 }
 
-fn fresh(receipts: &ReadPositions, key: (u64, u64, bool)) -> Tally {
+/// A tally with nothing counted yet, from receipts read at stream position `at`.
+fn fresh(receipts: Arc<ReadPositions>, at: u64, key: (u64, u64, bool)) -> Tally {
     let mut read = BTreeMap::new();
     read.insert(None, receipts.read_up_to(None));
-    Tally { key, counted_to: receipts.unthreaded(), read, counts: UnreadCounts::default() }
+    Tally { key, counted_to: receipts.unthreaded(), read, counts: UnreadCounts::default(), receipts, receipts_at: at }
 }
 
 impl Tally {
@@ -191,11 +196,11 @@ impl Tally {
         room_id: &RoomId,
         user: &UserId,
         until: u64,
-        receipts: &ReadPositions,
         context: impl FnOnce() -> Result<Arc<PushConditionRoomCtx>>,
     ) -> Result<Self> {
         let split_threads = self.key.2;
-        let page = rooms.page_json(room_id, self.counted_to, MAX_COUNTED, until)?;
+        let receipts = self.receipts.clone();
+        let page = rooms.page_for_push(room_id, self.counted_to, MAX_COUNTED, until)?;
         self.counted_to = match page.last() {
             Some((last, _)) if page.len() == MAX_COUNTED => *last,
             _ => until,
@@ -204,16 +209,9 @@ impl Tally {
             return Ok(self);
         }
         let ctx = context()?;
-        for (pos, json) in page {
-            // The rules see the event as stored (as Synapse's evaluator does): one parse,
-            // and no conversion to the client format, whose only extra field is `event_id`.
-            if crate::json_depth::nested_deeper_than(json.get(), crate::json_depth::READ_DEPTH) {
-                // ruma's evaluator would panic on it (it unwraps its own parse, which stops
-                // at 128 levels). Sends refuse such content now; one stored before is not
-                // counted rather than breaking every sync of the room.
-                continue;
-            }
-            let event = FlattenedJson::from_raw(&Raw::<Value>::from_json(json));
+        for (pos, event) in page {
+            // The rules see the event as stored (as Synapse's evaluator does), with no
+            // conversion to the client format, whose only extra field is `event_id`.
             let bucket = if split_threads { thread_root(&event) } else { None };
             let read_pos = *self.read.entry(bucket.clone()).or_insert_with(|| receipts.read_up_to(bucket.as_ref()));
             if event.get_str("sender") == Some(user.as_str()) {

@@ -264,102 +264,117 @@ impl Rooms {
     ) -> Result<Written> {
         let store = &*self.store;
         let room = pdu.room_id.as_str();
-        let (stream, (target, short)) = self.stream.commit_deferred(|stream, batch| {
-            let mut interner = Interner::new(&mut counters.next_short);
-            let short = interner.event(store, batch, &pdu.event_id)?;
-            if let Some(s) = heads.snapshot {
-                STATE_BEFORE_EVENT.put(batch, short, &s);
-            }
-            let mut new_heads = RoomHeads {
-                snapshot: heads.snapshot,
-                forward_extremities: vec![pdu.event_id.clone()],
-                depth: pdu.depth,
-            };
-            if let Some(key) = &pdu.state_key {
-                let sk = interner.state_key(store, batch, &pdu.kind.to_string(), key)?;
-                new_heads.snapshot =
-                    Some(self.state.write_child(batch, &mut interner, heads.snapshot, vec![(sk, short)])?);
-            }
-            let json = serde_json::to_vec(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
-            PDUS.put(batch, pdu.event_id.as_str(), &json);
-            EVENT_META.put(
-                batch,
-                pdu.event_id.as_str(),
-                &EventMeta {
-                    room_id: pdu.room_id.clone(),
-                    stream,
-                    short,
-                    txn: txn.map(|t| (t.device_id.to_owned(), t.txn_id.to_owned())),
-                    redacted_by: None,
-                },
-            );
-            if pdu.kind == TimelineEventType::RoomRedaction {
-                self.apply_redaction(batch, &pdu)?;
-            }
-            let content = pdu.content_value();
-            if let Some(rel) = content.get("m.relates_to") {
-                if let (Some(rel_type), Some(target)) =
-                    (rel.get("rel_type").and_then(Value::as_str), rel.get("event_id").and_then(Value::as_str))
-                {
-                    if let Ok(event_id) = OwnedEventId::try_from(pdu.event_id.as_str()) {
-                        RELATIONS.put(
-                            batch,
-                            (target, stream),
-                            &RelationEntry {
-                                rel_type: rel_type.to_owned(),
-                                event_type: pdu.kind.to_string(),
-                                event_id,
-                            },
-                        );
+        let shared = std::sync::Arc::new(pdu.clone());
+        let written = |_: u64, (target, short): &(Option<ruma::OwnedUserId>, u64)| self.written(shared, target, *short);
+        let (stream, (target, _)) = self.stream.commit_deferred_then(
+            |stream, batch| {
+                let mut interner = Interner::new(&mut counters.next_short);
+                let short = interner.event(store, batch, &pdu.event_id)?;
+                if let Some(s) = heads.snapshot {
+                    STATE_BEFORE_EVENT.put(batch, short, &s);
+                }
+                let mut new_heads = RoomHeads {
+                    snapshot: heads.snapshot,
+                    forward_extremities: vec![pdu.event_id.clone()],
+                    depth: pdu.depth,
+                };
+                if let Some(key) = &pdu.state_key {
+                    let sk = interner.state_key(store, batch, &pdu.kind.to_string(), key)?;
+                    new_heads.snapshot =
+                        Some(self.state.write_child(batch, &mut interner, heads.snapshot, vec![(sk, short)])?);
+                }
+                let json = serde_json::to_vec(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
+                PDUS.put(batch, pdu.event_id.as_str(), &json);
+                EVENT_META.put(
+                    batch,
+                    pdu.event_id.as_str(),
+                    &EventMeta {
+                        room_id: pdu.room_id.clone(),
+                        stream,
+                        short,
+                        txn: txn.map(|t| (t.device_id.to_owned(), t.txn_id.to_owned())),
+                        redacted_by: None,
+                    },
+                );
+                if pdu.kind == TimelineEventType::RoomRedaction {
+                    self.apply_redaction(batch, &pdu)?;
+                }
+                let content = pdu.content_value();
+                if let Some(rel) = content.get("m.relates_to") {
+                    if let (Some(rel_type), Some(target)) =
+                        (rel.get("rel_type").and_then(Value::as_str), rel.get("event_id").and_then(Value::as_str))
+                    {
+                        if let Ok(event_id) = OwnedEventId::try_from(pdu.event_id.as_str()) {
+                            RELATIONS.put(
+                                batch,
+                                (target, stream),
+                                &RelationEntry {
+                                    rel_type: rel_type.to_owned(),
+                                    event_type: pdu.kind.to_string(),
+                                    event_id,
+                                },
+                            );
+                        }
                     }
                 }
-            }
-            TIMELINE.put(batch, (room, stream), &pdu.event_id.to_string());
-            EVENT_STREAM.put(
-                batch,
-                stream,
-                &StreamEntry { room_id: pdu.room_id.clone(), event_id: pdu.event_id.clone() },
-            );
-            ROOM_HEADS.put(batch, room, &new_heads);
-            let mut target = None;
-            if pdu.kind == TimelineEventType::RoomMember {
-                self.members.note_member_event(&pdu.room_id, stream);
-                if let (Some(user), Some(membership)) = (
-                    pdu.state_key.as_deref(),
-                    pdu.content_value().get("membership").and_then(Value::as_str).map(str::to_owned),
-                ) {
-                    USER_ROOMS.put(
-                        batch,
-                        (user, room),
-                        &MembershipRecord { membership: membership.clone(), stream, event_id: pdu.event_id.clone() },
-                    );
-                    ROOM_MEMBERS.put(batch, (room, user), &membership);
-                    target = ruma::OwnedUserId::try_from(user).ok();
+                TIMELINE.put(batch, (room, stream), &pdu.event_id.to_string());
+                EVENT_STREAM.put(
+                    batch,
+                    stream,
+                    &StreamEntry { room_id: pdu.room_id.clone(), event_id: pdu.event_id.clone() },
+                );
+                ROOM_HEADS.put(batch, room, &new_heads);
+                let mut target = None;
+                if pdu.kind == TimelineEventType::RoomMember {
+                    self.members.note_member_event(&pdu.room_id, stream);
+                    if let (Some(user), Some(membership)) = (
+                        pdu.state_key.as_deref(),
+                        pdu.content_value().get("membership").and_then(Value::as_str).map(str::to_owned),
+                    ) {
+                        USER_ROOMS.put(
+                            batch,
+                            (user, room),
+                            &MembershipRecord {
+                                membership: membership.clone(),
+                                stream,
+                                event_id: pdu.event_id.clone(),
+                            },
+                        );
+                        ROOM_MEMBERS.put(batch, (room, user), &membership);
+                        target = ruma::OwnedUserId::try_from(user).ok();
+                    }
                 }
-            }
-            if let Some(t) = txn {
-                let scope = txn_scope(&pdu.room_id, &pdu.kind, t.txn_id);
-                TRANSACTIONS.put(batch, (pdu.sender.as_str(), t.device_id, &scope), &pdu.event_id.to_string());
-            }
-            if let Some(record) = &new_room {
-                ROOMS.put(batch, room, record);
-            }
-            Ok((target, short))
-        })?;
-        if let Some(user) = &target {
+                if let Some(t) = txn {
+                    let scope = txn_scope(&pdu.room_id, &pdu.kind, t.txn_id);
+                    TRANSACTIONS.put(batch, (pdu.sender.as_str(), t.device_id, &scope), &pdu.event_id.to_string());
+                }
+                if let Some(record) = &new_room {
+                    ROOMS.put(batch, room, record);
+                }
+                Ok((target, short))
+            },
+            written,
+        )?;
+        Ok(Written { pdu, stream, target })
+    }
+
+    /// Updates what memory keeps once an event is in the database, before its position
+    /// can become durable (so before any sync reads up to it): member lists, parsed PDUs,
+    /// and redacted content.
+    fn written(&self, pdu: std::sync::Arc<Pdu>, member_target: &Option<ruma::OwnedUserId>, short: u64) {
+        if let Some(user) = member_target {
             self.members.invalidate(&pdu.room_id);
             self.members.invalidate_user(user);
         }
-        if pdu.is_state() {
-            self.state_pdus.keep_new(short, std::sync::Arc::new(pdu.clone()));
-        }
-        if let Some(redacted) = pdu.redaction_target() {
-            // Written now: no reader may keep the unredacted copy from here on.
-            if let Some(short) = self.state.short_event(&redacted)? {
-                self.state_pdus.forget(short);
+        let redacted = pdu.redaction_target();
+        self.pdus.keep_new(pdu, short);
+        if let Some(redacted) = redacted {
+            // No reader may keep the unredacted copy from here on.
+            match self.state.short_event(&redacted) {
+                Ok(short) => self.pdus.forget(&redacted, short),
+                Err(_) => self.pdus.clear(),
             }
         }
-        Ok(Written { pdu, stream, target })
     }
 
     /// Wakes the syncs a written event concerns once it is durable (one fsync may cover

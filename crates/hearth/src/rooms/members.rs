@@ -22,10 +22,10 @@ use parking_lot::Mutex;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use super::{MembershipRecord, Rooms, ROOM_MEMBERS, USER_ROOMS};
-use crate::error::Result;
+use crate::{error::Result, stream::Marks};
 
 /// Every membership of one user, in room id order.
-type UserMemberships = Arc<[(OwnedRoomId, MembershipRecord)]>;
+pub type UserMemberships = Arc<[(OwnedRoomId, MembershipRecord)]>;
 
 /// Members of one room: membership → users, in user id order.
 type RoomMembers = BTreeMap<String, Arc<[OwnedUserId]>>;
@@ -36,10 +36,8 @@ pub(super) struct MemberCache {
     rooms: Mutex<HashMap<OwnedRoomId, Arc<RoomMembers>>>,
     /// Every membership of a user, in room id order.
     users: Mutex<HashMap<OwnedUserId, UserMemberships>>,
-    /// Stream position of the newest member event of each room appended since start.
-    member_events: Mutex<HashMap<OwnedRoomId, u64>>,
-    /// The stream position at start: what happened before is not in `member_events`.
-    start: u64,
+    /// Where each room's newest member event is on the stream.
+    member_events: Marks<OwnedRoomId>,
 }
 
 impl MemberCache {
@@ -48,21 +46,14 @@ impl MemberCache {
             epoch: AtomicU64::new(0),
             rooms: Mutex::default(),
             users: Mutex::default(),
-            member_events: Mutex::default(),
-            start,
+            member_events: Marks::new(start),
         }
     }
 
     /// Called while a member event of `room_id` is written at `pos`, before the position
     /// can become durable (so before any sync may read up to it).
     pub(super) fn note_member_event(&self, room_id: &RoomId, pos: u64) {
-        let mut events = self.member_events.lock();
-        match events.get_mut(room_id) {
-            Some(p) => *p = (*p).max(pos),
-            None => {
-                events.insert(room_id.to_owned(), pos);
-            }
-        }
+        self.member_events.note(room_id, pos);
     }
 
     /// Called after a member event of `room_id` is committed.
@@ -108,7 +99,7 @@ impl Rooms {
     }
 
     /// Every membership of `user` (any kind, forgotten rooms excepted), in room id order.
-    pub(super) fn user_memberships(&self, user: &UserId) -> Result<UserMemberships> {
+    pub fn user_memberships(&self, user: &UserId) -> Result<UserMemberships> {
         if let Some(m) = self.members.users.lock().get(user) {
             return Ok(m.clone());
         }
@@ -130,8 +121,7 @@ impl Rooms {
     /// Whether a member event of `room_id` may have been appended after stream position
     /// `since` (always true for positions from before this process started).
     pub fn member_event_after(&self, room_id: &RoomId, since: u64) -> bool {
-        let newest = self.members.member_events.lock().get(room_id).copied().unwrap_or(0);
-        newest.max(self.members.start) > since
+        self.members.member_events.changed_after(room_id, since)
     }
 
     /// Members of a room with a given membership, shared (no copy), sorted by user id.

@@ -114,7 +114,9 @@ pub struct Rooms {
     pub stream: Arc<Stream>,
     append_lock: Mutex<Counters>,
     members: members::MemberCache,
-    state_pdus: pdu_cache::StatePduCache,
+    pdus: pdu_cache::PduCache,
+    /// Where each room's newest receipt is on the stream.
+    receipt_marks: crate::stream::Marks<OwnedRoomId>,
 }
 
 impl Rooms {
@@ -126,6 +128,7 @@ impl Rooms {
     ) -> Result<Self> {
         let max_short = state::max_short_id(&store)?;
         let members = members::MemberCache::new(stream.written());
+        let receipt_marks = crate::stream::Marks::new(stream.written());
         Ok(Rooms {
             state: StateReader::new(store.clone()),
             store,
@@ -135,7 +138,8 @@ impl Rooms {
             stream,
             append_lock: Mutex::new(Counters { next_short: max_short + 1 }),
             members,
-            state_pdus: Default::default(),
+            pdus: Default::default(),
+            receipt_marks,
         })
     }
 
@@ -171,6 +175,14 @@ impl Rooms {
         Ok(Some(Pdu::from_json(event_id.to_owned(), json, room)?))
     }
 
+    /// [`Rooms::pdu`], shared: one of the newest events comes from memory.
+    pub fn pdu_shared(&self, event_id: &EventId) -> Result<Option<Arc<Pdu>>> {
+        if let Some(pdu) = self.pdus.recent(event_id) {
+            return Ok(Some(pdu));
+        }
+        Ok(self.pdu(event_id)?.map(Arc::new))
+    }
+
     pub fn event_meta(&self, event_id: &EventId) -> Result<Option<EventMeta>> {
         Ok(EVENT_META.get(&self.store, event_id.as_str())?)
     }
@@ -184,9 +196,31 @@ impl Rooms {
 
     /// A state event from a state map.
     pub fn state_event_in(&self, map: &StateMap, event_type: &StateEventType, state_key: &str) -> Result<Option<Pdu>> {
+        Ok(self.state_event_shared(map, event_type, state_key)?.map(Arc::unwrap_or_clone))
+    }
+
+    /// [`Rooms::state_event_in`], shared with other readers (no copy).
+    pub fn state_event_shared(
+        &self,
+        map: &StateMap,
+        event_type: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<Arc<Pdu>>> {
         let Some(sk) = self.state.lookup_state_key(&event_type.to_string(), state_key)? else { return Ok(None) };
-        let Some(short) = map.get(&sk) else { return Ok(None) };
-        self.pdu(&self.state.event_id(*short)?)
+        let Some(&short) = map.get(&sk) else { return Ok(None) };
+        self.state_pdu(short)
+    }
+
+    /// A state event by short id, parsed once for everybody.
+    fn state_pdu(&self, short: u64) -> Result<Option<Arc<Pdu>>> {
+        if let Some(pdu) = self.pdus.state(short) {
+            return Ok(Some(pdu));
+        }
+        let epoch = self.pdus.epoch();
+        let Some(pdu) = self.pdu(&self.state.event_id(short)?)? else { return Ok(None) };
+        let pdu = Arc::new(pdu);
+        self.pdus.keep_state(short, pdu.clone(), epoch);
+        Ok(Some(pdu))
     }
 
     /// A current state event.
@@ -199,14 +233,7 @@ impl Rooms {
     pub fn state_events(&self, map: &StateMap) -> Result<Vec<Arc<Pdu>>> {
         let mut out = Vec::with_capacity(map.len());
         for &short in map.values() {
-            if let Some(pdu) = self.state_pdus.get(short) {
-                out.push(pdu);
-                continue;
-            }
-            let epoch = self.state_pdus.epoch();
-            if let Some(pdu) = self.pdu(&self.state.event_id(short)?)? {
-                let pdu = Arc::new(pdu);
-                self.state_pdus.keep(short, pdu.clone(), epoch);
+            if let Some(pdu) = self.state_pdu(short)? {
                 out.push(pdu);
             }
         }
@@ -248,7 +275,8 @@ impl Rooms {
 
     /// A user's membership in a room ("join", "invite", "leave", "ban", "knock").
     pub fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipRecord>> {
-        Ok(USER_ROOMS.get(&self.store, (user_id.as_str(), room_id.as_str()))?)
+        let all = self.user_memberships(user_id)?;
+        Ok(all.binary_search_by(|(r, _)| r.as_str().cmp(room_id.as_str())).ok().map(|i| all[i].1.clone()))
     }
 
     pub fn is_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {

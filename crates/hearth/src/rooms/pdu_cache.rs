@@ -1,15 +1,25 @@
-//! Parsed state events kept in memory, shared by every reader of room state.
+//! Parsed PDUs kept in memory, shared by every reader.
 //!
-//! Every initial sync, `/members`, `/state` and `/context` reads whole room states: in a
-//! room of a hundred members, a hundred PDUs fetched and parsed per request, the same ones
-//! for everybody. State events are few next to messages, long-lived, and read by all, so
-//! their parsed form is kept here by short event id, up to [`CAPACITY`] of them (least
-//! recently used go first). New state events go in as they are appended.
+//! Two kinds of events are read over and over, by everybody:
+//!
+//! - state events: every initial sync, `/members`, `/state` and `/context` reads whole room
+//!   states (in a room of a hundred members, a hundred PDUs per request, the same ones for
+//!   everybody). They are few next to messages and long-lived, so their parsed form is
+//!   kept by short event id, up to [`STATE_CAPACITY`];
+//! - the newest events: when a message arrives, every member's waiting sync reads it (a
+//!   hundred parses of one event in a room of a hundred). The last [`RECENT_CAPACITY`]
+//!   appended are kept by event id.
+//!
+//! The newest events are also kept as push rules read them ([`FlattenedJson`] of the stored
+//! PDU), [`RECENT_CAPACITY`] of them, filled by the first reader: every member's unread
+//! count evaluates the same new event.
+//!
+//! Least recently used go first. New events go in as they are appended.
 //!
 //! A stored PDU only ever changes when it is redacted. The redaction drops the entry
-//! after its write and advances an epoch; a reader keeps what it read only if no
-//! redaction happened since it started reading, so redacted content is never served
-//! from here once the redaction is written.
+//! once written, before its position can be read by a sync, and advances an epoch; a
+//! reader keeps what it read only if no redaction happened since it started reading, so
+//! redacted content is never served from here once the redaction is written.
 
 use std::{
     num::NonZeroUsize,
@@ -21,53 +31,106 @@ use std::{
 
 use hashlink::LruCache;
 use parking_lot::Mutex;
+use ruma::{push::FlattenedJson, EventId, OwnedEventId};
 
 use super::pdu::Pdu;
 
 /// Most state events kept (a member event parses to about 1–2 KiB).
-pub const CAPACITY: usize = 4096;
+pub const STATE_CAPACITY: usize = 4096;
+/// Most of the newest events kept by id.
+pub const RECENT_CAPACITY: usize = 256;
 
-pub(super) struct StatePduCache {
+pub(super) struct PduCache {
     /// Advanced after every committed redaction.
     epoch: AtomicU64,
-    events: Mutex<LruCache<u64, Arc<Pdu>>>,
+    state: Mutex<LruCache<u64, Arc<Pdu>>>,
+    recent: Mutex<LruCache<OwnedEventId, Arc<Pdu>>>,
+    flattened: Mutex<LruCache<OwnedEventId, Arc<FlattenedJson>>>,
 }
 
-impl Default for StatePduCache {
+fn lru<K: std::hash::Hash + Eq, V>(capacity: usize) -> Mutex<LruCache<K, V>> {
+    Mutex::new(LruCache::new(NonZeroUsize::new(capacity).map_or(1, NonZeroUsize::get)))
+}
+
+impl Default for PduCache {
     fn default() -> Self {
-        let capacity = NonZeroUsize::new(CAPACITY).map_or(1, NonZeroUsize::get);
-        StatePduCache { epoch: AtomicU64::new(0), events: Mutex::new(LruCache::new(capacity)) }
+        PduCache {
+            epoch: AtomicU64::new(0),
+            state: lru(STATE_CAPACITY),
+            recent: lru(RECENT_CAPACITY),
+            flattened: lru(RECENT_CAPACITY),
+        }
     }
 }
 
-impl StatePduCache {
-    pub(super) fn get(&self, short: u64) -> Option<Arc<Pdu>> {
-        self.events.lock().get(&short).cloned()
+impl PduCache {
+    /// A state event by short id.
+    pub(super) fn state(&self, short: u64) -> Option<Arc<Pdu>> {
+        self.state.lock().get(&short).cloned()
     }
 
-    /// Taken before reading from the database, handed back to [`StatePduCache::keep`].
+    /// One of the newest events, by id.
+    pub(super) fn recent(&self, event_id: &EventId) -> Option<Arc<Pdu>> {
+        self.recent.lock().get(event_id).cloned()
+    }
+
+    /// An event as push rules read it, if kept.
+    pub(super) fn flattened(&self, event_id: &EventId) -> Option<Arc<FlattenedJson>> {
+        self.flattened.lock().get(event_id).cloned()
+    }
+
+    /// Keeps an event's flattened form read from the database, unless a redaction was
+    /// written since `epoch` was taken.
+    pub(super) fn keep_flattened(&self, event_id: OwnedEventId, event: Arc<FlattenedJson>, epoch: u64) {
+        let mut flattened = self.flattened.lock();
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            flattened.insert(event_id, event);
+        }
+    }
+
+    /// Taken before reading from the database, handed back to [`PduCache::keep_state`].
     pub(super) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
     }
 
-    /// Keeps an event read from the database, unless a redaction was written since
+    /// Keeps a state event read from the database, unless a redaction was written since
     /// `epoch` was taken (what was read may predate it).
-    pub(super) fn keep(&self, short: u64, pdu: Arc<Pdu>, epoch: u64) {
-        let mut events = self.events.lock();
+    pub(super) fn keep_state(&self, short: u64, pdu: Arc<Pdu>, epoch: u64) {
+        let mut state = self.state.lock();
         if self.epoch.load(Ordering::SeqCst) == epoch {
-            events.insert(short, pdu);
+            state.insert(short, pdu);
         }
     }
 
     /// Keeps an event just appended (nothing can have redacted it yet).
-    pub(super) fn keep_new(&self, short: u64, pdu: Arc<Pdu>) {
-        self.events.lock().insert(short, pdu);
+    pub(super) fn keep_new(&self, pdu: Arc<Pdu>, short: u64) {
+        if pdu.is_state() {
+            self.state.lock().insert(short, pdu.clone());
+        }
+        self.recent.lock().insert(pdu.event_id.clone(), pdu);
     }
 
-    /// Called after a redaction of the event `short` is written.
-    pub(super) fn forget(&self, short: u64) {
-        let mut events = self.events.lock();
+    /// Called once a redaction of `event_id` (short id `short`, if it has one) is written.
+    pub(super) fn forget(&self, event_id: &EventId, short: Option<u64>) {
+        let mut state = self.state.lock();
+        let mut recent = self.recent.lock();
+        let mut flattened = self.flattened.lock();
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        events.remove(&short);
+        if let Some(short) = short {
+            state.remove(&short);
+        }
+        recent.remove(event_id);
+        flattened.remove(event_id);
+    }
+
+    /// Drops everything (when what a redaction concerns cannot be told).
+    pub(super) fn clear(&self) {
+        let mut state = self.state.lock();
+        let mut recent = self.recent.lock();
+        let mut flattened = self.flattened.lock();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        state.clear();
+        recent.clear();
+        flattened.clear();
     }
 }

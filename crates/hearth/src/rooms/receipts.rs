@@ -48,6 +48,7 @@ impl Rooms {
         }
         let key = format!("{receipt_type}|{}", thread.unwrap_or_default());
         let (pos, _) = self.stream.commit(|pos, batch| {
+            self.receipt_marks.note(room_id, pos);
             RECEIPTS.put(
                 batch,
                 (room_id.as_str(), user.as_str(), &key),
@@ -63,6 +64,11 @@ impl Rooms {
             self.notifier.notify(members.iter().map(|u| &**u), pos);
         }
         Ok(())
+    }
+
+    /// Whether a receipt in the room may have been written after stream position `since`.
+    pub fn receipts_changed_after(&self, room_id: &RoomId, since: u64) -> bool {
+        self.receipt_marks.changed_after(room_id, since)
     }
 
     /// The room's `m.receipt` ephemeral event with receipts changed after `since` (all if

@@ -3,6 +3,8 @@
 //! Positions are stream positions: a token `p` stands just after the event at `p`. Going
 //! backwards from `p` returns events at `p` and before; forwards, events after `p`.
 
+use std::sync::Arc;
+
 use ruma::{api::Direction, EventId, RoomId, UserId};
 use serde_json::{json, Map, Value};
 
@@ -56,7 +58,7 @@ impl Rooms {
     pub fn event_visible_to(&self, pdu: &Pdu, user: &UserId) -> Result<bool> {
         let state = self.state_before(&pdu.event_id)?;
         let visibility = self
-            .state_event_in(&state, &ruma::events::StateEventType::RoomHistoryVisibility, "")?
+            .state_event_shared(&state, &ruma::events::StateEventType::RoomHistoryVisibility, "")?
             .and_then(|p| p.content_value().get("history_visibility").and_then(Value::as_str).map(str::to_owned))
             .unwrap_or_else(|| "shared".to_owned());
         // A user's own membership events are always theirs to see.
@@ -65,7 +67,7 @@ impl Rooms {
         }
         let membership = || -> Result<Option<String>> {
             Ok(self
-                .state_event_in(&state, &ruma::events::StateEventType::RoomMember, user.as_str())?
+                .state_event_shared(&state, &ruma::events::StateEventType::RoomMember, user.as_str())?
                 .and_then(|p| p.content_value().get("membership").and_then(Value::as_str).map(str::to_owned)))
         };
         Ok(match visibility.as_str() {
@@ -80,7 +82,7 @@ impl Rooms {
     }
 
     /// Drops the events of a page that `user` may not see.
-    pub fn filter_visible(&self, page: Vec<(u64, Pdu)>, user: &UserId) -> Result<Vec<(u64, Pdu)>> {
+    pub fn filter_visible(&self, page: Vec<(u64, Arc<Pdu>)>, user: &UserId) -> Result<Vec<(u64, Arc<Pdu>)>> {
         let mut out = Vec::with_capacity(page.len());
         for (pos, pdu) in page {
             if self.event_visible_to(&pdu, user)? {
@@ -106,30 +108,42 @@ impl Rooms {
         limit: usize,
         until: u64,
         to: Option<u64>,
-    ) -> Result<Vec<(u64, Pdu)>> {
+    ) -> Result<Vec<(u64, Arc<Pdu>)>> {
         let load = |id: String| {
             let id = ruma::OwnedEventId::try_from(id).map_err(|e| Error::internal(e.to_string()))?;
-            self.pdu(&id)
+            self.pdu_shared(&id)
         };
         self.page_with(room_id, load, from, dir, limit, until, to)
     }
 
-    /// [`Rooms::page`] forwards, as the stored PDU JSON, unparsed: for readers that look
-    /// at a few fields of many events (unread counts).
-    pub fn page_json(
+    /// [`Rooms::page`] forwards, each event as push rules read it (the stored PDU
+    /// flattened, shared between readers): for unread counts. Events nested too deep for
+    /// ruma's evaluator are left out (it would panic on them; sends refuse them now, one
+    /// stored before is not counted rather than breaking every sync of the room).
+    pub fn page_for_push(
         &self,
         room_id: &RoomId,
         from: u64,
         limit: usize,
         until: u64,
-    ) -> Result<Vec<(u64, Box<serde_json::value::RawValue>)>> {
+    ) -> Result<Vec<(u64, Arc<ruma::push::FlattenedJson>)>> {
         let load = |id: String| -> Result<_> {
-            let Some(bytes) = super::PDUS.get(&self.store, &id)? else { return Ok(None) };
+            let Ok(event_id) = ruma::OwnedEventId::try_from(id) else { return Ok(None) };
+            if let Some(event) = self.pdus.flattened(&event_id) {
+                return Ok(Some(event));
+            }
+            let epoch = self.pdus.epoch();
+            let Some(bytes) = super::PDUS.get(&self.store, event_id.as_str())? else { return Ok(None) };
             let json = String::from_utf8(bytes)
                 .ok()
                 .and_then(|s| serde_json::value::RawValue::from_string(s).ok())
-                .ok_or_else(|| Error::internal(format!("stored PDU {id} unreadable")))?;
-            Ok(Some(json))
+                .ok_or_else(|| Error::internal(format!("stored PDU {event_id} unreadable")))?;
+            if crate::json_depth::nested_deeper_than(json.get(), crate::json_depth::READ_DEPTH) {
+                return Ok(None);
+            }
+            let event = Arc::new(ruma::push::FlattenedJson::from_raw(&ruma::serde::Raw::<Value>::from_json(json)));
+            self.pdus.keep_flattened(event_id, event.clone(), epoch);
+            Ok(Some(event))
         };
         self.page_with(room_id, load, from, Direction::Forward, limit, until, None)
     }
@@ -173,11 +187,37 @@ impl Rooms {
                 )
             }
         };
-        let mut ids = Vec::new();
-        TIMELINE.scan_range(&self.store, &range, order, |(_, pos), id| {
-            ids.push((pos, id));
-            ids.len() < limit
-        })?;
+        // A page that starts after a recent position (an incremental sync's, an unread
+        // tally's) is read from the stream's memory.
+        let after = match dir {
+            Direction::Forward => Some(from),
+            Direction::Backward => to,
+        };
+        let recent = after.and_then(|after| {
+            let until = match dir {
+                Direction::Forward => to.unwrap_or(u64::MAX).min(until),
+                Direction::Backward => from.min(until),
+            };
+            self.stream.room_events(room_id, after, until)
+        });
+        let ids: Vec<(u64, String)> = match recent {
+            Some(mut list) => {
+                if dir == Direction::Backward {
+                    list.reverse();
+                }
+                // As the scan below: it stops after the entry that reaches the limit.
+                list.truncate(limit.max(1));
+                list.into_iter().map(|(pos, id)| (pos, id.to_string())).collect()
+            }
+            None => {
+                let mut ids = Vec::new();
+                TIMELINE.scan_range(&self.store, &range, order, |(_, pos), id| {
+                    ids.push((pos, id));
+                    ids.len() < limit
+                })?;
+                ids
+            }
+        };
         let mut out = Vec::with_capacity(ids.len());
         for (pos, id) in ids {
             if let Some(event) = load(id)? {

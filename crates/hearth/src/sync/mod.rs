@@ -229,7 +229,7 @@ pub fn assemble(
                 let Some(target) = pdu.state_key.as_deref().and_then(|k| ruma::OwnedUserId::try_from(k).ok()) else {
                     continue;
                 };
-                if target == user {
+                if *target == *user {
                     continue;
                 }
                 if contacts.contains(&target)? {
@@ -251,7 +251,8 @@ pub fn assemble(
     result.unused_fallback_key_types = src.keys.unused_fallback_types(user, device)?;
     let mut room_account = account.rooms;
     let viewer = Some((user, device));
-    let memberships = rooms.rooms_of(user, &["join", "invite", "knock", "leave", "ban"])?;
+    // Every membership (join, invite, knock, leave, ban), shared with the memberships cache.
+    let memberships = rooms.user_memberships(user)?;
     let joined: Vec<&RoomId> = memberships
         .iter()
         .filter(|(_, rec)| rec.membership == "join" && rec.stream <= now)
@@ -274,17 +275,18 @@ pub fn assemble(
     };
     std::thread::scope(|scope| -> Result<()> {
         let counting = initial.then(|| scope.spawn(count_rooms));
-        for (room_id, rec) in memberships.iter().cloned() {
+        for (room_id, rec) in memberships.iter() {
             if rec.stream > now {
                 continue; // Committed after this sync's snapshot of the stream.
             }
             let is_new = since.is_none_or(|s| rec.stream > s);
             match rec.membership.as_str() {
                 "join" => {
-                    let account_data = room_account.remove(&room_id).unwrap_or_default();
-                    if !(is_new || opts.full_state || changed.contains(&room_id) || !account_data.is_empty()) {
+                    let account_data = room_account.remove(room_id).unwrap_or_default();
+                    if !(is_new || opts.full_state || changed.contains(room_id) || !account_data.is_empty()) {
                         continue;
                     }
+                    let room_id = room_id.clone();
                     let eph_since = if is_new || opts.full_state { None } else { since_token };
                     let mut ephemeral = Vec::new();
                     if let Some(users) = src.typing.typing_since(&room_id, eph_since.map(|t| t.typing)) {
@@ -331,17 +333,17 @@ pub fn assemble(
                     );
                 }
                 "invite" if is_new => {
-                    result.invite.insert(room_id.clone(), invite_state(rooms, &room_id, user)?);
+                    result.invite.insert(room_id.clone(), invite_state(rooms, room_id, user)?);
                 }
                 "knock" if is_new => {
-                    result.knock.insert(room_id.clone(), invite_state(rooms, &room_id, user)?);
+                    result.knock.insert(room_id.clone(), invite_state(rooms, room_id, user)?);
                 }
                 "leave" | "ban" if (since.is_some() && is_new) || (since.is_none() && opts.include_leave) => {
                     let until = rec.stream;
                     let from = if since.is_some() && !opts.full_state { since } else { None };
-                    let r = room_section(rooms, &room_id, user, from, until, opts, viewer)?;
+                    let r = room_section(rooms, room_id, user, from, until, opts, viewer)?;
                     result.leave.insert(
-                        room_id,
+                        room_id.clone(),
                         LeftRoomSync {
                             timeline: r.timeline,
                             limited: r.limited,
@@ -394,7 +396,8 @@ fn room_section(
     let mut page = rooms.filter_visible(page, user)?;
     page.truncate(limit);
     page.reverse();
-    let events: Vec<&(u64, Pdu)> = page.iter().filter(|(_, p)| type_allowed(opts, &p.kind.to_string())).collect();
+    let events: Vec<&(u64, std::sync::Arc<Pdu>)> =
+        page.iter().filter(|(_, p)| type_allowed(opts, &p.kind.to_string())).collect();
     let prev_batch = page.first().map(|(pos, _)| crate::rooms::timeline::token(pos.saturating_sub(1)));
 
     // State: everything before the timeline when starting fresh; after a gap, what changed
