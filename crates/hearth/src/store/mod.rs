@@ -149,6 +149,10 @@ pub type Visit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<bool>;
 /// What an engine provides. Tables are named by the static names in [`tables::ALL`].
 pub trait Engine: Send + Sync + 'static {
     fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Several point reads at once (engines may batch them), in the order of `keys`.
+    fn get_many(&self, table: &'static str, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(table, k)).collect()
+    }
     /// Calls `visit` for each entry in range and order until it returns `false`.
     fn scan(&self, table: &'static str, range: &KeyRange, order: Order, visit: Visit<'_>) -> Result<()>;
     fn write(&self, batch: Batch) -> Result<()>;
@@ -277,6 +281,10 @@ impl Store {
         self.engine.get(table, key)
     }
 
+    fn get_many_raw(&self, table: &'static str, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.engine.get_many(table, keys)
+    }
+
     fn scan_raw(&self, table: &'static str, range: &KeyRange, order: Order, visit: Visit<'_>) -> Result<()> {
         self.engine.scan(table, range, order, visit)
     }
@@ -337,6 +345,16 @@ impl<K: KeyPart, V: ValueCodec> Table<K, V> {
             Some(bytes) => Ok(Some(V::decode_value(&bytes)?)),
             None => Ok(None),
         }
+    }
+
+    /// Several entries at once, in the order of `keys`.
+    pub fn get_many<'k>(&self, store: &Store, keys: impl IntoIterator<Item = K::Ref<'k>>) -> Result<Vec<Option<V>>> {
+        let keys: Vec<Vec<u8>> = keys.into_iter().map(encode_key::<K>).collect();
+        store
+            .get_many_raw(self.name, &keys)?
+            .into_iter()
+            .map(|v| v.map(|bytes| V::decode_value(&bytes)).transpose().map_err(Into::into))
+            .collect()
     }
 
     pub fn contains(&self, store: &Store, key: K::Ref<'_>) -> Result<bool> {

@@ -133,6 +133,14 @@ impl Engine for SqliteEngine {
         })
     }
 
+    fn get_many(&self, table: &'static str, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        check_table(table)?;
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(&format!("SELECT v FROM \"{table}\" WHERE k = ?1"))?;
+            keys.iter().map(|k| Ok(stmt.query_row([k], |row| row.get::<_, Vec<u8>>(0)).optional()?)).collect()
+        })
+    }
+
     fn scan(&self, table: &'static str, range: &KeyRange, order: Order, visit: Visit<'_>) -> Result<()> {
         check_table(table)?;
         let mut sql = format!("SELECT k, v FROM \"{table}\"");
