@@ -427,15 +427,23 @@ fn room_section(
             {
                 continue;
             }
-            state.push(rooms.client_event(&pdu, None, None));
+            state.push(without_room_id(rooms.client_event(&pdu, None, None)));
         }
     }
     let mut timeline = Vec::with_capacity(events.len());
     for (_, pdu) in events {
         let meta = rooms.event_meta(&pdu.event_id)?;
-        timeline.push(rooms.client_event(pdu, meta.as_ref(), viewer));
+        timeline.push(without_room_id(rooms.client_event(pdu, meta.as_ref(), viewer)));
     }
     Ok(Section { timeline, limited, prev_batch, state })
+}
+
+/// Sync's events are `ClientEventWithoutRoomID`: the room is the key they are listed under.
+fn without_room_id(mut event: Value) -> Value {
+    if let Some(fields) = event.as_object_mut() {
+        fields.remove("room_id");
+    }
+    event
 }
 
 /// (joined count, invited count, heroes): heroes are up to five other members.

@@ -53,6 +53,12 @@ async fn initial_then_incremental(b: Backend) {
     assert_eq!(joined["summary"]["m.joined_member_count"], 1);
     let mine = joined["timeline"]["events"].as_array().unwrap().iter().find(|e| e["content"]["body"] == "hi").unwrap();
     assert_eq!(mine["unsigned"]["transaction_id"], "1");
+    // Sync's events are ClientEventWithoutRoomID: the room is the key they sit under.
+    for section in ["state", "timeline"] {
+        for e in joined[section]["events"].as_array().cloned().unwrap_or_default() {
+            assert!(e.get("room_id").is_none(), "{section}: {e}");
+        }
+    }
     let next = first["next_batch"].as_str().unwrap().to_owned();
 
     // Nothing new: an immediate empty answer with timeout=0.
