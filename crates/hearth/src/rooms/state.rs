@@ -120,11 +120,20 @@ pub fn max_short_id(store: &Store) -> Result<u64> {
 pub struct StateReader {
     store: Arc<Store>,
     cache: Mutex<BTreeMap<u64, Arc<StateMap>>>,
+    /// Short ids of (event type, state key) pairs already looked up: an id, once given,
+    /// never changes (only found ids are kept; at most [`STATE_KEY_CACHE`]).
+    state_keys: Mutex<(usize, StateKeyIds)>,
 }
+
+/// Event type → state key → short id.
+type StateKeyIds = std::collections::HashMap<String, std::collections::HashMap<String, u64>>;
+
+/// Most (event type, state key) ids kept; past it the cache starts over.
+const STATE_KEY_CACHE: usize = 65_536;
 
 impl StateReader {
     pub fn new(store: Arc<Store>) -> Self {
-        StateReader { store, cache: Mutex::new(BTreeMap::new()) }
+        StateReader { store, cache: Mutex::new(BTreeMap::new()), state_keys: Mutex::default() }
     }
 
     /// The full state of a snapshot.
@@ -224,7 +233,19 @@ impl StateReader {
 
     /// The short id of a state key pair, if it was ever used.
     pub fn lookup_state_key(&self, event_type: &str, state_key: &str) -> Result<Option<u64>> {
-        Ok(SHORT_STATE_KEYS.get(&self.store, (event_type, state_key))?)
+        if let Some(&id) = self.state_keys.lock().1.get(event_type).and_then(|keys| keys.get(state_key)) {
+            return Ok(Some(id));
+        }
+        let found = SHORT_STATE_KEYS.get(&self.store, (event_type, state_key))?;
+        if let Some(id) = found {
+            let mut cache = self.state_keys.lock();
+            if cache.0 >= STATE_KEY_CACHE {
+                *cache = Default::default();
+            }
+            cache.0 += 1;
+            cache.1.entry(event_type.to_owned()).or_default().insert(state_key.to_owned(), id);
+        }
+        Ok(found)
     }
 
     pub fn short_event(&self, event_id: &EventId) -> Result<Option<u64>> {

@@ -3,10 +3,13 @@
 //! A change takes a stream position, so syncs of the users who share a room with the
 //! changer get it. Setting the same state again writes nothing: clients send
 //! `set_presence` with every sync, and a write per sync would be a write per second.
+//! Records are kept in memory once read (every sync compares against the caller's), and
+//! replaced when written, before the change's position can become durable.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
-use ruma::UserId;
+use parking_lot::Mutex;
+use ruma::{OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -39,15 +42,23 @@ const ACTIVE_MS: u64 = 5 * 60 * 1000;
 pub struct Presence {
     store: Arc<Store>,
     stream: Arc<Stream>,
+    /// Records read or written so far (`None`: the user has none).
+    known: Mutex<HashMap<OwnedUserId, Option<PresenceRecord>>>,
 }
 
 impl Presence {
     pub fn new(store: Arc<Store>, stream: Arc<Stream>) -> Self {
-        Presence { store, stream }
+        Presence { store, stream, known: Mutex::default() }
     }
 
     pub fn get(&self, user: &UserId) -> Result<Option<PresenceRecord>> {
-        Ok(PRESENCE.get(&self.store, user.as_str())?)
+        if let Some(known) = self.known.lock().get(user) {
+            return Ok(known.clone());
+        }
+        let record = PRESENCE.get(&self.store, user.as_str())?;
+        // A write in between has put its own record first: keep that one.
+        self.known.lock().entry(user.to_owned()).or_insert_with(|| record.clone());
+        Ok(record)
     }
 
     /// Sets a user's presence; `status_msg: None` keeps the current message. Returns the
@@ -69,7 +80,7 @@ impl Presence {
                 return Ok(None);
             }
         }
-        let (pos, _) = self.stream.commit(|pos, batch| {
+        let fill = |pos, batch: &mut crate::store::Batch| {
             let rec = PresenceRecord {
                 presence: presence.to_owned(),
                 status_msg: msg.clone(),
@@ -78,8 +89,13 @@ impl Presence {
             };
             PRESENCE.put(batch, user.as_str(), &rec);
             STREAM_LOG.put(batch, pos, &StreamItem::Presence { user_id: user.to_owned() });
-            Ok(())
-        })?;
+            Ok(rec)
+        };
+        let written = |_, rec: &PresenceRecord| {
+            self.known.lock().insert(user.to_owned(), Some(rec.clone()));
+        };
+        let (pos, _) = self.stream.commit_deferred_then(fill, written)?;
+        self.stream.make_durable(pos)?;
         Ok(Some(pos))
     }
 
