@@ -46,6 +46,8 @@ pub struct Keys {
     store: Arc<Store>,
     stream: Arc<Stream>,
     counts: CountCache,
+    /// Held across a claim's read and delete, so two claims never get the same key.
+    claims: Mutex<()>,
 }
 
 /// What a sync reports about a device's keys.
@@ -70,7 +72,7 @@ fn check_size(v: &Value) -> Result<()> {
 
 impl Keys {
     pub fn new(store: Arc<Store>, stream: Arc<Stream>) -> Self {
-        Keys { store, stream, counts: CountCache::default() }
+        Keys { store, stream, counts: CountCache::default(), claims: Mutex::new(()) }
     }
 
     /// Called after the device's one-time or fallback keys changed on disk.
@@ -185,6 +187,7 @@ impl Keys {
 
     /// Claims a one-time key of `algorithm`, else the fallback key; `(key id, key)`.
     pub fn claim(&self, user: &UserId, device: &str, algorithm: &str) -> Result<Option<(String, Value)>> {
+        let _claiming = self.claims.lock();
         let prefix = format!("{algorithm}:");
         let found = ONE_TIME_KEYS
             .collect_prefix(&self.store, user.as_str())?

@@ -405,7 +405,36 @@ async fn key_counts_in_sync_follow_uploads_and_claims(b: Backend) {
     assert_eq!(counts().await, (0, json!([])));
 }
 
+/// Claims racing for one device's keys each get a different one-time key (then the
+/// fallback key, which may be handed out again).
+async fn concurrent_claims_never_share_a_key(b: Backend) {
+    let p = pair(b).await;
+    let otks: serde_json::Map<String, Value> = (0..10).map(otk).collect();
+    let body = json!({
+        "one_time_keys": otks,
+        "fallback_keys": {"signed_curve25519:FB1": {"key": "fallback", "fallback": true, "signatures": {}}}
+    });
+    assert_eq!(p.s.post("/_matrix/client/v3/keys/upload", Some(&p.at), body).await.0, StatusCode::OK);
+    let claim = json!({"one_time_keys": {&p.alice: {&p.ad: "signed_curve25519"}}});
+    let claims = (0..14).map(|_| p.s.post("/_matrix/client/v3/keys/claim", Some(&p.bt), claim.clone()));
+    let mut got: Vec<String> = futures_util::future::join_all(claims)
+        .await
+        .into_iter()
+        .map(|(status, c)| {
+            assert_eq!(status, StatusCode::OK, "{c}");
+            let keys = c["one_time_keys"][&p.alice][&p.ad].as_object().cloned().unwrap_or_default();
+            keys.values().next().map(|k| k["key"].as_str().unwrap_or_default().to_owned()).unwrap_or_default()
+        })
+        .collect();
+    got.sort();
+    let mut expected: Vec<String> = (0..10).map(|n| format!("otk{n}")).collect();
+    expected.extend(std::iter::repeat_n("fallback".to_owned(), 4));
+    expected.sort();
+    assert_eq!(got, expected);
+}
+
 both_engines!(
+    concurrent_claims_never_share_a_key,
     device_lists_follow_membership,
     encryption_can_be_disabled,
     to_device_reaches_a_device_with_an_empty_queue,
