@@ -60,7 +60,9 @@ pub enum StreamItem {
     DeviceList {
         user_id: OwnedUserId,
     },
-    /// A to-device message for a device was queued.
+    /// To-device messages were queued, for this user and perhaps others. It keeps the
+    /// position in the log: nothing reads the user, since syncs learn of queued messages
+    /// from [`Marks`] and the table, and wake-ups come from the send.
     ToDevice {
         user_id: OwnedUserId,
     },

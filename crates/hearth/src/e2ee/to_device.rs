@@ -109,7 +109,9 @@ impl ToDevice {
                 let event = json!({"sender": sender, "type": kind, "content": content});
                 TO_DEVICE.put(batch, (user.as_str(), device, pos), &event);
             }
-            for user in messages.keys() {
+            // One item holds the position (the stream's newest position is read back from
+            // the log at start); the queue itself is in TO_DEVICE.
+            if let Some(user) = messages.keys().next() {
                 STREAM_LOG.put(batch, pos, &StreamItem::ToDevice { user_id: user.clone() });
             }
             TO_DEVICE_TXNS.put(batch, (sender.as_str(), sender_device, txn), &());
