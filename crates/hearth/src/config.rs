@@ -64,6 +64,10 @@ pub struct Config {
     pub log: String,
     /// Port of the separate Prometheus listener (`/metrics`) on `address`; 0 turns it off.
     pub metrics_port: u16,
+    /// Seconds after a user's last sync ends (with none still open) before their presence
+    /// turns offline: their clients have gone away. Synapse waits 30 s too. 0: presence
+    /// stays as last set.
+    pub presence_offline_timeout_s: u64,
 }
 
 impl Default for Config {
@@ -90,6 +94,7 @@ impl Default for Config {
             default_room_version: RoomVersionId::V12,
             log: "info".to_owned(),
             metrics_port: 0,
+            presence_offline_timeout_s: 30,
         }
     }
 }

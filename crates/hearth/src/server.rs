@@ -196,6 +196,8 @@ pub struct Running {
     pub services: Arc<Services>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    /// The presence time-out loop, when on.
+    presence: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -221,19 +223,27 @@ impl Running {
         } else {
             None
         };
+        let timeout = services.config.presence_offline_timeout_s;
+        let presence = (timeout > 0).then(|| {
+            let timeout = Duration::from_secs(timeout);
+            tokio::spawn(crate::api::client::presence::time_out_presence(Arc::downgrade(&services), timeout))
+        });
         let task = tokio::spawn(serve(services.clone(), listener, async move {
             let _ = stopped.await;
             if let Some(tx) = metrics_stop {
                 let _ = tx.send(());
             }
         }));
-        Ok(Running { addr, metrics_addr, services, stop: Some(stop), task })
+        Ok(Running { addr, metrics_addr, services, stop: Some(stop), task, presence })
     }
 
     /// Graceful stop: finish in-flight requests, flush, return.
     pub async fn stop(mut self) -> std::io::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(presence) = self.presence.take() {
+            presence.abort();
         }
         self.task.await.map_err(std::io::Error::other)?
     }

@@ -61,11 +61,37 @@ pub struct Presence {
     known: Mutex<HashMap<OwnedUserId, Option<PresenceRecord>>>,
     /// Held from deciding a write to making it.
     writing: Mutex<()>,
+    /// Users kept online by their clients: syncs open, and when the last one ended.
+    seen: Mutex<HashMap<OwnedUserId, Seen>>,
+}
+
+/// A user's syncs, as far as presence is concerned.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    open: u32,
+    /// When a sync last started or ended, or presence was set (ms).
+    at: u64,
+}
+
+/// Held for the length of a sync that keeps its user online; see [`Presence::syncing`].
+pub struct Syncing<'a> {
+    presence: &'a Presence,
+    user: OwnedUserId,
+}
+
+impl Drop for Syncing<'_> {
+    fn drop(&mut self) {
+        let mut seen = self.presence.seen.lock();
+        if let Some(s) = seen.get_mut(&self.user) {
+            s.open = s.open.saturating_sub(1);
+            s.at = now_millis();
+        }
+    }
 }
 
 impl Presence {
     pub fn new(store: Arc<Store>, stream: Arc<Stream>) -> Self {
-        Presence { store, stream, known: Mutex::default(), writing: Mutex::default() }
+        Presence { store, stream, known: Mutex::default(), writing: Mutex::default(), seen: Mutex::default() }
     }
 
     pub fn get(&self, user: &UserId) -> Result<Option<PresenceRecord>> {
@@ -161,6 +187,76 @@ impl Presence {
             "online" if since >= LAST_ACTIVE_GRANULARITY_MS => Change::Quiet,
             _ => Change::None,
         }
+    }
+
+    /// Marks `user` as syncing until the guard drops: their presence does not time out
+    /// meanwhile. Call before [`Presence::set`] from the same sync.
+    pub fn syncing(&self, user: &UserId) -> Syncing<'_> {
+        let mut seen = self.seen.lock();
+        let s = seen.entry(user.to_owned()).or_insert(Seen { open: 0, at: 0 });
+        s.open += 1;
+        s.at = now_millis();
+        Syncing { presence: self, user: user.to_owned() }
+    }
+
+    /// Counts as a sign of life for the timeout (presence set explicitly).
+    pub fn seen(&self, user: &UserId) {
+        let mut seen = self.seen.lock();
+        seen.entry(user.to_owned()).or_insert(Seen { open: 0, at: 0 }).at = now_millis();
+    }
+
+    /// Users present at start-up (anything but offline) get `timeout_ms` from now to come
+    /// back, as if they had just synced.
+    pub fn load_present(&self) -> Result<()> {
+        let mut present = Vec::new();
+        PRESENCE.scan_all(&self.store, |user, rec| {
+            if rec.presence != "offline" {
+                present.push(user);
+            }
+            true
+        })?;
+        let now = now_millis();
+        let mut seen = self.seen.lock();
+        for user in present {
+            if let Ok(user) = OwnedUserId::try_from(user) {
+                seen.entry(user).or_insert(Seen { open: 0, at: now });
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns offline every user with no sync open for `timeout_ms`; returns them with the
+    /// stream position of each change, to tell their contacts.
+    pub fn time_out(&self, timeout_ms: u64) -> Result<Vec<(OwnedUserId, u64)>> {
+        let now = now_millis();
+        let gone: Vec<OwnedUserId> = {
+            let mut seen = self.seen.lock();
+            let gone: Vec<_> = seen
+                .iter()
+                .filter(|(_, s)| s.open == 0 && now.saturating_sub(s.at) >= timeout_ms)
+                .map(|(u, _)| u.clone())
+                .collect();
+            for u in &gone {
+                seen.remove(u);
+            }
+            gone
+        };
+        let mut told = Vec::new();
+        for user in gone {
+            if self.get(&user)?.is_some_and(|r| r.presence != "offline") {
+                if let Some(pos) = self.set(&user, "offline", None)? {
+                    told.push((user.clone(), pos));
+                }
+            }
+            // A sync that started after the look above set its user online before this
+            // write could land: put them back.
+            if self.seen.lock().get(&user).is_some_and(|s| s.open > 0) {
+                if let Some(pos) = self.set(&user, "online", None)? {
+                    told.push((user, pos));
+                }
+            }
+        }
+        Ok(told)
     }
 
     /// The `m.presence` event for a user, as sync carries it.

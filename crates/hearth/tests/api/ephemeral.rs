@@ -203,3 +203,54 @@ async fn presence_reaches_contacts_only(b: Backend) {
 }
 
 both_engines!(presence_reaches_contacts_only);
+
+/// Alice's presence as Bob's syncs from `since` report it, waiting (long-polls) until it
+/// is `want`; gives up after a minute of polls.
+async fn wait_for_presence(s: &TestServer, token: &str, since: &mut String, user: &str, want: &str) -> Value {
+    for _ in 0..6 {
+        let res = sync_since(s, token, since, 10000).await;
+        *since = res["next_batch"].as_str().unwrap().to_owned();
+        let found = res["presence"]["events"].as_array().and_then(|a| a.iter().rev().find(|e| e["sender"] == user));
+        if let Some(ev) = found {
+            if ev["content"]["presence"] == want {
+                return ev.clone();
+            }
+        }
+    }
+    panic!("{user} never turned {want}");
+}
+
+async fn presence_times_out_when_clients_stop_syncing(b: Backend) {
+    let mut s = TestServer::start_with(b, |c| c.presence_offline_timeout_s = 1).await;
+    let (alice, at, _) = s.register("alice", "pw-alice-1").await;
+    let (bob, bt, _) = s.register("bob", "pw-bob-1").await;
+    let (_, res) = s.post("/_matrix/client/v3/createRoom", Some(&at), json!({"invite": [bob]})).await;
+    let room = res["room_id"].as_str().unwrap().to_owned();
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+
+    // Alice's client syncs once, then goes away: she turns offline, and Bob is told.
+    let mut since = next_batch(&s, &bt).await;
+    next_batch(&s, &at).await;
+    wait_for_presence(&s, &bt, &mut since, &alice, "online").await;
+    let ev = wait_for_presence(&s, &bt, &mut since, &alice, "offline").await;
+    assert_eq!(ev["content"]["currently_active"], false, "{ev}");
+    // Bob kept long-polling all along: still online.
+    let (_, bob_status) = s.get(&format!("/_matrix/client/v3/presence/{bob}/status"), Some(&bt)).await;
+    assert_eq!(bob_status["presence"], "online", "{bob_status}");
+
+    // A long-poll that outlasts the time-out keeps its user online.
+    let alice_since = next_batch(&s, &at).await;
+    wait_for_presence(&s, &bt, &mut since, &alice, "online").await;
+    let (status, _) = s.get(&format!("/_matrix/client/v3/sync?since={alice_since}&timeout=2500"), Some(&at)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, status) = s.get(&format!("/_matrix/client/v3/presence/{alice}/status"), Some(&bt)).await;
+    assert_eq!(status["presence"], "online", "alice was syncing: {status}");
+
+    // Set explicitly and then silent counts the same; a restart gives her the same grace.
+    s.put(&format!("/_matrix/client/v3/presence/{alice}/status"), Some(&at), json!({"presence": "unavailable"})).await;
+    s.restart().await;
+    let mut since = next_batch(&s, &bt).await;
+    wait_for_presence(&s, &bt, &mut since, &alice, "offline").await;
+}
+
+both_engines!(presence_times_out_when_clients_stop_syncing);

@@ -12,7 +12,7 @@ mod filter;
 pub mod keys;
 mod membership;
 mod message;
-mod presence;
+pub(crate) mod presence;
 mod profile;
 mod push;
 mod receipt;

@@ -1,6 +1,9 @@
 //! Client-server API: presence (`/presence/{userId}/status`).
 
-use std::sync::Arc;
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use ruma::{
     api::client::presence::{get_presence, set_presence},
@@ -27,6 +30,32 @@ pub fn notify_contacts(s: &Services, user: &UserId, pos: u64) -> Result<()> {
     Ok(())
 }
 
+/// Turns offline the users whose clients stopped syncing `presence_offline_timeout_s`
+/// ago, and tells their contacts; runs until the server is gone.
+pub async fn time_out_presence(services: Weak<Services>, timeout: Duration) {
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    let every = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    if let Some(s) = services.upgrade() {
+        if let Err(e) = s.presence.load_present() {
+            tracing::warn!(error = %e, "cannot read presence at start; nobody will time out until they sync");
+        }
+    }
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(s) = services.upgrade() else { return };
+        match s.presence.time_out(timeout_ms) {
+            Ok(told) => {
+                for (user, pos) in told {
+                    if let Err(e) = notify_contacts(&s, &user, pos) {
+                        tracing::warn!(error = %e, %user, "cannot tell contacts of a presence time-out");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "presence time-out failed"),
+        }
+    }
+}
+
 /// `PUT /_matrix/client/v3/presence/{userId}/status`
 pub async fn set_presence(
     s: Arc<Services>,
@@ -36,6 +65,7 @@ pub async fn set_presence(
     if caller.user_id != req.body.user_id {
         return Err(Error::forbidden("You can only set your own presence"));
     }
+    s.presence.seen(&caller.user_id);
     if let Some(pos) = s.presence.set(&caller.user_id, req.body.presence.as_str(), Some(req.body.status_msg.clone()))? {
         notify_contacts(&s, &caller.user_id, pos)?;
     }

@@ -82,6 +82,8 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>, slot: Op
     let deadline = tokio::time::Instant::now() + timeout;
     // Presence the client asks to be in while syncing (`set_presence`, default online).
     let state = body.set_presence.as_str();
+    // Open for as long as this sync: presence does not time out while a client syncs.
+    let _syncing = (state != "offline").then(|| s.presence.syncing(&caller.user_id));
     if super::presence::STATES.contains(&state) {
         if let Some(pos) = s.presence.set(&caller.user_id, state, None)? {
             super::presence::notify_contacts(&s, &caller.user_id, pos)?;
