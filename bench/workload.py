@@ -106,7 +106,10 @@ class Server:
                             return time.perf_counter() - t0
                 except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                     pass
-                await asyncio.sleep(0.01)
+                # 1 ms between polls for the first 200 ms, then 10 ms: a start-up of 12 ms
+                # would otherwise be read as 12 or 23 ms depending on where the polls fell,
+                # and a start of seconds does not need the finer steps.
+                await asyncio.sleep(0.001 if time.perf_counter() - t0 < 0.2 else 0.01)
 
     def reset_db(self):
         """Empty the database directory (the server must be stopped)."""
