@@ -6,11 +6,14 @@
 //! it with every index in one batch. A refusal by the auth rules is 403 `M_FORBIDDEN` with
 //! the rule that failed.
 
+use std::sync::Arc;
+
 use rand::{distributions::Alphanumeric, Rng};
 use ruma::{
     events::{StateEventType, TimelineEventType},
     signatures::{hash_and_sign_event, reference_hash},
-    state_res, CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
+    state_res, CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId,
+    UserId,
 };
 use serde_json::{value::to_raw_value, Map, Value};
 
@@ -164,19 +167,20 @@ impl Rooms {
             if ty == StateEventType::RoomCreate && !rules.event_format.allow_room_create_in_auth_events {
                 continue;
             }
-            if let Some(pdu) = self.state_event_in(&map, &ty, &key)? {
+            if let Some(pdu) = self.state_event_shared(&map, &ty, &key)? {
                 auth_events.push(pdu);
             }
         }
+        // The room's newest events: from memory, as a rule.
         let mut prev_events = Vec::new();
         for id in heads.forward_extremities.iter().take(MAX_PREV_EVENTS) {
-            if let Some(p) = self.pdu(id)? {
+            if let Some(p) = self.pdu_shared(id)? {
                 prev_events.push(p);
             }
         }
         let depth = prev_events.iter().map(|p| p.depth).max().map_or(1, |d| d + 1);
 
-        let refs = |events: &[Pdu]| -> CanonicalJsonValue {
+        let refs = |events: &[Arc<Pdu>]| -> CanonicalJsonValue {
             CanonicalJsonValue::Array(
                 events
                     .iter()
@@ -243,10 +247,22 @@ impl Rooms {
         };
         let pdu = Pdu::from_json(event_id, obj, Some(&room_id))?;
 
-        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| self.pdu(id).ok().flatten())
+        // The rules fetch each auth event by id, and from v12 the create event: those were
+        // just read from the state, so they are not read and parsed again.
+        let create = self.state_event_shared(&map, &StateEventType::RoomCreate, "")?;
+        let fetch = |id: &EventId| {
+            auth_events
+                .iter()
+                .chain(&prev_events)
+                .chain(&create)
+                .find(|p| p.event_id == id)
+                .cloned()
+                .or_else(|| self.pdu_shared(id).ok().flatten())
+        };
+        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, fetch)
             .map_err(|e| Error::forbidden(format!("Refused by the room's rules: {e}")))?;
         state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |ty, key| {
-            self.state_event_in(&map, ty, key).ok().flatten()
+            self.state_event_shared(&map, ty, key).ok().flatten()
         })
         .map_err(|e| Error::forbidden(format!("Refused by the room's rules: {e}")))?;
         Ok(pdu)
