@@ -47,7 +47,9 @@ RUN mkdir -p crates/hearth/src \
     && rm -rf crates/hearth/src
 
 # Layer 2, Hearth itself. COPY keeps the files' old modification times, so `touch` tells
-# cargo that our crate changed since the stub was built.
+# cargo that our crate changed since the stub was built. `link/` holds the order in which
+# the amd64 link lays out the code a start runs (see crates/hearth/build.rs).
+COPY crates/hearth/link crates/hearth/link
 COPY crates/hearth/src crates/hearth/src
 RUN touch crates/hearth/src/main.rs \
     && cargo build --release --locked -p hearth \
