@@ -35,23 +35,32 @@ pub fn notify_contacts(s: &Services, user: &UserId, pos: u64) -> Result<()> {
 pub async fn time_out_presence(services: Weak<Services>, timeout: Duration) {
     let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
     let every = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    if let Some(s) = services.upgrade() {
-        if let Err(e) = s.presence.load_present() {
-            tracing::warn!(error = %e, "cannot read presence at start; nobody will time out until they sync");
-        }
+    // Reads and writes here wait on the disk (a time-out's write waits for its fsync), so
+    // they run on the blocking pool, not on a runtime worker.
+    let first = services.clone();
+    let loaded = tokio::task::spawn_blocking(move || first.upgrade().map(|s| s.presence.load_present()));
+    if let Ok(Some(Err(e))) = loaded.await {
+        tracing::warn!(error = %e, "cannot read presence at start; nobody will time out until they sync");
     }
     loop {
         tokio::time::sleep(every).await;
-        let Some(s) = services.upgrade() else { return };
-        match s.presence.time_out(timeout_ms) {
-            Ok(told) => {
-                for (user, pos) in told {
-                    if let Err(e) = notify_contacts(&s, &user, pos) {
-                        tracing::warn!(error = %e, %user, "cannot tell contacts of a presence time-out");
+        let services = services.clone();
+        let sweep = tokio::task::spawn_blocking(move || {
+            let Some(s) = services.upgrade() else { return false };
+            match s.presence.time_out(timeout_ms) {
+                Ok(told) => {
+                    for (user, pos) in told {
+                        if let Err(e) = notify_contacts(&s, &user, pos) {
+                            tracing::warn!(error = %e, %user, "cannot tell contacts of a presence time-out");
+                        }
                     }
                 }
+                Err(e) => tracing::warn!(error = %e, "presence time-out failed"),
             }
-            Err(e) => tracing::warn!(error = %e, "presence time-out failed"),
+            true
+        });
+        if !matches!(sweep.await, Ok(true)) {
+            return;
         }
     }
 }
