@@ -281,8 +281,10 @@ impl Rooms {
         let store = &*self.store;
         let room = pdu.room_id.as_str();
         let shared = std::sync::Arc::new(pdu.clone());
-        let written = |_: u64, (target, short): &(Option<ruma::OwnedUserId>, u64)| self.written(shared, target, *short);
-        let (stream, (target, _)) = self.stream.commit_deferred_then(
+        let written = |_: u64, (target, short, heads): &(Option<ruma::OwnedUserId>, u64, RoomHeads)| {
+            self.written(shared, target, *short, heads)
+        };
+        let (stream, (target, _, _)) = self.stream.commit_deferred_then(
             |stream, batch| {
                 let mut interner = Interner::new(&mut counters.next_short);
                 let short = interner.event(store, batch, &pdu.event_id)?;
@@ -367,7 +369,7 @@ impl Rooms {
                 if let Some(record) = &new_room {
                     ROOMS.put(batch, room, record);
                 }
-                Ok((target, short))
+                Ok((target, short, new_heads))
             },
             written,
         )?;
@@ -377,7 +379,16 @@ impl Rooms {
     /// Updates what memory keeps once an event is in the database, before its position
     /// can become durable (so before any sync reads up to it): member lists, parsed PDUs,
     /// and redacted content.
-    fn written(&self, pdu: std::sync::Arc<Pdu>, member_target: &Option<ruma::OwnedUserId>, short: u64) {
+    fn written(
+        &self,
+        pdu: std::sync::Arc<Pdu>,
+        member_target: &Option<ruma::OwnedUserId>,
+        short: u64,
+        heads: &RoomHeads,
+    ) {
+        // Always replace: a reader that read the old heads before this write may only add
+        // them where nothing is (see `Rooms::heads`).
+        self.heads.lock().insert(pdu.room_id.clone(), heads.clone());
         if let Some(user) = member_target {
             self.members.invalidate(&pdu.room_id);
             self.members.invalidate_user(user);

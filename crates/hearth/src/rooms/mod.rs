@@ -21,7 +21,7 @@ pub mod timeline;
 pub mod typing;
 pub mod upgrade;
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use parking_lot::Mutex;
 use ruma::{
@@ -117,6 +117,11 @@ pub struct Rooms {
     pdus: pdu_cache::PduCache,
     /// Where each room's newest receipt is on the stream.
     receipt_marks: crate::stream::Marks<OwnedRoomId>,
+    /// Room records read so far: written once, when the room is created.
+    records: Mutex<HashMap<OwnedRoomId, RoomRecord>>,
+    /// Each room's heads once read, replaced by every append after its write (before its
+    /// position can become durable), so no reader finds older heads here than on disk.
+    heads: Mutex<HashMap<OwnedRoomId, RoomHeads>>,
 }
 
 impl Rooms {
@@ -140,6 +145,8 @@ impl Rooms {
             members,
             pdus: Default::default(),
             receipt_marks,
+            records: Mutex::default(),
+            heads: Mutex::default(),
         })
     }
 
@@ -149,7 +156,14 @@ impl Rooms {
     }
 
     pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
-        Ok(ROOMS.get(&self.store, room_id.as_str())?)
+        if let Some(record) = self.records.lock().get(room_id) {
+            return Ok(Some(record.clone()));
+        }
+        let record = ROOMS.get(&self.store, room_id.as_str())?;
+        if let Some(r) = &record {
+            self.records.lock().insert(room_id.to_owned(), r.clone());
+        }
+        Ok(record)
     }
 
     /// The room's record, or 404 for a room this server does not know.
@@ -158,7 +172,12 @@ impl Rooms {
     }
 
     pub fn heads(&self, room_id: &RoomId) -> Result<RoomHeads> {
-        Ok(ROOM_HEADS.get(&self.store, room_id.as_str())?.unwrap_or_default())
+        if let Some(heads) = self.heads.lock().get(room_id) {
+            return Ok(heads.clone());
+        }
+        let Some(heads) = ROOM_HEADS.get(&self.store, room_id.as_str())? else { return Ok(RoomHeads::default()) };
+        // An append that wrote after this read has put its own heads first: keep those.
+        Ok(self.heads.lock().entry(room_id.to_owned()).or_insert(heads).clone())
     }
 
     pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
