@@ -125,7 +125,7 @@ impl Presence {
         }
         // Decide again under the lock: a concurrent write must not be undone by a record
         // built from what was read before it.
-        let _writing = self.writing.lock();
+        let writing = self.writing.lock();
         let current = self.get(user)?;
         let msg = match status_msg {
             Some(m) => m,
@@ -163,6 +163,9 @@ impl Presence {
                     self.known.lock().insert(user.to_owned(), Some(rec.clone()));
                 };
                 let (pos, _) = self.stream.commit_deferred_then(fill, written)?;
+                // The wait for the disk happens after the lock: writers of other users'
+                // presence share the fsync instead of queueing behind it.
+                drop(writing);
                 self.stream.make_durable(pos)?;
                 Ok(Some(pos))
             }
