@@ -3,8 +3,15 @@
 //! A device is what a login creates; its access token is the only credential a client
 //! holds. `ACCESS_TOKENS` maps SHA-256(token) to its (user, device), and the device record
 //! keeps the same hash so deleting a device revokes its token in the same batch.
+//!
+//! Every authenticated request resolves its token, so resolved tokens are kept in memory
+//! ([`TokenCache`]); every write that deletes tokens empties it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use hashlink::LruCache;
+use parking_lot::Mutex;
 use rand::{Rng, RngCore};
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
@@ -75,11 +82,56 @@ fn clamp_display_name(name: Option<String>) -> Option<String> {
     })
 }
 
+/// Most resolved tokens kept: far more than a home server has devices.
+const TOKEN_CACHE_CAPACITY: usize = 8192;
+
+/// Token hashes resolved from the database, by hash. A token reaches the cache only from
+/// the database, and only if no token was deleted while it was being read (the epoch is
+/// unchanged), so a revoked token can never be put back after its revocation emptied the
+/// cache. Measured: in the benchmark's fan-out (one message, 99 waiting syncs), the token
+/// lookups were a third of the reads on SQLite, where each read is its own transaction.
+pub struct TokenCache {
+    epoch: AtomicU64,
+    owners: Mutex<LruCache<Vec<u8>, TokenOwner>>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache { epoch: AtomicU64::new(0), owners: Mutex::new(LruCache::new(TOKEN_CACHE_CAPACITY)) }
+    }
+}
+
+impl TokenCache {
+    /// Forgets every token: called after every write that deletes one (whether or not the
+    /// write succeeded).
+    fn forget_all(&self) {
+        let mut owners = self.owners.lock();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        owners.clear();
+    }
+}
+
 impl Users {
     /// Resolves an access token to its caller.
     pub fn authenticate(&self, token: &str) -> Result<Caller> {
-        let owner = ACCESS_TOKENS.get(self.store(), &token_hash(token))?.ok_or_else(Error::unknown_token)?;
+        let hash = token_hash(token);
+        if let Some(owner) = self.tokens.owners.lock().get(&hash) {
+            return Ok(Caller { user_id: owner.user_id.clone(), device_id: owner.device_id.clone() });
+        }
+        let epoch = self.tokens.epoch.load(Ordering::SeqCst);
+        let owner = ACCESS_TOKENS.get(self.store(), &hash)?.ok_or_else(Error::unknown_token)?;
+        let mut owners = self.tokens.owners.lock();
+        if self.tokens.epoch.load(Ordering::SeqCst) == epoch {
+            owners.insert(hash, owner.clone());
+        }
         Ok(Caller { user_id: owner.user_id, device_id: owner.device_id })
+    }
+
+    /// Writes a batch that may delete access tokens, then forgets the resolved ones.
+    pub(super) fn write_revoking(&self, batch: Batch) -> Result<()> {
+        let written = self.store().write(batch);
+        self.tokens.forget_all();
+        Ok(written?)
     }
 
     /// Logs a device in: creates it (or, for an existing device id of this user, replaces
@@ -103,8 +155,10 @@ impl Users {
 
         let _guard = self.write_lock.lock();
         let mut batch = Batch::new();
+        let mut revokes = false;
         let device = match DEVICES.get(self.store(), (user_id.as_str(), device_id.as_str()))? {
             Some(mut existing) => {
+                revokes = true;
                 ACCESS_TOKENS.delete(&mut batch, &existing.token_hash);
                 existing.token_hash = hash.clone();
                 existing.last_seen_ts = Some(now);
@@ -121,7 +175,11 @@ impl Users {
         };
         DEVICES.put(&mut batch, (user_id.as_str(), device_id.as_str()), &device);
         ACCESS_TOKENS.put(&mut batch, &hash, &TokenOwner { user_id: user_id.to_owned(), device_id: device_id.clone() });
-        self.store().write(batch)?;
+        if revokes {
+            self.write_revoking(batch)?;
+        } else {
+            self.store().write(batch)?;
+        }
         Ok((device_id, token))
     }
 
@@ -155,7 +213,7 @@ impl Users {
         for d in device_ids {
             self.delete_device_into(&mut batch, user_id, d.as_str())?;
         }
-        Ok(self.store().write(batch)?)
+        self.write_revoking(batch)
     }
 
     /// Deletes every device of the user except `keep`.
@@ -165,7 +223,8 @@ impl Users {
         self.delete_devices(user_id, &ids)
     }
 
-    /// Adds the deletion of one device and its token to `batch`. Callers hold `write_lock`.
+    /// Adds the deletion of one device and its token to `batch`. Callers hold `write_lock`
+    /// and write the batch with [`Users::write_revoking`].
     pub(super) fn delete_device_into(&self, batch: &mut Batch, user_id: &UserId, device_id: &str) -> Result<()> {
         let key = (user_id.as_str(), device_id);
         if let Some(device) = DEVICES.get(self.store(), key)? {

@@ -53,6 +53,8 @@ pub struct Users {
     server_name: OwnedServerName,
     /// Serialises account and device mutations (see the module comment).
     write_lock: Mutex<()>,
+    /// Access tokens resolved from the database.
+    tokens: devices::TokenCache,
 }
 
 /// Options for creating an account.
@@ -64,7 +66,7 @@ pub struct NewAccount<'a> {
 
 impl Users {
     pub fn new(store: Arc<Store>, server_name: OwnedServerName) -> Self {
-        Users { store, server_name, write_lock: Mutex::new(()) }
+        Users { store, server_name, write_lock: Mutex::new(()), tokens: Default::default() }
     }
 
     pub fn server_name(&self) -> &OwnedServerName {
@@ -214,7 +216,7 @@ impl Users {
         for (field, _) in profile::PROFILE_FIELDS.collect_prefix(&self.store, user_id.as_str())? {
             profile::put_field(&mut batch, user_id, &field, None);
         }
-        self.store.write(batch)?;
+        self.write_revoking(batch)?;
         tracing::info!(%user_id, "deactivated account");
         Ok(())
     }

@@ -181,6 +181,7 @@ async fn change_password_logs_out_other_devices(b: Backend) {
     let s = TestServer::start(b).await;
     let (user, token1, device1) = s.register("alice", "pw-old").await;
     let (token2, _) = s.login("alice", "pw-old").await;
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&token2)).await.0, StatusCode::OK);
 
     // Wrong password in the UIA stage.
     let path = "/_matrix/client/v3/account/password";

@@ -51,6 +51,7 @@ async fn delete_device_needs_password(b: Backend) {
     let s = TestServer::start(b).await;
     let (user, token, _) = s.register("alice", "pw-alice-1").await;
     let (t2, d2) = s.login("alice", "pw-alice-1").await;
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&t2)).await.0, StatusCode::OK);
     let path = format!("/_matrix/client/v3/devices/{d2}");
     let got = s.with_password_uia(Method::DELETE, &path, &token, json!({}), &user, "pw-alice-1").await;
     assert_eq!(got.0, StatusCode::OK, "{}", got.1);
@@ -65,6 +66,9 @@ async fn delete_devices_in_bulk(b: Backend) {
     let (user, token, d1) = s.register("alice", "pw-alice-1").await;
     let (t2, d2) = s.login("alice", "pw-alice-1").await;
     let (t3, d3) = s.login("alice", "pw-alice-1").await;
+    for t in [&t2, &t3] {
+        assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(t)).await.0, StatusCode::OK);
+    }
     let body = json!({"devices": [d2, d3, "UNKNOWN"]});
     let got =
         s.with_password_uia(Method::POST, "/_matrix/client/v3/delete_devices", &token, body, &user, "pw-alice-1").await;

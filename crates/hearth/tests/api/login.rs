@@ -30,6 +30,8 @@ async fn login_flows_and_identifiers(b: Backend) {
 
     // Login with an existing device id keeps the device and replaces its token.
     let (old_token, device) = s.login("alice", "pw-alice-1").await;
+    // Used once, so resolved and kept in memory before it is replaced.
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&old_token)).await.0, StatusCode::OK);
     let (status, res) = s
         .post(
             LOGIN,
@@ -83,6 +85,10 @@ async fn logout_and_logout_all(b: Backend) {
     let (_, t1, d1) = s.register("alice", "pw-alice-1").await;
     let (t2, _) = s.login("alice", "pw-alice-1").await;
     let (t3, _) = s.login("alice", "pw-alice-1").await;
+    // Every token used once, so kept in memory before it is revoked.
+    for t in [&t1, &t2, &t3] {
+        assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(t)).await.0, StatusCode::OK);
+    }
 
     // Logout with no body at all, as clients do.
     let res = s.http.post(format!("{}/_matrix/client/v3/logout", s.base)).bearer_auth(&t1).send().await.unwrap();
