@@ -2,6 +2,7 @@
 //! default ruleset until they change it), and the [`Push`] service that keeps parsed
 //! rulesets and running unread counts (see [`unread`]) in memory for sync.
 
+pub mod fields;
 pub mod unread;
 
 use std::{
@@ -18,6 +19,7 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
+use self::fields::PushFields;
 use crate::{
     error::{Error, Result},
     rooms::Rooms,
@@ -85,12 +87,14 @@ pub(crate) fn room_context(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Re
     Ok(ctx)
 }
 
+type KeptRuleset = (u64, Arc<Ruleset>, Arc<PushFields>);
+
 /// Parsed rulesets and running unread counts, cached per user (and room) for sync.
 #[derive(Default)]
 pub struct Push {
     /// User → (version of their `m.push_rules` as [`AccountData::changed_since_start`]
-    /// counts it; the ruleset).
-    rulesets: Mutex<HashMap<OwnedUserId, (u64, Arc<Ruleset>)>>,
+    /// counts it; the ruleset; the fields it reads, one shared value for equal sets).
+    rulesets: Mutex<HashMap<OwnedUserId, KeptRuleset>>,
     unread: unread::UnreadCache,
 }
 
@@ -100,16 +104,23 @@ impl Push {
     /// Parsed once and kept: every change goes through [`AccountData::set`], which records
     /// its stream position in memory, so a kept ruleset is known current without reading
     /// (and parsing) the stored rules on every sync.
-    pub fn ruleset(&self, account_data: &AccountData, user: &UserId) -> Result<(u64, Arc<Ruleset>)> {
+    pub fn ruleset(&self, account_data: &AccountData, user: &UserId) -> Result<KeptRuleset> {
         let version = account_data.changed_since_start(user, "m.push_rules");
-        if let Some((v, rules)) = self.rulesets.lock().unwrap_or_else(|e| e.into_inner()).get(user) {
-            if *v == version {
-                return Ok((version, rules.clone()));
+        if let Some(kept) = self.rulesets.lock().unwrap_or_else(|e| e.into_inner()).get(user) {
+            if kept.0 == version {
+                return Ok(kept.clone());
             }
         }
         let rules = Arc::new(ruleset(account_data, user)?);
-        self.rulesets.lock().unwrap_or_else(|e| e.into_inner()).insert(user.to_owned(), (version, rules.clone()));
-        Ok((version, rules))
+        let fields = PushFields::of(&rules);
+        let mut rulesets = self.rulesets.lock().unwrap_or_else(|e| e.into_inner());
+        // Users with the same fields share one value: events flattened for one of them
+        // are kept for all (see `Rooms::page_for_push`).
+        let fields =
+            rulesets.values().map(|k| &k.2).find(|f| ***f == fields).cloned().unwrap_or_else(|| Arc::new(fields));
+        let kept = (version, rules, fields);
+        rulesets.insert(user.to_owned(), kept.clone());
+        Ok(kept)
     }
 
     /// Unread counts of `room_id` for `user` up to stream position `until` (see [`unread`]).
@@ -122,7 +133,7 @@ impl Push {
         until: u64,
         split_threads: bool,
     ) -> Result<unread::UnreadCounts> {
-        let (version, rules) = self.ruleset(account_data, user)?;
-        self.unread.counts(rooms, &rules, version, room_id, user, until, split_threads)
+        let (version, rules, fields) = self.ruleset(account_data, user)?;
+        self.unread.counts(rooms, (&rules, &fields), version, room_id, user, until, split_threads)
     }
 }

@@ -19,6 +19,7 @@ use ruma::{
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
 };
 
+use super::fields::PushFields;
 use crate::{
     error::Result,
     rooms::{receipts::RECEIPTS, Rooms},
@@ -119,7 +120,7 @@ impl UnreadCache {
     pub(super) fn counts(
         &self,
         rooms: &Rooms,
-        rules: &Ruleset,
+        rules: (&Ruleset, &Arc<PushFields>),
         rules_version: u64,
         room_id: &RoomId,
         user: &UserId,
@@ -192,7 +193,7 @@ impl Tally {
     fn advance(
         mut self,
         rooms: &Rooms,
-        rules: &Ruleset,
+        (rules, fields): (&Ruleset, &Arc<PushFields>),
         room_id: &RoomId,
         user: &UserId,
         until: u64,
@@ -200,7 +201,7 @@ impl Tally {
     ) -> Result<Self> {
         let split_threads = self.key.2;
         let receipts = self.receipts.clone();
-        let page = rooms.page_for_push(room_id, self.counted_to, MAX_COUNTED, until)?;
+        let page = rooms.page_for_push(room_id, self.counted_to, MAX_COUNTED, until, fields)?;
         self.counted_to = match page.last() {
             Some((last, _)) if page.len() == MAX_COUNTED => *last,
             _ => until,

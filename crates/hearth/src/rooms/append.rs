@@ -281,8 +281,9 @@ impl Rooms {
         let store = &*self.store;
         let room = pdu.room_id.as_str();
         let shared = std::sync::Arc::new(pdu.clone());
+        let before = heads.snapshot;
         let written = |_: u64, (target, short, heads): &(Option<ruma::OwnedUserId>, u64, RoomHeads)| {
-            self.written(shared, target, *short, heads)
+            self.written(shared, target, *short, before, heads)
         };
         let (stream, (target, _, _)) = self.stream.commit_deferred_then(
             |stream, batch| {
@@ -384,6 +385,7 @@ impl Rooms {
         pdu: std::sync::Arc<Pdu>,
         member_target: &Option<ruma::OwnedUserId>,
         short: u64,
+        before: Option<u64>,
         heads: &RoomHeads,
     ) {
         // Always replace: a reader that read the old heads before this write may only add
@@ -394,7 +396,7 @@ impl Rooms {
             self.members.invalidate_user(user);
         }
         let redacted = pdu.redaction_target();
-        self.pdus.keep_new(pdu, short);
+        self.pdus.keep_new(pdu, short, before);
         if let Some(redacted) = redacted {
             // No reader may keep the unredacted copy from here on.
             match self.state.short_event(&redacted) {

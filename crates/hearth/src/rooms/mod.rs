@@ -261,8 +261,16 @@ impl Rooms {
 
     /// The state before an event (for `/members?at=` and `/context`).
     pub fn state_before(&self, event_id: &EventId) -> Result<Arc<StateMap>> {
-        let short = self.state.short_event(event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
-        match state::STATE_BEFORE_EVENT.get(&self.store, short)? {
+        let snapshot = match self.pdus.state_before(event_id) {
+            Some(kept) => kept,
+            None => {
+                let short = self.state.short_event(event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
+                let snapshot = state::STATE_BEFORE_EVENT.get(&self.store, short)?;
+                self.pdus.keep_state_before(event_id.to_owned(), snapshot);
+                snapshot
+            }
+        };
+        match snapshot {
             Some(s) => self.state.materialise(s),
             None => Ok(Arc::new(StateMap::new())),
         }

@@ -10,6 +10,10 @@
 //!   hundred parses of one event in a room of a hundred). The last [`RECENT_CAPACITY`]
 //!   appended are kept by event id.
 //!
+//! The state snapshot before each of the newest events is kept too ([`RECENT_CAPACITY`]
+//! of them): every member's sync checks the new event's visibility against it. It never
+//! changes once written.
+//!
 //! The newest events are also kept as push rules read them ([`FlattenedJson`] of the stored
 //! PDU), [`RECENT_CAPACITY`] of them, filled by the first reader: every member's unread
 //! count evaluates the same new event.
@@ -34,18 +38,24 @@ use parking_lot::Mutex;
 use ruma::{push::FlattenedJson, EventId, OwnedEventId};
 
 use super::pdu::Pdu;
+use crate::push::fields::PushFields;
 
 /// Most state events kept (a member event parses to about 1–2 KiB).
 pub const STATE_CAPACITY: usize = 4096;
 /// Most of the newest events kept by id.
 pub const RECENT_CAPACITY: usize = 256;
 
+/// An event flattened for push rules, and the fields it was cut down to.
+type Flattened = (Arc<PushFields>, Arc<FlattenedJson>);
+
 pub(super) struct PduCache {
     /// Advanced after every committed redaction.
     epoch: AtomicU64,
     state: Mutex<LruCache<u64, Arc<Pdu>>>,
     recent: Mutex<LruCache<OwnedEventId, Arc<Pdu>>>,
-    flattened: Mutex<LruCache<OwnedEventId, Arc<FlattenedJson>>>,
+    flattened: Mutex<LruCache<OwnedEventId, Flattened>>,
+    /// Event → the state snapshot before it (`None`: the room's first event, before any).
+    before: Mutex<LruCache<OwnedEventId, Option<u64>>>,
 }
 
 fn lru<K: std::hash::Hash + Eq, V>(capacity: usize) -> Mutex<LruCache<K, V>> {
@@ -59,6 +69,7 @@ impl Default for PduCache {
             state: lru(STATE_CAPACITY),
             recent: lru(RECENT_CAPACITY),
             flattened: lru(RECENT_CAPACITY),
+            before: lru(RECENT_CAPACITY),
         }
     }
 }
@@ -74,17 +85,25 @@ impl PduCache {
         self.recent.lock().get(event_id).cloned()
     }
 
-    /// An event as push rules read it, if kept.
-    pub(super) fn flattened(&self, event_id: &EventId) -> Option<Arc<FlattenedJson>> {
-        self.flattened.lock().get(event_id).cloned()
+    /// An event as push rules reading `fields` read it, if kept.
+    pub(super) fn flattened(&self, event_id: &EventId, fields: &Arc<PushFields>) -> Option<Arc<FlattenedJson>> {
+        let mut flattened = self.flattened.lock();
+        let (kept_for, event) = flattened.get(event_id)?;
+        (Arc::ptr_eq(kept_for, fields) || **kept_for == **fields).then(|| event.clone())
     }
 
     /// Keeps an event's flattened form read from the database, unless a redaction was
     /// written since `epoch` was taken.
-    pub(super) fn keep_flattened(&self, event_id: OwnedEventId, event: Arc<FlattenedJson>, epoch: u64) {
+    pub(super) fn keep_flattened(
+        &self,
+        event_id: OwnedEventId,
+        fields: Arc<PushFields>,
+        event: Arc<FlattenedJson>,
+        epoch: u64,
+    ) {
         let mut flattened = self.flattened.lock();
         if self.epoch.load(Ordering::SeqCst) == epoch {
-            flattened.insert(event_id, event);
+            flattened.insert(event_id, (fields, event));
         }
     }
 
@@ -102,8 +121,20 @@ impl PduCache {
         }
     }
 
-    /// Keeps an event just appended (nothing can have redacted it yet).
-    pub(super) fn keep_new(&self, pdu: Arc<Pdu>, short: u64) {
+    /// The state snapshot before an event, if kept (`Some(None)`: no state before it).
+    pub(super) fn state_before(&self, event_id: &EventId) -> Option<Option<u64>> {
+        self.before.lock().get(event_id).copied()
+    }
+
+    /// Keeps the state snapshot before an event (it never changes once written).
+    pub(super) fn keep_state_before(&self, event_id: OwnedEventId, snapshot: Option<u64>) {
+        self.before.lock().insert(event_id, snapshot);
+    }
+
+    /// Keeps an event just appended (nothing can have redacted it yet), and the state
+    /// snapshot before it.
+    pub(super) fn keep_new(&self, pdu: Arc<Pdu>, short: u64, before: Option<u64>) {
+        self.keep_state_before(pdu.event_id.clone(), before);
         if pdu.is_state() {
             self.state.lock().insert(short, pdu.clone());
         }

@@ -3,14 +3,15 @@
 //! Positions are stream positions: a token `p` stands just after the event at `p`. Going
 //! backwards from `p` returns events at `p` and before; forwards, events after `p`.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use ruma::{api::Direction, push::FlattenedJson, EventId, RoomId, UserId};
-use serde_json::{json, value::RawValue, Map, Value};
+use serde_json::{json, Map, Value};
 
 use super::{pdu::Pdu, EventMeta, Rooms, TIMELINE};
 use crate::{
     error::{Error, Result},
+    push::fields::PushFields,
     store::{codec::encode_key, KeyRange, Order},
 };
 
@@ -120,24 +121,24 @@ impl Rooms {
         self.page_with(room_id, load, from, dir, limit, until, to)
     }
 
-    /// [`Rooms::page`] forwards, each event as push rules read it (flattened, shared
-    /// between readers): for unread counts. The rules see the event's own fields, not
-    /// the PDU's (`auth_events`, `hashes`, `signatures`... are left out, which also
-    /// makes flattening several times cheaper). Events nested too deep for ruma's
-    /// evaluator are left out (it would panic on them; sends refuse them now, one stored
-    /// before is not counted rather than breaking every sync of the room).
+    /// [`Rooms::page`] forwards, each event as push rules reading `fields` read it
+    /// ([`crate::push::fields::view`], shared between readers whose rules read the same
+    /// fields): for unread counts. Events nested too deep for ruma's evaluator are left
+    /// out (it would panic on them; sends refuse them now, one stored before is not
+    /// counted rather than breaking every sync of the room).
     pub fn page_for_push(
         &self,
         room_id: &RoomId,
         from: u64,
         limit: usize,
         until: u64,
+        fields: &Arc<PushFields>,
     ) -> Result<Vec<(u64, Arc<FlattenedJson>)>> {
         let load = |ids: Vec<String>| -> Result<Vec<Option<Arc<FlattenedJson>>>> {
             let ids: Vec<Option<ruma::OwnedEventId>> =
                 ids.into_iter().map(|id| ruma::OwnedEventId::try_from(id).ok()).collect();
             let mut out: Vec<Option<Arc<FlattenedJson>>> =
-                ids.iter().map(|id| id.as_ref().and_then(|id| self.pdus.flattened(id))).collect();
+                ids.iter().map(|id| id.as_ref().and_then(|id| self.pdus.flattened(id, fields))).collect();
             let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none() && ids[i].is_some()).collect();
             if missing.is_empty() {
                 return Ok(out);
@@ -149,10 +150,10 @@ impl Rooms {
             let keep = missing.len() <= 16;
             for (&i, bytes) in missing.iter().zip(stored) {
                 let (Some(id), Some(bytes)) = (&ids[i], bytes) else { continue };
-                let Some(event) = push_view(&bytes) else { continue };
+                let Some(event) = crate::push::fields::view(&bytes, fields) else { continue };
                 let event = Arc::new(event);
                 if keep {
-                    self.pdus.keep_flattened(id.clone(), event.clone(), epoch);
+                    self.pdus.keep_flattened(id.clone(), fields.clone(), event.clone(), epoch);
                 }
                 out[i] = Some(event);
             }
@@ -262,60 +263,5 @@ impl Rooms {
         let Some(pdu) = self.pdu(event_id)? else { return Ok(None) };
         let meta = self.event_meta(event_id)?;
         Ok(Some(self.client_event(&pdu, meta.as_ref(), viewer)))
-    }
-}
-
-/// PDU fields that are not part of the event a client (or a push rule) sees.
-const PDU_ONLY_FIELDS: [&str; 8] =
-    ["auth_events", "prev_events", "hashes", "signatures", "depth", "origin", "prev_state", "membership"];
-
-/// A stored PDU as push rules see it: its client-visible fields, flattened. `None` if it
-/// is unreadable or nested too deep to evaluate.
-fn push_view(pdu: &[u8]) -> Option<FlattenedJson> {
-    let fields: BTreeMap<String, &RawValue> = serde_json::from_slice(pdu).ok()?;
-    let mut slim = String::with_capacity(pdu.len() / 2);
-    slim.push('{');
-    for (key, value) in fields.iter().filter(|(k, _)| !PDU_ONLY_FIELDS.contains(&k.as_str())) {
-        if slim.len() > 1 {
-            slim.push(',');
-        }
-        slim.push_str(&serde_json::to_string(key).ok()?);
-        slim.push(':');
-        slim.push_str(value.get());
-    }
-    slim.push('}');
-    if crate::json_depth::nested_deeper_than(&slim, crate::json_depth::READ_DEPTH) {
-        return None;
-    }
-    let raw = RawValue::from_string(slim).ok()?;
-    Some(FlattenedJson::from_raw(&ruma::serde::Raw::<Value>::from_json(raw)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn push_rules_see_the_client_fields_of_a_pdu() {
-        let pdu = json!({
-            "type": "m.room.message", "sender": "@a:x", "room_id": "!r:x", "origin_server_ts": 1,
-            "content": {"body": "hi", "m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}},
-            "auth_events": ["$a"], "prev_events": ["$p"], "depth": 3,
-            "hashes": {"sha256": "h"}, "signatures": {"x": {"ed25519:k": "s"}},
-        });
-        let view = push_view(pdu.to_string().as_bytes()).expect("readable");
-        assert_eq!(view.get_str("content.body"), Some("hi"));
-        assert_eq!(view.get_str(r"content.m\.relates_to.rel_type"), Some("m.thread"));
-        assert_eq!(view.get_str("sender"), Some("@a:x"));
-        assert_eq!(view.get_str("room_id"), Some("!r:x"));
-        assert_eq!(view.get_str("hashes.sha256"), None);
-        assert_eq!(view.get_str("signatures.x.ed25519:k"), None);
-
-        // Too deep for ruma's evaluator (it panics past 128 levels): left out, no panic.
-        let deep = format!(r#"{{"type":"m.room.message","content":{}1{}}}"#, "[".repeat(126), "]".repeat(126));
-        assert!(push_view(deep.as_bytes()).is_none());
-        let deeper = format!(r#"{{"type":"m.room.message","content":{}1{}}}"#, "[".repeat(140), "]".repeat(140));
-        assert!(push_view(deeper.as_bytes()).is_none());
-        assert!(push_view(b"not json").is_none());
     }
 }
