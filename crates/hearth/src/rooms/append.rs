@@ -282,8 +282,8 @@ impl Rooms {
         let room = pdu.room_id.as_str();
         let shared = std::sync::Arc::new(pdu.clone());
         let before = heads.snapshot;
-        let written = |_: u64, (target, short, heads): &(Option<ruma::OwnedUserId>, u64, RoomHeads)| {
-            self.written(shared, target, *short, before, heads)
+        let written = |_: u64, (target, heads, meta): &(Option<ruma::OwnedUserId>, RoomHeads, EventMeta)| {
+            self.written(shared, target, before, heads, meta)
         };
         let (stream, (target, _, _)) = self.stream.commit_deferred_then(
             |stream, batch| {
@@ -304,17 +304,14 @@ impl Rooms {
                 }
                 let json = serde_json::to_vec(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
                 PDUS.put(batch, pdu.event_id.as_str(), &json);
-                EVENT_META.put(
-                    batch,
-                    pdu.event_id.as_str(),
-                    &EventMeta {
-                        room_id: pdu.room_id.clone(),
-                        stream,
-                        short,
-                        txn: txn.map(|t| (t.device_id.to_owned(), t.txn_id.to_owned())),
-                        redacted_by: None,
-                    },
-                );
+                let meta = EventMeta {
+                    room_id: pdu.room_id.clone(),
+                    stream,
+                    short,
+                    txn: txn.map(|t| (t.device_id.to_owned(), t.txn_id.to_owned())),
+                    redacted_by: None,
+                };
+                EVENT_META.put(batch, pdu.event_id.as_str(), &meta);
                 if pdu.kind == TimelineEventType::RoomRedaction {
                     self.apply_redaction(batch, &pdu)?;
                 }
@@ -370,7 +367,7 @@ impl Rooms {
                 if let Some(record) = &new_room {
                     ROOMS.put(batch, room, record);
                 }
-                Ok((target, short, new_heads))
+                Ok((target, new_heads, meta))
             },
             written,
         )?;
@@ -384,9 +381,9 @@ impl Rooms {
         &self,
         pdu: std::sync::Arc<Pdu>,
         member_target: &Option<ruma::OwnedUserId>,
-        short: u64,
         before: Option<u64>,
         heads: &RoomHeads,
+        meta: &EventMeta,
     ) {
         // Always replace: a reader that read the old heads before this write may only add
         // them where nothing is (see `Rooms::heads`).
@@ -396,7 +393,7 @@ impl Rooms {
             self.members.invalidate_user(user);
         }
         let redacted = pdu.redaction_target();
-        self.pdus.keep_new(pdu, short, before);
+        self.pdus.keep_new(pdu, meta.clone(), before);
         if let Some(redacted) = redacted {
             // No reader may keep the unredacted copy from here on.
             match self.state.short_event(&redacted) {

@@ -203,7 +203,15 @@ impl Rooms {
     }
 
     pub fn event_meta(&self, event_id: &EventId) -> Result<Option<EventMeta>> {
-        Ok(EVENT_META.get(&self.store, event_id.as_str())?)
+        if let Some(meta) = self.pdus.meta(event_id) {
+            return Ok(Some(meta));
+        }
+        let epoch = self.pdus.epoch();
+        let meta = EVENT_META.get(&self.store, event_id.as_str())?;
+        if let Some(meta) = &meta {
+            self.pdus.keep_meta(event_id.to_owned(), meta.clone(), epoch);
+        }
+        Ok(meta)
     }
 
     pub fn current_state_map(&self, room_id: &RoomId) -> Result<Arc<StateMap>> {

@@ -10,6 +10,9 @@
 //!   hundred parses of one event in a room of a hundred). The last [`RECENT_CAPACITY`]
 //!   appended are kept by event id.
 //!
+//! The metadata of the newest events (stream position, the sending device's transaction
+//! id, the redaction) is kept with them: every member's sync reads it for the new event.
+//!
 //! The state snapshot before each of the newest events is kept too ([`RECENT_CAPACITY`]
 //! of them): every member's sync checks the new event's visibility against it. It never
 //! changes once written.
@@ -37,7 +40,7 @@ use hashlink::LruCache;
 use parking_lot::Mutex;
 use ruma::{push::FlattenedJson, EventId, OwnedEventId};
 
-use super::pdu::Pdu;
+use super::{pdu::Pdu, EventMeta};
 use crate::push::fields::PushFields;
 
 /// Most state events kept (a member event parses to about 1–2 KiB).
@@ -56,6 +59,8 @@ pub(super) struct PduCache {
     flattened: Mutex<LruCache<OwnedEventId, Flattened>>,
     /// Event → the state snapshot before it (`None`: the room's first event, before any).
     before: Mutex<LruCache<OwnedEventId, Option<u64>>>,
+    /// Event → its metadata (changed only by a redaction of the event).
+    meta: Mutex<LruCache<OwnedEventId, EventMeta>>,
 }
 
 fn lru<K: std::hash::Hash + Eq, V>(capacity: usize) -> Mutex<LruCache<K, V>> {
@@ -70,6 +75,7 @@ impl Default for PduCache {
             recent: lru(RECENT_CAPACITY),
             flattened: lru(RECENT_CAPACITY),
             before: lru(RECENT_CAPACITY),
+            meta: lru(RECENT_CAPACITY),
         }
     }
 }
@@ -131,13 +137,28 @@ impl PduCache {
         self.before.lock().insert(event_id, snapshot);
     }
 
-    /// Keeps an event just appended (nothing can have redacted it yet), and the state
-    /// snapshot before it.
-    pub(super) fn keep_new(&self, pdu: Arc<Pdu>, short: u64, before: Option<u64>) {
+    /// An event's metadata, if kept.
+    pub(super) fn meta(&self, event_id: &EventId) -> Option<EventMeta> {
+        self.meta.lock().get(event_id).cloned()
+    }
+
+    /// Keeps an event's metadata read from the database, unless a redaction was written
+    /// since `epoch` was taken.
+    pub(super) fn keep_meta(&self, event_id: OwnedEventId, meta: EventMeta, epoch: u64) {
+        let mut kept = self.meta.lock();
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            kept.insert(event_id, meta);
+        }
+    }
+
+    /// Keeps an event just appended (nothing can have redacted it yet), its metadata and
+    /// the state snapshot before it.
+    pub(super) fn keep_new(&self, pdu: Arc<Pdu>, meta: EventMeta, before: Option<u64>) {
         self.keep_state_before(pdu.event_id.clone(), before);
         if pdu.is_state() {
-            self.state.lock().insert(short, pdu.clone());
+            self.state.lock().insert(meta.short, pdu.clone());
         }
+        self.meta.lock().insert(pdu.event_id.clone(), meta);
         self.recent.lock().insert(pdu.event_id.clone(), pdu);
     }
 
@@ -146,12 +167,14 @@ impl PduCache {
         let mut state = self.state.lock();
         let mut recent = self.recent.lock();
         let mut flattened = self.flattened.lock();
+        let mut meta = self.meta.lock();
         self.epoch.fetch_add(1, Ordering::SeqCst);
         if let Some(short) = short {
             state.remove(&short);
         }
         recent.remove(event_id);
         flattened.remove(event_id);
+        meta.remove(event_id);
     }
 
     /// Drops everything (when what a redaction concerns cannot be told).
@@ -159,9 +182,11 @@ impl PduCache {
         let mut state = self.state.lock();
         let mut recent = self.recent.lock();
         let mut flattened = self.flattened.lock();
+        let mut meta = self.meta.lock();
         self.epoch.fetch_add(1, Ordering::SeqCst);
         state.clear();
         recent.clear();
         flattened.clear();
+        meta.clear();
     }
 }

@@ -461,6 +461,7 @@ async fn redactions_in_every_version(b: Backend) {
         let timeline = sync["rooms"]["join"][&room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
         let synced = timeline.iter().find(|e| e["event_id"] == mine["event_id"]).expect("in the timeline");
         assert_eq!(synced["content"], json!({}), "v{v}: {sync}");
+        assert_eq!(synced["unsigned"]["redacted_because"]["event_id"], red["event_id"], "v{v}: {sync}");
         let (_, page) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=5"), Some(&at)).await;
         let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
         let paged = chunk.iter().find(|e| e["event_id"] == mine["event_id"]).expect("in the page");
