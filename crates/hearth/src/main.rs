@@ -88,10 +88,14 @@ fn tune_allocator() {
         // glibc gives each thread that allocates its own arena (up to 8 per core), and an
         // arena keeps what it once held. Requests waiting for a group commit run on extra
         // threads (`block_in_place`), so bound the arenas: measured, a burst of 2,000
-        // concurrent sends raised peak RSS from 73 to 175 MiB without this.
-        // `MALLOC_ARENA_MAX` in the environment still wins.
+        // concurrent sends raised peak RSS from 73 to 175 MiB without this. Not below 8:
+        // threads beyond the bound share arenas, and two that allocate at once then take
+        // turns on one lock. With 4, an initial sync's two threads (the unread count and
+        // the rest) shared one about a third of the time and took 32-35 ms instead of
+        // 20-22 (SQLite, benchmark database); with 8, nearly never, for 5 MiB more peak
+        // RSS in the benchmark. `MALLOC_ARENA_MAX` in the environment still wins.
         if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-            libc::mallopt(libc::M_ARENA_MAX, 4);
+            libc::mallopt(libc::M_ARENA_MAX, 8);
         }
     }
 }
