@@ -261,8 +261,8 @@ pub fn assemble(
     // The largest part of an initial sync is counting unread events in every joined room
     // (push rules over all the history the user has not read). It needs nothing else the
     // sync builds, so a second thread starts on it at once, and this one joins in once the
-    // rooms' timelines and state are built.
-    let initial = since.is_none() && !joined.is_empty();
+    // rooms' timelines and state are built. Not when every core already has such a thread.
+    let helper = (since.is_none() && !joined.is_empty()).then(CountingHelper::take).flatten();
     let next_room = std::sync::atomic::AtomicUsize::new(0);
     let counted = std::sync::Mutex::new(std::collections::HashMap::new());
     let count_rooms = || -> Result<()> {
@@ -274,7 +274,7 @@ pub fn assemble(
         Ok(())
     };
     std::thread::scope(|scope| -> Result<()> {
-        let counting = initial.then(|| scope.spawn(count_rooms));
+        let counting = helper.as_ref().map(|_| scope.spawn(count_rooms));
         for (room_id, rec) in memberships.iter() {
             if rec.stream > now {
                 continue; // Committed after this sync's snapshot of the stream.
@@ -368,7 +368,35 @@ pub fn assemble(
         }
         Ok(())
     })?;
+    drop(helper);
     Ok(result)
+}
+
+/// Initial syncs counting on a second thread right now.
+static COUNTING_HELPERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The right to run a second counting thread for one initial sync: at most one per core,
+/// so that many clients syncing from scratch at once (after a restart, say) do not start
+/// a thread each only to compete for the same cores and malloc arenas.
+struct CountingHelper;
+
+impl CountingHelper {
+    fn take() -> Option<CountingHelper> {
+        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        COUNTING_HELPERS
+            .fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |n| {
+                (n < cores).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| CountingHelper)
+    }
+}
+
+impl Drop for CountingHelper {
+    fn drop(&mut self) {
+        COUNTING_HELPERS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 struct Section {
