@@ -182,8 +182,13 @@ impl Rooms {
 
     pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
         let Some(bytes) = PDUS.get(&self.store, event_id.as_str())? else { return Ok(None) };
+        self.parse_pdu(event_id, &bytes).map(Some)
+    }
+
+    /// A PDU as stored, parsed.
+    fn parse_pdu(&self, event_id: &EventId, bytes: &[u8]) -> Result<Pdu> {
         let json: ruma::CanonicalJsonObject =
-            serde_json::from_slice(&bytes).map_err(|e| Error::internal(format!("stored PDU unreadable: {e}")))?;
+            serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("stored PDU unreadable: {e}")))?;
         // Only a v12 create event lacks `room_id` (its room id derives from its own id);
         // every other PDU carries it, so the metadata lookup is skipped for them.
         let meta = match json.contains_key("room_id") {
@@ -191,7 +196,24 @@ impl Rooms {
             false => EVENT_META.get(&self.store, event_id.as_str())?,
         };
         let room = meta.as_ref().map(|m| m.room_id.as_ref());
-        Ok(Some(Pdu::from_json(event_id.to_owned(), json, room)?))
+        Pdu::from_json(event_id.to_owned(), json, room)
+    }
+
+    /// [`Rooms::pdu_shared`] for many events: those not in memory read in one batch (on
+    /// SQLite one read transaction, not one per event). `None` where an event is unknown.
+    pub fn pdus_shared(&self, ids: &[ruma::OwnedEventId]) -> Result<Vec<Option<Arc<Pdu>>>> {
+        let mut out: Vec<Option<Arc<Pdu>>> = ids.iter().map(|id| self.pdus.recent(id)).collect();
+        let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let stored = PDUS.get_many(&self.store, missing.iter().map(|&i| ids[i].as_str()))?;
+        for (&i, bytes) in missing.iter().zip(stored) {
+            if let Some(bytes) = bytes {
+                out[i] = Some(Arc::new(self.parse_pdu(&ids[i], &bytes)?));
+            }
+        }
+        Ok(out)
     }
 
     /// [`Rooms::pdu`], shared: one of the newest events comes from memory.

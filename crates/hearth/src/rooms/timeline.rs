@@ -111,12 +111,11 @@ impl Rooms {
         to: Option<u64>,
     ) -> Result<Vec<(u64, Arc<Pdu>)>> {
         let load = |ids: Vec<String>| {
-            ids.into_iter()
-                .map(|id| {
-                    let id = ruma::OwnedEventId::try_from(id).map_err(|e| Error::internal(e.to_string()))?;
-                    self.pdu_shared(&id)
-                })
-                .collect()
+            let ids = ids
+                .into_iter()
+                .map(|id| ruma::OwnedEventId::try_from(id).map_err(|e| Error::internal(e.to_string())))
+                .collect::<Result<Vec<_>>>()?;
+            self.pdus_shared(&ids)
         };
         self.page_with(room_id, load, from, dir, limit, until, to)
     }

@@ -53,6 +53,9 @@ const STATEMENT_CACHE: usize = 256;
 /// is 3 GiB.
 const BULK_MMAP: i64 = if cfg!(target_pointer_width = "64") { 1 << 30 } else { 256 << 20 };
 
+/// Fewest keys a batch must have to be read through the mapped reader.
+const BULK_MIN_KEYS: usize = 32;
+
 fn open_reader(file: &Path) -> Result<Connection> {
     let r = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     r.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -179,7 +182,10 @@ impl Engine for SqliteEngine {
             txn.rollback()?;
             out
         };
-        match self.bulk.try_lock() {
+        // Small batches (a sync's timeline) leave the mapped reader to the large ones (a
+        // page of unread events) they would otherwise push onto `pread`.
+        let bulk = if keys.len() >= BULK_MIN_KEYS { self.bulk.try_lock() } else { None };
+        match bulk {
             Some(conn) => batch(&conn),
             None => self.with_reader(batch),
         }
