@@ -49,10 +49,7 @@ pub struct PushFields {
 impl PushFields {
     /// The paths the enabled rules of `rules` read.
     pub fn of(rules: &Ruleset) -> PushFields {
-        let mut fields = PushFields { keep: BTreeMap::new() };
-        for path in ALWAYS {
-            fields.add(path.iter().map(|s| (*s).to_owned()).collect());
-        }
+        let mut fields = PushFields::of_nothing();
         for rule in rules {
             let conditions = match rule {
                 AnyPushRuleRef::Override(r) | AnyPushRuleRef::Underride(r) if r.enabled => &r.conditions,
@@ -189,10 +186,89 @@ fn member(out: &mut String, name: &str, value: &RawValue) -> Option<()> {
     Some(())
 }
 
+impl PushFields {
+    /// The fields the server's default rules read. Each timeline row keeps the event cut
+    /// down to these (see [`crate::rooms::TimelineEntry`]), so counting unread events for
+    /// a user whose rules read no more than these needs neither the stored PDU nor a
+    /// parse of it. The paths do not depend on the user: their id is in the values only.
+    pub fn stored() -> &'static PushFields {
+        &Self::stored_and_fingerprint().0
+    }
+
+    /// The [`PushFields::fingerprint`] of [`PushFields::stored`].
+    pub fn stored_fingerprint() -> u32 {
+        Self::stored_and_fingerprint().1
+    }
+
+    fn stored_and_fingerprint() -> &'static (PushFields, u32) {
+        static STORED: std::sync::OnceLock<(PushFields, u32)> = std::sync::OnceLock::new();
+        STORED.get_or_init(|| {
+            let anyone = ruma::OwnedUserId::try_from("@anyone:localhost").ok();
+            let fields = anyone.map_or_else(PushFields::of_nothing, |u| PushFields::of(&Ruleset::server_default(&u)));
+            let fingerprint = fields.fingerprint();
+            (fields, fingerprint)
+        })
+    }
+
+    /// The paths read whatever the rules ([`ALWAYS`]) alone.
+    fn of_nothing() -> PushFields {
+        let mut fields = PushFields { keep: BTreeMap::new() };
+        for path in ALWAYS {
+            fields.add(path.iter().map(|s| (*s).to_owned()).collect());
+        }
+        fields
+    }
+
+    /// A fingerprint of the field set (FNV-1a over the paths), stored beside a view so one
+    /// cut to another set (a ruma whose default rules read more) is never taken for it.
+    pub fn fingerprint(&self) -> u32 {
+        let mut hash: u32 = 0x811c_9dc5;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                hash ^= u32::from(*b);
+                hash = hash.wrapping_mul(0x0100_0193);
+            }
+        };
+        for (key, under) in &self.keep {
+            eat(key.as_bytes());
+            eat(b"\0");
+            for k in under.iter().flatten() {
+                eat(k.as_bytes());
+                eat(b"\x01");
+            }
+            eat(b"\x02");
+        }
+        hash
+    }
+
+    /// Whether every path these fields keep is kept by `other` too: a view cut to `other`
+    /// then reads the same as one cut to these, wherever these rules look.
+    pub fn within(&self, other: &PushFields) -> bool {
+        self.keep.iter().all(|(key, under)| match (under, other.keep.get(key)) {
+            (_, None) => false,
+            (_, Some(None)) => true,
+            (None, Some(Some(_))) => false,
+            (Some(mine), Some(Some(theirs))) => mine.is_subset(theirs),
+        })
+    }
+}
+
 /// A stored PDU as push rules see it: the client-visible fields `fields` names, flattened.
 /// `None` if it is unreadable, or if what is kept nests too deep for ruma's evaluator (it
 /// would panic on it).
 pub fn view(pdu: &[u8], fields: &PushFields) -> Option<FlattenedJson> {
+    flatten(slim(pdu, fields)?)
+}
+
+/// A cut-down event from [`slim`], flattened.
+pub fn flatten(slim: String) -> Option<FlattenedJson> {
+    let raw = RawValue::from_string(slim).ok()?;
+    Some(FlattenedJson::from_raw(&Raw::<serde_json::Value>::from_json(raw)))
+}
+
+/// A stored PDU cut down to the client-visible fields `fields` names, as JSON text; `None`
+/// as for [`view`].
+pub fn slim(pdu: &[u8], fields: &PushFields) -> Option<String> {
     let pdu = std::str::from_utf8(pdu).ok()?;
     let top = Members::parse(pdu)?;
     let mut slim = String::with_capacity(256);
@@ -232,8 +308,7 @@ pub fn view(pdu: &[u8], fields: &PushFields) -> Option<FlattenedJson> {
     if crate::json_depth::nested_deeper_than(&slim, crate::json_depth::READ_DEPTH) {
         return None;
     }
-    let raw = RawValue::from_string(slim).ok()?;
-    Some(FlattenedJson::from_raw(&Raw::<serde_json::Value>::from_json(raw)))
+    Some(slim)
 }
 
 #[cfg(test)]
@@ -333,6 +408,37 @@ mod tests {
         assert_eq!(super::view(escaped.as_bytes(), &fields).expect("readable").get_str("content.body"), Some("esc"));
     }
 
+    #[test]
+    fn default_rules_read_within_the_stored_fields() {
+        let stored = PushFields::stored();
+        assert!(default_fields().within(stored));
+        assert!(stored.within(stored));
+        assert_eq!(stored.fingerprint(), PushFields::stored_fingerprint());
+        // A keyword rule reads `content.body`: still within.
+        let mut rules = Ruleset::server_default(user_id!("@me:x"));
+        let keyword = ruma::push::NewPatternedPushRule::new("cheese".into(), "cheese".into(), vec![]);
+        rules.insert(ruma::push::NewPushRule::Content(keyword), None, None).expect("inserted");
+        assert!(PushFields::of(&rules).within(stored));
+        // A rule reading another path is not, and its set has another fingerprint.
+        let rule = ruma::push::NewConditionalPushRule::new(
+            "html".into(),
+            vec![ruma::push::PushCondition::EventMatch(ruma::push::EventMatchConditionData::new(
+                "content.format".into(),
+                "org.*".into(),
+            ))],
+            vec![],
+        );
+        rules.insert(ruma::push::NewPushRule::Override(rule), None, None).expect("inserted");
+        let wider = PushFields::of(&rules);
+        assert!(!wider.within(stored));
+        assert!(stored.within(&wider));
+        assert_ne!(wider.fingerprint(), stored.fingerprint());
+        // A key kept whole is not within one kept in part.
+        let whole = PushFields { keep: BTreeMap::from([("content".to_owned(), None)]) };
+        assert!(!whole.within(stored));
+        assert!(stored.within(&PushFields { keep: stored.keep.keys().map(|k| (k.clone(), None)).collect() }));
+    }
+
     /// For every path the default rules read, the cut-down view reads as the whole event.
     #[test]
     fn the_view_reads_as_the_whole_event_where_rules_look() {
@@ -348,6 +454,8 @@ mod tests {
             RawValue::from_string(text.clone()).expect("json"),
         ));
         let cut = view(text.as_bytes(), &fields).expect("readable");
+        // The view a timeline row keeps reads the same too.
+        let row = flatten(slim(text.as_bytes(), PushFields::stored()).expect("cut")).expect("readable");
         for path in [
             "type",
             "sender",
@@ -359,8 +467,10 @@ mod tests {
             r"content.m\.mentions.room",
         ] {
             assert_eq!(cut.get(path), whole.get(path), "{path}");
+            assert_eq!(row.get(path), whole.get(path), "{path}");
             assert!(cut.get(path).is_some(), "{path}");
         }
         assert_eq!(cut.contains_mentions(), whole.contains_mentions());
+        assert_eq!(row.contains_mentions(), whole.contains_mentions());
     }
 }

@@ -20,8 +20,8 @@ use serde_json::{value::to_raw_value, Map, Value};
 use super::{
     pdu::{canonical_len, to_canonical, to_canonical_object, Pdu, MAX_PDU_BYTES},
     state::{Interner, StateMap, STATE_BEFORE_EVENT},
-    Counters, EventMeta, MembershipRecord, RelationEntry, RoomHeads, RoomRecord, Rooms, StreamEntry, EVENT_META,
-    EVENT_STREAM, PDUS, RELATIONS, ROOMS, ROOM_HEADS, ROOM_MEMBERS, TIMELINE, TRANSACTIONS, USER_ROOMS,
+    Counters, EventMeta, MembershipRecord, RelationEntry, RoomHeads, RoomRecord, Rooms, StreamEntry, TimelineEntry,
+    EVENT_META, EVENT_STREAM, PDUS, RELATIONS, ROOMS, ROOM_HEADS, ROOM_MEMBERS, TIMELINE, TRANSACTIONS, USER_ROOMS,
 };
 use crate::{
     error::{Error, Result},
@@ -333,7 +333,7 @@ impl Rooms {
                         }
                     }
                 }
-                TIMELINE.put(batch, (room, stream), &pdu.event_id.to_string());
+                TIMELINE.put(batch, (room, stream), &TimelineEntry::new(pdu.event_id.as_str(), &json));
                 EVENT_STREAM.put(
                     batch,
                     stream,

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use super::{
     append::{NewEvent, TxnRef},
     pdu::Pdu,
-    Rooms, EVENT_META, PDUS,
+    Rooms, TimelineEntry, EVENT_META, PDUS, TIMELINE,
 };
 use crate::{
     error::{Error, Result},
@@ -89,6 +89,8 @@ impl Rooms {
             .map_err(|e| Error::internal(format!("redaction failed: {e}")))?;
         let json = serde_json::to_vec(&redacted).map_err(|e| Error::internal(e.to_string()))?;
         PDUS.put(batch, target_id.as_str(), &json);
+        // The timeline row's push view is cut from the PDU: cut it again from what is left.
+        TIMELINE.put(batch, (meta.room_id.as_str(), meta.stream), &TimelineEntry::new(target_id.as_str(), &json));
         meta.redacted_by = Some(redaction.event_id.clone());
         EVENT_META.put(batch, target_id.as_str(), &meta);
         Ok(())

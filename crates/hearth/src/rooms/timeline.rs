@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ruma::{api::Direction, push::FlattenedJson, EventId, RoomId, UserId};
 use serde_json::{json, Map, Value};
 
-use super::{pdu::Pdu, EventMeta, Rooms, TIMELINE};
+use super::{pdu::Pdu, EventMeta, Rooms, TimelineEntry, TIMELINE};
 use crate::{
     error::{Error, Result},
     push::fields::PushFields,
@@ -110,10 +110,10 @@ impl Rooms {
         until: u64,
         to: Option<u64>,
     ) -> Result<Vec<(u64, Arc<Pdu>)>> {
-        let load = |ids: Vec<String>| {
-            let ids = ids
+        let load = |rows: Vec<TimelineEntry>| {
+            let ids = rows
                 .into_iter()
-                .map(|id| ruma::OwnedEventId::try_from(id).map_err(|e| Error::internal(e.to_string())))
+                .map(|row| ruma::OwnedEventId::try_from(row.event_id).map_err(|e| Error::internal(e.to_string())))
                 .collect::<Result<Vec<_>>>()?;
             self.pdus_shared(&ids)
         };
@@ -122,7 +122,9 @@ impl Rooms {
 
     /// [`Rooms::page`] forwards, each event as push rules reading `fields` read it
     /// ([`crate::push::fields::view`], shared between readers whose rules read the same
-    /// fields): for unread counts. Events nested too deep for ruma's evaluator are left
+    /// fields): for unread counts. The view comes from the timeline row when the rules read
+    /// no more than the default rules do (see [`TimelineEntry`]), else from the stored PDU.
+    /// Events nested too deep for ruma's evaluator are left
     /// out (it would panic on them; sends refuse them now, one stored before is not
     /// counted rather than breaking every sync of the room).
     pub fn page_for_push(
@@ -133,11 +135,21 @@ impl Rooms {
         until: u64,
         fields: &Arc<PushFields>,
     ) -> Result<Vec<(u64, Arc<FlattenedJson>)>> {
-        let load = |ids: Vec<String>| -> Result<Vec<Option<Arc<FlattenedJson>>>> {
-            let ids: Vec<Option<ruma::OwnedEventId>> =
-                ids.into_iter().map(|id| ruma::OwnedEventId::try_from(id).ok()).collect();
-            let mut out: Vec<Option<Arc<FlattenedJson>>> =
-                ids.iter().map(|id| id.as_ref().and_then(|id| self.pdus.flattened(id, fields))).collect();
+        // Rules that read no more than the default rules can read the view in the row.
+        let row_views = fields.within(PushFields::stored());
+        let load = |rows: Vec<TimelineEntry>| -> Result<Vec<Option<Arc<FlattenedJson>>>> {
+            let mut out: Vec<Option<Arc<FlattenedJson>>> = Vec::with_capacity(rows.len());
+            let mut ids: Vec<Option<ruma::OwnedEventId>> = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id = ruma::OwnedEventId::try_from(row.event_id.as_str()).ok();
+                let event = match id.as_ref().and_then(|id| self.pdus.flattened(id, fields)) {
+                    Some(kept) => Some(kept),
+                    None if row_views => row.into_current_view().and_then(crate::push::fields::flatten).map(Arc::new),
+                    None => None,
+                };
+                out.push(event);
+                ids.push(id);
+            }
             let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none() && ids[i].is_some()).collect();
             if missing.is_empty() {
                 return Ok(out);
@@ -167,7 +179,7 @@ impl Rooms {
     fn page_with<T>(
         &self,
         room_id: &RoomId,
-        load: impl FnOnce(Vec<String>) -> Result<Vec<Option<T>>>,
+        load: impl FnOnce(Vec<TimelineEntry>) -> Result<Vec<Option<T>>>,
         from: u64,
         dir: Direction,
         limit: usize,
@@ -213,26 +225,28 @@ impl Rooms {
             };
             self.stream.room_events(room_id, after, until)
         });
-        let ids: Vec<(u64, String)> = match recent {
+        let rows: Vec<(u64, TimelineEntry)> = match recent {
             Some(mut list) => {
                 if dir == Direction::Backward {
                     list.reverse();
                 }
                 // As the scan below: it stops after the entry that reaches the limit.
                 list.truncate(limit.max(1));
-                list.into_iter().map(|(pos, id)| (pos, id.to_string())).collect()
+                list.into_iter()
+                    .map(|(pos, id)| (pos, TimelineEntry { event_id: id.to_string(), push_view: None }))
+                    .collect()
             }
             None => {
-                let mut ids = Vec::new();
-                TIMELINE.scan_range(&self.store, &range, order, |(_, pos), id| {
-                    ids.push((pos, id));
-                    ids.len() < limit
+                let mut rows = Vec::new();
+                TIMELINE.scan_range(&self.store, &range, order, |(_, pos), row| {
+                    rows.push((pos, row));
+                    rows.len() < limit
                 })?;
-                ids
+                rows
             }
         };
-        let (positions, ids): (Vec<u64>, Vec<String>) = ids.into_iter().unzip();
-        let events = load(ids)?;
+        let (positions, rows): (Vec<u64>, Vec<TimelineEntry>) = rows.into_iter().unzip();
+        let events = load(rows)?;
         Ok(positions.into_iter().zip(events).filter_map(|(pos, event)| Some((pos, event?))).collect())
     }
 

@@ -35,7 +35,8 @@ pub const STATE_SNAPSHOTS: &str = "state_snapshots";
 pub const STATE_BEFORE_EVENT: &str = "state_before_event";
 /// Room id → current state snapshot, forward extremities and depth.
 pub const ROOM_HEADS: &str = "room_heads";
-/// (room id, stream position) → event id: each room's timeline in order.
+/// (room id, stream position) → event id and the event as default push rules read it:
+/// each room's timeline in order (see `rooms::TimelineEntry`).
 pub const TIMELINE: &str = "timeline";
 /// Stream position → (room id, event id): every event in global order.
 pub const EVENT_STREAM: &str = "event_stream";

@@ -172,3 +172,54 @@ async fn unread_counts_carry_forward_between_syncs(b: Backend) {
 }
 
 both_engines!(unread_counts_carry_forward_between_syncs);
+
+/// Counts made after a restart read a backlog from the timeline's rows: the events cut down
+/// to what the default rules read. A user whose rules read more (here `content.format`) is
+/// counted from the stored events instead, and a redaction cuts the row's view again.
+async fn unread_backlog_after_restart_reads_rows_or_events(b: Backend) {
+    let mut s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (bob, bt, _) = s.register("bob", "pw-bob-1").await;
+    let (_, ct, _) = s.register("carol", "pw-carol-1").await;
+    let (_, res) = s.post("/_matrix/client/v3/createRoom", Some(&at), json!({"preset": "public_chat"})).await;
+    let room = res["room_id"].as_str().unwrap().to_owned();
+    for t in [&bt, &ct] {
+        assert_eq!(
+            s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(t), json!({})).await.0,
+            StatusCode::OK
+        );
+    }
+    // Carol highlights HTML messages: a path the default rules never read.
+    let rule = json!({"conditions": [{"kind": "event_match", "key": "content.format", "pattern": "org.matrix.custom.html"}],
+                      "actions": ["notify", {"set_tweak": "highlight"}]});
+    let (status, res) = s.put("/_matrix/client/v3/pushrules/global/override/html", Some(&ct), rule).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+
+    let mention = json!({"user_ids": [bob]});
+    let messages = [
+        json!({"msgtype": "m.text", "body": "hello"}),
+        json!({"msgtype": "m.text", "body": "hey bob", "m.mentions": mention}),
+        json!({"msgtype": "m.text", "body": "bob, forget this", "m.mentions": mention}),
+        json!({"msgtype": "m.text", "body": "bold", "format": "org.matrix.custom.html", "formatted_body": "<b>bold</b>"}),
+    ];
+    let mut ids = Vec::new();
+    for (i, content) in messages.into_iter().enumerate() {
+        let (status, r) =
+            s.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/m{i}"), Some(&at), content).await;
+        assert_eq!(status, StatusCode::OK, "{r}");
+        ids.push(r["event_id"].as_str().unwrap().replace('$', "%24"));
+    }
+    let (status, r) =
+        s.put(&format!("/_matrix/client/v3/rooms/{room}/redact/{}/r1", ids[2]), Some(&at), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+
+    // After a restart nothing is in memory: every count is made from the database.
+    s.restart().await;
+    // Bob: four messages notify; the mention he still has highlights, the redacted one no
+    // longer does.
+    assert_eq!(unread(&s, &bt, &room).await, (4, 1));
+    // Carol: the same four notify, and her own rule highlights the HTML one.
+    assert_eq!(unread(&s, &ct, &room).await, (4, 1));
+}
+
+both_engines!(unread_backlog_after_restart_reads_rows_or_events);
