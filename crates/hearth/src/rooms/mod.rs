@@ -92,15 +92,16 @@ pub struct RelationEntry {
 
 json_value!(RoomRecord, RoomHeads, EventMeta, MembershipRecord, RelationEntry);
 
-/// A row of a room's timeline: the event's id and, since 2026-11-26, the event cut down to
-/// the fields the default push rules read ([`PushFields::stored`]), tagged with that field
-/// set's fingerprint. Counting a backlog of unread events then reads one range of rows in
+/// A row of a room's timeline: the event's id and the event cut down to the fields the
+/// default push rules read ([`PushFields::stored`]), tagged with that field set's
+/// fingerprint. Counting a backlog of unread events then reads one range of rows in
 /// room order, where it read each PDU by id: in the benchmark's first sync that was a
 /// B-tree descent and a 640-byte parse per event, spread over the whole PDU table.
 ///
 /// Stored as the id, then (if there is a view) a NUL, the fingerprint (4 bytes, big
-/// endian) and the view's JSON. Event ids hold no NUL, so rows written before the view
-/// existed read as an id with no view, and are counted from their PDU as before.
+/// endian) and the view's JSON. Event ids hold no NUL, so rows written by versions before
+/// the view existed read as an id with no view, and are counted from their PDU as before.
+/// (The other way round does not work: an older Hearth cannot read these rows.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimelineEntry {
     pub event_id: String,

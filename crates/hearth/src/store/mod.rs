@@ -182,7 +182,10 @@ pub trait Engine: Send + Sync + 'static {
 /// - 2: RocksDB keeps every table but `meta` in one keyspace (the engine moves the data
 ///   when it opens; SQLite is unchanged). Version 2 is recorded so that a Hearth from
 ///   before it refuses the database instead of reading it as empty.
-pub const SCHEMA_VERSION: u64 = 2;
+/// - 3: a timeline row may carry its event cut down to what push rules read
+///   (`rooms::TimelineEntry`). Rows written before read as they did; a Hearth from before
+///   it would fail on the new rows, so it refuses the database instead.
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// An open data directory: the engine plus the lock that keeps other processes out.
 pub struct Store {
@@ -234,7 +237,8 @@ impl Store {
                 }
                 // Migrations from older versions go here, one step per version, each in
                 // its own batch that also bumps `schema_version`. 1 → 2 needs no data
-                // change here: the RocksDB engine moved its tables when it opened.
+                // change here: the RocksDB engine moved its tables when it opened. 2 → 3
+                // needs none either: older timeline rows are read as they are.
                 if found < SCHEMA_VERSION {
                     let mut batch = Batch::new();
                     meta.put(&mut batch, "schema_version", &SCHEMA_VERSION.to_be_bytes().to_vec());

@@ -220,6 +220,20 @@ async fn unread_backlog_after_restart_reads_rows_or_events(b: Backend) {
     assert_eq!(unread(&s, &bt, &room).await, (4, 1));
     // Carol: the same four notify, and her own rule highlights the HTML one.
     assert_eq!(unread(&s, &ct, &room).await, (4, 1));
+
+    // Rows as an older Hearth wrote them (the id alone) are still read, from the events.
+    let store = &s.services().store;
+    let rows = hearth::rooms::TIMELINE.collect_prefix(store, &room).unwrap();
+    assert!(rows.iter().all(|(_, row)| row.push_view.is_some()), "every row has its view");
+    let mut batch = hearth::store::Batch::new();
+    for (pos, row) in rows {
+        let bare = hearth::rooms::TimelineEntry { event_id: row.event_id, push_view: None };
+        hearth::rooms::TIMELINE.put(&mut batch, (room.as_str(), pos), &bare);
+    }
+    store.write(batch).unwrap();
+    s.restart().await;
+    assert_eq!(unread(&s, &bt, &room).await, (4, 1));
+    assert_eq!(unread(&s, &ct, &room).await, (4, 1));
 }
 
 both_engines!(unread_backlog_after_restart_reads_rows_or_events);

@@ -113,16 +113,30 @@ async fn second_open_is_refused(b: Backend) {
     assert!(msg.contains(&std::process::id().to_string()), "holder pid missing: {msg}");
 }
 
+/// Records `version` as the schema of the database in `dir` (created if new).
+fn record_schema(b: Backend, dir: &std::path::Path, version: u64) {
+    let store = open(b, dir);
+    let mut batch = Batch::new();
+    tables::META.put(&mut batch, "schema_version", &version.to_be_bytes().to_vec());
+    store.write(batch).unwrap();
+}
+
 async fn newer_schema_is_refused(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = open(b, dir.path());
-        let mut batch = Batch::new();
-        tables::META.put(&mut batch, "schema_version", &999u64.to_be_bytes().to_vec());
-        store.write(batch).unwrap();
-    }
+    record_schema(b, dir.path(), 999);
     let err = Store::open(dir.path(), b, Durability::Process, 8).err().expect("newer schema must be refused");
     assert!(err.to_string().contains("schema version 999"), "{err}");
+}
+
+/// A database of schema 2 (timeline rows without push views) is opened and recorded as the
+/// current schema: its rows are read as they are.
+async fn older_schema_is_moved_forward(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    record_schema(b, dir.path(), 2);
+    let store = open(b, dir.path());
+    let version = tables::META.get(&store, "schema_version").unwrap().expect("a version");
+    assert_eq!(version, hearth::store::SCHEMA_VERSION.to_be_bytes().to_vec());
+    assert_eq!(hearth::store::SCHEMA_VERSION, 3);
 }
 
 async fn conduit_directory_is_refused(b: Backend) {
@@ -138,5 +152,6 @@ both_engines!(
     data_survives_reopen_and_backup_restores,
     second_open_is_refused,
     newer_schema_is_refused,
+    older_schema_is_moved_forward,
     conduit_directory_is_refused,
 );
