@@ -124,9 +124,9 @@ impl Rooms {
     /// ([`crate::push::fields::view`], shared between readers whose rules read the same
     /// fields): for unread counts. The view comes from the timeline row when the rules read
     /// no more than the default rules do (see [`TimelineEntry`]), else from the stored PDU.
-    /// Events nested too deep for ruma's evaluator are left
-    /// out (it would panic on them; sends refuse them now, one stored before is not
-    /// counted rather than breaking every sync of the room).
+    /// Events nested too deep for ruma's evaluator are left out (it would panic on them;
+    /// sends refuse them now, one stored before is not counted rather than breaking every
+    /// sync of the room).
     pub fn page_for_push(
         &self,
         room_id: &RoomId,
