@@ -156,22 +156,39 @@ async fn online_backup_under_writes_restores(b: Backend) {
         .await
         .unwrap();
     let token = login["access_token"].as_str().unwrap();
-    let page: Value = http
-        .get(format!("{base}/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1000"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let present: std::collections::BTreeSet<&str> =
-        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str()).collect();
+    // Each acknowledged event is there by id...
     for id in &before {
-        assert!(
-            present.contains(id.as_str()),
+        let res = http
+            .get(format!("{base}/_matrix/client/v3/rooms/{room}/event/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            StatusCode::OK,
             "event {id}, acknowledged before the backup began, is missing from the restore"
         );
+    }
+    // ...and in the room's timeline. The writer may have got far during the backup (on a
+    // loaded machine, more than a page of 1,000), so the whole timeline is paged through.
+    let mut present = std::collections::BTreeSet::new();
+    let mut from: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1000");
+        if let Some(from) = &from {
+            url.push_str(&format!("&from={from}"));
+        }
+        let page: Value = http.get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+        let chunk = page["chunk"].as_array().unwrap();
+        present.extend(chunk.iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)));
+        match page["end"].as_str() {
+            Some(end) if !chunk.is_empty() => from = Some(end.to_owned()),
+            _ => break,
+        }
+    }
+    for id in &before {
+        assert!(present.contains(id), "event {id} is in the restore but not in the room's timeline");
     }
     running.stop().await.unwrap();
     // Restoring over existing data is refused.
