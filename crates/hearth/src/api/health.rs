@@ -1,7 +1,8 @@
 //! `GET /_hearth/health`: the probe endpoint for Kubernetes (readiness, liveness, startup).
 //!
 //! Answers 200 `{"status":"ok"}` when the server serves requests and its database answers a
-//! read; 503 `M_UNAVAILABLE` otherwise. Not a Matrix endpoint, hence the `/_hearth` prefix.
+//! read and takes writes; 503 `M_UNAVAILABLE` otherwise (a restart is what brings a
+//! database that stopped taking writes back). Not a Matrix endpoint, hence the `/_hearth` prefix.
 
 use std::sync::Arc;
 
@@ -16,6 +17,10 @@ pub fn routes() -> Router<Arc<Services>> {
 }
 
 async fn health(State(s): State<Arc<Services>>) -> Result<Json<Value>, Error> {
+    if let Some(why) = s.store.failed() {
+        tracing::error!(%why, "health check: the database refuses writes");
+        return Err(Error::matrix(StatusCode::SERVICE_UNAVAILABLE, "M_UNAVAILABLE", "database refuses writes"));
+    }
     match META.get(&s.store, "schema_version") {
         Ok(Some(_)) => Ok(Json(json!({"status": "ok"}))),
         Ok(None) => Err(Error::matrix(StatusCode::SERVICE_UNAVAILABLE, "M_UNAVAILABLE", "database not initialised")),

@@ -157,8 +157,8 @@ pub trait Engine: Send + Sync + 'static {
     fn scan(&self, table: &'static str, range: &KeyRange, order: Order, visit: Visit<'_>) -> Result<()>;
     fn write(&self, batch: Batch) -> Result<()>;
     /// Writes a batch atomically and in order, but may return before it is on disk; a
-    /// later [`Engine::sync`] makes it (and everything before it) durable. Engines that
-    /// cannot split the two write durably here.
+    /// later [`Engine::sync`] makes it (and everything before it) durable. Every read sees
+    /// it once this returns. Engines that cannot split the two write durably here.
     fn write_deferred(&self, batch: Batch) -> Result<()> {
         self.write(batch)
     }
@@ -174,6 +174,11 @@ pub trait Engine: Send + Sync + 'static {
     fn backup(&self, dest: &Path) -> Result<()>;
     /// Bytes the database occupies on disk.
     fn size_on_disk(&self) -> Result<u64>;
+    /// Why the engine refuses writes until restart, if it does (a write failed after
+    /// others were accepted into the same transaction: SQLite's deferred writes).
+    fn failed(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The newest schema this build writes; older ones are migrated in [`Store::open`].
@@ -279,6 +284,11 @@ impl Store {
 
     pub fn size_on_disk(&self) -> Result<u64> {
         self.engine.size_on_disk()
+    }
+
+    /// See [`Engine::failed`].
+    pub fn failed(&self) -> Option<String> {
+        self.engine.failed()
     }
 
     fn get_raw(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {

@@ -1,8 +1,12 @@
-//! The storage engines behave identically: ordering, ranges, batches, backups, locking.
+//! The storage engines behave identically: ordering, ranges, batches, deferred writes,
+//! backups, locking.
 
 use std::ops::Bound;
 
-use hearth::store::{tables, Backend, Batch, Durability, KeyRange, Order, Store, Table};
+use std::collections::BTreeMap;
+
+use hearth::store::{codec::encode_key, tables, Backend, Batch, Durability, KeyRange, Order, Store, Table};
+use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::both_engines;
 
@@ -146,6 +150,81 @@ async fn conduit_directory_is_refused(b: Backend) {
     assert!(err.to_string().contains("Conduit"), "{err}");
 }
 
+/// A second scratch table, with keys that sort as numbers.
+const N: Table<u64, Vec<u8>> = Table::new(tables::FILTERS);
+
+/// Reads see deferred writes at once and synced ones after a reopen, on every read path,
+/// exactly as a plain map would: random batches of puts and deletes over 40 keys, deferred
+/// or written, with syncs in between; after each step point reads, a batch read of every
+/// key (large enough for SQLite's mapped reader), and scans with random bounds, order and
+/// stopping point are compared with the map. On SQLite, deferred batches share one open
+/// transaction that only the next sync commits, so its reads merge that transaction's
+/// writes (kept in memory) with the database.
+async fn deferred_writes_read_like_written_ones(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(b, dir.path());
+    let mut model: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut rng = StdRng::seed_from_u64(7);
+    for step in 0..1500u32 {
+        let mut batch = Batch::new();
+        for _ in 0..rng.gen_range(1..5) {
+            let key = rng.gen_range(0..40u64);
+            if rng.gen_bool(0.3) {
+                N.delete(&mut batch, key);
+                model.remove(&key);
+            } else {
+                let value = format!("{key}@{step}").into_bytes();
+                N.put(&mut batch, key, &value);
+                model.insert(key, value);
+            }
+        }
+        match rng.gen_range(0..10) {
+            0..=5 => store.write_deferred(batch).unwrap(),
+            6..=7 => store.write(batch).unwrap(),
+            _ => {
+                store.write_deferred(batch).unwrap();
+                store.sync().unwrap();
+            }
+        }
+        if step % 500 == 499 {
+            store.sync().unwrap();
+            drop(store);
+            store = open(b, dir.path());
+        }
+
+        for _ in 0..3 {
+            let key = rng.gen_range(0..45u64);
+            assert_eq!(N.get(&store, key).unwrap(), model.get(&key).cloned(), "get {key} at step {step}");
+        }
+        let keys: Vec<u64> = (0..45).collect();
+        let expected: Vec<Option<Vec<u8>>> = keys.iter().map(|k| model.get(k).cloned()).collect();
+        assert_eq!(N.get_many(&store, keys.iter().copied()).unwrap(), expected, "get_many at step {step}");
+
+        let (lo, hi) = (rng.gen_range(0..45u64), rng.gen_range(0..45u64));
+        let range = KeyRange {
+            lower: rng.gen_bool(0.8).then(|| encode_key::<u64>(lo)),
+            upper: rng.gen_bool(0.8).then(|| encode_key::<u64>(hi)),
+        };
+        let in_range =
+            |k: &u64| range.lower.as_ref().is_none_or(|_| *k >= lo) && range.upper.as_ref().is_none_or(|_| *k < hi);
+        let order = if rng.gen_bool(0.5) { Order::Ascending } else { Order::Descending };
+        let take = rng.gen_range(1..50usize);
+        let mut expected: Vec<(u64, Vec<u8>)> =
+            model.iter().filter(|(k, _)| in_range(k)).map(|(k, v)| (*k, v.clone())).collect();
+        if order == Order::Descending {
+            expected.reverse();
+        }
+        expected.truncate(take);
+        let mut seen = Vec::new();
+        N.scan_range(&store, &range, order, |k, v| {
+            seen.push((k, v));
+            seen.len() < take
+        })
+        .unwrap();
+        assert_eq!(seen, expected, "scan {range:?} {order:?} taking {take} at step {step}");
+    }
+}
+
 both_engines!(
     ordered_scans_and_prefixes,
     batches_put_and_delete,
@@ -154,4 +233,5 @@ both_engines!(
     newer_schema_is_refused,
     older_schema_is_moved_forward,
     conduit_directory_is_refused,
+    deferred_writes_read_like_written_ones,
 );
