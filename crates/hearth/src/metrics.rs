@@ -45,7 +45,8 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the given gauges appended.
-    pub fn render(&self, gauges: &[(&str, &str, f64)]) -> String {
+    /// The request metrics, then `counters` and `gauges` (name, help, value) as given.
+    pub fn render(&self, counters: &[(&str, &str, f64)], gauges: &[(&str, &str, f64)]) -> String {
         let mut out = String::new();
         out.push_str("# HELP hearth_http_requests_total HTTP requests served, by method, route and status.\n");
         out.push_str("# TYPE hearth_http_requests_total counter\n");
@@ -74,6 +75,9 @@ impl Metrics {
             );
             let _ = writeln!(out, "hearth_http_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum);
             let _ = writeln!(out, "hearth_http_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
+        }
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
         }
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");

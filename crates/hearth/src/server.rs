@@ -161,11 +161,23 @@ pub fn metrics_router(services: Arc<Services>) -> Router {
             "/metrics",
             axum::routing::get(|State(s): State<Arc<Services>>| async move {
                 let db = s.store.size_on_disk().unwrap_or(0) as f64;
-                let body = s.metrics.render(&[
-                    ("hearth_sync_waiters", "Users with a /sync waiting for news.", s.notifier.waiting_users() as f64),
-                    ("hearth_database_bytes", "Bytes the database occupies on disk.", db),
-                    ("hearth_stream_position", "Newest committed stream position.", s.stream.now() as f64),
-                ]);
+                let counters = [(
+                    "hearth_database_syncs_total",
+                    "Disk syncs made by the group commit (with hearth_stream_position: writes per sync).",
+                    s.stream.syncs() as f64,
+                )];
+                let body = s.metrics.render(
+                    &counters,
+                    &[
+                        (
+                            "hearth_sync_waiters",
+                            "Users with a /sync waiting for news.",
+                            s.notifier.waiting_users() as f64,
+                        ),
+                        ("hearth_database_bytes", "Bytes the database occupies on disk.", db),
+                        ("hearth_stream_position", "Newest committed stream position.", s.stream.now() as f64),
+                    ],
+                );
                 ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
             }),
         )

@@ -269,6 +269,8 @@ pub struct Stream {
     durable: Mutex<u64>,
     /// Highest position durable, with every position before it: what syncs read up to.
     now: AtomicU64,
+    /// Syncs made so far (each covers every write before it: the group commit's groups).
+    syncs: AtomicU64,
     recent: Mutex<Recent>,
     pub notifier: Arc<Notifier>,
 }
@@ -292,6 +294,7 @@ impl Stream {
             written: AtomicU64::new(last),
             durable: Mutex::new(last),
             now: AtomicU64::new(last),
+            syncs: AtomicU64::new(0),
             recent: Mutex::new(Recent {
                 from: last,
                 capacity: RECENT_POSITIONS,
@@ -348,6 +351,11 @@ impl Stream {
         Ok((pos, out))
     }
 
+    /// Syncs made so far by [`Stream::make_durable`] and the syncer.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
     /// The highest position written so far (durable or not).
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Acquire)
@@ -384,6 +392,7 @@ impl Stream {
             return Err(e.into());
         }
         *durable = target;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         self.now.fetch_max(target, Ordering::AcqRel);
         drop(durable);
         self.run_after_durable();

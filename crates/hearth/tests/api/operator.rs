@@ -66,7 +66,30 @@ async fn metrics_are_prometheus_text_on_their_own_port(b: Backend) {
     let s = TestServer::start_with(b, |c| c.metrics_port = port).await;
     s.get("/_matrix/client/versions", None).await;
     s.get("/_matrix/client/v3/profile/@nobody:hearth.test", None).await;
+    // Three sends one after another: each is answered once durable, so each needs a sync
+    // of its own (a sync covers only what was written before it).
+    let (_, token, _) = s.register("metered", "pw-metered-1").await;
+    let (_, room) = s.post("/_matrix/client/v3/createRoom", Some(&token), json!({})).await;
+    let room = room["room_id"].as_str().unwrap().to_owned();
+    for i in 0..3 {
+        let (status, res) = s
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/m{i}"),
+                Some(&token),
+                json!({"body": "x", "msgtype": "m.text"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{res}");
+    }
     let body = s.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+    let sample = |name: &str| -> f64 {
+        let line =
+            body.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name}: {body}"));
+        line.rsplit_once(' ').unwrap().1.parse().unwrap()
+    };
+    assert!(body.contains("# TYPE hearth_database_syncs_total counter"), "{body}");
+    let (syncs, position) = (sample("hearth_database_syncs_total"), sample("hearth_stream_position"));
+    assert!(syncs >= 3.0 && syncs <= position, "syncs {syncs}, stream position {position}");
     let mut samples = 0;
     for line in body.lines() {
         if line.starts_with('#') {
