@@ -35,7 +35,7 @@ QUICK = dict(users=21, rooms=5, msgs=5, wake_trials=10, fanout=20, fanout_trials
 # for the callgrind fallback of --profile: valgrind slows Hearth down ~50x
 TINY = dict(users=4, rooms=1, msgs=5, wake_trials=3, fanout=3, fanout_trials=1,
             paginate=100, fill_concurrency=4, page_limit=50)
-FULL = dict(users=100, rooms=10, msgs=20, wake_trials=30, fanout=99, fanout_trials=5,
+FULL = dict(users=100, rooms=10, msgs=20, wake_trials=30, fanout=99, fanout_trials=11,
             paginate=10000, fill_concurrency=32, page_limit=100)
 
 
@@ -513,6 +513,7 @@ async def workload(srv, P, prof=None):
             fans.append(max(t for t, _ in ends) - t0)
         res["fanout_receivers"] = F
         res["fanout_ms"] = statistics.median(fans) * 1000
+        res["fanout_trials_ms"] = [round(f * 1000, 2) for f in fans]
         res.setdefault("hwm_after", {})["fanout"] = proc_status(srv.pid, "VmHWM")
         log(srv.name, f"fan-out to {F}: {res['fanout_ms']:.1f} ms")
 
