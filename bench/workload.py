@@ -35,7 +35,7 @@ QUICK = dict(users=21, rooms=5, msgs=5, wake_trials=10, fanout=20, fanout_trials
 # for the callgrind fallback of --profile: valgrind slows Hearth down ~50x
 TINY = dict(users=4, rooms=1, msgs=5, wake_trials=3, fanout=3, fanout_trials=1,
             paginate=100, fill_concurrency=4, page_limit=50)
-FULL = dict(users=100, rooms=10, msgs=20, wake_trials=30, fanout=99, fanout_trials=11,
+FULL = dict(users=100, rooms=10, msgs=20, wake_trials=30, fanout=99, fanout_trials=5,
             paginate=10000, fill_concurrency=32, page_limit=100)
 
 
