@@ -231,6 +231,10 @@ impl SqliteEngine {
             if let Err(e) = Self::apply(&mut w, &batch.ops) {
                 return Err(self.fail(&mut w, e));
             }
+            // Into memory too, before the commit: otherwise, between the commit and the
+            // clearing of memory, a reader would find an older value there than the
+            // database now holds, and prefer it.
+            self.remember(batch.ops);
             return self.commit_open(&mut w);
         }
         w.conn.execute_batch("BEGIN")?;
@@ -258,19 +262,24 @@ impl SqliteEngine {
             return Err(self.fail(&mut w, e));
         }
         w.open_batches += 1;
-        {
-            let mut pending = self.pending.write();
-            for op in batch.ops {
-                match op {
-                    Op::Put { table, key, value } => pending.entry(table).or_default().insert(key, Some(value)),
-                    Op::Delete { table, key } => pending.entry(table).or_default().insert(key, None),
-                };
-            }
-        }
+        self.remember(batch.ops);
         if w.open_batches >= MAX_OPEN_BATCHES {
             self.commit_open(&mut w)?;
         }
         Ok(())
+    }
+
+    /// Records ops applied in the open transaction, for readers (called under the writer's
+    /// lock). Memory must never hold an older value for a key than the database: readers
+    /// prefer memory.
+    fn remember(&self, ops: Vec<Op>) {
+        let mut pending = self.pending.write();
+        for op in ops {
+            match op {
+                Op::Put { table, key, value } => pending.entry(table).or_default().insert(key, Some(value)),
+                Op::Delete { table, key } => pending.entry(table).or_default().insert(key, None),
+            };
+        }
     }
 
     /// What the open transaction holds for `key`: `None` if nothing, `Some(None)` if deleted.
@@ -567,6 +576,59 @@ mod tests {
         }
         assert_eq!(committed(dir.path(), &format!("m{}", MAX_OPEN_BATCHES - 1)), Some(b"x".to_vec()));
         assert!(engine.pending.read().is_empty());
+    }
+
+    /// Readers on other threads never see a key go back to an older value while deferred
+    /// writes, commits and plain writes go on: the open transaction's entries leave memory
+    /// only once the commit has made them readable from the database.
+    #[test]
+    fn concurrent_readers_never_see_a_write_undone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = std::sync::Arc::new(SqliteEngine::open(dir.path(), Durability::Process).expect("open"));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let read = |engine: &SqliteEngine| -> (u64, u64) {
+            let value = |v: Option<Vec<u8>>| v.map_or(0, |v| u64::from_be_bytes(v.try_into().expect("8 bytes")));
+            let by_get = value(engine.get(tables::FILTERS, b"n").expect("get"));
+            let mut by_scan = 0;
+            engine
+                .scan(tables::FILTERS, &KeyRange::default(), Order::Ascending, &mut |_, v| {
+                    by_scan = value(Some(v.to_vec()));
+                    Ok(true)
+                })
+                .expect("scan");
+            (by_get, by_scan)
+        };
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (engine, done) = (engine.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let (mut last_get, mut last_scan) = (0, 0);
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        let (g, sc) = read(&engine);
+                        assert!(g >= last_get, "get went back from {last_get} to {g}");
+                        assert!(sc >= last_scan, "scan went back from {last_scan} to {sc}");
+                        (last_get, last_scan) = (g, sc);
+                    }
+                })
+            })
+            .collect();
+        for n in 1..=3000u64 {
+            let mut batch = Batch::new();
+            batch.ops.push(Op::Put { table: tables::FILTERS, key: b"n".to_vec(), value: n.to_be_bytes().to_vec() });
+            match n % 7 {
+                0 => engine.write(batch).expect("write"),
+                _ => engine.write_deferred(batch).expect("defer"),
+            }
+            if n % 3 == 0 {
+                engine.sync().expect("sync");
+            }
+            // The writer reads its own writes at once.
+            assert_eq!(read(&engine), (n, n));
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in readers {
+            r.join().expect("a reader saw a write undone");
+        }
     }
 
     #[test]
