@@ -27,10 +27,14 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 FROM ${RUST_IMAGE} AS builder
 
 # libclang: bindgen generates RocksDB's Rust bindings at build time. The rust image
-# (buildpack-deps) already has g++ and make for RocksDB's C++.
+# (buildpack-deps) already has g++ and make for RocksDB's C++, and curl. valgrind, on amd64
+# only: scripts/build-release.sh lists the code a start runs and links it together (the
+# arm64 linker cannot order functions, so there it would go unused).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libclang-dev \
+    && if [ "$(dpkg --print-architecture)" = amd64 ]; then \
+         apt-get install -y --no-install-recommends valgrind; fi \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -47,13 +51,13 @@ RUN mkdir -p crates/hearth/src \
     && rm -rf crates/hearth/src
 
 # Layer 2, Hearth itself. COPY keeps the files' old modification times, so `touch` tells
-# cargo that our crate changed since the stub was built. `link/` holds the order in which
-# the amd64 link lays out the code a start runs (see crates/hearth/build.rs).
-COPY crates/hearth/link crates/hearth/link
+# cargo that our crate changed since the stub was built. scripts/build-release.sh is the
+# release build bench/run.sh measures: on amd64 it builds, lists the functions a start runs,
+# and links again with them together (see crates/hearth/build.rs).
+COPY scripts/build-release.sh scripts/startup-order.sh scripts/
 COPY crates/hearth/src crates/hearth/src
 RUN touch crates/hearth/src/main.rs \
-    && cargo build --release --locked -p hearth \
-    && install -D -m 0755 target/release/hearth /out/hearth \
+    && CARGO_TARGET_DIR=/src/target bash scripts/build-release.sh --out /out/hearth \
     && /out/hearth --version
 
 # ---------------------------------------------------------------------------------------

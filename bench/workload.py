@@ -632,13 +632,14 @@ def table(results):
 
 
 def startup_order_coverage(binary):
-    """How many names of crates/hearth/link/startup-order.txt the measured binary defines.
-
-    The link places those functions together (see scripts/startup-order.sh); as code
-    changes, names drop out and idle RSS creeps back up. Names of shared-library functions
-    (libc, libstdc++) are in the list too and never match."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "hearth", "link",
-                        "startup-order.txt")
+    """Which code layout the measured binary has: scripts/build-release.sh leaves the list of
+    functions it placed together beside the binary (release/startup-order.txt), made from
+    that very build; without it the binary has the default layout and idle RSS is a few MiB
+    higher. Names of shared-library functions (libc, libstdc++) are in the list too and
+    never match."""
+    path = os.path.join(os.path.dirname(os.path.abspath(binary)), "startup-order.txt")
+    if not os.path.exists(path):
+        return {"layout": "default (no startup-order.txt beside the binary)"}
     try:
         listed = [l.strip() for l in open(path) if l.strip()]
         nm = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True, check=True).stdout
@@ -646,11 +647,9 @@ def startup_order_coverage(binary):
         return {"error": repr(e)}
     defined = {line.split()[-1] for line in nm.splitlines() if line.strip()}
     missing = [n for n in listed if n not in defined]
-    # Hearth's own functions (mangled names carry the crate as "6hearth"): a list made from
-    # this very source misses at most a name or two of them; one made before a code change
-    # misses dozens, and then idle RSS is ~2 MiB higher (runs z4-z7 of 2026-11-26).
     own = sum(1 for n in missing if "6hearth" in n)
-    return {"listed": len(listed), "defined_in_binary": len(listed) - len(missing), "hearth_names_missing": own}
+    return {"layout": "start-up code placed together", "listed": len(listed),
+            "defined_in_binary": len(listed) - len(missing), "hearth_names_missing": own}
 
 
 def main():
@@ -716,8 +715,8 @@ def main():
     print(f"durability: {meta['durability']}")
     print(f"startup order: {meta['startup_order']}")
     if meta["startup_order"].get("hearth_names_missing", 0) > 5:
-        print("WARNING: crates/hearth/link/startup-order.txt predates Hearth's code; idle RSS is "
-              "measured higher than a regenerated list gives (run scripts/startup-order.sh)")
+        print("WARNING: the binary's startup-order.txt does not fit its code; idle RSS is measured "
+              "higher than the Dockerfile's build gives (build with scripts/build-release.sh)")
     print(f"workload: {P}")
     print()
     print(tab)

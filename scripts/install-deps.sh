@@ -1,24 +1,43 @@
 #!/usr/bin/env bash
-# Installs what building and testing Hearth needs on a bare Debian machine:
-# libclang (bindgen generates RocksDB's bindings) and the Python venv of the client tests.
-# Idempotent: it checks before it installs.
+# Installs what building and testing Hearth needs on a bare Debian machine, checking first for
+# exactly what is used (scripts/lib/deps.sh):
+#   - libclang, which bindgen loads to generate RocksDB's bindings (libclang-dev);
+#   - a C and a C++ compiler that build RocksDB's and SQLite's sources (gcc, g++);
+#   - curl, with which the scripts wait for a started Hearth to answer;
+#   - a python3 that can make venvs (python3-venv), then the venv of the client tests.
+# Idempotent. `--build-only` stops after what `cargo build` needs (the README's run command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/deps.sh
+source scripts/lib/deps.sh
+
+build_only=""
+[[ "${1:-}" == --build-only ]] && build_only=1
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 need_apt=()
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 \
-   && ! ls /usr/lib/aarch64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
-  need_apt+=(libclang-dev)
+find_libclang / >/dev/null || need_apt+=(libclang-dev)
+compiles c "${CC:-cc}" || need_apt+=(gcc libc6-dev)
+compiles c++ "${CXX:-c++}" || need_apt+=(g++)
+if [[ -z "$build_only" ]]; then
+    command -v curl >/dev/null || need_apt+=(curl)
+    python_can_make_venvs "${PYTHON:-python3}" || need_apt+=(python3 python3-venv)
 fi
-command -v g++ >/dev/null || need_apt+=(g++)
-command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "installing Debian packages: ${need_apt[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    echo "installing Debian packages: ${need_apt[*]}" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-bash scripts/setup-python.sh
+# Check again: an install that "succeeded" without giving us the thing is a failure here, not
+# a bindgen panic twenty minutes into the build.
+lib="$(find_libclang /)" || { echo "install-deps: no libclang that bindgen can load (libclang.so or libclang-N.so)" >&2; exit 1; }
+echo "install-deps: libclang: $lib" >&2
+compiles c "${CC:-cc}" || { echo "install-deps: the C compiler '${CC:-cc}' cannot build a test program" >&2; exit 1; }
+compiles c++ "${CXX:-c++}" || { echo "install-deps: the C++ compiler '${CXX:-c++}' cannot build a test program" >&2; exit 1; }
+[[ -n "$build_only" ]] && exit 0
+python_can_make_venvs "${PYTHON:-python3}" || { echo "install-deps: '${PYTHON:-python3}' cannot make venvs" >&2; exit 1; }
+
+bash scripts/setup-python.sh >/dev/null

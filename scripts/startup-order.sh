@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Regenerate crates/hearth/link/startup-order.txt: the functions Hearth runs while it starts
-# and sits idle, which the release link places side by side at the front of `.text`.
+# List the functions a Hearth binary runs while it starts and sits idle, for the release link
+# to place side by side at the front of `.text`. Called by scripts/build-release.sh, which
+# builds, runs this on the binary it built, and links again with the list.
 #
 # Why: the kernel maps code in 64 KiB windows around each page fault ("fault-around"). With
 # the default layout, the ~3 MiB of functions a start runs are spread over the whole 17 MiB
@@ -8,27 +9,20 @@
 # had 11-12 MiB of code resident. Packed together, they take about 3 MiB. A cold start also
 # reads fewer pages from disk.
 #
-# How: Hearth (release, the same build the bench uses) runs under valgrind's callgrind
-# twice, on a new database and on the existing one, each answering /_matrix/client/versions
-# and then idling 3 s. Every function callgrind saw run is listed, by linker symbol name.
+# How: the binary runs under valgrind's callgrind twice, on a new database and on the
+# existing one, each answering /_matrix/client/versions and then idling 3 s. Every function
+# callgrind saw run is listed, by linker symbol name. Closures and generic instances carry
+# hashes in their names, so a list fits only the code it was made from: that is why it is
+# made during each release build and never committed.
 #
-# A name missing from a later build is skipped by the linker (warnings are off), but the
-# list goes stale faster than that suggests: one small change to Hearth's code renamed 166
-# of its entries (closures and generic instances carry hashes) and raised idle RSS by
-# 2.2 MiB. Re-run this after every change to Hearth's code, and after upgrading RocksDB,
-# ruma, axum or the toolchain; `bench/run.sh` reports how many of the listed names the
-# measured binary still has, and warns when the list predates Hearth's code.
-#
-# Usage: scripts/startup-order.sh            (needs valgrind: apt-get install valgrind)
+# Usage: scripts/startup-order.sh BINARY OUTPUT   (needs valgrind and curl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TARGET="${HEARTH_BENCH_TARGET:-$HOME/.cache/hearth-target-release}"
-OUT=crates/hearth/link/startup-order.txt
+BIN="${1:?usage: startup-order.sh BINARY OUTPUT}"
+OUT="${2:?usage: startup-order.sh BINARY OUTPUT}"
 PORT="${HEARTH_ORDER_PORT:-18990}"
 command -v valgrind >/dev/null || { echo "startup-order.sh: valgrind is needed" >&2; exit 2; }
-
-CARGO_TARGET_DIR="$TARGET" cargo build --release -p hearth >&2
-BIN="$TARGET/release/hearth"
+command -v curl >/dev/null || { echo "startup-order.sh: curl is needed" >&2; exit 2; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -54,6 +48,5 @@ run_once "$work/open.out"  # the same database, opened again
 
 # `fn=` lines name every function that ran; addresses without a symbol and
 # callgrind's pseudo-entries are left out.
-grep -h '^fn=' "$work/new.out" "$work/open.out" | sed 's/^fn=//' | grep -v '^0x\|^(' | LC_ALL=C sort -u >"$OUT.tmp"
-mv "$OUT.tmp" "$OUT"
+grep -h '^fn=' "$work/new.out" "$work/open.out" | sed 's/^fn=//' | grep -v '^0x\|^(' | LC_ALL=C sort -u >"$OUT"
 echo "wrote $(wc -l <"$OUT") names to $OUT" >&2

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hearth-target}"
 VENV="${HEARTH_VENV:-$HOME/.cache/hearth-venv}"
 
+# The checks scripts/install-deps.sh makes, on fake directory trees.
+bash scripts/test-deps.sh
 cargo fmt --all --check
 # Build everything once with the test profile's feature set (dev-dependencies unify features;
 # a separate `cargo build --bins` would compile RocksDB's C++ a second time). The binary the

@@ -10,11 +10,13 @@
 //! - `.text.startup` (C++ static initialisers), `.text.unlikely` and `.text.hot` keep their
 //!   own output sections instead of sitting beside each object's code.
 //! - With rust-lld (the default linker for x86_64 Linux since Rust 1.90), the functions a
-//!   start runs are placed together, from `link/startup-order.txt` (see
-//!   `scripts/startup-order.sh`). The kernel maps code in 64 KiB windows around each fault,
-//!   so code run at start-up spread over the whole binary made 11–12 MiB of it resident;
-//!   packed, about 3 MiB. Other linkers (GNU ld on arm64, a configured `linker`) do not know
-//!   the option, and get the default layout.
+//!   start runs are placed together, from the list named by `HEARTH_STARTUP_ORDER`. The
+//!   kernel maps code in 64 KiB windows around each fault, so code run at start-up spread
+//!   over the whole binary made 11–12 MiB of it resident; packed, about 3 MiB. The list fits
+//!   only the code it was made from, so `scripts/build-release.sh` makes it from a first
+//!   build and links again; a plain `cargo build` gets the default layout. Other linkers
+//!   (GNU ld on arm64, a configured `linker`) do not know the option, and get the default
+//!   layout too.
 
 use std::path::Path;
 use std::process::Command;
@@ -28,16 +30,21 @@ fn main() {
     println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     println!("cargo:rustc-link-arg-bins=-Wl,-z,keep-text-section-prefix");
 
-    let order = Path::new(&var("CARGO_MANIFEST_DIR")).join("link/startup-order.txt");
-    println!("cargo:rerun-if-changed={}", order.display());
+    println!("cargo:rerun-if-env-changed=HEARTH_STARTUP_ORDER");
     println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
+    let order_var = var("HEARTH_STARTUP_ORDER");
+    if order_var.is_empty() {
+        return;
+    }
+    let order = Path::new(&order_var);
+    println!("cargo:rerun-if-changed={}", order.display());
     let default_lld = var("CARGO_CFG_TARGET_ARCH") == "x86_64"
         && var("RUSTC_LINKER").is_empty()
         && !var("CARGO_ENCODED_RUSTFLAGS").contains("link")
         && rustc_minor().is_some_and(|minor| minor >= 90);
     if default_lld && order.is_file() {
         println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}", order.display());
-        // Names the list has and this build lacks (it is regenerated now and then) are fine.
+        // Names of shared-library functions (libc, libstdc++) are in the list and never match.
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
     }
 }
