@@ -9,7 +9,7 @@
 //! a thread waiting on the disk (see `stream`).
 //!
 //! The concurrency limit counts requests doing work: a `/sync` long-poll gives its slot
-//! back while it waits for news (see [`RequestSlot`]), so idle clients never crowd out
+//! back while it waits for news (see [`RequestSlot`](crate::api::RequestSlot)), so idle clients never crowd out
 //! working ones. Conduit counts them, so with its default of 100 a household's phones and
 //! laptops could hold every slot while doing nothing.
 
@@ -23,7 +23,7 @@ use axum::{
 use http::{header, HeaderName, Method, StatusCode};
 use tokio::{
     net::TcpListener,
-    sync::{oneshot, OwnedSemaphorePermit, Semaphore},
+    sync::{oneshot, Semaphore},
     task::JoinHandle,
 };
 use tower::ServiceBuilder;
@@ -84,30 +84,6 @@ pub fn router(services: Arc<Services>) -> Router {
         )
 }
 
-/// A request's place under `max_concurrent_requests`, in its extensions. A handler that
-/// is about to wait for something other than work (a `/sync` long-poll) releases it and
-/// takes a place again before working.
-#[derive(Clone)]
-pub struct RequestSlot {
-    slots: Arc<Semaphore>,
-    permit: Arc<parking_lot::Mutex<Option<OwnedSemaphorePermit>>>,
-}
-
-impl RequestSlot {
-    pub fn release(&self) {
-        self.permit.lock().take();
-    }
-
-    pub async fn reacquire(&self) {
-        if self.permit.lock().is_some() {
-            return;
-        }
-        if let Ok(p) = self.slots.clone().acquire_owned().await {
-            *self.permit.lock() = Some(p);
-        }
-    }
-}
-
 /// Runs the handler with its appends' disk syncs deferred, and answers only once what it
 /// wrote is durable (one sync covers every request waiting; no thread waits on the disk).
 async fn answer_when_durable(
@@ -133,7 +109,7 @@ async fn limit_concurrency(
     let Ok(permit) = slots.clone().acquire_owned().await else {
         return Error::internal("shutting down").into_response();
     };
-    let slot = RequestSlot { slots, permit: Arc::new(parking_lot::Mutex::new(Some(permit))) };
+    let slot = api::RequestSlot::new(slots, permit);
     req.extensions_mut().insert(slot.clone());
     let res = next.run(req).await;
     slot.release();

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod client;
 pub mod health;
 pub mod key;
+mod request_slot;
 pub mod well_known;
 
 use std::{future::Future, sync::Arc};
@@ -25,16 +26,13 @@ use axum::{
 use bytes::{Bytes, BytesMut};
 use http::{header, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use ruma::{
-    api::{
-        auth_scheme::{
-            AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken, NoAuthentication,
-        },
-        error::{DeserializationError, FromHttpRequestError},
-        path_builder::PathBuilder,
-        IncomingRequest, IncomingRequestExt, OutgoingResponseExt,
+use ruma::api::{
+    auth_scheme::{
+        AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken, NoAuthentication,
     },
-    OwnedDeviceId, OwnedUserId,
+    error::{DeserializationError, FromHttpRequestError},
+    path_builder::PathBuilder,
+    IncomingRequest, IncomingRequestExt, OutgoingResponseExt,
 };
 
 use crate::{
@@ -85,12 +83,8 @@ impl AuthPolicy for ruma::api::federation::authentication::ServerSignatures {
     const KIND: AuthKind = AuthKind::Server;
 }
 
-/// The authenticated caller, when there is one.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub user_id: OwnedUserId,
-    pub device_id: OwnedDeviceId,
-}
+pub use self::request_slot::RequestSlot;
+pub use crate::users::devices::Caller;
 
 /// A parsed, authenticated request of ruma type `R`.
 pub struct Ruma<R> {

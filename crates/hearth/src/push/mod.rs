@@ -1,8 +1,9 @@
 //! Push rules: each user's ruleset (stored as `m.push_rules` account data, the spec's
 //! default ruleset until they change it), and the [`Push`] service that keeps parsed
-//! rulesets and running unread counts (see [`unread`]) in memory for sync.
+//! rulesets and running unread counts (see [`unread`]) in memory for sync. The parts of an
+//! event that rules read live with the timeline rows that store them
+//! ([`crate::rooms::push_fields`]), so `push` reads `rooms` and never the other way.
 
-pub mod fields;
 pub mod unread;
 
 use std::{
@@ -19,7 +20,7 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use self::fields::PushFields;
+use crate::rooms::push_fields::PushFields;
 use crate::{
     error::{Error, Result},
     rooms::Rooms,

@@ -19,7 +19,7 @@ use ruma::{
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
 };
 
-use super::fields::PushFields;
+use crate::rooms::push_fields::PushFields;
 use crate::{
     error::Result,
     rooms::{receipts::RECEIPTS, Rooms},

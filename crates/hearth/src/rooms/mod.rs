@@ -14,6 +14,7 @@ pub mod membership;
 pub mod pdu;
 mod pdu_cache;
 pub mod power;
+pub mod push_fields;
 pub mod receipts;
 pub mod redaction;
 pub mod state;
@@ -37,7 +38,7 @@ pub use crate::stream::{StreamEntry, EVENT_STREAM};
 use crate::{
     error::{Error, Result},
     json_value,
-    push::fields::PushFields,
+    rooms::push_fields::PushFields,
     server_key::ServerKey,
     store::{
         codec::{CodecError, ValueCodec},
@@ -111,10 +112,10 @@ pub struct TimelineEntry {
 
 impl TimelineEntry {
     /// The row for an event whose stored PDU is `pdu` (no view if it cannot be cut: the
-    /// same events that [`crate::push::fields::view`] leaves out).
+    /// same events that [`crate::rooms::push_fields::view`] leaves out).
     pub fn new(event_id: &str, pdu: &[u8]) -> TimelineEntry {
         let fields = PushFields::stored();
-        let push_view = crate::push::fields::slim(pdu, fields).map(|v| (PushFields::stored_fingerprint(), v));
+        let push_view = crate::rooms::push_fields::slim(pdu, fields).map(|v| (PushFields::stored_fingerprint(), v));
         TimelineEntry { event_id: event_id.to_owned(), push_view }
     }
 

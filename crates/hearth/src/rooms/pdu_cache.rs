@@ -41,7 +41,7 @@ use parking_lot::Mutex;
 use ruma::{push::FlattenedJson, EventId, OwnedEventId};
 
 use super::{pdu::Pdu, EventMeta};
-use crate::push::fields::PushFields;
+use crate::rooms::push_fields::PushFields;
 
 /// Most state events kept (a member event parses to about 1–2 KiB).
 pub const STATE_CAPACITY: usize = 4096;

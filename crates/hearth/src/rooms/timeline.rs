@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use super::{pdu::Pdu, EventMeta, Rooms, TimelineEntry, TIMELINE};
 use crate::{
     error::{Error, Result},
-    push::fields::PushFields,
+    rooms::push_fields::PushFields,
     store::{codec::encode_key, KeyRange, Order},
 };
 
@@ -121,7 +121,7 @@ impl Rooms {
     }
 
     /// [`Rooms::page`] forwards, each event as push rules reading `fields` read it
-    /// ([`crate::push::fields::view`], shared between readers whose rules read the same
+    /// ([`crate::rooms::push_fields::view`], shared between readers whose rules read the same
     /// fields): for unread counts. The view comes from the timeline row when the rules read
     /// no more than the default rules do (see [`TimelineEntry`]), else from the stored PDU.
     /// Events nested too deep for ruma's evaluator are left out (it would panic on them;
@@ -144,7 +144,9 @@ impl Rooms {
                 let id = ruma::OwnedEventId::try_from(row.event_id.as_str()).ok();
                 let event = match id.as_ref().and_then(|id| self.pdus.flattened(id, fields)) {
                     Some(kept) => Some(kept),
-                    None if row_views => row.into_current_view().and_then(crate::push::fields::flatten).map(Arc::new),
+                    None if row_views => {
+                        row.into_current_view().and_then(crate::rooms::push_fields::flatten).map(Arc::new)
+                    }
                     None => None,
                 };
                 out.push(event);
@@ -161,7 +163,7 @@ impl Rooms {
             let keep = missing.len() <= 16;
             for (&i, bytes) in missing.iter().zip(stored) {
                 let (Some(id), Some(bytes)) = (&ids[i], bytes) else { continue };
-                let Some(event) = crate::push::fields::view(&bytes, fields) else { continue };
+                let Some(event) = crate::rooms::push_fields::view(&bytes, fields) else { continue };
                 let event = Arc::new(event);
                 if keep {
                     self.pdus.keep_flattened(id.clone(), fields.clone(), event.clone(), epoch);

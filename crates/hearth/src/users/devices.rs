@@ -19,12 +19,19 @@ use sha2::{Digest, Sha256};
 
 use super::Users;
 use crate::{
-    api::Caller,
     error::{Error, Result},
     json_value,
     store::{tables, Batch, Table},
     time::now_millis,
 };
+
+/// The authenticated caller of a request: the user and the device whose access token it
+/// carried.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Device {

@@ -13,9 +13,9 @@ use ruma::api::client::{
 use serde_json::{json, Map, Value};
 
 use crate::{
+    api::RequestSlot,
     api::Ruma,
     error::{Error, Result},
-    server::RequestSlot,
     sync::{
         assemble,
         cache::{CacheKey, KeyCounts},
