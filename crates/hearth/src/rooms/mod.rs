@@ -8,6 +8,9 @@
 //! stream and short-id counters; a small server signs and fsyncs far slower than it locks.
 
 pub mod append;
+pub mod authorize;
+mod build;
+pub mod commit;
 pub mod create;
 pub mod members;
 pub mod membership;

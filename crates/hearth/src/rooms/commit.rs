@@ -1,0 +1,389 @@
+//! Commit: the one write that puts an event into a room, for local and remote events alike.
+//!
+//! The caller describes the append ([`Append`]): the event, the state before it as the
+//! caller established it, and where the event goes ([`Placement`]) — into the timeline as
+//! a new head of the room, soft-failed, or as an outlier. [`Rooms::commit`] writes the PDU
+//! and every index that placement calls for in one atomic batch at the next stream
+//! position, and updates what memory keeps before that position can become durable. Local
+//! events come here from [`super::append`]; remote ones will come from federation's "check
+//! and append" path, after [`super::authorize`].
+//!
+//! The caller holds the room's append lock and proves it by passing its [`Counters`]. Lock
+//! order: the append lock, then the stream's commit (inside [`crate::stream::Stream`]);
+//! nothing that waits on the network or the disk's fsync runs under the append lock.
+
+use std::sync::Arc;
+
+use ruma::{events::TimelineEventType, OwnedUserId, RoomId};
+use serde_json::Value;
+
+use super::{
+    build::TxnRef,
+    pdu::Pdu,
+    state::{Interner, STATE_BEFORE_EVENT},
+    Counters, EventMeta, MembershipRecord, RelationEntry, RoomHeads, RoomRecord, Rooms, StreamEntry, TimelineEntry,
+    EVENT_META, EVENT_STREAM, PDUS, RELATIONS, ROOMS, ROOM_HEADS, ROOM_MEMBERS, TIMELINE, TRANSACTIONS, USER_ROOMS,
+};
+use crate::{
+    error::{Error, Result},
+    store::Batch,
+};
+
+/// Where an event goes once it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// A new head of the room: in the timeline and the stream clients sync; its prev events
+    /// stop being forward extremities and it becomes one; the room's current state becomes
+    /// the state after it; membership, relation and redaction indexes follow it.
+    Timeline,
+    /// Allowed by the state before it but not by the room's current state: kept, with the
+    /// state before it, for state resolution. Never shown to clients, never a prev event:
+    /// only its prev events stop being forward extremities.
+    SoftFailed,
+    /// Known only as the auth or state event of another event: the PDU alone, outside the
+    /// room's graph (no timeline, no extremities, no state before it).
+    Outlier,
+}
+
+/// One append, described.
+pub struct Append<'a> {
+    pub pdu: Pdu,
+    /// The state before the event (a snapshot; `None` before the create event), as the
+    /// caller established it: for a local event the current state it was built on, for a
+    /// remote one the state at its prev events.
+    pub state_before: Option<u64>,
+    pub placement: Placement,
+    /// The local device's transaction, for idempotent sends.
+    pub txn: Option<TxnRef<'a>>,
+    /// The record of the room this event creates (the `m.room.create` event).
+    pub new_room: Option<RoomRecord>,
+}
+
+/// An event written at a stream position, not yet known durable.
+pub(super) struct Written {
+    pub pdu: Pdu,
+    pub stream: u64,
+    pub placement: Placement,
+    /// The user a member event is about.
+    pub target: Option<OwnedUserId>,
+}
+
+impl Rooms {
+    /// Writes an append and every index its placement calls for in one batch at the next
+    /// stream position (not yet durable: see [`Rooms::finish`], called once the append
+    /// lock is released).
+    pub(super) fn commit(&self, counters: &mut Counters, append: Append<'_>) -> Result<Written> {
+        let Append { pdu, state_before, placement, txn, new_room } = append;
+        let heads = self.heads(&pdu.room_id)?;
+        let shared = Arc::new(pdu.clone());
+        let written = |_: u64, (target, heads, meta): &(Option<OwnedUserId>, RoomHeads, EventMeta)| {
+            self.written(shared, placement, target, state_before, heads, meta)
+        };
+        let (stream, (target, _, _)) = self.stream.commit_deferred_then(
+            |stream, batch| {
+                let mut interner = Interner::new(&mut counters.next_short);
+                let short = interner.event(&self.store, batch, &pdu.event_id)?;
+                let json = serde_json::to_vec(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
+                PDUS.put(batch, pdu.event_id.as_str(), &json);
+                let meta = EventMeta {
+                    room_id: pdu.room_id.clone(),
+                    stream,
+                    short,
+                    txn: txn.map(|t| (t.device_id.to_owned(), t.txn_id.to_owned())),
+                    redacted_by: None,
+                };
+                EVENT_META.put(batch, pdu.event_id.as_str(), &meta);
+                if placement == Placement::Outlier {
+                    return Ok((None, heads.clone(), meta));
+                }
+                if let Some(s) = state_before {
+                    STATE_BEFORE_EVENT.put(batch, short, &s);
+                }
+                let mut new_heads = RoomHeads {
+                    snapshot: heads.snapshot,
+                    forward_extremities: heads
+                        .forward_extremities
+                        .iter()
+                        .filter(|id| !pdu.prev_events.contains(id))
+                        .cloned()
+                        .collect(),
+                    depth: heads.depth,
+                };
+                if placement == Placement::SoftFailed {
+                    ROOM_HEADS.put(batch, pdu.room_id.as_str(), &new_heads);
+                    return Ok((None, new_heads, meta));
+                }
+                new_heads.forward_extremities.push(pdu.event_id.clone());
+                new_heads.depth = new_heads.depth.max(pdu.depth);
+                new_heads.snapshot = state_before;
+                if let Some(key) = &pdu.state_key {
+                    let sk = interner.state_key(&self.store, batch, &pdu.kind.to_string(), key)?;
+                    new_heads.snapshot =
+                        Some(self.state.write_child(batch, &mut interner, state_before, vec![(sk, short)])?);
+                }
+                ROOM_HEADS.put(batch, pdu.room_id.as_str(), &new_heads);
+                let target = self.index_timeline_event(batch, &pdu, &json, stream)?;
+                if let Some(t) = txn {
+                    let scope = txn_scope(&pdu.room_id, &pdu.kind, t.txn_id);
+                    TRANSACTIONS.put(batch, (pdu.sender.as_str(), t.device_id, &scope), &pdu.event_id.to_string());
+                }
+                if let Some(record) = &new_room {
+                    ROOMS.put(batch, pdu.room_id.as_str(), record);
+                }
+                Ok((target, new_heads, meta))
+            },
+            written,
+        )?;
+        Ok(Written { pdu, stream, placement, target })
+    }
+
+    /// The indexes of an event in the timeline: redaction, relations, the room's timeline
+    /// and the global event stream, memberships. Returns the user a member event is about.
+    fn index_timeline_event(
+        &self,
+        batch: &mut Batch,
+        pdu: &Pdu,
+        json: &[u8],
+        stream: u64,
+    ) -> Result<Option<OwnedUserId>> {
+        let room = pdu.room_id.as_str();
+        if pdu.kind == TimelineEventType::RoomRedaction {
+            self.apply_redaction(batch, pdu)?;
+        }
+        let content = pdu.content_value();
+        if let Some(rel) = content.get("m.relates_to") {
+            if let (Some(rel_type), Some(target)) =
+                (rel.get("rel_type").and_then(Value::as_str), rel.get("event_id").and_then(Value::as_str))
+            {
+                RELATIONS.put(
+                    batch,
+                    (target, stream),
+                    &RelationEntry {
+                        rel_type: rel_type.to_owned(),
+                        event_type: pdu.kind.to_string(),
+                        event_id: pdu.event_id.clone(),
+                    },
+                );
+            }
+        }
+        TIMELINE.put(batch, (room, stream), &TimelineEntry::new(pdu.event_id.as_str(), json));
+        EVENT_STREAM.put(batch, stream, &StreamEntry { room_id: pdu.room_id.clone(), event_id: pdu.event_id.clone() });
+        if pdu.kind != TimelineEventType::RoomMember {
+            return Ok(None);
+        }
+        self.members.note_member_event(&pdu.room_id, stream);
+        let (Some(user), Some(membership)) =
+            (pdu.state_key.as_deref(), content.get("membership").and_then(Value::as_str).map(str::to_owned))
+        else {
+            return Ok(None);
+        };
+        USER_ROOMS.put(
+            batch,
+            (user, room),
+            &MembershipRecord { membership: membership.clone(), stream, event_id: pdu.event_id.clone() },
+        );
+        ROOM_MEMBERS.put(batch, (room, user), &membership);
+        Ok(OwnedUserId::try_from(user).ok())
+    }
+
+    /// Updates what memory keeps once an event is in the database, before its position
+    /// can become durable (so before any sync reads up to it): heads, member lists, parsed
+    /// PDUs, and redacted content.
+    fn written(
+        &self,
+        pdu: Arc<Pdu>,
+        placement: Placement,
+        member_target: &Option<OwnedUserId>,
+        before: Option<u64>,
+        heads: &RoomHeads,
+        meta: &EventMeta,
+    ) {
+        if placement == Placement::Outlier {
+            return;
+        }
+        // Always replace: a reader that read the old heads before this write may only add
+        // them where nothing is (see `Rooms::heads`).
+        self.heads.lock().insert(pdu.room_id.clone(), heads.clone());
+        if placement != Placement::Timeline {
+            return;
+        }
+        if let Some(user) = member_target {
+            self.members.invalidate(&pdu.room_id);
+            self.members.invalidate_user(user);
+        }
+        let redacted = pdu.redaction_target();
+        self.pdus.keep_new(pdu, meta.clone(), before);
+        if let Some(redacted) = redacted {
+            // No reader may keep the unredacted copy from here on.
+            match self.state.short_event(&redacted) {
+                Ok(short) => self.pdus.forget(&redacted, short),
+                Err(_) => self.pdus.clear(),
+            }
+        }
+    }
+
+    /// Wakes the syncs a written timeline event concerns once it is durable (one fsync may
+    /// cover many appends; inside a request the HTTP layer waits for it, see `stream`).
+    pub(super) fn finish(&self, written: Written) -> Result<Pdu> {
+        let Written { pdu, stream, placement, target } = written;
+        if placement != Placement::Timeline {
+            return Ok(pdu);
+        }
+        let joined = self.members_shared(&pdu.room_id, "join")?;
+        let notifier = self.notifier.clone();
+        self.stream.after_durable(stream, move || {
+            notifier.notify(joined.iter().chain(target.as_ref()).map(|u| &**u), stream);
+        })?;
+        Ok(pdu)
+    }
+}
+
+/// What a transaction id is unique within, besides the device: like Synapse, the request
+/// it came with (room and kind of event), so the same id in another room is a new send.
+pub(super) fn txn_scope(room_id: &RoomId, kind: &TimelineEventType, txn_id: &str) -> String {
+    format!("{room_id}|{kind}|{txn_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{owned_user_id, EventId, OwnedEventId, RoomVersionId, UserId};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{rooms::build::NewEvent, store::Backend, Config, Services};
+
+    fn open(dir: &std::path::Path) -> Arc<Services> {
+        let config = Config {
+            server_name: "commit.test".try_into().expect("server name"),
+            database_path: dir.join("data"),
+            database_backend: Backend::Rocksdb,
+            database_fsync: false,
+            ..Config::default()
+        };
+        Services::open(config).expect("open")
+    }
+
+    /// A room with its creator joined; returns (services, room id, creator).
+    fn room(dir: &std::path::Path) -> (Arc<Services>, ruma::OwnedRoomId, OwnedUserId) {
+        let s = open(dir);
+        let alice = owned_user_id!("@alice:commit.test");
+        let create = s
+            .rooms
+            .append_create(&RoomVersionId::V11, &alice, json!({"creator": alice}).as_object().cloned().expect("object"))
+            .expect("create");
+        let room = create.room_id.clone();
+        let join = NewEvent::state("m.room.member", alice.as_str(), json!({"membership": "join"}));
+        s.rooms.append_local(&room, &alice, join, None).expect("join");
+        (s, room, alice)
+    }
+
+    /// Builds and authorizes a message on the room's current heads, and commits it as
+    /// `placement`.
+    fn commit_message(s: &Services, room: &RoomId, sender: &UserId, placement: Placement) -> OwnedEventId {
+        let rooms = &s.rooms;
+        let mut counters = rooms.append_lock.lock();
+        let heads = rooms.heads(room).expect("heads");
+        let record = rooms.known_room(room).expect("room");
+        let new = NewEvent::message("m.room.message", json!({"body": "hi"}).as_object().cloned().expect("object"));
+        let built = rooms.build(&record.version, Some(room), &heads, sender, &new).expect("build");
+        rooms.authorize_local(&built).expect("allowed");
+        let id = built.pdu.event_id.clone();
+        let append = Append { pdu: built.pdu, state_before: heads.snapshot, placement, txn: None, new_room: None };
+        let written = rooms.commit(&mut counters, append).expect("commit");
+        drop(counters);
+        rooms.finish(written).expect("finish");
+        id
+    }
+
+    fn in_timeline(s: &Services, id: &EventId) -> bool {
+        let meta = EVENT_META.get(&s.store, id.as_str()).expect("get").expect("stored");
+        EVENT_STREAM.get(&s.store, meta.stream).expect("get").is_some()
+    }
+
+    fn extremities(s: &Services, room: &RoomId) -> Vec<OwnedEventId> {
+        let mut ids = s.rooms.heads(room).expect("heads").forward_extremities;
+        ids.sort();
+        ids
+    }
+
+    /// Two events built on the same heads (as two servers do at once) are both forward
+    /// extremities afterwards; the next local event references both and is the only one.
+    #[test]
+    fn concurrent_events_are_both_forward_extremities_until_referenced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (s, room, alice) = room(dir.path());
+        let before = s.rooms.heads(&room).expect("heads");
+        let first = commit_message(&s, &room, &alice, Placement::Timeline);
+        // A second event built on the heads from before the first: its prev events are the
+        // old extremities, as when a remote server sent at the same time.
+        let mut both = vec![first.clone(), {
+            let rooms = &s.rooms;
+            let mut counters = rooms.append_lock.lock();
+            let record = rooms.known_room(&room).expect("room");
+            let new = NewEvent::message("m.room.message", json!({"body": "fork"}).as_object().cloned().expect("o"));
+            let built = rooms.build(&record.version, Some(&room), &before, &alice, &new).expect("build");
+            let id = built.pdu.event_id.clone();
+            let append = Append {
+                pdu: built.pdu,
+                state_before: before.snapshot,
+                placement: Placement::Timeline,
+                txn: None,
+                new_room: None,
+            };
+            rooms.commit(&mut counters, append).expect("commit");
+            id
+        }];
+        both.sort();
+        assert_eq!(extremities(&s, &room), both, "both branches are extremities");
+
+        let merge = commit_message(&s, &room, &alice, Placement::Timeline);
+        let pdu = s.rooms.pdu(&merge).expect("read").expect("stored");
+        let mut prev = pdu.prev_events.clone();
+        prev.sort();
+        assert_eq!(prev, both, "the next event references both");
+        assert_eq!(extremities(&s, &room), vec![merge.clone()]);
+        assert!(in_timeline(&s, &merge));
+    }
+
+    /// A soft-failed event is stored with the state before it, is never in the timeline
+    /// and never becomes a forward extremity; its prev events stop being extremities.
+    #[test]
+    fn soft_failed_event_moves_only_the_extremities() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (s, room, alice) = room(dir.path());
+        let heads = s.rooms.heads(&room).expect("heads");
+        let soft = commit_message(&s, &room, &alice, Placement::SoftFailed);
+
+        assert!(s.rooms.pdu(&soft).expect("read").is_some(), "kept for state resolution");
+        assert!(!in_timeline(&s, &soft), "never shown to clients");
+        let after = s.rooms.heads(&room).expect("heads");
+        assert!(!after.forward_extremities.contains(&soft), "never a prev event");
+        assert!(after.forward_extremities.iter().all(|id| !heads.forward_extremities.contains(id)));
+        assert_eq!(after.snapshot, heads.snapshot, "the current state does not change");
+        let meta = EVENT_META.get(&s.store, soft.as_str()).expect("get").expect("meta");
+        assert_eq!(STATE_BEFORE_EVENT.get(&s.store, meta.short).expect("get"), heads.snapshot);
+        // What memory keeps matches what was written.
+        let reopened = {
+            drop(s);
+            open(dir.path())
+        };
+        assert_eq!(reopened.rooms.heads(&room).expect("heads").forward_extremities, after.forward_extremities);
+    }
+
+    /// An outlier is the PDU alone: no timeline, no change to the room's heads.
+    #[test]
+    fn outlier_is_stored_outside_the_room_graph() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (s, room, alice) = room(dir.path());
+        let heads = s.rooms.heads(&room).expect("heads");
+        let outlier = commit_message(&s, &room, &alice, Placement::Outlier);
+
+        assert!(s.rooms.pdu(&outlier).expect("read").is_some());
+        assert!(!in_timeline(&s, &outlier));
+        let after = s.rooms.heads(&room).expect("heads");
+        assert_eq!(after.forward_extremities, heads.forward_extremities);
+        assert_eq!(after.snapshot, heads.snapshot);
+        let meta = EVENT_META.get(&s.store, outlier.as_str()).expect("get").expect("meta");
+        assert_eq!(STATE_BEFORE_EVENT.get(&s.store, meta.short).expect("get"), None);
+    }
+}
