@@ -7,6 +7,7 @@
 //! sender's transaction id. Appends are serialised by one lock, which also guards the
 //! stream and short-id counters; a small server signs and fsyncs far slower than it locks.
 
+pub mod aliases;
 pub mod append;
 pub mod create;
 pub mod members;
@@ -411,10 +412,6 @@ impl Rooms {
     /// The event a device already sent with this transaction id.
     pub fn transaction(&self, user: &UserId, device: &str, txn: &str) -> Result<Option<OwnedEventId>> {
         Ok(TRANSACTIONS.get(&self.store, (user.as_str(), device, txn))?.and_then(|id| OwnedEventId::try_from(id).ok()))
-    }
-
-    pub fn resolve_alias(&self, alias: &str) -> Result<Option<OwnedRoomId>> {
-        Ok(ALIASES.get(&self.store, alias)?.and_then(|id| OwnedRoomId::try_from(id).ok()))
     }
 }
 

@@ -21,7 +21,7 @@ use crate::{
 fn resolve(s: &Services, target: &RoomOrAliasId) -> Result<OwnedRoomId> {
     match <&ruma::RoomId>::try_from(target) {
         Ok(room_id) => Ok(room_id.to_owned()),
-        Err(alias) => s.rooms.resolve_alias(alias.as_str())?.ok_or_else(|| Error::not_found("Room alias not found")),
+        Err(alias) => s.rooms.known_alias(alias),
     }
 }
 
