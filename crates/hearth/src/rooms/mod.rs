@@ -10,6 +10,7 @@
 pub mod aliases;
 pub mod append;
 pub mod create;
+pub mod directory;
 pub mod members;
 pub mod membership;
 pub mod pdu;

@@ -113,7 +113,7 @@ pub async fn create_room(s: Arc<Services>, req: Ruma<create_room::v3::Request>) 
     };
     let room_id = s.rooms.create_room(&caller.user_id, request)?;
     if body.visibility == Visibility::Public {
-        super::directory::set_published(&s, &room_id, true)?;
+        s.rooms.set_published(&room_id, true)?;
     }
     Ok(create_room::v3::Response::new(room_id))
 }
