@@ -7,6 +7,7 @@
 
 pub mod account_data;
 pub mod devices;
+pub mod filters;
 pub mod password;
 pub mod presence;
 pub mod profile;

@@ -65,9 +65,9 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>, slot: Op
     });
     let filter = match &body.filter {
         Some(Filter::FilterDefinition(def)) => Some(def.clone()),
-        Some(Filter::FilterId(id)) => Some(
-            super::filter::load(&s, &caller.user_id, id)?.ok_or_else(|| Error::invalid_param("Unknown filter id"))?,
-        ),
+        Some(Filter::FilterId(id)) => {
+            Some(s.users.filter(&caller.user_id, id)?.ok_or_else(|| Error::invalid_param("Unknown filter id"))?)
+        }
         // Filter is non-exhaustive.
         #[allow(unreachable_patterns)]
         Some(_) => None,
