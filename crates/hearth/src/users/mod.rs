@@ -13,6 +13,7 @@ pub mod presence;
 pub mod profile;
 pub mod registration_tokens;
 pub mod uiaa;
+pub mod user_directory;
 
 use std::sync::Arc;
 
