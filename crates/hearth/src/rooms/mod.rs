@@ -18,6 +18,7 @@ mod pdu_cache;
 pub mod power;
 pub mod receipts;
 pub mod redaction;
+pub mod relations;
 pub mod reports;
 pub mod state;
 pub mod timeline;
