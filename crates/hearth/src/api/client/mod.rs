@@ -12,7 +12,7 @@ mod filter;
 pub mod keys;
 mod membership;
 mod message;
-pub(crate) mod presence;
+mod presence;
 mod profile;
 mod push;
 mod receipt;

@@ -15,12 +15,14 @@ use serde_json::{json, Map, Value};
 use crate::{
     api::Ruma,
     error::{Error, Result},
+    presence,
     server::RequestSlot,
     sync::{
         assemble,
         cache::{CacheKey, KeyCounts},
         SyncOptions, SyncResult, SyncSources, SyncToken,
     },
+    users::presence::STATES,
     Services,
 };
 
@@ -84,10 +86,8 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>, slot: Op
     let state = body.set_presence.as_str();
     // Open for as long as this sync: presence does not time out while a client syncs.
     let _syncing = (state != "offline").then(|| s.presence.syncing(&caller.user_id));
-    if super::presence::STATES.contains(&state) {
-        if let Some(pos) = s.presence.set(&caller.user_id, state, None)? {
-            super::presence::notify_contacts(&s, &caller.user_id, pos)?;
-        }
+    if STATES.contains(&state) {
+        presence::set(&s.presence, &s.rooms, &s.notifier, &caller.user_id, state, None)?;
     }
     let sources = SyncSources {
         rooms: &s.rooms,
