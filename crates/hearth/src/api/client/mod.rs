@@ -9,7 +9,7 @@ mod context;
 mod device;
 mod directory;
 mod filter;
-pub mod keys;
+mod keys;
 mod membership;
 mod message;
 mod presence;
