@@ -166,6 +166,23 @@ pub const ALIASES: Table<String, String> = Table::new(tables::ALIASES);
 pub const PUBLISHED_ROOMS: Table<String, ()> = Table::new(tables::PUBLISHED_ROOMS);
 pub const RELATIONS: Table<(String, u64), RelationEntry> = Table::new(tables::RELATIONS);
 
+/// Room versions Hearth implements (offered in `/capabilities`, accepted by `createRoom`
+/// and room upgrades).
+pub const ROOM_VERSIONS: &[RoomVersionId] = &[
+    RoomVersionId::V1,
+    RoomVersionId::V2,
+    RoomVersionId::V3,
+    RoomVersionId::V4,
+    RoomVersionId::V5,
+    RoomVersionId::V6,
+    RoomVersionId::V7,
+    RoomVersionId::V8,
+    RoomVersionId::V9,
+    RoomVersionId::V10,
+    RoomVersionId::V11,
+    RoomVersionId::V12,
+];
+
 /// Counters advanced under the append lock.
 pub struct Counters {
     pub next_short: u64,

@@ -13,7 +13,7 @@ use ruma::api::{
 };
 use serde_json::Value;
 
-use super::room::raw;
+use super::raw;
 use crate::{
     api::Ruma,
     error::{Error, Result},
