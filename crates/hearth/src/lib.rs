@@ -2,7 +2,8 @@
 //!
 //! Layers, top to bottom (nothing points back up):
 //! - `api`: the HTTP surface — typed ruma requests in, typed ruma responses out;
-//! - services: `users` (accounts, devices, tokens, profiles, UIA), `server_key`, …;
+//! - services: `users` (accounts, devices, tokens, profiles, UIA), `rooms`, `e2ee`,
+//!   `presence` (fan-out of presence changes, above `users` and `rooms`), `server_key`, …;
 //! - `store`: ordered key/value tables over RocksDB or SQLite;
 //! - shared basics: `config`, `error`, `time`.
 //!
@@ -15,6 +16,7 @@ pub mod e2ee;
 pub mod error;
 pub mod json_depth;
 pub mod metrics;
+pub mod presence;
 pub mod push;
 pub mod rooms;
 pub mod server;

@@ -214,7 +214,7 @@ impl Running {
         let timeout = services.config.presence_offline_timeout_s;
         let presence = (timeout > 0).then(|| {
             let timeout = Duration::from_secs(timeout);
-            tokio::spawn(crate::api::client::presence::time_out_presence(Arc::downgrade(&services), timeout))
+            tokio::spawn(crate::presence::time_out_presence(Arc::downgrade(&services), timeout))
         });
         let task = tokio::spawn(serve(services.clone(), listener, async move {
             let _ = stopped.await;

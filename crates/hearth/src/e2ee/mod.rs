@@ -3,7 +3,8 @@
 //!
 //! - device keys, one-time keys and fallback keys per device (`keys/upload`, `query`, `claim`);
 //! - cross-signing keys and signatures on them;
-//! - device-list changes on the stream, so contacts re-query keys (`device_lists` in sync);
+//! - device-list changes on the stream, so contacts re-query keys (`device_lists` in sync;
+//!   who hears of them: [`device_lists`]);
 //! - to-device messages ([`to_device`]) and server-side key backup ([`backup`]).
 //!
 //! Every sync reports the device's one-time key counts and unused fallback key types, so
@@ -11,6 +12,7 @@
 //! epoch counter keeps a reader that raced with a change from storing what it read).
 
 pub mod backup;
+pub mod device_lists;
 pub mod to_device;
 
 use std::{

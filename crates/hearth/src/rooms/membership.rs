@@ -4,7 +4,9 @@
 //! auth rules decide who may do what (joining an invite-only room uninvited, kicking
 //! without power, … are refused there with 403).
 
-use ruma::{OwnedRoomId, RoomId, UserId};
+use std::collections::BTreeSet;
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Map, Value};
 
 use super::{append::NewEvent, pdu::Pdu, Rooms, USER_ROOMS};
@@ -114,5 +116,33 @@ impl Rooms {
     /// Joined rooms of a user.
     pub fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {
         Ok(self.rooms_of(user, &["join"])?.into_iter().map(|(r, _)| r).collect())
+    }
+
+    /// Everyone who shares a room with `user`, and `user`: whom a change of their presence
+    /// or device keys concerns. Sorted, without duplicates.
+    pub fn users_sharing_a_room(&self, user: &UserId) -> Result<Vec<OwnedUserId>> {
+        let mut users = self.members_of_joined_rooms(user)?;
+        users.insert(user.to_owned());
+        Ok(users.into_iter().collect())
+    }
+
+    /// Whether `a` and `b` are both joined to at least one room.
+    pub fn share_a_room(&self, a: &UserId, b: &UserId) -> Result<bool> {
+        for room in self.joined_rooms(a)? {
+            if self.is_joined(&room, b)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The joined members of every room `user` has joined (`user` among them only if they
+    /// joined one).
+    pub(super) fn members_of_joined_rooms(&self, user: &UserId) -> Result<BTreeSet<OwnedUserId>> {
+        let mut users = BTreeSet::new();
+        for room in self.joined_rooms(user)? {
+            users.extend(self.members_shared(&room, "join")?.iter().cloned());
+        }
+        Ok(users)
     }
 }

@@ -7,11 +7,13 @@
 //! sender's transaction id. Appends are serialised by one lock, which also guards the
 //! stream and short-id counters; a small server signs and fsyncs far slower than it locks.
 
+pub mod aliases;
 pub mod append;
 pub mod authorize;
 mod build;
 pub mod commit;
 pub mod create;
+pub mod directory;
 pub mod members;
 pub mod membership;
 pub mod pdu;
@@ -20,6 +22,8 @@ pub mod power;
 pub mod push_fields;
 pub mod receipts;
 pub mod redaction;
+pub mod relations;
+pub mod reports;
 pub mod state;
 pub mod timeline;
 pub mod typing;
@@ -165,6 +169,23 @@ pub const TRANSACTIONS: Table<(String, String, String), String> = Table::new(tab
 pub const ALIASES: Table<String, String> = Table::new(tables::ALIASES);
 pub const PUBLISHED_ROOMS: Table<String, ()> = Table::new(tables::PUBLISHED_ROOMS);
 pub const RELATIONS: Table<(String, u64), RelationEntry> = Table::new(tables::RELATIONS);
+
+/// Room versions Hearth implements (offered in `/capabilities`, accepted by `createRoom`
+/// and room upgrades).
+pub const ROOM_VERSIONS: &[RoomVersionId] = &[
+    RoomVersionId::V1,
+    RoomVersionId::V2,
+    RoomVersionId::V3,
+    RoomVersionId::V4,
+    RoomVersionId::V5,
+    RoomVersionId::V6,
+    RoomVersionId::V7,
+    RoomVersionId::V8,
+    RoomVersionId::V9,
+    RoomVersionId::V10,
+    RoomVersionId::V11,
+    RoomVersionId::V12,
+];
 
 /// Counters advanced under the append lock.
 pub struct Counters {
@@ -415,10 +436,6 @@ impl Rooms {
     /// The event a device already sent with this transaction id.
     pub fn transaction(&self, user: &UserId, device: &str, txn: &str) -> Result<Option<OwnedEventId>> {
         Ok(TRANSACTIONS.get(&self.store, (user.as_str(), device, txn))?.and_then(|id| OwnedEventId::try_from(id).ok()))
-    }
-
-    pub fn resolve_alias(&self, alias: &str) -> Result<Option<OwnedRoomId>> {
-        Ok(ALIASES.get(&self.store, alias)?.and_then(|id| OwnedRoomId::try_from(id).ok()))
     }
 }
 

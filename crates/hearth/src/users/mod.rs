@@ -7,11 +7,13 @@
 
 pub mod account_data;
 pub mod devices;
+pub mod filters;
 pub mod password;
 pub mod presence;
 pub mod profile;
 pub mod registration_tokens;
 pub mod uiaa;
+pub mod user_directory;
 
 use std::sync::Arc;
 

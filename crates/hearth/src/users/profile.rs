@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use ruma::UserId;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::Users;
 use crate::{
@@ -33,6 +33,17 @@ impl Users {
 
     pub fn profile_field(&self, user_id: &UserId, field: &str) -> Result<Option<Value>> {
         Ok(PROFILE_FIELDS.get(self.store(), (user_id.as_str(), field))?)
+    }
+
+    /// The member event content a local user joins with: their display name and avatar.
+    pub fn member_profile(&self, user_id: &UserId) -> Result<Map<String, Value>> {
+        let mut content = Map::new();
+        for field in ["displayname", "avatar_url"] {
+            if let Some(v) = self.profile_field(user_id, field)? {
+                content.insert(field.into(), v);
+            }
+        }
+        Ok(content)
     }
 
     /// Sets a string field; an empty or absent value removes it.

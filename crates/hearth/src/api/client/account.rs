@@ -136,7 +136,7 @@ pub async fn change_password(
             .filter(|d| d.as_str() != caller.device_id.as_str())
             .collect();
         s.users.delete_all_devices_except(&caller.user_id, Some(&caller.device_id))?;
-        super::keys::forget_devices(&s, &caller.user_id, &others)?;
+        s.keys.forget_devices(&s.rooms, &caller.user_id, &others)?;
     }
     Ok(change_password::v3::Response::new())
 }
@@ -151,7 +151,7 @@ pub async fn deactivate(s: Arc<Services>, req: Ruma<deactivate::v3::Request>) ->
     s.uiaa.check(Purpose::Deactivate, Some(&caller.user_id), &flows, req.body.auth.as_ref()).await?;
     let devices: Vec<String> = s.users.devices(&caller.user_id)?.into_iter().map(|(d, _)| d.to_string()).collect();
     s.users.deactivate(&caller.user_id)?;
-    super::keys::forget_devices(&s, &caller.user_id, &devices)?;
+    s.keys.forget_devices(&s.rooms, &caller.user_id, &devices)?;
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
 }
 

@@ -12,7 +12,7 @@ use ruma::{
 };
 use serde_json::{json, Map, Value};
 
-use super::room::raw;
+use super::raw;
 use crate::{
     api::{Caller, Ruma},
     error::{Error, Result},

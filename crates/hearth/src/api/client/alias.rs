@@ -10,15 +10,12 @@ use ruma::api::client::{
 use crate::{
     api::Ruma,
     error::{Error, Result},
-    rooms::ALIASES,
-    store::Batch,
     Services,
 };
 
 /// `GET /_matrix/client/v3/directory/room/{roomAlias}`
 pub async fn get_alias(s: Arc<Services>, req: Ruma<get_alias::v3::Request>) -> Result<get_alias::v3::Response> {
-    let room_id =
-        s.rooms.resolve_alias(req.body.room_alias.as_str())?.ok_or_else(|| Error::not_found("Room alias not found"))?;
+    let room_id = s.rooms.known_alias(&req.body.room_alias)?;
     Ok(get_alias::v3::Response::new(room_id, vec![s.config.server_name.clone()]))
 }
 
@@ -33,12 +30,7 @@ pub async fn create_alias(
         return Err(Error::invalid_param("Aliases can only be created on this server"));
     }
     s.rooms.require_joined(&req.body.room_id, &caller.user_id)?;
-    if s.rooms.resolve_alias(alias.as_str())?.is_some() {
-        return Err(Error::matrix(http::StatusCode::CONFLICT, "M_UNKNOWN", "Room alias already exists"));
-    }
-    let mut batch = Batch::new();
-    ALIASES.put(&mut batch, alias.as_str(), &req.body.room_id.to_string());
-    s.store.write(batch)?;
+    s.rooms.create_alias(alias, &req.body.room_id)?;
     Ok(create_alias::v3::Response::new())
 }
 
@@ -51,15 +43,12 @@ pub async fn delete_alias(
     req: Ruma<delete_alias::v3::Request>,
 ) -> Result<delete_alias::v3::Response> {
     let caller = req.caller()?;
-    let alias = req.body.room_alias.as_str();
-    let room_id = s.rooms.resolve_alias(alias)?.ok_or_else(|| Error::not_found("Room alias not found"))?;
+    let room_id = s.rooms.known_alias(&req.body.room_alias)?;
     let admin = s.users.account(&caller.user_id)?.is_some_and(|a| a.admin);
     if !admin && !s.rooms.is_joined(&room_id, &caller.user_id)? {
         return Err(Error::forbidden("You may not remove this alias"));
     }
-    let mut batch = Batch::new();
-    ALIASES.delete(&mut batch, alias);
-    s.store.write(batch)?;
+    s.rooms.delete_alias(&req.body.room_alias)?;
     Ok(delete_alias::v3::Response::new())
 }
 
@@ -69,14 +58,5 @@ pub async fn delete_alias(
 pub async fn get_room_aliases(s: Arc<Services>, req: Ruma<aliases::v3::Request>) -> Result<aliases::v3::Response> {
     let caller = req.caller()?;
     s.rooms.require_visible(&req.body.room_id, &caller.user_id)?;
-    let mut found = Vec::new();
-    ALIASES.scan_all(&s.store, |alias, room| {
-        if room == req.body.room_id.as_str() {
-            if let Ok(a) = ruma::OwnedRoomAliasId::try_from(alias) {
-                found.push(a);
-            }
-        }
-        true
-    })?;
-    Ok(aliases::v3::Response::new(found))
+    Ok(aliases::v3::Response::new(s.rooms.local_aliases(&req.body.room_id)?))
 }

@@ -3,31 +3,12 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 #[allow(deprecated)]
-use ruma::{
-    api::client::discovery::get_capabilities::v3::{
-        self as get_capabilities, Capabilities, ChangePasswordCapability, RoomVersionStability, RoomVersionsCapability,
-        SetAvatarUrlCapability, SetDisplayNameCapability, ThirdPartyIdChangesCapability,
-    },
-    RoomVersionId,
+use ruma::api::client::discovery::get_capabilities::v3::{
+    self as get_capabilities, Capabilities, ChangePasswordCapability, RoomVersionStability, RoomVersionsCapability,
+    SetAvatarUrlCapability, SetDisplayNameCapability, ThirdPartyIdChangesCapability,
 };
 
-use crate::{api::Ruma, error::Result, Services};
-
-/// Room versions Hearth implements.
-pub const ROOM_VERSIONS: &[RoomVersionId] = &[
-    RoomVersionId::V1,
-    RoomVersionId::V2,
-    RoomVersionId::V3,
-    RoomVersionId::V4,
-    RoomVersionId::V5,
-    RoomVersionId::V6,
-    RoomVersionId::V7,
-    RoomVersionId::V8,
-    RoomVersionId::V9,
-    RoomVersionId::V10,
-    RoomVersionId::V11,
-    RoomVersionId::V12,
-];
+use crate::{api::Ruma, error::Result, rooms::ROOM_VERSIONS, Services};
 
 /// `GET /_matrix/client/v3/capabilities`
 ///

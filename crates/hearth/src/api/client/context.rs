@@ -2,30 +2,22 @@
 
 use std::sync::Arc;
 
-use ruma::{
-    api::{
-        client::{
-            context::get_context,
-            relations::{
-                get_relating_events, get_relating_events_with_rel_type,
-                get_relating_events_with_rel_type_and_event_type,
-            },
+use ruma::api::{
+    client::{
+        context::get_context,
+        relations::{
+            get_relating_events, get_relating_events_with_rel_type, get_relating_events_with_rel_type_and_event_type,
         },
-        Direction,
     },
-    EventId, RoomId, UInt, UserId,
+    Direction,
 };
 use serde_json::Value;
 
-use super::room::raw;
+use super::raw;
 use crate::{
-    api::{Caller, Ruma},
+    api::Ruma,
     error::{Error, Result},
-    rooms::{
-        timeline::{parse_token, token},
-        RELATIONS,
-    },
-    store::{codec::encode_key, KeyRange, Order},
+    rooms::{relations::RelationQuery, timeline::token},
     Services,
 };
 
@@ -73,84 +65,6 @@ pub async fn get_context(s: Arc<Services>, req: Ruma<get_context::v3::Request>) 
     Ok(res)
 }
 
-/// Most related events per page.
-pub const MAX_RELATIONS: usize = 100;
-
-struct RelationQuery<'a> {
-    room_id: &'a RoomId,
-    event_id: &'a EventId,
-    rel_type: Option<&'a str>,
-    event_type: Option<&'a str>,
-    from: Option<&'a str>,
-    dir: Direction,
-    limit: Option<UInt>,
-}
-
-/// Events relating to an event, newest first by default; (chunk, next_batch).
-fn relations(s: &Services, caller: &Caller, q: RelationQuery<'_>) -> Result<(Vec<Value>, Option<String>)> {
-    let user: &UserId = &caller.user_id;
-    let until = s.rooms.require_visible(q.room_id, user)?;
-    s.rooms
-        .event_meta(q.event_id)?
-        .filter(|m| m.room_id == q.room_id)
-        .ok_or_else(|| Error::not_found("Event not found"))?;
-    let limit = q.limit.map_or(50, |l| (u64::from(l) as usize).clamp(1, MAX_RELATIONS));
-    let target = q.event_id.as_str();
-    let from = q.from.map(parse_token).transpose()?;
-    let (range, order) = match q.dir {
-        Direction::Backward => {
-            let hi = from.unwrap_or(u64::MAX - 1).min(until).saturating_add(1);
-            (
-                KeyRange {
-                    lower: Some(encode_key::<(String, u64)>((target, 0))),
-                    upper: Some(encode_key::<(String, u64)>((target, hi))),
-                },
-                Order::Descending,
-            )
-        }
-        Direction::Forward => {
-            let lo = from.map_or(0, |f| f.saturating_add(1));
-            let hi = until.saturating_add(1).max(lo);
-            (
-                KeyRange {
-                    lower: Some(encode_key::<(String, u64)>((target, lo))),
-                    upper: Some(encode_key::<(String, u64)>((target, hi))),
-                },
-                Order::Ascending,
-            )
-        }
-    };
-    let mut found = Vec::new();
-    let mut more = false;
-    RELATIONS.scan_range(&s.store, &range, order, |(_, pos), rel| {
-        if q.rel_type.is_some_and(|t| t != rel.rel_type) || q.event_type.is_some_and(|t| t != rel.event_type) {
-            return true;
-        }
-        if found.len() == limit {
-            more = true;
-            return false;
-        }
-        found.push((pos, rel.event_id));
-        true
-    })?;
-    let viewer = Some((user, caller.device_id.as_str()));
-    let mut chunk = Vec::new();
-    for (_, id) in &found {
-        if let Some(v) = s.rooms.client_event_by_id(id, viewer)? {
-            chunk.push(v);
-        }
-    }
-    let next = if more {
-        found.last().map(|(pos, _)| match q.dir {
-            Direction::Backward => token(pos.saturating_sub(1)),
-            Direction::Forward => token(*pos),
-        })
-    } else {
-        None
-    };
-    Ok((chunk, next))
-}
-
 /// `GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}`
 pub async fn get_relating_events(
     s: Arc<Services>,
@@ -167,9 +81,9 @@ pub async fn get_relating_events(
         dir: b.dir,
         limit: b.limit,
     };
-    let (chunk, next) = relations(&s, caller, q)?;
-    let mut res = get_relating_events::v1::Response::new(chunk.iter().map(raw).collect::<Result<_>>()?);
-    res.next_batch = next;
+    let page = s.rooms.relations(&caller.user_id, caller.device_id.as_str(), q)?;
+    let mut res = get_relating_events::v1::Response::new(page.chunk.iter().map(raw).collect::<Result<_>>()?);
+    res.next_batch = page.next_batch;
     Ok(res)
 }
 
@@ -190,9 +104,10 @@ pub async fn get_relating_events_with_rel_type(
         dir: b.dir,
         limit: b.limit,
     };
-    let (chunk, next) = relations(&s, caller, q)?;
-    let mut res = get_relating_events_with_rel_type::v1::Response::new(chunk.iter().map(raw).collect::<Result<_>>()?);
-    res.next_batch = next;
+    let page = s.rooms.relations(&caller.user_id, caller.device_id.as_str(), q)?;
+    let mut res =
+        get_relating_events_with_rel_type::v1::Response::new(page.chunk.iter().map(raw).collect::<Result<_>>()?);
+    res.next_batch = page.next_batch;
     Ok(res)
 }
 
@@ -213,10 +128,10 @@ pub async fn get_relating_events_with_rel_type_and_event_type(
         dir: b.dir,
         limit: b.limit,
     };
-    let (chunk, next) = relations(&s, caller, q)?;
+    let page = s.rooms.relations(&caller.user_id, caller.device_id.as_str(), q)?;
     let mut res = get_relating_events_with_rel_type_and_event_type::v1::Response::new(
-        chunk.iter().map(raw).collect::<Result<_>>()?,
+        page.chunk.iter().map(raw).collect::<Result<_>>()?,
     );
-    res.next_batch = next;
+    res.next_batch = page.next_batch;
     Ok(res)
 }

@@ -64,7 +64,7 @@ pub async fn delete_device(
     let flows = vec![vec![AuthType::Password]];
     s.uiaa.check(Purpose::DeleteDevices, Some(&caller.user_id), &flows, req.body.auth.as_ref()).await?;
     s.users.delete_devices(&caller.user_id, std::slice::from_ref(&req.body.device_id))?;
-    super::keys::forget_devices(&s, &caller.user_id, &[req.body.device_id.to_string()])?;
+    s.keys.forget_devices(&s.rooms, &caller.user_id, &[req.body.device_id.to_string()])?;
     Ok(delete_device::v3::Response::new())
 }
 
@@ -92,6 +92,6 @@ pub async fn delete_devices(
         .filter(|d| req.body.devices.iter().any(|x| x.as_str() == d))
         .collect();
     s.users.delete_devices(&caller.user_id, &req.body.devices)?;
-    super::keys::forget_devices(&s, &caller.user_id, &known)?;
+    s.keys.forget_devices(&s.rooms, &caller.user_id, &known)?;
     Ok(delete_devices::v3::Response::new())
 }

@@ -28,33 +28,6 @@ fn ruma_of<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
     serde_json::from_value(v).map_err(|e| Error::internal(format!("cannot build response: {e}")))
 }
 
-/// Everyone who shares a room with `user`, and `user`.
-pub fn contacts(s: &Services, user: &UserId) -> Result<Vec<OwnedUserId>> {
-    let mut out = vec![user.to_owned()];
-    for room in s.rooms.joined_rooms(user)? {
-        out.extend(s.rooms.members(&room, "join")?);
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
-}
-
-/// Announces a key change at `pos` to everyone who shares a room with `user`.
-pub fn announce(s: &Services, user: &UserId, pos: u64) -> Result<()> {
-    let wake = contacts(s, user)?;
-    s.notifier.notify(wake.iter().map(|u| &**u), pos);
-    Ok(())
-}
-
-/// Forgets the keys and to-device queues of devices that were deleted.
-pub fn forget_devices(s: &Services, user: &UserId, devices: &[String]) -> Result<()> {
-    for d in devices {
-        let pos = s.keys.remove_device(user, d)?;
-        announce(s, user, pos)?;
-    }
-    Ok(())
-}
-
 fn counts(s: &Services, user: &UserId, device: &str) -> Result<BTreeMap<ruma::OneTimeKeyAlgorithm, UInt>> {
     Ok(s.keys
         .one_time_key_counts(user, device)?
@@ -71,7 +44,7 @@ pub async fn upload_keys(s: Arc<Services>, req: Ruma<upload_keys::v3::Request>) 
     if let Some(keys) = &b.device_keys {
         let keys: Value = serde_json::from_str(keys.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
         if let Some(pos) = s.keys.upload_device_keys(user, device, keys)? {
-            announce(&s, user, pos)?;
+            s.keys.announce(&s.rooms, user, pos)?;
         }
     }
     let otks: BTreeMap<String, Value> =
@@ -167,11 +140,7 @@ pub async fn get_key_changes(
 ) -> Result<get_key_changes::v3::Response> {
     let caller = req.caller()?;
     let (from, to) = (parse_token(&req.body.from)?, parse_token(&req.body.to)?);
-    let mine = contacts(&s, &caller.user_id)?;
-    let mut changed: Vec<OwnedUserId> =
-        s.keys.changed_users(from, to)?.into_iter().filter(|u| mine.contains(u)).collect();
-    changed.sort();
-    changed.dedup();
+    let changed = s.keys.changed_contacts(&s.rooms, &caller.user_id, from, to)?;
     Ok(get_key_changes::v3::Response::new(changed, Vec::new()))
 }
 
@@ -202,7 +171,7 @@ pub async fn upload_signing_keys(
         return Ok(upload_signing_keys::v3::Response::new());
     }
     let pos = s.keys.upload_cross_signing(&caller.user_id, &keys)?;
-    announce(&s, &caller.user_id, pos)?;
+    s.keys.announce(&s.rooms, &caller.user_id, pos)?;
     Ok(upload_signing_keys::v3::Response::new())
 }
 
@@ -218,7 +187,7 @@ pub async fn upload_signatures(
     for (user, keys) in &signed {
         for (key_id, object) in keys {
             match s.keys.add_signatures(&caller.user_id, user, key_id, object) {
-                Ok(Some(pos)) => announce(&s, user, pos)?,
+                Ok(Some(pos)) => s.keys.announce(&s.rooms, user, pos)?,
                 Ok(None) => {}
                 Err(e) => {
                     failures

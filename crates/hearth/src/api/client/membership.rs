@@ -11,7 +11,7 @@ use ruma::{
     OwnedRoomId, RoomOrAliasId,
 };
 
-use super::room::{member_profile, raw};
+use super::raw;
 use crate::{
     api::Ruma,
     error::{Error, Result},
@@ -21,7 +21,7 @@ use crate::{
 fn resolve(s: &Services, target: &RoomOrAliasId) -> Result<OwnedRoomId> {
     match <&ruma::RoomId>::try_from(target) {
         Ok(room_id) => Ok(room_id.to_owned()),
-        Err(alias) => s.rooms.resolve_alias(alias.as_str())?.ok_or_else(|| Error::not_found("Room alias not found")),
+        Err(alias) => s.rooms.known_alias(alias),
     }
 }
 
@@ -31,7 +31,12 @@ pub async fn join_room_by_id(
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> Result<join_room_by_id::v3::Response> {
     let caller = req.caller()?;
-    s.rooms.join(&req.body.room_id, &caller.user_id, member_profile(&s, &caller.user_id)?, req.body.reason.clone())?;
+    s.rooms.join(
+        &req.body.room_id,
+        &caller.user_id,
+        s.users.member_profile(&caller.user_id)?,
+        req.body.reason.clone(),
+    )?;
     Ok(join_room_by_id::v3::Response::new(req.body.room_id.clone()))
 }
 
@@ -42,7 +47,7 @@ pub async fn join_room_by_id_or_alias(
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let caller = req.caller()?;
     let room_id = resolve(&s, &req.body.room_id_or_alias)?;
-    s.rooms.join(&room_id, &caller.user_id, member_profile(&s, &caller.user_id)?, req.body.reason.clone())?;
+    s.rooms.join(&room_id, &caller.user_id, s.users.member_profile(&caller.user_id)?, req.body.reason.clone())?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
@@ -52,7 +57,7 @@ pub async fn join_room_by_id_or_alias(
 pub async fn knock_room(s: Arc<Services>, req: Ruma<knock_room::v3::Request>) -> Result<knock_room::v3::Response> {
     let caller = req.caller()?;
     let room_id = resolve(&s, &req.body.room_id_or_alias)?;
-    s.rooms.knock(&room_id, &caller.user_id, member_profile(&s, &caller.user_id)?, req.body.reason.clone())?;
+    s.rooms.knock(&room_id, &caller.user_id, s.users.member_profile(&caller.user_id)?, req.body.reason.clone())?;
     Ok(knock_room::v3::Response::new(room_id))
 }
 

@@ -11,7 +11,7 @@ use ruma::{
 };
 use serde_json::{Map, Value};
 
-use super::room::raw;
+use super::raw;
 use crate::{
     api::Ruma,
     error::{Error, Result},

@@ -4,15 +4,15 @@ mod account;
 mod account_data;
 mod alias;
 mod backup;
-pub mod capabilities;
+mod capabilities;
 mod context;
 mod device;
 mod directory;
 mod filter;
-pub mod keys;
+mod keys;
 mod membership;
 mod message;
-pub(crate) mod presence;
+mod presence;
 mod profile;
 mod push;
 mod receipt;
@@ -28,9 +28,21 @@ mod versions;
 use std::sync::Arc;
 
 use axum::Router;
+use ruma::serde::Raw;
+use serde_json::Value;
 
 use super::RumaRouter;
-use crate::Services;
+use crate::{
+    error::{Error, Result},
+    Services,
+};
+
+/// Wraps a JSON value as a ruma `Raw<T>` without re-validating it: the HTTP layer's one
+/// shared mapping helper, for responses built from events already held as JSON.
+pub fn raw<T>(value: &Value) -> Result<Raw<T>> {
+    let json = serde_json::value::to_raw_value(value).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(Raw::from_json(json))
+}
 
 pub fn routes() -> Router<Arc<Services>> {
     use ruma::api::{path_builder::PathBuilder, Metadata};

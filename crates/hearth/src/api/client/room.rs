@@ -8,36 +8,22 @@ use ruma::{
 };
 use serde_json::{Map, Value};
 
-use super::capabilities::ROOM_VERSIONS;
+use super::raw;
 use crate::{
     api::Ruma,
     error::{Error, Result},
-    rooms::create::{CreateRoom, Preset},
+    rooms::{
+        create::{CreateRoom, Preset},
+        ROOM_VERSIONS,
+    },
     Services,
 };
-
-/// Wraps a JSON value as a ruma `Raw<T>` without re-validating it.
-pub fn raw<T>(value: &Value) -> Result<Raw<T>> {
-    let json = serde_json::value::to_raw_value(value).map_err(|e| Error::internal(e.to_string()))?;
-    Ok(Raw::from_json(json))
-}
 
 fn object_of<T>(raw: &Raw<T>, what: &str) -> Result<Map<String, Value>> {
     match serde_json::from_str(raw.json().get()) {
         Ok(Value::Object(m)) => Ok(m),
         _ => Err(Error::bad_json(format!("{what} must be an object"))),
     }
-}
-
-/// The member event content a local user joins with: their display name and avatar.
-pub fn member_profile(s: &Services, user: &ruma::UserId) -> Result<Map<String, Value>> {
-    let mut content = Map::new();
-    for field in ["displayname", "avatar_url"] {
-        if let Some(v) = s.users.profile_field(user, field)? {
-            content.insert(field.into(), v);
-        }
-    }
-    Ok(content)
 }
 
 /// Most users one `createRoom` may invite, and most `initial_state` events.
@@ -109,11 +95,11 @@ pub async fn create_room(s: Arc<Services>, req: Ruma<create_room::v3::Request>) 
         is_direct: body.is_direct,
         initial_state,
         power_level_override,
-        creator_member_content: member_profile(&s, &caller.user_id)?,
+        creator_member_content: s.users.member_profile(&caller.user_id)?,
     };
     let room_id = s.rooms.create_room(&caller.user_id, request)?;
     if body.visibility == Visibility::Public {
-        super::directory::set_published(&s, &room_id, true)?;
+        s.rooms.set_published(&room_id, true)?;
     }
     Ok(create_room::v3::Response::new(room_id))
 }
@@ -154,7 +140,7 @@ pub async fn upgrade_room(
             format!("Room version {version} is not supported"),
         ));
     }
-    let content = member_profile(&s, &caller.user_id)?;
+    let content = s.users.member_profile(&caller.user_id)?;
     let new_room = s.rooms.upgrade_room(&req.body.room_id, &caller.user_id, version, content)?;
     Ok(upgrade_room::v3::Response::new(new_room))
 }

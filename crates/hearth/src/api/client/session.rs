@@ -70,7 +70,7 @@ pub async fn login(s: Arc<Services>, req: Ruma<login::Request>) -> Result<login:
 pub async fn logout(s: Arc<Services>, req: Ruma<logout::v3::Request>) -> Result<logout::v3::Response> {
     let caller = req.caller()?;
     s.users.delete_devices(&caller.user_id, std::slice::from_ref(&caller.device_id))?;
-    super::keys::forget_devices(&s, &caller.user_id, &[caller.device_id.to_string()])?;
+    s.keys.forget_devices(&s.rooms, &caller.user_id, &[caller.device_id.to_string()])?;
     Ok(logout::v3::Response::new())
 }
 
@@ -79,6 +79,6 @@ pub async fn logout_all(s: Arc<Services>, req: Ruma<logout_all::v3::Request>) ->
     let caller = req.caller()?;
     let devices: Vec<String> = s.users.devices(&caller.user_id)?.into_iter().map(|(d, _)| d.to_string()).collect();
     s.users.delete_all_devices_except(&caller.user_id, None)?;
-    super::keys::forget_devices(&s, &caller.user_id, &devices)?;
+    s.keys.forget_devices(&s.rooms, &caller.user_id, &devices)?;
     Ok(logout_all::v3::Response::new())
 }

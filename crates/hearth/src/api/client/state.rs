@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
 use serde_json::{Map, Value};
 
-use super::room::raw;
+use super::raw;
 use crate::{
     api::Ruma,
     error::{Error, Result},

@@ -16,11 +16,13 @@ use crate::{
     api::RequestSlot,
     api::Ruma,
     error::{Error, Result},
+    presence,
     sync::{
         assemble,
         cache::{CacheKey, KeyCounts},
         SyncOptions, SyncResult, SyncSources, SyncToken,
     },
+    users::presence::STATES,
     Services,
 };
 
@@ -65,9 +67,9 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>, slot: Op
     });
     let filter = match &body.filter {
         Some(Filter::FilterDefinition(def)) => Some(def.clone()),
-        Some(Filter::FilterId(id)) => Some(
-            super::filter::load(&s, &caller.user_id, id)?.ok_or_else(|| Error::invalid_param("Unknown filter id"))?,
-        ),
+        Some(Filter::FilterId(id)) => {
+            Some(s.users.filter(&caller.user_id, id)?.ok_or_else(|| Error::invalid_param("Unknown filter id"))?)
+        }
         // Filter is non-exhaustive.
         #[allow(unreachable_patterns)]
         Some(_) => None,
@@ -84,10 +86,8 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>, slot: Op
     let state = body.set_presence.as_str();
     // Open for as long as this sync: presence does not time out while a client syncs.
     let _syncing = (state != "offline").then(|| s.presence.syncing(&caller.user_id));
-    if super::presence::STATES.contains(&state) {
-        if let Some(pos) = s.presence.set(&caller.user_id, state, None)? {
-            super::presence::notify_contacts(&s, &caller.user_id, pos)?;
-        }
+    if STATES.contains(&state) {
+        presence::set(&s.presence, &s.rooms, &s.notifier, &caller.user_id, state, None)?;
     }
     let sources = SyncSources {
         rooms: &s.rooms,
