@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, Result},
-    json_value,
+    store::codec::json_value,
     store::{tables::META, Batch, Store, StoreError},
     time::now_millis,
 };

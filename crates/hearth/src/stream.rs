@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, Result},
-    json_value,
+    store::codec::json_value,
     store::{codec::ValueCodec, tables, Batch, KeyRange, Op, Order, Store, Table},
     sync::notifier::Notifier,
 };

@@ -44,9 +44,9 @@ use self::{
 pub use crate::stream::{StreamEntry, EVENT_STREAM};
 use crate::{
     error::{Error, Result},
-    json_value,
     rooms::push_fields::PushFields,
     server_key::ServerKey,
+    store::codec::json_value,
     store::{
         codec::{CodecError, ValueCodec},
         tables, Store, Table,

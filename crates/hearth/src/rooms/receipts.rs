@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use super::Rooms;
 use crate::{
     error::{Error, Result},
-    json_value,
+    store::codec::json_value,
     store::{tables, Table},
     stream::{StreamItem, STREAM_LOG},
 };

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::Rooms;
 use crate::{
     error::{Error, Result},
-    json_value,
+    store::codec::json_value,
     store::{tables, Batch, Table},
 };
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, Result},
-    json_value,
+    store::codec::json_value,
     store::{tables, Batch, KeyRange, Order, Store, Table},
 };
 

@@ -206,7 +206,8 @@ impl ValueCodec for () {
 }
 
 /// Stores the listed types as JSON: readable in a hex dump, tolerant of added fields.
-#[macro_export]
+/// Imported as `crate::store::codec::json_value` (a path, not the crate root, so that
+/// services import it from the store layer they build on).
 macro_rules! json_value {
     ($($ty:ty),+ $(,)?) => {$(
         impl $crate::store::codec::ValueCodec for $ty {
@@ -222,6 +223,7 @@ macro_rules! json_value {
         }
     )+};
 }
+pub(crate) use json_value;
 
 json_value!(serde_json::Value);
 

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     error::{Error, Result},
-    json_value,
+    store::codec::json_value,
     store::{tables, Store, Table},
     stream::{Stream, StreamItem, STREAM_LOG},
 };

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use super::Users;
 use crate::{
     error::{Error, Result},
-    json_value,
+    store::codec::json_value,
     store::{tables, Batch, Table},
     time::now_millis,
 };

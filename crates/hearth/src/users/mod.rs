@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, Result},
-    json_value,
+    store::codec::json_value,
     store::{tables, Batch, Store, Table},
     time::now_millis,
 };

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::{
     error::{Error, Result},
-    json_value,
+    store::codec::json_value,
     store::{tables, Store, Table},
     stream::{Stream, StreamItem, STREAM_LOG},
     time::now_millis,
