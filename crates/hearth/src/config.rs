@@ -56,6 +56,14 @@ pub struct Config {
     /// Accepted for Conduit compatibility; Hearth never contacts anyone to check for updates.
     pub allow_check_for_updates: bool,
     pub trusted_servers: Vec<OwnedServerName>,
+    /// Address ranges outbound requests (federation, `.well-known`, notaries) may not
+    /// connect to; see [`crate::transport::policy`]. Default: the ranges Synapse blocks.
+    pub ip_range_denylist: Vec<ipnet::IpNet>,
+    /// Ranges admitted even when denied: LAN peers, loopback in tests.
+    pub ip_range_allowlist: Vec<ipnet::IpNet>,
+    /// Extra CA certificates (PEM) outbound TLS trusts besides the system's roots: a
+    /// private CA, or the tests' throw-away one.
+    pub federation_ca_file: Option<PathBuf>,
     pub allow_well_known: bool,
     pub well_known: WellKnown,
     pub allow_encryption: bool,
@@ -88,6 +96,9 @@ impl Default for Config {
             allow_federation: true,
             allow_check_for_updates: false,
             trusted_servers: vec!["matrix.org".try_into().expect("static server name")],
+            ip_range_denylist: crate::transport::policy::default_denylist(),
+            ip_range_allowlist: Vec::new(),
+            federation_ca_file: None,
             allow_well_known: true,
             well_known: WellKnown::default(),
             allow_encryption: true,
@@ -428,6 +439,20 @@ mod tests {
         expect_err(&[("CONDUIT_PORT", "sixty")], &["`port`", "CONDUIT_PORT"]);
         expect_err(&[("CONDUIT_DATABASE_BACKEND", "postgres")], &["database_backend"]);
         expect_err(&[("CONDUIT_SERVER_NAME", "not a name")], &["server_name"]);
+    }
+
+    #[test]
+    fn outbound_address_ranges_from_the_environment() {
+        with_env(&[("HEARTH_IP_RANGE_ALLOWLIST", "[\"127.0.0.1/32\", \"192.168.3.0/24\"]")], |loaded| {
+            let c = loaded.unwrap().config;
+            let allow: Vec<String> = c.ip_range_allowlist.iter().map(ToString::to_string).collect();
+            assert_eq!(allow, ["127.0.0.1/32", "192.168.3.0/24"]);
+            assert_eq!(c.ip_range_denylist, crate::transport::policy::default_denylist(), "the default stays");
+        });
+        with_env(&[("CONDUIT_IP_RANGE_ALLOWLIST", "[\"192.168.3.0/33\"]")], |loaded| {
+            let err = loaded.err().expect("an impossible range is refused").0;
+            assert!(err.contains("ip_range_allowlist"), "{err}");
+        });
     }
 
     #[test]

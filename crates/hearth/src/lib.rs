@@ -25,6 +25,7 @@ pub mod store;
 pub mod stream;
 pub mod sync;
 pub mod time;
+pub mod transport;
 pub mod users;
 
 use std::sync::Arc;

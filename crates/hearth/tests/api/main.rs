@@ -11,6 +11,7 @@ mod ephemeral;
 mod errors;
 mod login;
 mod operator;
+mod outbound;
 mod processes;
 mod profile;
 mod push;

@@ -1,0 +1,237 @@
+//! The one HTTP client for requests to URLs other parties choose (federation, `.well-known`,
+//! notaries; later media and push), with the outbound policy built in:
+//!
+//! - **Addresses**: names resolve through [`PolicyResolver`], which hands the connection only
+//!   the addresses [`AddressPolicy`] admits, so the check is on the address actually
+//!   connected to, not on a name that may resolve differently a second later. IP literals
+//!   never reach a resolver, so they are checked before the request and on every redirect.
+//!   No proxy is used: a proxy would connect on our behalf to an address we never see.
+//! - **TLS**: rustls, verifying against the system's roots (which honour `SSL_CERT_FILE`)
+//!   plus the PEM certificates of `federation_ca_file`. There is no switch that turns
+//!   verification off.
+//! - **Time**: a connect time-out and a whole-request time-out on every request.
+//! - **Size**: a body is read in chunks and refused once it passes the caller's cap, so a
+//!   peer cannot make Hearth hold more than that.
+//! - **Redirects**: at most [`MAX_REDIRECTS`], each target checked as above.
+
+use std::{error::Error as _, net::IpAddr, sync::Arc, time::Duration};
+
+use bytes::{Bytes, BytesMut};
+use reqwest::{
+    dns::{Addrs, Name, Resolve, Resolving},
+    redirect, Url,
+};
+
+use super::policy::{AddressPolicy, Refused};
+use crate::config::Config;
+
+/// Most redirects followed for one request.
+pub const MAX_REDIRECTS: usize = 5;
+/// How long connecting (TCP and TLS) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an outbound request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error("refused by the outbound address policy: {0}")]
+    Refused(Refused),
+    #[error("{0} has no address")]
+    NoAddress(String),
+    #[error("timed out")]
+    TimedOut,
+    #[error("the response is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A response read whole (within its cap).
+#[derive(Debug)]
+pub struct Fetched {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    /// The URL answered, after redirects.
+    pub url: Url,
+}
+
+/// The outbound HTTP client; cheap to clone.
+#[derive(Clone)]
+pub struct OutboundClient {
+    http: reqwest::Client,
+    policy: Arc<AddressPolicy>,
+}
+
+impl OutboundClient {
+    /// The client for `config`: its address ranges and extra CA certificates.
+    pub fn from_config(config: &Config) -> Result<Self, OutboundError> {
+        let policy = AddressPolicy::new(config.ip_range_denylist.clone(), config.ip_range_allowlist.clone());
+        let extra_ca = match &config.federation_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                OutboundError::Other(format!("cannot read federation_ca_file {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        Self::new(policy, extra_ca.as_deref())
+    }
+
+    /// A client with `policy`, trusting the system's roots and the PEM certificates in
+    /// `extra_ca_pem`.
+    pub fn new(policy: AddressPolicy, extra_ca_pem: Option<&[u8]>) -> Result<Self, OutboundError> {
+        let policy = Arc::new(policy);
+        let redirects = {
+            let policy = policy.clone();
+            redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= MAX_REDIRECTS {
+                    return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+                }
+                match literal_host(attempt.url()).map(|ip| policy.check(ip)) {
+                    Some(Err(refused)) => attempt.error(refused),
+                    _ => attempt.follow(),
+                }
+            })
+        };
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .dns_resolver(Arc::new(PolicyResolver { policy: policy.clone() }))
+            .redirect(redirects)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")))
+            .https_only(false)
+            .tls_built_in_root_certs(true);
+        if let Some(pem) = extra_ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| OutboundError::Other(format!("federation_ca_file: {e}")))?;
+            if certs.is_empty() {
+                return Err(OutboundError::Other("federation_ca_file holds no PEM certificate".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| OutboundError::Other(format!("cannot build the HTTP client: {e}")))?;
+        Ok(OutboundClient { http, policy })
+    }
+
+    pub fn policy(&self) -> &AddressPolicy {
+        &self.policy
+    }
+
+    /// `GET url`, reading at most `max_body` bytes of the answer within `timeout`.
+    pub async fn get(&self, url: &str, timeout: Duration, max_body: usize) -> Result<Fetched, OutboundError> {
+        self.send(self.http.get(self.checked(url)?), timeout, max_body).await
+    }
+
+    /// Sends a request built on [`OutboundClient::request`], with the same limits as `get`.
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<Fetched, OutboundError> {
+        let work = async {
+            let mut response = request.send().await.map_err(classify)?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let url = response.url().clone();
+            if response.content_length().is_some_and(|len| len > max_body as u64) {
+                return Err(OutboundError::TooLarge(max_body));
+            }
+            let mut body = BytesMut::new();
+            while let Some(chunk) = response.chunk().await.map_err(classify)? {
+                if body.len() + chunk.len() > max_body {
+                    return Err(OutboundError::TooLarge(max_body));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Fetched { status, headers, body: body.freeze(), url })
+        };
+        tokio::time::timeout(timeout, work).await.map_err(|_| OutboundError::TimedOut)?
+    }
+
+    /// A request builder for `method url`, the URL checked as [`OutboundClient::get`]
+    /// checks it. Send it with [`OutboundClient::send`].
+    pub fn request(&self, method: reqwest::Method, url: &str) -> Result<reqwest::RequestBuilder, OutboundError> {
+        Ok(self.http.request(method, self.checked(url)?))
+    }
+
+    /// Parses `url` and checks its host when it is an IP literal (names are checked when
+    /// they resolve).
+    fn checked(&self, url: &str) -> Result<Url, OutboundError> {
+        let url = Url::parse(url).map_err(|e| OutboundError::Other(format!("invalid URL {url}: {e}")))?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(OutboundError::Other(format!("unsupported URL scheme {}", url.scheme())));
+        }
+        if let Some(ip) = literal_host(&url) {
+            self.policy.check(ip).map_err(OutboundError::Refused)?;
+        }
+        Ok(url)
+    }
+}
+
+/// The host of `url` when it is an IP address.
+fn literal_host(url: &Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
+        url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+        url::Host::Domain(_) => None,
+    }
+}
+
+/// Turns reqwest's error into ours, finding a policy refusal or a time-out in its causes.
+fn classify(e: reqwest::Error) -> OutboundError {
+    if e.is_timeout() {
+        return OutboundError::TimedOut;
+    }
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if let Some(refused) = c.downcast_ref::<Refused>() {
+            return OutboundError::Refused(refused.clone());
+        }
+        if let Some(ResolveError::NoAddress(name)) = c.downcast_ref::<ResolveError>() {
+            return OutboundError::NoAddress(name.clone());
+        }
+        cause = c.source();
+    }
+    OutboundError::Other(e.to_string())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ResolveError {
+    #[error("{0} has no address")]
+    NoAddress(String),
+}
+
+/// Resolves names with the system's resolver and keeps only the addresses the policy
+/// admits; when it admits none, the refusal of the first is the error.
+pub struct PolicyResolver {
+    policy: Arc<AddressPolicy>,
+}
+
+impl Resolve for PolicyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if found.is_empty() {
+                return Err(Box::new(ResolveError::NoAddress(host)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            let mut refused = None;
+            let allowed: Vec<_> = found
+                .into_iter()
+                .filter(|a| match policy.check(a.ip()) {
+                    Ok(()) => true,
+                    Err(r) => {
+                        refused.get_or_insert(r);
+                        false
+                    }
+                })
+                .collect();
+            match (allowed.is_empty(), refused) {
+                (true, Some(r)) => Err(Box::new(r) as Box<dyn std::error::Error + Send + Sync>),
+                _ => Ok(Box::new(allowed.into_iter()) as Addrs),
+            }
+        })
+    }
+}
