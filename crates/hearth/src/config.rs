@@ -64,6 +64,9 @@ pub struct Config {
     /// Extra CA certificates (PEM) outbound TLS trusts besides the system's roots: a
     /// private CA, or the tests' throw-away one.
     pub federation_ca_file: Option<PathBuf>,
+    /// DNS servers (`ip:port`) outbound requests and server discovery ask instead of the
+    /// system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<std::net::SocketAddr>,
     pub allow_well_known: bool,
     pub well_known: WellKnown,
     pub allow_encryption: bool,
@@ -99,6 +102,7 @@ impl Default for Config {
             ip_range_denylist: crate::transport::policy::default_denylist(),
             ip_range_allowlist: Vec::new(),
             federation_ca_file: None,
+            dns_servers: Vec::new(),
             allow_well_known: true,
             well_known: WellKnown::default(),
             allow_encryption: true,

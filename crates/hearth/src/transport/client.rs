@@ -14,7 +14,14 @@
 //!   peer cannot make Hearth hold more than that.
 //! - **Redirects**: at most [`MAX_REDIRECTS`], each target checked as above.
 
-use std::{error::Error as _, net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    error::Error as _,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 use bytes::{Bytes, BytesMut};
 use reqwest::{
@@ -22,7 +29,10 @@ use reqwest::{
     redirect, Url,
 };
 
-use super::policy::{AddressPolicy, Refused};
+use super::{
+    dns::{Dns, DnsError},
+    policy::{AddressPolicy, Refused},
+};
 use crate::config::Config;
 
 /// Most redirects followed for one request.
@@ -63,8 +73,9 @@ pub struct OutboundClient {
 }
 
 impl OutboundClient {
-    /// The client for `config`: its address ranges and extra CA certificates.
+    /// The client for `config`: its address ranges, extra CA certificates and DNS servers.
     pub fn from_config(config: &Config) -> Result<Self, OutboundError> {
+        let dns = Arc::new(Dns::new(&config.dns_servers).map_err(|e| OutboundError::Other(e.to_string()))?);
         let policy = AddressPolicy::new(config.ip_range_denylist.clone(), config.ip_range_allowlist.clone());
         let extra_ca = match &config.federation_ca_file {
             Some(path) => Some(std::fs::read(path).map_err(|e| {
@@ -72,12 +83,12 @@ impl OutboundClient {
             })?),
             None => None,
         };
-        Self::new(policy, extra_ca.as_deref())
+        Self::new(policy, extra_ca.as_deref(), dns)
     }
 
     /// A client with `policy`, trusting the system's roots and the PEM certificates in
-    /// `extra_ca_pem`.
-    pub fn new(policy: AddressPolicy, extra_ca_pem: Option<&[u8]>) -> Result<Self, OutboundError> {
+    /// `extra_ca_pem`, resolving names with `dns`.
+    pub fn new(policy: AddressPolicy, extra_ca_pem: Option<&[u8]>, dns: Arc<Dns>) -> Result<Self, OutboundError> {
         let policy = Arc::new(policy);
         let redirects = {
             let policy = policy.clone();
@@ -93,7 +104,7 @@ impl OutboundClient {
         };
         let mut builder = reqwest::Client::builder()
             .no_proxy()
-            .dns_resolver(Arc::new(PolicyResolver { policy: policy.clone() }))
+            .dns_resolver(Arc::new(PolicyResolver { policy: policy.clone(), dns }))
             .redirect(redirects)
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")))
@@ -191,6 +202,9 @@ fn classify(e: reqwest::Error) -> OutboundError {
         if let Some(ResolveError::NoAddress(name)) = c.downcast_ref::<ResolveError>() {
             return OutboundError::NoAddress(name.clone());
         }
+        if let Some(ResolveError::Dns(e)) = c.downcast_ref::<ResolveError>() {
+            return OutboundError::Other(format!("DNS: {e}"));
+        }
         cause = c.source();
     }
     OutboundError::Other(e.to_string())
@@ -200,27 +214,32 @@ fn classify(e: reqwest::Error) -> OutboundError {
 enum ResolveError {
     #[error("{0} has no address")]
     NoAddress(String),
+    #[error("{0}")]
+    Dns(String),
 }
 
-/// Resolves names with the system's resolver and keeps only the addresses the policy
-/// admits; when it admits none, the refusal of the first is the error.
+/// Resolves names (hosts file, then DNS) and keeps only the addresses the policy admits;
+/// when it admits none, the refusal of the first is the error.
 pub struct PolicyResolver {
     policy: Arc<AddressPolicy>,
+    dns: Arc<Dns>,
 }
 
 impl Resolve for PolicyResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = self.policy.clone();
+        let dns = self.dns.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if found.is_empty() {
-                return Err(Box::new(ResolveError::NoAddress(host)) as Box<dyn std::error::Error + Send + Sync>);
-            }
+            let found = match dns.addresses(&host).await {
+                Ok(found) => found,
+                Err(DnsError::NotFound) => return Err(Box::new(ResolveError::NoAddress(host)) as BoxError),
+                Err(DnsError::Failed(e)) => return Err(Box::new(ResolveError::Dns(e)) as BoxError),
+            };
             let mut refused = None;
             let allowed: Vec<_> = found
                 .into_iter()
-                .filter(|a| match policy.check(a.ip()) {
+                .filter(|ip| match policy.check(*ip) {
                     Ok(()) => true,
                     Err(r) => {
                         refused.get_or_insert(r);
@@ -229,8 +248,9 @@ impl Resolve for PolicyResolver {
                 })
                 .collect();
             match (allowed.is_empty(), refused) {
-                (true, Some(r)) => Err(Box::new(r) as Box<dyn std::error::Error + Send + Sync>),
-                _ => Ok(Box::new(allowed.into_iter()) as Addrs),
+                (true, Some(r)) => Err(Box::new(r) as BoxError),
+                // Port 0: reqwest puts the URL's port in.
+                _ => Ok(Box::new(allowed.into_iter().map(|ip| SocketAddr::new(ip, 0))) as Addrs),
             }
         })
     }

@@ -16,5 +16,7 @@ mod processes;
 mod profile;
 mod push;
 mod rooms;
+mod server_discovery;
 mod storage;
 mod sync;
+mod test_dns;

@@ -2,7 +2,7 @@
 //! the address policy applied to the address connected to, for names, IP literals and
 //! redirects; size caps; time-outs.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     response::{IntoResponse, Redirect},
@@ -11,6 +11,7 @@ use axum::{
 };
 use hearth::transport::{
     client::{OutboundClient, OutboundError},
+    dns::Dns,
     policy::{default_denylist, AddressPolicy, Refused},
 };
 
@@ -42,13 +43,18 @@ async fn serve() -> SocketAddr {
     addr
 }
 
+/// The system's resolver (`localhost` comes from the hosts file).
+fn dns() -> Arc<Dns> {
+    Arc::new(Dns::new(&[]).expect("resolver"))
+}
+
 fn default_client() -> OutboundClient {
-    OutboundClient::new(AddressPolicy::new(default_denylist(), vec![]), None).expect("client")
+    OutboundClient::new(AddressPolicy::new(default_denylist(), vec![]), None, dns()).expect("client")
 }
 
 fn loopback_allowed() -> OutboundClient {
     let allow = vec!["127.0.0.1/32".parse().expect("range")];
-    OutboundClient::new(AddressPolicy::new(default_denylist(), allow), None).expect("client")
+    OutboundClient::new(AddressPolicy::new(default_denylist(), allow), None, dns()).expect("client")
 }
 
 fn refused_range(e: OutboundError) -> String {
