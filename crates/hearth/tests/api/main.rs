@@ -18,3 +18,4 @@ mod push;
 mod rooms;
 mod storage;
 mod sync;
+mod tls;
