@@ -141,6 +141,10 @@ const FLAT_ALIASES: &[(&str, &str)] = &[
     ("tls_key", "tls.key"),
 ];
 
+/// Certificates are renewed days before they expire; a longer interval is a typo (and a
+/// timer that far out would overflow).
+const MAX_TLS_RELOAD_INTERVAL_S: u64 = 86_400;
+
 /// Keys read from the environment that are not configuration keys.
 const NOT_KEYS: &[&str] = &["config"];
 
@@ -282,6 +286,12 @@ impl Config {
             if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
                 *path = None;
             }
+        }
+        if self.tls_reload_interval_s > MAX_TLS_RELOAD_INTERVAL_S {
+            return Err(ConfigError(format!(
+                "tls_reload_interval_s: expected at most {MAX_TLS_RELOAD_INTERVAL_S} seconds (a day; 0 turns re-reading off), got {}",
+                self.tls_reload_interval_s
+            )));
         }
         match (&self.tls.certs, &self.tls.key) {
             (Some(certs), None) => Err(ConfigError(format!(
@@ -542,6 +552,14 @@ mod tests {
         with_env(&[("HEARTH_TLS__KEY", "/etc/tls/tls.key")], |loaded| {
             let err = loaded.err().expect("a key without a chain is refused").0;
             assert!(err.starts_with("tls.certs: missing"), "{err}");
+        });
+    }
+
+    #[test]
+    fn a_year_between_tls_checks_is_refused() {
+        with_env(&[("HEARTH_TLS_RELOAD_INTERVAL_S", "31536000")], |loaded| {
+            let err = loaded.err().expect("a year between checks is refused").0;
+            assert!(err.starts_with("tls_reload_interval_s:"), "{err}");
         });
     }
 
