@@ -34,6 +34,17 @@ pub struct WellKnown {
     pub server: Option<String>,
 }
 
+/// The certificate and key the client and federation listener serves TLS with (Conduit's
+/// `[global.tls]`). Both or neither; the files are re-read when they change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub certs: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf.
+    pub key: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
@@ -79,6 +90,11 @@ pub struct Config {
     /// turns offline: their clients have gone away. Synapse waits 30 s too. 0: presence
     /// stays as last set.
     pub presence_offline_timeout_s: u64,
+    /// Serve TLS on `address:port` with these files; without them, plain HTTP (a reverse
+    /// proxy in front terminates TLS).
+    pub tls: Tls,
+    /// Seconds between checks of the TLS files for a renewed certificate; 0: never re-read.
+    pub tls_reload_interval_s: u64,
 }
 
 impl Default for Config {
@@ -110,6 +126,8 @@ impl Default for Config {
             log: "info".to_owned(),
             metrics_port: 0,
             presence_offline_timeout_s: 30,
+            tls: Tls::default(),
+            tls_reload_interval_s: 60,
         }
     }
 }
@@ -120,8 +138,16 @@ impl Default for Config {
 pub struct ConfigError(pub String);
 
 /// Conduit's flat environment names for nested keys.
-const FLAT_ALIASES: &[(&str, &str)] =
-    &[("well_known_client", "well_known.client"), ("well_known_server", "well_known.server")];
+const FLAT_ALIASES: &[(&str, &str)] = &[
+    ("well_known_client", "well_known.client"),
+    ("well_known_server", "well_known.server"),
+    ("tls_certs", "tls.certs"),
+    ("tls_key", "tls.key"),
+];
+
+/// Certificates are renewed days before they expire; a longer interval is a typo (and a
+/// timer that far out would overflow).
+const MAX_TLS_RELOAD_INTERVAL_S: u64 = 86_400;
 
 /// Keys read from the environment that are not configuration keys.
 const NOT_KEYS: &[&str] = &["config"];
@@ -241,6 +267,7 @@ impl Config {
                 )));
             }
         }
+        self.validate_tls()?;
         if let Some(t) = &self.registration_token {
             if t.is_empty() {
                 self.registration_token = None;
@@ -254,6 +281,38 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// `tls.certs` and `tls.key` come as a pair; an empty value counts as unset (a
+    /// ConfigMap that blanks a variable means "no TLS").
+    fn validate_tls(&mut self) -> Result<(), ConfigError> {
+        for path in [&mut self.tls.certs, &mut self.tls.key] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                *path = None;
+            }
+        }
+        if self.tls_reload_interval_s > MAX_TLS_RELOAD_INTERVAL_S {
+            return Err(ConfigError(format!(
+                "tls_reload_interval_s: expected at most {MAX_TLS_RELOAD_INTERVAL_S} seconds (a day; 0 turns re-reading off), got {}",
+                self.tls_reload_interval_s
+            )));
+        }
+        match (&self.tls.certs, &self.tls.key) {
+            (Some(certs), None) => Err(ConfigError(format!(
+                "tls.key: missing; tls.certs is set ({}), and TLS needs both the certificate chain and its private key",
+                certs.display()
+            ))),
+            (None, Some(key)) => Err(ConfigError(format!(
+                "tls.certs: missing; tls.key is set ({}), and TLS needs both the certificate chain and its private key",
+                key.display()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The certificate chain and key files when TLS is on (validated as a pair).
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        Some((self.tls.certs.as_deref()?, self.tls.key.as_deref()?))
     }
 
     pub fn durability(&self) -> Durability {
@@ -456,6 +515,55 @@ mod tests {
         with_env(&[("CONDUIT_IP_RANGE_ALLOWLIST", "[\"192.168.3.0/33\"]")], |loaded| {
             let err = loaded.err().expect("an impossible range is refused").0;
             assert!(err.contains("ip_range_allowlist"), "{err}");
+        });
+    }
+
+    #[test]
+    fn tls_files_from_hearth_and_conduit_names() {
+        with_env(&[("HEARTH_TLS__CERTS", "/tls/chain.pem"), ("HEARTH_TLS__KEY", "/tls/key.pem")], |loaded| {
+            let loaded = loaded.unwrap();
+            let (certs, key) = loaded.config.tls_files().expect("TLS is on");
+            assert_eq!((certs, key), (Path::new("/tls/chain.pem"), Path::new("/tls/key.pem")));
+            assert_eq!(loaded.config.tls_reload_interval_s, 60, "the default interval");
+            assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        });
+        with_env(
+            &[
+                ("CONDUIT_TLS_CERTS", "/etc/tls/tls.crt"),
+                ("CONDUIT_TLS_KEY", "/etc/tls/tls.key"),
+                ("HEARTH_TLS_RELOAD_INTERVAL_S", "5"),
+            ],
+            |loaded| {
+                let loaded = loaded.unwrap();
+                let (certs, key) = loaded.config.tls_files().expect("TLS is on");
+                assert_eq!((certs, key), (Path::new("/etc/tls/tls.crt"), Path::new("/etc/tls/tls.key")));
+                assert_eq!(loaded.config.tls_reload_interval_s, 5);
+                assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+            },
+        );
+        with_env(&[], |loaded| assert!(loaded.unwrap().config.tls_files().is_none(), "TLS is off by default"));
+        with_env(&[("CONDUIT_TLS_CERTS", ""), ("CONDUIT_TLS_KEY", "")], |loaded| {
+            assert!(loaded.unwrap().config.tls_files().is_none(), "empty values mean no TLS")
+        });
+    }
+
+    #[test]
+    fn one_tls_file_alone_is_refused_naming_the_missing_key() {
+        with_env(&[("CONDUIT_TLS_CERTS", "/etc/tls/tls.crt")], |loaded| {
+            let err = loaded.err().expect("a chain without a key is refused").0;
+            assert!(err.starts_with("tls.key: missing"), "{err}");
+        });
+        with_env(&[("HEARTH_TLS__KEY", "/etc/tls/tls.key")], |loaded| {
+            let err = loaded.err().expect("a key without a chain is refused").0;
+            assert!(err.starts_with("tls.certs: missing"), "{err}");
+        });
+    }
+
+    #[test]
+    fn a_year_between_tls_checks_is_refused() {
+        with_env(&[("HEARTH_TLS_RELOAD_INTERVAL_S", "31536000")], |loaded| {
+            let err = loaded.err().expect("a year between checks is refused").0;
+            assert!(err.starts_with("tls_reload_interval_s:"), "{err}");
         });
     }
 

@@ -25,6 +25,7 @@ pub mod store;
 pub mod stream;
 pub mod sync;
 pub mod time;
+pub mod tls;
 pub mod transport;
 pub mod users;
 

@@ -181,7 +181,9 @@ async fn serve_until_signal(services: Arc<Services>) -> ExitCode {
     let server = match Running::start(services.clone()).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("hearth: cannot listen on {}:{}: {e}", services.config.address, services.config.port);
+            // The error names what failed: the TLS files, or the address.
+            tracing::error!("{e}");
+            eprintln!("hearth: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -12,6 +12,10 @@
 //! back while it waits for news (see [`RequestSlot`](crate::api::RequestSlot)), so idle clients never crowd out
 //! working ones. Conduit counts them, so with its default of 100 a household's phones and
 //! laptops could hold every slot while doing nothing.
+//!
+//! With `tls.certs` and `tls.key` the main listener speaks TLS (see [`crate::tls`]: a
+//! renewed certificate is picked up by a worker this server owns); the `/metrics` listener
+//! always stays plain HTTP, for a scraper inside the cluster.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -34,7 +38,12 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use crate::{api, error::Error, Services};
+use crate::{
+    api,
+    error::Error,
+    tls::{ServerCert, TlsListener},
+    Services,
+};
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -161,19 +170,54 @@ pub fn metrics_router(services: Arc<Services>) -> Router {
 }
 
 /// Serves until `shutdown` resolves, lets in-flight requests finish, then flushes the
-/// database so everything acknowledged is on disk.
+/// database so everything acknowledged is on disk. With `tls`, connections are TLS
+/// (handshakes run beside the accept loop, see [`TlsListener`]).
 pub async fn serve(
     services: Arc<Services>,
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(services.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await?,
+        Some(config) => {
+            // axum gives `ConnectInfo<SocketAddr>` to any listener wrapped in `TapIo` (its
+            // own impl covers only the bare `TcpListener`); the tap itself does nothing.
+            let listener = axum::serve::ListenerExt::tap_io(TlsListener::new(listener, config), |_| {});
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await?
+        }
+    }
     tracing::info!("stopped accepting requests; flushing the database");
     if let Err(e) = services.store.flush() {
         tracing::error!(error = %e, "flushing the database at shutdown failed");
     }
     Ok(())
+}
+
+/// A background task with its shutdown signal (mini-redis's shape): [`Worker::stop`] asks
+/// it to finish and waits until it has; dropping the `Worker` drops the sender, which the
+/// task also takes as the signal to stop.
+struct Worker {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Worker {
+    fn spawn<F>(run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel();
+        Worker { stop, task: tokio::spawn(run(stopped)) }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "a background worker ended badly");
+        }
+    }
 }
 
 /// A server started in the background (used by tests and by `main`).
@@ -186,17 +230,32 @@ pub struct Running {
     task: JoinHandle<std::io::Result<()>>,
     /// The presence time-out loop, when on.
     presence: Option<JoinHandle<()>>,
+    /// The certificate served, when TLS is on.
+    tls: Option<Arc<ServerCert>>,
+    /// The worker that re-reads renewed TLS files, when TLS and reloading are on.
+    tls_reload: Option<Worker>,
 }
 
 impl Running {
     /// Binds `address:port` from the configuration (port 0 picks a free one) and serves.
+    /// An error says what failed (the TLS files, or the address that could not be bound).
     pub async fn start(services: Arc<Services>) -> std::io::Result<Self> {
-        let listener = TcpListener::bind((services.config.address, services.config.port)).await?;
+        let config = &services.config;
+        // The TLS files first: a bad certificate stops start-up before anything listens.
+        let tls = match config.tls_files() {
+            Some((certs, key)) => {
+                let invalid = |e: crate::tls::TlsError| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+                let cert = Arc::new(ServerCert::load(certs, key).map_err(invalid)?);
+                Some((cert.clone(), crate::tls::server_config(cert).map_err(invalid)?))
+            }
+            None => None,
+        };
+        let listener = bind(config.address, config.port).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let mut metrics_addr = None;
         let metrics_stop = if services.config.metrics_port != 0 {
-            let ml = TcpListener::bind((services.config.address, services.config.metrics_port)).await?;
+            let ml = bind(services.config.address, services.config.metrics_port).await?;
             metrics_addr = Some(ml.local_addr()?);
             let (tx, rx) = oneshot::channel::<()>();
             let app = metrics_router(services.clone());
@@ -216,13 +275,27 @@ impl Running {
             let timeout = Duration::from_secs(timeout);
             tokio::spawn(crate::presence::time_out_presence(Arc::downgrade(&services), timeout))
         });
-        let task = tokio::spawn(serve(services.clone(), listener, async move {
+        let every = Duration::from_secs(services.config.tls_reload_interval_s);
+        let tls_reload = match &tls {
+            Some((cert, _)) if !every.is_zero() => {
+                let cert = cert.clone();
+                Some(Worker::spawn(move |stop| crate::tls::reload_certificates(cert, every, stop)))
+            }
+            _ => None,
+        };
+        let (tls, tls_config) = tls.unzip();
+        let task = tokio::spawn(serve(services.clone(), listener, tls_config, async move {
             let _ = stopped.await;
             if let Some(tx) = metrics_stop {
                 let _ = tx.send(());
             }
         }));
-        Ok(Running { addr, metrics_addr, services, stop: Some(stop), task, presence })
+        Ok(Running { addr, metrics_addr, services, stop: Some(stop), task, presence, tls, tls_reload })
+    }
+
+    /// The certificate the main listener serves, when TLS is on.
+    pub fn tls(&self) -> Option<&Arc<ServerCert>> {
+        self.tls.as_ref()
     }
 
     /// Graceful stop: finish in-flight requests, flush, return.
@@ -233,6 +306,16 @@ impl Running {
         if let Some(presence) = self.presence.take() {
             presence.abort();
         }
+        if let Some(reload) = self.tls_reload.take() {
+            reload.stop().await;
+        }
         self.task.await.map_err(std::io::Error::other)?
     }
+}
+
+/// Binds a listener; the error names the address.
+async fn bind(address: std::net::IpAddr, port: u16) -> std::io::Result<TcpListener> {
+    TcpListener::bind((address, port))
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", SocketAddr::new(address, port))))
 }

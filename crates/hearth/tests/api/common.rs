@@ -1,5 +1,8 @@
 //! Test harness: a real Hearth served over real HTTP on loopback, in this process, on a
-//! fresh data directory; and a small JSON client for it.
+//! fresh data directory; and a small JSON client for it. [`tls`] makes throw-away CAs and
+//! certificates for servers started with TLS.
+
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -63,7 +66,7 @@ impl TestServer {
         tweak(&mut config);
         let running = Running::start(Services::open(config.clone()).unwrap()).await.unwrap();
         TestServer {
-            base: format!("http://{}", running.addr),
+            base: base_url(&config, &running),
             http: reqwest::Client::new(),
             running: Some(running),
             config,
@@ -73,6 +76,10 @@ impl TestServer {
 
     pub fn services(&self) -> &Arc<Services> {
         &self.running.as_ref().unwrap().services
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
     }
 
     /// Graceful stop, then a new server on the same data directory.
@@ -93,7 +100,7 @@ impl TestServer {
             }
         }
         let running = Running::start(services.unwrap()).await.unwrap();
-        self.base = format!("http://{}", running.addr);
+        self.base = base_url(&self.config, &running);
         self.running = Some(running);
     }
 
@@ -203,6 +210,12 @@ impl TestServer {
         });
         self.request(method, path, Some(token), Some(body)).await
     }
+}
+
+/// `https://` when the server speaks TLS (its test certificates name 127.0.0.1).
+fn base_url(config: &Config, running: &Running) -> String {
+    let scheme = if config.tls_files().is_some() { "https" } else { "http" };
+    format!("{scheme}://{}", running.addr)
 }
 
 /// Asserts a Matrix error response.

@@ -20,3 +20,4 @@ mod server_discovery;
 mod storage;
 mod sync;
 mod test_dns;
+mod tls;
