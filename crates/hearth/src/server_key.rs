@@ -39,6 +39,9 @@ json_value!(StoredKey);
 pub struct ServerKey {
     server_name: OwnedServerName,
     pair: Ed25519KeyPair,
+    /// The signed key document as last served, and when it stops being fresh enough to
+    /// serve (half its validity): `/_matrix/key/v2/server` answers from here.
+    document: parking_lot::Mutex<Option<(CanonicalJsonObject, u64)>>,
 }
 
 impl ServerKey {
@@ -63,7 +66,7 @@ impl ServerKey {
             .map_err(|e| StoreError::Other(format!("stored signing key unreadable: {e}")))?;
         let pair = Ed25519KeyPair::from_der(&doc, stored.version)
             .map_err(|e| StoreError::Other(format!("stored signing key unreadable: {e}")))?;
-        Ok(ServerKey { server_name, pair })
+        Ok(ServerKey { server_name, pair, document: parking_lot::Mutex::new(None) })
     }
 
     /// `ed25519:<version>`.
@@ -79,14 +82,38 @@ impl ServerKey {
         &self.pair
     }
 
+    /// The key pair itself, for signing federation requests (`X-Matrix`).
+    pub fn ed25519(&self) -> &Ed25519KeyPair {
+        &self.pair
+    }
+
+    pub fn server_name(&self) -> &OwnedServerName {
+        &self.server_name
+    }
+
     /// Signs a canonical JSON object in place as this server.
     pub fn sign(&self, object: &mut CanonicalJsonObject) -> Result<()> {
         sign_json(self.server_name.as_str(), &self.pair, object)
             .map_err(|e| Error::internal(format!("signing failed: {e}")))
     }
 
-    /// The signed key document served at `/_matrix/key/v2/server`.
+    /// The signed key document served at `/_matrix/key/v2/server`: kept in memory and
+    /// signed again once half of its validity has passed, so that serving it costs no
+    /// signature and other servers always get at least 3.5 days of validity.
     pub fn key_document(&self) -> Result<CanonicalJsonObject> {
+        let now = now_millis();
+        let mut kept = self.document.lock();
+        if let Some((doc, fresh_until)) = kept.as_ref() {
+            if now < *fresh_until {
+                return Ok(doc.clone());
+            }
+        }
+        let doc = self.sign_key_document(now)?;
+        *kept = Some((doc.clone(), now + VALIDITY_MS / 2));
+        Ok(doc)
+    }
+
+    fn sign_key_document(&self, now: u64) -> Result<CanonicalJsonObject> {
         let mut verify_key = CanonicalJsonObject::new();
         verify_key.insert("key".into(), CanonicalJsonValue::String(self.public_key().encode()));
         let mut verify_keys = CanonicalJsonObject::new();
@@ -95,7 +122,7 @@ impl ServerKey {
         doc.insert("server_name".into(), CanonicalJsonValue::String(self.server_name.to_string()));
         doc.insert("verify_keys".into(), CanonicalJsonValue::Object(verify_keys));
         doc.insert("old_verify_keys".into(), CanonicalJsonValue::Object(CanonicalJsonObject::new()));
-        let until = (now_millis() + VALIDITY_MS) as i64;
+        let until = (now + VALIDITY_MS) as i64;
         doc.insert("valid_until_ts".into(), CanonicalJsonValue::Integer(until.try_into().unwrap_or_default()));
         self.sign(&mut doc)?;
         Ok(doc)
