@@ -78,6 +78,16 @@ impl Error {
         }
     }
 
+    /// A federation request whose signature cannot be accepted.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::matrix(StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", message)
+    }
+
+    /// Another server could not be reached or gave no usable answer.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::matrix(StatusCode::BAD_GATEWAY, "M_UNKNOWN", message)
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Error::Internal(message.into())
     }

@@ -73,6 +73,8 @@ pub struct Services {
     pub request_slots: Arc<tokio::sync::Semaphore>,
     pub registration_tokens: Arc<RegistrationTokens>,
     pub metrics: metrics::Metrics,
+    /// Other servers: outbound requests, discovery, their signing keys.
+    pub transport: transport::Transport,
 }
 
 impl Services {
@@ -102,6 +104,8 @@ impl Services {
         let keys = Keys::new(store.clone(), stream.clone());
         let to_device = ToDevice::new(store.clone(), stream.clone());
         let backup = Backup::new(store.clone());
+        let transport = transport::Transport::new(&config, store.clone(), server_key.clone())
+            .map_err(|e| StoreError::Other(format!("cannot set up outbound requests: {e}")))?;
         let max_concurrent = config.max_concurrent_requests as usize;
         Ok(Arc::new(Services {
             config,
@@ -126,6 +130,7 @@ impl Services {
             ),
             registration_tokens,
             metrics: metrics::Metrics::default(),
+            transport,
         }))
     }
 

@@ -66,6 +66,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .merge(api::client::routes())
         .merge(api::well_known::routes())
         .merge(api::key::routes())
+        .merge(api::federation::routes(services.config.allow_federation))
         .merge(api::health::routes())
         .merge(api::admin::routes())
         .fallback(|| async { Error::unrecognized(StatusCode::NOT_FOUND, "Unrecognized request") })

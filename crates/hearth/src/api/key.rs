@@ -1,11 +1,19 @@
-//! `GET /_matrix/key/v2/server`: the server's own signed key document.
+//! Key endpoints (`/_matrix/key/v2/*`): the server's own signed key document, and the
+//! notary API, which serves other servers' key documents as Hearth last fetched them, with
+//! Hearth's signature added.
 //!
-//! Served whether or not federation is allowed: it only publishes a public key.
+//! Served whether or not federation is allowed: they only publish public keys. The notary
+//! asks only the origin itself (never another notary, so no loop can form), and when the
+//! origin cannot be reached it serves what it has, even expired: the asker decides.
 
 use std::sync::Arc;
 
 use axum::Router;
-use ruma::{api::federation::discovery::get_server_keys, serde::Raw};
+use ruma::{
+    api::federation::discovery::{get_remote_server_keys, get_remote_server_keys_batch, get_server_keys},
+    serde::Raw,
+    CanonicalJsonObject, MilliSecondsSinceUnixEpoch, ServerName,
+};
 
 use super::{Ruma, RumaRouter};
 use crate::{
@@ -13,8 +21,16 @@ use crate::{
     Services,
 };
 
+/// Most servers one batch query may ask about.
+pub const MAX_SERVERS_PER_QUERY: usize = 100;
+
 pub fn routes() -> Router<Arc<Services>> {
-    Router::new().ruma(get_server_keys)
+    Router::new().ruma(get_server_keys).ruma(get_remote_server_keys).ruma(get_remote_server_keys_batch)
+}
+
+fn raw(doc: &CanonicalJsonObject) -> Result<Raw<ruma::api::federation::discovery::ServerSigningKeys>> {
+    let raw = serde_json::value::to_raw_value(doc).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(Raw::from_json(raw))
 }
 
 /// `GET /_matrix/key/v2/server`
@@ -22,7 +38,60 @@ pub async fn get_server_keys(
     s: Arc<Services>,
     _req: Ruma<get_server_keys::v2::Request>,
 ) -> Result<get_server_keys::v2::Response> {
-    let doc = s.server_key.key_document()?;
-    let raw = serde_json::value::to_raw_value(&doc).map_err(|e| Error::internal(e.to_string()))?;
-    Ok(get_server_keys::v2::Response::new(Raw::from_json(raw)))
+    Ok(get_server_keys::v2::Response::new(raw(&s.server_key.key_document()?)?))
+}
+
+/// `server`'s key document for a notary answer: ours, or the cached one (fetched from the
+/// origin first when it is missing or not valid until `minimum_valid_until`), signed by us.
+async fn notarised(s: &Services, server: &ServerName, minimum_valid_until: u64) -> Result<Option<CanonicalJsonObject>> {
+    if *server == *s.config.server_name {
+        return Ok(Some(s.server_key.key_document()?));
+    }
+    let keys = &s.transport.keys;
+    if keys.cached_valid_until(server)? < minimum_valid_until {
+        if let Err(e) = keys.fetch_from_origin(server).await {
+            tracing::debug!(%server, error = %e, "notary: the origin did not give its keys; serving what is cached");
+        }
+    }
+    keys.notarised_document(server)
+}
+
+fn millis(ts: MilliSecondsSinceUnixEpoch) -> u64 {
+    u64::from(ts.get())
+}
+
+/// `GET /_matrix/key/v2/query/{serverName}`
+pub async fn get_remote_server_keys(
+    s: Arc<Services>,
+    req: Ruma<get_remote_server_keys::v2::Request>,
+) -> Result<get_remote_server_keys::v2::Response> {
+    let min = millis(req.body.minimum_valid_until_ts);
+    let docs = notarised(&s, &req.body.server_name, min).await?;
+    Ok(get_remote_server_keys::v2::Response::new(docs.iter().map(raw).collect::<Result<_>>()?))
+}
+
+/// `POST /_matrix/key/v2/query`
+pub async fn get_remote_server_keys_batch(
+    s: Arc<Services>,
+    req: Ruma<get_remote_server_keys_batch::v2::Request>,
+) -> Result<get_remote_server_keys_batch::v2::Response> {
+    if req.body.server_keys.len() > MAX_SERVERS_PER_QUERY {
+        return Err(Error::invalid_param(format!("At most {MAX_SERVERS_PER_QUERY} servers per query")));
+    }
+    let now = crate::time::now_millis();
+    // Fetched side by side, so a batch takes as long as its slowest origin (each fetch has
+    // its own time-out), not the sum of them.
+    let answers = futures_util::future::join_all(req.body.server_keys.iter().map(|(server, criteria)| {
+        // The latest minimum asked for any key of the server; now when none is given.
+        let min = criteria.values().filter_map(|c| c.minimum_valid_until_ts).map(millis).max().unwrap_or(now);
+        notarised(&s, server, min)
+    }))
+    .await;
+    let mut out = Vec::new();
+    for doc in answers {
+        if let Some(doc) = doc? {
+            out.push(raw(&doc)?);
+        }
+    }
+    Ok(get_remote_server_keys_batch::v2::Response::new(out))
 }

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod federation;
 pub mod health;
 pub mod key;
 mod request_slot;
@@ -90,6 +91,8 @@ pub use crate::users::devices::Caller;
 pub struct Ruma<R> {
     pub body: R,
     pub caller: Option<Caller>,
+    /// The server that signed a federation request (`X-Matrix`), verified.
+    pub origin: Option<ruma::OwnedServerName>,
 }
 
 impl<R> Ruma<R> {
@@ -97,6 +100,51 @@ impl<R> Ruma<R> {
     pub fn caller(&self) -> Result<&Caller> {
         self.caller.as_ref().ok_or_else(Error::missing_token)
     }
+
+    /// The verified origin of a federation request.
+    pub fn origin(&self) -> Result<&ruma::ServerName> {
+        self.origin.as_deref().ok_or_else(|| Error::unauthorized("Missing X-Matrix authentication"))
+    }
+}
+
+/// Verifies a federation request's `X-Matrix` signature against the origin's keys, over
+/// the request as received: its method, its URI exactly as sent (before any routing), and
+/// its body as sent. `destination` must be this server (never compared with `Host`).
+/// Every failure is 401 `M_UNAUTHORIZED`.
+async fn verify_server_request(
+    services: &Services,
+    parts: &http::request::Parts,
+    body: &[u8],
+) -> Result<ruma::OwnedServerName> {
+    use ruma::api::federation::authentication::XMatrix;
+    let x = XMatrix::extract_from_http_headers(&parts.headers)
+        .map_err(|e| Error::unauthorized(format!("Missing or malformed X-Matrix authentication: {e}")))?;
+    let own = &services.config.server_name;
+    match &x.destination {
+        Some(d) if d == own => {}
+        Some(d) => return Err(Error::unauthorized(format!("This request is for {d}, not {own}"))),
+        None => return Err(Error::unauthorized("X-Matrix authentication must name its destination")),
+    }
+    let uri = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or(&parts.uri, |o| &o.0)
+        .path_and_query()
+        .map_or("/", |p| p.as_str());
+    let request = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(uri)
+        .body(body)
+        .map_err(|e| Error::unauthorized(format!("Cannot read the request: {e}")))?;
+    let key_id = x.key.to_string();
+    let keys =
+        services.transport.keys.keys_for(&x.origin, std::slice::from_ref(&key_id), crate::time::now_millis()).await?;
+    if !keys.get(x.origin.as_str()).is_some_and(|set| set.contains_key(&key_id)) {
+        return Err(Error::unauthorized(format!("No valid key {key_id} of {} is known", x.origin)));
+    }
+    x.verify_http_request(&request, own, &keys)
+        .map_err(|e| Error::unauthorized(format!("X-Matrix signature does not verify: {e}")))?;
+    Ok(x.origin)
 }
 
 /// The access token from `Authorization: Bearer …` or the deprecated `access_token` query
@@ -196,6 +244,10 @@ where
         }
 
         let mut body = read_body(body, services.config.max_request_size as usize).await?;
+        let origin = match <R::Authentication as AuthPolicy>::KIND {
+            AuthKind::Server => Some(verify_server_request(services, &parts, &body).await?),
+            _ => None,
+        };
         if body.is_empty() && parts.method != Method::GET && parts.method != Method::HEAD {
             // Clients post `/logout` and friends with no body at all; that means `{}`.
             body = Bytes::from_static(b"{}");
@@ -219,7 +271,7 @@ where
 
         let http_req = http::Request::from_parts(parts, body.as_ref());
         let parsed = R::try_from_http_request(http_req, &path_args).map_err(map_parse_error)?;
-        Ok(Ruma { body: parsed, caller })
+        Ok(Ruma { body: parsed, caller, origin })
     }
 }
 

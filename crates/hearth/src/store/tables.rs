@@ -83,6 +83,10 @@ pub const BACKUP_VERSIONS: &str = "backup_versions";
 /// (user id, "version/room id", session id) → a backed-up room key.
 pub const BACKUP_KEYS: &str = "backup_keys";
 
+/// (server name, key id) → a remote server's verify key and how long it is valid.
+pub const REMOTE_SERVER_KEYS: &str = "remote_server_keys";
+/// Server name → its last key document, as it signed it (served again as a notary).
+pub const REMOTE_KEY_DOCUMENTS: &str = "remote_key_documents";
 pub const ALL: &[&str] = &[
     META_NAME,
     ACCOUNTS,
@@ -122,6 +126,8 @@ pub const ALL: &[&str] = &[
     TO_DEVICE_TXNS,
     BACKUP_VERSIONS,
     BACKUP_KEYS,
+    REMOTE_SERVER_KEYS,
+    REMOTE_KEY_DOCUMENTS,
 ];
 
 /// The meta table is the store's own (schema version lives there).

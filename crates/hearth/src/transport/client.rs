@@ -33,7 +33,6 @@ use super::{
     dns::{Dns, DnsError},
     policy::{AddressPolicy, Refused},
 };
-use crate::config::Config;
 
 /// Most redirects followed for one request.
 pub const MAX_REDIRECTS: usize = 5;
@@ -69,13 +68,57 @@ pub struct Fetched {
 #[derive(Clone)]
 pub struct OutboundClient {
     http: reqwest::Client,
+    settings: Arc<Settings>,
+}
+
+/// What every client is built from.
+struct Settings {
     policy: Arc<AddressPolicy>,
+    extra_ca: Vec<reqwest::Certificate>,
+    dns: Arc<Dns>,
+}
+
+impl Settings {
+    /// A reqwest client with the policy, roots and limits; with `pin`, one host's
+    /// connections go to the given addresses.
+    fn build(&self, pin: Option<(&str, &[SocketAddr])>) -> Result<reqwest::Client, OutboundError> {
+        let policy = self.policy.clone();
+        let redirects = redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            match literal_host(attempt.url()).map(|ip| policy.check(ip)) {
+                Some(Err(refused)) => attempt.error(refused),
+                _ => attempt.follow(),
+            }
+        });
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .dns_resolver(Arc::new(PolicyResolver { policy: self.policy.clone(), dns: self.dns.clone() }))
+            .redirect(redirects)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")))
+            .https_only(false)
+            .tls_built_in_root_certs(true);
+        for cert in &self.extra_ca {
+            builder = builder.add_root_certificate(cert.clone());
+        }
+        if let Some((host, addrs)) = pin {
+            builder = builder.resolve_to_addrs(host, addrs);
+        }
+        builder.build().map_err(|e| OutboundError::Other(format!("cannot build the HTTP client: {e}")))
+    }
 }
 
 impl OutboundClient {
     /// The client for `config`: its address ranges, extra CA certificates and DNS servers.
-    pub fn from_config(config: &Config) -> Result<Self, OutboundError> {
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, OutboundError> {
         let dns = Arc::new(Dns::new(&config.dns_servers).map_err(|e| OutboundError::Other(e.to_string()))?);
+        Self::from_config_with(config, dns)
+    }
+
+    /// As [`OutboundClient::from_config`], resolving with `dns`.
+    pub fn from_config_with(config: &crate::config::Config, dns: Arc<Dns>) -> Result<Self, OutboundError> {
         let policy = AddressPolicy::new(config.ip_range_denylist.clone(), config.ip_range_allowlist.clone());
         let extra_ca = match &config.federation_ca_file {
             Some(path) => Some(std::fs::read(path).map_err(|e| {
@@ -89,43 +132,47 @@ impl OutboundClient {
     /// A client with `policy`, trusting the system's roots and the PEM certificates in
     /// `extra_ca_pem`, resolving names with `dns`.
     pub fn new(policy: AddressPolicy, extra_ca_pem: Option<&[u8]>, dns: Arc<Dns>) -> Result<Self, OutboundError> {
-        let policy = Arc::new(policy);
-        let redirects = {
-            let policy = policy.clone();
-            redirect::Policy::custom(move |attempt| {
-                if attempt.previous().len() >= MAX_REDIRECTS {
-                    return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        let extra_ca = match extra_ca_pem {
+            Some(pem) => {
+                let certs = reqwest::Certificate::from_pem_bundle(pem)
+                    .map_err(|e| OutboundError::Other(format!("federation_ca_file: {e}")))?;
+                if certs.is_empty() {
+                    return Err(OutboundError::Other("federation_ca_file holds no PEM certificate".into()));
                 }
-                match literal_host(attempt.url()).map(|ip| policy.check(ip)) {
-                    Some(Err(refused)) => attempt.error(refused),
-                    _ => attempt.follow(),
+                certs
+            }
+            None => Vec::new(),
+        };
+        let settings = Settings { policy: Arc::new(policy), extra_ca, dns };
+        let http = settings.build(None)?;
+        Ok(OutboundClient { http, settings: Arc::new(settings) })
+    }
+
+    /// A client like this one whose requests to `host` go to `addrs`: an SRV record named
+    /// another host for it, and TLS must still check `host`. The addresses are checked
+    /// against the policy here, since no resolver sees them.
+    pub fn pinned(&self, host: &str, addrs: &[SocketAddr]) -> Result<Self, OutboundError> {
+        let mut refused = None;
+        let allowed: Vec<SocketAddr> = addrs
+            .iter()
+            .filter(|a| match self.settings.policy.check(a.ip()) {
+                Ok(()) => true,
+                Err(r) => {
+                    refused.get_or_insert(r);
+                    false
                 }
             })
-        };
-        let mut builder = reqwest::Client::builder()
-            .no_proxy()
-            .dns_resolver(Arc::new(PolicyResolver { policy: policy.clone(), dns }))
-            .redirect(redirects)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")))
-            .https_only(false)
-            .tls_built_in_root_certs(true);
-        if let Some(pem) = extra_ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| OutboundError::Other(format!("federation_ca_file: {e}")))?;
-            if certs.is_empty() {
-                return Err(OutboundError::Other("federation_ca_file holds no PEM certificate".into()));
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
+            .copied()
+            .collect();
+        if allowed.is_empty() {
+            return Err(refused.map_or_else(|| OutboundError::NoAddress(host.to_owned()), OutboundError::Refused));
         }
-        let http = builder.build().map_err(|e| OutboundError::Other(format!("cannot build the HTTP client: {e}")))?;
-        Ok(OutboundClient { http, policy })
+        let http = self.settings.build(Some((host, &allowed)))?;
+        Ok(OutboundClient { http, settings: self.settings.clone() })
     }
 
     pub fn policy(&self) -> &AddressPolicy {
-        &self.policy
+        &self.settings.policy
     }
 
     /// `GET url`, reading at most `max_body` bytes of the answer within `timeout`.
@@ -174,7 +221,7 @@ impl OutboundClient {
             return Err(OutboundError::Other(format!("unsupported URL scheme {}", url.scheme())));
         }
         if let Some(ip) = literal_host(&url) {
-            self.policy.check(ip).map_err(OutboundError::Refused)?;
+            self.settings.policy.check(ip).map_err(OutboundError::Refused)?;
         }
         Ok(url)
     }

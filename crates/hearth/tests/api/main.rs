@@ -9,6 +9,7 @@ mod discovery;
 mod e2ee;
 mod ephemeral;
 mod errors;
+mod federation;
 mod login;
 mod operator;
 mod outbound;

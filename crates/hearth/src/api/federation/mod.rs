@@ -1,0 +1,22 @@
+//! The server-server API: one file per chapter of the spec, as thin as the client
+//! handlers. The request extractor ([`super::Ruma`]) verifies `X-Matrix` on every endpoint
+//! whose ruma metadata asks for server signatures and hands the handler the origin. When
+//! `allow_federation` is off, none of these routes exist (404 `M_UNRECOGNIZED`), as on
+//! Conduit; the key endpoints (`api/key.rs`) stay, since they only publish public keys.
+
+pub mod query;
+pub mod version;
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use super::RumaRouter;
+use crate::Services;
+
+pub fn routes(allow_federation: bool) -> Router<Arc<Services>> {
+    if !allow_federation {
+        return Router::new();
+    }
+    Router::new().ruma(version::get_server_version).ruma(query::get_profile_information)
+}

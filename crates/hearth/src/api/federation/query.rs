@@ -1,0 +1,34 @@
+//! Server-server API: queries (`/_matrix/federation/v1/query/*`) answered from this
+//! server's own data.
+
+use std::sync::Arc;
+
+use ruma::api::federation::query::get_profile_information;
+
+use crate::{
+    api::Ruma,
+    error::{Error, Result},
+    Services,
+};
+
+/// `GET /_matrix/federation/v1/query/profile`
+///
+/// A local user's public profile (display name, avatar, other fields), or one field of it.
+/// 404 for users of other servers and for users that do not exist here.
+pub async fn get_profile_information(
+    s: Arc<Services>,
+    req: Ruma<get_profile_information::v1::Request>,
+) -> Result<get_profile_information::v1::Response> {
+    let _origin = req.origin()?;
+    let user = &req.body.user_id;
+    if user.server_name() != s.config.server_name || s.users.account(user)?.is_none() {
+        return Err(Error::not_found("No such user on this server"));
+    }
+    let mut res = get_profile_information::v1::Response::new();
+    for (field, value) in s.users.profile(user)? {
+        if req.body.field.as_ref().is_none_or(|f| f.as_str() == field) {
+            res.set(field, value);
+        }
+    }
+    Ok(res)
+}

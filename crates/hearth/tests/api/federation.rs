@@ -1,0 +1,198 @@
+//! Two Hearths federating over real TLS on loopback: each has a leaf certificate of one
+//! throw-away CA and trusts it through `federation_ca_file`; their server names (`a.test`,
+//! `b.test`) are found through SRV records of a real DNS server on loopback, so discovery,
+//! the SRV-pinned connection with TLS checking the server name, `X-Matrix` signing and
+//! verification, key fetching and the notary API all run as between two real servers.
+//! Hostile requests (no, malformed or forged `X-Matrix`, another destination) get 401.
+
+use std::sync::Arc;
+
+use hearth::{
+    store::Backend,
+    transport::server_client::{ServerClient, ServerRequest},
+};
+use reqwest::StatusCode;
+use ruma::{
+    api::federation::authentication::{XMatrix, XMatrixSigningInput},
+    signatures::Ed25519KeyPair,
+    OwnedServerName,
+};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+use crate::{
+    common::{tls::TestCa, TestServer},
+    test_dns::TestDns,
+};
+
+/// A Hearth named `name`, serving TLS with a leaf of `ca` for that name, asking `dns`,
+/// allowed to reach loopback and trusting `ca`.
+async fn hearth(name: &str, ca: &TestCa, dns: &TestDns, files: &TempDir) -> TestServer {
+    let certs = files.path().join(format!("{name}.crt"));
+    let key = files.path().join(format!("{name}.key"));
+    ca.leaf(name, &[name, "localhost", "127.0.0.1"]).write(&certs, &key);
+    let ca_file = files.path().join("ca.pem");
+    ca.write_pem(&ca_file);
+    let dns_addr = dns.addr;
+    let mut server = TestServer::start_with(Backend::Rocksdb, |c| {
+        c.server_name = name.try_into().expect("server name");
+        c.tls.certs = Some(certs);
+        c.tls.key = Some(key);
+        c.federation_ca_file = Some(ca_file);
+        c.dns_servers = vec![dns_addr];
+        c.ip_range_allowlist = vec!["127.0.0.0/8".parse().expect("range")];
+        c.trusted_servers = vec![];
+    })
+    .await;
+    server.http = ca.http_client();
+    // Other servers find it through `_matrix-fed._tcp.<name>` → `<name>-host.test:<port>`.
+    let target = format!("{}-host.test", name.trim_end_matches(".test"));
+    dns.srv(&format!("_matrix-fed._tcp.{name}"), 10, 0, server.running().addr.port(), &target);
+    dns.address(&target, "127.0.0.1".parse().expect("ip"));
+    server
+}
+
+struct Pair {
+    a: TestServer,
+    b: TestServer,
+    _ca: TestCa,
+    _dns: TestDns,
+    _files: TempDir,
+}
+
+async fn pair() -> Pair {
+    let ca = TestCa::new("federation test CA");
+    let dns = TestDns::start().await;
+    let files = tempfile::tempdir().expect("tempdir");
+    let a = hearth("a.test", &ca, &dns, &files).await;
+    let b = hearth("b.test", &ca, &dns, &files).await;
+    Pair { a, b, _ca: ca, _dns: dns, _files: files }
+}
+
+fn servers(s: &TestServer) -> &Arc<ServerClient> {
+    &s.services().transport.servers
+}
+
+fn name(s: &str) -> OwnedServerName {
+    s.try_into().expect("server name")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_profile_query_is_verified_with_keys_fetched_from_the_origin() {
+    let p = pair().await;
+    let (bob, token, _) = p.b.register("bob", "a long password").await;
+    let (status, _) =
+        p.b.put(&format!("/_matrix/client/v3/profile/{bob}/displayname"), Some(&token), json!({"displayname": "Bob"}))
+            .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // a.test asks b.test, signed; b.test fetches a.test's keys from a.test to verify.
+    let path = format!("/_matrix/federation/v1/query/profile?user_id={}", urlencode(&bob));
+    let got = servers(&p.a).request(&name("b.test"), ServerRequest::get(&path)).await.expect("request");
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    let body: Value = serde_json::from_slice(&got.body).expect("json");
+    assert_eq!(body["displayname"], "Bob");
+
+    // b.test now serves a.test's keys as a notary: a.test's own signature and b.test's.
+    let (status, notarised) = p.b.get("/_matrix/key/v2/query/a.test", None).await;
+    assert_eq!(status, StatusCode::OK, "{notarised}");
+    let doc = &notarised["server_keys"][0];
+    assert_eq!(doc["server_name"], "a.test");
+    assert!(doc["signatures"]["a.test"].is_object() && doc["signatures"]["b.test"].is_object(), "{doc}");
+
+    // An unknown user is 404, signed request or not.
+    let path = "/_matrix/federation/v1/query/profile?user_id=%40nobody%3Ab.test";
+    let got = servers(&p.a).request(&name("b.test"), ServerRequest::get(path)).await.expect("request");
+    assert_eq!(got.status, 404);
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// An `Authorization` value for `GET uri` signed by `key` as `origin` for `destination`.
+fn x_matrix(key: &Ed25519KeyPair, origin: &str, destination: &str, uri: &str) -> String {
+    let request = http::Request::builder().method("GET").uri(uri).body(Vec::<u8>::new()).expect("request");
+    let input = XMatrixSigningInput::new(name(origin), name(destination), key);
+    XMatrix::sign_http_request(&request, input).expect("sign").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_malformed_and_forged_x_matrix_are_401() {
+    let p = pair().await;
+    p.b.register("bob", "a long password").await;
+    let uri = "/_matrix/federation/v1/query/profile?user_id=%40bob%3Ab.test";
+    let url = format!("{}{uri}", p.b.base);
+    let send = |auth: Option<String>| {
+        let mut req = p.b.http.get(&url);
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        async move {
+            let res = req.send().await.expect("send");
+            let status = res.status();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let unauthorized = |(status, body): (StatusCode, Value), what: &str| {
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {body}");
+        assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{what}: {body}");
+    };
+
+    unauthorized(send(None).await, "no Authorization");
+    unauthorized(send(Some("X-Matrix nonsense".into())).await, "malformed");
+    unauthorized(send(Some("Bearer abc".into())).await, "another scheme");
+
+    // a.test's real key (from its database), for requests that differ in one thing each.
+    let a_key = p.a.services().server_key.clone();
+    let real = |destination: &str, uri: &str| x_matrix(a_key.ed25519(), "a.test", destination, uri);
+    unauthorized(send(Some(real("c.test", uri))).await, "another destination");
+    unauthorized(send(Some(real("b.test", "/_matrix/federation/v1/query/profile?user_id=x"))).await, "another URI");
+    // A key of the same id that is not a.test's: the signature does not verify.
+    let forger =
+        Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), a_key.key_id()[8..].to_owned()).expect("key pair");
+    unauthorized(send(Some(x_matrix(&forger, "a.test", "b.test", uri))).await, "forged signature");
+    // A server nobody can reach: no keys, so nothing verifies.
+    let stranger = Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), "k1".into()).expect("pair");
+    unauthorized(send(Some(x_matrix(&stranger, "nowhere.test", "b.test", uri))).await, "unknown origin");
+
+    // The same request, properly signed, is answered.
+    let (status, body) = send(Some(real("b.test", uri))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_version_and_key_endpoints() {
+    let p = pair().await;
+    let got = servers(&p.a)
+        .request(&name("b.test"), ServerRequest::get("/_matrix/federation/v1/version").unsigned())
+        .await
+        .expect("request");
+    assert_eq!(got.status, 200);
+    let body: Value = serde_json::from_slice(&got.body).expect("json");
+    assert_eq!(body["server"]["name"], "Hearth");
+
+    // The key document is the same between two requests (served from memory) and valid
+    // for days.
+    let (_, first) = p.b.get("/_matrix/key/v2/server", None).await;
+    let (_, second) = p.b.get("/_matrix/key/v2/server", None).await;
+    assert_eq!(first, second);
+    let until = first["valid_until_ts"].as_u64().expect("valid_until_ts");
+    assert!(until > hearth::time::now_millis() + 3 * 24 * 3600 * 1000);
+
+    // A batch notary query for both servers and one that does not exist.
+    let (status, batch) = p
+        .b
+        .post("/_matrix/key/v2/query", None, json!({"server_keys": {"a.test": {}, "b.test": {}, "nowhere.test": {}}}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{batch}");
+    let mut names: Vec<&str> =
+        batch["server_keys"].as_array().expect("list").iter().filter_map(|d| d["server_name"].as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["a.test", "b.test"]);
+}
