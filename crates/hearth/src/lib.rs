@@ -14,6 +14,7 @@ pub mod api;
 pub mod config;
 pub mod e2ee;
 pub mod error;
+pub mod federation;
 pub mod json_depth;
 pub mod metrics;
 pub mod presence;

@@ -4,6 +4,7 @@
 //! the SRV-pinned connection with TLS checking the server name, `X-Matrix` signing and
 //! verification, key fetching and the notary API all run as between two real servers.
 //! Hostile requests (no, malformed or forged `X-Matrix`, another destination) get 401.
+//! A client's profile lookup of a remote user goes through its own server to the other.
 
 use std::sync::Arc;
 
@@ -99,6 +100,19 @@ async fn a_signed_profile_query_is_verified_with_keys_fetched_from_the_origin() 
     let doc = &notarised["server_keys"][0];
     assert_eq!(doc["server_name"], "a.test");
     assert!(doc["signatures"]["a.test"].is_object() && doc["signatures"]["b.test"].is_object(), "{doc}");
+
+    // A client of a.test asks a.test for bob's profile; a.test asks b.test.
+    let (_, alice_token, _) = p.a.register("alice", "a long password").await;
+    let (status, profile) = p.a.get(&format!("/_matrix/client/v3/profile/{bob}"), Some(&alice_token)).await;
+    assert_eq!(status, StatusCode::OK, "{profile}");
+    assert_eq!(profile["displayname"], "Bob");
+    let (status, shown) = p.a.get(&format!("/_matrix/client/v3/profile/{bob}/displayname"), Some(&alice_token)).await;
+    assert_eq!((status, &shown["displayname"]), (StatusCode::OK, &json!("Bob")), "{shown}");
+    let (status, missing) = p.a.get("/_matrix/client/v3/profile/@nobody:b.test", Some(&alice_token)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+    // A server that does not exist: 502, not a hang or a 500.
+    let (status, gone) = p.a.get("/_matrix/client/v3/profile/@x:nowhere.test", Some(&alice_token)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{gone}");
 
     // An unknown user is 404, signed request or not.
     let path = "/_matrix/federation/v1/query/profile?user_id=%40nobody%3Ab.test";

@@ -60,11 +60,21 @@ async fn cannot_edit_someone_else(b: Backend) {
     assert_error(&got, 401, "M_MISSING_TOKEN");
 }
 
-async fn unknown_users_are_404(b: Backend) {
+async fn unknown_users_are_404_and_unreachable_servers_502(b: Backend) {
     let s = TestServer::start(b).await;
     assert_error(&s.get(&format!("/_matrix/client/v3/profile/@nobody:{SERVER_NAME}"), None).await, 404, "M_NOT_FOUND");
+    // A remote user's profile is asked of their server; one that cannot be reached is 502,
+    // as on Synapse (the federation tests cover a remote user that exists, and one that
+    // does not: 404).
     assert_error(
         &s.get("/_matrix/client/v3/profile/@someone:elsewhere.example/displayname", None).await,
+        502,
+        "M_UNKNOWN",
+    );
+    // With federation off, nobody is asked: a remote user is not found.
+    let closed = TestServer::start_with(b, |c| c.allow_federation = false).await;
+    assert_error(
+        &closed.get("/_matrix/client/v3/profile/@someone:elsewhere.example/displayname", None).await,
         404,
         "M_NOT_FOUND",
     );
@@ -86,6 +96,6 @@ async fn overlong_display_name_is_refused(b: Backend) {
 both_engines!(
     display_name_and_avatar,
     cannot_edit_someone_else,
-    unknown_users_are_404,
+    unknown_users_are_404_and_unreachable_servers_502,
     overlong_display_name_is_refused
 );

@@ -1,6 +1,7 @@
-//! Client-server API: profiles (`/profile/{userId}` and its `displayname` / `avatar_url`).
+//! Client-server API: profiles (`/profile/{userId}` and its `displayname` / `avatar_url`);
+//! a remote user's profile is asked of their server (`federation::query`).
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::{
     api::client::profile::{get_avatar_url, get_display_name, get_profile, set_avatar_url, set_display_name},
@@ -14,14 +15,6 @@ use crate::{
     Services,
 };
 
-/// Profiles of unknown (or deactivated-and-emptied) users are 404, as the spec asks.
-fn ensure_known(s: &Services, user_id: &UserId) -> Result<()> {
-    if user_id.server_name() != s.config.server_name || !s.users.is_active(user_id)? {
-        return Err(Error::not_found("Profile not found"));
-    }
-    Ok(())
-}
-
 fn ensure_self(caller: &Caller, user_id: &UserId) -> Result<()> {
     if caller.user_id != user_id {
         return Err(Error::forbidden("You cannot change another user's profile"));
@@ -29,17 +22,22 @@ fn ensure_self(caller: &Caller, user_id: &UserId) -> Result<()> {
     Ok(())
 }
 
-fn string_field(s: &Services, user_id: &UserId, field: &str) -> Result<Option<String>> {
-    Ok(s.users.profile_field(user_id, field)?.and_then(|v| match v {
-        Value::String(s) => Some(s),
+/// `user_id`'s profile (or one field of it): local, or asked of the user's server.
+async fn profile(s: &Services, user_id: &UserId, field: Option<&str>) -> Result<BTreeMap<String, Value>> {
+    let servers = s.config.allow_federation.then_some(&*s.transport.servers);
+    crate::federation::query::profile(&s.users, servers, &s.config.server_name, user_id, field).await
+}
+
+fn string(fields: &mut BTreeMap<String, Value>, field: &str) -> Option<String> {
+    match fields.remove(field) {
+        Some(Value::String(s)) => Some(s),
         _ => None,
-    }))
+    }
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}`
 pub async fn get_profile(s: Arc<Services>, req: Ruma<get_profile::v3::Request>) -> Result<get_profile::v3::Response> {
-    ensure_known(&s, &req.body.user_id)?;
-    let fields = s.users.profile(&req.body.user_id)?;
+    let fields = profile(&s, &req.body.user_id, None).await?;
     let mut res = get_profile::v3::Response::new();
     for (field, value) in fields {
         res.set(field, value);
@@ -52,9 +50,8 @@ pub async fn get_display_name(
     s: Arc<Services>,
     req: Ruma<get_display_name::v3::Request>,
 ) -> Result<get_display_name::v3::Response> {
-    ensure_known(&s, &req.body.user_id)?;
-    let name = string_field(&s, &req.body.user_id, "displayname")?;
-    Ok(get_display_name::v3::Response::new(name))
+    let mut fields = profile(&s, &req.body.user_id, Some("displayname")).await?;
+    Ok(get_display_name::v3::Response::new(string(&mut fields, "displayname")))
 }
 
 /// `PUT /_matrix/client/v3/profile/{userId}/displayname`
@@ -72,9 +69,8 @@ pub async fn get_avatar_url(
     s: Arc<Services>,
     req: Ruma<get_avatar_url::v3::Request>,
 ) -> Result<get_avatar_url::v3::Response> {
-    ensure_known(&s, &req.body.user_id)?;
-    let url = string_field(&s, &req.body.user_id, "avatar_url")?.map(OwnedMxcUri::from);
-    Ok(get_avatar_url::v3::Response::new(url))
+    let mut fields = profile(&s, &req.body.user_id, Some("avatar_url")).await?;
+    Ok(get_avatar_url::v3::Response::new(string(&mut fields, "avatar_url").map(OwnedMxcUri::from)))
 }
 
 /// `PUT /_matrix/client/v3/profile/{userId}/avatar_url`

@@ -21,14 +21,15 @@ pub async fn get_profile_information(
 ) -> Result<get_profile_information::v1::Response> {
     let _origin = req.origin()?;
     let user = &req.body.user_id;
-    if user.server_name() != s.config.server_name || s.users.account(user)?.is_none() {
+    if user.server_name() != s.config.server_name {
         return Err(Error::not_found("No such user on this server"));
     }
+    let field = req.body.field.as_ref().map(|f| f.as_str().to_owned());
+    let fields =
+        crate::federation::query::profile(&s.users, None, &s.config.server_name, user, field.as_deref()).await?;
     let mut res = get_profile_information::v1::Response::new();
-    for (field, value) in s.users.profile(user)? {
-        if req.body.field.as_ref().is_none_or(|f| f.as_str() == field) {
-            res.set(field, value);
-        }
+    for (field, value) in fields {
+        res.set(field, value);
     }
     Ok(res)
 }
