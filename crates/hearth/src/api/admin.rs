@@ -1,5 +1,8 @@
 //! Operator endpoints on a running server, for server admins only (the first user, or
-//! whoever `hearth admin make-admin` named): `POST /_hearth/admin/v1/backup`.
+//! whoever `hearth admin make-admin` named): `POST /_hearth/admin/v1/backup`, and the
+//! server-discovery cache (`GET` shows it, `DELETE` flushes it:
+//! `/_hearth/admin/v1/federation/discovery`) — after fixing a peer's `.well-known`, an
+//! operator need not wait out its cached failure.
 //!
 //! An online backup is a RocksDB checkpoint or an SQLite `VACUUM INTO`: a consistent copy
 //! taken while the server keeps serving. `hearth admin restore --from DIR` puts it back.
@@ -8,7 +11,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use axum::{
     extract::{Request, State},
-    routing::post,
+    routing::{get, post},
     Json, Router,
 };
 use serde::Deserialize;
@@ -20,7 +23,9 @@ use crate::{
 };
 
 pub fn routes() -> Router<Arc<Services>> {
-    Router::new().route("/_hearth/admin/v1/backup", post(backup))
+    Router::new()
+        .route("/_hearth/admin/v1/backup", post(backup))
+        .route("/_hearth/admin/v1/federation/discovery", get(discovery_cache).delete(flush_discovery_cache))
 }
 
 #[derive(Deserialize)]
@@ -59,4 +64,33 @@ async fn backup(State(s): State<Arc<Services>>, req: Request) -> Result<Json<Val
         .map_err(|e| Error::internal(format!("backup task: {e}")))??;
     tracing::info!(to = %body.to.display(), "online backup written");
     Ok(Json(json!({"backup": body.to})))
+}
+
+/// `GET /_hearth/admin/v1/federation/discovery`: each cached `.well-known` answer, what it
+/// said and for how long it is kept.
+async fn discovery_cache(State(s): State<Arc<Services>>, req: Request) -> Result<Json<Value>> {
+    require_admin(&s, &req)?;
+    let entries: Vec<Value> = s
+        .transport
+        .servers
+        .resolver()
+        .cached()
+        .into_iter()
+        .map(|c| {
+            let delegated = match c.value {
+                crate::transport::resolve::WellKnown::Delegated(d) => Some(d.to_string()),
+                crate::transport::resolve::WellKnown::None => None,
+            };
+            json!({"host": c.host, "delegated_to": delegated, "expires_in_s": c.expires_in.as_secs()})
+        })
+        .collect();
+    Ok(Json(json!({"well_known": entries})))
+}
+
+/// `DELETE /_hearth/admin/v1/federation/discovery`: forgets every cached answer.
+async fn flush_discovery_cache(State(s): State<Arc<Services>>, req: Request) -> Result<Json<Value>> {
+    require_admin(&s, &req)?;
+    let flushed = s.transport.servers.resolver().cached().len();
+    s.transport.servers.resolver().flush();
+    Ok(Json(json!({"flushed": flushed})))
 }

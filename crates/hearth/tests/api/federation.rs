@@ -114,6 +114,22 @@ async fn a_signed_profile_query_is_verified_with_keys_fetched_from_the_origin() 
     let (status, gone) = p.a.get("/_matrix/client/v3/profile/@x:nowhere.test", Some(&alice_token)).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{gone}");
 
+    // The operator sees what discovery cached (b.test has no .well-known, so a failure is
+    // cached) and can flush it; only server admins may (alice was a.test's first user).
+    let (status, cache) = p.a.get("/_hearth/admin/v1/federation/discovery", Some(&alice_token)).await;
+    assert_eq!(status, StatusCode::OK, "{cache}");
+    let b_entry = cache["well_known"].as_array().expect("list").iter().find(|e| e["host"] == "b.test").cloned();
+    assert_eq!(b_entry.expect("b.test is cached")["delegated_to"], Value::Null);
+    let (_, carol_token, _) = p.a.register("carol", "a long password").await;
+    let (status, _) = p.a.get("/_hearth/admin/v1/federation/discovery", Some(&carol_token)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, flushed) =
+        p.a.request(reqwest::Method::DELETE, "/_hearth/admin/v1/federation/discovery", Some(&alice_token), None).await;
+    assert_eq!(status, StatusCode::OK, "{flushed}");
+    assert!(flushed["flushed"].as_u64().expect("count") >= 1);
+    let (_, cache) = p.a.get("/_hearth/admin/v1/federation/discovery", Some(&alice_token)).await;
+    assert_eq!(cache["well_known"], json!([]));
+
     // An unknown user is 404, signed request or not.
     let path = "/_matrix/federation/v1/query/profile?user_id=%40nobody%3Ab.test";
     let got = servers(&p.a).request(&name("b.test"), ServerRequest::get(path)).await.expect("request");
