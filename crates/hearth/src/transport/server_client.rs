@@ -8,7 +8,12 @@
 //! TLS still checks the server's (delegated) name: a client pinned to those addresses is
 //! kept per destination.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use http::{header, Method};
 use parking_lot::Mutex;
@@ -23,6 +28,12 @@ use super::{
     resolve::{Destination, ServerResolver},
 };
 use crate::server_key::ServerKey;
+
+/// (host TLS checks, port, SRV target).
+type PinKey = (String, u16, String);
+
+/// How long an SRV target's addresses are used before they are looked up again.
+const PINNED_FOR: Duration = Duration::from_secs(10 * 60);
 
 /// Whether a request carries `X-Matrix`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +97,9 @@ pub struct ServerClient {
     resolver: Arc<ServerResolver>,
     dns: Arc<Dns>,
     key: Arc<ServerKey>,
-    /// Clients pinned to an SRV target's addresses, by (host, port, target).
-    pinned: Mutex<HashMap<(String, u16, String), OutboundClient>>,
+    /// Clients pinned to an SRV target's addresses, by (host, port, target), with when the
+    /// addresses were looked up: they are looked up again after [`PINNED_FOR`].
+    pinned: Mutex<HashMap<PinKey, (OutboundClient, Instant)>>,
 }
 
 impl ServerClient {
@@ -149,13 +161,18 @@ impl ServerClient {
     async fn client_for(&self, destination: &Destination) -> Result<OutboundClient, OutboundError> {
         let Some(target) = &destination.srv_target else { return Ok(self.outbound.clone()) };
         let key = (destination.host.clone(), destination.port, target.clone());
-        if let Some(client) = self.pinned.lock().get(&key) {
-            return Ok(client.clone());
+        if let Some((client, since)) = self.pinned.lock().get(&key) {
+            if since.elapsed() < PINNED_FOR {
+                return Ok(client.clone());
+            }
         }
         let ips = self.dns.addresses(target).await.map_err(|_| OutboundError::NoAddress(target.clone()))?;
         let addrs: Vec<SocketAddr> = ips.into_iter().map(|ip| SocketAddr::new(ip, destination.port)).collect();
         let client = self.outbound.pinned(&destination.host, &addrs)?;
-        self.pinned.lock().insert(key, client.clone());
+        let mut pinned = self.pinned.lock();
+        // Forget every stale entry now and then, so destinations that went away do not pile up.
+        pinned.retain(|_, (_, since)| since.elapsed() < PINNED_FOR);
+        pinned.insert(key, (client.clone(), Instant::now()));
         Ok(client)
     }
 }
