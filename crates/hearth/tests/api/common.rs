@@ -61,17 +61,26 @@ impl TestServer {
     }
 
     pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::try_start_with(backend, tweak).await.unwrap()
+    }
+
+    /// As [`TestServer::start_with`], with a failure to start (a port taken meanwhile)
+    /// returned rather than a panic.
+    pub async fn try_start_with(
+        backend: Backend,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<Self, Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(backend, &dir);
         tweak(&mut config);
-        let running = Running::start(Services::open(config.clone()).unwrap()).await.unwrap();
-        TestServer {
+        let running = Running::start(Services::open(config.clone())?).await?;
+        Ok(TestServer {
             base: base_url(&config, &running),
             http: reqwest::Client::new(),
             running: Some(running),
             config,
             dir,
-        }
+        })
     }
 
     pub fn services(&self) -> &Arc<Services> {

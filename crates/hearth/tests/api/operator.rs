@@ -62,8 +62,17 @@ async fn tokens_with_uses_and_expiry(b: Backend) {
 }
 
 async fn metrics_are_prometheus_text_on_their_own_port(b: Backend) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let s = TestServer::start_with(b, |c| c.metrics_port = port).await;
+    // A free port, found by binding and letting go: another test may take it in between,
+    // so a start that fails tries another one.
+    let mut started = None;
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if let Ok(s) = TestServer::try_start_with(b, |c| c.metrics_port = port).await {
+            started = Some((s, port));
+            break;
+        }
+    }
+    let (s, port) = started.expect("a free metrics port within five tries");
     s.get("/_matrix/client/versions", None).await;
     s.get("/_matrix/client/v3/profile/@nobody:hearth.test", None).await;
     // Three sends one after another: each is answered once durable, so each needs a sync
