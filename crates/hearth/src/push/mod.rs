@@ -12,6 +12,7 @@ use std::{
 };
 
 use ruma::{
+    events::room::member::MembershipState,
     events::StateEventType,
     power_levels::NotificationPowerLevels,
     push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
@@ -52,7 +53,7 @@ pub(crate) fn int(v: &Value) -> Option<i64> {
 
 /// The context push conditions are evaluated in.
 pub(crate) fn room_context(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<PushConditionRoomCtx> {
-    let members = rooms.members_shared(room_id, "join")?.len() as u64;
+    let members = rooms.members_shared(room_id, &MembershipState::Join)?.len() as u64;
     let display_name = rooms
         .state_event(room_id, &StateEventType::RoomMember, user.as_str())?
         .and_then(|m| m.content_value().get("displayname").and_then(Value::as_str).map(str::to_owned))

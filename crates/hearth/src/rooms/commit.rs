@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use ruma::{events::TimelineEventType, OwnedUserId, RoomId};
+use ruma::{events::room::member::MembershipState, events::TimelineEventType, OwnedUserId, RoomId};
 use serde_json::Value;
 
 use super::{
@@ -173,7 +173,7 @@ impl Rooms {
         }
         self.members.note_member_event(&pdu.room_id, stream);
         let (Some(user), Some(membership)) =
-            (pdu.state_key.as_deref(), content.get("membership").and_then(Value::as_str).map(str::to_owned))
+            (pdu.state_key.as_deref(), content.get("membership").and_then(Value::as_str).map(MembershipState::from))
         else {
             return Ok(None);
         };
@@ -229,7 +229,7 @@ impl Rooms {
         if placement != Placement::Timeline {
             return Ok(pdu);
         }
-        let joined = self.members_shared(&pdu.room_id, "join")?;
+        let joined = self.members_shared(&pdu.room_id, &MembershipState::Join)?;
         let notifier = self.notifier.clone();
         self.stream.after_durable(stream, move || {
             notifier.notify(joined.iter().chain(target.as_ref()).map(|u| &**u), stream);

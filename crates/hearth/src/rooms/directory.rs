@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 
 use ruma::{
     directory::{PublicRoomsChunk, PublicRoomsChunkInit},
+    events::room::member::MembershipState,
     events::StateEventType,
     OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
 };
@@ -76,7 +77,7 @@ impl Rooms {
     pub fn user_directory_candidates(&self, searcher: &UserId) -> Result<BTreeSet<OwnedUserId>> {
         let mut visible = self.members_of_joined_rooms(searcher)?;
         for room in self.published_rooms()? {
-            visible.extend(self.members_shared(&room, "join")?.iter().cloned());
+            visible.extend(self.members_shared(&room, &MembershipState::Join)?.iter().cloned());
         }
         Ok(visible)
     }
@@ -121,7 +122,7 @@ impl Rooms {
 
     /// A room's directory entry, from its current state.
     pub fn public_rooms_chunk(&self, room_id: &RoomId) -> Result<PublicRoomsChunk> {
-        let joined = self.members_shared(room_id, "join")?.len() as u64;
+        let joined = self.members_shared(room_id, &MembershipState::Join)?.len() as u64;
         let world_readable =
             self.state_str(room_id, StateEventType::RoomHistoryVisibility, "history_visibility")?.as_deref()
                 == Some("world_readable");

@@ -22,6 +22,8 @@ use parking_lot::Mutex;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use super::{MembershipRecord, Rooms, ROOM_MEMBERS, USER_ROOMS};
+use ruma::events::room::member::MembershipState;
+
 use crate::{error::Result, stream::Marks};
 
 /// Every membership of one user, in room id order.
@@ -78,7 +80,7 @@ impl Rooms {
         let mut lists: BTreeMap<String, Vec<OwnedUserId>> = BTreeMap::new();
         for (user, membership) in ROOM_MEMBERS.collect_prefix(&self.store, room_id.as_str())? {
             if let Ok(user) = OwnedUserId::try_from(user) {
-                lists.entry(membership).or_default().push(user);
+                lists.entry(membership.as_str().to_owned()).or_default().push(user);
             }
         }
         // Sorted, so callers may binary-search (the index is in key order already).
@@ -125,12 +127,12 @@ impl Rooms {
     }
 
     /// Members of a room with a given membership, shared (no copy), sorted by user id.
-    pub fn members_shared(&self, room_id: &RoomId, membership: &str) -> Result<Arc<[OwnedUserId]>> {
-        Ok(self.room_members(room_id)?.get(membership).cloned().unwrap_or_else(|| Arc::from(Vec::new())))
+    pub fn members_shared(&self, room_id: &RoomId, membership: &MembershipState) -> Result<Arc<[OwnedUserId]>> {
+        Ok(self.room_members(room_id)?.get(membership.as_str()).cloned().unwrap_or_else(|| Arc::from(Vec::new())))
     }
 
     /// Members of a room with a given membership.
-    pub fn members(&self, room_id: &RoomId, membership: &str) -> Result<Vec<OwnedUserId>> {
+    pub fn members(&self, room_id: &RoomId, membership: &MembershipState) -> Result<Vec<OwnedUserId>> {
         Ok(self.members_shared(room_id, membership)?.to_vec())
     }
 }

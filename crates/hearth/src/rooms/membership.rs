@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{events::room::member::MembershipState, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Map, Value};
 
 use super::{append::NewEvent, pdu::Pdu, Rooms, USER_ROOMS};
@@ -99,7 +99,11 @@ impl Rooms {
     /// Forgets a room the user has left: it disappears from their sync and room lists.
     pub fn forget(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
         match self.membership(room_id, user)? {
-            Some(m) if m.membership == "join" || m.membership == "invite" || m.membership == "knock" => {
+            Some(m)
+                if m.membership == MembershipState::Join
+                    || m.membership == MembershipState::Invite
+                    || m.membership == MembershipState::Knock =>
+            {
                 Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Leave the room before forgetting it"))
             }
             Some(_) => {
@@ -115,7 +119,7 @@ impl Rooms {
 
     /// Joined rooms of a user.
     pub fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {
-        Ok(self.rooms_of(user, &["join"])?.into_iter().map(|(r, _)| r).collect())
+        Ok(self.rooms_of(user, &[MembershipState::Join])?.into_iter().map(|(r, _)| r).collect())
     }
 
     /// Everyone who shares a room with `user`, and `user`: whom a change of their presence
@@ -141,7 +145,7 @@ impl Rooms {
     pub(super) fn members_of_joined_rooms(&self, user: &UserId) -> Result<BTreeSet<OwnedUserId>> {
         let mut users = BTreeSet::new();
         for room in self.joined_rooms(user)? {
-            users.extend(self.members_shared(&room, "join")?.iter().cloned());
+            users.extend(self.members_shared(&room, &MembershipState::Join)?.iter().cloned());
         }
         Ok(users)
     }

@@ -33,7 +33,8 @@ use std::{collections::HashMap, sync::Arc};
 
 use parking_lot::Mutex;
 use ruma::{
-    events::StateEventType, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId,
+    events::room::member::MembershipState, events::StateEventType, EventId, OwnedEventId, OwnedRoomId, OwnedServerName,
+    RoomId, RoomVersionId, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -84,7 +85,7 @@ pub struct EventMeta {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MembershipRecord {
-    pub membership: String,
+    pub membership: MembershipState,
     /// Stream position of the event that set it.
     pub stream: u64,
     pub event_id: OwnedEventId,
@@ -99,6 +100,18 @@ pub struct RelationEntry {
 }
 
 json_value!(RoomRecord, RoomHeads, EventMeta, MembershipRecord, RelationEntry);
+
+/// A membership in the `ROOM_MEMBERS` index: its name (`join`, `invite`, …), the same bytes
+/// the index held when it stored strings.
+impl ValueCodec for MembershipState {
+    fn encode_value(&self) -> Vec<u8> {
+        self.as_str().as_bytes().to_vec()
+    }
+
+    fn decode_value(bytes: &[u8]) -> std::result::Result<Self, CodecError> {
+        std::str::from_utf8(bytes).map(MembershipState::from).map_err(|e| CodecError(e.to_string()))
+    }
+}
 
 /// A row of a room's timeline: the event's id and the event cut down to the fields the
 /// default push rules read ([`PushFields::stored`]), tagged with that field set's
@@ -164,7 +177,7 @@ pub const EVENT_META: Table<String, EventMeta> = Table::new(tables::EVENT_META);
 pub const ROOM_HEADS: Table<String, RoomHeads> = Table::new(tables::ROOM_HEADS);
 pub const TIMELINE: Table<(String, u64), TimelineEntry> = Table::new(tables::TIMELINE);
 pub const USER_ROOMS: Table<(String, String), MembershipRecord> = Table::new(tables::USER_ROOMS);
-pub const ROOM_MEMBERS: Table<(String, String), String> = Table::new(tables::ROOM_MEMBERS);
+pub const ROOM_MEMBERS: Table<(String, String), MembershipState> = Table::new(tables::ROOM_MEMBERS);
 pub const TRANSACTIONS: Table<(String, String, String), String> = Table::new(tables::TRANSACTIONS);
 pub const ALIASES: Table<String, String> = Table::new(tables::ALIASES);
 pub const PUBLISHED_ROOMS: Table<String, ()> = Table::new(tables::PUBLISHED_ROOMS);
@@ -417,20 +430,24 @@ impl Rooms {
         Err(Error::forbidden("You are not joined to this room"))
     }
 
-    /// A user's membership in a room ("join", "invite", "leave", "ban", "knock").
+    /// A user's membership in a room.
     pub fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipRecord>> {
         let all = self.user_memberships(user_id)?;
         Ok(all.binary_search_by(|(r, _)| r.as_str().cmp(room_id.as_str())).ok().map(|i| all[i].1.clone()))
     }
 
     pub fn is_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
-        Ok(self.membership(room_id, user_id)?.is_some_and(|m| m.membership == "join"))
+        Ok(self.membership(room_id, user_id)?.is_some_and(|m| m.membership == MembershipState::Join))
     }
 
     /// Rooms where the user's membership is one of `memberships`.
-    pub fn rooms_of(&self, user_id: &UserId, memberships: &[&str]) -> Result<Vec<(OwnedRoomId, MembershipRecord)>> {
+    pub fn rooms_of(
+        &self,
+        user_id: &UserId,
+        memberships: &[MembershipState],
+    ) -> Result<Vec<(OwnedRoomId, MembershipRecord)>> {
         let all = self.user_memberships(user_id)?;
-        Ok(all.iter().filter(|(_, rec)| memberships.contains(&rec.membership.as_str())).cloned().collect())
+        Ok(all.iter().filter(|(_, rec)| memberships.contains(&rec.membership)).cloned().collect())
     }
 
     /// The event a device already sent with this transaction id.

@@ -3,7 +3,7 @@
 //! Each receipt change takes a stream position, so a sync sends only receipts changed since
 //! its token. Private receipts are shown to their owner only.
 
-use ruma::{OwnedEventId, RoomId, UserId};
+use ruma::{events::room::member::MembershipState, OwnedEventId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -60,7 +60,7 @@ impl Rooms {
         if receipt_type == "m.read.private" {
             self.notifier.notify([user], pos);
         } else {
-            let members = self.members(room_id, "join")?;
+            let members = self.members(room_id, &MembershipState::Join)?;
             self.notifier.notify(members.iter().map(|u| &**u), pos);
         }
         Ok(())

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use ruma::{api::Direction, push::FlattenedJson, EventId, RoomId, UserId};
+use ruma::{api::Direction, events::room::member::MembershipState, push::FlattenedJson, EventId, RoomId, UserId};
 use serde_json::{json, Map, Value};
 
 use super::{pdu::Pdu, EventMeta, Rooms, TimelineEntry, TIMELINE};
@@ -37,8 +37,8 @@ impl Rooms {
     /// members see up to the moment they left.
     pub fn visible_until(&self, room_id: &RoomId, user: &UserId) -> Result<Option<u64>> {
         Ok(match self.membership(room_id, user)? {
-            Some(m) if m.membership == "join" => Some(u64::MAX),
-            Some(m) if m.membership == "leave" || m.membership == "ban" => Some(m.stream),
+            Some(m) if m.membership == MembershipState::Join => Some(u64::MAX),
+            Some(m) if m.membership == MembershipState::Leave || m.membership == MembershipState::Ban => Some(m.stream),
             // Anyone may read (peek into) a world-readable room; which events they see is
             // then decided per event by `event_visible_to`.
             _ if self.is_world_readable(room_id)? => Some(u64::MAX),
@@ -76,7 +76,7 @@ impl Rooms {
             // Shared history is for members (current, or former up to their leave).
             "shared" => self
                 .membership(&pdu.room_id, user)?
-                .is_some_and(|m| m.membership != "invite" && m.membership != "knock"),
+                .is_some_and(|m| m.membership != MembershipState::Invite && m.membership != MembershipState::Knock),
             "invited" => matches!(membership()?.as_deref(), Some("invite" | "join")),
             _ => membership()?.as_deref() == Some("join"),
         })

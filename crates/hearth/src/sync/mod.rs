@@ -10,7 +10,7 @@ pub mod notifier;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ruma::{api::Direction, OwnedRoomId, RoomId, UserId};
+use ruma::{api::Direction, events::room::member::MembershipState, OwnedRoomId, RoomId, UserId};
 use serde_json::Value;
 
 use crate::{
@@ -255,7 +255,7 @@ pub fn assemble(
     let memberships = rooms.user_memberships(user)?;
     let joined: Vec<&RoomId> = memberships
         .iter()
-        .filter(|(_, rec)| rec.membership == "join" && rec.stream <= now)
+        .filter(|(_, rec)| rec.membership == MembershipState::Join && rec.stream <= now)
         .map(|(room, _)| room.as_ref())
         .collect();
     // The largest part of an initial sync is counting unread events in every joined room
@@ -476,8 +476,8 @@ fn without_room_id(mut event: Value) -> Value {
 
 /// (joined count, invited count, heroes): heroes are up to five other members.
 fn summary(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<(u64, u64, Vec<String>)> {
-    let joined = rooms.members_shared(room_id, "join")?;
-    let invited = rooms.members_shared(room_id, "invite")?;
+    let joined = rooms.members_shared(room_id, &MembershipState::Join)?;
+    let invited = rooms.members_shared(room_id, &MembershipState::Invite)?;
     let heroes = joined.iter().chain(invited.iter()).filter(|u| *u != user).take(5).map(|u| u.to_string()).collect();
     Ok((joined.len() as u64, invited.len() as u64, heroes))
 }
@@ -525,7 +525,7 @@ impl<'a> Contacts<'a> {
         }
         let mut lists = Vec::new();
         for room in self.rooms.joined_rooms(self.user)? {
-            lists.push(self.rooms.members_shared(&room, "join")?);
+            lists.push(self.rooms.members_shared(&room, &MembershipState::Join)?);
         }
         Ok(self.lists.get_or_init(|| lists))
     }

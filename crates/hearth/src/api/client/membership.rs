@@ -8,6 +8,7 @@ use ruma::{
         ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
         joined_members, joined_rooms, kick_user, leave_room, unban_user,
     },
+    events::room::member::MembershipState,
     OwnedRoomId, RoomOrAliasId,
 };
 
@@ -79,7 +80,11 @@ pub async fn invite_user(s: Arc<Services>, req: Ruma<invite_user::v3::Request>) 
 pub async fn leave_room(s: Arc<Services>, req: Ruma<leave_room::v3::Request>) -> Result<leave_room::v3::Response> {
     let caller = req.caller()?;
     match s.rooms.membership(&req.body.room_id, &caller.user_id)? {
-        Some(m) if m.membership == "join" || m.membership == "invite" || m.membership == "knock" => {
+        Some(m)
+            if m.membership == MembershipState::Join
+                || m.membership == MembershipState::Invite
+                || m.membership == MembershipState::Knock =>
+        {
             s.rooms.set_leave(&req.body.room_id, &caller.user_id, &caller.user_id, req.body.reason.clone())?;
         }
         // Leaving a room one is not in is a no-op, as Synapse does.
@@ -94,7 +99,10 @@ pub async fn leave_room(s: Arc<Services>, req: Ruma<leave_room::v3::Request>) ->
 pub async fn kick_user(s: Arc<Services>, req: Ruma<kick_user::v3::Request>) -> Result<kick_user::v3::Response> {
     let caller = req.caller()?;
     match s.rooms.membership(&req.body.room_id, &req.body.user_id)? {
-        Some(m) if m.membership == "join" || m.membership == "invite" || m.membership == "knock" => {}
+        Some(m)
+            if m.membership == MembershipState::Join
+                || m.membership == MembershipState::Invite
+                || m.membership == MembershipState::Knock => {}
         _ => return Err(Error::forbidden("That user is not in the room")),
     }
     s.rooms.set_leave(&req.body.room_id, &caller.user_id, &req.body.user_id, req.body.reason.clone())?;
@@ -112,7 +120,7 @@ pub async fn ban_user(s: Arc<Services>, req: Ruma<ban_user::v3::Request>) -> Res
 pub async fn unban_user(s: Arc<Services>, req: Ruma<unban_user::v3::Request>) -> Result<unban_user::v3::Response> {
     let caller = req.caller()?;
     match s.rooms.membership(&req.body.room_id, &req.body.user_id)? {
-        Some(m) if m.membership == "ban" => {}
+        Some(m) if m.membership == MembershipState::Ban => {}
         _ => return Err(Error::forbidden("That user is not banned")),
     }
     s.rooms.set_leave(&req.body.room_id, &caller.user_id, &req.body.user_id, req.body.reason.clone())?;

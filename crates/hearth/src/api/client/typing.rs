@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use ruma::api::client::typing::create_typing_event::v3::{self as create_typing_event, Typing};
+use ruma::events::room::member::MembershipState;
 
 use crate::{
     api::Ruma,
@@ -24,7 +25,7 @@ pub async fn create_typing_event(
         Typing::Yes(info) => Some(info.timeout),
         _ => None,
     };
-    let members = s.rooms.members(&req.body.room_id, "join")?;
+    let members = s.rooms.members(&req.body.room_id, &MembershipState::Join)?;
     s.typing.set(&req.body.room_id, &caller.user_id, timeout, members);
     Ok(create_typing_event::Response::new())
 }
