@@ -59,12 +59,12 @@ impl ReadPositions {
         let mut out = ReadPositions { by_thread: BTreeMap::new(), changed_at: 0 };
         let range = KeyRange::prefix(&encode_key::<(String, String)>((room_id.as_str(), user.as_str())));
         let mut receipts = Vec::new();
-        RECEIPTS.scan_range(&rooms.store, &range, Order::Ascending, |(_, _, key), r| {
-            receipts.push((key, r));
+        RECEIPTS.scan_range(&rooms.store, &range, Order::Ascending, |(_, _, kind, thread), r| {
+            receipts.push((kind, thread, r));
             true
         })?;
-        for (key, r) in receipts {
-            let (kind, thread) = key.split_once('|').unwrap_or((key.as_str(), ""));
+        for (kind, thread, r) in receipts {
+            let (kind, thread) = (kind.as_str(), thread.as_str());
             if kind != "m.read" && kind != "m.read.private" {
                 continue;
             }

@@ -12,7 +12,7 @@ pub use super::build::{
 };
 use super::{
     build::{check_limits, random_id, rules_for},
-    commit::{txn_scope, Append, Placement},
+    commit::{Append, Placement},
     pdu::Pdu,
     RoomHeads, RoomRecord, Rooms,
 };
@@ -34,7 +34,7 @@ impl Rooms {
         let record = self.known_room(room_id)?;
         let mut counters = self.append_lock.lock();
         if let Some(t) = txn {
-            if let Some(existing) = self.transaction(sender, t.device_id, &txn_scope(room_id, &new.kind, t.txn_id))? {
+            if let Some(existing) = self.transaction(sender, t.device_id, room_id, &new.kind, t.txn_id)? {
                 drop(counters);
                 // The first request may still be waiting for its write to be durable.
                 self.stream.require_durable(self.stream.written())?;

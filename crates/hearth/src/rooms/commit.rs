@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use ruma::{events::room::member::MembershipState, events::TimelineEventType, OwnedUserId, RoomId};
+use ruma::{events::room::member::MembershipState, events::TimelineEventType, OwnedUserId};
 use serde_json::Value;
 
 use super::{
@@ -124,8 +124,9 @@ impl Rooms {
                 ROOM_HEADS.put(batch, pdu.room_id.as_str(), &new_heads);
                 let target = self.index_timeline_event(batch, &pdu, &json, stream)?;
                 if let Some(t) = txn {
-                    let scope = txn_scope(&pdu.room_id, &pdu.kind, t.txn_id);
-                    TRANSACTIONS.put(batch, (pdu.sender.as_str(), t.device_id, &scope), &pdu.event_id.to_string());
+                    let kind = pdu.kind.to_string();
+                    let key = (pdu.sender.as_str(), t.device_id, pdu.room_id.as_str(), kind.as_str(), t.txn_id);
+                    TRANSACTIONS.put(batch, key, &pdu.event_id.to_string());
                 }
                 if let Some(record) = &new_room {
                     ROOMS.put(batch, pdu.room_id.as_str(), record);
@@ -238,15 +239,9 @@ impl Rooms {
     }
 }
 
-/// What a transaction id is unique within, besides the device: like Synapse, the request
-/// it came with (room and kind of event), so the same id in another room is a new send.
-pub(super) fn txn_scope(room_id: &RoomId, kind: &TimelineEventType, txn_id: &str) -> String {
-    format!("{room_id}|{kind}|{txn_id}")
-}
-
 #[cfg(test)]
 mod tests {
-    use ruma::{owned_user_id, EventId, OwnedEventId, RoomVersionId, UserId};
+    use ruma::{owned_user_id, EventId, OwnedEventId, RoomId, RoomVersionId, UserId};
     use serde_json::json;
 
     use super::*;

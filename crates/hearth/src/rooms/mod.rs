@@ -178,7 +178,10 @@ pub const ROOM_HEADS: Table<String, RoomHeads> = Table::new(tables::ROOM_HEADS);
 pub const TIMELINE: Table<(String, u64), TimelineEntry> = Table::new(tables::TIMELINE);
 pub const USER_ROOMS: Table<(String, String), MembershipRecord> = Table::new(tables::USER_ROOMS);
 pub const ROOM_MEMBERS: Table<(String, String), MembershipState> = Table::new(tables::ROOM_MEMBERS);
-pub const TRANSACTIONS: Table<(String, String, String), String> = Table::new(tables::TRANSACTIONS);
+/// (sender, device id, room id, event type, transaction id) → event id. Like Synapse, a
+/// transaction id is unique within its request (room and type), so the same id in another
+/// room is a new send.
+pub const TRANSACTIONS: Table<(String, String, String, String, String), String> = Table::new(tables::TRANSACTIONS);
 pub const ALIASES: Table<String, String> = Table::new(tables::ALIASES);
 pub const PUBLISHED_ROOMS: Table<String, ()> = Table::new(tables::PUBLISHED_ROOMS);
 pub const RELATIONS: Table<(String, u64), RelationEntry> = Table::new(tables::RELATIONS);
@@ -451,8 +454,18 @@ impl Rooms {
     }
 
     /// The event a device already sent with this transaction id.
-    pub fn transaction(&self, user: &UserId, device: &str, txn: &str) -> Result<Option<OwnedEventId>> {
-        Ok(TRANSACTIONS.get(&self.store, (user.as_str(), device, txn))?.and_then(|id| OwnedEventId::try_from(id).ok()))
+    pub fn transaction(
+        &self,
+        user: &UserId,
+        device: &str,
+        room_id: &RoomId,
+        kind: &ruma::events::TimelineEventType,
+        txn: &str,
+    ) -> Result<Option<OwnedEventId>> {
+        let kind = kind.to_string();
+        Ok(TRANSACTIONS
+            .get(&self.store, (user.as_str(), device, room_id.as_str(), &kind, txn))?
+            .and_then(|id| OwnedEventId::try_from(id).ok()))
     }
 }
 

@@ -11,7 +11,7 @@ use super::Rooms;
 use crate::{
     error::{Error, Result},
     store::codec::json_value,
-    store::{tables, Table},
+    store::{codec::encode_key, tables, KeyRange, Order, Table},
     stream::{StreamItem, STREAM_LOG},
 };
 
@@ -25,7 +25,8 @@ pub struct Receipt {
 json_value!(Receipt);
 
 /// (room, user, "<type>|<thread>") → receipt. The thread part is empty for unthreaded ones.
-pub const RECEIPTS: Table<(String, String, String), Receipt> = Table::new(tables::RECEIPTS);
+/// (room id, user id, receipt type, thread id or "") → the receipt.
+pub const RECEIPTS: Table<(String, String, String, String), Receipt> = Table::new(tables::RECEIPTS);
 
 pub const RECEIPT_TYPES: &[&str] = &["m.read", "m.read.private"];
 
@@ -46,12 +47,11 @@ impl Rooms {
         if meta.room_id != room_id {
             return Err(Error::not_found("Event not in this room"));
         }
-        let key = format!("{receipt_type}|{}", thread.unwrap_or_default());
         let (pos, _) = self.stream.commit(|pos, batch| {
             self.receipt_marks.note(room_id, pos);
             RECEIPTS.put(
                 batch,
-                (room_id.as_str(), user.as_str(), &key),
+                (room_id.as_str(), user.as_str(), receipt_type, thread.unwrap_or_default()),
                 &Receipt { event_id: event_id.to_owned(), ts: crate::time::now_millis(), stream: pos },
             );
             STREAM_LOG.put(batch, pos, &StreamItem::Receipt { room_id: room_id.to_owned() });
@@ -75,11 +75,17 @@ impl Rooms {
     /// `None`) that `viewer` may see; `None` if there are none.
     pub fn receipt_event(&self, room_id: &RoomId, since: Option<u64>, viewer: &UserId) -> Result<Option<Value>> {
         let mut content: Map<String, Value> = Map::new();
-        for ((user, key), r) in RECEIPTS.collect_prefix(&self.store, room_id.as_str())? {
+        let range = KeyRange::prefix(&encode_key::<String>(room_id.as_str()));
+        let mut rows = Vec::new();
+        RECEIPTS.scan_range(&self.store, &range, Order::Ascending, |(_, user, kind, thread), r| {
+            rows.push((user, kind, thread, r));
+            true
+        })?;
+        for (user, kind, thread, r) in rows {
             if since.is_some_and(|s| r.stream <= s) {
                 continue;
             }
-            let (kind, thread) = key.split_once('|').unwrap_or((key.as_str(), ""));
+            let (kind, thread) = (kind.as_str(), thread.as_str());
             if kind == "m.read.private" && user != viewer.as_str() {
                 continue;
             }

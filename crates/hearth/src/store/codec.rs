@@ -142,6 +142,37 @@ impl<A: KeyPart, B: KeyPart, C: KeyPart> KeyPart for (A, B, C) {
     }
 }
 
+impl<A: KeyPart, B: KeyPart, C: KeyPart, D: KeyPart> KeyPart for (A, B, C, D) {
+    type Ref<'a> = (A::Ref<'a>, B::Ref<'a>, C::Ref<'a>, D::Ref<'a>);
+
+    fn encode(value: Self::Ref<'_>, out: &mut Vec<u8>) {
+        A::encode(value.0, out);
+        B::encode(value.1, out);
+        C::encode(value.2, out);
+        D::encode(value.3, out);
+    }
+
+    fn decode(input: &mut &[u8]) -> Result<Self, CodecError> {
+        Ok((A::decode(input)?, B::decode(input)?, C::decode(input)?, D::decode(input)?))
+    }
+}
+
+impl<A: KeyPart, B: KeyPart, C: KeyPart, D: KeyPart, E: KeyPart> KeyPart for (A, B, C, D, E) {
+    type Ref<'a> = (A::Ref<'a>, B::Ref<'a>, C::Ref<'a>, D::Ref<'a>, E::Ref<'a>);
+
+    fn encode(value: Self::Ref<'_>, out: &mut Vec<u8>) {
+        A::encode(value.0, out);
+        B::encode(value.1, out);
+        C::encode(value.2, out);
+        D::encode(value.3, out);
+        E::encode(value.4, out);
+    }
+
+    fn decode(input: &mut &[u8]) -> Result<Self, CodecError> {
+        Ok((A::decode(input)?, B::decode(input)?, C::decode(input)?, D::decode(input)?, E::decode(input)?))
+    }
+}
+
 /// Encodes a whole key.
 pub fn encode_key<K: KeyPart>(key: K::Ref<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);

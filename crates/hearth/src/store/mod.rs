@@ -190,7 +190,10 @@ pub trait Engine: Send + Sync + 'static {
 /// - 3: a timeline row may carry its event cut down to what push rules read
 ///   (`rooms::TimelineEntry`). Rows written before read as they did; a Hearth from before
 ///   it would fail on the new rows, so it refuses the database instead.
-pub const SCHEMA_VERSION: u64 = 3;
+/// - 4: receipts and send transaction ids are keyed by their parts (receipt type and
+///   thread; room, event type and transaction id) instead of strings joined with `|`
+///   ([`migrate_typed_keys`]).
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// An open data directory: the engine plus the lock that keeps other processes out.
 pub struct Store {
@@ -246,6 +249,9 @@ impl Store {
                 // needs none either: older timeline rows are read as they are.
                 if found < SCHEMA_VERSION {
                     let mut batch = Batch::new();
+                    if found < 4 {
+                        migrate_typed_keys(self, &mut batch)?;
+                    }
                     meta.put(&mut batch, "schema_version", &SCHEMA_VERSION.to_be_bytes().to_vec());
                     self.write(batch)?;
                 }
@@ -475,9 +481,94 @@ impl<A: KeyPart, B: KeyPart, C: KeyPart, V: ValueCodec> Table<(A, B, C), V> {
     }
 }
 
+/// Schema 3 → 4. Receipts were keyed (room, user, "type|thread"): they are rewritten as
+/// (room, user, type, thread); receipt types hold no `|`, so the first one splits them.
+/// Send transaction ids were keyed (sender, device, "room|type|txn id"), where room ids
+/// and event types may themselves hold `|`: they cannot be split for certain, so they are
+/// dropped. They only make a retried send idempotent; a client retrying across the upgrade
+/// could send one message twice.
+fn migrate_typed_keys(store: &Store, batch: &mut Batch) -> Result<()> {
+    let old_receipts: Table<(String, String, String), Vec<u8>> = Table::new(tables::RECEIPTS);
+    let new_receipts: Table<(String, String, String, String), Vec<u8>> = Table::new(tables::RECEIPTS);
+    let mut receipts = Vec::new();
+    old_receipts.scan_all(store, |key, value| {
+        receipts.push((key, value));
+        true
+    })?;
+    for ((room, user, key), value) in &receipts {
+        old_receipts.delete(batch, (room, user, key));
+        let (kind, thread) = key.split_once('|').unwrap_or((key.as_str(), ""));
+        new_receipts.put(batch, (room, user, kind, thread), value);
+    }
+    let old_txns: Table<(String, String, String), Vec<u8>> = Table::new(tables::TRANSACTIONS);
+    let mut txns = Vec::new();
+    old_txns.scan_all(store, |key, _| {
+        txns.push(key);
+        true
+    })?;
+    for (user, device, scope) in &txns {
+        old_txns.delete(batch, (user, device, scope));
+    }
+    tracing::info!(
+        receipts = receipts.len(),
+        transactions = txns.len(),
+        "schema 4: receipts rekeyed, old send transaction ids dropped"
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A schema 3 database with receipts and transaction ids opens as schema 4 with the
+    /// receipts under their typed keys and the old transaction rows gone, on both engines.
+    #[test]
+    fn schema_3_receipts_and_transactions_are_migrated() {
+        for backend in [Backend::Rocksdb, Backend::Sqlite] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let open = || Store::open(dir.path(), backend, Durability::Process, 8).expect("open");
+            let store = open();
+            let old_receipts: Table<(String, String, String), Vec<u8>> = Table::new(tables::RECEIPTS);
+            let old_txns: Table<(String, String, String), Vec<u8>> = Table::new(tables::TRANSACTIONS);
+            let mut batch = Batch::new();
+            old_receipts.put(&mut batch, ("!r:x", "@a:x", "m.read|$thread"), &b"r1".to_vec());
+            old_receipts.put(&mut batch, ("!r:x", "@b:x", "m.read.private|"), &b"r2".to_vec());
+            old_txns.put(&mut batch, ("@a:x", "DEV", "!r|x|m.room.message|t1"), &b"$e".to_vec());
+            tables::META.put(&mut batch, "schema_version", &3u64.to_be_bytes().to_vec());
+            store.write(batch).expect("write");
+            drop(store);
+
+            let store = open();
+            let version = tables::META.get(&store, "schema_version").expect("get").expect("version");
+            assert_eq!(u64::decode_value(&version).expect("u64"), SCHEMA_VERSION, "{backend:?}");
+            let new_receipts: Table<(String, String, String, String), Vec<u8>> = Table::new(tables::RECEIPTS);
+            let mut rows = Vec::new();
+            new_receipts
+                .scan_all(&store, |k, v| {
+                    rows.push((k, v));
+                    true
+                })
+                .expect("scan");
+            assert_eq!(
+                rows,
+                vec![
+                    (("!r:x".into(), "@a:x".into(), "m.read".into(), "$thread".into()), b"r1".to_vec()),
+                    (("!r:x".into(), "@b:x".into(), "m.read.private".into(), String::new()), b"r2".to_vec()),
+                ],
+                "{backend:?}"
+            );
+            let new_txns: Table<(String, String, String, String, String), Vec<u8>> = Table::new(tables::TRANSACTIONS);
+            let mut left = 0;
+            new_txns
+                .scan_all(&store, |_, _| {
+                    left += 1;
+                    true
+                })
+                .expect("scan");
+            assert_eq!(left, 0, "old transaction rows are dropped ({backend:?})");
+        }
+    }
 
     #[test]
     fn prefix_successor_handles_ff() {

@@ -133,14 +133,15 @@ async fn newer_schema_is_refused(b: Backend) {
 }
 
 /// A database of schema 2 (timeline rows without push views) is opened and recorded as the
-/// current schema: its rows are read as they are.
+/// current schema: its rows are read as they are (the 3 → 4 step, receipts and
+/// transaction keys, has its own test in `store`).
 async fn older_schema_is_moved_forward(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     record_schema(b, dir.path(), 2);
     let store = open(b, dir.path());
     let version = tables::META.get(&store, "schema_version").unwrap().expect("a version");
     assert_eq!(version, hearth::store::SCHEMA_VERSION.to_be_bytes().to_vec());
-    assert_eq!(hearth::store::SCHEMA_VERSION, 3);
+    assert_eq!(hearth::store::SCHEMA_VERSION, 4);
 }
 
 async fn conduit_directory_is_refused(b: Backend) {
