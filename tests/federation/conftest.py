@@ -1,0 +1,96 @@
+"""Fixtures for the federation interop tests: one Hearth and one real Synapse, talking
+to each other over TLS on loopback.
+
+* `pki`: a throw-away CA and one leaf certificate for IP 127.0.0.1 (and DNS `localhost`),
+  made with `cryptography` into a temp dir. Both servers serve the same leaf; each trusts
+  the CA for its outbound federation requests (Hearth: `HEARTH_FEDERATION_CA_FILE`,
+  Synapse: `federation_custom_ca_list`), and the tests trust it too.
+* `hearth`: the built binary (`$HEARTH_BIN`, else `$CARGO_TARGET_DIR/debug/hearth`), server
+  name `127.0.0.1:<port>`, TLS with the leaf, loopback allowed for outbound requests, no
+  trusted key servers.
+* `synapse`: `python -m synapse.app.homeserver` of this venv (matrix-synapse pinned in
+  requirements.txt), server name `127.0.0.1:<port>`, one TLS listener for client and
+  federation, SQLite, the bench's rate limits (bench/synapse/homeserver.yaml.in), no
+  trusted key servers, loopback admitted by `ip_range_whitelist`.
+
+Both are module-scoped: each test module starts one of each. A server name that is an IP
+literal with a port is used as is by both (no .well-known, no SRV), so no DNS is needed.
+When a test fails, both servers' logs are attached to its report.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from interop import (
+    SERVERS,
+    STARTUP_TIMEOUT_S,
+    Pki,
+    Server,
+    free_port,
+    hearth_binary,
+    hearth_env,
+    make_pki,
+    synapse_config,
+    synapse_log_config,
+)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def hearth(tmp_path_factory: pytest.TempPathFactory, pki: Pki):
+    binary = hearth_binary()
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        pytest.fail(f"Hearth binary not found at {binary}: build it or set HEARTH_BIN", pytrace=False)
+    workdir = tmp_path_factory.mktemp("hearth")
+    database = workdir / "db"
+    database.mkdir()
+    port = free_port()
+    server = Server("hearth", [str(binary)], hearth_env(database, port, pki), workdir, port, pki, log_files=[])
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def synapse(tmp_path_factory: pytest.TempPathFactory, pki: Pki):
+    data = tmp_path_factory.mktemp("synapse")
+    port = free_port()
+    config_path = data / "homeserver.yaml"
+    log_path = data / "synapse.log"
+    config_path.write_text(yaml.safe_dump(synapse_config(data, port, pki), sort_keys=False))
+    (data / "log.config").write_text(yaml.safe_dump(synapse_log_config(log_path), sort_keys=False))
+    synapse_cmd = [sys.executable, "-m", "synapse.app.homeserver", "-c", str(config_path)]
+    env = dict(os.environ)
+    # Writes the signing key (signing_key_path) and exits.
+    subprocess.run(
+        [*synapse_cmd, "--generate-keys"],
+        check=True, env=env, cwd=data, stdout=subprocess.DEVNULL, timeout=STARTUP_TIMEOUT_S,
+    )
+    server = Server("synapse", synapse_cmd, env, data, port, pki, log_files=[log_path])
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Attach the logs of every server started so far to the report of a failed test."""
+    report = yield
+    if report.failed:
+        for server in SERVERS:
+            report.sections.append((f"{server.kind} logs", server.logs()))
+    return report
