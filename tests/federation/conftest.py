@@ -1,7 +1,8 @@
 """Fixtures for the federation interop tests: one Hearth and one real Synapse, talking
 to each other over TLS on loopback.
 
-* `pki`: a throw-away CA and one leaf certificate for IP 127.0.0.1 (and DNS `localhost`),
+* `pki`: a throw-away CA and one leaf certificate for IPs 127.0.0.1 and 127.0.0.2 (and DNS
+  `localhost`),
   made with `cryptography` into a temp dir. Both servers serve the same leaf; each trusts
   the CA for its outbound federation requests (Hearth: `HEARTH_FEDERATION_CA_FILE`,
   Synapse: `federation_custom_ca_list`), and the tests trust it too.
@@ -33,9 +34,8 @@ from interop import (
     Pki,
     Server,
     free_port,
-    hearth_binary,
-    hearth_env,
     make_pki,
+    start_hearth,
     synapse_config,
     synapse_log_config,
 )
@@ -48,19 +48,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(scope="module")
 def hearth(tmp_path_factory: pytest.TempPathFactory, pki: Pki):
-    binary = hearth_binary()
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
-        pytest.fail(f"Hearth binary not found at {binary}: build it or set HEARTH_BIN", pytrace=False)
-    workdir = tmp_path_factory.mktemp("hearth")
-    database = workdir / "db"
-    database.mkdir()
-    port = free_port()
-    server = Server("hearth", [str(binary)], hearth_env(database, port, pki), workdir, port, pki, log_files=[])
+    server = None
     try:
-        server.start()
+        server = start_hearth(tmp_path_factory.mktemp("hearth"), pki)
         yield server
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +82,10 @@ def synapse(tmp_path_factory: pytest.TempPathFactory, pki: Pki):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """Attach the logs of every server started so far to the report of a failed test."""
+    """Attach the logs of every server still up (or died under the test) to a failed test's report."""
     report = yield
     if report.failed:
         for server in SERVERS:
-            report.sections.append((f"{server.kind} logs", server.logs()))
+            if not server.torn_down:
+                report.sections.append((f"{server.kind} {server.server_name} logs", server.logs()))
     return report

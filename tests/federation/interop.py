@@ -38,13 +38,14 @@ HEARTH_REGISTRATION_TOKEN = "federation-interop-token"
 SYNAPSE_SHARED_SECRET = "federation-interop-shared-secret"
 PASSWORD = "correct horse battery staple"
 
-# Every server started, so that a failing test's report can carry all their logs.
+# Every server started, so that a failing test's report can carry the logs of those not
+# yet torn down (the ones the test used).
 SERVERS: list["Server"] = []
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -113,7 +114,13 @@ def make_pki(directory: Path) -> Pki:
         )
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                [
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    # A second loopback address, for a server the others' address policy
+                    # can tell apart (test_synapse_as_notary.py).
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.2")),
+                    x509.DNSName("localhost"),
+                ]
             ),
             critical=False,
         )
@@ -188,7 +195,9 @@ class Server:
     port: int
     pki: Pki
     log_files: list[Path]
+    host: str = "127.0.0.1"
     proc: subprocess.Popen | None = None
+    torn_down: bool = False
     stdout_path: Path = field(init=False)
     stderr_path: Path = field(init=False)
 
@@ -198,11 +207,11 @@ class Server:
 
     @property
     def server_name(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     def call(self, method: str, path: str, body: object | None = None, token: str | None = None) -> object:
         return request(self.pki.ssl_context(), method, self.url + path, body, token)
@@ -252,6 +261,7 @@ class Server:
             self.proc.wait()
 
     def stop(self) -> None:
+        self.torn_down = True
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.terminate()
@@ -269,16 +279,24 @@ def hearth_binary() -> Path:
     return Path.home() / ".cache" / "hearth-target" / "debug" / "hearth"
 
 
-def hearth_env(database: Path, port: int, pki: Pki) -> dict[str, str]:
-    """A clean environment: server name 127.0.0.1:<port>, TLS with the leaf, the test CA
-    trusted for outbound federation, loopback admitted, no notary trusted."""
+def hearth_env(
+    database: Path,
+    port: int,
+    pki: Pki,
+    host: str = "127.0.0.1",
+    trusted_servers: list[str] | None = None,
+) -> dict[str, str]:
+    """A clean environment: server name <host>:<port>, TLS with the leaf, the test CA
+    trusted for outbound federation, 127.0.0.1 (only) admitted by the address policy, the
+    given notaries trusted (none by default)."""
     return {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/root"),
-        "RUST_LOG": "info",
-        "CONDUIT_SERVER_NAME": f"127.0.0.1:{port}",
+        # Key fetching and verification failures are logged at debug: shown with a failing test.
+        "RUST_LOG": "info,hearth::transport=debug,hearth::api=debug",
+        "CONDUIT_SERVER_NAME": f"{host}:{port}",
         "CONDUIT_DATABASE_PATH": str(database),
-        "CONDUIT_ADDRESS": "127.0.0.1",
+        "CONDUIT_ADDRESS": host,
         "CONDUIT_PORT": str(port),
         "CONDUIT_ALLOW_REGISTRATION": "true",
         "CONDUIT_REGISTRATION_TOKEN": HEARTH_REGISTRATION_TOKEN,
@@ -287,8 +305,27 @@ def hearth_env(database: Path, port: int, pki: Pki) -> dict[str, str]:
         "CONDUIT_TLS_KEY": str(pki.leaf_key),
         "HEARTH_FEDERATION_CA_FILE": str(pki.ca_cert),
         "HEARTH_IP_RANGE_ALLOWLIST": '["127.0.0.1/32"]',
-        "HEARTH_TRUSTED_SERVERS": "[]",
+        "HEARTH_TRUSTED_SERVERS": json.dumps(trusted_servers or []),
     }
+
+
+def start_hearth(
+    workdir: Path,
+    pki: Pki,
+    host: str = "127.0.0.1",
+    trusted_servers: list[str] | None = None,
+    kind: str = "hearth",
+) -> Server:
+    binary = hearth_binary()
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        pytest.fail(f"Hearth binary not found at {binary}: build it or set HEARTH_BIN", pytrace=False)
+    database = workdir / "db"
+    database.mkdir()
+    port = free_port(host)
+    env = hearth_env(database, port, pki, host=host, trusted_servers=trusted_servers)
+    server = Server(kind, [str(binary)], env, workdir, port, pki, log_files=[], host=host)
+    server.start()
+    return server
 
 
 def synapse_log_config(log_path: Path) -> dict:
@@ -338,7 +375,7 @@ def synapse_config(data: Path, port: int, pki: Pki) -> dict:
         # blocklist alone. The legacy federation_ip_range_blacklist replaces the blocklist for
         # federation (0.0.0.0 and :: stay blocked); the whitelist covers the other clients.
         "federation_ip_range_blacklist": [],
-        "ip_range_whitelist": ["127.0.0.1"],
+        "ip_range_whitelist": ["127.0.0.1", "127.0.0.2"],
         "trusted_key_servers": [],
         "suppress_key_server_warning": True,
         "database": {"name": "sqlite3", "args": {"database": str(data / "homeserver.db")}},
