@@ -1,22 +1,21 @@
 """Fixtures for the federation interop tests: one Hearth and one real Synapse, talking
-to each other over TLS on loopback.
+to each other over TLS on loopback (helpers in interop.py).
 
 * `pki`: a throw-away CA and one leaf certificate for IPs 127.0.0.1 and 127.0.0.2 (and DNS
-  `localhost`),
-  made with `cryptography` into a temp dir. Both servers serve the same leaf; each trusts
-  the CA for its outbound federation requests (Hearth: `HEARTH_FEDERATION_CA_FILE`,
-  Synapse: `federation_custom_ca_list`), and the tests trust it too.
+  `localhost`), made with `cryptography` into a temp dir. Every server serves the same leaf;
+  each trusts the CA for its outbound federation requests (Hearth:
+  `HEARTH_FEDERATION_CA_FILE`, Synapse: `federation_custom_ca_list`), and the tests trust it.
 * `hearth`: the built binary (`$HEARTH_BIN`, else `$CARGO_TARGET_DIR/debug/hearth`), server
-  name `127.0.0.1:<port>`, TLS with the leaf, loopback allowed for outbound requests, no
-  trusted key servers.
+  name `127.0.0.1:<port>`, TLS with the leaf, 127.0.0.1/32 admitted by its outbound address
+  policy, no trusted key servers.
 * `synapse`: `python -m synapse.app.homeserver` of this venv (matrix-synapse pinned in
   requirements.txt), server name `127.0.0.1:<port>`, one TLS listener for client and
   federation, SQLite, the bench's rate limits (bench/synapse/homeserver.yaml.in), no
-  trusted key servers, loopback admitted by `ip_range_whitelist`.
+  trusted key servers, loopback reachable (`federation_ip_range_blacklist: []`).
 
 Both are module-scoped: each test module starts one of each. A server name that is an IP
 literal with a port is used as is by both (no .well-known, no SRV), so no DNS is needed.
-When a test fails, both servers' logs are attached to its report.
+When a test fails, the logs of every server still up are attached to its report.
 """
 
 from __future__ import annotations
