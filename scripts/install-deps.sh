@@ -4,7 +4,8 @@
 #   - libclang, which bindgen loads to generate RocksDB's bindings (libclang-dev);
 #   - a C and a C++ compiler that build RocksDB's and SQLite's sources (gcc, g++);
 #   - curl, with which the scripts wait for a started Hearth to answer;
-#   - a python3 that can make venvs (python3-venv), then the venv of the client tests.
+#   - a python3 that can make venvs (python3-venv), then the venv of the client tests and
+#     that of the federation tests (a real Synapse, from wheels).
 # Idempotent. `--build-only` stops after what `cargo build` needs (the README's run command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,3 +42,5 @@ compiles c++ "${CXX:-c++}" || { echo "install-deps: the C++ compiler '${CXX:-c++
 python_can_make_venvs "${PYTHON:-python3}" || { echo "install-deps: '${PYTHON:-python3}' cannot make venvs" >&2; exit 1; }
 
 bash scripts/setup-python.sh >/dev/null
+bash scripts/setup-python.sh tests/federation/requirements.txt \
+    "${HEARTH_SYNAPSE_VENV:-$HOME/.cache/hearth-synapse-venv}" >/dev/null

@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Create (or refresh) the Python venv used by the real-client tests in
-# tests/clients, and print its path on the last line of stdout.
+# Create (or refresh) a Python venv for one of the Python test suites, and print
+# its path on the last line of stdout.
 #
-# The venv lives at ${HEARTH_VENV:-$HOME/.cache/hearth-venv}. It is (re)built
-# when it is missing, broken, or when tests/clients/requirements.txt changed
-# since the last successful install (tracked by a sha256 stamp file inside the
-# venv). Only the machine's `python3 -m venv` and PyPI are used.
+#   scripts/setup-python.sh [REQUIREMENTS [VENV]]
+#
+# Without arguments: the real-client tests' venv, tests/clients/requirements.txt
+# into ${HEARTH_VENV:-$HOME/.cache/hearth-venv}. The federation tests pass their own
+# requirements file and venv (Synapse must not share a venv with matrix-nio); a
+# requirements file may hold pip options such as `--only-binary :all:`.
+#
+# The venv is (re)built when it is missing, broken, or when the requirements file
+# (or the python version) changed since the last successful install (tracked by a
+# sha256 stamp file inside the venv). Only the machine's `python3 -m venv` and PyPI
+# are used.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-requirements="$repo_root/tests/clients/requirements.txt"
-venv="${HEARTH_VENV:-$HOME/.cache/hearth-venv}"
+requirements="${1:-$repo_root/tests/clients/requirements.txt}"
+venv="${2:-${HEARTH_VENV:-$HOME/.cache/hearth-venv}}"
 stamp="$venv/.hearth-requirements.sha256"
 python="${PYTHON:-python3}"
 

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hearth-target}"
 VENV="${HEARTH_VENV:-$HOME/.cache/hearth-venv}"
+SYNAPSE_VENV="${HEARTH_SYNAPSE_VENV:-$HOME/.cache/hearth-synapse-venv}"
 
 # The checks scripts/install-deps.sh makes, on fake directory trees.
 bash scripts/test-deps.sh
@@ -22,5 +23,7 @@ export HEARTH_BIN="$CARGO_TARGET_DIR/debug/hearth"
 bash scripts/validate-deploy.sh --binary "$HEARTH_BIN"
 # Every client-server operation of the spec, fuzzed: no input may get a 5xx.
 bash scripts/fuzz-api.sh
-# Real Matrix clients against the built binary; its summary line closes the run.
+# Real Matrix clients against the built binary.
 "$VENV/bin/python" -m pytest -q tests/clients
+# Federation with a real Synapse over TLS (its own venv); its summary line closes the run.
+"$SYNAPSE_VENV/bin/python" -m pytest -q tests/federation
