@@ -81,22 +81,10 @@ def test_asker_cannot_reach_origin_directly(asker: Server, origin: Server):
     assert docs == [], answer
 
 
-# Bug 1 (Hearth, any notary): transport/keys.rs `keep()` checks "every current key signed
-# the document" with ruma::signatures::verify_json and a key map holding only the origin.
-# ruma-signatures 0.22.1's verify_json checks every entity under `signatures` and fails with
-# NoPublicKeysForEntity for one missing from the map; a notary's answer always carries the
-# notary's signature too, so every document from a notary is refused. Asker log:
-#   DEBUG ... a notary's key document was refused server=127.0.0.2:<p> notary=127.0.0.1:<q>
-#   error=M_UNKNOWN: 127.0.0.2:<p>'s key document: signature of ed25519:<id>:
-#   Could not find public keys for entity "127.0.0.1:<q>"
-NOTARY_SIGNATURE_BUG = (
-    "Hearth refuses every key document from a notary: keep() verifies the origin's signature "
-    "with ruma verify_json and a key map of the origin alone, and verify_json fails on the "
-    'notary\'s own signature ("Could not find public keys for entity <notary>")'
-)
-
-
-@pytest.mark.xfail(strict=True, raises=HttpError, reason=NOTARY_SIGNATURE_BUG)
+# Both bugs this module found are fixed (transport/keys.rs): a notary's answer was refused
+# because the origin's signature was checked with the notary's signature still on the
+# document (ruma's verify_json checks every signer), and Hearth asked its notary for "all"
+# of a server's keys, which Synapse answers from its cache only. These two tests pin both.
 def test_hearth_verifies_origin_with_key_synapse_has_cached(
     synapse: Server, origin: Server, asker: Server, asker_user: User
 ):
@@ -111,24 +99,8 @@ def test_hearth_verifies_origin_with_key_synapse_has_cached(
     assert profile.get("displayname") == ASKER_DISPLAYNAME, profile
 
 
-# Bug 2 (Hearth with a Synapse notary, e.g. the default matrix.org): fetch_from_notary asks
-# for all of a server's keys, POST /_matrix/key/v2/query {"server_keys": {"<server>": {}}}.
-# Synapse 1.163 answers a query naming no key ids from its cache only and never asks the
-# origin (remote_key_resource.py query_keys: `if not query[server_name]: ... continue`), so
-# for a server it has not seen the answer is {"server_keys": []}. Synapse log:
-#   remote_key_resource INFO POST-2 Handling query for keys {'127.0.0.2:<p>': {}}
-#   ... 18B 200 "POST /_matrix/key/v2/query HTTP/1.1" "Hearth/0.1.0"
-# Synapse's own client names the key ids (from the X-Matrix header), each with
-# minimum_valid_until_ts. Bug 1 also fails this test; fixing both is needed for it to pass.
-@pytest.mark.xfail(
-    strict=True,
-    raises=HttpError,
-    reason=(
-        "Hearth asks its notary for all of a server's keys ({\"server_keys\": {\"<server>\": {}}}); "
-        "Synapse answers that from its cache only, so on first contact it returns no document "
-        "(and any document would still be refused: " + NOTARY_SIGNATURE_BUG + ")"
-    ),
-)
+# Hearth names the key ids it needs (from the X-Matrix header) with minimum_valid_until_ts,
+# as Synapse's own client does, so Synapse fetches the origin's keys on first contact.
 def test_hearth_verifies_origin_through_synapse_notary_on_first_contact(
     origin: Server, asker: Server, asker_user: User
 ):

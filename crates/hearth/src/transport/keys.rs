@@ -108,7 +108,7 @@ impl ServerKeys {
             if found.len() >= key_ids.len() {
                 break;
             }
-            if let Err(e) = self.fetch_from_notary(notary, server).await {
+            if let Err(e) = self.fetch_from_notary(notary, server, key_ids, ts).await {
                 tracing::debug!(%server, %notary, error = %e, "cannot fetch keys from the notary");
             }
             found = self.cached(server, key_ids, ts)?;
@@ -150,11 +150,21 @@ impl ServerKeys {
         self.keep(server, doc, None)
     }
 
-    /// Asks `notary` for `server`'s keys, and keeps what verifies.
-    pub async fn fetch_from_notary(&self, notary: &ServerName, server: &ServerName) -> Result<()> {
+    /// Asks `notary` for `server`'s keys `key_ids`, valid at least until `valid_at`, and
+    /// keeps what verifies. The key ids are named: Synapse answers a query for "all keys"
+    /// from its cache only and never asks the origin for them.
+    pub async fn fetch_from_notary(
+        &self,
+        notary: &ServerName,
+        server: &ServerName,
+        key_ids: &[String],
+        valid_at: u64,
+    ) -> Result<()> {
         // The notary's own keys first, from the notary itself.
         let notary_keys = self.keys_for_notary(notary).await?;
-        let body = serde_json::json!({ "server_keys": { server.as_str(): {} } });
+        let criteria: serde_json::Map<String, Value> =
+            key_ids.iter().map(|id| (id.clone(), serde_json::json!({ "minimum_valid_until_ts": valid_at }))).collect();
+        let body = serde_json::json!({ "server_keys": { server.as_str(): criteria } });
         let fetched = self
             .client
             .request(
@@ -223,22 +233,22 @@ impl ServerKeys {
         if keys.is_empty() {
             return Err(refuse("it lists no key".into()));
         }
-        // Every current key must have signed the document.
+        // Every current key must have signed the document. `verify_json` checks every
+        // server that signed, so each check sees only the signatures of the one it is about
+        // (a notary's document carries the notary's signature too).
+        let own = signed_only_by(&doc, server.as_str());
         for (id, k) in &keys {
             let key = Base64::parse(&k.key).map_err(|e| refuse(format!("key {id}: {e}")))?;
             let map = BTreeMap::from([(server.to_string(), BTreeMap::from([(id.clone(), key)]))]);
-            ruma::signatures::verify_json(&map, &doc).map_err(|e| refuse(format!("signature of {id}: {e}")))?;
+            ruma::signatures::verify_json(&map, &own).map_err(|e| refuse(format!("signature of {id}: {e}")))?;
         }
-        // Only the document's own bytes are kept: without the notary's signature.
-        let mut kept_doc = doc.clone();
         if let Some((notary, notary_keys)) = via {
             let map = BTreeMap::from([(notary.to_string(), notary_keys.clone())]);
-            ruma::signatures::verify_json(&map, &doc)
+            ruma::signatures::verify_json(&map, &signed_only_by(&doc, notary.as_str()))
                 .map_err(|e| refuse(format!("notary {notary}'s signature: {e}")))?;
-            if let Some(CanonicalJsonValue::Object(sigs)) = kept_doc.get_mut("signatures") {
-                sigs.retain(|name, _| name == server.as_str());
-            }
         }
+        // Only the document as the origin signed it is kept, without a notary's signature.
+        let kept_doc = own;
         let mut batch = Batch::new();
         for (id, key) in keys.iter().chain(&old) {
             let cached = REMOTE_KEYS.get(&self.store, (server.as_str(), id.as_str()))?;
@@ -272,6 +282,15 @@ impl ServerKeys {
         let doc: Value = serde_json::from_slice(&bytes).unwrap_or_default();
         Ok(doc.get("valid_until_ts").and_then(Value::as_u64).unwrap_or(0))
     }
+}
+
+/// `doc` with the signatures of `signer` alone.
+fn signed_only_by(doc: &CanonicalJsonObject, signer: &str) -> CanonicalJsonObject {
+    let mut copy = doc.clone();
+    if let Some(CanonicalJsonValue::Object(sigs)) = copy.get_mut("signatures") {
+        sigs.retain(|name, _| name == signer);
+    }
+    copy
 }
 
 /// The keys under `field` (`verify_keys` or `old_verify_keys`) of a key document.
