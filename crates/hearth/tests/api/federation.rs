@@ -152,6 +152,55 @@ fn x_matrix(key: &Ed25519KeyPair, origin: &str, destination: &str, uri: &str) ->
     XMatrix::sign_http_request(&request, input).expect("sign").to_string()
 }
 
+/// A client of a.test finds a room of b.test by its alias and in b.test's public
+/// directory: a.test asks b.test (`query/directory`, `publicRooms`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_aliases_and_public_rooms_are_asked_of_their_server() {
+    let p = pair().await;
+    let (_, bob_token, _) = p.b.register("bob", "a long password").await;
+    let (status, created) =
+        p.b.post(
+            "/_matrix/client/v3/createRoom",
+            Some(&bob_token),
+            json!({"room_alias_name": "lobby", "visibility": "public", "name": "The Lobby"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let room_id = created["room_id"].as_str().expect("room id");
+
+    let (_, alice_token, _) = p.a.register("alice", "a long password").await;
+    let (status, alias) = p.a.get("/_matrix/client/v3/directory/room/%23lobby%3Ab.test", Some(&alice_token)).await;
+    assert_eq!(status, StatusCode::OK, "{alias}");
+    assert_eq!(alias["room_id"], room_id);
+    assert_eq!(alias["servers"], json!(["b.test"]));
+    let (status, missing) = p.a.get("/_matrix/client/v3/directory/room/%23nope%3Ab.test", Some(&alice_token)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+
+    let (status, dir) = p.a.get("/_matrix/client/v3/publicRooms?server=b.test", Some(&alice_token)).await;
+    assert_eq!(status, StatusCode::OK, "{dir}");
+    assert_eq!(dir["chunk"][0]["room_id"], room_id, "{dir}");
+    assert_eq!(dir["chunk"][0]["name"], "The Lobby");
+    let (status, found) =
+        p.a.post(
+            "/_matrix/client/v3/publicRooms?server=b.test",
+            Some(&alice_token),
+            json!({"filter": {"generic_search_term": "lobb"}}),
+        )
+        .await;
+    assert_eq!((status, found["chunk"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)), "{found}");
+    let (_, none) =
+        p.a.post(
+            "/_matrix/client/v3/publicRooms?server=b.test",
+            Some(&alice_token),
+            json!({"filter": {"generic_search_term": "zzz"}}),
+        )
+        .await;
+    assert_eq!(none["chunk"], json!([]), "{none}");
+    // a.test's own directory is empty: the room is b.test's.
+    let (_, own) = p.a.get("/_matrix/client/v3/publicRooms", Some(&alice_token)).await;
+    assert_eq!(own["chunk"], json!([]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_malformed_and_forged_x_matrix_are_401() {
     let p = pair().await;

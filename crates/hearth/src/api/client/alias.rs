@@ -14,9 +14,13 @@ use crate::{
 };
 
 /// `GET /_matrix/client/v3/directory/room/{roomAlias}`
+///
+/// A remote alias is asked of its server.
 pub async fn get_alias(s: Arc<Services>, req: Ruma<get_alias::v3::Request>) -> Result<get_alias::v3::Response> {
-    let room_id = s.rooms.known_alias(&req.body.room_alias)?;
-    Ok(get_alias::v3::Response::new(room_id, vec![s.config.server_name.clone()]))
+    let servers = s.config.allow_federation.then_some(&*s.transport.servers);
+    let (room_id, via) =
+        crate::federation::query::room_alias(&s.rooms, servers, &s.config.server_name, &req.body.room_alias).await?;
+    Ok(get_alias::v3::Response::new(room_id, via))
 }
 
 /// `PUT /_matrix/client/v3/directory/room/{roomAlias}`

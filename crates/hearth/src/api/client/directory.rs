@@ -16,12 +16,24 @@ use crate::{
     Services,
 };
 
+/// A page of this server's directory, or of `server`'s (`?server=`), asked over federation.
+async fn page(
+    s: &Services,
+    server: Option<&ruma::ServerName>,
+    term: Option<&str>,
+    since: Option<&str>,
+    limit: Option<UInt>,
+) -> Result<crate::rooms::directory::Listing> {
+    let servers = s.config.allow_federation.then_some(&*s.transport.servers);
+    crate::federation::query::public_rooms(&s.rooms, servers, &s.config.server_name, server, term, since, limit).await
+}
+
 /// `GET /_matrix/client/v3/publicRooms`
 pub async fn get_public_rooms(
     s: Arc<Services>,
     req: Ruma<get_public_rooms::v3::Request>,
 ) -> Result<get_public_rooms::v3::Response> {
-    let page = s.rooms.public_rooms(None, req.body.since.as_deref(), req.body.limit)?;
+    let page = page(&s, req.body.server.as_deref(), None, req.body.since.as_deref(), req.body.limit).await?;
     let mut res = get_public_rooms::v3::Response::new(page.chunk);
     res.next_batch = page.next;
     res.prev_batch = page.prev;
@@ -36,7 +48,7 @@ pub async fn get_public_rooms_filtered(
 ) -> Result<get_public_rooms_filtered::v3::Response> {
     req.caller()?;
     let term = req.body.filter.generic_search_term.as_deref();
-    let page = s.rooms.public_rooms(term, req.body.since.as_deref(), req.body.limit)?;
+    let page = page(&s, req.body.server.as_deref(), term, req.body.since.as_deref(), req.body.limit).await?;
     let mut res = get_public_rooms_filtered::v3::Response::new();
     res.chunk = page.chunk;
     res.next_batch = page.next;

@@ -4,6 +4,7 @@
 //! `allow_federation` is off, none of these routes exist (404 `M_UNRECOGNIZED`), as on
 //! Conduit; the key endpoints (`api/key.rs`) stay, since they only publish public keys.
 
+pub mod directory;
 pub mod query;
 pub mod version;
 
@@ -18,5 +19,10 @@ pub fn routes(allow_federation: bool) -> Router<Arc<Services>> {
     if !allow_federation {
         return Router::new();
     }
-    Router::new().ruma(version::get_server_version).ruma(query::get_profile_information)
+    Router::new()
+        .ruma(version::get_server_version)
+        .ruma(query::get_profile_information)
+        .ruma(query::get_room_information)
+        .ruma(directory::get_public_rooms)
+        .ruma(directory::get_public_rooms_filtered)
 }

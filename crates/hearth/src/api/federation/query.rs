@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ruma::api::federation::query::get_profile_information;
+use ruma::api::federation::query::{get_profile_information, get_room_information};
 
 use crate::{
     api::Ruma,
@@ -32,4 +32,20 @@ pub async fn get_profile_information(
         res.set(field, value);
     }
     Ok(res)
+}
+
+/// `GET /_matrix/federation/v1/query/directory`
+///
+/// The room a local alias names, with this server to join through.
+pub async fn get_room_information(
+    s: Arc<Services>,
+    req: Ruma<get_room_information::v1::Request>,
+) -> Result<get_room_information::v1::Response> {
+    let _origin = req.origin()?;
+    let alias = &req.body.room_alias;
+    if alias.server_name() != s.config.server_name {
+        return Err(Error::not_found("Room alias not found on this server"));
+    }
+    let (room_id, servers) = crate::federation::query::room_alias(&s.rooms, None, &s.config.server_name, alias).await?;
+    Ok(get_room_information::v1::Response::new(room_id, servers))
 }
