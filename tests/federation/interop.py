@@ -378,6 +378,10 @@ def synapse_config(data: Path, port: int, pki: Pki) -> dict:
         "ip_range_whitelist": ["127.0.0.1", "127.0.0.2"],
         "trusted_key_servers": [],
         "suppress_key_server_warning": True,
+        # Off by default in Synapse: its public room directory is not served over federation.
+        "allow_public_rooms_over_federation": True,
+        # Synapse's default publishes no room in its directory (deny all); allow every user.
+        "room_list_publication_rules": [{"action": "allow"}],
         "database": {"name": "sqlite3", "args": {"database": str(data / "homeserver.db")}},
         "log_config": str(data / "log.config"),
         "media_store_path": str(data / "media_store"),

@@ -11,6 +11,7 @@ own signature. Nothing here asserts on time; every wait is a poll with a deadlin
 
 from __future__ import annotations
 
+import time
 import urllib.parse
 
 import pytest
@@ -137,3 +138,63 @@ def test_synapse_notary_serves_hearth_keys_signed_by_hearth(hearth: Server, syna
         assert set(hearth_keys) <= set(doc["verify_keys"]), doc
         assert_signed_by(doc, hearth, hearth_keys)
         assert_signed_by(doc, synapse, synapse_keys)
+
+
+def create_public_room(server: Server, user: User, alias_local: str, name: str) -> str:
+    answer = server.call(
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        {"room_alias_name": alias_local, "visibility": "public", "name": name},
+        token=user.access_token,
+    )
+    return answer["room_id"]
+
+
+def alias_path(alias: str) -> str:
+    return f"/_matrix/client/v3/directory/room/{urllib.parse.quote(alias)}"
+
+
+def test_synapse_user_resolves_a_hearth_alias(hearth: Server, synapse: Server, hearth_user, synapse_user):
+    """Synapse asks Hearth (`query/directory`) for an alias of Hearth's."""
+    room_id = create_public_room(hearth, hearth_user, "hearth-lobby", "Hearth Lobby")
+    answer = synapse.call("GET", alias_path(f"#hearth-lobby:{hearth.server_name}"), token=synapse_user.access_token)
+    assert answer["room_id"] == room_id, answer
+    assert hearth.server_name in answer["servers"], answer
+
+
+def test_hearth_user_resolves_a_synapse_alias(hearth: Server, synapse: Server, hearth_user, synapse_user):
+    """Hearth asks Synapse (`query/directory`, signed) for an alias of Synapse's."""
+    room_id = create_public_room(synapse, synapse_user, "synapse-lobby", "Synapse Lobby")
+    answer = hearth.call("GET", alias_path(f"#synapse-lobby:{synapse.server_name}"), token=hearth_user.access_token)
+    assert answer["room_id"] == room_id, answer
+    assert synapse.server_name in answer["servers"], answer
+
+
+def public_room_names(server: Server, user: User, of: Server, term: str | None = None) -> set[str]:
+    path = f"/_matrix/client/v3/publicRooms?server={urllib.parse.quote(of.server_name)}"
+    if term is None:
+        answer = server.call("GET", path, token=user.access_token)
+    else:
+        answer = server.call("POST", path, {"filter": {"generic_search_term": term}}, token=user.access_token)
+    return {room.get("name") for room in answer["chunk"]}
+
+
+def test_each_browses_the_others_public_rooms(hearth: Server, synapse: Server, hearth_user, synapse_user):
+    """Each server's client lists the other's public directory over federation
+    (`publicRooms`, signed both ways), with and without a search term."""
+    create_public_room(hearth, hearth_user, "hearth-hall", "Hearth Hall")
+    create_public_room(synapse, synapse_user, "synapse-hall", "Synapse Hall")
+    # Synapse lists a new room once its background room statistics have caught up (and
+    # caches directory pages briefly): wait for its own client to see it first.
+    deadline = time.monotonic() + 60
+    own_list = lambda: synapse.call("GET", "/_matrix/client/v3/publicRooms", token=synapse_user.access_token)
+    while "Synapse Hall" not in {r.get("name") for r in own_list()["chunk"]}:
+        assert time.monotonic() < deadline, "Synapse never listed its own new public room"
+        time.sleep(0.5)
+    deadline = time.monotonic() + 60
+    while "Synapse Hall" not in public_room_names(hearth, hearth_user, synapse):
+        assert time.monotonic() < deadline, "Hearth never saw Synapse's public room"
+        time.sleep(0.5)
+    assert public_room_names(hearth, hearth_user, synapse, "synapse hall") == {"Synapse Hall"}
+    assert "Hearth Hall" in public_room_names(synapse, synapse_user, hearth)
+    assert public_room_names(synapse, synapse_user, hearth, "hearth hall") == {"Hearth Hall"}
