@@ -87,6 +87,8 @@ pub const BACKUP_KEYS: &str = "backup_keys";
 pub const REMOTE_SERVER_KEYS: &str = "remote_server_keys";
 /// Server name → its last key document, as it signed it (served again as a notary).
 pub const REMOTE_KEY_DOCUMENTS: &str = "remote_key_documents";
+/// SHA-256 of an OpenID token → the user it was issued to and its expiry.
+pub const OPENID_TOKENS: &str = "openid_tokens";
 pub const ALL: &[&str] = &[
     META_NAME,
     ACCOUNTS,
@@ -128,6 +130,7 @@ pub const ALL: &[&str] = &[
     BACKUP_KEYS,
     REMOTE_SERVER_KEYS,
     REMOTE_KEY_DOCUMENTS,
+    OPENID_TOKENS,
 ];
 
 /// The meta table is the store's own (schema version lives there).

@@ -59,12 +59,12 @@ pub const MAX_DISPLAY_NAME: usize = 256;
 /// Longest client-chosen device id accepted.
 pub const MAX_DEVICE_ID: usize = 255;
 
-fn token_hash(token: &str) -> Vec<u8> {
+pub(crate) fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
 /// 32 random bytes, URL-safe base64.
-fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)

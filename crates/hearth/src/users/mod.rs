@@ -8,6 +8,7 @@
 pub mod account_data;
 pub mod devices;
 pub mod filters;
+pub mod openid;
 pub mod password;
 pub mod presence;
 pub mod profile;

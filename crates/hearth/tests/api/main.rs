@@ -11,6 +11,7 @@ mod ephemeral;
 mod errors;
 mod federation;
 mod login;
+mod openid;
 mod operator;
 mod outbound;
 mod processes;

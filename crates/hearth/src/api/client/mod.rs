@@ -12,6 +12,7 @@ mod filter;
 mod keys;
 mod membership;
 mod message;
+mod openid;
 mod presence;
 mod profile;
 mod push;
@@ -72,6 +73,7 @@ pub fn routes() -> Router<Arc<Services>> {
         .ruma(device::delete_device)
         .ruma(device::delete_devices)
         .ruma(profile::get_profile)
+        .ruma(openid::request_openid_token)
         .ruma(profile::get_display_name)
         .ruma(profile::set_display_name)
         .ruma(profile::get_avatar_url)

@@ -5,6 +5,7 @@
 //! Conduit; the key endpoints (`api/key.rs`) stay, since they only publish public keys.
 
 pub mod directory;
+pub mod openid;
 pub mod query;
 pub mod version;
 
@@ -25,4 +26,5 @@ pub fn routes(allow_federation: bool) -> Router<Arc<Services>> {
         .ruma(query::get_room_information)
         .ruma(directory::get_public_rooms)
         .ruma(directory::get_public_rooms_filtered)
+        .ruma(openid::get_openid_userinfo)
 }
