@@ -76,6 +76,9 @@ pub struct ServerKeys {
     client: Arc<ServerClient>,
     own: Arc<ServerKey>,
     trusted: Vec<OwnedServerName>,
+    /// One fetch per server at a time: a burst of requests from a server whose keys are not
+    /// cached waits for one fetch instead of making one each.
+    fetching: parking_lot::Mutex<BTreeMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl ServerKeys {
@@ -85,7 +88,7 @@ impl ServerKeys {
         own: Arc<ServerKey>,
         trusted: Vec<OwnedServerName>,
     ) -> Self {
-        ServerKeys { store, client, own, trusted }
+        ServerKeys { store, client, own, trusted, fetching: Default::default() }
     }
 
     /// The keys of `server` named by `key_ids` that verify a signature made at `ts`, fetched
@@ -98,6 +101,13 @@ impl ServerKeys {
             return Ok(BTreeMap::from([(server.to_string(), set)]));
         }
         let mut found = self.cached(server, key_ids, ts)?;
+        if found.len() >= key_ids.len() {
+            return Ok(BTreeMap::from([(server.to_string(), found)]));
+        }
+        let turn = self.fetching.lock().entry(server.to_owned()).or_default().clone();
+        let _fetching = turn.lock().await;
+        // Another request may have fetched them while this one waited.
+        found = self.cached(server, key_ids, ts)?;
         if found.len() < key_ids.len() {
             if let Err(e) = self.fetch_from_origin(server).await {
                 tracing::debug!(%server, error = %e, "cannot fetch keys from the origin");
@@ -113,6 +123,14 @@ impl ServerKeys {
             }
             found = self.cached(server, key_ids, ts)?;
         }
+        drop(_fetching);
+        // Forget the turn once nobody waits for it, so the map does not grow with every
+        // server ever seen.
+        let mut fetching = self.fetching.lock();
+        if fetching.get(server).is_some_and(|t| Arc::strong_count(t) <= 2) {
+            fetching.remove(server);
+        }
+        drop(fetching);
         Ok(BTreeMap::from([(server.to_string(), found)]))
     }
 

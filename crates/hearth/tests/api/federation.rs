@@ -275,3 +275,25 @@ async fn unsigned_version_and_key_endpoints() {
     names.sort();
     assert_eq!(names, ["a.test", "b.test"]);
 }
+
+/// A burst of signed requests from a server whose keys are not cached yet: all are
+/// answered, and the origin is asked for its keys once, not once per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_from_a_new_server_fetches_its_keys_once() {
+    let p = pair().await;
+    p.b.register("bob", "a long password").await;
+    let path = "/_matrix/federation/v1/query/profile?user_id=%40bob%3Ab.test";
+    let b_name = name("b.test");
+    let sends = (0..8).map(|_| servers(&p.a).request(&b_name, ServerRequest::get(path)));
+    for got in futures_util::future::join_all(sends).await {
+        assert_eq!(got.expect("request").status, 200);
+    }
+    // a.test's own count of `GET /_matrix/key/v2/server` served (its metrics text).
+    let text = p.a.services().metrics.render(&[], &[]);
+    let fetches: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("hearth_http_requests_total") && l.contains("/_matrix/key/v2/server"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(fetches, 1, "{text}");
+}
