@@ -48,6 +48,10 @@ use tokio_rustls::{server::TlsStream, TlsAcceptor};
 
 /// How long a client may take to finish its TLS handshake after connecting.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most TLS handshakes in progress at once. Past it, new connections wait in the kernel's
+/// listen backlog until one finishes or times out: a flood of silent connections costs at
+/// most this many tasks, not one per connection.
+pub const MAX_PENDING_HANDSHAKES: usize = 512;
 
 /// A problem with the TLS files, worded for the operator: names the key, the file and what
 /// is wrong with it.
@@ -262,6 +266,9 @@ pub struct TlsListener {
     acceptor: TlsAcceptor,
     handshakes: JoinSet<Handshake>,
     handshake_timeout: Duration,
+    max_pending: usize,
+    /// The most handshakes that were ever in progress at once (for tests).
+    peak_pending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl TlsListener {
@@ -271,6 +278,8 @@ impl TlsListener {
             acceptor: TlsAcceptor::from(config),
             handshakes: JoinSet::new(),
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            max_pending: MAX_PENDING_HANDSHAKES,
+            peak_pending: Default::default(),
         }
     }
 }
@@ -298,10 +307,11 @@ impl axum::serve::Listener for TlsListener {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             tokio::select! {
-                accepted = self.tcp.accept() => match accepted {
+                accepted = self.tcp.accept(), if self.handshakes.len() < self.max_pending => match accepted {
                     Ok((tcp, peer)) => {
                         let limit = self.handshake_timeout;
                         self.handshakes.spawn(handshake(self.acceptor.clone(), tcp, peer, limit));
+                        self.peak_pending.fetch_max(self.handshakes.len(), std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(e) => accept_failed(e).await,
                 },
@@ -421,6 +431,91 @@ mod tests {
         let read = read.expect("the server hangs up instead of waiting forever");
         assert!(matches!(read, Ok(0) | Err(_)), "no handshake, so no bytes: {read:?}");
         accepting.abort();
+    }
+
+    /// Silent connections beyond the cap wait in the backlog: no more handshake tasks than
+    /// the cap ever exist, and a real client is served once the silent ones time out.
+    #[tokio::test]
+    async fn pending_handshakes_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (certs, key) = write_pair(dir.path(), "a.example");
+        let config = server_config(Arc::new(ServerCert::load(&certs, &key).unwrap())).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener = TlsListener::new(tcp, config);
+        listener.handshake_timeout = Duration::from_millis(300);
+        listener.max_pending = 2;
+        let peak = listener.peak_pending.clone();
+        let (served_tx, mut served_rx) = tokio::sync::mpsc::unbounded_channel();
+        let accepting = tokio::spawn(async move {
+            loop {
+                let (conn, _) = axum::serve::Listener::accept(&mut listener).await;
+                let _ = served_tx.send(());
+                drop(conn);
+            }
+        });
+        let mut silent = Vec::new();
+        for _ in 0..6 {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // A real TLS client, behind the six silent ones (it accepts the test's self-signed
+        // certificate: what is tested is the server side).
+        let client = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let config =
+                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AcceptAny))
+                    .with_no_client_auth();
+            let name = rustls::pki_types::ServerName::try_from("a.example").unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map(|_| ())
+        });
+        tokio::time::timeout(Duration::from_secs(60), served_rx.recv()).await.expect("served").expect("open");
+        client.await.unwrap().expect("handshake");
+        assert!(peak.load(std::sync::atomic::Ordering::Relaxed) <= 2, "at most the cap at once");
+        drop(silent);
+        accepting.abort();
+    }
+
+    /// A test-only verifier that accepts any server certificate.
+    #[derive(Debug)]
+    struct AcceptAny;
+
+    impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        }
     }
 
     #[test]
