@@ -274,6 +274,14 @@ async fn unsigned_version_and_key_endpoints() {
         batch["server_keys"].as_array().expect("list").iter().filter_map(|d| d["server_name"].as_str()).collect();
     names.sort();
     assert_eq!(names, ["a.test", "b.test"]);
+
+    // A batch over the limit is refused before anything is fetched, and so is a server name
+    // that is not one.
+    let many: serde_json::Map<String, Value> = (0..101).map(|i| (format!("s{i}.test"), json!({}))).collect();
+    let (status, refused) = p.b.post("/_matrix/key/v2/query", None, json!({ "server_keys": many })).await;
+    assert_eq!((status, &refused["errcode"]), (StatusCode::BAD_REQUEST, &json!("M_INVALID_PARAM")), "{refused}");
+    let (status, _) = p.b.get("/_matrix/key/v2/query/not%20a%20server", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
 /// A burst of signed requests from a server whose keys are not cached yet: all are
