@@ -10,9 +10,12 @@ use hearth::transport::{
     policy::{default_denylist, AddressPolicy},
     resolve::{Destination, ResolveError, ServerResolver, WellKnown},
 };
-use ruma::ServerName;
+use ruma::{OwnedServerName, ServerName};
 
-use super::test_dns::{self, TestDns};
+use super::{
+    common::tls::TestCa,
+    test_dns::{self, TestDns},
+};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip")
@@ -103,4 +106,93 @@ async fn a_dns_server_that_does_not_answer_is_an_error_not_port_8448() {
         Err(ResolveError::Dns(e)) => assert!(e.contains("quiet.test"), "{e}"),
         other => panic!("expected a DNS error, got {other:?}"),
     }
+}
+
+/// An HTTPS server on `ip`:443 (loopback; the tests run as root) with a leaf of `ca` for
+/// `host`, answering `/.well-known/matrix/server` with `body` and `cache_control`.
+async fn well_known_server(ca: &TestCa, dir: &std::path::Path, ip: &str, host: &str, body: &str, cache_control: &str) {
+    let (certs, key) = (dir.join(format!("{host}.crt")), dir.join(format!("{host}.key")));
+    ca.leaf(host, &[host]).write(&certs, &key);
+    let cert = Arc::new(hearth::tls::ServerCert::load(&certs, &key).expect("leaf"));
+    let config = hearth::tls::server_config(cert).expect("TLS config");
+    let tcp = tokio::net::TcpListener::bind((ip, 443)).await.expect("bind :443 (the tests run as root)");
+    let listener = hearth::tls::TlsListener::new(tcp, config);
+    let (body, cache_control) = (body.to_owned(), cache_control.to_owned());
+    let app = axum::Router::new().route(
+        "/.well-known/matrix/server",
+        axum::routing::get(move || {
+            let (body, cache_control) = (body.clone(), cache_control.clone());
+            async move { ([(http::header::CACHE_CONTROL, cache_control)], body) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+}
+
+#[tokio::test]
+async fn well_known_delegation_is_followed_in_the_spec_order() {
+    let ca = TestCa::new("discovery test CA");
+    let files = tempfile::tempdir().expect("tempdir");
+    let dns = TestDns::start().await;
+    // 3.2: a delegated host with a port; Cache-Control honoured.
+    dns.address("ported.test", ip("127.0.0.31"));
+    well_known_server(
+        &ca,
+        files.path(),
+        "127.0.0.31",
+        "ported.test",
+        r#"{"m.server": "matrix.ported.test:8500"}"#,
+        "max-age=600",
+    )
+    .await;
+    // 3.3: a delegated host without a port, with an SRV record.
+    dns.address("srvd.test", ip("127.0.0.32"));
+    well_known_server(&ca, files.path(), "127.0.0.32", "srvd.test", r#"{"m.server": "fed.srvd.test"}"#, "no-store")
+        .await;
+    dns.srv("_matrix-fed._tcp.fed.srvd.test", 10, 0, 8700, "box.srvd.test");
+    // 3.1: an IP literal; 3.5: a delegated host with neither port nor SRV.
+    dns.address("literal.test", ip("127.0.0.33"));
+    well_known_server(&ca, files.path(), "127.0.0.33", "literal.test", r#"{"m.server": "127.0.0.99"}"#, "").await;
+    dns.address("plain.test", ip("127.0.0.34"));
+    well_known_server(&ca, files.path(), "127.0.0.34", "plain.test", r#"{"m.server": "fed.plain.test"}"#, "").await;
+    // An invalid document is no delegation: the name's own SRV record is used.
+    dns.address("broken.test", ip("127.0.0.35"));
+    well_known_server(&ca, files.path(), "127.0.0.35", "broken.test", r#"{"m.server": 12}"#, "").await;
+    dns.srv("_matrix-fed._tcp.broken.test", 10, 0, 8800, "box.broken.test");
+
+    let r = resolver(dns.addr, Some(ca.pem().as_bytes()));
+    assert_eq!(
+        r.resolve(name("ported.test")).await.expect("ok"),
+        dest("matrix.ported.test", 8500, "matrix.ported.test:8500", None)
+    );
+    assert_eq!(
+        r.resolve(name("srvd.test")).await.expect("ok"),
+        dest("fed.srvd.test", 8700, "fed.srvd.test", Some("box.srvd.test")),
+        "TLS and Host stay the delegated name; the SRV target is only where to connect"
+    );
+    assert_eq!(r.resolve(name("literal.test")).await.expect("ok"), dest("127.0.0.99", 8448, "127.0.0.99", None));
+    assert_eq!(r.resolve(name("plain.test")).await.expect("ok"), dest("fed.plain.test", 8448, "fed.plain.test", None));
+    assert_eq!(
+        r.resolve(name("broken.test")).await.expect("ok"),
+        dest("broken.test", 8800, "broken.test", Some("box.broken.test"))
+    );
+
+    let cached = r.cached();
+    let ttl = |host: &str| cached.iter().find(|c| c.host == host).map(|c| (c.value.clone(), c.expires_in));
+    let (value, expires_in) = ttl("ported.test").expect("cached");
+    assert_eq!(value, WellKnown::Delegated(OwnedServerName::try_from("matrix.ported.test:8500").expect("name")));
+    assert!(expires_in <= Duration::from_secs(600) && expires_in > Duration::from_secs(500), "{expires_in:?}");
+    let (_, expires_in) = ttl("plain.test").expect("cached");
+    assert!(expires_in > Duration::from_secs(23 * 3600), "24 h without Cache-Control: {expires_in:?}");
+    let (value, expires_in) = ttl("broken.test").expect("cached");
+    assert_eq!(value, WellKnown::None);
+    assert!(expires_in <= Duration::from_secs(300), "an invalid file is a failure, cached briefly");
+
+    // A server whose certificate this CA did not sign gives no delegation.
+    let other = TestCa::new("another CA");
+    dns.address("untrusted.test", ip("127.0.0.36"));
+    well_known_server(&other, files.path(), "127.0.0.36", "untrusted.test", r#"{"m.server": "evil.test:1"}"#, "").await;
+    assert_eq!(
+        r.resolve(name("untrusted.test")).await.expect("ok"),
+        dest("untrusted.test", 8448, "untrusted.test", None)
+    );
 }
