@@ -93,6 +93,15 @@ impl Error {
     }
 
     /// The errcode a client sees (used by logs and tests).
+    /// Adds a field to a Matrix error's body (e.g. `room_version` of
+    /// `M_INCOMPATIBLE_ROOM_VERSION`); other errors are left as they are.
+    pub fn with_field(mut self, key: &str, value: Value) -> Self {
+        if let Error::Matrix { extra, .. } = &mut self {
+            extra.insert(key.to_owned(), value);
+        }
+        self
+    }
+
     pub fn errcode(&self) -> &'static str {
         match self {
             Error::Matrix { errcode, .. } => errcode,

@@ -56,7 +56,7 @@ pub struct Services {
     pub users: Arc<Users>,
     pub uiaa: Uiaa,
     pub server_key: Arc<ServerKey>,
-    pub rooms: Rooms,
+    pub rooms: Arc<Rooms>,
     pub notifier: Arc<Notifier>,
     pub stream: Arc<Stream>,
     pub typing: Arc<Typing>,
@@ -76,6 +76,8 @@ pub struct Services {
     pub metrics: metrics::Metrics,
     /// Other servers: outbound requests, discovery, their signing keys.
     pub transport: transport::Transport,
+    /// What Hearth does with other servers: joins, transactions, the sender.
+    pub federation: federation::Federation,
 }
 
 impl Services {
@@ -97,8 +99,10 @@ impl Services {
                 .map_err(|e| StoreError::Other(format!("cannot load the stream: {e}")))?,
         );
         stream.start_syncer().map_err(|e| StoreError::Other(format!("cannot start the syncer thread: {e}")))?;
-        let rooms = Rooms::new(store.clone(), config.server_name.clone(), server_key.clone(), stream.clone())
-            .map_err(|e| StoreError::Other(format!("cannot load rooms: {e}")))?;
+        let rooms = Arc::new(
+            Rooms::new(store.clone(), config.server_name.clone(), server_key.clone(), stream.clone())
+                .map_err(|e| StoreError::Other(format!("cannot load rooms: {e}")))?,
+        );
         let typing = Typing::new(notifier.clone());
         let account_data = AccountData::new(store.clone(), stream.clone());
         let presence = Presence::new(store.clone(), stream.clone());
@@ -107,6 +111,14 @@ impl Services {
         let backup = Backup::new(store.clone());
         let transport = transport::Transport::new(&config, store.clone(), server_key.clone())
             .map_err(|e| StoreError::Other(format!("cannot set up outbound requests: {e}")))?;
+        let federation = federation::Federation::new(
+            rooms.clone(),
+            transport.servers.clone(),
+            transport.keys.clone(),
+            server_key.clone(),
+            store.clone(),
+            typing.clone(),
+        );
         let max_concurrent = config.max_concurrent_requests as usize;
         Ok(Arc::new(Services {
             config,
@@ -132,6 +144,7 @@ impl Services {
             registration_tokens,
             metrics: metrics::Metrics::default(),
             transport,
+            federation,
         }))
     }
 

@@ -235,6 +235,8 @@ pub struct Running {
     tls: Option<Arc<ServerCert>>,
     /// The worker that re-reads renewed TLS files, when TLS and reloading are on.
     tls_reload: Option<Worker>,
+    /// The federation sender, when federation is on.
+    sender: Option<Worker>,
 }
 
 impl Running {
@@ -284,6 +286,11 @@ impl Running {
             }
             _ => None,
         };
+        let sender = services.config.allow_federation.then(|| {
+            let sender = services.federation.sender.clone();
+            let stream = services.stream.clone();
+            Worker::spawn(move |stop| sender.run(stream, stop))
+        });
         let (tls, tls_config) = tls.unzip();
         let task = tokio::spawn(serve(services.clone(), listener, tls_config, async move {
             let _ = stopped.await;
@@ -291,7 +298,7 @@ impl Running {
                 let _ = tx.send(());
             }
         }));
-        Ok(Running { addr, metrics_addr, services, stop: Some(stop), task, presence, tls, tls_reload })
+        Ok(Running { addr, metrics_addr, services, stop: Some(stop), task, presence, tls, tls_reload, sender })
     }
 
     /// The certificate the main listener serves, when TLS is on.
@@ -309,6 +316,9 @@ impl Running {
         }
         if let Some(reload) = self.tls_reload.take() {
             reload.stop().await;
+        }
+        if let Some(sender) = self.sender.take() {
+            sender.stop().await;
         }
         self.task.await.map_err(std::io::Error::other)?
     }

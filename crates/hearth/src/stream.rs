@@ -437,6 +437,12 @@ impl Stream {
         self.after_durable(pos, || ())
     }
 
+    /// The durable watermark as it moves (with the count of failed syncs): what background
+    /// followers of the stream (the federation sender) wait on.
+    pub fn watch_durable(&self) -> tokio::sync::watch::Receiver<(u64, u64)> {
+        self.durable_tx.subscribe()
+    }
+
     /// Waits, without holding a thread, until `pos` is durable; the syncer thread (started
     /// by [`Stream::start_syncer`]) does the sync. Should that thread not have done it
     /// within half a second (gone, or stuck behind a very slow disk), the sync is also

@@ -12,7 +12,7 @@ pub use super::build::{
 };
 use super::{
     build::{check_limits, random_id, rules_for},
-    commit::{Append, Placement},
+    commit::{Append, Placement, StateBefore},
     pdu::Pdu,
     RoomHeads, RoomRecord, Rooms,
 };
@@ -46,10 +46,11 @@ impl Rooms {
         self.authorize_local(&built)?;
         let append = Append {
             pdu: built.pdu,
-            state_before: heads.snapshot,
+            state_before: StateBefore::Snapshot(heads.snapshot),
             placement: Placement::Timeline,
             txn,
             new_room: None,
+            resolved_current: None,
         };
         let written = self.commit(&mut counters, append)?;
         drop(counters);
@@ -76,10 +77,11 @@ impl Rooms {
         let record = RoomRecord { version: version.clone(), created_ts: now_millis() };
         let append = Append {
             pdu: built.pdu,
-            state_before: None,
+            state_before: StateBefore::Snapshot(None),
             placement: Placement::Timeline,
             txn: None,
             new_room: Some(record),
+            resolved_current: None,
         };
         let written = self.commit(&mut counters, append)?;
         drop(counters);

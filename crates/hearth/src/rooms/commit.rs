@@ -20,7 +20,8 @@ use serde_json::Value;
 use super::{
     build::TxnRef,
     pdu::Pdu,
-    state::{Interner, STATE_BEFORE_EVENT},
+    resolve::StateEvents,
+    state::{Interner, StateMap, STATE_BEFORE_EVENT},
     Counters, EventMeta, MembershipRecord, RelationEntry, RoomHeads, RoomRecord, Rooms, StreamEntry, TimelineEntry,
     EVENT_META, EVENT_STREAM, PDUS, RELATIONS, ROOMS, ROOM_HEADS, ROOM_MEMBERS, TIMELINE, TRANSACTIONS, USER_ROOMS,
 };
@@ -45,19 +46,39 @@ pub enum Placement {
     Outlier,
 }
 
+/// The state before an event, as the caller established it.
+#[derive(Debug, Clone)]
+pub enum StateBefore {
+    /// A stored snapshot (`None` before the create event): for a local event the current
+    /// state it was built on, for a remote one the state after its one prev event.
+    Snapshot(Option<u64>),
+    /// A state by event ids, written as a new snapshot (a diff from `parent`): the
+    /// resolved state of a remote event's prev events, or the state a join brought.
+    Events { parent: Option<u64>, state: StateEvents },
+    /// A state by short ids (the state after a remote event's one prev event), written as
+    /// a new snapshot (a diff from `parent`).
+    Map { parent: Option<u64>, map: Arc<StateMap> },
+}
+
 /// One append, described.
 pub struct Append<'a> {
     pub pdu: Pdu,
-    /// The state before the event (a snapshot; `None` before the create event), as the
-    /// caller established it: for a local event the current state it was built on, for a
-    /// remote one the state at its prev events.
-    pub state_before: Option<u64>,
+    pub state_before: StateBefore,
     pub placement: Placement,
     /// The local device's transaction, for idempotent sends.
     pub txn: Option<TxnRef<'a>>,
-    /// The record of the room this event creates (the `m.room.create` event).
+    /// The record of the room this event creates (the `m.room.create` event), or of a
+    /// remote room this server joins.
     pub new_room: Option<RoomRecord>,
+    /// For a timeline event on a fork of the room (its prev events were not all the forward
+    /// extremities): the room's current state after it, resolved by the caller. `None`: the
+    /// state before the event with the event applied.
+    pub resolved_current: Option<StateEvents>,
 }
+
+/// What a commit's batch decided: the user a member event is about, the room's new heads,
+/// the event's metadata and the snapshot of the state before it.
+type Committed = (Option<OwnedUserId>, RoomHeads, EventMeta, Option<u64>);
 
 /// An event written at a stream position, not yet known durable.
 pub(super) struct Written {
@@ -73,14 +94,16 @@ impl Rooms {
     /// stream position (not yet durable: see [`Rooms::finish`], called once the append
     /// lock is released).
     pub(super) fn commit(&self, counters: &mut Counters, append: Append<'_>) -> Result<Written> {
-        let Append { pdu, state_before, placement, txn, new_room } = append;
+        let Append { pdu, state_before, placement, txn, new_room, resolved_current } = append;
         let heads = self.heads(&pdu.room_id)?;
         let shared = Arc::new(pdu.clone());
-        let written = |_: u64, (target, heads, meta): &(Option<OwnedUserId>, RoomHeads, EventMeta)| {
-            self.written(shared, placement, target, state_before, heads, meta)
+        let mut reindexed: Vec<OwnedUserId> = Vec::new();
+        let written = |_: u64, (target, heads, meta, before): &Committed| {
+            self.written(shared, placement, target, *before, heads, meta)
         };
-        let (stream, (target, _, _)) = self.stream.commit_deferred_then(
+        let (stream, (target, _, _, _)) = self.stream.commit_deferred_then(
             |stream, batch| {
+                let reindexed = &mut reindexed;
                 let mut interner = Interner::new(&mut counters.next_short);
                 let short = interner.event(&self.store, batch, &pdu.event_id)?;
                 let json = serde_json::to_vec(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
@@ -91,11 +114,27 @@ impl Rooms {
                     short,
                     txn: txn.map(|t| (t.device_id.to_owned(), t.txn_id.to_owned())),
                     redacted_by: None,
+                    outlier: placement == Placement::Outlier,
+                    soft_failed: placement == Placement::SoftFailed,
                 };
                 EVENT_META.put(batch, pdu.event_id.as_str(), &meta);
                 if placement == Placement::Outlier {
-                    return Ok((None, heads.clone(), meta));
+                    return Ok((None, heads.clone(), meta, None));
                 }
+                let state_before = match &state_before {
+                    StateBefore::Snapshot(s) => *s,
+                    StateBefore::Events { parent, state } => {
+                        let s = self.write_state_events(batch, &mut interner, *parent, state)?;
+                        if new_room.is_some() {
+                            // A joined remote room: its members as the state names them.
+                            reindexed.extend(self.index_members(batch, &pdu.room_id, state, stream)?);
+                        }
+                        Some(s)
+                    }
+                    StateBefore::Map { parent, map } => {
+                        Some(self.state.write_map(batch, &mut interner, *parent, (**map).clone())?)
+                    }
+                };
                 if let Some(s) = state_before {
                     STATE_BEFORE_EVENT.put(batch, short, &s);
                 }
@@ -111,7 +150,7 @@ impl Rooms {
                 };
                 if placement == Placement::SoftFailed {
                     ROOM_HEADS.put(batch, pdu.room_id.as_str(), &new_heads);
-                    return Ok((None, new_heads, meta));
+                    return Ok((None, new_heads, meta, state_before));
                 }
                 new_heads.forward_extremities.push(pdu.event_id.clone());
                 new_heads.depth = new_heads.depth.max(pdu.depth);
@@ -120,6 +159,12 @@ impl Rooms {
                     let sk = interner.state_key(&self.store, batch, &pdu.kind.to_string(), key)?;
                     new_heads.snapshot =
                         Some(self.state.write_child(batch, &mut interner, state_before, vec![(sk, short)])?);
+                }
+                if let Some(current) = &resolved_current {
+                    new_heads.snapshot =
+                        Some(self.write_state_events(batch, &mut interner, new_heads.snapshot, current)?);
+                    // Resolution may have changed any membership.
+                    reindexed.extend(self.index_members(batch, &pdu.room_id, current, stream)?);
                 }
                 ROOM_HEADS.put(batch, pdu.room_id.as_str(), &new_heads);
                 let target = self.index_timeline_event(batch, &pdu, &json, stream)?;
@@ -131,11 +176,66 @@ impl Rooms {
                 if let Some(record) = &new_room {
                     ROOMS.put(batch, pdu.room_id.as_str(), record);
                 }
-                Ok((target, new_heads, meta))
+                Ok((target, new_heads, meta, state_before))
             },
             written,
         )?;
+        if !reindexed.is_empty() {
+            self.members.invalidate(&pdu.room_id);
+            for user in &reindexed {
+                self.members.invalidate_user(user);
+            }
+        }
         Ok(Written { pdu, stream, placement, target })
+    }
+
+    /// Writes a state given by event ids as a snapshot (a diff from `parent`).
+    fn write_state_events(
+        &self,
+        batch: &mut Batch,
+        interner: &mut Interner<'_>,
+        parent: Option<u64>,
+        state: &StateEvents,
+    ) -> Result<u64> {
+        let mut map = StateMap::new();
+        for ((ty, key), id) in state {
+            let sk = interner.state_key(&self.store, batch, &ty.to_string(), key)?;
+            map.insert(sk, interner.event(&self.store, batch, id)?);
+        }
+        self.state.write_map(batch, interner, parent, map)
+    }
+
+    /// Writes the membership indexes of every member a state names whose indexed
+    /// membership differs; returns those members.
+    fn index_members(
+        &self,
+        batch: &mut Batch,
+        room_id: &ruma::RoomId,
+        state: &StateEvents,
+        stream: u64,
+    ) -> Result<Vec<OwnedUserId>> {
+        let mut changed = Vec::new();
+        for ((ty, key), id) in state {
+            if *ty != ruma::events::StateEventType::RoomMember {
+                continue;
+            }
+            let Ok(user) = OwnedUserId::try_from(key.as_str()) else { continue };
+            let Some(pdu) = self.pdu_shared(id)? else { continue };
+            let Some(membership) =
+                pdu.content_value().get("membership").and_then(Value::as_str).map(MembershipState::from)
+            else {
+                continue;
+            };
+            let key = (room_id.as_str(), user.as_str());
+            if ROOM_MEMBERS.get(&self.store, key)?.as_ref() == Some(&membership) {
+                continue;
+            }
+            ROOM_MEMBERS.put(batch, key, &membership);
+            let record = MembershipRecord { membership, stream, event_id: id.clone() };
+            USER_ROOMS.put(batch, (user.as_str(), room_id.as_str()), &record);
+            changed.push(user);
+        }
+        Ok(changed)
     }
 
     /// The indexes of an event in the timeline: redaction, relations, the room's timeline
@@ -283,7 +383,14 @@ mod tests {
         let built = rooms.build(&record.version, Some(room), &heads, sender, &new).expect("build");
         rooms.authorize_local(&built).expect("allowed");
         let id = built.pdu.event_id.clone();
-        let append = Append { pdu: built.pdu, state_before: heads.snapshot, placement, txn: None, new_room: None };
+        let append = Append {
+            pdu: built.pdu,
+            state_before: StateBefore::Snapshot(heads.snapshot),
+            placement,
+            txn: None,
+            new_room: None,
+            resolved_current: None,
+        };
         let written = rooms.commit(&mut counters, append).expect("commit");
         drop(counters);
         rooms.finish(written).expect("finish");
@@ -320,10 +427,11 @@ mod tests {
             let id = built.pdu.event_id.clone();
             let append = Append {
                 pdu: built.pdu,
-                state_before: before.snapshot,
+                state_before: StateBefore::Snapshot(before.snapshot),
                 placement: Placement::Timeline,
                 txn: None,
                 new_room: None,
+                resolved_current: None,
             };
             rooms.commit(&mut counters, append).expect("commit");
             id

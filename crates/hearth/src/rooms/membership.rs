@@ -29,9 +29,7 @@ impl Rooms {
         reason: Option<String>,
     ) -> Result<Pdu> {
         if self.room(room_id)?.is_none() {
-            return Err(Error::not_found(
-                "Unknown room (joining rooms on other servers needs federation, not built yet)",
-            ));
+            return Err(Error::not_found("Unknown room"));
         }
         let mut content = profile;
         content.insert("membership".into(), json!("join"));

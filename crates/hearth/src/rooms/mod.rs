@@ -23,7 +23,9 @@ pub mod push_fields;
 pub mod receipts;
 pub mod redaction;
 pub mod relations;
+pub mod remote;
 pub mod reports;
+pub mod resolve;
 pub mod state;
 pub mod timeline;
 pub mod typing;
@@ -81,6 +83,12 @@ pub struct EventMeta {
     /// The redaction that redacted this event, if any.
     #[serde(default)]
     pub redacted_by: Option<OwnedEventId>,
+    /// Known only as another event's auth or state event: outside the room's graph.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outlier: bool,
+    /// Kept for state resolution but refused by the room's current state: never shown.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub soft_failed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -123,6 +123,10 @@ pub struct StateReader {
     /// Short ids of (event type, state key) pairs already looked up: an id, once given,
     /// never changes (only found ids are kept; at most [`STATE_KEY_CACHE`]).
     state_keys: Mutex<(usize, StateKeyIds)>,
+    /// Depths of snapshots written lately: a snapshot written earlier in the same batch is
+    /// not in the store yet when a child of it is written (a remote event's resolved state
+    /// before, then the state after it).
+    depths: Mutex<BTreeMap<u64, u32>>,
 }
 
 /// Event type → state key → short id.
@@ -133,7 +137,12 @@ const STATE_KEY_CACHE: usize = 65_536;
 
 impl StateReader {
     pub fn new(store: Arc<Store>) -> Self {
-        StateReader { store, cache: Mutex::new(BTreeMap::new()), state_keys: Mutex::default() }
+        StateReader {
+            store,
+            cache: Mutex::new(BTreeMap::new()),
+            state_keys: Mutex::default(),
+            depths: Mutex::default(),
+        }
     }
 
     /// The full state of a snapshot.
@@ -185,11 +194,9 @@ impl StateReader {
         let id = interner.next_short_alloc();
         let (snapshot, full) = match parent {
             Some(p) => {
-                let parent_snap = STATE_SNAPSHOTS
-                    .get(&self.store, p)?
-                    .ok_or_else(|| Error::internal(format!("state snapshot {p} missing")))?;
+                let parent_depth = self.depth(p)?;
                 let parent_map = self.materialise(p)?;
-                if parent_snap.depth + 1 >= MAX_DIFF_DEPTH {
+                if parent_depth + 1 >= MAX_DIFF_DEPTH {
                     let mut full = (*parent_map).clone();
                     full.extend(set.iter().copied());
                     (
@@ -204,7 +211,7 @@ impl StateReader {
                 } else {
                     let mut full = (*parent_map).clone();
                     full.extend(set.iter().copied());
-                    (Snapshot { parent: Some(p), depth: parent_snap.depth + 1, set, removed: vec![] }, full)
+                    (Snapshot { parent: Some(p), depth: parent_depth + 1, set, removed: vec![] }, full)
                 }
             }
             None => {
@@ -213,7 +220,60 @@ impl StateReader {
             }
         };
         STATE_SNAPSHOTS.put(batch, id, &snapshot);
+        self.note_written(id, snapshot.depth, full);
+        Ok(id)
+    }
+
+    /// Keeps what was just written of a snapshot, for readers and for children written
+    /// before the batch is in the store.
+    fn note_written(&self, id: u64, depth: u32, full: StateMap) {
         self.cache.lock().insert(id, Arc::new(full));
+        let mut depths = self.depths.lock();
+        if depths.len() >= CACHE_ENTRIES {
+            depths.clear();
+        }
+        depths.insert(id, depth);
+    }
+
+    /// A snapshot's depth (diff steps from a full snapshot).
+    fn depth(&self, id: u64) -> Result<u32> {
+        if let Some(d) = self.depths.lock().get(&id) {
+            return Ok(*d);
+        }
+        Ok(STATE_SNAPSHOTS
+            .get(&self.store, id)?
+            .ok_or_else(|| Error::internal(format!("state snapshot {id} missing")))?
+            .depth)
+    }
+
+    /// Writes a snapshot holding exactly `full`, as a diff from `parent` when there is one
+    /// (a resolved state, or the state a join brought, differs from its parent in a few
+    /// entries or in all); returns its id.
+    pub fn write_map(
+        &self,
+        batch: &mut Batch,
+        interner: &mut Interner<'_>,
+        parent: Option<u64>,
+        full: StateMap,
+    ) -> Result<u64> {
+        let (parent, depth, set, removed) = match parent {
+            Some(p) => {
+                let parent_depth = self.depth(p)?;
+                let parent_map = self.materialise(p)?;
+                let set: Vec<(ShortId, ShortId)> =
+                    full.iter().filter(|(k, v)| parent_map.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect();
+                let removed: Vec<ShortId> = parent_map.keys().filter(|k| !full.contains_key(k)).copied().collect();
+                if parent_depth + 1 >= MAX_DIFF_DEPTH || set.len() + removed.len() > full.len() / 2 + 16 {
+                    (None, 0, full.iter().map(|(k, v)| (*k, *v)).collect(), vec![])
+                } else {
+                    (Some(p), parent_depth + 1, set, removed)
+                }
+            }
+            None => (None, 0, full.iter().map(|(k, v)| (*k, *v)).collect(), vec![]),
+        };
+        let id = interner.next_short_alloc();
+        STATE_SNAPSHOTS.put(batch, id, &Snapshot { parent, depth, set, removed });
+        self.note_written(id, depth, full);
         Ok(id)
     }
 

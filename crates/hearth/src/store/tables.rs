@@ -131,7 +131,17 @@ pub const ALL: &[&str] = &[
     REMOTE_SERVER_KEYS,
     REMOTE_KEY_DOCUMENTS,
     OPENID_TOKENS,
+    FEDERATION_QUEUE,
+    FEDERATION_SENDER,
+    FEDERATION_TXNS,
 ];
+
+/// (destination server, stream position) → event id: PDUs queued for another server.
+pub const FEDERATION_QUEUE: &str = "federation_queue";
+/// Fixed name → the stream position the federation sender has queued up to.
+pub const FEDERATION_SENDER: &str = "federation_sender";
+/// (origin server, transaction id) → the answer given: inbound `/send` is idempotent.
+pub const FEDERATION_TXNS: &str = "federation_txns";
 
 /// The meta table is the store's own (schema version lives there).
 pub const META: Table<String, Vec<u8>> = Table::new(META_NAME);

@@ -24,7 +24,7 @@ use crate::{config::Config, server_key::ServerKey, store::Store};
 pub struct Transport {
     pub outbound: client::OutboundClient,
     pub servers: Arc<server_client::ServerClient>,
-    pub keys: keys::ServerKeys,
+    pub keys: Arc<keys::ServerKeys>,
 }
 
 impl Transport {
@@ -35,7 +35,7 @@ impl Transport {
         let outbound = client::OutboundClient::from_config_with(config, dns.clone()).map_err(|e| e.to_string())?;
         let resolver = Arc::new(resolve::ServerResolver::new(outbound.clone(), dns.clone()));
         let servers = Arc::new(server_client::ServerClient::new(outbound.clone(), resolver, dns, own.clone()));
-        let keys = keys::ServerKeys::new(store, servers.clone(), own, config.trusted_servers.clone());
+        let keys = Arc::new(keys::ServerKeys::new(store, servers.clone(), own, config.trusted_servers.clone()));
         Ok(Transport { outbound, servers, keys })
     }
 }

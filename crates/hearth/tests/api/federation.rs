@@ -53,15 +53,15 @@ async fn hearth(name: &str, ca: &TestCa, dns: &TestDns, files: &TempDir) -> Test
     server
 }
 
-struct Pair {
-    a: TestServer,
-    b: TestServer,
+pub(crate) struct Pair {
+    pub a: TestServer,
+    pub b: TestServer,
     _ca: TestCa,
     _dns: TestDns,
     _files: TempDir,
 }
 
-async fn pair() -> Pair {
+pub(crate) async fn pair() -> Pair {
     let ca = TestCa::new("federation test CA");
     let dns = TestDns::start().await;
     let files = tempfile::tempdir().expect("tempdir");

@@ -10,6 +10,7 @@ mod e2ee;
 mod ephemeral;
 mod errors;
 mod federation;
+mod federation_rooms;
 mod login;
 mod openid;
 mod operator;

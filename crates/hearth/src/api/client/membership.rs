@@ -9,7 +9,7 @@ use ruma::{
         joined_members, joined_rooms, kick_user, leave_room, unban_user,
     },
     events::room::member::MembershipState,
-    OwnedRoomId, RoomOrAliasId,
+    OwnedRoomId, OwnedServerName, RoomOrAliasId,
 };
 
 use super::raw;
@@ -26,19 +26,36 @@ fn resolve(s: &Services, target: &RoomOrAliasId) -> Result<OwnedRoomId> {
     }
 }
 
+/// The room a room id or alias names, with servers that may help join it: the alias's
+/// server's answer for a remote alias, else `via`.
+async fn resolve_remote(
+    s: &Services,
+    target: &RoomOrAliasId,
+    via: &[OwnedServerName],
+) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
+    match <&ruma::RoomId>::try_from(target) {
+        Ok(room_id) => Ok((room_id.to_owned(), via.to_vec())),
+        Err(alias) => {
+            let servers = s.config.allow_federation.then_some(&*s.transport.servers);
+            let (room, mut found) =
+                crate::federation::query::room_alias(&s.rooms, servers, &s.config.server_name, alias).await?;
+            found.extend(via.iter().cloned());
+            Ok((room, found))
+        }
+    }
+}
+
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
 pub async fn join_room_by_id(
     s: Arc<Services>,
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> Result<join_room_by_id::v3::Response> {
     let caller = req.caller()?;
-    s.rooms.join(
-        &req.body.room_id,
-        &caller.user_id,
-        s.users.member_profile(&caller.user_id)?,
-        req.body.reason.clone(),
-    )?;
-    Ok(join_room_by_id::v3::Response::new(req.body.room_id.clone()))
+    let profile = s.users.member_profile(&caller.user_id)?;
+    let room = &req.body.room_id;
+    let federate = s.config.allow_federation;
+    s.federation.join(room, &caller.user_id, &[], profile, req.body.reason.clone(), federate).await?;
+    Ok(join_room_by_id::v3::Response::new(room.clone()))
 }
 
 /// `POST /_matrix/client/v3/join/{roomIdOrAlias}`
@@ -47,8 +64,10 @@ pub async fn join_room_by_id_or_alias(
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let caller = req.caller()?;
-    let room_id = resolve(&s, &req.body.room_id_or_alias)?;
-    s.rooms.join(&room_id, &caller.user_id, s.users.member_profile(&caller.user_id)?, req.body.reason.clone())?;
+    let (room_id, via) = resolve_remote(&s, &req.body.room_id_or_alias, &req.body.via).await?;
+    let profile = s.users.member_profile(&caller.user_id)?;
+    let federate = s.config.allow_federation;
+    s.federation.join(&room_id, &caller.user_id, &via, profile, req.body.reason.clone(), federate).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 

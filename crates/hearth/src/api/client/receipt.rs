@@ -27,6 +27,9 @@ pub async fn create_receipt(
         set_fully_read(&s, &caller.user_id, &b.room_id, &b.event_id)?;
     } else {
         s.rooms.set_receipt(&b.room_id, &caller.user_id, kind, b.thread.as_str(), &b.event_id)?;
+        if kind == "m.read" && s.config.allow_federation {
+            s.federation.send_receipt(&b.room_id, &caller.user_id, &b.event_id, b.thread.as_str());
+        }
     }
     Ok(create_receipt::v3::Response::new())
 }
@@ -44,6 +47,9 @@ pub async fn set_read_marker(
     }
     if let Some(id) = &b.read_receipt {
         s.rooms.set_receipt(&b.room_id, &caller.user_id, "m.read", None, id)?;
+        if s.config.allow_federation {
+            s.federation.send_receipt(&b.room_id, &caller.user_id, id, None);
+        }
     }
     if let Some(id) = &b.private_read_receipt {
         s.rooms.set_receipt(&b.room_id, &caller.user_id, "m.read.private", None, id)?;

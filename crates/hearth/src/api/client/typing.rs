@@ -27,5 +27,8 @@ pub async fn create_typing_event(
     };
     let members = s.rooms.members(&req.body.room_id, &MembershipState::Join)?;
     s.typing.set(&req.body.room_id, &caller.user_id, timeout, members);
+    if s.config.allow_federation {
+        s.federation.send_typing(&req.body.room_id, &caller.user_id, timeout.is_some());
+    }
     Ok(create_typing_event::Response::new())
 }

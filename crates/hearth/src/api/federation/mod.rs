@@ -5,8 +5,11 @@
 //! Conduit; the key endpoints (`api/key.rs`) stay, since they only publish public keys.
 
 pub mod directory;
+pub mod events;
+pub mod membership;
 pub mod openid;
 pub mod query;
+pub mod transactions;
 pub mod version;
 
 use std::sync::Arc;
@@ -27,4 +30,15 @@ pub fn routes(allow_federation: bool) -> Router<Arc<Services>> {
         .ruma(directory::get_public_rooms)
         .ruma(directory::get_public_rooms_filtered)
         .ruma(openid::get_openid_userinfo)
+        .ruma(events::get_event)
+        .ruma(events::get_room_state)
+        .ruma(events::get_room_state_ids)
+        .ruma(events::get_event_authorization)
+        .ruma(events::get_missing_events)
+        .ruma(events::get_backfill)
+        .ruma(membership::make_join)
+        .ruma(membership::send_join)
+        .ruma(membership::make_leave)
+        .ruma(membership::send_leave)
+        .ruma(transactions::send_transaction_message)
 }

@@ -1,0 +1,68 @@
+//! Server-server API: joining and leaving through this server (`make_join`, `send_join`
+//! v2, `make_leave`, `send_leave` v2).
+
+use std::sync::Arc;
+
+use ruma::api::federation::membership::{
+    create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+};
+
+use crate::{
+    api::Ruma,
+    error::{Error, Result},
+    Services,
+};
+
+fn raw(obj: &ruma::CanonicalJsonObject) -> Result<Box<serde_json::value::RawValue>> {
+    serde_json::value::to_raw_value(obj).map_err(|e| Error::internal(e.to_string()))
+}
+
+/// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`
+pub async fn make_join(
+    s: Arc<Services>,
+    req: Ruma<prepare_join_event::v1::Request>,
+) -> Result<prepare_join_event::v1::Response> {
+    let origin = req.origin()?;
+    let b = &req.body;
+    let (version, template) = s.federation.make_join(origin, &b.room_id, &b.user_id, &b.ver)?;
+    let mut res = prepare_join_event::v1::Response::new(raw(&template)?);
+    res.room_version = Some(version);
+    Ok(res)
+}
+
+/// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`
+pub async fn send_join(
+    s: Arc<Services>,
+    req: Ruma<create_join_event::v2::Request>,
+) -> Result<create_join_event::v2::Response> {
+    let origin = req.origin()?;
+    let b = &req.body;
+    let answer = s.federation.send_join(origin, &b.room_id, &b.event_id, &b.pdu).await?;
+    let mut state = create_join_event::v2::RoomState::new();
+    state.state = answer.state;
+    state.auth_chain = answer.auth_chain;
+    state.event = Some(answer.event);
+    state.servers_in_room = Some(answer.servers_in_room);
+    Ok(create_join_event::v2::Response::new(state))
+}
+
+/// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`
+pub async fn make_leave(
+    s: Arc<Services>,
+    req: Ruma<prepare_leave_event::v1::Request>,
+) -> Result<prepare_leave_event::v1::Response> {
+    let origin = req.origin()?;
+    let (version, template) = s.federation.make_leave(origin, &req.body.room_id, &req.body.user_id)?;
+    Ok(prepare_leave_event::v1::Response::new(Some(version), raw(&template)?))
+}
+
+/// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`
+pub async fn send_leave(
+    s: Arc<Services>,
+    req: Ruma<create_leave_event::v2::Request>,
+) -> Result<create_leave_event::v2::Response> {
+    let origin = req.origin()?;
+    let b = &req.body;
+    s.federation.send_leave(origin, &b.room_id, &b.event_id, &b.pdu).await?;
+    Ok(create_leave_event::v2::Response::new())
+}

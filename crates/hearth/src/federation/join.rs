@@ -1,0 +1,395 @@
+//! Joins and leaves through another server, both ways.
+//!
+//! **Served** (a remote user joins a room here): `make_join` hands out the join event's
+//! template, built on the room's current heads and allowed by its current state, in the
+//! room's version if the user's server supports it; `send_join` takes the signed event,
+//! checks it as any received PDU and appends it, and answers with the state before it and
+//! the auth chain; the other servers in the room then get it from the sender. `make_leave`
+//! and `send_leave` are the same for leaving (a remote user rejecting an invite from here).
+//!
+//! **Asked** (a local user joins a room elsewhere): `make_join` to each candidate server in
+//! turn, the template completed and signed here, `send_join`, every event of the answer
+//! verified and stored, and the join appended on the state the resident server sent: from
+//! then on the room is here as any other, and its events arrive through `/send`.
+//!
+//! Only room versions whose federation rules all work here are offered and accepted
+//! ([`crate::rooms::resolve::federates`]: 3 to 12).
+
+use std::time::Duration;
+
+use http::StatusCode;
+use ruma::{
+    events::{room::member::MembershipState, StateEventType},
+    signatures::hash_and_sign_event,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId,
+    RoomVersionId, ServerName, UserId,
+};
+use serde::Deserialize;
+use serde_json::{value::RawValue as RawJsonValue, Map, Value};
+
+use super::{
+    pdu::{event_id_of, own_json, parse_raw},
+    receive::{encode, MAX_STATE_BYTES, MAX_STATE_EVENTS},
+    Federation,
+};
+use crate::{
+    error::{Error, Result},
+    rooms::{
+        append::NewEvent,
+        pdu::{to_canonical, Pdu},
+        remote::Appended,
+        resolve::{federates, StateEvents},
+        ROOM_VERSIONS,
+    },
+    time::now_millis,
+    transport::server_client::ServerRequest,
+};
+
+/// Most servers tried for one join.
+const MAX_JOIN_CANDIDATES: usize = 10;
+const MAKE_TIMEOUT: Duration = Duration::from_secs(30);
+const SEND_JOIN_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Room versions this server joins and serves over federation, as `ver` parameters.
+pub fn federated_versions() -> Vec<RoomVersionId> {
+    ROOM_VERSIONS.iter().filter(|v| federates(v)).cloned().collect()
+}
+
+/// What `send_join` answers.
+pub struct JoinAnswer {
+    pub state: Vec<Box<RawJsonValue>>,
+    pub auth_chain: Vec<Box<RawJsonValue>>,
+    pub event: Box<RawJsonValue>,
+    pub servers_in_room: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct MakeAnswer {
+    room_version: Option<RoomVersionId>,
+    event: Box<RawJsonValue>,
+}
+
+#[derive(Deserialize)]
+struct SendJoinAnswer {
+    #[serde(default)]
+    state: Vec<Box<RawJsonValue>>,
+    #[serde(default)]
+    auth_chain: Vec<Box<RawJsonValue>>,
+    event: Option<Box<RawJsonValue>>,
+}
+
+impl Federation {
+    /// `GET /make_join`: the template of `user`'s join (see the module doc).
+    pub fn make_join(
+        &self,
+        origin: &ServerName,
+        room: &RoomId,
+        user: &UserId,
+        supported: &[RoomVersionId],
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        let version = self.make_checks(origin, room, user)?;
+        let supported_default = [RoomVersionId::V1];
+        let supported = if supported.is_empty() { &supported_default[..] } else { supported };
+        if !supported.contains(&version) {
+            return Err(Error::matrix(
+                StatusCode::BAD_REQUEST,
+                "M_INCOMPATIBLE_ROOM_VERSION",
+                format!("The room's version is {version}, which your server does not support"),
+            )
+            .with_field("room_version", Value::String(version.to_string())));
+        }
+        let new = NewEvent::state("m.room.member", user.as_str(), serde_json::json!({"membership": "join"}));
+        Ok((version, self.rooms.template(room, user, new)?))
+    }
+
+    /// `GET /make_leave`: the template of `user`'s leave.
+    pub fn make_leave(
+        &self,
+        origin: &ServerName,
+        room: &RoomId,
+        user: &UserId,
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        let version = self.make_checks(origin, room, user)?;
+        let new = NewEvent::state("m.room.member", user.as_str(), serde_json::json!({"membership": "leave"}));
+        Ok((version, self.rooms.template(room, user, new)?))
+    }
+
+    fn make_checks(&self, origin: &ServerName, room: &RoomId, user: &UserId) -> Result<RoomVersionId> {
+        if user.server_name() != origin {
+            return Err(Error::forbidden("The user is not of the requesting server"));
+        }
+        self.require_acl(room, origin)?;
+        let version = self.rooms.known_room(room)?.version;
+        if !federates(&version) {
+            return Err(Error::matrix(
+                StatusCode::BAD_REQUEST,
+                "M_INCOMPATIBLE_ROOM_VERSION",
+                format!("Room version {version} is not available over federation on this server"),
+            )
+            .with_field("room_version", Value::String(version.to_string())));
+        }
+        Ok(version)
+    }
+
+    /// `PUT /send_join` (v2): appends `user`'s join and answers with the room's state.
+    pub async fn send_join(
+        &self,
+        origin: &ServerName,
+        room: &RoomId,
+        event_id: &EventId,
+        raw: &RawJsonValue,
+    ) -> Result<JoinAnswer> {
+        let pdu = self.receive_membership(origin, room, event_id, raw, MembershipState::Join).await?;
+        let state_map = self.rooms.state_before(&pdu.event_id)?;
+        let state: Vec<OwnedEventId> = self.rooms.state_events_of(&state_map)?.into_values().collect();
+        let chain: Vec<OwnedEventId> =
+            self.rooms.auth_chain(state.iter().cloned().chain([pdu.event_id.clone()]))?.into_iter().collect();
+        let servers_in_room =
+            self.servers_in_room(room)?.into_iter().map(|s| s.to_string()).chain([self.own.to_string()]).collect();
+        Ok(JoinAnswer {
+            state: self.jsons(&state)?,
+            auth_chain: self.jsons(&chain)?,
+            event: own_json(&pdu),
+            servers_in_room,
+        })
+    }
+
+    /// `PUT /send_leave` (v2).
+    pub async fn send_leave(
+        &self,
+        origin: &ServerName,
+        room: &RoomId,
+        event_id: &EventId,
+        raw: &RawJsonValue,
+    ) -> Result<()> {
+        self.receive_membership(origin, room, event_id, raw, MembershipState::Leave).await.map(|_| ())
+    }
+
+    /// A member event a remote user's server sends through this one: checked, appended,
+    /// and queued for the room's other servers.
+    async fn receive_membership(
+        &self,
+        origin: &ServerName,
+        room: &RoomId,
+        event_id: &EventId,
+        raw: &RawJsonValue,
+        membership: MembershipState,
+    ) -> Result<Pdu> {
+        self.require_acl(room, origin)?;
+        let version = self.rooms.known_room(room)?.version;
+        if !federates(&version) {
+            return Err(Error::matrix(StatusCode::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION", "Not over federation"));
+        }
+        let obj = parse_raw(raw).map_err(Error::bad_json)?;
+        let pdu = self.verify_pdu(&version, obj, Some(room), Some(event_id)).await.map_err(Error::bad_json)?;
+        let member = pdu.content_value().get("membership").and_then(Value::as_str).map(MembershipState::from);
+        if pdu.kind.to_string() != "m.room.member"
+            || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
+            || member.as_ref() != Some(&membership)
+        {
+            return Err(Error::bad_json(format!("Not a {membership} event of its sender")));
+        }
+        if pdu.sender.server_name() != origin {
+            return Err(Error::forbidden("The event's sender is not of the requesting server"));
+        }
+        let _turn = self.room_turn(room).await;
+        match self.append_received(origin, &version, pdu.clone()).await {
+            Ok(Appended::Timeline) | Ok(Appended::Known) => {}
+            Ok(Appended::SoftFailed) => return Err(Error::forbidden("The room's current state does not allow it")),
+            Err(e) => return Err(Error::forbidden(format!("Refused: {e}"))),
+        }
+        self.sender.queue_pdu(room, &pdu.event_id, &[origin.to_owned()])?;
+        Ok(pdu)
+    }
+
+    /// A local user joins a room: here, when a local user is joined to it (or federation is
+    /// off), else through another server ([`Federation::join_remote`]).
+    pub async fn join(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        via: &[OwnedServerName],
+        profile: Map<String, Value>,
+        reason: Option<String>,
+        federate: bool,
+    ) -> Result<()> {
+        let here = self.rooms.room(room)?.is_some()
+            && self.rooms.members_shared(room, &MembershipState::Join)?.iter().any(|u| u.server_name() == self.own);
+        if here || !federate {
+            self.rooms.join(room, user, profile, reason)?;
+            return Ok(());
+        }
+        let mut content = profile;
+        if let Some(r) = reason {
+            content.insert("reason".into(), Value::String(r));
+        }
+        self.join_remote(room, user, via, content).await.map(|_| ())
+    }
+
+    /// A local user joins a room on another server, through the first of `candidates`
+    /// that answers (see the module doc). Returns the room's id.
+    pub async fn join_remote(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        candidates: &[OwnedServerName],
+        content: Map<String, Value>,
+    ) -> Result<OwnedRoomId> {
+        let mut candidates: Vec<OwnedServerName> = candidates.iter().filter(|s| **s != self.own).cloned().collect();
+        if let Some(server) = room.server_name() {
+            if server != self.own && !candidates.iter().any(|c| c == server) {
+                candidates.push(server.to_owned());
+            }
+        }
+        if candidates.is_empty() {
+            return Err(Error::not_found("No server to join this room through (give one with `via`)"));
+        }
+        let mut last = Error::unavailable("No server could be reached to join the room");
+        for server in candidates.iter().take(MAX_JOIN_CANDIDATES) {
+            match self.join_through(server, room, user, &content).await {
+                Ok(()) => return Ok(room.to_owned()),
+                Err(e) => {
+                    tracing::info!(%server, %room, error = %e, "joining through this server failed");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn join_through(
+        &self,
+        server: &ServerName,
+        room: &RoomId,
+        user: &UserId,
+        content: &Map<String, Value>,
+    ) -> Result<()> {
+        let mut path = format!("/_matrix/federation/v1/make_join/{}/{}?", encode(room.as_str()), encode(user.as_str()));
+        path.push_str(&federated_versions().iter().map(|v| format!("ver={v}")).collect::<Vec<_>>().join("&"));
+        let answer = self.ask(server, ServerRequest::get(&path).limits(MAKE_TIMEOUT, 1024 * 1024)).await?;
+        let made: MakeAnswer = serde_json::from_slice(&answer)
+            .map_err(|e| Error::unavailable(format!("{server} sent an invalid make_join answer: {e}")))?;
+        let version = made.room_version.unwrap_or(RoomVersionId::V1);
+        if !federates(&version) {
+            return Err(Error::matrix(
+                StatusCode::BAD_REQUEST,
+                "M_INCOMPATIBLE_ROOM_VERSION",
+                format!("The room's version {version} is not supported over federation here"),
+            ));
+        }
+        let rules = version.rules().ok_or_else(|| Error::internal("rules of a federated version"))?;
+        let (event, event_id) = self.complete_template(&made.event, room, user, content, &rules)?;
+
+        let path = format!("/_matrix/federation/v2/send_join/{}/{}", encode(room.as_str()), encode(event_id.as_str()));
+        let body = serde_json::to_value(&event).map_err(|e| Error::internal(e.to_string()))?;
+        let req = ServerRequest { method: http::Method::PUT, ..ServerRequest::post(&path, &body) }
+            .limits(SEND_JOIN_TIMEOUT, MAX_STATE_BYTES);
+        let answer = self.ask(server, req).await?;
+        let sent: SendJoinAnswer = serde_json::from_slice(&answer)
+            .map_err(|e| Error::unavailable(format!("{server} sent an invalid send_join answer: {e}")))?;
+        if sent.state.len() + sent.auth_chain.len() > MAX_STATE_EVENTS {
+            return Err(Error::unavailable(format!("{server} sent more than {MAX_STATE_EVENTS} events")));
+        }
+        // The resident server may have signed the join too (restricted rooms need it).
+        let join_obj = match &sent.event {
+            Some(raw) => parse_raw(raw).map_err(Error::unavailable)?,
+            None => event,
+        };
+        let join = self
+            .verify_pdu(&version, join_obj, Some(room), Some(&event_id))
+            .await
+            .map_err(|e| Error::unavailable(format!("{server} sent back a join that does not verify: {e}")))?;
+
+        let state_ids: Vec<OwnedEventId> = sent
+            .state
+            .iter()
+            .filter_map(|raw| parse_raw(raw).ok().and_then(|o| event_id_of(&o, &rules).ok()))
+            .collect();
+        let mut all = sent.auth_chain;
+        all.extend(sent.state);
+        self.store_outliers(&version, room, all).await;
+        let mut state = StateEvents::new();
+        for id in &state_ids {
+            let Some(p) = self.rooms.pdu_shared(id)? else { continue };
+            if let Some(key) = &p.state_key {
+                state.insert((StateEventType::from(p.kind.to_string()), key.clone()), p.event_id.clone());
+            }
+        }
+        if !state.contains_key(&(StateEventType::RoomCreate, String::new())) {
+            return Err(Error::unavailable(format!("{server} sent a room state without its create event")));
+        }
+        let _turn = self.room_turn(room).await;
+        self.rooms
+            .append_joined_room(&version, join, state)
+            .map_err(|e| Error::forbidden(format!("The join does not pass the room's rules: {e}")))?;
+        Ok(())
+    }
+
+    /// A template from `make_join` checked and completed into this server's signed event:
+    /// (the event, its id).
+    fn complete_template(
+        &self,
+        template: &RawJsonValue,
+        room: &RoomId,
+        user: &UserId,
+        content: &Map<String, Value>,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> Result<(CanonicalJsonObject, OwnedEventId)> {
+        let mut event = parse_raw(template).map_err(Error::unavailable)?;
+        let text = |k: &str| match event.get(k) {
+            Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        if text("type").as_deref() != Some("m.room.member")
+            || text("sender").as_deref() != Some(user.as_str())
+            || text("state_key").as_deref() != Some(user.as_str())
+            || text("room_id").as_deref() != Some(room.as_str())
+        {
+            return Err(Error::unavailable("The join template is not this user's join to this room"));
+        }
+        let mut full = content.clone();
+        full.insert("membership".into(), Value::String("join".into()));
+        event.insert("content".into(), to_canonical(Value::Object(full))?);
+        event.insert("origin_server_ts".into(), to_canonical(Value::from(now_millis()))?);
+        if !rules.event_format.require_event_id {
+            event.remove("event_id");
+        }
+        event.remove("hashes");
+        event.remove("signatures");
+        event.remove("unsigned");
+        hash_and_sign_event(self.own.as_str(), self.server_key.key_pair(), &mut event, &rules.redaction)
+            .map_err(|e| Error::internal(format!("cannot sign the join: {e}")))?;
+        let id = event_id_of(&event, rules).map_err(Error::internal)?;
+        Ok((event, id))
+    }
+
+    /// Sends a request and returns the body of a success; any other answer is an error
+    /// that says which server said what.
+    async fn ask(&self, server: &ServerName, req: ServerRequest<'_>) -> Result<Vec<u8>> {
+        let path = req.path_and_query.to_owned();
+        let answer = self
+            .servers
+            .request(server, req)
+            .await
+            .map_err(|e| Error::unavailable(format!("Cannot reach {server}: {e}")))?;
+        if answer.status.is_success() {
+            return Ok(answer.body.to_vec());
+        }
+        let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        let errcode = body.get("errcode").and_then(Value::as_str).unwrap_or("M_UNKNOWN");
+        let message = body.get("error").and_then(Value::as_str).unwrap_or("");
+        let text = format!(
+            "{server} answered {} ({errcode}: {message}) to {}",
+            answer.status,
+            path.split('?').next().unwrap_or("")
+        );
+        Err(match answer.status {
+            StatusCode::FORBIDDEN => Error::forbidden(text),
+            StatusCode::NOT_FOUND => Error::not_found(text),
+            StatusCode::BAD_REQUEST if errcode == "M_INCOMPATIBLE_ROOM_VERSION" => {
+                Error::matrix(StatusCode::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION", text)
+            }
+            _ => Error::unavailable(text),
+        })
+    }
+}

@@ -1,0 +1,360 @@
+//! A received PDU into its room: after [`super::pdu`]'s checks, what the event refers to
+//! and this server lacks is fetched from the server that sent it, within limits, and the
+//! event goes through `rooms`' "check and append" ([`crate::rooms::remote`]).
+//!
+//! 1. **Auth events** missing here: the event's auth chain (`event_auth`), each event
+//!    verified and stored as an outlier once its own auth events are here.
+//! 2. **Prev events** missing here: `get_missing_events` between the room's forward
+//!    extremities and the event (at most [`MAX_MISSING_EVENTS`]), appended oldest first.
+//! 3. If a gap remains, the **state before** each missing prev event (`state`, which also
+//!    brings its auth chain) and the prev event itself: the event's state before is then
+//!    resolved from those states. The missing events stay unfetched (a gap in history,
+//!    filled later by backfill).
+//!
+//! Every request has a time-out and a size cap; how many events one PDU may pull in is
+//! bounded. A PDU whose room this server is not in is dropped.
+
+use std::{collections::HashSet, time::Duration};
+
+use ruma::{events::StateEventType, CanonicalJsonObject, EventId, OwnedEventId, RoomId, RoomVersionId, ServerName};
+use serde::Deserialize;
+use serde_json::value::RawValue as RawJsonValue;
+
+use super::{
+    pdu::{parse_raw, Dropped},
+    Federation,
+};
+use crate::{
+    rooms::{
+        commit::StateBefore,
+        pdu::Pdu,
+        remote::{Appended, Refusal},
+        resolve::StateEvents,
+    },
+    transport::server_client::ServerRequest,
+};
+
+/// Most events asked for with `get_missing_events` for one received event.
+pub const MAX_MISSING_EVENTS: u64 = 20;
+/// Most missing prev events whose state is fetched for one received event.
+const MAX_STATE_FETCHES: usize = 5;
+/// Most events (state plus auth chain) taken from one `state` or `event_auth` answer.
+pub const MAX_STATE_EVENTS: usize = 50_000;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest `state` / `event_auth` answer read.
+pub const MAX_STATE_BYTES: usize = 64 * 1024 * 1024;
+const MAX_EVENTS_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Deserialize)]
+struct EventsAnswer {
+    #[serde(default)]
+    pdus: Vec<Box<RawJsonValue>>,
+    #[serde(default)]
+    events: Vec<Box<RawJsonValue>>,
+    #[serde(default)]
+    auth_chain: Vec<Box<RawJsonValue>>,
+}
+
+/// Whether a received event may pull in others (its prev events) from its origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    Gaps,
+    NoGaps,
+}
+
+impl Federation {
+    /// Handles one PDU of an inbound transaction from `origin`. Returns its id when it
+    /// could be computed, and the outcome.
+    pub async fn receive_pdu(
+        &self,
+        origin: &ServerName,
+        raw: &RawJsonValue,
+    ) -> (Option<OwnedEventId>, Result<(), Dropped>) {
+        let obj = match parse_raw(raw) {
+            Ok(o) => o,
+            Err(e) => return (None, Err(e)),
+        };
+        let Some(room_id) = super::pdu::room_id_of(&obj) else { return (None, Err("PDU without room_id".into())) };
+        let version = match self.rooms.room(&room_id) {
+            Ok(Some(r)) => r.version,
+            Ok(None) => return (None, Err(format!("this server is not in {room_id}"))),
+            Err(e) => return (None, Err(e.to_string())),
+        };
+        let id = version.rules().and_then(|r| super::pdu::event_id_of(&obj, &r).ok());
+        let result = self.receive_checked(origin, &room_id, &version, obj).await;
+        (id, result)
+    }
+
+    async fn receive_checked(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        obj: CanonicalJsonObject,
+    ) -> Result<(), Dropped> {
+        if !self.acl_allows(room_id, origin).map_err(|e| e.to_string())? {
+            return Err(format!("{origin} is denied by the room's server ACL"));
+        }
+        let pdu = self.verify_pdu(version, obj, Some(room_id), None).await?;
+        if pdu.sender.server_name() != origin {
+            return Err(format!("sent by {origin} but its sender is {}", pdu.sender));
+        }
+        if !self.acl_allows(room_id, pdu.sender.server_name()).map_err(|e| e.to_string())? {
+            return Err("the sender's server is denied by the room's server ACL".into());
+        }
+        let _turn = self.room_turn(room_id).await;
+        self.handle_pdu(origin, version, pdu, Fill::Gaps).await.map(|_| ())
+    }
+
+    /// Appends a verified event that `origin` sent on behalf of one of its users (a join,
+    /// leave or knock through this server), fetching what it misses first. The caller
+    /// holds the room's turn.
+    pub(crate) async fn append_received(
+        &self,
+        origin: &ServerName,
+        version: &RoomVersionId,
+        pdu: Pdu,
+    ) -> Result<Appended, Dropped> {
+        self.handle_pdu(origin, version, pdu, Fill::Gaps).await
+    }
+
+    /// Appends a verified event, fetching what it misses first (see the module doc).
+    fn handle_pdu<'a>(
+        &'a self,
+        origin: &'a ServerName,
+        version: &'a RoomVersionId,
+        pdu: Pdu,
+        fill: Fill,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Appended, Dropped>> + Send + 'a>> {
+        Box::pin(async move {
+            if self.rooms.in_graph(&pdu.event_id).map_err(|e| e.to_string())? {
+                return Ok(Appended::Known);
+            }
+            self.fetch_auth_events(origin, version, &pdu).await?;
+            let mut missing = self.missing_prev_events(&pdu)?;
+            if !missing.is_empty() && fill == Fill::Gaps {
+                self.fetch_missing_events(origin, version, &pdu).await;
+                missing = self.missing_prev_events(&pdu)?;
+            }
+            let before = if missing.is_empty() {
+                self.rooms.state_at_prev_events(version, &pdu.prev_events).map_err(refusal)?
+            } else {
+                self.state_over_gap(origin, version, &pdu, &missing).await?
+            };
+            self.rooms.append_remote(pdu, before).map_err(refusal)
+        })
+    }
+
+    fn missing_prev_events(&self, pdu: &Pdu) -> Result<Vec<OwnedEventId>, Dropped> {
+        let mut missing = Vec::new();
+        for id in &pdu.prev_events {
+            if !self.rooms.in_graph(id).map_err(|e| e.to_string())? {
+                missing.push(id.clone());
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Step 1 of the module doc.
+    async fn fetch_auth_events(&self, origin: &ServerName, version: &RoomVersionId, pdu: &Pdu) -> Result<(), Dropped> {
+        let mut missing = false;
+        for id in &pdu.auth_events {
+            if self.rooms.event_meta(id).map_err(|e| e.to_string())?.is_none() {
+                missing = true;
+            }
+        }
+        if !missing {
+            return Ok(());
+        }
+        let path = format!(
+            "/_matrix/federation/v1/event_auth/{}/{}",
+            encode(pdu.room_id.as_str()),
+            encode(pdu.event_id.as_str())
+        );
+        let answer = self.fetch_events(origin, &path).await?;
+        self.store_outliers(version, &pdu.room_id, answer.auth_chain).await;
+        Ok(())
+    }
+
+    /// Step 2 of the module doc. Failures only log: step 3 follows.
+    async fn fetch_missing_events(&self, origin: &ServerName, version: &RoomVersionId, pdu: &Pdu) {
+        let heads = match self.rooms.heads(&pdu.room_id) {
+            Ok(h) => h,
+            Err(_) => return,
+        };
+        let body = serde_json::json!({
+            "earliest_events": heads.forward_extremities,
+            "latest_events": [pdu.event_id],
+            "limit": MAX_MISSING_EVENTS,
+            "min_depth": heads.depth.saturating_sub(MAX_MISSING_EVENTS * 10),
+        });
+        let path = format!("/_matrix/federation/v1/get_missing_events/{}", encode(pdu.room_id.as_str()));
+        let req = ServerRequest::post(&path, &body).limits(FETCH_TIMEOUT, MAX_EVENTS_BYTES);
+        let answer = match self.servers.request(origin, req).await {
+            Ok(a) if a.status.is_success() => a,
+            Ok(a) => return tracing::info!(%origin, status = %a.status, "get_missing_events refused"),
+            Err(e) => return tracing::info!(%origin, error = %e, "get_missing_events failed"),
+        };
+        let Ok(answer) = serde_json::from_slice::<EventsAnswer>(&answer.body) else { return };
+        let mut events = Vec::new();
+        for raw in answer.events.iter().take(MAX_MISSING_EVENTS as usize) {
+            let Ok(obj) = parse_raw(raw) else { continue };
+            match self.verify_pdu(version, obj, Some(&pdu.room_id), None).await {
+                Ok(p) => events.push(p),
+                Err(e) => tracing::info!(%origin, error = %e, "dropping a fetched missing event"),
+            }
+        }
+        events.sort_by_key(|p| p.depth);
+        for event in events {
+            let id = event.event_id.clone();
+            if let Err(e) = self.handle_pdu(origin, version, event, Fill::NoGaps).await {
+                tracing::info!(event = %id, error = %e, "a fetched missing event was not appended");
+            }
+        }
+    }
+
+    /// Step 3 of the module doc: the state before `pdu` from the states before and after its
+    /// prev events, the missing ones fetched.
+    async fn state_over_gap(
+        &self,
+        origin: &ServerName,
+        version: &RoomVersionId,
+        pdu: &Pdu,
+        missing: &[OwnedEventId],
+    ) -> Result<StateBefore, Dropped> {
+        if missing.len() > MAX_STATE_FETCHES {
+            return Err(format!("{} prev events missing; at most {MAX_STATE_FETCHES} are fetched", missing.len()));
+        }
+        let mut states: Vec<StateEvents> = Vec::new();
+        for id in &pdu.prev_events {
+            if missing.contains(id) {
+                states.push(self.state_after_remote(origin, version, &pdu.room_id, id).await?);
+            } else {
+                let after = self.rooms.state_after(id).map_err(|e| e.to_string())?;
+                states.push(self.rooms.state_events_of(&after).map_err(|e| e.to_string())?);
+            }
+        }
+        let state = self.rooms.resolve_states(version, states).map_err(|e| e.to_string())?;
+        let parent = self.rooms.heads(&pdu.room_id).map_err(|e| e.to_string())?.snapshot;
+        Ok(StateBefore::Events { parent, state })
+    }
+
+    /// The state after a prev event this server lacks, as `origin` has it; the prev event
+    /// and the state's events (with their auth chains) are stored as outliers.
+    async fn state_after_remote(
+        &self,
+        origin: &ServerName,
+        version: &RoomVersionId,
+        room_id: &RoomId,
+        event_id: &EventId,
+    ) -> Result<StateEvents, Dropped> {
+        let path =
+            format!("/_matrix/federation/v1/state/{}?event_id={}", encode(room_id.as_str()), encode(event_id.as_str()));
+        let answer = self.fetch_events(origin, &path).await?;
+        let mut all = answer.auth_chain;
+        let state_ids: Vec<OwnedEventId> = {
+            let rules = version.rules().ok_or("unsupported room version")?;
+            answer
+                .pdus
+                .iter()
+                .filter_map(|raw| parse_raw(raw).ok().and_then(|o| super::pdu::event_id_of(&o, &rules).ok()))
+                .collect()
+        };
+        all.extend(answer.pdus);
+        // The prev event itself.
+        let event_path = format!("/_matrix/federation/v1/event/{}", encode(event_id.as_str()));
+        let prev = self.fetch_events(origin, &event_path).await?;
+        all.extend(prev.pdus.into_iter().take(1));
+        self.store_outliers(version, room_id, all).await;
+
+        let mut state = StateEvents::new();
+        for id in state_ids.iter().chain(std::iter::once(&event_id.to_owned())) {
+            let Some(p) = self.rooms.pdu_shared(id).map_err(|e| e.to_string())? else {
+                if id == event_id {
+                    return Err(format!("{origin} did not send a usable {event_id}"));
+                }
+                continue;
+            };
+            if let Some(key) = &p.state_key {
+                state.insert((StateEventType::from(p.kind.to_string()), key.clone()), p.event_id.clone());
+            }
+        }
+        Ok(state)
+    }
+
+    /// A signed GET of events from `origin` (`pdus`, `auth_chain` or `events`), capped.
+    async fn fetch_events(&self, origin: &ServerName, path: &str) -> Result<EventsAnswerOwned, Dropped> {
+        let req = ServerRequest::get(path).limits(FETCH_TIMEOUT, MAX_STATE_BYTES);
+        let answer = self.servers.request(origin, req).await.map_err(|e| format!("{path}: {e}"))?;
+        if !answer.status.is_success() {
+            return Err(format!("{origin} answered {} to {path}", answer.status));
+        }
+        let a: EventsAnswer =
+            serde_json::from_slice(&answer.body).map_err(|e| format!("{origin} sent an invalid answer: {e}"))?;
+        if a.pdus.len() + a.auth_chain.len() > MAX_STATE_EVENTS {
+            return Err(format!("{origin} sent more than {MAX_STATE_EVENTS} events"));
+        }
+        Ok(EventsAnswerOwned { pdus: a.pdus, auth_chain: a.auth_chain })
+    }
+
+    /// Verifies events of one room and stores them as outliers, each once its auth events
+    /// are here (in whatever order they came). Events that fail are left out, and so are
+    /// events that depend on them.
+    pub(crate) async fn store_outliers(&self, version: &RoomVersionId, room_id: &RoomId, raws: Vec<Box<RawJsonValue>>) {
+        let rules = match version.rules() {
+            Some(r) => r,
+            None => return,
+        };
+        let mut pending: Vec<Pdu> = Vec::new();
+        let mut seen: HashSet<OwnedEventId> = HashSet::new();
+        for raw in raws {
+            let Ok(obj) = parse_raw(&raw) else { continue };
+            let Ok(id) = super::pdu::event_id_of(&obj, &rules) else { continue };
+            if !seen.insert(id.clone()) || self.rooms.event_meta(&id).ok().flatten().is_some() {
+                continue;
+            }
+            match self.verify_pdu(version, obj, Some(room_id), None).await {
+                Ok(p) => pending.push(p),
+                Err(e) => tracing::info!(event = %id, error = %e, "dropping a fetched event"),
+            }
+        }
+        pending.sort_by_key(|p| p.depth);
+        loop {
+            let before = pending.len();
+            let mut rest = Vec::new();
+            for pdu in pending {
+                let ready = pdu.auth_events.iter().all(|a| self.rooms.event_meta(a).ok().flatten().is_some());
+                if !ready {
+                    rest.push(pdu);
+                    continue;
+                }
+                let id = pdu.event_id.clone();
+                if let Err(e) = self.rooms.append_outlier(version, pdu) {
+                    tracing::info!(event = %id, error = %e, "a fetched event was not stored");
+                }
+            }
+            pending = rest;
+            if pending.is_empty() || pending.len() == before {
+                break;
+            }
+        }
+        for p in &pending {
+            tracing::info!(event = %p.event_id, "a fetched event's auth events never arrived");
+        }
+    }
+}
+
+/// `state` and `event_auth` answers: events and their auth chain.
+struct EventsAnswerOwned {
+    pdus: Vec<Box<RawJsonValue>>,
+    auth_chain: Vec<Box<RawJsonValue>>,
+}
+
+fn refusal(r: Refusal) -> Dropped {
+    r.to_string()
+}
+
+/// Percent-encodes a path segment or query value.
+pub(crate) fn encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
+}

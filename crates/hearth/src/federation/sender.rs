@@ -1,0 +1,374 @@
+//! The sender: this server's events to the other servers in their rooms.
+//!
+//! **Queueing** follows the event stream from a persisted position, as `/sync` does, and
+//! only up to the durable watermark: each event sent by a local user is queued, in the
+//! database, for every other server with a joined member in the room (and the server of a
+//! member event's target: a kicked or invited user's server hears of it). The queue rows
+//! and the new position are one write, so after `kill -9` the follower starts where the
+//! last write left it, and an acknowledged event is either queued or still ahead of the
+//! position. Events another server sent through this one (`send_join`, `send_leave`) are
+//! queued by [`Sender::queue_pdu`] before the request is answered.
+//!
+//! **Delivery** is one task per destination: up to [`MAX_PDUS_PER_TXN`] queued PDUs and
+//! [`MAX_EDUS_PER_TXN`] EDUs per transaction, one transaction in flight, retried under the
+//! same id until the destination answers 200, then removed from the queue. Failures back
+//! off exponentially up to [`MAX_BACKOFF`]; a request from the destination resets the
+//! backoff at once ([`Sender::contacted`]). EDUs (typing, receipts, …) are not persisted:
+//! they are worth little once late, and go out promptly in the next transaction.
+
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use parking_lot::Mutex;
+use ruma::{OwnedServerName, RoomId, ServerName};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch, Notify};
+
+use super::pdu::own_json;
+use crate::{
+    error::{Error, Result},
+    rooms::Rooms,
+    store::{tables, Batch, KeyRange, Order, Store, Table},
+    stream::Stream,
+    time::now_millis,
+    transport::server_client::{ServerClient, ServerRequest},
+};
+
+/// (destination, stream position) → event id.
+pub const FEDERATION_QUEUE: Table<(String, u64), String> = Table::new(tables::FEDERATION_QUEUE);
+/// `"position"` → the stream position queued up to.
+pub const FEDERATION_SENDER: Table<String, u64> = Table::new(tables::FEDERATION_SENDER);
+
+pub const MAX_PDUS_PER_TXN: usize = 50;
+pub const MAX_EDUS_PER_TXN: usize = 100;
+/// Most EDUs held for one destination; past it the oldest are dropped.
+const MAX_PENDING_EDUS: usize = 1000;
+/// The longest wait between attempts to reach a destination.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60 * 60);
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most stream positions queued in one write.
+const QUEUE_CHUNK: usize = 1000;
+
+/// One destination's delivery state.
+#[derive(Default)]
+struct Destination {
+    wake: Notify,
+    edus: Mutex<VecDeque<Value>>,
+    /// The wait before the next attempt after a failure; zero when healthy.
+    backoff: Mutex<Duration>,
+}
+
+pub struct Sender {
+    rooms: Arc<Rooms>,
+    servers: Arc<ServerClient>,
+    store: Arc<Store>,
+    own: OwnedServerName,
+    destinations: Mutex<HashMap<OwnedServerName, Arc<Destination>>>,
+    /// Transaction ids are `<boot>-<counter>`: unique across restarts.
+    boot: u64,
+    counter: AtomicU64,
+    stop: watch::Sender<bool>,
+    /// Each new destination's name, for [`Sender::run`] to start its task.
+    spawn_tx: mpsc::UnboundedSender<OwnedServerName>,
+    spawn_rx: Mutex<Option<mpsc::UnboundedReceiver<OwnedServerName>>>,
+}
+
+impl Sender {
+    pub fn new(rooms: Arc<Rooms>, servers: Arc<ServerClient>, store: Arc<Store>, own: OwnedServerName) -> Self {
+        let (spawn_tx, spawn_rx) = mpsc::unbounded_channel();
+        Sender {
+            spawn_tx,
+            spawn_rx: Mutex::new(Some(spawn_rx)),
+            rooms,
+            servers,
+            store,
+            own,
+            destinations: Mutex::default(),
+            boot: now_millis(),
+            counter: AtomicU64::new(0),
+            stop: watch::Sender::new(false),
+        }
+    }
+
+    /// Queues an event for the room's servers except `except` (see the module doc), and
+    /// wakes their tasks.
+    pub fn queue_pdu(&self, room: &RoomId, event_id: &ruma::EventId, except: &[OwnedServerName]) -> Result<()> {
+        let meta = self.rooms.event_meta(event_id)?.ok_or_else(|| Error::internal("queueing an unknown event"))?;
+        let mut batch = Batch::new();
+        let mut touched = Vec::new();
+        for dest in super::servers_in_room(&self.rooms, room, &self.own)? {
+            if !except.contains(&dest) {
+                FEDERATION_QUEUE.put(&mut batch, (dest.as_str(), meta.stream), &event_id.to_string());
+                touched.push(dest);
+            }
+        }
+        self.store.write(batch)?;
+        for dest in touched {
+            self.destination(&dest).wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues an EDU for `dest` (not persisted; see the module doc).
+    pub fn queue_edu(&self, dest: &ServerName, edu: Value) {
+        if dest == self.own {
+            return;
+        }
+        let d = self.destination(dest);
+        {
+            let mut edus = d.edus.lock();
+            if edus.len() >= MAX_PENDING_EDUS {
+                edus.pop_front();
+            }
+            edus.push_back(edu);
+        }
+        d.wake.notify_one();
+    }
+
+    /// `server` just sent us a request: it is up, so retry at once.
+    pub fn contacted(&self, server: &ServerName) {
+        let found = self.destinations.lock().get(server).cloned();
+        if let Some(d) = found {
+            let mut backoff = d.backoff.lock();
+            if !backoff.is_zero() {
+                *backoff = Duration::ZERO;
+                drop(backoff);
+                d.wake.notify_one();
+            }
+        }
+    }
+
+    /// Whether the last attempt to reach `server` failed (it is backing off).
+    pub fn is_backing_off(&self, server: &ServerName) -> bool {
+        self.destinations.lock().get(server).is_some_and(|d| !d.backoff.lock().is_zero())
+    }
+
+    /// The destination's state, its task started on first use.
+    fn destination(&self, dest: &ServerName) -> Arc<Destination> {
+        let mut all = self.destinations.lock();
+        if let Some(d) = all.get(dest) {
+            return d.clone();
+        }
+        let d = Arc::new(Destination::default());
+        all.insert(dest.to_owned(), d.clone());
+        let _ = self.spawn_tx.send(dest.to_owned());
+        d
+    }
+
+    /// Runs the follower and the delivery tasks until `stopped` fires.
+    pub async fn run(self: Arc<Self>, stream: Arc<Stream>, stopped: tokio::sync::oneshot::Receiver<()>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let Some(mut spawn_rx) = self.spawn_rx.lock().take() else {
+            return tracing::error!("the federation sender was started twice");
+        };
+        let mut running: BTreeSet<OwnedServerName> = BTreeSet::new();
+        // Destinations with rows left from before a restart.
+        match self.queued_destinations() {
+            Ok(dests) => dests.into_iter().for_each(|d| self.destination(&d).wake.notify_one()),
+            Err(e) => tracing::error!(error = %e, "cannot read the federation queue"),
+        }
+        let follower = {
+            let this = self.clone();
+            tokio::spawn(async move { this.follow(stream).await })
+        };
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                Some(dest) = spawn_rx.recv() => {
+                    if running.insert(dest.clone()) {
+                        let this = self.clone();
+                        tasks.spawn(async move { this.deliver(dest).await });
+                    }
+                }
+            }
+        }
+        let _ = self.stop.send(true);
+        follower.abort();
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Follows the stream (see the module doc) and wakes every destination that got rows.
+    async fn follow(&self, stream: Arc<Stream>) {
+        let mut durable = stream.watch_durable();
+        let mut pos = match FEDERATION_SENDER.get(&self.store, "position") {
+            Ok(Some(p)) => p,
+            // First start: what happened before federation existed is not sent.
+            Ok(None) => stream.now(),
+            Err(e) => return tracing::error!(error = %e, "cannot read the sender's position"),
+        };
+        let mut stop = self.stop.subscribe();
+        loop {
+            let now = stream.now();
+            if now > pos {
+                match self.queue_between(pos, now) {
+                    Ok((reached, touched)) => {
+                        pos = reached;
+                        for dest in touched {
+                            self.destination(&dest).wake.notify_one();
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "queueing events for other servers failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                changed = durable.changed() => if changed.is_err() { return },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Queues the local events in (since, until], at most [`QUEUE_CHUNK`] of them; returns
+    /// the position reached and the destinations that got rows.
+    fn queue_between(&self, since: u64, until: u64) -> Result<(u64, BTreeSet<OwnedServerName>)> {
+        let events = self.rooms.stream.events_between(since, until)?;
+        let (events, reached) = if events.len() > QUEUE_CHUNK {
+            let reached = events[QUEUE_CHUNK - 1].0;
+            (&events[..QUEUE_CHUNK], reached)
+        } else {
+            (&events[..], until)
+        };
+        let mut batch = Batch::new();
+        let mut touched = BTreeSet::new();
+        for (pos, entry) in events {
+            let Some(pdu) = self.rooms.pdu_shared(&entry.event_id)? else { continue };
+            if pdu.sender.server_name() != self.own {
+                continue;
+            }
+            let mut dests = super::servers_in_room(&self.rooms, &entry.room_id, &self.own)?;
+            if pdu.kind == ruma::events::TimelineEventType::RoomMember {
+                if let Some(target) = pdu.state_key.as_deref().and_then(|k| ruma::UserId::parse(k).ok()) {
+                    if target.server_name() != self.own && !dests.iter().any(|d| d == target.server_name()) {
+                        dests.push(target.server_name().to_owned());
+                    }
+                }
+            }
+            for dest in dests {
+                FEDERATION_QUEUE.put(&mut batch, (dest.as_str(), *pos), &entry.event_id.to_string());
+                touched.insert(dest);
+            }
+        }
+        FEDERATION_SENDER.put(&mut batch, "position", &reached);
+        self.store.write(batch)?;
+        Ok((reached, touched))
+    }
+
+    /// Destinations with queued rows.
+    fn queued_destinations(&self) -> Result<BTreeSet<OwnedServerName>> {
+        let mut dests = BTreeSet::new();
+        FEDERATION_QUEUE.scan_range(&self.store, &KeyRange::default(), Order::Ascending, |(dest, _), _| {
+            if let Ok(d) = OwnedServerName::try_from(dest) {
+                dests.insert(d);
+            }
+            true
+        })?;
+        Ok(dests)
+    }
+
+    /// The next rows of a destination's queue, oldest first.
+    fn next_rows(&self, dest: &ServerName) -> Result<Vec<(u64, String)>> {
+        let mut rows = Vec::new();
+        FEDERATION_QUEUE.scan_prefix(&self.store, dest.as_str(), Order::Ascending, |(_, pos), id| {
+            rows.push((pos, id));
+            rows.len() < MAX_PDUS_PER_TXN
+        })?;
+        Ok(rows)
+    }
+
+    /// One destination's delivery loop (see the module doc).
+    async fn deliver(&self, dest: OwnedServerName) {
+        let d = self.destination(&dest);
+        let mut stop = self.stop.subscribe();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let rows = match self.next_rows(&dest) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(%dest, error = %e, "cannot read the federation queue");
+                    Vec::new()
+                }
+            };
+            let edus: Vec<Value> = {
+                let mut pending = d.edus.lock();
+                let n = pending.len().min(MAX_EDUS_PER_TXN);
+                pending.drain(..n).collect()
+            };
+            if rows.is_empty() && edus.is_empty() {
+                tokio::select! {
+                    _ = d.wake.notified() => continue,
+                    _ = stop.changed() => return,
+                }
+            }
+            let mut pdus = Vec::with_capacity(rows.len());
+            for (_, id) in &rows {
+                let Ok(event_id) = ruma::OwnedEventId::try_from(id.as_str()) else { continue };
+                if let Ok(Some(pdu)) = self.rooms.pdu_shared(&event_id) {
+                    pdus.push(own_json(&pdu));
+                }
+            }
+            let txn_id = format!("{}-{}", self.boot, self.counter.fetch_add(1, Ordering::Relaxed));
+            let body = json!({
+                "origin": self.own,
+                "origin_server_ts": now_millis(),
+                "pdus": pdus,
+                "edus": edus,
+            });
+            // The same transaction until it is taken.
+            loop {
+                match self.send(&dest, &txn_id, &body).await {
+                    Ok(()) => {
+                        *d.backoff.lock() = Duration::ZERO;
+                        let mut batch = Batch::new();
+                        for (pos, _) in &rows {
+                            FEDERATION_QUEUE.delete(&mut batch, (dest.as_str(), *pos));
+                        }
+                        if let Err(e) = self.store.write(batch) {
+                            tracing::error!(%dest, error = %e, "cannot remove sent events from the queue");
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        let wait = {
+                            let mut backoff = d.backoff.lock();
+                            *backoff = (*backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+                            *backoff
+                        };
+                        tracing::info!(%dest, error = %e, retry_in_s = wait.as_secs(), "cannot reach a server");
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            // Woken early: `contacted` reset the backoff, or new work came.
+                            _ = d.wake.notified() => {}
+                            _ = stop.changed() => return,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, dest: &ServerName, txn_id: &str, body: &Value) -> std::result::Result<(), String> {
+        let path = format!("/_matrix/federation/v1/send/{txn_id}");
+        let req = ServerRequest { method: http::Method::PUT, ..ServerRequest::post(&path, body) }
+            .limits(SEND_TIMEOUT, 1024 * 1024);
+        let answer = self.servers.request(dest, req).await.map_err(|e| e.to_string())?;
+        if answer.status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {}", answer.status))
+        }
+    }
+}

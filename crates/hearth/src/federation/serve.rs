@@ -1,0 +1,171 @@
+//! What other servers read of a room: one event, the state before an event (whole or as
+//! ids), an event's auth chain, the events between two points (`get_missing_events`) and
+//! history (`backfill`). Only a server with a member in the room (joined or invited) whom
+//! the room's server ACL admits may read; a soft-failed event is never served.
+//!
+//! "The state at an event" here is the state *before* it, as Synapse serves it: a server
+//! that lacks a prev event asks for the state at it and applies the event itself.
+
+use std::collections::{BTreeSet, HashSet, VecDeque};
+
+use ruma::{EventId, OwnedEventId, RoomId, ServerName};
+use serde_json::value::RawValue as RawJsonValue;
+
+use super::{pdu::own_json, Federation};
+use crate::{
+    error::{Error, Result},
+    rooms::pdu::Pdu,
+};
+
+/// PDUs as sent over federation.
+pub type Jsons = Vec<Box<RawJsonValue>>;
+
+/// Most events `get_missing_events` and `backfill` return at once.
+pub const MAX_EVENTS_PER_ANSWER: usize = 100;
+
+impl Federation {
+    /// A held event of a room `origin` may read, never a soft-failed one.
+    fn served_event(&self, origin: &ServerName, event_id: &EventId) -> Result<Pdu> {
+        let meta = self.rooms.event_meta(event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
+        if meta.soft_failed {
+            return Err(Error::not_found("Unknown event"));
+        }
+        self.require_member_server(&meta.room_id, origin)?;
+        self.rooms.pdu(event_id)?.ok_or_else(|| Error::not_found("Unknown event"))
+    }
+
+    /// `GET /event/{eventId}`
+    pub fn event(&self, origin: &ServerName, event_id: &EventId) -> Result<Box<RawJsonValue>> {
+        Ok(own_json(&self.served_event(origin, event_id)?))
+    }
+
+    /// The state before an event of `room` (ids), for `state` and `state_ids`.
+    fn state_ids_before(&self, origin: &ServerName, room: &RoomId, event_id: &EventId) -> Result<Vec<OwnedEventId>> {
+        let pdu = self.served_event(origin, event_id)?;
+        if pdu.room_id != room {
+            return Err(Error::not_found("Unknown event in this room"));
+        }
+        if !self.rooms.in_graph(event_id)? {
+            return Err(Error::not_found("This server does not hold the state at that event"));
+        }
+        let map = self.rooms.state_before(event_id)?;
+        Ok(self.rooms.state_events_of(&map)?.into_values().collect())
+    }
+
+    /// `GET /state_ids/{roomId}`: (state ids, auth chain ids).
+    pub fn state_ids(
+        &self,
+        origin: &ServerName,
+        room: &RoomId,
+        event_id: &EventId,
+    ) -> Result<(Vec<OwnedEventId>, Vec<OwnedEventId>)> {
+        let state = self.state_ids_before(origin, room, event_id)?;
+        let chain = self.rooms.auth_chain(state.iter().cloned())?;
+        Ok((state, chain.into_iter().collect()))
+    }
+
+    /// `GET /state/{roomId}`: (state events, auth chain events).
+    pub fn state(&self, origin: &ServerName, room: &RoomId, event_id: &EventId) -> Result<(Jsons, Jsons)> {
+        let (state, chain) = self.state_ids(origin, room, event_id)?;
+        Ok((self.jsons(&state)?, self.jsons(&chain)?))
+    }
+
+    /// The PDUs of `ids`, as sent.
+    pub(crate) fn jsons(&self, ids: &[OwnedEventId]) -> Result<Vec<Box<RawJsonValue>>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for pdu in self.rooms.pdus_shared(ids)?.into_iter().flatten() {
+            out.push(own_json(&pdu));
+        }
+        Ok(out)
+    }
+
+    /// `GET /event_auth/{roomId}/{eventId}`: the event's full auth chain.
+    pub fn event_auth(&self, origin: &ServerName, room: &RoomId, event_id: &EventId) -> Result<Vec<Box<RawJsonValue>>> {
+        let pdu = self.served_event(origin, event_id)?;
+        if pdu.room_id != room {
+            return Err(Error::not_found("Unknown event in this room"));
+        }
+        let chain: Vec<OwnedEventId> = self.rooms.auth_chain([pdu.event_id.clone()])?.into_iter().collect();
+        self.jsons(&chain)
+    }
+
+    /// `POST /get_missing_events/{roomId}`: events reachable backwards from `latest`
+    /// through prev events, not reaching into `earliest`, at or above `min_depth`, oldest
+    /// first, at most `limit`.
+    pub fn missing_events(
+        &self,
+        origin: &ServerName,
+        room: &RoomId,
+        earliest: &[OwnedEventId],
+        latest: &[OwnedEventId],
+        limit: usize,
+        min_depth: u64,
+    ) -> Result<Vec<Box<RawJsonValue>>> {
+        self.require_member_server(room, origin)?;
+        let limit = limit.min(MAX_EVENTS_PER_ANSWER);
+        let stop: HashSet<&EventId> = earliest.iter().map(|e| &**e).collect();
+        let mut seen: HashSet<OwnedEventId> = latest.iter().cloned().collect();
+        let mut todo: VecDeque<OwnedEventId> = VecDeque::new();
+        for id in latest.iter().take(MAX_EVENTS_PER_ANSWER) {
+            if let Some(p) = self.rooms.pdu_shared(id)? {
+                if p.room_id == room {
+                    todo.extend(p.prev_events.iter().cloned());
+                }
+            }
+        }
+        let mut found: Vec<std::sync::Arc<Pdu>> = Vec::new();
+        while let Some(id) = todo.pop_front() {
+            if found.len() >= limit {
+                break;
+            }
+            if stop.contains(&*id) || !seen.insert(id.clone()) {
+                continue;
+            }
+            let Some(meta) = self.rooms.event_meta(&id)? else { continue };
+            if meta.outlier || meta.soft_failed || meta.room_id != room {
+                continue;
+            }
+            let Some(p) = self.rooms.pdu_shared(&id)? else { continue };
+            if p.depth < min_depth {
+                continue;
+            }
+            todo.extend(p.prev_events.iter().cloned());
+            found.push(p);
+        }
+        found.sort_by_key(|p| p.depth);
+        Ok(found.iter().map(|p| own_json(p)).collect())
+    }
+
+    /// `GET /backfill/{roomId}`: up to `limit` events from `from` backwards through prev
+    /// events (the `from` events included), newest first.
+    pub fn backfill(
+        &self,
+        origin: &ServerName,
+        room: &RoomId,
+        from: &[OwnedEventId],
+        limit: usize,
+    ) -> Result<Vec<Box<RawJsonValue>>> {
+        self.require_member_server(room, origin)?;
+        let limit = limit.min(MAX_EVENTS_PER_ANSWER);
+        let mut seen: BTreeSet<OwnedEventId> = BTreeSet::new();
+        let mut todo: VecDeque<OwnedEventId> = from.iter().take(MAX_EVENTS_PER_ANSWER).cloned().collect();
+        let mut found: Vec<std::sync::Arc<Pdu>> = Vec::new();
+        while let Some(id) = todo.pop_front() {
+            if found.len() >= limit {
+                break;
+            }
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let Some(meta) = self.rooms.event_meta(&id)? else { continue };
+            if meta.outlier || meta.soft_failed || meta.room_id != room {
+                continue;
+            }
+            let Some(p) = self.rooms.pdu_shared(&id)? else { continue };
+            todo.extend(p.prev_events.iter().cloned());
+            found.push(p);
+        }
+        found.sort_by_key(|p| std::cmp::Reverse(p.depth));
+        Ok(found.iter().map(|p| own_json(p)).collect())
+    }
+}

@@ -1,0 +1,279 @@
+//! "Check and append" for remote events: steps 3 to 5 of the checks on receipt of a PDU
+//! (see [`super::authorize`]) and the one commit, for an event whose format, signatures
+//! and hashes federation has already verified, and whose auth events (and, for the
+//! timeline, prev events) this server already holds: fetching what is missing is a
+//! network wait, done by `federation/` before anything here.
+//!
+//! - [`Rooms::append_outlier`]: an auth or state event of another event, checked against
+//!   its own auth events and stored outside the room's graph.
+//! - [`Rooms::append_remote`]: a new event of a room this server is in: rejected if its
+//!   auth events or the state before it refuse it, soft-failed if the room's current state
+//!   does, else a new head of the room. Where it forks the room, the current state is
+//!   resolved ([`super::resolve`]).
+//! - [`Rooms::append_joined_room`]: this server's own join to a room on another server,
+//!   with the state the resident server sent: the room becomes known here.
+//!
+//! Lock order as in [`super::commit`]: only the soft-fail check and the commit run under
+//! the append lock.
+
+use std::{collections::HashMap, sync::Arc};
+
+use ruma::{events::StateEventType, CanonicalJsonObject, EventId, RoomId, RoomVersionId, UserId};
+
+use super::{
+    authorize::{check_auth_events, check_state},
+    build::{check_limits, rules_for, NewEvent},
+    commit::{Append, Placement, StateBefore},
+    pdu::Pdu,
+    resolve::StateEvents,
+    state::StateMap,
+    RoomRecord, Rooms,
+};
+use crate::{
+    error::{Error, Result},
+    time::now_millis,
+};
+
+/// Why a remote event was not appended.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The auth rules refuse it (against its auth events or the state before it).
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// Something it needs is not here: the caller fetches it first.
+    #[error("missing: {0}")]
+    Missing(String),
+    #[error(transparent)]
+    Error(#[from] Error),
+}
+
+/// What happened to an appended remote event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Timeline,
+    SoftFailed,
+    /// It was already here (in the timeline or soft-failed).
+    Known,
+}
+
+impl Rooms {
+    /// The template of an event a remote user asks to send through this server
+    /// (`make_join`, `make_leave`, `make_knock`): built on the room's current heads and
+    /// allowed by its current state (else 403 naming the rule), without hashes and
+    /// signatures, which the user's server adds.
+    pub fn template(&self, room_id: &RoomId, sender: &UserId, new: NewEvent) -> Result<CanonicalJsonObject> {
+        check_limits(&new)?;
+        let record = self.known_room(room_id)?;
+        let heads = self.heads(room_id)?;
+        let built = self.build(&record.version, Some(room_id), &heads, sender, &new)?;
+        self.authorize_local(&built)?;
+        let mut json = built.pdu.json;
+        json.remove("hashes");
+        json.remove("signatures");
+        Ok(json)
+    }
+
+    /// Whether an event is held in the room's graph (not only as an outlier).
+    pub fn in_graph(&self, event_id: &EventId) -> Result<bool> {
+        Ok(self.event_meta(event_id)?.is_some_and(|m| !m.outlier))
+    }
+
+    /// Step 3 for a remote event: the auth rules against its own auth events, which must
+    /// all be here.
+    fn check_against_auth_events(
+        &self,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+        pdu: &Pdu,
+    ) -> Result<(), Refusal> {
+        let mut auth: HashMap<(StateEventType, String), Arc<Pdu>> = HashMap::new();
+        for id in &pdu.auth_events {
+            let event = self.pdu_shared(id)?.ok_or_else(|| Refusal::Missing(format!("auth event {id}")))?;
+            if event.room_id != pdu.room_id {
+                return Err(Refusal::Rejected(format!("auth event {id} is in another room")));
+            }
+            let Some(key) = &event.state_key else {
+                return Err(Refusal::Rejected(format!("auth event {id} is not a state event")));
+            };
+            auth.insert((StateEventType::from(event.kind.to_string()), key.clone()), event);
+        }
+        // From version 12 the create event is not among the auth events: its id is the room's.
+        if !rules.event_format.allow_room_create_in_auth_events {
+            let create_id = ruma::OwnedEventId::try_from(format!("${}", &pdu.room_id.as_str()[1..]))
+                .map_err(|e| Refusal::Rejected(format!("room id names no create event: {e}")))?;
+            if create_id != pdu.event_id {
+                let create = self
+                    .pdu_shared(&create_id)?
+                    .ok_or_else(|| Refusal::Missing(format!("create event {create_id}")))?;
+                auth.insert((StateEventType::RoomCreate, String::new()), create);
+            }
+        }
+        let fetch = |id: &EventId| self.pdu_shared(id).ok().flatten();
+        check_auth_events(rules, pdu, fetch).map_err(Refusal::Rejected)?;
+        check_state(rules, pdu, |ty, key| auth.get(&(ty.clone(), key.to_owned())).cloned()).map_err(Refusal::Rejected)
+    }
+
+    /// Stores an auth or state event of another event, outside the room's graph, once its
+    /// own auth events allow it.
+    pub fn append_outlier(&self, version: &RoomVersionId, pdu: Pdu) -> Result<(), Refusal> {
+        if self.event_meta(&pdu.event_id)?.is_some() {
+            return Ok(());
+        }
+        let rules = rules_for(version)?;
+        self.check_against_auth_events(&rules, &pdu)?;
+        let mut counters = self.append_lock.lock();
+        let append = Append {
+            pdu,
+            state_before: StateBefore::Snapshot(None),
+            placement: Placement::Outlier,
+            txn: None,
+            new_room: None,
+            resolved_current: None,
+        };
+        self.commit(&mut counters, append)?;
+        Ok(())
+    }
+
+    /// The state before an event whose prev events are all in the room's graph: the state
+    /// after the one prev event, or the resolution of the states after each.
+    pub fn state_at_prev_events(
+        &self,
+        version: &RoomVersionId,
+        prev: &[ruma::OwnedEventId],
+    ) -> Result<StateBefore, Refusal> {
+        let mut states = Vec::with_capacity(prev.len());
+        for id in prev {
+            if !self.in_graph(id)? {
+                return Err(Refusal::Missing(format!("prev event {id}")));
+            }
+            states.push(self.state_after(id)?);
+        }
+        let parent = match prev.first() {
+            Some(first) => self.state_snapshot_before(first)?,
+            None => None,
+        };
+        if states.len() == 1 {
+            return Ok(StateBefore::Map { parent, map: states.remove(0) });
+        }
+        let mut by_ids = Vec::with_capacity(states.len());
+        for s in &states {
+            by_ids.push(self.state_events_of(s)?);
+        }
+        Ok(StateBefore::Events { parent, state: self.resolve_states(version, by_ids)? })
+    }
+
+    /// The snapshot of the state before an event in the graph.
+    fn state_snapshot_before(&self, event_id: &EventId) -> Result<Option<u64>> {
+        let Some(short) = self.state.short_event(event_id)? else { return Ok(None) };
+        Ok(super::state::STATE_BEFORE_EVENT.get(&self.store, short)?)
+    }
+
+    /// Steps 3 to 5 and the commit for a new remote event of a room this server is in (see
+    /// the module doc). `state_before` comes from [`Rooms::state_at_prev_events`], or from
+    /// the state another server sent when the prev events could not be fetched.
+    pub fn append_remote(&self, pdu: Pdu, state_before: StateBefore) -> Result<Appended, Refusal> {
+        if self.in_graph(&pdu.event_id)? {
+            return Ok(Appended::Known);
+        }
+        let record = self.known_room(&pdu.room_id)?;
+        let rules = rules_for(&record.version)?;
+        self.check_against_auth_events(&rules, &pdu)?;
+        // Step 4: the state before the event.
+        let before_lookup = StateLookup::new(self, &state_before)?;
+        check_state(&rules, &pdu, |ty, key| before_lookup.get(self, ty, key)).map_err(Refusal::Rejected)?;
+
+        let mut counters = self.append_lock.lock();
+        let heads = self.heads(&pdu.room_id)?;
+        let current = self.current_state_map(&pdu.room_id)?;
+        // Step 5: the current state; a refusal soft-fails.
+        let placement =
+            match check_state(&rules, &pdu, |ty, key| self.state_event_shared(&current, ty, key).ok().flatten()) {
+                Ok(()) => Placement::Timeline,
+                Err(e) => {
+                    tracing::info!(event = %pdu.event_id, error = %e, "soft-failing a remote event");
+                    Placement::SoftFailed
+                }
+            };
+        let forks = heads.forward_extremities.iter().any(|id| !pdu.prev_events.contains(id));
+        let resolved_current = if placement == Placement::Timeline && forks {
+            let mut after = before_lookup.events(self)?;
+            if let Some(key) = &pdu.state_key {
+                after.insert((StateEventType::from(pdu.kind.to_string()), key.clone()), pdu.event_id.clone());
+            }
+            let current = self.state_events_of(&current)?;
+            Some(self.resolve_states(&record.version, vec![after, current])?)
+        } else {
+            None
+        };
+        let append = Append { pdu, state_before, placement, txn: None, new_room: None, resolved_current };
+        let written = self.commit(&mut counters, append)?;
+        drop(counters);
+        self.finish(written)?;
+        Ok(match placement {
+            Placement::SoftFailed => Appended::SoftFailed,
+            _ => Appended::Timeline,
+        })
+    }
+
+    /// This server's join to a room on another server: `join` (signed by the resident
+    /// server too) becomes the room's first event here, on `state` (the state before it,
+    /// whose events and their auth chains are stored as outliers already).
+    pub fn append_joined_room(&self, version: &RoomVersionId, join: Pdu, state: StateEvents) -> Result<Pdu, Refusal> {
+        let rules = rules_for(version)?;
+        self.check_against_auth_events(&rules, &join)?;
+        let lookup = |ty: &StateEventType, key: &str| {
+            state.get(&(ty.clone(), key.to_owned())).and_then(|id| self.pdu_shared(id).ok().flatten())
+        };
+        check_state(&rules, &join, lookup).map_err(Refusal::Rejected)?;
+        let mut counters = self.append_lock.lock();
+        // A room this server left and joins again keeps its record.
+        let new_room = match self.room(&join.room_id)? {
+            Some(r) => r,
+            None => RoomRecord { version: version.clone(), created_ts: now_millis() },
+        };
+        let parent = self.heads(&join.room_id)?.snapshot;
+        let append = Append {
+            pdu: join,
+            state_before: StateBefore::Events { parent, state },
+            placement: Placement::Timeline,
+            txn: None,
+            new_room: Some(new_room),
+            resolved_current: None,
+        };
+        let written = self.commit(&mut counters, append)?;
+        drop(counters);
+        Ok(self.finish(written)?)
+    }
+}
+
+/// Reads a state however the caller described it.
+enum StateLookup<'a> {
+    Map(Arc<StateMap>),
+    Events(&'a StateEvents),
+}
+
+impl<'a> StateLookup<'a> {
+    fn new(rooms: &Rooms, before: &'a StateBefore) -> Result<Self> {
+        Ok(match before {
+            StateBefore::Map { map, .. } => StateLookup::Map(map.clone()),
+            StateBefore::Events { state, .. } => StateLookup::Events(state),
+            StateBefore::Snapshot(Some(s)) => StateLookup::Map(rooms.state.materialise(*s)?),
+            StateBefore::Snapshot(None) => StateLookup::Map(Default::default()),
+        })
+    }
+
+    fn get(&self, rooms: &Rooms, ty: &StateEventType, key: &str) -> Option<Arc<Pdu>> {
+        match self {
+            StateLookup::Map(map) => rooms.state_event_shared(map, ty, key).ok().flatten(),
+            StateLookup::Events(state) => {
+                state.get(&(ty.clone(), key.to_owned())).and_then(|id| rooms.pdu_shared(id).ok().flatten())
+            }
+        }
+    }
+
+    fn events(&self, rooms: &Rooms) -> Result<StateEvents> {
+        match self {
+            StateLookup::Map(map) => rooms.state_events_of(map),
+            StateLookup::Events(state) => Ok((*state).clone()),
+        }
+    }
+}
