@@ -1,0 +1,113 @@
+"""Rooms shared by Hearth and a real Synapse over TLS on loopback.
+
+For room versions 10, 11 and 12, with the room created on either side: the other
+server's user joins by room id through the room's server (`make_join` / `send_join`),
+messages go both ways in order (transactions through each server's sender, each PDU's
+signatures, hashes and auth checked on receipt), and a leave reaches the room's server.
+Nothing here asserts on time; every wait is a poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+
+import pytest
+
+from interop import HttpError, Server, User, register_on_hearth, register_on_synapse
+
+ARRIVAL_S = 60
+
+
+@pytest.fixture(scope="module")
+def hearth_user(hearth: Server) -> User:
+    return register_on_hearth(hearth, "rhea")
+
+
+@pytest.fixture(scope="module")
+def synapse_user(synapse: Server) -> User:
+    return register_on_synapse(synapse, "sid")
+
+
+def q(s: str) -> str:
+    return urllib.parse.quote(s, safe="")
+
+
+def wait_for(what: str, check):
+    deadline = time.monotonic() + ARRIVAL_S
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            found = check()
+        except HttpError as e:
+            found, last = None, e
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"{what} never happened (last error: {last})")
+
+
+def bodies(server: Server, user: User, room: str) -> list[str]:
+    page = server.call("GET", f"/_matrix/client/v3/rooms/{q(room)}/messages?dir=b&limit=100", token=user.access_token)
+    found = [e["content"].get("body") for e in page["chunk"] if e["type"] == "m.room.message"]
+    return list(reversed(found))
+
+
+def joined(server: Server, user: User, room: str) -> set[str]:
+    answer = server.call("GET", f"/_matrix/client/v3/rooms/{q(room)}/joined_members", token=user.access_token)
+    return set(answer["joined"])
+
+
+def send(server: Server, user: User, room: str, body: str) -> str:
+    txn = f"t{time.monotonic_ns()}"
+    answer = server.call(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{q(room)}/send/m.room.message/{txn}",
+        {"msgtype": "m.text", "body": body},
+        token=user.access_token,
+    )
+    return answer["event_id"]
+
+
+@pytest.mark.parametrize("version", ["10", "11", "12"])
+@pytest.mark.parametrize("home", ["hearth", "synapse"])
+def test_join_messages_both_ways_and_leave(hearth: Server, synapse: Server, hearth_user, synapse_user, home, version):
+    if home == "hearth":
+        owner, owner_user, guest, guest_user = hearth, hearth_user, synapse, synapse_user
+    else:
+        owner, owner_user, guest, guest_user = synapse, synapse_user, hearth, hearth_user
+    room = owner.call(
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        {"preset": "public_chat", "room_version": version, "name": f"v{version} on {home}"},
+        token=owner_user.access_token,
+    )["room_id"]
+    send(owner, owner_user, room, "before the guest came")
+
+    joined_answer = guest.call(
+        "POST",
+        f"/_matrix/client/v3/join/{q(room)}?via={q(owner.server_name)}&server_name={q(owner.server_name)}",
+        {},
+        token=guest_user.access_token,
+    )
+    assert joined_answer["room_id"] == room
+    both = {owner_user.user_id, guest_user.user_id}
+    assert joined(guest, guest_user, room) == both
+    wait_for("the guest's join on the room's server", lambda: joined(owner, owner_user, room) == both)
+    name = guest.call("GET", f"/_matrix/client/v3/rooms/{q(room)}/state/m.room.name/", token=guest_user.access_token)
+    assert name["name"] == f"v{version} on {home}"
+
+    send(guest, guest_user, room, "one from the guest")
+    send(guest, guest_user, room, "two from the guest")
+    wait_for(
+        "the guest's messages, in order, on the room's server",
+        lambda: bodies(owner, owner_user, room)[-2:] == ["one from the guest", "two from the guest"],
+    )
+    send(owner, owner_user, room, "reply from the owner")
+    wait_for(
+        "the owner's reply on the guest's server",
+        lambda: bodies(guest, guest_user, room)[-1:] == ["reply from the owner"],
+    )
+
+    guest.call("POST", f"/_matrix/client/v3/rooms/{q(room)}/leave", {}, token=guest_user.access_token)
+    wait_for("the guest's leave on the room's server", lambda: joined(owner, owner_user, room) == {owner_user.user_id})
