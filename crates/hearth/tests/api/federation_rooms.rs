@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::{common::TestServer, federation::pair};
 
@@ -228,4 +228,129 @@ async fn a_private_room_refuses_a_remote_join() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
     let (_, rooms) = p.a.get("/_matrix/client/v3/joined_rooms", Some(&alice_token)).await;
     assert_eq!(rooms["joined_rooms"], json!([]), "{rooms}");
+}
+
+/// What b.test's key signs: an event of the room on b.test's current heads, completed and
+/// signed as b.test would, with `edit` applied before signing.
+fn signed_by_b(
+    p: &crate::federation::Pair,
+    room: &ruma::RoomId,
+    sender: &ruma::UserId,
+    body: &str,
+    edit: impl FnOnce(&mut ruma::CanonicalJsonObject),
+) -> (ruma::CanonicalJsonObject, String) {
+    let b = p.b.services();
+    let content = json!({"msgtype": "m.text", "body": body}).as_object().cloned().expect("object");
+    let mut obj = b
+        .rooms
+        .template(room, sender, hearth::rooms::append::NewEvent::message("m.room.message", content))
+        .expect("template");
+    edit(&mut obj);
+    let rules = ruma::RoomVersionId::V12.rules().expect("rules");
+    ruma::signatures::hash_and_sign_event("b.test", b.server_key.ed25519(), &mut obj, &rules.redaction).expect("sign");
+    let id = format!("${}", ruma::signatures::reference_hash(&obj, &rules).expect("hash"));
+    (obj, id)
+}
+
+/// b.test sends a.test a transaction (signed with b.test's real key over real TLS).
+async fn transaction(p: &crate::federation::Pair, txn: &str, pdus: Vec<Value>, edus: Vec<Value>) -> (u16, Value) {
+    let body = json!({"origin": "b.test", "origin_server_ts": 1, "pdus": pdus, "edus": edus});
+    let path = format!("/_matrix/federation/v1/send/{txn}");
+    let req = hearth::transport::server_client::ServerRequest {
+        method: http::Method::PUT,
+        ..hearth::transport::server_client::ServerRequest::post(&path, &body)
+    };
+    let a: ruma::OwnedServerName = "a.test".try_into().expect("name");
+    let got = p.b.services().transport.servers.request(&a, req).await.expect("request");
+    (got.status.as_u16(), serde_json::from_slice(&got.body).unwrap_or(Value::Null))
+}
+
+/// Hostile transactions from a real peer's key: each bad PDU gets its own error and is
+/// not stored (a wrong content hash stores the redacted form), an oversized transaction
+/// is 400, a replayed transaction id gets the first answer, and an EDU about another
+/// server's user is ignored while one about the origin's own user is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_transactions_are_refused_piece_by_piece() {
+    let p = pair().await;
+    let (bob, bob_token, _) = p.b.register("bob", "a long password").await;
+    let (_, created) = p
+        .b
+        .post("/_matrix/client/v3/createRoom", Some(&bob_token), json!({"preset": "public_chat", "room_version": "12"}))
+        .await;
+    let room_str = created["room_id"].as_str().expect("room id").to_owned();
+    let (alice, alice_token, _) = p.a.register("alice", "a long password").await;
+    let (status, _) =
+        p.a.post(&format!("/_matrix/client/v3/join/{}?via=b.test", encode(&room_str)), Some(&alice_token), json!({}))
+            .await;
+    assert_eq!(status, StatusCode::OK);
+    let room = ruma::OwnedRoomId::try_from(room_str.as_str()).expect("room id");
+    let bob = ruma::OwnedUserId::try_from(bob.as_str()).expect("user");
+    let stored = |id: &str| {
+        let id = ruma::OwnedEventId::try_from(id).expect("id");
+        p.a.services().rooms.pdu(&id).expect("read")
+    };
+    let err_of = |answer: &Value, id: &str| answer["pdus"][id]["error"].as_str().map(str::to_owned);
+
+    // A good one, to show the path works.
+    let (good, good_id) = signed_by_b(&p, &room, &bob, "good", |_| {});
+    let (status, answer) = transaction(&p, "t1", vec![json!(good)], vec![]).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["pdus"][&good_id], json!({}), "{answer}");
+    assert!(stored(&good_id).is_some());
+
+    // Replayed id: the first answer, and the new PDU is not even looked at.
+    let (other, other_id) = signed_by_b(&p, &room, &bob, "replayed", |_| {});
+    let (status, replay) = transaction(&p, "t1", vec![json!(other)], vec![]).await;
+    assert_eq!((status, &replay), (200, &answer));
+    assert!(stored(&other_id).is_none());
+
+    // A forged signature: signed, then the signed part changed.
+    let (mut forged, _) = signed_by_b(&p, &room, &bob, "forged", |_| {});
+    forged.insert("origin_server_ts".into(), ruma::CanonicalJsonValue::Integer(7u32.into()));
+    let rules = ruma::RoomVersionId::V12.rules().expect("rules");
+    let forged_id = format!("${}", ruma::signatures::reference_hash(&forged, &rules).expect("hash"));
+    // A content hash that does not match: the content changed after signing.
+    let (mut tampered, tampered_id) = signed_by_b(&p, &room, &bob, "original", |_| {});
+    tampered.insert(
+        "content".into(),
+        ruma::CanonicalJsonValue::Object(
+            [("body".to_owned(), ruma::CanonicalJsonValue::String("tampered".into()))].into_iter().collect(),
+        ),
+    );
+    // A sender of another server than the origin, signed by the origin only.
+    let carol = ruma::OwnedUserId::try_from("@carol:c.test").expect("user");
+    let (not_origin, not_origin_id) = signed_by_b(&p, &room, &bob, "not mine", |o| {
+        o.insert("sender".into(), ruma::CanonicalJsonValue::String(carol.to_string()));
+    });
+    // A sender of the origin who is not in the room: the auth rules reject it.
+    let (outsider, outsider_id) = signed_by_b(&p, &room, &bob, "let me in", |o| {
+        o.insert("sender".into(), ruma::CanonicalJsonValue::String("@mallory:b.test".into()));
+    });
+    let (status, answer) =
+        transaction(&p, "t2", vec![json!(forged), json!(tampered), json!(not_origin), json!(outsider)], vec![]).await;
+    assert_eq!(status, 200, "{answer}");
+    let forged_err = err_of(&answer, &forged_id).expect("forged signature refused");
+    assert!(forged_err.contains("signature"), "{forged_err}");
+    assert!(stored(&forged_id).is_none());
+    assert_eq!(answer["pdus"][&tampered_id], json!({}), "{answer}");
+    let kept = stored(&tampered_id).expect("the redacted form is kept");
+    assert_eq!(kept.content_value(), json!({}), "content dropped, not the tampered text");
+    // Refused for want of c.test's signature (and were it signed, for its sender).
+    assert!(err_of(&answer, &not_origin_id).expect("refused").contains("c.test"), "{answer}");
+    assert!(stored(&not_origin_id).is_none());
+    assert!(err_of(&answer, &outsider_id).expect("refused").contains("rejected"), "{answer}");
+    assert!(stored(&outsider_id).is_none());
+
+    // Too many PDUs at once.
+    let many: Vec<Value> = (0..51).map(|_| json!(good)).collect();
+    let (status, refused) = transaction(&p, "t3", many, vec![]).await;
+    assert_eq!(status, 400, "{refused}");
+
+    // EDUs: typing for a.test's own user is ignored; for b.test's user it is applied.
+    let typing =
+        |user: &str| json!({"edu_type": "m.typing", "content": {"room_id": room, "user_id": user, "typing": true}});
+    let (status, _) = transaction(&p, "t4", vec![], vec![typing(&alice), typing(bob.as_str())]).await;
+    assert_eq!(status, 200);
+    let typing_now = p.a.services().typing.typing_since(&room, None).unwrap_or_default();
+    assert_eq!(typing_now, vec![bob.clone()], "only the origin's own user");
 }
