@@ -9,6 +9,7 @@ Nothing here asserts on time; every wait is a poll with a deadline.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 
@@ -111,3 +112,51 @@ def test_join_messages_both_ways_and_leave(hearth: Server, synapse: Server, hear
 
     guest.call("POST", f"/_matrix/client/v3/rooms/{q(room)}/leave", {}, token=guest_user.access_token)
     wait_for("the guest's leave on the room's server", lambda: joined(owner, owner_user, room) == {owner_user.user_id})
+
+
+def invited_rooms(server: Server, user: User) -> dict:
+    # A filter of its own each time: Synapse answers a repeated initial sync from a cache.
+    fresh = q(json.dumps({"room": {"timeline": {"limit": 1 + time.monotonic_ns() % 1000}}}))
+    path = f"/_matrix/client/v3/sync?timeout=0&filter={fresh}"
+    return server.call("GET", path, token=user.access_token).get("rooms", {}).get("invite", {})
+
+
+def membership(server: Server, user: User, room: str, of: str) -> str | None:
+    path = f"/_matrix/client/v3/rooms/{q(room)}/state/m.room.member/{q(of)}"
+    return server.call("GET", path, token=user.access_token).get("membership")
+
+
+@pytest.mark.parametrize("home", ["hearth", "synapse"])
+def test_invite_accepted_and_another_rejected(hearth: Server, synapse: Server, home):
+    """A private room's owner invites two users of the other server: one accepts (a join
+    through the inviter's server, no `via`) and talks, the other rejects (a leave sent
+    through the inviter's server)."""
+    if home == "hearth":
+        owner, guest = hearth, synapse
+        owner_user = register_on_hearth(hearth, "inviter-h")
+        accepter, rejecter = register_on_synapse(synapse, "accepter-s"), register_on_synapse(synapse, "rejecter-s")
+    else:
+        owner, guest = synapse, hearth
+        owner_user = register_on_synapse(synapse, "inviter-s")
+        accepter, rejecter = register_on_hearth(hearth, "accepter-h"), register_on_hearth(hearth, "rejecter-h")
+    room = owner.call(
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        {"preset": "private_chat", "name": f"invites on {home}"},
+        token=owner_user.access_token,
+    )["room_id"]
+    for user in (accepter, rejecter):
+        owner.call("POST", f"/_matrix/client/v3/rooms/{q(room)}/invite", {"user_id": user.user_id}, token=owner_user.access_token)
+    for user in (accepter, rejecter):
+        invite = wait_for("the invite on the invitee's server", lambda: invited_rooms(guest, user).get(room))
+        names = [e["content"].get("name") for e in invite["invite_state"]["events"] if e["type"] == "m.room.name"]
+        assert names == [f"invites on {home}"]
+
+    guest.call("POST", f"/_matrix/client/v3/join/{q(room)}", {}, token=accepter.access_token)
+    wait_for("the accepted invite's join", lambda: joined(owner, owner_user, room) == {owner_user.user_id, accepter.user_id})
+    send(guest, accepter, room, "thanks for having me")
+    wait_for("the new member's message", lambda: bodies(owner, owner_user, room)[-1:] == ["thanks for having me"])
+
+    guest.call("POST", f"/_matrix/client/v3/rooms/{q(room)}/leave", {}, token=rejecter.access_token)
+    wait_for("the rejection on the room's server", lambda: membership(owner, owner_user, room, rejecter.user_id) == "leave")
+    assert room not in invited_rooms(guest, rejecter)

@@ -118,6 +118,7 @@ impl Services {
             server_key.clone(),
             store.clone(),
             typing.clone(),
+            users.clone(),
         );
         let max_concurrent = config.max_concurrent_requests as usize;
         Ok(Arc::new(Services {

@@ -223,7 +223,12 @@ impl Federation {
         if let Some(r) = reason {
             content.insert("reason".into(), Value::String(r));
         }
-        self.join_remote(room, user, via, content).await.map(|_| ())
+        // An invite names the server to join through.
+        let mut via = via.to_vec();
+        if let Some(inviter) = self.inviter_server(room, user)? {
+            via.insert(0, inviter);
+        }
+        self.join_remote(room, user, &via, content).await.map(|_| ())
     }
 
     /// A local user joins a room on another server, through the first of `candidates`
@@ -365,7 +370,7 @@ impl Federation {
 
     /// Sends a request and returns the body of a success; any other answer is an error
     /// that says which server said what.
-    async fn ask(&self, server: &ServerName, req: ServerRequest<'_>) -> Result<Vec<u8>> {
+    pub(crate) async fn ask(&self, server: &ServerName, req: ServerRequest<'_>) -> Result<Vec<u8>> {
         let path = req.path_and_query.to_owned();
         let answer = self
             .servers

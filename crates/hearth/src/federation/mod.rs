@@ -9,6 +9,7 @@
 //! - [`serve`]: what other servers read of a room: events, state, auth chains, history.
 //! - [`join`]: joins and leaves through another server, both ways (`make_join` /
 //!   `send_join`, `make_leave` / `send_leave`).
+//! - [`invite`]: invites across servers, both ways.
 //! - [`transactions`]: inbound `/send`.
 //! - [`sender`]: outbound transactions, from a persisted queue per destination.
 //!
@@ -17,6 +18,7 @@
 //! room are handled one at a time ([`Federation::room_turn`]), then the append lock.
 
 pub mod edu;
+pub mod invite;
 pub mod join;
 pub mod pdu;
 pub mod query;
@@ -39,6 +41,7 @@ use crate::{
     server_key::ServerKey,
     store::Store,
     transport::{keys::ServerKeys, server_client::ServerClient},
+    users::Users,
 };
 
 pub struct Federation {
@@ -48,6 +51,7 @@ pub struct Federation {
     pub(crate) server_key: Arc<ServerKey>,
     pub(crate) store: Arc<Store>,
     pub(crate) typing: Arc<Typing>,
+    pub(crate) users: Arc<Users>,
     pub own: OwnedServerName,
     pub sender: Arc<sender::Sender>,
     /// One room's incoming events at a time: fetching what one misses and appending it
@@ -65,6 +69,7 @@ impl Federation {
         server_key: Arc<ServerKey>,
         store: Arc<Store>,
         typing: Arc<Typing>,
+        users: Arc<Users>,
     ) -> Self {
         let own = server_key.server_name().clone();
         let sender = Arc::new(sender::Sender::new(rooms.clone(), servers.clone(), store.clone(), own.clone()));
@@ -75,6 +80,7 @@ impl Federation {
             server_key,
             store,
             typing,
+            users,
             own,
             sender,
             turns: Mutex::default(),

@@ -20,19 +20,27 @@ use std::{collections::HashMap, sync::Arc};
 
 use ruma::{events::StateEventType, CanonicalJsonObject, EventId, RoomId, RoomVersionId, UserId};
 
+use ruma::events::room::member::MembershipState;
+use serde_json::Value;
+
 use super::{
     authorize::{check_auth_events, check_state},
     build::{check_limits, rules_for, NewEvent},
     commit::{Append, Placement, StateBefore},
     pdu::Pdu,
     resolve::StateEvents,
+    state::Interner,
     state::StateMap,
-    RoomRecord, Rooms,
+    EventMeta, MembershipRecord, RoomRecord, Rooms, EVENT_META, PDUS, USER_ROOMS,
 };
 use crate::{
     error::{Error, Result},
+    store::{tables, Table},
     time::now_millis,
 };
+
+/// (user id, room id) → the stripped state of an invite to a room on another server.
+pub const REMOTE_INVITE_STATE: Table<(String, String), Value> = Table::new(tables::REMOTE_INVITE_STATE);
 
 /// Why a remote event was not appended.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +79,85 @@ impl Rooms {
         json.remove("hashes");
         json.remove("signatures");
         Ok(json)
+    }
+
+    /// Builds and authorizes a local event without appending it: for an event another
+    /// server must sign first (an invite of its user). Returns the event and the snapshot
+    /// of the state it was built on, for [`Rooms::append_remote`] once it comes back.
+    pub fn prepare_local(&self, room_id: &RoomId, sender: &UserId, new: NewEvent) -> Result<(Pdu, Option<u64>)> {
+        check_limits(&new)?;
+        let record = self.known_room(room_id)?;
+        let heads = self.heads(room_id)?;
+        let built = self.build(&record.version, Some(room_id), &heads, sender, &new)?;
+        self.authorize_local(&built)?;
+        Ok((built.pdu, heads.snapshot))
+    }
+
+    /// An invite of a local user to a room on another server, signed by both servers:
+    /// stored outside any room graph, with the stripped state it came with, and shown to
+    /// the user as an invite.
+    pub fn append_remote_invite(&self, invite: Pdu, stripped: Vec<Value>) -> Result<()> {
+        self.record_remote_membership(invite, MembershipState::Invite, Some(stripped))
+    }
+
+    /// A local user's leave (an invite rejected) of a room on another server, sent
+    /// through that server: the user's membership becomes `leave`.
+    pub fn append_remote_leave(&self, leave: Pdu) -> Result<()> {
+        self.record_remote_membership(leave, MembershipState::Leave, None)
+    }
+
+    fn record_remote_membership(
+        &self,
+        pdu: Pdu,
+        membership: MembershipState,
+        stripped: Option<Vec<Value>>,
+    ) -> Result<()> {
+        let user = pdu
+            .state_key
+            .as_deref()
+            .and_then(|k| ruma::OwnedUserId::try_from(k).ok())
+            .ok_or_else(|| Error::bad_json("A member event without a user"))?;
+        let json = serde_json::to_vec(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
+        let mut counters = self.append_lock.lock();
+        let (pos, ()) = self.stream.commit_deferred_then(
+            |stream, batch| {
+                let mut interner = Interner::new(&mut counters.next_short);
+                let short = interner.event(&self.store, batch, &pdu.event_id)?;
+                if self.event_meta(&pdu.event_id)?.is_none() {
+                    PDUS.put(batch, pdu.event_id.as_str(), &json);
+                    let meta = EventMeta {
+                        room_id: pdu.room_id.clone(),
+                        stream,
+                        short,
+                        txn: None,
+                        redacted_by: None,
+                        outlier: true,
+                        soft_failed: false,
+                    };
+                    EVENT_META.put(batch, pdu.event_id.as_str(), &meta);
+                }
+                let record = MembershipRecord { membership, stream, event_id: pdu.event_id.clone() };
+                USER_ROOMS.put(batch, (user.as_str(), pdu.room_id.as_str()), &record);
+                let key = (user.as_str(), pdu.room_id.as_str());
+                match &stripped {
+                    Some(state) => REMOTE_INVITE_STATE.put(batch, key, &Value::Array(state.clone())),
+                    None => REMOTE_INVITE_STATE.delete(batch, key),
+                }
+                Ok(())
+            },
+            |_, _| self.members.invalidate_user(&user),
+        )?;
+        drop(counters);
+        let notifier = self.notifier.clone();
+        self.stream.after_durable(pos, move || notifier.notify([&*user], pos))
+    }
+
+    /// The stripped state an invite to a room on another server came with.
+    pub fn remote_invite_state(&self, user: &UserId, room_id: &RoomId) -> Result<Vec<Value>> {
+        Ok(match REMOTE_INVITE_STATE.get(&self.store, (user.as_str(), room_id.as_str()))? {
+            Some(Value::Array(state)) => state,
+            _ => Vec::new(),
+        })
     }
 
     /// Whether an event is held in the room's graph (not only as an outlier).

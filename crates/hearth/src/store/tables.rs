@@ -134,12 +134,15 @@ pub const ALL: &[&str] = &[
     FEDERATION_QUEUE,
     FEDERATION_SENDER,
     FEDERATION_TXNS,
+    REMOTE_INVITE_STATE,
 ];
 
 /// (destination server, stream position) → event id: PDUs queued for another server.
 pub const FEDERATION_QUEUE: &str = "federation_queue";
 /// Fixed name → the stream position the federation sender has queued up to.
 pub const FEDERATION_SENDER: &str = "federation_sender";
+/// (user id, room id) → the stripped state sent with an invite to a room on another server.
+pub const REMOTE_INVITE_STATE: &str = "remote_invite_state";
 /// (origin server, transaction id) → the answer given: inbound `/send` is idempotent.
 pub const FEDERATION_TXNS: &str = "federation_txns";
 

@@ -484,6 +484,16 @@ fn summary(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<(u64, u64, 
 
 /// Stripped state shown with an invite or knock: what a client needs to show the room.
 fn invite_state(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
+    if rooms.room(room_id)?.is_none() {
+        // A room on another server: the state its invite came with, and the invite.
+        let mut out = rooms.remote_invite_state(user, room_id)?;
+        if let Some(rec) = rooms.membership(room_id, user)? {
+            if let Some(invite) = rooms.pdu(&rec.event_id)? {
+                out.push(invite.to_stripped_json());
+            }
+        }
+        return Ok(out);
+    }
     let map = rooms.current_state_map(room_id)?;
     let mut out = Vec::new();
     for pdu in rooms.state_events(&map)? {

@@ -354,3 +354,69 @@ async fn hostile_transactions_are_refused_piece_by_piece() {
     let typing_now = p.a.services().typing.typing_since(&room, None).unwrap_or_default();
     assert_eq!(typing_now, vec![bob.clone()], "only the origin's own user");
 }
+
+/// The rooms `token`'s user is invited to, with the names their invites show.
+async fn invites(server: &TestServer, token: &str) -> Vec<(String, Option<String>)> {
+    let (_, sync) = server.get("/_matrix/client/v3/sync?timeout=0", Some(token)).await;
+    let mut out = Vec::new();
+    for (room, invite) in sync["rooms"]["invite"].as_object().into_iter().flatten() {
+        let name = invite["invite_state"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["type"] == "m.room.name")
+            .and_then(|e| e["content"]["name"].as_str().map(str::to_owned));
+        out.push((room.clone(), name));
+    }
+    out
+}
+
+/// A private room's owner on b.test invites two users of a.test: one accepts (a join
+/// through b.test) and talks, the other rejects (a leave sent through b.test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_across_servers_accepted_and_rejected() {
+    let p = pair().await;
+    let (bob, bob_token, _) = p.b.register("bob", "a long password").await;
+    let (_, created) = p
+        .b
+        .post("/_matrix/client/v3/createRoom", Some(&bob_token), json!({"preset": "private_chat", "name": "Secret"}))
+        .await;
+    let room = created["room_id"].as_str().expect("room id").to_owned();
+    let (alice, alice_token, _) = p.a.register("alice", "a long password").await;
+    let (carol, carol_token, _) = p.a.register("carol", "a long password").await;
+    for user in [&alice, &carol] {
+        let (status, body) =
+            p.b.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), Some(&bob_token), json!({"user_id": user}))
+                .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // The invites show on a.test with the room's name; b.test lists both as invited.
+    assert_eq!(invites(&p.a, &alice_token).await, vec![(room.clone(), Some("Secret".to_owned()))]);
+    assert_eq!(invites(&p.a, &carol_token).await, vec![(room.clone(), Some("Secret".to_owned()))]);
+
+    // Alice accepts: her join goes through b.test (the inviter's server) with no `via`.
+    let (status, joined) =
+        p.a.post(&format!("/_matrix/client/v3/join/{}", encode(&room)), Some(&alice_token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    let mut both = vec![alice.clone(), bob.clone()];
+    both.sort();
+    eventually("alice's join on b.test", || async {
+        (joined_members(&p.b, &bob_token, &room).await == both).then_some(())
+    })
+    .await;
+    send(&p.a, &alice_token, &room, "a1", "thanks for the invite").await;
+    eventually("alice's message on b.test", || async {
+        bodies(&p.b, &bob_token, &room).await.contains(&"thanks for the invite".to_owned()).then_some(())
+    })
+    .await;
+
+    // Carol rejects: b.test sees her leave, and the invite is gone from her sync.
+    let (status, left) =
+        p.a.post(&format!("/_matrix/client/v3/rooms/{}/leave", encode(&room)), Some(&carol_token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{left}");
+    let (_, state) =
+        p.b.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{}", encode(&carol)), Some(&bob_token))
+            .await;
+    assert_eq!(state["membership"], "leave", "{state}");
+    assert_eq!(invites(&p.a, &carol_token).await, vec![]);
+}

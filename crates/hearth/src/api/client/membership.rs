@@ -91,7 +91,9 @@ pub async fn invite_user(s: Arc<Services>, req: Ruma<invite_user::v3::Request>) 
     if user_id.server_name() == s.config.server_name && !s.users.is_active(user_id)? {
         return Err(Error::not_found("No such user"));
     }
-    s.rooms.invite(&req.body.room_id, &caller.user_id, user_id, invitee.reason.clone(), false)?;
+    let federate = s.config.allow_federation;
+    let reason = invitee.reason.clone();
+    s.federation.invite(&req.body.room_id, &caller.user_id, user_id, reason, false, federate).await?;
     Ok(invite_user::v3::Response::new())
 }
 
@@ -99,6 +101,12 @@ pub async fn invite_user(s: Arc<Services>, req: Ruma<invite_user::v3::Request>) 
 pub async fn leave_room(s: Arc<Services>, req: Ruma<leave_room::v3::Request>) -> Result<leave_room::v3::Response> {
     let caller = req.caller()?;
     match s.rooms.membership(&req.body.room_id, &caller.user_id)? {
+        // An invite to a room on another server is rejected through the inviting server.
+        Some(m) if m.membership == MembershipState::Invite && s.rooms.room(&req.body.room_id)?.is_none() => {
+            let inviter = s.federation.inviter_server(&req.body.room_id, &caller.user_id)?;
+            let inviter = inviter.ok_or_else(|| Error::not_found("Unknown room"))?;
+            s.federation.reject_remote_invite(&req.body.room_id, &caller.user_id, &inviter).await?;
+        }
         Some(m)
             if m.membership == MembershipState::Join
                 || m.membership == MembershipState::Invite

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use ruma::api::federation::membership::{
-    create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event, RawStrippedState,
 };
 
 use crate::{
@@ -65,4 +65,35 @@ pub async fn send_leave(
     let b = &req.body;
     s.federation.send_leave(origin, &b.room_id, &b.event_id, &b.pdu).await?;
     Ok(create_leave_event::v2::Response::new())
+}
+
+/// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`: an invite of a local user,
+/// signed and kept (see `federation::invite`).
+pub async fn create_invite(
+    s: Arc<Services>,
+    req: Ruma<create_invite::v2::Request>,
+) -> Result<create_invite::v2::Response> {
+    let origin = req.origin()?;
+    let b = &req.body;
+    // Stripped events, or (since Matrix 1.16) full PDUs cut down to what a client sees.
+    let stripped: Vec<serde_json::Value> = b
+        .invite_room_state
+        .iter()
+        .filter_map(|state| {
+            #[allow(deprecated)]
+            let json = match state {
+                RawStrippedState::Stripped(raw) => raw.json().get(),
+                RawStrippedState::Pdu(raw) => raw.get(),
+                _ => return None,
+            };
+            let v: serde_json::Value = serde_json::from_str(json).ok()?;
+            Some(serde_json::json!({
+                "type": v.get("type")?, "state_key": v.get("state_key")?,
+                "sender": v.get("sender")?, "content": v.get("content")?,
+            }))
+        })
+        .collect();
+    let event =
+        s.federation.receive_invite(origin, &b.room_id, &b.event_id, &b.room_version, &b.event, stripped).await?;
+    Ok(create_invite::v2::Response::new(event))
 }

@@ -40,5 +40,6 @@ pub fn routes(allow_federation: bool) -> Router<Arc<Services>> {
         .ruma(membership::send_join)
         .ruma(membership::make_leave)
         .ruma(membership::send_leave)
+        .ruma(membership::create_invite)
         .ruma(transactions::send_transaction_message)
 }

@@ -1,0 +1,249 @@
+//! Invites across servers.
+//!
+//! - **Out** (a local user invites a remote one): the invite is built and authorized here
+//!   but not appended; the invitee's server signs it (`invite` v2, with the room's
+//!   stripped state); the event that comes back, signed by both, is appended as any
+//!   received event, and the sender sends it to the room's other servers.
+//! - **In** (a remote user invites a local one): the event is checked (signed by the
+//!   inviting server, an invite of an existing local user, in a room version Hearth
+//!   federates), signed here, and kept with the stripped state it came with: the user sees
+//!   the invite in `/sync`. Accepting is a join through the inviting server; rejecting is a
+//!   leave sent through it (`make_leave` / `send_leave`).
+
+use std::time::Duration;
+
+use http::StatusCode;
+use ruma::{
+    events::room::member::MembershipState, CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, RoomId,
+    RoomVersionId, ServerName, UserId,
+};
+use serde::Deserialize;
+use serde_json::{value::RawValue as RawJsonValue, Value};
+
+use super::{
+    pdu::{event_id_of, parse_raw},
+    receive::encode,
+    Federation,
+};
+use crate::{
+    error::{Error, Result},
+    rooms::{append::NewEvent, commit::StateBefore, remote::Appended, resolve::federates},
+    time::now_millis,
+    transport::server_client::ServerRequest,
+};
+
+const INVITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most stripped state events kept with an invite.
+const MAX_INVITE_STATE: usize = 64;
+
+impl Federation {
+    /// A local user invites `target`: here for a local user, else through their server.
+    pub async fn invite(
+        &self,
+        room: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<String>,
+        is_direct: bool,
+        federate: bool,
+    ) -> Result<()> {
+        if target.server_name() == self.own || !federate {
+            self.rooms.invite(room, sender, target, reason, is_direct)?;
+            return Ok(());
+        }
+        let mut content = serde_json::json!({"membership": "invite"});
+        if let Some(r) = reason {
+            content["reason"] = Value::String(r);
+        }
+        if is_direct {
+            content["is_direct"] = Value::Bool(true);
+        }
+        let version = self.rooms.known_room(room)?.version;
+        if !federates(&version) {
+            return Err(Error::matrix(
+                StatusCode::BAD_REQUEST,
+                "M_UNSUPPORTED_ROOM_VERSION",
+                format!("Rooms of version {version} cannot have members on other servers"),
+            ));
+        }
+        let (pdu, snapshot) =
+            self.rooms.prepare_local(room, sender, NewEvent::state("m.room.member", target.as_str(), content))?;
+        let stripped = self.stripped_state(room)?;
+        let body = serde_json::json!({
+            "room_version": version,
+            "event": pdu.json,
+            "invite_room_state": stripped,
+        });
+        let path = format!("/_matrix/federation/v2/invite/{}/{}", encode(room.as_str()), encode(pdu.event_id.as_str()));
+        let req = ServerRequest { method: http::Method::PUT, ..ServerRequest::post(&path, &body) }
+            .limits(INVITE_TIMEOUT, 1024 * 1024);
+        #[derive(Deserialize)]
+        struct Answer {
+            event: Box<RawJsonValue>,
+        }
+        let answer: Answer = serde_json::from_slice(&self.ask(target.server_name(), req).await?)
+            .map_err(|e| Error::unavailable(format!("{} sent an invalid invite answer: {e}", target.server_name())))?;
+        let obj = parse_raw(&answer.event).map_err(Error::unavailable)?;
+        let signed = self
+            .verify_pdu(&version, obj, Some(room), Some(&pdu.event_id))
+            .await
+            .map_err(|e| Error::unavailable(format!("the invite came back altered: {e}")))?;
+        let has_target_signature = matches!(
+            signed.json.get("signatures"),
+            Some(CanonicalJsonValue::Object(s)) if s.contains_key(target.server_name().as_str())
+        );
+        if !has_target_signature {
+            return Err(Error::unavailable(format!("{} did not sign the invite", target.server_name())));
+        }
+        let _turn = self.room_turn(room).await;
+        match self.rooms.append_remote(signed, StateBefore::Snapshot(snapshot)) {
+            Ok(Appended::Timeline) | Ok(Appended::Known) => Ok(()),
+            Ok(Appended::SoftFailed) => Err(Error::forbidden("The room changed: the invite is no longer allowed")),
+            Err(e) => Err(Error::forbidden(format!("The invite is not allowed: {e}"))),
+        }
+    }
+
+    /// The room's state a remote invitee's client needs to show the invite, as full PDUs
+    /// (Matrix 1.16; the invitee's server cuts them down).
+    fn stripped_state(&self, room: &RoomId) -> Result<Vec<Box<RawJsonValue>>> {
+        let map = self.rooms.current_state_map(room)?;
+        let mut out = Vec::new();
+        for pdu in self.rooms.state_events(&map)? {
+            let kind = pdu.kind.to_string();
+            if matches!(
+                kind.as_str(),
+                "m.room.create"
+                    | "m.room.join_rules"
+                    | "m.room.name"
+                    | "m.room.avatar"
+                    | "m.room.canonical_alias"
+                    | "m.room.encryption"
+                    | "m.room.topic"
+            ) {
+                out.push(super::pdu::own_json(&pdu));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `PUT /invite` (v2): signs and keeps an invite of a local user (see the module doc).
+    pub async fn receive_invite(
+        &self,
+        origin: &ServerName,
+        room: &RoomId,
+        event_id: &ruma::EventId,
+        version: &RoomVersionId,
+        raw: &RawJsonValue,
+        stripped: Vec<Value>,
+    ) -> Result<Box<RawJsonValue>> {
+        if !federates(version) {
+            return Err(Error::matrix(
+                StatusCode::BAD_REQUEST,
+                "M_INCOMPATIBLE_ROOM_VERSION",
+                format!("Room version {version} is not available over federation on this server"),
+            )
+            .with_field("room_version", Value::String(version.to_string())));
+        }
+        let rules = version.rules().ok_or_else(|| Error::internal("rules of a federated version"))?;
+        let obj = parse_raw(raw).map_err(Error::bad_json)?;
+        if event_id_of(&obj, &rules).map_err(Error::bad_json)? != event_id {
+            return Err(Error::bad_json("The event id does not match the event"));
+        }
+        // An invite of a room this server is in passes through `/send` as well; either way
+        // the invite is checked here for what it claims.
+        let pdu = self.verify_pdu(version, obj, Some(room), Some(event_id)).await.map_err(Error::bad_json)?;
+        let member = pdu.content_value().get("membership").and_then(Value::as_str).map(MembershipState::from);
+        let target = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok());
+        let Some(target) = target.filter(|_| pdu.kind.to_string() == "m.room.member") else {
+            return Err(Error::bad_json("Not a member event"));
+        };
+        if member != Some(MembershipState::Invite) {
+            return Err(Error::bad_json("Not an invite"));
+        }
+        if pdu.sender.server_name() != origin {
+            return Err(Error::forbidden("The inviter is not of the requesting server"));
+        }
+        if target.server_name() != self.own || !self.users.is_active(&target)? {
+            return Err(Error::not_found("No such user on this server"));
+        }
+        if self.rooms.room(room)?.is_some() && !self.acl_allows(room, origin)? {
+            return Err(Error::forbidden("The room's server ACL denies the inviting server"));
+        }
+        let mut event = pdu.json.clone();
+        ruma::signatures::sign_event(self.own.as_str(), self.server_key.key_pair(), &mut event, &rules.redaction)
+            .map_err(|e| Error::internal(format!("cannot sign the invite: {e}")))?;
+        let invite = crate::rooms::pdu::Pdu::from_json(pdu.event_id.clone(), event.clone(), Some(room))?;
+        let stripped: Vec<Value> = stripped.into_iter().take(MAX_INVITE_STATE).collect();
+        let in_room_here = self.rooms.room(room)?.is_some()
+            && self.rooms.members_shared(room, &MembershipState::Join)?.iter().any(|u| u.server_name() == self.own);
+        if !in_room_here {
+            self.rooms.append_remote_invite(invite, stripped)?;
+        }
+        serde_json::value::to_raw_value(&event).map_err(|e| Error::internal(e.to_string()))
+    }
+
+    /// A local user rejects an invite to a room on another server: a leave through the
+    /// inviting server.
+    pub async fn reject_remote_invite(&self, room: &RoomId, user: &UserId, inviter_server: &ServerName) -> Result<()> {
+        let path = format!("/_matrix/federation/v1/make_leave/{}/{}", encode(room.as_str()), encode(user.as_str()));
+        let made = self.ask(inviter_server, ServerRequest::get(&path).limits(INVITE_TIMEOUT, 1024 * 1024)).await?;
+        #[derive(Deserialize)]
+        struct Made {
+            room_version: Option<RoomVersionId>,
+            event: Box<RawJsonValue>,
+        }
+        let made: Made = serde_json::from_slice(&made)
+            .map_err(|e| Error::unavailable(format!("{inviter_server} sent an invalid make_leave answer: {e}")))?;
+        let version = made.room_version.unwrap_or(RoomVersionId::V1);
+        if !federates(&version) {
+            return Err(Error::matrix(StatusCode::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION", "Not over federation"));
+        }
+        let rules = version.rules().ok_or_else(|| Error::internal("rules of a federated version"))?;
+        let mut event = parse_raw(&made.event).map_err(Error::unavailable)?;
+        let text = |e: &CanonicalJsonObject, k: &str| match e.get(k) {
+            Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        if text(&event, "sender").as_deref() != Some(user.as_str())
+            || text(&event, "state_key").as_deref() != Some(user.as_str())
+            || text(&event, "room_id").as_deref() != Some(room.as_str())
+        {
+            return Err(Error::unavailable("The leave template is not this user's leave of this room"));
+        }
+        event.insert(
+            "content".into(),
+            CanonicalJsonValue::Object(
+                [("membership".to_owned(), CanonicalJsonValue::String("leave".into()))].into_iter().collect(),
+            ),
+        );
+        event.insert("origin_server_ts".into(), crate::rooms::pdu::to_canonical(Value::from(now_millis()))?);
+        event.remove("hashes");
+        event.remove("signatures");
+        event.remove("unsigned");
+        ruma::signatures::hash_and_sign_event(
+            self.own.as_str(),
+            self.server_key.key_pair(),
+            &mut event,
+            &rules.redaction,
+        )
+        .map_err(|e| Error::internal(format!("cannot sign the leave: {e}")))?;
+        let event_id = event_id_of(&event, &rules).map_err(Error::internal)?;
+        let path = format!("/_matrix/federation/v2/send_leave/{}/{}", encode(room.as_str()), encode(event_id.as_str()));
+        let body = serde_json::to_value(&event).map_err(|e| Error::internal(e.to_string()))?;
+        let req = ServerRequest { method: http::Method::PUT, ..ServerRequest::post(&path, &body) }
+            .limits(INVITE_TIMEOUT, 1024 * 1024);
+        self.ask(inviter_server, req).await?;
+        let leave = crate::rooms::pdu::Pdu::from_json(event_id, event, Some(room))?;
+        self.rooms.append_remote_leave(leave)
+    }
+
+    /// The server of whoever invited `user` to `room`, when that invite is the user's
+    /// membership.
+    pub fn inviter_server(&self, room: &RoomId, user: &UserId) -> Result<Option<OwnedServerName>> {
+        let Some(rec) = self.rooms.membership(room, user)? else { return Ok(None) };
+        if rec.membership != MembershipState::Invite {
+            return Ok(None);
+        }
+        Ok(self.rooms.pdu(&rec.event_id)?.map(|p| p.sender.server_name().to_owned()))
+    }
+}
