@@ -62,8 +62,8 @@ pub struct Services {
     pub typing: Arc<Typing>,
     pub account_data: AccountData,
     pub presence: Presence,
-    pub keys: Keys,
-    pub to_device: ToDevice,
+    pub keys: Arc<Keys>,
+    pub to_device: Arc<ToDevice>,
     pub backup: Backup,
     pub push: push::Push,
     /// Initial (and full-state) syncs building at once: each holds its whole response in
@@ -106,20 +106,22 @@ impl Services {
         let typing = Typing::new(notifier.clone());
         let account_data = AccountData::new(store.clone(), stream.clone());
         let presence = Presence::new(store.clone(), stream.clone());
-        let keys = Keys::new(store.clone(), stream.clone());
-        let to_device = ToDevice::new(store.clone(), stream.clone());
+        let keys = Arc::new(Keys::new(store.clone(), stream.clone()));
+        let to_device = Arc::new(ToDevice::new(store.clone(), stream.clone()));
         let backup = Backup::new(store.clone());
         let transport = transport::Transport::new(&config, store.clone(), server_key.clone())
             .map_err(|e| StoreError::Other(format!("cannot set up outbound requests: {e}")))?;
-        let federation = federation::Federation::new(
-            rooms.clone(),
-            transport.servers.clone(),
-            transport.keys.clone(),
-            server_key.clone(),
-            store.clone(),
-            typing.clone(),
-            users.clone(),
-        );
+        let federation = federation::Federation::new(federation::Parts {
+            rooms: rooms.clone(),
+            servers: transport.servers.clone(),
+            server_keys: transport.keys.clone(),
+            server_key: server_key.clone(),
+            store: store.clone(),
+            typing: typing.clone(),
+            users: users.clone(),
+            e2ee_keys: keys.clone(),
+            to_device: to_device.clone(),
+        });
         let max_concurrent = config.max_concurrent_requests as usize;
         Ok(Arc::new(Services {
             config,

@@ -59,6 +59,13 @@ pub enum StreamItem {
     /// A user's devices or cross-signing keys changed.
     DeviceList {
         user_id: OwnedUserId,
+        /// The device whose keys changed (`None`: cross-signing keys, or a remote user's
+        /// change as its server announced it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device_id: Option<String>,
+        /// Whether the device was deleted.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
     },
     /// To-device messages were queued, for this user and perhaps others. It keeps the
     /// position in the log: nothing reads the user, since syncs learn of queued messages

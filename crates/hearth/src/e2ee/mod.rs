@@ -113,8 +113,19 @@ impl Keys {
     }
 
     /// Records that a user's keys changed: contacts will re-query them.
-    fn mark_changed(&self, batch: &mut Batch, pos: u64, user: &UserId) {
-        STREAM_LOG.put(batch, pos, &StreamItem::DeviceList { user_id: user.to_owned() });
+    fn mark_changed(&self, batch: &mut Batch, pos: u64, user: &UserId, device: Option<&str>, deleted: bool) {
+        let item = StreamItem::DeviceList { user_id: user.to_owned(), device_id: device.map(str::to_owned), deleted };
+        STREAM_LOG.put(batch, pos, &item);
+    }
+
+    /// Records that a remote user's devices or cross-signing keys changed (their server
+    /// said so): contacts will re-query them. Returns the position.
+    pub fn note_remote_change(&self, user: &UserId) -> Result<u64> {
+        let (pos, _) = self.stream.commit(|pos, batch| {
+            self.mark_changed(batch, pos, user, None, false);
+            Ok(())
+        })?;
+        Ok(pos)
     }
 
     /// Stores a device's identity keys; refuses keys naming another user or device.
@@ -130,7 +141,7 @@ impl Keys {
         }
         let (pos, _) = self.stream.commit(|pos, batch| {
             DEVICE_KEYS.put(batch, (user.as_str(), device), &keys);
-            self.mark_changed(batch, pos, user);
+            self.mark_changed(batch, pos, user, Some(device), false);
             Ok(())
         })?;
         Ok(Some(pos))
@@ -237,7 +248,7 @@ impl Keys {
             for (kind, k) in keys {
                 CROSS_SIGNING_KEYS.put(batch, (user.as_str(), *kind), k);
             }
-            self.mark_changed(batch, pos, user);
+            self.mark_changed(batch, pos, user, None, false);
             Ok(())
         })?;
         Ok(pos)
@@ -288,7 +299,7 @@ impl Keys {
                 None => DEVICE_KEYS.put(batch, (user.as_str(), key_id), &key),
                 Some(kind) => CROSS_SIGNING_KEYS.put(batch, (user.as_str(), kind), &key),
             }
-            self.mark_changed(batch, pos, user);
+            self.mark_changed(batch, pos, user, kind.is_none().then_some(key_id), false);
             Ok(())
         })?;
         Ok(Some(pos))
@@ -354,7 +365,7 @@ impl Keys {
             for a in &fallbacks {
                 FALLBACK_KEYS.delete(batch, (user.as_str(), device, a));
             }
-            self.mark_changed(batch, pos, user);
+            self.mark_changed(batch, pos, user, Some(device), true);
             Ok(())
         })?;
         self.counts_changed(user, device);
@@ -369,7 +380,7 @@ impl Keys {
             .items_between(since, until)?
             .into_iter()
             .filter_map(|(_, item)| match item {
-                StreamItem::DeviceList { user_id } => Some(user_id),
+                StreamItem::DeviceList { user_id, .. } => Some(user_id),
                 _ => None,
             })
             .collect())

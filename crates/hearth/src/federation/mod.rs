@@ -10,6 +10,7 @@
 //! - [`join`]: joins and leaves through another server, both ways (`make_join` /
 //!   `send_join`, `make_leave` / `send_leave`).
 //! - [`invite`]: invites across servers, both ways.
+//! - [`keys`]: end-to-end encryption across servers (keys, device lists, to-device).
 //! - [`transactions`]: inbound `/send`.
 //! - [`sender`]: outbound transactions, from a persisted queue per destination.
 //!
@@ -20,6 +21,7 @@
 pub mod edu;
 pub mod invite;
 pub mod join;
+pub mod keys;
 pub mod pdu;
 pub mod query;
 pub mod receive;
@@ -36,6 +38,7 @@ use ruma::{
 };
 
 use crate::{
+    e2ee::{to_device::ToDevice, Keys},
     error::{Error, Result},
     rooms::{typing::Typing, Rooms},
     server_key::ServerKey,
@@ -52,6 +55,8 @@ pub struct Federation {
     pub(crate) store: Arc<Store>,
     pub(crate) typing: Arc<Typing>,
     pub(crate) users: Arc<Users>,
+    pub(crate) keys_e2ee: Arc<Keys>,
+    pub(crate) to_device: Arc<ToDevice>,
     pub own: OwnedServerName,
     pub sender: Arc<sender::Sender>,
     /// One room's incoming events at a time: fetching what one misses and appending it
@@ -61,26 +66,39 @@ pub struct Federation {
     seen_txns: transactions::SeenTransactions,
 }
 
+/// What federation is built on: the services below it.
+pub struct Parts {
+    pub rooms: Arc<Rooms>,
+    pub servers: Arc<ServerClient>,
+    pub server_keys: Arc<ServerKeys>,
+    pub server_key: Arc<ServerKey>,
+    pub store: Arc<Store>,
+    pub typing: Arc<Typing>,
+    pub users: Arc<Users>,
+    pub e2ee_keys: Arc<Keys>,
+    pub to_device: Arc<ToDevice>,
+}
+
 impl Federation {
-    pub fn new(
-        rooms: Arc<Rooms>,
-        servers: Arc<ServerClient>,
-        keys: Arc<ServerKeys>,
-        server_key: Arc<ServerKey>,
-        store: Arc<Store>,
-        typing: Arc<Typing>,
-        users: Arc<Users>,
-    ) -> Self {
-        let own = server_key.server_name().clone();
-        let sender = Arc::new(sender::Sender::new(rooms.clone(), servers.clone(), store.clone(), own.clone()));
+    pub fn new(p: Parts) -> Self {
+        let own = p.server_key.server_name().clone();
+        let sender = Arc::new(sender::Sender::new(
+            p.rooms.clone(),
+            p.servers.clone(),
+            p.store.clone(),
+            own.clone(),
+            p.e2ee_keys.clone(),
+        ));
         Federation {
-            rooms,
-            servers,
-            keys,
-            server_key,
-            store,
-            typing,
-            users,
+            rooms: p.rooms,
+            servers: p.servers,
+            keys: p.server_keys,
+            server_key: p.server_key,
+            store: p.store,
+            typing: p.typing,
+            users: p.users,
+            keys_e2ee: p.e2ee_keys,
+            to_device: p.to_device,
             own,
             sender,
             turns: Mutex::default(),

@@ -31,11 +31,14 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::pdu::own_json;
+use ruma::events::room::member::MembershipState;
+
 use crate::{
+    e2ee::Keys,
     error::{Error, Result},
     rooms::Rooms,
     store::{tables, Batch, KeyRange, Order, Store, Table},
-    stream::Stream,
+    stream::{Stream, StreamItem},
     time::now_millis,
     transport::server_client::{ServerClient, ServerRequest},
 };
@@ -67,6 +70,10 @@ struct Destination {
 
 pub struct Sender {
     rooms: Arc<Rooms>,
+    keys: Arc<Keys>,
+    /// The stream id of the last device-list update sent for each local user (since
+    /// start): the next update's `prev_id`.
+    last_device_update: Mutex<HashMap<ruma::OwnedUserId, u64>>,
     servers: Arc<ServerClient>,
     store: Arc<Store>,
     own: OwnedServerName,
@@ -81,9 +88,17 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn new(rooms: Arc<Rooms>, servers: Arc<ServerClient>, store: Arc<Store>, own: OwnedServerName) -> Self {
+    pub fn new(
+        rooms: Arc<Rooms>,
+        servers: Arc<ServerClient>,
+        store: Arc<Store>,
+        own: OwnedServerName,
+        keys: Arc<Keys>,
+    ) -> Self {
         let (spawn_tx, spawn_rx) = mpsc::unbounded_channel();
         Sender {
+            keys,
+            last_device_update: Mutex::default(),
             spawn_tx,
             spawn_rx: Mutex::new(Some(spawn_rx)),
             rooms,
@@ -262,7 +277,65 @@ impl Sender {
         }
         FEDERATION_SENDER.put(&mut batch, "position", &reached);
         self.store.write(batch)?;
+        self.send_device_changes(since, reached);
         Ok((reached, touched))
+    }
+
+    /// Device-list EDUs for the local users' key changes in (since, until] (see
+    /// `federation::keys`). Not persisted: a change lost in a crash is found again by the
+    /// other server's next resync.
+    fn send_device_changes(&self, since: u64, until: u64) {
+        let items = match self.rooms.stream.items_between(since, until) {
+            Ok(items) => items,
+            Err(e) => return tracing::warn!(error = %e, "cannot read device-list changes"),
+        };
+        for (pos, item) in items {
+            let StreamItem::DeviceList { user_id, device_id, deleted } = item else { continue };
+            if user_id.server_name() != self.own {
+                continue;
+            }
+            let edu = match self.device_change_edu(&user_id, device_id.as_deref(), deleted, pos) {
+                Ok(edu) => edu,
+                Err(e) => {
+                    tracing::warn!(user = %user_id, error = %e, "cannot describe a device change");
+                    continue;
+                }
+            };
+            let mut servers = BTreeSet::new();
+            for (room, _) in self.rooms.rooms_of(&user_id, &[MembershipState::Join]).unwrap_or_default() {
+                servers.extend(super::servers_in_room(&self.rooms, &room, &self.own).unwrap_or_default());
+            }
+            for server in servers {
+                self.queue_edu(&server, edu.clone());
+            }
+        }
+    }
+
+    /// `m.device_list_update` for a device, or `m.signing_key_update` for cross-signing.
+    fn device_change_edu(&self, user: &ruma::UserId, device: Option<&str>, deleted: bool, pos: u64) -> Result<Value> {
+        let Some(device) = device else {
+            let mut content = json!({"user_id": user});
+            if let Some(k) = self.keys.cross_signing_key(user, "master")? {
+                content["master_key"] = k;
+            }
+            if let Some(k) = self.keys.cross_signing_key(user, "self_signing")? {
+                content["self_signing_key"] = k;
+            }
+            return Ok(json!({"edu_type": "m.signing_key_update", "content": content}));
+        };
+        let prev = self.last_device_update.lock().insert(user.to_owned(), pos);
+        let mut content = json!({
+            "user_id": user,
+            "device_id": device,
+            "stream_id": pos,
+            "prev_id": prev.into_iter().collect::<Vec<u64>>(),
+        });
+        if deleted {
+            content["deleted"] = json!(true);
+        } else if let Some(keys) = self.keys.device_keys(user)?.remove(device) {
+            content["keys"] = keys;
+        }
+        Ok(json!({"edu_type": "m.device_list_update", "content": content}))
     }
 
     /// Destinations with queued rows.

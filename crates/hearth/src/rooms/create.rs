@@ -158,7 +158,8 @@ impl Rooms {
         if let Some(topic) = &req.topic {
             send(NewEvent::state("m.room.topic", "", json!({"topic": topic})))?;
         }
-        for user in &req.invite {
+        // Users of other servers are invited through their server, by the caller.
+        for user in req.invite.iter().filter(|u| u.server_name() == self.server_name) {
             let mut content = json!({"membership": "invite"});
             if req.is_direct {
                 content["is_direct"] = json!(true);

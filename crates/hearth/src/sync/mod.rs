@@ -209,7 +209,7 @@ pub fn assemble(
         src.to_device.acknowledge(user, device, s)?;
         let mut changed = Vec::new();
         for (_, item) in &items {
-            if let StreamItem::DeviceList { user_id } = item {
+            if let StreamItem::DeviceList { user_id, .. } = item {
                 if contacts.contains(user_id)? {
                     changed.push(user_id.clone());
                 }

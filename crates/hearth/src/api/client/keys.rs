@@ -65,10 +65,15 @@ pub async fn get_keys(s: Arc<Services>, req: Ruma<get_keys::v3::Request>) -> Res
     if req.body.device_keys.len() > 1000 {
         return Err(Error::too_large("Too many users in one query"));
     }
+    let mut remote: crate::federation::keys::ByServer<Vec<String>> = BTreeMap::new();
     for (user, wanted) in &req.body.device_keys {
         if user.server_name() != s.config.server_name {
-            // Federation is not built yet: other servers cannot be asked.
-            failures.insert(user.server_name().to_string(), json!({}));
+            if s.config.allow_federation {
+                let devices = wanted.iter().map(|d| d.to_string()).collect();
+                remote.entry(user.server_name().to_owned()).or_default().insert(user.clone(), devices);
+            } else {
+                failures.insert(user.server_name().to_string(), json!({}));
+            }
             continue;
         }
         let mut devices = Map::new();
@@ -99,6 +104,19 @@ pub async fn get_keys(s: Arc<Services>, req: Ruma<get_keys::v3::Request>) -> Res
             }
         }
     }
+    if !remote.is_empty() {
+        let (found, failed) = s.federation.query_remote_keys(&remote).await;
+        for (field, out) in
+            [("device_keys", &mut device_keys), ("master_keys", &mut masters), ("self_signing_keys", &mut self_signing)]
+        {
+            for (user, keys) in found.get(field).and_then(Value::as_object).into_iter().flatten() {
+                out.insert(user.clone(), keys.clone());
+            }
+        }
+        for server in failed {
+            failures.insert(server.to_string(), json!({}));
+        }
+    }
     let mut res = get_keys::v3::Response::new();
     res.device_keys = ruma_of(Value::Object(device_keys))?;
     res.master_keys = ruma_of(Value::Object(masters))?;
@@ -113,9 +131,15 @@ pub async fn claim_keys(s: Arc<Services>, req: Ruma<claim_keys::v3::Request>) ->
     req.caller()?;
     let mut claimed = Map::new();
     let mut failures = BTreeMap::new();
+    let mut remote: crate::federation::keys::ByServer<BTreeMap<String, String>> = BTreeMap::new();
     for (user, devices) in &req.body.one_time_keys {
         if user.server_name() != s.config.server_name {
-            failures.insert(user.server_name().to_string(), json!({}));
+            if s.config.allow_federation {
+                let wanted = devices.iter().map(|(d, a)| (d.to_string(), a.to_string())).collect();
+                remote.entry(user.server_name().to_owned()).or_default().insert(user.clone(), wanted);
+            } else {
+                failures.insert(user.server_name().to_string(), json!({}));
+            }
             continue;
         }
         let mut per_device = Map::new();
@@ -126,6 +150,13 @@ pub async fn claim_keys(s: Arc<Services>, req: Ruma<claim_keys::v3::Request>) ->
         }
         if !per_device.is_empty() {
             claimed.insert(user.to_string(), Value::Object(per_device));
+        }
+    }
+    if !remote.is_empty() {
+        let (found, failed) = s.federation.claim_remote_keys(&remote).await;
+        claimed.extend(found);
+        for server in failed {
+            failures.insert(server.to_string(), json!({}));
         }
     }
     let mut res = claim_keys::v3::Response::new(ruma_of(Value::Object(claimed))?);
@@ -211,6 +242,12 @@ pub async fn send_event_to_device(
     let caller = req.caller()?;
     let messages: BTreeMap<OwnedUserId, BTreeMap<String, Value>> =
         ruma_of(json_of(&req.body.messages)?).map_err(|_| Error::bad_json("Invalid messages"))?;
+    if s.config.allow_federation {
+        let kind = req.body.event_type.to_string();
+        // The transaction id is unique per device: with the device, it is one per message.
+        let message_id = format!("{}-{}", caller.device_id, req.body.txn_id);
+        s.federation.send_to_device(&caller.user_id, &kind, &message_id, &messages);
+    }
     let local: BTreeMap<OwnedUserId, BTreeMap<String, Value>> =
         messages.into_iter().filter(|(u, _)| u.server_name() == s.config.server_name).collect();
     let devices_of = |u: &UserId| -> Result<Vec<String>> {

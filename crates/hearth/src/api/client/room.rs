@@ -101,6 +101,10 @@ pub async fn create_room(s: Arc<Services>, req: Ruma<create_room::v3::Request>) 
     if body.visibility == Visibility::Public {
         s.rooms.set_published(&room_id, true)?;
     }
+    let federate = s.config.allow_federation;
+    for user in body.invite.iter().filter(|u| u.server_name() != s.config.server_name) {
+        s.federation.invite(&room_id, &caller.user_id, user, None, body.is_direct, federate).await?;
+    }
     Ok(create_room::v3::Response::new(room_id))
 }
 

@@ -6,6 +6,7 @@
 
 pub mod directory;
 pub mod events;
+pub mod keys;
 pub mod membership;
 pub mod openid;
 pub mod query;
@@ -41,5 +42,8 @@ pub fn routes(allow_federation: bool) -> Router<Arc<Services>> {
         .ruma(membership::make_leave)
         .ruma(membership::send_leave)
         .ruma(membership::create_invite)
+        .ruma(keys::get_keys)
+        .ruma(keys::claim_keys)
+        .ruma(keys::get_devices)
         .ruma(transactions::send_transaction_message)
 }
