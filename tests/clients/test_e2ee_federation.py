@@ -1,7 +1,8 @@
-"""End-to-end encryption across two Hearths, with real cryptography (matrix-nio + vodozemac).
+"""End-to-end encryption across servers, with real cryptography (matrix-nio + vodozemac).
 
-Two Hearths federate over TLS on loopback (a throw-away CA, as in tests/federation). alice
-is on the first, bob on the second. Everything crosses servers: alice's encrypted DM
+Hearth federates over TLS on loopback (a throw-away CA, as in tests/federation) with a
+peer: a second Hearth, or a real Synapse (from the federation tests' venv). alice is on
+Hearth, bob on the peer. Everything crosses servers: alice's encrypted DM
 invites bob through his server (`invite` v2); bob joins through hers; each client's
 `/keys/query` and `/keys/claim` for the other reach the other's server
 (`user/keys/query`, `user/keys/claim`); room keys travel as Olm-encrypted to-device
@@ -15,6 +16,7 @@ her next message.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import sys
 from pathlib import Path
@@ -26,7 +28,7 @@ from nio.events import RoomMemberEvent
 from nio.responses import JoinResponse, LoginResponse, RegisterResponse, RoomCreateResponse, SyncResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "federation"))
-from interop import HEARTH_REGISTRATION_TOKEN, make_pki, start_hearth  # noqa: E402
+from interop import HEARTH_REGISTRATION_TOKEN, make_pki, register_on_synapse, start_hearth, start_synapse  # noqa: E402
 from test_e2ee import (  # noqa: E402
     MEGOLM,
     PASSWORD,
@@ -41,17 +43,34 @@ from test_e2ee import (  # noqa: E402
 )
 
 
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory):
+SYNAPSE_PYTHON = Path(os.environ.get("HEARTH_SYNAPSE_VENV", Path.home() / ".cache" / "hearth-synapse-venv")) / "bin" / "python"
+
+
+@pytest.fixture(scope="module", params=["hearth", "synapse"])
+def servers(request, tmp_path_factory: pytest.TempPathFactory):
     pki = make_pki(tmp_path_factory.mktemp("pki"))
     started = []
     try:
-        for kind in ("hearth-a", "hearth-b"):
-            started.append(start_hearth(tmp_path_factory.mktemp(kind), pki, kind=kind))
+        started.append(start_hearth(tmp_path_factory.mktemp("hearth-a"), pki, kind="hearth-a"))
+        if request.param == "hearth":
+            started.append(start_hearth(tmp_path_factory.mktemp("hearth-b"), pki, kind="hearth-b"))
+        else:
+            started.append(start_synapse(tmp_path_factory.mktemp("synapse"), pki, str(SYNAPSE_PYTHON)))
         yield started[0], started[1], pki
     finally:
         for server in started:
             server.stop()
+
+
+async def sign_up(c: AsyncClient, server) -> None:
+    """Registers on Hearth (registration token), or on Synapse (its admin API) and logs in."""
+    if server.kind == "synapse":
+        register_on_synapse(server, c.user)
+        logged_in = await c.login(PASSWORD, device_name=f"{c.user}'s laptop")
+        assert isinstance(logged_in, LoginResponse), logged_in
+        return
+    registered = await c.register_with_token(c.user, PASSWORD, HEARTH_REGISTRATION_TOKEN)
+    assert isinstance(registered, RegisterResponse), registered
 
 
 def client(server, pki, tmp_path: Path, name: str) -> AsyncClient:
@@ -70,9 +89,8 @@ def test_encrypted_dm_across_servers_with_a_later_device(servers, tmp_path):
         bob = client(b, pki, tmp_path, "bob")
         phone = None
         try:
-            for c in (alice, bob):
-                registered = await c.register_with_token(c.user, PASSWORD, HEARTH_REGISTRATION_TOKEN)
-                assert isinstance(registered, RegisterResponse), registered
+            for c, server in ((alice, a), (bob, b)):
+                await sign_up(c, server)
                 await e2e_sync(c)
             created = await alice.room_create(
                 is_direct=True,

@@ -20,23 +20,17 @@ When a test fails, the logs of every server still up are attached to its report.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import pytest
-import yaml
 
 from interop import (
     SERVERS,
-    STARTUP_TIMEOUT_S,
     Pki,
     Server,
-    free_port,
     make_pki,
     start_hearth,
-    synapse_config,
-    synapse_log_config,
+    start_synapse,
 )
 
 
@@ -58,25 +52,13 @@ def hearth(tmp_path_factory: pytest.TempPathFactory, pki: Pki):
 
 @pytest.fixture(scope="module")
 def synapse(tmp_path_factory: pytest.TempPathFactory, pki: Pki):
-    data = tmp_path_factory.mktemp("synapse")
-    port = free_port()
-    config_path = data / "homeserver.yaml"
-    log_path = data / "synapse.log"
-    config_path.write_text(yaml.safe_dump(synapse_config(data, port, pki), sort_keys=False))
-    (data / "log.config").write_text(yaml.safe_dump(synapse_log_config(log_path), sort_keys=False))
-    synapse_cmd = [sys.executable, "-m", "synapse.app.homeserver", "-c", str(config_path)]
-    env = dict(os.environ)
-    # Writes the signing key (signing_key_path) and exits.
-    subprocess.run(
-        [*synapse_cmd, "--generate-keys"],
-        check=True, env=env, cwd=data, stdout=subprocess.DEVNULL, timeout=STARTUP_TIMEOUT_S,
-    )
-    server = Server("synapse", synapse_cmd, env, data, port, pki, log_files=[log_path])
+    server = None
     try:
-        server.start()
+        server = start_synapse(tmp_path_factory.mktemp("synapse"), pki, sys.executable)
         yield server
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -328,6 +328,26 @@ def start_hearth(
     return server
 
 
+def start_synapse(data: Path, pki: Pki, python: str) -> Server:
+    """Synapse (run by `python`, a venv with matrix-synapse) in `data`, with a fresh signing
+    key, serving TLS with the test leaf on a free port."""
+    port = free_port()
+    config_path = data / "homeserver.yaml"
+    log_path = data / "synapse.log"
+    config_path.write_text(yaml.safe_dump(synapse_config(data, port, pki), sort_keys=False))
+    (data / "log.config").write_text(yaml.safe_dump(synapse_log_config(log_path), sort_keys=False))
+    synapse_cmd = [python, "-m", "synapse.app.homeserver", "-c", str(config_path)]
+    env = dict(os.environ)
+    # Writes the signing key (signing_key_path) and exits.
+    subprocess.run(
+        [*synapse_cmd, "--generate-keys"],
+        check=True, env=env, cwd=data, stdout=subprocess.DEVNULL, timeout=STARTUP_TIMEOUT_S,
+    )
+    server = Server("synapse", synapse_cmd, env, data, port, pki, log_files=[log_path])
+    server.start()
+    return server
+
+
 def synapse_log_config(log_path: Path) -> dict:
     """INFO to one file, with the request id (federation requests and key fetches show)."""
     return {
