@@ -203,7 +203,44 @@ def cmd_manifests(a):
     root = routes.get((talk, "/"), {})
     c.check(root.get("name") == svc_name and root.get("port", {}).get("number") == 8448,
             f"no / route on {talk} to {svc_name}:8448")
+    check_encoded_characters(a, kinds, ing, ns_name, c)
     return c.done()
+
+
+# What a Traefik 3.6+ EncodedCharacters middleware may say, and what Matrix paths need: a
+# room alias's `#`, `/` in v3 event ids, `%`, `?` and `;` in aliases. Backslash and NUL are
+# never needed. (kubernetes-validate has no schema for Traefik's CRDs: this is its check.)
+ENCODED_OPTIONS = {"allowEncodedSlash", "allowEncodedBackSlash", "allowEncodedNullCharacter",
+                   "allowEncodedSemicolon", "allowEncodedPercent", "allowEncodedQuestionMark",
+                   "allowEncodedHash"}
+ENCODED_NEEDED = {"allowEncodedSlash", "allowEncodedHash", "allowEncodedPercent",
+                  "allowEncodedQuestionMark", "allowEncodedSemicolon"}
+ENCODED_NEVER = {"allowEncodedBackSlash", "allowEncodedNullCharacter"}
+
+
+def check_encoded_characters(a, kinds, ing, ns_name, c):
+    """The traefik-3.6 overlay's Middleware, and the Ingress annotation that uses it; no
+    other rendering has either."""
+    mws = kinds.get("Middleware", [])
+    annotation = ing.get("metadata", {}).get("annotations", {}).get("traefik.ingress.kubernetes.io/router.middlewares")
+    if a.overlay != "traefik-3.6":
+        c.check(not mws and annotation is None, f"{a.overlay}: a Traefik 3.6 middleware outside its overlay")
+        return
+    c.check(len(mws) == 1, f"expected one Middleware, found {len(mws)}")
+    if not mws:
+        return
+    mw = mws[0]
+    c.check(mw.get("apiVersion") == "traefik.io/v1alpha1", f"Middleware apiVersion {mw.get('apiVersion')!r}")
+    spec = mw.get("spec", {})
+    c.check(list(spec) == ["encodedCharacters"], f"Middleware spec has {sorted(spec)}, expected encodedCharacters")
+    opts = spec.get("encodedCharacters", {})
+    c.check(set(opts) <= ENCODED_OPTIONS, f"unknown encodedCharacters options {sorted(set(opts) - ENCODED_OPTIONS)}")
+    c.check(all(isinstance(v, bool) for v in opts.values()), "encodedCharacters options must be booleans")
+    c.check(all(opts.get(k) is True for k in ENCODED_NEEDED), f"Matrix paths need {sorted(ENCODED_NEEDED)} allowed")
+    c.check(not any(opts.get(k) for k in ENCODED_NEVER), f"{sorted(ENCODED_NEVER)} must stay refused")
+    name = mw.get("metadata", {}).get("name")
+    c.check(annotation == f"{ns_name}-{name}@kubernetescrd",
+            f"the Ingress's router.middlewares is {annotation!r}, expected {ns_name}-{name}@kubernetescrd")
 
 
 def dockerfile_runtime(path):
