@@ -151,6 +151,18 @@ impl Services {
         }))
     }
 
+    /// Room versions offered (`/capabilities`) and accepted for new rooms and upgrades:
+    /// every version Hearth implements when the server is alone, only those whose
+    /// federation rules all work (2 to 12: version 1 needs state resolution v1) when it
+    /// federates, so no room is made that other servers' users could not join.
+    pub fn room_versions(&self) -> Vec<ruma::RoomVersionId> {
+        rooms::ROOM_VERSIONS
+            .iter()
+            .filter(|v| !self.config.allow_federation || rooms::resolve::federates(v))
+            .cloned()
+            .collect()
+    }
+
     /// Whether registration needs a token (and so offers `m.login.registration_token`).
     pub fn registration_token_required(&self) -> error::Result<bool> {
         self.registration_tokens.required()

@@ -13,7 +13,7 @@
 //! then on the room is here as any other, and its events arrive through `/send`.
 //!
 //! Only room versions whose federation rules all work here are offered and accepted
-//! ([`crate::rooms::resolve::federates`]: 3 to 12).
+//! ([`crate::rooms::resolve::federates`]: 2 to 12).
 
 use std::time::Duration;
 

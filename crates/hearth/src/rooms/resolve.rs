@@ -4,9 +4,9 @@
 //! the states of the branches, given the full auth chain of every event in them, which
 //! this file computes from what the room holds.
 //!
-//! Room versions 1 and 2 use state resolution v1, which ruma does not implement and Hearth
-//! does not either: over federation Hearth neither offers nor joins rooms of those versions
-//! (see [`federates`]), so their graphs never fork here.
+//! Room version 1 uses state resolution v1, which ruma does not implement and Hearth does
+//! not either: over federation Hearth neither offers nor joins rooms of that version (see
+//! [`federates`]), so their graphs never fork here.
 //!
 //! States here are maps of (event type, state key) → event id ([`StateEvents`]), the form
 //! state resolution and federation speak; [`Rooms::state_events_of`] turns a stored state
@@ -32,7 +32,7 @@ pub type StateEvents = HashMap<(StateEventType, String), OwnedEventId>;
 pub const MAX_AUTH_CHAIN: usize = 200_000;
 
 /// Whether Hearth joins and serves rooms of `version` over federation: every version with
-/// state resolution v2 (3 to 12). Versions 1 and 2 stay local (see the module doc).
+/// state resolution v2 (2 to 12). Version 1 stays local (see the module doc).
 pub fn federates(version: &RoomVersionId) -> bool {
     version.rules().is_some_and(|r| r.state_res.v2_rules().is_some())
 }

@@ -8,7 +8,7 @@ use ruma::api::client::discovery::get_capabilities::v3::{
     SetAvatarUrlCapability, SetDisplayNameCapability, ThirdPartyIdChangesCapability,
 };
 
-use crate::{api::Ruma, error::Result, rooms::ROOM_VERSIONS, Services};
+use crate::{api::Ruma, error::Result, Services};
 
 /// `GET /_matrix/client/v3/capabilities`
 ///
@@ -19,7 +19,7 @@ pub async fn get_capabilities(
     s: Arc<Services>,
     _req: Ruma<get_capabilities::Request>,
 ) -> Result<get_capabilities::Response> {
-    let available: BTreeMap<_, _> = ROOM_VERSIONS.iter().map(|v| (v.clone(), RoomVersionStability::Stable)).collect();
+    let available: BTreeMap<_, _> = s.room_versions().into_iter().map(|v| (v, RoomVersionStability::Stable)).collect();
     let mut caps = Capabilities::new();
     caps.change_password = ChangePasswordCapability::new(true);
     caps.room_versions = RoomVersionsCapability::new(s.config.default_room_version.clone(), available);

@@ -12,10 +12,7 @@ use super::raw;
 use crate::{
     api::Ruma,
     error::{Error, Result},
-    rooms::{
-        create::{CreateRoom, Preset},
-        ROOM_VERSIONS,
-    },
+    rooms::create::{CreateRoom, Preset},
     Services,
 };
 
@@ -35,7 +32,7 @@ pub async fn create_room(s: Arc<Services>, req: Ruma<create_room::v3::Request>) 
     let caller = req.caller()?.clone();
     let body = req.body;
     let version = body.room_version.clone().unwrap_or_else(|| s.config.default_room_version.clone());
-    if !ROOM_VERSIONS.contains(&version) {
+    if !s.room_versions().contains(&version) {
         return Err(Error::matrix(
             http::StatusCode::BAD_REQUEST,
             "M_UNSUPPORTED_ROOM_VERSION",
@@ -116,7 +113,8 @@ pub async fn get_room_event(
     let caller = req.caller()?;
     let until = s.rooms.require_visible(&req.body.room_id, &caller.user_id)?;
     let meta = s.rooms.event_meta(&req.body.event_id)?.ok_or_else(|| Error::not_found("Event not found"))?;
-    if meta.room_id != req.body.room_id || meta.stream > until {
+    // A soft-failed event is kept for state resolution only: never shown to clients.
+    if meta.room_id != req.body.room_id || meta.stream > until || meta.soft_failed {
         return Err(Error::not_found("Event not found"));
     }
     let pdu = s.rooms.pdu(&req.body.event_id)?.ok_or_else(|| Error::not_found("Event not found"))?;
@@ -137,7 +135,7 @@ pub async fn upgrade_room(
 ) -> Result<upgrade_room::v3::Response> {
     let caller = req.caller()?;
     let version = req.body.new_version.clone();
-    if !ROOM_VERSIONS.contains(&version) {
+    if !s.room_versions().contains(&version) {
         return Err(Error::matrix(
             http::StatusCode::BAD_REQUEST,
             "M_UNSUPPORTED_ROOM_VERSION",
