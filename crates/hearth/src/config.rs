@@ -90,6 +90,9 @@ pub struct Config {
     /// turns offline: their clients have gone away. Synapse waits 30 s too. 0: presence
     /// stays as last set.
     pub presence_offline_timeout_s: u64,
+    /// Whether local users' presence goes to the other servers in their rooms (and
+    /// theirs is taken in). Off: presence stays among this server's users.
+    pub federate_presence: bool,
     /// Serve TLS on `address:port` with these files; without them, plain HTTP (a reverse
     /// proxy in front terminates TLS).
     pub tls: Tls,
@@ -126,6 +129,7 @@ impl Default for Config {
             log: "info".to_owned(),
             metrics_port: 0,
             presence_offline_timeout_s: 30,
+            federate_presence: true,
             tls: Tls::default(),
             tls_reload_interval_s: 60,
         }

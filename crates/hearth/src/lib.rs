@@ -61,7 +61,7 @@ pub struct Services {
     pub stream: Arc<Stream>,
     pub typing: Arc<Typing>,
     pub account_data: AccountData,
-    pub presence: Presence,
+    pub presence: Arc<Presence>,
     pub keys: Arc<Keys>,
     pub to_device: Arc<ToDevice>,
     pub backup: Backup,
@@ -105,7 +105,7 @@ impl Services {
         );
         let typing = Typing::new(notifier.clone());
         let account_data = AccountData::new(store.clone(), stream.clone());
-        let presence = Presence::new(store.clone(), stream.clone());
+        let presence = Arc::new(Presence::new(store.clone(), stream.clone()));
         let keys = Arc::new(Keys::new(store.clone(), stream.clone()));
         let to_device = Arc::new(ToDevice::new(store.clone(), stream.clone()));
         let backup = Backup::new(store.clone());
@@ -121,6 +121,7 @@ impl Services {
             users: users.clone(),
             e2ee_keys: keys.clone(),
             to_device: to_device.clone(),
+            presence: config.federate_presence.then(|| presence.clone()),
         });
         let max_concurrent = config.max_concurrent_requests as usize;
         Ok(Arc::new(Services {

@@ -11,6 +11,7 @@
 //!   `send_join`, `make_leave` / `send_leave`).
 //! - [`invite`]: invites across servers, both ways.
 //! - [`keys`]: end-to-end encryption across servers (keys, device lists, to-device).
+//! - [`presence`]: presence across servers (`federate_presence`).
 //! - [`transactions`]: inbound `/send`.
 //! - [`sender`]: outbound transactions, from a persisted queue per destination.
 //!
@@ -23,6 +24,7 @@ pub mod invite;
 pub mod join;
 pub mod keys;
 pub mod pdu;
+pub mod presence;
 pub mod query;
 pub mod receive;
 pub mod sender;
@@ -44,7 +46,7 @@ use crate::{
     server_key::ServerKey,
     store::Store,
     transport::{keys::ServerKeys, server_client::ServerClient},
-    users::Users,
+    users::{presence::Presence, Users},
 };
 
 pub struct Federation {
@@ -57,6 +59,7 @@ pub struct Federation {
     pub(crate) users: Arc<Users>,
     pub(crate) keys_e2ee: Arc<Keys>,
     pub(crate) to_device: Arc<ToDevice>,
+    pub(crate) presence: Option<Arc<Presence>>,
     pub own: OwnedServerName,
     pub sender: Arc<sender::Sender>,
     /// One room's incoming events at a time: fetching what one misses and appending it
@@ -77,6 +80,8 @@ pub struct Parts {
     pub users: Arc<Users>,
     pub e2ee_keys: Arc<Keys>,
     pub to_device: Arc<ToDevice>,
+    /// Presence, when it crosses servers (`federate_presence`).
+    pub presence: Option<Arc<Presence>>,
 }
 
 impl Federation {
@@ -88,6 +93,7 @@ impl Federation {
             p.store.clone(),
             own.clone(),
             p.e2ee_keys.clone(),
+            p.presence.clone(),
         ));
         Federation {
             rooms: p.rooms,
@@ -99,6 +105,7 @@ impl Federation {
             users: p.users,
             keys_e2ee: p.e2ee_keys,
             to_device: p.to_device,
+            presence: p.presence,
             own,
             sender,
             turns: Mutex::default(),

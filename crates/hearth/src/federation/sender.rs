@@ -41,6 +41,7 @@ use crate::{
     stream::{Stream, StreamItem},
     time::now_millis,
     transport::server_client::{ServerClient, ServerRequest},
+    users::presence::Presence,
 };
 
 /// (destination, stream position) → event id.
@@ -71,6 +72,8 @@ struct Destination {
 pub struct Sender {
     rooms: Arc<Rooms>,
     keys: Arc<Keys>,
+    /// Local presence changes go out when set (`federate_presence`).
+    presence: Option<Arc<Presence>>,
     /// The stream id of the last device-list update sent for each local user (since
     /// start): the next update's `prev_id`.
     last_device_update: Mutex<HashMap<ruma::OwnedUserId, u64>>,
@@ -94,10 +97,12 @@ impl Sender {
         store: Arc<Store>,
         own: OwnedServerName,
         keys: Arc<Keys>,
+        presence: Option<Arc<Presence>>,
     ) -> Self {
         let (spawn_tx, spawn_rx) = mpsc::unbounded_channel();
         Sender {
             keys,
+            presence,
             last_device_update: Mutex::default(),
             spawn_tx,
             spawn_rx: Mutex::new(Some(spawn_rx)),
@@ -290,6 +295,10 @@ impl Sender {
             Err(e) => return tracing::warn!(error = %e, "cannot read device-list changes"),
         };
         for (pos, item) in items {
+            if let StreamItem::Presence { user_id } = &item {
+                self.send_presence(user_id);
+                continue;
+            }
             let StreamItem::DeviceList { user_id, device_id, deleted } = item else { continue };
             if user_id.server_name() != self.own {
                 continue;
@@ -301,14 +310,35 @@ impl Sender {
                     continue;
                 }
             };
-            let mut servers = BTreeSet::new();
-            for (room, _) in self.rooms.rooms_of(&user_id, &[MembershipState::Join]).unwrap_or_default() {
-                servers.extend(super::servers_in_room(&self.rooms, &room, &self.own).unwrap_or_default());
-            }
-            for server in servers {
+            for server in self.servers_sharing_a_room(&user_id) {
                 self.queue_edu(&server, edu.clone());
             }
         }
+    }
+
+    /// An `m.presence` EDU for a local user's changed presence, to every server sharing a
+    /// room with them.
+    fn send_presence(&self, user: &ruma::UserId) {
+        let Some(presence) = &self.presence else { return };
+        if user.server_name() != self.own {
+            return;
+        }
+        let Ok(Some(event)) = presence.event(user) else { return };
+        let mut entry = event["content"].clone();
+        entry["user_id"] = json!(user);
+        let edu = json!({"edu_type": "m.presence", "content": {"push": [entry]}});
+        for server in self.servers_sharing_a_room(user) {
+            self.queue_edu(&server, edu.clone());
+        }
+    }
+
+    /// Other servers with a joined member in a room `user` has joined.
+    fn servers_sharing_a_room(&self, user: &ruma::UserId) -> BTreeSet<OwnedServerName> {
+        let mut servers = BTreeSet::new();
+        for (room, _) in self.rooms.rooms_of(user, &[MembershipState::Join]).unwrap_or_default() {
+            servers.extend(super::servers_in_room(&self.rooms, &room, &self.own).unwrap_or_default());
+        }
+        servers
     }
 
     /// `m.device_list_update` for a device, or `m.signing_key_update` for cross-signing.

@@ -6,8 +6,8 @@
 //!
 //! EDUs handled: `m.typing` and `m.receipt`, for users of the origin joined to the room
 //! (and admitted by its server ACL); `m.direct_to_device`, `m.device_list_update` and
-//! `m.signing_key_update` for users of the origin (see [`super::keys`]). Presence is
-//! ignored for now.
+//! `m.signing_key_update` for users of the origin (see [`super::keys`]); `m.presence`
+//! (see [`super::presence`]).
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -111,6 +111,7 @@ impl Federation {
             "m.typing" => self.receive_typing(origin, &edu.content),
             "m.receipt" => self.receive_receipts(origin, &edu.content),
             "m.direct_to_device" => self.receive_to_device(origin, &edu.content),
+            "m.presence" => self.receive_presence(origin, &edu.content),
             "m.device_list_update" | "m.signing_key_update" => self.receive_device_change(origin, &edu.content),
             _ => {}
         }

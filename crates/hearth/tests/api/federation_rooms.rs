@@ -71,8 +71,8 @@ fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-/// A user of a.test joins a room of b.test by its alias; messages, typing and receipts go
-/// both ways; a leave reaches b.test, and a rejoin works.
+/// A user of a.test joins a room of b.test by its alias; messages, typing, receipts and
+/// presence go across; a leave reaches b.test, and a rejoin works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_by_alias_then_messages_both_ways_leave_and_rejoin() {
     let p = pair().await;
@@ -158,6 +158,22 @@ async fn join_by_alias_then_messages_both_ways_leave_and_rejoin() {
             }
         }
     }
+
+    // Presence: alice's status reaches b.test, where bob shares the room with her.
+    let (status, _) =
+        p.a.put(
+            &format!("/_matrix/client/v3/presence/{}/status", encode(&alice)),
+            Some(&alice_token),
+            json!({"presence": "unavailable", "status_msg": "out for lunch"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    eventually("alice's presence on b.test", || async {
+        let path = format!("/_matrix/client/v3/presence/{}/status", encode(&alice));
+        let (_, shown) = p.b.get(&path, Some(&bob_token)).await;
+        (shown["presence"] == "unavailable" && shown["status_msg"] == "out for lunch").then_some(())
+    })
+    .await;
 
     // Alice leaves: b.test sees it; then she joins again by room id, through b.test.
     let (status, _) = p.a.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&alice_token), json!({})).await;
