@@ -439,3 +439,71 @@ async fn invites_across_servers_accepted_and_rejected() {
     .await;
     assert_eq!(invites(&p.a, &carol_token).await, vec![]);
 }
+
+/// A room's server ACL that denies a.test: a.test's transactions into the room are refused
+/// per PDU, and its reads of the room's events and `make_join` are 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_acl_shuts_a_server_out() {
+    let p = pair().await;
+    let (_, bob_token, _) = p.b.register("bob", "a long password").await;
+    let (_, created) =
+        p.b.post("/_matrix/client/v3/createRoom", Some(&bob_token), json!({"preset": "public_chat"})).await;
+    let room = created["room_id"].as_str().expect("room id").to_owned();
+    let (alice, alice_token, _) = p.a.register("alice", "a long password").await;
+    let (status, _) =
+        p.a.post(&format!("/_matrix/client/v3/join/{}?via=b.test", encode(&room)), Some(&alice_token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let first = send(&p.b, &bob_token, &room, "b1", "before the ACL").await;
+    let (status, acl) =
+        p.b.put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.server_acl/"),
+            Some(&bob_token),
+            json!({"allow": ["*"], "deny": ["a.test"], "allow_ip_literals": false}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{acl}");
+
+    // a.test (signing as itself, over TLS) sends alice's message into the room: refused.
+    let room_id = ruma::OwnedRoomId::try_from(room.as_str()).expect("room id");
+    let alice_id = ruma::OwnedUserId::try_from(alice.as_str()).expect("user");
+    let a = p.a.services();
+    let content = json!({"msgtype": "m.text", "body": "denied"}).as_object().cloned().expect("object");
+    let mut obj = eventually("the ACL on a.test", || async {
+        // Built on a.test's view of the room, once the ACL event has arrived there.
+        a.rooms.state_event(&room_id, &ruma::events::StateEventType::RoomServerAcl, "").expect("read").and_then(|_| {
+            a.rooms
+                .template(
+                    &room_id,
+                    &alice_id,
+                    hearth::rooms::append::NewEvent::message("m.room.message", content.clone()),
+                )
+                .ok()
+        })
+    })
+    .await;
+    let rules = ruma::RoomVersionId::V12.rules().expect("rules");
+    ruma::signatures::hash_and_sign_event("a.test", a.server_key.ed25519(), &mut obj, &rules.redaction).expect("sign");
+    let id = format!("${}", ruma::signatures::reference_hash(&obj, &rules).expect("hash"));
+    let body = json!({"origin": "a.test", "origin_server_ts": 1, "pdus": [obj], "edus": []});
+    let req = hearth::transport::server_client::ServerRequest {
+        method: http::Method::PUT,
+        ..hearth::transport::server_client::ServerRequest::post("/_matrix/federation/v1/send/acl-1", &body)
+    };
+    let b_name: ruma::OwnedServerName = "b.test".try_into().expect("name");
+    let got = a.transport.servers.request(&b_name, req).await.expect("request");
+    let answer: Value = serde_json::from_slice(&got.body).expect("json");
+    assert_eq!(got.status, 200, "{answer}");
+    let error = answer["pdus"][&id]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("ACL"), "{answer}");
+    assert!(p.b.services().rooms.pdu(&ruma::OwnedEventId::try_from(id.as_str()).expect("id")).expect("read").is_none());
+
+    // Reading the room's events is refused too.
+    let path = format!("/_matrix/federation/v1/event/{}", encode(&first));
+    let got = a.transport.servers.request(&b_name, hearth::transport::server_client::ServerRequest::get(&path)).await;
+    assert_eq!(got.expect("request").status, 403);
+
+    // And b.test hands a.test no join template for another of its users.
+    let path = format!("/_matrix/federation/v1/make_join/{}/{}?ver=12", encode(&room), encode("@carol:a.test"));
+    let got = a.transport.servers.request(&b_name, hearth::transport::server_client::ServerRequest::get(&path)).await;
+    assert_eq!(got.expect("request").status, 403);
+}
