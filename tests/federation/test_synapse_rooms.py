@@ -2,7 +2,7 @@
 
 For room versions 10, 11 and 12, with the room created on either side: the other
 server's user joins by room id through the room's server (`make_join` / `send_join`),
-messages go both ways in order (transactions through each server's sender, each PDU's
+pages in the history from before the join (`backfill`), messages go both ways in order (transactions through each server's sender, each PDU's
 signatures, hashes and auth checked on receipt), and a leave reaches the room's server.
 Nothing here asserts on time; every wait is a poll with a deadline.
 """
@@ -97,6 +97,12 @@ def test_join_messages_both_ways_and_leave(hearth: Server, synapse: Server, hear
     wait_for("the guest's join on the room's server", lambda: joined(owner, owner_user, room) == both)
     name = guest.call("GET", f"/_matrix/client/v3/rooms/{q(room)}/state/m.room.name/", token=guest_user.access_token)
     assert name["name"] == f"v{version} on {home}"
+
+    # History from before the join: backfilled from the room's server as the guest pages.
+    wait_for(
+        "the history from before the join on the guest's server",
+        lambda: "before the guest came" in bodies(guest, guest_user, room),
+    )
 
     send(guest, guest_user, room, "one from the guest")
     send(guest, guest_user, room, "two from the guest")

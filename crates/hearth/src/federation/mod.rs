@@ -6,6 +6,7 @@
 //!   hashes).
 //! - [`receive`]: a received PDU into its room, fetching what it misses (auth events,
 //!   prev events, the state before them) from the server that sent it.
+//! - [`backfill`]: a room's history from before this server joined, asked of others.
 //! - [`serve`]: what other servers read of a room: events, state, auth chains, history.
 //! - [`join`]: joins and leaves through another server, both ways (`make_join` /
 //!   `send_join`, `make_leave` / `send_leave`).
@@ -19,6 +20,7 @@
 //! Every network wait happens before a room's append lock is taken; incoming events of one
 //! room are handled one at a time ([`Federation::room_turn`]), then the append lock.
 
+pub mod backfill;
 pub mod edu;
 pub mod invite;
 pub mod join;

@@ -155,6 +155,16 @@ impl Federation {
         Ok(missing)
     }
 
+    /// Fetches an event's missing auth events from `origin` (for backfilled events).
+    pub(crate) async fn fetch_auth_events_of(
+        &self,
+        origin: &ServerName,
+        version: &RoomVersionId,
+        pdu: &Pdu,
+    ) -> Result<(), Dropped> {
+        self.fetch_auth_events(origin, version, pdu).await
+    }
+
     /// Step 1 of the module doc.
     async fn fetch_auth_events(&self, origin: &ServerName, version: &RoomVersionId, pdu: &Pdu) -> Result<(), Dropped> {
         let mut missing = false;

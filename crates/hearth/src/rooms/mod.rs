@@ -10,6 +10,7 @@
 pub mod aliases;
 pub mod append;
 pub mod authorize;
+pub mod backfill;
 mod build;
 pub mod commit;
 pub mod create;

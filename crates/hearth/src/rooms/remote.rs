@@ -216,7 +216,10 @@ impl Rooms {
             new_room: None,
             resolved_current: None,
         };
-        self.commit(&mut counters, append)?;
+        let written = self.commit(&mut counters, append)?;
+        drop(counters);
+        // Acknowledged with whatever the request acknowledges (one fsync covers all).
+        self.stream.require_durable(written.stream)?;
         Ok(())
     }
 

@@ -135,6 +135,8 @@ pub const ALL: &[&str] = &[
     FEDERATION_SENDER,
     FEDERATION_TXNS,
     REMOTE_INVITE_STATE,
+    BACKFILL,
+    BACKFILL_ROWS,
 ];
 
 /// (destination server, stream position) → event id: PDUs queued for another server.
@@ -143,6 +145,10 @@ pub const FEDERATION_QUEUE: &str = "federation_queue";
 pub const FEDERATION_SENDER: &str = "federation_sender";
 /// (user id, room id) → the stripped state sent with an invite to a room on another server.
 pub const REMOTE_INVITE_STATE: &str = "remote_invite_state";
+/// (room id, n) → event id: history fetched from other servers, n counting back in time.
+pub const BACKFILL: &str = "backfill";
+/// Event id → its row in `BACKFILL`.
+pub const BACKFILL_ROWS: &str = "backfill_rows";
 /// (origin server, transaction id) → the answer given: inbound `/send` is idempotent.
 pub const FEDERATION_TXNS: &str = "federation_txns";
 

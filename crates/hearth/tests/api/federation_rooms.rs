@@ -106,6 +106,29 @@ async fn join_by_alias_then_messages_both_ways_leave_and_rejoin() {
         p.a.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"), Some(&alice_token)).await;
     assert_eq!((status, &name["name"]), (StatusCode::OK, &json!("The Lobby")), "{name}");
 
+    // History from before the join is paged in from b.test (backfill), down to the
+    // room's creation, and the pages end there.
+    assert_eq!(bodies(&p.a, &alice_token, &room).await, vec!["before alice came".to_owned()]);
+    let mut from: Option<String> = None;
+    let mut types = Vec::new();
+    for _ in 0..20 {
+        let path = match &from {
+            Some(t) => format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=3&from={t}"),
+            None => format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=3"),
+        };
+        let (status, page) = p.a.get(&path, Some(&alice_token)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        types.extend(
+            page["chunk"].as_array().into_iter().flatten().map(|e| e["type"].as_str().unwrap_or("").to_owned()),
+        );
+        match page["end"].as_str() {
+            Some(t) => from = Some(t.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(types.last().map(String::as_str), Some("m.room.create"), "{types:?}");
+    assert!(types.contains(&"m.room.name".to_owned()), "{types:?}");
+
     // Messages both ways, in order.
     send(&p.a, &alice_token, &room, "a1", "hello from a").await;
     send(&p.a, &alice_token, &room, "a2", "second from a").await;

@@ -17,6 +17,7 @@ use crate::{
     error::{Error, Result},
     rooms::{
         append::{NewEvent, TxnRef},
+        backfill::{backfill_token, parse_backfill_token},
         timeline::{parse_token, token},
     },
     Services,
@@ -57,6 +58,36 @@ pub async fn get_message_events(
     let caller = req.caller()?;
     let body = &req.body;
     let until = s.rooms.require_visible(&body.room_id, &caller.user_id)?;
+    let limit = usize::try_from(u64::from(body.limit)).unwrap_or(MAX_MESSAGES_LIMIT).clamp(1, MAX_MESSAGES_LIMIT);
+    let viewer = Some((&*caller.user_id, caller.device_id.as_str()));
+    // A place among the history fetched from other servers (behind the timeline).
+    if let Some(row) = body.from.as_deref().and_then(parse_backfill_token) {
+        let mut chunk = Vec::new();
+        let end = match body.dir {
+            Direction::Backward => {
+                backfilled_history(&s, &body.room_id, &caller.user_id, viewer, row, limit, &mut chunk).await?
+            }
+            // Towards the present: the rows before `row`, newest last, then the timeline.
+            Direction::Forward => {
+                let start = row.saturating_sub(u64::try_from(limit).unwrap_or(u64::MAX));
+                let mut rows = s.rooms.backfilled_page(&body.room_id, start, limit)?;
+                rows.retain(|(n, _)| *n < row);
+                rows.reverse();
+                for (_, pdu) in &rows {
+                    if s.rooms.event_visible_to(pdu, &caller.user_id)? {
+                        let meta = s.rooms.event_meta(&pdu.event_id)?;
+                        chunk.push(raw(&s.rooms.client_event(pdu, meta.as_ref(), viewer))?);
+                    }
+                }
+                Some(if start == 0 { token(0) } else { backfill_token(start) })
+            }
+        };
+        let mut res = get_message_events::v3::Response::new();
+        res.start = backfill_token(row);
+        res.end = end;
+        res.chunk = chunk;
+        return Ok(res);
+    }
     let from = match &body.from {
         Some(t) => parse_token(t)?,
         None => match body.dir {
@@ -64,10 +95,8 @@ pub async fn get_message_events(
             Direction::Forward => 0,
         },
     };
-    let to = body.to.as_deref().map(parse_token).transpose()?;
-    let limit = usize::try_from(u64::from(body.limit)).unwrap_or(MAX_MESSAGES_LIMIT).clamp(1, MAX_MESSAGES_LIMIT);
+    let to = body.to.as_deref().filter(|t| parse_backfill_token(t).is_none()).map(parse_token).transpose()?;
     let filter = &body.filter;
-    let viewer = Some((&*caller.user_id, caller.device_id.as_str()));
 
     // Events filtered out or hidden by history visibility still advance the cursor; a
     // bounded number of extra pages is read to fill the chunk. The cursor never moves past
@@ -101,7 +130,13 @@ pub async fn get_message_events(
             break;
         }
     }
-    let end = if exhausted { None } else { Some(cursor) };
+    let mut end = if exhausted { None } else { Some(token(cursor)) };
+    // Past the start of the timeline: the history fetched from other servers, fetched now
+    // if need be.
+    if exhausted && body.dir == Direction::Backward && to.is_none() && chunk.len() < limit {
+        let need = limit - chunk.len();
+        end = backfilled_history(&s, &body.room_id, &caller.user_id, viewer, 0, need, &mut chunk).await?;
+    }
 
     // Lazy-loading members: the member events of the chunk's senders.
     let mut state = Vec::new();
@@ -124,10 +159,42 @@ pub async fn get_message_events(
     }
     let mut res = get_message_events::v3::Response::new();
     res.start = token(from);
-    res.end = end.map(token);
+    res.end = end;
     res.chunk = chunk;
     res.state = state;
     Ok(res)
+}
+
+/// Backfilled events from `row` on, going back: what is stored, then (when federation is
+/// on and more history exists elsewhere) what the servers in the room send. Appends the
+/// ones `user` may see to `chunk`; returns the token after the last row read, or `None`
+/// when nothing older exists.
+async fn backfilled_history(
+    s: &Services,
+    room: &ruma::RoomId,
+    user: &ruma::UserId,
+    viewer: Option<(&ruma::UserId, &str)>,
+    row: u64,
+    limit: usize,
+    chunk: &mut Vec<ruma::serde::Raw<ruma::events::AnyTimelineEvent>>,
+) -> Result<Option<String>> {
+    let mut rows = s.rooms.backfilled_page(room, row, limit)?;
+    if rows.len() < limit && s.config.allow_federation {
+        let fetched = s.federation.backfill_room(room, limit - rows.len()).await?;
+        if fetched > 0 {
+            rows = s.rooms.backfilled_page(room, row, limit)?;
+        }
+    }
+    let mut next = row;
+    for (n, pdu) in &rows {
+        next = n + 1;
+        if s.rooms.event_visible_to(pdu, user)? {
+            let meta = s.rooms.event_meta(&pdu.event_id)?;
+            chunk.push(raw(&s.rooms.client_event(pdu, meta.as_ref(), viewer))?);
+        }
+    }
+    let more = rows.len() >= limit || s.rooms.backfill_frontier(room)?.is_some();
+    Ok((more && !rows.is_empty()).then(|| backfill_token(next)))
 }
 
 /// Event type filters may end in `*`.
