@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 use ruma::{
-    events::room::member::MembershipState, CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, RoomId,
-    RoomVersionId, ServerName, UserId,
+    events::room::member::MembershipState, CanonicalJsonValue, OwnedServerName, RoomId, RoomVersionId, ServerName,
+    UserId,
 };
 use serde::Deserialize;
 use serde_json::{value::RawValue as RawJsonValue, Value};
@@ -28,7 +28,6 @@ use super::{
 use crate::{
     error::{Error, Result},
     rooms::{append::NewEvent, commit::StateBefore, remote::Appended, resolve::federates},
-    time::now_millis,
     transport::server_client::ServerRequest,
 };
 
@@ -199,35 +198,8 @@ impl Federation {
             return Err(Error::matrix(StatusCode::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION", "Not over federation"));
         }
         let rules = version.rules().ok_or_else(|| Error::internal("rules of a federated version"))?;
-        let mut event = parse_raw(&made.event).map_err(Error::unavailable)?;
-        let text = |e: &CanonicalJsonObject, k: &str| match e.get(k) {
-            Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
-            _ => None,
-        };
-        if text(&event, "sender").as_deref() != Some(user.as_str())
-            || text(&event, "state_key").as_deref() != Some(user.as_str())
-            || text(&event, "room_id").as_deref() != Some(room.as_str())
-        {
-            return Err(Error::unavailable("The leave template is not this user's leave of this room"));
-        }
-        event.insert(
-            "content".into(),
-            CanonicalJsonValue::Object(
-                [("membership".to_owned(), CanonicalJsonValue::String("leave".into()))].into_iter().collect(),
-            ),
-        );
-        event.insert("origin_server_ts".into(), crate::rooms::pdu::to_canonical(Value::from(now_millis()))?);
-        event.remove("hashes");
-        event.remove("signatures");
-        event.remove("unsigned");
-        ruma::signatures::hash_and_sign_event(
-            self.own.as_str(),
-            self.server_key.key_pair(),
-            &mut event,
-            &rules.redaction,
-        )
-        .map_err(|e| Error::internal(format!("cannot sign the leave: {e}")))?;
-        let event_id = event_id_of(&event, &rules).map_err(Error::internal)?;
+        let (event, event_id) =
+            self.complete_template(&made.event, room, user, &serde_json::Map::new(), &rules, "leave")?;
         let path = format!("/_matrix/federation/v2/send_leave/{}/{}", encode(room.as_str()), encode(event_id.as_str()));
         let body = serde_json::to_value(&event).map_err(|e| Error::internal(e.to_string()))?;
         let req = ServerRequest { method: http::Method::PUT, ..ServerRequest::post(&path, &body) }

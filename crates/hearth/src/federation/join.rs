@@ -165,6 +165,18 @@ impl Federation {
         self.receive_membership(origin, room, event_id, raw, MembershipState::Leave).await.map(|_| ())
     }
 
+    /// [`Federation::receive_membership`], for the other membership files.
+    pub(crate) async fn receive_membership_of(
+        &self,
+        origin: &ServerName,
+        room: &RoomId,
+        event_id: &EventId,
+        raw: &RawJsonValue,
+        membership: MembershipState,
+    ) -> Result<Pdu> {
+        self.receive_membership(origin, room, event_id, raw, membership).await
+    }
+
     /// A member event a remote user's server sends through this one: checked, appended,
     /// and queued for the room's other servers.
     async fn receive_membership(
@@ -283,7 +295,7 @@ impl Federation {
             ));
         }
         let rules = version.rules().ok_or_else(|| Error::internal("rules of a federated version"))?;
-        let (event, event_id) = self.complete_template(&made.event, room, user, content, &rules)?;
+        let (event, event_id) = self.complete_template(&made.event, room, user, content, &rules, "join")?;
 
         let path = format!("/_matrix/federation/v2/send_join/{}/{}", encode(room.as_str()), encode(event_id.as_str()));
         let body = serde_json::to_value(&event).map_err(|e| Error::internal(e.to_string()))?;
@@ -330,15 +342,16 @@ impl Federation {
         Ok(())
     }
 
-    /// A template from `make_join` checked and completed into this server's signed event:
-    /// (the event, its id).
-    fn complete_template(
+    /// A template from `make_join`, `make_leave` or `make_knock` checked and completed
+    /// into this server's signed `membership` event: (the event, its id).
+    pub(crate) fn complete_template(
         &self,
         template: &RawJsonValue,
         room: &RoomId,
         user: &UserId,
         content: &Map<String, Value>,
         rules: &ruma::room_version_rules::RoomVersionRules,
+        membership: &str,
     ) -> Result<(CanonicalJsonObject, OwnedEventId)> {
         let mut event = parse_raw(template).map_err(Error::unavailable)?;
         let text = |k: &str| match event.get(k) {
@@ -350,10 +363,10 @@ impl Federation {
             || text("state_key").as_deref() != Some(user.as_str())
             || text("room_id").as_deref() != Some(room.as_str())
         {
-            return Err(Error::unavailable("The join template is not this user's join to this room"));
+            return Err(Error::unavailable(format!("The template is not this user's {membership} of this room")));
         }
         let mut full = content.clone();
-        full.insert("membership".into(), Value::String("join".into()));
+        full.insert("membership".into(), Value::String(membership.into()));
         event.insert("content".into(), to_canonical(Value::Object(full))?);
         event.insert("origin_server_ts".into(), to_canonical(Value::from(now_millis()))?);
         if !rules.event_format.require_event_id {
@@ -363,7 +376,7 @@ impl Federation {
         event.remove("signatures");
         event.remove("unsigned");
         hash_and_sign_event(self.own.as_str(), self.server_key.key_pair(), &mut event, &rules.redaction)
-            .map_err(|e| Error::internal(format!("cannot sign the join: {e}")))?;
+            .map_err(|e| Error::internal(format!("cannot sign the {membership}: {e}")))?;
         let id = event_id_of(&event, rules).map_err(Error::internal)?;
         Ok((event, id))
     }

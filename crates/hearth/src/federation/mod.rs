@@ -10,7 +10,7 @@
 //! - [`serve`]: what other servers read of a room: events, state, auth chains, history.
 //! - [`join`]: joins and leaves through another server, both ways (`make_join` /
 //!   `send_join`, `make_leave` / `send_leave`).
-//! - [`invite`]: invites across servers, both ways.
+//! - [`invite`]: invites across servers, both ways; [`knock`]: knocking, both ways.
 //! - [`keys`]: end-to-end encryption across servers (keys, device lists, to-device).
 //! - [`presence`]: presence across servers (`federate_presence`).
 //! - [`transactions`]: inbound `/send`.
@@ -25,6 +25,7 @@ pub mod edu;
 pub mod invite;
 pub mod join;
 pub mod keys;
+pub mod knock;
 pub mod pdu;
 pub mod presence;
 pub mod query;

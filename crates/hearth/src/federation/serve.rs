@@ -5,6 +5,11 @@
 //!
 //! "The state at an event" here is the state *before* it, as Synapse serves it: a server
 //! that lacks a prev event asks for the state at it and applies the event itself.
+//!
+//! History visibility applies to servers as to their users: an event the requesting
+//! server may not see (`joined` history while none of its users was joined, `invited`
+//! while none was invited or joined) is served redacted, so its graph stays whole
+//! without its content. A missing `m.room.history_visibility` means `shared`.
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
 
@@ -36,7 +41,61 @@ impl Federation {
 
     /// `GET /event/{eventId}`
     pub fn event(&self, origin: &ServerName, event_id: &EventId) -> Result<Box<RawJsonValue>> {
-        Ok(own_json(&self.served_event(origin, event_id)?))
+        let pdu = self.served_event(origin, event_id)?;
+        self.json_for(origin, &pdu)
+    }
+
+    /// What `origin` is sent of an event: the event, or its redacted form when the room's
+    /// history visibility hides it from every user of `origin` (see the module doc).
+    fn json_for(&self, origin: &ServerName, pdu: &Pdu) -> Result<Box<RawJsonValue>> {
+        if self.visible_to_server(origin, pdu)? {
+            return Ok(own_json(pdu));
+        }
+        let version = self.rooms.known_room(&pdu.room_id)?.version;
+        let rules = version.rules().ok_or_else(|| Error::internal("rules of a known room version"))?;
+        let redacted = ruma::canonical_json::redact(pdu.json.clone(), &rules.redaction, None)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        serde_json::value::to_raw_value(&redacted).map_err(|e| Error::internal(e.to_string()))
+    }
+
+    /// Whether some user of `origin` may see `pdu` (see the module doc).
+    fn visible_to_server(&self, origin: &ServerName, pdu: &Pdu) -> Result<bool> {
+        use ruma::events::StateEventType;
+        if pdu.kind.to_string() == "m.room.member"
+            && pdu
+                .state_key
+                .as_deref()
+                .and_then(|k| ruma::UserId::parse(k).ok())
+                .is_some_and(|u| u.server_name() == origin)
+        {
+            return Ok(true);
+        }
+        let state = self.rooms.state_before(&pdu.event_id)?;
+        let visibility = self
+            .rooms
+            .state_event_shared(&state, &StateEventType::RoomHistoryVisibility, "")?
+            .and_then(|p| {
+                p.content_value().get("history_visibility").and_then(serde_json::Value::as_str).map(str::to_owned)
+            })
+            .unwrap_or_else(|| "shared".to_owned());
+        let allowed: &[&str] = match visibility.as_str() {
+            "world_readable" | "shared" => return Ok(true),
+            "invited" => &["invite", "join"],
+            _ => &["join"],
+        };
+        for ((ty, key), id) in self.rooms.state_events_of(&state)? {
+            if ty != StateEventType::RoomMember || ruma::UserId::parse(&key).map_or(true, |u| u.server_name() != origin)
+            {
+                continue;
+            }
+            let Some(member) = self.rooms.pdu_shared(&id)? else { continue };
+            let membership =
+                member.content_value().get("membership").and_then(serde_json::Value::as_str).map(str::to_owned);
+            if membership.is_some_and(|m| allowed.contains(&m.as_str())) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The state before an event of `room` (ids), for `state` and `state_ids`.
@@ -133,7 +192,7 @@ impl Federation {
             found.push(p);
         }
         found.sort_by_key(|p| p.depth);
-        Ok(found.iter().map(|p| own_json(p)).collect())
+        found.iter().map(|p| self.json_for(origin, p)).collect()
     }
 
     /// `GET /backfill/{roomId}`: up to `limit` events from `from` backwards through prev
@@ -166,6 +225,6 @@ impl Federation {
             found.push(p);
         }
         found.sort_by_key(|p| std::cmp::Reverse(p.depth));
-        Ok(found.iter().map(|p| own_json(p)).collect())
+        found.iter().map(|p| self.json_for(origin, p)).collect()
     }
 }

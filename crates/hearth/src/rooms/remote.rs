@@ -100,6 +100,12 @@ impl Rooms {
         self.record_remote_membership(invite, MembershipState::Invite, Some(stripped))
     }
 
+    /// A local user's knock on a room on another server, sent through that server, with
+    /// the stripped state that came back: shown to the user under `knock`.
+    pub fn append_remote_knock(&self, knock: Pdu, stripped: Vec<Value>) -> Result<()> {
+        self.record_remote_membership(knock, MembershipState::Knock, Some(stripped))
+    }
+
     /// A local user's leave (an invite rejected) of a room on another server, sent
     /// through that server: the user's membership becomes `leave`.
     pub fn append_remote_leave(&self, leave: Pdu) -> Result<()> {

@@ -530,3 +530,89 @@ async fn a_server_acl_shuts_a_server_out() {
     let got = a.transport.servers.request(&b_name, hearth::transport::server_client::ServerRequest::get(&path)).await;
     assert_eq!(got.expect("request").status, 403);
 }
+
+/// A user of a.test knocks on a room of b.test whose join rule is `knock`: b.test sees the
+/// knock and a.test's sync shows it; bob lets her in (an invite), and she joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_knock_across_servers_then_an_invite_and_a_join() {
+    let p = pair().await;
+    let (bob, bob_token, _) = p.b.register("bob", "a long password").await;
+    let (_, created) = p
+        .b
+        .post(
+            "/_matrix/client/v3/createRoom",
+            Some(&bob_token),
+            json!({"preset": "private_chat", "name": "Knock first",
+                   "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]}),
+        )
+        .await;
+    let room = created["room_id"].as_str().expect("room id").to_owned();
+    let (alice, alice_token, _) = p.a.register("alice", "a long password").await;
+    let (status, knocked) =
+        p.a.post(
+            &format!("/_matrix/client/v3/knock/{}?via=b.test", encode(&room)),
+            Some(&alice_token),
+            json!({"reason": "hello?"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{knocked}");
+    let (_, state) =
+        p.b.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{}", encode(&alice)), Some(&bob_token))
+            .await;
+    assert_eq!((state["membership"].as_str(), state["reason"].as_str()), (Some("knock"), Some("hello?")), "{state}");
+    let (_, sync) = p.a.get("/_matrix/client/v3/sync?timeout=0", Some(&alice_token)).await;
+    let names: Vec<&str> = sync["rooms"]["knock"][&room]["knock_state"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.name")
+        .filter_map(|e| e["content"]["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["Knock first"], "{sync}");
+
+    let (status, _) =
+        p.b.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), Some(&bob_token), json!({"user_id": alice})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, joined) =
+        p.a.post(&format!("/_matrix/client/v3/join/{}", encode(&room)), Some(&alice_token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    let mut both = vec![alice.clone(), bob.clone()];
+    both.sort();
+    eventually("alice's join on b.test", || async {
+        (joined_members(&p.b, &bob_token, &room).await == both).then_some(())
+    })
+    .await;
+}
+
+/// History visibility holds for servers: in a room whose history is `joined`, what was
+/// said before a.test's user joined reaches a.test only redacted when she pages back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joined_only_history_is_not_backfilled_readable() {
+    let p = pair().await;
+    let (_, bob_token, _) = p.b.register("bob", "a long password").await;
+    let (_, created) =
+        p.b.post(
+            "/_matrix/client/v3/createRoom",
+            Some(&bob_token),
+            json!({"preset": "public_chat",
+                   "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
+                                      "content": {"history_visibility": "joined"}}]}),
+        )
+        .await;
+    let room = created["room_id"].as_str().expect("room id").to_owned();
+    let secret = send(&p.b, &bob_token, &room, "b0", "said before alice came").await;
+    let (_, alice_token, _) = p.a.register("alice", "a long password").await;
+    let (status, _) =
+        p.a.post(&format!("/_matrix/client/v3/join/{}?via=b.test", encode(&room)), Some(&alice_token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    send(&p.b, &bob_token, &room, "b1", "said after alice came").await;
+    eventually("bob's later message on a.test", || async {
+        bodies(&p.a, &alice_token, &room).await.contains(&"said after alice came".to_owned()).then_some(())
+    })
+    .await;
+    // Paging back fetched the earlier event from b.test, redacted.
+    assert!(!bodies(&p.a, &alice_token, &room).await.contains(&"said before alice came".to_owned()));
+    let held = p.a.services().rooms.pdu(&ruma::OwnedEventId::try_from(secret.as_str()).expect("id")).expect("read");
+    let held = held.expect("the earlier event was backfilled");
+    assert_eq!(held.content_value(), json!({}), "a.test holds the content of an event it may not see");
+}

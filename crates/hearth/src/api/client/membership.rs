@@ -19,13 +19,6 @@ use crate::{
     Services,
 };
 
-fn resolve(s: &Services, target: &RoomOrAliasId) -> Result<OwnedRoomId> {
-    match <&ruma::RoomId>::try_from(target) {
-        Ok(room_id) => Ok(room_id.to_owned()),
-        Err(alias) => s.rooms.known_alias(alias),
-    }
-}
-
 /// The room a room id or alias names, with servers that may help join it: the alias's
 /// server's answer for a remote alias, else `via`.
 async fn resolve_remote(
@@ -76,8 +69,10 @@ pub async fn join_room_by_id_or_alias(
 /// Allowed by the auth rules only in rooms (v7+) whose join rule is `knock`.
 pub async fn knock_room(s: Arc<Services>, req: Ruma<knock_room::v3::Request>) -> Result<knock_room::v3::Response> {
     let caller = req.caller()?;
-    let room_id = resolve(&s, &req.body.room_id_or_alias)?;
-    s.rooms.knock(&room_id, &caller.user_id, s.users.member_profile(&caller.user_id)?, req.body.reason.clone())?;
+    let (room_id, via) = resolve_remote(&s, &req.body.room_id_or_alias, &req.body.via).await?;
+    let profile = s.users.member_profile(&caller.user_id)?;
+    let federate = s.config.allow_federation;
+    s.federation.knock(&room_id, &caller.user_id, &via, profile, req.body.reason.clone(), federate).await?;
     Ok(knock_room::v3::Response::new(room_id))
 }
 

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use ruma::api::federation::membership::{
-    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event, RawStrippedState,
+    create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event, prepare_knock_event,
+    prepare_leave_event, RawStrippedState,
 };
 
 use crate::{
@@ -96,4 +97,26 @@ pub async fn create_invite(
     let event =
         s.federation.receive_invite(origin, &b.room_id, &b.event_id, &b.room_version, &b.event, stripped).await?;
     Ok(create_invite::v2::Response::new(event))
+}
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}`
+pub async fn make_knock(
+    s: Arc<Services>,
+    req: Ruma<prepare_knock_event::v1::Request>,
+) -> Result<prepare_knock_event::v1::Response> {
+    let origin = req.origin()?;
+    let b = &req.body;
+    let (version, template) = s.federation.make_knock(origin, &b.room_id, &b.user_id, &b.ver)?;
+    Ok(prepare_knock_event::v1::Response::new(version, raw(&template)?))
+}
+
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`
+pub async fn send_knock(
+    s: Arc<Services>,
+    req: Ruma<create_knock_event::v1::Request>,
+) -> Result<create_knock_event::v1::Response> {
+    let origin = req.origin()?;
+    let b = &req.body;
+    let state = s.federation.send_knock(origin, &b.room_id, &b.event_id, &b.pdu).await?;
+    Ok(create_knock_event::v1::Response::new(state.into_iter().map(RawStrippedState::Pdu).collect()))
 }

@@ -42,6 +42,8 @@ pub fn routes(allow_federation: bool) -> Router<Arc<Services>> {
         .ruma(membership::make_leave)
         .ruma(membership::send_leave)
         .ruma(membership::create_invite)
+        .ruma(membership::make_knock)
+        .ruma(membership::send_knock)
         .ruma(keys::get_keys)
         .ruma(keys::claim_keys)
         .ruma(keys::get_devices)
