@@ -13,7 +13,9 @@
 //! [`MAX_EDUS_PER_TXN`] EDUs per transaction, one transaction in flight, retried under the
 //! same id until the destination answers 200, then removed from the queue. Failures back
 //! off exponentially up to [`MAX_BACKOFF`]; a request from the destination resets the
-//! backoff at once ([`Sender::contacted`]). EDUs (typing, receipts, …) are not persisted:
+//! backoff at once ([`Sender::contacted`]). A destination that stays away while more than
+//! [`MAX_BACKLOG`] events queue up for it gets only each room's newest event when it comes
+//! back, and fetches the rest itself, as after any gap. EDUs (typing, receipts, …) are not persisted:
 //! they are worth little once late, and go out promptly in the next transaction.
 
 use std::{
@@ -50,6 +52,11 @@ pub const FEDERATION_QUEUE: Table<(String, u64), String> = Table::new(tables::FE
 pub const FEDERATION_SENDER: Table<String, u64> = Table::new(tables::FEDERATION_SENDER);
 
 pub const MAX_PDUS_PER_TXN: usize = 50;
+/// Rows a destination's queue may hold while it is unreachable before only each room's
+/// newest is kept ([`Sender::compact_backlog`]).
+pub const MAX_BACKLOG: usize = 1000;
+/// Most rows one compaction reads (the rest wait for the next one).
+const MAX_SCANNED_BACKLOG: usize = 100_000;
 pub const MAX_EDUS_PER_TXN: usize = 100;
 /// Most EDUs held for one destination; past it the oldest are dropped.
 const MAX_PENDING_EDUS: usize = 1000;
@@ -390,6 +397,46 @@ impl Sender {
         Ok(rows)
     }
 
+    /// After a long outage a destination gets the rooms' latest events, not the whole
+    /// backlog: once its queue holds more than [`MAX_BACKLOG`] rows, only the newest row of
+    /// each room is kept. The destination fetches what it lacks before those
+    /// (`get_missing_events`, then the state), as after any gap.
+    fn compact_backlog(&self, dest: &ServerName) -> Result<()> {
+        let mut rows: Vec<(u64, String)> = Vec::new();
+        FEDERATION_QUEUE.scan_prefix(&self.store, dest.as_str(), Order::Ascending, |(_, pos), id| {
+            rows.push((pos, id));
+            rows.len() <= MAX_SCANNED_BACKLOG
+        })?;
+        if rows.len() <= MAX_BACKLOG {
+            return Ok(());
+        }
+        let mut newest: HashMap<ruma::OwnedRoomId, u64> = HashMap::new();
+        let mut room_of = Vec::with_capacity(rows.len());
+        for (pos, id) in &rows {
+            let room = ruma::OwnedEventId::try_from(id.as_str())
+                .ok()
+                .and_then(|e| self.rooms.event_meta(&e).ok().flatten())
+                .map(|m| m.room_id);
+            if let Some(r) = &room {
+                let n = newest.entry(r.clone()).or_insert(*pos);
+                *n = (*n).max(*pos);
+            }
+            room_of.push(room);
+        }
+        let mut batch = Batch::new();
+        let mut dropped = 0;
+        for ((pos, _), room) in rows.iter().zip(room_of) {
+            let keep = room.is_some_and(|r| newest.get(&r) == Some(pos));
+            if !keep {
+                FEDERATION_QUEUE.delete(&mut batch, (dest.as_str(), *pos));
+                dropped += 1;
+            }
+        }
+        self.store.write(batch)?;
+        tracing::info!(%dest, dropped, rooms = newest.len(), "long outage: only the rooms' latest events stay queued");
+        Ok(())
+    }
+
     /// One destination's delivery loop (see the module doc).
     async fn deliver(&self, dest: OwnedServerName) {
         let d = self.destination(&dest);
@@ -451,6 +498,9 @@ impl Sender {
                             *backoff
                         };
                         tracing::info!(%dest, error = %e, retry_in_s = wait.as_secs(), "cannot reach a server");
+                        if let Err(e) = self.compact_backlog(&dest) {
+                            tracing::warn!(%dest, error = %e, "cannot compact the queue");
+                        }
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
                             // Woken early: `contacted` reset the backoff, or new work came.
@@ -473,5 +523,62 @@ impl Sender {
         } else {
             Err(format!("answered {}", answer.status))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{owned_user_id, RoomVersionId};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{rooms::append::NewEvent, store::Backend, Config, Services};
+
+    /// A backlog past [`MAX_BACKLOG`] keeps only each room's newest event.
+    #[test]
+    fn a_long_backlog_keeps_each_rooms_newest_event() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config {
+            server_name: "sender.test".try_into().expect("server name"),
+            database_path: dir.path().join("data"),
+            database_backend: Backend::Rocksdb,
+            database_fsync: false,
+            ..Config::default()
+        };
+        let s = Services::open(config).expect("open");
+        let alice = owned_user_id!("@alice:sender.test");
+        let dest: OwnedServerName = "away.test".try_into().expect("name");
+        let mut batch = Batch::new();
+        let mut newest = Vec::new();
+        for room in 0..2 {
+            let content = json!({"creator": alice}).as_object().cloned().expect("object");
+            let room_id = s.rooms.append_create(&RoomVersionId::V11, &alice, content).expect("create").room_id;
+            let join = NewEvent::state("m.room.member", alice.as_str(), json!({"membership": "join"}));
+            s.rooms.append_local(&room_id, &alice, join, None).expect("join");
+            let mut last = None;
+            for i in 0..(MAX_BACKLOG / 2 + 10) {
+                let body = json!({"body": format!("{room}-{i}")}).as_object().cloned().expect("object");
+                let pdu = s
+                    .rooms
+                    .append_local(&room_id, &alice, NewEvent::message("m.room.message", body), None)
+                    .expect("send");
+                let pos = s.rooms.event_meta(&pdu.event_id).expect("meta").expect("meta").stream;
+                FEDERATION_QUEUE.put(&mut batch, (dest.as_str(), pos), &pdu.event_id.to_string());
+                last = Some(pdu.event_id);
+            }
+            newest.push(last.expect("sent").to_string());
+        }
+        s.store.write(batch).expect("write");
+        s.federation.sender.compact_backlog(&dest).expect("compact");
+        let mut left: Vec<String> = Vec::new();
+        FEDERATION_QUEUE
+            .scan_prefix(&s.store, dest.as_str(), Order::Ascending, |_, id| {
+                left.push(id);
+                true
+            })
+            .expect("scan");
+        left.sort();
+        newest.sort();
+        assert_eq!(left, newest);
     }
 }
