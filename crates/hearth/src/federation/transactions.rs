@@ -22,7 +22,7 @@ use serde_json::{value::RawValue as RawJsonValue, Value};
 use super::Federation;
 use crate::{
     error::{Error, Result},
-    store::{codec::json_value, tables, Batch, Table},
+    store::{codec::json_value, tables, Batch, KeyRange, Order, Table},
 };
 
 pub const MAX_PDUS: usize = 50;
@@ -36,6 +36,9 @@ const MAX_RECEIPTS_PER_EDU: usize = 1000;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TxnAnswer {
     pub pdus: BTreeMap<OwnedEventId, Option<String>>,
+    /// When it was answered: answers are kept [`KEEP_ANSWERS_MS`].
+    #[serde(default)]
+    pub ts: u64,
 }
 
 json_value!(TxnAnswer);
@@ -43,10 +46,18 @@ json_value!(TxnAnswer);
 /// (origin, txn id) → the answer given.
 pub const FEDERATION_TXNS: Table<(String, String), TxnAnswer> = Table::new(tables::FEDERATION_TXNS);
 
+/// How long an answer is kept for a replay: a sender retries a transaction for minutes or
+/// hours, not days.
+pub const KEEP_ANSWERS_MS: u64 = 24 * 60 * 60 * 1000;
+/// Answers stored between two sweeps of the expired ones.
+const SWEEP_EVERY: u64 = 1000;
+
 /// One origin's transactions at a time.
 #[derive(Default)]
 pub struct SeenTransactions {
     turns: Mutex<std::collections::HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
+    /// Answers stored since the last sweep.
+    stored: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Deserialize)]
@@ -100,10 +111,35 @@ impl Federation {
                 Err(e) => tracing::debug!(%origin, error = %e, "ignoring a malformed EDU"),
             }
         }
+        answer.ts = crate::time::now_millis();
         let mut batch = Batch::new();
         FEDERATION_TXNS.put(&mut batch, (origin.as_str(), txn_id), &answer);
         self.store.write(batch)?;
+        if self.seen_txns.stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(SWEEP_EVERY) {
+            self.sweep_answers()?;
+        }
         Ok(answer)
+    }
+
+    /// Forgets the answers older than [`KEEP_ANSWERS_MS`] (they would otherwise pile up
+    /// for as long as the server federates). Runs at the first transaction after a start
+    /// and every [`SWEEP_EVERY`] after.
+    fn sweep_answers(&self) -> Result<()> {
+        let cutoff = crate::time::now_millis().saturating_sub(KEEP_ANSWERS_MS);
+        let mut batch = Batch::new();
+        let mut swept = 0;
+        FEDERATION_TXNS.scan_range(&self.store, &KeyRange::default(), Order::Ascending, |(origin, txn), answer| {
+            if answer.ts < cutoff {
+                FEDERATION_TXNS.delete(&mut batch, (origin.as_str(), txn.as_str()));
+                swept += 1;
+            }
+            true
+        })?;
+        if swept > 0 {
+            self.store.write(batch)?;
+            tracing::debug!(swept, "forgot old transaction answers");
+        }
+        Ok(())
     }
 
     fn receive_edu(&self, origin: &ServerName, edu: Edu) {

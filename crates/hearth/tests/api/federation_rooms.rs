@@ -330,12 +330,22 @@ async fn hostile_transactions_are_refused_piece_by_piece() {
     };
     let err_of = |answer: &Value, id: &str| answer["pdus"][id]["error"].as_str().map(str::to_owned);
 
+    // An answer kept from long ago: the first transaction's sweep forgets it.
+    {
+        use hearth::federation::transactions::{TxnAnswer, FEDERATION_TXNS};
+        let mut batch = hearth::store::Batch::new();
+        FEDERATION_TXNS.put(&mut batch, ("b.test", "ancient"), &TxnAnswer { pdus: Default::default(), ts: 1 });
+        p.a.services().store.write(batch).expect("write");
+    }
+
     // A good one, to show the path works.
     let (good, good_id) = signed_by_b(&p, &room, &bob, "good", |_| {});
     let (status, answer) = transaction(&p, "t1", vec![json!(good)], vec![]).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["pdus"][&good_id], json!({}), "{answer}");
     assert!(stored(&good_id).is_some());
+    let ancient = hearth::federation::transactions::FEDERATION_TXNS.get(&p.a.services().store, ("b.test", "ancient"));
+    assert!(ancient.expect("read").is_none(), "a day-old answer is forgotten");
 
     // Replayed id: the first answer, and the new PDU is not even looked at.
     let (other, other_id) = signed_by_b(&p, &room, &bob, "replayed", |_| {});
