@@ -71,6 +71,17 @@ def one(kinds, kind, c):
     return items[0] if items else {}
 
 
+def named(kinds, kind, name, c):
+    items = [d for d in kinds.get(kind, []) if d.get("metadata", {}).get("name") == name]
+    c.check(len(items) == 1, f"expected one {kind} named {name}, found {len(items)}")
+    return items[0] if items else {}
+
+
+HEARTH_DEPLOYMENT = "conduit-deploy"
+HEARTH_SERVICE = "conduit-service"
+WELL_KNOWN = "hearth-well-known"
+
+
 def cmd_manifests(a):
     c = Checks(f"manifests[{a.overlay}]")
     docs = load_docs(a.rendered)
@@ -128,7 +139,9 @@ def cmd_manifests(a):
         c.check("storageClassName" not in spec, f"{a.overlay}: PVC sets storageClassName {spec.get('storageClassName')!r}")
 
     # Deployment
-    dep = one(kinds, "Deployment", c)
+    c.check(sorted(d["metadata"]["name"] for d in kinds.get("Deployment", [])) == [HEARTH_DEPLOYMENT, WELL_KNOWN],
+            "Deployments are not exactly Hearth's and the well-known one")
+    dep = named(kinds, "Deployment", HEARTH_DEPLOYMENT, c)
     dspec = dep.get("spec", {})
     c.check(dspec.get("replicas") == 1, f"Deployment replicas is {dspec.get('replicas')}, must be 1")
     c.check(dspec.get("strategy", {}).get("type") == "Recreate", "Deployment strategy is not Recreate")
@@ -174,7 +187,7 @@ def cmd_manifests(a):
     c.check(claim == pvc.get("metadata", {}).get("name"), f"data volume claims {claim!r}, not the PVC")
 
     # Service: 8448 -> the named container port, selecting the pods.
-    svc = one(kinds, "Service", c)
+    svc = named(kinds, "Service", HEARTH_SERVICE, c)
     sspec = svc.get("spec", {})
     c.check(any(p.get("port") == 8448 and p.get("targetPort") == "conduit-port" for p in sspec.get("ports", [])),
             "Service does not map 8448 to conduit-port")
@@ -198,13 +211,52 @@ def cmd_manifests(a):
             routes[(rule.get("host"), p.get("path"))] = p.get("backend", {}).get("service", {})
     svc_name = svc.get("metadata", {}).get("name")
     wk = [s for (h, p), s in routes.items() if h == apex and p.rstrip("/") == "/.well-known/matrix"]
-    c.check(wk and wk[0].get("name") == svc_name and wk[0].get("port", {}).get("number") == 8448,
-            f"no /.well-known/matrix route on {apex} to {svc_name}:8448")
+    c.check(wk and wk[0].get("name") == WELL_KNOWN and wk[0].get("port", {}).get("number") == 8448,
+            f"no /.well-known/matrix route on {apex} to {WELL_KNOWN}:8448")
+    check_well_known(kinds, cm, c)
     root = routes.get((talk, "/"), {})
     c.check(root.get("name") == svc_name and root.get("port", {}).get("number") == 8448,
             f"no / route on {talk} to {svc_name}:8448")
     check_encoded_characters(a, kinds, ing, ns_name, c)
     return c.done()
+
+
+def check_well_known(kinds, cm, c):
+    """The replicated `hearth well-known` Deployment that serves the apex's delegation while
+    Hearth restarts: its Service and PodDisruptionBudget select it, it keeps one replica up
+    through updates and drains, runs the same image and ConfigMap without the database."""
+    dep = named(kinds, "Deployment", WELL_KNOWN, c)
+    spec = dep.get("spec", {})
+    c.check(spec.get("replicas", 1) >= 2, "the well-known Deployment has fewer than 2 replicas")
+    strategy = spec.get("strategy", {})
+    c.check(strategy.get("type") == "RollingUpdate" and strategy.get("rollingUpdate", {}).get("maxUnavailable") == 0,
+            "the well-known Deployment may take all replicas down in an update")
+    labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
+    sel = spec.get("selector", {}).get("matchLabels", {})
+    c.check(sel and all(labels.get(k) == v for k, v in sel.items()), "well-known pod labels do not match its selector")
+    c.check(labels.get("app") != "conduit", "well-known pods would be selected by Hearth's Service")
+    pod = spec.get("template", {}).get("spec", {})
+    c.check(not pod.get("volumes"), "the well-known pods mount volumes; they need none")
+    ctrs = pod.get("containers", [])
+    ctr = ctrs[0] if len(ctrs) == 1 else {}
+    c.check(ctr.get("args") == ["well-known"], f"well-known container args {ctr.get('args')}")
+    c.check(ctr.get("image", "").startswith("hearth"), "the well-known container does not run the Hearth image")
+    c.check({"configMapRef": {"name": cm.get("metadata", {}).get("name")}} in ctr.get("envFrom", []),
+            "the well-known container does not take the ConfigMap")
+    for probe in ("readinessProbe", "livenessProbe"):
+        c.check(ctr.get(probe, {}).get("httpGet", {}).get("path") == HEALTH, f"well-known {probe} not on {HEALTH}")
+    csc = ctr.get("securityContext", {})
+    c.check(csc.get("readOnlyRootFilesystem") is True and csc.get("allowPrivilegeEscalation") is False,
+            "the well-known container is not locked down")
+    svc = named(kinds, "Service", WELL_KNOWN, c)
+    ssel = svc.get("spec", {}).get("selector", {})
+    c.check(ssel and all(labels.get(k) == v for k, v in ssel.items()), "the well-known Service does not select its pods")
+    c.check(any(p.get("port") == 8448 and p.get("targetPort") == "conduit-port" for p in svc.get("spec", {}).get("ports", [])),
+            "the well-known Service does not map 8448 to conduit-port")
+    pdb = named(kinds, "PodDisruptionBudget", WELL_KNOWN, c)
+    psel = pdb.get("spec", {}).get("selector", {}).get("matchLabels", {})
+    c.check(pdb.get("spec", {}).get("minAvailable") == 1 and psel == sel,
+            "the well-known PodDisruptionBudget does not keep one of its pods")
 
 
 # What a Traefik 3.6+ EncodedCharacters middleware may say, and what Matrix paths need: a
@@ -322,7 +374,8 @@ def cmd_smoke(a):
     token = base64.b64decode(kinds["Secret"][0]["data"]["CONDUIT_REGISTRATION_TOKEN"]).decode()
     with open(os.path.join(a.rootfs, "image-manifest.json")) as f:
         manifest = json.load(f)
-    grace = kinds["Deployment"][0]["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+    hearth = [d for d in kinds["Deployment"] if d["metadata"]["name"] == HEARTH_DEPLOYMENT][0]
+    grace = hearth["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
 
     datadir = tempfile.mkdtemp(prefix="hearth-smoke-")
     port = free_port()
@@ -380,7 +433,52 @@ def cmd_smoke(a):
             log.seek(0)
             sys.stdout.write(log.read().decode(errors="replace")[-3000:])
         shutil.rmtree(datadir, ignore_errors=True)
+    smoke_well_known(a, c, argv, env, data)
     return c.done()
+
+
+def smoke_well_known(a, c, argv, env, data):
+    """The same binary as `hearth well-known`, with the same environment but no data
+    directory at all: it serves both documents and its health check, and stops on SIGTERM."""
+    port = free_port()
+    env = dict(env, CONDUIT_PORT=str(port), CONDUIT_DATABASE_PATH="/nonexistent/hearth-well-known")
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(argv + ["well-known"], env=env, cwd="/", stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        status = None
+        deadline = time.time() + 30
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                status, _ = get(base + HEALTH)
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        c.check(status == 200, f"well-known mode: {HEALTH} answered {status}")
+        if status == 200:
+            st, body = get(base + "/.well-known/matrix/client")
+            c.check(st == 200 and json.loads(body).get("m.homeserver", {}).get("base_url")
+                    == data["CONDUIT_WELL_KNOWN_CLIENT"], f"well-known mode, client: {st} {body!r}")
+            st, body = get(base + "/.well-known/matrix/server")
+            c.check(st == 200 and json.loads(body).get("m.server") == data["CONDUIT_WELL_KNOWN_SERVER"],
+                    f"well-known mode, server: {st} {body!r}")
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                rc = proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = "killed"
+            c.check(rc == 0, f"well-known mode, SIGTERM: exit {rc}")
+            print(f"  smoke: `hearth well-known` served both documents without a database, SIGTERM -> exit {rc}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if c.failed:
+            log.seek(0)
+            sys.stdout.write(log.read().decode(errors="replace")[-2000:])
 
 
 def main():

@@ -29,6 +29,7 @@ pub mod time;
 pub mod tls;
 pub mod transport;
 pub mod users;
+pub mod well_known_only;
 
 use std::sync::Arc;
 

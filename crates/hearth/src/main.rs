@@ -24,6 +24,9 @@ enum Command {
     Serve,
     /// Print the effective configuration, secrets masked.
     Config,
+    /// Serve only /.well-known/matrix/{client,server} from the configuration, without the
+    /// database: a replicated Deployment that stays up while Hearth restarts.
+    WellKnown,
     /// Operator commands on the data directory (stop the server first).
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -132,6 +135,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => run_server(loaded.config),
+        Command::WellKnown => run_well_known(loaded.config),
         Command::Admin(cmd) => run_admin(loaded.config, cmd),
     }
 }
@@ -174,6 +178,25 @@ fn run_server(config: Config) -> ExitCode {
             }
         };
         serve_until_signal(services).await
+    })
+}
+
+fn run_well_known(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hearth: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match hearth::well_known_only::serve(&config, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hearth: {e}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 

@@ -1,6 +1,8 @@
 //! `/.well-known/matrix/client` and `/.well-known/matrix/server`, with Conduit's semantics:
 //! both are served when `allow_well_known` is on; the server document only when federation
-//! is allowed. CORS (any origin) comes from the global layer, as web clients need.
+//! is allowed. CORS (any origin) comes from the global layer, as web clients need. The same
+//! documents are served without a database by `hearth well-known`
+//! ([`crate::well_known_only`]).
 
 use std::sync::Arc;
 

@@ -113,3 +113,37 @@ async fn health_endpoint_answers(b: Backend) {
 }
 
 both_engines!(health_endpoint_answers);
+
+/// `hearth well-known` (no database) serves the very documents Hearth serves, with CORS,
+/// a health check, and 404 for everything else or when delegation is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_well_known_only_mode_serves_the_same_documents() {
+    for (federation, well_known) in [(true, true), (false, true), (true, false)] {
+        let s = TestServer::start_with(Backend::Rocksdb, |c| {
+            c.allow_federation = federation;
+            c.allow_well_known = well_known;
+            c.well_known.client = Some("https://talk.example.org/".into());
+            c.well_known.server = Some("talk.example.org:443".into());
+        })
+        .await;
+        let config = s.services().config.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = hearth::well_known_only::router(&config);
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let http = reqwest::Client::new();
+        for doc in ["client", "server"] {
+            let (want_status, want) = s.get(&format!("/.well-known/matrix/{doc}"), None).await;
+            let got = http.get(format!("http://{addr}/.well-known/matrix/{doc}")).send().await.expect("get");
+            assert_eq!(got.status(), want_status, "{doc} with federation {federation}, well-known {well_known}");
+            if want_status == StatusCode::OK {
+                assert_eq!(got.headers()["access-control-allow-origin"], "*");
+                assert_eq!(got.json::<serde_json::Value>().await.expect("json"), want, "{doc}");
+            }
+        }
+        let health = http.get(format!("http://{addr}/_hearth/health")).send().await.expect("get");
+        assert_eq!(health.status(), StatusCode::OK);
+        let other = http.get(format!("http://{addr}/_matrix/client/versions")).send().await.expect("get");
+        assert_eq!(other.status(), StatusCode::NOT_FOUND);
+    }
+}
