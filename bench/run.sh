@@ -3,6 +3,9 @@
 #   bench/run.sh            full workload (100 users, 10,000-event pagination; ~9 min here, plus the build)
 #   bench/run.sh --quick    small workload, under five minutes for all three servers
 #   bench/run.sh --profile  short run of Hearth (RocksDB) alone under `perf record`
+#   bench/run.sh --federation  Hearth -> Hearth against Synapse -> Synapse over TLS: latency
+#                           from send to the remote user's /sync, and messages/s delivered
+#                           (bench/federation.py; writes bench/results/federation-latest.json)
 # Builds Hearth in release into its own target dir (never the shared one), installs Synapse
 # into ~/.cache/hearth-bench-venv, runs Synapse, Hearth-RocksDB and Hearth-SQLite on
 # loopback, prints a table and writes bench/results/latest.json. Not part of CI.
@@ -29,6 +32,7 @@ for arg in "$@"; do
     case "$arg" in
         --quick) mode=quick ;;
         --profile) mode=profile ;;
+        --federation) mode=federation ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
@@ -57,6 +61,12 @@ mkdir -p "$BENCH/results"
 
 common=(--hearth-bin "$BIN" --synapse-python "$PY" --synapse-template "$BENCH/synapse/homeserver.yaml.in"
         --root "$ROOT" --build-label "$LABEL")
+
+if [[ "$mode" == federation ]]; then
+    "$PY" "$BENCH/federation.py" --hearth-bin "$BIN" --synapse-python "$PY" --label "$LABEL" \
+        --json "$BENCH/results/federation-latest.json"
+    exit 0
+fi
 
 if [[ "$mode" == profile ]]; then
     out="$BENCH/results/profile"

@@ -20,7 +20,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -148,6 +147,16 @@ def make_pki(directory: Path) -> Pki:
 # --------------------------------------------------------------------------- HTTP
 
 
+def fail(message: str) -> None:
+    """Stops a test (or the federation benchmark, which also uses these helpers and has no
+    pytest) with `message` and no traceback through the helpers."""
+    try:
+        import pytest
+    except ImportError:
+        raise RuntimeError(message) from None
+    pytest.fail(message, pytrace=False)
+
+
 class HttpError(Exception):
     def __init__(self, status: int, body: object, url: str):
         super().__init__(f"HTTP {status} from {url}: {body!r}")
@@ -239,7 +248,7 @@ class Server:
         while time.monotonic() < deadline:
             code = self.proc.poll()
             if code is not None:
-                pytest.fail(f"{self.kind} exited with code {code} before answering\n{self.logs()}", pytrace=False)
+                fail(f"{self.kind} exited with code {code} before answering\n{self.logs()}")
             try:
                 request(ctx, "GET", f"{self.url}/_matrix/client/versions", timeout=2)
                 return
@@ -249,10 +258,9 @@ class Server:
                 last = repr(e)
             time.sleep(0.2)
         self.kill()
-        pytest.fail(
+        fail(
             f"{self.kind} did not answer /_matrix/client/versions over TLS within "
-            f"{STARTUP_TIMEOUT_S:.0f}s (last: {last})\n{self.logs()}",
-            pytrace=False,
+            f"{STARTUP_TIMEOUT_S:.0f}s (last: {last})\n{self.logs()}"
         )
 
     def kill(self) -> None:
@@ -318,7 +326,7 @@ def start_hearth(
 ) -> Server:
     binary = hearth_binary()
     if not (binary.is_file() and os.access(binary, os.X_OK)):
-        pytest.fail(f"Hearth binary not found at {binary}: build it or set HEARTH_BIN", pytrace=False)
+        fail(f"Hearth binary not found at {binary}: build it or set HEARTH_BIN")
     database = workdir / "db"
     database.mkdir()
     port = free_port(host)
@@ -328,14 +336,14 @@ def start_hearth(
     return server
 
 
-def start_synapse(data: Path, pki: Pki, python: str) -> Server:
+def start_synapse(data: Path, pki: Pki, python: str, log_level: str = "INFO") -> Server:
     """Synapse (run by `python`, a venv with matrix-synapse) in `data`, with a fresh signing
     key, serving TLS with the test leaf on a free port."""
     port = free_port()
     config_path = data / "homeserver.yaml"
     log_path = data / "synapse.log"
     config_path.write_text(yaml.safe_dump(synapse_config(data, port, pki), sort_keys=False))
-    (data / "log.config").write_text(yaml.safe_dump(synapse_log_config(log_path), sort_keys=False))
+    (data / "log.config").write_text(yaml.safe_dump(synapse_log_config(log_path, log_level), sort_keys=False))
     synapse_cmd = [python, "-m", "synapse.app.homeserver", "-c", str(config_path)]
     env = dict(os.environ)
     # Writes the signing key (signing_key_path) and exits.
@@ -348,8 +356,9 @@ def start_synapse(data: Path, pki: Pki, python: str) -> Server:
     return server
 
 
-def synapse_log_config(log_path: Path) -> dict:
-    """INFO to one file, with the request id (federation requests and key fetches show)."""
+def synapse_log_config(log_path: Path, level: str = "INFO") -> dict:
+    """`level` (INFO: federation requests and key fetches show) to one file, with the
+    request id."""
     return {
         "version": 1,
         "formatters": {"p": {"format": "%(asctime)s %(name)s %(levelname)s %(request)s %(message)s"}},
@@ -362,7 +371,7 @@ def synapse_log_config(log_path: Path) -> dict:
                 "filters": ["context"],
             }
         },
-        "root": {"level": "INFO", "handlers": ["file"]},
+        "root": {"level": level, "handlers": ["file"]},
         "disable_existing_loggers": False,
     }
 
