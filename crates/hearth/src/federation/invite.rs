@@ -87,19 +87,47 @@ impl Federation {
             .verify_pdu(&version, obj, Some(room), Some(&pdu.event_id))
             .await
             .map_err(|e| Error::unavailable(format!("the invite came back altered: {e}")))?;
-        let has_target_signature = matches!(
-            signed.json.get("signatures"),
-            Some(CanonicalJsonValue::Object(s)) if s.contains_key(target.server_name().as_str())
-        );
-        if !has_target_signature {
-            return Err(Error::unavailable(format!("{} did not sign the invite", target.server_name())));
-        }
+        self.verify_signature_of(target.server_name(), &version, &signed)
+            .await
+            .map_err(|e| Error::unavailable(format!("{} did not sign the invite: {e}", target.server_name())))?;
         let _turn = self.room_turn(room).await;
         match self.rooms.append_remote(signed, StateBefore::Snapshot(snapshot)) {
             Ok(Appended::Timeline) | Ok(Appended::Known) => Ok(()),
             Ok(Appended::SoftFailed) => Err(Error::forbidden("The room changed: the invite is no longer allowed")),
             Err(e) => Err(Error::forbidden(format!("The invite is not allowed: {e}"))),
         }
+    }
+
+    /// Verifies `server`'s signature of an event (over its redacted form, as events are
+    /// signed), with that server's keys valid at the event's time.
+    async fn verify_signature_of(
+        &self,
+        server: &ServerName,
+        version: &RoomVersionId,
+        pdu: &crate::rooms::pdu::Pdu,
+    ) -> std::result::Result<(), String> {
+        let rules = version.rules().ok_or("unsupported room version")?;
+        let key_ids: Vec<String> = match pdu.json.get("signatures") {
+            Some(CanonicalJsonValue::Object(all)) => match all.get(server.as_str()) {
+                Some(CanonicalJsonValue::Object(by_key)) => by_key.keys().take(8).cloned().collect(),
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        if key_ids.is_empty() {
+            return Err("no signature".into());
+        }
+        let ts = u64::from(pdu.origin_server_ts.0);
+        let mut keys = self.keys.keys_for(server, &key_ids, ts).await.map_err(|e| e.to_string())?;
+        if keys.get(server.as_str()).is_none_or(|k| k.is_empty()) {
+            return Err("none of its keys is known".into());
+        }
+        // Every signature on the object is checked: this server's own too.
+        let own = vec![self.server_key.key_id()];
+        keys.extend(self.keys.keys_for(&self.own, &own, ts).await.map_err(|e| e.to_string())?);
+        let redacted =
+            ruma::canonical_json::redact(pdu.json.clone(), &rules.redaction, None).map_err(|e| e.to_string())?;
+        ruma::signatures::verify_json(&keys, &redacted).map_err(|e| e.to_string())
     }
 
     /// The room's state a remote invitee's client needs to show the invite, as full PDUs
