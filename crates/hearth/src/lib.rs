@@ -16,6 +16,7 @@ pub mod e2ee;
 pub mod error;
 pub mod federation;
 pub mod json_depth;
+pub mod media;
 pub mod metrics;
 pub mod presence;
 pub mod push;
@@ -79,6 +80,8 @@ pub struct Services {
     pub transport: transport::Transport,
     /// What Hearth does with other servers: joins, transactions, the sender.
     pub federation: federation::Federation,
+    /// Uploaded files.
+    pub media: media::Media,
 }
 
 impl Services {
@@ -124,6 +127,8 @@ impl Services {
             to_device: to_device.clone(),
             presence: config.federate_presence.then(|| presence.clone()),
         });
+        let media = media::Media::open(&config.database_path, store.clone(), config.max_request_size as u64)
+            .map_err(|e| StoreError::Other(format!("cannot open the media folder: {e}")))?;
         let max_concurrent = config.max_concurrent_requests as usize;
         Ok(Arc::new(Services {
             config,
@@ -150,6 +155,7 @@ impl Services {
             metrics: metrics::Metrics::default(),
             transport,
             federation,
+            media,
         }))
     }
 

@@ -137,6 +137,7 @@ pub const ALL: &[&str] = &[
     REMOTE_INVITE_STATE,
     BACKFILL,
     BACKFILL_ROWS,
+    MEDIA,
 ];
 
 /// (destination server, stream position) → event id: PDUs queued for another server.
@@ -149,6 +150,8 @@ pub const REMOTE_INVITE_STATE: &str = "remote_invite_state";
 pub const BACKFILL: &str = "backfill";
 /// Event id → its row in `BACKFILL`.
 pub const BACKFILL_ROWS: &str = "backfill_rows";
+/// Media id → record of a local upload (its file is under `media/`, named by hash).
+pub const MEDIA: &str = "media";
 /// (origin server, transaction id) → the answer given: inbound `/send` is idempotent.
 pub const FEDERATION_TXNS: &str = "federation_txns";
 

@@ -12,6 +12,7 @@ mod errors;
 mod federation;
 mod federation_rooms;
 mod login;
+mod media;
 mod openid;
 mod operator;
 mod outbound;

@@ -10,6 +10,7 @@ mod device;
 mod directory;
 mod filter;
 mod keys;
+mod media;
 mod membership;
 mod message;
 mod openid;
@@ -55,6 +56,7 @@ pub fn routes() -> Router<Arc<Services>> {
         router = router.route(path, axum::routing::get(account::get_3pids));
     }
     router
+        .merge(media::routes())
         .ruma(versions::get_supported_versions)
         .ruma(capabilities::get_capabilities)
         .ruma(account::register)

@@ -1,0 +1,250 @@
+//! Client-server API: the content repository — upload, download and the limits — for
+//! media stored on this server (see `media`).
+//!
+//! The authenticated `/_matrix/client/v1/media/*` reads need an access token; the legacy
+//! `/_matrix/media/v3/{download,config}` are served too (Debian's Nheko 0.11 predates
+//! authenticated media). Bodies stream both ways. Downloads carry the headers the spec
+//! recommends: `Content-Disposition: inline` only for the spec's safe types (ruma's
+//! list), `attachment` otherwise, the file name encoded per RFC 6266; a sandboxing
+//! `Content-Security-Policy`; `X-Content-Type-Options: nosniff`;
+//! `Cross-Origin-Resource-Policy: cross-origin`; long caching (media never changes).
+//! A single `Range` is answered with 206.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    body::Body,
+    extract::{Path, Query, Request, State},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use ruma::{
+    api::client::media::is_safe_inline_content_type,
+    http_headers::{ContentDisposition, ContentDispositionType},
+    ServerName,
+};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::{
+    error::{Error, Result},
+    users::devices::Caller,
+    Services,
+};
+
+pub fn routes() -> Router<Arc<Services>> {
+    Router::new()
+        .route("/_matrix/media/v3/upload", post(upload))
+        .route("/_matrix/client/v1/media/config", get(config))
+        .route("/_matrix/media/v3/config", get(config))
+        .route("/_matrix/client/v1/media/download/{server}/{media_id}", get(download_authenticated))
+        // An empty file name (matrix-nio asks `…/{mediaId}/`), as Synapse accepts.
+        .route("/_matrix/client/v1/media/download/{server}/{media_id}/", get(download_authenticated))
+        .route("/_matrix/client/v1/media/download/{server}/{media_id}/{file_name}", get(download_authenticated))
+        .route("/_matrix/media/v3/download/{server}/{media_id}", get(download_legacy))
+        .route("/_matrix/media/v3/download/{server}/{media_id}/", get(download_legacy))
+        .route("/_matrix/media/v3/download/{server}/{media_id}/{file_name}", get(download_legacy))
+        .route("/_matrix/client/v1/media/thumbnail/{server}/{media_id}", get(thumbnail_authenticated))
+        .route("/_matrix/media/v3/thumbnail/{server}/{media_id}", get(thumbnail_legacy))
+}
+
+/// The caller, from `Authorization: Bearer` or (older clients) `?access_token=`.
+fn caller(s: &Services, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<Caller> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .or_else(|| query.get("access_token").map(String::as_str))
+        .ok_or_else(Error::missing_token)?;
+    s.users.authenticate(token)
+}
+
+/// `POST /_matrix/media/v3/upload`
+async fn upload(
+    State(s): State<Arc<Services>>,
+    Query(query): Query<HashMap<String, String>>,
+    req: Request,
+) -> Result<Json<serde_json::Value>> {
+    let caller = caller(&s, req.headers(), &query)?;
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.media.max_size) {
+        // Read (and drop) a little of the body first: a client still sending when the
+        // answer comes often reports a broken connection instead of the 413.
+        crate::media::drain(req.into_body()).await;
+        return Err(Error::too_large(format!("Uploads are limited to {} bytes", s.media.max_size)));
+    }
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let filename = query.get("filename").cloned();
+    let media_id = s.media.upload(req.into_body(), content_type, filename, caller.user_id.clone()).await?;
+    Ok(Json(json!({"content_uri": format!("mxc://{}/{}", s.config.server_name, media_id)})))
+}
+
+/// `GET /_matrix/client/v1/media/config` (and the legacy `/_matrix/media/v3/config`)
+async fn config(
+    State(s): State<Arc<Services>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>> {
+    caller(&s, &headers, &query)?;
+    Ok(Json(json!({"m.upload.size": s.media.max_size})))
+}
+
+/// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}[/{fileName}]`
+async fn download_authenticated(
+    State(s): State<Arc<Services>>,
+    Path(params): Path<HashMap<String, String>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    caller(&s, &headers, &query)?;
+    download_named(&s, &params, &headers).await
+}
+
+/// `GET /_matrix/media/v3/download/{serverName}/{mediaId}[/{fileName}]` (legacy, no token)
+async fn download_legacy(
+    State(s): State<Arc<Services>>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    download_named(&s, &params, &headers).await
+}
+
+async fn download_named(s: &Services, params: &HashMap<String, String>, headers: &HeaderMap) -> Result<Response> {
+    let part = |k: &str| params.get(k).map(String::as_str).unwrap_or_default();
+    let file_name = params.get("file_name").filter(|n| !n.is_empty()).cloned();
+    download(s, part("server"), part("media_id"), file_name, headers).await
+}
+
+/// Image types a client can show as they are.
+const PICTURE_TYPES: &[&str] = &["image/jpeg", "image/png", "image/gif", "image/webp"];
+
+async fn thumbnail_authenticated(
+    State(s): State<Arc<Services>>,
+    Path((server, media_id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    caller(&s, &headers, &query)?;
+    thumbnail(&s, &server, &media_id, &query).await
+}
+
+async fn thumbnail_legacy(
+    State(s): State<Arc<Services>>,
+    Path((server, media_id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    thumbnail(&s, &server, &media_id, &query).await
+}
+
+/// Thumbnails are not made yet (issue 17): a picture is answered with itself, which every
+/// client scales down to show; anything else cannot be thumbnailed (400, as Synapse does
+/// for a non-image). `width` and `height` are checked as the spec requires.
+async fn thumbnail(s: &Services, server: &str, media_id: &str, query: &HashMap<String, String>) -> Result<Response> {
+    for dim in ["width", "height"] {
+        let v = query.get(dim).ok_or_else(|| Error::missing_param(format!("Missing {dim}")))?;
+        v.parse::<u32>().map_err(|_| Error::invalid_param(format!("Invalid {dim}")))?;
+    }
+    let server_name = <&ServerName>::try_from(server).map_err(|_| Error::not_found("Media not found"))?;
+    let (record, _) = s.media.find(&s.config.server_name, server_name, media_id)?;
+    let essence =
+        record.content_type.as_deref().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if !PICTURE_TYPES.contains(&essence.as_str()) {
+        return Err(Error::matrix(StatusCode::BAD_REQUEST, "M_UNKNOWN", "This media is not a picture"));
+    }
+    download(s, server, media_id, None, &HeaderMap::new()).await
+}
+
+/// A single `bytes=a-b`, `bytes=a-` or `bytes=-n` range within `size`: (start, end
+/// inclusive). `None` when there is no usable single range (the whole file is sent);
+/// `Err` when the range lies outside the file (416).
+fn parse_range(headers: &HeaderMap, size: u64) -> std::result::Result<Option<(u64, u64)>, ()> {
+    let Some(spec) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else { return Ok(None) };
+    let Some(spec) = spec.trim().strip_prefix("bytes=") else { return Ok(None) };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.split_once('-') else { return Ok(None) };
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().map_err(|_| ())?;
+            if n == 0 {
+                return Err(());
+            }
+            (size.saturating_sub(n), size.saturating_sub(1))
+        }
+        (a, "") => (a.parse().map_err(|_| ())?, size.saturating_sub(1)),
+        (a, b) => (a.parse().map_err(|_| ())?, b.parse::<u64>().map_err(|_| ())?.min(size.saturating_sub(1))),
+    };
+    if size == 0 || start > end || start >= size {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+async fn download(
+    s: &Services,
+    server: &str,
+    media_id: &str,
+    file_name: Option<String>,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let server = <&ServerName>::try_from(server).map_err(|_| Error::not_found("Media not found"))?;
+    let (record, path) = s.media.find(&s.config.server_name, server, media_id)?;
+    let io = |e: std::io::Error| Error::internal(format!("reading media: {e}"));
+    let mut file = tokio::fs::File::open(&path).await.map_err(io)?;
+    let size = record.size;
+    let content_type = record.content_type.clone().unwrap_or_else(|| "application/octet-stream".to_owned());
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let disposition = if is_safe_inline_content_type(&essence) {
+        ContentDispositionType::Inline
+    } else {
+        ContentDispositionType::Attachment
+    };
+    let name = file_name.or(record.filename.clone());
+    let disposition = ContentDisposition::new(disposition).with_filename(name).to_string();
+
+    let (status, start, len) = match parse_range(headers, size) {
+        Ok(None) => (StatusCode::OK, 0, size),
+        Ok(Some((start, end))) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        Err(()) => {
+            let mut res =
+                Error::matrix(StatusCode::RANGE_NOT_SATISFIABLE, "M_UNKNOWN", "Range not satisfiable").into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                res.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(res);
+        }
+    };
+    if start > 0 {
+        file.seek(std::io::SeekFrom::Start(start)).await.map_err(io)?;
+    }
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file.take(len)));
+    let mut res = (status, body).into_response();
+    let h = res.headers_mut();
+    let value =
+        |v: &str| HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_TYPE, value(&content_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&disposition).unwrap_or(HeaderValue::from_static("attachment")),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; style-src 'unsafe-inline'; media-src 'self'; object-src 'self'"),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::HeaderName::from_static("cross-origin-resource-policy"), HeaderValue::from_static("cross-origin"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1)) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(res)
+}

@@ -1,0 +1,223 @@
+//! Media: uploaded files, stored under the data directory, and their records.
+//!
+//! - **Files** live in `media/` beside the database, named by the SHA-256 of their content
+//!   in two levels of folders (`media/ab/cd/abcd…`): identical uploads share one file.
+//! - **An upload streams** to a temporary file while it is hashed and counted, never held
+//!   whole in memory; past `max_request_size` it stops with 413. The file is fsynced, moved
+//!   to its place, and its folder fsynced, *then* the record is committed durably: a 200
+//!   means both are on disk. A crash can leave a file without a record (never a record
+//!   without its file); [`Media::open`] sweeps such files and the temporary ones at start.
+//! - **Records** (`MEDIA`, by media id) hold the hash, size, type, file name, uploader and
+//!   time.
+//!
+//! Only local media for now: remote media, thumbnails, previews and the asynchronous
+//! upload are to come (issue 17).
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use futures_util::StreamExt;
+use rand::{distributions::Alphanumeric, Rng};
+use ruma::{OwnedUserId, ServerName};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::{
+    error::{Error, Result},
+    store::{codec::json_value, tables, Batch, KeyRange, Order, Store, Table},
+    time::now_millis,
+};
+
+/// A stored upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaRecord {
+    /// SHA-256 of the content, lower-case hex: the file's name.
+    pub sha256: String,
+    pub size: u64,
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+    pub uploader: OwnedUserId,
+    pub created_ts: u64,
+}
+
+json_value!(MediaRecord);
+
+/// Media id → record (local media).
+pub const MEDIA: Table<String, MediaRecord> = Table::new(tables::MEDIA);
+
+/// Longest file name and content type kept.
+const MAX_FILENAME_BYTES: usize = 255;
+const MAX_CONTENT_TYPE_BYTES: usize = 255;
+
+pub struct Media {
+    root: PathBuf,
+    store: Arc<Store>,
+    /// Largest upload accepted, in bytes.
+    pub max_size: u64,
+}
+
+impl Media {
+    /// The media folder beside the database (`<database_path>/media`), created if need
+    /// be, with files no record names and unfinished uploads swept.
+    pub fn open(database_path: &Path, store: Arc<Store>, max_size: u64) -> Result<Self> {
+        let root = database_path.join("media");
+        std::fs::create_dir_all(root.join("tmp")).map_err(|e| Error::internal(format!("media folder: {e}")))?;
+        let media = Media { root, store, max_size };
+        media.sweep()?;
+        Ok(media)
+    }
+
+    fn file_path(&self, sha256: &str) -> PathBuf {
+        self.root.join(&sha256[0..2]).join(&sha256[2..4]).join(sha256)
+    }
+
+    /// Removes unfinished uploads and files that no record names (a crash between the
+    /// file's move and the record's commit).
+    fn sweep(&self) -> Result<()> {
+        let io = |e: std::io::Error| Error::internal(format!("sweeping media: {e}"));
+        for entry in std::fs::read_dir(self.root.join("tmp")).map_err(io)? {
+            let _ = std::fs::remove_file(entry.map_err(io)?.path());
+        }
+        let mut known = HashSet::new();
+        MEDIA.scan_range(&self.store, &KeyRange::default(), Order::Ascending, |_, rec| {
+            known.insert(rec.sha256);
+            true
+        })?;
+        let mut swept = 0;
+        for level1 in std::fs::read_dir(&self.root).map_err(io)? {
+            let level1 = level1.map_err(io)?.path();
+            if !level1.is_dir() || level1.file_name().is_some_and(|n| n == "tmp") {
+                continue;
+            }
+            for level2 in std::fs::read_dir(&level1).map_err(io)? {
+                let level2 = level2.map_err(io)?.path();
+                if !level2.is_dir() {
+                    continue;
+                }
+                for file in std::fs::read_dir(&level2).map_err(io)? {
+                    let file = file.map_err(io)?.path();
+                    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+                    if !known.contains(&name) {
+                        let _ = std::fs::remove_file(&file);
+                        swept += 1;
+                    }
+                }
+            }
+        }
+        if swept > 0 {
+            tracing::info!(swept, "removed media files no record names (an upload cut short)");
+        }
+        Ok(())
+    }
+
+    /// Stores an upload streamed from `body` (see the module doc); returns its media id.
+    pub async fn upload(
+        &self,
+        body: axum::body::Body,
+        content_type: Option<String>,
+        filename: Option<String>,
+        uploader: OwnedUserId,
+    ) -> Result<String> {
+        let tmp = self.root.join("tmp").join(random_id(24));
+        let result = self.write_file(body, &tmp).await;
+        let (sha256, size) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        let path = self.file_path(&sha256);
+        let io = |e: std::io::Error| Error::internal(format!("storing media: {e}"));
+        let dir = path.parent().ok_or_else(|| Error::internal("media path without a folder"))?.to_owned();
+        tokio::fs::create_dir_all(&dir).await.map_err(io)?;
+        if tokio::fs::try_exists(&path).await.map_err(io)? {
+            // The same bytes are stored already: share the file.
+            let _ = tokio::fs::remove_file(&tmp).await;
+        } else {
+            tokio::fs::rename(&tmp, &path).await.map_err(io)?;
+        }
+        sync_dir(&dir).await.map_err(io)?;
+        let media_id = random_id(24);
+        let record = MediaRecord {
+            sha256,
+            size,
+            content_type: content_type.filter(|t| t.len() <= MAX_CONTENT_TYPE_BYTES),
+            filename: filename.filter(|n| n.len() <= MAX_FILENAME_BYTES),
+            uploader,
+            created_ts: now_millis(),
+        };
+        // Durable before the answer (`Store::write` syncs as the durability setting says).
+        let mut batch = Batch::new();
+        MEDIA.put(&mut batch, &media_id, &record);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.write(batch)).await.map_err(|e| Error::internal(e.to_string()))??;
+        Ok(media_id)
+    }
+
+    /// Streams `body` into `tmp`, hashing and counting; fsyncs it. Returns (hash, size).
+    async fn write_file(&self, body: axum::body::Body, tmp: &Path) -> Result<(String, u64)> {
+        let io = |e: std::io::Error| Error::internal(format!("writing media: {e}"));
+        let mut file = tokio::fs::File::create(tmp).await.map_err(io)?;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| Error::bad_json(format!("upload interrupted: {e}")))?;
+            size += chunk.len() as u64;
+            if size > self.max_size {
+                drain_stream(&mut stream).await;
+                return Err(Error::too_large(format!("Uploads are limited to {} bytes", self.max_size)));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(io)?;
+        }
+        file.sync_all().await.map_err(io)?;
+        let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok((sha256, size))
+    }
+
+    /// A local upload's record and the path of its file; 404 for anything else.
+    pub fn find(&self, own: &ServerName, server: &ServerName, media_id: &str) -> Result<(MediaRecord, PathBuf)> {
+        if server != own {
+            return Err(Error::not_found("Media of other servers is not served yet"));
+        }
+        let record = MEDIA.get(&self.store, media_id)?.ok_or_else(|| Error::not_found("Media not found"))?;
+        let path = self.file_path(&record.sha256);
+        Ok((record, path))
+    }
+}
+
+/// How much of a refused upload is still read (and dropped) before the 413: enough for a
+/// client to finish sending a modest overshoot and read the answer; past it the
+/// connection is closed.
+const DRAIN_BYTES: usize = 1024 * 1024;
+
+/// Reads and drops up to [`DRAIN_BYTES`] of a body.
+pub async fn drain(body: axum::body::Body) {
+    drain_stream(&mut body.into_data_stream()).await;
+}
+
+async fn drain_stream(stream: &mut axum::body::BodyDataStream) {
+    let mut read = 0;
+    while read < DRAIN_BYTES {
+        match stream.next().await {
+            Some(Ok(chunk)) => read += chunk.len(),
+            _ => break,
+        }
+    }
+}
+
+fn random_id(len: usize) -> String {
+    rand::thread_rng().sample_iter(Alphanumeric).take(len).map(char::from).collect()
+}
+
+/// fsyncs a folder, so a file moved into it survives a crash.
+async fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all()).await.map_err(std::io::Error::other)?
+}

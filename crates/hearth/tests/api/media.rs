@@ -1,0 +1,196 @@
+//! The content repository over real HTTP, on both engines: uploads stream to disk under the
+//! size limit, downloads (authenticated and legacy) give the same bytes back with the safe
+//! headers, single ranges, identical uploads share one file, records and files survive a
+//! restart, and a file no record names (an upload cut short) is swept at start.
+
+use hearth::store::Backend;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::{both_engines, common::TestServer};
+
+async fn upload(
+    s: &TestServer,
+    token: &str,
+    bytes: Vec<u8>,
+    content_type: &str,
+    filename: Option<&str>,
+) -> (StatusCode, Value) {
+    let url = match filename {
+        Some(f) => format!("{}/_matrix/media/v3/upload?filename={f}", s.base),
+        None => format!("{}/_matrix/media/v3/upload", s.base),
+    };
+    let res = s
+        .http
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", content_type)
+        .body(bytes)
+        .send()
+        .await
+        .expect("upload");
+    let status = res.status();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// An authenticated read of `/_matrix/client/v1/media/{what}`, with a `Range` when given.
+async fn fetch(s: &TestServer, token: &str, what: &str, range: Option<&str>) -> reqwest::Response {
+    let mut req = s.http.get(format!("{}/_matrix/client/v1/media/{what}", s.base)).bearer_auth(token);
+    if let Some(r) = range {
+        req = req.header("range", r);
+    }
+    req.send().await.expect("get")
+}
+
+fn media_path(uri: &str) -> String {
+    uri.strip_prefix("mxc://").expect("an mxc uri").to_owned()
+}
+
+/// Files stored under the media folder, temporary ones aside.
+fn stored_files(s: &TestServer) -> usize {
+    let root = s.services().config.database_path.join("media");
+    let mut n = 0;
+    for l1 in std::fs::read_dir(&root).expect("media folder").flatten() {
+        if l1.file_name() == "tmp" || !l1.path().is_dir() {
+            continue;
+        }
+        for l2 in std::fs::read_dir(l1.path()).expect("level 2").flatten() {
+            n += std::fs::read_dir(l2.path()).expect("files").count();
+        }
+    }
+    n
+}
+
+async fn upload_and_download(b: Backend) {
+    let mut s = TestServer::start(b).await;
+    let (_, token, _) = s.register("alice", "a long password").await;
+    let png: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let (status, up) = upload(&s, &token, png.clone(), "image/png", Some("cat.png")).await;
+    assert_eq!(status, StatusCode::OK, "{up}");
+    let path = media_path(up["content_uri"].as_str().expect("content_uri"));
+
+    // Authenticated download: the bytes, and the safe headers.
+    let res = fetch(&s, &token, &format!("download/{path}"), None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let h = res.headers().clone();
+    assert_eq!(h["content-type"], "image/png");
+    assert_eq!(h["content-disposition"], "inline; filename=cat.png");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["cross-origin-resource-policy"], "cross-origin");
+    assert!(h["content-security-policy"].to_str().expect("csp").starts_with("sandbox"));
+    assert_eq!(res.bytes().await.expect("body").to_vec(), png);
+    // Without a token the authenticated route refuses; the legacy route serves.
+    let res = s.http.get(format!("{}/_matrix/client/v1/media/download/{path}", s.base)).send().await.expect("get");
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = s.http.get(format!("{}/_matrix/media/v3/download/{path}/other.png", s.base)).send().await.expect("get");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-disposition"], "inline; filename=other.png");
+    assert_eq!(res.bytes().await.expect("body").to_vec(), png);
+
+    // A single range.
+    let res = fetch(&s, &token, &format!("download/{path}"), Some("bytes=10-19")).await;
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(res.headers()["content-range"], "bytes 10-19/5000");
+    assert_eq!(res.bytes().await.expect("body").to_vec(), png[10..20].to_vec());
+    let res = fetch(&s, &token, &format!("download/{path}"), Some("bytes=9000-")).await;
+    assert_eq!(res.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+
+    // HTML and SVG are never inline; the same bytes twice share one file.
+    for kind in ["text/html", "image/svg+xml"] {
+        let (_, up) = upload(&s, &token, b"<svg onload=alert(1)>".to_vec(), kind, None).await;
+        let p = media_path(up["content_uri"].as_str().expect("uri"));
+        let res = s.http.get(format!("{}/_matrix/media/v3/download/{p}", s.base)).send().await.expect("get");
+        assert!(res.headers()["content-disposition"].to_str().expect("cd").starts_with("attachment"), "{kind}");
+    }
+    let (_, again) = upload(&s, &token, png.clone(), "image/png", None).await;
+    assert_ne!(again["content_uri"], up["content_uri"]);
+    assert_eq!(stored_files(&s), 2, "the PNG twice and the markup twice: two files");
+
+    // Unknown ids and other servers' media: 404.
+    for p in ["localhost/nope", "elsewhere.test/abc"] {
+        let res = s
+            .http
+            .get(format!("{}/_matrix/client/v1/media/download/{p}", s.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{p}");
+    }
+
+    // Thumbnails are not made yet: a picture is answered with itself; markup is refused.
+    let res = fetch(&s, &token, &format!("thumbnail/{path}?width=96&height=96&method=crop"), None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.bytes().await.expect("body").to_vec(), png);
+    let (_, svg) = upload(&s, &token, b"<svg/>".to_vec(), "image/svg+xml", None).await;
+    let svg = media_path(svg["content_uri"].as_str().expect("uri"));
+    let res = s
+        .http
+        .get(format!("{}/_matrix/media/v3/thumbnail/{svg}?width=32&height=32", s.base))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let res = s
+        .http
+        .get(format!("{}/_matrix/media/v3/thumbnail/{path}?width=x&height=32", s.base))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+
+    // Everything is still there after a restart.
+    s.restart().await;
+    let res = s
+        .http
+        .get(format!("{}/_matrix/client/v1/media/download/{path}", s.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.bytes().await.expect("body").to_vec(), png);
+}
+
+async fn uploads_past_the_limit_are_413(b: Backend) {
+    let s = TestServer::start_with(b, |c| c.max_request_size = 4096).await;
+    let (_, token, _) = s.register("alice", "a long password").await;
+    let (status, config) = s.get("/_matrix/client/v1/media/config", Some(&token)).await;
+    assert_eq!((status, config["m.upload.size"].as_u64()), (StatusCode::OK, Some(4096)));
+    let (status, refused) = upload(&s, &token, vec![7u8; 5000], "application/octet-stream", None).await;
+    assert_eq!((status, refused["errcode"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("M_TOO_LARGE")));
+    // Without a declared length (chunked): stopped while streaming.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..10).map(|_| Ok(vec![1u8; 1000])).collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let res = s
+        .http
+        .post(format!("{}/_matrix/media/v3/upload", s.base))
+        .bearer_auth(&token)
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(stored_files(&s), 0, "nothing of a refused upload stays");
+    let (status, _) = upload(&s, &token, vec![7u8; 4096], "application/octet-stream", None).await;
+    assert_eq!(status, StatusCode::OK, "exactly the limit is accepted");
+}
+
+async fn files_without_a_record_are_swept_at_start(b: Backend) {
+    let mut s = TestServer::start(b).await;
+    let (_, token, _) = s.register("alice", "a long password").await;
+    let (_, kept) = upload(&s, &token, b"kept".to_vec(), "text/plain", None).await;
+    let root = s.services().config.database_path.join("media");
+    let orphan_dir = root.join("ab").join("cd");
+    std::fs::create_dir_all(&orphan_dir).expect("mkdir");
+    let orphan = orphan_dir.join(format!("abcd{}", "0".repeat(60)));
+    std::fs::write(&orphan, b"cut short").expect("write");
+    std::fs::write(root.join("tmp").join("partial"), b"half").expect("write");
+    s.restart().await;
+    assert!(!orphan.exists(), "a file no record names is swept");
+    assert!(!root.join("tmp").join("partial").exists(), "an unfinished upload is swept");
+    let path = media_path(kept["content_uri"].as_str().expect("uri"));
+    let res = s.http.get(format!("{}/_matrix/media/v3/download/{path}", s.base)).send().await.expect("get");
+    assert_eq!(res.bytes().await.expect("body").to_vec(), b"kept".to_vec());
+}
+
+both_engines!(upload_and_download, uploads_past_the_limit_are_413, files_without_a_record_are_swept_at_start);
