@@ -301,9 +301,12 @@ fn run_admin(config: Config, cmd: AdminCommand) -> ExitCode {
                 Err(hearth::error::Error::not_found(format!("no token {token}")))
             }
         }),
-        AdminCommand::Backup { to } => {
-            services.store.backup(&to).map_err(Into::into).map(|_| println!("backup written to {}", to.display()))
-        }
+        AdminCommand::Backup { to } => services
+            .store
+            .backup(&to)
+            .map_err(Into::into)
+            .and_then(|()| services.media.backup_to(&to))
+            .map(|()| println!("backup written to {}", to.display())),
         AdminCommand::Restore { .. } => Ok(()),
         AdminCommand::ListUsers => services.users.list_accounts().map(|accounts| {
             for (id, a) in accounts {

@@ -57,11 +57,15 @@ async fn backup(State(s): State<Arc<Services>>, req: Request) -> Result<Json<Val
     if body.to.exists() && std::fs::read_dir(&body.to).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(Error::invalid_param("The backup directory must be absent or empty"));
     }
-    let store = s.store.clone();
+    let services = s.clone();
     let to = body.to.clone();
-    tokio::task::spawn_blocking(move || store.backup(&to))
-        .await
-        .map_err(|e| Error::internal(format!("backup task: {e}")))??;
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        services.store.backup(&to)?;
+        // After the checkpoint: every file a record in it names is already on disk.
+        services.media.backup_to(&to)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("backup task: {e}")))??;
     tracing::info!(to = %body.to.display(), "online backup written");
     Ok(Json(json!({"backup": body.to})))
 }

@@ -9,6 +9,8 @@
 //!   without its file); [`Media::open`] sweeps such files and the temporary ones at start.
 //! - **Records** (`MEDIA`, by media id) hold the hash, size, type, file name, uploader and
 //!   time.
+//! - **Backups** (`hearth admin backup` and the online backup) copy the files after the
+//!   database's checkpoint ([`Media::backup_to`]); a restore copies them back with it.
 //!
 //! Only local media for now: remote media, thumbnails, previews and the asynchronous
 //! upload are to come (issue 17).
@@ -209,6 +211,34 @@ async fn drain_stream(stream: &mut axum::body::BodyDataStream) {
             Some(Ok(chunk)) => read += chunk.len(),
             _ => break,
         }
+    }
+}
+
+impl Media {
+    /// Copies every stored file into `dest/media`, for a backup. Run *after* the
+    /// database's checkpoint: a record in the checkpoint has its file written before it,
+    /// so the copy holds every file the checkpoint names (perhaps a few more, swept when
+    /// the backup is started). Files never change once written.
+    pub fn backup_to(&self, dest: &Path) -> Result<()> {
+        let io = |e: std::io::Error| Error::internal(format!("backing up media: {e}"));
+        let target = dest.join("media");
+        for l1 in std::fs::read_dir(&self.root).map_err(io)? {
+            let l1 = l1.map_err(io)?;
+            if l1.file_name() == "tmp" || !l1.file_type().map_err(io)?.is_dir() {
+                continue;
+            }
+            for l2 in std::fs::read_dir(l1.path()).map_err(io)? {
+                let l2 = l2.map_err(io)?;
+                let dir = target.join(l1.file_name()).join(l2.file_name());
+                std::fs::create_dir_all(&dir).map_err(io)?;
+                for file in std::fs::read_dir(l2.path()).map_err(io)? {
+                    let file = file.map_err(io)?;
+                    std::fs::copy(file.path(), dir.join(file.file_name())).map_err(io)?;
+                }
+            }
+        }
+        std::fs::create_dir_all(target.join("tmp")).map_err(io)?;
+        Ok(())
     }
 }
 

@@ -160,6 +160,21 @@ async fn online_backup_under_writes_restores(b: Backend) {
     while acked.lock().len() < 20 {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    // A picture uploaded before the backup comes back with it.
+    let picture: Vec<u8> = (0..3000u32).map(|i| (i % 199) as u8).collect();
+    let uploaded: Value = s
+        .http
+        .post(format!("{}/_matrix/media/v3/upload", s.base))
+        .bearer_auth(&bt)
+        .header("content-type", "image/png")
+        .body(picture.clone())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let media = uploaded["content_uri"].as_str().unwrap().strip_prefix("mxc://").unwrap().to_owned();
     let before: Vec<String> = acked.lock().clone();
     let dir = s.dir.path().join("backup");
     // Only admins may back up.
@@ -222,6 +237,9 @@ async fn online_backup_under_writes_restores(b: Backend) {
     for id in &before {
         assert!(present.contains(id), "event {id} is in the restore but not in the room's timeline");
     }
+    let restored_picture =
+        http.get(format!("{base}/_matrix/media/v3/download/{media}")).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(restored_picture.to_vec(), picture, "the upload is in the backup");
     running.stop().await.unwrap();
     // Restoring over existing data is refused.
     assert!(hearth::store::restore(&dir, &s.dir.path().join("data")).is_err());
