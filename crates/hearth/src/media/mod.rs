@@ -12,8 +12,11 @@
 //! - **Backups** (`hearth admin backup` and the online backup) copy the files after the
 //!   database's checkpoint ([`Media::backup_to`]); a restore copies them back with it.
 //!
-//! Only local media for now: remote media, thumbnails, previews and the asynchronous
-//! upload are to come (issue 17).
+//! - **Asynchronous uploads**: `create` hands out an id (at most
+//!   [`MAX_PENDING_PER_USER`] waiting per user, each for [`UNUSED_EXPIRES_MS`]); its
+//!   creator uploads the content once; a download of it waits for the upload.
+//!
+//! Only local media for now: remote media, thumbnails and previews are to come (issue 17).
 
 use std::{
     collections::HashSet,
@@ -51,6 +54,24 @@ json_value!(MediaRecord);
 /// Media id → record (local media).
 pub const MEDIA: Table<String, MediaRecord> = Table::new(tables::MEDIA);
 
+/// An id handed out by `create` whose content is not uploaded yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingMedia {
+    pub creator: OwnedUserId,
+    /// Unused past this moment (ms since the epoch): the id is forgotten.
+    pub expires_ts: u64,
+}
+
+json_value!(PendingMedia);
+
+/// Media id → an id created for an asynchronous upload, not uploaded yet.
+pub const PENDING_MEDIA: Table<String, PendingMedia> = Table::new(tables::PENDING_MEDIA);
+
+/// How long an id from `create` may wait for its upload.
+pub const UNUSED_EXPIRES_MS: u64 = 24 * 60 * 60 * 1000;
+/// Most ids one user may hold waiting for their upload (more: 429).
+pub const MAX_PENDING_PER_USER: usize = 10;
+
 /// Longest file name and content type kept.
 const MAX_FILENAME_BYTES: usize = 255;
 const MAX_CONTENT_TYPE_BYTES: usize = 255;
@@ -58,6 +79,8 @@ const MAX_CONTENT_TYPE_BYTES: usize = 255;
 pub struct Media {
     root: PathBuf,
     store: Arc<Store>,
+    /// Woken whenever an upload completes: downloads waiting for a pending id re-check.
+    uploaded: tokio::sync::Notify,
     /// Largest upload accepted, in bytes.
     pub max_size: u64,
 }
@@ -68,7 +91,7 @@ impl Media {
     pub fn open(database_path: &Path, store: Arc<Store>, max_size: u64) -> Result<Self> {
         let root = database_path.join("media");
         std::fs::create_dir_all(root.join("tmp")).map_err(|e| Error::internal(format!("media folder: {e}")))?;
-        let media = Media { root, store, max_size };
+        let media = Media { root, store, uploaded: tokio::sync::Notify::new(), max_size };
         media.sweep()?;
         Ok(media)
     }
@@ -124,6 +147,79 @@ impl Media {
         filename: Option<String>,
         uploader: OwnedUserId,
     ) -> Result<String> {
+        self.store_upload(body, content_type, filename, uploader, None).await
+    }
+
+    /// An id for an upload to come (`POST /media/v1/create`): (media id, expiry).
+    pub fn create(&self, creator: &ruma::UserId) -> Result<(String, u64)> {
+        let now = now_millis();
+        let mut mine = 0;
+        let mut expired = Vec::new();
+        PENDING_MEDIA.scan_range(&self.store, &KeyRange::default(), Order::Ascending, |id, p| {
+            if p.expires_ts <= now {
+                expired.push(id);
+            } else if p.creator == creator {
+                mine += 1;
+            }
+            true
+        })?;
+        if mine >= MAX_PENDING_PER_USER {
+            return Err(Error::matrix(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                "M_LIMIT_EXCEEDED",
+                format!("At most {MAX_PENDING_PER_USER} uploads may be pending at once"),
+            ));
+        }
+        let media_id = random_id(24);
+        let expires_ts = now + UNUSED_EXPIRES_MS;
+        let mut batch = Batch::new();
+        for id in &expired {
+            PENDING_MEDIA.delete(&mut batch, id.as_str());
+        }
+        PENDING_MEDIA.put(&mut batch, &media_id, &PendingMedia { creator: creator.to_owned(), expires_ts });
+        self.store.write(batch)?;
+        Ok((media_id, expires_ts))
+    }
+
+    /// The content of an id from [`Media::create`] (`PUT /media/v3/upload/…`): only by its
+    /// creator, once (409 `M_CANNOT_OVERWRITE_MEDIA`), before it expires (else 404).
+    pub async fn upload_created(
+        &self,
+        media_id: &str,
+        body: axum::body::Body,
+        content_type: Option<String>,
+        filename: Option<String>,
+        uploader: OwnedUserId,
+    ) -> Result<()> {
+        if MEDIA.get(&self.store, media_id)?.is_some() {
+            return Err(Error::matrix(http::StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA", "Already uploaded"));
+        }
+        let pending = PENDING_MEDIA.get(&self.store, media_id)?.filter(|p| p.expires_ts > now_millis());
+        let Some(pending) = pending else { return Err(Error::not_found("Unknown or expired media id")) };
+        if pending.creator != uploader {
+            return Err(Error::forbidden("Only the creator of a media id may upload its content"));
+        }
+        self.store_upload(body, content_type, filename, uploader, Some(media_id.to_owned())).await.map(|_| ())
+    }
+
+    /// Whether an id is waiting for its upload.
+    pub fn is_pending(&self, media_id: &str) -> Result<bool> {
+        Ok(PENDING_MEDIA.get(&self.store, media_id)?.is_some_and(|p| p.expires_ts > now_millis()))
+    }
+
+    /// Waits until some upload completes, or `timeout`.
+    pub async fn wait_for_uploads(&self, timeout: std::time::Duration) {
+        let _ = tokio::time::timeout(timeout, self.uploaded.notified()).await;
+    }
+
+    async fn store_upload(
+        &self,
+        body: axum::body::Body,
+        content_type: Option<String>,
+        filename: Option<String>,
+        uploader: OwnedUserId,
+        created_id: Option<String>,
+    ) -> Result<String> {
         let tmp = self.root.join("tmp").join(random_id(24));
         let result = self.write_file(body, &tmp).await;
         let (sha256, size) = match result {
@@ -144,7 +240,7 @@ impl Media {
             tokio::fs::rename(&tmp, &path).await.map_err(io)?;
         }
         sync_dir(&dir).await.map_err(io)?;
-        let media_id = random_id(24);
+        let media_id = created_id.clone().unwrap_or_else(|| random_id(24));
         let record = MediaRecord {
             sha256,
             size,
@@ -156,8 +252,12 @@ impl Media {
         // Durable before the answer (`Store::write` syncs as the durability setting says).
         let mut batch = Batch::new();
         MEDIA.put(&mut batch, &media_id, &record);
+        if created_id.is_some() {
+            PENDING_MEDIA.delete(&mut batch, media_id.as_str());
+        }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.write(batch)).await.map_err(|e| Error::internal(e.to_string()))??;
+        self.uploaded.notify_waiters();
         Ok(media_id)
     }
 

@@ -138,6 +138,7 @@ pub const ALL: &[&str] = &[
     BACKFILL,
     BACKFILL_ROWS,
     MEDIA,
+    PENDING_MEDIA,
 ];
 
 /// (destination server, stream position) → event id: PDUs queued for another server.
@@ -152,6 +153,8 @@ pub const BACKFILL: &str = "backfill";
 pub const BACKFILL_ROWS: &str = "backfill_rows";
 /// Media id → record of a local upload (its file is under `media/`, named by hash).
 pub const MEDIA: &str = "media";
+/// Media id → an id created for an asynchronous upload, not uploaded yet.
+pub const PENDING_MEDIA: &str = "pending_media";
 /// (origin server, transaction id) → the answer given: inbound `/send` is idempotent.
 pub const FEDERATION_TXNS: &str = "federation_txns";
 

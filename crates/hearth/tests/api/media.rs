@@ -193,4 +193,66 @@ async fn files_without_a_record_are_swept_at_start(b: Backend) {
     assert_eq!(res.bytes().await.expect("body").to_vec(), b"kept".to_vec());
 }
 
-both_engines!(upload_and_download, uploads_past_the_limit_are_413, files_without_a_record_are_swept_at_start);
+/// `create`, then the content by `PUT`: a download waiting for it gets it, a second `PUT`
+/// is 409, another user's is 403, an unknown id 404, and an 11th waiting id 429.
+async fn asynchronous_uploads(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, alice, _) = s.register("alice", "a long password").await;
+    let (_, bob, _) = s.register("bob", "a long password").await;
+    let (status, created) = s.post("/_matrix/media/v1/create", Some(&alice), serde_json::json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    assert!(created["unused_expires_at"].as_u64().is_some(), "{created}");
+    let path = media_path(created["content_uri"].as_str().expect("uri"));
+
+    let early = fetch(&s, &bob, &format!("download/{path}?timeout_ms=100"), None).await;
+    assert_eq!(early.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(early.json::<Value>().await.expect("json")["errcode"], "M_NOT_YET_UPLOADED");
+
+    let waiting = {
+        let (http, base, bob) = (s.http.clone(), s.base.clone(), bob.clone());
+        let path = path.clone();
+        tokio::spawn(async move {
+            let res = http
+                .get(format!("{base}/_matrix/client/v1/media/download/{path}?timeout_ms=20000"))
+                .bearer_auth(bob)
+                .send()
+                .await
+                .expect("get");
+            (res.status(), res.bytes().await.expect("body").to_vec())
+        })
+    };
+    let put = |token: &str, path: &str| {
+        s.http
+            .put(format!("{}/_matrix/media/v3/upload/{path}", s.base))
+            .bearer_auth(token.to_owned())
+            .header("content-type", "audio/ogg")
+            .body(b"voice message".to_vec())
+            .send()
+    };
+    assert_eq!(put(&alice, &path).await.expect("put").status(), StatusCode::OK);
+    let (status, body) = waiting.await.expect("waiter");
+    assert_eq!((status, body), (StatusCode::OK, b"voice message".to_vec()));
+    let again = put(&alice, &path).await.expect("put");
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert_eq!(again.json::<Value>().await.expect("json")["errcode"], "M_CANNOT_OVERWRITE_MEDIA");
+
+    let (_, other) = s.post("/_matrix/media/v1/create", Some(&alice), serde_json::json!({})).await;
+    let other = media_path(other["content_uri"].as_str().expect("uri"));
+    assert_eq!(put(&bob, &other).await.expect("put").status(), StatusCode::FORBIDDEN);
+    let unknown = format!("{}/nope", path.split('/').next().expect("server"));
+    assert_eq!(put(&alice, &unknown).await.expect("put").status(), StatusCode::NOT_FOUND);
+    // `other` is pending: nine more are allowed, the next is refused.
+    for _ in 0..9 {
+        let (status, _) = s.post("/_matrix/media/v1/create", Some(&alice), serde_json::json!({})).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, refused) = s.post("/_matrix/media/v1/create", Some(&alice), serde_json::json!({})).await;
+    assert_eq!((status, refused["errcode"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("M_LIMIT_EXCEEDED")));
+}
+
+both_engines!(
+    upload_and_download,
+    uploads_past_the_limit_are_413,
+    files_without_a_record_are_swept_at_start,
+    asynchronous_uploads
+);

@@ -37,6 +37,8 @@ use crate::{
 pub fn routes() -> Router<Arc<Services>> {
     Router::new()
         .route("/_matrix/media/v3/upload", post(upload))
+        .route("/_matrix/media/v1/create", post(create))
+        .route("/_matrix/media/v3/upload/{server}/{media_id}", axum::routing::put(upload_created))
         .route("/_matrix/client/v1/media/config", get(config))
         .route("/_matrix/media/v3/config", get(config))
         .route("/_matrix/client/v1/media/download/{server}/{media_id}", get(download_authenticated))
@@ -83,6 +85,43 @@ async fn upload(
     Ok(Json(json!({"content_uri": format!("mxc://{}/{}", s.config.server_name, media_id)})))
 }
 
+/// `POST /_matrix/media/v1/create`: an id for an upload to come.
+async fn create(
+    State(s): State<Arc<Services>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>> {
+    let caller = caller(&s, &headers, &query)?;
+    let (media_id, expires) = s.media.create(&caller.user_id)?;
+    Ok(Json(json!({
+        "content_uri": format!("mxc://{}/{}", s.config.server_name, media_id),
+        "unused_expires_at": expires,
+    })))
+}
+
+/// `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}`: the content of a created id.
+async fn upload_created(
+    State(s): State<Arc<Services>>,
+    Path((server, media_id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    req: Request,
+) -> Result<Json<serde_json::Value>> {
+    let caller = caller(&s, req.headers(), &query)?;
+    if server != s.config.server_name.as_str() {
+        return Err(Error::forbidden("Media ids of other servers cannot be uploaded here"));
+    }
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.media.max_size) {
+        crate::media::drain(req.into_body()).await;
+        return Err(Error::too_large(format!("Uploads are limited to {} bytes", s.media.max_size)));
+    }
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let filename = query.get("filename").cloned();
+    s.media.upload_created(&media_id, req.into_body(), content_type, filename, caller.user_id.clone()).await?;
+    Ok(Json(json!({})))
+}
+
 /// `GET /_matrix/client/v1/media/config` (and the legacy `/_matrix/media/v3/config`)
 async fn config(
     State(s): State<Arc<Services>>,
@@ -101,22 +140,48 @@ async fn download_authenticated(
     headers: HeaderMap,
 ) -> Result<Response> {
     caller(&s, &headers, &query)?;
-    download_named(&s, &params, &headers).await
+    download_named(&s, &params, &query, &headers).await
 }
 
 /// `GET /_matrix/media/v3/download/{serverName}/{mediaId}[/{fileName}]` (legacy, no token)
 async fn download_legacy(
     State(s): State<Arc<Services>>,
     Path(params): Path<HashMap<String, String>>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    download_named(&s, &params, &headers).await
+    download_named(&s, &params, &query, &headers).await
 }
 
-async fn download_named(s: &Services, params: &HashMap<String, String>, headers: &HeaderMap) -> Result<Response> {
+async fn download_named(
+    s: &Services,
+    params: &HashMap<String, String>,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Response> {
     let part = |k: &str| params.get(k).map(String::as_str).unwrap_or_default();
     let file_name = params.get("file_name").filter(|n| !n.is_empty()).cloned();
+    wait_while_pending(s, part("media_id"), query).await?;
     download(s, part("server"), part("media_id"), file_name, headers).await
+}
+
+/// Longest wait for a created id's upload (`timeout_ms`, 20 s by default as in the spec).
+const MAX_UPLOAD_WAIT_MS: u64 = 60_000;
+
+/// A download of an id created but not uploaded yet waits for the upload up to
+/// `timeout_ms`, then 504 `M_NOT_YET_UPLOADED`.
+async fn wait_while_pending(s: &Services, media_id: &str, query: &HashMap<String, String>) -> Result<()> {
+    let wait = query.get("timeout_ms").and_then(|t| t.parse::<u64>().ok()).unwrap_or(20_000).min(MAX_UPLOAD_WAIT_MS);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait);
+    while s.media.is_pending(media_id)? {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(Error::matrix(StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED", "Not uploaded yet"));
+        }
+        // Woken by any upload; re-checked at least every second.
+        s.media.wait_for_uploads(left.min(std::time::Duration::from_secs(1))).await;
+    }
+    Ok(())
 }
 
 /// Image types a client can show as they are.
