@@ -71,6 +71,15 @@ async fn upload(
     req: Request,
 ) -> Result<Json<serde_json::Value>> {
     let caller = caller(&s, req.headers(), &query)?;
+    let (body, content_type) = within_limit(&s, req).await?;
+    let filename = query.get("filename").cloned();
+    let media_id = s.media.upload(body, content_type, filename, caller.user_id.clone()).await?;
+    Ok(Json(json!({"content_uri": format!("mxc://{}/{}", s.config.server_name, media_id)})))
+}
+
+/// An upload's body and content type, refused with 413 up front when its declared length
+/// is past the limit (the stream is held to the limit again as it is read).
+async fn within_limit(s: &Services, req: Request) -> Result<(Body, Option<String>)> {
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > s.media.max_size) {
@@ -80,9 +89,7 @@ async fn upload(
         return Err(Error::too_large(format!("Uploads are limited to {} bytes", s.media.max_size)));
     }
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let filename = query.get("filename").cloned();
-    let media_id = s.media.upload(req.into_body(), content_type, filename, caller.user_id.clone()).await?;
-    Ok(Json(json!({"content_uri": format!("mxc://{}/{}", s.config.server_name, media_id)})))
+    Ok((req.into_body(), content_type))
 }
 
 /// `POST /_matrix/media/v1/create`: an id for an upload to come.
@@ -110,15 +117,9 @@ async fn upload_created(
     if server != s.config.server_name.as_str() {
         return Err(Error::forbidden("Media ids of other servers cannot be uploaded here"));
     }
-    let declared =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > s.media.max_size) {
-        crate::media::drain(req.into_body()).await;
-        return Err(Error::too_large(format!("Uploads are limited to {} bytes", s.media.max_size)));
-    }
-    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (body, content_type) = within_limit(&s, req).await?;
     let filename = query.get("filename").cloned();
-    s.media.upload_created(&media_id, req.into_body(), content_type, filename, caller.user_id.clone()).await?;
+    s.media.upload_created(&media_id, body, content_type, filename, caller.user_id.clone()).await?;
     Ok(Json(json!({})))
 }
 
