@@ -3,8 +3,9 @@
 alice uploads a PNG the test makes (a real, decodable image: zlib-compressed scanlines),
 sets it as her avatar and sends it as an `m.image` into a room with bob; bob's client
 sees the message, downloads the picture through the authenticated media endpoint
-(`/_matrix/client/v1/media/download`) and gets the very bytes alice uploaded; alice's
-profile gives the same `mxc://` avatar back. The file's type and name come back too.
+(`/_matrix/client/v1/media/download`) and gets the very bytes alice uploaded, and a
+32x32 cropped thumbnail (a JPEG of that size); alice's profile gives the same `mxc://`
+avatar back. The file's type and name come back too.
 """
 
 from __future__ import annotations
@@ -14,9 +15,15 @@ import struct
 import zlib
 
 import pytest
-from nio.api import RoomPreset
+from nio.api import ResizingMethod, RoomPreset
 from nio.events import RoomMessageImage
-from nio.responses import DownloadResponse, ProfileGetAvatarResponse, RoomCreateResponse, UploadResponse
+from nio.responses import (
+    DownloadResponse,
+    ProfileGetAvatarResponse,
+    RoomCreateResponse,
+    ThumbnailResponse,
+    UploadResponse,
+)
 
 from test_chat import initial_sync, register, sync_until, timeline
 
@@ -34,6 +41,19 @@ def png(width: int, height: int) -> bytes:
     )
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's start-of-frame marker."""
+    assert data[:2] == b"\xff\xd8", "not a JPEG"
+    i = 2
+    while i + 9 < len(data):
+        marker, length = data[i + 1], struct.unpack(">H", data[i + 2:i + 4])[0]
+        if marker in (0xC0, 0xC1, 0xC2):
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return width, height
+        i += 2 + length
+    raise AssertionError("no start-of-frame marker")
 
 
 def test_an_image_uploaded_set_as_avatar_sent_and_downloaded(hearth, backend):
@@ -73,6 +93,13 @@ def test_an_image_uploaded_set_as_avatar_sent_and_downloaded(hearth, backend):
             assert got.body == picture, "the downloaded bytes differ from the upload"
             assert got.content_type == "image/png"
             assert got.filename == "sunset.png"
+
+            # The 32x32 thumbnail Element shows in the timeline: a JPEG 32 pixels square.
+            server_name, media_id = uri.removeprefix("mxc://").split("/", 1)
+            thumb = await bob.thumbnail(server_name, media_id, 32, 32, ResizingMethod.crop)
+            assert isinstance(thumb, ThumbnailResponse), thumb
+            assert thumb.content_type == "image/jpeg", thumb.content_type
+            assert jpeg_size(thumb.body) == (32, 32)
         finally:
             await alice.close()
             await bob.close()

@@ -16,7 +16,11 @@
 //!   [`MAX_PENDING_PER_USER`] waiting per user, each for [`UNUSED_EXPIRES_MS`]); its
 //!   creator uploads the content once; a download of it waits for the upload.
 //!
-//! Only local media for now: remote media, thumbnails and previews are to come (issue 17).
+//! - **Thumbnails** of pictures, once per size bucket ([`thumbnail`]).
+//!
+//! Only local media for now: remote media and previews are to come (issue 17).
+
+pub mod thumbnail;
 
 use std::{
     collections::HashSet,
@@ -81,6 +85,8 @@ pub struct Media {
     store: Arc<Store>,
     /// Woken whenever an upload completes: downloads waiting for a pending id re-check.
     uploaded: tokio::sync::Notify,
+    /// Pictures decoded at once (thumbnails): at most one per core.
+    decoding: tokio::sync::Semaphore,
     /// Largest upload accepted, in bytes.
     pub max_size: u64,
 }
@@ -91,7 +97,14 @@ impl Media {
     pub fn open(database_path: &Path, store: Arc<Store>, max_size: u64) -> Result<Self> {
         let root = database_path.join("media");
         std::fs::create_dir_all(root.join("tmp")).map_err(|e| Error::internal(format!("media folder: {e}")))?;
-        let media = Media { root, store, uploaded: tokio::sync::Notify::new(), max_size };
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        let media = Media {
+            root,
+            store,
+            uploaded: tokio::sync::Notify::new(),
+            decoding: tokio::sync::Semaphore::new(cores),
+            max_size,
+        };
         media.sweep()?;
         Ok(media)
     }
@@ -115,7 +128,7 @@ impl Media {
         let mut swept = 0;
         for level1 in std::fs::read_dir(&self.root).map_err(io)? {
             let level1 = level1.map_err(io)?.path();
-            if !level1.is_dir() || level1.file_name().is_some_and(|n| n == "tmp") {
+            if !level1.is_dir() || level1.file_name().is_some_and(|n| n == "tmp" || n == "thumbnails") {
                 continue;
             }
             for level2 in std::fs::read_dir(&level1).map_err(io)? {
@@ -324,7 +337,8 @@ impl Media {
         let target = dest.join("media");
         for l1 in std::fs::read_dir(&self.root).map_err(io)? {
             let l1 = l1.map_err(io)?;
-            if l1.file_name() == "tmp" || !l1.file_type().map_err(io)?.is_dir() {
+            // Thumbnails are made again on demand: not worth the backup's space.
+            if l1.file_name() == "tmp" || l1.file_name() == "thumbnails" || !l1.file_type().map_err(io)?.is_dir() {
                 continue;
             }
             for l2 in std::fs::read_dir(l1.path()).map_err(io)? {

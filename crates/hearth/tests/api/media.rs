@@ -51,7 +51,7 @@ fn stored_files(s: &TestServer) -> usize {
     let root = s.services().config.database_path.join("media");
     let mut n = 0;
     for l1 in std::fs::read_dir(&root).expect("media folder").flatten() {
-        if l1.file_name() == "tmp" || !l1.path().is_dir() {
+        if l1.file_name() == "tmp" || l1.file_name() == "thumbnails" || !l1.path().is_dir() {
             continue;
         }
         for l2 in std::fs::read_dir(l1.path()).expect("level 2").flatten() {
@@ -118,10 +118,7 @@ async fn upload_and_download(b: Backend) {
         assert_eq!(res.status(), StatusCode::NOT_FOUND, "{p}");
     }
 
-    // Thumbnails are not made yet: a picture is answered with itself; markup is refused.
-    let res = fetch(&s, &token, &format!("thumbnail/{path}?width=96&height=96&method=crop"), None).await;
-    assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(res.bytes().await.expect("body").to_vec(), png);
+    // Thumbnails of markup are refused, and so is a size that is no number.
     let (_, svg) = upload(&s, &token, b"<svg/>".to_vec(), "image/svg+xml", None).await;
     let svg = media_path(svg["content_uri"].as_str().expect("uri"));
     let res = s
@@ -250,7 +247,81 @@ async fn asynchronous_uploads(b: Backend) {
     assert_eq!((status, refused["errcode"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("M_LIMIT_EXCEEDED")));
 }
 
+/// A real picture, PNG-encoded: a gradient of `w`×`h`.
+fn picture(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).expect("encode");
+    out.into_inner()
+}
+
+/// CRC-32 (IEEE), as PNG chunks carry it.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+async fn thumbnail(s: &TestServer, token: &str, path: &str, query: &str) -> (StatusCode, Option<String>, Vec<u8>) {
+    let res = fetch(s, token, &format!("thumbnail/{path}?{query}"), None).await;
+    let status = res.status();
+    let kind = res.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    (status, kind, res.bytes().await.expect("body").to_vec())
+}
+
+/// Thumbnails: cropped and scaled to their bucket, made once, never upscaled; a
+/// truncated picture and a decompression bomb are 400s, not 500s.
+async fn thumbnails(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, token, _) = s.register("alice", "a long password").await;
+    let (_, up) = upload(&s, &token, picture(1000, 800), "image/png", None).await;
+    let path = media_path(up["content_uri"].as_str().expect("uri"));
+
+    let (status, kind, bytes) = thumbnail(&s, &token, &path, "width=96&height=96&method=crop").await;
+    assert_eq!((status, kind.as_deref()), (StatusCode::OK, Some("image/jpeg")));
+    let thumb = image::load_from_memory(&bytes).expect("a decodable thumbnail");
+    assert_eq!((thumb.width(), thumb.height()), (96, 96));
+    // 300×240 asked: the 320×240 bucket, the picture's 5:4 kept.
+    let (_, _, bytes) = thumbnail(&s, &token, &path, "width=300&height=200&method=scale").await;
+    let thumb = image::load_from_memory(&bytes).expect("decodable");
+    assert_eq!((thumb.width(), thumb.height()), (300, 240));
+    // Asked again: the same bytes (made once).
+    let (_, _, again) = thumbnail(&s, &token, &path, "width=300&height=200&method=scale").await;
+    assert_eq!(again, bytes);
+
+    // A picture smaller than the box is its own thumbnail.
+    let small = picture(50, 40);
+    let (_, up) = upload(&s, &token, small.clone(), "image/png", None).await;
+    let small_path = media_path(up["content_uri"].as_str().expect("uri"));
+    let (status, _, bytes) = thumbnail(&s, &token, &small_path, "width=320&height=240").await;
+    assert_eq!((status, bytes), (StatusCode::OK, small));
+
+    // A truncated picture, and one whose header claims 100,000 × 100,000 pixels.
+    let mut truncated = picture(400, 300);
+    truncated.truncate(truncated.len() / 2);
+    let mut bomb = picture(1, 1);
+    bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    // The header chunk's checksum made right again, so only the size gives it away.
+    let crc = crc32(&bomb[12..29]);
+    bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+    for (name, bytes, why) in [("truncated", truncated, "Cannot make a thumbnail"), ("bomb", bomb, "pixels")] {
+        let (_, up) = upload(&s, &token, bytes, "image/png", None).await;
+        let p = media_path(up["content_uri"].as_str().expect("uri"));
+        let (status, _, body) = thumbnail(&s, &token, &p, "width=96&height=96&method=crop").await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {body}");
+        assert!(body.contains(why), "{name}: {body}");
+    }
+}
+
 both_engines!(
+    thumbnails,
     upload_and_download,
     uploads_past_the_limit_are_413,
     files_without_a_record_are_swept_at_start,

@@ -30,6 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::{
     error::{Error, Result},
+    media::thumbnail::{Method, PICTURE_TYPES},
     users::devices::Caller,
     Services,
 };
@@ -185,9 +186,6 @@ async fn wait_while_pending(s: &Services, media_id: &str, query: &HashMap<String
     Ok(())
 }
 
-/// Image types a client can show as they are.
-const PICTURE_TYPES: &[&str] = &["image/jpeg", "image/png", "image/gif", "image/webp"];
-
 async fn thumbnail_authenticated(
     State(s): State<Arc<Services>>,
     Path((server, media_id)): Path<(String, String)>,
@@ -206,22 +204,31 @@ async fn thumbnail_legacy(
     thumbnail(&s, &server, &media_id, &query).await
 }
 
-/// Thumbnails are not made yet (issue 17): a picture is answered with itself, which every
-/// client scales down to show; anything else cannot be thumbnailed (400, as Synapse does
-/// for a non-image). `width` and `height` are checked as the spec requires.
+/// A thumbnail of a stored picture (see `media::thumbnail`): `width` and `height` are
+/// required, `method` is `crop` or `scale`; anything but a picture is a 400.
 async fn thumbnail(s: &Services, server: &str, media_id: &str, query: &HashMap<String, String>) -> Result<Response> {
-    for dim in ["width", "height"] {
-        let v = query.get(dim).ok_or_else(|| Error::missing_param(format!("Missing {dim}")))?;
-        v.parse::<u32>().map_err(|_| Error::invalid_param(format!("Invalid {dim}")))?;
-    }
+    let dim = |name: &str| -> Result<u32> {
+        let v = query.get(name).ok_or_else(|| Error::missing_param(format!("Missing {name}")))?;
+        v.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| Error::invalid_param(format!("Invalid {name}")))
+    };
+    let (width, height) = (dim("width")?, dim("height")?);
+    let method = Method::parse(query.get("method").map(String::as_str))?;
+    wait_while_pending(s, media_id, query).await?;
     let server_name = <&ServerName>::try_from(server).map_err(|_| Error::not_found("Media not found"))?;
-    let (record, _) = s.media.find(&s.config.server_name, server_name, media_id)?;
+    let (record, original) = s.media.find(&s.config.server_name, server_name, media_id)?;
     let essence =
         record.content_type.as_deref().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if !PICTURE_TYPES.contains(&essence.as_str()) {
         return Err(Error::matrix(StatusCode::BAD_REQUEST, "M_UNKNOWN", "This media is not a picture"));
     }
-    download(s, server, media_id, None, &HeaderMap::new()).await
+    match s.media.thumbnail(&record, width, height, method).await? {
+        Some((path, kind)) => {
+            let size = tokio::fs::metadata(&path).await.map_err(|e| Error::internal(e.to_string()))?.len();
+            serve_file(&path, size, kind, None, &HeaderMap::new()).await
+        }
+        // No larger than the box: the picture is its own thumbnail.
+        None => serve_file(&original, record.size, &essence, None, &HeaderMap::new()).await,
+    }
 }
 
 /// A single `bytes=a-b`, `bytes=a-` or `bytes=-n` range within `size`: (start, end
@@ -260,17 +267,26 @@ async fn download(
 ) -> Result<Response> {
     let server = <&ServerName>::try_from(server).map_err(|_| Error::not_found("Media not found"))?;
     let (record, path) = s.media.find(&s.config.server_name, server, media_id)?;
-    let io = |e: std::io::Error| Error::internal(format!("reading media: {e}"));
-    let mut file = tokio::fs::File::open(&path).await.map_err(io)?;
-    let size = record.size;
     let content_type = record.content_type.clone().unwrap_or_else(|| "application/octet-stream".to_owned());
+    serve_file(&path, record.size, &content_type, file_name.or(record.filename.clone()), headers).await
+}
+
+/// A stored file as a response: the safe headers of the module doc, a single range.
+async fn serve_file(
+    path: &std::path::Path,
+    size: u64,
+    content_type: &str,
+    name: Option<String>,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let io = |e: std::io::Error| Error::internal(format!("reading media: {e}"));
+    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
     let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     let disposition = if is_safe_inline_content_type(&essence) {
         ContentDispositionType::Inline
     } else {
         ContentDispositionType::Attachment
     };
-    let name = file_name.or(record.filename.clone());
     let disposition = ContentDisposition::new(disposition).with_filename(name).to_string();
 
     let (status, start, len) = match parse_range(headers, size) {
@@ -293,7 +309,7 @@ async fn download(
     let h = res.headers_mut();
     let value =
         |v: &str| HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
-    h.insert(header::CONTENT_TYPE, value(&content_type));
+    h.insert(header::CONTENT_TYPE, value(content_type));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(
         header::CONTENT_DISPOSITION,
