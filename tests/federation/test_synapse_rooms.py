@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -166,3 +168,37 @@ def test_invite_accepted_and_another_rejected(hearth: Server, synapse: Server, h
     guest.call("POST", f"/_matrix/client/v3/rooms/{q(room)}/leave", {}, token=rejecter.access_token)
     wait_for("the rejection on the room's server", lambda: membership(owner, owner_user, room, rejecter.user_id) == "leave")
     assert room not in invited_rooms(guest, rejecter)
+
+
+def upload(server: Server, user: User, data: bytes, content_type: str) -> str:
+    req = urllib.request.Request(server.url + "/_matrix/media/v3/upload?filename=photo.jpg", data=data, method="POST")
+    req.add_header("Content-Type", content_type)
+    req.add_header("Authorization", f"Bearer {user.access_token}")
+    with urllib.request.urlopen(req, context=server.pki.ssl_context(), timeout=30) as resp:
+        return json.loads(resp.read())["content_uri"]
+
+
+def download(server: Server, user: User, mxc: str) -> tuple[int, bytes, str]:
+    path = mxc.removeprefix("mxc://")
+    req = urllib.request.Request(server.url + f"/_matrix/client/v1/media/download/{path}")
+    req.add_header("Authorization", f"Bearer {user.access_token}")
+    try:
+        with urllib.request.urlopen(req, context=server.pki.ssl_context(), timeout=60) as resp:
+            return resp.status, resp.read(), resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), ""
+
+
+@pytest.mark.parametrize("home", ["hearth", "synapse"])
+def test_media_of_the_other_server_downloads_through_ones_own(hearth: Server, synapse: Server, hearth_user, synapse_user, home):
+    """A file uploaded on one server is downloaded by the other's user through their own
+    server, which fetches it over federation (authenticated media, multipart)."""
+    data = bytes(range(256)) * 40
+    if home == "hearth":
+        mxc = upload(hearth, hearth_user, data, "image/jpeg")
+        status, body, kind = download(synapse, synapse_user, mxc)
+    else:
+        mxc = upload(synapse, synapse_user, data, "image/jpeg")
+        status, body, kind = download(hearth, hearth_user, mxc)
+    assert (status, kind) == (200, "image/jpeg"), body[:200]
+    assert body == data

@@ -111,7 +111,7 @@ impl<R> Ruma<R> {
 /// the request as received: its method, its URI exactly as sent (before any routing), and
 /// its body as sent. `destination` must be this server (never compared with `Host`).
 /// Every failure is 401 `M_UNAUTHORIZED`.
-async fn verify_server_request(
+pub(crate) async fn verify_server_request(
     services: &Services,
     parts: &http::request::Parts,
     body: &[u8],

@@ -12,6 +12,7 @@
 //!   `send_join`, `make_leave` / `send_leave`).
 //! - [`invite`]: invites across servers, both ways; [`knock`]: knocking, both ways.
 //! - [`keys`]: end-to-end encryption across servers (keys, device lists, to-device).
+//! - [`media`]: other servers' media fetched, ours served to them.
 //! - [`presence`]: presence across servers (`federate_presence`).
 //! - [`transactions`]: inbound `/send`.
 //! - [`sender`]: outbound transactions, from a persisted queue per destination.
@@ -26,6 +27,7 @@ pub mod invite;
 pub mod join;
 pub mod keys;
 pub mod knock;
+pub mod media;
 pub mod pdu;
 pub mod presence;
 pub mod query;

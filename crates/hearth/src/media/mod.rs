@@ -58,6 +58,10 @@ json_value!(MediaRecord);
 /// Media id → record (local media).
 pub const MEDIA: Table<String, MediaRecord> = Table::new(tables::MEDIA);
 
+/// (server name, media id) → another server's media fetched here (its file is stored as
+/// local files are, by hash).
+pub const REMOTE_MEDIA: Table<(String, String), MediaRecord> = Table::new(tables::REMOTE_MEDIA);
+
 /// An id handed out by `create` whose content is not uploaded yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingMedia {
@@ -122,6 +126,10 @@ impl Media {
         }
         let mut known = HashSet::new();
         MEDIA.scan_range(&self.store, &KeyRange::default(), Order::Ascending, |_, rec| {
+            known.insert(rec.sha256);
+            true
+        })?;
+        REMOTE_MEDIA.scan_range(&self.store, &KeyRange::default(), Order::Ascending, |_, rec| {
             known.insert(rec.sha256);
             true
         })?;
@@ -233,35 +241,8 @@ impl Media {
         uploader: OwnedUserId,
         created_id: Option<String>,
     ) -> Result<String> {
-        let tmp = self.root.join("tmp").join(random_id(24));
-        let result = self.write_file(body, &tmp).await;
-        let (sha256, size) = match result {
-            Ok(done) => done,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(e);
-            }
-        };
-        let path = self.file_path(&sha256);
-        let io = |e: std::io::Error| Error::internal(format!("storing media: {e}"));
-        let dir = path.parent().ok_or_else(|| Error::internal("media path without a folder"))?.to_owned();
-        tokio::fs::create_dir_all(&dir).await.map_err(io)?;
-        if tokio::fs::try_exists(&path).await.map_err(io)? {
-            // The same bytes are stored already: share the file.
-            let _ = tokio::fs::remove_file(&tmp).await;
-        } else {
-            tokio::fs::rename(&tmp, &path).await.map_err(io)?;
-        }
-        sync_dir(&dir).await.map_err(io)?;
+        let (record, _) = self.keep(body, content_type, filename, uploader).await?;
         let media_id = created_id.clone().unwrap_or_else(|| random_id(24));
-        let record = MediaRecord {
-            sha256,
-            size,
-            content_type: content_type.filter(|t| t.len() <= MAX_CONTENT_TYPE_BYTES),
-            filename: filename.filter(|n| n.len() <= MAX_FILENAME_BYTES),
-            uploader,
-            created_ts: now_millis(),
-        };
         // Durable before the answer (`Store::write` syncs as the durability setting says).
         let mut batch = Batch::new();
         MEDIA.put(&mut batch, &media_id, &record);
@@ -294,6 +275,77 @@ impl Media {
         file.sync_all().await.map_err(io)?;
         let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
         Ok((sha256, size))
+    }
+
+    /// Another server's media fetched earlier: its record and file.
+    pub fn find_remote(&self, server: &ServerName, media_id: &str) -> Result<Option<(MediaRecord, PathBuf)>> {
+        let Some(record) = REMOTE_MEDIA.get(&self.store, (server.as_str(), media_id))? else { return Ok(None) };
+        let path = self.file_path(&record.sha256);
+        Ok(Some((record, path)))
+    }
+
+    /// Keeps another server's media, fetched whole (at most the upload limit), as local
+    /// files are kept; returns its record and file.
+    pub async fn store_remote(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+        bytes: bytes::Bytes,
+        content_type: Option<String>,
+        filename: Option<String>,
+    ) -> Result<(MediaRecord, PathBuf)> {
+        let uploader = ruma::OwnedUserId::try_from(format!("@media:{server}"))
+            .map_err(|e| Error::internal(format!("a server's media user: {e}")))?;
+        let (record, path) = self.keep(axum::body::Body::from(bytes), content_type, filename, uploader).await?;
+        let mut batch = Batch::new();
+        REMOTE_MEDIA.put(&mut batch, (server.as_str(), media_id), &record);
+        self.store.write(batch)?;
+        Ok((record, path))
+    }
+
+    /// Writes a body to its file (see the module doc) and describes it: the record to
+    /// commit, and the file's place.
+    async fn keep(
+        &self,
+        body: axum::body::Body,
+        content_type: Option<String>,
+        filename: Option<String>,
+        uploader: OwnedUserId,
+    ) -> Result<(MediaRecord, PathBuf)> {
+        let tmp = self.root.join("tmp").join(random_id(24));
+        let (sha256, size) = match self.write_file(body, &tmp).await {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        let path = self.place(&tmp, &sha256).await?;
+        let record = MediaRecord {
+            sha256,
+            size,
+            content_type: content_type.filter(|t| t.len() <= MAX_CONTENT_TYPE_BYTES),
+            filename: filename.filter(|n| n.len() <= MAX_FILENAME_BYTES),
+            uploader,
+            created_ts: now_millis(),
+        };
+        Ok((record, path))
+    }
+
+    /// Moves a written temporary file to its place by hash (or drops it when the same bytes
+    /// are there already) and syncs the folder; returns the place.
+    async fn place(&self, tmp: &Path, sha256: &str) -> Result<PathBuf> {
+        let path = self.file_path(sha256);
+        let io = |e: std::io::Error| Error::internal(format!("storing media: {e}"));
+        let dir = path.parent().ok_or_else(|| Error::internal("media path without a folder"))?.to_owned();
+        tokio::fs::create_dir_all(&dir).await.map_err(io)?;
+        if tokio::fs::try_exists(&path).await.map_err(io)? {
+            let _ = tokio::fs::remove_file(tmp).await;
+        } else {
+            tokio::fs::rename(tmp, &path).await.map_err(io)?;
+        }
+        sync_dir(&dir).await.map_err(io)?;
+        Ok(path)
     }
 
     /// A local upload's record and the path of its file; 404 for anything else.

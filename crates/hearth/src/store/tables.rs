@@ -139,6 +139,7 @@ pub const ALL: &[&str] = &[
     BACKFILL_ROWS,
     MEDIA,
     PENDING_MEDIA,
+    REMOTE_MEDIA,
 ];
 
 /// (destination server, stream position) → event id: PDUs queued for another server.
@@ -155,6 +156,8 @@ pub const BACKFILL_ROWS: &str = "backfill_rows";
 pub const MEDIA: &str = "media";
 /// Media id → an id created for an asynchronous upload, not uploaded yet.
 pub const PENDING_MEDIA: &str = "pending_media";
+/// (server name, media id) → record of another server's media fetched here.
+pub const REMOTE_MEDIA: &str = "remote_media";
 /// (origin server, transaction id) → the answer given: inbound `/send` is idempotent.
 pub const FEDERATION_TXNS: &str = "federation_txns";
 

@@ -111,6 +111,11 @@ impl ServerClient {
         &self.resolver
     }
 
+    /// The outbound client (its address policy), for URLs another server hands out.
+    pub fn outbound(&self) -> &OutboundClient {
+        &self.outbound
+    }
+
     /// Sends `req` to `server`. Any HTTP status is returned as it is.
     pub async fn request(&self, server: &ServerName, req: ServerRequest<'_>) -> Result<Fetched, ServerRequestError> {
         let ServerRequest { method, path_and_query, body, signing, timeout, max_body } = req;

@@ -626,3 +626,47 @@ async fn joined_only_history_is_not_backfilled_readable() {
     let held = held.expect("the earlier event was backfilled");
     assert_eq!(held.content_value(), json!({}), "a.test holds the content of an event it may not see");
 }
+
+/// A user of b.test sees a picture a user of a.test uploaded: b.test fetches it from a.test
+/// (`federation/v1/media/download`, signed, multipart), keeps it, and makes thumbnails of
+/// it itself; a media id a.test does not have is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_of_another_server_is_fetched_and_kept() {
+    let p = pair().await;
+    let (_, alice_token, _) = p.a.register("alice", "a long password").await;
+    let (_, bob_token, _) = p.b.register("bob", "a long password").await;
+    let img = image::RgbImage::from_fn(400, 300, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 7]));
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).expect("encode");
+    let png = png.into_inner();
+    let up =
+        p.a.http
+            .post(format!("{}/_matrix/media/v3/upload?filename=garden.png", p.a.base))
+            .bearer_auth(&alice_token)
+            .header("content-type", "image/png")
+            .body(png.clone())
+            .send()
+            .await
+            .expect("upload");
+    let uri: Value = up.json().await.expect("json");
+    let path = uri["content_uri"].as_str().expect("uri").strip_prefix("mxc://").expect("mxc").to_owned();
+
+    let get = |what: String| {
+        p.b.http.get(format!("{}/_matrix/client/v1/media/{what}", p.b.base)).bearer_auth(bob_token.clone()).send()
+    };
+    let res = get(format!("download/{path}")).await.expect("get");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "image/png");
+    assert_eq!(res.headers()["content-disposition"], "inline; filename=garden.png");
+    assert_eq!(res.bytes().await.expect("body").to_vec(), png);
+    let res = get(format!("thumbnail/{path}?width=96&height=96&method=crop")).await.expect("get");
+    assert_eq!(res.status(), StatusCode::OK);
+    let thumb = image::load_from_memory(&res.bytes().await.expect("body")).expect("decodable");
+    assert_eq!((thumb.width(), thumb.height()), (96, 96));
+    let res = get("download/a.test/nothing-here".to_owned()).await.expect("get");
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    // Kept: b.test serves it again with a.test gone.
+    drop(p.a);
+    let res = p.b.http.get(format!("{}/_matrix/media/v3/download/{path}", p.b.base)).send().await.expect("get");
+    assert_eq!(res.bytes().await.expect("body").to_vec(), png);
+}

@@ -7,7 +7,10 @@ use hearth::store::Backend;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::{both_engines, common::TestServer};
+use crate::{
+    both_engines,
+    common::{TestServer, SERVER_NAME},
+};
 
 async fn upload(
     s: &TestServer,
@@ -106,16 +109,13 @@ async fn upload_and_download(b: Backend) {
     assert_ne!(again["content_uri"], up["content_uri"]);
     assert_eq!(stored_files(&s), 2, "the PNG twice and the markup twice: two files");
 
-    // Unknown ids and other servers' media: 404.
-    for p in ["localhost/nope", "elsewhere.test/abc"] {
-        let res = s
-            .http
-            .get(format!("{}/_matrix/client/v1/media/download/{p}", s.base))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("get");
-        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{p}");
+    // An unknown id here is 404; media of a server that cannot be reached is 502.
+    for (p, status) in [
+        (format!("{SERVER_NAME}/nope"), StatusCode::NOT_FOUND),
+        ("elsewhere.invalid/abc".to_owned(), StatusCode::BAD_GATEWAY),
+    ] {
+        let res = fetch(&s, &token, &format!("download/{p}"), None).await;
+        assert_eq!(res.status(), status, "{p}");
     }
 
     // Thumbnails of markup are refused, and so is a size that is no number.

@@ -215,7 +215,7 @@ async fn thumbnail(s: &Services, server: &str, media_id: &str, query: &HashMap<S
     let method = Method::parse(query.get("method").map(String::as_str))?;
     wait_while_pending(s, media_id, query).await?;
     let server_name = <&ServerName>::try_from(server).map_err(|_| Error::not_found("Media not found"))?;
-    let (record, original) = s.media.find(&s.config.server_name, server_name, media_id)?;
+    let (record, original) = located(s, server_name, media_id).await?;
     let essence =
         record.content_type.as_deref().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if !PICTURE_TYPES.contains(&essence.as_str()) {
@@ -266,9 +266,30 @@ async fn download(
     headers: &HeaderMap,
 ) -> Result<Response> {
     let server = <&ServerName>::try_from(server).map_err(|_| Error::not_found("Media not found"))?;
-    let (record, path) = s.media.find(&s.config.server_name, server, media_id)?;
+    let (record, path) = located(s, server, media_id).await?;
     let content_type = record.content_type.clone().unwrap_or_else(|| "application/octet-stream".to_owned());
     serve_file(&path, record.size, &content_type, file_name.or(record.filename.clone()), headers).await
+}
+
+/// A file held here: a local upload, or another server's media, fetched from it now if
+/// this server does not have it yet (federation on).
+async fn located(
+    s: &Services,
+    server: &ServerName,
+    media_id: &str,
+) -> Result<(crate::media::MediaRecord, std::path::PathBuf)> {
+    if server == s.config.server_name {
+        return s.media.find(&s.config.server_name, server, media_id);
+    }
+    if let Some(found) = s.media.find_remote(server, media_id)? {
+        return Ok(found);
+    }
+    if !s.config.allow_federation {
+        return Err(Error::not_found("Media of other servers is not fetched: federation is off"));
+    }
+    let max = usize::try_from(s.media.max_size).unwrap_or(usize::MAX);
+    let file = s.federation.fetch_media(server, media_id, max).await?;
+    s.media.store_remote(server, media_id, file.bytes, file.content_type, file.filename).await
 }
 
 /// A stored file as a response: the safe headers of the module doc, a single range.

@@ -7,6 +7,7 @@
 pub mod directory;
 pub mod events;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod openid;
 pub mod query;
@@ -25,6 +26,7 @@ pub fn routes(allow_federation: bool) -> Router<Arc<Services>> {
         return Router::new();
     }
     Router::new()
+        .merge(media::routes())
         .ruma(version::get_server_version)
         .ruma(query::get_profile_information)
         .ruma(query::get_room_information)
