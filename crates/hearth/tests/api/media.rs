@@ -274,8 +274,30 @@ async fn thumbnail(s: &TestServer, token: &str, path: &str, query: &str) -> (Sta
     (status, kind, res.bytes().await.expect("body").to_vec())
 }
 
-/// Thumbnails: cropped and scaled to their bucket, made once, never upscaled; a
-/// truncated picture and a decompression bomb are 400s, not 500s.
+/// A JPEG of `w`×`h` whose EXIF says to show it turned a quarter clockwise (orientation 6),
+/// as phones store portrait photos.
+fn jpeg_turned(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, _| image::Rgb([(x % 256) as u8, 90, 200]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Jpeg).expect("encode");
+    let jpeg = out.into_inner();
+    // APP1 "Exif": a big-endian TIFF header and one IFD entry, Orientation (0x0112) = 6.
+    let mut tiff = b"MM\x00\x2a\x00\x00\x00\x08".to_vec();
+    tiff.extend_from_slice(&[0x00, 0x01, 0x01, 0x12, 0x00, 0x03, 0x00, 0x00, 0x00, 0x01, 0x00, 0x06, 0x00, 0x00]);
+    tiff.extend_from_slice(&[0x00, 0x00, 0x00, 0x00]);
+    let mut app1 = b"Exif\x00\x00".to_vec();
+    app1.extend_from_slice(&tiff);
+    let len = u16::try_from(app1.len() + 2).expect("short");
+    let mut turned = jpeg[..2].to_vec();
+    turned.extend_from_slice(&[0xFF, 0xE1]);
+    turned.extend_from_slice(&len.to_be_bytes());
+    turned.extend_from_slice(&app1);
+    turned.extend_from_slice(&jpeg[2..]);
+    turned
+}
+
+/// Thumbnails: cropped and scaled to their bucket, made once, never upscaled, turned as
+/// their EXIF says; a truncated picture and a decompression bomb are 400s, not 500s.
 async fn thumbnails(b: Backend) {
     let s = TestServer::start(b).await;
     let (_, token, _) = s.register("alice", "a long password").await;
@@ -293,6 +315,15 @@ async fn thumbnails(b: Backend) {
     // Asked again: the same bytes (made once).
     let (_, _, again) = thumbnail(&s, &token, &path, "width=300&height=200&method=scale").await;
     assert_eq!(again, bytes);
+
+    // A portrait photo stored sideways: 400×200 turned is 200×400, so 120×240 in 320×240
+    // (unturned it would be 320×160).
+    let (_, up) = upload(&s, &token, jpeg_turned(400, 200), "image/jpeg", None).await;
+    let turned = media_path(up["content_uri"].as_str().expect("uri"));
+    let (status, _, bytes) = thumbnail(&s, &token, &turned, "width=320&height=240&method=scale").await;
+    assert_eq!(status, StatusCode::OK);
+    let thumb = image::load_from_memory(&bytes).expect("decodable");
+    assert_eq!((thumb.width(), thumb.height()), (120, 240), "EXIF orientation applied");
 
     // A picture smaller than the box is its own thumbnail.
     let small = picture(50, 40);
