@@ -67,7 +67,7 @@ impl Federation {
         }
         let (pdu, snapshot) =
             self.rooms.prepare_local(room, sender, NewEvent::state("m.room.member", target.as_str(), content))?;
-        let stripped = self.stripped_state(room)?;
+        let stripped = self.room_preview(room)?;
         let body = serde_json::json!({
             "room_version": version,
             "event": pdu.json,
@@ -128,29 +128,6 @@ impl Federation {
         let redacted =
             ruma::canonical_json::redact(pdu.json.clone(), &rules.redaction, None).map_err(|e| e.to_string())?;
         ruma::signatures::verify_json(&keys, &redacted).map_err(|e| e.to_string())
-    }
-
-    /// The room's state a remote invitee's client needs to show the invite, as full PDUs
-    /// (Matrix 1.16; the invitee's server cuts them down).
-    fn stripped_state(&self, room: &RoomId) -> Result<Vec<Box<RawJsonValue>>> {
-        let map = self.rooms.current_state_map(room)?;
-        let mut out = Vec::new();
-        for pdu in self.rooms.state_events(&map)? {
-            let kind = pdu.kind.to_string();
-            if matches!(
-                kind.as_str(),
-                "m.room.create"
-                    | "m.room.join_rules"
-                    | "m.room.name"
-                    | "m.room.avatar"
-                    | "m.room.canonical_alias"
-                    | "m.room.encryption"
-                    | "m.room.topic"
-            ) {
-                out.push(super::pdu::own_json(&pdu));
-            }
-        }
-        Ok(out)
     }
 
     /// `PUT /invite` (v2): signs and keeps an invite of a local user (see the module doc).

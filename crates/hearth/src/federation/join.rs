@@ -50,6 +50,15 @@ const MAX_JOIN_CANDIDATES: usize = 10;
 const MAKE_TIMEOUT: Duration = Duration::from_secs(30);
 const SEND_JOIN_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// A member event's content: the user's profile, and the reason when given.
+pub(crate) fn with_reason(profile: Map<String, Value>, reason: Option<String>) -> Map<String, Value> {
+    let mut content = profile;
+    if let Some(r) = reason {
+        content.insert("reason".into(), Value::String(r));
+    }
+    content
+}
+
 /// Room versions this server joins and serves over federation, as `ver` parameters.
 pub fn federated_versions() -> Vec<RoomVersionId> {
     ROOM_VERSIONS.iter().filter(|v| federates(v)).cloned().collect()
@@ -165,21 +174,9 @@ impl Federation {
         self.receive_membership(origin, room, event_id, raw, MembershipState::Leave).await.map(|_| ())
     }
 
-    /// [`Federation::receive_membership`], for the other membership files.
-    pub(crate) async fn receive_membership_of(
-        &self,
-        origin: &ServerName,
-        room: &RoomId,
-        event_id: &EventId,
-        raw: &RawJsonValue,
-        membership: MembershipState,
-    ) -> Result<Pdu> {
-        self.receive_membership(origin, room, event_id, raw, membership).await
-    }
-
     /// A member event a remote user's server sends through this one: checked, appended,
     /// and queued for the room's other servers.
-    async fn receive_membership(
+    pub(crate) async fn receive_membership(
         &self,
         origin: &ServerName,
         room: &RoomId,
@@ -225,22 +222,16 @@ impl Federation {
         reason: Option<String>,
         federate: bool,
     ) -> Result<()> {
-        let here = self.rooms.room(room)?.is_some()
-            && self.rooms.members_shared(room, &MembershipState::Join)?.iter().any(|u| u.server_name() == self.own);
-        if here || !federate {
+        if self.is_resident(room)? || !federate {
             self.rooms.join(room, user, profile, reason)?;
             return Ok(());
-        }
-        let mut content = profile;
-        if let Some(r) = reason {
-            content.insert("reason".into(), Value::String(r));
         }
         // An invite names the server to join through.
         let mut via = via.to_vec();
         if let Some(inviter) = self.inviter_server(room, user)? {
             via.insert(0, inviter);
         }
-        self.join_remote(room, user, &via, content).await.map(|_| ())
+        self.join_remote(room, user, &via, with_reason(profile, reason)).await.map(|_| ())
     }
 
     /// A local user joins a room on another server, through the first of `candidates`
@@ -252,21 +243,56 @@ impl Federation {
         candidates: &[OwnedServerName],
         content: Map<String, Value>,
     ) -> Result<OwnedRoomId> {
-        let mut candidates: Vec<OwnedServerName> = candidates.iter().filter(|s| **s != self.own).cloned().collect();
-        if let Some(server) = room.server_name() {
-            if server != self.own && !candidates.iter().any(|c| c == server) {
+        let candidates = self.candidates(room, candidates, MAX_JOIN_CANDIDATES)?;
+        self.through(&candidates, room, "join", |server| self.join_through(server, room, user, &content)).await?;
+        Ok(room.to_owned())
+    }
+
+    /// Whether a local user is joined to the room: this server then acts in it itself.
+    pub(crate) fn is_resident(&self, room: &RoomId) -> Result<bool> {
+        Ok(self.rooms.room(room)?.is_some()
+            && self.rooms.members_shared(room, &MembershipState::Join)?.iter().any(|u| u.server_name() == self.own))
+    }
+
+    /// The servers to go through for a room elsewhere, at most `max`: `via` (this server
+    /// left out), then the server a room id names (none from version 12). 404 when none.
+    pub(crate) fn candidates(
+        &self,
+        room: &RoomId,
+        via: &[OwnedServerName],
+        max: usize,
+    ) -> Result<Vec<OwnedServerName>> {
+        let mut candidates: Vec<OwnedServerName> = via.iter().filter(|s| **s != self.own).cloned().collect();
+        if let Some(server) = room.server_name().filter(|s| *s != self.own) {
+            if !candidates.iter().any(|c| c == server) {
                 candidates.push(server.to_owned());
             }
         }
         if candidates.is_empty() {
-            return Err(Error::not_found("No server to join this room through (give one with `via`)"));
+            return Err(Error::not_found("No server to go through for this room (give one with `via`)"));
         }
-        let mut last = Error::unavailable("No server could be reached to join the room");
-        for server in candidates.iter().take(MAX_JOIN_CANDIDATES) {
-            match self.join_through(server, room, user, &content).await {
-                Ok(()) => return Ok(room.to_owned()),
+        candidates.truncate(max);
+        Ok(candidates)
+    }
+
+    /// Tries `attempt` through each server in turn until one succeeds; else the last error.
+    pub(crate) async fn through<'a, F, Fut>(
+        &self,
+        candidates: &'a [OwnedServerName],
+        room: &RoomId,
+        what: &str,
+        attempt: F,
+    ) -> Result<()>
+    where
+        F: Fn(&'a ServerName) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let mut last = Error::unavailable(format!("No server could be reached to {what}"));
+        for server in candidates {
+            match attempt(server).await {
+                Ok(()) => return Ok(()),
                 Err(e) => {
-                    tracing::info!(%server, %room, error = %e, "joining through this server failed");
+                    tracing::info!(%server, %room, error = %e, "{what} through this server failed");
                     last = e;
                 }
             }

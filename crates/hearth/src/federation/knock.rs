@@ -15,10 +15,15 @@ use ruma::{events::room::member::MembershipState, OwnedServerName, RoomId, RoomV
 use serde::Deserialize;
 use serde_json::{value::RawValue as RawJsonValue, Map, Value};
 
-use super::{join::federated_versions, pdu::own_json, receive::encode, Federation};
+use super::{
+    join::{federated_versions, with_reason},
+    pdu::{own_json, stripped},
+    receive::encode,
+    Federation,
+};
 use crate::{
     error::{Error, Result},
-    rooms::{append::NewEvent, pdu::Pdu},
+    rooms::{append::NewEvent, pdu::Pdu, PREVIEW_STATE_TYPES},
     transport::server_client::ServerRequest,
 };
 
@@ -39,22 +44,6 @@ fn incompatible(version: &RoomVersionId) -> Error {
 /// Whether a room version has knocking.
 fn knocks(version: &RoomVersionId) -> bool {
     version.rules().is_some_and(|r| r.authorization.knocking)
-}
-
-/// Stripped state events from either form another server sends (stripped events, or full
-/// PDUs since Matrix 1.16): what a client is shown.
-pub fn stripped(events: &[Box<RawJsonValue>], max: usize) -> Vec<Value> {
-    events
-        .iter()
-        .take(max)
-        .filter_map(|raw| {
-            let v: Value = serde_json::from_str(raw.get()).ok()?;
-            Some(serde_json::json!({
-                "type": v.get("type")?, "state_key": v.get("state_key")?,
-                "sender": v.get("sender")?, "content": v.get("content")?,
-            }))
-        })
-        .collect()
 }
 
 impl Federation {
@@ -86,7 +75,7 @@ impl Federation {
         event_id: &ruma::EventId,
         raw: &RawJsonValue,
     ) -> Result<Vec<Box<RawJsonValue>>> {
-        self.receive_membership_of(origin, room, event_id, raw, MembershipState::Knock).await?;
+        self.receive_membership(origin, room, event_id, raw, MembershipState::Knock).await?;
         self.room_preview(room)
     }
 
@@ -95,16 +84,7 @@ impl Federation {
         let map = self.rooms.current_state_map(room)?;
         let mut out = Vec::new();
         for pdu in self.rooms.state_events(&map)? {
-            if matches!(
-                pdu.kind.to_string().as_str(),
-                "m.room.create"
-                    | "m.room.join_rules"
-                    | "m.room.name"
-                    | "m.room.avatar"
-                    | "m.room.canonical_alias"
-                    | "m.room.encryption"
-                    | "m.room.topic"
-            ) {
+            if PREVIEW_STATE_TYPES.contains(&pdu.kind.to_string().as_str()) {
                 out.push(own_json(&pdu));
             }
         }
@@ -121,36 +101,13 @@ impl Federation {
         reason: Option<String>,
         federate: bool,
     ) -> Result<()> {
-        let here = self.rooms.room(room)?.is_some()
-            && self.rooms.members_shared(room, &MembershipState::Join)?.iter().any(|u| u.server_name() == self.own);
-        if here || !federate {
+        if self.is_resident(room)? || !federate {
             self.rooms.knock(room, user, profile, reason)?;
             return Ok(());
         }
-        let mut content = profile;
-        if let Some(r) = reason {
-            content.insert("reason".into(), Value::String(r));
-        }
-        let mut candidates: Vec<OwnedServerName> = via.iter().filter(|s| **s != self.own).cloned().collect();
-        if let Some(server) = room.server_name().filter(|s| *s != self.own) {
-            if !candidates.iter().any(|c| c == server) {
-                candidates.push(server.to_owned());
-            }
-        }
-        if candidates.is_empty() {
-            return Err(Error::not_found("No server to knock through (give one with `via`)"));
-        }
-        let mut last = Error::unavailable("No server could be reached to knock");
-        for server in candidates.iter().take(MAX_CANDIDATES) {
-            match self.knock_through(server, room, user, &content).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::info!(%server, %room, error = %e, "knocking through this server failed");
-                    last = e;
-                }
-            }
-        }
-        Err(last)
+        let content = with_reason(profile, reason);
+        let candidates = self.candidates(room, via, MAX_CANDIDATES)?;
+        self.through(&candidates, room, "knock", |server| self.knock_through(server, room, user, &content)).await
     }
 
     async fn knock_through(

@@ -129,3 +129,19 @@ impl Federation {
         Pdu::from_json(event_id, obj, room.as_deref()).map_err(|e| e.to_string())
     }
 }
+
+/// Stripped state events from either form another server sends (stripped events, or full
+/// PDUs since Matrix 1.16), at most `max`: what a client is shown of a room it is not in.
+pub fn stripped(events: &[Box<RawJsonValue>], max: usize) -> Vec<serde_json::Value> {
+    events
+        .iter()
+        .take(max)
+        .filter_map(|raw| {
+            let v: serde_json::Value = serde_json::from_str(raw.get()).ok()?;
+            Some(serde_json::json!({
+                "type": v.get("type")?, "state_key": v.get("state_key")?,
+                "sender": v.get("sender")?, "content": v.get("content")?,
+            }))
+        })
+        .collect()
+}

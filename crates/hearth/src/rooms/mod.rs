@@ -195,6 +195,18 @@ pub const ALIASES: Table<String, String> = Table::new(tables::ALIASES);
 pub const PUBLISHED_ROOMS: Table<String, ()> = Table::new(tables::PUBLISHED_ROOMS);
 pub const RELATIONS: Table<(String, u64), RelationEntry> = Table::new(tables::RELATIONS);
 
+/// State event types shown of a room to someone not in it yet (an invite's or a knock's
+/// stripped state): what a client needs to show the room.
+pub const PREVIEW_STATE_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
 /// Room versions Hearth implements (offered in `/capabilities`, accepted by `createRoom`
 /// and room upgrades).
 pub const ROOM_VERSIONS: &[RoomVersionId] = &[

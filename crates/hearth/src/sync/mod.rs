@@ -498,17 +498,8 @@ fn invite_state(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<Vec<Va
     let mut out = Vec::new();
     for pdu in rooms.state_events(&map)? {
         let kind = pdu.kind.to_string();
-        let keep = matches!(
-            kind.as_str(),
-            "m.room.create"
-                | "m.room.join_rules"
-                | "m.room.name"
-                | "m.room.avatar"
-                | "m.room.canonical_alias"
-                | "m.room.encryption"
-                | "m.room.topic"
-        ) || (kind == "m.room.member"
-            && (pdu.state_key.as_deref() == Some(user.as_str()) || pdu.sender == user));
+        let keep = crate::rooms::PREVIEW_STATE_TYPES.contains(&kind.as_str())
+            || (kind == "m.room.member" && (pdu.state_key.as_deref() == Some(user.as_str()) || pdu.sender == user));
         if keep {
             out.push(pdu.to_stripped_json());
         }

@@ -76,24 +76,18 @@ pub async fn create_invite(
 ) -> Result<create_invite::v2::Response> {
     let origin = req.origin()?;
     let b = &req.body;
-    // Stripped events, or (since Matrix 1.16) full PDUs cut down to what a client sees.
-    let stripped: Vec<serde_json::Value> = b
+    // Stripped events, or (since Matrix 1.16) full PDUs: cut down to what a client sees.
+    #[allow(deprecated)]
+    let raws: Vec<Box<serde_json::value::RawValue>> = b
         .invite_room_state
         .iter()
-        .filter_map(|state| {
-            #[allow(deprecated)]
-            let json = match state {
-                RawStrippedState::Stripped(raw) => raw.json().get(),
-                RawStrippedState::Pdu(raw) => raw.get(),
-                _ => return None,
-            };
-            let v: serde_json::Value = serde_json::from_str(json).ok()?;
-            Some(serde_json::json!({
-                "type": v.get("type")?, "state_key": v.get("state_key")?,
-                "sender": v.get("sender")?, "content": v.get("content")?,
-            }))
+        .filter_map(|state| match state {
+            RawStrippedState::Stripped(raw) => Some(raw.json().to_owned()),
+            RawStrippedState::Pdu(raw) => Some(raw.clone()),
+            _ => None,
         })
         .collect();
+    let stripped = crate::federation::pdu::stripped(&raws, usize::MAX);
     let event =
         s.federation.receive_invite(origin, &b.room_id, &b.event_id, &b.room_version, &b.event, stripped).await?;
     Ok(create_invite::v2::Response::new(event))
