@@ -98,6 +98,20 @@ pub struct Config {
     pub tls: Tls,
     /// Seconds between checks of the TLS files for a renewed certificate; 0: never re-read.
     pub tls_reload_interval_s: u64,
+    /// Freeze the unauthenticated media reads (`/_matrix/media/v3/download` and
+    /// `thumbnail`): media stored from now on is served only through the authenticated
+    /// endpoints; what was stored before stays readable both ways (as Synapse's freeze).
+    /// Off by default: Debian's Nheko 0.11 reads only the legacy endpoints.
+    pub media_freeze_legacy: bool,
+    /// Most bytes of media one local user may upload, in MiB; 0: no limit.
+    pub media_quota_mb: u64,
+    /// Days another server's media and any thumbnail may go unread before they are
+    /// removed (fetched or made again when next asked for); 0: kept forever. Local
+    /// uploads, avatars included, are never removed by age.
+    pub media_retention_days: u64,
+    /// Serve URL previews (`/media/v1/preview_url`): Hearth then fetches pages users
+    /// link to, under the outbound address policy. Off by default.
+    pub url_preview_enabled: bool,
 }
 
 impl Default for Config {
@@ -132,6 +146,10 @@ impl Default for Config {
             federate_presence: true,
             tls: Tls::default(),
             tls_reload_interval_s: 60,
+            media_freeze_legacy: false,
+            media_quota_mb: 0,
+            media_retention_days: 0,
+            url_preview_enabled: false,
         }
     }
 }

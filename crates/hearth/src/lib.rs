@@ -81,7 +81,7 @@ pub struct Services {
     /// What Hearth does with other servers: joins, transactions, the sender.
     pub federation: federation::Federation,
     /// Uploaded files.
-    pub media: media::Media,
+    pub media: Arc<media::Media>,
 }
 
 impl Services {
@@ -127,8 +127,11 @@ impl Services {
             to_device: to_device.clone(),
             presence: config.federate_presence.then(|| presence.clone()),
         });
-        let media = media::Media::open(&config.database_path, store.clone(), config.max_request_size as u64)
-            .map_err(|e| StoreError::Other(format!("cannot open the media folder: {e}")))?;
+        let media_settings = media::Settings::from_config(&config);
+        let media =
+            media::Media::open(&config.database_path, store.clone(), config.max_request_size as u64, media_settings)
+                .map(Arc::new)
+                .map_err(|e| StoreError::Other(format!("cannot open the media folder: {e}")))?;
         let max_concurrent = config.max_concurrent_requests as usize;
         Ok(Arc::new(Services {
             config,

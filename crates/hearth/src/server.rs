@@ -17,7 +17,12 @@
 //! renewed certificate is picked up by a worker this server owns); the `/metrics` listener
 //! always stays plain HTTP, for a scraper inside the cluster.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Duration,
+};
 
 use axum::{
     extract::{MatchedPath, State},
@@ -147,11 +152,20 @@ pub fn metrics_router(services: Arc<Services>) -> Router {
             "/metrics",
             axum::routing::get(|State(s): State<Arc<Services>>| async move {
                 let db = s.store.size_on_disk().unwrap_or(0) as f64;
-                let counters = [(
-                    "hearth_database_syncs_total",
-                    "Disk syncs made by the group commit (with hearth_stream_position: writes per sync).",
-                    s.stream.syncs() as f64,
-                )];
+                let media = &s.media.counters;
+                let counters = [
+                    (
+                        "hearth_database_syncs_total",
+                        "Disk syncs made by the group commit (with hearth_stream_position: writes per sync).",
+                        s.stream.syncs() as f64,
+                    ),
+                    ("hearth_media_uploads_total", "Media uploads stored.", media.uploads.load(Relaxed) as f64),
+                    (
+                        "hearth_media_downloads_total",
+                        "Media downloads and thumbnails served.",
+                        media.downloads.load(Relaxed) as f64,
+                    ),
+                ];
                 let body = s.metrics.render(
                     &counters,
                     &[
@@ -161,6 +175,11 @@ pub fn metrics_router(services: Arc<Services>) -> Router {
                             s.notifier.waiting_users() as f64,
                         ),
                         ("hearth_database_bytes", "Bytes the database occupies on disk.", db),
+                        (
+                            "hearth_media_bytes",
+                            "Bytes of stored media files (identical files counted once; thumbnails not counted).",
+                            media.bytes_stored.load(Relaxed) as f64,
+                        ),
                         ("hearth_stream_position", "Newest committed stream position.", s.stream.now() as f64),
                     ],
                 );
@@ -237,6 +256,8 @@ pub struct Running {
     tls_reload: Option<Worker>,
     /// The federation sender, when federation is on.
     sender: Option<Worker>,
+    /// Media housekeeping (expired upload ids, retention).
+    media_tidy: Option<Worker>,
 }
 
 impl Running {
@@ -291,6 +312,8 @@ impl Running {
             let stream = services.stream.clone();
             Worker::spawn(move |stop| sender.run(stream, stop))
         });
+        let media = services.media.clone();
+        let media_tidy = Some(Worker::spawn(move |stop| crate::media::manage::keep_tidy(media, stop)));
         let (tls, tls_config) = tls.unzip();
         let task = tokio::spawn(serve(services.clone(), listener, tls_config, async move {
             let _ = stopped.await;
@@ -298,7 +321,18 @@ impl Running {
                 let _ = tx.send(());
             }
         }));
-        Ok(Running { addr, metrics_addr, services, stop: Some(stop), task, presence, tls, tls_reload, sender })
+        Ok(Running {
+            addr,
+            metrics_addr,
+            services,
+            stop: Some(stop),
+            task,
+            presence,
+            tls,
+            tls_reload,
+            sender,
+            media_tidy,
+        })
     }
 
     /// The certificate the main listener serves, when TLS is on.
@@ -319,6 +353,9 @@ impl Running {
         }
         if let Some(sender) = self.sender.take() {
             sender.stop().await;
+        }
+        if let Some(tidy) = self.media_tidy.take() {
+            tidy.stop().await;
         }
         self.task.await.map_err(std::io::Error::other)?
     }

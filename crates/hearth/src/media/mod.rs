@@ -18,12 +18,15 @@
 //!
 //! - **Thumbnails** of pictures, once per size bucket ([`thumbnail`]).
 //!
-//! Only local media for now: remote media and previews are to come (issue 17).
+//! - **Other servers' media** is fetched over federation when first asked for and kept
+//!   like local media (`REMOTE_MEDIA`); retention, quotas, quarantine and deletion are in
+//!   [`manage`].
 
+pub mod manage;
 pub mod thumbnail;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -51,6 +54,21 @@ pub struct MediaRecord {
     pub filename: Option<String>,
     pub uploader: OwnedUserId,
     pub created_ts: u64,
+    /// Stored while `media_freeze_legacy` was on: served only through the authenticated
+    /// endpoints.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub authenticated: bool,
+    /// The server admin who quarantined it: never served (404), kept for inspection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined_by: Option<OwnedUserId>,
+    /// Last served (ms since the epoch, to the hour), for another server's media: what
+    /// retention goes by. 0 for local media.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_access_ts: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 json_value!(MediaRecord);
@@ -91,14 +109,46 @@ pub struct Media {
     uploaded: tokio::sync::Notify,
     /// Pictures decoded at once (thumbnails): at most one per core.
     decoding: tokio::sync::Semaphore,
+    /// Held shared from a file's placing to its record's commit, and exclusively while
+    /// files are deleted: a deletion never removes a file an upload is about to name.
+    files: tokio::sync::RwLock<()>,
+    /// Bytes each local user has uploaded (counted at start from the records, kept up
+    /// to date since): what the quota is checked against.
+    usage: tokio::sync::Mutex<HashMap<OwnedUserId, u64>>,
     /// Largest upload accepted, in bytes.
     pub max_size: u64,
+    /// What the operator set: quota, freeze, retention.
+    pub settings: Settings,
+    /// Figures for the metrics listener.
+    pub counters: Arc<manage::Counters>,
+}
+
+/// The operator's media settings (see [`crate::config::Config`]).
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Most bytes one local user may upload; `None`: no limit.
+    pub quota: Option<u64>,
+    /// Mark new media authenticated-only.
+    pub freeze_legacy: bool,
+    /// How long remote media and thumbnails may go unread, in ms; `None`: forever.
+    pub retention_ms: Option<u64>,
+}
+
+impl Settings {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Settings {
+            quota: (config.media_quota_mb > 0).then(|| config.media_quota_mb.saturating_mul(1024 * 1024)),
+            freeze_legacy: config.media_freeze_legacy,
+            retention_ms: (config.media_retention_days > 0)
+                .then(|| config.media_retention_days.saturating_mul(24 * 60 * 60 * 1000)),
+        }
+    }
 }
 
 impl Media {
     /// The media folder beside the database (`<database_path>/media`), created if need
     /// be, with files no record names and unfinished uploads swept.
-    pub fn open(database_path: &Path, store: Arc<Store>, max_size: u64) -> Result<Self> {
+    pub fn open(database_path: &Path, store: Arc<Store>, max_size: u64, settings: Settings) -> Result<Self> {
         let root = database_path.join("media");
         std::fs::create_dir_all(root.join("tmp")).map_err(|e| Error::internal(format!("media folder: {e}")))?;
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
@@ -107,7 +157,11 @@ impl Media {
             store,
             uploaded: tokio::sync::Notify::new(),
             decoding: tokio::sync::Semaphore::new(cores),
+            files: tokio::sync::RwLock::new(()),
+            usage: tokio::sync::Mutex::new(HashMap::new()),
             max_size,
+            settings,
+            counters: Arc::default(),
         };
         media.sweep()?;
         Ok(media)
@@ -125,15 +179,19 @@ impl Media {
             let _ = std::fs::remove_file(entry.map_err(io)?.path());
         }
         let mut known = HashSet::new();
+        let mut usage: HashMap<OwnedUserId, u64> = HashMap::new();
         MEDIA.scan_range(&self.store, &KeyRange::default(), Order::Ascending, |_, rec| {
+            *usage.entry(rec.uploader).or_default() += rec.size;
             known.insert(rec.sha256);
             true
         })?;
+        *self.usage.try_lock().map_err(|_| Error::internal("media usage in use at start"))? = usage;
         REMOTE_MEDIA.scan_range(&self.store, &KeyRange::default(), Order::Ascending, |_, rec| {
             known.insert(rec.sha256);
             true
         })?;
         let mut swept = 0;
+        let mut stored = 0;
         for level1 in std::fs::read_dir(&self.root).map_err(io)? {
             let level1 = level1.map_err(io)?.path();
             if !level1.is_dir() || level1.file_name().is_some_and(|n| n == "tmp" || n == "thumbnails") {
@@ -150,6 +208,8 @@ impl Media {
                     if !known.contains(&name) {
                         let _ = std::fs::remove_file(&file);
                         swept += 1;
+                    } else {
+                        stored += std::fs::metadata(&file).map_or(0, |m| m.len());
                     }
                 }
             }
@@ -157,6 +217,7 @@ impl Media {
         if swept > 0 {
             tracing::info!(swept, "removed media files no record names (an upload cut short)");
         }
+        self.counters.bytes_stored.store(stored, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -241,8 +302,19 @@ impl Media {
         uploader: OwnedUserId,
         created_id: Option<String>,
     ) -> Result<String> {
-        let (record, _) = self.keep(body, content_type, filename, uploader).await?;
+        let (limit, over) = self.upload_limit(&uploader).await;
+        let (mut record, _, placed) = self.keep(body, content_type, filename, uploader, limit, over).await?;
+        record.authenticated = self.settings.freeze_legacy;
         let media_id = created_id.clone().unwrap_or_else(|| random_id(24));
+        let mut usage = self.usage.lock().await;
+        let used = usage.get(&record.uploader).copied().unwrap_or(0);
+        if self.settings.quota.is_some_and(|quota| used + record.size > quota) {
+            // Another upload of the same user's finished first.
+            drop(usage);
+            drop(placed);
+            self.remove_unreferenced(vec![record.sha256]).await?;
+            return Err(quota_exceeded());
+        }
         // Durable before the answer (`Store::write` syncs as the durability setting says).
         let mut batch = Batch::new();
         MEDIA.put(&mut batch, &media_id, &record);
@@ -251,12 +323,36 @@ impl Media {
         }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.write(batch)).await.map_err(|e| Error::internal(e.to_string()))??;
+        usage.insert(record.uploader.clone(), used + record.size);
+        drop(usage);
+        drop(placed);
+        self.counters.uploads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.uploaded.notify_waiters();
         Ok(media_id)
     }
 
-    /// Streams `body` into `tmp`, hashing and counting; fsyncs it. Returns (hash, size).
-    async fn write_file(&self, body: axum::body::Body, tmp: &Path) -> Result<(String, u64)> {
+    /// How many bytes `uploader` may upload now, and the error past it: the upload limit,
+    /// or what is left of their quota.
+    async fn upload_limit(&self, uploader: &ruma::UserId) -> (u64, fn(u64) -> Error) {
+        let too_large: fn(u64) -> Error = |max| Error::too_large(format!("Uploads are limited to {max} bytes"));
+        let Some(quota) = self.settings.quota else { return (self.max_size, too_large) };
+        let left = quota.saturating_sub(self.usage.lock().await.get(uploader).copied().unwrap_or(0));
+        if left < self.max_size {
+            (left, |_| quota_exceeded())
+        } else {
+            (self.max_size, too_large)
+        }
+    }
+
+    /// Streams `body` into `tmp`, hashing and counting; fsyncs it. Past `limit` bytes the
+    /// upload stops with `over(limit)`. Returns (hash, size).
+    async fn write_file(
+        &self,
+        body: axum::body::Body,
+        tmp: &Path,
+        limit: u64,
+        over: fn(u64) -> Error,
+    ) -> Result<(String, u64)> {
         let io = |e: std::io::Error| Error::internal(format!("writing media: {e}"));
         let mut file = tokio::fs::File::create(tmp).await.map_err(io)?;
         let mut hasher = Sha256::new();
@@ -265,9 +361,9 @@ impl Media {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| Error::bad_json(format!("upload interrupted: {e}")))?;
             size += chunk.len() as u64;
-            if size > self.max_size {
+            if size > limit {
                 drain_stream(&mut stream).await;
-                return Err(Error::too_large(format!("Uploads are limited to {} bytes", self.max_size)));
+                return Err(over(limit));
             }
             hasher.update(&chunk);
             file.write_all(&chunk).await.map_err(io)?;
@@ -296,31 +392,41 @@ impl Media {
     ) -> Result<(MediaRecord, PathBuf)> {
         let uploader = ruma::OwnedUserId::try_from(format!("@media:{server}"))
             .map_err(|e| Error::internal(format!("a server's media user: {e}")))?;
-        let (record, path) = self.keep(axum::body::Body::from(bytes), content_type, filename, uploader).await?;
+        let too_large: fn(u64) -> Error = |max| Error::too_large(format!("Media is limited to {max} bytes"));
+        let body = axum::body::Body::from(bytes);
+        let (mut record, path, placed) =
+            self.keep(body, content_type, filename, uploader, self.max_size, too_large).await?;
+        record.authenticated = self.settings.freeze_legacy;
+        record.last_access_ts = record.created_ts;
         let mut batch = Batch::new();
         REMOTE_MEDIA.put(&mut batch, (server.as_str(), media_id), &record);
         self.store.write(batch)?;
+        drop(placed);
         Ok((record, path))
     }
 
     /// Writes a body to its file (see the module doc) and describes it: the record to
-    /// commit, and the file's place.
+    /// commit, the file's place, and the guard to hold until the record is committed (no
+    /// deletion removes the file meanwhile).
     async fn keep(
         &self,
         body: axum::body::Body,
         content_type: Option<String>,
         filename: Option<String>,
         uploader: OwnedUserId,
-    ) -> Result<(MediaRecord, PathBuf)> {
+        limit: u64,
+        over: fn(u64) -> Error,
+    ) -> Result<(MediaRecord, PathBuf, tokio::sync::RwLockReadGuard<'_, ()>)> {
         let tmp = self.root.join("tmp").join(random_id(24));
-        let (sha256, size) = match self.write_file(body, &tmp).await {
+        let (sha256, size) = match self.write_file(body, &tmp, limit, over).await {
             Ok(done) => done,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
                 return Err(e);
             }
         };
-        let path = self.place(&tmp, &sha256).await?;
+        let placed = self.files.read().await;
+        let path = self.place(&tmp, &sha256, size).await?;
         let record = MediaRecord {
             sha256,
             size,
@@ -328,13 +434,16 @@ impl Media {
             filename: filename.filter(|n| n.len() <= MAX_FILENAME_BYTES),
             uploader,
             created_ts: now_millis(),
+            authenticated: false,
+            quarantined_by: None,
+            last_access_ts: 0,
         };
-        Ok((record, path))
+        Ok((record, path, placed))
     }
 
     /// Moves a written temporary file to its place by hash (or drops it when the same bytes
     /// are there already) and syncs the folder; returns the place.
-    async fn place(&self, tmp: &Path, sha256: &str) -> Result<PathBuf> {
+    async fn place(&self, tmp: &Path, sha256: &str, size: u64) -> Result<PathBuf> {
         let path = self.file_path(sha256);
         let io = |e: std::io::Error| Error::internal(format!("storing media: {e}"));
         let dir = path.parent().ok_or_else(|| Error::internal("media path without a folder"))?.to_owned();
@@ -343,6 +452,7 @@ impl Media {
             let _ = tokio::fs::remove_file(tmp).await;
         } else {
             tokio::fs::rename(tmp, &path).await.map_err(io)?;
+            self.counters.bytes_stored.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         }
         sync_dir(&dir).await.map_err(io)?;
         Ok(path)
@@ -353,7 +463,8 @@ impl Media {
         if server != own {
             return Err(Error::not_found("Media of other servers is not served yet"));
         }
-        let record = MEDIA.get(&self.store, media_id)?.ok_or_else(|| Error::not_found("Media not found"))?;
+        let record = MEDIA.get(&self.store, media_id)?.filter(|r| r.quarantined_by.is_none());
+        let record = record.ok_or_else(|| Error::not_found("Media not found"))?;
         let path = self.file_path(&record.sha256);
         Ok((record, path))
     }
@@ -406,6 +517,15 @@ impl Media {
         std::fs::create_dir_all(target.join("tmp")).map_err(io)?;
         Ok(())
     }
+}
+
+/// Past a user's quota (`media_quota_mb`), as Synapse words it.
+fn quota_exceeded() -> Error {
+    Error::matrix(
+        http::StatusCode::BAD_REQUEST,
+        "M_RESOURCE_LIMIT_EXCEEDED",
+        "Media upload limit exceeded: this account's media quota is used up",
+    )
 }
 
 fn random_id(len: usize) -> String {

@@ -88,6 +88,7 @@ impl Media {
         for (ext, kind) in [("jpg", "image/jpeg"), ("png", "image/png")] {
             let path = dir.join(format!("{stem}.{ext}"));
             if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                touch(&path).await;
                 return Ok(Some((path, kind)));
             }
         }
@@ -105,6 +106,21 @@ impl Media {
         tokio::fs::rename(&tmp, &path).await.map_err(io)?;
         Ok(Some((path, kind)))
     }
+}
+
+/// Marks a thumbnail as just served (its modification time, once a day at most), so
+/// retention keeps the ones still in use.
+async fn touch(path: &std::path::Path) {
+    let path = path.to_owned();
+    let _ = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let now = std::time::SystemTime::now();
+        let modified = std::fs::metadata(&path)?.modified()?;
+        if now.duration_since(modified).unwrap_or_default() > std::time::Duration::from_secs(24 * 60 * 60) {
+            std::fs::File::options().append(true).open(&path)?.set_modified(now)?;
+        }
+        Ok(())
+    })
+    .await;
 }
 
 fn undecodable(e: impl std::fmt::Display) -> Error {

@@ -87,6 +87,11 @@ impl TestServer {
         &self.running.as_ref().unwrap().services
     }
 
+    /// The configuration the next [`TestServer::restart`] starts with.
+    pub fn config_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
+
     pub fn running(&self) -> &Running {
         self.running.as_ref().unwrap()
     }

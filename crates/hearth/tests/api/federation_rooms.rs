@@ -665,6 +665,17 @@ async fn media_of_another_server_is_fetched_and_kept() {
     assert_eq!((thumb.width(), thumb.height()), (96, 96));
     let res = get("download/a.test/nothing-here".to_owned()).await.expect("get");
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    // b.test's admin (its first user, bob) purges other servers' media: the copy and its
+    // thumbnails go, and the next read fetches it from a.test again.
+    let thumbnails = p.b.services().config.database_path.join("media").join("thumbnails");
+    assert_eq!(std::fs::read_dir(&thumbnails).expect("thumbnails").count(), 1);
+    let later = hearth::time::now_millis() + 60_000;
+    let purge = format!("/_synapse/admin/v1/purge_media_cache?before_ts={later}");
+    let (status, purged) = p.b.post(&purge, Some(&bob_token), json!({})).await;
+    assert_eq!((status, purged["deleted"].as_u64()), (StatusCode::OK, Some(1)), "{purged}");
+    assert_eq!(std::fs::read_dir(&thumbnails).expect("thumbnails").count(), 0, "thumbnails go with the file");
+    let res = get(format!("download/{path}")).await.expect("get");
+    assert_eq!(res.bytes().await.expect("body").to_vec(), png, "fetched again");
     // Kept: b.test serves it again with a.test gone.
     drop(p.a);
     let res = p.b.http.get(format!("{}/_matrix/media/v3/download/{path}", p.b.base)).send().await.expect("get");

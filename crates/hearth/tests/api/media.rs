@@ -4,8 +4,8 @@
 //! restart, and a file no record names (an upload cut short) is swept at start.
 
 use hearth::store::Backend;
-use reqwest::StatusCode;
-use serde_json::Value;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
 
 use crate::{
     both_engines,
@@ -351,7 +351,109 @@ async fn thumbnails(b: Backend) {
     }
 }
 
+/// What operators look after: a user's quota, the freeze of the legacy endpoints (media
+/// from before it stays readable), quarantine (every copy of the content), deleting one
+/// item (a shared file stays) and all of a user's (their quota freed), the stored-bytes
+/// figure, and retention of thumbnails by last access.
+async fn operators(b: Backend) {
+    let mut s = TestServer::start_with(b, |c| {
+        c.max_request_size = 2 * 1024 * 1024;
+        c.media_quota_mb = 1;
+    })
+    .await;
+    let (_, admin, _) = s.register("admin", "a long password").await;
+    let (alice_id, alice, _) = s.register("alice", "a long password").await;
+    let octets = "application/octet-stream";
+    let stored = |s: &TestServer| s.services().media.counters.bytes_stored.load(std::sync::atomic::Ordering::Relaxed);
+
+    // The quota: alice's second 600 kB passes her MiB; the admin's own quota is apart.
+    let (status, first) = upload(&s, &alice, vec![1u8; 600_000], octets, None).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (status, refused) = upload(&s, &alice, vec![2u8; 600_000], octets, None).await;
+    assert_eq!((status, refused["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_RESOURCE_LIMIT_EXCEEDED")));
+    let (status, _) = upload(&s, &admin, vec![3u8; 300_000], octets, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stored_files(&s), 2, "nothing of the refused upload stays");
+    assert_eq!(stored(&s), 900_000);
+
+    // The freeze: what was stored before stays readable without a token, what comes after
+    // only with one.
+    let before = media_path(first["content_uri"].as_str().expect("uri"));
+    s.config_mut().media_freeze_legacy = true;
+    s.restart().await;
+    assert_eq!(stored(&s), 900_000, "counted again at start");
+    let (_, after) = upload(&s, &alice, b"after the freeze".to_vec(), "text/plain", None).await;
+    let after = media_path(after["content_uri"].as_str().expect("uri"));
+    let legacy = |p: &str| s.http.get(format!("{}/_matrix/media/v3/download/{p}", s.base)).send();
+    assert_eq!(legacy(&before).await.expect("get").status(), StatusCode::OK);
+    assert_eq!(legacy(&after).await.expect("get").status(), StatusCode::NOT_FOUND);
+    assert_eq!(fetch(&s, &alice, &format!("download/{after}"), None).await.status(), StatusCode::OK);
+
+    // The admin lists alice's uploads, newest first; alice herself may not.
+    let listing = format!("/_synapse/admin/v1/users/{alice_id}/media");
+    let (status, listed) = s.get(&listing, Some(&admin)).await;
+    assert_eq!((status, listed["total"].as_u64()), (StatusCode::OK, Some(2)), "{listed}");
+    assert_eq!(Some(listed["media"][0]["media_id"].as_str().expect("id")), after.split('/').nth(1));
+    assert_eq!(listed["media"][1]["media_length"], 600_000);
+    let (status, _) = s.get(&listing, Some(&alice)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Quarantine: the same bytes uploaded by someone else are blocked too, and come back.
+    let (_, shared_a) = upload(&s, &alice, b"the same bytes".to_vec(), "text/plain", None).await;
+    let (_, shared_b) = upload(&s, &admin, b"the same bytes".to_vec(), "text/plain", None).await;
+    let shared_a = media_path(shared_a["content_uri"].as_str().expect("uri"));
+    let shared_b = media_path(shared_b["content_uri"].as_str().expect("uri"));
+    let (status, _) = s.post(&format!("/_synapse/admin/v1/media/quarantine/{shared_a}"), Some(&admin), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    for p in [&shared_a, &shared_b] {
+        assert_eq!(fetch(&s, &admin, &format!("download/{p}"), None).await.status(), StatusCode::NOT_FOUND, "{p}");
+    }
+    let (_, listed) = s.get(&listing, Some(&admin)).await;
+    assert_eq!(listed["media"][0]["quarantined_by"], format!("@admin:{SERVER_NAME}"));
+    let unquarantine = format!("/_synapse/admin/v1/media/unquarantine/{shared_b}");
+    assert_eq!(s.post(&unquarantine, Some(&admin), json!({})).await.0, StatusCode::OK);
+    assert_eq!(fetch(&s, &admin, &format!("download/{shared_a}"), None).await.status(), StatusCode::OK);
+
+    // Deleting one item keeps the file another record shares; an unknown item is 404.
+    let (status, deleted) =
+        s.request(Method::DELETE, &format!("/_synapse/admin/v1/media/{shared_b}"), Some(&admin), None).await;
+    assert_eq!((status, deleted["total"].as_u64()), (StatusCode::OK, Some(1)), "{deleted}");
+    assert_eq!(fetch(&s, &admin, &format!("download/{shared_b}"), None).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(fetch(&s, &admin, &format!("download/{shared_a}"), None).await.status(), StatusCode::OK);
+    let gone = format!("/_synapse/admin/v1/media/{SERVER_NAME}/nothing");
+    assert_eq!(s.request(Method::DELETE, &gone, Some(&admin), None).await.0, StatusCode::NOT_FOUND);
+
+    // Deleting all of alice's: her files go, and her quota is free again.
+    let (status, deleted) = s.request(Method::DELETE, &listing, Some(&admin), None).await;
+    assert_eq!((status, deleted["total"].as_u64()), (StatusCode::OK, Some(3)), "{deleted}");
+    assert_eq!(fetch(&s, &admin, &format!("download/{before}"), None).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(stored_files(&s), 1, "only the admin's upload is left");
+    assert_eq!(stored(&s), 300_000);
+    let (status, _) = upload(&s, &alice, vec![4u8; 600_000], octets, None).await;
+    assert_eq!(status, StatusCode::OK, "alice's quota is free again");
+
+    // Retention: a thumbnail not served for longer than the setting goes at the next tidy.
+    s.config_mut().media_retention_days = 1;
+    s.restart().await;
+    let (_, pic) = upload(&s, &alice, picture(200, 100), "image/png", None).await;
+    let pic = media_path(pic["content_uri"].as_str().expect("uri"));
+    let (status, _, _) = thumbnail(&s, &alice, &pic, "width=32&height=32&method=crop").await;
+    assert_eq!(status, StatusCode::OK);
+    let thumbs = s.services().config.database_path.join("media").join("thumbnails");
+    let made: Vec<_> = std::fs::read_dir(&thumbs).expect("thumbnails").flatten().map(|e| e.path()).collect();
+    assert_eq!(made.len(), 1);
+    s.services().media.tidy().await.expect("tidy");
+    assert!(made[0].exists(), "a thumbnail just served is kept");
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 24 * 60 * 60);
+    std::fs::File::options().append(true).open(&made[0]).expect("open").set_modified(two_days_ago).expect("mtime");
+    s.services().media.tidy().await.expect("tidy");
+    assert!(!made[0].exists(), "a thumbnail unread for two days is removed");
+    let (status, _, _) = thumbnail(&s, &alice, &pic, "width=32&height=32&method=crop").await;
+    assert_eq!(status, StatusCode::OK, "and made again when asked for");
+}
+
 both_engines!(
+    operators,
     thumbnails,
     upload_and_download,
     uploads_past_the_limit_are_413,

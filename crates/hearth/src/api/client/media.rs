@@ -142,7 +142,7 @@ async fn download_authenticated(
     headers: HeaderMap,
 ) -> Result<Response> {
     caller(&s, &headers, &query)?;
-    download_named(&s, &params, &query, &headers).await
+    download_named(&s, &params, &query, &headers, Access::Authenticated).await
 }
 
 /// `GET /_matrix/media/v3/download/{serverName}/{mediaId}[/{fileName}]` (legacy, no token)
@@ -152,7 +152,15 @@ async fn download_legacy(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    download_named(&s, &params, &query, &headers).await
+    download_named(&s, &params, &query, &headers, Access::Legacy).await
+}
+
+/// Which family of endpoints a read came through: with `media_freeze_legacy`, media
+/// stored since is served only through the authenticated ones.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Authenticated,
+    Legacy,
 }
 
 async fn download_named(
@@ -160,11 +168,12 @@ async fn download_named(
     params: &HashMap<String, String>,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
+    access: Access,
 ) -> Result<Response> {
     let part = |k: &str| params.get(k).map(String::as_str).unwrap_or_default();
     let file_name = params.get("file_name").filter(|n| !n.is_empty()).cloned();
     wait_while_pending(s, part("media_id"), query).await?;
-    download(s, part("server"), part("media_id"), file_name, headers).await
+    download(s, part("server"), part("media_id"), file_name, headers, access).await
 }
 
 /// Longest wait for a created id's upload (`timeout_ms`, 20 s by default as in the spec).
@@ -193,7 +202,7 @@ async fn thumbnail_authenticated(
     headers: HeaderMap,
 ) -> Result<Response> {
     caller(&s, &headers, &query)?;
-    thumbnail(&s, &server, &media_id, &query).await
+    thumbnail(&s, &server, &media_id, &query, Access::Authenticated).await
 }
 
 async fn thumbnail_legacy(
@@ -201,12 +210,18 @@ async fn thumbnail_legacy(
     Path((server, media_id)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response> {
-    thumbnail(&s, &server, &media_id, &query).await
+    thumbnail(&s, &server, &media_id, &query, Access::Legacy).await
 }
 
 /// A thumbnail of a stored picture (see `media::thumbnail`): `width` and `height` are
 /// required, `method` is `crop` or `scale`; anything but a picture is a 400.
-async fn thumbnail(s: &Services, server: &str, media_id: &str, query: &HashMap<String, String>) -> Result<Response> {
+async fn thumbnail(
+    s: &Services,
+    server: &str,
+    media_id: &str,
+    query: &HashMap<String, String>,
+    access: Access,
+) -> Result<Response> {
     let dim = |name: &str| -> Result<u32> {
         let v = query.get(name).ok_or_else(|| Error::missing_param(format!("Missing {name}")))?;
         v.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| Error::invalid_param(format!("Invalid {name}")))
@@ -215,7 +230,7 @@ async fn thumbnail(s: &Services, server: &str, media_id: &str, query: &HashMap<S
     let method = Method::parse(query.get("method").map(String::as_str))?;
     wait_while_pending(s, media_id, query).await?;
     let server_name = <&ServerName>::try_from(server).map_err(|_| Error::not_found("Media not found"))?;
-    let (record, original) = located(s, server_name, media_id).await?;
+    let (record, original) = located(s, server_name, media_id, access).await?;
     let essence =
         record.content_type.as_deref().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if !PICTURE_TYPES.contains(&essence.as_str()) {
@@ -264,16 +279,32 @@ async fn download(
     media_id: &str,
     file_name: Option<String>,
     headers: &HeaderMap,
+    access: Access,
 ) -> Result<Response> {
     let server = <&ServerName>::try_from(server).map_err(|_| Error::not_found("Media not found"))?;
-    let (record, path) = located(s, server, media_id).await?;
+    let (record, path) = located(s, server, media_id, access).await?;
     let content_type = record.content_type.clone().unwrap_or_else(|| "application/octet-stream".to_owned());
     serve_file(&path, record.size, &content_type, file_name.or(record.filename.clone()), headers).await
 }
 
 /// A file held here: a local upload, or another server's media, fetched from it now if
-/// this server does not have it yet (federation on).
+/// this server does not have it yet (federation on). Quarantined media, and media frozen
+/// out of the legacy endpoints, is not found.
 async fn located(
+    s: &Services,
+    server: &ServerName,
+    media_id: &str,
+    access: Access,
+) -> Result<(crate::media::MediaRecord, std::path::PathBuf)> {
+    let (record, path) = fetched(s, server, media_id).await?;
+    if record.quarantined_by.is_some() || (access == Access::Legacy && record.authenticated) {
+        return Err(Error::not_found("Media not found"));
+    }
+    s.media.counters.downloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok((record, path))
+}
+
+async fn fetched(
     s: &Services,
     server: &ServerName,
     media_id: &str,
@@ -281,8 +312,9 @@ async fn located(
     if server == s.config.server_name {
         return s.media.find(&s.config.server_name, server, media_id);
     }
-    if let Some(found) = s.media.find_remote(server, media_id)? {
-        return Ok(found);
+    if let Some((record, path)) = s.media.find_remote(server, media_id)? {
+        s.media.touch_remote(server, media_id, &record)?;
+        return Ok((record, path));
     }
     if !s.config.allow_federation {
         return Err(Error::not_found("Media of other servers is not fetched: federation is off"));

@@ -4,8 +4,13 @@
 //! `/_hearth/admin/v1/federation/discovery`) — after fixing a peer's `.well-known`, an
 //! operator need not wait out its cached failure.
 //!
+//! Media is looked after through the paths Synapse's admin API uses ([`media`]), so
+//! synapse-admin and scripts written for Synapse work unchanged.
+//!
 //! An online backup is a RocksDB checkpoint or an SQLite `VACUUM INTO`: a consistent copy
 //! taken while the server keeps serving. `hearth admin restore --from DIR` puts it back.
+
+mod media;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -26,6 +31,7 @@ pub fn routes() -> Router<Arc<Services>> {
     Router::new()
         .route("/_hearth/admin/v1/backup", post(backup))
         .route("/_hearth/admin/v1/federation/discovery", get(discovery_cache).delete(flush_discovery_cache))
+        .merge(media::routes())
 }
 
 #[derive(Deserialize)]
@@ -36,8 +42,12 @@ struct BackupRequest {
 
 /// Authorises a server admin by access token.
 fn require_admin(s: &Services, req: &Request) -> Result<()> {
-    let token = req
-        .headers()
+    require_admin_headers(s, req.headers()).map(|_| ())
+}
+
+/// Authorises a server admin by the access token in `headers`; the admin's user id.
+fn require_admin_headers(s: &Services, headers: &http::HeaderMap) -> Result<ruma::OwnedUserId> {
+    let token = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -46,7 +56,7 @@ fn require_admin(s: &Services, req: &Request) -> Result<()> {
     if !s.users.account(&caller.user_id)?.is_some_and(|a| a.admin) {
         return Err(Error::forbidden("Only server admins may do this"));
     }
-    Ok(())
+    Ok(caller.user_id)
 }
 
 async fn backup(State(s): State<Arc<Services>>, req: Request) -> Result<Json<Value>> {
