@@ -5,7 +5,12 @@
 #   - a C and a C++ compiler that build RocksDB's and SQLite's sources (gcc, g++);
 #   - curl, with which the scripts wait for a started Hearth to answer;
 #   - a python3 that can make venvs (python3-venv), then the venv of the client tests and
-#     that of the federation tests (a real Synapse, from wheels).
+#     that of the federation tests (a real Synapse, from wheels);
+#   - node and npm for the matrix-js-sdk client tests (tests/clients/js, by
+#     scripts/setup-node.sh): node of at least the major version js-sdk's `engines` asks for
+#     (read from its package-lock.json: 20 for js-sdk 36). Debian 13's `nodejs` is 20;
+#     Debian 12's is 18, too old: there the install below cannot help and the check after
+#     it fails, asking for Node.js 20 or newer from elsewhere (NodeSource, nvm, ...).
 # Idempotent. `--build-only` stops after what `cargo build` needs (the README's run command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +18,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib/deps.sh
 
 build_only=""
+js_lock=tests/clients/js/package-lock.json
 [[ "${1:-}" == --build-only ]] && build_only=1
 
 SUDO=""
@@ -25,6 +31,10 @@ compiles c++ "${CXX:-c++}" || need_apt+=(g++)
 if [[ -z "$build_only" ]]; then
     command -v curl >/dev/null || need_apt+=(curl)
     python_can_make_venvs "${PYTHON:-python3}" || need_apt+=(python3 python3-venv)
+    node_need="$(lock_node_engine_major "$js_lock" matrix-js-sdk)" ||
+        { echo "install-deps: $js_lock records no \"node\": \">=N\" engines for matrix-js-sdk" >&2; exit 1; }
+    node_at_least node "$node_need" || need_apt+=(nodejs)
+    command -v npm >/dev/null || need_apt+=(npm)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "installing Debian packages: ${need_apt[*]}" >&2
@@ -44,3 +54,11 @@ python_can_make_venvs "${PYTHON:-python3}" || { echo "install-deps: '${PYTHON:-p
 bash scripts/setup-python.sh >/dev/null
 bash scripts/setup-python.sh tests/federation/requirements.txt \
     "${HEARTH_SYNAPSE_VENV:-$HOME/.cache/hearth-synapse-venv}" >/dev/null
+# After the venvs, so that on a machine whose Node.js is too old the Python suites are ready.
+node_at_least node "$node_need" || {
+    echo "install-deps: matrix-js-sdk needs Node.js >= $node_need; node is $(node --version 2>/dev/null || echo missing)" \
+        "(Debian 12's nodejs package is 18: install Node.js $node_need or newer, e.g. from NodeSource)" >&2
+    exit 1
+}
+command -v npm >/dev/null || { echo "install-deps: npm not found after installing it" >&2; exit 1; }
+bash scripts/setup-node.sh >/dev/null

@@ -2,7 +2,8 @@
 # Tests of scripts/lib/deps.sh, the checks scripts/install-deps.sh makes before it installs:
 # libclang is looked for in small fake directory trees shaped like Debian's packages, so
 # that the check is proven to tell Clang's C++ library (libclang-cpp14 alone, which bindgen
-# cannot load) from a usable libclang (libclang1-14, libclang-dev). Prints
+# cannot load) from a usable libclang (libclang1-14, libclang-dev); Node.js versions are
+# checked on fake `node` programs and a small package-lock.json. Prints
 # "N passed, N failed" and fails when any case does.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -72,6 +73,71 @@ compiles c++ /nonexistent/c++ && r=yes || r=no
 check "missing C++ compiler" no "$r"
 compiles c++ false && r=yes || r=no
 check "a C++ compiler that fails" no "$r"
+
+# The Node.js check: fake `node` programs answering --version like Debian 12's (18), 13's (20).
+fake_node() { # fake_node VERSION_OUTPUT: an executable printing it; prints its path
+    local f
+    f="$(mktemp -d)/node"
+    printf '#!/bin/sh\necho "%s"\n' "$1" >"$f"
+    chmod +x "$f"
+    echo "$f"
+}
+check "node v18.19.0 major" 18 "$(node_major "$(fake_node v18.19.0)" || echo none)"
+node_at_least "$(fake_node v18.19.0)" 20 && r=yes || r=no
+check "Debian 12's node 18 is too old for 20" no "$r"
+node_at_least "$(fake_node v20.19.2)" 20 && r=yes || r=no
+check "node 20 is enough for 20" yes "$r"
+node_at_least "$(fake_node v22.1.0)" 20 && r=yes || r=no
+check "node 22 is enough for 20" yes "$r"
+node_at_least "$(fake_node "not node")" 0 && r=yes || r=no
+check "a node that does not answer like Node.js" no "$r"
+node_at_least /nonexistent/node 0 && r=yes || r=no
+check "missing node" no "$r"
+
+# The engines entry read from a package-lock.json without node: the package's own, not a
+# dependency's nor a nested copy's.
+lock="$(mktemp)"
+cat >"$lock" <<'LOCK'
+{
+  "lockfileVersion": 3,
+  "packages": {
+    "": {
+      "dependencies": { "matrix-js-sdk": "36.2.0" }
+    },
+    "node_modules/jwt-decode": {
+      "version": "4.0.0",
+      "engines": {
+        "node": ">=18"
+      }
+    },
+    "node_modules/matrix-js-sdk": {
+      "version": "36.2.0",
+      "dependencies": {
+        "jwt-decode": "^4.0.0"
+      },
+      "engines": {
+        "node": ">=20.0.0"
+      }
+    },
+    "node_modules/no-engines": {
+      "version": "1.0.0"
+    },
+    "node_modules/x/node_modules/no-engines": {
+      "version": "1.0.0",
+      "engines": {
+        "node": ">=16"
+      }
+    }
+  }
+}
+LOCK
+check "lock: matrix-js-sdk needs node 20" 20 "$(lock_node_engine_major "$lock" matrix-js-sdk || echo none)"
+check "lock: jwt-decode needs node 18" 18 "$(lock_node_engine_major "$lock" jwt-decode || echo none)"
+check "lock: a package without engines" none "$(lock_node_engine_major "$lock" no-engines || echo none)"
+check "lock: a package not there" none "$(lock_node_engine_major "$lock" absent || echo none)"
+need="$(lock_node_engine_major tests/clients/js/package-lock.json matrix-js-sdk || echo none)"
+[[ "$need" =~ ^[0-9]+$ ]] && r=yes || r="no ($need)"
+check "the real lock gives matrix-js-sdk's node major" yes "$r"
 
 echo "deps: $passed passed, $failed failed"
 [[ $failed == 0 ]]

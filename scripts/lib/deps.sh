@@ -84,3 +84,36 @@ compiles() {
 python_can_make_venvs() {
     "$1" -c 'import venv, ensurepip' >/dev/null 2>&1
 }
+
+# node_major NODE: print the major version of the Node.js binary NODE (`v20.20.2` gives 20);
+# fail quietly when it is missing or does not answer `--version` like Node.js.
+node_major() {
+    local version
+    command -v "$1" >/dev/null 2>&1 || return 1
+    version="$("$1" --version 2>/dev/null)" || return 1
+    [[ "$version" =~ ^v([0-9]+)\.[0-9]+\.[0-9]+ ]] || return 1
+    echo "${BASH_REMATCH[1]}"
+}
+
+# node_at_least NODE MAJOR: whether NODE runs and its major version is MAJOR or more.
+node_at_least() {
+    local major
+    major="$(node_major "$1")" || return 1
+    ((major >= $2))
+}
+
+# lock_node_engine_major LOCKFILE PACKAGE: print N from the `"node": ">=N..."` engines entry
+# that npm recorded for PACKAGE in LOCKFILE (a package-lock.json, lockfileVersion 2 or 3, as
+# npm writes it: one key per line). Read without node, which may not be installed yet. Fails
+# when the package or a `>=N` engines entry is not there.
+lock_node_engine_major() {
+    awk -v key="\"node_modules/$2\": {" '
+        { line = $0; sub(/^ +/, "", line) }
+        !inside && line == key { inside = 1; next }
+        inside && /^    [}]/ { exit }
+        inside && /"node": *">= *[0-9]+/ {
+            sub(/.*"node": *">= */, ""); sub(/[^0-9].*/, ""); print; found = 1; exit
+        }
+        END { exit !found }
+    ' "$1"
+}
