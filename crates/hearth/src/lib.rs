@@ -128,10 +128,13 @@ impl Services {
             presence: config.federate_presence.then(|| presence.clone()),
         });
         let media_settings = media::Settings::from_config(&config);
-        let media =
+        let mut media =
             media::Media::open(&config.database_path, store.clone(), config.max_request_size as u64, media_settings)
-                .map(Arc::new)
                 .map_err(|e| StoreError::Other(format!("cannot open the media folder: {e}")))?;
+        if config.url_preview_enabled {
+            media = media.with_previews(transport.outbound.clone());
+        }
+        let media = Arc::new(media);
         let max_concurrent = config.max_concurrent_requests as usize;
         Ok(Arc::new(Services {
             config,

@@ -172,7 +172,7 @@ impl Media {
         .map_err(|e| Error::internal(format!("purging thumbnails: {e}")))?
     }
 
-    /// One round of housekeeping: expired asynchronous-upload ids, and with retention on,
+    /// One round of housekeeping: expired asynchronous-upload ids and URL previews, and with retention on,
     /// old remote media and thumbnails.
     pub async fn tidy(&self) -> Result<()> {
         let now = now_millis();
@@ -184,6 +184,7 @@ impl Media {
             true
         })?;
         self.store.write(batch)?;
+        self.forget_old_previews()?;
         if let Some(keep) = self.settings.retention_ms {
             let cutoff = now.saturating_sub(keep);
             let media = self.purge_remote(cutoff).await?;

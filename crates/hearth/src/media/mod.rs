@@ -23,6 +23,7 @@
 //!   [`manage`].
 
 pub mod manage;
+pub mod preview;
 pub mod thumbnail;
 
 use std::{
@@ -121,6 +122,8 @@ pub struct Media {
     pub settings: Settings,
     /// Figures for the metrics listener.
     pub counters: Arc<manage::Counters>,
+    /// URL previews, when `url_preview_enabled`.
+    previews: Option<preview::Previews>,
 }
 
 /// The operator's media settings (see [`crate::config::Config`]).
@@ -162,9 +165,16 @@ impl Media {
             max_size,
             settings,
             counters: Arc::default(),
+            previews: None,
         };
         media.sweep()?;
         Ok(media)
+    }
+
+    /// Turns URL previews on, fetching through `outbound`.
+    pub fn with_previews(mut self, outbound: crate::transport::client::OutboundClient) -> Self {
+        self.previews = Some(preview::Previews::new(outbound));
+        self
     }
 
     fn file_path(&self, sha256: &str) -> PathBuf {
@@ -403,6 +413,30 @@ impl Media {
         self.store.write(batch)?;
         drop(placed);
         Ok((record, path))
+    }
+
+    /// Keeps something Hearth fetched on a user's behalf (a URL preview's picture) as their
+    /// local media; it counts towards their usage but is not refused by their quota.
+    pub async fn store_fetched(
+        &self,
+        bytes: bytes::Bytes,
+        content_type: Option<String>,
+        filename: Option<String>,
+        owner: &ruma::UserId,
+    ) -> Result<String> {
+        let too_large: fn(u64) -> Error = |max| Error::too_large(format!("Media is limited to {max} bytes"));
+        let body = axum::body::Body::from(bytes);
+        let (mut record, _, placed) =
+            self.keep(body, content_type, filename, owner.to_owned(), self.max_size, too_large).await?;
+        record.authenticated = self.settings.freeze_legacy;
+        let media_id = random_id(24);
+        let mut usage = self.usage.lock().await;
+        let mut batch = Batch::new();
+        MEDIA.put(&mut batch, &media_id, &record);
+        self.store.write(batch)?;
+        *usage.entry(record.uploader).or_default() += record.size;
+        drop(placed);
+        Ok(media_id)
     }
 
     /// Writes a body to its file (see the module doc) and describes it: the record to

@@ -140,6 +140,7 @@ pub const ALL: &[&str] = &[
     MEDIA,
     PENDING_MEDIA,
     REMOTE_MEDIA,
+    URL_PREVIEWS,
 ];
 
 /// (destination server, stream position) → event id: PDUs queued for another server.
@@ -158,6 +159,8 @@ pub const MEDIA: &str = "media";
 pub const PENDING_MEDIA: &str = "pending_media";
 /// (server name, media id) → record of another server's media fetched here.
 pub const REMOTE_MEDIA: &str = "remote_media";
+/// URL → a preview made of it, kept for a day.
+pub const URL_PREVIEWS: &str = "url_previews";
 /// (origin server, transaction id) → the answer given: inbound `/send` is idempotent.
 pub const FEDERATION_TXNS: &str = "federation_txns";
 

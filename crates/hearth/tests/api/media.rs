@@ -7,9 +7,14 @@ use hearth::store::Backend;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc,
+};
+
 use crate::{
     both_engines,
-    common::{TestServer, SERVER_NAME},
+    common::{assert_error, TestServer, SERVER_NAME},
 };
 
 async fn upload(
@@ -452,7 +457,114 @@ async fn operators(b: Backend) {
     assert_eq!(status, StatusCode::OK, "and made again when asked for");
 }
 
+/// A small site on loopback for previews: a page with OpenGraph tags naming a picture by a
+/// relative URL, the bare picture, and a page that redirects to a denied address. Returns
+/// its port and the count of requests it answered.
+async fn preview_site(pic: Vec<u8>) -> (u16, Arc<AtomicUsize>) {
+    use axum::{response::IntoResponse, routing::get, Router};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let page = r#"<!doctype html><html><head><title>ignored</title>
+        <meta property="og:title" content="Garden party">
+        <meta property="og:description" content="Bring a chair.">
+        <meta property="og:image" content="/pic.png">
+        </head><body><script>document.write('<meta property="og:title" content="no">')</script></body></html>"#;
+    let counted = |hits: Arc<AtomicUsize>| {
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let hits = hits.clone();
+            async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                next.run(req).await
+            }
+        }
+    };
+    let app = Router::new()
+        .route("/page", get(move || async move { ([("content-type", "text/html; charset=utf-8")], page) }))
+        .route("/pic.png", get(move || async move { ([("content-type", "image/png")], pic).into_response() }))
+        .route(
+            "/away",
+            get(move || async move {
+                (StatusCode::FOUND, [("location", format!("http://127.0.0.2:{port}/page"))]).into_response()
+            }),
+        )
+        .layer(axum::middleware::from_fn(counted(hits.clone())));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, hits)
+}
+
+fn preview_path(url: &str) -> String {
+    let encoded: String = url::form_urlencoded::byte_serialize(url.as_bytes()).collect();
+    format!("/_matrix/client/v1/media/preview_url?url={encoded}")
+}
+
+/// URL previews: off by default (404); on, a page's OpenGraph title, description and
+/// picture (stored here, same bytes back), kept for a day (no second fetch), a bare picture,
+/// and the address policy on the connected address and on redirects: loopback is refused
+/// unless the allowlist admits it, by IP or by a name resolving to it.
+async fn url_previews(b: Backend) {
+    let pic = picture(120, 80);
+    let (port, hits) = preview_site(pic.clone()).await;
+    let page = format!("http://127.0.0.1:{port}/page");
+
+    let off = TestServer::start(b).await;
+    let (_, token, _) = off.register("alice", "a long password").await;
+    let got = off.get(&preview_path(&page), Some(&token)).await;
+    assert_error(&got, 404, "M_UNRECOGNIZED");
+    drop(off);
+
+    let s = TestServer::start_with(b, |c| {
+        c.url_preview_enabled = true;
+        c.ip_range_allowlist = vec!["127.0.0.1/32".parse().expect("range")];
+    })
+    .await;
+    let (_, token, _) = s.register("alice", "a long password").await;
+    let (status, preview) = s.get(&preview_path(&page), Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{preview}");
+    assert_eq!(preview["og:title"], "Garden party");
+    assert_eq!(preview["og:description"], "Bring a chair.");
+    assert_eq!((preview["og:image:width"].as_u64(), preview["og:image:height"].as_u64()), (Some(120), Some(80)));
+    assert_eq!(preview["matrix:image:size"].as_u64(), Some(pic.len() as u64));
+    let image = media_path(preview["og:image"].as_str().expect("og:image"));
+    let res = fetch(&s, &token, &format!("download/{image}"), None).await;
+    assert_eq!(res.bytes().await.expect("body").to_vec(), pic, "the page's picture, stored here");
+    let fetched = hits.load(Ordering::SeqCst);
+    assert_eq!(fetched, 2, "the page and its picture");
+    let (status, again) = s.get(&preview_path(&page), Some(&token)).await;
+    assert_eq!((status, &again), (StatusCode::OK, &preview));
+    assert_eq!(hits.load(Ordering::SeqCst), fetched, "kept: not fetched again");
+
+    // A URL that is itself a picture; the legacy path (with a token).
+    let bare = format!("http://127.0.0.1:{port}/pic.png");
+    let legacy = preview_path(&bare).replace("/_matrix/client/v1/media/", "/_matrix/media/v3/");
+    let (status, preview) = s.get(&legacy, Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{preview}");
+    assert_eq!(preview["og:image:type"], "image/png");
+    assert_eq!(preview["og:title"], "pic.png");
+    assert_eq!(s.get(&legacy, None).await.0, StatusCode::UNAUTHORIZED);
+
+    // A redirect to an address outside the allowlist, and URLs that are no web pages.
+    let got = s.get(&preview_path(&format!("http://127.0.0.1:{port}/away")), Some(&token)).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    for bad in ["file:///etc/passwd", "gopher://127.0.0.1/", "nonsense"] {
+        assert_error(&s.get(&preview_path(bad), Some(&token)).await, 400, "M_INVALID_PARAM");
+    }
+    assert_error(&s.get("/_matrix/client/v1/media/preview_url", Some(&token)).await, 400, "M_MISSING_PARAM");
+    drop(s);
+
+    // The default policy: loopback is refused, by address and by a name resolving to it.
+    let strict = TestServer::start_with(b, |c| c.url_preview_enabled = true).await;
+    let (_, token, _) = strict.register("alice", "a long password").await;
+    let before = hits.load(Ordering::SeqCst);
+    for url in [page.clone(), format!("http://localhost:{port}/page")] {
+        let got = strict.get(&preview_path(&url), Some(&token)).await;
+        assert_error(&got, 403, "M_FORBIDDEN");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), before, "nothing reached the site");
+}
+
 both_engines!(
+    url_previews,
     operators,
     thumbnails,
     upload_and_download,

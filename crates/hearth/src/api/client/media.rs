@@ -51,6 +51,21 @@ pub fn routes() -> Router<Arc<Services>> {
         .route("/_matrix/media/v3/download/{server}/{media_id}/{file_name}", get(download_legacy))
         .route("/_matrix/client/v1/media/thumbnail/{server}/{media_id}", get(thumbnail_authenticated))
         .route("/_matrix/media/v3/thumbnail/{server}/{media_id}", get(thumbnail_legacy))
+        .route("/_matrix/client/v1/media/preview_url", get(preview_url))
+        .route("/_matrix/media/v3/preview_url", get(preview_url))
+}
+
+/// `GET /_matrix/client/v1/media/preview_url?url=…` (and the legacy path, which needs a
+/// token too): see `media::preview`. `ts` is ignored: the preview kept for a day is given.
+async fn preview_url(
+    State(s): State<Arc<Services>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>> {
+    let caller = caller(&s, &headers, &query)?;
+    let url = query.get("url").ok_or_else(|| Error::missing_param("Missing url"))?;
+    let preview = s.media.preview(url, &caller.user_id, &s.config.server_name).await?;
+    Ok(Json(serde_json::Value::Object(preview)))
 }
 
 /// The caller, from `Authorization: Bearer` or (older clients) `?access_token=`.
