@@ -113,9 +113,11 @@ def test_kill_during_an_upload_leaves_no_half_file_and_loses_no_acknowledged_one
     hearth.start()
     assert tmp_files(hearth) == [], "the temporary file of the upload cut short is swept at start"
     files = media_files(hearth)
-    assert [f.name for f in files] == [hashlib.sha256(kept).hexdigest()], (
-        "only the acknowledged upload's file is stored"
-    )
+    digest = hashlib.sha256(kept).hexdigest()
+    stored = [(f.parent.parent.name, f.parent.name, f.name) for f in files]
+    # Conduit 0.10's layout: the content's SHA-256, split 2/2/60.
+    assert stored == [(digest[:2], digest[2:4], digest[4:])], "only the acknowledged upload's file is stored"
+
 
     async def after_restart():
         async with aiohttp.ClientSession() as session:

@@ -1,7 +1,9 @@
 //! Media: uploaded files, stored under the data directory, and their records.
 //!
 //! - **Files** live in `media/` beside the database, named by the SHA-256 of their content
-//!   in two levels of folders (`media/ab/cd/abcd…`): identical uploads share one file.
+//!   split as Conduit 0.10 splits it by default (`media/ab/cd/<the other 60 hex digits>`):
+//!   identical uploads share one file, and a Conduit media folder has the same shape.
+//!   Files named by the whole hash (Hearth before this layout) are renamed at start.
 //! - **An upload streams** to a temporary file while it is hashed and counted, never held
 //!   whole in memory; past `max_request_size` it stops with 413. The file is fsynced, moved
 //!   to its place, and its folder fsynced, *then* the record is committed durably: a 200
@@ -178,7 +180,7 @@ impl Media {
     }
 
     fn file_path(&self, sha256: &str) -> PathBuf {
-        self.root.join(&sha256[0..2]).join(&sha256[2..4]).join(sha256)
+        self.root.join(&sha256[0..2]).join(&sha256[2..4]).join(&sha256[4..])
     }
 
     /// Removes unfinished uploads and files that no record names (a crash between the
@@ -212,9 +214,19 @@ impl Media {
                 if !level2.is_dir() {
                     continue;
                 }
+                let prefix: String =
+                    [&level1, &level2].iter().filter_map(|p| p.file_name().and_then(|n| n.to_str())).collect();
                 for file in std::fs::read_dir(&level2).map_err(io)? {
-                    let file = file.map_err(io)?.path();
-                    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+                    let mut file = file.map_err(io)?.path();
+                    let mut name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+                    // Named by the whole hash (the layout before Conduit's): renamed.
+                    if name.len() == 64 && name.starts_with(&prefix) {
+                        let renamed = level2.join(&name[4..]);
+                        std::fs::rename(&file, &renamed).map_err(io)?;
+                        file = renamed;
+                        name = name[4..].to_owned();
+                    }
+                    let name = format!("{prefix}{name}");
                     if !known.contains(&name) {
                         let _ = std::fs::remove_file(&file);
                         swept += 1;

@@ -6,6 +6,7 @@
 use hearth::store::Backend;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use sha2::Digest;
 
 use std::sync::{
     atomic::{AtomicUsize, Ordering},
@@ -184,10 +185,18 @@ async fn files_without_a_record_are_swept_at_start(b: Backend) {
     let root = s.services().config.database_path.join("media");
     let orphan_dir = root.join("ab").join("cd");
     std::fs::create_dir_all(&orphan_dir).expect("mkdir");
-    let orphan = orphan_dir.join(format!("abcd{}", "0".repeat(60)));
+    let orphan = orphan_dir.join("0".repeat(60));
     std::fs::write(&orphan, b"cut short").expect("write");
     std::fs::write(root.join("tmp").join("partial"), b"half").expect("write");
+    // Conduit 0.10's layout: the content's SHA-256 split 2/2/60. A file named by the whole
+    // hash (Hearth's first layout) is moved there at start.
+    let sha: String = sha2::Sha256::digest(b"kept").iter().map(|b| format!("{b:02x}")).collect();
+    let conduit_path = root.join(&sha[0..2]).join(&sha[2..4]).join(&sha[4..]);
+    assert!(conduit_path.is_file(), "stored as Conduit 0.10 stores it");
+    let old_path = root.join(&sha[0..2]).join(&sha[2..4]).join(&sha);
+    std::fs::rename(&conduit_path, &old_path).expect("rename");
     s.restart().await;
+    assert!(conduit_path.is_file() && !old_path.exists(), "moved to Conduit's layout");
     assert!(!orphan.exists(), "a file no record names is swept");
     assert!(!root.join("tmp").join("partial").exists(), "an unfinished upload is swept");
     let path = media_path(kept["content_uri"].as_str().expect("uri"));
