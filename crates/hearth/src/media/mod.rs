@@ -126,6 +126,8 @@ pub struct Media {
     pub counters: Arc<manage::Counters>,
     /// URL previews, when `url_preview_enabled`.
     previews: Option<preview::Previews>,
+    /// Other servers' media being fetched.
+    fetches: Fetches,
 }
 
 /// The operator's media settings (see [`crate::config::Config`]).
@@ -168,6 +170,7 @@ impl Media {
             settings,
             counters: Arc::default(),
             previews: None,
+            fetches: Fetches::default(),
         };
         media.sweep()?;
         Ok(media)
@@ -402,20 +405,19 @@ impl Media {
         Ok(Some((record, path)))
     }
 
-    /// Keeps another server's media, fetched whole (at most the upload limit), as local
+    /// Keeps another server's media, streamed from it (at most the upload limit), as local
     /// files are kept; returns its record and file.
     pub async fn store_remote(
         &self,
         server: &ServerName,
         media_id: &str,
-        bytes: bytes::Bytes,
+        body: axum::body::Body,
         content_type: Option<String>,
         filename: Option<String>,
     ) -> Result<(MediaRecord, PathBuf)> {
         let uploader = ruma::OwnedUserId::try_from(format!("@media:{server}"))
             .map_err(|e| Error::internal(format!("a server's media user: {e}")))?;
         let too_large: fn(u64) -> Error = |max| Error::too_large(format!("Media is limited to {max} bytes"));
-        let body = axum::body::Body::from(bytes);
         let (mut record, path, placed) =
             self.keep(body, content_type, filename, uploader, self.max_size, too_large).await?;
         record.authenticated = self.settings.freeze_legacy;
@@ -463,16 +465,12 @@ impl Media {
         limit: u64,
         over: fn(u64) -> Error,
     ) -> Result<(MediaRecord, PathBuf, tokio::sync::RwLockReadGuard<'_, ()>)> {
-        let tmp = self.root.join("tmp").join(random_id(24));
-        let (sha256, size) = match self.write_file(body, &tmp, limit, over).await {
-            Ok(done) => done,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(e);
-            }
-        };
+        // Removed if this is dropped before the file is placed: an error, or a caller that
+        // gave up (a time-out, a client gone).
+        let tmp = TmpFile(self.root.join("tmp").join(random_id(24)));
+        let (sha256, size) = self.write_file(body, &tmp.0, limit, over).await?;
         let placed = self.files.read().await;
-        let path = self.place(&tmp, &sha256, size).await?;
+        let path = self.place(&tmp.0, &sha256, size).await?;
         let record = MediaRecord {
             sha256,
             size,
@@ -562,6 +560,44 @@ impl Media {
         }
         std::fs::create_dir_all(target.join("tmp")).map_err(io)?;
         Ok(())
+    }
+}
+
+/// A temporary file, removed when dropped (once placed, it is gone already).
+struct TmpFile(PathBuf);
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// (server name, media id) → the lock of its fetch.
+type FetchLocks = HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
+
+/// One fetch at a time of each remote item: the others wait for it, then find it stored.
+#[derive(Default)]
+pub struct Fetches(parking_lot::Mutex<FetchLocks>);
+
+/// A turn to fetch one remote item; ends when dropped.
+pub struct FetchTurn<'a> {
+    fetches: &'a Fetches,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for FetchTurn<'_> {
+    fn drop(&mut self) {
+        // Forget the items no one else waits for (only the map still holds their lock).
+        self.fetches.0.lock().retain(|_, lock| Arc::strong_count(lock) > 1);
+    }
+}
+
+impl Media {
+    /// Waits for the turn to fetch `server`'s `media_id`: concurrent asks for the same item
+    /// fetch it once.
+    pub async fn fetch_turn(&self, server: &ServerName, media_id: &str) -> FetchTurn<'_> {
+        let lock = self.fetches.0.lock().entry((server.to_string(), media_id.to_owned())).or_default().clone();
+        FetchTurn { fetches: &self.fetches, _guard: lock.lock_owned().await }
     }
 }
 

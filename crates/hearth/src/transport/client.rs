@@ -207,6 +207,17 @@ impl OutboundClient {
         tokio::time::timeout(timeout, work).await.map_err(|_| OutboundError::TimedOut)?
     }
 
+    /// Sends a request built on [`OutboundClient::request`] and returns the response as
+    /// soon as its headers arrived (within `timeout`), its body still to be read: for
+    /// bodies streamed to disk. The caller bounds the body's size and reading time.
+    pub async fn send_streamed(
+        &self,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, OutboundError> {
+        tokio::time::timeout(timeout, request.send()).await.map_err(|_| OutboundError::TimedOut)?.map_err(classify)
+    }
+
     /// A request builder for `method url`, the URL checked as [`OutboundClient::get`]
     /// checks it. Send it with [`OutboundClient::send`].
     pub fn request(&self, method: reqwest::Method, url: &str) -> Result<reqwest::RequestBuilder, OutboundError> {

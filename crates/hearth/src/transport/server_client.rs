@@ -118,7 +118,32 @@ impl ServerClient {
 
     /// Sends `req` to `server`. Any HTTP status is returned as it is.
     pub async fn request(&self, server: &ServerName, req: ServerRequest<'_>) -> Result<Fetched, ServerRequestError> {
-        let ServerRequest { method, path_and_query, body, signing, timeout, max_body } = req;
+        let (timeout, max_body) = (req.timeout, req.max_body);
+        let (client, request) = self.prepare(server, req).await?;
+        let fail = |error| ServerRequestError::Outbound { server: server.to_owned(), error };
+        client.send(request, timeout, max_body).await.map_err(fail)
+    }
+
+    /// As [`ServerClient::request`], returning once the answer's headers arrived (within
+    /// the request's time-out); its body, to be streamed, is the caller's to bound.
+    pub async fn request_streamed(
+        &self,
+        server: &ServerName,
+        req: ServerRequest<'_>,
+    ) -> Result<reqwest::Response, ServerRequestError> {
+        let timeout = req.timeout;
+        let (client, request) = self.prepare(server, req).await?;
+        let fail = |error| ServerRequestError::Outbound { server: server.to_owned(), error };
+        client.send_streamed(request, timeout).await.map_err(fail)
+    }
+
+    /// The client for `server`'s destination and the request, addressed and signed.
+    async fn prepare(
+        &self,
+        server: &ServerName,
+        req: ServerRequest<'_>,
+    ) -> Result<(OutboundClient, reqwest::RequestBuilder), ServerRequestError> {
+        let ServerRequest { method, path_and_query, body, signing, .. } = req;
         let fail = |error| ServerRequestError::Outbound { server: server.to_owned(), error };
         let destination = self
             .resolver
@@ -139,7 +164,7 @@ impl ServerClient {
         if body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json").body(bytes);
         }
-        client.send(request, timeout, max_body).await.map_err(fail)
+        Ok((client, request))
     }
 
     /// The `Authorization: X-Matrix …` value for a request.

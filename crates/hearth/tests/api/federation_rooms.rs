@@ -654,8 +654,22 @@ async fn media_of_another_server_is_fetched_and_kept() {
     let get = |what: String| {
         p.b.http.get(format!("{}/_matrix/client/v1/media/{what}", p.b.base)).bearer_auth(bob_token.clone()).send()
     };
-    let res = get(format!("download/{path}")).await.expect("get");
-    assert_eq!(res.status(), StatusCode::OK);
+    // Four clients ask at once: b.test fetches it from a.test once, and all get it.
+    let asks = futures_util::future::join_all((0..4).map(|_| get(format!("download/{path}")))).await;
+    let mut asks = asks.into_iter().map(|r| r.expect("get"));
+    let res = asks.next().expect("an answer");
+    for other in asks {
+        assert_eq!(other.status(), StatusCode::OK);
+        assert_eq!(other.bytes().await.expect("body").to_vec(), png);
+    }
+    let served = p.a.services().metrics.render(&[], &[]);
+    let fetches: Vec<&str> = served
+        .lines()
+        .filter(|l| l.starts_with("hearth_http_requests_total") && l.contains("/v1/media/download/"))
+        .collect();
+    assert_eq!(fetches.len(), 1, "{served}");
+    assert!(fetches[0].ends_with("status=\"200\"} 1"), "fetched once: {}", fetches[0]);
+    assert_eq!(res.status(), StatusCode::OK, "{}", res.text().await.unwrap_or_default());
     assert_eq!(res.headers()["content-type"], "image/png");
     assert_eq!(res.headers()["content-disposition"], "inline; filename=garden.png");
     assert_eq!(res.bytes().await.expect("body").to_vec(), png);

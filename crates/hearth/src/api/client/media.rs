@@ -334,9 +334,18 @@ async fn fetched(
     if !s.config.allow_federation {
         return Err(Error::not_found("Media of other servers is not fetched: federation is off"));
     }
+    let _turn = s.media.fetch_turn(server, media_id).await;
+    if let Some(found) = s.media.find_remote(server, media_id)? {
+        return Ok(found); // fetched while this request waited for its turn
+    }
     let max = usize::try_from(s.media.max_size).unwrap_or(usize::MAX);
-    let file = s.federation.fetch_media(server, media_id, max).await?;
-    s.media.store_remote(server, media_id, file.bytes, file.content_type, file.filename).await
+    let fetch = async {
+        let file = s.federation.fetch_media(server, media_id, max).await?;
+        s.media.store_remote(server, media_id, file.body, file.content_type, file.filename).await
+    };
+    tokio::time::timeout(crate::federation::media::MEDIA_TIMEOUT, fetch)
+        .await
+        .map_err(|_| Error::matrix(StatusCode::GATEWAY_TIMEOUT, "M_UNKNOWN", format!("{server} took too long")))?
 }
 
 /// A stored file as a response: the safe headers of the module doc, a single range.

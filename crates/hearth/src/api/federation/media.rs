@@ -4,6 +4,8 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use futures_util::StreamExt;
+
 use axum::{
     extract::{Path, Query, Request, State},
     response::{IntoResponse, Response},
@@ -15,7 +17,7 @@ use ruma::http_headers::{ContentDisposition, ContentDispositionType};
 
 use crate::{
     error::{Error, Result},
-    federation::media::multipart,
+    federation::media::multipart_frame,
     media::thumbnail::{Method, PICTURE_TYPES},
     Services,
 };
@@ -32,13 +34,21 @@ async fn origin(s: &Services, req: Request) -> Result<ruma::OwnedServerName> {
     crate::api::verify_server_request(s, &parts, &[]).await
 }
 
+/// The file as a `multipart/mixed` answer, streamed from disk.
 async fn answer(name: Option<String>, file: &std::path::Path, content_type: &str) -> Result<Response> {
-    let bytes = tokio::fs::read(file).await.map_err(|e| Error::internal(format!("reading media: {e}")))?;
+    let io = |e: std::io::Error| Error::internal(format!("reading media: {e}"));
+    let opened = tokio::fs::File::open(file).await.map_err(io)?;
+    let size = opened.metadata().await.map_err(io)?.len();
     let disposition = ContentDisposition::new(ContentDispositionType::Inline).with_filename(name).to_string();
-    let (kind, body) = multipart(content_type, &disposition, &bytes);
-    let mut res = (StatusCode::OK, body).into_response();
+    let (kind, head, tail) = multipart_frame(content_type, &disposition);
+    let length = head.len() as u64 + size + tail.len() as u64;
+    let chunks = futures_util::stream::once(async move { Ok::<_, std::io::Error>(bytes::Bytes::from(head)) })
+        .chain(tokio_util::io::ReaderStream::new(opened))
+        .chain(futures_util::stream::once(async move { Ok(bytes::Bytes::from(tail)) }));
+    let mut res = (StatusCode::OK, axum::body::Body::from_stream(chunks)).into_response();
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_str(&kind).map_err(|e| Error::internal(e.to_string()))?);
+    res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     Ok(res)
 }
 
