@@ -309,6 +309,8 @@ impl axum::serve::Listener for TlsListener {
             tokio::select! {
                 accepted = self.tcp.accept(), if self.handshakes.len() < self.max_pending => match accepted {
                     Ok((tcp, peer)) => {
+                        // As on plain connections (`server::serve`): no Nagle delay.
+                        let _ = tcp.set_nodelay(true);
                         let limit = self.handshake_timeout;
                         self.handshakes.spawn(handshake(self.acceptor.clone(), tcp, peer, limit));
                         self.peak_pending.fetch_max(self.handshakes.len(), std::sync::atomic::Ordering::Relaxed);

@@ -96,6 +96,10 @@ json_value!(PendingMedia);
 /// Media id → an id created for an asynchronous upload, not uploaded yet.
 pub const PENDING_MEDIA: Table<String, PendingMedia> = Table::new(tables::PENDING_MEDIA);
 
+/// Bytes read from a media file at a time when serving it (each read is a trip through
+/// the blocking pool; tokio's default is 4 KiB).
+pub const FILE_CHUNK: usize = 256 * 1024;
+
 /// How long an id from `create` may wait for its upload.
 pub const UNUSED_EXPIRES_MS: u64 = 24 * 60 * 60 * 1000;
 /// Most ids one user may hold waiting for their upload (more: 429).
@@ -127,7 +131,9 @@ pub struct Media {
     /// URL previews, when `url_preview_enabled`.
     previews: Option<preview::Previews>,
     /// Other servers' media being fetched.
-    fetches: Fetches,
+    fetches: Turns<(String, String)>,
+    /// Pictures being thumbnailed, by hash.
+    thumbnailing: Turns<String>,
 }
 
 /// The operator's media settings (see [`crate::config::Config`]).
@@ -170,7 +176,8 @@ impl Media {
             settings,
             counters: Arc::default(),
             previews: None,
-            fetches: Fetches::default(),
+            fetches: Turns::default(),
+            thumbnailing: Turns::default(),
         };
         media.sweep()?;
         Ok(media)
@@ -572,32 +579,42 @@ impl Drop for TmpFile {
     }
 }
 
-/// (server name, media id) → the lock of its fetch.
-type FetchLocks = HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
+/// One piece of work at a time per key (a remote item's fetch, a picture's thumbnails):
+/// the others wait for it, then find its result stored.
+pub struct Turns<K>(parking_lot::Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>);
 
-/// One fetch at a time of each remote item: the others wait for it, then find it stored.
-#[derive(Default)]
-pub struct Fetches(parking_lot::Mutex<FetchLocks>);
+impl<K> Default for Turns<K> {
+    fn default() -> Self {
+        Turns(parking_lot::Mutex::default())
+    }
+}
 
-/// A turn to fetch one remote item; ends when dropped.
-pub struct FetchTurn<'a> {
-    fetches: &'a Fetches,
+impl<K: std::hash::Hash + Eq> Turns<K> {
+    /// Waits for `key`'s turn; it ends when the returned guard is dropped.
+    pub async fn take(&self, key: K) -> Turn<'_, K> {
+        let lock = self.0.lock().entry(key).or_default().clone();
+        Turn { turns: self, _guard: lock.lock_owned().await }
+    }
+}
+
+/// A turn of [`Turns`]; ends when dropped.
+pub struct Turn<'a, K: std::hash::Hash + Eq> {
+    turns: &'a Turns<K>,
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
-impl Drop for FetchTurn<'_> {
+impl<K: std::hash::Hash + Eq> Drop for Turn<'_, K> {
     fn drop(&mut self) {
-        // Forget the items no one else waits for (only the map still holds their lock).
-        self.fetches.0.lock().retain(|_, lock| Arc::strong_count(lock) > 1);
+        // Forget the keys no one else waits for (only the map still holds their lock).
+        self.turns.0.lock().retain(|_, lock| Arc::strong_count(lock) > 1);
     }
 }
 
 impl Media {
     /// Waits for the turn to fetch `server`'s `media_id`: concurrent asks for the same item
     /// fetch it once.
-    pub async fn fetch_turn(&self, server: &ServerName, media_id: &str) -> FetchTurn<'_> {
-        let lock = self.fetches.0.lock().entry((server.to_string(), media_id.to_owned())).or_default().clone();
-        FetchTurn { fetches: &self.fetches, _guard: lock.lock_owned().await }
+    pub async fn fetch_turn(&self, server: &ServerName, media_id: &str) -> Turn<'_, (String, String)> {
+        self.fetches.take((server.to_string(), media_id.to_owned())).await
     }
 }
 

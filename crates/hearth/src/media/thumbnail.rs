@@ -74,7 +74,7 @@ pub const PICTURE_TYPES: &[&str] = &["image/jpeg", "image/png", "image/gif", "im
 impl Media {
     /// The thumbnail of a stored picture for a request, made now if need be: (its file,
     /// its content type), or `None` when the picture is no larger than the bucket (it is
-    /// then its own thumbnail).
+    /// then its own thumbnail). Making one makes every bucket, from one decode.
     pub async fn thumbnail(
         &self,
         record: &MediaRecord,
@@ -82,29 +82,83 @@ impl Media {
         height: u32,
         method: Method,
     ) -> Result<Option<(PathBuf, &'static str)>> {
-        let (bw, bh, method) = bucket(width, height, method);
-        let dir = self.root.join("thumbnails");
-        let stem = format!("{}-{bw}x{bh}-{}", record.sha256, method.name());
+        let bucket = bucket(width, height, method);
+        if let Some(found) = self.made(&record.sha256, bucket).await {
+            touch(&found.0).await;
+            return Ok(Some(found));
+        }
+        // No larger than the bucket: the picture is its own thumbnail (read from its header).
+        let original = self.file_path(&record.sha256);
+        let (w, h) = tokio::task::spawn_blocking(move || {
+            ImageReader::open(original)
+                .map_err(undecodable)?
+                .with_guessed_format()
+                .map_err(undecodable)?
+                .into_dimensions()
+                .map_err(undecodable)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("thumbnail task: {e}")))??;
+        if w <= bucket.0 && h <= bucket.1 {
+            return Ok(None);
+        }
+        let _turn = self.thumbnailing.take(record.sha256.clone()).await;
+        // Made while this request waited for its turn?
+        if let Some(found) = self.made(&record.sha256, bucket).await {
+            return Ok(Some(found));
+        }
+        self.make_buckets(record).await?;
+        Ok(self.made(&record.sha256, bucket).await)
+    }
+
+    /// Makes the thumbnails of a picture just stored, before anyone asks (as Synapse does at
+    /// upload), so the first look at it is quick. Errors are only logged: the picture may
+    /// not decode, and a request will say so.
+    pub async fn pregenerate(&self, record: &MediaRecord) {
+        let essence = record.content_type.as_deref().unwrap_or("").split(';').next().unwrap_or("").trim().to_owned();
+        if !PICTURE_TYPES.contains(&essence.to_ascii_lowercase().as_str()) {
+            return;
+        }
+        let _turn = self.thumbnailing.take(record.sha256.clone()).await;
+        // A request may have made them meanwhile (the smallest is made of any picture
+        // larger than it).
+        if self.made(&record.sha256, BUCKETS[0]).await.is_some() {
+            return;
+        }
+        if let Err(e) = self.make_buckets(record).await {
+            tracing::debug!(sha256 = %record.sha256, error = %e, "no thumbnails made of an uploaded picture");
+        }
+    }
+
+    /// The stored thumbnail of a bucket, if made (and not the picture itself).
+    async fn made(&self, sha256: &str, (bw, bh, method): (u32, u32, Method)) -> Option<(PathBuf, &'static str)> {
+        let stem = format!("{sha256}-{bw}x{bh}-{}", method.name());
         for (ext, kind) in [("jpg", "image/jpeg"), ("png", "image/png")] {
-            let path = dir.join(format!("{stem}.{ext}"));
+            let path = self.root.join("thumbnails").join(format!("{stem}.{ext}"));
             if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-                touch(&path).await;
-                return Ok(Some((path, kind)));
+                return Some((path, kind));
             }
         }
+        None
+    }
+
+    /// Decodes the picture once and stores a thumbnail for every bucket it is larger than.
+    async fn make_buckets(&self, record: &MediaRecord) -> Result<()> {
         let _turn = self.decoding.acquire().await.map_err(|_| Error::internal("shutting down"))?;
         let original = self.file_path(&record.sha256);
-        let made = tokio::task::spawn_blocking(move || make(&original, bw, bh, method))
+        let made = tokio::task::spawn_blocking(move || make(&original))
             .await
             .map_err(|e| Error::internal(format!("thumbnail task: {e}")))??;
-        let Some((bytes, ext, kind)) = made else { return Ok(None) };
+        let dir = self.root.join("thumbnails");
         let io = |e: std::io::Error| Error::internal(format!("storing a thumbnail: {e}"));
         tokio::fs::create_dir_all(&dir).await.map_err(io)?;
-        let path = dir.join(format!("{stem}.{ext}"));
-        let tmp = self.root.join("tmp").join(format!("{stem}.{ext}"));
-        tokio::fs::write(&tmp, bytes).await.map_err(io)?;
-        tokio::fs::rename(&tmp, &path).await.map_err(io)?;
-        Ok(Some((path, kind)))
+        for ((bw, bh, method), (bytes, ext)) in made {
+            let name = format!("{}-{bw}x{bh}-{}.{ext}", record.sha256, method.name());
+            let tmp = self.root.join("tmp").join(&name);
+            tokio::fs::write(&tmp, bytes).await.map_err(io)?;
+            tokio::fs::rename(&tmp, dir.join(&name)).await.map_err(io)?;
+        }
+        Ok(())
     }
 }
 
@@ -127,22 +181,21 @@ fn undecodable(e: impl std::fmt::Display) -> Error {
     Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("Cannot make a thumbnail of this picture: {e}"))
 }
 
-/// Decodes, orients, scales and encodes (see the module doc): (bytes, extension, type),
-/// or `None` when the picture fits the box already.
-fn make(
-    original: &std::path::Path,
-    bw: u32,
-    bh: u32,
-    method: Method,
-) -> Result<Option<(Vec<u8>, &'static str, &'static str)>> {
+/// Decodes and orients the picture once, then scales and encodes it for every bucket it is
+/// larger than (see the module doc): (bucket, (bytes, extension)). Smaller buckets are
+/// made from a first reduction to the largest, when it still covers them.
+type Made = Vec<((u32, u32, Method), (Vec<u8>, &'static str))>;
+
+fn make(original: &std::path::Path) -> Result<Made> {
     let data = std::fs::read(original).map_err(|e| Error::internal(format!("reading media: {e}")))?;
     let reader = || ImageReader::new(Cursor::new(&data)).with_guessed_format().map_err(undecodable);
     let (w, h) = reader()?.into_dimensions().map_err(undecodable)?;
     if u64::from(w) * u64::from(h) > MAX_PIXELS {
         return Err(undecodable(format!("{w}×{h} is more than {MAX_PIXELS} pixels")));
     }
-    if w <= bw && h <= bh {
-        return Ok(None);
+    let larger: Vec<_> = BUCKETS.iter().copied().filter(|(bw, bh, _)| w > *bw || h > *bh).collect();
+    if larger.is_empty() {
+        return Ok(Vec::new());
     }
     let mut reader = reader()?;
     let mut limits = Limits::default();
@@ -154,16 +207,36 @@ fn make(
     let orientation = decoder.orientation().map_err(undecodable)?;
     let mut picture = DynamicImage::from_decoder(decoder).map_err(undecodable)?;
     picture.apply_orientation(orientation);
-    let thumb = match method {
-        Method::Scale => picture.thumbnail(bw, bh),
-        Method::Crop => picture.resize_to_fill(bw, bh, FilterType::Triangle),
-    };
-    let mut out = Cursor::new(Vec::new());
-    if thumb.color().has_alpha() {
-        thumb.write_to(&mut out, ImageFormat::Png).map_err(undecodable)?;
-        Ok(Some((out.into_inner(), "png", "image/png")))
+    // One reduction to twice the largest bucket, the others made from it when it covers
+    // them: resampling a 12-megapixel photo five times is most of the work otherwise.
+    let reduced_copy;
+    let reduced = if w > 1600 || h > 1200 {
+        reduced_copy = picture.thumbnail(1600, 1200);
+        &reduced_copy
     } else {
-        thumb.to_rgb8().write_to(&mut out, ImageFormat::Jpeg).map_err(undecodable)?;
-        Ok(Some((out.into_inner(), "jpg", "image/jpeg")))
+        &picture
+    };
+    let mut made = Vec::with_capacity(larger.len());
+    for (bw, bh, method) in larger {
+        let source = match method {
+            Method::Scale => reduced,
+            // Filling the box must not enlarge the reduced copy.
+            Method::Crop if reduced.width() >= bw * 2 && reduced.height() >= bh * 2 => reduced,
+            Method::Crop => &picture,
+        };
+        let thumb = match method {
+            Method::Scale => source.thumbnail(bw, bh),
+            Method::Crop => source.resize_to_fill(bw, bh, FilterType::Triangle),
+        };
+        let mut out = Cursor::new(Vec::new());
+        let ext = if thumb.color().has_alpha() {
+            thumb.write_to(&mut out, ImageFormat::Png).map_err(undecodable)?;
+            "png"
+        } else {
+            thumb.to_rgb8().write_to(&mut out, ImageFormat::Jpeg).map_err(undecodable)?;
+            "jpg"
+        };
+        made.push(((bw, bh, method), (out.into_inner(), ext)));
     }
+    Ok(made)
 }

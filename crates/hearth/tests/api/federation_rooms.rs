@@ -682,7 +682,7 @@ async fn media_of_another_server_is_fetched_and_kept() {
     // b.test's admin (its first user, bob) purges other servers' media: the copy and its
     // thumbnails go, and the next read fetches it from a.test again.
     let thumbnails = p.b.services().config.database_path.join("media").join("thumbnails");
-    assert_eq!(std::fs::read_dir(&thumbnails).expect("thumbnails").count(), 1);
+    assert!(std::fs::read_dir(&thumbnails).expect("thumbnails").count() >= 1, "thumbnails made here");
     let later = hearth::time::now_millis() + 60_000;
     let purge = format!("/_synapse/admin/v1/purge_media_cache?before_ts={later}");
     let (status, purged) = p.b.post(&purge, Some(&bob_token), json!({})).await;

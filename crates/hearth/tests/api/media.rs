@@ -455,13 +455,14 @@ async fn operators(b: Backend) {
     assert_eq!(status, StatusCode::OK);
     let thumbs = s.services().config.database_path.join("media").join("thumbnails");
     let made: Vec<_> = std::fs::read_dir(&thumbs).expect("thumbnails").flatten().map(|e| e.path()).collect();
-    assert_eq!(made.len(), 1);
+    assert_eq!(made.len(), 2, "the two crops a 200×100 picture is larger than: {made:?}");
     s.services().media.tidy().await.expect("tidy");
-    assert!(made[0].exists(), "a thumbnail just served is kept");
+    assert!(made.iter().all(|m| m.exists()), "thumbnails just made are kept");
     let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 24 * 60 * 60);
     std::fs::File::options().append(true).open(&made[0]).expect("open").set_modified(two_days_ago).expect("mtime");
     s.services().media.tidy().await.expect("tidy");
     assert!(!made[0].exists(), "a thumbnail unread for two days is removed");
+    assert!(made[1].exists(), "one read lately is kept");
     let (status, _, _) = thumbnail(&s, &alice, &pic, "width=32&height=32&method=crop").await;
     assert_eq!(status, StatusCode::OK, "and made again when asked for");
 }

@@ -90,7 +90,17 @@ async fn upload(
     let (body, content_type) = within_limit(&s, req).await?;
     let filename = query.get("filename").cloned();
     let media_id = s.media.upload(body, content_type, filename, caller.user_id.clone()).await?;
+    thumbnail_soon(&s, &media_id);
     Ok(Json(json!({"content_uri": format!("mxc://{}/{}", s.config.server_name, media_id)})))
+}
+
+/// Starts making the thumbnails of a picture just uploaded, in the background: the
+/// sender's client and everyone else's ask for one as soon as the message arrives.
+fn thumbnail_soon(s: &Arc<Services>, media_id: &str) {
+    let own = &s.config.server_name;
+    let Ok((record, _)) = s.media.find(own, own, media_id) else { return };
+    let media = s.media.clone();
+    tokio::spawn(async move { media.pregenerate(&record).await });
 }
 
 /// An upload's body and content type, refused with 413 up front when its declared length
@@ -136,6 +146,7 @@ async fn upload_created(
     let (body, content_type) = within_limit(&s, req).await?;
     let filename = query.get("filename").cloned();
     s.media.upload_created(&media_id, body, content_type, filename, caller.user_id.clone()).await?;
+    thumbnail_soon(&s, &media_id);
     Ok(Json(json!({})))
 }
 
@@ -381,7 +392,8 @@ async fn serve_file(
     if start > 0 {
         file.seek(std::io::SeekFrom::Start(start)).await.map_err(io)?;
     }
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file.take(len)));
+    // Large reads: each is a trip through the blocking pool (4 KiB by default).
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file.take(len), crate::media::FILE_CHUNK));
     let mut res = (status, body).into_response();
     let h = res.headers_mut();
     let value =

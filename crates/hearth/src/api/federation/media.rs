@@ -43,7 +43,7 @@ async fn answer(name: Option<String>, file: &std::path::Path, content_type: &str
     let (kind, head, tail) = multipart_frame(content_type, &disposition);
     let length = head.len() as u64 + size + tail.len() as u64;
     let chunks = futures_util::stream::once(async move { Ok::<_, std::io::Error>(bytes::Bytes::from(head)) })
-        .chain(tokio_util::io::ReaderStream::new(opened))
+        .chain(tokio_util::io::ReaderStream::with_capacity(opened, crate::media::FILE_CHUNK))
         .chain(futures_util::stream::once(async move { Ok(bytes::Bytes::from(tail)) }));
     let mut res = (StatusCode::OK, axum::body::Body::from_stream(chunks)).into_response();
     res.headers_mut()
