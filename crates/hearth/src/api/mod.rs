@@ -93,6 +93,9 @@ pub struct Ruma<R> {
     pub caller: Option<Caller>,
     /// The server that signed a federation request (`X-Matrix`), verified.
     pub origin: Option<ruma::OwnedServerName>,
+    /// The JSON body as received (`{}` when empty), for the few endpoints that keep keys
+    /// ruma's request types leave out (custom content in a join).
+    pub json: Bytes,
 }
 
 impl<R> Ruma<R> {
@@ -271,7 +274,7 @@ where
 
         let http_req = http::Request::from_parts(parts, body.as_ref());
         let parsed = R::try_from_http_request(http_req, &path_args).map_err(map_parse_error)?;
-        Ok(Ruma { body: parsed, caller, origin })
+        Ok(Ruma { body: parsed, caller, origin, json: body })
     }
 }
 

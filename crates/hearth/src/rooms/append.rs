@@ -41,6 +41,18 @@ impl Rooms {
                 return self.pdu(&existing)?.ok_or_else(|| Error::internal("transaction points at a missing event"));
             }
         }
+        if let Some(state_key) = &new.state_key {
+            // The same state again from the same sender makes no new event (as on
+            // Synapse): a client retrying a state change, or joining twice.
+            let kind = ruma::events::StateEventType::from(new.kind.to_string());
+            if let Some(current) = self.state_event(room_id, &kind, state_key)? {
+                let same_content =
+                    serde_json::from_str::<Map<String, Value>>(current.content.get()).is_ok_and(|c| c == new.content);
+                if current.sender == sender && same_content {
+                    return Ok(current);
+                }
+            }
+        }
         let heads = self.heads(room_id)?;
         let built = self.build(&record.version, Some(room_id), &heads, sender, &new)?;
         self.authorize_local(&built)?;

@@ -39,6 +39,30 @@ impl Rooms {
         self.member_event(room_id, user, user, Value::Object(content))
     }
 
+    /// Copies a profile change (`displayname` or `avatar_url`, `None` to remove it) into
+    /// the member event of every room `user` is joined to, as Synapse does, so the others
+    /// in those rooms see the new name. Per-room names set through the member event are
+    /// replaced too, as on Synapse. A room that refuses the update is logged and skipped.
+    pub fn copy_profile_to_rooms(&self, user: &UserId, field: &str, value: Option<&str>) -> Result<()> {
+        for room_id in self.joined_rooms(user)? {
+            let Some(current) = self.state_event(&room_id, &"m.room.member".into(), user.as_str())? else { continue };
+            let Value::Object(mut content) = current.content_value() else { continue };
+            if content.get("membership").and_then(Value::as_str) != Some("join")
+                || content.get(field).and_then(Value::as_str) == value
+            {
+                continue;
+            }
+            match value {
+                Some(v) => content.insert(field.to_owned(), json!(v)),
+                None => content.remove(field),
+            };
+            if let Err(e) = self.member_event(&room_id, user, user, Value::Object(content)) {
+                tracing::warn!(%room_id, %user, error = %e, "could not copy a profile change into a room");
+            }
+        }
+        Ok(())
+    }
+
     /// Asks to join a room whose join rule is `knock`.
     pub fn knock(
         &self,

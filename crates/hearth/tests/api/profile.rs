@@ -93,7 +93,60 @@ async fn overlong_display_name_is_refused(b: Backend) {
     assert_error(&got, 413, "M_TOO_LARGE");
 }
 
+/// A profile change reaches the member event of every room the user is in (others see
+/// the new name); a per-room name set through the member event stays in that room until
+/// the next profile change; a join keeps the client's own keys.
+async fn profile_changes_reach_member_events(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (alice, alice_token, _) = s.register("alice", "pw-alice-1").await;
+    let (bob, bob_token, _) = s.register("bob", "pw-bob-12").await;
+    let (_, room) = s.post("/_matrix/client/v3/createRoom", Some(&alice_token), json!({"preset": "public_chat"})).await;
+    let room = room["room_id"].as_str().expect("room").to_owned();
+    let (status, _) = s.post(&format!("/_matrix/client/v3/join/{room}"), Some(&bob_token), json!({"foo": "bar"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let member = |user: String| {
+        let path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{user}");
+        let token = bob_token.clone();
+        let s = &s;
+        async move { s.get(&path, Some(&token)).await.1 }
+    };
+    let joined = member(bob.clone()).await;
+    assert_eq!((joined["foo"].as_str(), joined["displayname"].as_str()), (Some("bar"), Some("bob")), "{joined}");
+
+    s.put(
+        &format!("/_matrix/client/v3/profile/{alice}/displayname"),
+        Some(&alice_token),
+        json!({"displayname": "Alice A."}),
+    )
+    .await;
+    s.put(
+        &format!("/_matrix/client/v3/profile/{alice}/avatar_url"),
+        Some(&alice_token),
+        json!({"avatar_url": "mxc://hearth.test/face"}),
+    )
+    .await;
+    let seen = member(alice.clone()).await;
+    assert_eq!(seen["displayname"], "Alice A.", "{seen}");
+    assert_eq!(seen["avatar_url"], "mxc://hearth.test/face");
+    assert_eq!(seen["membership"], "join");
+
+    // A name for this room only, through the member event itself.
+    let path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{alice}");
+    let (status, first) =
+        s.put(&path, Some(&alice_token), json!({"membership": "join", "displayname": "Ally here"})).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(member(alice.clone()).await["displayname"], "Ally here");
+    // The same again is no new event.
+    let (_, again) = s.put(&path, Some(&alice_token), json!({"membership": "join", "displayname": "Ally here"})).await;
+    assert_eq!(again["event_id"], first["event_id"]);
+    // Someone else's member event cannot be made up this way.
+    let bob_path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{bob}");
+    let got = s.put(&bob_path, Some(&alice_token), json!({"membership": "join"})).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+}
+
 both_engines!(
+    profile_changes_reach_member_events,
     display_name_and_avatar,
     cannot_edit_someone_else,
     unknown_users_are_404_and_unreachable_servers_502,

@@ -2,6 +2,8 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
+use serde_json::{Map, Value};
+
 use ruma::{
     api::client::knock::knock_room,
     api::client::membership::{
@@ -38,13 +40,30 @@ async fn resolve_remote(
     }
 }
 
+/// The content of a join: the keys the client sent beside `reason` (Synapse keeps them,
+/// and clients put their own there), then the joiner's display name and avatar where the
+/// client named none.
+pub(crate) fn join_content(s: &Services, user: &ruma::UserId, body: &[u8]) -> Result<Map<String, Value>> {
+    let mut content = match serde_json::from_slice(body) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    for key in ["reason", "third_party_signed", "membership", "join_authorised_via_users_server"] {
+        content.remove(key);
+    }
+    for (k, v) in s.users.member_profile(user)? {
+        content.entry(k).or_insert(v);
+    }
+    Ok(content)
+}
+
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
 pub async fn join_room_by_id(
     s: Arc<Services>,
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> Result<join_room_by_id::v3::Response> {
     let caller = req.caller()?;
-    let profile = s.users.member_profile(&caller.user_id)?;
+    let profile = join_content(&s, &caller.user_id, &req.json)?;
     let room = &req.body.room_id;
     let federate = s.config.allow_federation;
     s.federation.join(room, &caller.user_id, &[], profile, req.body.reason.clone(), federate).await?;
@@ -58,7 +77,7 @@ pub async fn join_room_by_id_or_alias(
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let caller = req.caller()?;
     let (room_id, via) = resolve_remote(&s, &req.body.room_id_or_alias, &req.body.via).await?;
-    let profile = s.users.member_profile(&caller.user_id)?;
+    let profile = join_content(&s, &caller.user_id, &req.json)?;
     let federate = s.config.allow_federation;
     s.federation.join(&room_id, &caller.user_id, &via, profile, req.body.reason.clone(), federate).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))

@@ -1,5 +1,6 @@
 //! Client-server API: profiles (`/profile/{userId}` and its `displayname` / `avatar_url`);
-//! a remote user's profile is asked of their server (`federation::query`).
+//! a remote user's profile is asked of their server (`federation::query`). A change is
+//! copied into the member event of every room the user is in.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -61,6 +62,7 @@ pub async fn set_display_name(
 ) -> Result<set_display_name::v3::Response> {
     ensure_self(req.caller()?, &req.body.user_id)?;
     s.users.set_profile_string(&req.body.user_id, "displayname", req.body.displayname.clone())?;
+    s.rooms.copy_profile_to_rooms(&req.body.user_id, "displayname", req.body.displayname.as_deref())?;
     Ok(set_display_name::v3::Response::new())
 }
 
@@ -80,6 +82,7 @@ pub async fn set_avatar_url(
 ) -> Result<set_avatar_url::v3::Response> {
     ensure_self(req.caller()?, &req.body.user_id)?;
     let url = req.body.avatar_url.as_ref().map(|u| u.to_string());
-    s.users.set_profile_string(&req.body.user_id, "avatar_url", url)?;
+    s.users.set_profile_string(&req.body.user_id, "avatar_url", url.clone())?;
+    s.rooms.copy_profile_to_rooms(&req.body.user_id, "avatar_url", url.as_deref())?;
     Ok(set_avatar_url::v3::Response::new())
 }

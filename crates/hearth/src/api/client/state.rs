@@ -83,7 +83,7 @@ pub async fn send_state_event(
         return Err(Error::forbidden("The create event cannot be replaced"));
     }
     if kind == "m.room.member" {
-        return Err(Error::forbidden("Use the membership endpoints to change membership"));
+        return member_state(&s, &caller.user_id, &b.room_id, &b.state_key, content).await;
     }
     s.rooms.require_joined(&b.room_id, &caller.user_id)?;
     let pdu = s.rooms.append_local(
@@ -92,5 +92,47 @@ pub async fn send_state_event(
         NewEvent::state(kind, b.state_key, Value::Object(content)),
         None,
     )?;
+    Ok(send_state_event::v3::Response::new(pdu.event_id))
+}
+
+/// `PUT …/state/m.room.member/{userId}`, as Synapse serves it: one's own `join` joins (or,
+/// when joined already, updates one's member event: a per-room display name), one's own
+/// `leave` leaves; other changes to local users go through the auth rules as they are.
+/// Invites of users on other servers need `/invite`, which asks their server.
+async fn member_state(
+    s: &Services,
+    sender: &ruma::UserId,
+    room_id: &ruma::RoomId,
+    state_key: &str,
+    mut content: Map<String, Value>,
+) -> Result<send_state_event::v3::Response> {
+    let target = ruma::OwnedUserId::try_from(state_key)
+        .map_err(|_| Error::bad_json("The state key of a member event must be a user id"))?;
+    let membership = content.get("membership").and_then(Value::as_str).map(str::to_owned);
+    let membership = membership.ok_or_else(|| Error::bad_json("A member event needs a membership"))?;
+    let reason = content.get("reason").and_then(Value::as_str).map(str::to_owned);
+    let pdu = match membership.as_str() {
+        "join" if target == sender => {
+            content.remove("membership");
+            content.remove("reason");
+            for (k, v) in s.users.member_profile(sender)? {
+                content.entry(k).or_insert(v);
+            }
+            let federate = s.config.allow_federation;
+            s.federation.join(room_id, sender, &[], content, reason, federate).await?;
+            let joined = s.rooms.state_event(room_id, &"m.room.member".into(), sender.as_str())?;
+            joined.ok_or_else(|| Error::internal("joined without a member event"))?
+        }
+        "leave" if target == sender => s.rooms.set_leave(room_id, sender, sender, reason)?,
+        _ if target.server_name() != s.config.server_name => {
+            return Err(Error::forbidden("Invite users of other servers with /invite"));
+        }
+        _ => s.rooms.append_local(
+            room_id,
+            sender,
+            NewEvent::state("m.room.member", state_key, Value::Object(content)),
+            None,
+        )?,
+    };
     Ok(send_state_event::v3::Response::new(pdu.event_id))
 }
