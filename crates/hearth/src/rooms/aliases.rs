@@ -43,6 +43,36 @@ impl Rooms {
         Ok(self.store.write(batch)?)
     }
 
+    /// Removes a deleted alias from the room's `m.room.canonical_alias` (its `alias` or
+    /// `alt_aliases`), as Synapse does, sent by `sender`; a sender without the power to
+    /// change it leaves it as it is (logged).
+    pub fn drop_from_canonical_alias(
+        &self,
+        room_id: &RoomId,
+        alias: &RoomAliasId,
+        sender: &ruma::UserId,
+    ) -> Result<()> {
+        let Some(event) = self.state_event(room_id, &"m.room.canonical_alias".into(), "")? else { return Ok(()) };
+        let serde_json::Value::Object(mut content) = event.content_value() else { return Ok(()) };
+        let mut changed = false;
+        if content.get("alias").and_then(|a| a.as_str()) == Some(alias.as_str()) {
+            content.remove("alias");
+            changed = true;
+        }
+        if let Some(serde_json::Value::Array(alts)) = content.get_mut("alt_aliases") {
+            let before = alts.len();
+            alts.retain(|a| a.as_str() != Some(alias.as_str()));
+            changed |= alts.len() != before;
+        }
+        if changed {
+            let new = super::append::NewEvent::state("m.room.canonical_alias", "", serde_json::Value::Object(content));
+            if let Err(e) = self.append_local(room_id, sender, new, None) {
+                tracing::info!(%room_id, %alias, error = %e, "a deleted alias stays in the canonical alias event");
+            }
+        }
+        Ok(())
+    }
+
     /// The local aliases pointing at a room (a scan of the whole alias table).
     pub fn local_aliases(&self, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
         let mut found = Vec::new();

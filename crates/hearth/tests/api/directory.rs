@@ -1,12 +1,12 @@
-//! Public room directory, user directory, /context, /relations, reports and knocking.
+//! Public room directory, user directory, canonical aliases, /context, /relations, reports and knocking.
 
 use hearth::store::Backend;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::{
     both_engines,
-    common::{assert_error, TestServer},
+    common::{assert_error, TestServer, SERVER_NAME},
 };
 
 async fn create(s: &TestServer, token: &str, body: Value) -> String {
@@ -171,7 +171,49 @@ async fn knocking_needs_the_knock_join_rule(b: Backend) {
     assert_eq!(s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await.0, StatusCode::OK);
 }
 
+/// `m.room.canonical_alias` names only aliases that exist and point at the room, and a
+/// deleted alias leaves it.
+async fn canonical_alias_is_checked_and_cleared(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "a long password").await;
+    let room = create(&s, &at, json!({})).await;
+    let other = create(&s, &at, json!({})).await;
+    let alias = format!("#home:{SERVER_NAME}");
+    let elsewhere = format!("#away:{SERVER_NAME}");
+    let enc = |a: &str| a.replace('#', "%23");
+    assert_eq!(
+        s.put(&format!("/_matrix/client/v3/directory/room/{}", enc(&alias)), Some(&at), json!({"room_id": room}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        s.put(&format!("/_matrix/client/v3/directory/room/{}", enc(&elsewhere)), Some(&at), json!({"room_id": other}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.canonical_alias");
+    let (status, _) = s.put(&path, Some(&at), json!({"alias": alias, "alt_aliases": [alias]})).await;
+    assert_eq!(status, StatusCode::OK);
+    for bad in [
+        json!({"alias": format!("#missing:{SERVER_NAME}")}),
+        json!({"alias": format!("%home:{SERVER_NAME}")}),
+        json!({"alias": alias, "alt_aliases": [elsewhere]}),
+    ] {
+        let got = s.put(&path, Some(&at), bad.clone()).await;
+        assert_error(&got, 400, "M_BAD_ALIAS");
+    }
+    let gone =
+        s.request(Method::DELETE, &format!("/_matrix/client/v3/directory/room/{}", enc(&alias)), Some(&at), None).await;
+    assert_eq!(gone.0, StatusCode::OK);
+    let (_, now) = s.get(&path, Some(&at)).await;
+    assert!(now.get("alias").is_none(), "{now}");
+    assert_eq!(now["alt_aliases"], json!([]), "{now}");
+}
+
 both_engines!(
+    canonical_alias_is_checked_and_cleared,
     public_rooms_are_listed_and_searchable,
     user_directory_shows_people_you_share_rooms_with,
     context_and_relations,

@@ -53,6 +53,7 @@ pub async fn delete_alias(
         return Err(Error::forbidden("You may not remove this alias"));
     }
     s.rooms.delete_alias(&req.body.room_alias)?;
+    s.rooms.drop_from_canonical_alias(&room_id, &req.body.room_alias, &caller.user_id)?;
     Ok(delete_alias::v3::Response::new())
 }
 

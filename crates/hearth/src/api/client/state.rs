@@ -86,6 +86,9 @@ pub async fn send_state_event(
         return member_state(&s, &caller.user_id, &b.room_id, &b.state_key, content).await;
     }
     s.rooms.require_joined(&b.room_id, &caller.user_id)?;
+    if kind == "m.room.canonical_alias" {
+        check_canonical_alias(&s, &b.room_id, &content).await?;
+    }
     let pdu = s.rooms.append_local(
         &b.room_id,
         &caller.user_id,
@@ -135,4 +138,29 @@ async fn member_state(
         )?,
     };
     Ok(send_state_event::v3::Response::new(pdu.event_id))
+}
+
+/// The aliases an `m.room.canonical_alias` names (`alias`, `alt_aliases`) must be valid
+/// and point at this room (checked with their server for others' aliases), as the spec
+/// asks: 400 `M_BAD_ALIAS` otherwise.
+async fn check_canonical_alias(s: &Services, room_id: &ruma::RoomId, content: &Map<String, Value>) -> Result<()> {
+    let bad = |why: String| Error::matrix(http::StatusCode::BAD_REQUEST, "M_BAD_ALIAS", why);
+    let mut named: Vec<&Value> = content.get("alias").into_iter().collect();
+    match content.get("alt_aliases") {
+        None => {}
+        Some(Value::Array(alts)) => named.extend(alts),
+        Some(_) => return Err(Error::invalid_param("alt_aliases must be a list")),
+    }
+    for value in named {
+        let Some(text) = value.as_str() else { return Err(Error::invalid_param("An alias must be a string")) };
+        let alias = <&ruma::RoomAliasId>::try_from(text).map_err(|_| bad(format!("{text} is not a room alias")))?;
+        let servers = s.config.allow_federation.then_some(&*s.transport.servers);
+        let found = crate::federation::query::room_alias(&s.rooms, servers, &s.config.server_name, alias).await;
+        match found {
+            Ok((points_at, _)) if points_at == room_id => {}
+            Ok(_) => return Err(bad(format!("{alias} points at another room"))),
+            Err(_) => return Err(bad(format!("{alias} does not exist"))),
+        }
+    }
+    Ok(())
 }
