@@ -82,6 +82,8 @@ pub struct Services {
     pub federation: federation::Federation,
     /// Uploaded files.
     pub media: Arc<media::Media>,
+    /// Member events each device was sent by `/sync` (lazy loading).
+    pub lazy_members: sync::lazy::SentMembers,
 }
 
 impl Services {
@@ -162,6 +164,7 @@ impl Services {
             transport,
             federation,
             media,
+            lazy_members: Default::default(),
         }))
     }
 

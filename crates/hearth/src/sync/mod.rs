@@ -6,9 +6,16 @@
 //! nothing happened, the request waits on the user's notifier (subscribed before reading).
 
 pub mod cache;
+pub mod filter;
+pub mod lazy;
 pub mod notifier;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+pub use filter::EventFilter;
 
 use ruma::{api::Direction, events::room::member::MembershipState, OwnedRoomId, RoomId, UserId};
 use serde_json::Value;
@@ -50,15 +57,26 @@ pub struct SyncSources<'a> {
     pub keys: &'a Keys,
     pub to_device: &'a ToDevice,
     pub push: &'a crate::push::Push,
+    /// Member events each device was sent (lazy loading).
+    pub lazy: &'a lazy::SentMembers,
 }
 
 /// What a sync asks for, from its filter.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
     pub timeline_limit: usize,
-    pub types: Option<Vec<String>>,
-    pub not_types: Vec<String>,
+    /// Each section's filter (see [`filter`]).
+    pub timeline: EventFilter,
+    pub state: EventFilter,
+    pub ephemeral: EventFilter,
+    pub room_account_data: EventFilter,
+    pub presence: EventFilter,
+    pub account_data: EventFilter,
+    /// The room filter's own `rooms` / `not_rooms`.
+    pub rooms: EventFilter,
     pub lazy_load_members: bool,
+    /// With lazy loading, send a sender's member event even when this device had it.
+    pub include_redundant_members: bool,
     pub include_leave: bool,
     pub full_state: bool,
     /// Count unread notifications per thread (MSC3773).
@@ -69,9 +87,15 @@ impl Default for SyncOptions {
     fn default() -> Self {
         SyncOptions {
             timeline_limit: 10,
-            types: None,
-            not_types: vec![],
+            timeline: EventFilter::default(),
+            state: EventFilter::default(),
+            ephemeral: EventFilter::default(),
+            room_account_data: EventFilter::default(),
+            presence: EventFilter::default(),
+            account_data: EventFilter::default(),
+            rooms: EventFilter::default(),
             lazy_load_members: false,
+            include_redundant_members: false,
             include_leave: false,
             full_state: false,
             unread_thread_notifications: false,
@@ -139,12 +163,16 @@ impl SyncResult {
     }
 }
 
-fn type_allowed(opts: &SyncOptions, kind: &str) -> bool {
-    let m = |p: &String| match p.strip_suffix('*') {
-        Some(prefix) => kind.starts_with(prefix),
-        None => p == kind,
-    };
-    opts.types.as_ref().is_none_or(|t| t.iter().any(m)) && !opts.not_types.iter().any(m)
+/// The users `user` ignores (`m.ignored_user_list`): their events and invites are not
+/// shown to them.
+fn ignored_users(account_data: &AccountData, user: &UserId) -> Result<BTreeSet<String>> {
+    let list = account_data.get(user, None, "m.ignored_user_list")?;
+    Ok(list
+        .as_ref()
+        .and_then(|v| v.get("ignored_users"))
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default())
 }
 
 /// Rooms with events in (since, now].
@@ -165,6 +193,10 @@ pub fn assemble(
     let since = since_token.map(|t| t.pos);
     let now = now_token.pos;
     let mut result = SyncResult::default();
+    if since.is_none() {
+        src.lazy.reset(user, device);
+    }
+    let ignored = ignored_users(src.account_data, user)?;
     let with_events = match since {
         Some(s) => rooms_with_events(rooms, s, now)?,
         None => BTreeSet::new(),
@@ -196,6 +228,7 @@ pub fn assemble(
     if (since.is_none() || opts.full_state) && !result.account_data.iter().any(|e| e["type"] == "m.push_rules") {
         result.account_data.push(crate::push::rules_event(src.account_data, user)?);
     }
+    result.account_data.retain(|e| opts.account_data.type_allowed(e["type"].as_str().unwrap_or_default()));
     // Everyone sharing a room with the user (and the user), read only when needed.
     let contacts = Contacts::new(rooms, user);
     let presence_changed = items.iter().filter_map(|(_, i)| match i {
@@ -203,6 +236,9 @@ pub fn assemble(
         _ => None,
     });
     result.presence = presence_events(src, &contacts, since.map(|_| presence_changed))?;
+    result.presence.retain(|e| {
+        opts.presence.allows(e["type"].as_str().unwrap_or("m.presence"), e["sender"].as_str().unwrap_or_default())
+    });
     // End-to-end encryption: to-device messages (acknowledged by this `since`), device-list
     // changes of contacts, key counts.
     if let Some(s) = since {
@@ -280,6 +316,10 @@ pub fn assemble(
                 continue; // Committed after this sync's snapshot of the stream.
             }
             let is_new = since.is_none_or(|s| rec.stream > s);
+            if !opts.rooms.room_allowed(room_id.as_str()) {
+                continue;
+            }
+            let section = SectionContext { rooms, user, opts, viewer, lazy: src.lazy, ignored: &ignored };
             match rec.membership.as_str() {
                 "join" => {
                     let account_data = room_account.remove(room_id).unwrap_or_default();
@@ -289,19 +329,26 @@ pub fn assemble(
                     let room_id = room_id.clone();
                     let eph_since = if is_new || opts.full_state { None } else { since_token };
                     let mut ephemeral = Vec::new();
-                    if let Some(users) = src.typing.typing_since(&room_id, eph_since.map(|t| t.typing)) {
+                    let typing_wanted = opts.ephemeral.type_allowed("m.typing");
+                    if let Some(users) =
+                        src.typing.typing_since(&room_id, eph_since.map(|t| t.typing)).filter(|_| typing_wanted)
+                    {
                         ephemeral.push(serde_json::json!({"type": "m.typing", "content": {"user_ids": users}}));
                     }
                     // After `since`, only rooms with a receipt item on the stream have new ones.
                     let receipts_moved = eph_since.is_none()
                         || items.iter().any(|(_, i)| matches!(i, StreamItem::Receipt { room_id: r } if *r == room_id));
-                    if receipts_moved {
+                    if receipts_moved && opts.ephemeral.type_allowed("m.receipt") {
                         if let Some(receipts) = rooms.receipt_event(&room_id, eph_since.map(|t| t.pos), user)? {
                             ephemeral.push(receipts);
                         }
                     }
                     let from = if is_new || opts.full_state { None } else { since };
-                    let r = room_section(rooms, &room_id, user, from, now, opts, viewer)?;
+                    let r = section.build(&room_id, from, now)?;
+                    let account_data: Vec<Value> = account_data
+                        .into_iter()
+                        .filter(|e| opts.room_account_data.type_allowed(e["type"].as_str().unwrap_or_default()))
+                        .collect();
                     let (joined_count, invited_count, heroes) = summary(rooms, &room_id, user)?;
                     let unread = match counting {
                         Some(_) => Default::default(), // filled in below
@@ -333,6 +380,10 @@ pub fn assemble(
                     );
                 }
                 "invite" if is_new => {
+                    let inviter = rooms.pdu(&rec.event_id)?.map(|p| p.sender.to_string());
+                    if inviter.is_some_and(|i| ignored.contains(&i)) {
+                        continue; // an invite from someone the user ignores
+                    }
                     result.invite.insert(room_id.clone(), invite_state(rooms, room_id, user)?);
                 }
                 "knock" if is_new => {
@@ -341,7 +392,7 @@ pub fn assemble(
                 "leave" | "ban" if (since.is_some() && is_new) || (since.is_none() && opts.include_leave) => {
                     let until = rec.stream;
                     let from = if since.is_some() && !opts.full_state { since } else { None };
-                    let r = room_section(rooms, room_id, user, from, until, opts, viewer)?;
+                    let r = section.build(room_id, from, until)?;
                     result.leave.insert(
                         room_id.clone(),
                         LeftRoomSync {
@@ -406,64 +457,167 @@ struct Section {
     state: Vec<Value>,
 }
 
-/// Timeline after `from` (or the latest events, with full state, when `from` is None) up to `until`.
-fn room_section(
-    rooms: &Rooms,
-    room_id: &RoomId,
-    user: &UserId,
-    from: Option<u64>,
-    until: u64,
-    opts: &SyncOptions,
-    viewer: Option<(&UserId, &str)>,
-) -> Result<Section> {
-    let limit = opts.timeline_limit.clamp(1, MAX_TIMELINE_LIMIT);
-    // Newest first, one more than needed to know whether the timeline is limited.
-    let mut page = rooms.page(room_id, until, Direction::Backward, limit + 1, until, from)?;
-    let limited = page.len() > limit;
-    page.truncate(limit);
-    let mut page = rooms.filter_visible(page, user)?;
-    page.truncate(limit);
-    page.reverse();
-    let events: Vec<&(u64, std::sync::Arc<Pdu>)> =
-        page.iter().filter(|(_, p)| type_allowed(opts, &p.kind.to_string())).collect();
-    let prev_batch = page.first().map(|(pos, _)| crate::rooms::timeline::token(pos.saturating_sub(1)));
+/// Most events looked at to fill a filtered timeline (events the filter refuses are
+/// passed over until the limit is reached or this many were read).
+const MAX_FILTER_SCAN: usize = 1000;
 
-    // State: everything before the timeline when starting fresh; after a gap, what changed
-    // between `since` and the start of the timeline.
-    let mut state = Vec::new();
-    if from.is_none() || limited {
-        let mut map: StateMap = match page.first() {
-            Some((_, first)) => (*rooms.state_before(&first.event_id)?).clone(),
-            None => (*rooms.current_state_map(room_id)?).clone(),
+/// Events with their stream positions.
+type Positioned = Vec<(u64, Arc<Pdu>)>;
+
+/// What building a room's section reads, besides the room.
+struct SectionContext<'a> {
+    rooms: &'a Rooms,
+    user: &'a UserId,
+    opts: &'a SyncOptions,
+    viewer: Option<(&'a UserId, &'a str)>,
+    lazy: &'a lazy::SentMembers,
+    ignored: &'a BTreeSet<String>,
+}
+
+impl SectionContext<'_> {
+    /// The newest events up to `until` and after `from` that the user may see and the
+    /// timeline filter passes (oldest first), and whether older ones were left out.
+    fn timeline(&self, room_id: &RoomId, from: Option<u64>, until: u64) -> Result<(Positioned, bool)> {
+        let limit = self.opts.timeline_limit.min(MAX_TIMELINE_LIMIT);
+        let filter = &self.opts.timeline;
+        let batch = (limit + 1).max(20);
+        let mut picked = Vec::new();
+        let mut scanned = 0;
+        let mut at = until;
+        let limited = loop {
+            let page = self.rooms.page(room_id, at, Direction::Backward, batch, until, from)?;
+            let exhausted = page.len() < batch;
+            scanned += page.len();
+            if let Some((pos, _)) = page.last() {
+                at = pos.saturating_sub(1);
+            }
+            for (pos, pdu) in self.rooms.filter_visible(page, self.user)? {
+                let sender = pdu.sender.as_str();
+                if filter.allows(&pdu.kind.to_string(), sender) && !self.ignored.contains(sender) {
+                    picked.push((pos, pdu));
+                }
+            }
+            if picked.len() > limit {
+                break true;
+            }
+            if exhausted || at == 0 {
+                break false;
+            }
+            if scanned >= MAX_FILTER_SCAN {
+                break true;
+            }
         };
-        if let Some(since) = from {
-            if let Some((_, last_seen)) = rooms.page(room_id, since, Direction::Backward, 1, until, None)?.first() {
-                let known = rooms.state_after(&last_seen.event_id)?;
-                map.retain(|k, v| known.get(k) != Some(v));
-            }
-        }
-        let senders: BTreeSet<String> =
-            page.iter().map(|(_, p)| p.sender.to_string()).chain([user.to_string()]).collect();
+        picked.truncate(limit);
+        picked.reverse();
+        Ok((picked, limited))
+    }
+
+    /// A room's timeline after `from` (or the latest events, with full state, when `from` is
+    /// None) up to `until`, and its state as the spec splits it:
+    /// - fresh (an initial sync, a new join, `full_state`): the state before the timeline;
+    /// - after a gap (`limited`): what changed between `from` and the timeline's start;
+    /// - with lazy-loaded members, only the member events of the timeline's senders (and
+    ///   the user's own) among those, plus, in incremental syncs, senders' member events
+    ///   this device was not sent yet (all of them with `include_redundant_members`).
+    fn build(&self, room_id: &RoomId, from: Option<u64>, until: u64) -> Result<Section> {
+        let (rooms, user, opts) = (self.rooms, self.user, self.opts);
+        let (page, limited) = self.timeline(room_id, from, until)?;
+        let prev_batch = page.first().map(|(pos, _)| crate::rooms::timeline::token(pos.saturating_sub(1)));
+        let senders: BTreeSet<&str> = page.iter().map(|(_, p)| p.sender.as_str()).collect();
         let in_timeline: BTreeSet<&str> = page.iter().map(|(_, p)| p.event_id.as_str()).collect();
-        for pdu in rooms.state_events(&map)? {
-            if in_timeline.contains(pdu.event_id.as_str()) {
-                continue;
+        let before_timeline = || -> Result<StateMap> {
+            Ok(match page.first() {
+                Some((_, first)) => (*rooms.state_before(&first.event_id)?).clone(),
+                None => (*rooms.current_state_map(room_id)?).clone(),
+            })
+        };
+        let device = self.viewer.map(|(_, d)| d);
+        let mut state = Vec::new();
+        let mut chosen: BTreeSet<String> = BTreeSet::new();
+        let is_member = |pdu: &Pdu| pdu.kind.to_string() == "m.room.member";
+        if from.is_none() || limited {
+            let mut map = before_timeline()?;
+            let mut delta = None;
+            if let Some(since) = from {
+                if let Some((_, last_seen)) = rooms.page(room_id, since, Direction::Backward, 1, until, None)?.first() {
+                    let known = rooms.state_after(&last_seen.event_id)?;
+                    let full = map.clone();
+                    map.retain(|k, v| known.get(k) != Some(v));
+                    delta = Some(full);
+                }
             }
-            if opts.lazy_load_members
-                && pdu.kind.to_string() == "m.room.member"
-                && !senders.contains(pdu.state_key.as_deref().unwrap_or_default())
-            {
-                continue;
+            for pdu in rooms.state_events(&map)? {
+                if in_timeline.contains(pdu.event_id.as_str()) {
+                    continue;
+                }
+                // Fresh state carries only the members the timeline needs; a gap's changes
+                // carry every member that changed.
+                let key = pdu.state_key.as_deref().unwrap_or_default();
+                if opts.lazy_load_members
+                    && is_member(&pdu)
+                    && delta.is_none()
+                    && key != user.as_str()
+                    && !senders.contains(key)
+                {
+                    continue;
+                }
+                chosen.insert(pdu.event_id.to_string());
+                state.push(pdu);
             }
-            state.push(without_room_id(rooms.client_event(&pdu, None, None)));
+            // After a gap, the senders' member events from before it, as below.
+            if let (Some(full), true) = (delta, opts.lazy_load_members) {
+                self.add_sender_members(room_id, &full, &senders, &in_timeline, device, &mut chosen, &mut state)?;
+            }
+        } else if opts.lazy_load_members && !page.is_empty() {
+            let map = before_timeline()?;
+            self.add_sender_members(room_id, &map, &senders, &in_timeline, device, &mut chosen, &mut state)?;
         }
+        state.retain(|pdu| opts.state.allows(&pdu.kind.to_string(), pdu.sender.as_str()));
+        if let (Some(device), true) = (device, opts.lazy_load_members) {
+            let members = state
+                .iter()
+                .chain(page.iter().map(|(_, p)| p))
+                .filter(|p| is_member(p))
+                .filter_map(|p| Some((p.state_key.as_deref()?, p.event_id.as_str())));
+            self.lazy.mark(user, device, room_id, members);
+        }
+        let state = state.iter().map(|pdu| without_room_id(rooms.client_event(pdu, None, None))).collect();
+        let mut timeline = Vec::with_capacity(page.len());
+        for (_, pdu) in &page {
+            let meta = rooms.event_meta(&pdu.event_id)?;
+            timeline.push(without_room_id(rooms.client_event(pdu, meta.as_ref(), self.viewer)));
+        }
+        Ok(Section { timeline, limited, prev_batch, state })
     }
-    let mut timeline = Vec::with_capacity(events.len());
-    for (_, pdu) in events {
-        let meta = rooms.event_meta(&pdu.event_id)?;
-        timeline.push(without_room_id(rooms.client_event(pdu, meta.as_ref(), viewer)));
+
+    /// The member events (in `map`) of the timeline's senders that this device was not sent
+    /// yet, or all of them with `include_redundant_members`; the user's own only when new.
+    #[allow(clippy::too_many_arguments)]
+    fn add_sender_members(
+        &self,
+        room_id: &RoomId,
+        map: &StateMap,
+        senders: &BTreeSet<&str>,
+        in_timeline: &BTreeSet<&str>,
+        device: Option<&str>,
+        chosen: &mut BTreeSet<String>,
+        state: &mut Vec<Arc<Pdu>>,
+    ) -> Result<()> {
+        for sender in senders {
+            let Some(pdu) = self.rooms.state_event_shared(map, &"m.room.member".into(), sender)? else { continue };
+            if in_timeline.contains(pdu.event_id.as_str()) || chosen.contains(pdu.event_id.as_str()) {
+                continue;
+            }
+            let sent = device.is_some_and(|d| self.lazy.was_sent(self.user, d, room_id, sender, pdu.event_id.as_str()));
+            let redundant_wanted = self.opts.include_redundant_members && *sender != self.user.as_str();
+            if sent && !redundant_wanted {
+                continue;
+            }
+            chosen.insert(pdu.event_id.to_string());
+            state.push(pdu);
+        }
+        Ok(())
     }
-    Ok(Section { timeline, limited, prev_batch, state })
 }
 
 /// Sync's events are `ClientEventWithoutRoomID`: the room is the key they are listed under.

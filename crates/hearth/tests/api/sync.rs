@@ -297,3 +297,144 @@ async fn repeated_initial_syncs_stay_exact(b: Backend) {
 }
 
 both_engines!(repeated_initial_syncs_stay_exact);
+
+async fn send_text(s: &TestServer, token: &str, room: &str, body: &str) {
+    let txn = format!("t{}", rand_suffix());
+    let (status, res) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"),
+            Some(token),
+            json!({"msgtype": "m.text", "body": body}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The member events among a room's sync state, by state key.
+fn members(room: &Value) -> Vec<String> {
+    let mut found: Vec<String> = room["state"]["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| e["type"] == "m.room.member")
+                .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+/// Lazy-loaded members in incremental syncs (what Element relies on to name new senders):
+/// a sender's member event comes once per device, again with `include_redundant_members`,
+/// and a gap carries the members who changed in it.
+async fn lazy_loaded_members_in_incremental_syncs(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (alice, at, _) = s.register("alice", "pw-alice-1").await;
+    let (bob, bt, _) = s.register("bob", "pw-bob-12").await;
+    let (carol, ct, _) = s.register("carol", "pw-carol-1").await;
+    let (dave, dt, _) = s.register("dave", "pw-dave-12").await;
+    let room = create(&s, &at, json!({"preset": "public_chat"})).await;
+    for t in [&bt, &ct] {
+        assert_eq!(s.post(&format!("/_matrix/client/v3/join/{room}"), Some(t), json!({})).await.0, StatusCode::OK);
+    }
+    for i in 0..3 {
+        send_text(&s, &bt, &room, &format!("bob {i}")).await;
+    }
+    let lazy =
+        urlencode(&json!({"room": {"timeline": {"limit": 3}, "state": {"lazy_load_members": true}}}).to_string());
+    let first = sync(&s, &at, &format!("?filter={lazy}")).await;
+    assert_eq!(members(&first["rooms"]["join"][&room]), vec![alice.clone(), bob.clone()]);
+    let since = first["next_batch"].as_str().expect("next_batch").to_owned();
+
+    // Carol speaks: her member event comes with it, once.
+    send_text(&s, &ct, &room, "carol speaks").await;
+    let second = sync(&s, &at, &format!("?filter={lazy}&since={since}")).await;
+    assert_eq!(members(&second["rooms"]["join"][&room]), vec![carol.clone()], "{second}");
+    let since = second["next_batch"].as_str().expect("next_batch").to_owned();
+    send_text(&s, &ct, &room, "carol again").await;
+    send_text(&s, &bt, &room, "bob again").await;
+    let third = sync(&s, &at, &format!("?filter={lazy}&since={since}")).await;
+    assert_eq!(members(&third["rooms"]["join"][&room]), Vec::<String>::new(), "sent before: {third}");
+
+    // With include_redundant_members, again.
+    let redundant = urlencode(
+        &json!({"room": {"timeline": {"limit": 3}, "state": {"lazy_load_members": true, "include_redundant_members": true}}})
+            .to_string(),
+    );
+    let since = third["next_batch"].as_str().expect("next_batch").to_owned();
+    send_text(&s, &ct, &room, "carol thrice").await;
+    let fourth = sync(&s, &at, &format!("?filter={redundant}&since={since}")).await;
+    assert_eq!(members(&fourth["rooms"]["join"][&room]), vec![carol.clone()]);
+
+    // A gap: dave joins, then more messages than the limit; dave's join is in the state.
+    let since = fourth["next_batch"].as_str().expect("next_batch").to_owned();
+    assert_eq!(s.post(&format!("/_matrix/client/v3/join/{room}"), Some(&dt), json!({})).await.0, StatusCode::OK);
+    for i in 0..5 {
+        send_text(&s, &ct, &room, &format!("filler {i}")).await;
+    }
+    let gappy = sync(&s, &at, &format!("?filter={lazy}&since={since}")).await;
+    let joined = &gappy["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["limited"], true);
+    assert_eq!(members(joined), vec![dave.clone()], "{gappy}");
+}
+
+/// Filters: the state filter's `types`, a timeline filtered by type still filled to its
+/// limit, and `types: []` leaving a section out; ignored users' messages and invites are
+/// not shown.
+async fn filters_for_each_section_and_ignored_users(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (alice, at, _) = s.register("alice", "pw-alice-1").await;
+    let (bob, bt, _) = s.register("bob", "pw-bob-12").await;
+    let room = create(&s, &at, json!({"preset": "public_chat"})).await;
+    s.put(&format!("/_matrix/client/v3/rooms/{room}/state/a.made.up/"), Some(&at), json!({"my_key": 1})).await;
+    for i in 0..6 {
+        send_text(&s, &at, &room, &format!("m{i}")).await;
+        let (status, _) =
+            s.put(&format!("/_matrix/client/v3/rooms/{room}/send/a.other/{i}"), Some(&at), json!({"n": i})).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let filter = urlencode(
+        &json!({
+            "room": {"timeline": {"limit": 4, "types": ["m.room.message"]}, "state": {"types": ["a.made.up"]}, "ephemeral": {"types": []}},
+            "presence": {"types": []},
+            "account_data": {"types": []},
+        })
+        .to_string(),
+    );
+    let res = sync(&s, &at, &format!("?filter={filter}")).await;
+    let joined = &res["rooms"]["join"][&room];
+    assert_eq!(bodies(&joined["timeline"]), vec!["m2", "m3", "m4", "m5"], "filled to the limit");
+    let state: Vec<&str> =
+        joined["state"]["events"].as_array().expect("state").iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(state, vec!["a.made.up"]);
+    assert!(res.get("account_data").is_none(), "{res}");
+    assert!(res.get("presence").is_none(), "{res}");
+
+    // Ignoring bob: his messages and his invites stay out of alice's sync.
+    assert_eq!(s.post(&format!("/_matrix/client/v3/join/{room}"), Some(&bt), json!({})).await.0, StatusCode::OK);
+    let (status, _) = s
+        .put(
+            &format!("/_matrix/client/v3/user/{alice}/account_data/m.ignored_user_list"),
+            Some(&at),
+            json!({"ignored_users": {bob.clone(): {}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let since = sync(&s, &at, "").await["next_batch"].as_str().expect("next_batch").to_owned();
+    send_text(&s, &bt, &room, "from bob").await;
+    send_text(&s, &at, &room, "from alice").await;
+    let private = create(&s, &bt, json!({"invite": [alice.clone()]})).await;
+    let res = sync(&s, &at, &format!("?since={since}")).await;
+    assert_eq!(bodies(&res["rooms"]["join"][&room]["timeline"]), vec!["from alice"]);
+    assert!(res["rooms"]["invite"].get(&private).is_none(), "an ignored user's invite: {res}");
+}
+
+both_engines!(lazy_loaded_members_in_incremental_syncs, filters_for_each_section_and_ignored_users);

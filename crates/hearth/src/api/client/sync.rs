@@ -20,7 +20,7 @@ use crate::{
     sync::{
         assemble,
         cache::{CacheKey, KeyCounts},
-        SyncOptions, SyncResult, SyncSources, SyncToken,
+        EventFilter, SyncOptions, SyncResult, SyncSources, SyncToken,
     },
     users::presence::STATES,
     Services,
@@ -36,13 +36,46 @@ fn options(filter: Option<&FilterDefinition>, full_state: bool) -> SyncOptions {
         if let Some(limit) = t.limit {
             o.timeline_limit = u64::from(limit).min(1000) as usize;
         }
-        o.types = t.types.clone();
-        o.not_types = t.not_types.clone();
-        o.lazy_load_members = !matches!(f.room.state.lazy_load_options, LazyLoadOptions::Disabled);
+        o.timeline = room_event_filter(t);
+        o.state = room_event_filter(&f.room.state);
+        o.ephemeral = room_event_filter(&f.room.ephemeral);
+        o.room_account_data = room_event_filter(&f.room.account_data);
+        o.presence = event_filter(&f.presence);
+        o.account_data = event_filter(&f.account_data);
+        o.rooms = EventFilter {
+            rooms: f.room.rooms.as_ref().map(|r| r.iter().map(ToString::to_string).collect()),
+            not_rooms: f.room.not_rooms.iter().map(ToString::to_string).collect(),
+            ..EventFilter::default()
+        };
+        (o.lazy_load_members, o.include_redundant_members) = match &f.room.state.lazy_load_options {
+            LazyLoadOptions::Enabled { include_redundant_members } => (true, *include_redundant_members),
+            _ => (false, false),
+        };
         o.include_leave = f.room.include_leave;
         o.unread_thread_notifications = t.unread_thread_notifications;
     }
     o
+}
+
+fn room_event_filter(f: &ruma::api::client::filter::RoomEventFilter) -> EventFilter {
+    EventFilter {
+        types: f.types.clone(),
+        not_types: f.not_types.clone(),
+        senders: f.senders.as_ref().map(|s| s.iter().map(ToString::to_string).collect()),
+        not_senders: f.not_senders.iter().map(ToString::to_string).collect(),
+        rooms: f.rooms.as_ref().map(|r| r.iter().map(ToString::to_string).collect()),
+        not_rooms: f.not_rooms.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn event_filter(f: &ruma::api::client::filter::Filter) -> EventFilter {
+    EventFilter {
+        types: f.types.clone(),
+        not_types: f.not_types.clone(),
+        senders: f.senders.as_ref().map(|s| s.iter().map(ToString::to_string).collect()),
+        not_senders: f.not_senders.iter().map(ToString::to_string).collect(),
+        ..EventFilter::default()
+    }
 }
 
 /// `GET /_matrix/client/v3/sync`
@@ -97,6 +130,7 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>, slot: Op
         keys: &s.keys,
         to_device: &s.to_device,
         push: &s.push,
+        lazy: &s.lazy_members,
     };
     let now_token = || SyncToken { pos: s.rooms.stream_now(), typing: s.typing.version() };
     let key_counts = || -> Result<KeyCounts> {
