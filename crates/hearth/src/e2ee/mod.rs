@@ -113,7 +113,7 @@ impl Keys {
     }
 
     /// Records that a user's keys changed: contacts will re-query them.
-    fn mark_changed(&self, batch: &mut Batch, pos: u64, user: &UserId, device: Option<&str>, deleted: bool) {
+    pub(super) fn mark_changed(&self, batch: &mut Batch, pos: u64, user: &UserId, device: Option<&str>, deleted: bool) {
         let item = StreamItem::DeviceList { user_id: user.to_owned(), device_id: device.map(str::to_owned), deleted };
         STREAM_LOG.put(batch, pos, &item);
     }

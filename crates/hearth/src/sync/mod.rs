@@ -103,9 +103,6 @@ impl Default for SyncOptions {
     }
 }
 
-/// Most events of a room looked at for membership changes in one incremental sync.
-const MAX_MEMBER_SCAN: usize = 1000;
-
 /// Most timeline events per room in one sync.
 pub const MAX_TIMELINE_LIMIT: usize = 100;
 
@@ -243,44 +240,9 @@ pub fn assemble(
     // changes of contacts, key counts.
     if let Some(s) = since {
         src.to_device.acknowledge(user, device, s)?;
-        let mut changed = Vec::new();
-        for (_, item) in &items {
-            if let StreamItem::DeviceList { user_id, .. } = item {
-                if contacts.contains(user_id)? {
-                    changed.push(user_id.clone());
-                }
-            }
-        }
-        // Membership changes in rooms the user is or was in: new members' devices must be
-        // queried (changed); people who no longer share any room are `left`.
-        let mut left = Vec::new();
-        for room in &with_events {
-            if !rooms.member_event_after(room, s) || rooms.membership(room, user)?.is_none() {
-                continue;
-            }
-            for (_, pdu) in rooms.page(room, now, Direction::Backward, MAX_MEMBER_SCAN, now, Some(s))? {
-                if pdu.kind.to_string() != "m.room.member" {
-                    continue;
-                }
-                let Some(target) = pdu.state_key.as_deref().and_then(|k| ruma::OwnedUserId::try_from(k).ok()) else {
-                    continue;
-                };
-                if *target == *user {
-                    continue;
-                }
-                if contacts.contains(&target)? {
-                    changed.push(target);
-                } else {
-                    left.push(target);
-                }
-            }
-        }
-        changed.sort();
-        changed.dedup();
-        left.sort();
-        left.dedup();
-        result.device_lists_changed = changed;
-        result.device_lists_left = left;
+        let delta = src.keys.device_list_delta(rooms, user, s, now, &items, &with_events)?;
+        result.device_lists_changed = delta.changed;
+        result.device_lists_left = delta.left;
     }
     result.to_device = src.to_device.pending(user, device, now)?;
     result.one_time_key_counts = src.keys.one_time_key_counts(user, device)?;

@@ -312,10 +312,50 @@ async fn joins_and_leaves_reach_device_lists(b: Backend, restart_after_join: boo
         sync["device_lists"]["changed"].as_array().unwrap().iter().any(|u| u == bob.as_str()),
         "a new member's devices must be queried: {sync}"
     );
-    let a_since = sync["next_batch"].as_str().unwrap().to_owned();
+    // /keys/changes says the same for the same span.
+    let to = sync["next_batch"].as_str().unwrap().to_owned();
+    let (_, changes) = s.get(&format!("/_matrix/client/v3/keys/changes?from={a_since}&to={to}"), Some(&at)).await;
+    assert!(changes["changed"].as_array().unwrap().iter().any(|u| u == bob.as_str()), "{changes}");
+    let a_since = to;
     s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bt), json!({})).await;
     let (_, sync) = s.get(&format!("/_matrix/client/v3/sync?since={a_since}&timeout=0"), Some(&at)).await;
     assert!(sync["device_lists"]["left"].as_array().unwrap().iter().any(|u| u == bob.as_str()), "{sync}");
+    let to = sync["next_batch"].as_str().unwrap().to_owned();
+    let (_, changes) = s.get(&format!("/_matrix/client/v3/keys/changes?from={a_since}&to={to}"), Some(&at)).await;
+    assert!(changes["left"].as_array().unwrap().iter().any(|u| u == bob.as_str()), "{changes}");
+}
+
+/// A new device (a login) or a renamed one is a device-list change: the user's own other
+/// devices and their contacts see it, so they encrypt for the new device.
+async fn new_and_renamed_devices_reach_device_lists(b: Backend) {
+    let p = pair(b).await;
+    let (a_since, b_since) = (since(&p.s, &p.at).await, since(&p.s, &p.bt).await);
+    let (bob_new_token, bob_new_device) = p.s.login("bob", "pw-bob-1").await;
+    for (token, from) in [(&p.at, &a_since), (&p.bt, &b_since)] {
+        let (_, sync) = p.s.get(&format!("/_matrix/client/v3/sync?since={from}&timeout=0"), Some(token)).await;
+        let changed = sync["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
+        assert!(changed.iter().any(|u| u == p.bob.as_str()), "bob's new device: {sync}");
+    }
+    let a_since = since(&p.s, &p.at).await;
+    let (status, _) =
+        p.s.put(
+            &format!("/_matrix/client/v3/devices/{bob_new_device}"),
+            Some(&bob_new_token),
+            json!({"display_name": "phone"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, sync) = p.s.get(&format!("/_matrix/client/v3/sync?since={a_since}&timeout=0"), Some(&p.at)).await;
+    assert!(sync["device_lists"]["changed"].as_array().unwrap().iter().any(|u| u == p.bob.as_str()), "{sync}");
+    // Keys without their required fields are refused; /keys/query always has `unsigned`.
+    let bare = json!({"device_keys": {"user_id": p.bob, "device_id": bob_new_device}});
+    assert_error(&p.s.post("/_matrix/client/v3/keys/upload", Some(&bob_new_token), bare).await, 400, "M_BAD_JSON");
+    let keys = json!({"device_keys": device_keys(&p.bob, &bob_new_device)});
+    assert_eq!(p.s.post("/_matrix/client/v3/keys/upload", Some(&bob_new_token), keys).await.0, StatusCode::OK);
+    let (_, query) =
+        p.s.post("/_matrix/client/v3/keys/query", Some(&p.at), json!({"device_keys": {p.bob.clone(): []}})).await;
+    assert_eq!(query["device_keys"][&p.bob][&bob_new_device]["unsigned"]["device_display_name"], "phone", "{query}");
+    let _ = (&p.alice, &p.ad, &p.bd);
 }
 
 async fn encryption_can_be_disabled(b: Backend) {
@@ -434,6 +474,7 @@ async fn concurrent_claims_never_share_a_key(b: Backend) {
 }
 
 both_engines!(
+    new_and_renamed_devices_reach_device_lists,
     concurrent_claims_never_share_a_key,
     device_lists_follow_membership,
     encryption_can_be_disabled,

@@ -47,6 +47,7 @@ pub async fn update_device(
 ) -> Result<update_device::v3::Response> {
     let caller = req.caller()?;
     s.users.set_device_display_name(&caller.user_id, &req.body.device_id, req.body.display_name.clone())?;
+    s.keys.note_local_device_change(&s.rooms, &caller.user_id, req.body.device_id.as_str())?;
     Ok(update_device::v3::Response::new())
 }
 

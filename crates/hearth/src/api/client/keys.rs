@@ -43,6 +43,15 @@ pub async fn upload_keys(s: Arc<Services>, req: Ruma<upload_keys::v3::Request>) 
     let b = &req.body;
     if let Some(keys) = &b.device_keys {
         let keys: Value = serde_json::from_str(keys.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
+        // The fields the spec requires, of their types (Synapse refuses them missing too).
+        let shaped = keys["algorithms"].is_array()
+            && keys["keys"].is_object()
+            && keys["signatures"].is_object()
+            && keys["user_id"].is_string()
+            && keys["device_id"].is_string();
+        if !shaped {
+            return Err(Error::bad_json("device_keys needs user_id, device_id, algorithms, keys and signatures"));
+        }
         if let Some(pos) = s.keys.upload_device_keys(user, device, keys)? {
             s.keys.announce(&s.rooms, user, pos)?;
         }
@@ -81,9 +90,10 @@ pub async fn get_keys(s: Arc<Services>, req: Ruma<get_keys::v3::Request>) -> Res
             if !wanted.is_empty() && !wanted.iter().any(|d| d.as_str() == device) {
                 continue;
             }
-            if let Some(name) = s.users.device(user, device.as_str().into())?.and_then(|d| d.display_name) {
-                keys["unsigned"] = json!({"device_display_name": name});
-            }
+            keys["unsigned"] = match s.users.device(user, device.as_str().into())?.and_then(|d| d.display_name) {
+                Some(name) => json!({"device_display_name": name}),
+                None => json!({}),
+            };
             devices.insert(device, keys);
         }
         device_keys.insert(user.to_string(), Value::Object(devices));
@@ -171,8 +181,8 @@ pub async fn get_key_changes(
 ) -> Result<get_key_changes::v3::Response> {
     let caller = req.caller()?;
     let (from, to) = (parse_token(&req.body.from)?, parse_token(&req.body.to)?);
-    let changed = s.keys.changed_contacts(&s.rooms, &caller.user_id, from, to)?;
-    Ok(get_key_changes::v3::Response::new(changed, Vec::new()))
+    let delta = s.keys.changes_between(&s.rooms, &caller.user_id, from, to)?;
+    Ok(get_key_changes::v3::Response::new(delta.changed, delta.left))
 }
 
 /// `POST /_matrix/client/v3/keys/device_signing/upload`

@@ -57,6 +57,7 @@ pub async fn login(s: Arc<Services>, req: Ruma<login::Request>) -> Result<login:
         return Err(bad_credentials());
     }
     let (device_id, token) = s.users.login_device(&user_id, body.device_id, body.initial_device_display_name, None)?;
+    s.keys.note_local_device_change(&s.rooms, &user_id, device_id.as_str())?;
     let mut res = login::Response::new(user_id, token, device_id);
     if s.config.allow_well_known {
         res.well_known = Some(DiscoveryInfo::new(HomeserverInfo::new(s.config.client_base_url())));
