@@ -6,6 +6,9 @@
 #   bench/run.sh --federation  Hearth -> Hearth against Synapse -> Synapse over TLS: latency
 #                           from send to the remote user's /sync, and messages/s delivered
 #                           (bench/federation.py; writes bench/results/federation-latest.json)
+#   bench/run.sh --media    media: upload/download MiB/s of 1 MiB and 20 MiB files, thumbnails of
+#                           a 12-megapixel JPEG, peak RSS of each phase (bench/media.py; writes
+#                           bench/results/media-latest.json)
 # Builds Hearth in release into its own target dir (never the shared one), installs Synapse
 # into ~/.cache/hearth-bench-venv, runs Synapse, Hearth-RocksDB and Hearth-SQLite on
 # loopback, prints a table and writes bench/results/latest.json. Not part of CI.
@@ -33,7 +36,8 @@ for arg in "$@"; do
         --quick) mode=quick ;;
         --profile) mode=profile ;;
         --federation) mode=federation ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        --media) mode=media ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
@@ -50,11 +54,12 @@ else
     LABEL=release
 fi
 
-# 2. Synapse + aiohttp in a venv (wheels only).
-if ! "$VENV/bin/python" -c "import synapse, aiohttp, sys; sys.exit(synapse.__version__ != '$SYNAPSE_VERSION')" 2>/dev/null; then
+# 2. Synapse + aiohttp + Pillow in a venv (wheels only). Pillow is a dependency of Synapse
+#    (its thumbnailer); bench/media.py also draws its test JPEG with it.
+if ! "$VENV/bin/python" -c "import synapse, aiohttp, PIL, sys; sys.exit(synapse.__version__ != '$SYNAPSE_VERSION')" 2>/dev/null; then
     echo "== installing matrix-synapse==$SYNAPSE_VERSION into $VENV" >&2
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --only-binary :all: "matrix-synapse==$SYNAPSE_VERSION" "aiohttp==$AIOHTTP_VERSION" >&2
+    "$VENV/bin/pip" install -q --only-binary :all: "matrix-synapse==$SYNAPSE_VERSION" "aiohttp==$AIOHTTP_VERSION" pillow >&2
 fi
 PY="$VENV/bin/python"
 mkdir -p "$BENCH/results"
@@ -65,6 +70,11 @@ common=(--hearth-bin "$BIN" --synapse-python "$PY" --synapse-template "$BENCH/sy
 if [[ "$mode" == federation ]]; then
     "$PY" "$BENCH/federation.py" --hearth-bin "$BIN" --synapse-python "$PY" --label "$LABEL" \
         --json "$BENCH/results/federation-latest.json"
+    exit 0
+fi
+
+if [[ "$mode" == media ]]; then
+    "$PY" "$BENCH/media.py" "${common[@]}" --servers "$SERVERS" --json "$BENCH/results/media-latest.json"
     exit 0
 fi
 

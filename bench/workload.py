@@ -615,12 +615,14 @@ def fmt(v, f):
     return f.format(v)
 
 
-def table(results):
+def table(results, rows=ROWS):
+    """Markdown: one row per (label, key, format, better) of `rows`, a column per server,
+    then Hearth ÷ Synapse for each Hearth (bench/media.py passes its own rows)."""
     syn = next((r for r in results if r["kind"] == "synapse" and "error" not in r), None)
     heads = [r["name"] for r in results]
     cols = ["metric"] + heads + [f"{h}/synapse" for h in heads if not h.startswith("synapse")]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for label, key, f, _better in ROWS:
+    for label, key, f, _better in rows:
         row = [label] + [fmt(r.get(key), f) for r in results]
         for r in results:
             if r["name"].startswith("synapse"):
