@@ -573,7 +573,32 @@ async fn url_previews(b: Backend) {
     assert_eq!(hits.load(Ordering::SeqCst), before, "nothing reached the site");
 }
 
+/// Identical bytes uploaded at the same moment by several clients: every upload gets its
+/// own id, all read back, and the bytes are stored once.
+async fn concurrent_identical_uploads_share_one_file(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, token, _) = s.register("alice", "a long password").await;
+    let bytes: Vec<u8> = (0..40_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let uploads = futures_util::future::join_all(
+        (0..6).map(|_| upload(&s, &token, bytes.clone(), "application/octet-stream", None)),
+    )
+    .await;
+    let mut ids = std::collections::BTreeSet::new();
+    for (status, up) in uploads {
+        assert_eq!(status, StatusCode::OK, "{up}");
+        let path = media_path(up["content_uri"].as_str().expect("uri"));
+        assert_eq!(
+            fetch(&s, &token, &format!("download/{path}"), None).await.bytes().await.expect("body").to_vec(),
+            bytes
+        );
+        ids.insert(path);
+    }
+    assert_eq!(ids.len(), 6, "six ids");
+    assert_eq!(stored_files(&s), 1, "one file");
+}
+
 both_engines!(
+    concurrent_identical_uploads_share_one_file,
     url_previews,
     operators,
     thumbnails,
