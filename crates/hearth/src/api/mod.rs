@@ -150,6 +150,13 @@ pub(crate) async fn verify_server_request(
     Ok(x.origin)
 }
 
+/// The caller of a request handled outside ruma's types (the token as [`access_token`]
+/// finds it); 401 without one.
+pub(crate) fn caller_of(services: &Services, parts: &http::request::Parts) -> Result<Caller> {
+    let token = access_token(parts)?.ok_or_else(Error::missing_token)?;
+    services.users.authenticate(&token)
+}
+
 /// The access token from `Authorization: Bearer …` or the deprecated `access_token` query
 /// parameter (still sent by some clients and bridges).
 fn access_token(parts: &http::request::Parts) -> Result<Option<String>> {

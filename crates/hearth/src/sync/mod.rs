@@ -81,6 +81,10 @@ pub struct SyncOptions {
     pub full_state: bool,
     /// Count unread notifications per thread (MSC3773).
     pub unread_thread_notifications: bool,
+    /// Whether this is `/sync` itself: it delivers and acknowledges to-device messages and
+    /// keeps the device's lazy-loading record. The deprecated `/events` and `/initialSync`,
+    /// built from the same assembly, touch neither.
+    pub acknowledge: bool,
 }
 
 impl Default for SyncOptions {
@@ -99,6 +103,7 @@ impl Default for SyncOptions {
             include_leave: false,
             full_state: false,
             unread_thread_notifications: false,
+            acknowledge: true,
         }
     }
 }
@@ -190,7 +195,7 @@ pub fn assemble(
     let since = since_token.map(|t| t.pos);
     let now = now_token.pos;
     let mut result = SyncResult::default();
-    if since.is_none() {
+    if since.is_none() && opts.acknowledge {
         src.lazy.reset(user, device);
     }
     let ignored = ignored_users(src.account_data, user)?;
@@ -239,12 +244,16 @@ pub fn assemble(
     // End-to-end encryption: to-device messages (acknowledged by this `since`), device-list
     // changes of contacts, key counts.
     if let Some(s) = since {
-        src.to_device.acknowledge(user, device, s)?;
+        if opts.acknowledge {
+            src.to_device.acknowledge(user, device, s)?;
+        }
         let delta = src.keys.device_list_delta(rooms, user, s, now, &items, &with_events)?;
         result.device_lists_changed = delta.changed;
         result.device_lists_left = delta.left;
     }
-    result.to_device = src.to_device.pending(user, device, now)?;
+    if opts.acknowledge {
+        result.to_device = src.to_device.pending(user, device, now)?;
+    }
     result.one_time_key_counts = src.keys.one_time_key_counts(user, device)?;
     result.unused_fallback_key_types = src.keys.unused_fallback_types(user, device)?;
     let mut room_account = account.rooms;
@@ -535,7 +544,7 @@ impl SectionContext<'_> {
             self.add_sender_members(room_id, &map, &senders, &in_timeline, device, &mut chosen, &mut state)?;
         }
         state.retain(|pdu| opts.state.allows(&pdu.kind.to_string(), pdu.sender.as_str()));
-        if let (Some(device), true) = (device, opts.lazy_load_members) {
+        if let (Some(device), true) = (device, opts.lazy_load_members && opts.acknowledge) {
             let members = state
                 .iter()
                 .chain(page.iter().map(|(_, p)| p))

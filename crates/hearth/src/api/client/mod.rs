@@ -10,6 +10,7 @@ mod device;
 mod directory;
 mod filter;
 mod keys;
+mod legacy;
 mod media;
 mod membership;
 mod message;
@@ -57,6 +58,7 @@ pub fn routes() -> Router<Arc<Services>> {
     }
     router
         .merge(media::routes())
+        .merge(legacy::routes())
         .ruma(versions::get_supported_versions)
         .ruma(capabilities::get_capabilities)
         .ruma(account::register)

@@ -1,0 +1,344 @@
+//! Deprecated client-server endpoints that clients, bots and test suites still call, served
+//! as Synapse serves them (the spec dropped them in v1.0's successors, Synapse never did):
+//!
+//! - `GET /events` (`from`, `timeout`, `room_id`): the event stream, long-polling like
+//!   `/sync`, as one flat `chunk` of events that carry their `room_id`;
+//! - `GET /events/{eventId}`: one event the caller may see;
+//! - `GET /initialSync` (`limit`, `archived`): every room as a list, with its current state,
+//!   latest messages, account data and receipts;
+//! - `GET /rooms/{roomId}/initialSync`: the same for one room, for members, past members
+//!   (up to their leave) and anyone when the room is world-readable;
+//! - `POST /rooms/{roomId}/send/{eventType}`: a send without a transaction id.
+//!
+//! All of it is built from the same assembly as `/sync` ([`crate::sync::assemble`]) and the
+//! same room reads, so what they show is what `/sync` shows; none of it touches a device's
+//! to-device queue.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::{
+    extract::{Path, Query, State},
+    http::request::Parts,
+    routing::{get, post},
+    Json, Router,
+};
+use ruma::{api::Direction, OwnedEventId, OwnedRoomId, RoomId, UserId};
+use serde_json::{json, Map, Value};
+
+use crate::{
+    api::{caller_of, Caller},
+    error::{Error, Result},
+    rooms::append::NewEvent,
+    sync::{assemble, SyncOptions, SyncResult, SyncSources, SyncToken},
+    Services,
+};
+
+/// Longest wait of `/events`.
+const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most messages per room in an initial sync.
+const MAX_LIMIT: usize = 100;
+
+pub fn routes() -> Router<Arc<Services>> {
+    let mut router = Router::new();
+    for version in ["r0", "v3"] {
+        router = router
+            .route(&format!("/_matrix/client/{version}/events"), get(events))
+            .route(&format!("/_matrix/client/{version}/events/{{eventId}}"), get(event))
+            .route(&format!("/_matrix/client/{version}/initialSync"), get(initial_sync))
+            // Parameter names as ruma's routes name them: the router refuses two names for
+            // one path segment.
+            .route(&format!("/_matrix/client/{version}/rooms/{{roomId}}/initialSync"), get(room_initial_sync))
+            .route(&format!("/_matrix/client/{version}/rooms/{{roomId}}/send/{{eventType}}"), post(send_without_txn));
+    }
+    router
+}
+
+fn sources(s: &Services) -> SyncSources<'_> {
+    SyncSources {
+        rooms: &s.rooms,
+        typing: &s.typing,
+        account_data: &s.account_data,
+        presence: &s.presence,
+        keys: &s.keys,
+        to_device: &s.to_device,
+        push: &s.push,
+        lazy: &s.lazy_members,
+    }
+}
+
+fn now_token(s: &Services) -> SyncToken {
+    SyncToken { pos: s.rooms.stream_now(), typing: s.typing.version() }
+}
+
+/// An event of a sync section with its `room_id` back (sync leaves it out).
+fn in_room(mut event: Value, room_id: &RoomId) -> Value {
+    if let Some(map) = event.as_object_mut() {
+        map.insert("room_id".into(), json!(room_id));
+    }
+    event
+}
+
+fn legacy_options(limit: usize, archived: bool) -> SyncOptions {
+    SyncOptions { timeline_limit: limit, include_leave: archived, acknowledge: false, ..SyncOptions::default() }
+}
+
+/// Everything of a sync result as the flat list `/events` returns.
+fn flatten(s: &Services, user: &UserId, result: SyncResult) -> Result<Vec<Value>> {
+    let mut chunk = result.presence;
+    chunk.extend(result.account_data);
+    for (room_id, room) in result.join {
+        chunk.extend(room.timeline.into_iter().map(|e| in_room(e, &room_id)));
+        chunk.extend(room.ephemeral.into_iter().map(|e| in_room(e, &room_id)));
+        chunk.extend(room.account_data.into_iter().map(|e| in_room(e, &room_id)));
+    }
+    for room_id in result.invite.keys() {
+        if let Some(invite) = membership_event(s, room_id, user)? {
+            chunk.push(invite);
+        }
+    }
+    for (room_id, room) in result.leave {
+        chunk.extend(room.timeline.into_iter().map(|e| in_room(e, &room_id)));
+    }
+    Ok(chunk)
+}
+
+/// The user's member event in a room, as a client event.
+fn membership_event(s: &Services, room_id: &RoomId, user: &UserId) -> Result<Option<Value>> {
+    let Some(record) = s.rooms.membership(room_id, user)? else { return Ok(None) };
+    Ok(s.rooms.pdu(&record.event_id)?.map(|pdu| s.rooms.client_event(&pdu, None, None)))
+}
+
+fn number(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>> {
+    query.get(name).map(|v| v.parse::<u64>().map_err(|_| Error::invalid_param(format!("Invalid {name}")))).transpose()
+}
+
+/// `GET /events`: what happened since `from` (now, without it), waiting up to `timeout`
+/// ms for something; with `room_id`, that room's events only, which a non-member may
+/// read when the room is world-readable.
+async fn events(
+    State(s): State<Arc<Services>>,
+    Query(query): Query<HashMap<String, String>>,
+    parts: Parts,
+) -> Result<Json<Value>> {
+    let caller = caller_of(&s, &parts)?;
+    let timeout = Duration::from_millis(number(&query, "timeout")?.unwrap_or(30_000)).min(MAX_TIMEOUT);
+    let from = match query.get("from") {
+        Some(token) => SyncToken::parse(token)?,
+        None => now_token(&s),
+    };
+    let room: Option<OwnedRoomId> = match query.get("room_id") {
+        Some(r) => Some(OwnedRoomId::try_from(r.as_str()).map_err(|_| Error::invalid_param("Invalid room_id"))?),
+        None => None,
+    };
+    let peeking = match &room {
+        Some(r) => !s.rooms.is_joined(r, &caller.user_id)?,
+        None => false,
+    };
+    if let (Some(r), true) = (&room, peeking) {
+        if !s.rooms.is_world_readable(r)? {
+            return Err(Error::forbidden("You are not a member of this room"));
+        }
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut rx = s.notifier.subscribe(&caller.user_id);
+    loop {
+        let now = now_token(&s);
+        let chunk = match (&room, peeking) {
+            (Some(r), true) => room_events_between(&s, r, &caller.user_id, from.pos, now.pos)?,
+            _ => {
+                let opts = legacy_options(MAX_LIMIT, false);
+                let result =
+                    assemble(&sources(&s), &caller.user_id, caller.device_id.as_str(), Some(from), now, &opts)?;
+                let mut chunk = flatten(&s, &caller.user_id, result)?;
+                if let Some(r) = &room {
+                    chunk.retain(|e| e["room_id"] == r.as_str());
+                }
+                chunk
+            }
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !chunk.is_empty() || left.is_zero() {
+            return Ok(Json(json!({"start": from.encode(), "end": now.encode(), "chunk": chunk})));
+        }
+        // A room one only reads is not on one's notifier: look again now and then.
+        let wait = if peeking { left.min(Duration::from_millis(250)) } else { left };
+        let _ = tokio::time::timeout(wait, rx.changed()).await;
+    }
+}
+
+/// A room's events in (from, to] that `user` may see, oldest first (at most a page).
+fn room_events_between(s: &Services, room_id: &RoomId, user: &UserId, from: u64, to: u64) -> Result<Vec<Value>> {
+    let page = s.rooms.page(room_id, to, Direction::Backward, MAX_LIMIT, to, Some(from))?;
+    let mut visible = s.rooms.filter_visible(page, user)?;
+    visible.reverse();
+    Ok(visible.iter().map(|(_, pdu)| s.rooms.client_event(pdu, None, None)).collect())
+}
+
+/// `GET /events/{eventId}`
+async fn event(State(s): State<Arc<Services>>, Path(event_id): Path<String>, parts: Parts) -> Result<Json<Value>> {
+    let caller = caller_of(&s, &parts)?;
+    let id = OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event id"))?;
+    let pdu = s.rooms.pdu(&id)?.ok_or_else(|| Error::not_found("Event not found"))?;
+    if !s.rooms.event_visible_to(&pdu, &caller.user_id)? {
+        return Err(Error::not_found("Event not found"));
+    }
+    Ok(Json(s.rooms.client_event(&pdu, None, None)))
+}
+
+/// One room of an initial sync, as the deprecated endpoints shape it.
+fn room_entry(
+    s: &Services,
+    user: &UserId,
+    room_id: &RoomId,
+    membership: &str,
+    (timeline, start): (Vec<Value>, Option<String>),
+    end: &str,
+    account_data: Vec<Value>,
+) -> Result<Value> {
+    // The state now, or for a past member, as they left it.
+    let state_map = match membership {
+        "join" | "invite" | "knock" => s.rooms.current_state_map(room_id)?,
+        _ => match s.rooms.membership(room_id, user)? {
+            Some(rec) => s.rooms.state_after(&rec.event_id)?,
+            None => s.rooms.current_state_map(room_id)?,
+        },
+    };
+    let state: Vec<Value> =
+        s.rooms.state_events(&state_map)?.iter().map(|pdu| s.rooms.client_event(pdu, None, None)).collect();
+    let visibility = if s.rooms.is_published(room_id)? { "public" } else { "private" };
+    let chunk: Vec<Value> = timeline.into_iter().map(|e| in_room(e, room_id)).collect();
+    let start = start.unwrap_or_else(|| end.to_owned());
+    Ok(json!({
+        "room_id": room_id,
+        "membership": membership,
+        "messages": {"chunk": chunk, "start": start, "end": end},
+        "state": state,
+        "account_data": account_data,
+        "visibility": visibility,
+    }))
+}
+
+/// `GET /initialSync`
+async fn initial_sync(
+    State(s): State<Arc<Services>>,
+    Query(query): Query<HashMap<String, String>>,
+    parts: Parts,
+) -> Result<Json<Value>> {
+    let caller: Caller = caller_of(&s, &parts)?;
+    let limit = number(&query, "limit")?.unwrap_or(10).min(MAX_LIMIT as u64) as usize;
+    let archived = query.get("archived").is_some_and(|a| a == "true");
+    let now = now_token(&s);
+    let opts = legacy_options(limit.max(1), archived);
+    let result = assemble(&sources(&s), &caller.user_id, caller.device_id.as_str(), None, now, &opts)?;
+    let end = now.encode();
+    let mut rooms = Vec::new();
+    let mut receipts = Vec::new();
+    for (room_id, room) in result.join {
+        for e in &room.ephemeral {
+            if e["type"] == "m.receipt" {
+                receipts.push(in_room(e.clone(), &room_id));
+            }
+        }
+        let timeline = if limit == 0 { Vec::new() } else { room.timeline };
+        rooms.push(room_entry(
+            &s,
+            &caller.user_id,
+            &room_id,
+            "join",
+            (timeline, room.prev_batch),
+            &end,
+            room.account_data,
+        )?);
+    }
+    for (room_id, room) in result.leave {
+        let membership = s.rooms.membership(&room_id, &caller.user_id)?.map(|m| m.membership.to_string());
+        let membership = membership.unwrap_or_else(|| "leave".to_owned());
+        rooms.push(room_entry(
+            &s,
+            &caller.user_id,
+            &room_id,
+            &membership,
+            (room.timeline, room.prev_batch),
+            &end,
+            vec![],
+        )?);
+    }
+    for room_id in result.invite.keys() {
+        let mut entry = json!({"room_id": room_id, "membership": "invite", "visibility": "private"});
+        if let Some(invite) = membership_event(&s, room_id, &caller.user_id)? {
+            entry["invite"] = invite;
+        }
+        rooms.push(entry);
+    }
+    Ok(Json(json!({
+        "end": end,
+        "rooms": rooms,
+        "presence": result.presence,
+        "account_data": result.account_data,
+        "receipts": receipts,
+    })))
+}
+
+/// `GET /rooms/{roomId}/initialSync`
+async fn room_initial_sync(
+    State(s): State<Arc<Services>>,
+    Path(room_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    parts: Parts,
+) -> Result<Json<Value>> {
+    let caller = caller_of(&s, &parts)?;
+    let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
+    let limit = number(&query, "limit")?.unwrap_or(10).min(MAX_LIMIT as u64) as usize;
+    // Members see up to now, past members up to their leave, others a world-readable room.
+    let until = s.rooms.require_visible(&room_id, &caller.user_id)?;
+    let membership = s.rooms.membership(&room_id, &caller.user_id)?.map(|m| m.membership.to_string());
+    let page = s.rooms.page(&room_id, until, Direction::Backward, limit, until, None)?;
+    let mut page = s.rooms.filter_visible(page, &caller.user_id)?;
+    page.reverse();
+    let start = page.first().map(|(pos, _)| crate::rooms::timeline::token(pos.saturating_sub(1)));
+    let timeline: Vec<Value> = page.iter().map(|(_, pdu)| s.rooms.client_event(pdu, None, None)).collect();
+    let end = crate::rooms::timeline::token(until);
+    let account_data = s.account_data.changes(&caller.user_id, None)?.rooms.remove(&room_id).unwrap_or_default();
+    let shown = membership.clone().unwrap_or_else(|| "leave".to_owned());
+    let mut entry = room_entry(&s, &caller.user_id, &room_id, &shown, (timeline, start), &end, account_data)?;
+    if membership.is_none() {
+        // Not a member: as Synapse, no membership at all.
+        if let Some(map) = entry.as_object_mut() {
+            map.remove("membership");
+        }
+    }
+    let mut presence = Vec::new();
+    for member in s.rooms.members(&room_id, &ruma::events::room::member::MembershipState::Join)? {
+        if let Some(p) = s.presence.event(&member)? {
+            presence.push(p);
+        }
+    }
+    entry["presence"] = json!(presence);
+    let receipts = s.rooms.receipt_event(&room_id, None, &caller.user_id)?;
+    entry["receipts"] = json!(receipts.map(|r| vec![in_room(r, &room_id)]).unwrap_or_default());
+    Ok(Json(entry))
+}
+
+/// `POST /rooms/{roomId}/send/{eventType}`: a send without a transaction id (each call
+/// is a new event).
+async fn send_without_txn(
+    State(s): State<Arc<Services>>,
+    Path((room_id, event_type)): Path<(String, String)>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>> {
+    let caller = caller_of(&s, &parts)?;
+    let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
+    let content: Map<String, Value> = match serde_json::from_slice(&body) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => return Err(Error::bad_json("The event content must be an object")),
+        Err(_) => return Err(Error::not_json("The body is not JSON")),
+    };
+    if event_type == "m.room.encrypted" && !s.config.allow_encryption {
+        return Err(Error::forbidden("Encryption is disabled on this server"));
+    }
+    s.rooms.require_joined(&room_id, &caller.user_id)?;
+    let new = NewEvent::message(event_type, content);
+    let pdu = s.rooms.append_local(&room_id, &caller.user_id, new, None)?;
+    Ok(Json(json!({"event_id": pdu.event_id})))
+}

@@ -1,0 +1,92 @@
+//! The deprecated endpoints Synapse still serves: `/events`, `/events/{eventId}`,
+//! `/initialSync`, `/rooms/{roomId}/initialSync`, and a send without a transaction id.
+
+use hearth::store::Backend;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::{both_engines, common::TestServer};
+
+async fn create(s: &TestServer, token: &str, body: Value) -> String {
+    let (status, res) = s.post("/_matrix/client/v3/createRoom", Some(token), body).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    res["room_id"].as_str().expect("room").to_owned()
+}
+
+fn types_and_bodies(chunk: &Value) -> Vec<(String, Option<String>)> {
+    chunk
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap_or_default().to_owned(), e["content"]["body"].as_str().map(str::to_owned)))
+        .collect()
+}
+
+async fn event_stream_and_initial_syncs(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (alice, at, _) = s.register("alice", "pw-alice-1").await;
+    let (_, bt, _) = s.register("bob", "pw-bob-12").await;
+    let room = create(&s, &at, json!({"preset": "public_chat", "name": "Porch"})).await;
+
+    // The stream: nothing yet, then a message sent without a transaction id, with its room.
+    let (status, first) = s.get("/_matrix/client/v3/events?timeout=0", Some(&at)).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["chunk"], json!([]));
+    let end = first["end"].as_str().expect("end").to_owned();
+    let (status, sent) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message"),
+            Some(&at),
+            json!({"msgtype": "m.text", "body": "hello"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let (_, next) = s.get(&format!("/_matrix/client/r0/events?from={end}&timeout=5000"), Some(&at)).await;
+    assert_eq!(types_and_bodies(&next["chunk"]), vec![("m.room.message".to_owned(), Some("hello".to_owned()))]);
+    assert_eq!(next["chunk"][0]["room_id"], room.as_str());
+    assert_eq!(next["start"].as_str(), Some(end.as_str()));
+
+    // One event by id; not for someone who may not see it.
+    let event_id = sent["event_id"].as_str().expect("event id");
+    let (status, one) = s.get(&format!("/_matrix/client/v3/events/{event_id}"), Some(&at)).await;
+    assert_eq!((status, one["content"]["body"].as_str()), (StatusCode::OK, Some("hello")));
+
+    // The global initial sync: the room with its current state and latest message.
+    s.put(&format!("/_matrix/client/v3/user/{alice}/account_data/my.type"), Some(&at), json!({"cats": 1})).await;
+    let (status, init) = s.get("/_matrix/client/v3/initialSync?limit=5", Some(&at)).await;
+    assert_eq!(status, StatusCode::OK, "{init}");
+    let entry = &init["rooms"][0];
+    assert_eq!((entry["room_id"].as_str(), entry["membership"].as_str()), (Some(room.as_str()), Some("join")));
+    let chunk = entry["messages"]["chunk"].as_array().expect("chunk");
+    assert_eq!(chunk.last().expect("a message")["content"]["body"], "hello");
+    assert!(entry["state"].as_array().expect("state").iter().any(|e| e["type"] == "m.room.name"), "{entry}");
+    assert!(init["account_data"].as_array().expect("account data").iter().any(|e| e["type"] == "my.type"));
+    assert!(init["end"].is_string());
+
+    // The room's initial sync: for a member, and for a non-member only when world-readable.
+    let path = format!("/_matrix/client/v3/rooms/{room}/initialSync");
+    let (status, one_room) = s.get(&path, Some(&at)).await;
+    assert_eq!(status, StatusCode::OK, "{one_room}");
+    assert_eq!(one_room["membership"], "join");
+    assert!(one_room["presence"].is_array() && one_room["messages"]["start"].is_string());
+    assert_eq!(s.get(&path, Some(&bt)).await.0, StatusCode::FORBIDDEN);
+    let hv = format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility");
+    assert_eq!(s.put(&hv, Some(&at), json!({"history_visibility": "world_readable"})).await.0, StatusCode::OK);
+    let (status, peek) = s.get(&path, Some(&bt)).await;
+    assert_eq!(status, StatusCode::OK, "{peek}");
+    assert!(peek.get("membership").is_none(), "{peek}");
+    // And the stream of that room for the non-member.
+    let (_, now) = s.get("/_matrix/client/v3/events?timeout=0", Some(&bt)).await;
+    let from = now["end"].as_str().expect("end").to_owned();
+    s.post(
+        &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message"),
+        Some(&at),
+        json!({"msgtype": "m.text", "body": "public"}),
+    )
+    .await;
+    let (_, read) =
+        s.get(&format!("/_matrix/client/v3/events?from={from}&room_id={room}&timeout=5000"), Some(&bt)).await;
+    assert_eq!(types_and_bodies(&read["chunk"]), vec![("m.room.message".to_owned(), Some("public".to_owned()))]);
+}
+
+both_engines!(event_stream_and_initial_syncs);
