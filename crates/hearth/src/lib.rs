@@ -180,6 +180,20 @@ impl Services {
             .collect()
     }
 
+    /// What `/sync` and the deprecated endpoints built on it read from.
+    pub fn sync_sources(&self) -> sync::SyncSources<'_> {
+        sync::SyncSources {
+            rooms: &self.rooms,
+            typing: &self.typing,
+            account_data: &self.account_data,
+            presence: &self.presence,
+            keys: &self.keys,
+            to_device: &self.to_device,
+            push: &self.push,
+            lazy: &self.lazy_members,
+        }
+    }
+
     /// Whether registration needs a token (and so offers `m.login.registration_token`).
     pub fn registration_token_required(&self) -> error::Result<bool> {
         self.registration_tokens.required()

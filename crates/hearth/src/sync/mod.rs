@@ -320,6 +320,12 @@ pub fn assemble(
                         .into_iter()
                         .filter(|e| opts.room_account_data.type_allowed(e["type"].as_str().unwrap_or_default()))
                         .collect();
+                    // Nothing left to show after filtering (only an ignored user spoke, say):
+                    // the room stays out, as if nothing had happened.
+                    let nothing = r.timeline.is_empty() && r.state.is_empty() && ephemeral.is_empty();
+                    if from.is_some() && nothing && account_data.is_empty() {
+                        continue;
+                    }
                     let (joined_count, invited_count, heroes) = summary(rooms, &room_id, user)?;
                     let unread = match counting {
                         Some(_) => Default::default(), // filled in below

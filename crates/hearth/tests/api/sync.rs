@@ -435,6 +435,11 @@ async fn filters_for_each_section_and_ignored_users(b: Backend) {
     let res = sync(&s, &at, &format!("?since={since}")).await;
     assert_eq!(bodies(&res["rooms"]["join"][&room]["timeline"]), vec!["from alice"]);
     assert!(res["rooms"]["invite"].get(&private).is_none(), "an ignored user's invite: {res}");
+    // When only the ignored user spoke, the room does not come at all.
+    let since = res["next_batch"].as_str().expect("next_batch").to_owned();
+    send_text(&s, &bt, &room, "bob alone").await;
+    let res = sync(&s, &at, &format!("?since={since}&timeout=0")).await;
+    assert!(res["rooms"]["join"].get(&room).is_none(), "{res}");
 }
 
 both_engines!(lazy_loaded_members_in_incremental_syncs, filters_for_each_section_and_ignored_users);

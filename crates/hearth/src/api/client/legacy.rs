@@ -29,7 +29,7 @@ use crate::{
     api::{caller_of, Caller},
     error::{Error, Result},
     rooms::append::NewEvent,
-    sync::{assemble, SyncOptions, SyncResult, SyncSources, SyncToken},
+    sync::{assemble, SyncOptions, SyncResult, SyncToken},
     Services,
 };
 
@@ -51,19 +51,6 @@ pub fn routes() -> Router<Arc<Services>> {
             .route(&format!("/_matrix/client/{version}/rooms/{{roomId}}/send/{{eventType}}"), post(send_without_txn));
     }
     router
-}
-
-fn sources(s: &Services) -> SyncSources<'_> {
-    SyncSources {
-        rooms: &s.rooms,
-        typing: &s.typing,
-        account_data: &s.account_data,
-        presence: &s.presence,
-        keys: &s.keys,
-        to_device: &s.to_device,
-        push: &s.push,
-        lazy: &s.lazy_members,
-    }
 }
 
 fn now_token(s: &Services) -> SyncToken {
@@ -148,7 +135,7 @@ async fn events(
             _ => {
                 let opts = legacy_options(MAX_LIMIT, false);
                 let result =
-                    assemble(&sources(&s), &caller.user_id, caller.device_id.as_str(), Some(from), now, &opts)?;
+                    assemble(&s.sync_sources(), &caller.user_id, caller.device_id.as_str(), Some(from), now, &opts)?;
                 let mut chunk = flatten(&s, &caller.user_id, result)?;
                 if let Some(r) = &room {
                     chunk.retain(|e| e["room_id"] == r.as_str());
@@ -229,7 +216,7 @@ async fn initial_sync(
     let archived = query.get("archived").is_some_and(|a| a == "true");
     let now = now_token(&s);
     let opts = legacy_options(limit.max(1), archived);
-    let result = assemble(&sources(&s), &caller.user_id, caller.device_id.as_str(), None, now, &opts)?;
+    let result = assemble(&s.sync_sources(), &caller.user_id, caller.device_id.as_str(), None, now, &opts)?;
     let end = now.encode();
     let mut rooms = Vec::new();
     let mut receipts = Vec::new();

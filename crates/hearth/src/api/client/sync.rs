@@ -20,7 +20,7 @@ use crate::{
     sync::{
         assemble,
         cache::{CacheKey, KeyCounts},
-        EventFilter, SyncOptions, SyncResult, SyncSources, SyncToken,
+        EventFilter, SyncOptions, SyncResult, SyncToken,
     },
     users::presence::STATES,
     Services,
@@ -122,16 +122,7 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>, slot: Op
     if STATES.contains(&state) {
         presence::set(&s.presence, &s.rooms, &s.notifier, &caller.user_id, state, None)?;
     }
-    let sources = SyncSources {
-        rooms: &s.rooms,
-        typing: &s.typing,
-        account_data: &s.account_data,
-        presence: &s.presence,
-        keys: &s.keys,
-        to_device: &s.to_device,
-        push: &s.push,
-        lazy: &s.lazy_members,
-    };
+    let sources = s.sync_sources();
     let now_token = || SyncToken { pos: s.rooms.stream_now(), typing: s.typing.version() };
     let key_counts = || -> Result<KeyCounts> {
         Ok(KeyCounts {
