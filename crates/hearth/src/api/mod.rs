@@ -262,7 +262,10 @@ where
             // Clients post `/logout` and friends with no body at all; that means `{}`.
             body = Bytes::from_static(b"{}");
         }
-        if !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+        // serde skips ignored strings without checking their UTF-8: check it here.
+        if !body.is_empty()
+            && (std::str::from_utf8(&body).is_err() || serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err())
+        {
             return Err(Error::not_json("Request body is not valid JSON"));
         }
         if std::str::from_utf8(&body).is_ok_and(|b| nested_deeper_than(b, SAFE_DEPTH)) {

@@ -120,6 +120,19 @@ async fn username_rules(b: Backend) {
     assert_error(&got, 400, "M_INVALID_USERNAME");
     let got = s.post(REGISTER, None, json!({"username": "a".repeat(300), "password": "x"})).await;
     assert_error(&got, 400, "M_INVALID_USERNAME");
+    // A taken name with a newline after it is an invalid name, not the taken one.
+    let got = s.post(REGISTER, None, json!({"username": "alice\n", "password": "x"})).await;
+    assert_error(&got, 400, "M_INVALID_USERNAME");
+    // A body that is not UTF-8 is not JSON.
+    let res = s
+        .http
+        .post(format!("{}{REGISTER}", s.base))
+        .body(b"{\"username\": \"\xff\xfe\"}".to_vec())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(res.json::<serde_json::Value>().await.expect("json")["errcode"], "M_NOT_JSON");
 
     // Upper case is folded, as Conduit does, so "Alice" is alice and taken.
     let got = s.post(REGISTER, None, json!({"username": "ALICE", "password": "x"})).await;

@@ -68,8 +68,8 @@ async fn capabilities_need_a_token(b: Backend) {
     let (_, token, _) = s.register("alice", "pw-alice-1").await;
     let (status, body) = s.get("/_matrix/client/v3/capabilities", Some(&token)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    // Enabled is the default, which may be left out; disabled would have to be explicit.
-    assert_ne!(body["capabilities"]["m.change_password"]["enabled"], false, "{body}");
+    // Said outright, though it is the default: sytest and some clients look for it.
+    assert_eq!(body["capabilities"]["m.change_password"]["enabled"], true, "{body}");
     assert_eq!(body["capabilities"]["m.room_versions"]["default"], "12");
 }
 

@@ -42,7 +42,8 @@ pub async fn register(s: Arc<Services>, req: Ruma<register::v3::Request>) -> Res
         return Err(Error::forbidden("Application services are not supported"));
     }
     let localpart = match &body.username {
-        Some(name) => name.trim().to_lowercase(),
+        // Not trimmed: a name with white space in it is refused, not quietly changed.
+        Some(name) => name.to_lowercase(),
         None => s.users.random_localpart(),
     };
     s.users.check_new_localpart(&localpart)?.map_err(username_error)?;
@@ -85,7 +86,7 @@ pub async fn get_username_availability(
     if !s.config.allow_registration {
         return Err(Error::forbidden("Registration is disabled on this server"));
     }
-    let localpart = req.body.username.trim().to_lowercase();
+    let localpart = req.body.username.to_lowercase();
     s.users.check_new_localpart(&localpart)?.map_err(username_error)?;
     Ok(get_username_availability::v3::Response::new(true))
 }

@@ -59,8 +59,8 @@ pub fn routes() -> Router<Arc<Services>> {
     router
         .merge(media::routes())
         .merge(legacy::routes())
+        .merge(capabilities::routes())
         .ruma(versions::get_supported_versions)
-        .ruma(capabilities::get_capabilities)
         .ruma(account::register)
         .ruma(account::get_username_availability)
         .ruma(account::check_registration_token_validity)
