@@ -237,3 +237,35 @@ async fn unread_backlog_after_restart_reads_rows_or_events(b: Backend) {
 }
 
 both_engines!(unread_backlog_after_restart_reads_rows_or_events);
+
+/// Push rule paths as Synapse answers them: a kind's rules as a list; a missing or
+/// unknown scope, kind, rule id or attribute is 400; an unknown rule is 404.
+async fn push_rule_paths(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let rule = json!({"actions": ["notify"], "pattern": "cake"});
+    assert_eq!(s.put("/_matrix/client/v3/pushrules/global/content/cake", Some(&at), rule).await.0, StatusCode::OK);
+    let (status, list) = s.get("/_matrix/client/v3/pushrules/global/content/", Some(&at)).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert!(list.as_array().expect("a list").iter().any(|r| r["rule_id"] == "cake"), "{list}");
+    for (method, path) in [
+        (Method::GET, "/global"),
+        (Method::GET, "/global/room"),
+        (Method::GET, "/not_a_scope/"),
+        (Method::GET, "/global/not_a_template/"),
+        (Method::GET, "/global/override/.m.rule.master/not_an_attr"),
+        (Method::PUT, "/not_a_scope/room/!a:x"),
+        (Method::PUT, "/global"),
+        (Method::PUT, "/global/room"),
+        (Method::PUT, "/global/room/"),
+        (Method::PUT, "/global/override/.m.rule.master/not_an_attr"),
+    ] {
+        let (status, body) =
+            s.request(method.clone(), &format!("/_matrix/client/v3/pushrules{path}"), Some(&at), Some(json!({}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}: {body}");
+    }
+    let (status, _) = s.get("/_matrix/client/v3/pushrules/global/override/not_a_rule_id", Some(&at)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+both_engines!(push_rule_paths);

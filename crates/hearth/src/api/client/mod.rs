@@ -60,6 +60,7 @@ pub fn routes() -> Router<Arc<Services>> {
         .merge(media::routes())
         .merge(legacy::routes())
         .merge(capabilities::routes())
+        .merge(push::path_routes())
         .ruma(versions::get_supported_versions)
         .ruma(account::register)
         .ruma(account::get_username_availability)

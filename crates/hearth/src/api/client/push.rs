@@ -136,3 +136,55 @@ pub async fn get_pushers(_s: Arc<Services>, req: Ruma<get_pushers::v3::Request>)
     req.caller()?;
     Ok(get_pushers::v3::Response::new(Vec::new()))
 }
+
+/// The push rule kinds (the spec's "templates").
+const KINDS: &[&str] = &["override", "content", "room", "sender", "underride"];
+
+/// The paths around `/pushrules/global/{kind}/{ruleId}` that ruma's routes do not take,
+/// answered as Synapse answers them: a kind's rules as a list
+/// (`GET /pushrules/global/{kind}/`), and 400 for a missing or unknown scope, kind, rule id
+/// or attribute, rather than 404 or 405.
+pub fn path_routes() -> axum::Router<Arc<Services>> {
+    use axum::routing::any;
+    let mut router = axum::Router::new();
+    for version in ["r0", "v3"] {
+        let base = format!("/_matrix/client/{version}/pushrules");
+        router = router
+            .route(&format!("{base}/global/{{kind}}/"), any(kind_rules))
+            .route(&format!("{base}/global"), any(malformed))
+            .route(&format!("{base}/global/{{kind}}"), any(malformed))
+            .route(&format!("{base}/global/{{kind}}/{{ruleId}}/{{attr}}"), any(malformed))
+            .route(&format!("{base}/{{scope}}"), any(malformed))
+            .route(&format!("{base}/{{scope}}/"), any(malformed))
+            .route(&format!("{base}/{{scope}}/{{kind}}"), any(malformed))
+            .route(&format!("{base}/{{scope}}/{{kind}}/"), any(malformed))
+            .route(&format!("{base}/{{scope}}/{{kind}}/{{ruleId}}"), any(malformed));
+    }
+    // `PUT /pushrules/` (no scope) stays 405: that path is ruma's GET route.
+    router
+}
+
+async fn malformed(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    parts: axum::http::request::Parts,
+) -> Result<axum::Json<serde_json::Value>> {
+    crate::api::caller_of(&s, &parts)?;
+    Err(Error::invalid_param(
+        "Unknown push rule scope, kind, rule or attribute (the path is /pushrules/global/{kind}/{ruleId})",
+    ))
+}
+
+/// `GET /pushrules/global/{kind}/`: the rules of one kind, as a list (Synapse's form).
+async fn kind_rules(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    axum::extract::Path(kind): axum::extract::Path<String>,
+    parts: axum::http::request::Parts,
+) -> Result<axum::Json<serde_json::Value>> {
+    let caller = crate::api::caller_of(&s, &parts)?;
+    if parts.method != http::Method::GET || !KINDS.contains(&kind.as_str()) {
+        return Err(Error::invalid_param("Unknown push rule kind, or a rule id is missing"));
+    }
+    let rules =
+        serde_json::to_value(ruleset(&s.account_data, &caller.user_id)?).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(axum::Json(rules.get(&kind).cloned().unwrap_or_else(|| serde_json::json!([]))))
+}
