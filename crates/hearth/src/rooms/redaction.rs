@@ -50,7 +50,12 @@ impl Rooms {
         txn: TxnRef<'_>,
     ) -> Result<Pdu> {
         let record = self.known_room(room_id)?;
-        self.event_meta(target)?.filter(|m| m.room_id == room_id).ok_or_else(|| Error::not_found("Event not found"))?;
+        match self.event_meta(target)? {
+            Some(m) if m.room_id == room_id => {}
+            // As Synapse: an event of another room is a bad request, not a missing one.
+            Some(_) => return Err(Error::invalid_param("That event is in another room")),
+            None => return Err(Error::not_found("Event not found")),
+        }
         let target_pdu = self.pdu(target)?.ok_or_else(|| Error::not_found("Event not found"))?;
         if !self.may_redact(room_id, sender, &target_pdu)? {
             return Err(Error::forbidden("You may not redact this event"));

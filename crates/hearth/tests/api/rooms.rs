@@ -466,6 +466,10 @@ async fn redactions_in_every_version(b: Backend) {
         assert_eq!(status, StatusCode::OK, "v{v}: {red}");
         let path = format!("/_matrix/client/v3/rooms/{room}/redact/{}/r2", esc(&theirs["event_id"]));
         assert_error(&s.put(&path, Some(&bt), json!({})).await, 403, "M_FORBIDDEN");
+        // An event of another room, named through this one: a bad request.
+        let elsewhere = create(&s, &at, json!({"room_version": v.to_string()})).await;
+        let path = format!("/_matrix/client/v3/rooms/{elsewhere}/redact/{}/r3", esc(&theirs["event_id"]));
+        assert_error(&s.put(&path, Some(&at), json!({})).await, 400, "M_INVALID_PARAM");
 
         let (_, ev) =
             s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{}", esc(&mine["event_id"])), Some(&at)).await;
