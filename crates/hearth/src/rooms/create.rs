@@ -141,13 +141,17 @@ impl Rooms {
             self.store.write(batch)?;
         }
 
+        // As Synapse's presets: a public room has no guest access event (guests are
+        // forbidden without one), private ones let guests join.
         let (join_rule, guest) = match req.preset {
-            Preset::PublicChat => ("public", "forbidden"),
-            _ => ("invite", "can_join"),
+            Preset::PublicChat => ("public", None),
+            _ => ("invite", Some("can_join")),
         };
         send(NewEvent::state("m.room.join_rules", "", json!({"join_rule": join_rule})))?;
         send(NewEvent::state("m.room.history_visibility", "", json!({"history_visibility": "shared"})))?;
-        send(NewEvent::state("m.room.guest_access", "", json!({"guest_access": guest})))?;
+        if let Some(guest) = guest {
+            send(NewEvent::state("m.room.guest_access", "", json!({"guest_access": guest})))?;
+        }
 
         for (kind, key, content) in &req.initial_state {
             send(NewEvent::state(kind.clone(), key.clone(), Value::Object(content.clone())))?;

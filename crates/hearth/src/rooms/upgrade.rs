@@ -50,7 +50,15 @@ impl Rooms {
             self.state_event(room_id, &StateEventType::RoomCreate, "")?.map(|p| p.content_value()).unwrap_or_default();
 
         let mut creation = Map::new();
-        creation.insert("predecessor".into(), json!({"room_id": room_id}));
+        // The old room's latest event, as Synapse names it (`event_id` is optional since
+        // room version 11 made the tombstone the link, but clients still read it).
+        let now = self.stream_now();
+        let latest = self.page(room_id, now, ruma::api::Direction::Backward, 1, now, None)?;
+        let mut predecessor = json!({"room_id": room_id});
+        if let Some((_, last)) = latest.first() {
+            predecessor["event_id"] = json!(last.event_id);
+        }
+        creation.insert("predecessor".into(), predecessor);
         for key in ["type", "m.federate"] {
             if let Some(v) = old_create.get(key) {
                 creation.insert(key.into(), v.clone());

@@ -609,6 +609,16 @@ fn without_room_id(mut event: Value) -> Value {
 fn summary(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<(u64, u64, Vec<String>)> {
     let joined = rooms.members_shared(room_id, &MembershipState::Join)?;
     let invited = rooms.members_shared(room_id, &MembershipState::Invite)?;
+    // Heroes name a room that has no name of its own (nor a canonical alias), as Synapse.
+    let state = rooms.current_state_map(room_id)?;
+    let named = |kind: &str, field: &str| -> Result<bool> {
+        Ok(rooms
+            .state_event_shared(&state, &kind.into(), "")?
+            .is_some_and(|p| p.content_value().get(field).and_then(Value::as_str).is_some_and(|v| !v.is_empty())))
+    };
+    if named("m.room.name", "name")? || named("m.room.canonical_alias", "alias")? {
+        return Ok((joined.len() as u64, invited.len() as u64, Vec::new()));
+    }
     let heroes = joined.iter().chain(invited.iter()).filter(|u| *u != user).take(5).map(|u| u.to_string()).collect();
     Ok((joined.len() as u64, invited.len() as u64, heroes))
 }

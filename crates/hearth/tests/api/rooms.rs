@@ -554,6 +554,7 @@ async fn upgrade_continues_the_room(b: Backend) {
     assert_eq!(tomb["replacement_room"], new.as_str());
     let (_, create_content) = s.get(&format!("/_matrix/client/v3/rooms/{new}/state/m.room.create/"), Some(&at)).await;
     assert_eq!(create_content["predecessor"]["room_id"], old.as_str());
+    assert!(create_content["predecessor"]["event_id"].as_str().is_some_and(|e| e.starts_with('$')), "{create_content}");
     assert_eq!(create_content["room_version"], "12");
     let (_, name) = s.get(&format!("/_matrix/client/v3/rooms/{new}/state/m.room.name/"), Some(&at)).await;
     assert_eq!(name["name"], "Old");

@@ -51,6 +51,7 @@ async fn initial_then_incremental(b: Backend) {
     // The room name is known one way or the other.
     assert!(state_types.contains(&"m.room.name") || timeline_types.contains(&"m.room.name"), "{joined}");
     assert_eq!(joined["summary"]["m.joined_member_count"], 1);
+    assert!(joined["summary"].get("m.heroes").is_none(), "a named room needs no heroes: {joined}");
     let mine = joined["timeline"]["events"].as_array().unwrap().iter().find(|e| e["content"]["body"] == "hi").unwrap();
     assert_eq!(mine["unsigned"]["transaction_id"], "1");
     // Sync's events are ClientEventWithoutRoomID: the room is the key they sit under.
@@ -162,6 +163,14 @@ async fn filters_limit_the_timeline(b: Backend) {
     let (_, page) =
         s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1&from={prev}"), Some(&at)).await;
     assert_eq!(page["chunk"][0]["content"]["body"], "m4");
+    // Paging back to the start: the last page with events has an `end`; the page after it
+    // is empty and has none.
+    let (_, rest) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100&from={prev}"), Some(&at)).await;
+    let end = rest["end"].as_str().expect("a page with events has an end").to_owned();
+    let (_, after) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&from={end}"), Some(&at)).await;
+    assert_eq!(after["chunk"], json!([]));
+    assert!(after.get("end").is_none(), "{after}");
 
     // An inline filter works too.
     let inline = urlencode(&json!({"room": {"timeline": {"limit": 1}}}).to_string());

@@ -137,6 +137,11 @@ pub async fn get_message_events(
         let need = limit - chunk.len();
         end = backfilled_history(&s, &body.room_id, &caller.user_id, viewer, 0, need, &mut chunk).await?;
     }
+    // A page with events has an `end`, as on Synapse (clients and sytest read it); the page
+    // after the last one is empty and has none.
+    if end.is_none() && !chunk.is_empty() {
+        end = Some(token(cursor));
+    }
 
     // Lazy-loading members: the member events of the chunk's senders.
     let mut state = Vec::new();
