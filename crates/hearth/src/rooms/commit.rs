@@ -278,10 +278,17 @@ impl Rooms {
         else {
             return Ok(None);
         };
+        // A member event that leaves the membership as it was (a new display name) keeps
+        // the position the membership began at: /sync treats a room as newly joined after
+        // that position only, not after every profile change.
+        let since = match USER_ROOMS.get(&self.store, (user, room))? {
+            Some(old) if old.membership == membership && membership == MembershipState::Join => old.stream,
+            _ => stream,
+        };
         USER_ROOMS.put(
             batch,
             (user, room),
-            &MembershipRecord { membership: membership.clone(), stream, event_id: pdu.event_id.clone() },
+            &MembershipRecord { membership: membership.clone(), stream: since, event_id: pdu.event_id.clone() },
         );
         ROOM_MEMBERS.put(batch, (room, user), &membership);
         Ok(OwnedUserId::try_from(user).ok())

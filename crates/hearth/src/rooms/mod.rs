@@ -95,7 +95,8 @@ pub struct EventMeta {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MembershipRecord {
     pub membership: MembershipState,
-    /// Stream position of the event that set it.
+    /// Stream position of the event that set it (for a join, the one that began it: a
+    /// later join → join update keeps it).
     pub stream: u64,
     pub event_id: OwnedEventId,
 }

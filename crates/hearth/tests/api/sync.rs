@@ -452,3 +452,23 @@ async fn filters_for_each_section_and_ignored_users(b: Backend) {
 }
 
 both_engines!(lazy_loaded_members_in_incremental_syncs, filters_for_each_section_and_ignored_users);
+
+/// A new display name in a room one is in is no new join: the next incremental sync
+/// carries the member event in the timeline, not the room from scratch.
+async fn a_name_change_is_no_new_join(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (alice, at, _) = s.register("alice", "pw-alice-1").await;
+    let room = create(&s, &at, json!({"name": "Porch"})).await;
+    let since = sync(&s, &at, "").await["next_batch"].as_str().expect("next_batch").to_owned();
+    let member = format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{alice}");
+    let (status, _) = s.put(&member, Some(&at), json!({"membership": "join", "displayname": "boris"})).await;
+    assert_eq!(status, StatusCode::OK);
+    send_text(&s, &at, &room, "after").await;
+    let res = sync(&s, &at, &format!("?since={since}")).await;
+    let timeline = res["rooms"]["join"][&room]["timeline"]["events"].as_array().expect("timeline").clone();
+    let types: Vec<&str> = timeline.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, vec!["m.room.member", "m.room.message"], "{res}");
+    assert_eq!(res["rooms"]["join"][&room]["timeline"]["limited"], false);
+}
+
+both_engines!(a_name_change_is_no_new_join);
