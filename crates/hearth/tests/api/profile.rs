@@ -110,6 +110,10 @@ async fn profile_changes_reach_member_events(b: Backend) {
         let s = &s;
         async move { s.get(&path, Some(&token)).await.1 }
     };
+    // joined_members names every member with both keys, null when unset.
+    let (_, listed) = s.get(&format!("/_matrix/client/v3/rooms/{room}/joined_members"), Some(&bob_token)).await;
+    assert_eq!(listed["joined"][&bob]["display_name"], "bob", "{listed}");
+    assert!(listed["joined"][&bob].get("avatar_url").is_some_and(|a| a.is_null()), "{listed}");
     let joined = member(bob.clone()).await;
     assert_eq!((joined["foo"].as_str(), joined["displayname"].as_str()), (Some("bar"), Some("bob")), "{joined}");
 

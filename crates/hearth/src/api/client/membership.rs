@@ -1,14 +1,14 @@
 //! Client-server API: joining, inviting, leaving, kicking, banning; member lists.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use ruma::{
     api::client::knock::knock_room,
     api::client::membership::{
-        ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
-        joined_members, joined_rooms, kick_user, leave_room, unban_user,
+        ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias, joined_rooms,
+        kick_user, leave_room, unban_user,
     },
     events::room::member::MembershipState,
     OwnedRoomId, OwnedServerName, RoomOrAliasId,
@@ -227,15 +227,21 @@ pub async fn get_member_events(
     Ok(get_member_events::v3::Response::new(chunk))
 }
 
-/// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`
+/// `GET /_matrix/client/v3/rooms/{roomId}/joined_members` (and `r0`)
+///
+/// Written as JSON here: every member carries `display_name` and `avatar_url`, null when
+/// unset, as Synapse answers (ruma's type leaves unset ones out, and sytest and some bots
+/// read the keys).
 pub async fn joined_members(
-    s: Arc<Services>,
-    req: Ruma<joined_members::v3::Request>,
-) -> Result<joined_members::v3::Response> {
-    let caller = req.caller()?;
-    s.rooms.require_joined(&req.body.room_id, &caller.user_id)?;
-    let map = s.rooms.current_state_map(&req.body.room_id)?;
-    let mut joined = BTreeMap::new();
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    parts: axum::http::request::Parts,
+) -> Result<axum::Json<Value>> {
+    let caller = crate::api::caller_of(&s, &parts)?;
+    let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
+    s.rooms.require_joined(&room_id, &caller.user_id)?;
+    let map = s.rooms.current_state_map(&room_id)?;
+    let mut joined = Map::new();
     for pdu in s.rooms.state_events(&map)? {
         if pdu.kind.to_string() != "m.room.member" {
             continue;
@@ -244,11 +250,19 @@ pub async fn joined_members(
         if content.get("membership").and_then(|m| m.as_str()) != Some("join") {
             continue;
         }
-        let Some(user) = pdu.state_key.as_deref().and_then(|k| ruma::OwnedUserId::try_from(k).ok()) else { continue };
-        let mut member = joined_members::v3::RoomMember::new();
-        member.display_name = content.get("displayname").and_then(|v| v.as_str()).map(str::to_owned);
-        member.avatar_url = content.get("avatar_url").and_then(|v| v.as_str()).map(Into::into);
-        joined.insert(user, member);
+        let Some(user) = pdu.state_key.as_deref() else { continue };
+        let text =
+            |k: &str| content.get(k).and_then(Value::as_str).map_or(Value::Null, |v| Value::String(v.to_owned()));
+        joined.insert(
+            user.to_owned(),
+            serde_json::json!({"display_name": text("displayname"), "avatar_url": text("avatar_url")}),
+        );
     }
-    Ok(joined_members::v3::Response::new(joined))
+    Ok(axum::Json(serde_json::json!({"joined": joined})))
+}
+
+pub fn routes() -> axum::Router<Arc<Services>> {
+    axum::Router::new()
+        .route("/_matrix/client/v3/rooms/{roomId}/joined_members", axum::routing::get(joined_members))
+        .route("/_matrix/client/r0/rooms/{roomId}/joined_members", axum::routing::get(joined_members))
 }
