@@ -68,6 +68,12 @@ async fn event_stream_and_initial_syncs(b: Backend) {
     let (status, one_room) = s.get(&path, Some(&at)).await;
     assert_eq!(status, StatusCode::OK, "{one_room}");
     assert_eq!(one_room["membership"], "join");
+    // The old event format: `user_id` beside `sender`.
+    let mine =
+        one_room["state"].as_array().expect("state").iter().find(|e| e["type"] == "m.room.member").expect("a member");
+    assert_eq!(mine["user_id"], mine["sender"]);
+    let (_, none) = s.get(&format!("{path}?limit=0"), Some(&at)).await;
+    assert_eq!(none["messages"]["chunk"], json!([]));
     assert!(one_room["presence"].is_array() && one_room["messages"]["start"].is_string());
     assert_eq!(s.get(&path, Some(&bt)).await.0, StatusCode::FORBIDDEN);
     let hv = format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility");

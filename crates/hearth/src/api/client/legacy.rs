@@ -57,10 +57,29 @@ fn now_token(s: &Services) -> SyncToken {
     SyncToken { pos: s.rooms.stream_now(), typing: s.typing.version() }
 }
 
-/// An event of a sync section with its `room_id` back (sync leaves it out).
+/// An event of a sync section with its `room_id` back (sync leaves it out), in the old
+/// format ([`v1`]).
 fn in_room(mut event: Value, room_id: &RoomId) -> Value {
     if let Some(map) = event.as_object_mut() {
         map.insert("room_id".into(), json!(room_id));
+    }
+    v1(event)
+}
+
+/// An event as these endpoints have always shaped it (Synapse's "v1" format): `user_id`
+/// beside `sender`; a presence event's content names its user and carries `status_msg`
+/// and `last_active_ago` (null when unknown).
+fn v1(mut event: Value) -> Value {
+    let Some(map) = event.as_object_mut() else { return event };
+    if let Some(sender) = map.get("sender").cloned() {
+        map.entry("user_id").or_insert(sender.clone());
+        if map.get("type").and_then(Value::as_str) == Some("m.presence") {
+            if let Some(Value::Object(content)) = map.get_mut("content") {
+                content.entry("user_id").or_insert(sender);
+                content.entry("status_msg").or_insert(Value::Null);
+                content.entry("last_active_ago").or_insert(Value::Null);
+            }
+        }
     }
     event
 }
@@ -71,7 +90,7 @@ fn legacy_options(limit: usize, archived: bool) -> SyncOptions {
 
 /// Everything of a sync result as the flat list `/events` returns.
 fn flatten(s: &Services, user: &UserId, result: SyncResult) -> Result<Vec<Value>> {
-    let mut chunk = result.presence;
+    let mut chunk: Vec<Value> = result.presence.into_iter().map(v1).collect();
     chunk.extend(result.account_data);
     for (room_id, room) in result.join {
         chunk.extend(room.timeline.into_iter().map(|e| in_room(e, &room_id)));
@@ -92,7 +111,7 @@ fn flatten(s: &Services, user: &UserId, result: SyncResult) -> Result<Vec<Value>
 /// The user's member event in a room, as a client event.
 fn membership_event(s: &Services, room_id: &RoomId, user: &UserId) -> Result<Option<Value>> {
     let Some(record) = s.rooms.membership(room_id, user)? else { return Ok(None) };
-    Ok(s.rooms.pdu(&record.event_id)?.map(|pdu| s.rooms.client_event(&pdu, None, None)))
+    Ok(s.rooms.pdu(&record.event_id)?.map(|pdu| v1(s.rooms.client_event(&pdu, None, None))))
 }
 
 fn number(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>> {
@@ -158,7 +177,7 @@ fn room_events_between(s: &Services, room_id: &RoomId, user: &UserId, from: u64,
     let page = s.rooms.page(room_id, to, Direction::Backward, MAX_LIMIT, to, Some(from))?;
     let mut visible = s.rooms.filter_visible(page, user)?;
     visible.reverse();
-    Ok(visible.iter().map(|(_, pdu)| s.rooms.client_event(pdu, None, None)).collect())
+    Ok(visible.iter().map(|(_, pdu)| v1(s.rooms.client_event(pdu, None, None))).collect())
 }
 
 /// `GET /events/{eventId}`
@@ -169,7 +188,7 @@ async fn event(State(s): State<Arc<Services>>, Path(event_id): Path<String>, par
     if !s.rooms.event_visible_to(&pdu, &caller.user_id)? {
         return Err(Error::not_found("Event not found"));
     }
-    Ok(Json(s.rooms.client_event(&pdu, None, None)))
+    Ok(Json(v1(s.rooms.client_event(&pdu, None, None))))
 }
 
 /// One room of an initial sync, as the deprecated endpoints shape it.
@@ -191,7 +210,7 @@ fn room_entry(
         },
     };
     let state: Vec<Value> =
-        s.rooms.state_events(&state_map)?.iter().map(|pdu| s.rooms.client_event(pdu, None, None)).collect();
+        s.rooms.state_events(&state_map)?.iter().map(|pdu| v1(s.rooms.client_event(pdu, None, None))).collect();
     let visibility = if s.rooms.is_published(room_id)? { "public" } else { "private" };
     let chunk: Vec<Value> = timeline.into_iter().map(|e| in_room(e, room_id)).collect();
     let start = start.unwrap_or_else(|| end.to_owned());
@@ -260,7 +279,7 @@ async fn initial_sync(
     Ok(Json(json!({
         "end": end,
         "rooms": rooms,
-        "presence": result.presence,
+        "presence": result.presence.into_iter().map(v1).collect::<Vec<_>>(),
         "account_data": result.account_data,
         "receipts": receipts,
     })))
@@ -279,7 +298,10 @@ async fn room_initial_sync(
     // Members see up to now, past members up to their leave, others a world-readable room.
     let until = s.rooms.require_visible(&room_id, &caller.user_id)?;
     let membership = s.rooms.membership(&room_id, &caller.user_id)?.map(|m| m.membership.to_string());
-    let page = s.rooms.page(&room_id, until, Direction::Backward, limit, until, None)?;
+    let page = match limit {
+        0 => Vec::new(),
+        _ => s.rooms.page(&room_id, until, Direction::Backward, limit, until, None)?,
+    };
     let mut page = s.rooms.filter_visible(page, &caller.user_id)?;
     page.reverse();
     let start = page.first().map(|(pos, _)| crate::rooms::timeline::token(pos.saturating_sub(1)));
@@ -297,7 +319,7 @@ async fn room_initial_sync(
     let mut presence = Vec::new();
     for member in s.rooms.members(&room_id, &ruma::events::room::member::MembershipState::Join)? {
         if let Some(p) = s.presence.event(&member)? {
-            presence.push(p);
+            presence.push(v1(p));
         }
     }
     entry["presence"] = json!(presence);
