@@ -461,6 +461,9 @@ impl SectionContext<'_> {
         let mut picked = Vec::new();
         let mut scanned = 0;
         let mut at = until;
+        // Events passed over (not visible, filtered out) since the last one picked: older
+        // than the timeline, so it does not reach back to its start (`limited`, as Synapse).
+        let mut passed_over = 0;
         let limited = loop {
             let page = self.rooms.page(room_id, at, Direction::Backward, batch, until, from)?;
             let exhausted = page.len() < batch;
@@ -468,17 +471,23 @@ impl SectionContext<'_> {
             if let Some((pos, _)) = page.last() {
                 at = pos.saturating_sub(1);
             }
-            for (pos, pdu) in self.rooms.filter_visible(page, self.user)? {
+            let visible: BTreeSet<u64> =
+                self.rooms.filter_visible(page.clone(), self.user)?.into_iter().map(|(pos, _)| pos).collect();
+            for (pos, pdu) in page {
                 let sender = pdu.sender.as_str();
-                if filter.allows(&pdu.kind.to_string(), sender) && !self.ignored.contains(sender) {
+                let wanted = filter.allows(&pdu.kind.to_string(), sender) && !self.ignored.contains(sender);
+                if wanted && visible.contains(&pos) {
                     picked.push((pos, pdu));
+                    passed_over = 0;
+                } else {
+                    passed_over += 1;
                 }
             }
             if picked.len() > limit {
                 break true;
             }
             if exhausted || at == 0 {
-                break false;
+                break !picked.is_empty() && passed_over > 0;
             }
             if scanned >= MAX_FILTER_SCAN {
                 break true;

@@ -421,6 +421,12 @@ async fn filters_for_each_section_and_ignored_users(b: Backend) {
     let res = sync(&s, &at, &format!("?filter={filter}")).await;
     let joined = &res["rooms"]["join"][&room];
     assert_eq!(bodies(&joined["timeline"]), vec!["m2", "m3", "m4", "m5"], "filled to the limit");
+    // Every message fits, but the room's earlier events were filtered out: the timeline
+    // does not reach back to the start, so it is limited (as on Synapse).
+    let wide = urlencode(&json!({"room": {"timeline": {"limit": 50, "types": ["m.room.message"]}}}).to_string());
+    let all = sync(&s, &at, &format!("?filter={wide}")).await;
+    assert_eq!(bodies(&all["rooms"]["join"][&room]["timeline"]).len(), 6);
+    assert_eq!(all["rooms"]["join"][&room]["timeline"]["limited"], true);
     let state: Vec<&str> =
         joined["state"]["events"].as_array().expect("state").iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(state, vec!["a.made.up"]);
