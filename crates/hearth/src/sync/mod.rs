@@ -397,6 +397,27 @@ pub fn assemble(
         Ok(())
     })?;
     drop(helper);
+    // A room joined since `since` brings its members' presence, changed or not: the client
+    // has never been told it (as Synapse does).
+    if let Some(since) = since {
+        let mut have: BTreeSet<String> =
+            result.presence.iter().filter_map(|e| e["sender"].as_str().map(str::to_owned)).collect();
+        for (room_id, rec) in memberships.iter() {
+            if rec.membership != MembershipState::Join || rec.stream <= since || rec.stream > now {
+                continue;
+            }
+            for member in rooms.members_shared(room_id, &MembershipState::Join)?.iter() {
+                if have.insert(member.to_string()) {
+                    if let Some(event) = src.presence.event(member)? {
+                        let (kind, sender) = (event["type"].as_str(), event["sender"].as_str());
+                        if opts.presence.allows(kind.unwrap_or("m.presence"), sender.unwrap_or_default()) {
+                            result.presence.push(event);
+                        }
+                    }
+                }
+            }
+        }
+    }
     Ok(result)
 }
 

@@ -478,3 +478,22 @@ async fn a_name_change_is_no_new_join(b: Backend) {
 }
 
 both_engines!(a_name_change_is_no_new_join);
+
+/// Joining a room brings the presence of its members in the next incremental sync, even
+/// when it did not change since.
+async fn a_new_room_brings_its_members_presence(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (bob, bt, _) = s.register("bob", "pw-bob-12").await;
+    let (status, _) =
+        s.put(&format!("/_matrix/client/v3/presence/{bob}/status"), Some(&bt), json!({"presence": "online"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let room = create(&s, &bt, json!({"preset": "public_chat"})).await;
+    let since = sync(&s, &at, "").await["next_batch"].as_str().expect("next_batch").to_owned();
+    assert_eq!(s.post(&format!("/_matrix/client/v3/join/{room}"), Some(&at), json!({})).await.0, StatusCode::OK);
+    let res = sync(&s, &at, &format!("?since={since}&timeout=0")).await;
+    let presence = res["presence"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(presence.iter().any(|e| e["sender"] == bob.as_str()), "{res}");
+}
+
+both_engines!(a_new_room_brings_its_members_presence);
