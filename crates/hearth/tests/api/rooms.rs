@@ -721,3 +721,27 @@ async fn sends_are_made_durable_without_the_syncer(b: Backend) {
 }
 
 both_engines!(sends_are_answered_only_when_durable, sends_are_made_durable_without_the_syncer);
+
+/// Small answers as Synapse gives them: a user who never set presence is offline; an
+/// event of a room one may not read is not found (not forbidden); cross-signing keys
+/// without a master key are refused.
+async fn small_answers_as_synapse_gives_them(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (alice, at, _) = s.register("alice", "pw-alice-1").await;
+    let (bob, bt, _) = s.register("bob", "pw-bob-12").await;
+    let (status, presence) = s.get(&format!("/_matrix/client/v3/presence/{alice}/status"), Some(&at)).await;
+    assert_eq!((status, presence["presence"].as_str()), (StatusCode::OK, Some("offline")), "{presence}");
+
+    let room = create(&s, &at, json!({"preset": "private_chat"})).await;
+    let (_, sent) = send(&s, &at, &room, "t1", "private").await;
+    let event = sent["event_id"].as_str().expect("event id").replace('+', "%2B").replace('/', "%2F");
+    let got = s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{event}"), Some(&bt)).await;
+    assert_error(&got, 404, "M_NOT_FOUND");
+
+    let self_signing =
+        json!({"self_signing_key": {"user_id": bob, "usage": ["self_signing"], "keys": {"ed25519:abc": "abc"}}});
+    let got = s.post("/_matrix/client/v3/keys/device_signing/upload", Some(&bt), self_signing).await;
+    assert_error(&got, 400, "M_INVALID_PARAM");
+}
+
+both_engines!(small_answers_as_synapse_gives_them);

@@ -211,6 +211,13 @@ pub async fn upload_signing_keys(
     if keys.is_empty() {
         return Ok(upload_signing_keys::v3::Response::new());
     }
+    // The other keys are signed by the master key: without one (uploaded now or before)
+    // they cannot be checked, and Synapse refuses them.
+    let has_master =
+        keys.iter().any(|(k, _)| *k == "master") || s.keys.cross_signing_key(&caller.user_id, "master")?.is_some();
+    if !has_master {
+        return Err(Error::invalid_param("Upload a master key first: the other cross-signing keys are signed by it"));
+    }
     let pos = s.keys.upload_cross_signing(&caller.user_id, &keys)?;
     s.keys.announce(&s.rooms, &caller.user_id, pos)?;
     Ok(upload_signing_keys::v3::Response::new())

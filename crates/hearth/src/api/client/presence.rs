@@ -37,7 +37,13 @@ pub async fn get_presence(
     if caller.user_id != *target && !s.rooms.share_a_room(&caller.user_id, target)? {
         return Err(Error::forbidden("You do not share a room with this user"));
     }
-    let rec = s.presence.get(target)?.ok_or_else(|| Error::not_found("No presence for this user"))?;
+    // A user who never set any presence is offline, as on Synapse; an unknown user is 404.
+    let Some(rec) = s.presence.get(target)? else {
+        if target.server_name() == s.config.server_name && !s.users.is_active(target)? {
+            return Err(Error::not_found("No such user"));
+        }
+        return Ok(get_presence::v3::Response::new(ruma::presence::PresenceState::Offline));
+    };
     let mut res = get_presence::v3::Response::new(rec.presence.as_str().into());
     res.status_msg = rec.status_msg;
     let ago = crate::time::now_millis().saturating_sub(rec.last_active_ts);

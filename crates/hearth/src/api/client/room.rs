@@ -111,7 +111,12 @@ pub async fn get_room_event(
     req: Ruma<get_room_event::v3::Request>,
 ) -> Result<get_room_event::v3::Response> {
     let caller = req.caller()?;
-    let until = s.rooms.require_visible(&req.body.room_id, &caller.user_id)?;
+    // Someone who may not read the room is told the event is not found (as Synapse), not
+    // that the room exists.
+    let until = s.rooms.require_visible(&req.body.room_id, &caller.user_id).map_err(|e| match e {
+        Error::Matrix { status: http::StatusCode::FORBIDDEN, .. } => Error::not_found("Event not found"),
+        other => other,
+    })?;
     let meta = s.rooms.event_meta(&req.body.event_id)?.ok_or_else(|| Error::not_found("Event not found"))?;
     // A soft-failed event is kept for state resolution only: never shown to clients.
     if meta.room_id != req.body.room_id || meta.stream > until || meta.soft_failed {
