@@ -97,6 +97,33 @@ async fn context_and_relations(b: Backend) {
     assert_eq!(before, vec!["m3", "m2"]);
     assert_eq!(after, vec!["m5", "m6"]);
     assert!(ctx["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.name"));
+    // With lazy-loaded members, only the senders' member events: bob, who joined and never
+    // spoke, is left out.
+    let (_, bt, _) = s.register("bob", "pw-bob-12").await;
+    let (status, _) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            Some(&at),
+            json!({"user_id": format!("@bob:{SERVER_NAME}")}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await.0, StatusCode::OK);
+    let mut later = Vec::new();
+    for i in 9..12 {
+        later.push(send(&s, &at, &room, &format!("m{i}"), json!({"msgtype": "m.text", "body": format!("m{i}")})).await);
+    }
+    let lazy = "%7B%22lazy_load_members%22%3Atrue%7D";
+    let (_, lazy_ctx) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/context/{}?limit=2&filter={lazy}", later[2]), Some(&at)).await;
+    let members: Vec<&str> = lazy_ctx["state"]
+        .as_array()
+        .expect("state")
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .filter_map(|e| e["state_key"].as_str())
+        .collect();
+    assert_eq!(members, vec![format!("@alice:{SERVER_NAME}")], "{lazy_ctx}");
     // The end token continues forwards.
     let end = ctx["end"].as_str().unwrap();
     let (_, more) =

@@ -56,10 +56,24 @@ pub async fn get_context(s: Arc<Services>, req: Ruma<get_context::v3::Request>) 
     // The state at the last event returned.
     let last = after.last().map(|(_, p)| p.event_id.clone()).unwrap_or_else(|| b.event_id.clone());
     let state = s.rooms.state_after(&last)?;
+    // With lazy_load_members, only the members who sent the events returned (and the
+    // caller's own), as in /sync and /messages.
+    let lazy = !b.filter.lazy_load_options.is_disabled();
+    let mut senders: std::collections::BTreeSet<String> =
+        before.iter().chain(after.iter()).map(|(_, p)| p.sender.to_string()).collect();
+    if let Some(meta_pdu) = s.rooms.pdu(&b.event_id)? {
+        senders.insert(meta_pdu.sender.to_string());
+    }
+    senders.insert(caller.user_id.to_string());
     res.state = s
         .rooms
         .state_events(&state)?
         .iter()
+        .filter(|p| {
+            !lazy
+                || p.kind.to_string() != "m.room.member"
+                || p.state_key.as_deref().is_some_and(|k| senders.contains(k))
+        })
         .map(|p| raw(&s.rooms.client_event(p, None, None)))
         .collect::<Result<_>>()?;
     Ok(res)
