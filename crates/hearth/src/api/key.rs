@@ -25,7 +25,20 @@ use crate::{
 pub const MAX_SERVERS_PER_QUERY: usize = 100;
 
 pub fn routes() -> Router<Arc<Services>> {
-    Router::new().ruma(get_server_keys).ruma(get_remote_server_keys).ruma(get_remote_server_keys_batch)
+    Router::new()
+        .ruma(get_server_keys)
+        .ruma(get_remote_server_keys)
+        .ruma(get_remote_server_keys_batch)
+        // The deprecated form with a key id, which older servers (and sytest's) still ask:
+        // the whole document, as Synapse answers it.
+        .route("/_matrix/key/v2/server/{keyId}", axum::routing::get(server_keys_by_id))
+}
+
+/// `GET /_matrix/key/v2/server/{keyId}` (deprecated): the same document as without the id.
+async fn server_keys_by_id(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+) -> Result<axum::Json<CanonicalJsonObject>> {
+    Ok(axum::Json(s.server_key.key_document()?))
 }
 
 fn raw(doc: &CanonicalJsonObject) -> Result<Raw<ruma::api::federation::discovery::ServerSigningKeys>> {

@@ -82,6 +82,9 @@ async fn server_key_is_signed_and_stable(b: Backend) {
     assert_eq!(keys.len(), 1);
     let (key_id, key) = keys.iter().next().unwrap();
     assert!(key_id.starts_with("ed25519:"));
+    // The deprecated form with a key id answers the same document.
+    let (status, by_id) = s.get(&format!("/_matrix/key/v2/server/{}", key_id.replace(':', "%3A")), None).await;
+    assert_eq!((status, &by_id["verify_keys"]), (StatusCode::OK, &doc["verify_keys"]));
 
     // The document verifies against its own key.
     let mut set = PublicKeySet::new();
