@@ -75,8 +75,31 @@ impl Rooms {
     /// The users `searcher` may find in the user directory: everyone sharing a room with
     /// them, and the members of published rooms. Sorted, without duplicates.
     pub fn user_directory_candidates(&self, searcher: &UserId) -> Result<BTreeSet<OwnedUserId>> {
+        // Those sharing a room with the searcher (the searcher is not their own match)…
         let mut visible = self.members_of_joined_rooms(searcher)?;
-        for room in self.published_rooms()? {
+        visible.remove(searcher);
+        // …and everyone in a public room: published, open to join, or world-readable (as
+        // Synapse counts it; a room turning private takes its members out again).
+        let mut public: BTreeSet<OwnedRoomId> = self.published_rooms()?.into_iter().collect();
+        let mut all = Vec::new();
+        super::ROOMS.scan_all(&self.store, |room, _| {
+            all.push(room);
+            true
+        })?;
+        for room in all {
+            let Ok(room) = OwnedRoomId::try_from(room) else { continue };
+            let field = |kind: &str, key: &str| -> Result<Option<String>> {
+                Ok(self
+                    .state_event(&room, &kind.into(), "")?
+                    .and_then(|p| p.content_value().get(key).and_then(|v| v.as_str()).map(str::to_owned)))
+            };
+            if field("m.room.join_rules", "join_rule")?.as_deref() == Some("public")
+                || field("m.room.history_visibility", "history_visibility")?.as_deref() == Some("world_readable")
+            {
+                public.insert(room);
+            }
+        }
+        for room in public {
             visible.extend(self.members_shared(&room, &MembershipState::Join)?.iter().cloned());
         }
         Ok(visible)

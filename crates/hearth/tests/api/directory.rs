@@ -77,6 +77,20 @@ async fn user_directory_shows_people_you_share_rooms_with(b: Backend) {
     assert_eq!(ids, vec![bob.as_str()]);
     assert_eq!(res["results"][0]["display_name"], "bob");
     assert_eq!(res["limited"], false);
+    // Bob does not find himself through a private room; a stranger finds him once the room
+    // is open to join (a public room's members are listed for everyone).
+    let (_, own) = s.post("/_matrix/client/v3/user_directory/search", Some(&bt), json!({"search_term": "bob"})).await;
+    assert!(!own["results"].as_array().unwrap().iter().any(|u| u["user_id"] == bob.as_str()), "{own}");
+    let (_, ct, _) = s.register("carol", "pw-carol-1").await;
+    let search = |t: String| {
+        let s = &s;
+        async move { s.post("/_matrix/client/v3/user_directory/search", Some(&t), json!({"search_term": "bob"})).await.1 }
+    };
+    assert_eq!(search(ct.clone()).await["results"], json!([]));
+    let rules = format!("/_matrix/client/v3/rooms/{room}/state/m.room.join_rules");
+    assert_eq!(s.put(&rules, Some(&at), json!({"join_rule": "public"})).await.0, StatusCode::OK);
+    let found = search(ct).await;
+    assert!(found["results"].as_array().unwrap().iter().any(|u| u["user_id"] == bob.as_str()), "{found}");
 }
 
 async fn context_and_relations(b: Backend) {
