@@ -368,7 +368,12 @@ pub fn assemble(
                 }
                 "leave" | "ban" if (since.is_some() && is_new) || (since.is_none() && opts.include_leave) => {
                     let until = rec.stream;
-                    let from = if since.is_some() && !opts.full_state { since } else { None };
+                    // Incremental only from a point where the user was in the room: one who
+                    // joined and left within this batch gets the room's state afresh.
+                    let from = match since {
+                        Some(s) if !opts.full_state && was_joined_at(rooms, room_id, user, s, until)? => Some(s),
+                        _ => None,
+                    };
                     let r = section.build(room_id, from, until)?;
                     result.leave.insert(
                         room_id.clone(),
@@ -625,6 +630,19 @@ impl SectionContext<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether `user` was joined to `room_id` at stream position `at` (by the state after the
+/// room's last event up to then).
+fn was_joined_at(rooms: &Rooms, room_id: &RoomId, user: &UserId, at: u64, until: u64) -> Result<bool> {
+    let Some((_, last)) = rooms.page(room_id, at, Direction::Backward, 1, until.max(at), None)?.into_iter().next()
+    else {
+        return Ok(false);
+    };
+    let state = rooms.state_after(&last.event_id)?;
+    Ok(rooms
+        .state_event_shared(&state, &"m.room.member".into(), user.as_str())?
+        .is_some_and(|p| p.content_value().get("membership").and_then(Value::as_str) == Some("join")))
 }
 
 /// Sync's events are `ClientEventWithoutRoomID`: the room is the key they are listed under.

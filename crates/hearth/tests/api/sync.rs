@@ -497,3 +497,26 @@ async fn a_new_room_brings_its_members_presence(b: Backend) {
 }
 
 both_engines!(a_new_room_brings_its_members_presence);
+
+/// Joining and leaving between two syncs: the leave section carries the room's state
+/// afresh (the user was never in the room at the earlier sync).
+async fn join_and_leave_in_one_batch_brings_the_state(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (bob, bt, _) = s.register("bob", "pw-bob-12").await;
+    let room = create(&s, &at, json!({"invite": [bob]})).await;
+    s.put(&format!("/_matrix/client/v3/rooms/{room}/state/a.made.up/"), Some(&at), json!({"my_key": 1})).await;
+    let filter = urlencode(
+        &json!({"room": {"timeline": {"types": []}, "state": {"types": ["a.made.up"]}, "include_leave": true}})
+            .to_string(),
+    );
+    let since = sync(&s, &bt, &format!("?filter={filter}")).await["next_batch"].as_str().expect("next").to_owned();
+    assert_eq!(s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await.0, StatusCode::OK);
+    assert_eq!(s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bt), json!({})).await.0, StatusCode::OK);
+    let res = sync(&s, &bt, &format!("?filter={filter}&since={since}")).await;
+    let state = res["rooms"]["leave"][&room]["state"]["events"].as_array().cloned().unwrap_or_default();
+    let types: Vec<&str> = state.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, vec!["a.made.up"], "{res}");
+}
+
+both_engines!(join_and_leave_in_one_batch_brings_the_state);
