@@ -87,6 +87,18 @@ impl Keys {
                     continue;
                 };
                 if *target == *user {
+                    // The user left: the room's members they share nothing else with are
+                    // `left` for them.
+                    let membership = pdu.content_value().get("membership").and_then(|m| m.as_str().map(str::to_owned));
+                    if matches!(membership.as_deref(), Some("leave" | "ban")) {
+                        for member in
+                            rooms.members_shared(room, &ruma::events::room::member::MembershipState::Join)?.iter()
+                        {
+                            if **member != *user && !is_contact(member)? {
+                                delta.left.push(member.clone());
+                            }
+                        }
+                    }
                     continue;
                 }
                 if is_contact(&target)? {

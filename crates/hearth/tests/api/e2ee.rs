@@ -473,7 +473,23 @@ async fn concurrent_claims_never_share_a_key(b: Backend) {
     assert_eq!(got, expected);
 }
 
+/// When the user leaves, the members they no longer share a room with are `left` for them.
+async fn leaving_makes_the_others_left(b: Backend) {
+    let p = pair(b).await;
+    let a_since = since(&p.s, &p.at).await;
+    let (_, rooms) = p.s.get("/_matrix/client/v3/joined_rooms", Some(&p.at)).await;
+    let room = rooms["joined_rooms"][0].as_str().expect("a room").to_owned();
+    assert_eq!(
+        p.s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&p.at), json!({})).await.0,
+        StatusCode::OK
+    );
+    let (_, sync) = p.s.get(&format!("/_matrix/client/v3/sync?since={a_since}&timeout=0"), Some(&p.at)).await;
+    let left = sync["device_lists"]["left"].as_array().cloned().unwrap_or_default();
+    assert!(left.iter().any(|u| u == p.bob.as_str()), "{sync}");
+}
+
 both_engines!(
+    leaving_makes_the_others_left,
     new_and_renamed_devices_reach_device_lists,
     concurrent_claims_never_share_a_key,
     device_lists_follow_membership,
