@@ -71,15 +71,28 @@ impl Rooms {
                 .state_event_shared(&state, &ruma::events::StateEventType::RoomMember, user.as_str())?
                 .and_then(|p| p.content_value().get("membership").and_then(Value::as_str).map(str::to_owned)))
         };
-        Ok(match visibility.as_str() {
-            "world_readable" => true,
-            // Shared history is for members (current, or former up to their leave).
-            "shared" => self
-                .membership(&pdu.room_id, user)?
-                .is_some_and(|m| m.membership != MembershipState::Invite && m.membership != MembershipState::Knock),
-            "invited" => matches!(membership()?.as_deref(), Some("invite" | "join")),
-            _ => membership()?.as_deref() == Some("join"),
-        })
+        let allows = |visibility: &str| -> Result<bool> {
+            Ok(match visibility {
+                "world_readable" => true,
+                // Shared history is for members (current, or former up to their leave).
+                "shared" => self
+                    .membership(&pdu.room_id, user)?
+                    .is_some_and(|m| m.membership != MembershipState::Invite && m.membership != MembershipState::Knock),
+                "invited" => matches!(membership()?.as_deref(), Some("invite" | "join")),
+                _ => membership()?.as_deref() == Some("join"),
+            })
+        };
+        if allows(&visibility)? {
+            return Ok(true);
+        }
+        // A change of history visibility is seen by whoever either setting lets see it: the
+        // boundaries of what one may read are shown (as the spec's algorithm and Synapse).
+        if pdu.kind.to_string() == "m.room.history_visibility" && pdu.state_key.as_deref() == Some("") {
+            if let Some(new) = pdu.content_value().get("history_visibility").and_then(Value::as_str) {
+                return allows(new);
+            }
+        }
+        Ok(false)
     }
 
     /// Drops the events of a page that `user` may not see.

@@ -745,3 +745,33 @@ async fn small_answers_as_synapse_gives_them(b: Backend) {
 }
 
 both_engines!(small_answers_as_synapse_gives_them);
+
+/// A change of history visibility is shown to whoever either setting lets see it: a late
+/// joiner sees the boundaries around what they may read.
+async fn history_visibility_changes_show_on_their_boundaries(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (_, bt, _) = s.register("bob", "pw-bob-12").await;
+    let room = create(&s, &at, json!({"preset": "public_chat"})).await;
+    let hv = format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility");
+    for (i, setting) in ["joined", "invited", "shared"].iter().enumerate() {
+        assert_eq!(s.put(&hv, Some(&at), json!({"history_visibility": setting})).await.0, StatusCode::OK);
+        send(&s, &at, &room, &format!("t{i}"), &format!("{}", i + 1)).await;
+    }
+    assert_eq!(s.post(&format!("/_matrix/client/v3/join/{room}"), Some(&bt), json!({})).await.0, StatusCode::OK);
+    let (_, sync) = s.get("/_matrix/client/v3/sync", Some(&bt)).await;
+    let events = sync["rooms"]["join"][&room]["timeline"]["events"].as_array().expect("timeline").clone();
+    let tail: Vec<String> = events[events.len().saturating_sub(4)..]
+        .iter()
+        .map(|e| match e["type"].as_str() {
+            Some("m.room.history_visibility") => {
+                format!("hv:{}", e["content"]["history_visibility"].as_str().unwrap_or(""))
+            }
+            Some("m.room.message") => format!("msg:{}", e["content"]["body"].as_str().unwrap_or("")),
+            other => other.unwrap_or("").to_owned(),
+        })
+        .collect();
+    assert_eq!(tail, vec!["hv:joined", "hv:shared", "msg:3", "m.room.member"], "{sync}");
+}
+
+both_engines!(history_visibility_changes_show_on_their_boundaries);
