@@ -33,6 +33,12 @@ async fn event_stream_and_initial_syncs(b: Backend) {
     assert_eq!(status, StatusCode::OK, "{first}");
     assert_eq!(first["chunk"], json!([]));
     let end = first["end"].as_str().expect("end").to_owned();
+    for bad in ["limit=-1", "limit=x"] {
+        assert_eq!(
+            s.get(&format!("/_matrix/client/v3/events?timeout=0&{bad}"), Some(&at)).await.0,
+            StatusCode::BAD_REQUEST
+        );
+    }
     let (status, sent) = s
         .post(
             &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message"),

@@ -128,6 +128,8 @@ async fn events(
 ) -> Result<Json<Value>> {
     let caller = caller_of(&s, &parts)?;
     let timeout = Duration::from_millis(number(&query, "timeout")?.unwrap_or(30_000)).min(MAX_TIMEOUT);
+    // A limit that is no count is refused, as Synapse does (the stream sends what happened).
+    number(&query, "limit")?;
     let from = match query.get("from") {
         Some(token) => SyncToken::parse(token)?,
         None => now_token(&s),
