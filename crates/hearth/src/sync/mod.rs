@@ -315,7 +315,12 @@ pub fn assemble(
                         }
                     }
                     let from = if is_new || opts.full_state { None } else { since };
-                    let r = section.build(&room_id, from, now)?;
+                    let mut r = section.build(&room_id, from, now)?;
+                    // A room joined since the last sync is always `limited`, as Synapse marks
+                    // it: the client has no timeline of it to join up with.
+                    if is_new && since.is_some() && !r.timeline.is_empty() {
+                        r.limited = true;
+                    }
                     let account_data: Vec<Value> = account_data
                         .into_iter()
                         .filter(|e| opts.room_account_data.type_allowed(e["type"].as_str().unwrap_or_default()))
@@ -487,9 +492,6 @@ impl SectionContext<'_> {
         let mut picked = Vec::new();
         let mut scanned = 0;
         let mut at = until;
-        // Events passed over (not visible, filtered out) since the last one picked: older
-        // than the timeline, so it does not reach back to its start (`limited`, as Synapse).
-        let mut passed_over = 0;
         let limited = loop {
             let page = self.rooms.page(room_id, at, Direction::Backward, batch, until, from)?;
             let exhausted = page.len() < batch;
@@ -504,16 +506,13 @@ impl SectionContext<'_> {
                 let wanted = filter.allows(&pdu.kind.to_string(), sender) && !self.ignored.contains(sender);
                 if wanted && visible.contains(&pos) {
                     picked.push((pos, pdu));
-                    passed_over = 0;
-                } else {
-                    passed_over += 1;
                 }
             }
             if picked.len() > limit {
                 break true;
             }
             if exhausted || at == 0 {
-                break !picked.is_empty() && passed_over > 0;
+                break false;
             }
             if scanned >= MAX_FILTER_SCAN {
                 break true;

@@ -62,6 +62,13 @@ async fn typing_reaches_the_other_member(b: Backend) {
     // Nobody sets another user's typing state.
     let other = format!("/_matrix/client/v3/rooms/{}/typing/{}", p.room, p.bob);
     assert_error(&p.s.put(&other, Some(&p.at), json!({"typing": true, "timeout": 1000})).await, 403, "M_FORBIDDEN");
+
+    // Without a timeout (clients leave it out), as Synapse: typing for 30 seconds.
+    let since = res["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(p.s.put(&path, Some(&p.at), json!({"typing": true})).await.0, StatusCode::OK);
+    let res = sync_since(&p.s, &p.bt, &since, 10000).await;
+    assert_eq!(ephemeral(&res, &p.room, "m.typing").unwrap()["content"]["user_ids"], json!([p.alice]));
+    assert_error(&p.s.put(&path, Some(&p.at), json!({"typing": "yes"})).await, 400, "M_BAD_JSON");
 }
 
 async fn typing_expires(b: Backend) {
