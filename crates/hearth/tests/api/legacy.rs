@@ -66,7 +66,9 @@ async fn event_stream_and_initial_syncs(b: Backend) {
     let chunk = entry["messages"]["chunk"].as_array().expect("chunk");
     assert_eq!(chunk.last().expect("a message")["content"]["body"], "hello");
     assert!(entry["state"].as_array().expect("state").iter().any(|e| e["type"] == "m.room.name"), "{entry}");
-    assert!(init["account_data"].as_array().expect("account data").iter().any(|e| e["type"] == "my.type"));
+    let account: Vec<&str> =
+        init["account_data"].as_array().expect("account data").iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(account, vec!["my.type"], "only what the user stored");
     assert!(init["end"].is_string());
 
     // The room's initial sync: for a member, and for a non-member only when world-readable.
