@@ -114,6 +114,11 @@ fn membership_event(s: &Services, room_id: &RoomId, user: &UserId) -> Result<Opt
     Ok(s.rooms.pdu(&record.event_id)?.map(|pdu| v1(s.rooms.client_event(&pdu, None, None))))
 }
 
+/// A client of these endpoints is online, as one calling `/sync` is.
+fn came_online(s: &Services, user: &UserId) -> Result<()> {
+    crate::presence::set(&s.presence, &s.rooms, &s.notifier, user, "online", None)
+}
+
 fn number(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>> {
     query.get(name).map(|v| v.parse::<u64>().map_err(|_| Error::invalid_param(format!("Invalid {name}")))).transpose()
 }
@@ -149,6 +154,9 @@ async fn events(
     }
     let deadline = tokio::time::Instant::now() + timeout;
     let mut rx = s.notifier.subscribe(&caller.user_id);
+    // Polling the stream is being online, as a sync is (and as on Synapse).
+    let _syncing = s.presence.syncing(&caller.user_id);
+    came_online(&s, &caller.user_id)?;
     loop {
         let now = now_token(&s);
         let chunk = match (&room, peeking) {
@@ -233,6 +241,7 @@ async fn initial_sync(
     parts: Parts,
 ) -> Result<Json<Value>> {
     let caller: Caller = caller_of(&s, &parts)?;
+    came_online(&s, &caller.user_id)?;
     let limit = number(&query, "limit")?.unwrap_or(10).min(MAX_LIMIT as u64) as usize;
     let archived = query.get("archived").is_some_and(|a| a == "true");
     let now = now_token(&s);
