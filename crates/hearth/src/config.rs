@@ -61,6 +61,8 @@ pub struct Config {
     pub max_concurrent_requests: u16,
     pub max_request_size: u32,
     pub allow_registration: bool,
+    /// Guest accounts (`/register?kind=guest`) and guests' access to rooms that allow it.
+    pub allow_guest_access: bool,
     pub registration_token: Option<String>,
     pub registration_token_file: Option<PathBuf>,
     pub allow_federation: bool,
@@ -127,6 +129,7 @@ impl Default for Config {
             max_concurrent_requests: 100,
             max_request_size: 20_000_000,
             allow_registration: false,
+            allow_guest_access: false,
             registration_token: None,
             registration_token_file: None,
             allow_federation: true,

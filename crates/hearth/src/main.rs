@@ -367,6 +367,7 @@ fn create_user(
         localpart: &localpart,
         password: Some(&password),
         admin: admin.then_some(true),
+        guest: false,
     })?;
     println!("created {id}");
     if generated {

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod client;
 pub mod federation;
+pub mod guest;
 pub mod health;
 pub mod key;
 mod request_slot;
@@ -154,7 +155,9 @@ pub(crate) async fn verify_server_request(
 /// finds it); 401 without one.
 pub(crate) fn caller_of(services: &Services, parts: &http::request::Parts) -> Result<Caller> {
     let token = access_token(parts)?.ok_or_else(Error::missing_token)?;
-    services.users.authenticate(&token)
+    let caller = services.users.authenticate(&token)?;
+    guest::check(&caller, parts, "")?;
+    Ok(caller)
 }
 
 /// The access token from `Authorization: Bearer …` or the deprecated `access_token` query
@@ -276,7 +279,12 @@ where
         let caller = match <R::Authentication as AuthPolicy>::KIND {
             AuthKind::None | AuthKind::Server => None,
             kind => match access_token(&parts)? {
-                Some(token) => Some(services.users.authenticate(&token)?),
+                Some(token) => {
+                    let caller = services.users.authenticate(&token)?;
+                    let template = R::PATH_BUILDER.all_paths().next().unwrap_or("");
+                    guest::check(&caller, &parts, template)?;
+                    Some(caller)
+                }
                 None if kind == AuthKind::Required => return Err(Error::missing_token()),
                 None => None,
             },

@@ -212,7 +212,9 @@ impl Federation {
     }
 
     /// A local user joins a room: here, when a local user is joined to it (or federation is
-    /// off), else through another server ([`Federation::join_remote`]).
+    /// off), else through another server ([`Federation::join_remote`]). A guest joins only
+    /// a room whose `m.room.guest_access` is `can_join` (403 otherwise); in a room elsewhere
+    /// that is known only once joined, so a guest that finds it barred leaves again.
     pub async fn join(
         &self,
         room: &RoomId,
@@ -222,7 +224,12 @@ impl Federation {
         reason: Option<String>,
         federate: bool,
     ) -> Result<()> {
+        let guest = self.users.is_guest(user)?;
+        let barred = || Error::forbidden("Guests may not join this room (its guest_access is not can_join)");
         if self.is_resident(room)? || !federate {
+            if guest && self.rooms.room(room)?.is_some() && !self.rooms.guests_may_join(room)? {
+                return Err(barred());
+            }
             self.rooms.join(room, user, profile, reason)?;
             return Ok(());
         }
@@ -231,7 +238,18 @@ impl Federation {
         if let Some(inviter) = self.inviter_server(room, user)? {
             via.insert(0, inviter);
         }
-        self.join_remote(room, user, &via, with_reason(profile, reason)).await.map(|_| ())
+        self.join_remote(room, user, &via, with_reason(profile, reason)).await?;
+        if guest && !self.rooms.guests_may_join(room)? {
+            self.rooms.set_leave(room, user, user, None)?;
+            return Err(barred());
+        }
+        Ok(())
+    }
+
+    /// Makes this server's guests leave a room that no longer lets guests join (after a
+    /// change of its `m.room.guest_access`, local or received).
+    pub fn remove_barred_guests(&self, room: &RoomId) -> Result<()> {
+        self.rooms.remove_guests(room, |u| self.users.is_guest(u).unwrap_or(false))
     }
 
     /// A local user joins a room on another server, through the first of `candidates`

@@ -141,7 +141,15 @@ impl Federation {
             } else {
                 self.state_over_gap(origin, version, &pdu, &missing).await?
             };
-            self.rooms.append_remote(pdu, before).map_err(refusal)
+            let guest_access = pdu.kind.to_string() == "m.room.guest_access" && pdu.state_key.as_deref() == Some("");
+            let room = pdu.room_id.clone();
+            let appended = self.rooms.append_remote(pdu, before).map_err(refusal)?;
+            if guest_access && appended == Appended::Timeline {
+                if let Err(e) = self.remove_barred_guests(&room) {
+                    tracing::warn!(%room, error = %e, "could not apply a change of guest access");
+                }
+            }
+            Ok(appended)
         })
     }
 

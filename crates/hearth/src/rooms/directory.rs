@@ -167,7 +167,7 @@ impl Rooms {
     }
 
     /// A string field of a current state event (state key "").
-    fn state_str(&self, room: &RoomId, kind: StateEventType, field: &str) -> Result<Option<String>> {
+    pub(crate) fn state_str(&self, room: &RoomId, kind: StateEventType, field: &str) -> Result<Option<String>> {
         Ok(self
             .state_event(room, &kind, "")?
             .and_then(|p| p.content_value().get(field).and_then(Value::as_str).map(str::to_owned)))

@@ -39,6 +39,29 @@ impl Rooms {
         self.member_event(room_id, user, user, Value::Object(content))
     }
 
+    /// Whether the room lets guests join: its `m.room.guest_access` is `can_join` (spec,
+    /// "Guest access").
+    pub fn guests_may_join(&self, room_id: &RoomId) -> Result<bool> {
+        Ok(self.state_str(room_id, ruma::events::StateEventType::RoomGuestAccess, "guest_access")?.as_deref()
+            == Some("can_join"))
+    }
+
+    /// Makes the joined local members that `is_guest` names leave, when the room no longer
+    /// lets guests join (the spec's server behaviour for guest access). Each leave is the
+    /// guest's own; one the room refuses is logged and skipped.
+    pub fn remove_guests(&self, room_id: &RoomId, is_guest: impl Fn(&UserId) -> bool) -> Result<()> {
+        if self.guests_may_join(room_id)? {
+            return Ok(());
+        }
+        let joined = self.members_shared(room_id, &ruma::events::room::member::MembershipState::Join)?;
+        for user in joined.iter().filter(|u| u.server_name() == self.server_name && is_guest(u)) {
+            if let Err(e) = self.set_leave(room_id, user, user, None) {
+                tracing::warn!(%room_id, %user, error = %e, "could not make a guest leave");
+            }
+        }
+        Ok(())
+    }
+
     /// Copies a profile change (`displayname` or `avatar_url`, `None` to remove it) into
     /// the member event of every room `user` is joined to, as Synapse does, so the others
     /// in those rooms see the new name. Per-room names set through the member event are

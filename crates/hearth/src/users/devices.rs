@@ -31,6 +31,8 @@ use crate::{
 pub struct Caller {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
+    /// A guest account (see `api::guest` for what it may call).
+    pub guest: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +49,9 @@ pub struct Device {
 pub struct TokenOwner {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
+    /// The token of a guest account; rewritten when the guest upgrades.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guest: bool,
 }
 
 json_value!(Device, TokenOwner);
@@ -123,7 +128,11 @@ impl Users {
     pub fn authenticate(&self, token: &str) -> Result<Caller> {
         let hash = token_hash(token);
         if let Some(owner) = self.tokens.owners.lock().get(&hash) {
-            return Ok(Caller { user_id: owner.user_id.clone(), device_id: owner.device_id.clone() });
+            return Ok(Caller {
+                user_id: owner.user_id.clone(),
+                device_id: owner.device_id.clone(),
+                guest: owner.guest,
+            });
         }
         let epoch = self.tokens.epoch.load(Ordering::SeqCst);
         let owner = ACCESS_TOKENS.get(self.store(), &hash)?.ok_or_else(Error::unknown_token)?;
@@ -131,7 +140,7 @@ impl Users {
         if self.tokens.epoch.load(Ordering::SeqCst) == epoch {
             owners.insert(hash, owner.clone());
         }
-        Ok(Caller { user_id: owner.user_id, device_id: owner.device_id })
+        Ok(Caller { user_id: owner.user_id, device_id: owner.device_id, guest: owner.guest })
     }
 
     /// Writes a batch that may delete access tokens, then forgets the resolved ones.
@@ -156,6 +165,7 @@ impl Users {
             }
         }
         let device_id = device_id.unwrap_or_else(new_device_id);
+        let guest = self.account(user_id)?.is_some_and(|a| a.guest);
         let token = new_token();
         let hash = token_hash(&token);
         let now = now_millis();
@@ -181,7 +191,8 @@ impl Users {
             },
         };
         DEVICES.put(&mut batch, (user_id.as_str(), device_id.as_str()), &device);
-        ACCESS_TOKENS.put(&mut batch, &hash, &TokenOwner { user_id: user_id.to_owned(), device_id: device_id.clone() });
+        let owner = TokenOwner { user_id: user_id.to_owned(), device_id: device_id.clone(), guest };
+        ACCESS_TOKENS.put(&mut batch, &hash, &owner);
         if revokes {
             self.write_revoking(batch)?;
         } else {

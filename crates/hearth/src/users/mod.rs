@@ -38,6 +38,9 @@ pub struct Account {
     pub admin: bool,
     pub deactivated: bool,
     pub created_ts: u64,
+    /// A guest account (`kind=guest`): no password, a limited API, until it upgrades.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guest: bool,
 }
 
 json_value!(Account);
@@ -65,6 +68,8 @@ pub struct NewAccount<'a> {
     pub localpart: &'a str,
     pub password: Option<&'a str>,
     pub admin: Option<bool>,
+    /// A guest account: never the server's admin, no display name.
+    pub guest: bool,
 }
 
 impl Users {
@@ -97,6 +102,11 @@ impl Users {
         Ok(ACCOUNTS.get(&self.store, user_id.as_str())?)
     }
 
+    /// Whether `user_id` is a local guest account.
+    pub fn is_guest(&self, user_id: &UserId) -> Result<bool> {
+        Ok(self.account(user_id)?.is_some_and(|a| a.guest))
+    }
+
     /// Whether `user_id` is a local account that is not deactivated.
     pub fn is_active(&self, user_id: &UserId) -> Result<bool> {
         Ok(self.account(user_id)?.is_some_and(|a| !a.deactivated))
@@ -115,6 +125,45 @@ impl Users {
         Ok(Ok(()))
     }
 
+    /// A fresh localpart for a guest: digits only, as Synapse names guests (and as clients
+    /// show them), random so that guest ids cannot be enumerated.
+    pub fn guest_localpart(&self) -> String {
+        let mut rng = rand::thread_rng();
+        (0..16).map(|_| char::from(b'0' + rng.gen_range(0..10u8))).collect()
+    }
+
+    /// Makes a guest account a full one (`/register` with `guest_access_token`): it gets
+    /// a password and its display name, and its devices' tokens stop being guest tokens.
+    /// 400 `M_USER_IN_USE` when the account is not a guest's.
+    pub fn upgrade_guest(&self, user_id: &UserId, password: Option<&str>) -> Result<()> {
+        let hash = match password {
+            Some(p) => Some(password::hash(p)?),
+            None => None,
+        };
+        let _guard = self.write_lock.lock();
+        let mut account = self.account(user_id)?.ok_or_else(|| Error::not_found("No such user"))?;
+        if !account.guest || account.deactivated {
+            return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_USER_IN_USE", "User ID already taken"));
+        }
+        account.guest = false;
+        account.password_hash = hash;
+        let mut batch = Batch::new();
+        ACCOUNTS.put(&mut batch, user_id.as_str(), &account);
+        if self.profile_field(user_id, "displayname")?.is_none() {
+            profile::put_field(&mut batch, user_id, "displayname", Some(user_id.localpart().into()));
+        }
+        for (_, device) in devices::DEVICES.collect_prefix(&self.store, user_id.as_str())? {
+            if let Some(mut owner) = devices::ACCESS_TOKENS.get(&self.store, &device.token_hash)? {
+                owner.guest = false;
+                devices::ACCESS_TOKENS.put(&mut batch, &device.token_hash, &owner);
+            }
+        }
+        // Emptying the token cache makes the rewritten owners take effect at once.
+        self.write_revoking(batch)?;
+        tracing::info!(%user_id, "guest account upgraded");
+        Ok(())
+    }
+
     /// A fresh random localpart for a registration that did not ask for one.
     pub fn random_localpart(&self) -> String {
         let mut rng = rand::thread_rng();
@@ -122,7 +171,7 @@ impl Users {
     }
 
     /// Creates an account. The first account on a server becomes its admin. The display
-    /// name starts as the localpart, as Element and Nheko expect.
+    /// name starts as the localpart, as Element and Nheko expect. Guests get neither.
     pub fn create_account(&self, new: NewAccount<'_>) -> Result<OwnedUserId> {
         let hash = match new.password {
             Some(p) => Some(password::hash(p)?),
@@ -133,18 +182,23 @@ impl Users {
         if ACCOUNTS.contains(&self.store, user_id.as_str())? {
             return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_USER_IN_USE", "User ID already taken"));
         }
-        let first = self.count_accounts_up_to(1)? == 0;
+        let first = !new.guest && self.count_accounts_up_to(1)? == 0;
         let account = Account {
             password_hash: hash,
-            admin: new.admin.unwrap_or(first),
+            admin: !new.guest && new.admin.unwrap_or(first),
             deactivated: false,
             created_ts: now_millis(),
+            guest: new.guest,
         };
         let mut batch = Batch::new();
         ACCOUNTS.put(&mut batch, user_id.as_str(), &account);
-        profile::put_field(&mut batch, &user_id, "displayname", Some(new.localpart.into()));
+        if !new.guest {
+            profile::put_field(&mut batch, &user_id, "displayname", Some(new.localpart.into()));
+        }
         self.store.write(batch)?;
-        if account.admin {
+        if account.guest {
+            tracing::info!(%user_id, "created guest account");
+        } else if account.admin {
             tracing::info!(%user_id, "created account (server admin)");
         } else {
             tracing::info!(%user_id, "created account");

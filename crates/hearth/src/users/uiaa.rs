@@ -1,9 +1,17 @@
 //! User-interactive authentication (UIA): the 401 dance that guards registration,
 //! password changes, deactivation and device deletion.
 //!
-//! Sessions live in memory, bound to the purpose and (when there is one) the user that
-//! started them, and expire after [`SESSION_TTL`]. A server restart simply makes clients
-//! start over, which every client handles. The number of live sessions is bounded.
+//! Sessions live in memory, bound to the purpose, the subject (what the operation acts on,
+//! such as the devices to delete) and (when there is one) the user that started them, and
+//! expire after [`SESSION_TTL`]. Continuing a session for another subject is 403, as on
+//! Synapse: a session someone completed for one device cannot delete another. A server
+//! restart simply makes clients start over, which every client handles. The number of live
+//! sessions is bounded.
+//!
+//! Registration sessions also remember the request's parameters (a client may send them
+//! only with the first request, as sytest and older clients do) and, once the account is
+//! made, its user id: a client retrying the final request after a lost response gets the
+//! same account again instead of a second one or an error.
 
 use std::{
     collections::HashMap,
@@ -17,7 +25,7 @@ use ruma::{
     api::client::uiaa::{AuthData, AuthType, UserIdentifier},
     OwnedUserId, UserId,
 };
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::Users;
 use crate::error::{Error, Result};
@@ -39,8 +47,14 @@ struct Session {
     /// The registration token that passed its stage, if any (consumed on success).
     registration_token: Option<String>,
     purpose: Purpose,
+    /// What the operation acts on; a session cannot be carried over to another.
+    subject: String,
     user: Option<OwnedUserId>,
     completed: Vec<AuthType>,
+    /// The parameters of the request (its body without `auth`), for registration.
+    params: Map<String, Value>,
+    /// The account a completed registration session made.
+    registered: Option<OwnedUserId>,
     expires: Instant,
 }
 
@@ -61,6 +75,20 @@ pub struct Uiaa {
 pub struct Completed {
     /// The registration token used, to be consumed when the account is created.
     pub registration_token: Option<String>,
+    /// The session that completed.
+    pub session: String,
+    /// The parameters to act on: this request's, or, when it sent none, the ones the
+    /// session was started with.
+    pub params: Map<String, Value>,
+}
+
+/// One operation behind UIA: what it is for, what it acts on, who asks, and the request's
+/// parameters (remembered for registration).
+pub struct Operation<'a> {
+    pub purpose: Purpose,
+    pub subject: String,
+    pub user: Option<&'a UserId>,
+    pub params: Map<String, Value>,
 }
 
 /// The flows an endpoint offers, each a list of stages.
@@ -86,20 +114,57 @@ impl Uiaa {
         flows: &Flows,
         auth: Option<&AuthData>,
     ) -> Result<Completed> {
+        self.check_bound(Operation { purpose, subject: String::new(), user, params: Map::new() }, flows, auth).await
+    }
+
+    /// The account a completed registration session made, and the parameters it was made
+    /// with (less the password), if `session` is one.
+    pub fn registered_by(&self, session: &str) -> Option<(OwnedUserId, Map<String, Value>)> {
+        let sessions = self.sessions.lock();
+        let s = sessions.get(session).filter(|s| s.purpose == Purpose::Register && s.expires > Instant::now())?;
+        Some((s.registered.clone()?, s.params.clone()))
+    }
+
+    /// Records the account a completed registration session made (see the module doc),
+    /// and forgets the password it was sent.
+    pub fn set_registered(&self, session: &str, user_id: &UserId) {
+        if let Some(s) = self.sessions.lock().get_mut(session) {
+            s.registered = Some(user_id.to_owned());
+            s.params.remove("password");
+            s.params.remove("guest_access_token");
+        }
+    }
+
+    /// As [`Uiaa::check`], for an operation on a subject and with parameters to remember.
+    pub async fn check_bound(&self, op: Operation<'_>, flows: &Flows, auth: Option<&AuthData>) -> Result<Completed> {
+        let Operation { purpose, subject, user, params } = op;
         let Some(auth) = auth else {
-            let session = self.start(purpose, user)?;
+            let session = self.start(purpose, &subject, user, params)?;
             return Err(self.challenge(flows, &session, &[], None));
         };
         let session = match auth.session() {
             Some(id) => {
-                let sessions = self.sessions.lock();
-                match sessions.get(id) {
-                    Some(s) if s.purpose == purpose && s.user.as_deref() == user && s.expires > Instant::now() => {
+                let mut sessions = self.sessions.lock();
+                match sessions.get_mut(id) {
+                    Some(s)
+                        if s.purpose == purpose
+                            && s.user.as_deref() == user
+                            && s.expires > Instant::now()
+                            && s.registered.is_none() =>
+                    {
+                        if s.subject != subject {
+                            return Err(Error::forbidden(
+                                "The requested operation changed during the authentication session",
+                            ));
+                        }
+                        if !params.is_empty() {
+                            s.params = params;
+                        }
                         id.to_owned()
                     }
                     _ => {
                         drop(sessions);
-                        let session = self.start(purpose, user)?;
+                        let session = self.start(purpose, &subject, user, params)?;
                         return Err(self.challenge(
                             flows,
                             &session,
@@ -110,7 +175,7 @@ impl Uiaa {
                 }
             }
             // A client that sends a stage straight away, without a session, is accepted.
-            None => self.start(purpose, user)?,
+            None => self.start(purpose, &subject, user, params)?,
         };
 
         let stage = auth.auth_type();
@@ -133,8 +198,15 @@ impl Uiaa {
         };
         let (completed, registration_token) = completed;
         if flows.iter().any(|f| f.iter().all(|t| completed.contains(t))) {
-            self.sessions.lock().remove(&session);
-            return Ok(Completed { registration_token });
+            let mut sessions = self.sessions.lock();
+            // A registration session stays until it expires, so that a retry finds the
+            // account it made ([`Uiaa::registered_by`]); others end here.
+            let params = if purpose == Purpose::Register {
+                sessions.get(&session).map(|s| s.params.clone()).unwrap_or_default()
+            } else {
+                sessions.remove(&session).map(|s| s.params).unwrap_or_default()
+            };
+            return Ok(Completed { registration_token, session, params });
         }
         let error = match (offered, passed) {
             (false, _) => Some(("M_UNRECOGNIZED", "This authentication stage is not offered here")),
@@ -147,7 +219,13 @@ impl Uiaa {
         Err(self.challenge(flows, &session, &completed, error))
     }
 
-    fn start(&self, purpose: Purpose, user: Option<&UserId>) -> Result<String> {
+    fn start(
+        &self,
+        purpose: Purpose,
+        subject: &str,
+        user: Option<&UserId>,
+        params: Map<String, Value>,
+    ) -> Result<String> {
         let mut sessions = self.sessions.lock();
         let now = Instant::now();
         sessions.retain(|_, s| s.expires > now);
@@ -164,8 +242,11 @@ impl Uiaa {
             Session {
                 registration_token: None,
                 purpose,
+                subject: subject.to_owned(),
                 user: user.map(ToOwned::to_owned),
                 completed: Vec::new(),
+                params,
+                registered: None,
                 expires: now + self.ttl,
             },
         );
@@ -195,9 +276,10 @@ impl Uiaa {
             AuthData::Password(p) => {
                 let UserIdentifier::Matrix(id) = &p.identifier else { return Ok(false) };
                 let Some(claimed) = self.users.parse_login_user(&id.user) else { return Ok(false) };
-                // The password must be the caller's own.
+                // The password must be the caller's own: someone else's (a stolen access
+                // token and the thief's own password) is refused outright, as on Synapse.
                 if user.is_some_and(|u| u != claimed) {
-                    return Ok(false);
+                    return Err(Error::forbidden("The password given is not the caller's"));
                 }
                 let users = self.users.clone();
                 let password = p.password.clone();

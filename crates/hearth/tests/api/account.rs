@@ -151,8 +151,8 @@ async fn registration_options(b: Backend) {
     let body = json!({"username": "erin", "password": "pw-erin-1", "inhibit_login": true});
     let (status, res) = s.register_walking_uia(body).await;
     assert_eq!(status, StatusCode::OK, "{res}");
-    assert!(res.get("access_token").is_none(), "{res}");
-    assert!(res["device_id"].is_null(), "{res}");
+    // No `device_id` key at all (`null` reads as a device to some clients).
+    assert!(res.get("access_token").is_none() && res.get("device_id").is_none(), "{res}");
 
     // A client-chosen device id is kept.
     let body = json!({"username": "frank", "password": "pw-frank-1", "device_id": "MYPHONE"});
@@ -205,12 +205,11 @@ async fn change_password_logs_out_other_devices(b: Backend) {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(res["errcode"], "M_FORBIDDEN");
 
-    // Another user's password does not count either.
+    // Another user's password does not count either: refused outright (403, as Synapse).
     let (_, _, _) = s.register("mallory", "pw-mallory").await;
     let body = json!({"new_password": "pw-new", "auth": {"type": "m.login.password",
         "identifier": {"type": "m.id.user", "user": "mallory"}, "password": "pw-mallory"}});
-    let (status, _) = s.post(path, Some(&token1), body).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_error(&s.post(path, Some(&token1), body).await, 403, "M_FORBIDDEN");
 
     let got =
         s.with_password_uia(Method::POST, path, &token1, json!({"new_password": "pw-new"}), &user, "pw-old").await;
@@ -261,7 +260,53 @@ async fn accounts_survive_restart(b: Backend) {
     s.login("alice", "pw-alice-1").await;
 }
 
+/// The request that opens the UIA session may carry the parameters alone; the final one
+/// may send `auth` only (sytest, older clients), and a retry of a completed request gets
+/// the same account back, logged in again.
+async fn registration_remembers_and_is_idempotent(b: Backend) {
+    let s = TestServer::start(b).await;
+    let first = json!({
+        "username": "grace", "password": "pw-grace-1", "device_id": "XYZZY",
+        "initial_device_display_name": "Phone",
+    });
+    let (status, challenge) = s.post(REGISTER, None, first).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let session = challenge["session"].clone();
+    let token_stage = json!({"auth": {"type": "m.login.registration_token", "token": TOKEN, "session": session}});
+    let (status, _) = s.post(REGISTER, None, token_stage).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let dummy = json!({"auth": {"type": "m.login.dummy", "session": session}});
+    let (status, res) = s.post(REGISTER, None, dummy.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    assert_eq!(res["user_id"], format!("@grace:{SERVER_NAME}"));
+    assert_eq!(res["device_id"], "XYZZY");
+    let token = res["access_token"].as_str().unwrap().to_owned();
+    let (_, device) = s.get("/_matrix/client/v3/devices/XYZZY", Some(&token)).await;
+    assert_eq!(device["display_name"], "Phone");
+    s.login("grace", "pw-grace-1").await;
+
+    // The same final request again (a lost response): the same account, not M_USER_IN_USE.
+    let mut again = dummy;
+    again["username"] = json!("grace");
+    let (status, res) = s.post(REGISTER, None, again).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    assert_eq!(res["user_id"], format!("@grace:{SERVER_NAME}"));
+    assert!(res["access_token"].is_string(), "{res}");
+
+    // inhibit_login sent only with the first request still holds at the end.
+    let (_, challenge) =
+        s.post(REGISTER, None, json!({"username": "heidi", "password": "pw-h", "inhibit_login": true})).await;
+    let session = challenge["session"].clone();
+    s.post(REGISTER, None, json!({"auth": {"type": "m.login.registration_token", "token": TOKEN, "session": session}}))
+        .await;
+    let (status, res) = s.post(REGISTER, None, json!({"auth": {"type": "m.login.dummy", "session": session}})).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    assert_eq!(res["user_id"], format!("@heidi:{SERVER_NAME}"));
+    assert!(res.get("access_token").is_none() && res.get("device_id").is_none(), "{res}");
+}
+
 both_engines!(
+    registration_remembers_and_is_idempotent,
     registration_token_flow,
     dummy_alone_does_not_register,
     auth_without_type_or_session_starts_uia,

@@ -81,4 +81,42 @@ async fn delete_devices_in_bulk(b: Backend) {
     assert_eq!(list["devices"][0]["device_id"], d1.as_str());
 }
 
-both_engines!(list_get_rename, other_users_devices_are_invisible, delete_device_needs_password, delete_devices_in_bulk);
+/// A UIA session is bound to what it was started for: opened to delete one device, it
+/// cannot delete another (403), and someone else's password (a stolen token plus the
+/// thief's own password) is 403 too. Neither deletes anything.
+async fn uia_is_bound_to_device_and_owner(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (alice, token, _) = s.register("alice", "pw-alice-1").await;
+    let (eve, _, _) = s.register("eve", "pw-eve-1").await;
+    let (_, d2) = s.login("alice", "pw-alice-1").await;
+    let (_, d3) = s.login("alice", "pw-alice-1").await;
+    let (status, challenge) =
+        s.request(Method::DELETE, &format!("/_matrix/client/v3/devices/{d2}"), Some(&token), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let auth = |user: &str, password: &str| {
+        json!({"auth": {
+            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": user},
+            "password": password, "session": challenge["session"],
+        }})
+    };
+    let other = format!("/_matrix/client/v3/devices/{d3}");
+    let got = s.request(Method::DELETE, &other, Some(&token), Some(auth(&alice, "pw-alice-1"))).await;
+    assert_error(&got, 403, "M_FORBIDDEN");
+    assert_eq!(s.get(&other, Some(&token)).await.0, StatusCode::OK);
+
+    let (_, challenge) = s.request(Method::DELETE, &other, Some(&token), Some(json!({}))).await;
+    let body = json!({"auth": {
+        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": eve},
+        "password": "pw-eve-1", "session": challenge["session"],
+    }});
+    assert_error(&s.request(Method::DELETE, &other, Some(&token), Some(body)).await, 403, "M_FORBIDDEN");
+    assert_eq!(s.get(&other, Some(&token)).await.0, StatusCode::OK);
+}
+
+both_engines!(
+    list_get_rename,
+    other_users_devices_are_invisible,
+    delete_device_needs_password,
+    delete_devices_in_bulk,
+    uia_is_bound_to_device_and_owner
+);

@@ -11,6 +11,7 @@ mod ephemeral;
 mod errors;
 mod federation;
 mod federation_rooms;
+mod guests;
 mod legacy;
 mod login;
 mod media;

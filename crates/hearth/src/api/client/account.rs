@@ -10,11 +10,17 @@ use ruma::api::client::{
     },
     uiaa::AuthType,
 };
+use ruma::{OwnedDeviceId, OwnedUserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::{
     api::Ruma,
     error::{Error, Result},
-    users::{uiaa::Purpose, NewAccount, UsernameProblem},
+    users::{
+        uiaa::{Operation, Purpose},
+        NewAccount, UsernameProblem,
+    },
     Services,
 };
 
@@ -25,28 +31,61 @@ fn username_error(problem: UsernameProblem) -> Error {
     }
 }
 
+/// What a registration asks for: the request's body without `auth`. A UIA session
+/// remembers it (see `users::uiaa`), so the final request may carry `auth` alone.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Params {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_id: Option<OwnedDeviceId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    initial_device_display_name: Option<String>,
+    #[serde(default)]
+    inhibit_login: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    guest_access_token: Option<String>,
+}
+
 /// `POST /_matrix/client/v3/register`
 ///
 /// Creates an account behind UIA: `m.login.registration_token` then `m.login.dummy` when a
 /// token is configured, otherwise `m.login.dummy` alone; 403 when registration is closed. The username is checked
-/// before UIA so a client learns about a taken name at once.
-pub async fn register(s: Arc<Services>, req: Ruma<register::v3::Request>) -> Result<register::v3::Response> {
+/// before UIA so a client learns about a taken name at once. The parameters of the request
+/// that opened the UIA session count when the final request sends none, and retrying a
+/// request that completed logs the same account in again (as Synapse does; sytest and
+/// clients retrying after a lost response rely on both). With `guest_access_token` a guest
+/// account becomes a full one; `kind=guest` makes a guest account (`allow_guest_access`).
+///
+/// Written as JSON here: with `inhibit_login` the answer has no `device_id` key at all (ruma
+/// would send `null`, which clients and sytest read as a device).
+pub async fn register(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    req: Ruma<register::v3::Request>,
+) -> Result<axum::Json<Value>> {
+    let mut params: Map<String, Value> = serde_json::from_slice(&req.json).unwrap_or_default();
+    params.remove("auth");
     let body = req.body;
+    if body.kind == RegistrationKind::Guest {
+        return register_guest(&s, body.initial_device_display_name);
+    }
     if !s.config.allow_registration {
         return Err(Error::forbidden("Registration is disabled on this server"));
-    }
-    if body.kind == RegistrationKind::Guest {
-        return Err(Error::matrix(StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled"));
     }
     if body.login_type.is_some() {
         return Err(Error::forbidden("Application services are not supported"));
     }
-    let localpart = match &body.username {
-        // Not trimmed: a name with white space in it is refused, not quietly changed.
-        Some(name) => name.to_lowercase(),
-        None => s.users.random_localpart(),
-    };
-    s.users.check_new_localpart(&localpart)?.map_err(username_error)?;
+    if let Some(session) = body.auth.as_ref().and_then(|a| a.session()) {
+        if let Some((user_id, stored)) = s.uiaa.registered_by(session) {
+            let stored: Params = serde_json::from_value(Value::Object(stored)).unwrap_or_default();
+            return log_in_registered(&s, user_id, stored);
+        }
+    }
+    // What this request names is checked before UIA: a taken name or someone else's guest
+    // account is reported at once.
+    check_username(&s, body.username.as_deref(), body.guest_access_token.as_deref())?;
 
     // Token then dummy, as Synapse offers it: matrix-nio's `register_with_token` expects a
     // second stage after the token, and every other client follows whatever flow it gets.
@@ -55,27 +94,93 @@ pub async fn register(s: Arc<Services>, req: Ruma<register::v3::Request>) -> Res
     } else {
         vec![vec![AuthType::Dummy]]
     };
-    let done = s.uiaa.check(Purpose::Register, None, &flows, body.auth.as_ref()).await?;
+    let op = Operation { purpose: Purpose::Register, subject: String::new(), user: None, params };
+    let done = s.uiaa.check_bound(op, &flows, body.auth.as_ref()).await?;
+    let params: Params = serde_json::from_value(Value::Object(done.params))
+        .map_err(|e| Error::bad_json(format!("Invalid registration parameters: {e}")))?;
+    // The remembered parameters may name what this request did not: check them again.
+    check_username(&s, params.username.as_deref(), params.guest_access_token.as_deref())?;
     if let Some(token) = &done.registration_token {
         s.registration_tokens.consume(token)?;
     }
 
-    let password = body.password.clone();
     let users = s.users.clone();
-    let user_id = tokio::task::spawn_blocking(move || {
-        users.create_account(NewAccount { localpart: &localpart, password: password.as_deref(), admin: None })
+    let password = params.password.clone();
+    let guest = match &params.guest_access_token {
+        Some(token) => Some(s.users.authenticate(token)?.user_id),
+        None => None,
+    };
+    let localpart = match &params.username {
+        // Not trimmed: a name with white space in it is refused, not quietly changed.
+        Some(name) => name.to_lowercase(),
+        None => s.users.random_localpart(),
+    };
+    let user_id = tokio::task::spawn_blocking(move || match guest {
+        Some(user_id) => users.upgrade_guest(&user_id, password.as_deref()).map(|()| user_id),
+        None => users.create_account(NewAccount {
+            localpart: &localpart,
+            password: password.as_deref(),
+            admin: None,
+            guest: false,
+        }),
     })
     .await
     .map_err(|e| Error::internal(format!("registration task: {e}")))??;
+    s.uiaa.set_registered(&done.session, &user_id);
+    log_in_registered(&s, user_id, params)
+}
 
-    let mut res = register::v3::Response::new(user_id.clone());
-    if !body.inhibit_login {
-        let (device_id, token) =
-            s.users.login_device(&user_id, body.device_id, body.initial_device_display_name, None)?;
-        res.device_id = Some(device_id);
-        res.access_token = Some(token);
+/// The checks of a requested username: free, or (with `guest_access_token`) the localpart
+/// of that same guest account.
+fn check_username(s: &Services, username: Option<&str>, guest_access_token: Option<&str>) -> Result<()> {
+    match (guest_access_token, username) {
+        (Some(token), name) => {
+            let caller = s.users.authenticate(token)?;
+            if !caller.guest {
+                return Err(Error::forbidden("guest_access_token is not a guest's access token"));
+            }
+            if name.is_some_and(|n| n.to_lowercase() != caller.user_id.localpart()) || name.is_none() {
+                return Err(Error::forbidden("A guest can only register its own user id"));
+            }
+            Ok(())
+        }
+        (None, Some(name)) => s.users.check_new_localpart(&name.to_lowercase())?.map_err(username_error),
+        (None, None) => Ok(()),
     }
-    Ok(res)
+}
+
+/// The answer to a registration: the account, logged in on a device unless
+/// `inhibit_login`.
+fn log_in_registered(s: &Services, user_id: OwnedUserId, params: Params) -> Result<axum::Json<Value>> {
+    let mut res = serde_json::json!({"user_id": user_id});
+    if !params.inhibit_login {
+        let (device_id, token) =
+            s.users.login_device(&user_id, params.device_id, params.initial_device_display_name, None)?;
+        res["device_id"] = serde_json::json!(device_id);
+        res["access_token"] = serde_json::json!(token);
+    }
+    Ok(axum::Json(res))
+}
+
+/// Attempts at a free guest localpart before giving up (16 random digits: never needed).
+const GUEST_ID_ATTEMPTS: usize = 8;
+
+/// `POST /register?kind=guest`: a guest account, logged in, without UIA (as Synapse).
+fn register_guest(s: &Services, display_name: Option<String>) -> Result<axum::Json<Value>> {
+    if !s.config.allow_guest_access {
+        return Err(Error::matrix(StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled"));
+    }
+    for _ in 0..GUEST_ID_ATTEMPTS {
+        let localpart = s.users.guest_localpart();
+        if s.users.check_new_localpart(&localpart)?.is_err() {
+            continue;
+        }
+        let user_id =
+            s.users.create_account(NewAccount { localpart: &localpart, password: None, admin: None, guest: true })?;
+        let params = Params { initial_device_display_name: display_name, ..Params::default() };
+        return log_in_registered(s, user_id, params);
+    }
+    Err(Error::internal("no free guest user id found"))
 }
 
 /// `GET /_matrix/client/v3/register/available`
@@ -105,7 +210,7 @@ pub async fn check_registration_token_validity(
 /// `GET /_matrix/client/v3/account/whoami`
 pub async fn whoami(_s: Arc<Services>, req: Ruma<whoami::v3::Request>) -> Result<whoami::v3::Response> {
     let caller = req.caller()?;
-    let mut res = whoami::v3::Response::new(caller.user_id.clone(), false);
+    let mut res = whoami::v3::Response::new(caller.user_id.clone(), caller.guest);
     res.device_id = Some(caller.device_id.clone());
     Ok(res)
 }

@@ -13,7 +13,10 @@ use ruma::{
 use crate::{
     api::Ruma,
     error::{Error, Result},
-    users::{devices::Device, uiaa::Purpose},
+    users::{
+        devices::Device,
+        uiaa::{Operation, Purpose},
+    },
     Services,
 };
 
@@ -63,7 +66,13 @@ pub async fn delete_device(
         return Err(Error::not_found("No such device"));
     }
     let flows = vec![vec![AuthType::Password]];
-    s.uiaa.check(Purpose::DeleteDevices, Some(&caller.user_id), &flows, req.body.auth.as_ref()).await?;
+    let op = Operation {
+        purpose: Purpose::DeleteDevices,
+        subject: req.body.device_id.to_string(),
+        user: Some(&caller.user_id),
+        params: Default::default(),
+    };
+    s.uiaa.check_bound(op, &flows, req.body.auth.as_ref()).await?;
     s.users.delete_devices(&caller.user_id, std::slice::from_ref(&req.body.device_id))?;
     s.keys.forget_devices(&s.rooms, &caller.user_id, &[req.body.device_id.to_string()])?;
     Ok(delete_device::v3::Response::new())
@@ -84,7 +93,15 @@ pub async fn delete_devices(
         return Err(Error::too_large(format!("At most {MAX_DELETE_DEVICES} devices per request")));
     }
     let flows = vec![vec![AuthType::Password]];
-    s.uiaa.check(Purpose::DeleteDevices, Some(&caller.user_id), &flows, req.body.auth.as_ref()).await?;
+    let mut subject: Vec<&str> = req.body.devices.iter().map(|d| d.as_str()).collect();
+    subject.sort_unstable();
+    let op = Operation {
+        purpose: Purpose::DeleteDevices,
+        subject: subject.join("\n"),
+        user: Some(&caller.user_id),
+        params: Default::default(),
+    };
+    s.uiaa.check_bound(op, &flows, req.body.auth.as_ref()).await?;
     let known: Vec<String> = s
         .users
         .devices(&caller.user_id)?

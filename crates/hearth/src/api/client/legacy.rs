@@ -14,7 +14,11 @@
 //! same room reads, so what they show is what `/sync` shows; none of it touches a device's
 //! to-device queue.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{
     extract::{Path, Query, State},
@@ -22,13 +26,14 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use ruma::{api::Direction, OwnedEventId, OwnedRoomId, RoomId, UserId};
+use ruma::{api::Direction, events::room::member::MembershipState, OwnedEventId, OwnedRoomId, RoomId, UserId};
 use serde_json::{json, Map, Value};
 
 use crate::{
     api::{caller_of, Caller},
     error::{Error, Result},
     rooms::append::NewEvent,
+    stream::StreamItem,
     sync::{assemble, SyncOptions, SyncResult, SyncToken},
     Services,
 };
@@ -125,7 +130,7 @@ fn number(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>> {
 
 /// `GET /events`: what happened since `from` (now, without it), waiting up to `timeout`
 /// ms for something; with `room_id`, that room's events only, which a non-member may
-/// read when the room is world-readable.
+/// read when the room is world-readable. A guest must name a room.
 async fn events(
     State(s): State<Arc<Services>>,
     Query(query): Query<HashMap<String, String>>,
@@ -143,6 +148,10 @@ async fn events(
         Some(r) => Some(OwnedRoomId::try_from(r.as_str()).map_err(|_| Error::invalid_param("Invalid room_id"))?),
         None => None,
     };
+    // A guest reads one room at a time (the spec's "as used for room previews").
+    if caller.guest && room.is_none() {
+        return Err(crate::api::guest::forbidden());
+    }
     let peeking = match &room {
         Some(r) => !s.rooms.is_joined(r, &caller.user_id)?,
         None => false,
@@ -160,7 +169,7 @@ async fn events(
     loop {
         let now = now_token(&s);
         let chunk = match (&room, peeking) {
-            (Some(r), true) => room_events_between(&s, r, &caller.user_id, from.pos, now.pos)?,
+            (Some(r), true) => peek_between(&s, r, &caller.user_id, from, now)?,
             _ => {
                 let opts = legacy_options(MAX_LIMIT, false);
                 let result =
@@ -180,6 +189,37 @@ async fn events(
         let wait = if peeking { left.min(Duration::from_millis(250)) } else { left };
         let _ = tokio::time::timeout(wait, rx.changed()).await;
     }
+}
+
+/// What a reader of a world-readable room who is not in it sees happen there in
+/// (from, to], as a member would on the stream: the room's events, then its members'
+/// presence changes, its new receipts and who types.
+fn peek_between(s: &Services, room: &RoomId, user: &UserId, from: SyncToken, to: SyncToken) -> Result<Vec<Value>> {
+    let mut chunk = room_events_between(s, room, user, from.pos, to.pos)?;
+    let items = s.rooms.stream.items_between(from.pos, to.pos)?;
+    let members = s.rooms.members_shared(room, &MembershipState::Join)?;
+    let mut seen = BTreeSet::new();
+    let mut receipts = false;
+    for (_, item) in &items {
+        match item {
+            StreamItem::Presence { user_id } if members.contains(user_id) && seen.insert(user_id) => {
+                if let Some(event) = s.presence.event(user_id)? {
+                    chunk.push(v1(event));
+                }
+            }
+            StreamItem::Receipt { room_id } if room_id == room => receipts = true,
+            _ => {}
+        }
+    }
+    if receipts {
+        if let Some(event) = s.rooms.receipt_event(room, Some(from.pos), user)? {
+            chunk.push(in_room(event, room));
+        }
+    }
+    if let Some(users) = s.typing.typing_since(room, Some(from.typing)) {
+        chunk.push(in_room(json!({"type": "m.typing", "content": {"user_ids": users}}), room));
+    }
+    Ok(chunk)
 }
 
 /// A room's events in (from, to] that `user` may see, oldest first (at most a page).
@@ -314,7 +354,8 @@ async fn room_initial_sync(
     let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
     let limit = number(&query, "limit")?.unwrap_or(10).min(MAX_LIMIT as u64) as usize;
     // Members see up to now, past members up to their leave, others a world-readable room.
-    let until = s.rooms.require_visible(&room_id, &caller.user_id)?;
+    // (Members and readers of a world-readable room see "up to now".)
+    let until = s.rooms.require_visible(&room_id, &caller.user_id)?.min(s.rooms.stream_now());
     let membership = s.rooms.membership(&room_id, &caller.user_id)?.map(|m| m.membership.to_string());
     let page = match limit {
         0 => Vec::new(),

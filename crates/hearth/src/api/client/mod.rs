@@ -53,6 +53,9 @@ pub fn routes() -> Router<Arc<Services>> {
     for path in ruma::api::client::sync::sync_events::v3::Request::PATH_BUILDER.all_paths() {
         router = router.route(path, axum::routing::get(sync::sync_events_route));
     }
+    for path in ruma::api::client::account::register::v3::Request::PATH_BUILDER.all_paths() {
+        router = router.route(path, axum::routing::post(account::register));
+    }
     for path in ruma::api::client::account::get_3pids::v3::Request::PATH_BUILDER.all_paths() {
         router = router.route(path, axum::routing::get(account::get_3pids));
     }
@@ -64,7 +67,6 @@ pub fn routes() -> Router<Arc<Services>> {
         .merge(membership::routes())
         .merge(typing::routes())
         .ruma(versions::get_supported_versions)
-        .ruma(account::register)
         .ruma(account::get_username_availability)
         .ruma(account::check_registration_token_validity)
         .ruma(account::whoami)

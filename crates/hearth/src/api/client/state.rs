@@ -89,12 +89,16 @@ pub async fn send_state_event(
     if kind == "m.room.canonical_alias" {
         check_canonical_alias(&s, &b.room_id, &content).await?;
     }
+    let guest_access = kind == "m.room.guest_access" && b.state_key.is_empty();
     let pdu = s.rooms.append_local(
         &b.room_id,
         &caller.user_id,
         NewEvent::state(kind, b.state_key, Value::Object(content)),
         None,
     )?;
+    if guest_access {
+        s.federation.remove_barred_guests(&b.room_id)?;
+    }
     Ok(send_state_event::v3::Response::new(pdu.event_id))
 }
 
