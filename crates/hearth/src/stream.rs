@@ -66,6 +66,10 @@ pub enum StreamItem {
         /// Whether the device was deleted.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         deleted: bool,
+        /// A change only the user's own devices are told of (a new user-signing key, which
+        /// no one else ever sees), neither other users nor other servers.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        private: bool,
     },
     /// To-device messages were queued, for this user and perhaps others. It keeps the
     /// position in the log: nothing reads the user, since syncs learn of queued messages

@@ -296,10 +296,15 @@ where
     }
 }
 
-/// matrix-nio (and Synapse, which accepts it) opens UIA with an `auth` object that has
-/// neither `type` nor `session`, e.g. `{"initial_device_display_name": …}`. The spec allows
-/// leaving out `type` only with a `session`; such an object carries no authentication, so
-/// it is read as no `auth` at all rather than refused as `M_BAD_JSON`.
+/// Two `auth` objects clients send that Synapse accepts and ruma's types do not:
+///
+/// - matrix-nio opens UIA with an `auth` object that has neither `type` nor `session`,
+///   e.g. `{"initial_device_display_name": …}`. The spec allows leaving out `type` only
+///   with a `session`; such an object carries no authentication, so it is read as no
+///   `auth` at all rather than refused as `M_BAD_JSON`.
+/// - A password stage naming its user with the old top-level `user` (r0's form, still sent
+///   by sytest and older scripts) instead of an `identifier`: read as an `m.id.user`
+///   identifier.
 fn drop_empty_auth(body: Bytes) -> Bytes {
     // Cheap pre-check: only bodies that mention `"auth"` are parsed again.
     if !body.windows(6).any(|w| w == b"\"auth\"") {
@@ -308,14 +313,17 @@ fn drop_empty_auth(body: Bytes) -> Bytes {
     let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return body;
     };
-    let empty = match map.get("auth") {
-        Some(serde_json::Value::Object(auth)) => !auth.contains_key("type") && !auth.contains_key("session"),
-        _ => false,
-    };
-    if !empty {
+    let Some(serde_json::Value::Object(auth)) = map.get_mut("auth") else { return body };
+    if !auth.contains_key("type") && !auth.contains_key("session") {
+        map.remove("auth");
+    } else if auth.get("type").and_then(serde_json::Value::as_str) == Some("m.login.password")
+        && !auth.contains_key("identifier")
+    {
+        let Some(user) = auth.remove("user") else { return body };
+        auth.insert("identifier".into(), serde_json::json!({"type": "m.id.user", "user": user}));
+    } else {
         return body;
     }
-    map.remove("auth");
     serde_json::to_vec(&map).map(Bytes::from).unwrap_or(body)
 }
 

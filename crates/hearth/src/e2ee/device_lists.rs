@@ -69,7 +69,10 @@ impl Keys {
         };
         let mut delta = DeviceListDelta::default();
         for (_, item) in items {
-            if let StreamItem::DeviceList { user_id, .. } = item {
+            if let StreamItem::DeviceList { user_id, private, .. } = item {
+                if *private && user_id != user {
+                    continue;
+                }
                 if is_contact(user_id)? {
                     delta.changed.push(user_id.clone());
                 }

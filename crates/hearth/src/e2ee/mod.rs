@@ -114,7 +114,12 @@ impl Keys {
 
     /// Records that a user's keys changed: contacts will re-query them.
     pub(super) fn mark_changed(&self, batch: &mut Batch, pos: u64, user: &UserId, device: Option<&str>, deleted: bool) {
-        let item = StreamItem::DeviceList { user_id: user.to_owned(), device_id: device.map(str::to_owned), deleted };
+        let item = StreamItem::DeviceList {
+            user_id: user.to_owned(),
+            device_id: device.map(str::to_owned),
+            deleted,
+            private: false,
+        };
         STREAM_LOG.put(batch, pos, &item);
     }
 
@@ -244,11 +249,14 @@ impl Keys {
                 return Err(Error::invalid_param("Cross-signing keys must belong to the uploading user"));
             }
         }
+        // A user-signing key alone concerns only its owner (as on Synapse).
+        let private = keys.iter().all(|(kind, _)| *kind == "user_signing");
         let (pos, _) = self.stream.commit(|pos, batch| {
             for (kind, k) in keys {
                 CROSS_SIGNING_KEYS.put(batch, (user.as_str(), *kind), k);
             }
-            self.mark_changed(batch, pos, user, None, false);
+            let item = StreamItem::DeviceList { user_id: user.to_owned(), device_id: None, deleted: false, private };
+            STREAM_LOG.put(batch, pos, &item);
             Ok(())
         })?;
         Ok(pos)

@@ -306,8 +306,8 @@ impl Sender {
                 self.send_presence(user_id);
                 continue;
             }
-            let StreamItem::DeviceList { user_id, device_id, deleted } = item else { continue };
-            if user_id.server_name() != self.own {
+            let StreamItem::DeviceList { user_id, device_id, deleted, private } = item else { continue };
+            if user_id.server_name() != self.own || private {
                 continue;
             }
             let edu = match self.device_change_edu(&user_id, device_id.as_deref(), deleted, pos) {
@@ -552,7 +552,7 @@ mod tests {
         let mut newest = Vec::new();
         for room in 0..2 {
             let content = json!({"creator": alice}).as_object().cloned().expect("object");
-            let room_id = s.rooms.append_create(&RoomVersionId::V11, &alice, content).expect("create").room_id;
+            let room_id = s.rooms.append_create(&RoomVersionId::V11, &alice, content, None).expect("create").room_id;
             let join = NewEvent::state("m.room.member", alice.as_str(), json!({"membership": "join"}));
             s.rooms.append_local(&room_id, &alice, join, None).expect("join");
             let mut last = None;

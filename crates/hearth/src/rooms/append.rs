@@ -69,17 +69,27 @@ impl Rooms {
         self.finish(written)
     }
 
+    /// A fresh room id of this server, for room versions whose ids are chosen (before 12).
+    pub fn new_room_id(&self) -> Result<OwnedRoomId> {
+        OwnedRoomId::try_from(format!("!{}:{}", random_id(18), self.server_name))
+            .map_err(|e| Error::internal(e.to_string()))
+    }
+
     /// Builds and appends the `m.room.create` event of a new room; returns it (its
-    /// `room_id` is the new room's id).
-    pub fn append_create(&self, version: &RoomVersionId, sender: &UserId, content: Map<String, Value>) -> Result<Pdu> {
+    /// `room_id` is the new room's id). `room_id` is the id to use for versions whose ids
+    /// are chosen (a fresh one when `None`); from version 12 the create event names it.
+    pub fn append_create(
+        &self,
+        version: &RoomVersionId,
+        sender: &UserId,
+        content: Map<String, Value>,
+        room_id: Option<OwnedRoomId>,
+    ) -> Result<Pdu> {
         let rules = rules_for(version)?;
-        let room_id = if rules.event_format.require_room_create_room_id {
-            Some(
-                OwnedRoomId::try_from(format!("!{}:{}", random_id(18), self.server_name))
-                    .map_err(|e| Error::internal(e.to_string()))?,
-            )
-        } else {
-            None
+        let room_id = match (rules.event_format.require_room_create_room_id, room_id) {
+            (true, Some(id)) => Some(id),
+            (true, None) => Some(self.new_room_id()?),
+            (false, _) => None,
         };
         let new = NewEvent::state("m.room.create", "", Value::Object(content));
         check_limits(&new)?;

@@ -371,7 +371,12 @@ mod tests {
         let alice = owned_user_id!("@alice:commit.test");
         let create = s
             .rooms
-            .append_create(&RoomVersionId::V11, &alice, json!({"creator": alice}).as_object().cloned().expect("object"))
+            .append_create(
+                &RoomVersionId::V11,
+                &alice,
+                json!({"creator": alice}).as_object().cloned().expect("object"),
+                None,
+            )
             .expect("create");
         let room = create.room_id.clone();
         let join = NewEvent::state("m.room.member", alice.as_str(), json!({"membership": "join"}));

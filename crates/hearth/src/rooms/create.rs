@@ -36,6 +36,8 @@ pub struct CreateRoom {
     pub power_level_override: Option<Map<String, Value>>,
     /// The creator's join event content (display name, avatar).
     pub creator_member_content: Map<String, Value>,
+    /// The id to give the room (versions before 12 only; a fresh one when `None`).
+    pub room_id: Option<OwnedRoomId>,
 }
 
 /// Event types whose state needs power 100 (or 50) by default, as Synapse and Conduit set.
@@ -111,7 +113,7 @@ impl Rooms {
             // Before v11 the creator is named in the content.
             create.insert("creator".into(), json!(creator));
         }
-        let create_pdu = self.append_create(&req.version, creator, create)?;
+        let create_pdu = self.append_create(&req.version, creator, create, req.room_id.clone())?;
         let room_id = create_pdu.room_id.clone();
 
         let send = |new: NewEvent| self.append_local(&room_id, creator, new, None);
@@ -147,9 +149,17 @@ impl Rooms {
             Preset::PublicChat => ("public", None),
             _ => ("invite", Some("can_join")),
         };
-        send(NewEvent::state("m.room.join_rules", "", json!({"join_rule": join_rule})))?;
-        send(NewEvent::state("m.room.history_visibility", "", json!({"history_visibility": "shared"})))?;
-        if let Some(guest) = guest {
+        // What `initial_state` sets replaces the preset's event (as Synapse), rather than
+        // following it: clients reading the first event of a type see the chosen one.
+        let preset_wanted =
+            |kind: &str| !req.initial_state.iter().any(|(k, key, _)| k.as_str() == kind && key.is_empty());
+        if preset_wanted("m.room.join_rules") {
+            send(NewEvent::state("m.room.join_rules", "", json!({"join_rule": join_rule})))?;
+        }
+        if preset_wanted("m.room.history_visibility") {
+            send(NewEvent::state("m.room.history_visibility", "", json!({"history_visibility": "shared"})))?;
+        }
+        if let Some(guest) = guest.filter(|_| preset_wanted("m.room.guest_access")) {
             send(NewEvent::state("m.room.guest_access", "", json!({"guest_access": guest})))?;
         }
 

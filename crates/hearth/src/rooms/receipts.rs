@@ -32,6 +32,7 @@ pub const RECEIPT_TYPES: &[&str] = &["m.read", "m.read.private"];
 
 impl Rooms {
     /// Records a receipt; `thread` is `None` (unthreaded), `Some("main")` or a thread root id.
+    /// A receipt never moves back to an earlier event.
     pub fn set_receipt(
         &self,
         room_id: &RoomId,
@@ -46,6 +47,14 @@ impl Rooms {
         let meta = self.event_meta(event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
         if meta.room_id != room_id {
             return Err(Error::not_found("Event not in this room"));
+        }
+        // Receipts only move forward, as on Synapse: one for an event older than the
+        // current one's is accepted and ignored (a client that saw events out of order).
+        let key = (room_id.as_str(), user.as_str(), receipt_type, thread.unwrap_or_default());
+        if let Some(current) = RECEIPTS.get(&self.store, key)? {
+            if self.event_meta(&current.event_id)?.is_some_and(|m| m.stream > meta.stream) {
+                return Ok(());
+            }
         }
         let (pos, _) = self.stream.commit(|pos, batch| {
             self.receipt_marks.note(room_id, pos);

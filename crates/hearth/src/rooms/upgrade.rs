@@ -3,7 +3,8 @@
 //! The new room's create event names its predecessor; the old room's important state is
 //! copied over (name, topic, avatar, rules, encryption, power levels); the old room gets an
 //! `m.room.tombstone` pointing at the new one, and its power levels are tightened so only
-//! moderators can still speak there; local aliases move to the new room.
+//! moderators can still speak there; local aliases, the canonical alias event, bans and
+//! the directory listing move to the new room.
 
 use ruma::{events::StateEventType, OwnedRoomId, RoomId, RoomVersionId, UserId};
 use serde_json::{json, Map, Value};
@@ -50,13 +51,36 @@ impl Rooms {
             self.state_event(room_id, &StateEventType::RoomCreate, "")?.map(|p| p.content_value()).unwrap_or_default();
 
         let mut creation = Map::new();
-        // The old room's latest event, as Synapse names it (`event_id` is optional since
-        // room version 11 made the tombstone the link, but clients still read it).
-        let now = self.stream_now();
-        let latest = self.page(room_id, now, ruma::api::Direction::Backward, 1, now, None)?;
+        // Where the new room's id is chosen (versions before 12), the tombstone comes first
+        // and the new create event names it as `predecessor.event_id`, as Synapse links
+        // them. A version 12 id is the create event's own hash, so the tombstone can only
+        // follow; the predecessor then names the old room's latest event (`event_id` is
+        // optional, but clients jump to it).
+        let chosen_id = match new_rules.event_format.require_room_create_room_id {
+            true => Some(self.new_room_id()?),
+            false => None,
+        };
+        let tombstone = |replacement: &RoomId| {
+            self.append_local(
+                room_id,
+                user,
+                NewEvent::state(
+                    "m.room.tombstone",
+                    "",
+                    json!({"body": "This room has been replaced", "replacement_room": replacement}),
+                ),
+                None,
+            )
+        };
         let mut predecessor = json!({"room_id": room_id});
-        if let Some((_, last)) = latest.first() {
-            predecessor["event_id"] = json!(last.event_id);
+        if let Some(new_id) = &chosen_id {
+            predecessor["event_id"] = json!(tombstone(new_id)?.event_id);
+        } else {
+            let now = self.stream_now();
+            let latest = self.page(room_id, now, ruma::api::Direction::Backward, 1, now, None)?;
+            if let Some((_, last)) = latest.first() {
+                predecessor["event_id"] = json!(last.event_id);
+            }
         }
         creation.insert("predecessor".into(), predecessor);
         for key in ["type", "m.federate"] {
@@ -83,12 +107,22 @@ impl Rooms {
                 // Creators of v12 rooms are above power levels and may not be listed.
                 users.remove(user.as_str());
             } else {
-                users.insert(user.to_string(), json!(100));
+                // Enough to set the new room up; a higher level (500, say) is kept.
+                let level = users.get(user.as_str()).and_then(Value::as_i64).unwrap_or(0).max(100);
+                users.insert(user.to_string(), json!(level));
             }
         }
-        let alias = self
+        let canonical = self
             .state_event(room_id, &StateEventType::RoomCanonicalAlias, "")?
-            .and_then(|p| p.content_value().get("alias").and_then(Value::as_str).map(str::to_owned));
+            .map(|p| p.content_value())
+            .filter(|c| c.as_object().is_some_and(|m| !m.is_empty()));
+        let bans: Vec<(String, Value)> = self
+            .state_events(&*self.current_state_map(room_id)?)?
+            .into_iter()
+            .filter(|p| p.kind.to_string() == "m.room.member")
+            .filter(|p| p.content_value().get("membership").and_then(Value::as_str) == Some("ban"))
+            .filter_map(|p| Some((p.state_key.clone()?, p.content_value())))
+            .collect();
 
         let new_room = self.create_room(
             user,
@@ -104,41 +138,48 @@ impl Rooms {
                 initial_state,
                 power_level_override: Some(power.clone()),
                 creator_member_content: member_content,
+                room_id: chosen_id.clone(),
             },
         )?;
 
-        // Aliases of this server follow the room.
-        if let Some(alias) = &alias {
-            if self.resolve_alias(alias)?.as_deref() == Some(room_id) {
-                let mut batch = Batch::new();
-                ALIASES.put(&mut batch, alias, &new_room.to_string());
-                self.store.write(batch)?;
-                self.append_local(
-                    &new_room,
-                    user,
-                    NewEvent::state("m.room.canonical_alias", "", json!({"alias": alias})),
-                    None,
-                )?;
-                self.append_local(room_id, user, NewEvent::state("m.room.canonical_alias", "", json!({})), None)?;
+        // Bans carry over (as on Synapse): whoever was banned stays out.
+        for (target, content) in bans {
+            if let Err(e) = self.append_local(&new_room, user, NewEvent::state("m.room.member", target, content), None)
+            {
+                tracing::info!(%new_room, error = %e, "a ban could not be copied to the upgraded room");
             }
         }
+        // Every alias of this server follows the room, and so does the canonical alias
+        // event (its alternatives included); the old room's is emptied.
+        let moved = self.local_aliases(room_id)?;
+        if !moved.is_empty() {
+            let mut batch = Batch::new();
+            for alias in &moved {
+                ALIASES.put(&mut batch, alias.as_str(), &new_room.to_string());
+            }
+            self.store.write(batch)?;
+        }
+        if let Some(content) = canonical {
+            self.append_local(&new_room, user, NewEvent::state("m.room.canonical_alias", "", content), None)?;
+            self.append_local(room_id, user, NewEvent::state("m.room.canonical_alias", "", json!({})), None)?;
+        }
+        // A room listed in the directory is replaced there by its successor.
+        if self.is_published(room_id)? {
+            self.set_published(&new_room, true)?;
+            self.set_published(room_id, false)?;
+        }
 
-        self.append_local(
-            room_id,
-            user,
-            NewEvent::state(
-                "m.room.tombstone",
-                "",
-                json!({"body": "This room has been replaced", "replacement_room": new_room}),
-            ),
-            None,
-        )?;
-        // Only moderators keep speaking (and inviting) in the old room.
-        let restricted = |v: Option<&Value>| json!(v.and_then(Value::as_i64).unwrap_or(0).max(50));
+        if chosen_id.is_none() {
+            tombstone(&new_room)?;
+        }
+        // Only moderators keep speaking (and inviting) in the old room: at least 50, and
+        // above what everyone has (as Synapse).
         let mut old_power = match self.power_levels(room_id)? {
             Value::Object(m) => m,
             _ => power,
         };
+        let floor = old_power.get("users_default").and_then(Value::as_i64).unwrap_or(0).saturating_add(1).max(50);
+        let restricted = |v: Option<&Value>| json!(v.and_then(Value::as_i64).unwrap_or(0).max(floor));
         let (events_default, invite) =
             (restricted(old_power.get("events_default")), restricted(old_power.get("invite")));
         old_power.insert("events_default".into(), events_default);

@@ -483,6 +483,16 @@ struct SectionContext<'a> {
 }
 
 impl SectionContext<'_> {
+    /// Whether `pdu` is part of the room's current state. Such events are shown in the
+    /// timeline even where history visibility hides the time they were sent (a join while
+    /// the user was away from a `joined` room), as Synapse shows them: the client would
+    /// otherwise hold state it never saw arrive.
+    fn is_current_state(&self, room_id: &RoomId, pdu: &Pdu) -> Result<bool> {
+        let Some(key) = pdu.state_key.as_deref() else { return Ok(false) };
+        let kind = ruma::events::StateEventType::from(pdu.kind.to_string());
+        Ok(self.rooms.state_event(room_id, &kind, key)?.is_some_and(|current| current.event_id == pdu.event_id))
+    }
+
     /// The newest events up to `until` and after `from` that the user may see and the
     /// timeline filter passes (oldest first), and whether older ones were left out.
     fn timeline(&self, room_id: &RoomId, from: Option<u64>, until: u64) -> Result<(Positioned, bool)> {
@@ -504,7 +514,7 @@ impl SectionContext<'_> {
             for (pos, pdu) in page {
                 let sender = pdu.sender.as_str();
                 let wanted = filter.allows(&pdu.kind.to_string(), sender) && !self.ignored.contains(sender);
-                if wanted && visible.contains(&pos) {
+                if wanted && (visible.contains(&pos) || self.is_current_state(room_id, &pdu)?) {
                     picked.push((pos, pdu));
                 }
             }

@@ -218,6 +218,37 @@ async fn cross_signing_and_signatures(b: Backend) {
     assert!(res["failures"][&p.alice].get("NOPE").is_some(), "{res}");
 }
 
+/// A new user-signing key alone is private: the owner's other devices hear of it, the
+/// people they share rooms with do not (they never see that key). The UIA stage names the
+/// user with r0's top-level `user`, which Synapse still accepts.
+async fn user_signing_key_changes_stay_with_the_owner(b: Backend) {
+    let p = pair(b).await;
+    let key = |usage: &str, k: &str| json!({"user_id": p.alice, "usage": [usage], "keys": {format!("ed25519:{k}"): k}});
+    let body = json!({"master_key": key("master", "MASTER"), "self_signing_key": key("self_signing", "SELF")});
+    let (status, res) = p.s.post("/_matrix/client/v3/keys/device_signing/upload", Some(&p.at), body).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    let (a_since, b_since) = (since(&p.s, &p.at).await, since(&p.s, &p.bt).await);
+    let path = "/_matrix/client/v3/keys/device_signing/upload";
+    let body = json!({"user_signing_key": key("user_signing", "USER")});
+    let (status, challenge) = p.s.post(path, Some(&p.at), body.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let mut body = body;
+    body["auth"] =
+        json!({"type": "m.login.password", "user": p.alice, "password": "pw-alice-1", "session": challenge["session"]});
+    let (status, res) = p.s.post(path, Some(&p.at), body).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    let changed = |sync: &Value| sync["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
+    let (_, mine) = p.s.get(&format!("/_matrix/client/v3/sync?since={a_since}&timeout=0"), Some(&p.at)).await;
+    assert!(changed(&mine).iter().any(|u| u == p.alice.as_str()), "{mine}");
+    let (_, bobs) = p.s.get(&format!("/_matrix/client/v3/sync?since={b_since}&timeout=0"), Some(&p.bt)).await;
+    assert!(!changed(&bobs).iter().any(|u| u == p.alice.as_str()), "{bobs}");
+    let (_, keys) = p
+        .s
+        .get(&format!("/_matrix/client/v3/keys/changes?from={b_since}&to={}", since(&p.s, &p.bt).await), Some(&p.bt))
+        .await;
+    assert!(!keys["changed"].as_array().unwrap().iter().any(|u| u == p.alice.as_str()), "{keys}");
+}
+
 /// A fresh ed25519 key pair whose key id is its own public key, as cross-signing keys are.
 fn keypair() -> (ruma::signatures::Ed25519KeyPair, String) {
     use ruma::signatures::Ed25519KeyPair;
@@ -285,6 +316,7 @@ both_engines!(
     deleting_a_device_drops_its_keys_and_tells_contacts,
     cross_signing_and_signatures,
     key_backup_round_trip,
+    user_signing_key_changes_stay_with_the_owner,
 );
 
 async fn device_lists_follow_membership(b: Backend) {

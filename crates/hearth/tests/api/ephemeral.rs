@@ -174,7 +174,27 @@ async fn account_data_and_tags(b: Backend) {
     assert_eq!(tags["tags"], json!({}));
 }
 
+/// A receipt never moves back: one for an earlier event is accepted (200) and ignored.
+async fn receipts_only_move_forward(b: Backend) {
+    let p = pair(b).await;
+    let mut ids = Vec::new();
+    for txn in ["f1", "f2"] {
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", p.room);
+        let (_, sent) = p.s.put(&path, Some(&p.at), json!({"msgtype": "m.text", "body": txn})).await;
+        ids.push(sent["event_id"].as_str().unwrap().to_owned());
+    }
+    for id in [&ids[1], &ids[0]] {
+        let path = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{id}", p.room);
+        assert_eq!(p.s.post(&path, Some(&p.bt), json!({})).await.0, StatusCode::OK);
+    }
+    let (_, sync) = p.s.get("/_matrix/client/v3/sync", Some(&p.at)).await;
+    let receipts = &ephemeral(&sync, &p.room, "m.receipt").unwrap_or_else(|| panic!("{sync}"))["content"];
+    assert!(receipts[&ids[1]]["m.read"].get(&p.bob).is_some(), "{receipts}");
+    assert!(receipts.get(&ids[0]).is_none(), "{receipts}");
+}
+
 both_engines!(
+    receipts_only_move_forward,
     typing_reaches_the_other_member,
     typing_expires,
     receipts_public_and_private,

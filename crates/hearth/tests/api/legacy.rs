@@ -108,4 +108,36 @@ async fn event_stream_and_initial_syncs(b: Backend) {
     assert_eq!(types_and_bodies(&read["chunk"]), vec![("m.room.message".to_owned(), Some("public".to_owned()))]);
 }
 
-both_engines!(event_stream_and_initial_syncs);
+/// A user who left sees the room as they left it: its members with their own leave
+/// (`/members`), and a room initial sync with no live presence or receipts.
+async fn a_departed_room_as_it_was_left(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (bob, bt, _) = s.register("bob", "pw-bob-12").await;
+    let room = create(&s, &at, json!({"preset": "public_chat"})).await;
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+    let (_, sent) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/d1"),
+            Some(&at),
+            json!({"msgtype": "m.text", "body": "before"}),
+        )
+        .await;
+    let receipt = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", sent["event_id"].as_str().unwrap());
+    s.post(&receipt, Some(&at), json!({})).await;
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bt), json!({})).await;
+
+    let (status, members) = s.get(&format!("/_matrix/client/v3/rooms/{room}/members"), Some(&bt)).await;
+    assert_eq!(status, StatusCode::OK, "{members}");
+    let own = members["chunk"].as_array().unwrap().iter().find(|e| e["state_key"] == bob.as_str()).cloned();
+    assert_eq!(own.map(|e| e["content"]["membership"].clone()), Some(json!("leave")), "{members}");
+
+    let (status, init) = s.get(&format!("/_matrix/client/v3/rooms/{room}/initialSync"), Some(&bt)).await;
+    assert_eq!(status, StatusCode::OK, "{init}");
+    assert_eq!(init["membership"], "leave");
+    assert_eq!((&init["presence"], &init["receipts"]), (&json!([]), &json!([])), "{init}");
+    let (_, joined) = s.get(&format!("/_matrix/client/v3/rooms/{room}/initialSync"), Some(&at)).await;
+    assert_eq!(joined["receipts"].as_array().map(Vec::len), Some(1), "{joined}");
+}
+
+both_engines!(event_stream_and_initial_syncs, a_departed_room_as_it_was_left);

@@ -570,7 +570,88 @@ async fn upgrade_continues_the_room(b: Backend) {
     );
 }
 
-both_engines!(upgrade_continues_the_room);
+/// Upgrading to a version whose room ids are chosen (before 12): the tombstone comes
+/// first, and the new room's create event names it as `predecessor.event_id`.
+async fn upgrade_links_the_tombstone(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let old = create(&s, &at, json!({"room_version": "10"})).await;
+    let (status, res) =
+        s.post(&format!("/_matrix/client/v3/rooms/{old}/upgrade"), Some(&at), json!({"new_version": "11"})).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    let new = res["replacement_room"].as_str().unwrap().to_owned();
+    let (_, tomb) =
+        s.get(&format!("/_matrix/client/v3/rooms/{old}/state/m.room.tombstone/?format=event"), Some(&at)).await;
+    assert_eq!(tomb["content"]["replacement_room"], new.as_str(), "{tomb}");
+    let (_, create_content) = s.get(&format!("/_matrix/client/v3/rooms/{new}/state/m.room.create/"), Some(&at)).await;
+    assert_eq!(create_content["predecessor"], json!({"room_id": old, "event_id": tomb["event_id"]}));
+    assert_eq!(create_content["room_version"], "11");
+}
+
+/// What follows a room to its successor: a power level above 100, bans, every local alias
+/// with the canonical alias event (alternatives too), the directory listing, and the
+/// upgrader's `m.direct` entry and tags. The old room's floor for speaking is above its
+/// `users_default`. A version that is no version id is M_UNSUPPORTED_ROOM_VERSION.
+async fn upgrade_carries_links_and_bans(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (alice, at, _) = s.register("alice", "pw-alice-1").await;
+    let body = json!({
+        "room_version": "10", "preset": "public_chat", "visibility": "public", "room_alias_name": "den",
+        "power_level_content_override": {"users": {alice.clone(): 500}, "users_default": 80},
+    });
+    let old = create(&s, &at, body).await;
+    let den = format!("#den:{SERVER_NAME}");
+    let nook = format!("#nook:{SERVER_NAME}");
+    let put = s
+        .put(&format!("/_matrix/client/v3/directory/room/%23nook:{SERVER_NAME}"), Some(&at), json!({"room_id": old}))
+        .await;
+    assert_eq!(put.0, StatusCode::OK, "{}", put.1);
+    let canonical = json!({"alias": den, "alt_aliases": [nook]});
+    let path = format!("/_matrix/client/v3/rooms/{old}/state/m.room.canonical_alias");
+    assert_eq!(s.put(&path, Some(&at), canonical.clone()).await.0, StatusCode::OK);
+    let ban = s
+        .post(&format!("/_matrix/client/v3/rooms/{old}/ban"), Some(&at), json!({"user_id": "@bob:elsewhere.test"}))
+        .await;
+    assert_eq!(ban.0, StatusCode::OK, "{}", ban.1);
+    s.put(&format!("/_matrix/client/v3/user/{alice}/account_data/m.direct"), Some(&at), json!({alice.clone(): [old]}))
+        .await;
+    s.put(&format!("/_matrix/client/v3/user/{alice}/rooms/{old}/tags/u.work"), Some(&at), json!({"order": 0.5})).await;
+
+    let got = s
+        .post(&format!("/_matrix/client/v3/rooms/{old}/upgrade"), Some(&at), json!({"new_version": "my_bad_version"}))
+        .await;
+    assert_error(&got, 400, "M_UNSUPPORTED_ROOM_VERSION");
+    let (status, res) =
+        s.post(&format!("/_matrix/client/v3/rooms/{old}/upgrade"), Some(&at), json!({"new_version": "11"})).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    let new = res["replacement_room"].as_str().unwrap().to_owned();
+
+    let (_, pl) = s.get(&format!("/_matrix/client/v3/rooms/{new}/state/m.room.power_levels/"), Some(&at)).await;
+    assert_eq!(pl["users"][&alice], 500, "{pl}");
+    let (_, banned) =
+        s.get(&format!("/_matrix/client/v3/rooms/{new}/state/m.room.member/@bob:elsewhere.test"), Some(&at)).await;
+    assert_eq!(banned["membership"], "ban", "{banned}");
+    let (_, now) = s.get(&format!("/_matrix/client/v3/rooms/{new}/state/m.room.canonical_alias/"), Some(&at)).await;
+    assert_eq!(now, canonical);
+    let (_, then) = s.get(&format!("/_matrix/client/v3/rooms/{old}/state/m.room.canonical_alias/"), Some(&at)).await;
+    assert_eq!(then, json!({}));
+    for alias in ["den", "nook"] {
+        let (_, found) = s.get(&format!("/_matrix/client/v3/directory/room/%23{alias}:{SERVER_NAME}"), None).await;
+        assert_eq!(found["room_id"], new.as_str(), "{alias}");
+    }
+    let (_, listed) = s.get(&format!("/_matrix/client/v3/directory/list/room/{new}"), None).await;
+    assert_eq!(listed["visibility"], "public");
+    let (_, listed) = s.get(&format!("/_matrix/client/v3/directory/list/room/{old}"), None).await;
+    assert_eq!(listed["visibility"], "private");
+    let (_, direct) = s.get(&format!("/_matrix/client/v3/user/{alice}/account_data/m.direct"), Some(&at)).await;
+    assert_eq!(direct[&alice], json!([old, new]));
+    let (_, tags) = s.get(&format!("/_matrix/client/v3/user/{alice}/rooms/{new}/tags"), Some(&at)).await;
+    assert_eq!(tags["tags"]["u.work"]["order"], 0.5, "{tags}");
+    let (_, old_pl) = s.get(&format!("/_matrix/client/v3/rooms/{old}/state/m.room.power_levels/"), Some(&at)).await;
+    assert_eq!((old_pl["events_default"].as_i64(), old_pl["invite"].as_i64()), (Some(81), Some(81)), "{old_pl}");
+}
+
+both_engines!(upgrade_continues_the_room, upgrade_links_the_tombstone, upgrade_carries_links_and_bans);
 
 async fn history_visibility_is_honoured(b: Backend) {
     let s = TestServer::start(b).await;

@@ -529,3 +529,32 @@ async fn join_and_leave_in_one_batch_brings_the_state(b: Backend) {
 }
 
 both_engines!(join_and_leave_in_one_batch_brings_the_state);
+
+/// A member who left a `joined`-history room and came back sees the joins that happened
+/// while away in the timeline: they are current state, which history visibility does not
+/// hide (as Synapse shows them).
+async fn current_state_shows_in_a_private_timeline(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (_, bt, _) = s.register("bob", "pw-bob-1").await;
+    let (carol, ct, _) = s.register("carol", "pw-carol-1").await;
+    let room = create(&s, &at, json!({"preset": "public_chat"})).await;
+    let hv = format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility");
+    assert_eq!(s.put(&hv, Some(&at), json!({"history_visibility": "joined"})).await.0, StatusCode::OK);
+    let join = format!("/_matrix/client/v3/rooms/{room}/join");
+    s.post(&join, Some(&bt), json!({})).await;
+    let since = sync(&s, &bt, "").await["next_batch"].as_str().unwrap().to_owned();
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&bt), json!({})).await;
+    assert_eq!(s.post(&join, Some(&ct), json!({})).await.0, StatusCode::OK);
+    assert_eq!(s.post(&join, Some(&bt), json!({})).await.0, StatusCode::OK);
+    let res = sync(&s, &bt, &format!("?since={since}&timeout=0")).await;
+    let timeline = res["rooms"]["join"][&room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        timeline.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == carol.as_str()
+            && e["content"]["membership"] == "join"),
+        "{res}"
+    );
+}
+
+both_engines!(current_state_shows_in_a_private_timeline);

@@ -375,15 +375,21 @@ async fn room_initial_sync(
             map.remove("membership");
         }
     }
+    // Presence and receipts are live: for members and readers of a world-readable room,
+    // not for those who left (who see the room as they left it), as Synapse.
+    let live = matches!(membership.as_deref(), Some("join") | None);
     let mut presence = Vec::new();
-    for member in s.rooms.members(&room_id, &ruma::events::room::member::MembershipState::Join)? {
-        if let Some(p) = s.presence.event(&member)? {
-            presence.push(v1(p));
+    let mut receipts = Vec::new();
+    if live {
+        for member in s.rooms.members(&room_id, &MembershipState::Join)? {
+            if let Some(p) = s.presence.event(&member)? {
+                presence.push(v1(p));
+            }
         }
+        receipts.extend(s.rooms.receipt_event(&room_id, None, &caller.user_id)?.map(|r| in_room(r, &room_id)));
     }
     entry["presence"] = json!(presence);
-    let receipts = s.rooms.receipt_event(&room_id, None, &caller.user_id)?;
-    entry["receipts"] = json!(receipts.map(|r| vec![in_room(r, &room_id)]).unwrap_or_default());
+    entry["receipts"] = json!(receipts);
     Ok(Json(entry))
 }
 

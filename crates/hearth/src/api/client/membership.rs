@@ -207,7 +207,8 @@ pub async fn get_member_events(
         None => {
             let rec =
                 s.rooms.membership(&b.room_id, &caller.user_id)?.ok_or_else(|| Error::forbidden("Not a member"))?;
-            s.rooms.state_before(&rec.event_id)?
+            // The state as the caller left it, their own leave included (as Synapse).
+            s.rooms.state_after(&rec.event_id)?
         }
     };
     let mut chunk = Vec::new();

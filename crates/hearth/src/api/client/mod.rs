@@ -53,6 +53,9 @@ pub fn routes() -> Router<Arc<Services>> {
     for path in ruma::api::client::sync::sync_events::v3::Request::PATH_BUILDER.all_paths() {
         router = router.route(path, axum::routing::get(sync::sync_events_route));
     }
+    for path in ruma::api::client::room::upgrade_room::v3::Request::PATH_BUILDER.all_paths() {
+        router = router.route(path, axum::routing::post(room::upgrade_room));
+    }
     for path in ruma::api::client::account::register::v3::Request::PATH_BUILDER.all_paths() {
         router = router.route(path, axum::routing::post(account::register));
     }
@@ -89,7 +92,6 @@ pub fn routes() -> Router<Arc<Services>> {
         .ruma(profile::set_avatar_url)
         .ruma(room::create_room)
         .ruma(room::get_room_event)
-        .ruma(room::upgrade_room)
         .ruma(presence::set_presence)
         .ruma(presence::get_presence)
         .ruma(keys::upload_keys)

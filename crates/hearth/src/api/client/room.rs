@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use ruma::{
-    api::client::room::{create_room, get_room_event, upgrade_room, Visibility},
+    api::client::room::{create_room, get_room_event, Visibility},
     serde::Raw,
 };
 use serde_json::{Map, Value};
@@ -82,6 +82,7 @@ pub async fn create_room(s: Arc<Services>, req: Ruma<create_room::v3::Request>) 
         None => None,
     };
     let request = CreateRoom {
+        room_id: None,
         version,
         creation_content,
         preset,
@@ -134,20 +135,54 @@ pub async fn get_room_event(
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/upgrade`
+///
+/// Written outside ruma's types so that a version that is no version id at all is 400
+/// `M_UNSUPPORTED_ROOM_VERSION`, as for any unknown version (ruma would refuse the body as
+/// `M_BAD_JSON`). The caller's own links to the room follow it: its entry in `m.direct`
+/// and its tags.
 pub async fn upgrade_room(
-    s: Arc<Services>,
-    req: Ruma<upgrade_room::v3::Request>,
-) -> Result<upgrade_room::v3::Response> {
-    let caller = req.caller()?;
-    let version = req.body.new_version.clone();
-    if !s.room_versions().contains(&version) {
-        return Err(Error::matrix(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    parts: axum::http::request::Parts,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<Value>> {
+    let caller = crate::api::caller_of(&s, &parts)?;
+    let room_id = ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
+    let body: Value = serde_json::from_slice(&body).map_err(|_| Error::not_json("The body is not JSON"))?;
+    let requested =
+        body.get("new_version").and_then(Value::as_str).ok_or_else(|| Error::missing_param("new_version"))?;
+    let version = s.room_versions().into_iter().find(|v| v.as_str() == requested).ok_or_else(|| {
+        Error::matrix(
             http::StatusCode::BAD_REQUEST,
             "M_UNSUPPORTED_ROOM_VERSION",
-            format!("Room version {version} is not supported"),
-        ));
-    }
+            format!("Room version {requested} is not supported"),
+        )
+    })?;
     let content = s.users.member_profile(&caller.user_id)?;
-    let new_room = s.rooms.upgrade_room(&req.body.room_id, &caller.user_id, version, content)?;
-    Ok(upgrade_room::v3::Response::new(new_room))
+    let new_room = s.rooms.upgrade_room(&room_id, &caller.user_id, version, content)?;
+    follow_upgrade(&s, &caller.user_id, &room_id, &new_room)?;
+    Ok(axum::Json(serde_json::json!({"replacement_room": new_room})))
+}
+
+/// Copies a user's links to an upgraded room to its successor: the `m.direct` entries
+/// naming it and its tags (as Synapse does for the upgrading user).
+fn follow_upgrade(s: &Services, user: &ruma::UserId, old: &ruma::RoomId, new: &ruma::RoomId) -> Result<()> {
+    if let Some(Value::Object(mut direct)) = s.account_data.get(user, None, "m.direct")? {
+        let mut changed = false;
+        for rooms in direct.values_mut() {
+            if let Value::Array(list) = rooms {
+                if list.iter().any(|r| r == old.as_str()) && !list.iter().any(|r| r == new.as_str()) {
+                    list.push(Value::from(new.as_str()));
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            s.account_data.set(user, None, "m.direct", direct)?;
+        }
+    }
+    if let Some(Value::Object(tags)) = s.account_data.get(user, Some(old), "m.tag")? {
+        s.account_data.set(user, Some(new), "m.tag", tags)?;
+    }
+    Ok(())
 }

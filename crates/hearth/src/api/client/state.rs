@@ -131,7 +131,8 @@ async fn member_state(
             joined.ok_or_else(|| Error::internal("joined without a member event"))?
         }
         "leave" if target == sender => s.rooms.set_leave(room_id, sender, sender, reason)?,
-        _ if target.server_name() != s.config.server_name => {
+        // Only an invite needs the invitee's server; a ban or kick is this room's business.
+        "invite" if target.server_name() != s.config.server_name => {
             return Err(Error::forbidden("Invite users of other servers with /invite"));
         }
         _ => s.rooms.append_local(
@@ -146,7 +147,8 @@ async fn member_state(
 
 /// The aliases an `m.room.canonical_alias` names (`alias`, `alt_aliases`) must be valid
 /// and point at this room (checked with their server for others' aliases), as the spec
-/// asks: 400 `M_BAD_ALIAS` otherwise.
+/// asks: 400 `M_BAD_ALIAS` otherwise (`M_INVALID_PARAM` for what is no alias at all, as
+/// Synapse).
 async fn check_canonical_alias(s: &Services, room_id: &ruma::RoomId, content: &Map<String, Value>) -> Result<()> {
     let bad = |why: String| Error::matrix(http::StatusCode::BAD_REQUEST, "M_BAD_ALIAS", why);
     let mut named: Vec<&Value> = content.get("alias").into_iter().collect();
@@ -157,7 +159,8 @@ async fn check_canonical_alias(s: &Services, room_id: &ruma::RoomId, content: &M
     }
     for value in named {
         let Some(text) = value.as_str() else { return Err(Error::invalid_param("An alias must be a string")) };
-        let alias = <&ruma::RoomAliasId>::try_from(text).map_err(|_| bad(format!("{text} is not a room alias")))?;
+        let alias = <&ruma::RoomAliasId>::try_from(text)
+            .map_err(|_| Error::invalid_param(format!("{text} is not a room alias")))?;
         let servers = s.config.allow_federation.then_some(&*s.transport.servers);
         let found = crate::federation::query::room_alias(&s.rooms, servers, &s.config.server_name, alias).await;
         match found {
