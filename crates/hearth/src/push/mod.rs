@@ -4,6 +4,7 @@
 //! event that rules read live with the timeline rows that store them
 //! ([`crate::rooms::push_fields`]), so `push` reads `rooms` and never the other way.
 
+pub mod rules;
 pub mod unread;
 
 use std::{
@@ -19,7 +20,7 @@ use ruma::{
     room_version_rules::RoomPowerLevelsRules,
     Int, OwnedUserId, RoomId, UInt, UserId,
 };
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::rooms::push_fields::PushFields;
 use crate::{
@@ -28,23 +29,30 @@ use crate::{
     users::account_data::AccountData,
 };
 
-/// The user's ruleset.
-pub fn ruleset(account_data: &AccountData, user: &UserId) -> Result<Ruleset> {
-    Ok(account_data
-        .get(user, None, "m.push_rules")?
-        .and_then(|c| c.get("global").cloned())
-        .and_then(|g| serde_json::from_value(g).ok())
-        .unwrap_or_else(|| Ruleset::server_default(user)))
+/// The user's rules as stored (the `global` scope of `m.push_rules`; the spec's defaults
+/// until they change them), every kind present (see [`rules`]).
+pub fn stored_rules(account_data: &AccountData, user: &UserId) -> Result<Map<String, Value>> {
+    let stored = account_data.get(user, None, "m.push_rules")?.and_then(|c| match c.get("global") {
+        Some(Value::Object(g)) => Some(g.clone()),
+        _ => None,
+    });
+    Ok(rules::normalized(stored.unwrap_or_else(|| rules::server_default(user))))
 }
 
-pub fn save_ruleset(account_data: &AccountData, user: &UserId, rules: &Ruleset) -> Result<()> {
-    let content = json!({"global": rules});
-    account_data.set(user, None, "m.push_rules", content.as_object().cloned().unwrap_or_default())
+/// The user's ruleset as ruma evaluates it.
+pub fn ruleset(account_data: &AccountData, user: &UserId) -> Result<Ruleset> {
+    Ok(rules::to_ruleset(&stored_rules(account_data, user)?))
+}
+
+pub fn save_rules(account_data: &AccountData, user: &UserId, rules: Map<String, Value>) -> Result<()> {
+    let mut content = Map::new();
+    content.insert("global".into(), Value::Object(rules));
+    account_data.set(user, None, "m.push_rules", content)
 }
 
 /// The `m.push_rules` account data event a first sync must carry.
 pub fn rules_event(account_data: &AccountData, user: &UserId) -> Result<Value> {
-    Ok(json!({"type": "m.push_rules", "content": {"global": ruleset(account_data, user)?}}))
+    Ok(json!({"type": "m.push_rules", "content": {"global": stored_rules(account_data, user)?}}))
 }
 
 pub(crate) fn int(v: &Value) -> Option<i64> {

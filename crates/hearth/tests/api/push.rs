@@ -268,4 +268,40 @@ async fn push_rule_paths(b: Backend) {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-both_engines!(push_rule_paths);
+/// Room rules named freely (as Element names per-room rules by room id, and others by
+/// alias), in the order the spec gives: a new rule first, or `before` / `after` another;
+/// a PUT without a scope is 400.
+async fn push_rules_by_any_id_and_in_order(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let base = "/_matrix/client/v3/pushrules/global/room";
+    let notify = json!({"actions": ["notify"]});
+    for (id, query) in [
+        ("%23a:x.test", ""),
+        ("%23b:x.test", ""),
+        ("!c:x.test", "?after=%23a:x.test"),
+        ("!d:x.test", "?before=%23b:x.test"),
+    ] {
+        let (status, res) = s.put(&format!("{base}/{id}{query}"), Some(&at), notify.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{id}: {res}");
+    }
+    let (_, list) = s.get(&format!("{base}/"), Some(&at)).await;
+    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|r| r["rule_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["!d:x.test", "#b:x.test", "#a:x.test", "!c:x.test"]);
+    let (_, one) = s.get(&format!("{base}/%23a:x.test"), Some(&at)).await;
+    assert_eq!(one["conditions"], json!([{"kind": "event_match", "key": "room_id", "pattern": "#a:x.test"}]), "{one}");
+    let (status, _) = s.put(&format!("{base}/%23e:x.test?before=%23nope:x.test"), Some(&at), notify.clone()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(s.put("/_matrix/client/v3/pushrules/", Some(&at), notify.clone()).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        s.put(&format!("{base}/%23a:x.test/enabled"), Some(&at), json!({"enabled": false})).await.0,
+        StatusCode::OK
+    );
+    let (_, all) = s.get("/_matrix/client/v3/pushrules/", Some(&at)).await;
+    let a = all["global"]["room"].as_array().unwrap().iter().find(|r| r["rule_id"] == "#a:x.test").cloned();
+    assert_eq!(a.map(|r| r["enabled"].clone()), Some(json!(false)));
+    assert_eq!(s.request(Method::DELETE, &format!("{base}/%23a:x.test"), Some(&at), None).await.0, StatusCode::OK);
+    assert_eq!(s.get(&format!("{base}/%23a:x.test"), Some(&at)).await.0, StatusCode::NOT_FOUND);
+}
+
+both_engines!(push_rule_paths, push_rules_by_any_id_and_in_order);

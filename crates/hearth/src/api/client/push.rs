@@ -1,134 +1,136 @@
 //! Client-server API: push rules (`/pushrules/…`) and pushers.
 //!
+//! The rules are read and edited as the spec's JSON ([`crate::push::rules`]): handlers
+//! outside ruma's types, since ruma's refuse rule ids that clients use (a `room` rule named
+//! `#spam:example.com`).
+//!
 //! Pushers (push gateways) are accepted as an empty list: push notifications to phones
 //! need the push gateway client, which is not built yet.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
-use ruma::{
-    api::client::push::{
-        delete_pushrule, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
-        get_pushrules_global_scope, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
-    },
-    push::{InsertPushRuleError, RemovePushRuleError},
+use axum::{
+    extract::{Path, Query, State},
+    http::request::Parts,
+    Json,
 };
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use ruma::api::client::push::get_pushers;
+use serde_json::{json, Map, Value};
 
 use crate::{
-    api::Ruma,
+    api::{caller_of, Ruma},
     error::{Error, Result},
-    push::{ruleset, save_ruleset},
+    push::{rules, save_rules, stored_rules},
     Services,
 };
 
-fn no_rule() -> Error {
-    Error::not_found("No such push rule")
+/// `GET /pushrules/`: every scope (there is one, `global`).
+async fn all_rules(State(s): State<Arc<Services>>, parts: Parts) -> Result<Json<Value>> {
+    let caller = caller_of(&s, &parts)?;
+    match parts.method {
+        Method::GET | Method::HEAD => Ok(Json(json!({"global": stored_rules(&s.account_data, &caller.user_id)?}))),
+        _ => Err(Error::invalid_param("Push rules are changed at /pushrules/global/{kind}/{ruleId}")),
+    }
 }
 
-/// `GET /_matrix/client/v3/pushrules/`
-pub async fn get_pushrules_all(
-    s: Arc<Services>,
-    req: Ruma<get_pushrules_all::v3::Request>,
-) -> Result<get_pushrules_all::v3::Response> {
-    let caller = req.caller()?;
-    Ok(get_pushrules_all::v3::Response::new(ruleset(&s.account_data, &caller.user_id)?))
+/// `GET /pushrules/global/`: the global rules, every kind.
+async fn global_rules(State(s): State<Arc<Services>>, parts: Parts) -> Result<Json<Value>> {
+    let caller = caller_of(&s, &parts)?;
+    match parts.method {
+        Method::GET | Method::HEAD => Ok(Json(Value::Object(stored_rules(&s.account_data, &caller.user_id)?))),
+        _ => Err(Error::invalid_param("Push rules are changed at /pushrules/global/{kind}/{ruleId}")),
+    }
 }
 
-/// `GET /_matrix/client/v3/pushrules/global/`
-pub async fn get_pushrules_global_scope(
-    s: Arc<Services>,
-    req: Ruma<get_pushrules_global_scope::v3::Request>,
-) -> Result<get_pushrules_global_scope::v3::Response> {
-    let caller = req.caller()?;
-    Ok(get_pushrules_global_scope::v3::Response::new(ruleset(&s.account_data, &caller.user_id)?))
+/// `GET /pushrules/global/{kind}/`: the rules of one kind, as a list (Synapse's form).
+async fn kind_rules(State(s): State<Arc<Services>>, Path(kind): Path<String>, parts: Parts) -> Result<Json<Value>> {
+    let caller = caller_of(&s, &parts)?;
+    if !matches!(parts.method, Method::GET | Method::HEAD) || !rules::KINDS.contains(&kind.as_str()) {
+        return Err(Error::invalid_param("Unknown push rule kind, or a rule id is missing"));
+    }
+    let stored = stored_rules(&s.account_data, &caller.user_id)?;
+    Ok(Json(stored.get(&kind).cloned().unwrap_or_else(|| json!([]))))
 }
 
-/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
-pub async fn get_pushrule(
-    s: Arc<Services>,
-    req: Ruma<get_pushrule::v3::Request>,
-) -> Result<get_pushrule::v3::Response> {
-    let caller = req.caller()?;
-    let rules = ruleset(&s.account_data, &caller.user_id)?;
-    let rule = rules.get(req.body.kind.clone(), &req.body.rule_id).ok_or_else(no_rule)?;
-    Ok(get_pushrule::v3::Response::new(rule.to_owned().into()))
+/// `GET`, `PUT` and `DELETE /pushrules/global/{kind}/{ruleId}` (`before` / `after` in
+/// the query of a `PUT`).
+async fn rule(
+    State(s): State<Arc<Services>>,
+    Path((kind, rule_id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    parts: Parts,
+    body: Bytes,
+) -> Result<Json<Value>> {
+    let caller = caller_of(&s, &parts)?;
+    let user = &caller.user_id;
+    let mut stored = stored_rules(&s.account_data, user)?;
+    match parts.method {
+        Method::GET | Method::HEAD => Ok(Json(rules::get(&stored, &kind, &rule_id)?.clone())),
+        Method::PUT => {
+            let body = object(&body)?;
+            let new = rules::NewRule {
+                kind: &kind,
+                rule_id: &rule_id,
+                body: &body,
+                before: query.get("before").map(String::as_str),
+                after: query.get("after").map(String::as_str),
+            };
+            rules::insert(&mut stored, new)?;
+            save_rules(&s.account_data, user, stored)?;
+            Ok(Json(json!({})))
+        }
+        Method::DELETE => {
+            rules::remove(&mut stored, &kind, &rule_id)?;
+            save_rules(&s.account_data, user, stored)?;
+            Ok(Json(json!({})))
+        }
+        _ => Err(Error::unrecognized(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed for this endpoint")),
+    }
 }
 
-/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
-pub async fn set_pushrule(
-    s: Arc<Services>,
-    req: Ruma<set_pushrule::v3::Request>,
-) -> Result<set_pushrule::v3::Response> {
-    let caller = req.caller()?;
-    let mut rules = ruleset(&s.account_data, &caller.user_id)?;
-    rules.insert(req.body.rule.clone(), req.body.after.as_deref(), req.body.before.as_deref()).map_err(
-        |e| match e {
-            InsertPushRuleError::UnknownRuleId => no_rule(),
-            other => Error::invalid_param(other.to_string()),
-        },
-    )?;
-    save_ruleset(&s.account_data, &caller.user_id, &rules)?;
-    Ok(set_pushrule::v3::Response::new())
+/// `GET` and `PUT /pushrules/global/{kind}/{ruleId}/enabled` and `…/actions`; any other
+/// attribute is 400.
+async fn rule_attr(
+    State(s): State<Arc<Services>>,
+    Path((kind, rule_id, attr)): Path<(String, String, String)>,
+    parts: Parts,
+    body: Bytes,
+) -> Result<Json<Value>> {
+    let caller = caller_of(&s, &parts)?;
+    let user = &caller.user_id;
+    if attr != "enabled" && attr != "actions" {
+        return Err(Error::invalid_param(format!("Unknown push rule attribute {attr}")));
+    }
+    let mut stored = stored_rules(&s.account_data, user)?;
+    match parts.method {
+        Method::GET | Method::HEAD => {
+            let rule = rules::get(&stored, &kind, &rule_id)?;
+            Ok(Json(json!({attr.clone(): rule.get(&attr).cloned().unwrap_or(Value::Null)})))
+        }
+        Method::PUT => {
+            let body = object(&body)?;
+            let value = body.get(&attr).ok_or_else(|| Error::missing_param(format!("Missing {attr}")))?;
+            if attr == "enabled" {
+                let enabled = value.as_bool().ok_or_else(|| Error::bad_json("enabled must be true or false"))?;
+                rules::set_enabled(&mut stored, &kind, &rule_id, enabled)?;
+            } else {
+                rules::set_actions(&mut stored, &kind, &rule_id, value)?;
+            }
+            save_rules(&s.account_data, user, stored)?;
+            Ok(Json(json!({})))
+        }
+        _ => Err(Error::unrecognized(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed for this endpoint")),
+    }
 }
 
-/// `DELETE /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
-pub async fn delete_pushrule(
-    s: Arc<Services>,
-    req: Ruma<delete_pushrule::v3::Request>,
-) -> Result<delete_pushrule::v3::Response> {
-    let caller = req.caller()?;
-    let mut rules = ruleset(&s.account_data, &caller.user_id)?;
-    rules.remove(req.body.kind.clone(), &req.body.rule_id).map_err(|e| match e {
-        RemovePushRuleError::NotFound => no_rule(),
-        other => Error::invalid_param(other.to_string()),
-    })?;
-    save_ruleset(&s.account_data, &caller.user_id, &rules)?;
-    Ok(delete_pushrule::v3::Response::new())
-}
-
-/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled`
-pub async fn get_pushrule_enabled(
-    s: Arc<Services>,
-    req: Ruma<get_pushrule_enabled::v3::Request>,
-) -> Result<get_pushrule_enabled::v3::Response> {
-    let caller = req.caller()?;
-    let rules = ruleset(&s.account_data, &caller.user_id)?;
-    let rule = rules.get(req.body.kind.clone(), &req.body.rule_id).ok_or_else(no_rule)?;
-    Ok(get_pushrule_enabled::v3::Response::new(rule.enabled()))
-}
-
-/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled`
-pub async fn set_pushrule_enabled(
-    s: Arc<Services>,
-    req: Ruma<set_pushrule_enabled::v3::Request>,
-) -> Result<set_pushrule_enabled::v3::Response> {
-    let caller = req.caller()?;
-    let mut rules = ruleset(&s.account_data, &caller.user_id)?;
-    rules.set_enabled(req.body.kind.clone(), &req.body.rule_id, req.body.enabled).map_err(|_| no_rule())?;
-    save_ruleset(&s.account_data, &caller.user_id, &rules)?;
-    Ok(set_pushrule_enabled::v3::Response::new())
-}
-
-/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions`
-pub async fn get_pushrule_actions(
-    s: Arc<Services>,
-    req: Ruma<get_pushrule_actions::v3::Request>,
-) -> Result<get_pushrule_actions::v3::Response> {
-    let caller = req.caller()?;
-    let rules = ruleset(&s.account_data, &caller.user_id)?;
-    let rule = rules.get(req.body.kind.clone(), &req.body.rule_id).ok_or_else(no_rule)?;
-    Ok(get_pushrule_actions::v3::Response::new(rule.actions().to_vec()))
-}
-
-/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions`
-pub async fn set_pushrule_actions(
-    s: Arc<Services>,
-    req: Ruma<set_pushrule_actions::v3::Request>,
-) -> Result<set_pushrule_actions::v3::Response> {
-    let caller = req.caller()?;
-    let mut rules = ruleset(&s.account_data, &caller.user_id)?;
-    rules.set_actions(req.body.kind.clone(), &req.body.rule_id, req.body.actions.clone()).map_err(|_| no_rule())?;
-    save_ruleset(&s.account_data, &caller.user_id, &rules)?;
-    Ok(set_pushrule_actions::v3::Response::new())
+fn object(body: &[u8]) -> Result<Map<String, Value>> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Error::bad_json("The body must be an object")),
+        Err(_) => Err(Error::not_json("The body is not JSON")),
+    }
 }
 
 /// `GET /_matrix/client/v3/pushers`
@@ -137,30 +139,27 @@ pub async fn get_pushers(_s: Arc<Services>, req: Ruma<get_pushers::v3::Request>)
     Ok(get_pushers::v3::Response::new(Vec::new()))
 }
 
-/// The push rule kinds (the spec's "templates").
-const KINDS: &[&str] = &["override", "content", "room", "sender", "underride"];
-
-/// The paths around `/pushrules/global/{kind}/{ruleId}` that ruma's routes do not take,
-/// answered as Synapse answers them: a kind's rules as a list
-/// (`GET /pushrules/global/{kind}/`), and 400 for a missing or unknown scope, kind, rule id
-/// or attribute, rather than 404 or 405.
-pub fn path_routes() -> axum::Router<Arc<Services>> {
+/// Every push rule path, answered as Synapse answers them: the endpoints above, and 400
+/// for a missing or unknown scope, kind, rule id or attribute, rather than 404 or 405.
+pub fn routes() -> axum::Router<Arc<Services>> {
     use axum::routing::any;
     let mut router = axum::Router::new();
     for version in ["r0", "v3"] {
         let base = format!("/_matrix/client/{version}/pushrules");
         router = router
+            .route(&format!("{base}/"), any(all_rules))
+            .route(&format!("{base}/global/"), any(global_rules))
             .route(&format!("{base}/global/{{kind}}/"), any(kind_rules))
+            .route(&format!("{base}/global/{{kind}}/{{ruleId}}"), any(rule))
+            .route(&format!("{base}/global/{{kind}}/{{ruleId}}/{{attr}}"), any(rule_attr))
             .route(&format!("{base}/global"), any(malformed))
             .route(&format!("{base}/global/{{kind}}"), any(malformed))
-            .route(&format!("{base}/global/{{kind}}/{{ruleId}}/{{attr}}"), any(malformed))
             .route(&format!("{base}/{{scope}}"), any(malformed))
             .route(&format!("{base}/{{scope}}/"), any(malformed))
             .route(&format!("{base}/{{scope}}/{{kind}}"), any(malformed))
             .route(&format!("{base}/{{scope}}/{{kind}}/"), any(malformed))
             .route(&format!("{base}/{{scope}}/{{kind}}/{{ruleId}}"), any(malformed));
     }
-    // `PUT /pushrules/` (no scope) stays 405: that path is ruma's GET route.
     router
 }
 
@@ -172,19 +171,4 @@ async fn malformed(
     Err(Error::invalid_param(
         "Unknown push rule scope, kind, rule or attribute (the path is /pushrules/global/{kind}/{ruleId})",
     ))
-}
-
-/// `GET /pushrules/global/{kind}/`: the rules of one kind, as a list (Synapse's form).
-async fn kind_rules(
-    axum::extract::State(s): axum::extract::State<Arc<Services>>,
-    axum::extract::Path(kind): axum::extract::Path<String>,
-    parts: axum::http::request::Parts,
-) -> Result<axum::Json<serde_json::Value>> {
-    let caller = crate::api::caller_of(&s, &parts)?;
-    if parts.method != http::Method::GET || !KINDS.contains(&kind.as_str()) {
-        return Err(Error::invalid_param("Unknown push rule kind, or a rule id is missing"));
-    }
-    let rules =
-        serde_json::to_value(ruleset(&s.account_data, &caller.user_id)?).map_err(|e| Error::internal(e.to_string()))?;
-    Ok(axum::Json(rules.get(&kind).cloned().unwrap_or_else(|| serde_json::json!([]))))
 }

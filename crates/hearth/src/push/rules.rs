@@ -1,0 +1,256 @@
+//! A user's push rules as the spec's JSON (`m.push_rules` account data, `global` scope),
+//! and the edits `/pushrules/global/{kind}/{ruleId}` makes to them.
+//!
+//! The rules are kept and edited as JSON, not as ruma's `Ruleset`, because clients name
+//! rules freely: Synapse accepts a `room` rule whose id is no room id (`#spam:example.com`,
+//! sytest's) or a `sender` rule whose id is no user id, and so must Hearth. Such a rule is
+//! stored and listed, and it never matches (its condition compares the room or sender id
+//! with its id). Evaluation reads [`to_ruleset`], which leaves out what ruma cannot hold.
+//!
+//! Ordering follows the spec: within a kind, rules apply in their order; a new rule goes
+//! before the user's other rules of its kind (after `.m.rule.master` in `override`), or
+//! where `before` / `after` put it; server-default rules (ids starting with `.`) cannot be
+//! added, moved or deleted, only enabled, disabled and given other actions.
+
+use ruma::{
+    push::{Action, ConditionalPushRule, PatternedPushRule, PushCondition, Ruleset},
+    UserId,
+};
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+
+/// The push rule kinds (the spec's "templates"), in the order they apply.
+pub const KINDS: &[&str] = &["override", "content", "room", "sender", "underride"];
+
+/// Most rules of one kind a user may have.
+pub const MAX_RULES_PER_KIND: usize = 500;
+
+/// Longest rule id accepted.
+pub const MAX_RULE_ID: usize = 255;
+
+/// Most conditions in one rule.
+pub const MAX_CONDITIONS: usize = 32;
+
+fn not_found() -> Error {
+    Error::not_found("No such push rule")
+}
+
+/// The spec's default rules for `user`, as JSON.
+pub fn server_default(user: &UserId) -> Map<String, Value> {
+    match serde_json::to_value(Ruleset::server_default(user)) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+/// The rules of every kind, each as a list (an absent kind is empty).
+pub fn normalized(mut rules: Map<String, Value>) -> Map<String, Value> {
+    for kind in KINDS {
+        if !rules.get(*kind).is_some_and(Value::is_array) {
+            rules.insert((*kind).to_owned(), json!([]));
+        }
+    }
+    rules
+}
+
+/// The ruleset ruma evaluates: every rule it can hold. A rule that does not parse (a
+/// `room` rule whose id is no room id, say) is left out; it could never match anyway.
+pub fn to_ruleset(rules: &Map<String, Value>) -> Ruleset {
+    let mut clean = Map::new();
+    for kind in KINDS {
+        let list = rules.get(*kind).and_then(Value::as_array).cloned().unwrap_or_default();
+        let kept: Vec<Value> = list.into_iter().filter(|rule| parses(kind, rule)).collect();
+        clean.insert((*kind).to_owned(), Value::Array(kept));
+    }
+    serde_json::from_value(Value::Object(clean)).unwrap_or_default()
+}
+
+fn parses(kind: &str, rule: &Value) -> bool {
+    let r = rule.clone();
+    match kind {
+        "content" => serde_json::from_value::<PatternedPushRule>(r).is_ok(),
+        "room" => serde_json::from_value::<ruma::push::SimplePushRule<ruma::OwnedRoomId>>(r).is_ok(),
+        "sender" => serde_json::from_value::<ruma::push::SimplePushRule<ruma::OwnedUserId>>(r).is_ok(),
+        _ => serde_json::from_value::<ConditionalPushRule>(r).is_ok(),
+    }
+}
+
+fn kind_list<'a>(rules: &'a mut Map<String, Value>, kind: &str) -> Result<&'a mut Vec<Value>> {
+    if !KINDS.contains(&kind) {
+        return Err(Error::invalid_param(format!("Unknown push rule kind {kind}")));
+    }
+    let entry = rules.entry(kind.to_owned()).or_insert_with(|| json!([]));
+    if !entry.is_array() {
+        *entry = json!([]);
+    }
+    match entry {
+        Value::Array(list) => Ok(list),
+        _ => Err(Error::internal("push rules kind is not a list")),
+    }
+}
+
+fn position(list: &[Value], rule_id: &str) -> Option<usize> {
+    list.iter().position(|r| r["rule_id"] == rule_id)
+}
+
+/// One rule, as stored.
+pub fn get<'a>(rules: &'a Map<String, Value>, kind: &str, rule_id: &str) -> Result<&'a Value> {
+    if !KINDS.contains(&kind) {
+        return Err(Error::invalid_param(format!("Unknown push rule kind {kind}")));
+    }
+    rules
+        .get(kind)
+        .and_then(Value::as_array)
+        .and_then(|l| l.iter().find(|r| r["rule_id"] == rule_id))
+        .ok_or_else(not_found)
+}
+
+/// What a client sends to add or replace a rule (`PUT …/{kind}/{ruleId}`).
+pub struct NewRule<'a> {
+    pub kind: &'a str,
+    pub rule_id: &'a str,
+    pub body: &'a Map<String, Value>,
+    pub before: Option<&'a str>,
+    pub after: Option<&'a str>,
+}
+
+/// Adds or replaces a user rule (see the module doc for where it goes).
+pub fn insert(rules: &mut Map<String, Value>, new: NewRule<'_>) -> Result<()> {
+    let NewRule { kind, rule_id, body, before, after } = new;
+    if rule_id.is_empty() || rule_id.len() > MAX_RULE_ID {
+        return Err(Error::invalid_param(format!("A rule id is 1 to {MAX_RULE_ID} bytes")));
+    }
+    if rule_id.starts_with('.') {
+        return Err(Error::invalid_param("Rule ids starting with '.' are the server's"));
+    }
+    let actions = body.get("actions").ok_or_else(|| Error::missing_param("Missing actions"))?;
+    let actions: Vec<Action> =
+        serde_json::from_value(actions.clone()).map_err(|e| Error::bad_json(format!("Invalid actions: {e}")))?;
+    let mut rule = json!({"rule_id": rule_id, "default": false, "enabled": true, "actions": actions});
+    match kind {
+        "content" => {
+            let pattern = body.get("pattern").and_then(Value::as_str);
+            let pattern = pattern.ok_or_else(|| Error::missing_param("A content rule needs a pattern"))?;
+            rule["pattern"] = json!(pattern);
+        }
+        "room" | "sender" => {
+            let key = if kind == "room" { "room_id" } else { "user_id" };
+            rule["conditions"] = json!([{"kind": "event_match", "key": key, "pattern": rule_id}]);
+        }
+        _ => {
+            let conditions = body.get("conditions").cloned().unwrap_or_else(|| json!([]));
+            let parsed: Vec<PushCondition> = serde_json::from_value(conditions.clone())
+                .map_err(|e| Error::bad_json(format!("Invalid conditions: {e}")))?;
+            if parsed.len() > MAX_CONDITIONS {
+                return Err(Error::invalid_param(format!("At most {MAX_CONDITIONS} conditions")));
+            }
+            rule["conditions"] = conditions;
+        }
+    }
+    let list = kind_list(rules, kind)?;
+    let anchor = |list: &[Value], id: &str| -> Result<usize> {
+        if id.starts_with('.') {
+            return Err(Error::invalid_param("A rule cannot be placed relative to a server-default rule"));
+        }
+        position(list, id).ok_or_else(|| Error::not_found(format!("No push rule {id} to place this one by")))
+    };
+    // Check the anchors before changing anything.
+    if let Some(id) = before.or(after) {
+        if id == rule_id {
+            return Err(Error::invalid_param("A rule cannot be placed relative to itself"));
+        }
+        anchor(list, id)?;
+    }
+    let existing = position(list, rule_id);
+    if let Some(at) = existing {
+        list.remove(at);
+    } else if list.len() >= MAX_RULES_PER_KIND {
+        return Err(Error::matrix(
+            http::StatusCode::BAD_REQUEST,
+            "M_RESOURCE_LIMIT_EXCEEDED",
+            format!("At most {MAX_RULES_PER_KIND} rules of one kind"),
+        ));
+    }
+    let at = match (before, after, existing) {
+        (Some(id), _, _) => anchor(list, id)?,
+        (None, Some(id), _) => anchor(list, id)? + 1,
+        // A replaced rule keeps its place.
+        (None, None, Some(at)) => at.min(list.len()),
+        // New rules come first among the user's, after `.m.rule.master`.
+        (None, None, None) => list.iter().position(|r| r["rule_id"] != ".m.rule.master").unwrap_or(list.len()),
+    };
+    list.insert(at, rule);
+    Ok(())
+}
+
+/// Deletes a user rule; server-default rules cannot be deleted.
+pub fn remove(rules: &mut Map<String, Value>, kind: &str, rule_id: &str) -> Result<()> {
+    let list = kind_list(rules, kind)?;
+    let at = position(list, rule_id).ok_or_else(not_found)?;
+    if rule_id.starts_with('.') {
+        return Err(Error::invalid_param("Server-default rules cannot be deleted"));
+    }
+    list.remove(at);
+    Ok(())
+}
+
+/// Enables or disables a rule.
+pub fn set_enabled(rules: &mut Map<String, Value>, kind: &str, rule_id: &str, enabled: bool) -> Result<()> {
+    let list = kind_list(rules, kind)?;
+    let at = position(list, rule_id).ok_or_else(not_found)?;
+    list[at]["enabled"] = json!(enabled);
+    Ok(())
+}
+
+/// Replaces a rule's actions.
+pub fn set_actions(rules: &mut Map<String, Value>, kind: &str, rule_id: &str, actions: &Value) -> Result<()> {
+    let parsed: Vec<Action> =
+        serde_json::from_value(actions.clone()).map_err(|e| Error::bad_json(format!("Invalid actions: {e}")))?;
+    let list = kind_list(rules, kind)?;
+    let at = position(list, rule_id).ok_or_else(not_found)?;
+    list[at]["actions"] = serde_json::to_value(parsed).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(rules: &Map<String, Value>, kind: &str) -> Vec<String> {
+        rules[kind].as_array().unwrap().iter().map(|r| r["rule_id"].as_str().unwrap().to_owned()).collect()
+    }
+
+    #[test]
+    fn order_ids_and_leniency() {
+        let user = ruma::user_id!("@a:x.test");
+        let mut rules = normalized(server_default(user));
+        let body = json!({"actions": ["notify"]});
+        let body = body.as_object().unwrap();
+        let add = |rules: &mut Map<String, Value>, id: &str, before: Option<&str>, after: Option<&str>| {
+            insert(rules, NewRule { kind: "room", rule_id: id, body, before, after })
+        };
+        add(&mut rules, "#a:x.test", None, None).unwrap();
+        add(&mut rules, "#b:x.test", None, None).unwrap();
+        assert_eq!(ids(&rules, "room"), ["#b:x.test", "#a:x.test"]);
+        add(&mut rules, "!c:x.test", None, Some("#a:x.test")).unwrap();
+        add(&mut rules, "!d:x.test", Some("#b:x.test"), None).unwrap();
+        assert_eq!(ids(&rules, "room"), ["!d:x.test", "#b:x.test", "#a:x.test", "!c:x.test"]);
+        assert!(add(&mut rules, "#e:x.test", Some("#nope:x.test"), None).is_err());
+        assert!(add(&mut rules, ".m.mine", None, None).is_err());
+        // Only the rules with room ids reach evaluation.
+        let parsed = to_ruleset(&rules);
+        assert_eq!(parsed.room.len(), 2);
+        // Overrides go after the master rule.
+        let over = json!({"actions": [], "conditions": []});
+        insert(
+            &mut rules,
+            NewRule { kind: "override", rule_id: "o", body: over.as_object().unwrap(), before: None, after: None },
+        )
+        .unwrap();
+        assert_eq!(ids(&rules, "override")[..2], [".m.rule.master".to_owned(), "o".to_owned()]);
+        assert!(remove(&mut rules, "override", ".m.rule.master").is_err());
+        remove(&mut rules, "room", "#a:x.test").unwrap();
+        assert!(remove(&mut rules, "room", "#a:x.test").is_err());
+    }
+}
