@@ -74,6 +74,9 @@ pub struct Config {
     pub ip_range_denylist: Vec<ipnet::IpNet>,
     /// Ranges admitted even when denied: LAN peers, loopback in tests.
     pub ip_range_allowlist: Vec<ipnet::IpNet>,
+    /// Reverse proxies (Traefik in the seed) whose `X-Forwarded-For` names the client:
+    /// requests from these addresses are recorded as coming from the forwarded one.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Extra CA certificates (PEM) outbound TLS trusts besides the system's roots: a
     /// private CA, or the tests' throw-away one.
     pub federation_ca_file: Option<PathBuf>,
@@ -137,6 +140,7 @@ impl Default for Config {
             trusted_servers: vec!["matrix.org".try_into().expect("static server name")],
             ip_range_denylist: crate::transport::policy::default_denylist(),
             ip_range_allowlist: Vec::new(),
+            trusted_proxies: Vec::new(),
             federation_ca_file: None,
             dns_servers: Vec::new(),
             allow_well_known: true,

@@ -97,6 +97,8 @@ pub struct Ruma<R> {
     /// The JSON body as received (`{}` when empty), for the few endpoints that keep keys
     /// ruma's request types leave out (custom content in a join).
     pub json: Bytes,
+    /// The client's address (see [`client_ip`]).
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 impl<R> Ruma<R> {
@@ -157,7 +159,42 @@ pub(crate) fn caller_of(services: &Services, parts: &http::request::Parts) -> Re
     let token = access_token(parts)?.ok_or_else(Error::missing_token)?;
     let caller = services.users.authenticate(&token)?;
     guest::check(&caller, parts, "")?;
+    note_seen(services, &caller, parts);
     Ok(caller)
+}
+
+/// The client's address: the connection's peer, or, when the peer is a trusted proxy
+/// (`trusted_proxies`), the last address in `X-Forwarded-For` that is not one.
+pub(crate) fn client_ip(parts: &http::request::Parts, trusted: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
+    let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?.0.ip().to_canonical();
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    let forwarded = parts.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+    let hops: Vec<std::net::IpAddr> =
+        forwarded.flat_map(|v| v.split(',')).filter_map(|a| a.trim().parse().ok()).collect();
+    // Right to left: each trusted hop vouches for the one before it.
+    for hop in hops.into_iter().rev() {
+        client = hop.to_canonical();
+        if !is_trusted(&client) {
+            break;
+        }
+    }
+    Some(client)
+}
+
+/// Records the caller's device as seen now, from this address and user agent (see
+/// `users::activity`). A failure to record is logged, never the request's failure.
+fn note_seen(services: &Services, caller: &Caller, parts: &http::request::Parts) {
+    let seen = crate::users::activity::Seen {
+        ip: client_ip(parts, &services.config.trusted_proxies).map(|ip| ip.to_string()),
+        user_agent: parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
+    };
+    if let Err(e) = services.users.note_seen(&caller.user_id, &caller.device_id, seen) {
+        tracing::warn!(user = %caller.user_id, error = %e, "could not record a device's activity");
+    }
 }
 
 /// The access token from `Authorization: Bearer …` or the deprecated `access_token` query
@@ -283,6 +320,7 @@ where
                     let caller = services.users.authenticate(&token)?;
                     let template = R::PATH_BUILDER.all_paths().next().unwrap_or("");
                     guest::check(&caller, &parts, template)?;
+                    note_seen(services, &caller, &parts);
                     Some(caller)
                 }
                 None if kind == AuthKind::Required => return Err(Error::missing_token()),
@@ -290,9 +328,10 @@ where
             },
         };
 
+        let client_ip = client_ip(&parts, &services.config.trusted_proxies);
         let http_req = http::Request::from_parts(parts, body.as_ref());
         let parsed = R::try_from_http_request(http_req, &path_args).map_err(map_parse_error)?;
-        Ok(Ruma { body: parsed, caller, origin, json: body })
+        Ok(Ruma { body: parsed, caller, origin, json: body, client_ip })
     }
 }
 

@@ -43,6 +43,9 @@ pub struct Device {
     pub created_ts: u64,
     pub last_seen_ts: Option<u64>,
     pub last_seen_ip: Option<String>,
+    /// The `User-Agent` of the device's latest request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_user_agent: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,6 +191,7 @@ impl Users {
                 created_ts: now,
                 last_seen_ts: Some(now),
                 last_seen_ip: ip,
+                last_seen_user_agent: None,
             },
         };
         DEVICES.put(&mut batch, (user_id.as_str(), device_id.as_str()), &device);

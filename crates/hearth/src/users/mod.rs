@@ -6,6 +6,7 @@
 //! sequences (name taken? first user?) cannot interleave; none of them is on a hot path.
 
 pub mod account_data;
+pub mod activity;
 pub mod devices;
 pub mod filters;
 pub mod openid;
@@ -61,6 +62,8 @@ pub struct Users {
     write_lock: Mutex<()>,
     /// Access tokens resolved from the database.
     tokens: devices::TokenCache,
+    /// When each device's record was last written for its activity.
+    activity: activity::Activity,
 }
 
 /// Options for creating an account.
@@ -74,7 +77,13 @@ pub struct NewAccount<'a> {
 
 impl Users {
     pub fn new(store: Arc<Store>, server_name: OwnedServerName) -> Self {
-        Users { store, server_name, write_lock: Mutex::new(()), tokens: Default::default() }
+        Users {
+            store,
+            server_name,
+            write_lock: Mutex::new(()),
+            tokens: Default::default(),
+            activity: Default::default(),
+        }
     }
 
     pub fn server_name(&self) -> &OwnedServerName {

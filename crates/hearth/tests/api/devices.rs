@@ -113,7 +113,61 @@ async fn uia_is_bound_to_device_and_owner(b: Backend) {
     assert_eq!(s.get(&other, Some(&token)).await.0, StatusCode::OK);
 }
 
+/// Where a device was last seen: the peer address, or the address a trusted proxy
+/// forwards (never one an untrusted client claims), with its user agent; `/admin/whois`
+/// shows it to the user and to admins only.
+async fn last_seen_address_and_whois(b: Backend) {
+    let s = TestServer::start_with(b, |c| c.trusted_proxies = Vec::new()).await;
+    let (admin, at, _) = s.register("root", "pw-root-1").await;
+    let (alice, token, device) = s.register("alice", "pw-alice-1").await;
+    let claim = |t: &str| {
+        s.http
+            .get(format!("{}/_matrix/client/v3/account/whoami", s.base))
+            .bearer_auth(t.to_owned())
+            .header("X-Forwarded-For", "203.0.113.7")
+            .header("User-Agent", "hearth-test/1.0")
+    };
+    assert_eq!(claim(&token).send().await.unwrap().status(), StatusCode::OK);
+    let (_, dev) = s.get(&format!("/_matrix/client/v3/devices/{device}"), Some(&token)).await;
+    // Not a trusted proxy: the header is not believed.
+    assert_eq!(dev["last_seen_ip"], "127.0.0.1", "{dev}");
+    assert!(dev["last_seen_ts"].is_u64(), "{dev}");
+
+    let whois = format!("/_matrix/client/v3/admin/whois/{alice}");
+    let (status, me) = s.get(&whois, Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    let connection = &me["devices"][&device]["sessions"][0]["connections"][0];
+    assert_eq!(connection["ip"], "127.0.0.1", "{me}");
+    assert!(connection["last_seen"].is_u64() && connection["user_agent"].is_string(), "{me}");
+    let (_, bob_token, _) = s.register("bob", "pw-bob-1").await;
+    assert_error(&s.get(&whois, Some(&bob_token)).await, 403, "M_FORBIDDEN");
+    let (status, seen) = s.get(&format!("/_synapse/admin/v1/whois/{alice}"), Some(&at)).await;
+    assert_eq!((status, seen["user_id"].as_str()), (StatusCode::OK, Some(alice.as_str())), "{admin}");
+}
+
+/// Behind a trusted proxy the forwarded address is the client's (the last one in
+/// `X-Forwarded-For` that is no trusted proxy).
+async fn forwarded_address_from_a_trusted_proxy(b: Backend) {
+    let s = TestServer::start_with(b, |c| c.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    let (_, token, device) = s.register("alice", "pw-alice-1").await;
+    let res = s
+        .http
+        .get(format!("{}/_matrix/client/v3/devices/{device}", s.base))
+        .bearer_auth(&token)
+        .header("X-Forwarded-For", "198.51.100.9, 127.0.0.2")
+        .header("User-Agent", "Element/1.11")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // The request is recorded before it is answered.
+    let dev: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(dev["last_seen_ip"], "198.51.100.9", "{dev}");
+}
+
 both_engines!(
+    last_seen_address_and_whois,
+    forwarded_address_from_a_trusted_proxy,
     list_get_rename,
     other_users_devices_are_invisible,
     delete_device_needs_password,

@@ -651,7 +651,34 @@ async fn upgrade_carries_links_and_bans(b: Backend) {
     assert_eq!((old_pl["events_default"].as_i64(), old_pl["invite"].as_i64()), (Some(81), Some(81)), "{old_pl}");
 }
 
-both_engines!(upgrade_continues_the_room, upgrade_links_the_tombstone, upgrade_carries_links_and_bans);
+/// A member who joins the successor of a room they were in finds their tags and their
+/// per-room push rule there too (as Synapse copies them on that join).
+async fn joining_the_successor_brings_tags_and_rules(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (bob, bt, _) = s.register("bob", "pw-bob-1").await;
+    let old = create(&s, &at, json!({"room_version": "10", "preset": "public_chat"})).await;
+    s.post(&format!("/_matrix/client/v3/rooms/{old}/join"), Some(&bt), json!({})).await;
+    s.put(&format!("/_matrix/client/v3/user/{bob}/rooms/{old}/tags/test_tag"), Some(&bt), json!({})).await;
+    let rule = format!("/_matrix/client/v3/pushrules/global/room/{old}");
+    assert_eq!(s.put(&rule, Some(&bt), json!({"actions": ["dont_notify"]})).await.0, StatusCode::OK);
+    let (_, res) =
+        s.post(&format!("/_matrix/client/v3/rooms/{old}/upgrade"), Some(&at), json!({"new_version": "11"})).await;
+    let new = res["replacement_room"].as_str().unwrap().to_owned();
+    assert_eq!(s.post(&format!("/_matrix/client/v3/join/{new}"), Some(&bt), json!({})).await.0, StatusCode::OK);
+    let (_, tags) = s.get(&format!("/_matrix/client/v3/user/{bob}/rooms/{new}/tags"), Some(&bt)).await;
+    assert_eq!(tags["tags"], json!({"test_tag": {}}));
+    let (status, copied) = s.get(&format!("/_matrix/client/v3/pushrules/global/room/{new}"), Some(&bt)).await;
+    assert_eq!(status, StatusCode::OK, "{copied}");
+    assert_eq!(copied["actions"], json!(["dont_notify"]));
+}
+
+both_engines!(
+    upgrade_continues_the_room,
+    upgrade_links_the_tombstone,
+    upgrade_carries_links_and_bans,
+    joining_the_successor_brings_tags_and_rules
+);
 
 async fn history_visibility_is_honoured(b: Backend) {
     let s = TestServer::start(b).await;

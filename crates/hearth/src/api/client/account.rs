@@ -67,9 +67,10 @@ pub async fn register(
 ) -> Result<axum::Json<Value>> {
     let mut params: Map<String, Value> = serde_json::from_slice(&req.json).unwrap_or_default();
     params.remove("auth");
+    let ip = req.client_ip.map(|ip| ip.to_string());
     let body = req.body;
     if body.kind == RegistrationKind::Guest {
-        return register_guest(&s, body.initial_device_display_name);
+        return register_guest(&s, body.initial_device_display_name, ip);
     }
     if !s.config.allow_registration {
         return Err(Error::forbidden("Registration is disabled on this server"));
@@ -80,7 +81,7 @@ pub async fn register(
     if let Some(session) = body.auth.as_ref().and_then(|a| a.session()) {
         if let Some((user_id, stored)) = s.uiaa.registered_by(session) {
             let stored: Params = serde_json::from_value(Value::Object(stored)).unwrap_or_default();
-            return log_in_registered(&s, user_id, stored);
+            return log_in_registered(&s, user_id, stored, ip);
         }
     }
     // What this request names is checked before UIA: a taken name or someone else's guest
@@ -127,7 +128,7 @@ pub async fn register(
     .await
     .map_err(|e| Error::internal(format!("registration task: {e}")))??;
     s.uiaa.set_registered(&done.session, &user_id);
-    log_in_registered(&s, user_id, params)
+    log_in_registered(&s, user_id, params, ip)
 }
 
 /// The checks of a requested username: free, or (with `guest_access_token`) the localpart
@@ -151,11 +152,16 @@ fn check_username(s: &Services, username: Option<&str>, guest_access_token: Opti
 
 /// The answer to a registration: the account, logged in on a device unless
 /// `inhibit_login`.
-fn log_in_registered(s: &Services, user_id: OwnedUserId, params: Params) -> Result<axum::Json<Value>> {
+fn log_in_registered(
+    s: &Services,
+    user_id: OwnedUserId,
+    params: Params,
+    ip: Option<String>,
+) -> Result<axum::Json<Value>> {
     let mut res = serde_json::json!({"user_id": user_id});
     if !params.inhibit_login {
         let (device_id, token) =
-            s.users.login_device(&user_id, params.device_id, params.initial_device_display_name, None)?;
+            s.users.login_device(&user_id, params.device_id, params.initial_device_display_name, ip)?;
         res["device_id"] = serde_json::json!(device_id);
         res["access_token"] = serde_json::json!(token);
     }
@@ -166,7 +172,7 @@ fn log_in_registered(s: &Services, user_id: OwnedUserId, params: Params) -> Resu
 const GUEST_ID_ATTEMPTS: usize = 8;
 
 /// `POST /register?kind=guest`: a guest account, logged in, without UIA (as Synapse).
-fn register_guest(s: &Services, display_name: Option<String>) -> Result<axum::Json<Value>> {
+fn register_guest(s: &Services, display_name: Option<String>, ip: Option<String>) -> Result<axum::Json<Value>> {
     if !s.config.allow_guest_access {
         return Err(Error::matrix(StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled"));
     }
@@ -178,7 +184,7 @@ fn register_guest(s: &Services, display_name: Option<String>) -> Result<axum::Js
         let user_id =
             s.users.create_account(NewAccount { localpart: &localpart, password: None, admin: None, guest: true })?;
         let params = Params { initial_device_display_name: display_name, ..Params::default() };
-        return log_in_registered(s, user_id, params);
+        return log_in_registered(s, user_id, params, ip);
     }
     Err(Error::internal("no free guest user id found"))
 }

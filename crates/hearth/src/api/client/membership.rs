@@ -67,6 +67,7 @@ pub async fn join_room_by_id(
     let room = &req.body.room_id;
     let federate = s.config.allow_federation;
     s.federation.join(room, &caller.user_id, &[], profile, req.body.reason.clone(), federate).await?;
+    super::room::after_join(&s, &caller.user_id, room)?;
     Ok(join_room_by_id::v3::Response::new(room.clone()))
 }
 
@@ -80,6 +81,7 @@ pub async fn join_room_by_id_or_alias(
     let profile = join_content(&s, &caller.user_id, &req.json)?;
     let federate = s.config.allow_federation;
     s.federation.join(&room_id, &caller.user_id, &via, profile, req.body.reason.clone(), federate).await?;
+    super::room::after_join(&s, &caller.user_id, &room_id)?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 

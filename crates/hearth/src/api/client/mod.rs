@@ -2,6 +2,7 @@
 
 mod account;
 mod account_data;
+mod admin;
 mod alias;
 mod backup;
 mod capabilities;
@@ -63,6 +64,7 @@ pub fn routes() -> Router<Arc<Services>> {
         router = router.route(path, axum::routing::get(account::get_3pids));
     }
     router
+        .merge(admin::routes())
         .merge(media::routes())
         .merge(legacy::routes())
         .merge(capabilities::routes())

@@ -165,8 +165,10 @@ pub async fn upgrade_room(
 }
 
 /// Copies a user's links to an upgraded room to its successor: the `m.direct` entries
-/// naming it and its tags (as Synapse does for the upgrading user).
-fn follow_upgrade(s: &Services, user: &ruma::UserId, old: &ruma::RoomId, new: &ruma::RoomId) -> Result<()> {
+/// naming it, its tags and its per-room push rule (as Synapse does for the upgrading user
+/// and for each local member who joins the successor). Tags or a rule the successor has
+/// already are kept.
+pub(crate) fn follow_upgrade(s: &Services, user: &ruma::UserId, old: &ruma::RoomId, new: &ruma::RoomId) -> Result<()> {
     if let Some(Value::Object(mut direct)) = s.account_data.get(user, None, "m.direct")? {
         let mut changed = false;
         for rooms in direct.values_mut() {
@@ -181,8 +183,33 @@ fn follow_upgrade(s: &Services, user: &ruma::UserId, old: &ruma::RoomId, new: &r
             s.account_data.set(user, None, "m.direct", direct)?;
         }
     }
-    if let Some(Value::Object(tags)) = s.account_data.get(user, Some(old), "m.tag")? {
-        s.account_data.set(user, Some(new), "m.tag", tags)?;
+    if s.account_data.get(user, Some(new), "m.tag")?.is_none() {
+        if let Some(Value::Object(tags)) = s.account_data.get(user, Some(old), "m.tag")? {
+            s.account_data.set(user, Some(new), "m.tag", tags)?;
+        }
+    }
+    let mut rules = crate::push::stored_rules(&s.account_data, user)?;
+    let room_rule = |id: &str| rules["room"].as_array().and_then(|l| l.iter().find(|r| r["rule_id"] == id).cloned());
+    if let (Some(rule), None) = (room_rule(old.as_str()), room_rule(new.as_str())) {
+        let body = rule.as_object().cloned().unwrap_or_default();
+        let new_rule =
+            crate::push::rules::NewRule { kind: "room", rule_id: new.as_str(), body: &body, before: None, after: None };
+        crate::push::rules::insert(&mut rules, new_rule)?;
+        crate::push::save_rules(&s.account_data, user, rules)?;
     }
     Ok(())
+}
+
+/// After a local user joined `room`: when it continues an upgraded room the user was in,
+/// their links to the old one follow ([`follow_upgrade`]).
+pub(crate) fn after_join(s: &Services, user: &ruma::UserId, room: &ruma::RoomId) -> Result<()> {
+    let create = s.rooms.state_event(room, &ruma::events::StateEventType::RoomCreate, "")?;
+    let Some(old) = create.and_then(|c| c.content_value()["predecessor"]["room_id"].as_str().map(str::to_owned)) else {
+        return Ok(());
+    };
+    let Ok(old) = ruma::OwnedRoomId::try_from(old) else { return Ok(()) };
+    if s.rooms.membership(&old, user)?.is_none() {
+        return Ok(());
+    }
+    follow_upgrade(s, user, &old, room)
 }

@@ -36,6 +36,7 @@ fn bad_credentials() -> Error {
 /// `m.login.password` with a localpart or a full user id of this server, given as an
 /// `m.id.user` identifier or the legacy `user` field.
 pub async fn login(s: Arc<Services>, req: Ruma<login::Request>) -> Result<login::Response> {
+    let ip = req.client_ip.map(|ip| ip.to_string());
     let body = req.body;
     let LoginInfo::Password(password) = &body.login_info else {
         return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unsupported login type"));
@@ -56,7 +57,7 @@ pub async fn login(s: Arc<Services>, req: Ruma<login::Request>) -> Result<login:
     if !ok {
         return Err(bad_credentials());
     }
-    let (device_id, token) = s.users.login_device(&user_id, body.device_id, body.initial_device_display_name, None)?;
+    let (device_id, token) = s.users.login_device(&user_id, body.device_id, body.initial_device_display_name, ip)?;
     s.keys.note_local_device_change(&s.rooms, &user_id, device_id.as_str())?;
     let mut res = login::Response::new(user_id, token, device_id);
     if s.config.allow_well_known {
