@@ -62,12 +62,14 @@ pub struct Services {
     pub notifier: Arc<Notifier>,
     pub stream: Arc<Stream>,
     pub typing: Arc<Typing>,
-    pub account_data: AccountData,
+    pub account_data: Arc<AccountData>,
     pub presence: Arc<Presence>,
     pub keys: Arc<Keys>,
     pub to_device: Arc<ToDevice>,
     pub backup: Backup,
-    pub push: push::Push,
+    pub push: Arc<push::Push>,
+    /// Notifications to push gateways (and the log `GET /notifications` reads).
+    pub push_sender: Arc<push::sender::PushSender>,
     /// Initial (and full-state) syncs building at once: each holds its whole response in
     /// memory and keeps a core busy, so more than there are cores only adds memory.
     pub initial_syncs: tokio::sync::Semaphore,
@@ -110,7 +112,7 @@ impl Services {
                 .map_err(|e| StoreError::Other(format!("cannot load rooms: {e}")))?,
         );
         let typing = Typing::new(notifier.clone());
-        let account_data = AccountData::new(store.clone(), stream.clone());
+        let account_data = Arc::new(AccountData::new(store.clone(), stream.clone()));
         let presence = Arc::new(Presence::new(store.clone(), stream.clone()));
         let keys = Arc::new(Keys::new(store.clone(), stream.clone()));
         let to_device = Arc::new(ToDevice::new(store.clone(), stream.clone()));
@@ -137,6 +139,20 @@ impl Services {
             media = media.with_previews(transport.outbound.clone());
         }
         let media = Arc::new(media);
+        let push = Arc::new(push::Push::default());
+        let notifications = push::notifications::Notifications::new(
+            store.clone(),
+            rooms.clone(),
+            account_data.clone(),
+            push.clone(),
+            config.server_name.clone(),
+        );
+        let push_sender = Arc::new(push::sender::PushSender::new(
+            notifications,
+            users.clone(),
+            rooms.clone(),
+            transport.outbound.clone(),
+        ));
         let max_concurrent = config.max_concurrent_requests as usize;
         Ok(Arc::new(Services {
             config,
@@ -153,7 +169,8 @@ impl Services {
             keys,
             to_device,
             backup,
-            push: push::Push::default(),
+            push,
+            push_sender,
             initial_sync_cache: Default::default(),
             request_slots: Arc::new(tokio::sync::Semaphore::new(max_concurrent)),
             initial_syncs: tokio::sync::Semaphore::new(

@@ -265,6 +265,8 @@ pub struct Running {
     sender: Option<Worker>,
     /// Media housekeeping (expired upload ids, retention).
     media_tidy: Option<Worker>,
+    /// Push rule evaluation and delivery to push gateways.
+    push: Option<Worker>,
 }
 
 impl Running {
@@ -321,6 +323,11 @@ impl Running {
         });
         let media = services.media.clone();
         let media_tidy = Some(Worker::spawn(move |stop| crate::media::manage::keep_tidy(media, stop)));
+        let push = {
+            let push = services.push_sender.clone();
+            let stream = services.stream.clone();
+            Some(Worker::spawn(move |stop| push.run(stream, stop)))
+        };
         let (tls, tls_config) = tls.unzip();
         let task = tokio::spawn(serve(services.clone(), listener, tls_config, async move {
             let _ = stopped.await;
@@ -339,6 +346,7 @@ impl Running {
             tls_reload,
             sender,
             media_tidy,
+            push,
         })
     }
 
@@ -360,6 +368,9 @@ impl Running {
         }
         if let Some(sender) = self.sender.take() {
             sender.stop().await;
+        }
+        if let Some(push) = self.push.take() {
+            push.stop().await;
         }
         if let Some(tidy) = self.media_tidy.take() {
             tidy.stop().await;

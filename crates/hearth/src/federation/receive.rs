@@ -372,6 +372,13 @@ fn refusal(r: Refusal) -> Dropped {
     r.to_string()
 }
 
+/// Whether a dropped PDU was one the auth rules refused (`Refusal::Rejected`, whose text
+/// starts so): such a PDU was handled, as the spec counts it, and `/send` reports no error
+/// for it (as Synapse does; senders only care that it need not be retried).
+pub(crate) fn is_rejection(dropped: &Dropped) -> bool {
+    dropped.starts_with("rejected: ")
+}
+
 /// Percent-encodes a path segment or query value.
 pub(crate) fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")

@@ -102,7 +102,7 @@ impl Federation {
                 tracing::info!(%origin, event = ?id, error = %e, "a received PDU was not appended");
             }
             if let Some(id) = id {
-                answer.pdus.insert(id, result.err());
+                answer.pdus.insert(id, result.err().filter(|e| !super::receive::is_rejection(e)));
             }
         }
         for raw in edus {

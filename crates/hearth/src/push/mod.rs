@@ -4,7 +4,9 @@
 //! event that rules read live with the timeline rows that store them
 //! ([`crate::rooms::push_fields`]), so `push` reads `rooms` and never the other way.
 
+pub mod notifications;
 pub mod rules;
+pub mod sender;
 pub mod unread;
 
 use std::{
@@ -131,6 +133,11 @@ impl Push {
         let kept = (version, rules, fields);
         rulesets.insert(user.to_owned(), kept.clone());
         Ok(kept)
+    }
+
+    /// The push condition context of a room for a user (cached per room state).
+    pub fn context(&self, rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<Arc<PushConditionRoomCtx>> {
+        self.unread.context(rooms, room_id, user)
     }
 
     /// Unread counts of `room_id` for `user` up to stream position `until` (see [`unread`]).

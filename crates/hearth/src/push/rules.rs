@@ -36,12 +36,38 @@ fn not_found() -> Error {
     Error::not_found("No such push rule")
 }
 
-/// The spec's default rules for `user`, as JSON.
+/// The default rules for `user`, as JSON: the spec's, plus the legacy mention rules
+/// Synapse still has (`.m.rule.contains_display_name`, `.m.rule.roomnotif`,
+/// `.m.rule.contains_user_name`). Clients that send no `m.mentions` (Nheko 0.11, bots,
+/// bridges) mention people by name in the body, and Synapse users expect those to ring;
+/// ruma's evaluator skips these rules for events that carry `m.mentions`, as the spec
+/// asks.
 pub fn server_default(user: &UserId) -> Map<String, Value> {
-    match serde_json::to_value(Ruleset::server_default(user)) {
-        Ok(Value::Object(m)) => m,
-        _ => Map::new(),
+    let mut rules = match serde_json::to_value(Ruleset::server_default(user)) {
+        Ok(Value::Object(m)) => normalized(m),
+        _ => return Map::new(),
+    };
+    let loud = json!(["notify", {"set_tweak": "sound", "value": "default"}, {"set_tweak": "highlight"}]);
+    let legacy = |id: &str, conditions: Value, actions: &Value| json!({"rule_id": id, "default": true, "enabled": true, "conditions": conditions, "actions": actions});
+    if let Some(Value::Array(list)) = rules.get_mut("override") {
+        let after =
+            |list: &Vec<Value>, id: &str| list.iter().position(|r| r["rule_id"] == id).map_or(list.len(), |i| i + 1);
+        let at = after(list, ".m.rule.is_user_mention");
+        list.insert(at, legacy(".m.rule.contains_display_name", json!([{"kind": "contains_display_name"}]), &loud));
+        let at = after(list, ".m.rule.is_room_mention");
+        let room = json!([
+            {"kind": "event_match", "key": "content.body", "pattern": "@room"},
+            {"kind": "sender_notification_permission", "key": "room"},
+        ]);
+        list.insert(at, legacy(".m.rule.roomnotif", room, &json!(["notify", {"set_tweak": "highlight"}])));
     }
+    if let Some(Value::Array(list)) = rules.get_mut("content") {
+        list.push(json!({
+            "rule_id": ".m.rule.contains_user_name", "default": true, "enabled": true,
+            "pattern": user.localpart(), "actions": loud,
+        }));
+    }
+    rules
 }
 
 /// The rules of every kind, each as a list (an absent kind is empty).
@@ -115,6 +141,24 @@ pub struct NewRule<'a> {
     pub after: Option<&'a str>,
 }
 
+/// The actions a client gives a rule: the spec's (`notify`, `dont_notify`, `coalesce`,
+/// `set_tweak` objects), anything else 400 as on Synapse (ruma would keep an unknown
+/// string as a custom action).
+fn parse_actions(actions: &Value) -> Result<Vec<Action>> {
+    let list = actions.as_array().ok_or_else(|| Error::bad_json("actions must be a list"))?;
+    for action in list {
+        let known = match action {
+            Value::String(s) => matches!(s.as_str(), "notify" | "dont_notify" | "coalesce"),
+            Value::Object(o) => o.get("set_tweak").is_some_and(Value::is_string),
+            _ => false,
+        };
+        if !known {
+            return Err(Error::bad_json(format!("Unknown push rule action {action}")));
+        }
+    }
+    serde_json::from_value(actions.clone()).map_err(|e| Error::bad_json(format!("Invalid actions: {e}")))
+}
+
 /// Adds or replaces a user rule (see the module doc for where it goes).
 pub fn insert(rules: &mut Map<String, Value>, new: NewRule<'_>) -> Result<()> {
     let NewRule { kind, rule_id, body, before, after } = new;
@@ -125,8 +169,7 @@ pub fn insert(rules: &mut Map<String, Value>, new: NewRule<'_>) -> Result<()> {
         return Err(Error::invalid_param("Rule ids starting with '.' are the server's"));
     }
     let actions = body.get("actions").ok_or_else(|| Error::missing_param("Missing actions"))?;
-    let actions: Vec<Action> =
-        serde_json::from_value(actions.clone()).map_err(|e| Error::bad_json(format!("Invalid actions: {e}")))?;
+    let actions = parse_actions(actions)?;
     let mut rule = json!({"rule_id": rule_id, "default": false, "enabled": true, "actions": actions});
     match kind {
         "content" => {
@@ -205,8 +248,7 @@ pub fn set_enabled(rules: &mut Map<String, Value>, kind: &str, rule_id: &str, en
 
 /// Replaces a rule's actions.
 pub fn set_actions(rules: &mut Map<String, Value>, kind: &str, rule_id: &str, actions: &Value) -> Result<()> {
-    let parsed: Vec<Action> =
-        serde_json::from_value(actions.clone()).map_err(|e| Error::bad_json(format!("Invalid actions: {e}")))?;
+    let parsed = parse_actions(actions)?;
     let list = kind_list(rules, kind)?;
     let at = position(list, rule_id).ok_or_else(not_found)?;
     list[at]["actions"] = serde_json::to_value(parsed).map_err(|e| Error::internal(e.to_string()))?;

@@ -166,7 +166,7 @@ impl UnreadCache {
 impl UnreadCache {
     /// The room's push context for the user (member count, display name, power levels),
     /// read again only when the room's state has changed.
-    fn context(&self, rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<Arc<PushConditionRoomCtx>> {
+    pub(super) fn context(&self, rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<Arc<PushConditionRoomCtx>> {
         let snapshot = rooms.heads(room_id)?.snapshot;
         let key = (user.to_owned(), room_id.to_owned());
         if let Some((at, ctx)) = self.contexts.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
@@ -178,6 +178,12 @@ impl UnreadCache {
         self.contexts.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (snapshot, ctx.clone()));
         Ok(ctx)
     }
+}
+
+/// The stream position up to which `user` has read the room's main timeline (their
+/// receipts, public or private, unthreaded or `main`).
+pub(super) fn read_up_to(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<u64> {
+    Ok(ReadPositions::load(rooms, room_id, user)?.read_up_to(None))
 }
 
 /// A tally with nothing counted yet, from receipts read at stream position `at`.
@@ -252,7 +258,7 @@ impl Tally {
 /// room, sender, underride), or `None`. Ruleset::get_actions does the same from a raw
 /// event; this takes the event already flattened. ruma's evaluator is async only for an
 /// optional feature, so it is ready at once.
-fn first_match<'a>(
+pub(super) fn first_match<'a>(
     rules: &'a Ruleset,
     event: &FlattenedJson,
     ctx: &PushConditionRoomCtx,

@@ -141,6 +141,9 @@ pub const ALL: &[&str] = &[
     PENDING_MEDIA,
     REMOTE_MEDIA,
     URL_PREVIEWS,
+    PUSHERS,
+    NOTIFICATIONS,
+    PUSH_STATE,
 ];
 
 /// (destination server, stream position) → event id: PDUs queued for another server.
@@ -163,6 +166,12 @@ pub const REMOTE_MEDIA: &str = "remote_media";
 pub const URL_PREVIEWS: &str = "url_previews";
 /// (origin server, transaction id) → the answer given: inbound `/send` is idempotent.
 pub const FEDERATION_TXNS: &str = "federation_txns";
+/// (user id, app id, pushkey) → a pusher (push gateway registration) and its progress.
+pub const PUSHERS: &str = "pushers";
+/// (user id, stream position) → what the push rules did with that event for the user.
+pub const NOTIFICATIONS: &str = "notifications";
+/// `"position"` → the stream position push rules were evaluated up to.
+pub const PUSH_STATE: &str = "push_state";
 
 /// The meta table is the store's own (schema version lives there).
 pub const META: Table<String, Vec<u8>> = Table::new(META_NAME);

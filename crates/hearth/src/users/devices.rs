@@ -253,7 +253,8 @@ impl Users {
             ACCESS_TOKENS.delete(batch, &device.token_hash);
             DEVICES.delete(batch, key);
         }
-        Ok(())
+        // The device's pushers go with it: a logged-out phone must not keep ringing.
+        self.delete_pushers_of_device(batch, user_id, device_id)
     }
 }
 

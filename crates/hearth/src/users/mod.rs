@@ -13,6 +13,7 @@ pub mod openid;
 pub mod password;
 pub mod presence;
 pub mod profile;
+pub mod pushers;
 pub mod registration_tokens;
 pub mod uiaa;
 pub mod user_directory;

@@ -21,6 +21,7 @@ mod outbound;
 mod processes;
 mod profile;
 mod push;
+mod push_delivery;
 mod rooms;
 mod server_discovery;
 mod storage;

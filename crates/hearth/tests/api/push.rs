@@ -14,8 +14,12 @@ async fn unread(s: &TestServer, token: &str, room: &str) -> (u64, u64) {
 
 /// A server where Alice and Bob (both joined) share a direct chat:
 /// (server, Alice's token, Bob's id, Bob's token, room id).
-async fn direct_chat(b: Backend) -> (TestServer, String, String, String, String) {
-    let s = TestServer::start(b).await;
+pub(crate) async fn direct_chat(b: Backend) -> (TestServer, String, String, String, String) {
+    direct_chat_on(TestServer::start(b).await).await
+}
+
+/// [`direct_chat`] on a server started as the caller wants.
+pub(crate) async fn direct_chat_on(s: TestServer) -> (TestServer, String, String, String, String) {
     let (_, at, _) = s.register("alice", "pw-alice-1").await;
     let (bob, bt, _) = s.register("bob", "pw-bob-1").await;
     let (_, res) =
@@ -96,7 +100,25 @@ async fn unread_counts_follow_messages_mentions_and_receipts(b: Backend) {
     assert_eq!(unread(&s, &bt, &room).await.0, 0);
 }
 
-both_engines!(default_rules_and_edits, unread_counts_follow_messages_mentions_and_receipts);
+/// A mention by name in the body, from a client that sends no `m.mentions` (Nheko 0.11,
+/// bots), still highlights (Synapse's legacy mention rules); one that sends `m.mentions`
+/// is judged by those alone.
+async fn legacy_mentions_highlight(b: Backend) {
+    let (s, at, _, bt, room) = direct_chat(b).await;
+    let send = |txn: &'static str, content: Value| {
+        let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}");
+        let (s, at) = (&s, &at);
+        async move { s.put(&path, Some(at), content).await }
+    };
+    send("l1", json!({"msgtype": "m.text", "body": "bob: lunch?"})).await;
+    assert_eq!(unread(&s, &bt, &room).await, (1, 1));
+    send("l2", json!({"msgtype": "m.text", "body": "bob again", "m.mentions": {}})).await;
+    assert_eq!(unread(&s, &bt, &room).await, (2, 1), "m.mentions without bob: no highlight");
+    let (_, rules) = s.get("/_matrix/client/v3/pushrules/global/content/.m.rule.contains_user_name", Some(&bt)).await;
+    assert_eq!(rules["pattern"], "bob", "{rules}");
+}
+
+both_engines!(default_rules_and_edits, unread_counts_follow_messages_mentions_and_receipts, legacy_mentions_highlight);
 
 async fn thread_notifications_are_counted_per_thread(b: Backend) {
     let (s, at, _, bt, room) = direct_chat(b).await;

@@ -139,7 +139,6 @@ pub fn routes() -> Router<Arc<Services>> {
         .ruma(filter::create_filter)
         .ruma(filter::get_filter)
         .ruma(redact::redact_event)
-        .ruma(push::get_pushers)
         .ruma(directory::get_public_rooms)
         .ruma(directory::get_public_rooms_filtered)
         .ruma(directory::get_room_visibility)

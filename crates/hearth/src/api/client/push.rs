@@ -4,8 +4,8 @@
 //! outside ruma's types, since ruma's refuse rule ids that clients use (a `room` rule named
 //! `#spam:example.com`).
 //!
-//! Pushers (push gateways) are accepted as an empty list: push notifications to phones
-//! need the push gateway client, which is not built yet.
+//! Pushers (`/pushers`, `/pushers/set`) are what `push::sender` delivers to, and
+//! `/notifications` reads the same log it delivers from.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -16,13 +16,13 @@ use axum::{
 };
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use ruma::api::client::push::get_pushers;
 use serde_json::{json, Map, Value};
 
 use crate::{
-    api::{caller_of, Ruma},
+    api::caller_of,
     error::{Error, Result},
     push::{rules, save_rules, stored_rules},
+    users::pushers::Pusher,
     Services,
 };
 
@@ -134,9 +134,118 @@ fn object(body: &[u8]) -> Result<Map<String, Value>> {
 }
 
 /// `GET /_matrix/client/v3/pushers`
-pub async fn get_pushers(_s: Arc<Services>, req: Ruma<get_pushers::v3::Request>) -> Result<get_pushers::v3::Response> {
-    req.caller()?;
-    Ok(get_pushers::v3::Response::new(Vec::new()))
+async fn get_pushers(State(s): State<Arc<Services>>, parts: Parts) -> Result<Json<Value>> {
+    let caller = caller_of(&s, &parts)?;
+    let pushers: Vec<Value> = s
+        .users
+        .pushers(&caller.user_id)?
+        .into_iter()
+        .map(|p| {
+            let mut out = json!({
+                "app_id": p.app_id, "pushkey": p.pushkey, "kind": p.kind,
+                "app_display_name": p.app_display_name, "device_display_name": p.device_display_name,
+                "lang": p.lang, "data": p.data,
+            });
+            if let Some(tag) = p.profile_tag {
+                out["profile_tag"] = json!(tag);
+            }
+            out
+        })
+        .collect();
+    Ok(Json(json!({"pushers": pushers})))
+}
+
+/// `POST /_matrix/client/v3/pushers/set`: registers (or with `kind: null` removes) a
+/// pusher for the caller's device; see `users::pushers` for what is checked.
+async fn set_pusher(State(s): State<Arc<Services>>, parts: Parts, body: Bytes) -> Result<Json<Value>> {
+    let caller = caller_of(&s, &parts)?;
+    let body = object(&body)?;
+    let text = |key: &str| -> Result<String> {
+        body.get(key)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| Error::missing_param(format!("Missing {key}")))
+    };
+    let (app_id, pushkey) = (text("app_id")?, text("pushkey")?);
+    match body.get("kind") {
+        None => return Err(Error::missing_param("Missing kind")),
+        Some(Value::Null) => {
+            s.users.delete_pusher(&caller.user_id, &app_id, &pushkey)?;
+            s.push_sender.pusher_changed(&caller.user_id, &app_id, &pushkey);
+            return Ok(Json(json!({})));
+        }
+        Some(_) => {}
+    }
+    let data = match body.get("data") {
+        Some(Value::Object(d)) => d.clone(),
+        _ => return Err(Error::missing_param("Missing data")),
+    };
+    let pusher = Pusher {
+        kind: text("kind")?,
+        app_display_name: text("app_display_name")?,
+        device_display_name: text("device_display_name")?,
+        profile_tag: body.get("profile_tag").and_then(Value::as_str).map(str::to_owned),
+        lang: text("lang")?,
+        data,
+        device_id: caller.device_id.to_string(),
+        pushkey_ts: crate::time::now_millis(),
+        // Only what happens from now on is pushed.
+        delivered: s.stream.now(),
+        app_id,
+        pushkey,
+    };
+    let append = body.get("append").and_then(Value::as_bool).unwrap_or(false);
+    let (app_id, pushkey) = (pusher.app_id.clone(), pusher.pushkey.clone());
+    s.users.set_pusher(&caller.user_id, pusher, append)?;
+    s.push_sender.pusher_changed(&caller.user_id, &app_id, &pushkey);
+    Ok(Json(json!({})))
+}
+
+/// Most notifications one `GET /notifications` returns.
+const MAX_NOTIFICATIONS_PAGE: usize = 100;
+
+/// `GET /_matrix/client/v3/notifications` (`from`, `limit`, `only=highlight`): the
+/// caller's notifications, newest first, each with the event and whether it was read.
+async fn notifications(
+    State(s): State<Arc<Services>>,
+    Query(query): Query<HashMap<String, String>>,
+    parts: Parts,
+) -> Result<Json<Value>> {
+    let caller = caller_of(&s, &parts)?;
+    let user = &caller.user_id;
+    let from = match query.get("from") {
+        Some(f) => Some(f.parse::<u64>().map_err(|_| Error::invalid_param("Invalid from"))?),
+        None => None,
+    };
+    let limit = match query.get("limit") {
+        Some(l) => l.parse::<usize>().map_err(|_| Error::invalid_param("Invalid limit"))?,
+        None => 20,
+    }
+    .clamp(1, MAX_NOTIFICATIONS_PAGE);
+    let only_highlight = query.get("only").is_some_and(|o| o == "highlight");
+    let log = s.push_sender.notifications();
+    let page = log.page(user, from, limit + 1, only_highlight)?;
+    let more = page.len() > limit;
+    let mut out = Vec::new();
+    let mut last = None;
+    for (pos, n) in page.into_iter().take(limit) {
+        last = Some(pos);
+        let Some(pdu) = s.rooms.pdu(&n.event_id)? else { continue };
+        let event = s.rooms.client_event(&pdu, None, None);
+        out.push(json!({
+            "actions": n.actions,
+            "event": event,
+            "profile_tag": null,
+            "read": log.is_read(user, &n.room_id, pos)?,
+            "room_id": n.room_id,
+            "ts": n.ts,
+        }));
+    }
+    let mut res = json!({"notifications": out});
+    if let (true, Some(last)) = (more, last) {
+        res["next_token"] = json!(last.to_string());
+    }
+    Ok(Json(res))
 }
 
 /// Every push rule path, answered as Synapse answers them: the endpoints above, and 400
@@ -145,6 +254,10 @@ pub fn routes() -> axum::Router<Arc<Services>> {
     use axum::routing::any;
     let mut router = axum::Router::new();
     for version in ["r0", "v3"] {
+        router = router
+            .route(&format!("/_matrix/client/{version}/pushers"), axum::routing::get(get_pushers))
+            .route(&format!("/_matrix/client/{version}/pushers/set"), axum::routing::post(set_pusher))
+            .route(&format!("/_matrix/client/{version}/notifications"), axum::routing::get(notifications));
         let base = format!("/_matrix/client/{version}/pushrules");
         router = router
             .route(&format!("{base}/"), any(all_rules))

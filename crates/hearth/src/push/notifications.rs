@@ -1,0 +1,239 @@
+//! The notification log: for each local user, the events their push rules said to notify
+//! them of, with the actions (`GET /notifications` reads it; the push sender delivers
+//! it to the user's pushers).
+//!
+//! [`Notifications::evaluate_between`] follows the event stream from a persisted position,
+//! as the federation sender does: each new event is evaluated for the room's local
+//! members (and a local invitee), never for its sender, and the rows it yields are written
+//! in one batch with the new position. After `kill -9` evaluation resumes at the last
+//! position written: no event is logged twice, none is skipped. On the first start the
+//! position is "now": history is not pushed.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use ruma::{
+    events::{room::member::MembershipState, TimelineEventType},
+    push::{Action, FlattenedJson},
+    serde::Raw,
+    OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, UserId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Push;
+use crate::{
+    error::{Error, Result},
+    rooms::Rooms,
+    store::codec::json_value,
+    store::{tables, Batch, KeyRange, Order, Store, Table},
+    time::now_millis,
+    users::account_data::AccountData,
+};
+
+/// One notification: an event the user's rules said to notify them of.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Notification {
+    pub room_id: OwnedRoomId,
+    pub event_id: OwnedEventId,
+    pub actions: Vec<Action>,
+    /// When it was logged, in ms.
+    pub ts: u64,
+}
+
+json_value!(Notification);
+
+impl Notification {
+    pub fn highlight(&self) -> bool {
+        self.actions.iter().any(Action::is_highlight)
+    }
+}
+
+/// (user, stream position of the event) → notification.
+pub const NOTIFICATIONS: Table<(String, u64), Notification> = Table::new(tables::NOTIFICATIONS);
+/// `"position"` → the stream position evaluated up to.
+pub const PUSH_STATE: Table<String, u64> = Table::new(tables::PUSH_STATE);
+
+/// Most stream positions evaluated in one write.
+const EVALUATE_CHUNK: usize = 500;
+/// Most notifications kept per user; older ones are dropped as new ones come.
+pub const MAX_KEPT_PER_USER: usize = 1000;
+
+/// Reads and writes the log.
+pub struct Notifications {
+    store: Arc<Store>,
+    rooms: Arc<Rooms>,
+    account_data: Arc<AccountData>,
+    push: Arc<Push>,
+    own: OwnedServerName,
+}
+
+impl Notifications {
+    pub fn new(
+        store: Arc<Store>,
+        rooms: Arc<Rooms>,
+        account_data: Arc<AccountData>,
+        push: Arc<Push>,
+        own: OwnedServerName,
+    ) -> Self {
+        Notifications { store, rooms, account_data, push, own }
+    }
+
+    /// The position evaluated up to; on the first start, now.
+    pub fn position(&self) -> Result<u64> {
+        Ok(PUSH_STATE.get(&self.store, "position")?.unwrap_or_else(|| self.rooms.stream_now()))
+    }
+
+    /// Evaluates the events in (since, until] (at most [`EVALUATE_CHUNK`]); returns the
+    /// position reached and the users who got a notification.
+    pub fn evaluate_between(&self, since: u64, until: u64) -> Result<(u64, BTreeSet<OwnedUserId>)> {
+        let events = self.rooms.stream.events_between(since, until)?;
+        let (events, reached) = if events.len() > EVALUATE_CHUNK {
+            (&events[..EVALUATE_CHUNK], events[EVALUATE_CHUNK - 1].0)
+        } else {
+            (&events[..], until)
+        };
+        let mut batch = Batch::new();
+        let mut notified = BTreeSet::new();
+        let now = now_millis();
+        for (pos, entry) in events {
+            let Some(pdu) = self.rooms.pdu_shared(&entry.event_id)? else { continue };
+            let mut recipients: Vec<OwnedUserId> = self
+                .rooms
+                .members_shared(&entry.room_id, &MembershipState::Join)?
+                .iter()
+                .filter(|u| u.server_name() == self.own)
+                .cloned()
+                .collect();
+            // An invite notifies its (local) invitee, who is not joined.
+            if pdu.kind == TimelineEventType::RoomMember {
+                let invitee = pdu.state_key.as_deref().and_then(|k| OwnedUserId::try_from(k).ok());
+                let is_invite = pdu.content_value()["membership"] == "invite";
+                if let Some(target) = invitee.filter(|t| is_invite && t.server_name() == self.own) {
+                    if !recipients.contains(&target) {
+                        recipients.push(target);
+                    }
+                }
+            }
+            recipients.retain(|u| *u != pdu.sender);
+            if recipients.is_empty() {
+                continue;
+            }
+            let raw: Raw<Value> =
+                Raw::from_json(serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?);
+            let flat = FlattenedJson::from_raw(&raw);
+            for user in recipients {
+                let (_, rules, _) = self.push.ruleset(&self.account_data, &user)?;
+                let ctx = self.push.context(&self.rooms, &entry.room_id, &user)?;
+                let Some(actions) = super::unread::first_match(&rules, &flat, &ctx) else { continue };
+                if !actions.iter().any(Action::should_notify) {
+                    continue;
+                }
+                let row = Notification {
+                    room_id: entry.room_id.clone(),
+                    event_id: entry.event_id.clone(),
+                    actions: actions.to_vec(),
+                    ts: now,
+                };
+                NOTIFICATIONS.put(&mut batch, (user.as_str(), *pos), &row);
+                notified.insert(user);
+            }
+        }
+        PUSH_STATE.put(&mut batch, "position", &reached);
+        self.store.write(batch)?;
+        for user in &notified {
+            self.trim(user)?;
+        }
+        Ok((reached, notified))
+    }
+
+    /// Drops a user's oldest notifications past [`MAX_KEPT_PER_USER`].
+    fn trim(&self, user: &UserId) -> Result<()> {
+        let range = KeyRange::prefix(&crate::store::codec::encode_key::<String>(user.as_str()));
+        let mut seen = 0;
+        let mut old = Vec::new();
+        NOTIFICATIONS.scan_range(&self.store, &range, Order::Descending, |(_, pos), _| {
+            seen += 1;
+            if seen > MAX_KEPT_PER_USER {
+                old.push(pos);
+            }
+            true
+        })?;
+        if old.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        for pos in old {
+            NOTIFICATIONS.delete(&mut batch, (user.as_str(), pos));
+        }
+        Ok(self.store.write(batch)?)
+    }
+
+    /// A user's notifications after stream position `after`, oldest first, at most `limit`.
+    pub fn after(&self, user: &UserId, after: u64, limit: usize) -> Result<Vec<(u64, Notification)>> {
+        let range = KeyRange::prefix(&crate::store::codec::encode_key::<String>(user.as_str()));
+        let mut out = Vec::new();
+        NOTIFICATIONS.scan_range(&self.store, &range, Order::Ascending, |(_, pos), n| {
+            if pos > after {
+                out.push((pos, n));
+            }
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// A user's notifications before stream position `before` (all with `None`), newest
+    /// first, at most `limit`, only highlights if asked: `GET /notifications`.
+    pub fn page(
+        &self,
+        user: &UserId,
+        before: Option<u64>,
+        limit: usize,
+        only_highlight: bool,
+    ) -> Result<Vec<(u64, Notification)>> {
+        let range = KeyRange::prefix(&crate::store::codec::encode_key::<String>(user.as_str()));
+        let mut out = Vec::new();
+        NOTIFICATIONS.scan_range(&self.store, &range, Order::Descending, |(_, pos), n| {
+            if before.is_none_or(|b| pos < b) && (!only_highlight || n.highlight()) {
+                out.push((pos, n));
+            }
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// Whether the user has read the room past stream position `pos`.
+    pub fn is_read(&self, user: &UserId, room_id: &ruma::RoomId, pos: u64) -> Result<bool> {
+        Ok(super::unread::read_up_to(&self.rooms, room_id, user)? >= pos)
+    }
+
+    /// The badge a user's phone shows: the number of rooms with unread notifications (as
+    /// Synapse counts by default).
+    pub fn badge(&self, user: &UserId) -> Result<u64> {
+        let until = self.rooms.stream_now();
+        let mut rooms_with_unread = 0;
+        for room in self.rooms.joined_rooms(user)? {
+            let counts = self.push.unread_counts(&self.rooms, &self.account_data, &room, user, until, false)?;
+            if counts.notifications > 0 {
+                rooms_with_unread += 1;
+            }
+        }
+        Ok(rooms_with_unread)
+    }
+
+    /// The rooms' local members who have read receipts newer than `since`: whose badge
+    /// may have gone down.
+    pub fn readers_in(&self, room_id: &ruma::RoomId) -> Result<Vec<OwnedUserId>> {
+        Ok(self
+            .rooms
+            .members_shared(room_id, &MembershipState::Join)?
+            .iter()
+            .filter(|u| u.server_name() == self.own)
+            .cloned()
+            .collect())
+    }
+
+    /// The room a notification's event is in, and the event, for delivery and listing.
+    pub fn event(&self, n: &Notification) -> Result<Option<Arc<crate::rooms::pdu::Pdu>>> {
+        self.rooms.pdu_shared(&n.event_id)
+    }
+}
