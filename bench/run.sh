@@ -6,6 +6,9 @@
 #   bench/run.sh --federation  Hearth -> Hearth against Synapse -> Synapse over TLS: latency
 #                           from send to the remote user's /sync, and messages/s delivered
 #                           (bench/federation.py; writes bench/results/federation-latest.json)
+#   bench/run.sh --push     push: latency from a message's send to its pushes at a loopback gateway
+#                           (100 users with pushers in one room), CPU per sent event with and
+#                           without pushers (bench/push.py; writes bench/results/push-latest.json)
 #   bench/run.sh --media    media: upload/download MiB/s of 1 MiB and 20 MiB files, thumbnails of
 #                           a 12-megapixel JPEG, peak RSS of each phase (bench/media.py; writes
 #                           bench/results/media-latest.json)
@@ -37,7 +40,8 @@ for arg in "$@"; do
         --profile) mode=profile ;;
         --federation) mode=federation ;;
         --media) mode=media ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        --push) mode=push ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
@@ -70,6 +74,11 @@ common=(--hearth-bin "$BIN" --synapse-python "$PY" --synapse-template "$BENCH/sy
 if [[ "$mode" == federation ]]; then
     "$PY" "$BENCH/federation.py" --hearth-bin "$BIN" --synapse-python "$PY" --label "$LABEL" \
         --json "$BENCH/results/federation-latest.json"
+    exit 0
+fi
+
+if [[ "$mode" == push ]]; then
+    "$PY" "$BENCH/push.py" "${common[@]}" --servers "$SERVERS" --json "$BENCH/results/push-latest.json"
     exit 0
 fi
 

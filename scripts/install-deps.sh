@@ -11,6 +11,9 @@
 #     (read from its package-lock.json: 20 for js-sdk 36). Debian 13's `nodejs` is 20;
 #     Debian 12's is 18, too old: there the install below cannot help and the check after
 #     it fails, asking for Node.js 20 or newer from elsewhere (NodeSource, nvm, ...).
+#   - when ../shared/sytest is there (scripts/sytest.sh runs it), the Debian packages its
+#     runner installs with `run.sh setup` (Perl modules, openssl, stunnel4), each checked with
+#     dpkg; missing ones are installed by that same `run.sh setup`.
 # Idempotent. `--build-only` stops after what `cargo build` needs (the README's run command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,3 +65,16 @@ node_at_least node "$node_need" || {
 }
 command -v npm >/dev/null || { echo "install-deps: npm not found after installing it" >&2; exit 1; }
 bash scripts/setup-node.sh >/dev/null
+
+sytest_runner="${HEARTH_SYTEST_DIR:-$(cd .. && pwd)/shared/sytest}/run.sh"
+if [[ -f "$sytest_runner" ]]; then
+    sytest_debs=()
+    mapfile -t sytest_debs < <(sytest_packages "$sytest_runner") ||
+        { echo "install-deps: $sytest_runner lists no PERL_DEBS" >&2; exit 1; }
+    if [[ -n "$(debs_missing "${sytest_debs[@]}")" ]]; then
+        echo "installing sytest's packages ($sytest_runner setup)" >&2
+        bash "$sytest_runner" setup >&2
+    fi
+    still="$(debs_missing "${sytest_debs[@]}")"
+    [[ -z "$still" ]] || { echo "install-deps: sytest's packages still missing: $still" >&2; exit 1; }
+fi

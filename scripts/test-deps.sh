@@ -139,5 +139,24 @@ need="$(lock_node_engine_major tests/clients/js/package-lock.json matrix-js-sdk 
 [[ "$need" =~ ^[0-9]+$ ]] && r=yes || r="no ($need)"
 check "the real lock gives matrix-js-sdk's node major" yes "$r"
 
+# sytest's package list, read from a runner shaped like ../shared/sytest/run.sh.
+runner="$(mktemp)"
+cat >"$runner" <<'RUNNER'
+#!/usr/bin/env bash
+PORT_RANGE="${PORT_RANGE:-19800:19899}"
+PERL_DEBS=(
+  libfuture-perl libio-async-perl
+  libjson-perl openssl stunnel4
+)
+prepare() { :; }
+RUNNER
+check "sytest: the packages of PERL_DEBS" "libfuture-perl libio-async-perl libjson-perl openssl stunnel4" \
+    "$(sytest_packages "$runner" | tr '\n' ' ' | sed 's/ $//')"
+printf 'PERL_DEBS=(a b) # one line\n' >"$runner"
+check "sytest: a one-line array" "a b" "$(sytest_packages "$runner" | tr '\n' ' ' | sed 's/ $//')"
+printf '#!/bin/sh\necho nothing\n' >"$runner"
+check "sytest: a runner without the array" none "$(sytest_packages "$runner" || echo none)"
+check "debs_missing: a package that cannot exist" "no-such-package-hearth" "$(debs_missing no-such-package-hearth)"
+
 echo "deps: $passed passed, $failed failed"
 [[ $failed == 0 ]]

@@ -25,5 +25,8 @@ bash scripts/validate-deploy.sh --binary "$HEARTH_BIN"
 bash scripts/fuzz-api.sh
 # Real Matrix clients against the built binary.
 "$VENV/bin/python" -m pytest -q tests/clients
+# sytest (matrix-org's suite) on both engines, when ../shared/sytest is there: every test
+# of its single-server list passes, less tests/sytest/known-failures.txt.
+bash scripts/sytest.sh "$HEARTH_BIN"
 # Federation with a real Synapse over TLS (its own venv); its summary line closes the run.
 "$SYNAPSE_VENV/bin/python" -m pytest -q tests/federation

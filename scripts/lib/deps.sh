@@ -117,3 +117,27 @@ lock_node_engine_major() {
         END { exit !found }
     ' "$1"
 }
+
+# sytest_packages RUN_SH: print, one a line, the Debian packages that sytest's runner
+# (../shared/sytest/run.sh) installs with `run.sh setup`: its `PERL_DEBS=( … )` array, read
+# without running it. Fails when the file has no such array.
+sytest_packages() {
+    awk '
+        /^PERL_DEBS=\(/ { inside = 1; sub(/^PERL_DEBS=\(/, "") }
+        inside {
+            done = sub(/\).*/, "")
+            for (i = 1; i <= NF; i++) { print $i; found = 1 }
+            if (done) exit
+        }
+        END { exit !found }
+    ' "$1"
+}
+
+# debs_missing PACKAGE...: print those of the Debian packages that dpkg does not have
+# installed (status "install ok installed"), one a line.
+debs_missing() {
+    local p
+    for p in "$@"; do
+        [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" == "install ok installed" ]] || echo "$p"
+    done
+}

@@ -189,7 +189,12 @@ impl Federation {
             encode(pdu.room_id.as_str()),
             encode(pdu.event_id.as_str())
         );
-        let answer = self.fetch_events(origin, &path).await?;
+        // Auth events that cannot be had make the event one that cannot be authorised: it is
+        // rejected (as Synapse rejects it), not an error of the transaction.
+        let answer = self
+            .fetch_events(origin, &path)
+            .await
+            .map_err(|e| refusal(Refusal::Rejected(format!("its auth events could not be fetched: {e}"))))?;
         self.store_outliers(version, &pdu.room_id, answer.auth_chain).await;
         Ok(())
     }
