@@ -223,7 +223,47 @@ async fn a_failing_gateway_gets_the_backlog_in_order(b: Backend) {
     assert_eq!(got, sent, "in order, each once");
 }
 
+/// A notification older than a day is not sent when the gateway comes back (a phone must
+/// not ring for yesterday); newer ones still are.
+async fn day_old_notifications_are_skipped(b: Backend) {
+    use hearth::push::notifications::{Notification, NOTIFICATIONS};
+    let (s, gw, at, bt, room) = setup(b).await;
+    assert_eq!(s.post("/_matrix/client/v3/pushers/set", Some(&at), pusher(&gw.url, "k", None)).await.0, StatusCode::OK);
+    *gw.answer.lock() = Answer::Fail;
+    let old = say(&s, &bt, &room, "o1", "yesterday").await;
+    // Age the logged notification by two days, as if the gateway had been down since.
+    let store = &s.services().store;
+    let alice = s.get("/_matrix/client/v3/account/whoami", Some(&at)).await.1["user_id"].as_str().unwrap().to_owned();
+    let mut found = None;
+    for _ in 0..100 {
+        let mut hit = None;
+        NOTIFICATIONS
+            .scan_all(store, |(user, pos), n: Notification| {
+                if user == alice && n.event_id.as_str() == old {
+                    hit = Some((pos, n));
+                }
+                true
+            })
+            .expect("scan");
+        if hit.is_some() {
+            found = hit;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (pos, mut n) = found.expect("the notification was logged");
+    n.ts -= 2 * 24 * 60 * 60 * 1000;
+    let mut batch = hearth::store::Batch::new();
+    NOTIFICATIONS.put(&mut batch, (alice.as_str(), pos), &n);
+    store.write(batch).expect("write");
+    *gw.answer.lock() = Answer::Accept;
+    let new = say(&s, &bt, &room, "o2", "today").await;
+    gw.wait_for("for today's message", |b| b["notification"]["event_id"] == new.as_str()).await;
+    assert!(!gw.bodies.lock().iter().any(|b| b["notification"]["event_id"] == old.as_str()), "yesterday's rang");
+}
+
 both_engines!(
+    day_old_notifications_are_skipped,
     pushers_are_registered_and_checked,
     a_message_rings_and_reading_clears_the_badge,
     formats_muted_rooms_and_rejections,
