@@ -543,7 +543,14 @@ impl SectionContext<'_> {
     fn build(&self, room_id: &RoomId, from: Option<u64>, until: u64) -> Result<Section> {
         let (rooms, user, opts) = (self.rooms, self.user, self.opts);
         let (page, limited) = self.timeline(room_id, from, until)?;
-        let prev_batch = page.first().map(|(pos, _)| crate::rooms::timeline::token(pos.saturating_sub(1)));
+        // A fresh section whose timeline holds everything (not limited) gets "now" as its
+        // prev_batch, as Synapse gives it: paging back from there returns the timeline again
+        // (clients drop what they hold) and then ends, where a token before the first event
+        // would return nothing. sytest pages back from it and expects events.
+        let prev_batch = match (from, limited) {
+            (None, false) if !page.is_empty() => Some(crate::rooms::timeline::token(until)),
+            _ => page.first().map(|(pos, _)| crate::rooms::timeline::token(pos.saturating_sub(1))),
+        };
         let senders: BTreeSet<&str> = page.iter().map(|(_, p)| p.sender.as_str()).collect();
         let in_timeline: BTreeSet<&str> = page.iter().map(|(_, p)| p.event_id.as_str()).collect();
         let before_timeline = || -> Result<StateMap> {

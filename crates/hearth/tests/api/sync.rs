@@ -558,3 +558,29 @@ async fn current_state_shows_in_a_private_timeline(b: Backend) {
 }
 
 both_engines!(current_state_shows_in_a_private_timeline);
+
+/// An initial sync whose timeline holds the whole room has "now" as prev_batch (as
+/// Synapse): paging back from it gives the timeline again with an `end`, and from that
+/// `end` nothing more and no `end`.
+async fn a_complete_timeline_pages_back_from_now(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let room = create(&s, &at, json!({"preset": "private_chat"})).await;
+    let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/p1");
+    s.put(&path, Some(&at), json!({"msgtype": "m.text", "body": "only one"})).await;
+    let res = sync(&s, &at, "").await;
+    let timeline = &res["rooms"]["join"][&room]["timeline"];
+    assert_eq!(timeline["limited"], false, "{timeline}");
+    let held = timeline["events"].as_array().unwrap().len();
+    let from = timeline["prev_batch"].as_str().unwrap();
+    let (_, page) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&from={from}&limit=50"), Some(&at)).await;
+    assert_eq!(page["chunk"].as_array().unwrap().len(), held, "{page}");
+    assert_eq!(page["chunk"][0]["content"]["body"], "only one");
+    let end = page["end"].as_str().expect("an end after a page with events");
+    let (_, more) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&from={end}"), Some(&at)).await;
+    assert_eq!(more["chunk"], json!([]), "{more}");
+    assert!(more.get("end").is_none(), "{more}");
+}
+
+both_engines!(a_complete_timeline_pages_back_from_now);
