@@ -15,6 +15,7 @@ mod build;
 pub mod commit;
 pub mod create;
 pub mod directory;
+pub mod erasure;
 pub mod members;
 pub mod membership;
 pub mod pdu;
@@ -247,6 +248,8 @@ pub struct Rooms {
     /// Each room's heads once read, replaced by every append after its write (before its
     /// position can become durable), so no reader finds older heads here than on disk.
     heads: Mutex<HashMap<OwnedRoomId, RoomHeads>>,
+    /// Erased users, whose events those not there at the time see redacted.
+    erased: erasure::Erased,
 }
 
 impl Rooms {
@@ -259,6 +262,7 @@ impl Rooms {
         let max_short = state::max_short_id(&store)?;
         let members = members::MemberCache::new(stream.written());
         let receipt_marks = crate::stream::Marks::new(stream.written());
+        let erased = erasure::Erased::load(&store)?;
         Ok(Rooms {
             state: StateReader::new(store.clone()),
             store,
@@ -272,6 +276,7 @@ impl Rooms {
             receipt_marks,
             records: Mutex::default(),
             heads: Mutex::default(),
+            erased,
         })
     }
 

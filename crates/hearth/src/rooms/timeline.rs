@@ -95,12 +95,21 @@ impl Rooms {
         Ok(false)
     }
 
-    /// Drops the events of a page that `user` may not see.
+    /// `pdu` as `user` may see it ([`Rooms::filter_visible`] for one event), or `None`.
+    pub fn visible_as(&self, pdu: Arc<Pdu>, user: &UserId) -> Result<Option<Arc<Pdu>>> {
+        if !self.event_visible_to(&pdu, user)? {
+            return Ok(None);
+        }
+        self.as_seen_by(pdu, user).map(Some)
+    }
+
+    /// Drops the events of a page that `user` may not see, and redacts those of erased
+    /// senders that the user was not there for ([`super::erasure`]).
     pub fn filter_visible(&self, page: Vec<(u64, Arc<Pdu>)>, user: &UserId) -> Result<Vec<(u64, Arc<Pdu>)>> {
         let mut out = Vec::with_capacity(page.len());
         for (pos, pdu) in page {
             if self.event_visible_to(&pdu, user)? {
-                out.push((pos, pdu));
+                out.push((pos, self.as_seen_by(pdu, user)?));
             }
         }
         Ok(out)

@@ -144,6 +144,7 @@ pub const ALL: &[&str] = &[
     PUSHERS,
     NOTIFICATIONS,
     PUSH_STATE,
+    ERASED_USERS,
 ];
 
 /// (destination server, stream position) → event id: PDUs queued for another server.
@@ -172,6 +173,8 @@ pub const PUSHERS: &str = "pushers";
 pub const NOTIFICATIONS: &str = "notifications";
 /// `"position"` → the stream position push rules were evaluated up to.
 pub const PUSH_STATE: &str = "push_state";
+/// User id → when they asked to be erased (deactivation with `erase`).
+pub const ERASED_USERS: &str = "erased_users";
 
 /// The meta table is the store's own (schema version lives there).
 pub const META: Table<String, Vec<u8>> = Table::new(META_NAME);

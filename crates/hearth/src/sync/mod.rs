@@ -509,13 +509,19 @@ impl SectionContext<'_> {
             if let Some((pos, _)) = page.last() {
                 at = pos.saturating_sub(1);
             }
-            let visible: BTreeSet<u64> =
-                self.rooms.filter_visible(page.clone(), self.user)?.into_iter().map(|(pos, _)| pos).collect();
+            // What the user may see, as they may see it (an erased sender's events redacted).
+            let visible: BTreeMap<u64, Arc<Pdu>> =
+                self.rooms.filter_visible(page.clone(), self.user)?.into_iter().collect();
             for (pos, pdu) in page {
                 let sender = pdu.sender.as_str();
                 let wanted = filter.allows(&pdu.kind.to_string(), sender) && !self.ignored.contains(sender);
-                if wanted && (visible.contains(&pos) || self.is_current_state(room_id, &pdu)?) {
-                    picked.push((pos, pdu));
+                if !wanted {
+                    continue;
+                }
+                match visible.get(&pos) {
+                    Some(seen) => picked.push((pos, seen.clone())),
+                    None if self.is_current_state(room_id, &pdu)? => picked.push((pos, pdu)),
+                    None => {}
                 }
             }
             if picked.len() > limit {

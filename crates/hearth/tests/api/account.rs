@@ -330,3 +330,55 @@ async fn no_third_party_ids(b: Backend) {
 }
 
 both_engines!(no_third_party_ids);
+
+/// Deactivation with `erase`: those who were in the room when the erased user spoke keep
+/// seeing it; those who joined later see it redacted, in /sync, /messages and /event.
+async fn erased_users_messages_are_hidden_from_later_members(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (alice, at, _) = s.register("alice", "pw-alice-1").await;
+    let (_, bt, _) = s.register("bob", "pw-bob-1").await;
+    let (_, ct, _) = s.register("carol", "pw-carol-1").await;
+    let (_, room) = s.post("/_matrix/client/v3/createRoom", Some(&at), json!({"preset": "public_chat"})).await;
+    let room = room["room_id"].as_str().unwrap().to_owned();
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+    let (_, sent) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/e1"),
+            Some(&at),
+            json!({"msgtype": "m.text", "body": "body1"}),
+        )
+        .await;
+    let event = sent["event_id"].as_str().unwrap().to_owned();
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&ct), json!({})).await;
+    let got = s
+        .with_password_uia(
+            Method::POST,
+            "/_matrix/client/v3/account/deactivate",
+            &at,
+            json!({"erase": true}),
+            &alice,
+            "pw-alice-1",
+        )
+        .await;
+    assert_eq!(got.0, StatusCode::OK, "{}", got.1);
+    let content = |token: &str| {
+        let path = format!("/_matrix/client/v3/rooms/{room}/event/{event}");
+        let s = &s;
+        let token = token.to_owned();
+        async move { s.get(&path, Some(&token)).await.1["content"].clone() }
+    };
+    assert_eq!(content(&bt).await["body"], "body1", "bob was there");
+    assert_eq!(content(&ct).await, json!({}), "carol joined later");
+    let (_, page) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), Some(&ct)).await;
+    let seen = page["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == event.as_str()).cloned();
+    assert_eq!(seen.map(|e| e["content"].clone()), Some(json!({})), "{page}");
+    // And in /sync; the erased account has left the room.
+    let (_, sync) = s.get("/_matrix/client/v3/sync", Some(&ct)).await;
+    let timeline = sync["rooms"]["join"][&room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
+    let seen = timeline.iter().find(|e| e["event_id"] == event.as_str()).cloned();
+    assert_eq!(seen.map(|e| e["content"].clone()), Some(json!({})), "{sync}");
+    let (_, member) = s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{alice}"), Some(&bt)).await;
+    assert_eq!(member["membership"], "leave", "{member}");
+}
+
+both_engines!(erased_users_messages_are_hidden_from_later_members);

@@ -10,7 +10,7 @@ use ruma::api::client::{
     },
     uiaa::AuthType,
 };
-use ruma::{OwnedDeviceId, OwnedUserId};
+use ruma::{events::room::member::MembershipState, OwnedDeviceId, OwnedUserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -256,14 +256,30 @@ pub async fn change_password(
 /// `POST /_matrix/client/v3/account/deactivate`
 ///
 /// Behind a password UIA stage. The account keeps its id forever, loses its password,
-/// devices, tokens and profile.
+/// devices, tokens and profile, and leaves its rooms; with `erase`, its messages are
+/// hidden from those who were not there to see them (`rooms::erasure`).
 pub async fn deactivate(s: Arc<Services>, req: Ruma<deactivate::v3::Request>) -> Result<deactivate::v3::Response> {
     let caller = req.caller()?.clone();
     let flows = vec![vec![AuthType::Password]];
     s.uiaa.check(Purpose::Deactivate, Some(&caller.user_id), &flows, req.body.auth.as_ref()).await?;
     let devices: Vec<String> = s.users.devices(&caller.user_id)?.into_iter().map(|(d, _)| d.to_string()).collect();
     s.users.deactivate(&caller.user_id)?;
+    if req.body.erase {
+        s.rooms.set_erased(&caller.user_id)?;
+    }
     s.keys.forget_devices(&s.rooms, &caller.user_id, &devices)?;
+    // The account leaves its rooms and declines its invites, as on Synapse: a deactivated
+    // user must not linger as a member. A room that refuses is logged and skipped.
+    let rooms =
+        s.rooms.rooms_of(&caller.user_id, &[MembershipState::Join, MembershipState::Invite, MembershipState::Knock])?;
+    for (room_id, _) in rooms {
+        if s.rooms.room(&room_id)?.is_none() {
+            continue; // an invite to a room elsewhere: nothing here to leave
+        }
+        if let Err(e) = s.rooms.set_leave(&room_id, &caller.user_id, &caller.user_id, None) {
+            tracing::info!(%room_id, user = %caller.user_id, error = %e, "a deactivated user could not leave a room");
+        }
+    }
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
 }
 

@@ -235,9 +235,7 @@ async fn event(State(s): State<Arc<Services>>, Path(event_id): Path<String>, par
     let caller = caller_of(&s, &parts)?;
     let id = OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event id"))?;
     let pdu = s.rooms.pdu(&id)?.ok_or_else(|| Error::not_found("Event not found"))?;
-    if !s.rooms.event_visible_to(&pdu, &caller.user_id)? {
-        return Err(Error::not_found("Event not found"));
-    }
+    let pdu = s.rooms.visible_as(pdu.into(), &caller.user_id)?.ok_or_else(|| Error::not_found("Event not found"))?;
     Ok(Json(v1(s.rooms.client_event(&pdu, None, None))))
 }
 

@@ -74,9 +74,9 @@ pub async fn get_message_events(
                 rows.retain(|(n, _)| *n < row);
                 rows.reverse();
                 for (_, pdu) in &rows {
-                    if s.rooms.event_visible_to(pdu, &caller.user_id)? {
+                    if let Some(pdu) = s.rooms.visible_as(pdu.clone(), &caller.user_id)? {
                         let meta = s.rooms.event_meta(&pdu.event_id)?;
-                        chunk.push(raw(&s.rooms.client_event(pdu, meta.as_ref(), viewer))?);
+                        chunk.push(raw(&s.rooms.client_event(&pdu, meta.as_ref(), viewer))?);
                     }
                 }
                 Some(if start == 0 { token(0) } else { backfill_token(start) })
@@ -119,10 +119,10 @@ pub async fn get_message_events(
             let kind = pdu.kind.to_string();
             if filter.types.as_ref().is_some_and(|t| !t.iter().any(|x| type_matches(x, &kind)))
                 || filter.not_types.iter().any(|x| type_matches(x, &kind))
-                || !s.rooms.event_visible_to(&pdu, &caller.user_id)?
             {
                 continue;
             }
+            let Some(pdu) = s.rooms.visible_as(pdu, &caller.user_id)? else { continue };
             let meta = s.rooms.event_meta(&pdu.event_id)?;
             chunk.push(raw(&s.rooms.client_event(&pdu, meta.as_ref(), viewer))?);
         }
@@ -193,9 +193,9 @@ async fn backfilled_history(
     let mut next = row;
     for (n, pdu) in &rows {
         next = n + 1;
-        if s.rooms.event_visible_to(pdu, user)? {
+        if let Some(pdu) = s.rooms.visible_as(pdu.clone(), user)? {
             let meta = s.rooms.event_meta(&pdu.event_id)?;
-            chunk.push(raw(&s.rooms.client_event(pdu, meta.as_ref(), viewer))?);
+            chunk.push(raw(&s.rooms.client_event(&pdu, meta.as_ref(), viewer))?);
         }
     }
     let more = rows.len() >= limit || s.rooms.backfill_frontier(room)?.is_some();

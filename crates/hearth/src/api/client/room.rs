@@ -124,13 +124,8 @@ pub async fn get_room_event(
         return Err(Error::not_found("Event not found"));
     }
     let pdu = s.rooms.pdu(&req.body.event_id)?.ok_or_else(|| Error::not_found("Event not found"))?;
-    if !s.rooms.event_visible_to(&pdu, &caller.user_id)? {
-        return Err(Error::not_found("Event not found"));
-    }
-    let event = s
-        .rooms
-        .client_event_by_id(&req.body.event_id, Some((&caller.user_id, caller.device_id.as_str())))?
-        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let pdu = s.rooms.visible_as(pdu.into(), &caller.user_id)?.ok_or_else(|| Error::not_found("Event not found"))?;
+    let event = s.rooms.client_event(&pdu, Some(&meta), Some((&caller.user_id, caller.device_id.as_str())));
     Ok(get_room_event::v3::Response::new(raw(&event)?))
 }
 
