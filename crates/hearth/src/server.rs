@@ -267,6 +267,8 @@ pub struct Running {
     media_tidy: Option<Worker>,
     /// Push rule evaluation and delivery to push gateways.
     push: Option<Worker>,
+    /// Self-destructing messages pruned when due.
+    expiry: Option<Worker>,
 }
 
 impl Running {
@@ -323,6 +325,24 @@ impl Running {
         });
         let media = services.media.clone();
         let media_tidy = Some(Worker::spawn(move |stop| crate::media::manage::keep_tidy(media, stop)));
+        let expiry = {
+            let rooms = services.rooms.clone();
+            let weak = Arc::downgrade(&services);
+            let forget = move |rooms: &[ruma::OwnedRoomId]| {
+                let Some(s) = weak.upgrade() else { return };
+                for room in rooms {
+                    for member in s
+                        .rooms
+                        .members_shared(room, &ruma::events::room::member::MembershipState::Join)
+                        .iter()
+                        .flat_map(|m| m.iter())
+                    {
+                        s.initial_sync_cache.forget_user(member);
+                    }
+                }
+            };
+            Some(Worker::spawn(move |stop| crate::rooms::expiry::run(rooms, forget, stop)))
+        };
         let push = {
             let push = services.push_sender.clone();
             let stream = services.stream.clone();
@@ -347,6 +367,7 @@ impl Running {
             sender,
             media_tidy,
             push,
+            expiry,
         })
     }
 
@@ -371,6 +392,9 @@ impl Running {
         }
         if let Some(push) = self.push.take() {
             push.stop().await;
+        }
+        if let Some(expiry) = self.expiry.take() {
+            expiry.stop().await;
         }
         if let Some(tidy) = self.media_tidy.take() {
             tidy.stop().await;

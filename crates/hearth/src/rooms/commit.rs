@@ -268,6 +268,9 @@ impl Rooms {
             }
         }
         TIMELINE.put(batch, (room, stream), &TimelineEntry::new(pdu.event_id.as_str(), json));
+        if let Some(at) = super::expiry::expiry_of(pdu, &content) {
+            super::expiry::EXPIRING.put(batch, (at, pdu.event_id.as_str()), &room.to_owned());
+        }
         EVENT_STREAM.put(batch, stream, &StreamEntry { room_id: pdu.room_id.clone(), event_id: pdu.event_id.clone() });
         if pdu.kind != TimelineEventType::RoomMember {
             return Ok(None);

@@ -16,6 +16,7 @@ pub mod commit;
 pub mod create;
 pub mod directory;
 pub mod erasure;
+pub mod expiry;
 pub mod members;
 pub mod membership;
 pub mod pdu;

@@ -145,6 +145,7 @@ pub const ALL: &[&str] = &[
     NOTIFICATIONS,
     PUSH_STATE,
     ERASED_USERS,
+    EXPIRING_EVENTS,
 ];
 
 /// (destination server, stream position) → event id: PDUs queued for another server.
@@ -175,6 +176,8 @@ pub const NOTIFICATIONS: &str = "notifications";
 pub const PUSH_STATE: &str = "push_state";
 /// User id → when they asked to be erased (deactivation with `erase`).
 pub const ERASED_USERS: &str = "erased_users";
+/// (expiry time, event id) → room id: self-destructing messages (MSC2228) still to prune.
+pub const EXPIRING_EVENTS: &str = "expiring_events";
 
 /// The meta table is the store's own (schema version lives there).
 pub const META: Table<String, Vec<u8>> = Table::new(META_NAME);

@@ -883,3 +883,36 @@ async fn history_visibility_changes_show_on_their_boundaries(b: Backend) {
 }
 
 both_engines!(history_visibility_changes_show_on_their_boundaries);
+
+/// A message with `org.matrix.self_destruct_after` (MSC2228) loses its content when that
+/// time comes, for everyone, in /messages and /sync alike; one without keeps it.
+async fn self_destructing_messages_expire(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let room = create(&s, &at, json!({"preset": "private_chat"})).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let body = json!({"msgtype": "m.text", "body": "gone soon", "org.matrix.self_destruct_after": now + 300});
+    let (_, sent) = s.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/x1"), Some(&at), body).await;
+    let gone = sent["event_id"].as_str().unwrap().to_owned();
+    let kept = send(&s, &at, &room, "x2", "stays").await.1["event_id"].as_str().unwrap().to_owned();
+    let content = |id: String| {
+        let (s, at, room) = (&s, &at, &room);
+        async move { s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{id}"), Some(at)).await.1["content"].clone() }
+    };
+    assert_eq!(content(gone.clone()).await["body"], "gone soon");
+    let mut expired = false;
+    for _ in 0..100 {
+        if content(gone.clone()).await == json!({}) {
+            expired = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(expired, "the message did not expire");
+    assert_eq!(content(kept).await["body"], "stays");
+    let (_, page) = s.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), Some(&at)).await;
+    let seen = page["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == gone.as_str()).cloned();
+    assert_eq!(seen.map(|e| e["content"].clone()), Some(json!({})), "{page}");
+}
+
+both_engines!(self_destructing_messages_expire);
