@@ -187,8 +187,8 @@ impl Services {
 
     /// Room versions offered (`/capabilities`) and accepted for new rooms and upgrades:
     /// every version Hearth implements when the server is alone, only those whose
-    /// federation rules all work (2 to 12: version 1 needs state resolution v1) when it
-    /// federates, so no room is made that other servers' users could not join.
+    /// federation rules all work when it federates (today the same: 1 to 12), so no room
+    /// is made that other servers' users could not join.
     pub fn room_versions(&self) -> Vec<ruma::RoomVersionId> {
         rooms::ROOM_VERSIONS
             .iter()

@@ -29,6 +29,7 @@ pub mod relations;
 pub mod remote;
 pub mod reports;
 pub mod resolve;
+pub mod resolve_v1;
 pub mod state;
 pub mod timeline;
 pub mod typing;

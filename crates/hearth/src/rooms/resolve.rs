@@ -4,9 +4,8 @@
 //! the states of the branches, given the full auth chain of every event in them, which
 //! this file computes from what the room holds.
 //!
-//! Room version 1 uses state resolution v1, which ruma does not implement and Hearth does
-//! not either: over federation Hearth neither offers nor joins rooms of that version (see
-//! [`federates`]), so their graphs never fork here.
+//! Room version 1 uses state resolution v1, which ruma does not implement: Hearth's own is
+//! [`super::resolve_v1`].
 //!
 //! States here are maps of (event type, state key) → event id ([`StateEvents`]), the form
 //! state resolution and federation speak; [`Rooms::state_events_of`] turns a stored state
@@ -31,10 +30,10 @@ pub type StateEvents = HashMap<(StateEventType, String), OwnedEventId>;
 /// below this. A walk that reaches it stops with an error rather than reading without end.
 pub const MAX_AUTH_CHAIN: usize = 200_000;
 
-/// Whether Hearth joins and serves rooms of `version` over federation: every version with
-/// state resolution v2 (2 to 12). Version 1 stays local (see the module doc).
+/// Whether Hearth joins and serves rooms of `version` over federation: every version it
+/// implements (1 to 12; version 1 with [`super::resolve_v1`]).
 pub fn federates(version: &RoomVersionId) -> bool {
-    version.rules().is_some_and(|r| r.state_res.v2_rules().is_some())
+    version.rules().is_some()
 }
 
 impl Rooms {
@@ -86,11 +85,7 @@ impl Rooms {
         }
         let rules = rules_for(version)?;
         let Some(v2) = rules.state_res.v2_rules() else {
-            return Err(Error::matrix(
-                http::StatusCode::BAD_REQUEST,
-                "M_UNSUPPORTED_ROOM_VERSION",
-                format!("Room version {version} needs state resolution v1, which Hearth does not implement"),
-            ));
+            return super::resolve_v1::resolve(&rules, &distinct, |id| self.pdu_shared(id).ok().flatten());
         };
         let mut chains = Vec::with_capacity(distinct.len());
         for s in &distinct {

@@ -25,6 +25,8 @@ enum Answer {
 #[derive(Clone)]
 struct Gateway {
     bodies: Arc<Mutex<Vec<Value>>>,
+    /// Event ids of the pushes answered with a failure.
+    failed: Arc<Mutex<Vec<String>>>,
     answer: Arc<Mutex<Answer>>,
     url: String,
 }
@@ -35,12 +37,15 @@ impl Gateway {
         let addr = listener.local_addr().expect("addr");
         let gw = Gateway {
             bodies: Arc::default(),
+            failed: Arc::default(),
             answer: Arc::new(Mutex::new(Answer::Accept)),
             url: format!("http://{addr}/_matrix/push/v1/notify"),
         };
         async fn notify(State(gw): State<Gateway>, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
             let answer = *gw.answer.lock();
             if answer == Answer::Fail {
+                let event = body["notification"]["event_id"].as_str().unwrap_or_default().to_owned();
+                gw.failed.lock().push(event);
                 return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({})));
             }
             let pushkey = body["notification"]["devices"][0]["pushkey"].clone();
@@ -256,8 +261,17 @@ async fn day_old_notifications_are_skipped(b: Backend) {
     let mut batch = hearth::store::Batch::new();
     NOTIFICATIONS.put(&mut batch, (alice.as_str(), pos), &n);
     store.write(batch).expect("write");
-    *gw.answer.lock() = Answer::Accept;
+    // Today's message is tried (and fails) only once the pusher has moved past yesterday's,
+    // read again after the change: then the gateway may answer.
     let new = say(&s, &bt, &room, "o2", "today").await;
+    for _ in 0..400 {
+        if gw.failed.lock().contains(&new) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gw.failed.lock().contains(&new), "today's message was never tried");
+    *gw.answer.lock() = Answer::Accept;
     gw.wait_for("for today's message", |b| b["notification"]["event_id"] == new.as_str()).await;
     assert!(!gw.bodies.lock().iter().any(|b| b["notification"]["event_id"] == old.as_str()), "yesterday's rang");
 }

@@ -24,8 +24,8 @@ async fn send(s: &TestServer, token: &str, room: &str, txn: &str, body: &str) ->
     .await
 }
 
-/// Every version works for a server alone; one that federates offers and accepts only
-/// 2 to 12 (version 1 needs state resolution v1, which Hearth does not implement).
+/// Every version works, for a server alone and for one that federates (which offers
+/// 1 to 12 as well; an unknown version is refused).
 async fn every_room_version_works(b: Backend) {
     let federating = TestServer::start(b).await;
     let (_, token, _) = federating.register("alice", "pw-alice-1").await;
@@ -37,13 +37,13 @@ async fn every_room_version_works(b: Backend) {
         .map(|v| v.parse().expect("number"))
         .collect();
     offered.sort();
-    assert_eq!(offered, (2..=12).collect::<Vec<_>>(), "{caps}");
-    for v in [1] {
-        let refused = federating
-            .post("/_matrix/client/v3/createRoom", Some(&token), json!({"room_version": v.to_string()}))
-            .await;
-        assert_error(&refused, 400, "M_UNSUPPORTED_ROOM_VERSION");
-    }
+    // Every version, 1 included (state resolution v1 is Hearth's own), also when federating.
+    assert_eq!(offered, (1..=12).collect::<Vec<_>>(), "{caps}");
+    let (status, v1) =
+        federating.post("/_matrix/client/v3/createRoom", Some(&token), json!({"room_version": "1"})).await;
+    assert_eq!(status, StatusCode::OK, "{v1}");
+    let refused = federating.post("/_matrix/client/v3/createRoom", Some(&token), json!({"room_version": "99"})).await;
+    assert_error(&refused, 400, "M_UNSUPPORTED_ROOM_VERSION");
     drop(federating);
 
     let s = TestServer::start_with(b, |c| c.allow_federation = false).await;
