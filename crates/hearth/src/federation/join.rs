@@ -413,7 +413,17 @@ impl Federation {
         full.insert("membership".into(), Value::String(membership.into()));
         event.insert("content".into(), to_canonical(Value::Object(full))?);
         event.insert("origin_server_ts".into(), to_canonical(Value::from(now_millis()))?);
-        if !rules.event_format.require_event_id {
+        if rules.event_format.require_event_id {
+            // Versions 1 and 2 name events `$id:server`: the event is this server's, so it
+            // gets an id of this server, whatever the template carried (the resident's,
+            // whose signature it will never have).
+            use rand::{distributions::Alphanumeric, Rng};
+            let local: String = rand::thread_rng().sample_iter(Alphanumeric).take(18).map(char::from).collect();
+            event.insert("event_id".into(), CanonicalJsonValue::String(format!("${local}:{}", self.own)));
+            if event.contains_key("origin") {
+                event.insert("origin".into(), CanonicalJsonValue::String(self.own.to_string()));
+            }
+        } else {
             event.remove("event_id");
         }
         event.remove("hashes");
