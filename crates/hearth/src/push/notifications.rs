@@ -38,6 +38,9 @@ pub struct Notification {
     pub actions: Vec<Action>,
     /// When it was logged, in ms.
     pub ts: u64,
+    /// The event's type (for `missed_calls`, without reading the event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 json_value!(Notification);
@@ -133,6 +136,7 @@ impl Notifications {
                     event_id: entry.event_id.clone(),
                     actions: actions.to_vec(),
                     ts: now,
+                    kind: Some(pdu.kind.to_string()),
                 };
                 NOTIFICATIONS.put(&mut batch, (user.as_str(), *pos), &row);
                 notified.insert(user);
@@ -220,8 +224,20 @@ impl Notifications {
         Ok(rooms_with_unread)
     }
 
-    /// The rooms' local members who have read receipts newer than `since`: whose badge
-    /// may have gone down.
+    /// The calls that rang for the user (`m.call.invite` notifications) in rooms they have
+    /// not read since: the gateway's `missed_calls`. Looks at the newest
+    /// [`MAX_KEPT_PER_USER`] notifications, which is all that is kept.
+    pub fn missed_calls(&self, user: &UserId) -> Result<u64> {
+        let mut missed = 0;
+        for (pos, n) in self.page(user, None, MAX_KEPT_PER_USER, false)? {
+            if n.kind.as_deref() == Some("m.call.invite") && !self.is_read(user, &n.room_id, pos)? {
+                missed += 1;
+            }
+        }
+        Ok(missed)
+    }
+
+    /// The room's local members: after a receipt there, whose badge may have gone down.
     pub fn readers_in(&self, room_id: &ruma::RoomId) -> Result<Vec<OwnedUserId>> {
         Ok(self
             .rooms

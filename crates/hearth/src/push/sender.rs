@@ -322,7 +322,8 @@ impl PushSender {
         notification.insert("event_id".into(), json!(pdu.event_id));
         notification.insert("room_id".into(), json!(pdu.room_id));
         notification.insert("prio".into(), json!(if loud { "high" } else { "low" }));
-        notification.insert("counts".into(), json!({"unread": badge}));
+        let missed_calls = self.notifications.missed_calls(user)?;
+        notification.insert("counts".into(), json!({"unread": badge, "missed_calls": missed_calls}));
         notification.insert("devices".into(), json!([device(pusher, tweaks)]));
         if pusher.data.get("format").and_then(Value::as_str) != Some("event_id_only") {
             // Synapse still sends the event id as `id` too (push gateway API r0), and

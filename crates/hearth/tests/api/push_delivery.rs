@@ -20,6 +20,8 @@ enum Answer {
     Accept,
     Reject,
     Fail,
+    /// Hold every request until `release` has a permit, then accept.
+    Stall,
 }
 
 #[derive(Clone)]
@@ -28,6 +30,8 @@ struct Gateway {
     /// Event ids of the pushes answered with a failure.
     failed: Arc<Mutex<Vec<String>>>,
     answer: Arc<Mutex<Answer>>,
+    /// Stalled requests wait for a permit (given back at once): one permit releases all.
+    release: Arc<tokio::sync::Semaphore>,
     url: String,
 }
 
@@ -39,10 +43,14 @@ impl Gateway {
             bodies: Arc::default(),
             failed: Arc::default(),
             answer: Arc::new(Mutex::new(Answer::Accept)),
+            release: Arc::new(tokio::sync::Semaphore::new(0)),
             url: format!("http://{addr}/_matrix/push/v1/notify"),
         };
         async fn notify(State(gw): State<Gateway>, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
             let answer = *gw.answer.lock();
+            if answer == Answer::Stall {
+                let _ = gw.release.acquire().await;
+            }
             if answer == Answer::Fail {
                 let event = body["notification"]["event_id"].as_str().unwrap_or_default().to_owned();
                 gw.failed.lock().push(event);
@@ -276,7 +284,47 @@ async fn day_old_notifications_are_skipped(b: Backend) {
     assert!(!gw.bodies.lock().iter().any(|b| b["notification"]["event_id"] == old.as_str()), "yesterday's rang");
 }
 
+/// A gateway that does not answer delays neither sending nor /sync: both go on while a
+/// push hangs, and the pushes arrive in order once it answers.
+async fn a_stalled_gateway_holds_up_nothing_else(b: Backend) {
+    let (s, gw, at, bt, room) = setup(b).await;
+    assert_eq!(s.post("/_matrix/client/v3/pushers/set", Some(&at), pusher(&gw.url, "k", None)).await.0, StatusCode::OK);
+    *gw.answer.lock() = Answer::Stall;
+    let since = s.get("/_matrix/client/v3/sync", Some(&at)).await.1["next_batch"].as_str().unwrap().to_owned();
+    let first = say(&s, &bt, &room, "s1", "first").await;
+    let second = say(&s, &bt, &room, "s2", "second").await;
+    let (_, sync) = s.get(&format!("/_matrix/client/v3/sync?since={since}&timeout=5000"), Some(&at)).await;
+    let events = sync["rooms"]["join"][&room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(events.iter().any(|e| e["event_id"] == second.as_str()), "sync waited for the gateway: {sync}");
+    *gw.answer.lock() = Answer::Accept;
+    gw.release.add_permits(1);
+    gw.wait_for("for the second message", |b| b["notification"]["event_id"] == second.as_str()).await;
+    let got: Vec<String> =
+        gw.bodies.lock().iter().filter_map(|b| b["notification"]["event_id"].as_str().map(str::to_owned)).collect();
+    assert_eq!(got, vec![first, second]);
+}
+
+/// `counts.missed_calls`: the call invites that rang and are not read yet.
+async fn missed_calls_are_counted(b: Backend) {
+    let (s, gw, at, bt, room) = setup(b).await;
+    assert_eq!(s.post("/_matrix/client/v3/pushers/set", Some(&at), pusher(&gw.url, "k", None)).await.0, StatusCode::OK);
+    let invite = json!({"call_id": "c1", "version": "1", "lifetime": 60000,
+        "offer": {"type": "offer", "sdp": "v=0"}});
+    let (status, call) =
+        s.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.call.invite/c1"), Some(&bt), invite).await;
+    assert_eq!(status, StatusCode::OK, "{call}");
+    let call = call["event_id"].as_str().unwrap().to_owned();
+    let n = gw.wait_for("for the call", |b| b["notification"]["event_id"] == call.as_str()).await;
+    assert_eq!(n["notification"]["counts"]["missed_calls"], 1, "{n}");
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{call}"), Some(&at), json!({})).await;
+    let after = say(&s, &bt, &room, "m1", "called you").await;
+    let n = gw.wait_for("after reading", |b| b["notification"]["event_id"] == after.as_str()).await;
+    assert_eq!(n["notification"]["counts"]["missed_calls"], 0, "{n}");
+}
+
 both_engines!(
+    a_stalled_gateway_holds_up_nothing_else,
+    missed_calls_are_counted,
     day_old_notifications_are_skipped,
     pushers_are_registered_and_checked,
     a_message_rings_and_reading_clears_the_badge,
