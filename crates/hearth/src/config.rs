@@ -86,6 +86,9 @@ pub struct Config {
     pub allow_well_known: bool,
     pub well_known: WellKnown,
     pub allow_encryption: bool,
+    /// A number is read as the version it names: a ConfigMap's `CONDUIT_DEFAULT_ROOM_VERSION:
+    /// 10` arrives as one, and is meant as `"10"`.
+    #[serde(deserialize_with = "room_version_from_text_or_number")]
     pub default_room_version: RoomVersionId,
     /// `tracing` filter, e.g. `info` or `hearth=debug,info`. `RUST_LOG` overrides it.
     pub log: String,
@@ -283,6 +286,12 @@ impl Config {
     }
 
     fn validate(&mut self, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+        if self.default_room_version.rules().is_none() {
+            return Err(ConfigError(format!(
+                "default_room_version: expected one of the room versions Hearth implements (1 to 12), got {:?}",
+                self.default_room_version.as_str()
+            )));
+        }
         if self.max_request_size < 1024 {
             return Err(ConfigError("max_request_size: expected at least 1024 bytes".into()));
         }
@@ -439,9 +448,42 @@ fn collect_unknown(
     }
 }
 
+/// A room version given as text (`"10"`) or as a number (`10`).
+fn room_version_from_text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RoomVersionId, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Number(u64),
+        Text(String),
+    }
+    let text = match Given::deserialize(d)? {
+        Given::Number(n) => n.to_string(),
+        Given::Text(t) => t,
+    };
+    RoomVersionId::try_from(text.as_str())
+        .map_err(|e| serde::de::Error::custom(format!("{text:?} is no room version: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A ConfigMap's `10` (a number once read from the environment) and `"10"` both mean
+    /// version 10; `v10` and `99` stop start-up naming what is supported.
+    #[test]
+    fn default_room_version_forgives_the_configmap() {
+        for given in ["10", "\"10\""] {
+            with_env(&[("CONDUIT_DEFAULT_ROOM_VERSION", given)], |loaded| {
+                assert_eq!(loaded.unwrap().config.default_room_version, RoomVersionId::V10, "{given}");
+            });
+        }
+        for given in ["v10", "99"] {
+            with_env(&[("CONDUIT_DEFAULT_ROOM_VERSION", given)], |loaded| {
+                let message = loaded.err().map(|e| e.to_string()).unwrap_or_default();
+                assert!(message.contains("default_room_version") && message.contains("1 to 12"), "{given}: {message}");
+            });
+        }
+    }
 
     /// Loads a configuration from exactly these environment variables (no file).
     #[allow(clippy::result_large_err)]

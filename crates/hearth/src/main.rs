@@ -28,8 +28,15 @@ enum Command {
     /// database: a replicated Deployment that stays up while Hearth restarts.
     WellKnown,
     /// Operator commands on the data directory (stop the server first).
-    #[command(subcommand)]
-    Admin(AdminCommand),
+    Admin {
+        /// Create the database if the data directory has none. Without it `hearth admin`
+        /// refuses such a directory: a mistyped path must not look like a server whose
+        /// users are all gone.
+        #[arg(long, global = true)]
+        create: bool,
+        #[command(subcommand)]
+        cmd: AdminCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -136,7 +143,7 @@ fn main() -> ExitCode {
         }
         Command::Serve => run_server(loaded.config),
         Command::WellKnown => run_well_known(loaded.config),
-        Command::Admin(cmd) => run_admin(loaded.config, cmd),
+        Command::Admin { create, cmd } => run_admin(loaded.config, cmd, create),
     }
 }
 
@@ -246,7 +253,16 @@ async fn shutdown_signal() {
     }
 }
 
-fn run_admin(config: Config, cmd: AdminCommand) -> ExitCode {
+/// Which setting named the database path (for messages about it).
+fn database_path_source() -> &'static str {
+    // Later sources win (README, "Configuration"): CONDUIT_* over HEARTH_* over the file.
+    ["CONDUIT_DATABASE_PATH", "HEARTH_DATABASE_PATH"]
+        .into_iter()
+        .find(|var| std::env::var_os(var).is_some())
+        .unwrap_or("database_path in the configuration file, or the default")
+}
+
+fn run_admin(config: Config, cmd: AdminCommand, create: bool) -> ExitCode {
     if let AdminCommand::Restore { from } = &cmd {
         return match hearth::store::restore(from, &config.database_path) {
             Ok(()) => {
@@ -258,6 +274,16 @@ fn run_admin(config: Config, cmd: AdminCommand) -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if !create && !hearth::store::holds_database(&config.database_path, config.database_backend) {
+        eprintln!(
+            "hearth: there is no Hearth database ({:?}) in {} (set by {}): `hearth admin` does not create one. \
+             Check the path; start the server there once, or add --create, to make a new one.",
+            config.database_backend,
+            config.database_path.display(),
+            database_path_source(),
+        );
+        return ExitCode::FAILURE;
     }
     let services = match Services::open(config) {
         Ok(s) => s,

@@ -203,6 +203,15 @@ pub struct Store {
     _lock: DirLock,
 }
 
+/// Whether `path` holds a database of `backend` that [`Store::open`] would open (rather
+/// than create): RocksDB's `CURRENT` file, or SQLite's database file.
+pub fn holds_database(path: &Path, backend: Backend) -> bool {
+    match backend {
+        Backend::Rocksdb => path.join(rocks::SUBDIR).join("CURRENT").is_file(),
+        Backend::Sqlite => path.join(sqlite::SUBDIR).join(sqlite::FILE).is_file(),
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the database under `path`, taking its lock first.
     pub fn open(path: &Path, backend: Backend, durability: Durability, cache_mb: u64) -> Result<Self> {

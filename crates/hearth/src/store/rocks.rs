@@ -27,7 +27,7 @@ use rocksdb::{
 
 use super::{dir_size, tables, Batch, Durability, Engine, KeyRange, Op, Order, Result, StoreError, Visit};
 
-const SUBDIR: &str = "rocksdb";
+pub(super) const SUBDIR: &str = "rocksdb";
 /// The one table with a column family of its own (see the module doc).
 const META_CF: &str = tables::META_NAME;
 

@@ -39,8 +39,8 @@ use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension};
 
 use super::{dir_size, tables, Batch, Durability, Engine, KeyRange, Op, Order, Result, StoreError, Visit};
 
-const SUBDIR: &str = "sqlite";
-const FILE: &str = "hearth.db";
+pub(super) const SUBDIR: &str = "sqlite";
+pub(super) const FILE: &str = "hearth.db";
 const READERS: usize = 4;
 
 /// Most deferred batches one transaction holds before it is committed without waiting for

@@ -106,7 +106,12 @@ fn admin(dir: &std::path::Path, backend: &str, args: &[&str]) -> (bool, String) 
 fn admin_commands(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    assert!(admin(&data, backend, &["create-user", "alice", "--password", "pw"]).0);
+    // No database there (a mistyped path, say): refused, naming the path and its variable,
+    // and nothing is created.
+    let (ok, said) = admin(&data, backend, &["list-users"]);
+    assert!(!ok && said.contains(&data.display().to_string()) && said.contains("CONDUIT_DATABASE_PATH"), "{said}");
+    assert!(!data.exists() || std::fs::read_dir(&data).unwrap().next().is_none(), "something was created");
+    assert!(admin(&data, backend, &["create-user", "alice", "--password", "pw", "--create"]).0);
     assert!(admin(&data, backend, &["create-user", "bob", "--password", "pw"]).0);
     let (_, list) = admin(&data, backend, &["list-users"]);
     assert!(list.contains("@alice:proc.test\tadmin") && list.contains("@bob:proc.test\t\n"), "{list}");
@@ -160,7 +165,7 @@ fn sigterm_during_burst(backend: &str) {
             .spawn()
             .unwrap()
     };
-    assert!(admin(&data, backend, &["create-user", "alice", "--password", "pw"]).0);
+    assert!(admin(&data, backend, &["--create", "create-user", "alice", "--password", "pw"]).0);
     let mut child = start();
     wait_until_serving(port);
     let rt = tokio::runtime::Runtime::new().unwrap();
