@@ -184,8 +184,36 @@ fn run_server(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        log_start(&services);
+        if services.users.list_accounts().is_ok_and(|a| a.is_empty()) {
+            tracing::info!(
+                "no accounts yet: the first to register becomes the server's admin \
+                 (or, with the server stopped: hearth admin create-user NAME --admin)"
+            );
+        }
         serve_until_signal(services).await
     })
+}
+
+/// What an operator wants to see first: where the data is, in what, and who may register
+/// (a token from the configuration or one made with `hearth admin create-token`).
+fn log_start(services: &Services) {
+    let config = &services.config;
+    let registration = match (config.allow_registration, services.registration_token_required()) {
+        (false, _) => "closed",
+        (true, Ok(true)) => "open with a registration token",
+        (true, Ok(false)) => "open to anyone",
+        (true, Err(_)) => "open (token store unreadable)",
+    };
+    tracing::info!(
+        server_name = %config.server_name,
+        data = %config.database_path.display(),
+        engine = ?config.database_backend,
+        registration,
+        federation = config.allow_federation,
+        "starting Hearth {}",
+        env!("CARGO_PKG_VERSION"),
+    );
 }
 
 fn run_well_known(config: Config) -> ExitCode {

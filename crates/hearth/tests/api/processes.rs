@@ -234,3 +234,26 @@ fn sigterm_during_burst_rocksdb() {
 fn sigterm_during_burst_sqlite() {
     sigterm_during_burst("sqlite");
 }
+
+/// The first lines an operator reads: where the data is, the engine, who may register,
+/// and, on an empty server, how the first user comes to be.
+#[test]
+fn startup_says_where_and_who_may_register() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let log = dir.path().join("stderr.log");
+    let mut child = hearth(&data, "sqlite", port)
+        .env("CONDUIT_ALLOW_REGISTRATION", "true")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_until_serving(port);
+    send_signal(child.id(), "TERM");
+    child.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("starting Hearth") && said.contains(&data.display().to_string()), "{said}");
+    assert!(said.contains("Sqlite") && said.contains("open with a registration token"), "{said}");
+    assert!(said.contains("no accounts yet") && said.contains("create-user"), "{said}");
+}
