@@ -52,6 +52,17 @@ async fn guest_accounts_and_their_limits(b: Backend) {
     for got in &forbidden {
         assert_error(got, 403, "M_GUEST_ACCESS_FORBIDDEN");
     }
+    // Media: reading yes, uploading no.
+    let upload = s
+        .http
+        .post(format!("{}/_matrix/media/v3/upload", s.base))
+        .bearer_auth(&gt)
+        .header("Content-Type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), StatusCode::FORBIDDEN);
     // On the list: sync, own devices, filters, push rules.
     for path in ["/_matrix/client/v3/sync?timeout=0", "/_matrix/client/v3/devices", "/_matrix/client/v3/pushrules/"] {
         assert_eq!(s.get(path, Some(&gt)).await.0, StatusCode::OK, "{path}");

@@ -68,8 +68,19 @@ async fn preview_url(
     Ok(Json(serde_json::Value::Object(preview)))
 }
 
-/// The caller, from `Authorization: Bearer` or (older clients) `?access_token=`.
+/// The caller, from `Authorization: Bearer` or (older clients) `?access_token=`. Guests
+/// may only read media (the spec's guest list: download and thumbnail): everywhere else
+/// they get `M_GUEST_ACCESS_FORBIDDEN`, as `api::guest` answers them on other routes.
 fn caller(s: &Services, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<Caller> {
+    let caller = reader(s, headers, query)?;
+    if caller.guest {
+        return Err(crate::api::guest::forbidden());
+    }
+    Ok(caller)
+}
+
+/// As [`caller`], guests included (downloads and thumbnails).
+fn reader(s: &Services, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<Caller> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -167,7 +178,7 @@ async fn download_authenticated(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    caller(&s, &headers, &query)?;
+    reader(&s, &headers, &query)?;
     download_named(&s, &params, &query, &headers, Access::Authenticated).await
 }
 
@@ -227,7 +238,7 @@ async fn thumbnail_authenticated(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    caller(&s, &headers, &query)?;
+    reader(&s, &headers, &query)?;
     thumbnail(&s, &server, &media_id, &query, Access::Authenticated).await
 }
 

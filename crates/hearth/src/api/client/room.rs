@@ -184,7 +184,9 @@ pub(crate) fn follow_upgrade(s: &Services, user: &ruma::UserId, old: &ruma::Room
         }
     }
     let mut rules = crate::push::stored_rules(&s.account_data, user)?;
-    let room_rule = |id: &str| rules["room"].as_array().and_then(|l| l.iter().find(|r| r["rule_id"] == id).cloned());
+    let room_rule = |id: &str| {
+        rules.get("room").and_then(Value::as_array).and_then(|l| l.iter().find(|r| r["rule_id"] == id).cloned())
+    };
     if let (Some(rule), None) = (room_rule(old.as_str()), room_rule(new.as_str())) {
         let body = rule.as_object().cloned().unwrap_or_default();
         let new_rule =
