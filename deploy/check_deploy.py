@@ -109,6 +109,10 @@ def cmd_manifests(a):
     extra = sorted(k for k in set(data) - set(seed_cm["data"]) if not k.startswith("HEARTH_"))
     c.check(not extra, f"ConfigMap has keys the seed does not: {extra}")
     c.check(data.get("HEARTH_METRICS_PORT") in (None, "9167"), "metrics port is 9167, matching the container port")
+    # `kubectl exec … hearth admin` reaches the server over a socket in the pod's own /tmp
+    # (an emptyDir), not on the NFS volume, where a socket may not be creatable.
+    c.check(str(data.get("HEARTH_ADMIN_SOCKET", "")).startswith("/tmp/"),
+            f"HEARTH_ADMIN_SOCKET is {data.get('HEARTH_ADMIN_SOCKET')!r}, expected a path under the pod's /tmp")
     expected_values = dict(seed_cm["data"])
     if a.overlay == "sqlite":
         expected_values["CONDUIT_DATABASE_BACKEND"] = "sqlite"
@@ -386,6 +390,9 @@ def cmd_smoke(a):
     env.update({k: str(v) for k, v in data.items()})
     env.update(CONDUIT_REGISTRATION_TOKEN=token, CONDUIT_DATABASE_PATH=datadir,
                CONDUIT_ADDRESS="127.0.0.1", CONDUIT_PORT=str(port))
+    # The pod's /tmp is its own; here the channel gets a directory of its own instead.
+    if "HEARTH_ADMIN_SOCKET" in env:
+        env["HEARTH_ADMIN_SOCKET"] = os.path.join(datadir, "admin.sock")
     argv = [os.path.join(a.rootfs, "usr/local/bin/hearth")]
     if os.geteuid() == 0 and shutil.which("setpriv"):
         os.chown(datadir, UID, UID)
@@ -413,6 +420,14 @@ def cmd_smoke(a):
             st, body = get(base + "/.well-known/matrix/server")
             c.check(st == 200 and json.loads(body).get("m.server") == data["CONDUIT_WELL_KNOWN_SERVER"],
                     f"/.well-known/matrix/server: {st} {body!r}")
+            # As `kubectl exec deploy/… -- hearth admin …` would: same user, same env.
+            made = subprocess.run(argv + ["admin", "create-user", "smoke", "--password", "smoke-pw-1"], env=env,
+                                  cwd=datadir, capture_output=True, text=True, timeout=60)
+            listed = subprocess.run(argv + ["admin", "list-users"], env=env, cwd=datadir, capture_output=True,
+                                    text=True, timeout=60)
+            c.check(made.returncode == 0 and "@smoke:" in listed.stdout,
+                    f"hearth admin on the running server: {made.stdout}{made.stderr}{listed.stdout}{listed.stderr}")
+            print("  smoke: `hearth admin create-user` and `list-users` answered by the running server")
         if proc.poll() is None:
             t = time.time()
             proc.send_signal(signal.SIGTERM)

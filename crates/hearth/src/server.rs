@@ -269,6 +269,8 @@ pub struct Running {
     push: Option<Worker>,
     /// Self-destructing messages pruned when due.
     expiry: Option<Worker>,
+    /// The admin channel `hearth admin` reaches the running server through.
+    admin_channel: Option<Worker>,
 }
 
 impl Running {
@@ -348,6 +350,23 @@ impl Running {
             let stream = services.stream.clone();
             Some(Worker::spawn(move |stop| push.run(stream, stop)))
         };
+        let admin_channel = crate::api::admin::channel::socket_path(config).and_then(|path| {
+            match crate::api::admin::channel::bind(&path) {
+                Ok(listener) => {
+                    tracing::info!(socket = %path.display(), "admin channel open (hearth admin talks to this server)");
+                    let services = services.clone();
+                    Some(Worker::spawn(move |stop| crate::api::admin::channel::serve(services, listener, path, stop)))
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        socket = %path.display(),
+                        error = %e,
+                        "no admin channel: hearth admin cannot reach this server while it runs (set admin_socket)"
+                    );
+                    None
+                }
+            }
+        });
         let (tls, tls_config) = tls.unzip();
         let task = tokio::spawn(serve(services.clone(), listener, tls_config, async move {
             let _ = stopped.await;
@@ -368,6 +387,7 @@ impl Running {
             media_tidy,
             push,
             expiry,
+            admin_channel,
         })
     }
 
@@ -398,6 +418,9 @@ impl Running {
         }
         if let Some(tidy) = self.media_tidy.take() {
             tidy.stop().await;
+        }
+        if let Some(channel) = self.admin_channel.take() {
+            channel.stop().await;
         }
         self.task.await.map_err(std::io::Error::other)?
     }

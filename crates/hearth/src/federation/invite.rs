@@ -46,6 +46,7 @@ impl Federation {
         is_direct: bool,
         federate: bool,
     ) -> Result<()> {
+        self.rooms.check_not_blocked(room)?;
         if target.server_name() == self.own || !federate {
             self.rooms.invite(room, sender, target, reason, is_direct)?;
             return Ok(());
@@ -140,6 +141,7 @@ impl Federation {
         raw: &RawJsonValue,
         stripped: Vec<Value>,
     ) -> Result<Box<RawJsonValue>> {
+        self.rooms.check_not_blocked(room)?;
         if !federates(version) {
             return Err(Error::matrix(
                 StatusCode::BAD_REQUEST,

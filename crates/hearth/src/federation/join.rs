@@ -128,6 +128,7 @@ impl Federation {
             return Err(Error::forbidden("The user is not of the requesting server"));
         }
         self.require_acl(room, origin)?;
+        self.rooms.check_not_blocked(room)?;
         let version = self.rooms.known_room(room)?.version;
         if !federates(&version) {
             return Err(Error::matrix(
@@ -148,6 +149,7 @@ impl Federation {
         event_id: &EventId,
         raw: &RawJsonValue,
     ) -> Result<JoinAnswer> {
+        self.rooms.check_not_blocked(room)?;
         let pdu = self.receive_membership(origin, room, event_id, raw, MembershipState::Join).await?;
         let state_map = self.rooms.state_before(&pdu.event_id)?;
         let state: Vec<OwnedEventId> = self.rooms.state_events_of(&state_map)?.into_values().collect();
@@ -224,6 +226,7 @@ impl Federation {
         reason: Option<String>,
         federate: bool,
     ) -> Result<()> {
+        self.rooms.check_not_blocked(room)?;
         let guest = self.users.is_guest(user)?;
         let barred = || Error::forbidden("Guests may not join this room (its guest_access is not can_join)");
         if self.is_resident(room)? || !federate {

@@ -59,6 +59,7 @@ impl Federation {
             return Err(Error::forbidden("The user is not of the requesting server"));
         }
         self.require_acl(room, origin)?;
+        self.rooms.check_not_blocked(room)?;
         let version = self.rooms.known_room(room)?.version;
         if !knocks(&version) || !supported.contains(&version) || !super::super::rooms::resolve::federates(&version) {
             return Err(incompatible(&version));
@@ -101,6 +102,7 @@ impl Federation {
         reason: Option<String>,
         federate: bool,
     ) -> Result<()> {
+        self.rooms.check_not_blocked(room)?;
         if self.is_resident(room)? || !federate {
             self.rooms.knock(room, user, profile, reason)?;
             return Ok(());

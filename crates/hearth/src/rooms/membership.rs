@@ -31,6 +31,7 @@ impl Rooms {
         if self.room(room_id)?.is_none() {
             return Err(Error::not_found("Unknown room"));
         }
+        self.check_not_blocked(room_id)?;
         let mut content = profile;
         content.insert("membership".into(), json!("join"));
         if let Some(r) = reason {
@@ -95,6 +96,7 @@ impl Rooms {
         reason: Option<String>,
     ) -> Result<Pdu> {
         self.known_room(room_id)?;
+        self.check_not_blocked(room_id)?;
         let mut content = profile;
         content.insert("membership".into(), json!("knock"));
         if let Some(r) = reason {
@@ -112,6 +114,7 @@ impl Rooms {
         is_direct: bool,
     ) -> Result<Pdu> {
         self.known_room(room_id)?;
+        self.check_not_blocked(room_id)?;
         let mut content = json!({"membership": "invite"});
         if let Some(r) = reason {
             content["reason"] = json!(r);

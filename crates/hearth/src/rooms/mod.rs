@@ -7,6 +7,7 @@
 //! sender's transaction id. Appends are serialised by one lock, which also guards the
 //! stream and short-id counters; a small server signs and fsyncs far slower than it locks.
 
+pub mod admin;
 pub mod aliases;
 pub mod append;
 pub mod authorize;

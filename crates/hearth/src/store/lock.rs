@@ -29,7 +29,7 @@ impl DirLock {
                 let _ = file.read_to_string(&mut holder);
                 let holder = holder.trim();
                 let who = if holder.is_empty() { "another process".to_owned() } else { format!("process {holder}") };
-                return Err(StoreError::Other(format!(
+                return Err(StoreError::Locked(format!(
                     "the data directory {} is already in use by {who}; only one Hearth may use a \
                      data directory at a time (two writers would corrupt it, especially on NFS)",
                     dir.display()

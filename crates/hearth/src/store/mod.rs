@@ -35,6 +35,9 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Other(String),
+    /// Another process holds the data directory (see `lock`).
+    #[error("{0}")]
+    Locked(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -89,6 +89,8 @@ pub const REMOTE_SERVER_KEYS: &str = "remote_server_keys";
 pub const REMOTE_KEY_DOCUMENTS: &str = "remote_key_documents";
 /// SHA-256 of an OpenID token → the user it was issued to and its expiry.
 pub const OPENID_TOKENS: &str = "openid_tokens";
+/// Room id → who blocked it and when: rooms no local user may join or be invited to.
+pub const BLOCKED_ROOMS: &str = "blocked_rooms";
 pub const ALL: &[&str] = &[
     META_NAME,
     ACCOUNTS,
@@ -146,6 +148,7 @@ pub const ALL: &[&str] = &[
     PUSH_STATE,
     ERASED_USERS,
     EXPIRING_EVENTS,
+    BLOCKED_ROOMS,
 ];
 
 /// (destination server, stream position) → event id: PDUs queued for another server.

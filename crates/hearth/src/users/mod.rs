@@ -56,6 +56,27 @@ pub enum UsernameProblem {
     InUse,
 }
 
+impl UsernameProblem {
+    /// The Matrix error for it: 400 `M_USER_IN_USE` or `M_INVALID_USERNAME`.
+    pub fn into_error(self) -> Error {
+        match self {
+            UsernameProblem::InUse => {
+                Error::matrix(http::StatusCode::BAD_REQUEST, "M_USER_IN_USE", "User ID already taken")
+            }
+            UsernameProblem::Invalid(why) => Error::matrix(http::StatusCode::BAD_REQUEST, "M_INVALID_USERNAME", why),
+        }
+    }
+}
+
+impl std::fmt::Display for UsernameProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UsernameProblem::Invalid(why) => f.write_str(why),
+            UsernameProblem::InUse => f.write_str("that user id is already taken (ids of deactivated users too)"),
+        }
+    }
+}
+
 pub struct Users {
     store: Arc<Store>,
     server_name: OwnedServerName,
@@ -266,6 +287,27 @@ impl Users {
         let mut batch = Batch::new();
         ACCOUNTS.put(&mut batch, user_id.as_str(), &account);
         Ok(self.store.write(batch)?)
+    }
+
+    /// Brings a deactivated account back with a new password (the profile starts again
+    /// from the localpart, as for a new account).
+    pub fn reactivate(&self, user_id: &UserId, password: &str) -> Result<()> {
+        let hash = password::hash(password)?;
+        let _guard = self.write_lock.lock();
+        let mut account = self.account(user_id)?.ok_or_else(|| Error::not_found("No such user"))?;
+        if !account.deactivated {
+            return Ok(());
+        }
+        account.deactivated = false;
+        account.password_hash = Some(hash);
+        let mut batch = Batch::new();
+        ACCOUNTS.put(&mut batch, user_id.as_str(), &account);
+        if self.profile_field(user_id, "displayname")?.is_none() {
+            profile::put_field(&mut batch, user_id, "displayname", Some(user_id.localpart().into()));
+        }
+        self.store.write(batch)?;
+        tracing::info!(%user_id, "reactivated account");
+        Ok(())
     }
 
     /// Deactivates an account: no password, no devices, no tokens, empty profile.

@@ -117,6 +117,32 @@ impl RegistrationTokens {
         Ok(token)
     }
 
+    pub fn get(&self, token: &str) -> Result<Option<TokenRecord>> {
+        Ok(REGISTRATION_TOKENS.get(&self.store, token)?)
+    }
+
+    /// Changes a token's limits (`None`: unchanged; `Some(None)`: no limit). `None` when
+    /// there is no such token.
+    pub fn update(
+        &self,
+        token: &str,
+        uses_allowed: Option<Option<u64>>,
+        expiry_time: Option<Option<u64>>,
+    ) -> Result<Option<TokenRecord>> {
+        let _guard = self.lock.lock();
+        let Some(mut record) = REGISTRATION_TOKENS.get(&self.store, token)? else { return Ok(None) };
+        if let Some(u) = uses_allowed {
+            record.uses_allowed = u;
+        }
+        if let Some(e) = expiry_time {
+            record.expiry_time = e;
+        }
+        let mut batch = Batch::new();
+        REGISTRATION_TOKENS.put(&mut batch, token, &record);
+        self.store.write(batch)?;
+        Ok(Some(record))
+    }
+
     pub fn list(&self) -> Result<Vec<(String, TokenRecord)>> {
         let mut out = Vec::new();
         REGISTRATION_TOKENS.scan_all(&self.store, |t, r| {

@@ -25,6 +25,7 @@ mod push_delivery;
 mod rooms;
 mod server_discovery;
 mod storage;
+mod synapse_admin;
 mod sync;
 mod test_dns;
 mod tls;

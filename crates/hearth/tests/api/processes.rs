@@ -80,7 +80,7 @@ fn second_process_is_refused(backend: &str, signal: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = hearth(dir.path(), backend, 1).args(["admin", "list-users"]).output().unwrap();
     let list = String::from_utf8_lossy(&out.stdout);
-    assert!(list.contains("@root:proc.test\tadmin"), "{list}");
+    assert!(list.contains("@root:proc.test\tcreated=") && list.ends_with("\tadmin\n"), "{list}");
 }
 
 fn send_signal(pid: u32, signal: &str) {
@@ -103,7 +103,84 @@ fn admin(dir: &std::path::Path, backend: &str, args: &[&str]) -> (bool, String) 
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
-fn admin_commands(backend: &str) {
+/// Whether `text` holds an ISO 8601 UTC time to the second (`2026-12-06T10:52:02Z`).
+fn has_iso_time(text: &str) -> bool {
+    text.as_bytes().windows(20).any(|w| {
+        w.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+    })
+}
+
+/// What every admin command does and says, the same whether the server runs (the commands
+/// then go over its admin channel) or not (they open the data directory). Expects a
+/// database that has no users yet.
+fn every_command(data: &std::path::Path, backend: &str) {
+    let run = |args: &[&str]| admin(data, backend, args);
+    let (ok, said) = run(&["create-user", "alice", "--password", "pw-alice", "--admin"]);
+    assert!(ok && said.contains("created @alice:proc.test"), "{said}");
+    let (ok, said) = run(&["create-user", "Bob"]);
+    assert!(ok && said.contains("created @bob:proc.test") && said.contains("password: "), "{said}");
+    let (ok, said) = run(&["create-user", "alice", "--password", "x"]);
+    assert!(!ok && said.contains("cannot create alice: that user id is already taken"), "{said}");
+    assert!(!said.contains("InUse") && !said.contains("M_"), "words, not internal names: {said}");
+    let (_, list) = run(&["list-users"]);
+    assert!(list.contains("@alice:proc.test\tcreated=") && list.contains("\tadmin\n"), "{list}");
+    assert!(has_iso_time(&list), "{list}");
+    assert!(run(&["make-admin", "bob"]).0);
+    assert!(run(&["revoke-admin", "@alice:proc.test"]).0);
+    let (ok, said) = run(&["make-admin", "nobody"]);
+    assert!(!ok && said.contains("nobody is not a user of this server"), "{said}");
+    assert!(run(&["reset-password", "bob", "--password", "pw-bob-2", "--logout-devices"]).0);
+
+    let (ok, token) = run(&["create-token", "--uses", "3", "--expires-in-days", "7"]);
+    assert!(ok, "{token}");
+    let token = token.trim().to_owned();
+    let (_, tokens) = run(&["list-tokens"]);
+    assert!(tokens.contains(&format!("{token}\tcompleted=0\tuses_allowed=3\texpires=")), "{tokens}");
+    assert!(has_iso_time(&tokens) && tokens.contains("valid"), "{tokens}");
+    assert!(run(&["revoke-token", &token]).0);
+    let (ok, said) = run(&["revoke-token", &token]);
+    assert!(!ok && said.contains("there is no registration token"), "{said}");
+
+    let (ok, said) = run(&["delete-room", "!nowhere:proc.test"]);
+    assert!(!ok && said.contains("not a room this server knows"), "{said}");
+    let (ok, said) = run(&["delete-room", "no-room"]);
+    assert!(!ok && said.contains("neither a room id"), "{said}");
+    assert!(run(&["block-room", "!elsewhere:other.test"]).0);
+    assert!(run(&["unblock-room", "!elsewhere:other.test"]).0);
+    let (ok, said) = run(&["delete-media", "mxc://proc.test/nothing"]);
+    assert!(!ok && said.contains("there is no media"), "{said}");
+    let (ok, said) = run(&["quarantine-media", "not-an-mxc"]);
+    assert!(!ok && said.contains("not a media address"), "{said}");
+    let (ok, said) = run(&["purge-remote-media", "--older-than-days", "30"]);
+    assert!(ok && said.contains("removed 0"), "{said}");
+    assert!(run(&["list-discovery-cache"]).0);
+    assert!(run(&["flush-discovery-cache"]).0);
+
+    // A backup into a place that cannot hold one says why.
+    let (ok, said) = run(&["backup", "/proc/version/backup"]);
+    assert!(!ok && said.contains("cannot write to /proc/version/backup"), "{said}");
+    assert!(run(&["deactivate", "alice", "--erase"]).0);
+    let (_, list) = run(&["list-users"]);
+    assert!(list.contains("\tdeactivated\n") && list.contains("@bob:proc.test\tcreated="), "{list}");
+}
+
+#[test]
+fn admin_on_a_stopped_server_rocksdb() {
+    admin_on_a_stopped_server("rocksdb");
+}
+
+#[test]
+fn admin_on_a_stopped_server_sqlite() {
+    admin_on_a_stopped_server("sqlite");
+}
+
+fn admin_on_a_stopped_server(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // No database there (a mistyped path, say): refused, naming the path and its variable,
@@ -111,24 +188,8 @@ fn admin_commands(backend: &str) {
     let (ok, said) = admin(&data, backend, &["list-users"]);
     assert!(!ok && said.contains(&data.display().to_string()) && said.contains("CONDUIT_DATABASE_PATH"), "{said}");
     assert!(!data.exists() || std::fs::read_dir(&data).unwrap().next().is_none(), "something was created");
-    assert!(admin(&data, backend, &["create-user", "alice", "--password", "pw", "--create"]).0);
-    assert!(admin(&data, backend, &["create-user", "bob", "--password", "pw"]).0);
-    let (_, list) = admin(&data, backend, &["list-users"]);
-    assert!(list.contains("@alice:proc.test\tadmin") && list.contains("@bob:proc.test\t\n"), "{list}");
-    assert!(admin(&data, backend, &["make-admin", "bob"]).0);
-    assert!(admin(&data, backend, &["revoke-admin", "@alice:proc.test"]).0);
-    assert!(admin(&data, backend, &["deactivate", "alice"]).0);
-    let (_, list) = admin(&data, backend, &["list-users"]);
-    assert!(list.contains("@alice:proc.test\tdeactivated") && list.contains("@bob:proc.test\tadmin"), "{list}");
-    assert!(!admin(&data, backend, &["make-admin", "nobody"]).0);
-
-    let (ok, token) = admin(&data, backend, &["create-token", "--uses", "3", "--expires-in-days", "7"]);
-    assert!(ok, "{token}");
-    let token = token.trim().to_owned();
-    let (_, tokens) = admin(&data, backend, &["list-tokens"]);
-    assert!(tokens.contains(&format!("{token}\tcompleted=0\tuses_allowed=3")), "{tokens}");
-    assert!(admin(&data, backend, &["revoke-token", &token]).0);
-    assert!(!admin(&data, backend, &["revoke-token", &token]).0);
+    assert!(admin(&data, backend, &["--create", "list-users"]).0);
+    every_command(&data, backend);
 
     // Offline backup and restore.
     let backup = dir.path().join("backup");
@@ -136,19 +197,172 @@ fn admin_commands(backend: &str) {
     let restored = dir.path().join("restored");
     assert!(admin(&restored, backend, &["restore", backup.to_str().unwrap()]).0);
     let (_, list) = admin(&restored, backend, &["list-users"]);
-    assert!(list.contains("@bob:proc.test\tadmin"), "{list}");
+    assert!(list.contains("@bob:proc.test"), "{list}");
     // Never over existing data.
     assert!(!admin(&data, backend, &["restore", backup.to_str().unwrap()]).0);
 }
 
 #[test]
-fn admin_commands_rocksdb() {
-    admin_commands("rocksdb");
+fn admin_on_a_running_server_rocksdb() {
+    admin_on_a_running_server("rocksdb");
 }
 
 #[test]
-fn admin_commands_sqlite() {
-    admin_commands("sqlite");
+fn admin_on_a_running_server_sqlite() {
+    admin_on_a_running_server("sqlite");
+}
+
+/// Every command while the server runs, over its channel: the server sees each change at
+/// once (no restart), its log says the command came over the channel, and the channel is
+/// the server user's alone. After `kill -9` the socket left behind does not stop the
+/// commands from opening the data directory themselves.
+fn admin_on_a_running_server(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let log = dir.path().join("stderr.log");
+    let mut child = hearth(&data, backend, port)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_until_serving(port);
+    let socket = data.join("admin.sock");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "only the server's user may open the channel");
+    every_command(&data, backend);
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("over the admin channel") && said.contains("create-user"), "{said}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    rt.block_on(async {
+        let call = Http { base: base.clone(), http: reqwest::Client::new() };
+        let login = |user: &str, password: &str| {
+            let body = serde_json::json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password});
+            call.send(reqwest::Method::POST, "/_matrix/client/v3/login", None, Some(body))
+        };
+        // The password set over the channel works at once; the deactivated admin is gone.
+        let (status, res) = login("bob", "pw-bob-2").await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{res}");
+        let bob = res["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(login("alice", "pw-alice").await.0, reqwest::StatusCode::FORBIDDEN);
+
+        // A room deleted and blocked over the channel: its member is out and cannot return.
+        let made = serde_json::json!({"name": "Doomed", "room_alias_name": "doomed"});
+        let (_, room) = call.send(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(&bob), Some(made)).await;
+        let room = room["room_id"].as_str().unwrap().to_owned();
+        let (ok, rooms) = admin(&data, backend, &["list-rooms"]);
+        assert!(ok && rooms.contains(&room) && rooms.contains("name=Doomed"), "{rooms}");
+        let (ok, shown) = admin(&data, backend, &["show-room", "#doomed:proc.test"]);
+        assert!(ok && shown.contains("\"joined_members\": 1") && has_iso_time(&shown), "{shown}");
+        let (ok, said) = admin(&data, backend, &["delete-room", &room, "--block"]);
+        assert!(ok && said.contains("1 local member(s) left") && said.contains("1 alias(es)"), "{said}");
+        let (_, joined) = call.send(reqwest::Method::GET, "/_matrix/client/v3/joined_rooms", Some(&bob), None).await;
+        assert_eq!(joined["joined_rooms"], serde_json::json!([]));
+        let join = format!("/_matrix/client/v3/join/{room}");
+        let (status, _) = call.send(reqwest::Method::POST, &join, Some(&bob), Some(serde_json::json!({}))).await;
+        assert_eq!(status, reqwest::StatusCode::FORBIDDEN);
+
+        // Media deleted over the channel is gone.
+        let up: serde_json::Value = call
+            .http
+            .post(format!("{base}/_matrix/media/v3/upload"))
+            .bearer_auth(&bob)
+            .header("Content-Type", "text/plain")
+            .body("family photo")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mxc = up["content_uri"].as_str().unwrap().to_owned();
+        assert!(admin(&data, backend, &["quarantine-media", &mxc]).0);
+        assert!(admin(&data, backend, &["unquarantine-media", &mxc]).0);
+        let (ok, said) = admin(&data, backend, &["delete-media", &mxc]);
+        assert!(ok, "{said}");
+        let download = format!("/_matrix/client/v1/media/download/{}", mxc.trim_start_matches("mxc://"));
+        assert_eq!(call.send(reqwest::Method::GET, &download, Some(&bob), None).await.0, reqwest::StatusCode::NOT_FOUND);
+    });
+
+    // An online backup over the channel, and no restore over a running server.
+    let backup = dir.path().join("backup");
+    let (ok, said) = admin(&data, backend, &["backup", backup.to_str().unwrap()]);
+    assert!(ok, "{said}");
+    let (ok, said) = admin(&data, backend, &["restore", backup.to_str().unwrap()]);
+    assert!(!ok && said.contains("stop the server"), "{said}");
+
+    // Another user of the machine is refused by the server itself, even where the file
+    // would let them in (checked when the tests run as root, which can become another user).
+    if euid() == 0 {
+        use std::os::unix::fs::PermissionsExt;
+        for open in [dir.path(), data.as_path()] {
+            std::fs::set_permissions(open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let script = "import os, socket, sys\n\
+            os.setgid(65534); os.setuid(65534)\n\
+            s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n\
+            s.sendall(b'{\"command\": \"list-users\"}\\n')\n\
+            print(s.makefile().readline())";
+        let out = Command::new("python3").args(["-c", script, socket.to_str().unwrap()]).output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("only the server's own user") && !said.contains("bob"),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // kill -9 leaves the socket behind; the commands then open the directory themselves.
+    send_signal(child.id(), "KILL");
+    child.wait().unwrap();
+    assert!(socket.exists());
+    let (ok, list) = admin(&data, backend, &["list-users"]);
+    assert!(ok && list.contains("@bob:proc.test"), "{list}");
+    // And the next start binds the channel again.
+    let mut child = hearth(&data, backend, port).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_until_serving(port);
+    assert!(admin(&data, backend, &["list-users"]).1.contains("@bob:proc.test"));
+    send_signal(child.id(), "TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!socket.exists(), "a clean stop removes the socket");
+}
+
+/// Requests to a server run as a process.
+struct Http {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Http {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
+
+fn euid() -> u32 {
+    // The tests' own user id, from /proc (no libc in the test's dependencies).
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)?.parse().ok()))
+        .unwrap_or(u32::MAX)
 }
 
 /// SIGTERM in the middle of a burst of sends: every acknowledged event is there after a

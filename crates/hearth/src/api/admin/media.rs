@@ -20,11 +20,10 @@ use axum::{
     routing::{delete, get, post},
     Json, Router,
 };
-use http::HeaderMap;
 use ruma::{OwnedUserId, ServerName};
 use serde_json::{json, Value};
 
-use super::require_admin_headers;
+use super::ServerAdmin;
 use crate::{
     error::{Error, Result},
     Services,
@@ -57,11 +56,10 @@ fn server_name(server: &str) -> Result<&ServerName> {
 /// `GET /_synapse/admin/v1/users/{userId}/media`: newest first, `from` an offset.
 async fn list_user_media(
     State(s): State<Arc<Services>>,
+    _: ServerAdmin,
     Path(user_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    require_admin_headers(&s, &headers)?;
     let user = local_user(&s, &user_id)?;
     let number = |name: &str, default: usize| -> Result<usize> {
         match query.get(name) {
@@ -100,10 +98,9 @@ async fn list_user_media(
 /// `DELETE /_synapse/admin/v1/users/{userId}/media`
 async fn delete_user_media(
     State(s): State<Arc<Services>>,
+    ServerAdmin(admin): ServerAdmin,
     Path(user_id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let admin = require_admin_headers(&s, &headers)?;
     let user = local_user(&s, &user_id)?;
     let deleted = s.media.delete_uploads_of(&user).await?;
     tracing::info!(%admin, %user, count = deleted.len(), "admin deleted a user's media");
@@ -113,10 +110,9 @@ async fn delete_user_media(
 /// `DELETE /_synapse/admin/v1/media/{serverName}/{mediaId}`
 async fn delete_media(
     State(s): State<Arc<Services>>,
+    ServerAdmin(admin): ServerAdmin,
     Path((server, media_id)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let admin = require_admin_headers(&s, &headers)?;
     if !s.media.delete(&s.config.server_name, server_name(&server)?, &media_id).await? {
         return Err(Error::not_found("Unknown media"));
     }
@@ -126,19 +122,17 @@ async fn delete_media(
 
 async fn quarantine(
     State(s): State<Arc<Services>>,
+    ServerAdmin(admin): ServerAdmin,
     Path((server, media_id)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let admin = require_admin_headers(&s, &headers)?;
     set_quarantined(&s, &server, &media_id, Some(&admin))
 }
 
 async fn unquarantine(
     State(s): State<Arc<Services>>,
+    _: ServerAdmin,
     Path((server, media_id)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    require_admin_headers(&s, &headers)?;
     set_quarantined(&s, &server, &media_id, None)
 }
 
@@ -153,10 +147,9 @@ fn set_quarantined(s: &Services, server: &str, media_id: &str, by: Option<&ruma:
 /// `POST /_synapse/admin/v1/purge_media_cache?before_ts=…`
 async fn purge_media_cache(
     State(s): State<Arc<Services>>,
+    _: ServerAdmin,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    require_admin_headers(&s, &headers)?;
     let before_ts = query
         .get("before_ts")
         .ok_or_else(|| Error::missing_param("Missing before_ts"))?

@@ -4,18 +4,26 @@
 //! `/_hearth/admin/v1/federation/discovery`) — after fixing a peer's `.well-known`, an
 //! operator need not wait out its cached failure.
 //!
-//! Media is looked after through the paths Synapse's admin API uses ([`media`]), so
-//! synapse-admin and scripts written for Synapse work unchanged.
+//! Users ([`users`]), registration tokens ([`registration_tokens`]), rooms ([`rooms`]) and
+//! media ([`media`]) are looked after through the paths and shapes of Synapse's admin API,
+//! so synapse-admin and scripts written for Synapse work unchanged;
+//! `GET /_synapse/admin/v1/server_version` needs no login, as on Synapse. The same work
+//! is reachable without HTTP through `hearth admin` ([`command`], [`channel`]).
 //!
 //! An online backup is a RocksDB checkpoint or an SQLite `VACUUM INTO`: a consistent copy
 //! taken while the server keeps serving. `hearth admin restore --from DIR` puts it back.
 
+pub mod channel;
+pub mod command;
 mod media;
+mod registration_tokens;
+mod rooms;
+mod users;
 
 use std::{path::PathBuf, sync::Arc};
 
 use axum::{
-    extract::{Request, State},
+    extract::State,
     routing::{get, post},
     Json, Router,
 };
@@ -31,7 +39,17 @@ pub fn routes() -> Router<Arc<Services>> {
     Router::new()
         .route("/_hearth/admin/v1/backup", post(backup))
         .route("/_hearth/admin/v1/federation/discovery", get(discovery_cache).delete(flush_discovery_cache))
+        .route("/_synapse/admin/v1/server_version", get(server_version))
         .merge(media::routes())
+        .merge(users::routes())
+        .merge(registration_tokens::routes())
+        .merge(rooms::routes())
+}
+
+/// `GET /_synapse/admin/v1/server_version`, without login (admin tools show it on their
+/// login page).
+async fn server_version() -> Json<Value> {
+    Json(json!({"server_version": format!("Hearth {}", env!("CARGO_PKG_VERSION"))}))
 }
 
 #[derive(Deserialize)]
@@ -40,9 +58,17 @@ struct BackupRequest {
     to: PathBuf,
 }
 
-/// Authorises a server admin by access token.
-fn require_admin(s: &Services, req: &Request) -> Result<()> {
-    require_admin_headers(s, req.headers()).map(|_| ())
+/// The server admin a request comes from: an extractor that answers 401 without a valid
+/// access token and 403 `M_FORBIDDEN` for anyone else, before anything of the request is
+/// looked at (as Synapse does).
+pub(crate) struct ServerAdmin(pub ruma::OwnedUserId);
+
+impl axum::extract::FromRequestParts<Arc<Services>> for ServerAdmin {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, s: &Arc<Services>) -> Result<Self> {
+        require_admin_headers(s, &parts.headers).map(ServerAdmin)
+    }
 }
 
 /// Authorises a server admin by the access token in `headers`; the admin's user id.
@@ -54,36 +80,21 @@ fn require_admin_headers(s: &Services, headers: &http::HeaderMap) -> Result<ruma
         .ok_or_else(Error::missing_token)?;
     let caller = s.users.authenticate(token.trim())?;
     if !s.users.account(&caller.user_id)?.is_some_and(|a| a.admin) {
-        return Err(Error::forbidden("Only server admins may do this"));
+        return Err(Error::forbidden("You are not a server admin"));
     }
     Ok(caller.user_id)
 }
 
-async fn backup(State(s): State<Arc<Services>>, req: Request) -> Result<Json<Value>> {
-    require_admin(&s, &req)?;
-    let bytes =
-        axum::body::to_bytes(req.into_body(), 64 * 1024).await.map_err(|_| Error::too_large("Request too large"))?;
+async fn backup(State(s): State<Arc<Services>>, _: ServerAdmin, bytes: axum::body::Bytes) -> Result<Json<Value>> {
     let body: BackupRequest = serde_json::from_slice(&bytes).map_err(|e| Error::bad_json(e.to_string()))?;
-    if body.to.exists() && std::fs::read_dir(&body.to).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        return Err(Error::invalid_param("The backup directory must be absent or empty"));
-    }
-    let services = s.clone();
     let to = body.to.clone();
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        services.store.backup(&to)?;
-        // After the checkpoint: every file a record in it names is already on disk.
-        services.media.backup_to(&to)
-    })
-    .await
-    .map_err(|e| Error::internal(format!("backup task: {e}")))??;
-    tracing::info!(to = %body.to.display(), "online backup written");
+    blocking(move || s.admin.backup(&to)).await?;
     Ok(Json(json!({"backup": body.to})))
 }
 
 /// `GET /_hearth/admin/v1/federation/discovery`: each cached `.well-known` answer, what it
 /// said and for how long it is kept.
-async fn discovery_cache(State(s): State<Arc<Services>>, req: Request) -> Result<Json<Value>> {
-    require_admin(&s, &req)?;
+async fn discovery_cache(State(s): State<Arc<Services>>, _: ServerAdmin) -> Result<Json<Value>> {
     let entries: Vec<Value> = s
         .transport
         .servers
@@ -102,9 +113,78 @@ async fn discovery_cache(State(s): State<Arc<Services>>, req: Request) -> Result
 }
 
 /// `DELETE /_hearth/admin/v1/federation/discovery`: forgets every cached answer.
-async fn flush_discovery_cache(State(s): State<Arc<Services>>, req: Request) -> Result<Json<Value>> {
-    require_admin(&s, &req)?;
+async fn flush_discovery_cache(State(s): State<Arc<Services>>, _: ServerAdmin) -> Result<Json<Value>> {
     let flushed = s.transport.servers.resolver().cached().len();
     s.transport.servers.resolver().flush();
     Ok(Json(json!({"flushed": flushed})))
+}
+
+/// Runs blocking work (password hashing, a checkpoint) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("admin task: {e}")))?
+}
+
+/// A request's query parameters, read as Synapse reads them: integers that are not
+/// negative, booleans that are exactly `true` or `false`, values from a fixed set.
+pub(crate) struct Params(pub std::collections::HashMap<String, String>);
+
+impl Params {
+    pub fn int(&self, name: &str, default: usize) -> Result<usize> {
+        match self.0.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| Error::invalid_param(format!("Query parameter {name} must be a non-negative integer"))),
+        }
+    }
+
+    pub fn flag(&self, name: &str) -> Result<Option<bool>> {
+        match self.0.get(name).map(String::as_str) {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(_) => Err(Error::invalid_param(format!("Query parameter {name} must be true or false"))),
+        }
+    }
+
+    pub fn one_of<'a>(&'a self, name: &str, allowed: &[&str], default: &'a str) -> Result<&'a str> {
+        match self.0.get(name) {
+            None => Ok(default),
+            Some(v) if allowed.contains(&v.as_str()) => Ok(v),
+            Some(_) => {
+                Err(Error::invalid_param(format!("Query parameter {name} must be one of {}", allowed.join(", "))))
+            }
+        }
+    }
+
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+/// A request body that must be a JSON object (`{}` at least), as Synapse requires.
+pub(crate) fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Error::bad_json("Content must be a JSON object.")),
+        Err(_) => Err(Error::not_json("Content not JSON.")),
+    }
+}
+
+/// An optional boolean field of a body; anything but a boolean is refused.
+pub(crate) fn bool_field(body: &serde_json::Map<String, Value>, name: &str) -> Result<Option<bool>> {
+    match body.get(name) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(Error::bad_json(format!("Param '{name}' must be a boolean, if given"))),
+    }
+}
+
+/// A user id from a path, which must be one of this server's.
+pub(crate) fn local_user_id(s: &Services, raw: &str) -> Result<ruma::OwnedUserId> {
+    let user = ruma::OwnedUserId::try_from(raw).map_err(|_| Error::invalid_param(format!("{raw} is not a user id")))?;
+    if user.server_name() != s.config.server_name {
+        return Err(Error::invalid_param(format!("{user} is not a user of this server")));
+    }
+    Ok(user)
 }

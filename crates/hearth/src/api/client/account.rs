@@ -10,7 +10,7 @@ use ruma::api::client::{
     },
     uiaa::AuthType,
 };
-use ruma::{events::room::member::MembershipState, OwnedDeviceId, OwnedUserId};
+use ruma::{OwnedDeviceId, OwnedUserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -23,13 +23,6 @@ use crate::{
     },
     Services,
 };
-
-fn username_error(problem: UsernameProblem) -> Error {
-    match problem {
-        UsernameProblem::InUse => Error::matrix(StatusCode::BAD_REQUEST, "M_USER_IN_USE", "User ID already taken"),
-        UsernameProblem::Invalid(why) => Error::matrix(StatusCode::BAD_REQUEST, "M_INVALID_USERNAME", why),
-    }
-}
 
 /// What a registration asks for: the request's body without `auth`. A UIA session
 /// remembers it (see `users::uiaa`), so the final request may carry `auth` alone.
@@ -145,7 +138,7 @@ fn check_username(s: &Services, username: Option<&str>, guest_access_token: Opti
             }
             Ok(())
         }
-        (None, Some(name)) => s.users.check_new_localpart(&name.to_lowercase())?.map_err(username_error),
+        (None, Some(name)) => s.users.check_new_localpart(&name.to_lowercase())?.map_err(UsernameProblem::into_error),
         (None, None) => Ok(()),
     }
 }
@@ -198,7 +191,7 @@ pub async fn get_username_availability(
         return Err(Error::forbidden("Registration is disabled on this server"));
     }
     let localpart = req.body.username.to_lowercase();
-    s.users.check_new_localpart(&localpart)?.map_err(username_error)?;
+    s.users.check_new_localpart(&localpart)?.map_err(UsernameProblem::into_error)?;
     Ok(get_username_availability::v3::Response::new(true))
 }
 
@@ -262,24 +255,7 @@ pub async fn deactivate(s: Arc<Services>, req: Ruma<deactivate::v3::Request>) ->
     let caller = req.caller()?.clone();
     let flows = vec![vec![AuthType::Password]];
     s.uiaa.check(Purpose::Deactivate, Some(&caller.user_id), &flows, req.body.auth.as_ref()).await?;
-    let devices: Vec<String> = s.users.devices(&caller.user_id)?.into_iter().map(|(d, _)| d.to_string()).collect();
-    s.users.deactivate(&caller.user_id)?;
-    if req.body.erase {
-        s.rooms.set_erased(&caller.user_id)?;
-    }
-    s.keys.forget_devices(&s.rooms, &caller.user_id, &devices)?;
-    // The account leaves its rooms and declines its invites, as on Synapse: a deactivated
-    // user must not linger as a member. A room that refuses is logged and skipped.
-    let rooms =
-        s.rooms.rooms_of(&caller.user_id, &[MembershipState::Join, MembershipState::Invite, MembershipState::Knock])?;
-    for (room_id, _) in rooms {
-        if s.rooms.room(&room_id)?.is_none() {
-            continue; // an invite to a room elsewhere: nothing here to leave
-        }
-        if let Err(e) = s.rooms.set_leave(&room_id, &caller.user_id, &caller.user_id, None) {
-            tracing::info!(%room_id, user = %caller.user_id, error = %e, "a deactivated user could not leave a room");
-        }
-    }
+    s.admin.deactivate(&caller.user_id, req.body.erase)?;
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
 }
 

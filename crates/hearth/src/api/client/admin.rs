@@ -12,7 +12,7 @@ use axum::{
     Json, Router,
 };
 use ruma::OwnedUserId;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::{
     api::caller_of,
@@ -27,8 +27,9 @@ pub fn routes() -> Router<Arc<Services>> {
         .route("/_synapse/admin/v1/whois/{userId}", get(whois))
 }
 
-/// Each device of the user with one session holding its last connection (address, time,
-/// user agent), as Synapse shapes it; a device never seen since logging in has none.
+/// The user's connections (each device's latest: address, time, user agent) in Synapse's
+/// shape, which admin tools read: all under one entry keyed `""`, in one session. A device
+/// never seen since logging in has none.
 async fn whois(State(s): State<Arc<Services>>, Path(user): Path<String>, parts: Parts) -> Result<Json<Value>> {
     let caller = caller_of(&s, &parts)?;
     let user = OwnedUserId::try_from(user).map_err(|_| Error::invalid_param("Invalid user id"))?;
@@ -39,17 +40,15 @@ async fn whois(State(s): State<Arc<Services>>, Path(user): Path<String>, parts: 
     if s.users.account(&user)?.is_none() {
         return Err(Error::not_found("No such local user"));
     }
-    let mut devices = Map::new();
-    for (id, device) in s.users.devices(&user)? {
-        let connections: Vec<Value> = match device.last_seen_ts {
-            Some(ts) => vec![json!({
-                "ip": device.last_seen_ip,
-                "last_seen": ts,
-                "user_agent": device.last_seen_user_agent,
-            })],
-            None => Vec::new(),
-        };
-        devices.insert(id.to_string(), json!({"sessions": [{"connections": connections}]}));
-    }
-    Ok(Json(json!({"user_id": user, "devices": devices})))
+    let connections: Vec<Value> = s
+        .users
+        .devices(&user)?
+        .into_iter()
+        .filter_map(|(_, device)| {
+            device.last_seen_ts.map(
+                |ts| json!({"ip": device.last_seen_ip, "last_seen": ts, "user_agent": device.last_seen_user_agent}),
+            )
+        })
+        .collect();
+    Ok(Json(json!({"user_id": user, "devices": {"": {"sessions": [{"connections": connections}]}}})))
 }
