@@ -63,6 +63,7 @@ pub struct Config {
     pub allow_registration: bool,
     /// Guest accounts (`/register?kind=guest`) and guests' access to rooms that allow it.
     pub allow_guest_access: bool,
+    #[serde(deserialize_with = "text_from_scalar")]
     pub registration_token: Option<String>,
     pub registration_token_file: Option<PathBuf>,
     pub allow_federation: bool,
@@ -264,7 +265,9 @@ impl Config {
     }
 
     fn from_figment(figment: Figment) -> Result<Loaded, ConfigError> {
-        let mut config: Config = figment.extract().map_err(describe_figment_error)?;
+        // Lossy: a number or a boolean given as a string (`port = "8008"` in a file, a
+        // quoted value in a ConfigMap) is read as one, where the type is unambiguous.
+        let mut config: Config = figment.extract_lossy().map_err(describe_figment_error)?;
         let mut warnings = unknown_keys(&figment);
         config.resolve_secrets()?;
         config.validate(&mut warnings)?;
@@ -365,12 +368,25 @@ impl Config {
         }
     }
 
-    /// `m.homeserver.base_url` for `/.well-known/matrix/client` and login responses.
-    pub fn client_base_url(&self) -> String {
-        match &self.well_known.client {
-            Some(url) => url.trim_end_matches('/').to_owned(),
-            None => format!("https://{}", self.server_name),
+    /// `m.homeserver.base_url` for `/.well-known/matrix/client` and login responses, for a
+    /// server listening on `port`. Unless configured, `https://<server_name>` — the usual
+    /// shape behind a reverse proxy — except for a server name no certificate or proxy can
+    /// be for (`localhost`, `*.localhost`, an IP address): then the address Hearth itself
+    /// serves, so that a local try works in clients that follow the document.
+    pub fn client_base_url(&self, port: u16) -> String {
+        if let Some(url) = &self.well_known.client {
+            return url.trim_end_matches('/').to_owned();
         }
+        let host = self.server_name.host();
+        let local = host == "localhost"
+            || host.ends_with(".localhost")
+            || host.parse::<IpAddr>().is_ok()
+            || host.starts_with('[');
+        if !local {
+            return format!("https://{}", self.server_name);
+        }
+        let scheme = if self.tls_files().is_some() { "https" } else { "http" };
+        format!("{scheme}://{host}:{port}")
     }
 
     /// `m.server` for `/.well-known/matrix/server`.
@@ -452,6 +468,27 @@ fn collect_unknown(
     }
 }
 
+/// Text that may arrive as a number or boolean: the environment reads `12345678` as a
+/// number, and a token of digits is still a token.
+fn text_from_scalar<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+        Float(f64),
+        Flag(bool),
+    }
+    Ok(Option::<Given>::deserialize(d)?.map(|g| match g {
+        Given::Text(t) => t,
+        Given::Unsigned(n) => n.to_string(),
+        Given::Signed(n) => n.to_string(),
+        Given::Float(n) => n.to_string(),
+        Given::Flag(b) => b.to_string(),
+    }))
+}
+
 /// A room version given as text (`"10"`) or as a number (`10`).
 fn room_version_from_text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RoomVersionId, D::Error> {
     #[derive(Deserialize)]
@@ -487,6 +524,54 @@ mod tests {
                 assert!(message.contains("default_room_version") && message.contains("1 to 12"), "{given}: {message}");
             });
         }
+    }
+
+    /// A ConfigMap or file that quotes a number or a boolean means the number or the
+    /// boolean; a token of digits stays text; a string that is no number is still refused.
+    #[test]
+    fn strings_that_parse_as_the_type_are_accepted() {
+        with_env(
+            &[
+                ("CONDUIT_PORT", "\"8080\""),
+                ("CONDUIT_ALLOW_REGISTRATION", "\"true\""),
+                ("CONDUIT_MAX_REQUEST_SIZE", "\"20000000\""),
+                ("CONDUIT_ALLOW_FEDERATION", "false"),
+                ("CONDUIT_REGISTRATION_TOKEN", "12345678"),
+            ],
+            |loaded| {
+                let c = loaded.unwrap().config;
+                assert_eq!((c.port, c.allow_registration, c.max_request_size), (8080, true, 20_000_000));
+                assert!(!c.allow_federation);
+                assert_eq!(c.registration_token.as_deref(), Some("12345678"));
+            },
+        );
+        with_env(&[("CONDUIT_PORT", "\"lots\"")], |loaded| {
+            let message = loaded.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(message.contains("port"), "{message}");
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hearth.toml");
+        std::fs::write(&path, "port = \"8008\"\nallow_guest_access = \"true\"\ndb_cache_capacity_mb = \"64\"\n")
+            .unwrap();
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(FileSource { name: "hearth.toml".into(), table: read_toml(&path).unwrap() });
+        let c = Config::from_figment(figment).unwrap().config;
+        assert_eq!((c.port, c.allow_guest_access, c.db_cache_capacity_mb), (8008, true, 64));
+    }
+
+    /// With no `well_known.client`, a real domain is assumed to be behind a proxy with TLS;
+    /// `localhost` or an address gets the address Hearth serves itself (the README's try).
+    #[test]
+    fn default_client_well_known_fits_the_server_name() {
+        let mut c = Config::default();
+        assert_eq!(c.server_name.as_str(), "localhost");
+        assert_eq!(c.client_base_url(6167), "http://localhost:6167");
+        c.server_name = "127.0.0.1:8448".try_into().unwrap();
+        assert_eq!(c.client_base_url(6167), "http://127.0.0.1:6167");
+        c.server_name = "chat.example.org".try_into().unwrap();
+        assert_eq!(c.client_base_url(6167), "https://chat.example.org");
+        c.well_known.client = Some("https://talk.example.org/".into());
+        assert_eq!(c.client_base_url(6167), "https://talk.example.org");
     }
 
     /// Loads a configuration from exactly these environment variables (no file).
@@ -538,7 +623,7 @@ mod tests {
                 assert_eq!(c.max_request_size, 20_000_000);
                 assert!(c.allow_registration && c.allow_federation && c.allow_well_known);
                 assert_eq!(c.trusted_servers.len(), 1);
-                assert_eq!(c.client_base_url(), "https://talk.choppa.xyz");
+                assert_eq!(c.client_base_url(c.port), "https://talk.choppa.xyz");
                 assert_eq!(c.federation_server(), "talk.choppa.xyz:443");
                 assert_eq!(c.registration_token.as_deref(), Some("mypasswordoraccesstoken"));
                 assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
@@ -558,7 +643,7 @@ mod tests {
             |loaded| {
                 let c = loaded.unwrap().config;
                 assert_eq!(c.port, 7001);
-                assert_eq!(c.client_base_url(), "https://a.example");
+                assert_eq!(c.client_base_url(c.port), "https://a.example");
                 assert_eq!(c.database_backend, Backend::Sqlite);
             },
         );

@@ -90,6 +90,9 @@ pub struct Services {
     pub lazy_members: sync::lazy::SentMembers,
     /// What operators do: accounts, rooms, backups (the CLI, the admin channel and API).
     pub admin: admin::Admin,
+    /// The port the client listener is bound to (the configured one, or the one the
+    /// system picked for port 0), set when it starts.
+    listening_port: std::sync::atomic::AtomicU16,
 }
 
 impl Services {
@@ -159,6 +162,7 @@ impl Services {
         ));
         let admin = admin::Admin::new(store.clone(), users.clone(), keys.clone(), rooms.clone(), media.clone());
         let max_concurrent = config.max_concurrent_requests as usize;
+        let port = config.port;
         Ok(Arc::new(Services {
             config,
             store,
@@ -188,7 +192,18 @@ impl Services {
             media,
             lazy_members: Default::default(),
             admin,
+            listening_port: std::sync::atomic::AtomicU16::new(port),
         }))
+    }
+
+    /// The port clients reach this server on, as bound.
+    pub fn listening_port(&self) -> u16 {
+        self.listening_port.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records the port the client listener was bound to.
+    pub fn set_listening_port(&self, port: u16) {
+        self.listening_port.store(port, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Room versions offered (`/capabilities`) and accepted for new rooms and upgrades:

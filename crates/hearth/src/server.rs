@@ -83,10 +83,15 @@ pub fn router(services: Arc<Services>) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(|req: &http::Request<_>| {
-                    let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
-                }))
+                // One line per request, at debug, when it is answered (status and latency).
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|req: &http::Request<_>| {
+                            let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                            tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
+                        })
+                        .on_request(()),
+                )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
                 .layer(CatchPanicLayer::custom(|_| {
                     tracing::error!("a request handler panicked; this is a bug");
@@ -289,6 +294,7 @@ impl Running {
         };
         let listener = bind(config.address, config.port).await?;
         let addr = listener.local_addr()?;
+        services.set_listening_port(addr.port());
         let (stop, stopped) = oneshot::channel::<()>();
         let mut metrics_addr = None;
         let metrics_stop = if services.config.metrics_port != 0 {

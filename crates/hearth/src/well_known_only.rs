@@ -19,7 +19,7 @@ use crate::Config;
 
 /// The `/.well-known/matrix/client` document, when served.
 pub fn client_document(config: &Config) -> Option<Value> {
-    config.allow_well_known.then(|| json!({"m.homeserver": {"base_url": config.client_base_url()}}))
+    config.allow_well_known.then(|| json!({"m.homeserver": {"base_url": config.client_base_url(config.port)}}))
 }
 
 /// The `/.well-known/matrix/server` document, when served.

@@ -30,7 +30,7 @@ pub async fn client(
     if !s.config.allow_well_known {
         return Err(Error::not_found("Well-known delegation is not served here"));
     }
-    Ok(discover_homeserver::Response::new(HomeserverInfo::new(s.config.client_base_url())))
+    Ok(discover_homeserver::Response::new(HomeserverInfo::new(s.config.client_base_url(s.listening_port()))))
 }
 
 /// `GET /.well-known/matrix/server`

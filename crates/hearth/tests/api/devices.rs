@@ -2,7 +2,7 @@
 
 use hearth::store::Backend;
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::{
     both_engines,
@@ -113,6 +113,34 @@ async fn uia_is_bound_to_device_and_owner(b: Backend) {
     assert_eq!(s.get(&other, Some(&token)).await.0, StatusCode::OK);
 }
 
+/// Every device key is there, `null` when unknown (matrix-nio refuses a list without
+/// them); a name given at login or registration is the device's name.
+async fn device_keys_are_always_present(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, token, named) = s.register("alice", "pw-alice-1").await;
+    let login = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw-alice-1"});
+    let (_, nameless) = s.post("/_matrix/client/v3/login", None, login.clone()).await;
+    let mut with_name = login;
+    with_name["initial_device_display_name"] = json!("Nheko on the laptop");
+    let (_, laptop) = s.post("/_matrix/client/v3/login", None, with_name).await;
+    let (status, list) = s.get("/_matrix/client/v3/devices", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK);
+    let devices = list["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 3, "{list}");
+    for d in devices {
+        for key in ["device_id", "display_name", "last_seen_ip", "last_seen_ts"] {
+            assert!(d.get(key).is_some(), "{key} missing: {d}");
+        }
+    }
+    let by_id = |id: &Value| devices.iter().find(|d| &d["device_id"] == id).unwrap().clone();
+    assert_eq!(by_id(&nameless["device_id"])["display_name"], Value::Null);
+    assert_eq!(by_id(&laptop["device_id"])["display_name"], "Nheko on the laptop");
+    assert!(by_id(&json!(named))["last_seen_ip"].is_string());
+    let (_, one) =
+        s.get(&format!("/_matrix/client/v3/devices/{}", nameless["device_id"].as_str().unwrap()), Some(&token)).await;
+    assert!(one.get("display_name").is_some_and(Value::is_null), "{one}");
+}
+
 /// Where a device was last seen: the peer address, or the address a trusted proxy
 /// forwards (never one an untrusted client claims), with its user agent; `/admin/whois`
 /// shows it to the user and to admins only.
@@ -174,5 +202,6 @@ both_engines!(
     other_users_devices_are_invisible,
     delete_device_needs_password,
     delete_devices_in_bulk,
-    uia_is_bound_to_device_and_owner
+    uia_is_bound_to_device_and_owner,
+    device_keys_are_always_present
 );

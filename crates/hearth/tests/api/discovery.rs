@@ -50,6 +50,15 @@ async fn well_known_defaults_and_overrides(b: Backend) {
     assert_eq!(body["m.homeserver"]["base_url"], "https://talk.example.org");
     let (_, body) = s.get("/.well-known/matrix/server", None).await;
     assert_eq!(body["m.server"], "talk.example.org:8448");
+
+    // The built-in server name, `localhost`: clients that follow the document (Nheko,
+    // Element) are sent to where this server really listens, not to https://localhost.
+    let s = TestServer::start_with(b, |c| c.server_name = "localhost".try_into().unwrap()).await;
+    let port = s.running().addr.port();
+    let (_, body) = s.get("/.well-known/matrix/client", None).await;
+    assert_eq!(body["m.homeserver"]["base_url"], format!("http://localhost:{port}"));
+    let versions = s.http.get(format!("http://localhost:{port}/_matrix/client/versions")).send().await.unwrap();
+    assert_eq!(versions.status(), StatusCode::OK, "the advertised address answers");
 }
 
 async fn well_known_server_needs_federation(b: Backend) {

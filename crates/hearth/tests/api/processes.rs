@@ -471,3 +471,36 @@ fn startup_says_where_and_who_may_register() {
     assert!(said.contains("Sqlite") && said.contains("open with a registration token"), "{said}");
     assert!(said.contains("no accounts yet") && said.contains("create-user"), "{said}");
 }
+
+/// At the default level a room's creation adds no lines to the log: the auth checks of
+/// state resolution speak at warn and above only, and requests are logged at debug.
+#[test]
+fn creating_a_room_is_quiet_at_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let log = dir.path().join("stderr.log");
+    assert!(admin(&data, "rocksdb", &["--create", "create-user", "quiet", "--password", "pw-quiet-1"]).0);
+    let mut child = hearth(&data, "rocksdb", port)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_until_serving(port);
+    let before = std::fs::read_to_string(&log).unwrap().lines().count();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let call = Http { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
+        let body = serde_json::json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "quiet"}, "password": "pw-quiet-1"});
+        let (_, login) = call.send(reqwest::Method::POST, "/_matrix/client/v3/login", None, Some(body)).await;
+        let token = login["access_token"].as_str().unwrap().to_owned();
+        let room = serde_json::json!({"name": "Quiet", "preset": "private_chat"});
+        let (status, _) = call.send(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(&token), Some(room)).await;
+        assert_eq!(status, reqwest::StatusCode::OK);
+    });
+    let said = std::fs::read_to_string(&log).unwrap();
+    let added: Vec<&str> = said.lines().skip(before).collect();
+    assert!(added.is_empty(), "a room creation logged at info: {added:#?}");
+    send_signal(child.id(), "TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

@@ -33,6 +33,22 @@ async fn version_and_who_may_ask(b: Backend) {
         assert_error(&s.get(path, None).await, 401, "M_MISSING_TOKEN");
         assert_eq!(s.get(path, Some(&admin)).await.0, StatusCode::OK, "{path}");
     }
+    // What synapse-admin needs around the API: `home_server` from login (it builds new
+    // users' ids from it), and CORS, since it runs on another origin.
+    let login = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "root"}, "password": "pw-root-1"});
+    let (_, logged_in) = s.post("/_matrix/client/v3/login", None, login).await;
+    assert_eq!(logged_in["home_server"], "hearth.test", "{logged_in}");
+    let preflight = s
+        .http
+        .request(Method::OPTIONS, format!("{}/_synapse/admin/v2/users", s.base))
+        .header("Origin", "https://admin.example.org")
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
     let (_, e) = s.get("/_synapse/admin/v1/rooms", Some(&user)).await;
     assert_eq!(e["error"], "You are not a server admin");
     let new_user = json!({"password": "pw-new-1"});

@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use ruma::{
     api::client::{
-        device::{self, delete_device, delete_devices, get_device, get_devices, update_device},
+        device::{delete_device, delete_devices, get_device, get_devices, update_device},
         uiaa::AuthType,
     },
-    DeviceId, MilliSecondsSinceUnixEpoch, UInt,
+    DeviceId,
 };
+use serde_json::{json, Value};
 
 use crate::{
     api::Ruma,
@@ -20,27 +21,38 @@ use crate::{
     Services,
 };
 
-fn to_ruma(id: &DeviceId, d: Device) -> device::Device {
-    let mut out = device::Device::new(id.to_owned());
-    out.display_name = d.display_name;
-    out.last_seen_ip = d.last_seen_ip;
-    out.last_seen_ts = d.last_seen_ts.and_then(|ts| UInt::new(ts).map(MilliSecondsSinceUnixEpoch));
-    out
+/// A device as the spec shapes it, every key present: what is unknown is `null`, as
+/// Synapse sends it. (ruma leaves such keys out, and matrix-nio — so matrix-commander —
+/// refuses a device list whose entries lack `display_name`, `last_seen_ip` or
+/// `last_seen_ts`.)
+fn device_json(id: &DeviceId, d: &Device) -> Value {
+    json!({
+        "device_id": id,
+        "display_name": d.display_name,
+        "last_seen_ip": d.last_seen_ip,
+        "last_seen_ts": d.last_seen_ts,
+    })
 }
 
 /// `GET /_matrix/client/v3/devices`
-pub async fn get_devices(s: Arc<Services>, req: Ruma<get_devices::v3::Request>) -> Result<get_devices::v3::Response> {
+pub async fn get_devices(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    req: Ruma<get_devices::v3::Request>,
+) -> Result<axum::Json<Value>> {
     let caller = req.caller()?;
-    let devices = s.users.devices(&caller.user_id)?.into_iter().map(|(id, d)| to_ruma(&id, d)).collect();
-    Ok(get_devices::v3::Response::new(devices))
+    let devices: Vec<Value> = s.users.devices(&caller.user_id)?.iter().map(|(id, d)| device_json(id, d)).collect();
+    Ok(axum::Json(json!({"devices": devices})))
 }
 
 /// `GET /_matrix/client/v3/devices/{deviceId}`
-pub async fn get_device(s: Arc<Services>, req: Ruma<get_device::v3::Request>) -> Result<get_device::v3::Response> {
+pub async fn get_device(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    req: Ruma<get_device::v3::Request>,
+) -> Result<axum::Json<Value>> {
     let caller = req.caller()?;
     let device =
         s.users.device(&caller.user_id, &req.body.device_id)?.ok_or_else(|| Error::not_found("No such device"))?;
-    Ok(get_device::v3::Response::new(to_ruma(&req.body.device_id, device)))
+    Ok(axum::Json(device_json(&req.body.device_id, &device)))
 }
 
 /// `PUT /_matrix/client/v3/devices/{deviceId}`

@@ -63,6 +63,12 @@ pub fn routes() -> Router<Arc<Services>> {
     for path in ruma::api::client::account::get_3pids::v3::Request::PATH_BUILDER.all_paths() {
         router = router.route(path, axum::routing::get(account::get_3pids));
     }
+    for path in ruma::api::client::device::get_devices::v3::Request::PATH_BUILDER.all_paths() {
+        router = router.route(path, axum::routing::get(device::get_devices));
+    }
+    for path in ruma::api::client::device::get_device::v3::Request::PATH_BUILDER.all_paths() {
+        router = router.route(path, axum::routing::get(device::get_device));
+    }
     router
         .merge(admin::routes())
         .merge(media::routes())
@@ -81,8 +87,6 @@ pub fn routes() -> Router<Arc<Services>> {
         .ruma(session::login)
         .ruma(session::logout)
         .ruma(session::logout_all)
-        .ruma(device::get_devices)
-        .ruma(device::get_device)
         .ruma(device::update_device)
         .ruma(device::delete_device)
         .ruma(device::delete_devices)

@@ -60,8 +60,13 @@ pub async fn login(s: Arc<Services>, req: Ruma<login::Request>) -> Result<login:
     let (device_id, token) = s.users.login_device(&user_id, body.device_id, body.initial_device_display_name, ip)?;
     s.keys.note_local_device_change(&s.rooms, &user_id, device_id.as_str())?;
     let mut res = login::Response::new(user_id, token, device_id);
+    // Deprecated in the spec, but admin tools (synapse-admin) build new users' ids from it.
+    #[allow(deprecated)]
+    {
+        res.home_server = Some(s.config.server_name.clone());
+    }
     if s.config.allow_well_known {
-        res.well_known = Some(DiscoveryInfo::new(HomeserverInfo::new(s.config.client_base_url())));
+        res.well_known = Some(DiscoveryInfo::new(HomeserverInfo::new(s.config.client_base_url(s.listening_port()))));
     }
     Ok(res)
 }
