@@ -160,7 +160,14 @@ impl Services {
             rooms.clone(),
             transport.outbound.clone(),
         ));
-        let admin = admin::Admin::new(store.clone(), users.clone(), keys.clone(), rooms.clone(), media.clone());
+        let admin = admin::Admin::new(
+            store.clone(),
+            users.clone(),
+            keys.clone(),
+            rooms.clone(),
+            media.clone(),
+            config.allow_federation,
+        );
         let max_concurrent = config.max_concurrent_requests as usize;
         let port = config.port;
         Ok(Arc::new(Services {

@@ -295,6 +295,7 @@ impl Running {
         let listener = bind(config.address, config.port).await?;
         let addr = listener.local_addr()?;
         services.set_listening_port(addr.port());
+        services.admin.set_serving(true);
         let (stop, stopped) = oneshot::channel::<()>();
         let mut metrics_addr = None;
         let metrics_stop = if services.config.metrics_port != 0 {
@@ -404,6 +405,7 @@ impl Running {
 
     /// Graceful stop: finish in-flight requests, flush, return.
     pub async fn stop(mut self) -> std::io::Result<()> {
+        self.services.admin.set_serving(false);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

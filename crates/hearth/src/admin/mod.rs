@@ -33,7 +33,14 @@ pub struct Admin {
     /// Room deletions asked for through the API since start-up, newest last, for their
     /// status pages (Synapse keeps them about a day, and not across restarts either).
     deletions: Mutex<VecDeque<Deletion>>,
+    /// Whether the server is serving (its federation sender running), which a purge of a
+    /// room shared with other servers waits on.
+    serving: std::sync::atomic::AtomicBool,
+    federation: bool,
 }
+
+/// How long a purge waits for the federation sender to queue the members' leaves.
+const SENDER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Most room deletions remembered for their status.
 const MAX_DELETIONS: usize = 1000;
@@ -52,6 +59,8 @@ pub struct DeleteRoom {
     /// Also block the room: no local user may join it again, nor another server through
     /// this one.
     pub block: bool,
+    /// Also remove the room's history and state from the database (see [`Admin::purge_room`]).
+    pub purge: bool,
     /// The admin who asked (recorded with a block).
     pub by: Option<OwnedUserId>,
 }
@@ -62,18 +71,34 @@ pub struct DeletedRoom {
     pub kicked_users: Vec<OwnedUserId>,
     pub failed_to_kick_users: Vec<OwnedUserId>,
     pub local_aliases: Vec<OwnedRoomAliasId>,
+    /// Events removed from the database (0 without `purge`).
+    #[serde(skip)]
+    pub purged_events: usize,
 }
 
 impl Admin {
-    pub fn new(store: Arc<Store>, users: Arc<Users>, keys: Arc<Keys>, rooms: Arc<Rooms>, media: Arc<Media>) -> Self {
-        Admin { store, users, keys, rooms, media, deletions: Mutex::default() }
+    pub fn new(
+        store: Arc<Store>,
+        users: Arc<Users>,
+        keys: Arc<Keys>,
+        rooms: Arc<Rooms>,
+        media: Arc<Media>,
+        federation: bool,
+    ) -> Self {
+        let serving = std::sync::atomic::AtomicBool::new(false);
+        Admin { store, users, keys, rooms, media, deletions: Mutex::default(), serving, federation }
+    }
+
+    /// Called by the server once it serves (and its federation sender runs).
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Deletes a room (see [`Admin::delete_room`]) and remembers how it went under a new
     /// id, for Synapse's asynchronous deletion API. A room this server does not know is
     /// deleted without anything to do, as on Synapse.
-    pub fn delete_room_tracked(&self, room: &RoomId, how: &DeleteRoom) -> Deletion {
-        let outcome = match self.delete_room(room, how) {
+    pub async fn delete_room_tracked(&self, room: &RoomId, how: &DeleteRoom) -> Deletion {
+        let outcome = match self.delete_room(room, how).await {
             Ok(done) => Ok(done),
             Err(Error::Matrix { status: http::StatusCode::NOT_FOUND, .. }) => Ok(DeletedRoom::default()),
             Err(e) => Err(e.to_string()),
@@ -186,10 +211,10 @@ impl Admin {
 
     /// Deletes a room from this server's point of view: every local member leaves (an
     /// invite is declined, a knock withdrawn) and forgets it, its local aliases go, and it
-    /// leaves the public directory; with `block`, nobody can bring it back. The room's
-    /// history stays in the database (there is no purge yet); other servers' members stay
-    /// in it. A room this server does not know can still be blocked.
-    pub fn delete_room(&self, room: &RoomId, how: &DeleteRoom) -> Result<DeletedRoom> {
+    /// leaves the public directory; with `block`, nobody can bring it back; with `purge`,
+    /// its history and state leave the database too ([`Admin::purge_room`]). Other
+    /// servers' members stay in it. A room this server does not know can still be blocked.
+    pub async fn delete_room(&self, room: &RoomId, how: &DeleteRoom) -> Result<DeletedRoom> {
         if how.block {
             self.rooms.set_blocked(room, how.by.as_deref(), true)?;
         }
@@ -220,8 +245,56 @@ impl Admin {
             done.local_aliases.push(alias);
         }
         self.rooms.set_published(room, false)?;
+        if how.purge {
+            done.purged_events = self.purge_room(room).await?;
+        }
         tracing::info!(%room, block = how.block, by = ?how.by, left = done.kicked_users.len(), "room deleted");
         Ok(done)
+    }
+
+    /// Removes a room without local members from the database (`rooms::purge`); the
+    /// number of events removed.
+    ///
+    /// The local members' leaves must reach the other servers in the room first: the
+    /// purge waits until the federation sender has queued them (the queued events are
+    /// kept until sent). A server that is not running has no sender, so a room shared with
+    /// other servers is purged only by a running one: the command then says so.
+    pub async fn purge_room(&self, room: &RoomId) -> Result<usize> {
+        let local = |u: &OwnedUserId| u.server_name() == self.rooms.server_name;
+        for state in [MembershipState::Join, MembershipState::Invite, MembershipState::Knock] {
+            if self.rooms.members(room, &state)?.iter().any(local) {
+                return Err(Error::invalid_param(format!("{room} still has local members; delete it first")));
+            }
+        }
+        let shared = !crate::federation::servers_in_room(&self.rooms, room, &self.rooms.server_name)?.is_empty();
+        if shared && self.federation {
+            let until = self.rooms.stream_now();
+            let serving = self.serving.load(std::sync::atomic::Ordering::SeqCst);
+            if !serving {
+                return Err(Error::invalid_param(format!(
+                    "{room} is shared with other servers: purge it while the server runs, so that the \
+                     members' leaves reach them (or delete it now without purging)"
+                )));
+            }
+            let deadline = tokio::time::Instant::now() + SENDER_WAIT;
+            while crate::federation::sender::queued_up_to(&self.store)?.unwrap_or(0) < until {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::matrix(
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        "M_UNKNOWN",
+                        "the federation sender has not caught up with the leaves yet; try the purge again",
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        let keep = crate::federation::sender::queued_events(&self.store)?;
+        let rooms = self.rooms.clone();
+        let room_id = room.to_owned();
+        let purged = tokio::task::spawn_blocking(move || rooms.purge(&room_id, &keep))
+            .await
+            .map_err(|e| Error::internal(format!("purge task: {e}")))??;
+        Ok(purged.events)
     }
 
     /// Copies the database and the media into `to`, which must be absent or empty. Safe

@@ -51,6 +51,23 @@ pub const FEDERATION_QUEUE: Table<(String, u64), String> = Table::new(tables::FE
 /// `"position"` → the stream position queued up to.
 pub const FEDERATION_SENDER: Table<String, u64> = Table::new(tables::FEDERATION_SENDER);
 
+/// The stream position the sender has queued events up to (`None` before its first run).
+pub fn queued_up_to(store: &Store) -> Result<Option<u64>> {
+    Ok(FEDERATION_SENDER.get(store, "position")?)
+}
+
+/// Every event waiting in a destination's queue.
+pub fn queued_events(store: &Store) -> Result<std::collections::HashSet<ruma::OwnedEventId>> {
+    let mut out = std::collections::HashSet::new();
+    FEDERATION_QUEUE.scan_all(store, |_, id| {
+        if let Ok(id) = ruma::OwnedEventId::try_from(id) {
+            out.insert(id);
+        }
+        true
+    })?;
+    Ok(out)
+}
+
 pub const MAX_PDUS_PER_TXN: usize = 50;
 /// Rows a destination's queue may hold while it is unreachable before only each room's
 /// newest is kept ([`Sender::compact_backlog`]).

@@ -23,6 +23,7 @@ pub mod membership;
 pub mod pdu;
 mod pdu_cache;
 pub mod power;
+pub mod purge;
 pub mod push_fields;
 pub mod receipts;
 pub mod redaction;

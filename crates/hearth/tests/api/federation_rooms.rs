@@ -697,3 +697,39 @@ async fn media_of_another_server_is_fetched_and_kept() {
     let res = p.b.http.get(format!("{}/_matrix/media/v3/download/{path}", p.b.base)).send().await.expect("get");
     assert_eq!(res.bytes().await.expect("body").to_vec(), png);
 }
+
+/// An admin of a.test deletes, purges and blocks a room of b.test that alice joined: her
+/// leave reaches b.test before a.test forgets the room, the room lives on at b.test, and
+/// alice cannot join it again through a.test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_room_lets_the_other_server_know_first() {
+    let p = pair().await;
+    let (_, bob_token, _) = p.b.register("bob", "a long password").await;
+    let (_, created) =
+        p.b.post("/_matrix/client/v3/createRoom", Some(&bob_token), json!({"preset": "public_chat"})).await;
+    let room = created["room_id"].as_str().expect("room id").to_owned();
+    let (_, admin_token, _) = p.a.register("root", "a long password").await;
+    let (alice, alice_token, _) = p.a.register("alice", "a long password").await;
+    let join = format!("/_matrix/client/v3/join/{}?via=b.test", encode(&room));
+    assert_eq!(p.a.post(&join, Some(&alice_token), json!({})).await.0, StatusCode::OK);
+    send(&p.a, &alice_token, &room, "a1", "soon gone from a.test").await;
+    eventually("alice's message on b.test", || async {
+        bodies(&p.b, &bob_token, &room).await.contains(&"soon gone from a.test".to_owned()).then_some(())
+    })
+    .await;
+
+    let delete = format!("/_synapse/admin/v1/rooms/{}", encode(&room));
+    let (status, done) =
+        p.a.request(reqwest::Method::DELETE, &delete, Some(&admin_token), Some(json!({"block": true}))).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["kicked_users"], json!([alice]));
+    assert_eq!(p.a.get(&delete, Some(&admin_token)).await.0, StatusCode::NOT_FOUND, "purged from a.test");
+    eventually("alice's leave on b.test", || async {
+        (!joined_members(&p.b, &bob_token, &room).await.contains(&alice)).then_some(())
+    })
+    .await;
+    send(&p.b, &bob_token, &room, "b1", "still here").await;
+    assert!(bodies(&p.b, &bob_token, &room).await.contains(&"still here".to_owned()));
+    let (status, _) = p.a.post(&join, Some(&alice_token), json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "blocked on a.test");
+}

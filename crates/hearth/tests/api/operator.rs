@@ -179,6 +179,11 @@ async fn online_backup_under_writes_restores(b: Backend) {
     let dir = s.dir.path().join("backup");
     // Only admins may back up.
     assert_error(&s.post("/_hearth/admin/v1/backup", Some(&bt), json!({"to": dir})).await, 403, "M_FORBIDDEN");
+    // A place that cannot hold a backup is the operator's mistake: 400, saying why.
+    let nowhere = json!({"to": "/proc/version/backup"});
+    let (status, res) = s.post("/_hearth/admin/v1/backup", Some(&admin), nowhere).await;
+    assert_eq!((status, res["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")), "{res}");
+    assert!(res["error"].as_str().is_some_and(|e| e.contains("/proc/version/backup")), "{res}");
     let (status, res) = s.post("/_hearth/admin/v1/backup", Some(&admin), json!({"to": dir})).await;
     assert_eq!(status, StatusCode::OK, "{res}");
     stop.store(true, std::sync::atomic::Ordering::SeqCst);

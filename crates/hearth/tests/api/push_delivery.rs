@@ -198,6 +198,15 @@ async fn formats_muted_rooms_and_rejections(b: Backend) {
     let mute = format!("/_matrix/client/v3/pushrules/global/room/{room}");
     assert_eq!(s.put(&mute, Some(&at), json!({"actions": ["dont_notify"]})).await.0, StatusCode::OK);
     let muted = say(&s, &bt, &room, "e2", "hush").await;
+    // Rules count as they are when the event is evaluated: unmute only once it has been.
+    let muted_id = ruma::OwnedEventId::try_from(muted.as_str()).unwrap();
+    let at_pos = s.services().rooms.event_meta(&muted_id).unwrap().unwrap().stream;
+    for _ in 0..300 {
+        if s.services().push_sender.notifications().position().unwrap() >= at_pos {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(s.request(reqwest::Method::DELETE, &mute, Some(&at), None).await.0, StatusCode::OK);
     let after = say(&s, &bt, &room, "e3", "loud again").await;
     gw.wait_for("after unmuting", |b| b["notification"]["event_id"] == after.as_str()).await;

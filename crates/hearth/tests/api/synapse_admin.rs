@@ -305,6 +305,24 @@ async fn rooms(b: Backend) {
     let small = small["room_id"].as_str().unwrap().to_owned();
     let (token, _) = s.login("root", "pw-root-1").await;
     assert_eq!(s.post(&format!("/_matrix/client/v3/join/{big}"), Some(&token), json!({})).await.0, StatusCode::OK);
+    // History to purge: messages, a reaction, a receipt, a report; and a sync token from
+    // before the deletion.
+    let server = &s;
+    let message = |txn: &'static str, body: &'static str| {
+        let path = format!("/_matrix/client/v3/rooms/{big}/send/m.room.message/{txn}");
+        let token = ivy_token.clone();
+        async move { server.put(&path, Some(&token), json!({"msgtype": "m.text", "body": body})).await }
+    };
+    let (_, sent) = message("m1", "first").await;
+    let first_event = sent["event_id"].as_str().unwrap().to_owned();
+    message("m2", "root: look").await;
+    let react = json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": first_event, "key": "+1"}});
+    s.put(&format!("/_matrix/client/v3/rooms/{big}/send/m.reaction/r1"), Some(&token), react).await;
+    s.post(&format!("/_matrix/client/v3/rooms/{big}/receipt/m.read/{first_event}"), Some(&token), json!({})).await;
+    s.post(&format!("/_matrix/client/v3/rooms/{big}/report/{first_event}"), Some(&token), json!({"reason": "test"}))
+        .await;
+    let (_, before) = s.get("/_matrix/client/v3/sync?timeout=0", Some(&ivy_token)).await;
+    let since = before["next_batch"].as_str().unwrap().to_owned();
 
     let (_, page) = s.get("/_synapse/admin/v1/rooms", Some(&admin)).await;
     assert_eq!((page["total_rooms"].as_u64(), page["offset"].as_u64()), (Some(2), Some(0)), "{page}");
@@ -392,6 +410,30 @@ async fn rooms(b: Backend) {
         403,
         "M_FORBIDDEN",
     );
+    // Purged (the default): the server knows nothing of the room any more, and those who
+    // were in it sync, read notifications and list rooms as before.
+    assert_error(&s.get(&room, Some(&admin)).await, 404, "M_NOT_FOUND");
+    let rooms = &s.services().rooms;
+    let gone = ruma::OwnedEventId::try_from(first_event.as_str()).unwrap();
+    assert!(rooms.pdu(&gone).unwrap().is_none() && rooms.event_meta(&gone).unwrap().is_none(), "the event is purged");
+    let big_id = ruma::OwnedRoomId::try_from(big.as_str()).unwrap();
+    assert!(rooms.room(&big_id).unwrap().is_none() && rooms.all_rooms().unwrap() == [small.as_str()]);
+    let event = format!("/_matrix/client/v3/rooms/{big}/event/{first_event}");
+    let (status, body) = s.get(&event, Some(&ivy_token)).await;
+    assert!(status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND, "{status} {body}");
+    let (status, _) = s.get(&format!("/_matrix/client/v3/rooms/{big}/messages?dir=b"), Some(&ivy_token)).await;
+    assert!(status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND, "{status}");
+    let (status, later) = s.get(&format!("/_matrix/client/v3/sync?timeout=0&since={since}"), Some(&ivy_token)).await;
+    assert_eq!(status, StatusCode::OK, "{later}");
+    assert!(later["rooms"]["join"].get(&big).is_none(), "{later}");
+    let (status, fresh) = s.get("/_matrix/client/v3/sync?timeout=0", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(fresh["rooms"]["join"].get(&big).is_none() && fresh["rooms"]["leave"].get(&big).is_none(), "{fresh}");
+    let (status, notes) = s.get("/_matrix/client/v3/notifications", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{notes}");
+    assert!(notes["notifications"].as_array().unwrap().iter().all(|n| n["room_id"] != big.as_str()), "{notes}");
+    let (_, listed) = s.get("/_synapse/admin/v1/rooms", Some(&admin)).await;
+    assert_eq!(listed["total_rooms"], 1, "{listed}");
     // An unknown room: nothing to do, as on Synapse.
     let (status, nothing) =
         s.request(Method::DELETE, "/_synapse/admin/v1/rooms/!gone:hearth.test", Some(&admin), Some(json!({}))).await;

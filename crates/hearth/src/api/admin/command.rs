@@ -75,13 +75,16 @@ pub enum Command {
     ListRooms,
     /// Show one room (by id or local alias).
     ShowRoom { room: String },
-    /// Make every local member leave a room, drop its local aliases and take it out of
-    /// the directory (its history stays in the database).
+    /// Make every local member leave a room, drop its local aliases, take it out of the
+    /// directory and remove its history and state from the database.
     DeleteRoom {
         room: String,
         /// Also block it: nobody here may join it again.
         #[arg(long)]
         block: bool,
+        /// Keep its history and state in the database.
+        #[arg(long)]
+        keep_history: bool,
     },
     /// Block a room: no local user may join it or be invited, nor another server join
     /// through this one.
@@ -257,15 +260,16 @@ pub async fn execute(s: &Arc<Services>, cmd: Command) -> Result<String> {
             shown["blocked"] = serde_json::Value::Bool(s.rooms.blocked(&id)?.is_some());
             let _ = writeln!(out, "{}", serde_json::to_string_pretty(&shown).unwrap_or_default());
         }
-        Command::DeleteRoom { room, block } => {
+        Command::DeleteRoom { room, block, keep_history } => {
             let id = room_id(s, &room)?;
-            let done = s.admin.delete_room(&id, &DeleteRoom { block, by: None })?;
+            let done = s.admin.delete_room(&id, &DeleteRoom { block, purge: !keep_history, by: None }).await?;
             let _ = writeln!(
                 out,
-                "deleted {id}: {} local member(s) left, {} could not, {} alias(es) removed{}",
+                "deleted {id}: {} local member(s) left, {} could not, {} alias(es) removed, {} event(s) purged{}",
                 done.kicked_users.len(),
                 done.failed_to_kick_users.len(),
                 done.local_aliases.len(),
+                done.purged_events,
                 if block { ", blocked" } else { "" },
             );
         }

@@ -10,10 +10,10 @@
 //!   `GET /_synapse/admin/v2/rooms/delete_status/{deleteId}` and
 //!   `GET /_synapse/admin/v2/rooms/{roomId}/delete_status`): every local member leaves
 //!   and forgets the room, its local aliases go, it leaves the directory; `block` blocks
-//!   it. Hearth does the work before answering either, so a v2 status is at once
-//!   `complete` or `failed`. **The room's events stay in the database:** `purge` is
-//!   accepted and has no effect yet, and `new_room_user_id` (a replacement room) is
-//!   refused with 400, because Hearth cannot do it;
+//!   it; `purge` (the default) removes its history and state from the database
+//!   (`rooms::purge`). Hearth does the work before answering either, so a v2 status is at
+//!   once `complete` or `failed`. `new_room_user_id` (a replacement room) is refused with
+//!   400: Hearth cannot make one;
 //! - `GET`/`PUT /_synapse/admin/v1/rooms/{roomId}/block`.
 
 use std::{collections::HashMap, sync::Arc};
@@ -208,14 +208,14 @@ async fn state(
 fn deletion_request(body: &[u8], admin: &ruma::UserId) -> Result<DeleteRoom> {
     let body = object(body)?;
     let block = bool_field(&body, "block")?.unwrap_or(false);
-    bool_field(&body, "purge")?;
+    let purge = bool_field(&body, "purge")?.unwrap_or(true);
     bool_field(&body, "force_purge")?;
     if body.get("new_room_user_id").is_some_and(|v| !v.is_null()) {
         return Err(Error::invalid_param(
             "Hearth cannot make a replacement room (new_room_user_id); delete the room without one",
         ));
     }
-    Ok(DeleteRoom { block, by: Some(admin.to_owned()) })
+    Ok(DeleteRoom { block, purge, by: Some(admin.to_owned()) })
 }
 
 fn result_json(done: &DeletedRoom) -> Value {
@@ -235,7 +235,7 @@ async fn delete_v1(
 ) -> Result<Json<Value>> {
     let room = room_id(&room)?;
     let how = deletion_request(&body, &admin)?;
-    match s.admin.delete_room(&room, &how) {
+    match s.admin.delete_room(&room, &how).await {
         Ok(done) => Ok(Json(result_json(&done))),
         // A room this server does not know: nothing to do, as on Synapse.
         Err(Error::Matrix { status: http::StatusCode::NOT_FOUND, .. }) => {
@@ -253,7 +253,7 @@ async fn delete_v2(
 ) -> Result<Json<Value>> {
     let room = room_id(&room)?;
     let how = deletion_request(&body, &admin)?;
-    let deletion = s.admin.delete_room_tracked(&room, &how);
+    let deletion = s.admin.delete_room_tracked(&room, &how).await;
     Ok(Json(json!({"delete_id": deletion.delete_id})))
 }
 
