@@ -109,8 +109,9 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(configured: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(quiet_libraries(configured)))
+    // RUST_LOG, when set, wins over the configuration (as for any Rust program).
+    let wanted = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
+    let filter = EnvFilter::try_new(quiet_libraries(wanted.as_deref().unwrap_or(configured)))
         .unwrap_or_else(|_| EnvFilter::new(quiet_libraries("info")));
     // Logs go to stderr so that command output (`hearth config`) stays clean, and are
     // coloured only on a terminal (`kubectl logs` would show the escape codes).

@@ -91,6 +91,38 @@ struct Destination {
     edus: Mutex<VecDeque<Value>>,
     /// The wait before the next attempt after a failure; zero when healthy.
     backoff: Mutex<Duration>,
+    /// When a transaction last failed and last went through (ms), and why it failed.
+    last_failure_ts: AtomicU64,
+    last_success_ts: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// What an operator sees of a destination (`hearth admin list-destinations`, Synapse's
+/// destinations admin API). Times in ms since the epoch; what happened before this
+/// start is not known.
+#[derive(Debug, Clone)]
+pub struct DestinationStatus {
+    pub destination: OwnedServerName,
+    /// Events waiting in its queue.
+    pub queued: usize,
+    /// The wait before the next attempt (zero when healthy).
+    pub backoff: Duration,
+    pub last_failure_ts: Option<u64>,
+    pub last_success_ts: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+impl DestinationStatus {
+    fn new(destination: OwnedServerName) -> Self {
+        DestinationStatus {
+            destination,
+            queued: 0,
+            backoff: Duration::ZERO,
+            last_failure_ts: None,
+            last_success_ts: None,
+            last_error: None,
+        }
+    }
 }
 
 pub struct Sender {
@@ -187,6 +219,34 @@ impl Sender {
                 d.wake.notify_one();
             }
         }
+    }
+
+    /// Every destination with queued events or contacted since start, by name.
+    pub fn destinations(&self) -> Result<Vec<DestinationStatus>> {
+        let mut found: std::collections::BTreeMap<OwnedServerName, DestinationStatus> = Default::default();
+        FEDERATION_QUEUE.scan_all(&self.store, |(dest, _), _| {
+            if let Ok(d) = OwnedServerName::try_from(dest) {
+                found.entry(d.clone()).or_insert_with(|| DestinationStatus::new(d)).queued += 1;
+            }
+            true
+        })?;
+        let known = |ts: &AtomicU64| Some(ts.load(Ordering::Relaxed)).filter(|t| *t > 0);
+        for (name, d) in self.destinations.lock().iter() {
+            let status = found.entry(name.clone()).or_insert_with(|| DestinationStatus::new(name.clone()));
+            status.backoff = *d.backoff.lock();
+            status.last_failure_ts = known(&d.last_failure_ts);
+            status.last_success_ts = known(&d.last_success_ts);
+            status.last_error = d.last_error.lock().clone();
+        }
+        Ok(found.into_values().collect())
+    }
+
+    /// Tries a destination again at once (after its operator fixed it); whether it was
+    /// waiting.
+    pub fn retry_now(&self, server: &ServerName) -> bool {
+        let waiting = self.is_backing_off(server);
+        self.contacted(server);
+        waiting
     }
 
     /// Whether the last attempt to reach `server` failed (it is backing off).
@@ -499,6 +559,7 @@ impl Sender {
                 match self.send(&dest, &txn_id, &body).await {
                     Ok(()) => {
                         *d.backoff.lock() = Duration::ZERO;
+                        d.last_success_ts.store(now_millis(), Ordering::Relaxed);
                         let mut batch = Batch::new();
                         for (pos, _) in &rows {
                             FEDERATION_QUEUE.delete(&mut batch, (dest.as_str(), *pos));
@@ -509,6 +570,8 @@ impl Sender {
                         break;
                     }
                     Err(e) => {
+                        d.last_failure_ts.store(now_millis(), Ordering::Relaxed);
+                        *d.last_error.lock() = Some(e.to_string());
                         let wait = {
                             let mut backoff = d.backoff.lock();
                             *backoff = (*backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);

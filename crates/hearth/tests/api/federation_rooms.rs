@@ -733,3 +733,51 @@ async fn a_purged_room_lets_the_other_server_know_first() {
     let (status, _) = p.a.post(&join, Some(&alice_token), json!({})).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "blocked on a.test");
 }
+
+/// A server that cannot be reached shows as waiting, with its queue, in Synapse's
+/// destinations admin API and in `hearth admin list-destinations`; an admin can make the
+/// sender try it again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_destination_shows_and_can_be_retried() {
+    let mut p = pair().await;
+    let (_, bob_token, _) = p.b.register("bob", "a long password").await;
+    let (_, created) =
+        p.b.post("/_matrix/client/v3/createRoom", Some(&bob_token), json!({"preset": "public_chat"})).await;
+    let room = created["room_id"].as_str().expect("room id").to_owned();
+    let (_, alice_token, _) = p.a.register("alice", "a long password").await;
+    let join = format!("/_matrix/client/v3/join/{}?via=b.test", encode(&room));
+    assert_eq!(p.a.post(&join, Some(&alice_token), json!({})).await.0, StatusCode::OK);
+    // b.test comes back on another port; its SRV record still names the old one.
+    p.b.restart().await;
+    send(&p.a, &alice_token, &room, "a1", "into the void").await;
+
+    let list = "/_synapse/admin/v1/federation/destinations";
+    let entry = eventually("b.test backing off", || async {
+        let (_, page) = p.a.get(list, Some(&alice_token)).await;
+        page["destinations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["destination"] == "b.test" && d["retry_interval"].as_u64().is_some_and(|i| i > 0))
+            .cloned()
+    })
+    .await;
+    assert!(entry["queued"].as_u64().is_some_and(|q| q >= 1), "{entry}");
+    assert!(entry["failure_ts"].is_u64() && entry["retry_last_ts"].is_u64(), "{entry}");
+    assert!(entry.get("last_successful_stream_ordering").is_some(), "{entry}");
+    let (status, one) = p.a.get(&format!("{list}/b.test"), Some(&alice_token)).await;
+    assert_eq!((status, one["destination"].as_str()), (StatusCode::OK, Some("b.test")), "{one}");
+    let (status, _) = p.a.get(&format!("{list}/nowhere.test"), Some(&alice_token)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let said =
+        hearth::api::admin::command::execute(p.a.services(), hearth::api::admin::command::Command::ListDestinations)
+            .await
+            .expect("list-destinations");
+    assert!(said.contains("b.test\tqueued=") && said.contains("error="), "{said}");
+
+    let (status, reset) = p.a.post(&format!("{list}/b.test/reset_connection"), Some(&alice_token), json!({})).await;
+    assert_eq!((status, reset), (StatusCode::OK, json!({})));
+    let (_, mallory, _) = p.a.register("mallory", "a long password").await;
+    assert_eq!(p.a.get(list, Some(&mallory)).await.0, StatusCode::FORBIDDEN);
+}

@@ -107,6 +107,11 @@ pub enum Command {
         #[arg(long)]
         older_than_days: u64,
     },
+    /// Other servers this one sends to: events queued, the wait before the next attempt,
+    /// the last failure and success since start.
+    ListDestinations,
+    /// Try sending to a server again at once instead of waiting out its backoff.
+    RetryDestination { server: String },
     /// Show the cached answers of other servers' `.well-known` (federation discovery).
     ListDiscoveryCache,
     /// Forget every cached `.well-known` answer (after a peer fixed its delegation).
@@ -141,6 +146,8 @@ impl Command {
             Command::QuarantineMedia { .. } => "quarantine-media",
             Command::UnquarantineMedia { .. } => "unquarantine-media",
             Command::PurgeRemoteMedia { .. } => "purge-remote-media",
+            Command::ListDestinations => "list-destinations",
+            Command::RetryDestination { .. } => "retry-destination",
             Command::ListDiscoveryCache => "list-discovery-cache",
             Command::FlushDiscoveryCache => "flush-discovery-cache",
             Command::Backup { .. } => "backup",
@@ -312,6 +319,27 @@ pub async fn execute(s: &Arc<Services>, cmd: Command) -> Result<String> {
             let before = now_millis().saturating_sub(older_than_days.saturating_mul(DAY_MS));
             let n = s.media.purge_remote(before).await?;
             let _ = writeln!(out, "removed {n} item(s) of other servers' media not served since {}", iso8601(before));
+        }
+        Command::ListDestinations => {
+            for d in s.federation.sender.destinations()? {
+                let when = |t: Option<u64>| t.map_or("-".to_owned(), iso8601);
+                let _ = writeln!(
+                    out,
+                    "{}\tqueued={}\tretry_in={}s\tlast_failure={}\tlast_success={}{}",
+                    d.destination,
+                    d.queued,
+                    d.backoff.as_secs(),
+                    when(d.last_failure_ts),
+                    when(d.last_success_ts),
+                    d.last_error.map(|e| format!("\terror={e}")).unwrap_or_default(),
+                );
+            }
+        }
+        Command::RetryDestination { server } => {
+            let name = OwnedServerName::try_from(server.as_str())
+                .map_err(|_| Error::invalid_param(format!("{server} is not a server name")))?;
+            let waiting = s.federation.sender.retry_now(&name);
+            let _ = writeln!(out, "{name}: {}", if waiting { "trying again now" } else { "was not waiting" });
         }
         Command::ListDiscoveryCache => {
             for c in s.transport.servers.resolver().cached() {

@@ -4,8 +4,8 @@
 //! `/_hearth/admin/v1/federation/discovery`) — after fixing a peer's `.well-known`, an
 //! operator need not wait out its cached failure.
 //!
-//! Users ([`users`]), registration tokens ([`registration_tokens`]), rooms ([`rooms`]) and
-//! media ([`media`]) are looked after through the paths and shapes of Synapse's admin API,
+//! Users ([`users`]), registration tokens ([`registration_tokens`]), rooms ([`rooms`]),
+//! federation destinations ([`federation`]) and media ([`media`]) are looked after through the paths and shapes of Synapse's admin API,
 //! so synapse-admin and scripts written for Synapse work unchanged;
 //! `GET /_synapse/admin/v1/server_version` needs no login, as on Synapse. The same work
 //! is reachable without HTTP through `hearth admin` ([`command`], [`channel`]).
@@ -15,6 +15,7 @@
 
 pub mod channel;
 pub mod command;
+mod federation;
 mod media;
 mod registration_tokens;
 mod rooms;
@@ -44,6 +45,7 @@ pub fn routes() -> Router<Arc<Services>> {
         .merge(users::routes())
         .merge(registration_tokens::routes())
         .merge(rooms::routes())
+        .merge(federation::routes())
 }
 
 /// `GET /_synapse/admin/v1/server_version`, without login (admin tools show it on their
