@@ -44,6 +44,23 @@ def node_or_fail() -> str:
     return node
 
 
+def run_script(node: str, script: Path, hearth, extra: list[str], timeout_s: int = SCRIPT_TIMEOUT_S) -> dict:
+    """Runs a js-sdk scenario script against `hearth`; the JSON object it printed."""
+    try:
+        run = subprocess.run(
+            [node, str(script), "--server", hearth.url, "--token", hearth.registration_token, *extra,
+             "--timeout-ms", str((timeout_s - 10) * 1000)],
+            cwd=JS_DIR,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{script.name} did not exit within {timeout_s}s\nstderr:\n{e.stderr}", pytrace=False)
+    assert run.returncode == 0, f"{script.name} exited with {run.returncode}\nstdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    return json.loads(run.stdout)
+
+
 def test_js_sdk_uploads_sets_avatar_sends_and_downloads_an_image(hearth, backend, tmp_path):
     assert hearth.env["CONDUIT_DATABASE_BACKEND"] == backend
     node = node_or_fail()
@@ -51,20 +68,7 @@ def test_js_sdk_uploads_sets_avatar_sends_and_downloads_an_image(hearth, backend
     image = tmp_path / "sunset.png"
     image.write_bytes(picture)
 
-    try:
-        run = subprocess.run(
-            [node, str(SCRIPT), "--server", hearth.url, "--token", hearth.registration_token,
-             "--image", str(image), "--server-name", hearth.server_name,
-             "--timeout-ms", str((SCRIPT_TIMEOUT_S - 10) * 1000)],
-            cwd=JS_DIR,
-            capture_output=True,
-            text=True,
-            timeout=SCRIPT_TIMEOUT_S,
-        )
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"media.mjs did not exit within {SCRIPT_TIMEOUT_S}s\nstderr:\n{e.stderr}", pytrace=False)
-    assert run.returncode == 0, f"media.mjs exited with {run.returncode}\nstdout:\n{run.stdout}\nstderr:\n{run.stderr}"
-    result = json.loads(run.stdout)
+    result = run_script(node, SCRIPT, hearth, ["--image", str(image), "--server-name", hearth.server_name])
 
     assert result["sdk_version"].startswith("36."), result["sdk_version"]
     mxc = result["mxc"]

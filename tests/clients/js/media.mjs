@@ -32,9 +32,21 @@ import { readFileSync } from "node:fs";
 import { basename } from "node:path";
 import { parseArgs } from "node:util";
 
+import {
+    check,
+    describe as describeWith,
+    fail as failAs,
+    register as registerWith,
+    startSyncing as startWith,
+    SYNC_WAIT_MS,
+    waitFor,
+} from "./common.mjs";
+
 // stdout carries the JSON result only: route every console method that writes to stdout
 // to stderr before the SDK (and its logger) is loaded.
 console.log = console.info = console.debug = console.error;
+
+const fail = (message) => failAs("media.mjs", message);
 
 const { values: args } = parseArgs({
     options: {
@@ -46,121 +58,21 @@ const { values: args } = parseArgs({
     },
 });
 
-function fail(message) {
-    process.stderr.write(`media.mjs: FAILED: ${message}\n`);
-    process.exit(1);
-}
-
-function check(condition, message) {
-    if (!condition) throw new Error(message);
-}
-
 for (const name of ["server", "token", "image"]) {
     if (!args[name]) fail(`--${name} is required`);
 }
 
 const sdk = await import("matrix-js-sdk");
+const describe = (err) => describeWith(sdk, err);
+const register = (baseUrl, username, token) =>
+    registerWith(sdk, baseUrl, username, token, `Hearth js-sdk media: ${username}`);
+const startSyncing = (client) => startWith(sdk, client);
 const { logger } = await import("matrix-js-sdk/lib/logger.js");
 logger.setLevel(process.env.HEARTH_JS_LOG || "warn");
 
-const PASSWORD = "correct horse battery staple";
-const SYNC_WAIT_MS = 30_000;
 const THUMB = { width: 32, height: 32, method: "crop" };
 
 const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
-
-/** Describe an SDK or fetch error with what the server said. */
-function describe(err) {
-    if (err instanceof sdk.MatrixError) {
-        return `${err.message} (HTTP ${err.httpStatus}, errcode ${err.errcode}, url ${err.url}, body ${JSON.stringify(err.data)})`;
-    }
-    return err?.stack || String(err);
-}
-
-/** Resolve when `emitter` emits `event` with arguments satisfying `pred`; reject after `ms`. */
-function waitFor(emitter, event, pred, ms, what) {
-    return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => {
-            emitter.off(event, listener);
-            reject(new Error(`timed out after ${ms} ms waiting for ${what}`));
-        }, ms);
-        function listener(...a) {
-            let done;
-            try {
-                done = pred(...a);
-            } catch (e) {
-                clearTimeout(timer);
-                emitter.off(event, listener);
-                reject(e);
-                return;
-            }
-            if (done) {
-                clearTimeout(timer);
-                emitter.off(event, listener);
-                resolve(a);
-            }
-        }
-        emitter.on(event, listener);
-    });
-}
-
-/** Register `username` with the registration token through the SDK's InteractiveAuth. */
-async function register(baseUrl, username, token) {
-    const anonymous = sdk.createClient({ baseUrl });
-    let failStage;
-    const stageFailed = new Promise((_, reject) => (failStage = reject));
-    const auth = new sdk.InteractiveAuth({
-        matrixClient: anonymous,
-        supportedStages: [sdk.AuthType.RegistrationToken, sdk.AuthType.Dummy],
-        doRequest: (authDict) =>
-            anonymous.registerRequest({
-                username,
-                password: PASSWORD,
-                initial_device_display_name: `Hearth js-sdk media: ${username}`,
-                ...(authDict ? { auth: authDict } : {}),
-            }),
-        stateUpdated: (stage, status) => {
-            if (status.errcode || status.error) {
-                failStage(new Error(`registering ${username}: stage ${stage} failed: ${status.errcode} ${status.error}`));
-            } else if (stage === sdk.AuthType.RegistrationToken) {
-                auth.submitAuthDict({ type: sdk.AuthType.RegistrationToken, token });
-            } else {
-                failStage(new Error(`registering ${username}: the server asks for stage ${stage}`));
-            }
-        },
-        requestEmailToken: () => Promise.reject(new Error("no e-mail in this test")),
-    });
-    const registered = await Promise.race([auth.attemptAuth(), stageFailed]);
-    check(registered.access_token, `registering ${username}: no access_token in ${JSON.stringify(registered)}`);
-    check(
-        registered.user_id.startsWith(`@${username}:`),
-        `registering ${username}: user_id is ${registered.user_id}`,
-    );
-    return sdk.createClient({
-        baseUrl,
-        accessToken: registered.access_token,
-        userId: registered.user_id,
-        deviceId: registered.device_id,
-    });
-}
-
-/** Start syncing and resolve once the first sync is through. */
-async function startSyncing(client) {
-    const prepared = waitFor(
-        client,
-        sdk.ClientEvent.Sync,
-        (state, _prev, data) => {
-            if (state === sdk.SyncState.Error) {
-                throw new Error(`${client.getUserId()}: sync failed: ${describe(data?.error)}`);
-            }
-            return state === sdk.SyncState.Prepared;
-        },
-        SYNC_WAIT_MS,
-        `${client.getUserId()}'s first sync`,
-    );
-    await client.startClient({ initialSyncLimit: 10 });
-    await prepared;
-}
 
 /** GET `url` with bob's token, following redirects; returns status, headers and bytes. */
 async function fetchAuthenticated(url, accessToken) {

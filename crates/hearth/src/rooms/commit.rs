@@ -263,8 +263,12 @@ impl Rooms {
                         rel_type: rel_type.to_owned(),
                         event_type: pdu.kind.to_string(),
                         event_id: pdu.event_id.clone(),
+                        sender: Some(pdu.sender.clone()),
                     },
                 );
+                if rel_type == "m.thread" {
+                    super::threads::note_reply(batch, &pdu.room_id, target, stream);
+                }
             }
         }
         TIMELINE.put(batch, (room, stream), &TimelineEntry::new(pdu.event_id.as_str(), json));

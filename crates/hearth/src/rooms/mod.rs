@@ -33,6 +33,7 @@ pub mod reports;
 pub mod resolve;
 pub mod resolve_v1;
 pub mod state;
+pub mod threads;
 pub mod timeline;
 pub mod typing;
 pub mod upgrade;
@@ -112,6 +113,9 @@ pub struct RelationEntry {
     pub rel_type: String,
     pub event_type: String,
     pub event_id: OwnedEventId,
+    /// Who sent the relating event (absent in rows written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<ruma::OwnedUserId>,
 }
 
 json_value!(RoomRecord, RoomHeads, EventMeta, MembershipRecord, RelationEntry);
@@ -267,6 +271,7 @@ impl Rooms {
         let members = members::MemberCache::new(stream.written());
         let receipt_marks = crate::stream::Marks::new(stream.written());
         let erased = erasure::Erased::load(&store)?;
+        Self::index_threads(&store)?;
         Ok(Rooms {
             state: StateReader::new(store.clone()),
             store,

@@ -277,6 +277,25 @@ impl Rooms {
     /// The event as a client sees it: `unsigned.transaction_id` for the device that sent
     /// it, `unsigned.age`.
     pub fn client_event(&self, pdu: &Pdu, meta: Option<&EventMeta>, viewer: Option<(&UserId, &str)>) -> Value {
+        let mut event = self.client_event_unbundled(pdu, meta, viewer);
+        // Timeline events (those served with their metadata) carry their aggregations.
+        if meta.is_some_and(|m| m.redacted_by.is_none()) {
+            let serve = |p: &Pdu| self.client_event_unbundled(p, None, viewer);
+            match self.bundled_aggregations(pdu, viewer.map(|v| v.0), &serve) {
+                Ok(Some(relations)) => {
+                    if let Some(unsigned) = event.get_mut("unsigned").and_then(Value::as_object_mut) {
+                        unsigned.insert("m.relations".into(), Value::Object(relations));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(event_id = %pdu.event_id, error = %e, "cannot read an event's aggregations"),
+            }
+        }
+        event
+    }
+
+    /// Client format of an event without its bundled aggregations.
+    fn client_event_unbundled(&self, pdu: &Pdu, meta: Option<&EventMeta>, viewer: Option<(&UserId, &str)>) -> Value {
         let mut unsigned = Map::new();
         if let (Some(meta), Some((user, device))) = (meta, viewer) {
             if let Some((d, txn)) = &meta.txn {

@@ -91,6 +91,8 @@ pub const REMOTE_KEY_DOCUMENTS: &str = "remote_key_documents";
 pub const OPENID_TOKENS: &str = "openid_tokens";
 /// Room id → who blocked it and when: rooms no local user may join or be invited to.
 pub const BLOCKED_ROOMS: &str = "blocked_rooms";
+/// (room id, thread root event id) → the stream position of the thread's newest event.
+pub const THREAD_ROOTS: &str = "thread_roots";
 pub const ALL: &[&str] = &[
     META_NAME,
     ACCOUNTS,
@@ -149,6 +151,7 @@ pub const ALL: &[&str] = &[
     ERASED_USERS,
     EXPIRING_EVENTS,
     BLOCKED_ROOMS,
+    THREAD_ROOTS,
 ];
 
 /// (destination server, stream position) → event id: PDUs queued for another server.

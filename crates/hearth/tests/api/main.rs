@@ -28,4 +28,5 @@ mod storage;
 mod synapse_admin;
 mod sync;
 mod test_dns;
+mod threads;
 mod tls;

@@ -25,6 +25,7 @@ mod room;
 mod session;
 mod state;
 mod sync;
+mod threads;
 mod typing;
 mod user_directory;
 mod versions;
@@ -71,6 +72,7 @@ pub fn routes() -> Router<Arc<Services>> {
     }
     router
         .merge(admin::routes())
+        .merge(threads::routes())
         .merge(media::routes())
         .merge(legacy::routes())
         .merge(capabilities::routes())
