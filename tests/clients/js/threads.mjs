@@ -10,7 +10,9 @@
 //      list the room's threads through `createThreadListMessagesRequest` (`/threads`):
 //      the root is there with its bundled summary (two replies, the latest bob's);
 //   5. `/messages` through `createMessagesRequest` carries alice's latest edit bundled on
-//      the original (`unsigned.m.relations.m.replace`), so it shows edited on first load.
+//      the original (`unsigned.m.relations.m.replace`), so it shows edited on first load;
+//   6. alice makes a space holding the room; bob walks it with `getRoomHierarchy`
+//      (`/hierarchy`) and finds the space and the room, with the space's child event.
 //
 // Usage: node threads.mjs --server URL --token REGISTRATION_TOKEN [--timeout-ms MS]
 // On success it prints one JSON object on stdout: the root's id, the ids the thread list
@@ -96,7 +98,29 @@ async function scenario() {
         const bundled = original.unsigned?.["m.relations"]?.["m.replace"];
         check(bundled?.event_id === edit, `the bundled edit is ${bundled?.event_id}, not ${edit}`);
         check(bundled.content?.["m.new_content"]?.body === "see you", "the bundled edit's new content is wrong");
-        return { root, listed: ids, count: summary.count, latest: summary.latest_event.event_id, edit, bundled: bundled.event_id };
+        const { room_id: space } = await alice.createRoom({
+            name: "Family",
+            creation_content: { type: "m.space" },
+            preset: "public_chat",
+            initial_state: [{ type: "m.space.child", state_key: room, content: { via: ["choppa.xyz"] } }],
+        });
+        const walked = await fresh.getRoomHierarchy(space, 10);
+        const walkedIds = walked.rooms.map((r) => r.room_id);
+        check(walkedIds[0] === space && walkedIds.includes(room), `the hierarchy lists ${JSON.stringify(walkedIds)}`);
+        check(
+            walked.rooms[0].children_state.some((c) => c.state_key === room),
+            "the space's entry lacks its child event",
+        );
+        return {
+            root,
+            listed: ids,
+            count: summary.count,
+            latest: summary.latest_event.event_id,
+            edit,
+            bundled: bundled.event_id,
+            space,
+            hierarchy: walkedIds,
+        };
     } finally {
         fresh.stopClient();
     }

@@ -37,7 +37,48 @@ impl Rooms {
         if let Some(r) = reason {
             content.insert("reason".into(), json!(r));
         }
+        if let Some(authoriser) = self.restricted_join_authoriser(room_id, user)? {
+            content.insert("join_authorised_via_users_server".into(), json!(authoriser));
+        }
         self.member_event(room_id, user, user, Value::Object(content))
+    }
+
+    /// For a restricted room (`restricted` or `knock_restricted`, room versions 8 and
+    /// later) that `user` is not yet invited to or in: the local member who vouches for
+    /// the join (`join_authorised_via_users_server`, one with the power to invite), when
+    /// the user is joined to one of the rooms the join rule allows; 403 when not. `None`
+    /// for any other room, where the auth rules decide alone.
+    fn restricted_join_authoriser(&self, room_id: &RoomId, user: &UserId) -> Result<Option<OwnedUserId>> {
+        let Some(rules) =
+            self.state_event(room_id, &ruma::events::StateEventType::RoomJoinRules, "")?.map(|p| p.content_value())
+        else {
+            return Ok(None);
+        };
+        let rule = rules.get("join_rule").and_then(Value::as_str).unwrap_or_default();
+        if rule != "restricted" && rule != "knock_restricted" {
+            return Ok(None);
+        }
+        let current = self.membership(room_id, user)?.map(|m| m.membership);
+        if matches!(current, Some(MembershipState::Join) | Some(MembershipState::Invite)) {
+            return Ok(None);
+        }
+        let allowed = rules.get("allow").and_then(Value::as_array).into_iter().flatten().any(|a| {
+            a.get("type").and_then(Value::as_str) == Some("m.room_membership")
+                && a.get("room_id")
+                    .and_then(Value::as_str)
+                    .and_then(|r| <&RoomId>::try_from(r).ok())
+                    .is_some_and(|r| self.is_joined(r, user).unwrap_or(false))
+        });
+        if !allowed {
+            return Err(Error::forbidden("This room is restricted: join one of the rooms it allows first"));
+        }
+        let needed = self.required_power(room_id, "invite", 0)?;
+        for member in self.members_shared(room_id, &MembershipState::Join)?.iter() {
+            if member.server_name() == self.server_name && self.user_power(room_id, member)? >= needed {
+                return Ok(Some(member.clone()));
+            }
+        }
+        Err(Error::forbidden("No member of this server may let you into this restricted room"))
     }
 
     /// Whether the room lets guests join: its `m.room.guest_access` is `can_join` (spec,

@@ -18,6 +18,7 @@ pub mod create;
 pub mod directory;
 pub mod erasure;
 pub mod expiry;
+pub mod hierarchy;
 pub mod members;
 pub mod membership;
 pub mod pdu;

@@ -24,6 +24,7 @@ mod push;
 mod push_delivery;
 mod rooms;
 mod server_discovery;
+mod spaces;
 mod storage;
 mod synapse_admin;
 mod sync;

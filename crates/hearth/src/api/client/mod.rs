@@ -23,6 +23,7 @@ mod receipt;
 mod redact;
 mod room;
 mod session;
+mod space;
 mod state;
 mod sync;
 mod threads;
@@ -73,6 +74,7 @@ pub fn routes() -> Router<Arc<Services>> {
     router
         .merge(admin::routes())
         .merge(threads::routes())
+        .merge(space::routes())
         .merge(media::routes())
         .merge(legacy::routes())
         .merge(capabilities::routes())
