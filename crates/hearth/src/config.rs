@@ -32,6 +32,12 @@ pub struct WellKnown {
     pub client: Option<String>,
     /// `host:port` other servers federate with (`m.server`). Default: `<server_name>:443`.
     pub server: Option<String>,
+    /// `/.well-known/matrix/support`: a page about the server's support, and one contact
+    /// (role `m.role.admin` unless given) by e-mail and/or Matrix id. Served when any is set.
+    pub support_page: Option<String>,
+    pub support_role: Option<String>,
+    pub support_email: Option<String>,
+    pub support_mxid: Option<String>,
 }
 
 /// The certificate and key the client and federation listener serves TLS with (Conduit's
@@ -110,6 +116,18 @@ pub struct Config {
     pub tls: Tls,
     /// Seconds between checks of the TLS files for a renewed certificate; 0: never re-read.
     pub tls_reload_interval_s: u64,
+    /// TURN servers for calls (`/voip/turnServer`), as Conduit names them: the URIs, and
+    /// either a shared secret (time-limited HMAC credentials, coturn's
+    /// `use-auth-secret`) or a fixed username and password; credentials last `turn_ttl`
+    /// seconds.
+    pub turn_uris: Vec<String>,
+    #[serde(deserialize_with = "text_from_scalar")]
+    pub turn_secret: Option<String>,
+    #[serde(deserialize_with = "text_from_scalar")]
+    pub turn_username: Option<String>,
+    #[serde(deserialize_with = "text_from_scalar")]
+    pub turn_password: Option<String>,
+    pub turn_ttl: u64,
     /// Freeze the unauthenticated media reads (`/_matrix/media/v3/download` and
     /// `thumbnail`): media stored from now on is served only through the authenticated
     /// endpoints; what was stored before stays readable both ways (as Synapse's freeze).
@@ -161,6 +179,11 @@ impl Default for Config {
             federate_presence: true,
             tls: Tls::default(),
             tls_reload_interval_s: 60,
+            turn_uris: Vec::new(),
+            turn_secret: None,
+            turn_username: None,
+            turn_password: None,
+            turn_ttl: 86_400,
             media_freeze_legacy: false,
             media_quota_mb: 0,
             media_retention_days: 0,
@@ -178,6 +201,10 @@ pub struct ConfigError(pub String);
 const FLAT_ALIASES: &[(&str, &str)] = &[
     ("well_known_client", "well_known.client"),
     ("well_known_server", "well_known.server"),
+    ("well_known_support_page", "well_known.support_page"),
+    ("well_known_support_role", "well_known.support_role"),
+    ("well_known_support_email", "well_known.support_email"),
+    ("well_known_support_mxid", "well_known.support_mxid"),
     ("tls_certs", "tls.certs"),
     ("tls_key", "tls.key"),
 ];
@@ -401,8 +428,10 @@ impl Config {
     /// The effective configuration as TOML, secrets masked.
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
-        if shown.registration_token.is_some() {
-            shown.registration_token = Some("********".into());
+        for secret in [&mut shown.registration_token, &mut shown.turn_secret, &mut shown.turn_password] {
+            if secret.is_some() {
+                *secret = Some("********".into());
+            }
         }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}"))
     }

@@ -1,4 +1,4 @@
-//! `hearth well-known`: only `/.well-known/matrix/{client,server}` (and a health check),
+//! `hearth well-known`: only `/.well-known/matrix/{client,server,support}` (and a health check),
 //! from the configuration alone, with no database.
 //!
 //! Hearth runs as one replica that `Recreate` stops before the new one starts: while it
@@ -20,6 +20,27 @@ use crate::Config;
 /// The `/.well-known/matrix/client` document, when served.
 pub fn client_document(config: &Config) -> Option<Value> {
     config.allow_well_known.then(|| json!({"m.homeserver": {"base_url": config.client_base_url(config.port)}}))
+}
+
+/// The `/.well-known/matrix/support` document, when a support page or contact is set.
+pub fn support_document(config: &Config) -> Option<Value> {
+    let w = &config.well_known;
+    let mut doc = serde_json::Map::new();
+    if w.support_email.is_some() || w.support_mxid.is_some() {
+        let mut contact = serde_json::Map::new();
+        contact.insert("role".into(), json!(w.support_role.as_deref().unwrap_or("m.role.admin")));
+        if let Some(email) = &w.support_email {
+            contact.insert("email_address".into(), json!(email));
+        }
+        if let Some(mxid) = &w.support_mxid {
+            contact.insert("matrix_id".into(), json!(mxid));
+        }
+        doc.insert("contacts".into(), json!([contact]));
+    }
+    if let Some(page) = &w.support_page {
+        doc.insert("support_page".into(), json!(page));
+    }
+    (!doc.is_empty()).then_some(Value::Object(doc))
 }
 
 /// The `/.well-known/matrix/server` document, when served.
@@ -44,9 +65,11 @@ fn answer(doc: Option<Value>) -> axum::response::Response {
 pub fn router(config: &Config) -> Router {
     let client = client_document(config);
     let server = server_document(config);
+    let support = support_document(config);
     Router::new()
         .route("/.well-known/matrix/client", get(move || std::future::ready(answer(client.clone()))))
         .route("/.well-known/matrix/server", get(move || std::future::ready(answer(server.clone()))))
+        .route("/.well-known/matrix/support", get(move || std::future::ready(answer(support.clone()))))
         .route("/_hearth/health", get(|| std::future::ready((StatusCode::OK, "ok"))))
         .fallback(|| std::future::ready(answer(None)))
 }

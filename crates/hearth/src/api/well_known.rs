@@ -19,7 +19,17 @@ use crate::{
 };
 
 pub fn routes() -> Router<Arc<Services>> {
-    Router::new().ruma(client).ruma(server)
+    Router::new().ruma(client).ruma(server).route("/.well-known/matrix/support", axum::routing::get(support))
+}
+
+/// `GET /.well-known/matrix/support`: whom to contact about this server
+/// (`well_known.support_*`); 404 when none is configured.
+pub async fn support(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+) -> Result<axum::Json<serde_json::Value>> {
+    crate::well_known_only::support_document(&s.config)
+        .map(axum::Json)
+        .ok_or_else(|| Error::not_found("No support contact is configured"))
 }
 
 /// `GET /.well-known/matrix/client`

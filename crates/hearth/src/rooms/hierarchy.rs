@@ -46,7 +46,7 @@ impl Rooms {
                 continue;
             }
             let children = self.space_children(&room, suggested_only)?;
-            let mut entry = self.space_entry(&room)?;
+            let mut entry = self.room_preview(&room)?;
             entry.insert("children_state".into(), Value::Array(children.iter().map(|(_, e)| e.clone()).collect()));
             out.push(Value::Object(entry));
             if max_depth.is_some_and(|m| depth >= m) {
@@ -127,7 +127,7 @@ impl Rooms {
 
     /// A room's summary for the hierarchy (the spec's `PublishedRoomsChunk`, plus
     /// `join_rule`, `room_type` and, for restricted rooms, `allowed_room_ids`).
-    fn space_entry(&self, room: &RoomId) -> Result<Map<String, Value>> {
+    pub fn room_preview(&self, room: &RoomId) -> Result<Map<String, Value>> {
         let chunk = self.public_rooms_chunk(room)?;
         let mut entry = match serde_json::to_value(&chunk) {
             Ok(Value::Object(map)) => map,

@@ -321,3 +321,67 @@ impl Rooms {
         Ok(Some(self.client_event(&pdu, meta.as_ref(), viewer)))
     }
 }
+
+/// Most timeline rows one `timestamp_to_event` reads before giving up.
+pub const MAX_TIME_SCAN: usize = 200_000;
+
+impl Rooms {
+    /// The room's event closest to `ts` in direction `forward` (the first at or after it,
+    /// or the last at or before it) among those `viewer` may see: (event id, its
+    /// `origin_server_ts`). Timeline order is stream order, which follows time closely
+    /// enough for "jump to date"; rows are read in batches until one fits.
+    pub fn event_at_time(
+        &self,
+        room: &RoomId,
+        viewer: &UserId,
+        ts: u64,
+        forward: bool,
+    ) -> Result<Option<(ruma::OwnedEventId, u64)>> {
+        let until = self.require_visible(room, viewer)?;
+        let order = if forward { crate::store::Order::Ascending } else { crate::store::Order::Descending };
+        let range = crate::store::KeyRange {
+            lower: Some(crate::store::codec::encode_key::<(String, u64)>((room.as_str(), 0))),
+            upper: Some(crate::store::codec::encode_key::<(String, u64)>((room.as_str(), until.saturating_add(1)))),
+        };
+        let mut found = None;
+        let mut batch: Vec<ruma::OwnedEventId> = Vec::new();
+        let mut read = 0usize;
+        let check = |ids: &[ruma::OwnedEventId]| -> Result<Option<(ruma::OwnedEventId, u64)>> {
+            for pdu in self.pdus_shared(ids)?.into_iter().flatten() {
+                let at = u64::from(pdu.origin_server_ts.0);
+                if (forward && at >= ts) || (!forward && at <= ts) {
+                    return Ok(Some((pdu.event_id.clone(), at)));
+                }
+            }
+            Ok(None)
+        };
+        let mut failed = None;
+        super::TIMELINE.scan_range(&self.store, &range, order, |_, entry| {
+            read += 1;
+            if let Ok(id) = ruma::OwnedEventId::try_from(entry.event_id) {
+                batch.push(id);
+            }
+            if batch.len() == 256 {
+                match check(&batch) {
+                    Ok(Some(hit)) => {
+                        found = Some(hit);
+                        return false;
+                    }
+                    Ok(None) => batch.clear(),
+                    Err(e) => {
+                        failed = Some(e);
+                        return false;
+                    }
+                }
+            }
+            read < MAX_TIME_SCAN
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if found.is_none() && !batch.is_empty() {
+            found = check(&batch)?;
+        }
+        Ok(found)
+    }
+}

@@ -20,8 +20,12 @@ async fn versions_lists_only_what_we_serve(b: Backend) {
     let versions: Vec<&str> = body["versions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(versions.contains(&"v1.1"));
     assert!(versions.iter().all(|v| v.starts_with("v1.")), "{versions:?}");
-    // No unstable features are claimed (an empty map may be left out).
-    assert!(body.get("unstable_features").is_none_or(|f| f == &serde_json::json!({})), "{body}");
+    // The unstable features claimed are those served (mutual rooms, tested in room_extras).
+    assert_eq!(
+        body["unstable_features"],
+        serde_json::json!({"uk.half-shot.msc2666.query_mutual_rooms": true}),
+        "{body}"
+    );
 }
 
 async fn well_known_defaults_and_overrides(b: Backend) {

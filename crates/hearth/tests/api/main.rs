@@ -22,6 +22,7 @@ mod processes;
 mod profile;
 mod push;
 mod push_delivery;
+mod room_extras;
 mod rooms;
 mod server_discovery;
 mod spaces;

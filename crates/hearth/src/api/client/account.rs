@@ -271,3 +271,61 @@ pub async fn get_3pids(
     req.caller()?;
     Ok(axum::Json(serde_json::json!({"threepids": []})))
 }
+
+/// Hearth links no e-mail addresses or phone numbers to accounts: each third-party
+/// identifier operation answers with the spec's refusal rather than 404. Adding, binding
+/// or asking for a token to do either is 403 `M_THREEPID_DENIED`; a password reset by
+/// e-mail or phone finds no such address (400 `M_THREEPID_NOT_FOUND`); removing or
+/// unbinding one that is not there succeeds with nothing done (`no-support`).
+pub fn threepid_routes() -> axum::Router<Arc<Services>> {
+    use axum::routing::post;
+    let mut router = axum::Router::new();
+    for v in ["r0", "v3"] {
+        let p = |rest: &str| format!("/_matrix/client/{v}/{rest}");
+        router = router
+            .route(&p("account/3pid"), post(threepid_denied_authed))
+            .route(&p("account/3pid/add"), post(threepid_denied_authed))
+            .route(&p("account/3pid/bind"), post(threepid_denied_authed))
+            .route(&p("account/3pid/email/requestToken"), post(threepid_denied_authed))
+            .route(&p("account/3pid/msisdn/requestToken"), post(threepid_denied_authed))
+            .route(&p("account/3pid/delete"), post(threepid_nothing_to_remove))
+            .route(&p("account/3pid/unbind"), post(threepid_nothing_to_remove))
+            .route(&p("register/email/requestToken"), post(threepid_denied))
+            .route(&p("register/msisdn/requestToken"), post(threepid_denied))
+            .route(&p("account/password/email/requestToken"), post(threepid_not_found))
+            .route(&p("account/password/msisdn/requestToken"), post(threepid_not_found));
+    }
+    router
+}
+
+fn threepids_denied() -> Error {
+    Error::matrix(
+        StatusCode::FORBIDDEN,
+        "M_THREEPID_DENIED",
+        "This server does not link e-mail addresses or phone numbers to accounts",
+    )
+}
+
+async fn threepid_denied() -> Result<axum::Json<Value>> {
+    Err(threepids_denied())
+}
+
+async fn threepid_denied_authed(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    parts: http::request::Parts,
+) -> Result<axum::Json<Value>> {
+    crate::api::caller_of(&s, &parts)?;
+    Err(threepids_denied())
+}
+
+async fn threepid_not_found() -> Result<axum::Json<Value>> {
+    Err(Error::matrix(StatusCode::BAD_REQUEST, "M_THREEPID_NOT_FOUND", "No account has that address"))
+}
+
+async fn threepid_nothing_to_remove(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    parts: http::request::Parts,
+) -> Result<axum::Json<Value>> {
+    crate::api::caller_of(&s, &parts)?;
+    Ok(axum::Json(serde_json::json!({"id_server_unbind_result": "no-support"})))
+}

@@ -209,3 +209,38 @@ pub fn type_matches(pattern: &str, kind: &str) -> bool {
         None => pattern == kind,
     }
 }
+
+/// `GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event?ts=&dir=f|b` ("jump to
+/// date"): the first event at or after `ts` (`f`), or the last at or before it (`b`),
+/// among those the caller may see; 404 when there is none.
+async fn timestamp_to_event(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    axum::extract::Path(room): axum::extract::Path<String>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+    parts: http::request::Parts,
+) -> Result<axum::Json<serde_json::Value>> {
+    let caller = crate::api::caller_of(&s, &parts)?;
+    let room = ruma::OwnedRoomId::try_from(room).map_err(|_| Error::invalid_param("Invalid room id"))?;
+    let ts = query
+        .get("ts")
+        .ok_or_else(|| Error::missing_param("Missing ts"))?
+        .parse::<u64>()
+        .map_err(|_| Error::invalid_param("ts must be a timestamp in milliseconds"))?;
+    let forward = match query.get("dir").map(String::as_str) {
+        Some("f") => true,
+        Some("b") => false,
+        Some(_) => return Err(Error::invalid_param("dir must be f or b")),
+        None => return Err(Error::missing_param("Missing dir")),
+    };
+    let (event_id, at) = s
+        .rooms
+        .event_at_time(&room, &caller.user_id, ts, forward)?
+        .ok_or_else(|| Error::not_found("No event found in that direction"))?;
+    Ok(axum::Json(serde_json::json!({"event_id": event_id, "origin_server_ts": at})))
+}
+
+/// The event endpoints written as plain routes.
+pub fn routes() -> axum::Router<Arc<Services>> {
+    axum::Router::new()
+        .route("/_matrix/client/v1/rooms/{room_id}/timestamp_to_event", axum::routing::get(timestamp_to_event))
+}

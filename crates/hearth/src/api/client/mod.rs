@@ -15,6 +15,7 @@ mod legacy;
 mod media;
 mod membership;
 mod message;
+mod mutual_rooms;
 mod openid;
 mod presence;
 mod profile;
@@ -25,11 +26,14 @@ mod room;
 mod session;
 mod space;
 mod state;
+mod summary;
 mod sync;
+mod thirdparty;
 mod threads;
 mod typing;
 mod user_directory;
 mod versions;
+mod voip;
 
 use std::sync::Arc;
 
@@ -75,6 +79,13 @@ pub fn routes() -> Router<Arc<Services>> {
         .merge(admin::routes())
         .merge(threads::routes())
         .merge(space::routes())
+        .merge(message::routes())
+        .merge(user_directory::routes())
+        .merge(account::threepid_routes())
+        .merge(summary::routes())
+        .merge(mutual_rooms::routes())
+        .merge(thirdparty::routes())
+        .merge(voip::routes())
         .merge(media::routes())
         .merge(legacy::routes())
         .merge(capabilities::routes())
