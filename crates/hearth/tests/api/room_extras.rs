@@ -159,6 +159,14 @@ async fn calls_reports_and_refusals(b: Backend) {
         assert_eq!((status, res["id_server_unbind_result"].as_str()), (StatusCode::OK, Some("no-support")), "{path}");
     }
     assert_error(&s.get("/.well-known/matrix/support", None).await, 404, "M_NOT_FOUND");
+    // What only an application service may call, and refresh tokens, which Hearth never
+    // hands out.
+    let ping = "/_matrix/client/v1/appservice/bridge/ping";
+    assert_error(&s.post(ping, Some(&at), json!({})).await, 403, "M_FORBIDDEN");
+    let listing = format!("/_matrix/client/v3/directory/list/appservice/irc/{room}");
+    assert_error(&s.put(&listing, Some(&at), json!({"visibility": "public"})).await, 403, "M_FORBIDDEN");
+    let refresh = json!({"refresh_token": "whatever"});
+    assert_error(&s.post("/_matrix/client/v3/refresh", None, refresh).await, 401, "M_UNKNOWN_TOKEN");
 
     // With TURN and support contacts configured.
     let s = TestServer::start_with(b, |c| {

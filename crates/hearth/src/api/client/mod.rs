@@ -4,6 +4,7 @@ mod account;
 mod account_data;
 mod admin;
 mod alias;
+mod appservice;
 mod backup;
 mod capabilities;
 mod context;
@@ -82,6 +83,8 @@ pub fn routes() -> Router<Arc<Services>> {
         .merge(message::routes())
         .merge(user_directory::routes())
         .merge(account::threepid_routes())
+        .merge(appservice::routes())
+        .merge(session::routes())
         .merge(summary::routes())
         .merge(mutual_rooms::routes())
         .merge(thirdparty::routes())

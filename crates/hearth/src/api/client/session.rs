@@ -89,3 +89,18 @@ pub async fn logout_all(s: Arc<Services>, req: Ruma<logout_all::v3::Request>) ->
     s.keys.forget_devices(&s.rooms, &caller.user_id, &devices)?;
     Ok(logout_all::v3::Response::new())
 }
+
+/// `POST /_matrix/client/v3/refresh`: Hearth issues no refresh tokens (access tokens do
+/// not expire, and logins asking for `refresh_token` get none), so every refresh token is
+/// unknown: 401 `M_UNKNOWN_TOKEN`, which tells a client to log in again.
+async fn refresh() -> Result<axum::Json<serde_json::Value>> {
+    Err(Error::matrix(http::StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "Unknown refresh token")
+        .with_field("soft_logout", serde_json::Value::Bool(false)))
+}
+
+/// The session endpoints written as plain routes.
+pub fn routes() -> axum::Router<Arc<Services>> {
+    axum::Router::new()
+        .route("/_matrix/client/v3/refresh", axum::routing::post(refresh))
+        .route("/_matrix/client/v1/refresh", axum::routing::post(refresh))
+}
