@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod presence;
 pub mod push;
 pub mod rooms;
+pub mod search;
 pub mod server;
 pub mod server_key;
 pub mod store;
@@ -90,6 +91,8 @@ pub struct Services {
     pub lazy_members: sync::lazy::SentMembers,
     /// What operators do: accounts, rooms, backups (the CLI, the admin channel and API).
     pub admin: admin::Admin,
+    /// The full-text index of the rooms' messages (`/search`).
+    pub search: Arc<search::Search>,
     /// The port the client listener is bound to (the configured one, or the one the
     /// system picked for port 0), set when it starts.
     listening_port: std::sync::atomic::AtomicU16,
@@ -168,6 +171,10 @@ impl Services {
             media.clone(),
             config.allow_federation,
         );
+        let search = Arc::new(
+            search::Search::open(&config.database_path, rooms.clone())
+                .map_err(|e| StoreError::Other(format!("cannot open the search index: {e}")))?,
+        );
         let max_concurrent = config.max_concurrent_requests as usize;
         let port = config.port;
         Ok(Arc::new(Services {
@@ -199,6 +206,7 @@ impl Services {
             media,
             lazy_members: Default::default(),
             admin,
+            search,
             listening_port: std::sync::atomic::AtomicU16::new(port),
         }))
     }

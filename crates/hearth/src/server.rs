@@ -276,6 +276,8 @@ pub struct Running {
     expiry: Option<Worker>,
     /// The admin channel `hearth admin` reaches the running server through.
     admin_channel: Option<Worker>,
+    /// The search index, following the stream.
+    search: Option<Worker>,
 }
 
 impl Running {
@@ -374,6 +376,11 @@ impl Running {
                 }
             }
         });
+        let search = {
+            let search = services.search.clone();
+            let stream = services.stream.clone();
+            Some(Worker::spawn(move |stop| search.run(stream, stop)))
+        };
         let (tls, tls_config) = tls.unzip();
         let task = tokio::spawn(serve(services.clone(), listener, tls_config, async move {
             let _ = stopped.await;
@@ -395,6 +402,7 @@ impl Running {
             push,
             expiry,
             admin_channel,
+            search,
         })
     }
 
@@ -429,6 +437,9 @@ impl Running {
         }
         if let Some(channel) = self.admin_channel.take() {
             channel.stop().await;
+        }
+        if let Some(search) = self.search.take() {
+            search.stop().await;
         }
         self.task.await.map_err(std::io::Error::other)?
     }

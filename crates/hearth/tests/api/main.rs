@@ -24,6 +24,7 @@ mod push;
 mod push_delivery;
 mod room_extras;
 mod rooms;
+mod search;
 mod server_discovery;
 mod spaces;
 mod storage;

@@ -24,6 +24,7 @@ mod push;
 mod receipt;
 mod redact;
 mod room;
+mod search;
 mod session;
 mod space;
 mod state;
@@ -85,6 +86,7 @@ pub fn routes() -> Router<Arc<Services>> {
         .merge(account::threepid_routes())
         .merge(appservice::routes())
         .merge(session::routes())
+        .merge(search::routes())
         .merge(summary::routes())
         .merge(mutual_rooms::routes())
         .merge(thirdparty::routes())
