@@ -22,3 +22,4 @@ def test_js_sdk_lists_threads_and_shows_edits(hearth):
     assert result["latest"].startswith("$") and result["latest"] != result["root"], result
     assert result["bundled"] == result["edit"], result
     assert result["hierarchy"][0] == result["space"] and len(result["hierarchy"]) == 2, result
+    assert result["jumped"] is True, result

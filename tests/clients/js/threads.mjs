@@ -12,7 +12,9 @@
 //   5. `/messages` through `createMessagesRequest` carries alice's latest edit bundled on
 //      the original (`unsigned.m.relations.m.replace`), so it shows edited on first load;
 //   6. alice makes a space holding the room; bob walks it with `getRoomHierarchy`
-//      (`/hierarchy`) and finds the space and the room, with the space's child event.
+//      (`/hierarchy`) and finds the space and the room, with the space's child event;
+//   7. bob jumps to a date with `timestampToEvent`: from the typo's timestamp forwards
+//      he lands on the typo itself.
 //
 // Usage: node threads.mjs --server URL --token REGISTRATION_TOKEN [--timeout-ms MS]
 // On success it prints one JSON object on stdout: the root's id, the ids the thread list
@@ -111,7 +113,14 @@ async function scenario() {
             walked.rooms[0].children_state.some((c) => c.state_key === room),
             "the space's entry lacks its child event",
         );
+        const typoEvent = page.chunk.find((e) => e.event_id === typo);
+        const jumped = await fresh.timestampToEvent(room, typoEvent.origin_server_ts, sdk.Direction.Forward);
+        check(
+            jumped.event_id === typo || jumped.origin_server_ts === typoEvent.origin_server_ts,
+            `jumping to ${typoEvent.origin_server_ts} landed on ${jumped.event_id} (${jumped.origin_server_ts})`,
+        );
         return {
+            jumped: jumped.origin_server_ts === typoEvent.origin_server_ts,
             root,
             listed: ids,
             count: summary.count,

@@ -23,6 +23,7 @@
 
 pub mod backfill;
 pub mod edu;
+pub mod hierarchy;
 pub mod invite;
 pub mod join;
 pub mod keys;

@@ -3,11 +3,8 @@
 //! who may preview it: members and invitees, anyone for a public, knockable or
 //! world-readable room, and for a restricted room those joined to a room it allows.
 //!
-//! Rooms this server does not know (children on other servers nobody here joined) are not
-//! fetched over federation yet, so they are left out; so are rooms the viewer may not
-//! preview, and what lies below them.
-
-use std::collections::{HashSet, VecDeque};
+//! The walk itself, which also asks other servers about rooms this one does not know, is
+//! `federation::hierarchy`; here are its local pieces.
 
 use ruma::{
     events::{room::member::MembershipState, StateEventType},
@@ -16,51 +13,12 @@ use ruma::{
 use serde_json::{json, Map, Value};
 
 use super::Rooms;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Most rooms one walk visits, whatever `max_depth` says.
 pub const MAX_HIERARCHY_ROOMS: usize = 1000;
 
 impl Rooms {
-    /// The space's rooms in the order a walk meets them (the space first), as `viewer`
-    /// may see them: each in the shape of the spec's `SpaceHierarchyRoomsChunk`. 403 when
-    /// the viewer may not preview the space itself.
-    pub fn hierarchy(
-        &self,
-        root: &RoomId,
-        viewer: &UserId,
-        suggested_only: bool,
-        max_depth: Option<usize>,
-    ) -> Result<Vec<Value>> {
-        if self.room(root)?.is_none() || !self.may_preview(root, viewer)? {
-            return Err(Error::forbidden("You may not see this space"));
-        }
-        let mut out = Vec::new();
-        let mut seen: HashSet<OwnedRoomId> = HashSet::from([root.to_owned()]);
-        let mut queue = VecDeque::from([(root.to_owned(), 0usize)]);
-        while let Some((room, depth)) = queue.pop_front() {
-            if out.len() == MAX_HIERARCHY_ROOMS {
-                break;
-            }
-            if self.room(&room)?.is_none() || !self.may_preview(&room, viewer)? {
-                continue;
-            }
-            let children = self.space_children(&room, suggested_only)?;
-            let mut entry = self.room_preview(&room)?;
-            entry.insert("children_state".into(), Value::Array(children.iter().map(|(_, e)| e.clone()).collect()));
-            out.push(Value::Object(entry));
-            if max_depth.is_some_and(|m| depth >= m) {
-                continue;
-            }
-            for (child, _) in children {
-                if seen.insert(child.clone()) {
-                    queue.push_back((child, depth + 1));
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// Whether `user` may see `room` in a space's hierarchy (see the module doc).
     pub fn may_preview(&self, room: &RoomId, user: &UserId) -> Result<bool> {
         let membership = self.membership(room, user)?.map(|m| m.membership);
@@ -78,6 +36,36 @@ impl Rooms {
             == Some("world_readable"))
     }
 
+    /// A room as a hierarchy shows it: its summary and its children's events.
+    pub fn space_entry(&self, room: &RoomId, children: &[(OwnedRoomId, Value)]) -> Result<Map<String, Value>> {
+        let mut entry = self.room_preview(room)?;
+        entry.insert("children_state".into(), Value::Array(children.iter().map(|(_, e)| e.clone()).collect()));
+        Ok(entry)
+    }
+
+    /// Whether a server may be shown `room` in a hierarchy it asks for: public, knockable
+    /// and world-readable rooms, and restricted ones (its server decides for its users
+    /// from `allowed_room_ids`).
+    pub fn may_preview_remotely(&self, room: &RoomId) -> Result<bool> {
+        let rules = self.state_event(room, &StateEventType::RoomJoinRules, "")?.map(|p| p.content_value());
+        let rule = rules.as_ref().and_then(|r| r.get("join_rule")).and_then(Value::as_str).unwrap_or("invite");
+        if matches!(rule, "public" | "knock" | "knock_restricted" | "restricted") {
+            return Ok(true);
+        }
+        Ok(self.state_str(room, StateEventType::RoomHistoryVisibility, "history_visibility")?.as_deref()
+            == Some("world_readable"))
+    }
+
+    /// Whether `user` is joined to one of `rooms` (a restricted room's allowed rooms).
+    pub fn joined_any(&self, rooms: &[OwnedRoomId], user: &UserId) -> Result<bool> {
+        for room in rooms {
+            if self.is_joined(room, user)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Whether `user` is joined to one of the rooms a restricted join rule allows.
     fn allowed_by(&self, rules: Option<&Value>, user: &UserId) -> Result<bool> {
         for room in allowed_rooms(rules) {
@@ -90,7 +78,7 @@ impl Rooms {
 
     /// The space's children: (room id, the stripped `m.space.child` event), in the spec's
     /// order (`order` strings first, then by when they were added, then by room id).
-    fn space_children(&self, space: &RoomId, suggested_only: bool) -> Result<Vec<(OwnedRoomId, Value)>> {
+    pub fn space_children(&self, space: &RoomId, suggested_only: bool) -> Result<Vec<(OwnedRoomId, Value)>> {
         let state = self.current_state_map(space)?;
         let mut children = Vec::new();
         for pdu in self.state_events(&state)? {

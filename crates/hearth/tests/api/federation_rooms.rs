@@ -781,3 +781,65 @@ async fn an_unreachable_destination_shows_and_can_be_retried() {
     let (_, mallory, _) = p.a.register("mallory", "a long password").await;
     assert_eq!(p.a.get(list, Some(&mallory)).await.0, StatusCode::FORBIDDEN);
 }
+
+/// A space on b.test, joined from a.test: its rooms that a.test does not know are
+/// described by b.test (`/hierarchy` over federation), each as the viewer may see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_space_on_another_server_is_walked_through_it() {
+    let p = pair().await;
+    let (_, bob_token, _) = p.b.register("bob", "a long password").await;
+    let create = |body: Value| p.b.post("/_matrix/client/v3/createRoom", Some(&bob_token), body);
+    let (_, space) =
+        create(json!({"preset": "public_chat", "name": "Club house", "creation_content": {"type": "m.space"}})).await;
+    let space = space["room_id"].as_str().expect("space").to_owned();
+    let (_, lounge) = create(json!({"preset": "public_chat", "name": "Lounge"})).await;
+    let lounge = lounge["room_id"].as_str().expect("lounge").to_owned();
+    let rule = json!({"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]});
+    let (_, members) = create(json!({"preset": "private_chat", "name": "Members", "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": rule}]})).await;
+    let members = members["room_id"].as_str().expect("members").to_owned();
+    let (_, secret) = create(json!({"preset": "private_chat", "name": "Board"})).await;
+    let secret = secret["room_id"].as_str().expect("secret").to_owned();
+    for child in [&lounge, &members, &secret] {
+        let path = format!("/_matrix/client/v3/rooms/{}/state/m.space.child/{}", encode(&space), encode(child));
+        assert_eq!(p.b.put(&path, Some(&bob_token), json!({"via": ["b.test"]})).await.0, StatusCode::OK);
+    }
+
+    // b.test describes the space to a server that asks, leaving out what is private.
+    let path = format!("/_matrix/federation/v1/hierarchy/{}", encode(&space));
+    let got =
+        p.a.services()
+            .transport
+            .servers
+            .request(
+                &ruma::OwnedServerName::try_from("b.test").expect("name"),
+                hearth::transport::server_client::ServerRequest::get(&path),
+            )
+            .await
+            .expect("request");
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    let answer: Value = serde_json::from_slice(&got.body).expect("json");
+    assert_eq!(answer["room"]["room_id"], space.as_str());
+    let described: Vec<&str> =
+        answer["children"].as_array().expect("children").iter().filter_map(|c| c["room_id"].as_str()).collect();
+    assert!(described.contains(&lounge.as_str()) && described.contains(&members.as_str()), "{answer}");
+    assert_eq!(answer["inaccessible_children"], json!([secret]));
+
+    // alice joins the space from a.test and walks it there: the rooms a.test does not
+    // know come from b.test; the restricted one shows since she is in the space.
+    let (_, alice_token, _) = p.a.register("alice", "a long password").await;
+    let join = format!("/_matrix/client/v3/join/{}?via=b.test", encode(&space));
+    assert_eq!(p.a.post(&join, Some(&alice_token), json!({})).await.0, StatusCode::OK);
+    let walk = format!("/_matrix/client/v1/rooms/{}/hierarchy", encode(&space));
+    let (status, page) = p.a.get(&walk, Some(&alice_token)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let ids: Vec<&str> =
+        page["rooms"].as_array().expect("rooms").iter().filter_map(|r| r["room_id"].as_str()).collect();
+    assert_eq!(ids, [space.as_str(), lounge.as_str(), members.as_str()], "{page}");
+    assert_eq!(page["rooms"][1]["name"], "Lounge");
+    // carol, on a.test but not in the space, does not see the members' room.
+    let (_, carol_token, _) = p.a.register("carol", "a long password").await;
+    let (_, hers) = p.a.get(&walk, Some(&carol_token)).await;
+    let ids: Vec<&str> =
+        hers["rooms"].as_array().expect("rooms").iter().filter_map(|r| r["room_id"].as_str()).collect();
+    assert_eq!(ids, [space.as_str(), lounge.as_str()], "{hers}");
+}

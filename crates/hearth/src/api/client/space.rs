@@ -1,6 +1,7 @@
 //! Client-server API, "Spaces": `GET /_matrix/client/v1/rooms/{roomId}/hierarchy`
-//! (`from`, `limit`, `max_depth`, `suggested_only`). The walk is in `rooms::hierarchy`;
-//! pages are slices of it, and `from` is where the last page stopped.
+//! (`from`, `limit`, `max_depth`, `suggested_only`). The walk, into other servers' rooms
+//! too, is `federation::hierarchy`; pages are slices of it, and `from` is where the last
+//! page stopped.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -57,7 +58,10 @@ async fn hierarchy(
             .ok_or_else(|| Error::invalid_param("Invalid from token"))?,
         None => 0,
     };
-    let rooms = s.rooms.hierarchy(&room, &caller.user_id, suggested_only, max_depth)?;
+    let servers = s.config.allow_federation.then_some(&*s.transport.servers);
+    let rooms =
+        crate::federation::hierarchy::walk(&s.rooms, servers, &room, &caller.user_id, suggested_only, max_depth)
+            .await?;
     if from > rooms.len() {
         return Err(Error::invalid_param("The from token is past the end of this hierarchy"));
     }

@@ -11,6 +11,7 @@ pub mod media;
 pub mod membership;
 pub mod openid;
 pub mod query;
+mod space;
 pub mod transactions;
 pub mod version;
 
@@ -27,6 +28,7 @@ pub fn routes(allow_federation: bool) -> Router<Arc<Services>> {
     }
     Router::new()
         .merge(media::routes())
+        .route("/_matrix/federation/v1/hierarchy/{room_id}", axum::routing::get(space::get_hierarchy))
         .ruma(version::get_server_version)
         .ruma(query::get_profile_information)
         .ruma(query::get_room_information)
