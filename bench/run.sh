@@ -9,6 +9,9 @@
 #   bench/run.sh --push     push: latency from a message's send to its pushes at a loopback gateway
 #                           (100 users with pushers in one room), CPU per sent event with and
 #                           without pushers (bench/push.py; writes bench/results/push-latest.json)
+#   bench/run.sh --search   search: latency over a room of 100,000 messages (--quick: 10,000),
+#                           time until a message is searchable, /messages with bundled
+#                           aggregations (bench/search.py; writes bench/results/search-latest.json)
 #   bench/run.sh --media    media: upload/download MiB/s of 1 MiB and 20 MiB files, thumbnails of
 #                           a 12-megapixel JPEG, peak RSS of each phase (bench/media.py; writes
 #                           bench/results/media-latest.json)
@@ -41,6 +44,7 @@ for arg in "$@"; do
         --federation) mode=federation ;;
         --media) mode=media ;;
         --push) mode=push ;;
+        --search) mode=search ;;
         -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
@@ -79,6 +83,12 @@ fi
 
 if [[ "$mode" == push ]]; then
     "$PY" "$BENCH/push.py" "${common[@]}" --servers "$SERVERS" --json "$BENCH/results/push-latest.json"
+    exit 0
+fi
+
+if [[ "$mode" == search ]]; then
+    "$PY" "$BENCH/search.py" "${common[@]}" --servers "$SERVERS" ${HEARTH_BENCH_QUICK:+--quick} \
+        --json "$BENCH/results/search-latest.json"
     exit 0
 fi
 

@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""Search benchmark (issue 21): Hearth against Synapse, one server after the other, in one run.
+
+Each server starts fresh; one user fills one room with N messages (full: 100,000; quick:
+10,000) of words drawn from a fixed vocabulary (Zipf-like: a few common words, many rare
+ones), sent 16 at a time. Then:
+
+1. **searchable**: the time from the last send until a word only the last message holds
+   is found (Hearth indexes behind the timeline; Synapse as it stores);
+2. **search**: 200 searches, one at a time, `order_by` rank, 10 results: a common word,
+   a middling one, a rare one and a two-word phrase in turn; p50 and p95 latency; then
+   the same with `order_by` recent;
+3. **/messages with bundled aggregations**: every tenth message gets an edit and a
+   reaction first, then the room is read backwards 100 events at a time to its start;
+   p50 and p95 per page;
+4. the index's size on disk (Hearth: `search.sqlite3`; Synapse keeps its index inside its
+   database, reported as a whole).
+
+Prints a Markdown table with Hearth ÷ Synapse and writes JSON. Run by
+`bench/run.sh --search`; never by CI.
+"""
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import sys
+import time
+
+import aiohttp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from workload import (  # noqa: E402
+    dir_bytes,
+    gather_limited,
+    hearth_server,
+    log,
+    login,
+    pct,
+    register,
+    synapse_create_token,
+    synapse_server,
+    table,
+    txn,
+)
+
+FULL = dict(messages=100_000, searches=200, page=100)
+QUICK = dict(messages=10_000, searches=100, page=100)
+
+
+def vocabulary(seed=7):
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = set()
+    while len(words) < 5000:
+        words.add("".join(rng.choice(letters) for _ in range(rng.randint(4, 9))))
+    return sorted(words)
+
+
+def message(rng, words, i):
+    # Zipf-like: the index of a word is drawn with probability ~ 1/rank.
+    n = rng.randint(5, 14)
+    picked = [words[min(int(rng.paretovariate(1.0)) - 1, len(words) - 1)] for _ in range(n)]
+    return f"{' '.join(picked)} #{i}"
+
+
+async def search(c, term, order):
+    body = {"search_categories": {"room_events": {"search_term": term, "order_by": order, "filter": {"limit": 10}}}}
+    start = time.perf_counter()
+    _, d = await c.req("POST", "/_matrix/client/v3/search", body)
+    return time.perf_counter() - start, d["search_categories"]["room_events"]
+
+
+async def bench_one(srv, P):
+    res = {"name": srv.name, "kind": srv.kind}
+    words = vocabulary()
+    rng = random.Random(11)
+    try:
+        res["startup_s"] = await srv.start()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as http:
+            if srv.kind == "synapse":
+                await synapse_create_token(http, srv.base, "bench-shared-secret")
+            await register(http, srv.base, "searcher")
+            c = await login(http, srv.base, "searcher")
+            _, d = await c.req("POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat"})
+            room = d["room_id"]
+            n = P["messages"]
+            texts = [message(rng, words, i) for i in range(n)]
+            ids = [None] * n
+            started = time.perf_counter()
+
+            async def put(i):
+                _, d = await c.req("PUT", f"/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn()}",
+                                   {"msgtype": "m.text", "body": texts[i]})
+                ids[i] = d["event_id"]
+
+            for chunk in range(0, n, 1000):
+                await gather_limited(16, [put(i) for i in range(chunk, min(n, chunk + 1000))])
+            res["fill_s"] = time.perf_counter() - started
+            last = f"zzzfinalmarker{rng.randint(0, 10**9)}"
+            t0 = time.perf_counter()
+            await c.req("PUT", f"/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn()}",
+                        {"msgtype": "m.text", "body": last})
+            while (await search(c, last, "rank"))[1]["count"] < 1:
+                if time.perf_counter() - t0 > 600:
+                    raise RuntimeError("the last message never became searchable")
+                await asyncio.sleep(0.05)
+            res["searchable_after_s"] = time.perf_counter() - t0
+
+            terms = [words[0], words[30], words[2000], f"{words[1]} {words[5]}"]
+            for order in ("rank", "recent"):
+                times, counts = [], []
+                for i in range(P["searches"]):
+                    took, answer = await search(c, terms[i % len(terms)], order)
+                    times.append(took)
+                    counts.append(answer["count"])
+                res[f"search_{order}_p50_ms"] = pct(times, 50) * 1000
+                res[f"search_{order}_p95_ms"] = pct(times, 95) * 1000
+            res["matches_common_word"] = counts[0]
+
+            # Aggregations: an edit and a reaction on every tenth message.
+            async def relate(i):
+                target = ids[i]
+                await c.req("PUT", f"/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn()}", {
+                    "msgtype": "m.text", "body": "* edited", "m.new_content": {"msgtype": "m.text", "body": "edited"},
+                    "m.relates_to": {"rel_type": "m.replace", "event_id": target}})
+                await c.req("PUT", f"/_matrix/client/v3/rooms/{room}/send/m.reaction/{txn()}", {
+                    "m.relates_to": {"rel_type": "m.annotation", "event_id": target, "key": "+1"}})
+
+            await gather_limited(16, [relate(i) for i in range(0, n, 10)])
+            pages, token = [], None
+            while True:
+                params = {"dir": "b", "limit": str(P["page"])}
+                if token:
+                    params["from"] = token
+                start = time.perf_counter()
+                _, d = await c.req("GET", f"/_matrix/client/v3/rooms/{room}/messages", params=params)
+                pages.append(time.perf_counter() - start)
+                token = d.get("end")
+                if not d.get("chunk") or not token:
+                    break
+            res["messages_pages"] = len(pages)
+            res["messages_page_p50_ms"] = pct(pages, 50) * 1000
+            res["messages_page_p95_ms"] = pct(pages, 95) * 1000
+        if srv.kind == "hearth":
+            index = os.path.join(srv.db_dir, "search.sqlite3")
+            res["index_mib"] = sum(
+                os.path.getsize(index + s) for s in ("", "-wal") if os.path.exists(index + s)) / 2**20
+        else:
+            res["database_mib"] = dir_bytes(srv.db_dir) / 2**20
+    finally:
+        srv.stop()
+    return res
+
+
+ROWS = [
+    ("search, rank order, p50 (ms)", "search_rank_p50_ms", "{:.1f}", "low"),
+    ("search, rank order, p95 (ms)", "search_rank_p95_ms", "{:.1f}", "low"),
+    ("search, newest first, p50 (ms)", "search_recent_p50_ms", "{:.1f}", "low"),
+    ("search, newest first, p95 (ms)", "search_recent_p95_ms", "{:.1f}", "low"),
+    ("last message searchable after (s)", "searchable_after_s", "{:.2f}", "low"),
+    ("/messages page of 100 with aggregations, p50 (ms)", "messages_page_p50_ms", "{:.1f}", "low"),
+    ("/messages page of 100 with aggregations, p95 (ms)", "messages_page_p95_ms", "{:.1f}", "low"),
+    ("filling the room (s)", "fill_s", "{:.1f}", "low"),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hearth-bin", required=True)
+    ap.add_argument("--synapse-python", required=True)
+    ap.add_argument("--synapse-template", required=True)
+    ap.add_argument("--servers", default="synapse,hearth-rocksdb,hearth-sqlite")
+    ap.add_argument("--root", default="/tmp/hearth-bench")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--build-label", default="release")
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    P = QUICK if a.quick else FULL
+    root = os.path.join(a.root, "search")
+    os.makedirs(root, exist_ok=True)
+
+    async def run_all():
+        results = []
+        port = 18400
+        for name in a.servers.split(","):
+            port += 1
+            if name == "synapse":
+                srv = synapse_server(name, a.synapse_python, root, port, a.synapse_template)
+            else:
+                srv = hearth_server(name, a.hearth_bin, name.split("-", 1)[1], root, port)
+            log(f"=== {name}")
+            try:
+                results.append(await bench_one(srv, P))
+            except Exception as e:  # keep going: a broken server must not hide the others
+                log(name, "FAILED:", repr(e))
+                results.append({"name": name, "kind": srv.kind, "error": repr(e)})
+        return results
+
+    t = time.perf_counter()
+    results = asyncio.run(run_all())
+    meta = {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "build": a.build_label,
+        "params": P,
+        "machine": {"nproc": os.cpu_count(), "kernel": platform.release()},
+        "elapsed_s": time.perf_counter() - t,
+    }
+    tab = table(results, ROWS)
+    print(f"\nSearch and aggregations, Hearth vs Synapse — {meta['date_utc']}, build: {meta['build']}, "
+          f"{P['messages']} messages\n")
+    print(tab)
+    for r in results:
+        if "error" in r:
+            print(f"\n{r['name']} FAILED: {r['error']}")
+        for key in ("index_mib", "database_mib", "matches_common_word"):
+            if key in r:
+                print(f"{r['name']}: {key} = {r[key]:.1f}" if isinstance(r[key], float) else f"{r['name']}: {key} = {r[key]}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"meta": meta, "results": results, "table_markdown": tab}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
