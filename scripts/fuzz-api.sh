@@ -61,9 +61,14 @@ report() {
 }
 # True when the run failed only on errors of schemathesis's own (titled "Runtime Error":
 # an exception inside the tool, not a network error, timeout or check failure).
+# The error titles are read whole before matching: a `| grep -qv` that stops early could
+# get its writer killed by SIGPIPE, and under pipefail the negated pipeline would then
+# read as "only tool errors" and hide a real one.
 only_tool_errors() {
-  ! grep -q '^Failures:' "$DATA.st" && grep -q '^Errors:' "$DATA.st" &&
-    ! sed -n '/^Errors:/,/^$/p' "$DATA.st" | sed '1d;/^$/d' | grep -qv 'Runtime Error'
+  local titles
+  ! grep -q '^Failures:' "$DATA.st" && grep -q '^Errors:' "$DATA.st" || return 1
+  titles="$(sed -n '/^Errors:/,/^$/p' "$DATA.st" | sed '1d;/^$/d')"
+  ! grep -qv 'Runtime Error' <<< "$titles"
 }
 fuzz() {
   "$VENV/bin/st" run "$SPEC" --url "http://127.0.0.1:$PORT" -H "Authorization: Bearer $TOKEN" \
