@@ -20,6 +20,7 @@ use axum::{
 use ruma::{api::Direction, events::StateEventType, OwnedRoomId};
 use serde_json::{json, Map, Value};
 
+use super::message::type_matches;
 use crate::{
     api::caller_of,
     error::{Error, Result},
@@ -50,14 +51,6 @@ fn strings(filter: &Value, key: &str) -> Result<Option<Vec<String>>> {
             .collect::<Result<Vec<_>>>()
             .map(Some),
         Some(_) => Err(Error::bad_json(format!("filter.{key} must be a list"))),
-    }
-}
-
-/// Whether an event type matches a filter pattern (a trailing `*` is a wildcard).
-fn type_matches(pattern: &str, kind: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => kind.starts_with(prefix),
-        None => pattern == kind,
     }
 }
 
