@@ -268,7 +268,10 @@ impl Admin {
         }
         let shared = !crate::federation::servers_in_room(&self.rooms, room, &self.rooms.server_name)?.is_empty();
         if shared && self.federation {
-            let until = self.rooms.stream_now();
+            // The leaves were written but, inside a request, not yet made durable (the
+            // answer waits for that): the follower reads only durable positions.
+            let until = self.rooms.stream.written();
+            self.rooms.stream.wait_durable(until).await?;
             let serving = self.serving.load(std::sync::atomic::Ordering::SeqCst);
             if !serving {
                 return Err(Error::invalid_param(format!(

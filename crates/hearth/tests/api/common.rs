@@ -70,6 +70,14 @@ impl TestServer {
         backend: Backend,
         tweak: impl FnOnce(&mut Config),
     ) -> Result<Self, Box<dyn std::error::Error>> {
+        // `HEARTH_TEST_LOG=<filter>` shows the servers' logs (all servers of the process,
+        // interleaved) when a test needs reading rather than just its verdict.
+        if let Ok(filter) = std::env::var("HEARTH_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(backend, &dir);
         tweak(&mut config);
