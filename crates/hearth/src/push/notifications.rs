@@ -9,7 +9,10 @@
 //! position written: no event is logged twice, none is skipped. On the first start the
 //! position is "now": history is not pushed.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use ruma::{
     events::{room::member::MembershipState, TimelineEventType},
@@ -60,6 +63,10 @@ pub const PUSH_STATE: Table<String, u64> = Table::new(tables::PUSH_STATE);
 const EVALUATE_CHUNK: usize = 500;
 /// Most notifications kept per user; older ones are dropped as new ones come.
 pub const MAX_KEPT_PER_USER: usize = 1000;
+/// How far past [`MAX_KEPT_PER_USER`] a user's log may grow before it is trimmed: the
+/// trim reads the user's whole log, so it runs once per this many notifications rather
+/// than after each.
+const TRIM_SLACK: usize = 100;
 
 /// Reads and writes the log.
 pub struct Notifications {
@@ -68,6 +75,19 @@ pub struct Notifications {
     account_data: Arc<AccountData>,
     push: Arc<Push>,
     own: OwnedServerName,
+    /// Each user's log as far as this process knows (see [`Kept`]).
+    kept: parking_lot::Mutex<HashMap<OwnedUserId, Kept>>,
+}
+
+/// What is known of one user's log without reading it: counted when the user is first
+/// notified, then kept up as rows are added and trimmed. The trim reads forward from
+/// `from`, so it never walks again over the rows it deleted before (RocksDB keeps their
+/// tombstones for a while, and a walk over them costs as much as over live rows).
+#[derive(Clone, Copy)]
+struct Kept {
+    rows: usize,
+    /// No row of the user's is below this position.
+    from: u64,
 }
 
 impl Notifications {
@@ -78,7 +98,7 @@ impl Notifications {
         push: Arc<Push>,
         own: OwnedServerName,
     ) -> Self {
-        Notifications { store, rooms, account_data, push, own }
+        Notifications { store, rooms, account_data, push, own, kept: Default::default() }
     }
 
     /// The position evaluated up to; on the first start, now.
@@ -96,7 +116,7 @@ impl Notifications {
             (&events[..], until)
         };
         let mut batch = Batch::new();
-        let mut notified = BTreeSet::new();
+        let mut notified: BTreeMap<OwnedUserId, usize> = BTreeMap::new();
         let now = now_millis();
         for (pos, entry) in events {
             let Some(pdu) = self.rooms.pdu_shared(&entry.event_id)? else { continue };
@@ -139,37 +159,59 @@ impl Notifications {
                     kind: Some(pdu.kind.to_string()),
                 };
                 NOTIFICATIONS.put(&mut batch, (user.as_str(), *pos), &row);
-                notified.insert(user);
+                *notified.entry(user).or_default() += 1;
             }
         }
         PUSH_STATE.put(&mut batch, "position", &reached);
         self.store.write(batch)?;
-        for user in &notified {
-            self.trim(user)?;
+        for (user, added) in &notified {
+            let known = self.kept.lock().get(user).copied();
+            let mut kept = match known {
+                Some(k) => Kept { rows: k.rows + added, ..k },
+                None => self.count(user)?,
+            };
+            if kept.rows > MAX_KEPT_PER_USER + TRIM_SLACK {
+                kept = self.trim(user, kept)?;
+            }
+            self.kept.lock().insert(user.clone(), kept);
         }
-        Ok((reached, notified))
+        Ok((reached, notified.into_keys().collect()))
+    }
+
+    /// Reads how many rows a user has, and where they start.
+    fn count(&self, user: &UserId) -> Result<Kept> {
+        let range = KeyRange::prefix(&crate::store::codec::encode_key::<String>(user.as_str()));
+        let mut kept = Kept { rows: 0, from: 0 };
+        NOTIFICATIONS.scan_keys(&self.store, &range, Order::Ascending, |(_, pos)| {
+            if kept.rows == 0 {
+                kept.from = pos;
+            }
+            kept.rows += 1;
+            true
+        })?;
+        Ok(kept)
     }
 
     /// Drops a user's oldest notifications past [`MAX_KEPT_PER_USER`].
-    fn trim(&self, user: &UserId) -> Result<()> {
-        let range = KeyRange::prefix(&crate::store::codec::encode_key::<String>(user.as_str()));
-        let mut seen = 0;
-        let mut old = Vec::new();
-        NOTIFICATIONS.scan_range(&self.store, &range, Order::Descending, |(_, pos), _| {
-            seen += 1;
-            if seen > MAX_KEPT_PER_USER {
-                old.push(pos);
-            }
-            true
+    fn trim(&self, user: &UserId, kept: Kept) -> Result<Kept> {
+        let excess = kept.rows.saturating_sub(MAX_KEPT_PER_USER);
+        let user_range = KeyRange::prefix(&crate::store::codec::encode_key::<String>(user.as_str()));
+        let range = KeyRange {
+            lower: Some(crate::store::codec::encode_key::<(String, u64)>((user.as_str(), kept.from))),
+            upper: user_range.upper,
+        };
+        let mut old = Vec::with_capacity(excess);
+        NOTIFICATIONS.scan_keys(&self.store, &range, Order::Ascending, |(_, pos)| {
+            old.push(pos);
+            old.len() < excess
         })?;
-        if old.is_empty() {
-            return Ok(());
-        }
+        let Some(&last) = old.last() else { return Ok(Kept { rows: 0, from: kept.from }) };
         let mut batch = Batch::new();
-        for pos in old {
-            NOTIFICATIONS.delete(&mut batch, (user.as_str(), pos));
+        for pos in &old {
+            NOTIFICATIONS.delete(&mut batch, (user.as_str(), *pos));
         }
-        Ok(self.store.write(batch)?)
+        self.store.write(batch)?;
+        Ok(Kept { rows: kept.rows - old.len(), from: last + 1 })
     }
 
     /// A user's notifications after stream position `after`, oldest first, at most `limit`.

@@ -412,6 +412,18 @@ impl<K: KeyPart, V: ValueCodec> Table<K, V> {
         store.scan_raw(self.name, range, order, &mut |k, v| Ok(visit(decode_key::<K>(k)?, V::decode_value(v)?)))
     }
 
+    /// Visits the keys in `range` in `order` until `visit` returns `false`, without
+    /// decoding the values.
+    pub fn scan_keys(
+        &self,
+        store: &Store,
+        range: &KeyRange,
+        order: Order,
+        mut visit: impl FnMut(K) -> bool,
+    ) -> Result<()> {
+        store.scan_raw(self.name, range, order, &mut |k, _| Ok(visit(decode_key::<K>(k)?)))
+    }
+
     /// Every entry, in key order.
     pub fn scan_all(&self, store: &Store, visit: impl FnMut(K, V) -> bool) -> Result<()> {
         self.scan_range(store, &KeyRange::default(), Order::Ascending, visit)

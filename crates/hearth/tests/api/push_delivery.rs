@@ -340,3 +340,43 @@ both_engines!(
     formats_muted_rooms_and_rejections,
     a_failing_gateway_gets_the_backlog_in_order,
 );
+
+/// Every notification of a user, newest first, through `/notifications` paging.
+async fn all_notifications(s: &TestServer, token: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut from = String::new();
+    loop {
+        let (status, page) = s.get(&format!("/_matrix/client/v3/notifications?limit=100{from}"), Some(token)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        out.extend(page["notifications"].as_array().unwrap().iter().cloned());
+        match page["next_token"].as_str() {
+            Some(next) => from = format!("&from={next}"),
+            None => return out,
+        }
+    }
+}
+
+/// The log keeps each user's newest thousand notifications (give or take the trim's
+/// slack of a hundred): the oldest go as new ones come, the newest are all there.
+async fn the_log_keeps_the_newest_thousand(b: Backend) {
+    let (s, at, _, bt, room) = crate::push::direct_chat(b).await;
+    let mut sent = Vec::new();
+    for i in 0..1250 {
+        sent.push(say(&s, &bt, &room, &format!("t{i}"), &format!("message {i}")).await);
+    }
+    let last = ruma::OwnedEventId::try_from(sent.last().unwrap().as_str()).unwrap();
+    let at_pos = s.services().rooms.event_meta(&last).unwrap().unwrap().stream;
+    for _ in 0..1500 {
+        if s.services().push_sender.notifications().position().unwrap() >= at_pos {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let kept: Vec<String> =
+        all_notifications(&s, &at).await.iter().map(|n| n["event"]["event_id"].as_str().unwrap().to_owned()).collect();
+    assert!((1000..=1100).contains(&kept.len()), "{} kept", kept.len());
+    let newest: Vec<String> = sent.iter().rev().take(kept.len()).cloned().collect();
+    assert_eq!(kept, newest, "the newest, newest first");
+}
+
+both_engines!(the_log_keeps_the_newest_thousand);
