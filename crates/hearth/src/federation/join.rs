@@ -36,6 +36,7 @@ use crate::{
     error::{Error, Result},
     rooms::{
         append::NewEvent,
+        membership::Vouch,
         pdu::{to_canonical, Pdu},
         remote::Appended,
         resolve::{federates, StateEvents},
@@ -107,7 +108,21 @@ impl Federation {
             )
             .with_field("room_version", Value::String(version.to_string())));
         }
-        let new = NewEvent::state("m.room.member", user.as_str(), serde_json::json!({"membership": "join"}));
+        let mut content = serde_json::json!({"membership": "join"});
+        let unable = |why: &str| Error::matrix(StatusCode::BAD_REQUEST, "M_UNABLE_TO_AUTHORISE_JOIN", why);
+        match self.rooms.restricted_join_authoriser(room, user)? {
+            Vouch::NotNeeded => {}
+            Vouch::By(authoriser) => content["join_authorised_via_users_server"] = Value::String(authoriser.into()),
+            Vouch::NotAllowed { all_known: true } => {
+                return Err(Error::forbidden("This room is restricted: join one of the rooms it allows first"))
+            }
+            // Another resident, in the allowed rooms this server is not in, may know better.
+            Vouch::NotAllowed { all_known: false } => {
+                return Err(unable("This server is not in every room the join rule allows; try another"))
+            }
+            Vouch::NoLocalInviter => return Err(unable("No member of this server may invite; try another")),
+        }
+        let new = NewEvent::state("m.room.member", user.as_str(), content);
         Ok((version, self.rooms.template(room, user, new)?))
     }
 
@@ -191,7 +206,10 @@ impl Federation {
         if !federates(&version) {
             return Err(Error::matrix(StatusCode::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION", "Not over federation"));
         }
-        let obj = parse_raw(raw).map_err(Error::bad_json)?;
+        let mut obj = parse_raw(raw).map_err(Error::bad_json)?;
+        if membership == MembershipState::Join {
+            self.sign_as_authoriser(&version, &mut obj)?;
+        }
         let pdu = self.verify_pdu(&version, obj, Some(room), Some(event_id)).await.map_err(Error::bad_json)?;
         let member = pdu.content_value().get("membership").and_then(Value::as_str).map(MembershipState::from);
         if pdu.kind.to_string() != "m.room.member"
@@ -211,6 +229,32 @@ impl Federation {
         }
         self.sender.queue_pdu(room, &pdu.event_id, &[origin.to_owned()])?;
         Ok(pdu)
+    }
+
+    /// A join vouched for by a local user (`join_authorised_via_users_server`, filled in by
+    /// [`Federation::make_join`]) gets this server's signature, which the room's rules
+    /// require of the vouching user's server. Whether that user may vouch is for the auth
+    /// rules to decide when the join is appended.
+    fn sign_as_authoriser(&self, version: &RoomVersionId, obj: &mut CanonicalJsonObject) -> Result<()> {
+        let authoriser = match obj.get("content") {
+            Some(CanonicalJsonValue::Object(c)) => match c.get("join_authorised_via_users_server") {
+                Some(CanonicalJsonValue::String(u)) => u.clone(),
+                _ => return Ok(()),
+            },
+            _ => return Ok(()),
+        };
+        let Ok(authoriser) = ruma::UserId::parse(&authoriser) else {
+            return Err(Error::bad_json("join_authorised_via_users_server is not a user id"));
+        };
+        if authoriser.server_name() != self.own {
+            return Ok(());
+        }
+        let rules = version.rules().ok_or_else(|| Error::internal("rules of a federated version"))?;
+        if !rules.authorization.restricted_join_rule {
+            return Ok(());
+        }
+        ruma::signatures::sign_event(self.own.as_str(), self.server_key.key_pair(), obj, &rules.redaction)
+            .map_err(|e| Error::bad_json(format!("cannot sign the join: {e}")))
     }
 
     /// A local user joins a room: here, when a local user is joined to it (or federation is
@@ -414,6 +458,15 @@ impl Federation {
         }
         let mut full = content.clone();
         full.insert("membership".into(), Value::String(membership.into()));
+        // A restricted room's resident names who vouches for the join; it signs the join
+        // for that user in `send_join`.
+        if membership == "join" {
+            if let Some(CanonicalJsonValue::Object(given)) = event.get("content") {
+                if let Some(CanonicalJsonValue::String(authoriser)) = given.get("join_authorised_via_users_server") {
+                    full.insert("join_authorised_via_users_server".into(), Value::String(authoriser.clone()));
+                }
+            }
+        }
         event.insert("content".into(), to_canonical(Value::Object(full))?);
         event.insert("origin_server_ts".into(), to_canonical(Value::from(now_millis()))?);
         if rules.event_format.require_event_id {

@@ -15,6 +15,21 @@ use crate::{
     store::Batch,
 };
 
+/// Whether and by whom a join of a restricted room is vouched for
+/// ([`Rooms::restricted_join_authoriser`]).
+#[derive(Debug)]
+pub(crate) enum Vouch {
+    /// Not a restricted room, or the user is already invited or in.
+    NotNeeded,
+    /// This local member vouches (`join_authorised_via_users_server`).
+    By(OwnedUserId),
+    /// The user is in none of the allowed rooms this server is in; `all_known` when this
+    /// server is in every allowed room, so that no other server could say otherwise.
+    NotAllowed { all_known: bool },
+    /// The user may join, but no local member has the power to invite.
+    NoLocalInviter,
+}
+
 impl Rooms {
     fn member_event(&self, room_id: &RoomId, sender: &UserId, target: &UserId, content: Value) -> Result<Pdu> {
         self.append_local(room_id, sender, NewEvent::state("m.room.member", target.as_str(), content), None)
@@ -37,48 +52,66 @@ impl Rooms {
         if let Some(r) = reason {
             content.insert("reason".into(), json!(r));
         }
-        if let Some(authoriser) = self.restricted_join_authoriser(room_id, user)? {
-            content.insert("join_authorised_via_users_server".into(), json!(authoriser));
+        match self.restricted_join_authoriser(room_id, user)? {
+            Vouch::NotNeeded => {}
+            Vouch::By(authoriser) => {
+                content.insert("join_authorised_via_users_server".into(), json!(authoriser));
+            }
+            Vouch::NotAllowed { .. } => {
+                return Err(Error::forbidden("This room is restricted: join one of the rooms it allows first"))
+            }
+            Vouch::NoLocalInviter => {
+                return Err(Error::forbidden("No member of this server may let you into this restricted room"))
+            }
         }
         self.member_event(room_id, user, user, Value::Object(content))
     }
 
-    /// For a restricted room (`restricted` or `knock_restricted`, room versions 8 and
-    /// later) that `user` is not yet invited to or in: the local member who vouches for
-    /// the join (`join_authorised_via_users_server`, one with the power to invite), when
-    /// the user is joined to one of the rooms the join rule allows; 403 when not. `None`
-    /// for any other room, where the auth rules decide alone.
-    fn restricted_join_authoriser(&self, room_id: &RoomId, user: &UserId) -> Result<Option<OwnedUserId>> {
+    /// Who vouches for `user`'s join of a restricted room (`restricted` or
+    /// `knock_restricted`, room versions 8 and later) that they are not yet invited to or
+    /// in: a local member with the power to invite, when the user is joined to one of the
+    /// rooms the join rule allows. Used for local joins and for other servers' `make_join`.
+    pub(crate) fn restricted_join_authoriser(&self, room_id: &RoomId, user: &UserId) -> Result<Vouch> {
         let Some(rules) =
             self.state_event(room_id, &ruma::events::StateEventType::RoomJoinRules, "")?.map(|p| p.content_value())
         else {
-            return Ok(None);
+            return Ok(Vouch::NotNeeded);
         };
         let rule = rules.get("join_rule").and_then(Value::as_str).unwrap_or_default();
         if rule != "restricted" && rule != "knock_restricted" {
-            return Ok(None);
+            return Ok(Vouch::NotNeeded);
         }
         let current = self.membership(room_id, user)?.map(|m| m.membership);
         if matches!(current, Some(MembershipState::Join) | Some(MembershipState::Invite)) {
-            return Ok(None);
+            return Ok(Vouch::NotNeeded);
         }
-        let allowed = rules.get("allow").and_then(Value::as_array).into_iter().flatten().any(|a| {
-            a.get("type").and_then(Value::as_str) == Some("m.room_membership")
-                && a.get("room_id")
-                    .and_then(Value::as_str)
-                    .and_then(|r| <&RoomId>::try_from(r).ok())
-                    .is_some_and(|r| self.is_joined(r, user).unwrap_or(false))
-        });
+        let allowed_rooms: Vec<&RoomId> = rules
+            .get("allow")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|a| a.get("type").and_then(Value::as_str) == Some("m.room_membership"))
+            .filter_map(|a| a.get("room_id").and_then(Value::as_str).and_then(|r| <&RoomId>::try_from(r).ok()))
+            .collect();
+        let mut all_known = true;
+        let mut allowed = false;
+        for allowed_room in allowed_rooms {
+            allowed |= self.is_joined(allowed_room, user)?;
+            all_known &= self
+                .members_shared(allowed_room, &MembershipState::Join)?
+                .iter()
+                .any(|m| m.server_name() == self.server_name);
+        }
         if !allowed {
-            return Err(Error::forbidden("This room is restricted: join one of the rooms it allows first"));
+            return Ok(Vouch::NotAllowed { all_known });
         }
         let needed = self.required_power(room_id, "invite", 0)?;
         for member in self.members_shared(room_id, &MembershipState::Join)?.iter() {
             if member.server_name() == self.server_name && self.user_power(room_id, member)? >= needed {
-                return Ok(Some(member.clone()));
+                return Ok(Vouch::By(member.clone()));
             }
         }
-        Err(Error::forbidden("No member of this server may let you into this restricted room"))
+        Ok(Vouch::NoLocalInviter)
     }
 
     /// Whether the room lets guests join: its `m.room.guest_access` is `can_join` (spec,

@@ -269,6 +269,66 @@ async fn a_private_room_refuses_a_remote_join() {
     assert_eq!(rooms["joined_rooms"], json!([]), "{rooms}");
 }
 
+/// A restricted room (join rule `restricted`, allowing members of a space) lets a user of
+/// another server in once they joined the space: b.test vouches for the join through
+/// `join_authorised_via_users_server` and signs it. A user in no allowed room gets 403;
+/// when b.test is not in the allowed room itself it answers `make_join` with
+/// `M_UNABLE_TO_AUTHORISE_JOIN`, so that the joining server can try another resident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restricted_room_lets_in_members_of_its_space() {
+    let p = pair().await;
+    let (bob, bob_token, _) = p.b.register("bob", "a long password").await;
+    let create = |body: Value| p.b.post("/_matrix/client/v3/createRoom", Some(&bob_token), body);
+    let (_, space) = create(json!({"preset": "public_chat", "creation_content": {"type": "m.space"}})).await;
+    let space = space["room_id"].as_str().expect("space id").to_owned();
+    let restricted_to = |allowed: &str| {
+        json!({"room_version": "10", "preset": "private_chat", "initial_state": [{
+            "type": "m.room.join_rules", "state_key": "",
+            "content": {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": allowed}]}
+        }]})
+    };
+    let (_, room) = create(restricted_to(&space)).await;
+    let room = room["room_id"].as_str().expect("room id").to_owned();
+
+    let (alice, alice_token, _) = p.a.register("alice", "a long password").await;
+    let (_, carol_token, _) = p.a.register("carol", "a long password").await;
+    let join = |r: &str| format!("/_matrix/client/v3/join/{}?via=b.test", encode(r));
+    let (status, refused) = p.a.post(&join(&room), Some(&carol_token), json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "not in the space: {refused}");
+
+    assert_eq!(p.a.post(&join(&space), Some(&alice_token), json!({})).await.0, StatusCode::OK);
+    let (status, joined) = p.a.post(&join(&room), Some(&alice_token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    let member = format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", encode(&room), encode(&alice));
+    let (status, content) = p.b.get(&member, Some(&bob_token)).await;
+    assert_eq!(status, StatusCode::OK, "{content}");
+    assert_eq!(content["membership"], "join");
+    assert_eq!(content["join_authorised_via_users_server"], bob.as_str());
+    send(&p.a, &alice_token, &room, "r1", "in through the space").await;
+    eventually("alice's message on b.test", || async {
+        bodies(&p.b, &bob_token, &room).await.contains(&"in through the space".to_owned()).then_some(())
+    })
+    .await;
+
+    // A room restricted to a space b.test is not in: b.test cannot tell, and says so.
+    let (_, elsewhere) =
+        p.a.post("/_matrix/client/v3/createRoom", Some(&alice_token), json!({"preset": "public_chat"})).await;
+    let elsewhere = elsewhere["room_id"].as_str().expect("room id").to_owned();
+    let (_, unknowable) = create(restricted_to(&elsewhere)).await;
+    let unknowable = unknowable["room_id"].as_str().expect("room id").to_owned();
+    let path = format!("/_matrix/federation/v1/make_join/{}/{}?ver=10", encode(&unknowable), encode(&alice));
+    let b_name: ruma::OwnedServerName = "b.test".try_into().expect("name");
+    let got =
+        p.a.services()
+            .transport
+            .servers
+            .request(&b_name, hearth::transport::server_client::ServerRequest::get(&path))
+            .await
+            .expect("request");
+    let body: Value = serde_json::from_slice(&got.body).expect("json");
+    assert_eq!((got.status.as_u16(), &body["errcode"]), (400, &json!("M_UNABLE_TO_AUTHORISE_JOIN")), "{body}");
+}
+
 /// What b.test's key signs: an event of the room on b.test's current heads, completed and
 /// signed as b.test would, with `edit` applied before signing.
 fn signed_by_b(
