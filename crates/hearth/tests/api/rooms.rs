@@ -513,6 +513,39 @@ async fn redactions_in_every_version(b: Backend) {
 
 both_engines!(redactions_in_every_version);
 
+/// `POST …/redact/{eventId}` without a transaction id, as Synapse serves it and older
+/// clients send it: a redaction like the `PUT`'s, a new one for each call; what the `PUT`
+/// refuses it refuses too.
+async fn redaction_by_post_without_a_transaction_id(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (_, bt, _) = s.register("bob", "pw-bob-1").await;
+    let room = create(&s, &at, json!({"preset": "public_chat"})).await;
+    s.post(&format!("/_matrix/client/v3/rooms/{room}/join"), Some(&bt), json!({})).await;
+    let (_, mine) = send(&s, &bt, &room, "b1", "oops").await;
+    let (_, theirs) = send(&s, &at, &room, "a1", "alice's").await;
+    let esc = |id: &Value| id.as_str().unwrap().replace('+', "%2B").replace('/', "%2F");
+
+    let path = format!("/_matrix/client/r0/rooms/{room}/redact/{}", esc(&mine["event_id"]));
+    let (status, first) = s.post(&path, Some(&bt), json!({"reason": "typo"})).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (status, second) = s.post(&path.replace("/r0/", "/v3/"), Some(&bt), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_ne!(first["event_id"], second["event_id"], "each call a new redaction");
+    let (_, ev) = s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{}", esc(&mine["event_id"])), Some(&at)).await;
+    assert_eq!(ev["content"], json!({}), "{ev}");
+    assert_eq!(ev["unsigned"]["redacted_because"]["event_id"], first["event_id"], "{ev}");
+
+    let theirs_path = format!("/_matrix/client/v3/rooms/{room}/redact/{}", esc(&theirs["event_id"]));
+    assert_error(&s.post(&theirs_path, Some(&bt), json!({})).await, 403, "M_FORBIDDEN");
+    assert_error(&s.post(&theirs_path, Some(&at), json!({"reason": 5})).await, 400, "M_BAD_JSON");
+    assert_error(&s.post(&theirs_path, None, json!({})).await, 401, "M_MISSING_TOKEN");
+    let bad = format!("/_matrix/client/v3/rooms/{room}/redact/not-an-event-id");
+    assert_error(&s.post(&bad, Some(&at), json!({})).await, 400, "M_INVALID_PARAM");
+}
+
+both_engines!(redaction_by_post_without_a_transaction_id);
+
 async fn same_transaction_id_in_another_room_is_a_new_send(b: Backend) {
     let s = TestServer::start(b).await;
     let (_, at, _) = s.register("alice", "pw-alice-1").await;

@@ -87,6 +87,7 @@ pub fn routes() -> Router<Arc<Services>> {
         .merge(appservice::routes())
         .merge(session::routes())
         .merge(search::routes())
+        .merge(redact::routes())
         .merge(summary::routes())
         .merge(mutual_rooms::routes())
         .merge(thirdparty::routes())
