@@ -116,15 +116,26 @@ impl<R> Ruma<R> {
 /// Verifies a federation request's `X-Matrix` signature against the origin's keys, over
 /// the request as received: its method, its URI exactly as sent (before any routing), and
 /// its body as sent. `destination` must be this server (never compared with `Host`).
-/// Every failure is 401 `M_UNAUTHORIZED`.
+/// Every failure is `M_UNAUTHORIZED`: 401, except an `X-Matrix` header that does not parse
+/// (a bad origin server name, say), which is 400 as on Synapse.
 pub(crate) async fn verify_server_request(
     services: &Services,
     parts: &http::request::Parts,
     body: &[u8],
 ) -> Result<ruma::OwnedServerName> {
     use ruma::api::federation::authentication::XMatrix;
-    let x = XMatrix::extract_from_http_headers(&parts.headers)
-        .map_err(|e| Error::unauthorized(format!("Missing or malformed X-Matrix authentication: {e}")))?;
+    let x = XMatrix::extract_from_http_headers(&parts.headers).map_err(|e| {
+        let given = parts
+            .headers
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .any(|v| v.as_bytes().get(..9).is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"X-Matrix ")));
+        if given {
+            Error::matrix(StatusCode::BAD_REQUEST, "M_UNAUTHORIZED", format!("Malformed X-Matrix authentication: {e}"))
+        } else {
+            Error::unauthorized(format!("Missing X-Matrix authentication: {e}"))
+        }
+    })?;
     let own = &services.config.server_name;
     match &x.destination {
         Some(d) if d == own => {}

@@ -3,7 +3,8 @@
 //! `b.test`) are found through SRV records of a real DNS server on loopback, so discovery,
 //! the SRV-pinned connection with TLS checking the server name, `X-Matrix` signing and
 //! verification, key fetching and the notary API all run as between two real servers.
-//! Hostile requests (no, malformed or forged `X-Matrix`, another destination) get 401.
+//! Hostile requests (no or forged `X-Matrix`, another destination) get 401, a malformed
+//! `X-Matrix` 400.
 //! A client's profile lookup of a remote user goes through its own server to the other.
 
 use std::sync::Arc;
@@ -202,7 +203,7 @@ async fn remote_aliases_and_public_rooms_are_asked_of_their_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_malformed_and_forged_x_matrix_are_401() {
+async fn missing_and_forged_x_matrix_are_401_malformed_400() {
     let p = pair().await;
     p.b.register("bob", "a long password").await;
     let uri = "/_matrix/federation/v1/query/profile?user_id=%40bob%3Ab.test";
@@ -224,7 +225,12 @@ async fn missing_malformed_and_forged_x_matrix_are_401() {
     };
 
     unauthorized(send(None).await, "no Authorization");
-    unauthorized(send(Some("X-Matrix nonsense".into())).await, "malformed");
+    // A header that does not parse is a bad request, as on Synapse (sytest's "Non-numeric
+    // ports in server names are rejected").
+    for malformed in ["X-Matrix nonsense", "X-Matrix origin=\"localhost:http\",key=\"ed25519:1\",sig=\"x\""] {
+        let (status, body) = send(Some(malformed.into())).await;
+        assert_eq!((status, &body["errcode"]), (StatusCode::BAD_REQUEST, &json!("M_UNAUTHORIZED")), "{malformed}");
+    }
     unauthorized(send(Some("Bearer abc".into())).await, "another scheme");
 
     // a.test's real key (from its database), for requests that differ in one thing each.

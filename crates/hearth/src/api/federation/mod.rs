@@ -34,7 +34,7 @@ pub fn routes(allow_federation: bool) -> Router<Arc<Services>> {
         .ruma(query::get_room_information)
         .ruma(directory::get_public_rooms)
         .ruma(directory::get_public_rooms_filtered)
-        .ruma(openid::get_openid_userinfo)
+        .route("/_matrix/federation/v1/openid/userinfo", axum::routing::get(openid::get_openid_userinfo))
         .ruma(events::get_event)
         .ruma(events::get_room_state)
         .ruma(events::get_room_state_ids)
