@@ -31,6 +31,34 @@ impl Error {
         Error::Matrix { status, errcode, message: message.into(), extra: Map::new() }
     }
 
+    /// Another server's client error, passed on to the client with its status and errcode
+    /// (as Synapse passes on a failed `make_join`). An errcode that is not a plain
+    /// `UPPER_CASE` code of at most 64 bytes becomes `M_UNKNOWN`.
+    pub fn passed_through(status: StatusCode, errcode: &str, message: impl Into<String>) -> Self {
+        let plain = !errcode.is_empty()
+            && errcode.len() <= 64
+            && errcode.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+        let shown = if plain { errcode } else { "M_UNKNOWN" };
+        Error::matrix(status, "M_UNKNOWN", message).with_field("errcode", Value::String(shown.to_owned()))
+    }
+
+    /// The errcode another server gave, when this error passes one on.
+    pub fn remote_errcode(&self) -> Option<&str> {
+        match self {
+            Error::Matrix { extra, .. } => extra.get("errcode").and_then(Value::as_str),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status a client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Matrix { status, .. } => *status,
+            Error::Uiaa(_) => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::matrix(StatusCode::FORBIDDEN, "M_FORBIDDEN", message)
     }
@@ -123,7 +151,9 @@ impl IntoResponse for Error {
         match self {
             Error::Matrix { status, errcode, message, extra } => {
                 let mut body = extra;
-                body.insert("errcode".into(), Value::String(errcode.into()));
+                // An error passed through from another server keeps that server's errcode
+                // ([`Error::passed_through`]).
+                body.entry("errcode").or_insert_with(|| Value::String(errcode.into()));
                 body.insert("error".into(), Value::String(message));
                 json_response(status, &Value::Object(body))
             }

@@ -32,6 +32,23 @@ pub fn routes() -> Router<Arc<Services>> {
         // The deprecated form with a key id, which older servers (and sytest's) still ask:
         // the whole document, as Synapse answers it.
         .route("/_matrix/key/v2/server/{keyId}", axum::routing::get(server_keys_by_id))
+        .route("/_matrix/key/v2/query/{serverName}/{keyId}", axum::routing::get(remote_keys_by_id))
+}
+
+/// `GET /_matrix/key/v2/query/{serverName}/{keyId}` (deprecated): the same answer as
+/// without the id, as Synapse gives it.
+async fn remote_keys_by_id(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    axum::extract::Path((server, _key_id)): axum::extract::Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<axum::Json<serde_json::Value>> {
+    let server = <&ServerName>::try_from(server.as_str()).map_err(|_| Error::invalid_param("Invalid server name"))?;
+    let min = match query.get("minimum_valid_until_ts") {
+        Some(ts) => ts.parse::<u64>().map_err(|_| Error::invalid_param("Invalid minimum_valid_until_ts"))?,
+        None => 0,
+    };
+    let docs = notarised(&s, server, min).await?;
+    Ok(axum::Json(serde_json::json!({ "server_keys": docs.into_iter().collect::<Vec<_>>() })))
 }
 
 /// `GET /_matrix/key/v2/server/{keyId}` (deprecated): the same document as without the id.

@@ -153,6 +153,14 @@ pub(crate) async fn verify_server_request(
         .uri(uri)
         .body(body)
         .map_err(|e| Error::unauthorized(format!("Cannot read the request: {e}")))?;
+    // A body the signature cannot cover (not JSON, or JSON that has no canonical form, such
+    // as a float) is the sender's mistake, not a forgery: 400, before any key is fetched.
+    if !body.is_empty() {
+        let parsed: serde_json::Value =
+            serde_json::from_slice(body).map_err(|_| Error::not_json("Content not JSON."))?;
+        ruma::CanonicalJsonValue::try_from(parsed)
+            .map_err(|e| Error::bad_json(format!("The body has no canonical JSON form: {e}")))?;
+    }
     let key_id = x.key.to_string();
     let keys =
         services.transport.keys.keys_for(&x.origin, std::slice::from_ref(&key_id), crate::time::now_millis()).await?;

@@ -145,6 +145,11 @@ impl Federation {
         self.require_acl(room, origin)?;
         self.rooms.check_not_blocked(room)?;
         let version = self.rooms.known_room(room)?.version;
+        // With every local member gone this server no longer takes part in the room: its
+        // view may be stale, and its signature on a join would vouch for nothing.
+        if !self.is_resident(room)? {
+            return Err(Error::not_found("This server has no member in the room any more"));
+        }
         if !federates(&version) {
             return Err(Error::matrix(
                 StatusCode::BAD_REQUEST,
@@ -392,9 +397,21 @@ impl Federation {
         let body = serde_json::to_value(&event).map_err(|e| Error::internal(e.to_string()))?;
         let req = ServerRequest { method: http::Method::PUT, ..ServerRequest::post(&path, &body) }
             .limits(SEND_JOIN_TIMEOUT, MAX_STATE_BYTES);
-        let answer = self.ask(server, req).await?;
-        let sent: SendJoinAnswer = serde_json::from_slice(&answer)
-            .map_err(|e| Error::unavailable(format!("{server} sent an invalid send_join answer: {e}")))?;
+        let invalid =
+            |e: serde_json::Error| Error::unavailable(format!("{server} sent an invalid send_join answer: {e}"));
+        let sent: SendJoinAnswer = match self.ask(server, req).await {
+            Ok(answer) => serde_json::from_slice(&answer).map_err(invalid)?,
+            // A server without v2 (older ones, sytest's): v1, whose answer is `[200, {…}]`.
+            Err(e) if e.status() == StatusCode::NOT_FOUND && e.remote_errcode() == Some("M_UNRECOGNIZED") => {
+                let path = path.replacen("/v2/send_join/", "/v1/send_join/", 1);
+                let req = ServerRequest { method: http::Method::PUT, ..ServerRequest::post(&path, &body) }
+                    .limits(SEND_JOIN_TIMEOUT, MAX_STATE_BYTES);
+                let (_, sent): (u16, SendJoinAnswer) =
+                    serde_json::from_slice(&self.ask(server, req).await?).map_err(invalid)?;
+                sent
+            }
+            Err(e) => return Err(e),
+        };
         if sent.state.len() + sent.auth_chain.len() > MAX_STATE_EVENTS {
             return Err(Error::unavailable(format!("{server} sent more than {MAX_STATE_EVENTS} events")));
         }
@@ -511,13 +528,16 @@ impl Federation {
             answer.status,
             path.split('?').next().unwrap_or("")
         );
-        Err(match answer.status {
-            StatusCode::FORBIDDEN => Error::forbidden(text),
-            StatusCode::NOT_FOUND => Error::not_found(text),
-            StatusCode::BAD_REQUEST if errcode == "M_INCOMPATIBLE_ROOM_VERSION" => {
-                Error::matrix(StatusCode::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION", text)
+        // The other server's refusals reach the client as it gave them; its own failures
+        // (5xx), and answers about this server's credentials or rate, are a bad gateway.
+        let status = answer.status;
+        if status.is_client_error() && status != StatusCode::UNAUTHORIZED && status != StatusCode::TOO_MANY_REQUESTS {
+            let mut e = Error::passed_through(status, errcode, text);
+            if let Some(version) = body.get("room_version").and_then(Value::as_str).filter(|v| v.len() <= 64) {
+                e = e.with_field("room_version", Value::String(version.to_owned()));
             }
-            _ => Error::unavailable(text),
-        })
+            return Err(e);
+        }
+        Err(Error::unavailable(text))
     }
 }

@@ -311,3 +311,85 @@ async fn a_burst_from_a_new_server_fetches_its_keys_once() {
         .sum();
     assert_eq!(fetches, 1, "{text}");
 }
+
+/// What older servers and sytest still send, answered as Synapse answers it: a join through
+/// `send_join` v1 (its answer is `[200, {…}]`), the notary's key query with a key id, a
+/// `make_join` for a room this server has left (404), and a body the signature cannot
+/// cover (a float has no canonical JSON form: 400 `M_BAD_JSON`, not 401).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_forms_and_edge_answers_of_the_federation_api() {
+    let p = pair().await;
+    let (_, bob_token, _) = p.b.register("bob", "a long password").await;
+    let (_, created) = p
+        .b
+        .post("/_matrix/client/v3/createRoom", Some(&bob_token), json!({"preset": "public_chat", "room_version": "10"}))
+        .await;
+    let room = created["room_id"].as_str().expect("room id").to_owned();
+    let alice = "@alice:a.test";
+    let b = name("b.test");
+
+    // send_join v1: a.test's join, made from b.test's template and signed with a.test's key.
+    let path = format!("/_matrix/federation/v1/make_join/{}/{}?ver=10", urlencode(&room), urlencode(alice));
+    let got = servers(&p.a).request(&b, ServerRequest::get(&path)).await.expect("make_join");
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    let made: Value = serde_json::from_slice(&got.body).expect("json");
+    let version: ruma::RoomVersionId = made["room_version"].as_str().expect("version").try_into().expect("version");
+    let rules = version.rules().expect("rules");
+    let mut event: ruma::CanonicalJsonObject = serde_json::from_value(made["event"].clone()).expect("template");
+    event.insert(
+        "origin_server_ts".into(),
+        ruma::CanonicalJsonValue::Integer(ruma::Int::from(1_700_000_000u32) * ruma::Int::from(1000u32)),
+    );
+    ruma::signatures::hash_and_sign_event("a.test", p.a.services().server_key.ed25519(), &mut event, &rules.redaction)
+        .expect("sign");
+    let hash = ruma::signatures::reference_hash(&event, &rules).expect("hash");
+    let event_id = format!("${hash}");
+    let path = format!("/_matrix/federation/v1/send_join/{}/{}", urlencode(&room), urlencode(&event_id));
+    let body = serde_json::to_value(&event).expect("json");
+    let req = ServerRequest { method: http::Method::PUT, ..ServerRequest::post(&path, &body) };
+    let got = servers(&p.a).request(&b, req).await.expect("send_join v1");
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    let answer: Value = serde_json::from_slice(&got.body).expect("json");
+    assert_eq!(answer[0], 200, "{answer}");
+    let state = answer[1]["state"].as_array().expect("state");
+    assert!(state.iter().any(|e| e["type"] == "m.room.create"), "{answer}");
+    assert!(answer[1]["auth_chain"].is_array() && answer[1]["origin"] == "b.test", "{answer}");
+    let (_, members) = p.b.get(&format!("/_matrix/client/v3/rooms/{room}/joined_members"), Some(&bob_token)).await;
+    assert!(members["joined"].get(alice).is_some(), "{members}");
+
+    // The notary's deprecated form with a key id.
+    let key_id = p.a.services().server_key.key_id();
+    let (status, keys) = p.b.get(&format!("/_matrix/key/v2/query/a.test/{key_id}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    let doc = &keys["server_keys"][0];
+    assert!(doc["server_name"] == "a.test" && doc["verify_keys"][&key_id].is_object(), "{keys}");
+    assert!(doc["signatures"]["b.test"].is_object(), "notarised: {keys}");
+
+    // A body with a float: 400, whatever the signature.
+    let url = format!("{}/_matrix/federation/v1/send/float-1", p.b.base);
+    let auth = x_matrix(p.a.services().server_key.ed25519(), "a.test", "b.test", "/_matrix/federation/v1/send/float-1");
+    let res =
+        p.b.http
+            .put(&url)
+            .header("Authorization", auth)
+            .header("Content-Type", "application/json")
+            .body(r#"{"origin":"a.test","origin_server_ts":1,"pdus":[],"edus":[],"x":1.5}"#)
+            .send()
+            .await
+            .expect("send");
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["errcode"], "M_BAD_JSON", "{body}");
+
+    // Once its last member left, b.test no longer makes joins for the room.
+    let (_, other) = p
+        .b
+        .post("/_matrix/client/v3/createRoom", Some(&bob_token), json!({"preset": "public_chat", "room_version": "10"}))
+        .await;
+    let other = other["room_id"].as_str().expect("room id").to_owned();
+    let leave = format!("/_matrix/client/v3/rooms/{}/leave", urlencode(&other));
+    assert_eq!(p.b.post(&leave, Some(&bob_token), json!({})).await.0, StatusCode::OK);
+    let path = format!("/_matrix/federation/v1/make_join/{}/{}?ver=10", urlencode(&other), urlencode(alice));
+    let got = servers(&p.a).request(&b, ServerRequest::get(&path)).await.expect("make_join");
+    assert_eq!(got.status, 404, "{}", String::from_utf8_lossy(&got.body));
+}

@@ -114,3 +114,25 @@ pub async fn send_knock(
     let state = s.federation.send_knock(origin, &b.room_id, &b.event_id, &b.pdu).await?;
     Ok(create_knock_event::v1::Response::new(state.into_iter().map(RawStrippedState::Pdu).collect()))
 }
+
+/// `PUT /_matrix/federation/v1/send_join/{roomId}/{eventId}`: v2's join with v1's answer,
+/// `[200, {state, auth_chain, origin}]`. Deprecated, but Synapse still serves it and older
+/// servers (and sytest) still send it; ruma has no types for it.
+pub async fn send_join_v1(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    parts: axum::http::request::Parts,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<serde_json::Value>> {
+    let origin = crate::api::verify_server_request(&s, &parts, &body).await?;
+    let room_id = ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
+    let event_id = ruma::OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event id"))?;
+    let pdu: Box<serde_json::value::RawValue> =
+        serde_json::from_slice(&body).map_err(|_| Error::not_json("Content not JSON."))?;
+    let answer = s.federation.send_join(&origin, &room_id, &event_id, &pdu).await?;
+    Ok(axum::Json(serde_json::json!([200, {
+        "origin": s.config.server_name,
+        "state": answer.state,
+        "auth_chain": answer.auth_chain,
+    }])))
+}

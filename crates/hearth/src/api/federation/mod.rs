@@ -43,6 +43,7 @@ pub fn routes(allow_federation: bool) -> Router<Arc<Services>> {
         .ruma(events::get_backfill)
         .ruma(membership::make_join)
         .ruma(membership::send_join)
+        .route("/_matrix/federation/v1/send_join/{room_id}/{event_id}", axum::routing::put(membership::send_join_v1))
         .ruma(membership::make_leave)
         .ruma(membership::send_leave)
         .ruma(membership::create_invite)
