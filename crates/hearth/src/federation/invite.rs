@@ -81,8 +81,26 @@ impl Federation {
         struct Answer {
             event: Box<RawJsonValue>,
         }
-        let answer: Answer = serde_json::from_slice(&self.ask(target.server_name(), req).await?)
-            .map_err(|e| Error::unavailable(format!("{} sent an invalid invite answer: {e}", target.server_name())))?;
+        let invalid = |e: serde_json::Error| {
+            Error::unavailable(format!("{} sent an invalid invite answer: {e}", target.server_name()))
+        };
+        let answer: Answer = match self.ask(target.server_name(), req).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(invalid)?,
+            // A server without v2 can still take an invite to a room of version 1 or 2 (the
+            // only ones v1 carries): the event alone, the room's preview in its `unsigned`,
+            // and the answer `[200, {"event": …}]`.
+            Err(e) if super::join::lacks_endpoint(&e) && matches!(version, RoomVersionId::V1 | RoomVersionId::V2) => {
+                let mut event = serde_json::to_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
+                event["unsigned"] = serde_json::json!({"invite_room_state": body["invite_room_state"]});
+                let path = path.replacen("/v2/invite/", "/v1/invite/", 1);
+                let req = ServerRequest { method: http::Method::PUT, ..ServerRequest::post(&path, &event) }
+                    .limits(INVITE_TIMEOUT, 1024 * 1024);
+                let (_, answer): (u16, Answer) =
+                    serde_json::from_slice(&self.ask(target.server_name(), req).await?).map_err(invalid)?;
+                answer
+            }
+            Err(e) => return Err(e),
+        };
         let obj = parse_raw(&answer.event).map_err(Error::unavailable)?;
         let signed = self
             .verify_pdu(&version, obj, Some(room), Some(&pdu.event_id))

@@ -402,7 +402,7 @@ impl Federation {
         let sent: SendJoinAnswer = match self.ask(server, req).await {
             Ok(answer) => serde_json::from_slice(&answer).map_err(invalid)?,
             // A server without v2 (older ones, sytest's): v1, whose answer is `[200, {…}]`.
-            Err(e) if e.status() == StatusCode::NOT_FOUND && e.remote_errcode() == Some("M_UNRECOGNIZED") => {
+            Err(e) if lacks_endpoint(&e) => {
                 let path = path.replacen("/v2/send_join/", "/v1/send_join/", 1);
                 let req = ServerRequest { method: http::Method::PUT, ..ServerRequest::post(&path, &body) }
                     .limits(SEND_JOIN_TIMEOUT, MAX_STATE_BYTES);
@@ -539,5 +539,15 @@ impl Federation {
             return Err(e);
         }
         Err(Error::unavailable(text))
+    }
+}
+
+/// Whether another server's refusal says it lacks the endpoint asked (404, or 400/405
+/// `M_UNRECOGNIZED`), so that an older version of it is worth trying.
+pub(crate) fn lacks_endpoint(e: &Error) -> bool {
+    match e.status() {
+        StatusCode::NOT_FOUND => true,
+        StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => e.remote_errcode() == Some("M_UNRECOGNIZED"),
+        _ => false,
     }
 }

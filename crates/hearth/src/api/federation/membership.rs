@@ -136,3 +136,32 @@ pub async fn send_join_v1(
         "auth_chain": answer.auth_chain,
     }])))
 }
+
+/// `PUT /_matrix/federation/v1/invite/{roomId}/{eventId}`: the invite event alone, the
+/// room's preview in its `unsigned.invite_room_state`, for rooms of version 1 or 2 (the
+/// only ones v1 can carry, as it names no version); the answer is `[200, {"event": …}]`.
+pub async fn create_invite_v1(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    parts: axum::http::request::Parts,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<serde_json::Value>> {
+    let origin = crate::api::verify_server_request(&s, &parts, &body).await?;
+    let room_id = ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
+    let event_id = ruma::OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event id"))?;
+    let event: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&body).map_err(|_| Error::not_json("The invite must be a JSON object."))?;
+    let raws: Vec<Box<serde_json::value::RawValue>> = event
+        .get("unsigned")
+        .and_then(|u| u.get("invite_room_state"))
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| serde_json::value::to_raw_value(e).ok())
+        .collect();
+    let stripped = crate::federation::pdu::stripped(&raws, usize::MAX);
+    let raw = serde_json::value::to_raw_value(&event).map_err(|e| Error::internal(e.to_string()))?;
+    let version = ruma::RoomVersionId::V1;
+    let signed = s.federation.receive_invite(&origin, &room_id, &event_id, &version, &raw, stripped).await?;
+    Ok(axum::Json(serde_json::json!([200, { "event": signed }])))
+}

@@ -47,6 +47,7 @@ pub fn routes(allow_federation: bool) -> Router<Arc<Services>> {
         .ruma(membership::make_leave)
         .ruma(membership::send_leave)
         .ruma(membership::create_invite)
+        .route("/_matrix/federation/v1/invite/{room_id}/{event_id}", axum::routing::put(membership::create_invite_v1))
         .ruma(membership::make_knock)
         .ruma(membership::send_knock)
         .ruma(keys::get_keys)
