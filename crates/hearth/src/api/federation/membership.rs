@@ -124,9 +124,7 @@ pub async fn send_join_v1(
     parts: axum::http::request::Parts,
     body: axum::body::Bytes,
 ) -> Result<axum::Json<serde_json::Value>> {
-    let origin = crate::api::verify_server_request(&s, &parts, &body).await?;
-    let room_id = ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
-    let event_id = ruma::OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event id"))?;
+    let (origin, room_id, event_id) = signed_v1(&s, &parts, &body, room_id, event_id).await?;
     let pdu: Box<serde_json::value::RawValue> =
         serde_json::from_slice(&body).map_err(|_| Error::not_json("Content not JSON."))?;
     let answer = s.federation.send_join(&origin, &room_id, &event_id, &pdu).await?;
@@ -146,9 +144,7 @@ pub async fn create_invite_v1(
     parts: axum::http::request::Parts,
     body: axum::body::Bytes,
 ) -> Result<axum::Json<serde_json::Value>> {
-    let origin = crate::api::verify_server_request(&s, &parts, &body).await?;
-    let room_id = ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
-    let event_id = ruma::OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event id"))?;
+    let (origin, room_id, event_id) = signed_v1(&s, &parts, &body, room_id, event_id).await?;
     let event: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&body).map_err(|_| Error::not_json("The invite must be a JSON object."))?;
     let raws: Vec<Box<serde_json::value::RawValue>> = event
@@ -164,4 +160,18 @@ pub async fn create_invite_v1(
     let version = ruma::RoomVersionId::V1;
     let signed = s.federation.receive_invite(&origin, &room_id, &event_id, &version, &raw, stripped).await?;
     Ok(axum::Json(serde_json::json!([200, { "event": signed }])))
+}
+
+/// The verified origin, room id and event id of a v1 request handled outside ruma's types.
+async fn signed_v1(
+    s: &Services,
+    parts: &axum::http::request::Parts,
+    body: &[u8],
+    room_id: String,
+    event_id: String,
+) -> Result<(ruma::OwnedServerName, ruma::OwnedRoomId, ruma::OwnedEventId)> {
+    let origin = crate::api::verify_server_request(s, parts, body).await?;
+    let room_id = ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
+    let event_id = ruma::OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event id"))?;
+    Ok((origin, room_id, event_id))
 }
