@@ -45,7 +45,8 @@ async fn remote_keys_by_id(
     let server = <&ServerName>::try_from(server.as_str()).map_err(|_| Error::invalid_param("Invalid server name"))?;
     let min = match query.get("minimum_valid_until_ts") {
         Some(ts) => ts.parse::<u64>().map_err(|_| Error::invalid_param("Invalid minimum_valid_until_ts"))?,
-        None => 0,
+        // The spec's default: valid now.
+        None => crate::time::now_millis(),
     };
     let docs = notarised(&s, server, min).await?;
     Ok(axum::Json(serde_json::json!({ "server_keys": docs.into_iter().collect::<Vec<_>>() })))
@@ -78,7 +79,9 @@ async fn notarised(s: &Services, server: &ServerName, minimum_valid_until: u64) 
         return Ok(Some(s.server_key.key_document()?));
     }
     let keys = &s.transport.keys;
-    if keys.cached_valid_until(server)? < minimum_valid_until {
+    // Nothing cached (0) is fetched whatever the minimum asked, 0 included.
+    let cached = keys.cached_valid_until(server)?;
+    if cached == 0 || cached < minimum_valid_until {
         if let Err(e) = keys.fetch_from_origin(server).await {
             tracing::debug!(%server, error = %e, "notary: the origin did not give its keys; serving what is cached");
         }

@@ -309,6 +309,9 @@ impl Rooms {
         if let Some(by) = meta.and_then(|m| m.redacted_by.as_ref()) {
             if let Ok(Some(redaction)) = self.pdu(by) {
                 unsigned.insert("redacted_because".into(), redaction.to_client_json(Map::new()));
+                // Synapse's older name for the redaction's id, which it still sends and
+                // some clients and sytest read.
+                unsigned.insert("redacted_by".into(), json!(by));
             }
         }
         pdu.to_client_json(unsigned)

@@ -328,6 +328,14 @@ async fn older_forms_and_edge_answers_of_the_federation_api() {
     let alice = "@alice:a.test";
     let b = name("b.test");
 
+    // A notary asked for keys it has never fetched fetches them, even with a minimum
+    // validity of 0 (sytest asks so).
+    let key_id = p.a.services().server_key.key_id();
+    let query = json!({"server_keys": {"a.test": {&key_id: {"minimum_valid_until_ts": 0}}}});
+    let (status, keys) = p.b.post("/_matrix/key/v2/query", None, query).await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    assert_eq!(keys["server_keys"][0]["server_name"], "a.test", "{keys}");
+
     // send_join v1: a.test's join, made from b.test's template and signed with a.test's key.
     let path = format!("/_matrix/federation/v1/make_join/{}/{}?ver=10", urlencode(&room), urlencode(alice));
     let got = servers(&p.a).request(&b, ServerRequest::get(&path)).await.expect("make_join");
@@ -357,8 +365,7 @@ async fn older_forms_and_edge_answers_of_the_federation_api() {
     let (_, members) = p.b.get(&format!("/_matrix/client/v3/rooms/{room}/joined_members"), Some(&bob_token)).await;
     assert!(members["joined"].get(alice).is_some(), "{members}");
 
-    // The notary's deprecated form with a key id.
-    let key_id = p.a.services().server_key.key_id();
+    // The notary's deprecated form with a key id (a.test's keys are cached by now).
     let (status, keys) = p.b.get(&format!("/_matrix/key/v2/query/a.test/{key_id}"), None).await;
     assert_eq!(status, StatusCode::OK, "{keys}");
     let doc = &keys["server_keys"][0];

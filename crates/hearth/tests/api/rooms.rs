@@ -476,6 +476,7 @@ async fn redactions_in_every_version(b: Backend) {
         assert_eq!(ev["content"], json!({}), "v{v}: {ev}");
         assert_eq!(ev["unsigned"]["redacted_because"]["event_id"], red["event_id"], "v{v}: {ev}");
         assert_eq!(ev["unsigned"]["redacted_because"]["content"]["reason"], "typo");
+        assert_eq!(ev["unsigned"]["redacted_by"], red["event_id"], "v{v}: Synapse's older name, sent too");
         if v >= 11 {
             assert_eq!(ev["unsigned"]["redacted_because"]["content"]["redacts"], mine["event_id"]);
         } else {
