@@ -207,8 +207,69 @@ impl Federation {
     }
 
     /// A local user rejects an invite to a room on another server: a leave through the
-    /// inviting server.
+    /// inviting server. When that server refuses or cannot be reached, the invite is
+    /// rejected here alone (as Synapse does), so that a dead server cannot leave an invite
+    /// stuck in the user's client forever; the inviting server then still thinks it open.
     pub async fn reject_remote_invite(&self, room: &RoomId, user: &UserId, inviter_server: &ServerName) -> Result<()> {
+        match self.reject_through(room, user, inviter_server).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.status().is_server_error() || e.status().is_client_error() => {
+                tracing::info!(%room, %user, server = %inviter_server, error = %e, "invite rejected here alone");
+                self.reject_here_alone(room, user)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The local leave that ends an invite without the inviting server: signed by this
+    /// server, after the invite, never sent anywhere.
+    fn reject_here_alone(&self, room: &RoomId, user: &UserId) -> Result<()> {
+        let Some(rec) = self.rooms.membership(room, user)? else { return Ok(()) };
+        let Some(invite) = self.rooms.pdu(&rec.event_id)? else { return Ok(()) };
+        // The invite's id tells the event format: `$id:server` for versions 1 and 2.
+        let (version, v1_id) = if invite.event_id.as_str().contains(':') {
+            let local: String = {
+                use rand::{distributions::Alphanumeric, Rng};
+                rand::thread_rng().sample_iter(Alphanumeric).take(18).map(char::from).collect()
+            };
+            (RoomVersionId::V1, Some(format!("${local}:{}", self.own)))
+        } else {
+            (RoomVersionId::V10, None)
+        };
+        let rules = version.rules().ok_or_else(|| Error::internal("rules of a known version"))?;
+        let depth =
+            invite.json.get("depth").cloned().unwrap_or(ruma::CanonicalJsonValue::Integer(ruma::Int::from(0u32)));
+        let mut event = serde_json::json!({
+            "type": "m.room.member",
+            "room_id": room,
+            "sender": user,
+            "state_key": user,
+            "content": {"membership": "leave"},
+            "origin_server_ts": crate::time::now_millis(),
+            "depth": depth,
+            "prev_events": [invite.event_id],
+            "auth_events": [invite.event_id],
+        });
+        if let Some(id) = &v1_id {
+            event["event_id"] = Value::String(id.clone());
+            event["prev_events"] = serde_json::json!([[invite.event_id, {}]]);
+            event["auth_events"] = serde_json::json!([[invite.event_id, {}]]);
+        }
+        let mut event: ruma::CanonicalJsonObject =
+            serde_json::from_value(event).map_err(|e| Error::internal(e.to_string()))?;
+        ruma::signatures::hash_and_sign_event(
+            self.own.as_str(),
+            self.server_key.key_pair(),
+            &mut event,
+            &rules.redaction,
+        )
+        .map_err(|e| Error::internal(format!("cannot sign the rejection: {e}")))?;
+        let event_id = event_id_of(&event, &rules).map_err(Error::internal)?;
+        let leave = crate::rooms::pdu::Pdu::from_json(event_id, event, Some(room))?;
+        self.rooms.append_remote_leave(leave)
+    }
+
+    async fn reject_through(&self, room: &RoomId, user: &UserId, inviter_server: &ServerName) -> Result<()> {
         let path = format!("/_matrix/federation/v1/make_leave/{}/{}", encode(room.as_str()), encode(user.as_str()));
         let made = self.ask(inviter_server, ServerRequest::get(&path).limits(INVITE_TIMEOUT, 1024 * 1024)).await?;
         #[derive(Deserialize)]

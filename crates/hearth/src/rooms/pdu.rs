@@ -137,6 +137,12 @@ impl Pdu {
         }
         if let Some(r) = &self.redacts {
             out.insert("redacts".into(), Value::String(r.to_string()));
+        } else if self.kind == ruma::events::TimelineEventType::RoomRedaction {
+            // From version 11 `redacts` is in the content; the spec asks servers to copy it
+            // to the top level for older clients.
+            if let Some(Value::String(r)) = out["content"].get("redacts").cloned() {
+                out.insert("redacts".into(), Value::String(r));
+            }
         }
         if !unsigned.is_empty() {
             out.insert("unsigned".into(), Value::Object(unsigned));

@@ -482,6 +482,28 @@ async fn invites(server: &TestServer, token: &str) -> Vec<(String, Option<String
     out
 }
 
+/// An invite from a server that has gone away can still be rejected: the leave cannot
+/// reach b.test, so a.test rejects it alone (as Synapse does) rather than leaving it
+/// stuck in the user's client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_from_a_vanished_server_is_rejected_here() {
+    let mut p = pair().await;
+    let (_, bob_token, _) = p.b.register("bob", "a long password").await;
+    let (_, created) =
+        p.b.post("/_matrix/client/v3/createRoom", Some(&bob_token), json!({"preset": "private_chat"})).await;
+    let room = created["room_id"].as_str().expect("room id").to_owned();
+    let (alice, alice_token, _) = p.a.register("alice", "a long password").await;
+    let invite = format!("/_matrix/client/v3/rooms/{room}/invite");
+    assert_eq!(p.b.post(&invite, Some(&bob_token), json!({"user_id": alice})).await.0, StatusCode::OK);
+    assert_eq!(invites(&p.a, &alice_token).await.len(), 1);
+    // b.test comes back on another port; its SRV record still names the old one.
+    p.b.restart().await;
+    let (status, body) =
+        p.a.post(&format!("/_matrix/client/v3/rooms/{}/leave", encode(&room)), Some(&alice_token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(invites(&p.a, &alice_token).await, vec![], "the invite is gone");
+}
+
 /// A private room's owner on b.test invites two users of a.test: one accepts (a join
 /// through b.test) and talks, the other rejects (a leave sent through b.test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

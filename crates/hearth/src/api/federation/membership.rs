@@ -175,3 +175,18 @@ async fn signed_v1(
     let event_id = ruma::OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event id"))?;
     Ok((origin, room_id, event_id))
 }
+
+/// `PUT /_matrix/federation/v1/send_leave/{roomId}/{eventId}`: v2's leave with v1's
+/// answer, `[200, {}]`.
+pub async fn send_leave_v1(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    parts: axum::http::request::Parts,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<serde_json::Value>> {
+    let (origin, room_id, event_id) = signed_v1(&s, &parts, &body, room_id, event_id).await?;
+    let pdu: Box<serde_json::value::RawValue> =
+        serde_json::from_slice(&body).map_err(|_| Error::not_json("Content not JSON."))?;
+    s.federation.send_leave(&origin, &room_id, &event_id, &pdu).await?;
+    Ok(axum::Json(serde_json::json!([200, {}])))
+}

@@ -46,6 +46,7 @@ pub fn routes(allow_federation: bool) -> Router<Arc<Services>> {
         .route("/_matrix/federation/v1/send_join/{room_id}/{event_id}", axum::routing::put(membership::send_join_v1))
         .ruma(membership::make_leave)
         .ruma(membership::send_leave)
+        .route("/_matrix/federation/v1/send_leave/{room_id}/{event_id}", axum::routing::put(membership::send_leave_v1))
         .ruma(membership::create_invite)
         .route("/_matrix/federation/v1/invite/{room_id}/{event_id}", axum::routing::put(membership::create_invite_v1))
         .ruma(membership::make_knock)
