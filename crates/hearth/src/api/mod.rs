@@ -265,7 +265,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {

@@ -120,13 +120,9 @@ pub async fn send_knock(
 /// servers (and sytest) still send it; ruma has no types for it.
 pub async fn send_join_v1(
     axum::extract::State(s): axum::extract::State<Arc<Services>>,
-    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
-    parts: axum::http::request::Parts,
-    body: axum::body::Bytes,
+    SignedV1 { origin, room_id, event_id, body }: SignedV1,
 ) -> Result<axum::Json<serde_json::Value>> {
-    let (origin, room_id, event_id) = signed_v1(&s, &parts, &body, room_id, event_id).await?;
-    let pdu: Box<serde_json::value::RawValue> =
-        serde_json::from_slice(&body).map_err(|_| Error::not_json("Content not JSON."))?;
+    let pdu = raw_pdu(&body)?;
     let answer = s.federation.send_join(&origin, &room_id, &event_id, &pdu).await?;
     Ok(axum::Json(serde_json::json!([200, {
         "origin": s.config.server_name,
@@ -140,11 +136,8 @@ pub async fn send_join_v1(
 /// only ones v1 can carry, as it names no version); the answer is `[200, {"event": …}]`.
 pub async fn create_invite_v1(
     axum::extract::State(s): axum::extract::State<Arc<Services>>,
-    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
-    parts: axum::http::request::Parts,
-    body: axum::body::Bytes,
+    SignedV1 { origin, room_id, event_id, body }: SignedV1,
 ) -> Result<axum::Json<serde_json::Value>> {
-    let (origin, room_id, event_id) = signed_v1(&s, &parts, &body, room_id, event_id).await?;
     let event: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&body).map_err(|_| Error::not_json("The invite must be a JSON object."))?;
     let raws: Vec<Box<serde_json::value::RawValue>> = event
@@ -162,31 +155,44 @@ pub async fn create_invite_v1(
     Ok(axum::Json(serde_json::json!([200, { "event": signed }])))
 }
 
-/// The verified origin, room id and event id of a v1 request handled outside ruma's types.
-async fn signed_v1(
-    s: &Services,
-    parts: &axum::http::request::Parts,
-    body: &[u8],
-    room_id: String,
-    event_id: String,
-) -> Result<(ruma::OwnedServerName, ruma::OwnedRoomId, ruma::OwnedEventId)> {
-    let origin = crate::api::verify_server_request(s, parts, body).await?;
-    let room_id = ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
-    let event_id = ruma::OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event id"))?;
-    Ok((origin, room_id, event_id))
+/// A v1 membership request handled outside ruma's types (`…/{roomId}/{eventId}`): its
+/// verified origin, the ids of its path, and its body as sent.
+pub struct SignedV1 {
+    origin: ruma::OwnedServerName,
+    room_id: ruma::OwnedRoomId,
+    event_id: ruma::OwnedEventId,
+    body: axum::body::Bytes,
+}
+
+impl axum::extract::FromRequest<Arc<Services>> for SignedV1 {
+    type Rejection = Error;
+
+    async fn from_request(req: axum::extract::Request, s: &Arc<Services>) -> Result<Self> {
+        let (mut parts, body) = req.into_parts();
+        use axum::extract::FromRequestParts;
+        let axum::extract::Path((room_id, event_id)) =
+            axum::extract::Path::<(String, String)>::from_request_parts(&mut parts, s)
+                .await
+                .map_err(|_| Error::invalid_param("Invalid path"))?;
+        let body = crate::api::read_body(body, s.config.max_request_size as usize).await?;
+        let origin = crate::api::verify_server_request(s, &parts, &body).await?;
+        let room_id = ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
+        let event_id = ruma::OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event id"))?;
+        Ok(SignedV1 { origin, room_id, event_id, body })
+    }
+}
+
+fn raw_pdu(body: &[u8]) -> Result<Box<serde_json::value::RawValue>> {
+    serde_json::from_slice(body).map_err(|_| Error::not_json("Content not JSON."))
 }
 
 /// `PUT /_matrix/federation/v1/send_leave/{roomId}/{eventId}`: v2's leave with v1's
 /// answer, `[200, {}]`.
 pub async fn send_leave_v1(
     axum::extract::State(s): axum::extract::State<Arc<Services>>,
-    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
-    parts: axum::http::request::Parts,
-    body: axum::body::Bytes,
+    SignedV1 { origin, room_id, event_id, body }: SignedV1,
 ) -> Result<axum::Json<serde_json::Value>> {
-    let (origin, room_id, event_id) = signed_v1(&s, &parts, &body, room_id, event_id).await?;
-    let pdu: Box<serde_json::value::RawValue> =
-        serde_json::from_slice(&body).map_err(|_| Error::not_json("Content not JSON."))?;
+    let pdu = raw_pdu(&body)?;
     s.federation.send_leave(&origin, &room_id, &event_id, &pdu).await?;
     Ok(axum::Json(serde_json::json!([200, {}])))
 }
