@@ -175,7 +175,7 @@ impl Federation {
         }
         // An invite of a room this server is in passes through `/send` as well; either way
         // the invite is checked here for what it claims.
-        let pdu = self.verify_pdu(version, obj, Some(room), Some(event_id)).await.map_err(Error::bad_json)?;
+        let pdu = self.verify_pdu(version, obj, Some(room), Some(event_id)).await.map_err(super::pdu::refusal)?;
         let member = pdu.content_value().get("membership").and_then(Value::as_str).map(MembershipState::from);
         let target = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok());
         let Some(target) = target.filter(|_| pdu.kind.to_string() == "m.room.member") else {

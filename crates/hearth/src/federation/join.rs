@@ -215,7 +215,7 @@ impl Federation {
         if membership == MembershipState::Join {
             self.sign_as_authoriser(&version, &mut obj)?;
         }
-        let pdu = self.verify_pdu(&version, obj, Some(room), Some(event_id)).await.map_err(Error::bad_json)?;
+        let pdu = self.verify_pdu(&version, obj, Some(room), Some(event_id)).await.map_err(super::pdu::refusal)?;
         let member = pdu.content_value().get("membership").and_then(Value::as_str).map(MembershipState::from);
         if pdu.kind.to_string() != "m.room.member"
             || pdu.state_key.as_deref() != Some(pdu.sender.as_str())

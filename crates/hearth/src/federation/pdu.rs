@@ -27,6 +27,20 @@ const MAX_KEY_IDS_PER_SERVER: usize = 8;
 /// Why a remote PDU was dropped before its room was looked at.
 pub type Dropped = String;
 
+/// How every [`Dropped`] reason about signatures begins (a server that did not sign, keys
+/// that could not be had, a signature that does not verify): see [`refusal`].
+const SIGNATURE_PROBLEM: &str = "signature: ";
+
+/// The error a server gets for a PDU it sent directly (a join, a leave, an invite) that
+/// was dropped: 403 when its signatures are wanting, as Synapse answers, else 400.
+pub fn refusal(dropped: Dropped) -> crate::error::Error {
+    if dropped.starts_with(SIGNATURE_PROBLEM) {
+        crate::error::Error::forbidden(dropped)
+    } else {
+        crate::error::Error::bad_json(dropped)
+    }
+}
+
 /// A PDU as received, parsed into canonical JSON (refusing floats, huge integers and
 /// duplicate keys) and held to the size limit.
 pub fn parse_raw(raw: &RawJsonValue) -> Result<CanonicalJsonObject, Dropped> {
@@ -106,12 +120,17 @@ impl Federation {
                 _ => vec![],
             };
             if ids.is_empty() {
-                return Err(format!("not signed by {server}"));
+                return Err(format!("{SIGNATURE_PROBLEM}not signed by {server}"));
             }
-            let found = self.keys.keys_for(&server, &ids, ts).await.map_err(|e| format!("keys of {server}: {e}"))?;
+            let found = self
+                .keys
+                .keys_for(&server, &ids, ts)
+                .await
+                .map_err(|e| format!("{SIGNATURE_PROBLEM}keys of {server}: {e}"))?;
             keys.extend(found);
         }
-        let verified = verify_event(&keys, &obj, &rules).map_err(|e| format!("bad signature: {e}"))?;
+        let verified =
+            verify_event(&keys, &obj, &rules).map_err(|e| format!("{SIGNATURE_PROBLEM}bad signature: {e}"))?;
         if verified == Verified::Signatures {
             tracing::info!(event = %event_id, "content hash mismatch: keeping the redacted event");
             obj = redact(obj, &rules.redaction, None).map_err(|e| format!("cannot redact: {e}"))?;
