@@ -22,6 +22,7 @@ pub mod media;
 pub mod metrics;
 pub mod presence;
 pub mod push;
+pub mod random;
 pub mod rooms;
 pub mod search;
 pub mod server;

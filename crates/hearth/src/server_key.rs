@@ -6,7 +6,6 @@
 //! included in every backup.
 
 use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine as _};
-use rand::{distributions::Alphanumeric, Rng};
 use ruma::{
     serde::Base64,
     signatures::{sign_json, Ed25519KeyPair, KeyPair},
@@ -52,7 +51,7 @@ impl ServerKey {
                 .map_err(|e| StoreError::Other(format!("stored signing key unreadable: {e}")))?,
             None => {
                 let doc = Ed25519KeyPair::generate();
-                let version: String = rand::thread_rng().sample_iter(Alphanumeric).take(8).map(char::from).collect();
+                let version: String = crate::random::alphanumeric(8);
                 let stored = StoredKey { version, pkcs8: STANDARD_NO_PAD.encode(&*doc) };
                 let mut batch = Batch::new();
                 META.put(&mut batch, META_KEY, &serde_json::to_vec(&stored).unwrap_or_default());

@@ -11,7 +11,6 @@
 use std::{collections::VecDeque, path::Path, sync::Arc};
 
 use parking_lot::Mutex;
-use rand::{distributions::Alphanumeric, Rng};
 use ruma::{events::room::member::MembershipState, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::Serialize;
 
@@ -103,7 +102,7 @@ impl Admin {
             Err(Error::Matrix { status: http::StatusCode::NOT_FOUND, .. }) => Ok(DeletedRoom::default()),
             Err(e) => Err(e.to_string()),
         };
-        let delete_id: String = rand::thread_rng().sample_iter(Alphanumeric).take(16).map(char::from).collect();
+        let delete_id: String = crate::random::alphanumeric(16);
         let deletion = Deletion { delete_id, room_id: room.to_owned(), outcome };
         let mut all = self.deletions.lock();
         if all.len() >= MAX_DELETIONS {

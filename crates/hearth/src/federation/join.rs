@@ -490,8 +490,7 @@ impl Federation {
             // Versions 1 and 2 name events `$id:server`: the event is this server's, so it
             // gets an id of this server, whatever the template carried (the resident's,
             // whose signature it will never have).
-            use rand::{distributions::Alphanumeric, Rng};
-            let local: String = rand::thread_rng().sample_iter(Alphanumeric).take(18).map(char::from).collect();
+            let local: String = crate::random::alphanumeric(18);
             event.insert("event_id".into(), CanonicalJsonValue::String(format!("${local}:{}", self.own)));
             if event.contains_key("origin") {
                 event.insert("origin".into(), CanonicalJsonValue::String(self.own.to_string()));

@@ -171,10 +171,7 @@ fn filename_of(headers: &http::HeaderMap) -> Option<String> {
 /// (its content type, what comes before the file, what comes after). The metadata part is
 /// an empty object.
 pub fn multipart_frame(content_type: &str, disposition: &str) -> (String, Vec<u8>, Vec<u8>) {
-    let boundary: String = {
-        use rand::{distributions::Alphanumeric, Rng};
-        rand::thread_rng().sample_iter(Alphanumeric).take(32).map(char::from).collect()
-    };
+    let boundary: String = { crate::random::alphanumeric(32) };
     let head = format!(
         "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n\
          --{boundary}\r\nContent-Type: {content_type}\r\nContent-Disposition: {disposition}\r\n\r\n"

@@ -35,7 +35,6 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use rand::{distributions::Alphanumeric, Rng};
 use ruma::{OwnedUserId, ServerName};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -284,7 +283,7 @@ impl Media {
                 format!("At most {MAX_PENDING_PER_USER} uploads may be pending at once"),
             ));
         }
-        let media_id = random_id(24);
+        let media_id = crate::random::alphanumeric(24);
         let expires_ts = now + UNUSED_EXPIRES_MS;
         let mut batch = Batch::new();
         for id in &expired {
@@ -337,7 +336,7 @@ impl Media {
         let (limit, over) = self.upload_limit(&uploader).await;
         let (mut record, _, placed) = self.keep(body, content_type, filename, uploader, limit, over).await?;
         record.authenticated = self.settings.freeze_legacy;
-        let media_id = created_id.clone().unwrap_or_else(|| random_id(24));
+        let media_id = created_id.clone().unwrap_or_else(|| crate::random::alphanumeric(24));
         let mut usage = self.usage.lock().await;
         let used = usage.get(&record.uploader).copied().unwrap_or(0);
         if self.settings.quota.is_some_and(|quota| used + record.size > quota) {
@@ -450,7 +449,7 @@ impl Media {
         let (mut record, _, placed) =
             self.keep(body, content_type, filename, owner.to_owned(), self.max_size, too_large).await?;
         record.authenticated = self.settings.freeze_legacy;
-        let media_id = random_id(24);
+        let media_id = crate::random::alphanumeric(24);
         let mut usage = self.usage.lock().await;
         let mut batch = Batch::new();
         MEDIA.put(&mut batch, &media_id, &record);
@@ -474,7 +473,7 @@ impl Media {
     ) -> Result<(MediaRecord, PathBuf, tokio::sync::RwLockReadGuard<'_, ()>)> {
         // Removed if this is dropped before the file is placed: an error, or a caller that
         // gave up (a time-out, a client gone).
-        let tmp = TmpFile(self.root.join("tmp").join(random_id(24)));
+        let tmp = TmpFile(self.root.join("tmp").join(crate::random::alphanumeric(24)));
         let (sha256, size) = self.write_file(body, &tmp.0, limit, over).await?;
         let placed = self.files.read().await;
         let path = self.place(&tmp.0, &sha256, size).await?;
@@ -625,10 +624,6 @@ fn quota_exceeded() -> Error {
         "M_RESOURCE_LIMIT_EXCEEDED",
         "Media upload limit exceeded: this account's media quota is used up",
     )
-}
-
-fn random_id(len: usize) -> String {
-    rand::thread_rng().sample_iter(Alphanumeric).take(len).map(char::from).collect()
 }
 
 /// fsyncs a folder, so a file moved into it survives a crash.

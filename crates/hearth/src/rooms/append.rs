@@ -11,7 +11,7 @@ pub use super::build::{
     NewEvent, TxnRef, MAX_CONTENT_DEPTH, MAX_EVENT_TYPE_BYTES, MAX_PREV_EVENTS, MAX_STATE_KEY_BYTES,
 };
 use super::{
-    build::{check_limits, random_id, rules_for},
+    build::{check_limits, rules_for},
     commit::{Append, Placement, StateBefore},
     pdu::Pdu,
     RoomHeads, RoomRecord, Rooms,
@@ -71,7 +71,7 @@ impl Rooms {
 
     /// A fresh room id of this server, for room versions whose ids are chosen (before 12).
     pub fn new_room_id(&self) -> Result<OwnedRoomId> {
-        OwnedRoomId::try_from(format!("!{}:{}", random_id(18), self.server_name))
+        OwnedRoomId::try_from(format!("!{}:{}", crate::random::alphanumeric(18), self.server_name))
             .map_err(|e| Error::internal(e.to_string()))
     }
 

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use rand::{distributions::Alphanumeric, Rng};
 use ruma::{
     events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
@@ -90,10 +89,6 @@ pub(super) fn rules_for(version: &RoomVersionId) -> Result<ruma::room_version_ru
             format!("Room version {version} is not supported"),
         )
     })
-}
-
-pub(super) fn random_id(len: usize) -> String {
-    rand::thread_rng().sample_iter(Alphanumeric).take(len).map(char::from).collect()
 }
 
 impl Rooms {
@@ -184,7 +179,7 @@ impl Rooms {
             obj.insert("redacts".into(), CanonicalJsonValue::String(r.to_string()));
         }
         let v1_event_id = if rules.event_format.require_event_id {
-            let id = format!("${}:{}", random_id(18), self.server_name);
+            let id = format!("${}:{}", crate::random::alphanumeric(18), self.server_name);
             obj.insert("event_id".into(), CanonicalJsonValue::String(id.clone()));
             Some(id)
         } else {

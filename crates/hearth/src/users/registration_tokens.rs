@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rand::{distributions::Alphanumeric, Rng};
 use serde::{Deserialize, Serialize};
 
 use super::uiaa::TokenCheck;
@@ -95,8 +94,7 @@ impl RegistrationTokens {
 
     /// Creates a token (random 16 characters unless given).
     pub fn create(&self, token: Option<String>, uses_allowed: Option<u64>, expiry_time: Option<u64>) -> Result<String> {
-        let token =
-            token.unwrap_or_else(|| rand::thread_rng().sample_iter(Alphanumeric).take(16).map(char::from).collect());
+        let token = token.unwrap_or_else(|| crate::random::alphanumeric(16));
         if token.is_empty()
             || token.len() > MAX_TOKEN_LEN
             || !token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))

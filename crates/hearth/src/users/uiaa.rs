@@ -20,7 +20,6 @@ use std::{
 };
 
 use parking_lot::Mutex;
-use rand::{distributions::Alphanumeric, Rng};
 use ruma::{
     api::client::uiaa::{AuthData, AuthType, UserIdentifier},
     OwnedUserId, UserId,
@@ -236,7 +235,7 @@ impl Uiaa {
                 "Too many authentication sessions in progress",
             ));
         }
-        let id: String = rand::thread_rng().sample_iter(Alphanumeric).take(24).map(char::from).collect();
+        let id: String = crate::random::alphanumeric(24);
         sessions.insert(
             id.clone(),
             Session {

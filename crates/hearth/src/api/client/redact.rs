@@ -57,10 +57,7 @@ async fn redact_without_txn(
         Some(_) => return Err(Error::bad_json("reason must be a string")),
     };
     s.rooms.require_joined(&room_id, &caller.user_id)?;
-    let unique: String = {
-        use rand::{distributions::Alphanumeric, Rng};
-        rand::thread_rng().sample_iter(Alphanumeric).take(24).map(char::from).collect()
-    };
+    let unique: String = crate::random::alphanumeric(24);
     let txn_id = format!("hearth-post-redact-{unique}");
     let txn = TxnRef { device_id: caller.device_id.as_str(), txn_id: &txn_id };
     let pdu = s.rooms.redact_event(&room_id, &caller.user_id, &event_id, reason, txn)?;
