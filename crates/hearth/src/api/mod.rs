@@ -117,7 +117,8 @@ impl<R> Ruma<R> {
 /// the request as received: its method, its URI exactly as sent (before any routing), and
 /// its body as sent. `destination` must be this server (never compared with `Host`).
 /// Every failure is `M_UNAUTHORIZED`: 401, except an `X-Matrix` header that does not parse
-/// (a bad origin server name, say), which is 400 as on Synapse.
+/// (a bad origin server name, say), which is 400 as on Synapse, and a body that cannot be
+/// signed at all (400 `M_NOT_JSON` or `M_BAD_JSON`).
 pub(crate) async fn verify_server_request(
     services: &Services,
     parts: &http::request::Parts,
@@ -153,22 +154,24 @@ pub(crate) async fn verify_server_request(
         .uri(uri)
         .body(body)
         .map_err(|e| Error::unauthorized(format!("Cannot read the request: {e}")))?;
-    // A body the signature cannot cover (not JSON, or JSON that has no canonical form, such
-    // as a float) is the sender's mistake, not a forgery: 400, before any key is fetched.
-    if !body.is_empty() {
-        let parsed: serde_json::Value =
-            serde_json::from_slice(body).map_err(|_| Error::not_json("Content not JSON."))?;
-        ruma::CanonicalJsonValue::try_from(parsed)
-            .map_err(|e| Error::bad_json(format!("The body has no canonical JSON form: {e}")))?;
-    }
     let key_id = x.key.to_string();
     let keys =
         services.transport.keys.keys_for(&x.origin, std::slice::from_ref(&key_id), crate::time::now_millis()).await?;
     if !keys.get(x.origin.as_str()).is_some_and(|set| set.contains_key(&key_id)) {
         return Err(Error::unauthorized(format!("No valid key {key_id} of {} is known", x.origin)));
     }
-    x.verify_http_request(&request, own, &keys)
-        .map_err(|e| Error::unauthorized(format!("X-Matrix signature does not verify: {e}")))?;
+    x.verify_http_request(&request, own, &keys).map_err(|e| {
+        // A body the signature cannot cover (not JSON, or JSON with no canonical form, such
+        // as a float) is the sender's mistake, not a forgery: 400. Looked at only here, so
+        // that a request that verifies is parsed once.
+        let parsed = serde_json::from_slice::<serde_json::Value>(body);
+        match parsed.map(ruma::CanonicalJsonValue::try_from) {
+            _ if body.is_empty() => Error::unauthorized(format!("X-Matrix signature does not verify: {e}")),
+            Err(_) => Error::not_json("Content not JSON."),
+            Ok(Err(e)) => Error::bad_json(format!("The body has no canonical JSON form: {e}")),
+            Ok(Ok(_)) => Error::unauthorized(format!("X-Matrix signature does not verify: {e}")),
+        }
+    })?;
     Ok(x.origin)
 }
 

@@ -211,14 +211,11 @@ impl Federation {
     /// rejected here alone (as Synapse does), so that a dead server cannot leave an invite
     /// stuck in the user's client forever; the inviting server then still thinks it open.
     pub async fn reject_remote_invite(&self, room: &RoomId, user: &UserId, inviter_server: &ServerName) -> Result<()> {
-        match self.reject_through(room, user, inviter_server).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.status().is_server_error() || e.status().is_client_error() => {
-                tracing::info!(%room, %user, server = %inviter_server, error = %e, "invite rejected here alone");
-                self.reject_here_alone(room, user)
-            }
-            Err(e) => Err(e),
+        if let Err(e) = self.reject_through(room, user, inviter_server).await {
+            tracing::info!(%room, %user, server = %inviter_server, error = %e, "invite rejected here alone");
+            return self.reject_here_alone(room, user);
         }
+        Ok(())
     }
 
     /// The local leave that ends an invite without the inviting server: signed by this
@@ -228,10 +225,7 @@ impl Federation {
         let Some(invite) = self.rooms.pdu(&rec.event_id)? else { return Ok(()) };
         // The invite's id tells the event format: `$id:server` for versions 1 and 2.
         let (version, v1_id) = if invite.event_id.as_str().contains(':') {
-            let local: String = {
-                use rand::{distributions::Alphanumeric, Rng};
-                rand::thread_rng().sample_iter(Alphanumeric).take(18).map(char::from).collect()
-            };
+            let local: String = crate::random::alphanumeric(18);
             (RoomVersionId::V1, Some(format!("${local}:{}", self.own)))
         } else {
             (RoomVersionId::V10, None)
