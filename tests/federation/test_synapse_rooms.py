@@ -61,6 +61,16 @@ def joined(server: Server, user: User, room: str) -> set[str]:
     return set(answer["joined"])
 
 
+def joined_member_event(server: Server, user: User, room: str) -> str:
+    path = f"/_matrix/client/v3/rooms/{q(room)}/state/m.room.member/{q(user.user_id)}?format=event"
+    return server.call("GET", path, token=user.access_token)["event_id"]
+
+
+def partial_joins(synapse: Server) -> str:
+    """Synapse's log lines for joins it made with partial state."""
+    return "\n".join(line for line in synapse.logs().splitlines() if "(partial_state: True)" in line)
+
+
 def send(server: Server, user: User, room: str, body: str) -> str:
     txn = f"t{time.monotonic_ns()}"
     answer = server.call(
@@ -95,7 +105,11 @@ def test_join_messages_both_ways_and_leave(hearth: Server, synapse: Server, hear
     )
     assert joined_answer["room_id"] == room
     both = {owner_user.user_id, guest_user.user_id}
+    # Synapse asks for a partial-state join (`omit_members`), which Hearth grants; Synapse's
+    # joined_members waits until it has fetched the full state from Hearth.
     assert joined(guest, guest_user, room) == both
+    if home == "hearth":
+        assert f"event_id={joined_member_event(guest, guest_user, room)}" in partial_joins(guest)
     wait_for("the guest's join on the room's server", lambda: joined(owner, owner_user, room) == both)
     name = guest.call("GET", f"/_matrix/client/v3/rooms/{q(room)}/state/m.room.name/", token=guest_user.access_token)
     assert name["name"] == f"v{version} on {home}"

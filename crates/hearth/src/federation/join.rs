@@ -71,6 +71,8 @@ pub struct JoinAnswer {
     pub auth_chain: Vec<Box<RawJsonValue>>,
     pub event: Box<RawJsonValue>,
     pub servers_in_room: Vec<String>,
+    /// Whether member events were left out of `state` (`omit_members`).
+    pub members_omitted: bool,
 }
 
 #[derive(Deserialize)]
@@ -162,27 +164,86 @@ impl Federation {
     }
 
     /// `PUT /send_join` (v2): appends `user`'s join and answers with the room's state.
+    ///
+    /// With `omit_members` (a "partial state" join, as Synapse asks for) the state leaves
+    /// out member events, but for the heroes of a room with neither name nor canonical
+    /// alias, and the auth chain leaves out what the state already carries.
     pub async fn send_join(
         &self,
         origin: &ServerName,
         room: &RoomId,
         event_id: &EventId,
         raw: &RawJsonValue,
+        omit_members: bool,
     ) -> Result<JoinAnswer> {
         self.rooms.check_not_blocked(room)?;
         let pdu = self.receive_membership(origin, room, event_id, raw, MembershipState::Join).await?;
         let state_map = self.rooms.state_before(&pdu.event_id)?;
-        let state: Vec<OwnedEventId> = self.rooms.state_events_of(&state_map)?.into_values().collect();
-        let chain: Vec<OwnedEventId> =
-            self.rooms.auth_chain(state.iter().cloned().chain([pdu.event_id.clone()]))?.into_iter().collect();
-        let servers_in_room =
-            self.servers_in_room(room)?.into_iter().map(|s| s.to_string()).chain([self.own.to_string()]).collect();
+        let mut state_events = self.rooms.state_events_of(&state_map)?;
+        let joiner = pdu.state_key.as_deref().unwrap_or_default();
+        // "Before the join": the joining server counts only if another of its users is in.
+        let mut servers_in_room: Vec<String> = state_events
+            .iter()
+            .filter(|((kind, key), _)| *kind == StateEventType::RoomMember && key.as_str() != joiner)
+            .filter_map(|((_, key), id)| {
+                let joined = self.rooms.pdu(id).ok().flatten()?.membership() == Some(MembershipState::Join);
+                joined.then(|| UserId::parse(key.as_str()).ok()).flatten().map(|u| u.server_name().to_string())
+            })
+            .chain([self.own.to_string()])
+            .collect();
+        servers_in_room.sort();
+        servers_in_room.dedup();
+        if omit_members {
+            let heroes = self.heroes(&state_events, joiner)?;
+            state_events.retain(|(kind, key), _| *kind != StateEventType::RoomMember || heroes.contains(key));
+        }
+        let state: Vec<OwnedEventId> = state_events.into_values().collect();
+        let mut chain = self.rooms.auth_chain(state.iter().cloned().chain([pdu.event_id.clone()]))?;
+        if omit_members {
+            for id in &state {
+                chain.remove(id);
+            }
+        }
+        let chain: Vec<OwnedEventId> = chain.into_iter().collect();
         Ok(JoinAnswer {
             state: self.jsons(&state)?,
             auth_chain: self.jsons(&chain)?,
             event: own_json(&pdu),
             servers_in_room,
+            members_omitted: omit_members,
         })
+    }
+
+    /// Who a client would name a room after, when it has neither name nor canonical alias:
+    /// up to five joined or invited members other than `joiner`, as `/sync`'s summary.
+    fn heroes(&self, state: &StateEvents, joiner: &str) -> Result<Vec<String>> {
+        let named = |kind: StateEventType, field: &str| -> Result<bool> {
+            let Some(id) = state.get(&(kind, String::new())) else { return Ok(false) };
+            Ok(self
+                .rooms
+                .pdu(id)?
+                .is_some_and(|p| p.content_value().get(field).and_then(Value::as_str).is_some_and(|v| !v.is_empty())))
+        };
+        if named(StateEventType::RoomName, "name")? || named(StateEventType::RoomCanonicalAlias, "alias")? {
+            return Ok(Vec::new());
+        }
+        let mut members: Vec<(&String, &OwnedEventId)> = state
+            .iter()
+            .filter(|((kind, key), _)| *kind == StateEventType::RoomMember && key.as_str() != joiner)
+            .map(|((_, key), id)| (key, id))
+            .collect();
+        members.sort();
+        let mut heroes = Vec::new();
+        for (user, id) in members {
+            let membership = self.rooms.pdu(id)?.and_then(|p| p.membership());
+            if matches!(membership, Some(MembershipState::Join | MembershipState::Invite)) {
+                heroes.push(user.clone());
+                if heroes.len() == 5 {
+                    break;
+                }
+            }
+        }
+        Ok(heroes)
     }
 
     /// `PUT /send_leave` (v2).

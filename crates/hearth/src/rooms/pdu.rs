@@ -9,8 +9,9 @@
 use std::collections::BTreeMap;
 
 use ruma::{
-    events::TimelineEventType, CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId,
-    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    events::{room::member::MembershipState, TimelineEventType},
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId,
+    RoomId, UInt, UserId,
 };
 use serde::Deserialize;
 use serde_json::{value::RawValue as RawJsonValue, Map, Value};
@@ -106,6 +107,20 @@ impl Pdu {
     /// The content as a JSON value.
     pub fn content_value(&self) -> Value {
         serde_json::from_str(self.content.get()).unwrap_or(Value::Null)
+    }
+
+    /// A member event's `membership`; `None` for other events.
+    pub fn membership(&self) -> Option<MembershipState> {
+        if self.kind != TimelineEventType::RoomMember {
+            return None;
+        }
+        #[derive(Deserialize)]
+        struct Membership<'a> {
+            #[serde(borrow)]
+            membership: Option<std::borrow::Cow<'a, str>>,
+        }
+        let m: Membership<'_> = serde_json::from_str(self.content.get()).ok()?;
+        m.membership.map(|m| MembershipState::from(m.as_ref()))
     }
 
     /// The `sha256` content hash, used by v1/v2 event references.

@@ -312,12 +312,8 @@ async fn a_burst_from_a_new_server_fetches_its_keys_once() {
     assert_eq!(fetches, 1, "{text}");
 }
 
-/// What older servers and sytest still send, answered as Synapse answers it: a join through
-/// `send_join` v1 (its answer is `[200, {…}]`), the notary's key query with a key id, a
-/// `make_join` for a room this server has left (404), and a body the signature cannot
-/// cover (a float has no canonical JSON form: 400 `M_BAD_JSON`, not 401).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn older_forms_and_edge_answers_of_the_federation_api() {
+/// Two Hearths, and bob of b.test's public room of version 10: (pair, bob's token, room).
+async fn pair_with_a_room_at_b() -> (Pair, String, String) {
     let p = pair().await;
     let (_, bob_token, _) = p.b.register("bob", "a long password").await;
     let (_, created) = p
@@ -325,20 +321,14 @@ async fn older_forms_and_edge_answers_of_the_federation_api() {
         .post("/_matrix/client/v3/createRoom", Some(&bob_token), json!({"preset": "public_chat", "room_version": "10"}))
         .await;
     let room = created["room_id"].as_str().expect("room id").to_owned();
-    let alice = "@alice:a.test";
-    let b = name("b.test");
+    (p, bob_token, room)
+}
 
-    // A notary asked for keys it has never fetched fetches them, even with a minimum
-    // validity of 0 (sytest asks so).
-    let key_id = p.a.services().server_key.key_id();
-    let query = json!({"server_keys": {"a.test": {&key_id: {"minimum_valid_until_ts": 0}}}});
-    let (status, keys) = p.b.post("/_matrix/key/v2/query", None, query).await;
-    assert_eq!(status, StatusCode::OK, "{keys}");
-    assert_eq!(keys["server_keys"][0]["server_name"], "a.test", "{keys}");
-
-    // send_join v1: a.test's join, made from b.test's template and signed with a.test's key.
-    let path = format!("/_matrix/federation/v1/make_join/{}/{}?ver=10", urlencode(&room), urlencode(alice));
-    let got = servers(&p.a).request(&b, ServerRequest::get(&path)).await.expect("make_join");
+/// `user` of a.test's join of b.test's `room`: `make_join` asked of b.test, the template
+/// signed with a.test's key. Returns the event id and the event.
+async fn a_join_made_at_b(p: &Pair, room: &str, user: &str) -> (String, ruma::CanonicalJsonObject) {
+    let path = format!("/_matrix/federation/v1/make_join/{}/{}?ver=10", urlencode(room), urlencode(user));
+    let got = servers(&p.a).request(&name("b.test"), ServerRequest::get(&path)).await.expect("make_join");
     assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
     let made: Value = serde_json::from_slice(&got.body).expect("json");
     let version: ruma::RoomVersionId = made["room_version"].as_str().expect("version").try_into().expect("version");
@@ -351,7 +341,120 @@ async fn older_forms_and_edge_answers_of_the_federation_api() {
     ruma::signatures::hash_and_sign_event("a.test", p.a.services().server_key.ed25519(), &mut event, &rules.redaction)
         .expect("sign");
     let hash = ruma::signatures::reference_hash(&event, &rules).expect("hash");
-    let event_id = format!("${hash}");
+    (format!("${hash}"), event)
+}
+
+/// a.test's `send_join` v2 of `event` to b.test, with `omit_members` as given: the answer.
+async fn send_join_v2(p: &Pair, room: &str, event_id: &str, event: &ruma::CanonicalJsonObject, omit: bool) -> Value {
+    let path =
+        format!("/_matrix/federation/v2/send_join/{}/{}?omit_members={omit}", urlencode(room), urlencode(event_id));
+    let body = serde_json::to_value(event).expect("json");
+    let req = ServerRequest { method: http::Method::PUT, ..ServerRequest::post(&path, &body) };
+    let got = servers(&p.a).request(&name("b.test"), req).await.expect("send_join");
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    serde_json::from_slice(&got.body).expect("json")
+}
+
+/// A join that asks for partial state (`omit_members`, as Synapse asks): the state leaves
+/// out member events but for the heroes of an unnamed room, the auth chain leaves out what
+/// the state carries and still holds the members the auth rules need, and
+/// `servers_in_room` names the servers in the room before the join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_state_join_leaves_out_members_but_the_heroes() {
+    let (p, bob_token, room) = pair_with_a_room_at_b().await;
+    // Six members besides the joining user: one more than the five heroes.
+    let mut others = vec!["@bob:b.test".to_owned()];
+    for i in 1..=5 {
+        let (user, token, _) = p.b.register(&format!("member{i}"), "a long password").await;
+        let join = format!("/_matrix/client/v3/rooms/{}/join", urlencode(&room));
+        assert_eq!(p.b.post(&join, Some(&token), json!({})).await.0, StatusCode::OK);
+        others.push(user);
+    }
+    // Version 10 PDUs carry no id: it is their reference hash.
+    let rules = ruma::RoomVersionId::V10.rules().expect("rules");
+    let ids = |events: &Value| -> Vec<String> {
+        let events = events.as_array().expect("events").iter();
+        events
+            .map(|e| {
+                let object: ruma::CanonicalJsonObject = serde_json::from_value(e.clone()).expect("pdu");
+                format!("${}", ruma::signatures::reference_hash(&object, &rules).expect("hash"))
+            })
+            .collect()
+    };
+    let members = |state: &Value| -> Vec<String> {
+        let mut m: Vec<String> = state
+            .as_array()
+            .expect("state")
+            .iter()
+            .filter(|e| e["type"] == "m.room.member")
+            .map(|e| e["state_key"].as_str().expect("key").to_owned())
+            .collect();
+        m.sort();
+        m
+    };
+    // An unnamed room: the five heroes' member events come, the sixth member's does not.
+    let (event_id, event) = a_join_made_at_b(&p, &room, "@alice:a.test").await;
+    let answer = send_join_v2(&p, &room, &event_id, &event, true).await;
+    assert_eq!(answer["members_omitted"], true, "{answer}");
+    assert_eq!(answer["servers_in_room"], json!(["b.test"]), "{answer}");
+    others.sort();
+    assert_eq!(members(&answer["state"]), others[..5].to_vec(), "{answer}");
+    assert!(answer["state"].as_array().expect("state").iter().any(|e| e["type"] == "m.room.create"));
+    // No event twice, and the creator's join (which the power levels rest on) in the chain.
+    let state_ids = ids(&answer["state"]);
+    let chain_ids = ids(&answer["auth_chain"]);
+    assert!(chain_ids.iter().all(|id| !state_ids.contains(id)), "{answer}");
+    let (_, current) = p.b.get(&format!("/_matrix/client/v3/rooms/{}/state", urlencode(&room)), Some(&bob_token)).await;
+    let bob_join = current
+        .as_array()
+        .expect("state")
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == "@bob:b.test")
+        .map(|e| e["event_id"].as_str().expect("id").to_owned())
+        .expect("bob's join");
+    assert!(state_ids.contains(&bob_join), "bob is a hero: {answer}");
+
+    // Named, the room has no heroes: no member event in the state at all; without
+    // `omit_members` the state is whole again.
+    let name_path = format!("/_matrix/client/v3/rooms/{}/state/m.room.name", urlencode(&room));
+    assert_eq!(p.b.put(&name_path, Some(&bob_token), json!({"name": "Named"})).await.0, StatusCode::OK);
+    let (event_id, event) = a_join_made_at_b(&p, &room, "@dave:a.test").await;
+    let answer = send_join_v2(&p, &room, &event_id, &event, true).await;
+    assert_eq!(answer["members_omitted"], true, "{answer}");
+    assert_eq!(members(&answer["state"]), Vec::<String>::new(), "{answer}");
+    let chain_ids = ids(&answer["auth_chain"]);
+    assert!(chain_ids.contains(&bob_join), "the creator's join is in the auth chain: {answer}");
+    // a.test now has alice in the room: it counts as in the room before dave's join.
+    assert_eq!(answer["servers_in_room"], json!(["a.test", "b.test"]), "{answer}");
+    let (event_id, event) = a_join_made_at_b(&p, &room, "@erin:a.test").await;
+    let answer = send_join_v2(&p, &room, &event_id, &event, false).await;
+    assert_ne!(answer["members_omitted"], true, "{answer}");
+    let mut everyone = others.clone();
+    everyone.extend(["@alice:a.test".to_owned(), "@dave:a.test".to_owned()]);
+    everyone.sort();
+    assert_eq!(members(&answer["state"]), everyone, "{answer}");
+}
+
+/// What older servers and sytest still send, answered as Synapse answers it: a join through
+/// `send_join` v1 (its answer is `[200, {…}]`), the notary's key query with a key id, a
+/// `make_join` for a room this server has left (404), and a body the signature cannot
+/// cover (a float has no canonical JSON form: 400 `M_BAD_JSON`, not 401).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_forms_and_edge_answers_of_the_federation_api() {
+    let (p, bob_token, room) = pair_with_a_room_at_b().await;
+    let alice = "@alice:a.test";
+    let b = name("b.test");
+
+    // A notary asked for keys it has never fetched fetches them, even with a minimum
+    // validity of 0 (sytest asks so).
+    let key_id = p.a.services().server_key.key_id();
+    let query = json!({"server_keys": {"a.test": {&key_id: {"minimum_valid_until_ts": 0}}}});
+    let (status, keys) = p.b.post("/_matrix/key/v2/query", None, query).await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    assert_eq!(keys["server_keys"][0]["server_name"], "a.test", "{keys}");
+
+    // send_join v1: a.test's join, made from b.test's template and signed with a.test's key.
+    let (event_id, event) = a_join_made_at_b(&p, &room, alice).await;
     let path = format!("/_matrix/federation/v1/send_join/{}/{}", urlencode(&room), urlencode(&event_id));
     // Without a.test's signature the join is refused with 403, as Synapse refuses it.
     let mut unsigned = serde_json::to_value(&event).expect("json");

@@ -38,8 +38,9 @@ pub async fn send_join(
 ) -> Result<create_join_event::v2::Response> {
     let origin = req.origin()?;
     let b = &req.body;
-    let answer = s.federation.send_join(origin, &b.room_id, &b.event_id, &b.pdu).await?;
+    let answer = s.federation.send_join(origin, &b.room_id, &b.event_id, &b.pdu, b.omit_members).await?;
     let mut state = create_join_event::v2::RoomState::new();
+    state.members_omitted = answer.members_omitted;
     state.state = answer.state;
     state.auth_chain = answer.auth_chain;
     state.event = Some(answer.event);
@@ -123,7 +124,7 @@ pub async fn send_join_v1(
     SignedV1 { origin, room_id, event_id, body }: SignedV1,
 ) -> Result<axum::Json<serde_json::Value>> {
     let pdu = raw_pdu(&body)?;
-    let answer = s.federation.send_join(&origin, &room_id, &event_id, &pdu).await?;
+    let answer = s.federation.send_join(&origin, &room_id, &event_id, &pdu, false).await?;
     Ok(axum::Json(serde_json::json!([200, {
         "origin": s.config.server_name,
         "state": answer.state,
