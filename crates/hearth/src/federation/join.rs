@@ -182,13 +182,9 @@ impl Federation {
         let mut state_events = self.rooms.state_events_of(&state_map)?;
         let joiner = pdu.state_key.as_deref().unwrap_or_default();
         // "Before the join": the joining server counts only if another of its users is in.
-        let mut servers_in_room: Vec<String> = state_events
-            .iter()
-            .filter(|((kind, key), _)| *kind == StateEventType::RoomMember && key.as_str() != joiner)
-            .filter_map(|((_, key), id)| {
-                let joined = self.rooms.pdu(id).ok().flatten()?.membership() == Some(MembershipState::Join);
-                joined.then(|| UserId::parse(key.as_str()).ok()).flatten().map(|u| u.server_name().to_string())
-            })
+        let mut servers_in_room: Vec<String> = (self.rooms.joined_in(&state_map)?.iter())
+            .filter(|u| u.as_str() != joiner)
+            .map(|u| u.server_name().to_string())
             .chain([self.own.to_string()])
             .collect();
         servers_in_room.sort();

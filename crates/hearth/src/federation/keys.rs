@@ -10,7 +10,9 @@
 //!   local users and sends `m.device_list_update` (with the device's keys, or `deleted`)
 //!   and `m.signing_key_update` to every server sharing a room with the user; `prev_id`
 //!   names the previous update this process sent for the user, so a server that missed
-//!   one resyncs through `user/devices`.
+//!   one resyncs through `user/devices`. A join that brings servers together in a room
+//!   introduces the device lists of the users it brings together (the sender's
+//!   `introduce_devices`), once the join itself has reached the other server.
 //! - **Device-list changes in**: an update about a user of its origin becomes a
 //!   device-list item on the stream, so local users sharing a room with them see the user
 //!   in `device_lists.changed` and re-query.

@@ -51,6 +51,11 @@ pub const FEDERATION_QUEUE: Table<(String, u64), String> = Table::new(tables::FE
 /// `"position"` → the stream position queued up to.
 pub const FEDERATION_SENDER: Table<String, u64> = Table::new(tables::FEDERATION_SENDER);
 
+/// A device-list update's `stream_id` for a change at stream position `pos`.
+fn stream_id(pos: u64) -> u64 {
+    pos << DEVICE_BITS
+}
+
 /// The stream position the sender has queued events up to (`None` before its first run).
 pub fn queued_up_to(store: &Store) -> Result<Option<u64>> {
     Ok(FEDERATION_SENDER.get(store, "position")?)
@@ -77,6 +82,13 @@ const MAX_SCANNED_BACKLOG: usize = 100_000;
 pub const MAX_EDUS_PER_TXN: usize = 100;
 /// Most EDUs held for one destination; past it the oldest are dropped.
 const MAX_PENDING_EDUS: usize = 1000;
+/// Most local users whose device lists one remote join introduces.
+const MAX_INTRODUCED_USERS: usize = 1000;
+/// Most devices of one user in a device-list introduction.
+const MAX_INTRODUCED_DEVICES: usize = 1 << DEVICE_BITS;
+/// A device-list update's `stream_id` is its stream position shifted by this many bits,
+/// with room for one id per device of an introduction at the same position.
+const DEVICE_BITS: u32 = 10;
 /// The longest wait between attempts to reach a destination.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60 * 60);
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
@@ -89,6 +101,10 @@ const QUEUE_CHUNK: usize = 1000;
 struct Destination {
     wake: Notify,
     edus: Mutex<VecDeque<Value>>,
+    /// Device lists introduced by a join ([`Sender::introduce_devices`]), each with the
+    /// join's stream position: held until the destination's queue has nothing at or before
+    /// that position, so that the join reaches it first.
+    introductions: Mutex<VecDeque<(u64, Value)>>,
     /// The wait before the next attempt after a failure; zero when healthy.
     backoff: Mutex<Duration>,
     /// When a transaction last failed and last went through (ms), and why it failed.
@@ -346,8 +362,12 @@ impl Sender {
         };
         let mut batch = Batch::new();
         let mut touched = BTreeSet::new();
+        let mut joins = Vec::new();
         for (pos, entry) in events {
             let Some(pdu) = self.rooms.pdu_shared(&entry.event_id)? else { continue };
+            if pdu.membership() == Some(MembershipState::Join) {
+                joins.push((*pos, pdu.clone()));
+            }
             if pdu.sender.server_name() != self.own {
                 continue;
             }
@@ -367,7 +387,57 @@ impl Sender {
         FEDERATION_SENDER.put(&mut batch, "position", &reached);
         self.store.write(batch)?;
         self.send_device_changes(since, reached);
+        for (pos, join) in joins {
+            if let Err(e) = self.introduce_devices(pos, &join) {
+                tracing::warn!(event = %join.event_id, error = %e, "cannot introduce device lists after a join");
+            }
+        }
         Ok((reached, touched))
+    }
+
+    /// A join that brings servers together in a room: a local user's join sends their
+    /// device list to the servers already in the room, and the first member of another
+    /// server sends that server the device lists of the room's local members. A server
+    /// that knew nothing of a user resyncs through `user/devices`; one that did takes the
+    /// keys as sent. The updates go out once the join has reached the destination, so that
+    /// it knows the user shares a room with it (Synapse drops updates otherwise).
+    fn introduce_devices(&self, pos: u64, join: &crate::rooms::pdu::Pdu) -> Result<()> {
+        let Some(joiner) = join.state_key.as_deref().and_then(|k| ruma::UserId::parse(k).ok()) else { return Ok(()) };
+        let before = self.rooms.joined_in(&*self.rooms.state_before(&join.event_id)?)?;
+        if before.contains(&joiner) {
+            return Ok(()); // A new display name or avatar, not a join.
+        }
+        let mut introduce: Vec<(OwnedServerName, ruma::OwnedUserId)> = Vec::new();
+        if joiner.server_name() == self.own {
+            let servers: BTreeSet<&ServerName> =
+                before.iter().map(|u| u.server_name()).filter(|s| *s != self.own).collect();
+            introduce.extend(servers.into_iter().map(|s| (s.to_owned(), joiner.clone())));
+        } else if !before.iter().any(|u| u.server_name() == joiner.server_name()) {
+            let locals = before.iter().filter(|u| u.server_name() == self.own).take(MAX_INTRODUCED_USERS);
+            introduce.extend(locals.map(|u| (joiner.server_name().to_owned(), u.clone())));
+        }
+        for (server, user) in introduce {
+            let devices = self.keys.device_keys(&user)?;
+            let d = self.destination(&server);
+            {
+                let mut held = d.introductions.lock();
+                for (i, (device, keys)) in devices.into_iter().take(MAX_INTRODUCED_DEVICES).enumerate() {
+                    if held.len() >= MAX_PENDING_EDUS {
+                        held.pop_front();
+                    }
+                    let content = json!({
+                        "user_id": user,
+                        "device_id": device,
+                        "stream_id": stream_id(pos) + i as u64,
+                        "prev_id": [],
+                        "keys": keys,
+                    });
+                    held.push_back((pos, json!({"edu_type": "m.device_list_update", "content": content})));
+                }
+            }
+            d.wake.notify_one();
+        }
+        Ok(())
     }
 
     /// Device-list EDUs for the local users' key changes in (since, until] (see
@@ -437,11 +507,11 @@ impl Sender {
             }
             return Ok(json!({"edu_type": "m.signing_key_update", "content": content}));
         };
-        let prev = self.last_device_update.lock().insert(user.to_owned(), pos);
+        let prev = self.last_device_update.lock().insert(user.to_owned(), stream_id(pos));
         let mut content = json!({
             "user_id": user,
             "device_id": device,
-            "stream_id": pos,
+            "stream_id": stream_id(pos),
             "prev_id": prev.into_iter().collect::<Vec<u64>>(),
         });
         if deleted {
@@ -529,11 +599,19 @@ impl Sender {
                     Vec::new()
                 }
             };
-            let edus: Vec<Value> = {
+            let mut edus: Vec<Value> = {
                 let mut pending = d.edus.lock();
                 let n = pending.len().min(MAX_EDUS_PER_TXN);
                 pending.drain(..n).collect()
             };
+            {
+                // Introductions whose join is no longer waiting in the queue.
+                let first_queued = rows.first().map_or(u64::MAX, |(pos, _)| *pos);
+                let mut held = d.introductions.lock();
+                while edus.len() < MAX_EDUS_PER_TXN && held.front().is_some_and(|(pos, _)| *pos < first_queued) {
+                    edus.extend(held.pop_front().map(|(_, edu)| edu));
+                }
+            }
             if rows.is_empty() && edus.is_empty() {
                 tokio::select! {
                     _ = d.wake.notified() => continue,

@@ -429,6 +429,24 @@ impl Rooms {
         Ok(out)
     }
 
+    /// The users a state map has joined.
+    pub fn joined_in(&self, map: &StateMap) -> Result<Vec<ruma::OwnedUserId>> {
+        let mut joined = Vec::new();
+        for (&key, &short) in map {
+            let (kind, state_key) = self.state.state_key_pair(key)?;
+            if kind != StateEventType::RoomMember {
+                continue;
+            }
+            let Some(pdu) = self.state_pdu(short)? else { continue };
+            if pdu.membership() == Some(MembershipState::Join) {
+                if let Ok(user) = UserId::parse(state_key) {
+                    joined.push(user);
+                }
+            }
+        }
+        Ok(joined)
+    }
+
     /// The state before an event (for `/members?at=` and `/context`).
     pub fn state_before(&self, event_id: &EventId) -> Result<Arc<StateMap>> {
         let snapshot = match self.pdus.state_before(event_id) {

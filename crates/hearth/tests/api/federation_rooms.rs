@@ -9,6 +9,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use hearth::stream::StreamItem;
+
 use crate::{common::TestServer, federation::pair};
 
 /// How long a test waits for something to arrive from the other server before failing.
@@ -251,6 +253,49 @@ async fn join_a_version_12_room_by_id_with_via() {
         bodies(&p.b, &bob_token, &room).await.contains(&"and back".to_owned()).then_some(())
     })
     .await;
+}
+
+/// Whether `server` heard of a device-list change of `user`, another server's user: such
+/// a change is on its stream only when that user's server sent `m.device_list_update`.
+fn heard_of_devices(server: &TestServer, user: &str) -> bool {
+    let stream = &server.services().stream;
+    let items = stream.items_between(0, stream.now()).expect("stream items");
+    items.iter().any(|(_, item)| matches!(item, StreamItem::DeviceList { user_id, .. } if user_id == user))
+}
+
+/// A join that brings two servers together in a room introduces their users' device
+/// lists: b.test learns of alice's devices when she joins its room, and a.test of the
+/// devices of bob, who was in the room already. Neither had a room with the other before,
+/// so no other device-list update went across.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_that_brings_servers_together_introduces_device_lists() {
+    let p = pair().await;
+    let (bob, bob_token, bob_device) = p.b.register("bob", "a long password").await;
+    let (alice, alice_token, alice_device) = p.a.register("alice", "a long password").await;
+    for (server, user, token, device) in
+        [(&p.b, &bob, &bob_token, &bob_device), (&p.a, &alice, &alice_token, &alice_device)]
+    {
+        let keys = json!({"device_keys": {
+            "user_id": user, "device_id": device,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {format!("curve25519:{device}"): "curvekey", format!("ed25519:{device}"): "edkey"},
+            "signatures": {user.as_str(): {format!("ed25519:{device}"): "selfsig"}}
+        }});
+        let (status, body) = server.post("/_matrix/client/v3/keys/upload", Some(token), keys).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (_, created) = p
+        .b
+        .post("/_matrix/client/v3/createRoom", Some(&bob_token), json!({"preset": "public_chat", "room_version": "11"}))
+        .await;
+    let room = created["room_id"].as_str().expect("room id").to_owned();
+    assert!(!heard_of_devices(&p.b, &alice) && !heard_of_devices(&p.a, &bob));
+
+    let (status, joined) =
+        p.a.post(&format!("/_matrix/client/v3/join/{}?via=b.test", encode(&room)), Some(&alice_token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    eventually("alice's devices introduced to b.test", || async { heard_of_devices(&p.b, &alice).then_some(()) }).await;
+    eventually("bob's devices introduced to a.test", || async { heard_of_devices(&p.a, &bob).then_some(()) }).await;
 }
 
 /// A room whose join rule is `invite` refuses a remote join at `make_join` with 403.
