@@ -1,5 +1,6 @@
 //! Asking other servers for a room's history (`backfill`) when a client pages past what
-//! this server holds (see [`crate::rooms::backfill`]): the servers in the room are asked in
+//! this server holds, before the start of the room's timeline here or into a gap in it
+//! (see [`crate::rooms::backfill`]): the servers in the room are asked in
 //! turn, each with a time-out and a size cap, for up to [`MAX_BACKFILL`] events before the
 //! oldest one held; each event is verified (signatures, hashes), its auth events fetched if
 //! missing, checked against them, and stored behind the room's history.
@@ -27,10 +28,12 @@ struct Answer {
 }
 
 impl Federation {
-    /// Fetches up to `limit` events of history before what is held of `room`, from the
-    /// servers in it; returns how many were stored (0: nothing more, or nobody answered).
-    pub async fn backfill_room(&self, room: &RoomId, limit: usize) -> Result<usize> {
-        let Some((next_row, from)) = self.rooms.backfill_frontier(room)? else { return Ok(0) };
+    /// Fetches up to `limit` events of the history missing behind `anchor` of `room` (0:
+    /// before the start of its timeline here; else the stream position of an event with a
+    /// gap behind it, see [`crate::rooms::backfill`]), from the servers in the room;
+    /// returns how many were stored (0: nothing more, or nobody answered).
+    pub async fn backfill_room(&self, room: &RoomId, anchor: u64, limit: usize) -> Result<usize> {
+        let Some((next_row, from)) = self.rooms.backfill_frontier(room, anchor)? else { return Ok(0) };
         let version = self.rooms.known_room(room)?.version;
         let limit = limit.clamp(1, MAX_BACKFILL);
         let mut path = format!("/_matrix/federation/v1/backfill/{}?limit={limit}", encode(room.as_str()));

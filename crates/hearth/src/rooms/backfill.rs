@@ -1,17 +1,22 @@
-//! History from before this server joined a room: events another server sent in answer to
-//! `backfill`, kept behind the room's timeline.
+//! History another server sent in answer to `backfill`, kept beside the room's timeline:
+//! the history from before this server joined a room, and the history missing behind a
+//! gap (a rejoin after time away, or events received after an outage too long to fetch).
 //!
-//! The timeline is ordered by stream position, which only grows: history older than the
-//! room's first event here cannot take a place in it. Backfilled events get a place of their
-//! own instead, in `BACKFILL`: (room, n) where n counts *backwards* from the oldest event
-//! the timeline holds, so a backward page that runs off the start of the timeline goes on
-//! into the backfilled rows in ascending n. Pagination tokens there are `b<n>` (see
-//! [`backfill_token`]). Backfilled events are stored as outliers: never in `/sync`, never
-//! a forward extremity, their auth checked against their own auth events.
+//! The timeline is ordered by stream position, which only grows: history older than an
+//! event already held cannot take a place in it. Backfilled events get a place of their
+//! own instead, in `BACKFILL`: (room, row), where a row is an *anchor* and an index
+//! ([`row_of`]). The anchor is 0 for the start of the room's timeline here, and the stream
+//! position of the event with history missing behind it for a gap (that event's
+//! `EventMeta::gap_behind`). The index counts *backwards* in time from the anchor, so a
+//! backward page that reaches an anchor goes on into its rows in ascending order.
+//! Pagination tokens there are `b<row>` (see [`backfill_token`]). Backfilled events are
+//! stored as outliers: never in `/sync`, never a forward extremity, their auth checked
+//! against their own auth events.
 //!
-//! Whether a room has history before what is held: its oldest held event (the oldest
-//! backfilled one, else the first in the timeline) names prev events this server lacks
-//! ([`Rooms::backfill_frontier`]). A room created here never does.
+//! Whether history is missing behind an anchor: the oldest event held behind it (its last
+//! row, else the anchor's own event) names prev events this server lacks
+//! ([`Rooms::backfill_frontier`]). A room created here never does, and a gap closes once
+//! its rows reach events the timeline holds.
 
 use std::sync::Arc;
 
@@ -21,12 +26,31 @@ use super::{pdu::Pdu, remote::Refusal, Rooms, TIMELINE};
 use crate::{
     error::{Error, Result},
     store::{codec::encode_key, tables, Batch, KeyRange, Order, Table},
+    stream::EVENT_STREAM,
 };
 
-/// (room id, n) → event id; n grows going back in time.
+/// (room id, row) → event id; see the module doc for rows.
 pub const BACKFILL: Table<(String, u64), String> = Table::new(tables::BACKFILL);
 /// Event id → its row.
 pub const BACKFILL_ROWS: Table<String, u64> = Table::new(tables::BACKFILL_ROWS);
+
+/// Bits of a row that count events back from its anchor.
+const INDEX_BITS: u32 = 24;
+
+/// The row of the `index`th event back from `anchor`.
+pub fn row_of(anchor: u64, index: u64) -> u64 {
+    (anchor << INDEX_BITS) | index
+}
+
+/// The anchor a row counts back from.
+pub fn anchor_of(row: u64) -> u64 {
+    row >> INDEX_BITS
+}
+
+/// A row's index: how many events back from its anchor.
+pub fn index_of(row: u64) -> u64 {
+    row & ((1 << INDEX_BITS) - 1)
+}
 
 /// A token for a place among the backfilled events: just before row `n`.
 pub fn backfill_token(n: u64) -> String {
@@ -38,15 +62,20 @@ pub fn parse_backfill_token(t: &str) -> Option<u64> {
     t.strip_prefix('b').and_then(|n| n.parse().ok())
 }
 
+/// The rows of an anchor from `from` on.
+fn anchor_range(room_id: &RoomId, from: u64) -> KeyRange {
+    KeyRange {
+        lower: Some(encode_key::<(String, u64)>((room_id.as_str(), from))),
+        upper: Some(encode_key::<(String, u64)>((room_id.as_str(), row_of(anchor_of(from) + 1, 0)))),
+    }
+}
+
 impl Rooms {
-    /// Up to `limit` backfilled events from row `from` on, going back in time: (row, PDU).
+    /// Up to `limit` backfilled events from row `from` on, going back in time from its
+    /// anchor: (row, PDU).
     pub fn backfilled_page(&self, room_id: &RoomId, from: u64, limit: usize) -> Result<Vec<(u64, Arc<Pdu>)>> {
-        let range = KeyRange {
-            lower: Some(encode_key::<(String, u64)>((room_id.as_str(), from))),
-            upper: Some(encode_key::<(String, u64)>((room_id.as_str(), u64::MAX))),
-        };
         let mut rows = Vec::new();
-        BACKFILL.scan_range(&self.store, &range, Order::Ascending, |(_, n), id| {
+        BACKFILL.scan_range(&self.store, &anchor_range(room_id, from), Order::Ascending, |(_, n), id| {
             rows.push((n, id));
             rows.len() < limit
         })?;
@@ -57,32 +86,41 @@ impl Rooms {
         Ok(rows.into_iter().map(|(n, _)| n).zip(self.pdus_shared(&ids)?).filter_map(|(n, p)| Some((n, p?))).collect())
     }
 
-    /// The oldest event held of a room's history and its prev events this server lacks:
-    /// where backfill would go on from (`None`: nothing is missing).
-    pub fn backfill_frontier(&self, room_id: &RoomId) -> Result<Option<(u64, Vec<OwnedEventId>)>> {
+    /// The oldest event held behind `anchor` and its prev events this server lacks: where
+    /// backfill would go on from, as (the next row, the missing events); `None` when
+    /// nothing is missing there.
+    pub fn backfill_frontier(&self, room_id: &RoomId, anchor: u64) -> Result<Option<(u64, Vec<OwnedEventId>)>> {
         let mut last: Option<(u64, String)> = None;
-        let range = KeyRange {
-            lower: Some(encode_key::<(String, u64)>((room_id.as_str(), 0))),
-            upper: Some(encode_key::<(String, u64)>((room_id.as_str(), u64::MAX))),
-        };
-        BACKFILL.scan_range(&self.store, &range, Order::Descending, |(_, n), id| {
-            last = Some((n, id));
-            false
-        })?;
+        BACKFILL.scan_range(
+            &self.store,
+            &anchor_range(room_id, row_of(anchor, 0)),
+            Order::Descending,
+            |(_, n), id| {
+                last = Some((n, id));
+                false
+            },
+        )?;
         let (next_row, oldest) = match last {
             Some((n, id)) => (n + 1, id),
-            None => {
+            None if anchor == 0 => {
                 let mut first = None;
                 TIMELINE.scan_prefix(&self.store, room_id.as_str(), Order::Ascending, |_, row| {
                     first = Some(row.event_id);
                     false
                 })?;
                 match first {
-                    Some(id) => (0, id),
+                    Some(id) => (row_of(0, 0), id),
                     None => return Ok(None),
                 }
             }
+            None => match EVENT_STREAM.get(&self.store, anchor)? {
+                Some(entry) if entry.room_id == room_id => (row_of(anchor, 0), entry.event_id.to_string()),
+                _ => return Ok(None),
+            },
         };
+        if index_of(next_row) == 0 && anchor_of(next_row) != anchor {
+            return Ok(None); // The anchor's rows are full.
+        }
         let oldest = OwnedEventId::try_from(oldest).map_err(|e| Error::internal(e.to_string()))?;
         let Some(pdu) = self.pdu_shared(&oldest)? else { return Ok(None) };
         let mut missing = Vec::new();
@@ -100,7 +138,7 @@ impl Rooms {
     }
 
     /// Stores backfilled events (newest first, as a page going back reads them) behind
-    /// the room's history from row `next_row` on; each is checked against its own auth
+    /// an anchor's history from row `next_row` on; each is checked against its own auth
     /// events, which must be here. Returns how many were stored.
     pub fn append_backfilled(&self, version: &RoomVersionId, next_row: u64, events: Vec<Pdu>) -> Result<usize> {
         let mut batch = Batch::new();
@@ -120,6 +158,9 @@ impl Rooms {
                     tracing::info!(event = %id, error = %e, "a backfilled event was not stored");
                     continue;
                 }
+            }
+            if anchor_of(row) != anchor_of(next_row) {
+                break; // The anchor's rows are full.
             }
             BACKFILL.put(&mut batch, (room.as_str(), row), &id.to_string());
             BACKFILL_ROWS.put(&mut batch, id.as_str(), &row);

@@ -116,6 +116,7 @@ impl Rooms {
                     redacted_by: None,
                     outlier: placement == Placement::Outlier,
                     soft_failed: placement == Placement::SoftFailed,
+                    gap_behind: placement == Placement::Timeline && self.opens_a_gap(&heads, &pdu)?,
                 };
                 EVENT_META.put(batch, pdu.event_id.as_str(), &meta);
                 if placement == Placement::Outlier {
@@ -187,6 +188,22 @@ impl Rooms {
             }
         }
         Ok(Written { pdu, stream, placement, target })
+    }
+
+    /// Whether a timeline event leaves history missing behind it: the room has a timeline
+    /// here already (the start of a newly joined room's history is not a gap; see
+    /// [`super::backfill`]) and one of its prev events was never in the graph. A local
+    /// event's prev events are the forward extremities, so it never does.
+    fn opens_a_gap(&self, heads: &RoomHeads, pdu: &Pdu) -> Result<bool> {
+        if heads.snapshot.is_none() {
+            return Ok(false);
+        }
+        for prev in &pdu.prev_events {
+            if !heads.forward_extremities.contains(prev) && !self.in_graph(prev)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Writes a state given by event ids as a snapshot (a diff from `parent`).

@@ -97,6 +97,11 @@ pub struct EventMeta {
     /// Kept for state resolution but refused by the room's current state: never shown.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub soft_failed: bool,
+    /// A timeline event with history missing behind it (prev events this server never
+    /// had): a rejoin, or events received after a gap. Paging back past it goes through
+    /// the history fetched for that gap ([`backfill`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gap_behind: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -139,6 +139,7 @@ impl Rooms {
                         redacted_by: None,
                         outlier: true,
                         soft_failed: false,
+                        gap_behind: false,
                     };
                     EVENT_META.put(batch, pdu.event_id.as_str(), &meta);
                 }

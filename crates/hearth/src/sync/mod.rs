@@ -17,13 +17,23 @@ use std::{
 
 pub use filter::EventFilter;
 
-use ruma::{api::Direction, events::room::member::MembershipState, OwnedRoomId, RoomId, UserId};
+use ruma::{
+    api::Direction,
+    events::{room::member::MembershipState, TimelineEventType},
+    OwnedRoomId, RoomId, UserId,
+};
 use serde_json::Value;
 
 use crate::{
     e2ee::{to_device::ToDevice, Keys},
     error::{Error, Result},
-    rooms::{pdu::Pdu, state::StateMap, typing::Typing, Rooms},
+    rooms::{
+        backfill::{backfill_token, row_of},
+        pdu::Pdu,
+        state::StateMap,
+        typing::Typing,
+        Rooms,
+    },
     stream::StreamItem,
     users::{account_data::AccountData, presence::Presence},
 };
@@ -494,8 +504,11 @@ impl SectionContext<'_> {
     }
 
     /// The newest events up to `until` and after `from` that the user may see and the
-    /// timeline filter passes (oldest first), and whether older ones were left out.
-    fn timeline(&self, room_id: &RoomId, from: Option<u64>, until: u64) -> Result<(Positioned, bool)> {
+    /// timeline filter passes (oldest first), whether older ones were left out, and the
+    /// position of an event with history missing behind it (a rejoin), where the timeline
+    /// then starts: what lies behind it is not the timeline's past but the gap's history
+    /// (see [`crate::rooms::backfill`]), which `/messages` pages through.
+    fn timeline(&self, room_id: &RoomId, from: Option<u64>, until: u64) -> Result<(Positioned, bool, Option<u64>)> {
         let limit = self.opts.timeline_limit.min(MAX_TIMELINE_LIMIT);
         let filter = &self.opts.timeline;
         let batch = (limit + 1).max(20);
@@ -535,8 +548,27 @@ impl SectionContext<'_> {
             }
         };
         picked.truncate(limit);
+        // Newest first here: the first event with a gap behind it starts the timeline.
+        // This server's events never open one (their prev events are the room's heads),
+        // but for its users' joins through another server.
+        let own = self.user.server_name();
+        let mut gap = None;
+        for (i, (pos, pdu)) in picked.iter().enumerate() {
+            let may_open = pdu.sender.server_name() != own || pdu.kind == TimelineEventType::RoomMember;
+            if may_open && self.rooms.event_meta(&pdu.event_id)?.is_some_and(|m| m.gap_behind) {
+                gap = Some((i, *pos));
+                break;
+            }
+        }
+        let (limited, gap) = match gap {
+            Some((i, pos)) => {
+                picked.truncate(i + 1);
+                (true, Some(pos))
+            }
+            None => (limited, None),
+        };
         picked.reverse();
-        Ok((picked, limited))
+        Ok((picked, limited, gap))
     }
 
     /// A room's timeline after `from` (or the latest events, with full state, when `from` is
@@ -548,13 +580,14 @@ impl SectionContext<'_> {
     ///   this device was not sent yet (all of them with `include_redundant_members`).
     fn build(&self, room_id: &RoomId, from: Option<u64>, until: u64) -> Result<Section> {
         let (rooms, user, opts) = (self.rooms, self.user, self.opts);
-        let (page, limited) = self.timeline(room_id, from, until)?;
+        let (page, limited, gap) = self.timeline(room_id, from, until)?;
         // A fresh section whose timeline holds everything (not limited) gets "now" as its
         // prev_batch, as Synapse gives it: paging back from there returns the timeline again
         // (clients drop what they hold) and then ends, where a token before the first event
         // would return nothing. sytest pages back from it and expects events.
-        let prev_batch = match (from, limited) {
-            (None, false) if !page.is_empty() => Some(crate::rooms::timeline::token(until)),
+        let prev_batch = match (from, limited, gap) {
+            (_, _, Some(pos)) => Some(backfill_token(row_of(pos, 0))),
+            (None, false, _) if !page.is_empty() => Some(crate::rooms::timeline::token(until)),
             _ => page.first().map(|(pos, _)| crate::rooms::timeline::token(pos.saturating_sub(1))),
         };
         let senders: BTreeSet<&str> = page.iter().map(|(_, p)| p.sender.as_str()).collect();

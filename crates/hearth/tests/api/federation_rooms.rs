@@ -255,6 +255,93 @@ async fn join_a_version_12_room_by_id_with_via() {
     .await;
 }
 
+/// Every `m.room.message` body of a room, newest first, as `token`'s user pages back from
+/// `from` (now when `None`) with pages of `limit`; fails on an event seen twice.
+async fn page_back(server: &TestServer, token: &str, room: &str, from: Option<String>, limit: u32) -> Vec<String> {
+    let mut from = from;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        let mut path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit={limit}", encode(room));
+        if let Some(f) = &from {
+            path.push_str(&format!("&from={}", encode(f)));
+        }
+        let (status, page) = server.get(&path, Some(token)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for e in page["chunk"].as_array().expect("chunk") {
+            let id = e["event_id"].as_str().expect("event id").to_owned();
+            assert!(seen.insert(id.clone()), "{id} came twice: {page}");
+            if e["type"] == "m.room.message" {
+                out.push(e["content"]["body"].as_str().expect("body").to_owned());
+            }
+        }
+        match page["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => return out,
+        }
+    }
+    panic!("paging back never ended: {out:?}");
+}
+
+/// History missing behind a rejoin is filled: what b.test's room said while alice was
+/// away comes in its place when she pages back, between her rejoin and what she saw
+/// before she left, in pages of any size. Her sync after the rejoin starts its timeline
+/// at the rejoin, limited, with a `prev_batch` that leads into that history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_missed_while_away_is_filled_behind_a_rejoin() {
+    let p = pair().await;
+    let (_, bob_token, _) = p.b.register("bob", "a long password").await;
+    let (_, created) = p
+        .b
+        .post("/_matrix/client/v3/createRoom", Some(&bob_token), json!({"preset": "public_chat", "room_version": "11"}))
+        .await;
+    let room = created["room_id"].as_str().expect("room id").to_owned();
+    let (alice, alice_token, _) = p.a.register("alice", "a long password").await;
+    let join = format!("/_matrix/client/v3/join/{}?via=b.test", encode(&room));
+    assert_eq!(p.a.post(&join, Some(&alice_token), json!({})).await.0, StatusCode::OK);
+    send(&p.b, &bob_token, &room, "b1", "before she left").await;
+    eventually("bob's first message on a.test", || async {
+        bodies(&p.a, &alice_token, &room).await.contains(&"before she left".to_owned()).then_some(())
+    })
+    .await;
+    let leave = format!("/_matrix/client/v3/rooms/{}/leave", encode(&room));
+    assert_eq!(p.a.post(&leave, Some(&alice_token), json!({})).await.0, StatusCode::OK);
+    eventually("alice's leave on b.test", || async {
+        (!joined_members(&p.b, &bob_token, &room).await.contains(&alice)).then_some(())
+    })
+    .await;
+    for i in 1..=5 {
+        send(&p.b, &bob_token, &room, &format!("away{i}"), &format!("while away {i}")).await;
+    }
+    let (_, synced) = p.a.get("/_matrix/client/v3/sync?timeout=0", Some(&alice_token)).await;
+    let since = synced["next_batch"].as_str().expect("next_batch").to_owned();
+    assert_eq!(p.a.post(&join, Some(&alice_token), json!({})).await.0, StatusCode::OK);
+    send(&p.b, &bob_token, &room, "b2", "welcome back").await;
+    eventually("bob's message after the rejoin on a.test", || async {
+        bodies(&p.a, &alice_token, &room).await.last().is_some_and(|b| b == "welcome back").then_some(())
+    })
+    .await;
+
+    let expected: Vec<String> = ["welcome back", "while away 5", "while away 4", "while away 3"]
+        .into_iter()
+        .chain(["while away 2", "while away 1", "before she left"])
+        .map(str::to_owned)
+        .collect();
+    for limit in [50, 3, 1] {
+        assert_eq!(page_back(&p.a, &alice_token, &room, None, limit).await, expected, "pages of {limit}");
+    }
+
+    // The sync after the rejoin: the timeline starts at the rejoin and leads into the gap.
+    let (_, sync) = p.a.get(&format!("/_matrix/client/v3/sync?timeout=0&since={since}"), Some(&alice_token)).await;
+    let joined = &sync["rooms"]["join"][&room];
+    let timeline = joined["timeline"]["events"].as_array().expect("timeline");
+    let first = &timeline[0];
+    assert!(first["type"] == "m.room.member" && first["state_key"] == alice.as_str(), "{joined}");
+    assert_eq!(joined["timeline"]["limited"], true, "{joined}");
+    let prev_batch = joined["timeline"]["prev_batch"].as_str().expect("prev_batch").to_owned();
+    assert_eq!(page_back(&p.a, &alice_token, &room, Some(prev_batch), 2).await, expected[1..].to_vec());
+}
+
 /// Whether `server` heard of a device-list change of `user`, another server's user: such
 /// a change is on its stream only when that user's server sent `m.device_list_update`.
 fn heard_of_devices(server: &TestServer, user: &str) -> bool {
