@@ -187,11 +187,13 @@ impl Federation {
         if pdu.sender.server_name() != origin {
             return Err(Error::forbidden("The inviter is not of the requesting server"));
         }
-        if target.server_name() != self.own || !self.users.is_active(&target)? {
-            return Err(Error::not_found("No such user on this server"));
-        }
         if self.rooms.room(room)?.is_some() && !self.acl_allows(room, origin)? {
             return Err(Error::forbidden("The room's server ACL denies the inviting server"));
+        }
+        // Synapse takes invites for users it does not have; this server does not keep
+        // rows for whatever names another server makes up.
+        if target.server_name() != self.own || !self.users.is_active(&target)? {
+            return Err(Error::not_found("No such user on this server"));
         }
         let mut event = pdu.json.clone();
         ruma::signatures::sign_event(self.own.as_str(), self.server_key.key_pair(), &mut event, &rules.redaction)

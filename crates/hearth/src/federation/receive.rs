@@ -175,15 +175,16 @@ impl Federation {
 
     /// Step 1 of the module doc.
     async fn fetch_auth_events(&self, origin: &ServerName, version: &RoomVersionId, pdu: &Pdu) -> Result<(), Dropped> {
-        let mut missing = false;
+        let mut missing = Vec::new();
         for id in &pdu.auth_events {
             if self.rooms.event_meta(id).map_err(|e| e.to_string())?.is_none() {
-                missing = true;
+                missing.push(id.as_str());
             }
         }
-        if !missing {
+        if missing.is_empty() {
             return Ok(());
         }
+        let missing = missing.join(", ");
         let path = format!(
             "/_matrix/federation/v1/event_auth/{}/{}",
             encode(pdu.room_id.as_str()),
@@ -194,7 +195,7 @@ impl Federation {
         let answer = self
             .fetch_events(origin, &path)
             .await
-            .map_err(|e| refusal(Refusal::Rejected(format!("its auth events could not be fetched: {e}"))))?;
+            .map_err(|e| refusal(Refusal::Rejected(format!("its auth events ({missing}) could not be fetched: {e}"))))?;
         self.store_outliers(version, &pdu.room_id, answer.auth_chain).await;
         Ok(())
     }

@@ -3,7 +3,8 @@
 //! **Queueing** follows the event stream from a persisted position, as `/sync` does, and
 //! only up to the durable watermark: each event sent by a local user is queued, in the
 //! database, for every other server with a joined member in the room (and the server of a
-//! member event's target: a kicked or invited user's server hears of it). The queue rows
+//! leave or ban's target: a kicked or banned user's server hears of it; an invite goes by
+//! `/invite`). The queue rows
 //! and the new position are one write, so after `kill -9` the follower starts where the
 //! last write left it, and an acknowledged event is either queued or still ahead of the
 //! position. Events another server sent through this one (`send_join`, `send_leave`) are
@@ -372,7 +373,8 @@ impl Sender {
                 continue;
             }
             let mut dests = super::servers_in_room(&self.rooms, &entry.room_id, &self.own)?;
-            if pdu.kind == ruma::events::TimelineEventType::RoomMember {
+            // A kicked or banned user's server hears of it (an invite goes by `/invite`).
+            if matches!(pdu.membership(), Some(MembershipState::Leave | MembershipState::Ban)) {
                 if let Some(target) = pdu.state_key.as_deref().and_then(|k| ruma::UserId::parse(k).ok()) {
                     if target.server_name() != self.own && !dests.iter().any(|d| d == target.server_name()) {
                         dests.push(target.server_name().to_owned());
