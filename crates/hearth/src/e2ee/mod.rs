@@ -13,6 +13,7 @@
 
 pub mod backup;
 pub mod device_lists;
+pub mod remote;
 pub mod to_device;
 
 use std::{

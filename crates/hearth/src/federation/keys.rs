@@ -32,8 +32,8 @@ use crate::{
     transport::server_client::ServerRequest,
 };
 
-const KEYS_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_KEYS_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const KEYS_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const MAX_KEYS_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 /// Most users asked about in one query, and most devices claimed at once.
 pub const MAX_KEY_USERS: usize = 1000;
 
@@ -117,7 +117,10 @@ impl Federation {
             }
             devices.push(entry);
         }
-        let mut answer = json!({"user_id": user, "stream_id": self.rooms.stream_now(), "devices": devices});
+        // The id the next update's `prev_id` names, so that the asking server can apply it.
+        let stream_id =
+            self.sender.last_device_update(user).unwrap_or_else(|| super::sender::stream_id(self.rooms.stream_now()));
+        let mut answer = json!({"user_id": user, "stream_id": stream_id, "devices": devices});
         if let Some(k) = self.keys_e2ee.cross_signing_key(user, "master")? {
             answer["master_key"] = k;
         }
@@ -261,24 +264,6 @@ impl Federation {
             Ok(Some((pos, users))) => self.rooms.notifier.notify(users.iter().map(|u| &**u), pos),
             Ok(None) => {}
             Err(e) => tracing::info!(%origin, error = %e, "dropping to-device messages"),
-        }
-    }
-
-    /// `m.device_list_update` / `m.signing_key_update` about a user of the origin.
-    pub(crate) fn receive_device_change(&self, origin: &ServerName, content: &Value) {
-        let Some(user) = content.get("user_id").and_then(Value::as_str).and_then(|s| UserId::parse(s).ok()) else {
-            return;
-        };
-        if user.server_name() != origin {
-            return tracing::debug!(%origin, %user, "ignoring a device change of another server's user");
-        }
-        match self.keys_e2ee.note_remote_change(&user) {
-            Ok(pos) => {
-                if let Err(e) = self.keys_e2ee.announce(&self.rooms, &user, pos) {
-                    tracing::warn!(error = %e, "cannot announce a remote device change");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot record a remote device change"),
         }
     }
 }

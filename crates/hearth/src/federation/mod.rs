@@ -22,6 +22,7 @@
 //! room are handled one at a time ([`Federation::room_turn`]), then the append lock.
 
 pub mod backfill;
+pub mod device_lists;
 pub mod edu;
 pub mod hierarchy;
 pub mod invite;
@@ -73,6 +74,8 @@ pub struct Federation {
     turns: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     /// Inbound transactions already answered, by (origin, txn id).
     seen_txns: transactions::SeenTransactions,
+    /// Remote users whose device lists are being synced in the background.
+    resyncing: device_lists::Resyncing,
 }
 
 /// What federation is built on: the services below it.
@@ -116,6 +119,7 @@ impl Federation {
             sender,
             turns: Mutex::default(),
             seen_txns: Default::default(),
+            resyncing: Default::default(),
         }
     }
 

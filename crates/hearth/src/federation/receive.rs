@@ -192,10 +192,9 @@ impl Federation {
         );
         // Auth events that cannot be had make the event one that cannot be authorised: it is
         // rejected (as Synapse rejects it), not an error of the transaction.
-        let answer = self
-            .fetch_events(origin, &path)
-            .await
-            .map_err(|e| refusal(Refusal::Rejected(format!("its auth events ({missing}) could not be fetched: {e}"))))?;
+        let answer = self.fetch_events(origin, &path).await.map_err(|e| {
+            refusal(Refusal::Rejected(format!("its auth events ({missing}) could not be fetched: {e}")))
+        })?;
         self.store_outliers(version, &pdu.room_id, answer.auth_chain).await;
         Ok(())
     }

@@ -53,7 +53,7 @@ pub const FEDERATION_QUEUE: Table<(String, u64), String> = Table::new(tables::FE
 pub const FEDERATION_SENDER: Table<String, u64> = Table::new(tables::FEDERATION_SENDER);
 
 /// A device-list update's `stream_id` for a change at stream position `pos`.
-fn stream_id(pos: u64) -> u64 {
+pub(crate) fn stream_id(pos: u64) -> u64 {
     pos << DEVICE_BITS
 }
 
@@ -87,6 +87,10 @@ const MAX_PENDING_EDUS: usize = 1000;
 const MAX_INTRODUCED_USERS: usize = 1000;
 /// Most devices of one user in a device-list introduction.
 const MAX_INTRODUCED_DEVICES: usize = 1 << DEVICE_BITS;
+/// How long device lists introduced to a server that joined through this one wait: it
+/// stores the join only after `send_join` answered, and drops updates about users it
+/// does not share a room with yet.
+const INTRODUCTION_DELAY: Duration = Duration::from_secs(5);
 /// A device-list update's `stream_id` is its stream position shifted by this many bits,
 /// with room for one id per device of an introduction at the same position.
 const DEVICE_BITS: u32 = 10;
@@ -103,9 +107,10 @@ struct Destination {
     wake: Notify,
     edus: Mutex<VecDeque<Value>>,
     /// Device lists introduced by a join ([`Sender::introduce_devices`]), each with the
-    /// join's stream position: held until the destination's queue has nothing at or before
-    /// that position, so that the join reaches it first.
-    introductions: Mutex<VecDeque<(u64, Value)>>,
+    /// join's stream position and a time: held until the destination's queue has nothing
+    /// at or before that position and the time has come, so that the join reaches the
+    /// destination, and is stored there, first.
+    introductions: Mutex<VecDeque<(u64, tokio::time::Instant, Value)>>,
     /// The wait before the next attempt after a failure; zero when healthy.
     backoff: Mutex<Duration>,
     /// When a transaction last failed and last went through (ms), and why it failed.
@@ -409,6 +414,14 @@ impl Sender {
         if before.contains(&joiner) {
             return Ok(()); // A new display name or avatar, not a join.
         }
+        // Lists kept of the other side's users may have missed changes while no room was
+        // shared: they are synced afresh when next asked for.
+        if joiner.server_name() == self.own {
+            let remote = before.iter().filter(|u| u.server_name() != self.own).map(|u| &**u);
+            self.keys.forget_remote_devices(remote, pos)?;
+        } else {
+            self.keys.forget_remote_devices([&*joiner], pos)?;
+        }
         let mut introduce: Vec<(OwnedServerName, ruma::OwnedUserId)> = Vec::new();
         if joiner.server_name() == self.own {
             let servers: BTreeSet<&ServerName> =
@@ -418,6 +431,11 @@ impl Sender {
             let locals = before.iter().filter(|u| u.server_name() == self.own).take(MAX_INTRODUCED_USERS);
             introduce.extend(locals.map(|u| (joiner.server_name().to_owned(), u.clone())));
         }
+        // A local user's join reaches the others in the queue (or was stored by the resident
+        // before it answered `send_join`); another server's join through this one is stored
+        // there only after `send_join` answered.
+        let due = tokio::time::Instant::now()
+            + if joiner.server_name() == self.own { Duration::ZERO } else { INTRODUCTION_DELAY };
         for (server, user) in introduce {
             let devices = self.keys.device_keys(&user)?;
             let d = self.destination(&server);
@@ -434,7 +452,7 @@ impl Sender {
                         "prev_id": [],
                         "keys": keys,
                     });
-                    held.push_back((pos, json!({"edu_type": "m.device_list_update", "content": content})));
+                    held.push_back((pos, due, json!({"edu_type": "m.device_list_update", "content": content})));
                 }
             }
             d.wake.notify_one();
@@ -524,6 +542,12 @@ impl Sender {
         Ok(json!({"edu_type": "m.device_list_update", "content": content}))
     }
 
+    /// The `stream_id` of the last device-list update sent for a local user since start,
+    /// which `user/devices` answers with, so that the next update follows on from it.
+    pub fn last_device_update(&self, user: &ruma::UserId) -> Option<u64> {
+        self.last_device_update.lock().get(user).copied()
+    }
+
     /// Destinations with queued rows.
     fn queued_destinations(&self) -> Result<BTreeSet<OwnedServerName>> {
         let mut dests = BTreeSet::new();
@@ -606,17 +630,23 @@ impl Sender {
                 let n = pending.len().min(MAX_EDUS_PER_TXN);
                 pending.drain(..n).collect()
             };
-            {
-                // Introductions whose join is no longer waiting in the queue.
+            // Introductions whose join is no longer waiting in the queue, once due.
+            let next_due = {
                 let first_queued = rows.first().map_or(u64::MAX, |(pos, _)| *pos);
+                let now = tokio::time::Instant::now();
                 let mut held = d.introductions.lock();
-                while edus.len() < MAX_EDUS_PER_TXN && held.front().is_some_and(|(pos, _)| *pos < first_queued) {
-                    edus.extend(held.pop_front().map(|(_, edu)| edu));
+                while edus.len() < MAX_EDUS_PER_TXN
+                    && held.front().is_some_and(|(pos, due, _)| *pos < first_queued && *due <= now)
+                {
+                    edus.extend(held.pop_front().map(|(_, _, edu)| edu));
                 }
-            }
+                held.front().map(|(_, due, _)| *due)
+            };
             if rows.is_empty() && edus.is_empty() {
+                let wait = next_due.unwrap_or_else(|| tokio::time::Instant::now() + MAX_BACKOFF);
                 tokio::select! {
                     _ = d.wake.notified() => continue,
+                    _ = tokio::time::sleep_until(wait) => continue,
                     _ = stop.changed() => return,
                 }
             }

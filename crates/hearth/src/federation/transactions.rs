@@ -148,7 +148,9 @@ impl Federation {
             "m.receipt" => self.receive_receipts(origin, &edu.content),
             "m.direct_to_device" => self.receive_to_device(origin, &edu.content),
             "m.presence" => self.receive_presence(origin, &edu.content),
-            "m.device_list_update" | "m.signing_key_update" => self.receive_device_change(origin, &edu.content),
+            kind @ ("m.device_list_update" | "m.signing_key_update") => {
+                self.receive_device_change(origin, kind, &edu.content)
+            }
             _ => {}
         }
     }

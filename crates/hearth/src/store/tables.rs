@@ -74,6 +74,8 @@ pub const ONE_TIME_KEYS: &str = "one_time_keys";
 pub const FALLBACK_KEYS: &str = "fallback_keys";
 /// (user id, "master" | "self_signing" | "user_signing") → cross-signing key.
 pub const CROSS_SIGNING_KEYS: &str = "cross_signing_keys";
+/// User id of another server → that user's devices and cross-signing keys, as last synced.
+pub const REMOTE_DEVICE_LISTS: &str = "remote_device_lists";
 /// (user id, device id, stream position) → a to-device message waiting for that device.
 pub const TO_DEVICE: &str = "to_device";
 /// (user id, device id, transaction id) → () for idempotent sendToDevice.
@@ -128,6 +130,7 @@ pub const ALL: &[&str] = &[
     ONE_TIME_KEYS,
     FALLBACK_KEYS,
     CROSS_SIGNING_KEYS,
+    REMOTE_DEVICE_LISTS,
     TO_DEVICE,
     TO_DEVICE_TXNS,
     BACKUP_VERSIONS,

@@ -104,6 +104,11 @@ impl TestServer {
         self.running.as_ref().unwrap()
     }
 
+    /// Graceful stop, for good: only its configuration is left to read.
+    pub async fn stop(&mut self) {
+        self.running.take().unwrap().stop().await.unwrap();
+    }
+
     /// Graceful stop, then a new server on the same data directory.
     pub async fn restart(&mut self) {
         self.running.take().unwrap().stop().await.unwrap();

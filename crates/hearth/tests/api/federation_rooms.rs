@@ -255,6 +255,14 @@ async fn join_a_version_12_room_by_id_with_via() {
     .await;
 }
 
+/// A public room of version 11 that `token`'s user of b.test creates.
+async fn public_room_at_b(b: &TestServer, token: &str) -> String {
+    let (_, created) = b
+        .post("/_matrix/client/v3/createRoom", Some(token), json!({"preset": "public_chat", "room_version": "11"}))
+        .await;
+    created["room_id"].as_str().expect("room id").to_owned()
+}
+
 /// Every `m.room.message` body of a room, newest first, as `token`'s user pages back from
 /// `from` (now when `None`) with pages of `limit`; fails on an event seen twice.
 async fn page_back(server: &TestServer, token: &str, room: &str, from: Option<String>, limit: u32) -> Vec<String> {
@@ -291,11 +299,7 @@ async fn page_back(server: &TestServer, token: &str, room: &str, from: Option<St
 async fn the_history_missed_while_away_is_filled_behind_a_rejoin() {
     let p = pair().await;
     let (_, bob_token, _) = p.b.register("bob", "a long password").await;
-    let (_, created) = p
-        .b
-        .post("/_matrix/client/v3/createRoom", Some(&bob_token), json!({"preset": "public_chat", "room_version": "11"}))
-        .await;
-    let room = created["room_id"].as_str().expect("room id").to_owned();
+    let room = public_room_at_b(&p.b, &bob_token).await;
     let (alice, alice_token, _) = p.a.register("alice", "a long password").await;
     let join = format!("/_matrix/client/v3/join/{}?via=b.test", encode(&room));
     assert_eq!(p.a.post(&join, Some(&alice_token), json!({})).await.0, StatusCode::OK);
@@ -342,6 +346,65 @@ async fn the_history_missed_while_away_is_filled_behind_a_rejoin() {
     assert_eq!(page_back(&p.a, &alice_token, &room, Some(prev_batch), 2).await, expected[1..].to_vec());
 }
 
+/// `device` of `user` uploads device keys of its own.
+async fn upload_device_keys(server: &TestServer, user: &str, token: &str, device: &str) {
+    let keys = json!({"device_keys": {
+        "user_id": user, "device_id": device,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {format!("curve25519:{device}"): "curvekey", format!("ed25519:{device}"): "edkey"},
+        "signatures": {user: {format!("ed25519:{device}"): "selfsig"}}
+    }});
+    let (status, body) = server.post("/_matrix/client/v3/keys/upload", Some(token), keys).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// The devices of `of` that `token`'s user gets from `keys/query`, and the failures.
+async fn queried_devices(server: &TestServer, token: &str, of: &str) -> (Vec<String>, Value) {
+    let (status, body) =
+        server.post("/_matrix/client/v3/keys/query", Some(token), json!({"device_keys": {of: []}})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut devices: Vec<String> =
+        body["device_keys"][of].as_object().map(|d| d.keys().cloned().collect()).unwrap_or_default();
+    devices.sort();
+    (devices, body["failures"].clone())
+}
+
+/// Another server's users' device lists are kept: alice's first query of bob's keys
+/// syncs his list from b.test (`user/devices`); a device bob adds later reaches a.test as
+/// an `m.device_list_update` and is applied to the kept list; and with b.test gone,
+/// alice still gets both devices, with no failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_servers_device_lists_are_kept_and_updated() {
+    let mut p = pair().await;
+    let (bob, bob_token, bob_device) = p.b.register("bob", "a long password").await;
+    upload_device_keys(&p.b, &bob, &bob_token, &bob_device).await;
+    let room = public_room_at_b(&p.b, &bob_token).await;
+    let (_, alice_token, _) = p.a.register("alice", "a long password").await;
+    let join = format!("/_matrix/client/v3/join/{}?via=b.test", encode(&room));
+    assert_eq!(p.a.post(&join, Some(&alice_token), json!({})).await.0, StatusCode::OK);
+
+    let (devices, failures) = queried_devices(&p.a, &alice_token, &bob).await;
+    assert_eq!(devices, vec![bob_device.clone()], "{failures}");
+    let bob_id = ruma::UserId::parse(bob.as_str()).expect("user id");
+    let kept = p.a.services().keys.remote_devices(&bob_id).expect("read").expect("kept after the first query");
+    assert!(kept.devices.contains_key(&bob_device));
+
+    let (second_token, second_device) = p.b.login("bob", "a long password").await;
+    upload_device_keys(&p.b, &bob, &second_token, &second_device).await;
+    eventually("bob's new device in a.test's kept list", || async {
+        let kept = p.a.services().keys.remote_devices(&bob_id).ok().flatten()?;
+        kept.devices.contains_key(&second_device).then_some(())
+    })
+    .await;
+
+    p.b.stop().await;
+    let (devices, failures) = queried_devices(&p.a, &alice_token, &bob).await;
+    let mut both = vec![bob_device, second_device];
+    both.sort();
+    assert_eq!(devices, both);
+    assert!(failures.as_object().is_none_or(|f| f.is_empty()), "{failures}");
+}
+
 /// Whether `server` heard of a device-list change of `user`, another server's user: such
 /// a change is on its stream only when that user's server sent `m.device_list_update`.
 fn heard_of_devices(server: &TestServer, user: &str) -> bool {
@@ -359,23 +422,9 @@ async fn a_join_that_brings_servers_together_introduces_device_lists() {
     let p = pair().await;
     let (bob, bob_token, bob_device) = p.b.register("bob", "a long password").await;
     let (alice, alice_token, alice_device) = p.a.register("alice", "a long password").await;
-    for (server, user, token, device) in
-        [(&p.b, &bob, &bob_token, &bob_device), (&p.a, &alice, &alice_token, &alice_device)]
-    {
-        let keys = json!({"device_keys": {
-            "user_id": user, "device_id": device,
-            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
-            "keys": {format!("curve25519:{device}"): "curvekey", format!("ed25519:{device}"): "edkey"},
-            "signatures": {user.as_str(): {format!("ed25519:{device}"): "selfsig"}}
-        }});
-        let (status, body) = server.post("/_matrix/client/v3/keys/upload", Some(token), keys).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
-    let (_, created) = p
-        .b
-        .post("/_matrix/client/v3/createRoom", Some(&bob_token), json!({"preset": "public_chat", "room_version": "11"}))
-        .await;
-    let room = created["room_id"].as_str().expect("room id").to_owned();
+    upload_device_keys(&p.b, &bob, &bob_token, &bob_device).await;
+    upload_device_keys(&p.a, &alice, &alice_token, &alice_device).await;
+    let room = public_room_at_b(&p.b, &bob_token).await;
     assert!(!heard_of_devices(&p.b, &alice) && !heard_of_devices(&p.a, &bob));
 
     let (status, joined) =

@@ -115,12 +115,16 @@ pub async fn get_keys(s: Arc<Services>, req: Ruma<get_keys::v3::Request>) -> Res
         }
     }
     if !remote.is_empty() {
+        // What this server keeps of other servers' users first; the rest asked for.
+        let kept = s.federation.query_kept_keys(&mut remote).await;
         let (found, failed) = s.federation.query_remote_keys(&remote).await;
         for (field, out) in
             [("device_keys", &mut device_keys), ("master_keys", &mut masters), ("self_signing_keys", &mut self_signing)]
         {
-            for (user, keys) in found.get(field).and_then(Value::as_object).into_iter().flatten() {
-                out.insert(user.clone(), keys.clone());
+            for answer in [&kept, &found] {
+                for (user, keys) in answer.get(field).and_then(Value::as_object).into_iter().flatten() {
+                    out.insert(user.clone(), keys.clone());
+                }
             }
         }
         for server in failed {
