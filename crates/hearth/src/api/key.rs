@@ -39,7 +39,7 @@ pub fn routes() -> Router<Arc<Services>> {
 /// without the id, as Synapse gives it.
 async fn remote_keys_by_id(
     axum::extract::State(s): axum::extract::State<Arc<Services>>,
-    axum::extract::Path((server, _key_id)): axum::extract::Path<(String, String)>,
+    axum::extract::Path((server, key_id)): axum::extract::Path<(String, String)>,
     axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Result<axum::Json<serde_json::Value>> {
     let server = <&ServerName>::try_from(server.as_str()).map_err(|_| Error::invalid_param("Invalid server name"))?;
@@ -48,8 +48,8 @@ async fn remote_keys_by_id(
         // The spec's default: valid now.
         None => crate::time::now_millis(),
     };
-    let docs = notarised(&s, server, min).await?;
-    Ok(axum::Json(serde_json::json!({ "server_keys": docs.into_iter().collect::<Vec<_>>() })))
+    let docs = notarised(&s, server, min, &[key_id.as_str()]).await?;
+    Ok(axum::Json(serde_json::json!({ "server_keys": docs })))
 }
 
 /// `GET /_matrix/key/v2/server/{keyId}` (deprecated): the same document as without the id.
@@ -72,21 +72,33 @@ pub async fn get_server_keys(
     Ok(get_server_keys::v2::Response::new(raw(&s.server_key.key_document()?)?))
 }
 
-/// `server`'s key document for a notary answer: ours, or the cached one (fetched from the
-/// origin first when it is missing or not valid until `minimum_valid_until`), signed by us.
-async fn notarised(s: &Services, server: &ServerName, minimum_valid_until: u64) -> Result<Option<CanonicalJsonObject>> {
+/// `server`'s key documents for a notary answer: ours, or the cached ones (fetched from
+/// the origin first when there is none or the last is not valid until
+/// `minimum_valid_until`), signed by us. With `key_ids`, the latest document listing each
+/// of them, even one the origin no longer lists.
+async fn notarised(
+    s: &Services,
+    server: &ServerName,
+    minimum_valid_until: u64,
+    key_ids: &[&str],
+) -> Result<Vec<CanonicalJsonObject>> {
     if *server == *s.config.server_name {
-        return Ok(Some(s.server_key.key_document()?));
+        return Ok(vec![s.server_key.key_document()?]);
     }
     let keys = &s.transport.keys;
-    // Nothing cached (0) is fetched whatever the minimum asked, 0 included.
+    // Nothing cached (0) is fetched whatever the minimum asked, 0 included; so is a key
+    // named that no cached document lists.
     let cached = keys.cached_valid_until(server)?;
-    if cached == 0 || cached < minimum_valid_until {
+    let mut unknown_key = false;
+    for id in key_ids {
+        unknown_key |= !keys.has_document_for(server, id)?;
+    }
+    if cached == 0 || cached < minimum_valid_until || unknown_key {
         if let Err(e) = keys.fetch_from_origin(server).await {
             tracing::debug!(%server, error = %e, "notary: the origin did not give its keys; serving what is cached");
         }
     }
-    keys.notarised_document(server)
+    keys.notarised_documents(server, key_ids)
 }
 
 fn millis(ts: MilliSecondsSinceUnixEpoch) -> u64 {
@@ -99,7 +111,7 @@ pub async fn get_remote_server_keys(
     req: Ruma<get_remote_server_keys::v2::Request>,
 ) -> Result<get_remote_server_keys::v2::Response> {
     let min = millis(req.body.minimum_valid_until_ts);
-    let docs = notarised(&s, &req.body.server_name, min).await?;
+    let docs = notarised(&s, &req.body.server_name, min, &[]).await?;
     Ok(get_remote_server_keys::v2::Response::new(docs.iter().map(raw).collect::<Result<_>>()?))
 }
 
@@ -117,12 +129,14 @@ pub async fn get_remote_server_keys_batch(
     let answers = futures_util::future::join_all(req.body.server_keys.iter().map(|(server, criteria)| {
         // The latest minimum asked for any key of the server; now when none is given.
         let min = criteria.values().filter_map(|c| c.minimum_valid_until_ts).map(millis).max().unwrap_or(now);
-        notarised(&s, server, min)
+        let key_ids: Vec<&str> = criteria.keys().map(|id| id.as_str()).collect();
+        let s = &s;
+        async move { notarised(s, server, min, &key_ids).await }
     }))
     .await;
     let mut out = Vec::new();
-    for doc in answers {
-        if let Some(doc) = doc? {
+    for docs in answers {
+        for doc in docs? {
             out.push(raw(&doc)?);
         }
     }

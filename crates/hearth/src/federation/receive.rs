@@ -2,20 +2,24 @@
 //! and this server lacks is fetched from the server that sent it, within limits, and the
 //! event goes through `rooms`' "check and append" ([`crate::rooms::remote`]).
 //!
-//! 1. **Auth events** missing here: the event's auth chain (`event_auth`), each event
-//!    verified and stored as an outlier once its own auth events are here.
-//! 2. **Prev events** missing here: `get_missing_events` between the room's forward
+//! 1. **Prev events** missing here: `get_missing_events` between the room's forward
 //!    extremities and the event (at most [`MAX_MISSING_EVENTS`]), appended oldest first.
-//! 3. If a gap remains, the **state before** each missing prev event (`state`, which also
-//!    brings its auth chain) and the prev event itself: the event's state before is then
-//!    resolved from those states. The missing events stay unfetched (a gap in history,
-//!    filled later by backfill).
+//! 2. A pushed event (from `/send`) whose prev events are still missing is refused, as
+//!    Synapse refuses it: its state would be taken on trust. For an event pulled in by
+//!    step 1 whose own prev events are missing, the **state before** each missing prev
+//!    event is asked for (`state_ids`, then the events lacking here one by one; or
+//!    `state`, which brings them all with their auth chain), with the prev event itself:
+//!    the event's state before is resolved from those states. The missing events stay
+//!    unfetched (a gap in history, filled later by backfill).
+//! 3. **Auth events** still missing here: the event's auth chain (`event_auth`), each
+//!    event verified and stored as an outlier once its own auth events are here.
 //!
 //! Every request has a time-out and a size cap; how many events one PDU may pull in is
 //! bounded. A PDU whose room this server is not in is dropped.
 
 use std::{collections::HashSet, time::Duration};
 
+use futures_util::StreamExt;
 use ruma::{events::StateEventType, CanonicalJsonObject, EventId, OwnedEventId, RoomId, RoomVersionId, ServerName};
 use serde::Deserialize;
 use serde_json::value::RawValue as RawJsonValue;
@@ -36,6 +40,10 @@ use crate::{
 
 /// Most events asked for with `get_missing_events` for one received event.
 pub const MAX_MISSING_EVENTS: u64 = 20;
+/// Most events of a `state_ids` answer fetched one by one; past it the whole `state`.
+const MAX_EVENTS_BY_ID: usize = 200;
+/// Events fetched side by side.
+const FETCHES_AT_ONCE: usize = 8;
 /// Most missing prev events whose state is fetched for one received event.
 const MAX_STATE_FETCHES: usize = 5;
 /// Most events (state plus auth chain) taken from one `state` or `event_auth` answer.
@@ -53,6 +61,11 @@ struct EventsAnswer {
     events: Vec<Box<RawJsonValue>>,
     #[serde(default)]
     auth_chain: Vec<Box<RawJsonValue>>,
+}
+
+/// The path of `/state` or `/state_ids` at an event.
+fn at_event(endpoint: &str, room_id: &RoomId, event_id: &EventId) -> String {
+    format!("/_matrix/federation/v1/{endpoint}/{}?event_id={}", encode(room_id.as_str()), encode(event_id.as_str()))
 }
 
 /// Whether a received event may pull in others (its prev events) from its origin.
@@ -130,17 +143,28 @@ impl Federation {
             if self.rooms.in_graph(&pdu.event_id).map_err(|e| e.to_string())? {
                 return Ok(Appended::Known);
             }
-            self.fetch_auth_events(origin, version, &pdu).await?;
             let mut missing = self.missing_prev_events(&pdu)?;
             if !missing.is_empty() && fill == Fill::Gaps {
                 self.fetch_missing_events(origin, version, &pdu).await;
                 missing = self.missing_prev_events(&pdu)?;
+                // A pushed event could become the room's only head, its state taken on
+                // trust from its sender; there is no excuse for its sender not to give its
+                // prev events. Only events pulled in (step 2) take the state over a gap.
+                if !missing.is_empty() {
+                    return Err(refusal(Refusal::Rejected(format!(
+                        "{} of its prev events could not be fetched",
+                        missing.len()
+                    ))));
+                }
             }
             let before = if missing.is_empty() {
                 self.rooms.state_at_prev_events(version, &pdu.prev_events).map_err(refusal)?
             } else {
                 self.state_over_gap(origin, version, &pdu, &missing).await?
             };
+            // After the prev events: what they brought in (a state over a gap) may hold
+            // the auth events, as Synapse finds them.
+            self.fetch_auth_events(origin, version, &pdu).await?;
             let guest_access = pdu.kind.to_string() == "m.room.guest_access" && pdu.state_key.as_deref() == Some("");
             let room = pdu.room_id.clone();
             let appended = self.rooms.append_remote(pdu, before).map_err(refusal)?;
@@ -173,7 +197,7 @@ impl Federation {
         self.fetch_auth_events(origin, version, pdu).await
     }
 
-    /// Step 1 of the module doc.
+    /// Step 3 of the module doc.
     async fn fetch_auth_events(&self, origin: &ServerName, version: &RoomVersionId, pdu: &Pdu) -> Result<(), Dropped> {
         let mut missing = Vec::new();
         for id in &pdu.auth_events {
@@ -199,7 +223,7 @@ impl Federation {
         Ok(())
     }
 
-    /// Step 2 of the module doc. Failures only log: step 3 follows.
+    /// Step 1 of the module doc. Failures only log: step 2 follows.
     async fn fetch_missing_events(&self, origin: &ServerName, version: &RoomVersionId, pdu: &Pdu) {
         let heads = match self.rooms.heads(&pdu.room_id) {
             Ok(h) => h,
@@ -236,7 +260,7 @@ impl Federation {
         }
     }
 
-    /// Step 3 of the module doc: the state before `pdu` from the states before and after its
+    /// Step 2 of the module doc: the state before `pdu` from the states before and after its
     /// prev events, the missing ones fetched.
     async fn state_over_gap(
         &self,
@@ -263,7 +287,9 @@ impl Federation {
     }
 
     /// The state after a prev event this server lacks, as `origin` has it; the prev event
-    /// and the state's events (with their auth chains) are stored as outliers.
+    /// and the state's events (with their auth chains) are stored as outliers. Asked with
+    /// `state_ids` (only the events this server lacks are then fetched, one by one), as
+    /// Synapse asks; with `state` when that fails or too many events are missing.
     async fn state_after_remote(
         &self,
         origin: &ServerName,
@@ -271,9 +297,13 @@ impl Federation {
         room_id: &RoomId,
         event_id: &EventId,
     ) -> Result<StateEvents, Dropped> {
-        let path =
-            format!("/_matrix/federation/v1/state/{}?event_id={}", encode(room_id.as_str()), encode(event_id.as_str()));
-        let answer = self.fetch_events(origin, &path).await?;
+        match self.state_after_remote_by_ids(origin, version, room_id, event_id).await {
+            Ok(state) => return Ok(state),
+            Err(e) => {
+                tracing::debug!(%origin, %event_id, error = %e, "state by ids failed; asking for the whole state")
+            }
+        }
+        let answer = self.fetch_events(origin, &at_event("state", room_id, event_id)).await?;
         let mut all = answer.auth_chain;
         let state_ids: Vec<OwnedEventId> = {
             let rules = version.rules().ok_or("unsupported room version")?;
@@ -290,6 +320,65 @@ impl Federation {
         all.extend(prev.pdus.into_iter().take(1));
         self.store_outliers(version, room_id, all).await;
 
+        self.state_of(origin, &state_ids, event_id)
+    }
+
+    /// [`Federation::state_after_remote`] through `state_ids` and `event`.
+    async fn state_after_remote_by_ids(
+        &self,
+        origin: &ServerName,
+        version: &RoomVersionId,
+        room_id: &RoomId,
+        event_id: &EventId,
+    ) -> Result<StateEvents, Dropped> {
+        #[derive(Deserialize)]
+        struct Ids {
+            pdu_ids: Vec<OwnedEventId>,
+            #[serde(default)]
+            auth_chain_ids: Vec<OwnedEventId>,
+        }
+        let path = at_event("state_ids", room_id, event_id);
+        let req = ServerRequest::get(&path).limits(FETCH_TIMEOUT, MAX_STATE_BYTES);
+        let answer = self.servers.request(origin, req).await.map_err(|e| format!("{path}: {e}"))?;
+        if !answer.status.is_success() {
+            return Err(format!("{origin} answered {} to {path}", answer.status));
+        }
+        let ids: Ids = serde_json::from_slice(&answer.body).map_err(|e| format!("{origin}: invalid state_ids: {e}"))?;
+        if ids.pdu_ids.len() + ids.auth_chain_ids.len() > MAX_STATE_EVENTS {
+            return Err(format!("{origin} named more than {MAX_STATE_EVENTS} events"));
+        }
+        let mut missing = Vec::new();
+        let mut seen = HashSet::new();
+        let event_id_owned = event_id.to_owned();
+        let wanted = ids.pdu_ids.iter().chain(&ids.auth_chain_ids).chain(std::iter::once(&event_id_owned));
+        for id in wanted {
+            if seen.insert(id.clone()) && self.rooms.event_meta(id).map_err(|e| e.to_string())?.is_none() {
+                missing.push(id.clone());
+            }
+        }
+        if missing.len() > MAX_EVENTS_BY_ID {
+            return Err(format!("{} events missing; the whole state is asked for instead", missing.len()));
+        }
+        let fetched: Vec<Option<Box<RawJsonValue>>> = futures_util::stream::iter(missing)
+            .map(|id| async move {
+                let path = format!("/_matrix/federation/v1/event/{}", encode(id.as_str()));
+                self.fetch_events(origin, &path).await.ok().and_then(|a| a.pdus.into_iter().next())
+            })
+            .buffer_unordered(FETCHES_AT_ONCE)
+            .collect()
+            .await;
+        self.store_outliers(version, room_id, fetched.into_iter().flatten().collect()).await;
+        self.state_of(origin, &ids.pdu_ids, event_id)
+    }
+
+    /// The state after `event_id`: the state before it (`state_ids`, those held here) and
+    /// the event itself, which must be held.
+    fn state_of(
+        &self,
+        origin: &ServerName,
+        state_ids: &[OwnedEventId],
+        event_id: &EventId,
+    ) -> Result<StateEvents, Dropped> {
         let mut state = StateEvents::new();
         for id in state_ids.iter().chain(std::iter::once(&event_id.to_owned())) {
             let Some(p) = self.rooms.pdu_shared(id).map_err(|e| e.to_string())? else {

@@ -100,10 +100,11 @@ impl Federation {
 
     /// The state before an event of `room` (ids), for `state` and `state_ids`.
     fn state_ids_before(&self, origin: &ServerName, room: &RoomId, event_id: &EventId) -> Result<Vec<OwnedEventId>> {
-        let pdu = self.served_event(origin, event_id)?;
-        if pdu.room_id != room {
+        // An event of another room is unknown here, whether or not the asker is in that room.
+        if self.rooms.event_meta(event_id)?.is_none_or(|m| m.room_id != room) {
             return Err(Error::not_found("Unknown event in this room"));
         }
+        self.served_event(origin, event_id)?;
         if !self.rooms.in_graph(event_id)? {
             return Err(Error::not_found("This server does not hold the state at that event"));
         }

@@ -38,12 +38,17 @@ pub enum Placement {
     /// the state after it; membership, relation and redaction indexes follow it.
     Timeline,
     /// Allowed by the state before it but not by the room's current state: kept, with the
-    /// state before it, for state resolution. Never shown to clients, never a prev event:
-    /// only its prev events stop being forward extremities.
+    /// state before it, for state resolution. Never shown to clients, never a prev event,
+    /// and its prev events stay forward extremities (as Synapse keeps them): the room's
+    /// heads do not move.
     SoftFailed,
     /// Known only as the auth or state event of another event: the PDU alone, outside the
     /// room's graph (no timeline, no extremities, no state before it).
     Outlier,
+    /// Refused by the auth rules: kept with the state before it, so that events naming it
+    /// as a prev event can be placed (the state after it is the state before it), but it
+    /// changes nothing of the room: not its state, not its extremities.
+    Rejected,
 }
 
 /// The state before an event, as the caller established it.
@@ -115,7 +120,8 @@ impl Rooms {
                     txn: txn.map(|t| (t.device_id.to_owned(), t.txn_id.to_owned())),
                     redacted_by: None,
                     outlier: placement == Placement::Outlier,
-                    soft_failed: placement == Placement::SoftFailed,
+                    soft_failed: matches!(placement, Placement::SoftFailed | Placement::Rejected),
+                    rejected: placement == Placement::Rejected,
                     gap_behind: placement == Placement::Timeline && self.opens_a_gap(&heads, &pdu)?,
                 };
                 EVENT_META.put(batch, pdu.event_id.as_str(), &meta);
@@ -139,6 +145,9 @@ impl Rooms {
                 if let Some(s) = state_before {
                     STATE_BEFORE_EVENT.put(batch, short, &s);
                 }
+                if matches!(placement, Placement::Rejected | Placement::SoftFailed) {
+                    return Ok((None, heads.clone(), meta, state_before));
+                }
                 let mut new_heads = RoomHeads {
                     snapshot: heads.snapshot,
                     forward_extremities: heads
@@ -149,10 +158,6 @@ impl Rooms {
                         .collect(),
                     depth: heads.depth,
                 };
-                if placement == Placement::SoftFailed {
-                    ROOM_HEADS.put(batch, pdu.room_id.as_str(), &new_heads);
-                    return Ok((None, new_heads, meta, state_before));
-                }
                 new_heads.forward_extremities.push(pdu.event_id.clone());
                 new_heads.depth = new_heads.depth.max(pdu.depth);
                 new_heads.snapshot = state_before;
@@ -485,9 +490,9 @@ mod tests {
     }
 
     /// A soft-failed event is stored with the state before it, is never in the timeline
-    /// and never becomes a forward extremity; its prev events stop being extremities.
+    /// and never becomes a forward extremity; its prev events stay extremities.
     #[test]
-    fn soft_failed_event_moves_only_the_extremities() {
+    fn soft_failed_event_leaves_the_heads_alone() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (s, room, alice) = room(dir.path());
         let heads = s.rooms.heads(&room).expect("heads");
@@ -497,7 +502,7 @@ mod tests {
         assert!(!in_timeline(&s, &soft), "never shown to clients");
         let after = s.rooms.heads(&room).expect("heads");
         assert!(!after.forward_extremities.contains(&soft), "never a prev event");
-        assert!(after.forward_extremities.iter().all(|id| !heads.forward_extremities.contains(id)));
+        assert_eq!(after.forward_extremities, heads.forward_extremities, "its prev events stay extremities");
         assert_eq!(after.snapshot, heads.snapshot, "the current state does not change");
         let meta = EVENT_META.get(&s.store, soft.as_str()).expect("get").expect("meta");
         assert_eq!(STATE_BEFORE_EVENT.get(&s.store, meta.short).expect("get"), heads.snapshot);

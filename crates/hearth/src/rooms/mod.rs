@@ -95,8 +95,14 @@ pub struct EventMeta {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub outlier: bool,
     /// Kept for state resolution but refused by the room's current state: never shown.
+    /// Also set for a rejected event.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub soft_failed: bool,
+    /// Refused by the auth rules (against its auth events or the state before it): kept
+    /// so that events naming it as a prev event can be placed, but it changes no state,
+    /// is never a forward extremity, and is never shown or served.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rejected: bool,
     /// A timeline event with history missing behind it (prev events this server never
     /// had): a rejoin, or events received after a gap. Paging back past it goes through
     /// the history fetched for that gap ([`backfill`]).
@@ -469,9 +475,13 @@ impl Rooms {
         }
     }
 
-    /// The state right after an event: the state before it, plus the event if it is state.
+    /// The state right after an event: the state before it, plus the event if it is state
+    /// (and was not rejected).
     pub fn state_after(&self, event_id: &EventId) -> Result<Arc<StateMap>> {
         let before = self.state_before(event_id)?;
+        if self.event_meta(event_id)?.is_some_and(|m| m.rejected) {
+            return Ok(before);
+        }
         let Some(pdu) = self.pdu(event_id)? else { return Ok(before) };
         let Some(key) = &pdu.state_key else { return Ok(before) };
         let (Some(sk), Some(short)) =

@@ -139,6 +139,7 @@ impl Rooms {
                         redacted_by: None,
                         outlier: true,
                         soft_failed: false,
+                        rejected: false,
                         gap_behind: false,
                     };
                     EVENT_META.put(batch, pdu.event_id.as_str(), &meta);
@@ -273,10 +274,17 @@ impl Rooms {
         }
         let record = self.known_room(&pdu.room_id)?;
         let rules = rules_for(&record.version)?;
-        self.check_against_auth_events(&rules, &pdu)?;
-        // Step 4: the state before the event.
         let before_lookup = StateLookup::new(self, &state_before)?;
-        check_state(&rules, &pdu, |ty, key| before_lookup.get(self, ty, key)).map_err(Refusal::Rejected)?;
+        // Step 3, and step 4: the state before the event.
+        let checked = self.check_against_auth_events(&rules, &pdu).and_then(|()| {
+            check_state(&rules, &pdu, |ty, key| before_lookup.get(self, ty, key)).map_err(Refusal::Rejected)
+        });
+        if let Err(Refusal::Rejected(why)) = checked {
+            drop(before_lookup);
+            self.keep_rejected(pdu, state_before)?;
+            return Err(Refusal::Rejected(why));
+        }
+        checked?;
 
         let mut counters = self.append_lock.lock();
         let heads = self.heads(&pdu.room_id)?;
@@ -309,6 +317,24 @@ impl Rooms {
             Placement::SoftFailed => Appended::SoftFailed,
             _ => Appended::Timeline,
         })
+    }
+
+    /// Keeps an event the auth rules refused (see `EventMeta::rejected`), so that the
+    /// events after it, which name it as a prev event, need not fetch it again.
+    fn keep_rejected(&self, pdu: Pdu, state_before: StateBefore) -> Result<(), Refusal> {
+        let mut counters = self.append_lock.lock();
+        let append = Append {
+            pdu,
+            state_before,
+            placement: Placement::Rejected,
+            txn: None,
+            new_room: None,
+            resolved_current: None,
+        };
+        let written = self.commit(&mut counters, append)?;
+        drop(counters);
+        self.finish(written)?;
+        Ok(())
     }
 
     /// This server's join to a room on another server: `join` (signed by the resident

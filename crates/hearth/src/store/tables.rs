@@ -89,6 +89,8 @@ pub const BACKUP_KEYS: &str = "backup_keys";
 pub const REMOTE_SERVER_KEYS: &str = "remote_server_keys";
 /// Server name → its last key document, as it signed it (served again as a notary).
 pub const REMOTE_KEY_DOCUMENTS: &str = "remote_key_documents";
+/// (server name, key id) → the latest key document of the server that lists that key.
+pub const REMOTE_KEY_DOCUMENTS_BY_ID: &str = "remote_key_documents_by_id";
 /// SHA-256 of an OpenID token → the user it was issued to and its expiry.
 pub const OPENID_TOKENS: &str = "openid_tokens";
 /// Room id → who blocked it and when: rooms no local user may join or be invited to.
@@ -137,6 +139,7 @@ pub const ALL: &[&str] = &[
     BACKUP_KEYS,
     REMOTE_SERVER_KEYS,
     REMOTE_KEY_DOCUMENTS,
+    REMOTE_KEY_DOCUMENTS_BY_ID,
     OPENID_TOKENS,
     FEDERATION_QUEUE,
     FEDERATION_SENDER,

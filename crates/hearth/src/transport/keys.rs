@@ -70,6 +70,9 @@ json_value!(RemoteKey);
 pub const REMOTE_KEYS: Table<(String, String), RemoteKey> = Table::new(tables::REMOTE_SERVER_KEYS);
 /// Server name → its last key document, as it signed it (canonical JSON bytes).
 pub const REMOTE_KEY_DOCUMENTS: Table<String, Vec<u8>> = Table::new(tables::REMOTE_KEY_DOCUMENTS);
+/// (server name, key id) → the latest document listing that key: an origin that no longer
+/// lists a key cannot make the notary forget it.
+pub const REMOTE_KEY_DOCUMENTS_BY_ID: Table<(String, String), Vec<u8>> = Table::new(tables::REMOTE_KEY_DOCUMENTS_BY_ID);
 
 pub struct ServerKeys {
     store: Arc<Store>,
@@ -279,27 +282,59 @@ impl ServerKeys {
             REMOTE_KEYS.put(&mut batch, (server.as_str(), id.as_str()), key);
         }
         let bytes = serde_json::to_vec(&kept_doc).map_err(|e| Error::internal(e.to_string()))?;
+        let valid_until = valid_until_of(&bytes);
+        for (id, _) in &keys {
+            let key = (server.as_str(), id.as_str());
+            if REMOTE_KEY_DOCUMENTS_BY_ID.get(&self.store, key)?.is_none_or(|kept| valid_until_of(&kept) <= valid_until)
+            {
+                REMOTE_KEY_DOCUMENTS_BY_ID.put(&mut batch, key, &bytes);
+            }
+        }
         REMOTE_KEY_DOCUMENTS.put(&mut batch, server.as_str(), &bytes);
         self.store.write(batch)?;
         Ok(())
     }
 
-    /// The last key document of `server`, as it signed it, with this server's signature
-    /// added (the notary API's answer); `None` when none is cached.
-    pub fn notarised_document(&self, server: &ServerName) -> Result<Option<CanonicalJsonObject>> {
-        let Some(bytes) = REMOTE_KEY_DOCUMENTS.get(&self.store, server.as_str())? else { return Ok(None) };
-        let mut doc: CanonicalJsonObject =
-            serde_json::from_slice(&bytes).map_err(|e| Error::internal(format!("stored key document: {e}")))?;
-        self.own.sign(&mut doc)?;
-        Ok(Some(doc))
+    /// Key documents of `server`, as it signed them, with this server's signature added
+    /// (the notary API's answer): the last one when `key_ids` is empty, else the latest
+    /// listing each of them (once each). Empty when none is cached.
+    pub fn notarised_documents(&self, server: &ServerName, key_ids: &[&str]) -> Result<Vec<CanonicalJsonObject>> {
+        let mut stored = Vec::new();
+        if key_ids.is_empty() {
+            stored.extend(REMOTE_KEY_DOCUMENTS.get(&self.store, server.as_str())?);
+        }
+        for id in key_ids {
+            if let Some(bytes) = REMOTE_KEY_DOCUMENTS_BY_ID.get(&self.store, (server.as_str(), *id))? {
+                if !stored.contains(&bytes) {
+                    stored.push(bytes);
+                }
+            }
+        }
+        let mut docs = Vec::with_capacity(stored.len());
+        for bytes in stored {
+            let mut doc: CanonicalJsonObject =
+                serde_json::from_slice(&bytes).map_err(|e| Error::internal(format!("stored key document: {e}")))?;
+            self.own.sign(&mut doc)?;
+            docs.push(doc);
+        }
+        Ok(docs)
+    }
+
+    /// Whether a document of `server` listing key `key_id` is cached.
+    pub fn has_document_for(&self, server: &ServerName, key_id: &str) -> Result<bool> {
+        Ok(REMOTE_KEY_DOCUMENTS_BY_ID.get(&self.store, (server.as_str(), key_id))?.is_some())
     }
 
     /// `valid_until_ts` of the cached document of `server` (0 when none).
     pub fn cached_valid_until(&self, server: &ServerName) -> Result<u64> {
-        let Some(bytes) = REMOTE_KEY_DOCUMENTS.get(&self.store, server.as_str())? else { return Ok(0) };
-        let doc: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        Ok(doc.get("valid_until_ts").and_then(Value::as_u64).unwrap_or(0))
+        Ok(REMOTE_KEY_DOCUMENTS.get(&self.store, server.as_str())?.map_or(0, |bytes| valid_until_of(&bytes)))
     }
+}
+
+/// `valid_until_ts` of a stored key document (0 when unreadable).
+fn valid_until_of(bytes: &[u8]) -> u64 {
+    let doc: Value = serde_json::from_slice(bytes).unwrap_or_default();
+    doc.get("valid_until_ts").and_then(Value::as_u64).unwrap_or(0)
 }
 
 /// `doc` with the signatures of `signer` alone.

@@ -628,10 +628,23 @@ async fn hostile_transactions_are_refused_piece_by_piece() {
     // Refused for want of c.test's signature (and were it signed, for its sender).
     assert!(err_of(&answer, &not_origin_id).expect("refused").contains("c.test"), "{answer}");
     assert!(stored(&not_origin_id).is_none());
-    // Rejected by the auth rules: handled, so no error in the answer (as Synapse), and not
-    // stored in the room.
+    // Rejected by the auth rules: handled, so no error in the answer (as Synapse). Kept
+    // only as rejected (so that later events naming it need not fetch it again), never
+    // shown to alice.
     assert_eq!(answer["pdus"][&outsider_id], json!({}), "{answer}");
-    assert!(stored(&outsider_id).is_none());
+    let outsider_event = ruma::OwnedEventId::try_from(outsider_id.as_str()).expect("id");
+    let meta = p.a.services().rooms.event_meta(&outsider_event).expect("read").expect("kept as rejected");
+    assert!(meta.rejected && meta.soft_failed, "{meta:?}");
+    let path = format!("/_matrix/client/v3/rooms/{}/event/{}", encode(&room_str), encode(&outsider_id));
+    assert_eq!(p.a.get(&path, Some(&alice_token)).await.0, StatusCode::NOT_FOUND);
+    // An event of bob's that names the rejected one as its prev event is taken, on the
+    // state before it (the rejected event changed nothing), without fetching anything.
+    let (after, after_id) = signed_by_b(&p, &room, &bob, "after the rejected one", |o| {
+        o.insert("prev_events".into(), ruma::CanonicalJsonValue::Array(vec![outsider_id.clone().into()]));
+    });
+    let (status, answer) = transaction(&p, "t2b", vec![json!(after)], vec![]).await;
+    assert_eq!((status, &answer["pdus"][&after_id]), (200, &json!({})), "{answer}");
+    assert!(bodies(&p.a, &alice_token, &room_str).await.contains(&"after the rejected one".to_owned()));
 
     // Too many PDUs at once.
     let many: Vec<Value> = (0..51).map(|_| json!(good)).collect();
