@@ -276,9 +276,12 @@ impl Rooms {
         let rules = rules_for(&record.version)?;
         let before_lookup = StateLookup::new(self, &state_before)?;
         // Step 3, and step 4: the state before the event.
-        let checked = self.check_against_auth_events(&rules, &pdu).and_then(|()| {
-            check_state(&rules, &pdu, |ty, key| before_lookup.get(self, ty, key)).map_err(Refusal::Rejected)
-        });
+        let checked = self
+            .check_against_auth_events(&rules, &pdu)
+            .and_then(|()| {
+                check_state(&rules, &pdu, |ty, key| before_lookup.get(self, ty, key)).map_err(Refusal::Rejected)
+            })
+            .and_then(|()| self.check_redaction_room(&pdu));
         if let Err(Refusal::Rejected(why)) = checked {
             drop(before_lookup);
             self.keep_rejected(pdu, state_before)?;
@@ -317,6 +320,17 @@ impl Rooms {
             Placement::SoftFailed => Appended::SoftFailed,
             _ => Appended::Timeline,
         })
+    }
+
+    /// A redaction of an event of another room is refused, as Synapse refuses it.
+    fn check_redaction_room(&self, pdu: &Pdu) -> Result<(), Refusal> {
+        let Some(target) = pdu.redaction_target() else { return Ok(()) };
+        match self.event_meta(&target)? {
+            Some(meta) if meta.room_id != pdu.room_id => {
+                Err(Refusal::Rejected(format!("it redacts {target}, an event of another room")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Keeps an event the auth rules refused (see `EventMeta::rejected`), so that the

@@ -389,7 +389,19 @@ pub fn assemble(
                         Some(s) if !opts.full_state && was_joined_at(rooms, room_id, user, s, until)? => Some(s),
                         _ => None,
                     };
-                    let r = section.build(room_id, from, until)?;
+                    let r = match rooms.room(room_id)? {
+                        Some(_) => section.build(room_id, from, until)?,
+                        // A room on another server never joined here (an invite rejected or
+                        // withdrawn): its leave is all this server has of it.
+                        None => Section {
+                            timeline: (rooms.pdu_shared(&rec.event_id)?.into_iter())
+                                .map(|leave| without_room_id(rooms.client_event(&leave, None, viewer)))
+                                .collect(),
+                            limited: false,
+                            prev_batch: None,
+                            state: Vec::new(),
+                        },
+                    };
                     result.leave.insert(
                         room_id.clone(),
                         LeftRoomSync {

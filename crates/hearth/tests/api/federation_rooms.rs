@@ -646,6 +646,26 @@ async fn hostile_transactions_are_refused_piece_by_piece() {
     assert_eq!((status, &answer["pdus"][&after_id]), (200, &json!({})), "{answer}");
     assert!(bodies(&p.a, &alice_token, &room_str).await.contains(&"after the rejected one".to_owned()));
 
+    // A redaction of an event of another room (alice's own room on a.test) is rejected, and
+    // the event stays as it was.
+    let (_, own_room) = p.a.post("/_matrix/client/v3/createRoom", Some(&alice_token), json!({})).await;
+    let own_room = own_room["room_id"].as_str().expect("room id").to_owned();
+    let target = send(&p.a, &alice_token, &own_room, "mine", "not yours to redact").await;
+    let (redaction, redaction_id) = signed_by_b(&p, &room, &bob, "unused", |o| {
+        o.insert("type".into(), ruma::CanonicalJsonValue::String("m.room.redaction".into()));
+        o.insert(
+            "content".into(),
+            ruma::CanonicalJsonValue::Object([("redacts".to_owned(), target.clone().into())].into_iter().collect()),
+        );
+        o.insert("redacts".into(), target.clone().into());
+    });
+    let (status, answer) = transaction(&p, "t2c", vec![json!(redaction)], vec![]).await;
+    assert_eq!(status, 200, "{answer}");
+    let redaction_event = ruma::OwnedEventId::try_from(redaction_id.as_str()).expect("id");
+    let meta = p.a.services().rooms.event_meta(&redaction_event).expect("read").expect("kept as rejected");
+    assert!(meta.rejected, "{meta:?}");
+    assert!(bodies(&p.a, &alice_token, &own_room).await.contains(&"not yours to redact".to_owned()));
+
     // Too many PDUs at once.
     let many: Vec<Value> = (0..51).map(|_| json!(good)).collect();
     let (status, refused) = transaction(&p, "t3", many, vec![]).await;
@@ -690,12 +710,25 @@ async fn an_invite_from_a_vanished_server_is_rejected_here() {
     let invite = format!("/_matrix/client/v3/rooms/{room}/invite");
     assert_eq!(p.b.post(&invite, Some(&bob_token), json!({"user_id": alice})).await.0, StatusCode::OK);
     assert_eq!(invites(&p.a, &alice_token).await.len(), 1);
+    let (_, synced) = p.a.get("/_matrix/client/v3/sync?timeout=0", Some(&alice_token)).await;
+    let since = synced["next_batch"].as_str().expect("next_batch").to_owned();
     // b.test comes back on another port; its SRV record still names the old one.
     p.b.restart().await;
     let (status, body) =
         p.a.post(&format!("/_matrix/client/v3/rooms/{}/leave", encode(&room)), Some(&alice_token), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(invites(&p.a, &alice_token).await, vec![], "the invite is gone");
+    // The next sync has the room in `leave`, with her leave in its timeline.
+    let (_, sync) = p.a.get(&format!("/_matrix/client/v3/sync?timeout=0&since={since}"), Some(&alice_token)).await;
+    let left = &sync["rooms"]["leave"][&room]["timeline"]["events"];
+    let leave = &left[0];
+    assert!(
+        leave["type"] == "m.room.member"
+            && leave["state_key"] == alice.as_str()
+            && leave["sender"] == alice.as_str()
+            && leave["content"]["membership"] == "leave",
+        "{sync}"
+    );
 }
 
 /// A private room's owner on b.test invites two users of a.test: one accepts (a join
