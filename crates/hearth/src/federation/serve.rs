@@ -48,7 +48,9 @@ impl Federation {
     /// What `origin` is sent of an event: the event, or its redacted form when the room's
     /// history visibility hides it from every user of `origin` (see the module doc).
     fn json_for(&self, origin: &ServerName, pdu: &Pdu) -> Result<Box<RawJsonValue>> {
-        if self.visible_to_server(origin, pdu)? {
+        // An erased user's events go to other servers redacted, whoever asks (as Synapse):
+        // a server cannot say which of its users were in the room when they were sent.
+        if !self.rooms.is_erased(&pdu.sender) && self.visible_to_server(origin, pdu)? {
             return Ok(own_json(pdu));
         }
         let version = self.rooms.known_room(&pdu.room_id)?.version;

@@ -435,6 +435,44 @@ async fn a_partial_state_join_leaves_out_members_but_the_heroes() {
     assert_eq!(members(&answer["state"]), everyone, "{answer}");
 }
 
+/// An erased user's events go to other servers redacted: after bob of b.test deactivates
+/// with `erase`, a.test fetching his message over federation gets no content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_users_events_are_served_redacted() {
+    let (p, bob_token, room) = pair_with_a_room_at_b().await;
+    let (_, alice_token, _) = p.a.register("alice", "a long password").await;
+    let join = format!("/_matrix/client/v3/join/{}?via=b.test", urlencode(&room));
+    assert_eq!(p.a.post(&join, Some(&alice_token), json!({})).await.0, StatusCode::OK);
+    let (_, sent) =
+        p.b.put(
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/e1", urlencode(&room)),
+            Some(&bob_token),
+            json!({"msgtype": "m.text", "body": "forget me"}),
+        )
+        .await;
+    let event = sent["event_id"].as_str().expect("event id").to_owned();
+    let fetch = || async {
+        let path = format!("/_matrix/federation/v1/event/{}", urlencode(&event));
+        let got = servers(&p.a).request(&name("b.test"), ServerRequest::get(&path)).await.expect("event");
+        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+        let body: Value = serde_json::from_slice(&got.body).expect("json");
+        body["pdus"][0]["content"].clone()
+    };
+    assert_eq!(fetch().await["body"], "forget me");
+    let got =
+        p.b.with_password_uia(
+            http::Method::POST,
+            "/_matrix/client/v3/account/deactivate",
+            &bob_token,
+            json!({"erase": true}),
+            "@bob:b.test",
+            "a long password",
+        )
+        .await;
+    assert_eq!(got.0, StatusCode::OK, "{}", got.1);
+    assert_eq!(fetch().await, json!({}), "served redacted");
+}
+
 /// What older servers and sytest still send, answered as Synapse answers it: a join through
 /// `send_join` v1 (its answer is `[200, {…}]`), the notary's key query with a key id, a
 /// `make_join` for a room this server has left (404), and a body the signature cannot
