@@ -101,7 +101,9 @@ impl Federation {
             }
             Err(e) => return Err(e),
         };
-        let obj = parse_raw(&answer.event).map_err(Error::unavailable)?;
+        // Not canonical JSON (a float, an integer out of range): 400 M_BAD_JSON, as Synapse.
+        let obj = parse_raw(&answer.event)
+            .map_err(|e| Error::bad_json(format!("{} sent back an invalid invite: {e}", target.server_name())))?;
         let signed = self
             .verify_pdu(&version, obj, Some(room), Some(&pdu.event_id))
             .await

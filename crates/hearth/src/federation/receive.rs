@@ -63,6 +63,14 @@ struct EventsAnswer {
     auth_chain: Vec<Box<RawJsonValue>>,
 }
 
+/// Whether `raws` hold the event `event_id`.
+fn sent_among(raws: &[Box<RawJsonValue>], version: &RoomVersionId, event_id: &EventId) -> bool {
+    let Some(rules) = version.rules() else { return false };
+    raws.iter().any(|raw| {
+        parse_raw(raw).ok().and_then(|o| super::pdu::event_id_of(&o, &rules).ok()).is_some_and(|id| id == event_id)
+    })
+}
+
 /// The path of `/state` or `/state_ids` at an event.
 fn at_event(endpoint: &str, room_id: &RoomId, event_id: &EventId) -> String {
     format!("/_matrix/federation/v1/{endpoint}/{}?event_id={}", encode(room_id.as_str()), encode(event_id.as_str()))
@@ -318,9 +326,10 @@ impl Federation {
         let event_path = format!("/_matrix/federation/v1/event/{}", encode(event_id.as_str()));
         let prev = self.fetch_events(origin, &event_path).await?;
         all.extend(prev.pdus.into_iter().take(1));
+        let sent = sent_among(&all, version, event_id);
         self.store_outliers(version, room_id, all).await;
 
-        self.state_of(origin, &state_ids, event_id)
+        self.state_of(origin, &state_ids, event_id, sent)
     }
 
     /// [`Federation::state_after_remote`] through `state_ids` and `event`.
@@ -367,23 +376,33 @@ impl Federation {
             .buffer_unordered(FETCHES_AT_ONCE)
             .collect()
             .await;
-        self.store_outliers(version, room_id, fetched.into_iter().flatten().collect()).await;
-        self.state_of(origin, &ids.pdu_ids, event_id)
+        let fetched: Vec<Box<RawJsonValue>> = fetched.into_iter().flatten().collect();
+        let sent = sent_among(&fetched, version, event_id);
+        self.store_outliers(version, room_id, fetched).await;
+        self.state_of(origin, &ids.pdu_ids, event_id, sent)
     }
 
     /// The state after `event_id`: the state before it (`state_ids`, those held here) and
     /// the event itself, which must be held.
+    ///
+    /// When `origin` did send the event but it could not be kept (the auth rules refused
+    /// it), it changes no state: the state after it is the state before it, as for any
+    /// rejected event.
     fn state_of(
         &self,
         origin: &ServerName,
         state_ids: &[OwnedEventId],
         event_id: &EventId,
+        sent: bool,
     ) -> Result<StateEvents, Dropped> {
         let mut state = StateEvents::new();
         for id in state_ids.iter().chain(std::iter::once(&event_id.to_owned())) {
             let Some(p) = self.rooms.pdu_shared(id).map_err(|e| e.to_string())? else {
-                if id == event_id {
+                if id == event_id && !sent {
                     return Err(format!("{origin} did not send a usable {event_id}"));
+                }
+                if id == event_id {
+                    tracing::info!(%event_id, "a prev event was refused; the state after it is the state before it");
                 }
                 continue;
             };
