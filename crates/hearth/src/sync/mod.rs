@@ -91,6 +91,9 @@ pub struct SyncOptions {
     pub full_state: bool,
     /// Count unread notifications per thread (MSC3773).
     pub unread_thread_notifications: bool,
+    /// Room events as their PDUs (the filter's `event_format: federation`), with their
+    /// ids: for clients that check signatures or walk the graph themselves.
+    pub federation_format: bool,
     /// Whether this is `/sync` itself: it delivers and acknowledges to-device messages and
     /// keeps the device's lazy-loading record. The deprecated `/events` and `/initialSync`,
     /// built from the same assembly, touch neither.
@@ -113,6 +116,7 @@ impl Default for SyncOptions {
             include_leave: false,
             full_state: false,
             unread_thread_notifications: false,
+            federation_format: false,
             acknowledge: true,
         }
     }
@@ -660,11 +664,13 @@ impl SectionContext<'_> {
                 .filter_map(|p| Some((p.state_key.as_deref()?, p.event_id.as_str())));
             self.lazy.mark(user, device, room_id, members);
         }
-        let state = state.iter().map(|pdu| without_room_id(rooms.client_event(pdu, None, None))).collect();
+        let shown =
+            |pdu: &Pdu, client: Value| if opts.federation_format { federation_event(pdu, client) } else { client };
+        let state = state.iter().map(|pdu| shown(pdu, without_room_id(rooms.client_event(pdu, None, None)))).collect();
         let mut timeline = Vec::with_capacity(page.len());
         for (_, pdu) in &page {
             let meta = rooms.event_meta(&pdu.event_id)?;
-            timeline.push(without_room_id(rooms.client_event(pdu, meta.as_ref(), self.viewer)));
+            timeline.push(shown(pdu, without_room_id(rooms.client_event(pdu, meta.as_ref(), self.viewer))));
         }
         Ok(Section { timeline, limited, prev_batch, state })
     }
@@ -710,6 +716,20 @@ fn was_joined_at(rooms: &Rooms, room_id: &RoomId, user: &UserId, at: u64, until:
     Ok(rooms
         .state_event_shared(&state, &"m.room.member".into(), user.as_str())?
         .is_some_and(|p| p.content_value().get("membership").and_then(Value::as_str) == Some("join")))
+}
+
+/// An event in the federation format: its PDU (as shown, so redacted if it was), with its
+/// id and the client form's `unsigned`.
+fn federation_event(pdu: &Pdu, client: Value) -> Value {
+    let mut event = serde_json::to_value(&pdu.json).unwrap_or(Value::Null);
+    if let (Some(fields), Value::Object(client)) = (event.as_object_mut(), client) {
+        fields.insert("event_id".into(), Value::String(pdu.event_id.to_string()));
+        fields.remove("unsigned");
+        if let Some(unsigned) = client.get("unsigned") {
+            fields.insert("unsigned".into(), unsigned.clone());
+        }
+    }
+    event
 }
 
 /// Sync's events are `ClientEventWithoutRoomID`: the room is the key they are listed under.

@@ -176,6 +176,16 @@ async fn filters_limit_the_timeline(b: Backend) {
     let inline = urlencode(&json!({"room": {"timeline": {"limit": 1}}}).to_string());
     let res = sync(&s, &at, &format!("?filter={inline}")).await;
     assert_eq!(bodies(&res["rooms"]["join"][&room]["timeline"]), vec!["m7"]);
+
+    // `event_format: federation`: the events as PDUs, with their ids.
+    let federation = urlencode(&json!({"event_format": "federation", "room": {"timeline": {"limit": 1}}}).to_string());
+    let res = sync(&s, &at, &format!("?filter={federation}")).await;
+    let event = &res["rooms"]["join"][&room]["timeline"]["events"][0];
+    for field in ["event_id", "room_id", "sender", "origin_server_ts", "prev_events", "auth_events", "depth", "hashes"]
+    {
+        assert!(event.get(field).is_some(), "{field} missing: {event}");
+    }
+    assert!(event["signatures"].is_object() && event["content"]["body"] == "m7", "{event}");
 }
 
 fn urlencode(s: &str) -> String {

@@ -53,6 +53,7 @@ fn options(filter: Option<&FilterDefinition>, full_state: bool) -> SyncOptions {
         };
         o.include_leave = f.room.include_leave;
         o.unread_thread_notifications = t.unread_thread_notifications;
+        o.federation_format = f.event_format == ruma::api::client::filter::EventFormat::Federation;
     }
     o
 }
