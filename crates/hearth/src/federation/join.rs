@@ -492,6 +492,10 @@ impl Federation {
         self.store_outliers(&version, room, all).await;
         let mut state = StateEvents::new();
         for id in &state_ids {
+            // Events the auth rules refused are no part of the state.
+            if self.rooms.event_meta(id)?.is_some_and(|m| m.rejected) {
+                continue;
+            }
             let Some(p) = self.rooms.pdu_shared(id)? else { continue };
             if let Some(key) = &p.state_key {
                 state.insert((StateEventType::from(p.kind.to_string()), key.clone()), p.event_id.clone());

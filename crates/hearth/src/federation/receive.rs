@@ -397,6 +397,10 @@ impl Federation {
     ) -> Result<StateEvents, Dropped> {
         let mut state = StateEvents::new();
         for id in state_ids.iter().chain(std::iter::once(&event_id.to_owned())) {
+            // A rejected event is no part of any state.
+            if self.rooms.event_meta(id).map_err(|e| e.to_string())?.is_some_and(|m| m.rejected) {
+                continue;
+            }
             let Some(p) = self.rooms.pdu_shared(id).map_err(|e| e.to_string())? else {
                 if id == event_id && !sent {
                     return Err(format!("{origin} did not send a usable {event_id}"));

@@ -132,13 +132,13 @@ impl Federation {
         Ok((self.jsons(&state)?, self.jsons(&chain)?))
     }
 
-    /// The PDUs of `ids`, as sent.
+    /// The PDUs of `ids`, as sent: oldest first (by depth, then id), so that a receiver
+    /// meets each event's auth events before it, and the answer is the same every time
+    /// (sytest's server, for one, takes the last power levels of an auth chain it reads).
     pub(crate) fn jsons(&self, ids: &[OwnedEventId]) -> Result<Vec<Box<RawJsonValue>>> {
-        let mut out = Vec::with_capacity(ids.len());
-        for pdu in self.rooms.pdus_shared(ids)?.into_iter().flatten() {
-            out.push(own_json(&pdu));
-        }
-        Ok(out)
+        let mut pdus: Vec<_> = self.rooms.pdus_shared(ids)?.into_iter().flatten().collect();
+        pdus.sort_by(|a, b| (a.depth, &a.event_id).cmp(&(b.depth, &b.event_id)));
+        Ok(pdus.iter().map(|pdu| own_json(pdu)).collect())
     }
 
     /// `GET /event_auth/{roomId}/{eventId}`: the event's full auth chain.

@@ -45,6 +45,10 @@ pub enum Placement {
     /// Known only as the auth or state event of another event: the PDU alone, outside the
     /// room's graph (no timeline, no extremities, no state before it).
     Outlier,
+    /// An outlier the auth rules refused (against its own auth events): kept, marked, so
+    /// that the events naming it as an auth event are rejected in turn rather than
+    /// fetching it again.
+    RejectedOutlier,
     /// Refused by the auth rules: kept with the state before it, so that events naming it
     /// as a prev event can be placed (the state after it is the state before it), but it
     /// changes nothing of the room: not its state, not its extremities.
@@ -119,13 +123,16 @@ impl Rooms {
                     short,
                     txn: txn.map(|t| (t.device_id.to_owned(), t.txn_id.to_owned())),
                     redacted_by: None,
-                    outlier: placement == Placement::Outlier,
-                    soft_failed: matches!(placement, Placement::SoftFailed | Placement::Rejected),
-                    rejected: placement == Placement::Rejected,
+                    outlier: matches!(placement, Placement::Outlier | Placement::RejectedOutlier),
+                    soft_failed: matches!(
+                        placement,
+                        Placement::SoftFailed | Placement::Rejected | Placement::RejectedOutlier
+                    ),
+                    rejected: matches!(placement, Placement::Rejected | Placement::RejectedOutlier),
                     gap_behind: placement == Placement::Timeline && self.opens_a_gap(&heads, &pdu)?,
                 };
                 EVENT_META.put(batch, pdu.event_id.as_str(), &meta);
-                if placement == Placement::Outlier {
+                if matches!(placement, Placement::Outlier | Placement::RejectedOutlier) {
                     return Ok((None, heads.clone(), meta, None));
                 }
                 let state_before = match &state_before {
@@ -335,7 +342,7 @@ impl Rooms {
         heads: &RoomHeads,
         meta: &EventMeta,
     ) {
-        if placement == Placement::Outlier {
+        if matches!(placement, Placement::Outlier | Placement::RejectedOutlier) {
             return;
         }
         // Always replace: a reader that read the old heads before this write may only add

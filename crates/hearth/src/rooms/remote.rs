@@ -183,6 +183,9 @@ impl Rooms {
         let mut auth: HashMap<(StateEventType, String), Arc<Pdu>> = HashMap::new();
         for id in &pdu.auth_events {
             let event = self.pdu_shared(id)?.ok_or_else(|| Refusal::Missing(format!("auth event {id}")))?;
+            if self.event_meta(id)?.is_some_and(|m| m.rejected) {
+                return Err(Refusal::Rejected(format!("auth event {id} was rejected")));
+            }
             if event.room_id != pdu.room_id {
                 return Err(Refusal::Rejected(format!("auth event {id} is in another room")));
             }
@@ -209,17 +212,24 @@ impl Rooms {
 
     /// Stores an auth or state event of another event, outside the room's graph, once its
     /// own auth events allow it.
+    /// One the rules refuse is kept as a rejected outlier, and the refusal returned.
     pub fn append_outlier(&self, version: &RoomVersionId, pdu: Pdu) -> Result<(), Refusal> {
-        if self.event_meta(&pdu.event_id)?.is_some() {
+        if let Some(meta) = self.event_meta(&pdu.event_id)? {
+            if meta.rejected {
+                return Err(Refusal::Rejected("it was rejected before".into()));
+            }
             return Ok(());
         }
         let rules = rules_for(version)?;
-        self.check_against_auth_events(&rules, &pdu)?;
+        let checked = self.check_against_auth_events(&rules, &pdu);
+        if let Err(e @ Refusal::Error(_)) | Err(e @ Refusal::Missing(_)) = checked {
+            return Err(e);
+        }
         let mut counters = self.append_lock.lock();
         let append = Append {
             pdu,
             state_before: StateBefore::Snapshot(None),
-            placement: Placement::Outlier,
+            placement: if checked.is_ok() { Placement::Outlier } else { Placement::RejectedOutlier },
             txn: None,
             new_room: None,
             resolved_current: None,
@@ -228,7 +238,7 @@ impl Rooms {
         drop(counters);
         // Acknowledged with whatever the request acknowledges (one fsync covers all).
         self.stream.require_durable(written.stream)?;
-        Ok(())
+        checked
     }
 
     /// The state before an event whose prev events are all in the room's graph: the state
