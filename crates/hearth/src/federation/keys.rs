@@ -208,14 +208,15 @@ impl Federation {
         (claimed, failures)
     }
 
-    /// Sends to-device messages for remote users: one `m.direct_to_device` EDU per server.
+    /// Sends to-device messages for remote users: one `m.direct_to_device` EDU per server,
+    /// queued durably (they may carry room keys: a 200 to the client means they go out).
     pub fn send_to_device(
         &self,
         sender: &UserId,
         kind: &str,
         message_id: &str,
         messages: &BTreeMap<OwnedUserId, BTreeMap<String, Value>>,
-    ) {
+    ) -> Result<()> {
         let mut by_server: BTreeMap<&ServerName, Map<String, Value>> = BTreeMap::new();
         for (user, devices) in messages {
             if user.server_name() == self.own {
@@ -229,8 +230,9 @@ impl Federation {
                 "edu_type": "m.direct_to_device",
                 "content": {"sender": sender, "type": kind, "message_id": message_id, "messages": msgs},
             });
-            self.sender.queue_edu(server, edu);
+            self.sender.queue_durable_edu(server, edu)?;
         }
+        Ok(())
     }
 
     /// An `m.direct_to_device` EDU (see the module doc).

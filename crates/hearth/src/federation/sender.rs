@@ -49,6 +49,8 @@ use crate::{
 
 /// (destination, stream position) → event id.
 pub const FEDERATION_QUEUE: Table<(String, u64), String> = Table::new(tables::FEDERATION_QUEUE);
+/// (destination, sequence number) → an EDU queued durably ([`Sender::queue_durable_edu`]).
+pub const FEDERATION_EDUS: Table<(String, u64), Value> = Table::new(tables::FEDERATION_EDUS);
 /// `"position"` → the stream position queued up to.
 pub const FEDERATION_SENDER: Table<String, u64> = Table::new(tables::FEDERATION_SENDER);
 
@@ -83,6 +85,8 @@ const MAX_SCANNED_BACKLOG: usize = 100_000;
 pub const MAX_EDUS_PER_TXN: usize = 100;
 /// Most EDUs held for one destination; past it the oldest are dropped.
 const MAX_PENDING_EDUS: usize = 1000;
+/// Most durable EDUs (to-device messages) waiting for one destination.
+const MAX_DURABLE_EDUS: usize = 10_000;
 /// Most local users whose device lists one remote join introduces.
 const MAX_INTRODUCED_USERS: usize = 1000;
 /// Most devices of one user in a device-list introduction.
@@ -228,6 +232,29 @@ impl Sender {
             edus.push_back(edu);
         }
         d.wake.notify_one();
+    }
+
+    /// Queues an EDU for `dest` in the database, before the caller acknowledges it: a
+    /// to-device message (a room key, say) a client was told was sent survives `kill -9`
+    /// and goes out after a restart. At most [`MAX_DURABLE_EDUS`] wait per destination;
+    /// past that the oldest are dropped.
+    pub fn queue_durable_edu(&self, dest: &ServerName, edu: Value) -> Result<()> {
+        if dest == self.own {
+            return Ok(());
+        }
+        let seq = (self.boot << 20) | (self.counter.fetch_add(1, Ordering::Relaxed) & ((1 << 20) - 1));
+        let mut batch = Batch::new();
+        FEDERATION_EDUS.put(&mut batch, (dest.as_str(), seq), &edu);
+        let waiting = FEDERATION_EDUS.collect_prefix(&self.store, dest.as_str())?;
+        if waiting.len() >= MAX_DURABLE_EDUS {
+            tracing::warn!(%dest, "too many to-device messages wait for a server; dropping the oldest");
+            for (old, _) in waiting.iter().take(waiting.len() + 1 - MAX_DURABLE_EDUS) {
+                FEDERATION_EDUS.delete(&mut batch, (dest.as_str(), *old));
+            }
+        }
+        self.store.write(batch)?;
+        self.destination(dest).wake.notify_one();
+        Ok(())
     }
 
     /// `server` just sent us a request: it is up, so retry at once.
@@ -548,10 +575,16 @@ impl Sender {
         self.last_device_update.lock().get(user).copied()
     }
 
-    /// Destinations with queued rows.
+    /// Destinations with queued rows or durable EDUs.
     fn queued_destinations(&self) -> Result<BTreeSet<OwnedServerName>> {
         let mut dests = BTreeSet::new();
         FEDERATION_QUEUE.scan_range(&self.store, &KeyRange::default(), Order::Ascending, |(dest, _), _| {
+            if let Ok(d) = OwnedServerName::try_from(dest) {
+                dests.insert(d);
+            }
+            true
+        })?;
+        FEDERATION_EDUS.scan_range(&self.store, &KeyRange::default(), Order::Ascending, |(dest, _), _| {
             if let Ok(d) = OwnedServerName::try_from(dest) {
                 dests.insert(d);
             }
@@ -625,11 +658,23 @@ impl Sender {
                     Vec::new()
                 }
             };
-            let mut edus: Vec<Value> = {
+            // Durable EDUs first (removed once the transaction is taken), then the rest.
+            let mut durable: Vec<u64> = Vec::new();
+            let mut edus: Vec<Value> = Vec::new();
+            if let Err(e) =
+                FEDERATION_EDUS.scan_prefix(&self.store, dest.as_str(), Order::Ascending, |(_, seq), edu| {
+                    durable.push(seq);
+                    edus.push(edu);
+                    edus.len() < MAX_EDUS_PER_TXN
+                })
+            {
+                tracing::error!(%dest, error = %e, "cannot read the durable EDUs");
+            }
+            {
                 let mut pending = d.edus.lock();
-                let n = pending.len().min(MAX_EDUS_PER_TXN);
-                pending.drain(..n).collect()
-            };
+                let n = pending.len().min(MAX_EDUS_PER_TXN - edus.len());
+                edus.extend(pending.drain(..n));
+            }
             // Introductions whose join is no longer waiting in the queue, once due.
             let next_due = {
                 let first_queued = rows.first().map_or(u64::MAX, |(pos, _)| *pos);
@@ -673,6 +718,9 @@ impl Sender {
                         let mut batch = Batch::new();
                         for (pos, _) in &rows {
                             FEDERATION_QUEUE.delete(&mut batch, (dest.as_str(), *pos));
+                        }
+                        for seq in &durable {
+                            FEDERATION_EDUS.delete(&mut batch, (dest.as_str(), *seq));
                         }
                         if let Err(e) = self.store.write(batch) {
                             tracing::error!(%dest, error = %e, "cannot remove sent events from the queue");

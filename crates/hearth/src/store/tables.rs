@@ -142,6 +142,7 @@ pub const ALL: &[&str] = &[
     REMOTE_KEY_DOCUMENTS_BY_ID,
     OPENID_TOKENS,
     FEDERATION_QUEUE,
+    FEDERATION_EDUS,
     FEDERATION_SENDER,
     FEDERATION_TXNS,
     REMOTE_INVITE_STATE,
@@ -162,6 +163,9 @@ pub const ALL: &[&str] = &[
 
 /// (destination server, stream position) → event id: PDUs queued for another server.
 pub const FEDERATION_QUEUE: &str = "federation_queue";
+/// (destination server, sequence number) → an EDU that must not be lost (to-device
+/// messages), queued durably for another server.
+pub const FEDERATION_EDUS: &str = "federation_edus";
 /// Fixed name → the stream position the federation sender has queued up to.
 pub const FEDERATION_SENDER: &str = "federation_sender";
 /// (user id, room id) → the stripped state sent with an invite to a room on another server.

@@ -405,6 +405,28 @@ async fn another_servers_device_lists_are_kept_and_updated() {
     assert!(failures.as_object().is_none_or(|f| f.is_empty()), "{failures}");
 }
 
+/// A to-device message for a user of another server is kept in the database from the
+/// moment the client is answered: with b.test down, alice's message to bob waits in
+/// a.test's queue, and is still there after a.test restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_to_device_message_for_another_server_survives_a_restart() {
+    let mut p = pair().await;
+    let (_, alice_token, _) = p.a.register("alice", "a long password").await;
+    p.b.stop().await;
+    let body = json!({"messages": {"@bob:b.test": {"BOBDEVICE": {"algorithm": "m.olm.v1", "ciphertext": "room key"}}}});
+    let (status, sent) = p.a.put("/_matrix/client/v3/sendToDevice/m.room.encrypted/t1", Some(&alice_token), body).await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let waiting = |s: &TestServer| {
+        let rows = hearth::federation::sender::FEDERATION_EDUS.collect_prefix(&s.services().store, "b.test");
+        rows.expect("read").into_iter().map(|(_, edu)| edu).collect::<Vec<Value>>()
+    };
+    let before = waiting(&p.a);
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0]["content"]["messages"]["@bob:b.test"]["BOBDEVICE"]["ciphertext"], "room key");
+    p.a.restart().await;
+    assert_eq!(waiting(&p.a), before, "still queued after a restart");
+}
+
 /// Whether `server` heard of a device-list change of `user`, another server's user: such
 /// a change is on its stream only when that user's server sent `m.device_list_update`.
 fn heard_of_devices(server: &TestServer, user: &str) -> bool {

@@ -267,7 +267,7 @@ pub async fn send_event_to_device(
         let kind = req.body.event_type.to_string();
         // The transaction id is unique per device: with the device, it is one per message.
         let message_id = format!("{}-{}", caller.device_id, req.body.txn_id);
-        s.federation.send_to_device(&caller.user_id, &kind, &message_id, &messages);
+        s.federation.send_to_device(&caller.user_id, &kind, &message_id, &messages)?;
     }
     let local: BTreeMap<OwnedUserId, BTreeMap<String, Value>> =
         messages.into_iter().filter(|(u, _)| u.server_name() == s.config.server_name).collect();
