@@ -20,7 +20,7 @@
 //! they are worth little once late, and go out promptly in the next transaction.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -91,10 +91,10 @@ const MAX_DURABLE_EDUS: usize = 10_000;
 const MAX_INTRODUCED_USERS: usize = 1000;
 /// Most devices of one user in a device-list introduction.
 const MAX_INTRODUCED_DEVICES: usize = 1 << DEVICE_BITS;
-/// How long device lists introduced to a server that joined through this one wait: it
-/// stores the join only after `send_join` answered, and drops updates about users it
-/// does not share a room with yet.
-const INTRODUCTION_DELAY: Duration = Duration::from_secs(5);
+/// When device lists introduced to a server that joined through this one go out again:
+/// it stores the join only after `send_join` answered (in a moment for a small room, later
+/// for a big one), and drops updates about users it does not share a room with yet.
+const INTRODUCTION_RETRIES: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(10)];
 /// A device-list update's `stream_id` is its stream position shifted by this many bits,
 /// with room for one id per device of an introduction at the same position.
 const DEVICE_BITS: u32 = 10;
@@ -430,8 +430,9 @@ impl Sender {
     }
 
     /// A join that brings servers together in a room: a local user's join sends their
-    /// device list to the servers already in the room, and the first member of another
-    /// server sends that server the device lists of the room's local members. A server
+    /// device list (and presence) to the servers already in the room, and the first member
+    /// of another server sends that server the device lists (and presence) of the room's
+    /// local members. A server
     /// that knew nothing of a user resyncs through `user/devices`; one that did takes the
     /// keys as sent. The updates go out once the join has reached the destination, so that
     /// it knows the user shares a room with it (Synapse drops updates otherwise).
@@ -458,28 +459,43 @@ impl Sender {
             let locals = before.iter().filter(|u| u.server_name() == self.own).take(MAX_INTRODUCED_USERS);
             introduce.extend(locals.map(|u| (joiner.server_name().to_owned(), u.clone())));
         }
-        // A local user's join reaches the others in the queue (or was stored by the resident
-        // before it answered `send_join`); another server's join through this one is stored
-        // there only after `send_join` answered.
-        let due = tokio::time::Instant::now()
-            + if joiner.server_name() == self.own { Duration::ZERO } else { INTRODUCTION_DELAY };
+        // A local user's join reaches the others through the queue (or was stored by the
+        // resident before it answered `send_join`). Another server's join through this one
+        // is stored there only after `send_join` answered, so its introduction goes at once
+        // and again later ([`INTRODUCTION_RETRIES`]), should the first have come too early.
+        let now = tokio::time::Instant::now();
+        let mut dues = vec![now];
+        if joiner.server_name() != self.own {
+            dues.extend(INTRODUCTION_RETRIES.iter().map(|after| now + *after));
+        }
+        let mut by_server: BTreeMap<OwnedServerName, Vec<Value>> = BTreeMap::new();
         for (server, user) in introduce {
+            let edus = by_server.entry(server).or_default();
             let devices = self.keys.device_keys(&user)?;
+            for (i, (device, keys)) in devices.into_iter().take(MAX_INTRODUCED_DEVICES).enumerate() {
+                let content = json!({
+                    "user_id": user,
+                    "device_id": device,
+                    "stream_id": stream_id(pos) + i as u64,
+                    "prev_id": [],
+                    "keys": keys,
+                });
+                edus.push(json!({"edu_type": "m.device_list_update", "content": content}));
+            }
+            // Their presence too: it is otherwise sent only when it changes.
+            edus.extend(self.presence_edu(&user));
+        }
+        for (server, edus) in by_server {
             let d = self.destination(&server);
             {
                 let mut held = d.introductions.lock();
-                for (i, (device, keys)) in devices.into_iter().take(MAX_INTRODUCED_DEVICES).enumerate() {
-                    if held.len() >= MAX_PENDING_EDUS {
-                        held.pop_front();
+                for due in &dues {
+                    for edu in &edus {
+                        if held.len() >= MAX_PENDING_EDUS {
+                            held.pop_front();
+                        }
+                        held.push_back((pos, *due, edu.clone()));
                     }
-                    let content = json!({
-                        "user_id": user,
-                        "device_id": device,
-                        "stream_id": stream_id(pos) + i as u64,
-                        "prev_id": [],
-                        "keys": keys,
-                    });
-                    held.push_back((pos, due, json!({"edu_type": "m.device_list_update", "content": content})));
                 }
             }
             d.wake.notify_one();
@@ -520,17 +536,23 @@ impl Sender {
     /// An `m.presence` EDU for a local user's changed presence, to every server sharing a
     /// room with them.
     fn send_presence(&self, user: &ruma::UserId) {
-        let Some(presence) = &self.presence else { return };
-        if user.server_name() != self.own {
-            return;
-        }
-        let Ok(Some(event)) = presence.event(user) else { return };
-        let mut entry = event["content"].clone();
-        entry["user_id"] = json!(user);
-        let edu = json!({"edu_type": "m.presence", "content": {"push": [entry]}});
+        let Some(edu) = self.presence_edu(user) else { return };
         for server in self.servers_sharing_a_room(user) {
             self.queue_edu(&server, edu.clone());
         }
+    }
+
+    /// An `m.presence` EDU with a local user's current presence, when presence crosses
+    /// servers and the user has one.
+    fn presence_edu(&self, user: &ruma::UserId) -> Option<Value> {
+        let presence = self.presence.as_ref()?;
+        if user.server_name() != self.own {
+            return None;
+        }
+        let event = presence.event(user).ok()??;
+        let mut entry = event["content"].clone();
+        entry["user_id"] = json!(user);
+        Some(json!({"edu_type": "m.presence", "content": {"push": [entry]}}))
     }
 
     /// Other servers with a joined member in a room `user` has joined.

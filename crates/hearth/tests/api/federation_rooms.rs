@@ -436,9 +436,9 @@ fn heard_of_devices(server: &TestServer, user: &str) -> bool {
 }
 
 /// A join that brings two servers together in a room introduces their users' device
-/// lists: b.test learns of alice's devices when she joins its room, and a.test of the
-/// devices of bob, who was in the room already. Neither had a room with the other before,
-/// so no other device-list update went across.
+/// lists and presence: b.test learns of alice's devices when she joins its room, and
+/// a.test of the devices and presence of bob, who was in the room already. Neither had a
+/// room with the other before, so no other device-list update went across.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_that_brings_servers_together_introduces_device_lists() {
     let p = pair().await;
@@ -446,6 +446,10 @@ async fn a_join_that_brings_servers_together_introduces_device_lists() {
     let (alice, alice_token, alice_device) = p.a.register("alice", "a long password").await;
     upload_device_keys(&p.b, &bob, &bob_token, &bob_device).await;
     upload_device_keys(&p.a, &alice, &alice_token, &alice_device).await;
+    // Bob's presence, set while he shares no room with a.test: it goes nowhere yet.
+    let presence_path = format!("/_matrix/client/v3/presence/{}/status", encode(&bob));
+    let away = json!({"presence": "unavailable", "status_msg": "before alice came"});
+    assert_eq!(p.b.put(&presence_path, Some(&bob_token), away).await.0, StatusCode::OK);
     let room = public_room_at_b(&p.b, &bob_token).await;
     assert!(!heard_of_devices(&p.b, &alice) && !heard_of_devices(&p.a, &bob));
 
@@ -454,6 +458,12 @@ async fn a_join_that_brings_servers_together_introduces_device_lists() {
     assert_eq!(status, StatusCode::OK, "{joined}");
     eventually("alice's devices introduced to b.test", || async { heard_of_devices(&p.b, &alice).then_some(()) }).await;
     eventually("bob's devices introduced to a.test", || async { heard_of_devices(&p.a, &bob).then_some(()) }).await;
+    // And his presence, though it did not change.
+    eventually("bob's presence on a.test", || async {
+        let (_, shown) = p.a.get(&presence_path, Some(&alice_token)).await;
+        (shown["presence"] == "unavailable" && shown["status_msg"] == "before alice came").then_some(())
+    })
+    .await;
 }
 
 /// A room whose join rule is `invite` refuses a remote join at `make_join` with 403.
