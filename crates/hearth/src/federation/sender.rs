@@ -245,10 +245,16 @@ impl Sender {
         let seq = (self.boot << 20) | (self.counter.fetch_add(1, Ordering::Relaxed) & ((1 << 20) - 1));
         let mut batch = Batch::new();
         FEDERATION_EDUS.put(&mut batch, (dest.as_str(), seq), &edu);
-        let waiting = FEDERATION_EDUS.collect_prefix(&self.store, dest.as_str())?;
+        // Counted by key alone: the EDUs themselves are not read.
+        let mut waiting = Vec::new();
+        let range = KeyRange::prefix(&crate::store::codec::encode_key::<String>(dest.as_str()));
+        FEDERATION_EDUS.scan_keys(&self.store, &range, Order::Ascending, |(_, seq)| {
+            waiting.push(seq);
+            true
+        })?;
         if waiting.len() >= MAX_DURABLE_EDUS {
             tracing::warn!(%dest, "too many to-device messages wait for a server; dropping the oldest");
-            for (old, _) in waiting.iter().take(waiting.len() + 1 - MAX_DURABLE_EDUS) {
+            for old in waiting.iter().take(waiting.len() + 1 - MAX_DURABLE_EDUS) {
                 FEDERATION_EDUS.delete(&mut batch, (dest.as_str(), *old));
             }
         }
