@@ -318,7 +318,7 @@ impl Rooms {
                 after.insert((StateEventType::from(pdu.kind.to_string()), key.clone()), pdu.event_id.clone());
             }
             let current = self.state_events_of(&current)?;
-            Some(self.resolve_states(&record.version, vec![after, current])?)
+            Some(self.resolve_states_with(&record.version, vec![after, current], Some(&pdu))?)
         } else {
             None
         };

@@ -11,7 +11,10 @@
 //! state resolution and federation speak; [`Rooms::state_events_of`] turns a stored state
 //! (short ids) into one.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
+    sync::Arc,
+};
 
 use ruma::{
     events::StateEventType,
@@ -50,10 +53,28 @@ impl Rooms {
     /// events themselves excluded. Events this server does not hold are left out (state
     /// resolution does not honour events it cannot read).
     pub fn auth_chain(&self, events: impl IntoIterator<Item = OwnedEventId>) -> Result<HashSet<OwnedEventId>> {
+        self.auth_chain_with(events, None)
+    }
+
+    /// The event `id`: `pending` when it is that one (an event being appended, not yet
+    /// stored), else as stored.
+    fn lookup(&self, id: &EventId, pending: Option<&Arc<Pdu>>) -> Result<Option<Arc<Pdu>>> {
+        match pending {
+            Some(p) if p.event_id == id => Ok(Some(p.clone())),
+            _ => self.pdu_shared(id),
+        }
+    }
+
+    /// [`Rooms::auth_chain`], where `events` may name `pending`.
+    fn auth_chain_with(
+        &self,
+        events: impl IntoIterator<Item = OwnedEventId>,
+        pending: Option<&Arc<Pdu>>,
+    ) -> Result<HashSet<OwnedEventId>> {
         let mut seen: HashSet<OwnedEventId> = HashSet::new();
         let mut todo: VecDeque<OwnedEventId> = VecDeque::new();
         for id in events {
-            if let Some(pdu) = self.pdu_shared(&id)? {
+            if let Some(pdu) = self.lookup(&id, pending)? {
                 todo.extend(pdu.auth_events.iter().cloned());
             }
         }
@@ -74,6 +95,20 @@ impl Rooms {
     /// The state after several branches of a room: the one state if they agree, else the
     /// state resolution of the room's version.
     pub fn resolve_states(&self, version: &RoomVersionId, states: Vec<StateEvents>) -> Result<StateEvents> {
+        self.resolve_states_with(version, states, None)
+    }
+
+    /// [`Rooms::resolve_states`] where a state may name `pending`, the event being
+    /// appended (not yet stored): it takes part as any stored event would. Without it, a
+    /// received power event that forks the room would be left out of its own resolution.
+    pub fn resolve_states_with(
+        &self,
+        version: &RoomVersionId,
+        states: Vec<StateEvents>,
+        pending: Option<&Pdu>,
+    ) -> Result<StateEvents> {
+        let pending = pending.map(|p| Arc::new(p.clone()));
+        let pending = pending.as_ref();
         let mut distinct: Vec<StateEvents> = Vec::with_capacity(states.len());
         for s in states {
             if !distinct.contains(&s) {
@@ -85,16 +120,16 @@ impl Rooms {
         }
         let rules = rules_for(version)?;
         let Some(v2) = rules.state_res.v2_rules() else {
-            return super::resolve_v1::resolve(&rules, &distinct, |id| self.pdu_shared(id).ok().flatten());
+            return super::resolve_v1::resolve(&rules, &distinct, |id| self.lookup(id, pending).ok().flatten());
         };
         let mut chains = Vec::with_capacity(distinct.len());
         for s in &distinct {
-            let chain = self.auth_chain(s.values().cloned())?;
+            let chain = self.auth_chain_with(s.values().cloned(), pending)?;
             chains.push(chain.into_iter().collect::<EventIdSet<OwnedEventId>>());
         }
-        let fetch = |id: &EventId| -> Option<Pdu> { self.pdu_shared(id).ok().flatten().map(|p| (*p).clone()) };
+        let fetch = |id: &EventId| -> Option<Pdu> { self.lookup(id, pending).ok().flatten().map(|p| (*p).clone()) };
         let subgraph = |conflicted: &state_res::StateMap<Vec<OwnedEventId>>| -> Option<EventIdSet<OwnedEventId>> {
-            self.conflicted_subgraph(conflicted.values().flatten().cloned().collect()).ok()
+            self.conflicted_subgraph(conflicted.values().flatten().cloned().collect(), pending).ok()
         };
         state_res::resolve(&rules.authorization, v2, distinct.iter(), chains, fetch, subgraph)
             .map_err(|e| Error::internal(format!("state resolution failed: {e}")))
@@ -102,7 +137,11 @@ impl Rooms {
 
     /// The conflicted state subgraph (room version 12): the events on some `auth_events`
     /// path from one conflicted event to another, the conflicted events included.
-    fn conflicted_subgraph(&self, conflicted: BTreeSet<OwnedEventId>) -> Result<EventIdSet<OwnedEventId>> {
+    fn conflicted_subgraph(
+        &self,
+        conflicted: BTreeSet<OwnedEventId>,
+        pending: Option<&Arc<Pdu>>,
+    ) -> Result<EventIdSet<OwnedEventId>> {
         // Every event reachable from a conflicted event, with its auth events.
         let mut edges: HashMap<OwnedEventId, Vec<OwnedEventId>> = HashMap::new();
         let mut todo: Vec<OwnedEventId> = conflicted.iter().cloned().collect();
@@ -110,7 +149,7 @@ impl Rooms {
             if edges.contains_key(&id) {
                 continue;
             }
-            let auth = self.pdu_shared(&id)?.map(|p| p.auth_events.clone()).unwrap_or_default();
+            let auth = self.lookup(&id, pending)?.map(|p| p.auth_events.clone()).unwrap_or_default();
             todo.extend(auth.iter().filter(|a| !edges.contains_key(*a)).cloned());
             edges.insert(id, auth);
             if edges.len() > MAX_AUTH_CHAIN {
@@ -134,5 +173,61 @@ impl Rooms {
             todo.extend(reverse.get(id).into_iter().flatten().copied());
         }
         Ok(reaching.into_iter().map(ToOwned::to_owned).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{events::StateEventType as T, owned_user_id, RoomVersionId};
+    use serde_json::json;
+
+    use crate::{rooms::build::NewEvent, store::Backend, Config, Services};
+
+    /// A received power event that forks the room takes part in the resolution of its own
+    /// arrival, though it is not stored yet: alice (100) demotes bob (90) on one branch
+    /// while bob changes the power levels on the other. Alice's change comes first by the
+    /// senders' power, and bob's then fails the auth checks.
+    #[test]
+    fn the_pending_event_takes_part_in_its_own_resolution() {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = Config {
+            server_name: "fork.test".try_into().expect("name"),
+            database_path: dir.path().join("data"),
+            database_backend: Backend::Rocksdb,
+            database_fsync: false,
+            ..Config::default()
+        };
+        let s = Services::open(config).expect("open");
+        let (alice, bob, carol) =
+            (owned_user_id!("@alice:fork.test"), owned_user_id!("@bob:fork.test"), owned_user_id!("@carol:fork.test"));
+        let version = RoomVersionId::V11;
+        let content = json!({"creator": alice}).as_object().cloned().expect("object");
+        let room = s.rooms.append_create(&version, &alice, content, None).expect("create").room_id;
+        let send = |sender: &ruma::UserId, kind: &str, key: &str, content: serde_json::Value| {
+            s.rooms.append_local(&room, sender, NewEvent::state(kind, key, content), None).expect("append").event_id
+        };
+        send(&alice, "m.room.member", alice.as_str(), json!({"membership": "join"}));
+        let levels = |bob_level: i64, carol_level: i64| {
+            json!({"users": {alice.as_str(): 100, bob.as_str(): bob_level, carol.as_str(): carol_level},
+                   "events": {"m.room.power_levels": 50}})
+        };
+        send(&alice, "m.room.power_levels", "", levels(90, 0));
+        send(&alice, "m.room.join_rules", "", json!({"join_rule": "public"}));
+        let join_bob = send(&bob, "m.room.member", bob.as_str(), json!({"membership": "join"}));
+        let fork_point = s.rooms.heads(&room).expect("heads");
+        let before_fork = s.rooms.state_events_of(&s.rooms.state_after(&join_bob).expect("state")).expect("ids");
+
+        // Bob's branch, stored: he raises carol.
+        send(&bob, "m.room.power_levels", "", levels(90, 50));
+        let current = s.rooms.current_state_map(&room).expect("current");
+        let current = s.rooms.state_events_of(&current).expect("ids");
+        // Alice's branch, built on the fork point and not stored: she demotes bob.
+        let new = NewEvent::state("m.room.power_levels", "", levels(0, 0));
+        let demotion = s.rooms.build(&version, Some(&room), &fork_point, &alice, &new).expect("build").pdu;
+        let mut after = before_fork;
+        after.insert((T::RoomPowerLevels, String::new()), demotion.event_id.clone());
+
+        let resolved = s.rooms.resolve_states_with(&version, vec![after, current], Some(&demotion)).expect("resolve");
+        assert_eq!(resolved[&(T::RoomPowerLevels, String::new())], demotion.event_id);
     }
 }
