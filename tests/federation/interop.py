@@ -10,9 +10,11 @@ import hmac
 import ipaddress
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -205,6 +207,9 @@ class Server:
     pki: Pki
     log_files: list[Path]
     host: str = "127.0.0.1"
+    # The port in the server name, when other servers reach it through a relay on another
+    # port than the one it listens on (and clients use).
+    name_port: int | None = None
     proc: subprocess.Popen | None = None
     torn_down: bool = False
     stdout_path: Path = field(init=False)
@@ -216,7 +221,7 @@ class Server:
 
     @property
     def server_name(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{self.host}:{self.name_port or self.port}"
 
     @property
     def url(self) -> str:
@@ -263,6 +268,15 @@ class Server:
             f"{STARTUP_TIMEOUT_S:.0f}s (last: {last})\n{self.logs()}"
         )
 
+    def pause(self) -> None:
+        """SIGSTOP: the process stays, answers nothing, and its kernel still takes connections."""
+        assert self.proc is not None and self.proc.poll() is None, f"{self.kind} is not running"
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
@@ -272,6 +286,7 @@ class Server:
         self.torn_down = True
         if self.proc is None or self.proc.poll() is not None:
             return
+        self.resume()
         self.proc.terminate()
         try:
             self.proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
@@ -293,6 +308,7 @@ def hearth_env(
     pki: Pki,
     host: str = "127.0.0.1",
     trusted_servers: list[str] | None = None,
+    name_port: int | None = None,
 ) -> dict[str, str]:
     """A clean environment: server name <host>:<port>, TLS with the leaf, the test CA
     trusted for outbound federation, 127.0.0.1 (only) admitted by the address policy, the
@@ -302,7 +318,7 @@ def hearth_env(
         "HOME": os.environ.get("HOME", "/root"),
         # Key fetching and verification failures are logged at debug: shown with a failing test.
         "RUST_LOG": "info,hearth::transport=debug,hearth::api=debug",
-        "CONDUIT_SERVER_NAME": f"{host}:{port}",
+        "CONDUIT_SERVER_NAME": f"{host}:{name_port or port}",
         "CONDUIT_DATABASE_PATH": str(database),
         "CONDUIT_ADDRESS": host,
         "CONDUIT_PORT": str(port),
@@ -323,26 +339,40 @@ def start_hearth(
     host: str = "127.0.0.1",
     trusted_servers: list[str] | None = None,
     kind: str = "hearth",
+    port: int | None = None,
+    name_port: int | None = None,
 ) -> Server:
+    """A Hearth listening on `port` (default: a free one); `name_port`, when given, is the
+    port of its server name (a relay in front of it, see `Relay`)."""
     binary = hearth_binary()
     if not (binary.is_file() and os.access(binary, os.X_OK)):
         fail(f"Hearth binary not found at {binary}: build it or set HEARTH_BIN")
     database = workdir / "db"
     database.mkdir()
-    port = free_port(host)
-    env = hearth_env(database, port, pki, host=host, trusted_servers=trusted_servers)
-    server = Server(kind, [str(binary)], env, workdir, port, pki, log_files=[], host=host)
+    port = port or free_port(host)
+    env = hearth_env(database, port, pki, host=host, trusted_servers=trusted_servers, name_port=name_port)
+    server = Server(kind, [str(binary)], env, workdir, port, pki, log_files=[], host=host, name_port=name_port)
     server.start()
     return server
 
 
-def start_synapse(data: Path, pki: Pki, python: str, log_level: str = "INFO") -> Server:
+def start_synapse(
+    data: Path,
+    pki: Pki,
+    python: str,
+    log_level: str = "INFO",
+    port: int | None = None,
+    name_port: int | None = None,
+) -> Server:
     """Synapse (run by `python`, a venv with matrix-synapse) in `data`, with a fresh signing
-    key, serving TLS with the test leaf on a free port."""
-    port = free_port()
+    key, serving TLS with the test leaf on `port` (default: a free one); `name_port` as for
+    `start_hearth`."""
+    port = port or free_port()
     config_path = data / "homeserver.yaml"
     log_path = data / "synapse.log"
-    config_path.write_text(yaml.safe_dump(synapse_config(data, port, pki), sort_keys=False))
+    config = synapse_config(data, port, pki)
+    config["server_name"] = f"127.0.0.1:{name_port or port}"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     (data / "log.config").write_text(yaml.safe_dump(synapse_log_config(log_path, log_level), sort_keys=False))
     synapse_cmd = [python, "-m", "synapse.app.homeserver", "-c", str(config_path)]
     env = dict(os.environ)
@@ -351,7 +381,7 @@ def start_synapse(data: Path, pki: Pki, python: str, log_level: str = "INFO") ->
         [*synapse_cmd, "--generate-keys"],
         check=True, env=env, cwd=data, stdout=subprocess.DEVNULL, timeout=STARTUP_TIMEOUT_S,
     )
-    server = Server("synapse", synapse_cmd, env, data, port, pki, log_files=[log_path])
+    server = Server("synapse", synapse_cmd, env, data, port, pki, log_files=[log_path], name_port=name_port)
     server.start()
     return server
 
@@ -425,6 +455,84 @@ def synapse_config(data: Path, port: int, pki: Pki) -> dict:
     }
 
 
+class Relay:
+    """A TCP relay in front of a server: the port other servers reach it at (its server
+    name's port), forwarding to the port it listens on. TLS passes through untouched.
+
+    `cut()` is a network partition: every relayed connection is dropped and new ones are
+    closed as soon as they are taken, so a request fails at once and its sender keeps it
+    for later. `heal()` relays again. (Pausing a server with SIGSTOP alone does not
+    partition it: its kernel still accepts connections and keeps the requests, which the
+    server reads as soon as it resumes.)"""
+
+    def __init__(self, target_port: int, host: str = "127.0.0.1"):
+        self.host, self.target_port = host, target_port
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, 0))
+        self.listener.listen(64)
+        self.port: int = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.is_cut = False
+        self.open: set[socket.socket] = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                if self.is_cut:
+                    client.close()
+                    continue
+            try:
+                upstream = socket.create_connection((self.host, self.target_port), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.open.update((client, upstream))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                self._drop(s)
+
+    def _drop(self, s: socket.socket) -> None:
+        with self.lock:
+            self.open.discard(s)
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        s.close()
+
+    def cut(self) -> None:
+        with self.lock:
+            self.is_cut = True
+            dropping = list(self.open)
+        for s in dropping:
+            self._drop(s)
+
+    def heal(self) -> None:
+        with self.lock:
+            self.is_cut = False
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
 # -------------------------------------------------------------------------- users
 
 
@@ -473,3 +581,15 @@ def register_on_synapse(synapse: Server, username: str) -> User:
 def set_displayname(server: Server, user: User, name: str) -> None:
     path = f"/_matrix/client/v3/profile/{urllib.parse.quote(user.user_id)}/displayname"
     server.call("PUT", path, {"displayname": name}, token=user.access_token)
+
+
+def hearth_admin(hearth: Server, *args: str) -> subprocess.CompletedProcess:
+    """`hearth admin ARGS…` for a running Hearth: sent over its admin channel."""
+    return subprocess.run(
+        [hearth.cmd[0], "admin", *args],
+        env=hearth.env,
+        cwd=hearth.workdir,
+        capture_output=True,
+        text=True,
+        timeout=REQUEST_TIMEOUT_S * 3,
+    )

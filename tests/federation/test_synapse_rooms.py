@@ -36,8 +36,8 @@ def q(s: str) -> str:
     return urllib.parse.quote(s, safe="")
 
 
-def wait_for(what: str, check):
-    deadline = time.monotonic() + ARRIVAL_S
+def wait_for(what: str, check, limit: float = ARRIVAL_S):
+    deadline = time.monotonic() + limit
     last = None
     while time.monotonic() < deadline:
         try:

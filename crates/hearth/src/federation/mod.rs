@@ -16,12 +16,14 @@
 //! - [`presence`]: presence across servers (`federate_presence`).
 //! - [`transactions`]: inbound `/send`.
 //! - [`sender`]: outbound transactions, from a persisted queue per destination.
+//! - [`compare`]: a room's state here beside another server's `state_ids`, for operators.
 //!
 //! `rooms` never calls up into here: the sender follows the event stream, as `/sync` does.
 //! Every network wait happens before a room's append lock is taken; incoming events of one
 //! room are handled one at a time ([`Federation::room_turn`]), then the append lock.
 
 pub mod backfill;
+pub mod compare;
 pub mod device_lists;
 pub mod edu;
 pub mod hierarchy;

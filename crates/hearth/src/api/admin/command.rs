@@ -16,6 +16,7 @@ use super::blocking;
 use crate::{
     admin::DeleteRoom,
     error::{Error, Result},
+    federation::compare::StateComparison,
     time::{iso8601, now_millis},
     Services,
 };
@@ -112,6 +113,17 @@ pub enum Command {
     ListDestinations,
     /// Try sending to a server again at once instead of waiting out its backoff.
     RetryDestination { server: String },
+    /// Compare a room's state here with another server's: the state before one event
+    /// (default: the newest here) beside what that server answers to `state_ids`.
+    CompareState {
+        /// The room, by id or local alias.
+        room: String,
+        /// The other server.
+        server: String,
+        /// The event to compare at (default: this server's newest forward extremity).
+        #[arg(long)]
+        event: Option<String>,
+    },
     /// Show the cached answers of other servers' `.well-known` (federation discovery).
     ListDiscoveryCache,
     /// Forget every cached `.well-known` answer (after a peer fixed its delegation).
@@ -148,6 +160,7 @@ impl Command {
             Command::PurgeRemoteMedia { .. } => "purge-remote-media",
             Command::ListDestinations => "list-destinations",
             Command::RetryDestination { .. } => "retry-destination",
+            Command::CompareState { .. } => "compare-state",
             Command::ListDiscoveryCache => "list-discovery-cache",
             Command::FlushDiscoveryCache => "flush-discovery-cache",
             Command::Backup { .. } => "backup",
@@ -341,6 +354,19 @@ pub async fn execute(s: &Arc<Services>, cmd: Command) -> Result<String> {
             let waiting = s.federation.sender.retry_now(&name);
             let _ = writeln!(out, "{name}: {}", if waiting { "trying again now" } else { "was not waiting" });
         }
+        Command::CompareState { room, server, event } => {
+            let room = room_id(s, &room)?;
+            let name = OwnedServerName::try_from(server.as_str())
+                .map_err(|_| Error::invalid_param(format!("{server} is not a server name")))?;
+            let event = event
+                .map(|e| {
+                    ruma::OwnedEventId::try_from(e.as_str())
+                        .map_err(|_| Error::invalid_param(format!("{e} is not an event id")))
+                })
+                .transpose()?;
+            let c = s.federation.compare_state(&room, &name, event.as_deref()).await?;
+            write_comparison(&mut out, &room, &name, &c);
+        }
         Command::ListDiscoveryCache => {
             for c in s.transport.servers.resolver().cached() {
                 let to = match c.value {
@@ -371,6 +397,26 @@ pub async fn execute(s: &Arc<Services>, cmd: Command) -> Result<String> {
 }
 
 /// A room given by id or by local alias.
+/// A state comparison as an operator reads it: a verdict line, then one line per entry
+/// that differs.
+fn write_comparison(out: &mut String, room: &RoomId, server: &ruma::ServerName, c: &StateComparison) {
+    let verdict = if c.identical() { "identical" } else { "DIFFERENT" };
+    let _ =
+        writeln!(out, "{verdict}: state of {room} before {} here and on {server} ({} entries the same)", c.at, c.same);
+    for ((t, k), here, there) in &c.differ {
+        let _ = writeln!(out, "differs\t{t}\t{k:?}\there={here}\tthere={there}");
+    }
+    for ((t, k), id) in &c.only_here {
+        let _ = writeln!(out, "only here\t{t}\t{k:?}\t{id}");
+    }
+    for ((t, k), id) in &c.only_there {
+        let _ = writeln!(out, "only there\t{t}\t{k:?}\t{id}");
+    }
+    for id in &c.unknown_here {
+        let _ = writeln!(out, "only there\t(event not held here)\t{id}");
+    }
+}
+
 fn room_id(s: &Services, given: &str) -> Result<OwnedRoomId> {
     if let Ok(id) = <&RoomId>::try_from(given) {
         return Ok(id.to_owned());
