@@ -363,15 +363,17 @@ def start_synapse(
     log_level: str = "INFO",
     port: int | None = None,
     name_port: int | None = None,
+    overrides: dict | None = None,
 ) -> Server:
     """Synapse (run by `python`, a venv with matrix-synapse) in `data`, with a fresh signing
     key, serving TLS with the test leaf on `port` (default: a free one); `name_port` as for
-    `start_hearth`."""
+    `start_hearth`; `overrides` replace top-level settings of the config."""
     port = port or free_port()
     config_path = data / "homeserver.yaml"
     log_path = data / "synapse.log"
     config = synapse_config(data, port, pki)
     config["server_name"] = f"127.0.0.1:{name_port or port}"
+    config.update(overrides or {})
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     (data / "log.config").write_text(yaml.safe_dump(synapse_log_config(log_path, log_level), sort_keys=False))
     synapse_cmd = [python, "-m", "synapse.app.homeserver", "-c", str(config_path)]
@@ -463,7 +465,8 @@ class Relay:
     closed as soon as they are taken, so a request fails at once and its sender keeps it
     for later. `heal()` relays again. (Pausing a server with SIGSTOP alone does not
     partition it: its kernel still accepts connections and keeps the requests, which the
-    server reads as soon as it resumes.)"""
+    server reads as soon as it resumes.) `hold()` keeps connections up but stops passing
+    bytes on (a link that has become very slow) until `release()`."""
 
     def __init__(self, target_port: int, host: str = "127.0.0.1"):
         self.host, self.target_port = host, target_port
@@ -474,6 +477,8 @@ class Relay:
         self.port: int = self.listener.getsockname()[1]
         self.lock = threading.Lock()
         self.is_cut = False
+        self.flowing = threading.Event()
+        self.flowing.set()
         self.open: set[socket.socket] = set()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -501,6 +506,7 @@ class Relay:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                self.flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass
@@ -524,11 +530,18 @@ class Relay:
         for s in dropping:
             self._drop(s)
 
+    def hold(self) -> None:
+        self.flowing.clear()
+
+    def release(self) -> None:
+        self.flowing.set()
+
     def heal(self) -> None:
         with self.lock:
             self.is_cut = False
 
     def close(self) -> None:
+        self.release()
         self.cut()
         self.listener.close()
 

@@ -23,14 +23,21 @@ until `/state` is the same on both and is that state. On a Hearth, `hearth admin
 compare-state` says so too (and, during the partition, that the other server cannot be
 reached).
 
-Three pairs: two Hearths, Hearth home with Synapse, Synapse home with Hearth. Nothing
-asserts on time: every wait is a poll with a deadline.
+Three pairs: two Hearths, Hearth home with Synapse, Synapse home with Hearth.
+
+Also here, on the same relays: a join over a link that has gone very slow (the relay
+holds every byte). The client gives up waiting and asks again; the second request waits
+for the join already under way, so the room gets one join event, not two.
+
+Nothing asserts on time: every wait is a poll with a deadline.
 """
 
 from __future__ import annotations
 
 import itertools
 import sys
+import threading
+import urllib.error
 
 import pytest
 
@@ -39,6 +46,7 @@ from interop import (
     Server,
     User,
     free_port,
+    request,
     hearth_admin,
     register_on_hearth,
     register_on_synapse,
@@ -193,3 +201,42 @@ def test_a_partition_heals_into_the_same_resolved_state(peers, home_kind, other_
         if peer.is_hearth:
             said = hearth_admin(peer.server, "compare-state", room, remote.server_name)
             assert said.returncode == 0 and said.stdout.startswith("identical:"), said.stdout + said.stderr
+
+
+def test_a_join_asked_again_waits_for_the_one_under_way(peers):
+    home, joiner = peers["hearth-a"], peers["hearth-b"]
+    h, j = home.server, joiner.server
+    ada, ben = home.register("ada"), joiner.register("ben")
+    room = h.call("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"}, token=ada.access_token)["room_id"]
+    url = f"{j.url}/_matrix/client/v3/join/{q(room)}?via={q(h.server_name)}"
+
+    home.relay.hold()
+    try:
+        with pytest.raises((TimeoutError, urllib.error.URLError)):
+            request(j.pki.ssl_context(), "POST", url, {}, token=ben.access_token, timeout=2)
+        second: dict = {}
+
+        def ask_again() -> None:
+            try:
+                second["answer"] = request(j.pki.ssl_context(), "POST", url, {}, token=ben.access_token, timeout=120)
+            except Exception as e:  # the assertion below reports it
+                second["error"] = e
+
+        asking = threading.Thread(target=ask_again)
+        asking.start()
+        wait_for(
+            "the second /join waiting for the first",
+            lambda: "a join asked again waits for the one under way" in j.logs(),
+        )
+    finally:
+        home.relay.release()
+    asking.join(timeout=150)
+    assert second.get("answer", {}).get("room_id") == room, second
+
+    wait_for("ben joined on ada's server", lambda: ben.user_id in joined(h, ada, room))
+    page = h.call("GET", f"/_matrix/client/v3/rooms/{q(room)}/messages?dir=b&limit=100", token=ada.access_token)
+    joins = [
+        e for e in page["chunk"]
+        if e["type"] == "m.room.member" and e["state_key"] == ben.user_id and e["content"]["membership"] == "join"
+    ]
+    assert len(joins) == 1, joins

@@ -142,6 +142,11 @@ pub struct Config {
     /// Serve URL previews (`/media/v1/preview_url`): Hearth then fetches pages users
     /// link to, under the outbound address policy. Off by default.
     pub url_preview_enabled: bool,
+    /// Most events (state and auth chain) the answer to joining a room on another server
+    /// may bring; a larger room is refused with 413 `M_TOO_LARGE`. The answer is held in
+    /// memory while it is checked, about 1.4 KiB per event, so on a board with a 1 GiB
+    /// limit raise it with care. Matrix HQ's state was 206,479 events in 2022.
+    pub join_max_state_events: usize,
 }
 
 impl Default for Config {
@@ -188,6 +193,7 @@ impl Default for Config {
             media_quota_mb: 0,
             media_retention_days: 0,
             url_preview_enabled: false,
+            join_max_state_events: 50_000,
         }
     }
 }

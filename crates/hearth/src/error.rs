@@ -42,6 +42,19 @@ impl Error {
         Error::matrix(status, "M_UNKNOWN", message).with_field("errcode", Value::String(shown.to_owned()))
     }
 
+    /// The same error again, for each of several waiters on one piece of work (storage
+    /// and internal errors keep their words).
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::Matrix { status, errcode, message, extra } => {
+                Error::Matrix { status: *status, errcode, message: message.clone(), extra: extra.clone() }
+            }
+            Error::Uiaa(v) => Error::Uiaa(v.clone()),
+            Error::Store(e) => Error::Internal(format!("storage: {e}")),
+            Error::Internal(s) => Error::Internal(s.clone()),
+        }
+    }
+
     /// The errcode another server gave, when this error passes one on.
     pub fn remote_errcode(&self) -> Option<&str> {
         match self {

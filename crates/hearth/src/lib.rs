@@ -85,7 +85,7 @@ pub struct Services {
     /// Other servers: outbound requests, discovery, their signing keys.
     pub transport: transport::Transport,
     /// What Hearth does with other servers: joins, transactions, the sender.
-    pub federation: federation::Federation,
+    pub federation: Arc<federation::Federation>,
     /// Uploaded files.
     pub media: Arc<media::Media>,
     /// Member events each device was sent by `/sync` (lazy loading).
@@ -130,7 +130,7 @@ impl Services {
         let backup = Backup::new(store.clone());
         let transport = transport::Transport::new(&config, store.clone(), server_key.clone())
             .map_err(|e| StoreError::Other(format!("cannot set up outbound requests: {e}")))?;
-        let federation = federation::Federation::new(federation::Parts {
+        let federation = Arc::new(federation::Federation::new(federation::Parts {
             rooms: rooms.clone(),
             servers: transport.servers.clone(),
             server_keys: transport.keys.clone(),
@@ -141,7 +141,8 @@ impl Services {
             e2ee_keys: keys.clone(),
             to_device: to_device.clone(),
             presence: config.federate_presence.then(|| presence.clone()),
-        });
+            join_max_events: config.join_max_state_events,
+        }));
         let media_settings = media::Settings::from_config(&config);
         let mut media =
             media::Media::open(&config.database_path, store.clone(), config.max_request_size as u64, media_settings)

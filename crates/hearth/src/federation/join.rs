@@ -12,16 +12,28 @@
 //! verified and stored, and the join appended on the state the resident server sent: from
 //! then on the room is here as any other, and its events arrive through `/send`.
 //!
+//! A join through another server runs as a task of its own, apart from the client's
+//! request ([`JoinsUnderWay`]): a client that gives up waiting (a big room's state takes
+//! a while) and asks again waits for the same join instead of starting a second one. The
+//! answer's size is capped (`join_max_state_events`): a larger room is refused with 413
+//! `M_TOO_LARGE` rather than read into memory.
+//!
 //! Only room versions whose federation rules all work here are offered and accepted
 //! ([`crate::rooms::resolve::federates`]: 2 to 12).
 
-use std::time::Duration;
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures_util::{
+    future::{BoxFuture, Shared},
+    FutureExt,
+};
+use parking_lot::Mutex;
 
 use http::StatusCode;
 use ruma::{
     events::{room::member::MembershipState, StateEventType},
     signatures::hash_and_sign_event,
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
     RoomVersionId, ServerName, UserId,
 };
 use serde::Deserialize;
@@ -29,7 +41,7 @@ use serde_json::{value::RawValue as RawJsonValue, Map, Value};
 
 use super::{
     pdu::{event_id_of, own_json, parse_raw},
-    receive::{encode, MAX_STATE_BYTES, MAX_STATE_EVENTS},
+    receive::{encode, MAX_STATE_BYTES},
     Federation,
 };
 use crate::{
@@ -43,13 +55,25 @@ use crate::{
         ROOM_VERSIONS,
     },
     time::now_millis,
-    transport::server_client::ServerRequest,
+    transport::{
+        client::OutboundError,
+        server_client::{ServerRequest, ServerRequestError},
+    },
 };
 
 /// Most servers tried for one join.
 const MAX_JOIN_CANDIDATES: usize = 10;
 const MAKE_TIMEOUT: Duration = Duration::from_secs(30);
 const SEND_JOIN_TIMEOUT: Duration = Duration::from_secs(180);
+/// Bytes of a `send_join` answer allowed per event: a member event is 0.5 to 1 KiB.
+const JOIN_BYTES_PER_EVENT: usize = 1400;
+
+/// A join through another server, as its waiters share it.
+type SharedJoin = Shared<BoxFuture<'static, std::result::Result<(), Arc<Error>>>>;
+
+/// Joins through other servers under way, by (room, user); each leaves the map when done.
+#[derive(Default)]
+pub struct JoinsUnderWay(Mutex<HashMap<(OwnedRoomId, OwnedUserId), SharedJoin>>);
 
 /// A member event's content: the user's profile, and the reason when given.
 pub(crate) fn with_reason(profile: Map<String, Value>, reason: Option<String>) -> Map<String, Value> {
@@ -324,7 +348,7 @@ impl Federation {
     /// a room whose `m.room.guest_access` is `can_join` (403 otherwise); in a room elsewhere
     /// that is known only once joined, so a guest that finds it barred leaves again.
     pub async fn join(
-        &self,
+        self: &Arc<Self>,
         room: &RoomId,
         user: &UserId,
         via: &[OwnedServerName],
@@ -362,16 +386,49 @@ impl Federation {
     }
 
     /// A local user joins a room on another server, through the first of `candidates`
-    /// that answers (see the module doc). Returns the room's id.
+    /// that answers (see the module doc). Returns the room's id. While the same user's
+    /// join of the same room is under way, this waits for that one.
     pub async fn join_remote(
-        &self,
+        self: &Arc<Self>,
         room: &RoomId,
         user: &UserId,
         candidates: &[OwnedServerName],
         content: Map<String, Value>,
     ) -> Result<OwnedRoomId> {
-        let candidates = self.candidates(room, candidates, MAX_JOIN_CANDIDATES)?;
-        self.through(&candidates, room, "join", |server| self.join_through(server, room, user, &content)).await?;
+        let key = (room.to_owned(), user.to_owned());
+        let work = {
+            let mut under_way = self.joins.0.lock();
+            match under_way.get(&key) {
+                Some(work) => {
+                    tracing::info!(%room, %user, "a join asked again waits for the one under way");
+                    work.clone()
+                }
+                None => {
+                    let candidates = self.candidates(room, candidates, MAX_JOIN_CANDIDATES)?;
+                    let this = self.clone();
+                    let (room, user) = key.clone();
+                    // The map's lock is held until the work is in it, so the task's
+                    // removal always comes after.
+                    let task = tokio::spawn(async move {
+                        let done = this
+                            .through(&candidates, &room, "join", |server| {
+                                this.join_through(server, &room, &user, &content)
+                            })
+                            .await;
+                        this.joins.0.lock().remove(&(room, user));
+                        done.map_err(Arc::new)
+                    });
+                    let work = async move {
+                        task.await.unwrap_or_else(|e| Err(Arc::new(Error::internal(format!("the join stopped: {e}")))))
+                    }
+                    .boxed()
+                    .shared();
+                    under_way.insert(key, work.clone());
+                    work
+                }
+            }
+        };
+        work.await.map_err(|e| e.duplicate())?;
         Ok(room.to_owned())
     }
 
@@ -418,6 +475,8 @@ impl Federation {
         for server in candidates {
             match attempt(server).await {
                 Ok(()) => return Ok(()),
+                // The room is as large through any server.
+                Err(e @ Error::Matrix { errcode: "M_TOO_LARGE", .. }) => return Err(e),
                 Err(e) => {
                     tracing::info!(%server, %room, error = %e, "{what} through this server failed");
                     last = e;
@@ -452,8 +511,9 @@ impl Federation {
 
         let path = format!("/_matrix/federation/v2/send_join/{}/{}", encode(room.as_str()), encode(event_id.as_str()));
         let body = serde_json::to_value(&event).map_err(|e| Error::internal(e.to_string()))?;
+        let max_bytes = self.join_max_bytes();
         let req = ServerRequest { method: http::Method::PUT, ..ServerRequest::post(&path, &body) }
-            .limits(SEND_JOIN_TIMEOUT, MAX_STATE_BYTES);
+            .limits(SEND_JOIN_TIMEOUT, max_bytes);
         let invalid =
             |e: serde_json::Error| Error::unavailable(format!("{server} sent an invalid send_join answer: {e}"));
         let sent: SendJoinAnswer = match self.ask(server, req).await {
@@ -462,15 +522,15 @@ impl Federation {
             Err(e) if lacks_endpoint(&e) => {
                 let path = path.replacen("/v2/send_join/", "/v1/send_join/", 1);
                 let req = ServerRequest { method: http::Method::PUT, ..ServerRequest::post(&path, &body) }
-                    .limits(SEND_JOIN_TIMEOUT, MAX_STATE_BYTES);
-                let (_, sent): (u16, SendJoinAnswer) =
-                    serde_json::from_slice(&self.ask(server, req).await?).map_err(invalid)?;
+                    .limits(SEND_JOIN_TIMEOUT, max_bytes);
+                let answer = self.ask(server, req).await.map_err(|e| self.too_large_or(e))?;
+                let (_, sent): (u16, SendJoinAnswer) = serde_json::from_slice(&answer).map_err(invalid)?;
                 sent
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(self.too_large_or(e)),
         };
-        if sent.state.len() + sent.auth_chain.len() > MAX_STATE_EVENTS {
-            return Err(Error::unavailable(format!("{server} sent more than {MAX_STATE_EVENTS} events")));
+        if sent.state.len() + sent.auth_chain.len() > self.join_max_events {
+            return Err(self.too_large());
         }
         // The resident server may have signed the join too (restricted rooms need it).
         let join_obj = match &sent.event {
@@ -568,15 +628,44 @@ impl Federation {
         Ok((event, id))
     }
 
+    /// The largest `send_join` answer read: room for `join_max_state_events` events.
+    fn join_max_bytes(&self) -> usize {
+        MAX_STATE_BYTES.max(self.join_max_events.saturating_mul(JOIN_BYTES_PER_EVENT))
+    }
+
+    /// The refusal of a room too large to join here.
+    fn too_large(&self) -> Error {
+        Error::matrix(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "M_TOO_LARGE",
+            format!(
+                "This room is too large for this server: its state has more than {} events \
+                 (join_max_state_events)",
+                self.join_max_events
+            ),
+        )
+    }
+
+    /// `e`, unless it says the answer was larger than allowed: then [`Federation::too_large`].
+    fn too_large_or(&self, e: Error) -> Error {
+        match e {
+            Error::Matrix { errcode: "M_TOO_LARGE", .. } => self.too_large(),
+            e => e,
+        }
+    }
+
     /// Sends a request and returns the body of a success; any other answer is an error
     /// that says which server said what.
     pub(crate) async fn ask(&self, server: &ServerName, req: ServerRequest<'_>) -> Result<Vec<u8>> {
         let path = req.path_and_query.to_owned();
-        let answer = self
-            .servers
-            .request(server, req)
-            .await
-            .map_err(|e| Error::unavailable(format!("Cannot reach {server}: {e}")))?;
+        let answer = self.servers.request(server, req).await.map_err(|e| match e {
+            ServerRequestError::Outbound { error: OutboundError::TooLarge(n), .. } => Error::matrix(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "M_TOO_LARGE",
+                format!("{server} answered more than {n} bytes"),
+            ),
+            e => Error::unavailable(format!("Cannot reach {server}: {e}")),
+        })?;
         if answer.status.is_success() {
             return Ok(answer.body.to_vec());
         }

@@ -78,6 +78,10 @@ pub struct Federation {
     seen_txns: transactions::SeenTransactions,
     /// Remote users whose device lists are being synced in the background.
     resyncing: device_lists::Resyncing,
+    /// Joins through other servers under way ([`join::JoinsUnderWay`]).
+    joins: join::JoinsUnderWay,
+    /// Most events a `send_join` answer may bring (`join_max_state_events`).
+    join_max_events: usize,
 }
 
 /// What federation is built on: the services below it.
@@ -93,6 +97,8 @@ pub struct Parts {
     pub to_device: Arc<ToDevice>,
     /// Presence, when it crosses servers (`federate_presence`).
     pub presence: Option<Arc<Presence>>,
+    /// `join_max_state_events`.
+    pub join_max_events: usize,
 }
 
 impl Federation {
@@ -122,6 +128,8 @@ impl Federation {
             turns: Mutex::default(),
             seen_txns: Default::default(),
             resyncing: Default::default(),
+            joins: Default::default(),
+            join_max_events: p.join_max_events,
         }
     }
 

@@ -29,7 +29,13 @@ use crate::{
 
 /// A Hearth named `name`, serving TLS with a leaf of `ca` for that name, asking `dns`,
 /// allowed to reach loopback and trusting `ca`.
-async fn hearth(name: &str, ca: &TestCa, dns: &TestDns, files: &TempDir) -> TestServer {
+async fn hearth(
+    name: &str,
+    ca: &TestCa,
+    dns: &TestDns,
+    files: &TempDir,
+    tweak: impl FnOnce(&mut hearth::Config),
+) -> TestServer {
     let certs = files.path().join(format!("{name}.crt"));
     let key = files.path().join(format!("{name}.key"));
     ca.leaf(name, &[name, "localhost", "127.0.0.1"]).write(&certs, &key);
@@ -44,6 +50,7 @@ async fn hearth(name: &str, ca: &TestCa, dns: &TestDns, files: &TempDir) -> Test
         c.dns_servers = vec![dns_addr];
         c.ip_range_allowlist = vec!["127.0.0.0/8".parse().expect("range")];
         c.trusted_servers = vec![];
+        tweak(c);
     })
     .await;
     server.http = ca.http_client();
@@ -63,11 +70,16 @@ pub(crate) struct Pair {
 }
 
 pub(crate) async fn pair() -> Pair {
+    pair_with(|_| {}).await
+}
+
+/// [`pair`], with a.test's configuration changed by `tweak`.
+pub(crate) async fn pair_with(tweak: impl FnOnce(&mut hearth::Config)) -> Pair {
     let ca = TestCa::new("federation test CA");
     let dns = TestDns::start().await;
     let files = tempfile::tempdir().expect("tempdir");
-    let a = hearth("a.test", &ca, &dns, &files).await;
-    let b = hearth("b.test", &ca, &dns, &files).await;
+    let a = hearth("a.test", &ca, &dns, &files, tweak).await;
+    let b = hearth("b.test", &ca, &dns, &files, |_| {}).await;
     Pair { a, b, _ca: ca, _dns: dns, _files: files }
 }
 

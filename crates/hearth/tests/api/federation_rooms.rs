@@ -11,7 +11,10 @@ use serde_json::{json, Value};
 
 use hearth::stream::StreamItem;
 
-use crate::{common::TestServer, federation::pair};
+use crate::{
+    common::TestServer,
+    federation::{pair, pair_with},
+};
 
 /// How long a test waits for something to arrive from the other server before failing.
 const ARRIVAL: Duration = Duration::from_secs(30);
@@ -1183,4 +1186,33 @@ async fn a_space_on_another_server_is_walked_through_it() {
     let ids: Vec<&str> =
         hers["rooms"].as_array().expect("rooms").iter().filter_map(|r| r["room_id"].as_str()).collect();
     assert_eq!(ids, [space.as_str(), lounge.as_str()], "{hers}");
+}
+
+/// A room whose state is larger than `join_max_state_events` is refused with 413
+/// `M_TOO_LARGE` naming the setting, not joined half-way; a room within the limit joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_over_the_join_size_limit_is_refused_with_a_clear_error() {
+    let p = pair_with(|c| c.join_max_state_events = 14).await;
+    let (_, bob_token, _) = p.b.register("bob", "a long password").await;
+    let create = |body: Value| p.b.post("/_matrix/client/v3/createRoom", Some(&bob_token), body);
+    let (_, small) = create(json!({"preset": "public_chat"})).await;
+    let small = small["room_id"].as_str().expect("room id").to_owned();
+    let (_, big) = create(json!({"preset": "public_chat"})).await;
+    let big = big["room_id"].as_str().expect("room id").to_owned();
+    for i in 0..12 {
+        let path = format!("/_matrix/client/v3/rooms/{big}/state/org.example.shelf/{i}");
+        let (status, _) = p.b.put(&path, Some(&bob_token), json!({"books": i})).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    let (_, alice_token, _) = p.a.register("alice", "a long password").await;
+    let join = |room: &str| format!("/_matrix/client/v3/join/{}?via=b.test", encode(room));
+    let (status, refused) = p.a.post(&join(&big), Some(&alice_token), json!({})).await;
+    assert_eq!((status, &refused["errcode"]), (StatusCode::PAYLOAD_TOO_LARGE, &json!("M_TOO_LARGE")), "{refused}");
+    assert!(refused["error"].as_str().is_some_and(|e| e.contains("join_max_state_events")), "{refused}");
+    let (status, _) = p.a.get(&format!("/_matrix/client/v3/rooms/{big}/state"), Some(&alice_token)).await;
+    assert_ne!(status, StatusCode::OK, "nothing of the refused room is shown");
+
+    let (status, joined) = p.a.post(&join(&small), Some(&alice_token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
 }
