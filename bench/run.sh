@@ -15,6 +15,9 @@
 #   bench/run.sh --media    media: upload/download MiB/s of 1 MiB and 20 MiB files, thumbnails of
 #                           a 12-megapixel JPEG, peak RSS of each phase (bench/media.py; writes
 #                           bench/results/media-latest.json)
+#   bench/run.sh --big-join Hearth and Synapse each joining a room of 10,000 members hosted on
+#                           Synapse: time and peak RSS (bench/big_join.py, HEARTH_BENCH_MEMBERS
+#                           changes the size; writes bench/results/big-join-latest.json)
 # Builds Hearth in release into its own target dir (never the shared one), installs Synapse
 # into ~/.cache/hearth-bench-venv, runs Synapse, Hearth-RocksDB and Hearth-SQLite on
 # loopback, prints a table and writes bench/results/latest.json. Not part of CI.
@@ -45,7 +48,8 @@ for arg in "$@"; do
         --media) mode=media ;;
         --push) mode=push ;;
         --search) mode=search ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        --big-join) mode=big-join ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
@@ -78,6 +82,12 @@ common=(--hearth-bin "$BIN" --synapse-python "$PY" --synapse-template "$BENCH/sy
 if [[ "$mode" == federation ]]; then
     "$PY" "$BENCH/federation.py" --hearth-bin "$BIN" --synapse-python "$PY" --label "$LABEL" \
         --json "$BENCH/results/federation-latest.json"
+    exit 0
+fi
+
+if [[ "$mode" == big-join ]]; then
+    "$PY" "$BENCH/big_join.py" --hearth-bin "$BIN" --synapse-python "$PY" --label "$LABEL" \
+        --members "${HEARTH_BENCH_MEMBERS:-10000}" --json "$BENCH/results/big-join-latest.json"
     exit 0
 fi
 
