@@ -46,6 +46,11 @@ const MAX_EVENTS_BY_ID: usize = 200;
 const FETCHES_AT_ONCE: usize = 8;
 /// Most missing prev events whose state is fetched for one received event.
 const MAX_STATE_FETCHES: usize = 5;
+/// Events parsed and checked at a time when many are stored (a big room's join): only
+/// these are held parsed, never the whole answer.
+const OUTLIER_CHUNK: usize = 256;
+/// Checks of one chunk under way at once.
+const VERIFY_AT_ONCE: usize = 16;
 /// Most events (state plus auth chain) taken from one `state` or `event_auth` answer.
 pub const MAX_STATE_EVENTS: usize = 50_000;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -436,46 +441,77 @@ impl Federation {
     /// are here (in whatever order they came). Events that fail are left out, and so are
     /// events that depend on them.
     pub(crate) async fn store_outliers(&self, version: &RoomVersionId, room_id: &RoomId, raws: Vec<Box<RawJsonValue>>) {
-        let rules = match version.rules() {
-            Some(r) => r,
-            None => return,
-        };
-        let mut pending: Vec<Pdu> = Vec::new();
-        let mut seen: HashSet<OwnedEventId> = HashSet::new();
-        for raw in raws {
-            let Ok(obj) = parse_raw(&raw) else { continue };
-            let Ok(id) = super::pdu::event_id_of(&obj, &rules) else { continue };
-            if !seen.insert(id.clone()) || self.rooms.event_meta(&id).ok().flatten().is_some() {
-                continue;
-            }
-            match self.verify_pdu(version, obj, Some(room_id), None).await {
-                Ok(p) => pending.push(p),
-                Err(e) => tracing::info!(event = %id, error = %e, "dropping a fetched event"),
-            }
+        let Some(rules) = version.rules() else { return };
+        // The order to store them in, by depth (auth events come before the events they
+        // authorise), read from each event's depth alone.
+        #[derive(Deserialize)]
+        struct Depth {
+            #[serde(default)]
+            depth: i64,
         }
-        pending.sort_by_key(|p| p.depth);
-        loop {
-            let before = pending.len();
-            let mut rest = Vec::new();
-            for pdu in pending {
-                let ready = pdu.auth_events.iter().all(|a| self.rooms.event_meta(a).ok().flatten().is_some());
-                if !ready {
-                    rest.push(pdu);
-                    continue;
-                }
-                let id = pdu.event_id.clone();
-                if let Err(e) = self.rooms.append_outlier(version, pdu) {
-                    tracing::info!(event = %id, error = %e, "a fetched event was not stored");
+        let mut order: Vec<(i64, usize)> = raws
+            .iter()
+            .enumerate()
+            .filter_map(|(i, raw)| serde_json::from_str::<Depth>(raw.get()).ok().map(|d| (d.depth, i)))
+            .collect();
+        order.sort_unstable();
+        let mut raws: Vec<Option<Box<RawJsonValue>>> = raws.into_iter().map(Some).collect();
+        let mut seen: HashSet<OwnedEventId> = HashSet::new();
+        let mut waiting: Vec<Pdu> = Vec::new();
+        for chunk in order.chunks(OUTLIER_CHUNK) {
+            let mut fresh = Vec::with_capacity(chunk.len());
+            for &(_, i) in chunk {
+                // Each JSON text is let go once read: what is stored is not held twice.
+                let Some(raw) = raws[i].take() else { continue };
+                let Ok(obj) = parse_raw(&raw) else { continue };
+                let Ok(id) = super::pdu::event_id_of(&obj, &rules) else { continue };
+                if seen.insert(id.clone()) && self.rooms.event_meta(&id).ok().flatten().is_none() {
+                    fresh.push(obj);
                 }
             }
-            pending = rest;
-            if pending.is_empty() || pending.len() == before {
+            // Checked a few at a time, so that key fetches from different servers overlap
+            // (one server's keys are fetched once: `ServerKeys` queues the others).
+            let checked: Vec<_> = futures_util::stream::iter(fresh)
+                .map(|obj| self.verify_pdu(version, obj, Some(room_id), None))
+                .buffered(VERIFY_AT_ONCE)
+                .collect()
+                .await;
+            for c in checked {
+                match c {
+                    Ok(p) => waiting.push(p),
+                    Err(e) => tracing::info!(error = %e, "dropping a fetched event"),
+                }
+            }
+            waiting = self.append_outliers_ready(version, waiting);
+        }
+        // Events whose auth events came later in the answer than their depth says.
+        loop {
+            let before = waiting.len();
+            waiting = self.append_outliers_ready(version, waiting);
+            if waiting.is_empty() || waiting.len() == before {
                 break;
             }
         }
-        for p in &pending {
+        for p in &waiting {
             tracing::info!(event = %p.event_id, "a fetched event's auth events never arrived");
         }
+    }
+
+    /// Stores those of `pending` whose auth events are all here, in order; returns the rest.
+    fn append_outliers_ready(&self, version: &RoomVersionId, pending: Vec<Pdu>) -> Vec<Pdu> {
+        let mut rest = Vec::new();
+        for pdu in pending {
+            let ready = pdu.auth_events.iter().all(|a| self.rooms.event_meta(a).ok().flatten().is_some());
+            if !ready {
+                rest.push(pdu);
+                continue;
+            }
+            let id = pdu.event_id.clone();
+            if let Err(e) = self.rooms.append_outlier(version, pdu) {
+                tracing::info!(event = %id, error = %e, "a fetched event was not stored");
+            }
+        }
+        rest
     }
 }
 

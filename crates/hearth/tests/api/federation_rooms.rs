@@ -1216,3 +1216,32 @@ async fn a_room_over_the_join_size_limit_is_refused_with_a_clear_error() {
     let (status, joined) = p.a.post(&join(&small), Some(&alice_token), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{joined}");
 }
+
+/// A room whose state spans several of the chunks a join's answer is checked and stored
+/// in comes over whole: every state event is in a.test's `/state`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_with_more_state_than_one_chunk_joins_whole() {
+    let p = pair().await;
+    let (_, bob_token, _) = p.b.register("bob", "a long password").await;
+    let (_, room) = p.b.post("/_matrix/client/v3/createRoom", Some(&bob_token), json!({"preset": "public_chat"})).await;
+    let room = room["room_id"].as_str().expect("room id").to_owned();
+    const SHELVES: usize = 600;
+    for i in 0..SHELVES {
+        let path = format!("/_matrix/client/v3/rooms/{room}/state/org.example.shelf/{i}");
+        assert_eq!(p.b.put(&path, Some(&bob_token), json!({"books": i})).await.0, StatusCode::OK);
+    }
+    let (_, alice_token, _) = p.a.register("alice", "a long password").await;
+    let join = format!("/_matrix/client/v3/join/{}?via=b.test", encode(&room));
+    let (status, joined) = p.a.post(&join, Some(&alice_token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    let (status, state) = p.a.get(&format!("/_matrix/client/v3/rooms/{room}/state"), Some(&alice_token)).await;
+    assert_eq!(status, StatusCode::OK, "{state}");
+    let shelves: std::collections::BTreeSet<u64> = state
+        .as_array()
+        .expect("state events")
+        .iter()
+        .filter(|e| e["type"] == "org.example.shelf")
+        .filter_map(|e| e["content"]["books"].as_u64())
+        .collect();
+    assert_eq!(shelves.len(), SHELVES);
+}
