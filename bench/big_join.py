@@ -154,7 +154,7 @@ def main() -> int:
             ("peak_rss_mib", "peak RSS (MiB)"),
         ):
             ratio = s[key] / h[key] if h[key] else float("inf")
-            print(f"{label:28}{h[key]:>10}{s[key]:>10}{ratio:>7.1f}x")
+            print(f"{label:28}{h[key]:>10}{s[key]:>10}{ratio:>7.2f}x")
         print("ratio: Synapse's figure over Hearth's (above 1: Hearth is faster or smaller)")
         if args.json:
             Path(args.json).write_text(

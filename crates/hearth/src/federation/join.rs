@@ -410,11 +410,20 @@ impl Federation {
                     // The map's lock is held until the work is in it, so the task's
                     // removal always comes after.
                     let task = tokio::spawn(async move {
-                        let done = this
-                            .through(&candidates, &room, "join", |server| {
-                                this.join_through(server, &room, &user, &content)
-                            })
-                            .await;
+                        // Its writes (every event of the room's state) wait for the disk
+                        // once, at the end, as a request's do.
+                        let (mut done, written) = crate::stream::with_deferred_durability(this.through(
+                            &candidates,
+                            &room,
+                            "join",
+                            |server| this.join_through(server, &room, &user, &content),
+                        ))
+                        .await;
+                        if written > 0 {
+                            if let Err(e) = this.rooms.stream.wait_durable(written).await {
+                                done = done.and(Err(e));
+                            }
+                        }
                         this.joins.0.lock().remove(&(room, user));
                         done.map_err(Arc::new)
                     });
