@@ -4,7 +4,9 @@
 //!
 //! [`Notifications::evaluate_between`] follows the event stream from a persisted position,
 //! as the federation sender does: each new event is evaluated for the room's local
-//! members (and a local invitee), never for its sender, and the rows it yields are written
+//! members (and a local invitee; an invite from another server, which is not in the event
+//! stream, is read from [`REMOTE_INVITES_BY_POS`]), never for its sender, and the rows it
+//! yields are written
 //! in one batch with the new position. After `kill -9` evaluation resumes at the last
 //! position written: no event is logged twice, none is skipped. On the first start the
 //! position is "now": history is not pushed.
@@ -26,12 +28,25 @@ use serde_json::Value;
 use super::Push;
 use crate::{
     error::{Error, Result},
-    rooms::Rooms,
+    rooms::{remote::REMOTE_INVITES_BY_POS, Rooms},
     store::codec::json_value,
     store::{tables, Batch, KeyRange, Order, Store, Table},
+    stream::StreamEntry,
     time::now_millis,
     users::account_data::AccountData,
 };
+
+/// The push context of a room on another server that `user` is invited to and that this
+/// server does not hold: no members here, the user's own name, default power levels
+/// (what `.m.rule.invite_for_me` needs, it looks at the event alone).
+fn invite_context(room: &ruma::RoomId, user: &UserId) -> ruma::push::PushConditionRoomCtx {
+    ruma::push::PushConditionRoomCtx::new(
+        room.to_owned(),
+        ruma::UInt::default(),
+        user.to_owned(),
+        user.localpart().to_owned(),
+    )
+}
 
 /// One notification: an event the user's rules said to notify them of.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,6 +116,20 @@ impl Notifications {
         Notifications { store, rooms, account_data, push, own, kept: Default::default() }
     }
 
+    /// Invites of local users to rooms on other servers in (since, until].
+    fn remote_invites(&self, since: u64, until: u64) -> Result<Vec<(u64, StreamEntry)>> {
+        let range = KeyRange {
+            lower: Some(crate::store::codec::encode_key::<u64>(since.saturating_add(1))),
+            upper: Some(crate::store::codec::encode_key::<u64>(until.saturating_add(1))),
+        };
+        let mut out = Vec::new();
+        REMOTE_INVITES_BY_POS.scan_range(&self.store, &range, Order::Ascending, |pos, entry| {
+            out.push((pos, entry));
+            true
+        })?;
+        Ok(out)
+    }
+
     /// The position evaluated up to; on the first start, now.
     pub fn position(&self) -> Result<u64> {
         Ok(PUSH_STATE.get(&self.store, "position")?.unwrap_or_else(|| self.rooms.stream_now()))
@@ -115,18 +144,26 @@ impl Notifications {
         } else {
             (&events[..], until)
         };
+        // With the invites from other servers in the same span (`true`: such an invite).
+        let mut events: Vec<(u64, StreamEntry, bool)> = events.iter().map(|(p, e)| (*p, e.clone(), false)).collect();
+        events.extend(self.remote_invites(since, reached)?.into_iter().map(|(p, e)| (p, e, true)));
+        events.sort_by_key(|(p, _, _)| *p);
         let mut batch = Batch::new();
         let mut notified: BTreeMap<OwnedUserId, usize> = BTreeMap::new();
         let now = now_millis();
-        for (pos, entry) in events {
+        for (pos, entry, remote_invite) in &events {
             let Some(pdu) = self.rooms.pdu_shared(&entry.event_id)? else { continue };
-            let mut recipients: Vec<OwnedUserId> = self
-                .rooms
-                .members_shared(&entry.room_id, &MembershipState::Join)?
-                .iter()
-                .filter(|u| u.server_name() == self.own)
-                .cloned()
-                .collect();
+            // A room elsewhere that the invitee is invited to has no members here.
+            let mut recipients: Vec<OwnedUserId> = match remote_invite {
+                true => Vec::new(),
+                false => self
+                    .rooms
+                    .members_shared(&entry.room_id, &MembershipState::Join)?
+                    .iter()
+                    .filter(|u| u.server_name() == self.own)
+                    .cloned()
+                    .collect(),
+            };
             // An invite notifies its (local) invitee, who is not joined.
             if pdu.kind == TimelineEventType::RoomMember {
                 let invitee = pdu.state_key.as_deref().and_then(|k| OwnedUserId::try_from(k).ok());
@@ -146,7 +183,10 @@ impl Notifications {
             let flat = FlattenedJson::from_raw(&raw);
             for user in recipients {
                 let (_, rules, _) = self.push.ruleset(&self.account_data, &user)?;
-                let ctx = self.push.context(&self.rooms, &entry.room_id, &user)?;
+                let ctx = match remote_invite {
+                    true => Arc::new(invite_context(&entry.room_id, &user)),
+                    false => self.push.context(&self.rooms, &entry.room_id, &user)?,
+                };
                 let Some(actions) = super::unread::first_match(&rules, &flat, &ctx) else { continue };
                 if !actions.iter().any(Action::should_notify) {
                     continue;

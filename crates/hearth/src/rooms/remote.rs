@@ -41,6 +41,9 @@ use crate::{
 
 /// (user id, room id) → the stripped state of an invite to a room on another server.
 pub const REMOTE_INVITE_STATE: Table<(String, String), Value> = Table::new(tables::REMOTE_INVITE_STATE);
+/// Invites of local users to rooms elsewhere, by stream position: what the push follower
+/// reads besides the event stream.
+pub const REMOTE_INVITES_BY_POS: Table<u64, crate::stream::StreamEntry> = Table::new(tables::REMOTE_INVITES_BY_POS);
 
 /// Why a remote event was not appended.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +127,7 @@ impl Rooms {
             .and_then(|k| ruma::OwnedUserId::try_from(k).ok())
             .ok_or_else(|| Error::bad_json("A member event without a user"))?;
         let json = serde_json::to_vec(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
+        let invite = membership == MembershipState::Invite;
         let mut counters = self.append_lock.lock();
         let (pos, ()) = self.stream.commit_deferred_then(
             |stream, batch| {
@@ -150,6 +154,11 @@ impl Rooms {
                 match &stripped {
                     Some(state) => REMOTE_INVITE_STATE.put(batch, key, &Value::Array(state.clone())),
                     None => REMOTE_INVITE_STATE.delete(batch, key),
+                }
+                if invite {
+                    let entry =
+                        crate::stream::StreamEntry { room_id: pdu.room_id.clone(), event_id: pdu.event_id.clone() };
+                    REMOTE_INVITES_BY_POS.put(batch, stream, &entry);
                 }
                 Ok(())
             },

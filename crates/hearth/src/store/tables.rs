@@ -146,6 +146,7 @@ pub const ALL: &[&str] = &[
     FEDERATION_SENDER,
     FEDERATION_TXNS,
     REMOTE_INVITE_STATE,
+    REMOTE_INVITES_BY_POS,
     BACKFILL,
     BACKFILL_ROWS,
     MEDIA,
@@ -170,6 +171,9 @@ pub const FEDERATION_EDUS: &str = "federation_edus";
 pub const FEDERATION_SENDER: &str = "federation_sender";
 /// (user id, room id) → the stripped state sent with an invite to a room on another server.
 pub const REMOTE_INVITE_STATE: &str = "remote_invite_state";
+/// Stream position → (room, event): invites of local users to rooms on other servers, for
+/// the push follower (they are outliers, not in the event stream).
+pub const REMOTE_INVITES_BY_POS: &str = "remote_invites_by_pos";
 /// (room id, n) → event id: history fetched from other servers, n counting back in time.
 pub const BACKFILL: &str = "backfill";
 /// Event id → its row in `BACKFILL`.

@@ -1245,3 +1245,27 @@ async fn a_room_with_more_state_than_one_chunk_joins_whole() {
         .collect();
     assert_eq!(shelves.len(), SHELVES);
 }
+
+/// An invite from another server goes through the invitee's push rules as a local one
+/// does (`.m.rule.invite_for_me`): it is in their `/notifications`, so their pushers
+/// deliver it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_from_another_server_notifies_the_invitee() {
+    let p = pair().await;
+    let (alice, alice_token, _) = p.a.register("alice", "a long password").await;
+    let (_, bob_token, _) = p.b.register("bob", "a long password").await;
+    let (status, created) = p
+        .b
+        .post("/_matrix/client/v3/createRoom", Some(&bob_token), json!({"preset": "private_chat", "invite": [alice]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let room = created["room_id"].as_str().expect("room id").to_owned();
+    let found = eventually("the invite in alice's notifications", || async {
+        let (_, list) = p.a.get("/_matrix/client/v3/notifications", Some(&alice_token)).await;
+        list["notifications"].as_array().into_iter().flatten().find(|n| n["room_id"] == room.as_str()).cloned()
+    })
+    .await;
+    assert_eq!(found["event"]["type"], "m.room.member", "{found}");
+    assert_eq!(found["event"]["content"]["membership"], "invite", "{found}");
+    assert_eq!(found["event"]["state_key"], alice.as_str(), "{found}");
+}
