@@ -332,11 +332,21 @@ impl PushSender {
             notification.insert("type".into(), json!(pdu.kind.to_string()));
             notification.insert("sender".into(), json!(pdu.sender));
             notification.insert("content".into(), pdu.content_value());
+            // A room on another server that the user is only invited to is known here by
+            // the stripped state its invite came with.
+            let stripped = match self.rooms.room(&pdu.room_id)? {
+                Some(_) => Vec::new(),
+                None => self.rooms.remote_invite_state(user, &pdu.room_id)?,
+            };
             let state = |kind: StateEventType, key: &str, field: &str| -> Result<Option<Value>> {
-                Ok(self
-                    .rooms
-                    .state_event(&pdu.room_id, &kind, key)?
-                    .and_then(|p| p.content_value().get(field).filter(|v| v.is_string()).cloned()))
+                let content = match stripped.is_empty() {
+                    false => stripped
+                        .iter()
+                        .find(|e| e["type"] == kind.to_string().as_str() && e["state_key"] == key)
+                        .map(|e| e["content"].clone()),
+                    true => self.rooms.state_event(&pdu.room_id, &kind, key)?.map(|p| p.content_value()),
+                };
+                Ok(content.and_then(|c| c.get(field).filter(|v| v.is_string()).cloned()))
             };
             if let Some(name) = state(StateEventType::RoomMember, pdu.sender.as_str(), "displayname")? {
                 notification.insert("sender_display_name".into(), name);

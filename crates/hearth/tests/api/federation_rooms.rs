@@ -1247,17 +1247,18 @@ async fn a_room_with_more_state_than_one_chunk_joins_whole() {
 }
 
 /// An invite from another server goes through the invitee's push rules as a local one
-/// does (`.m.rule.invite_for_me`): it is in their `/notifications`, so their pushers
-/// deliver it.
+/// does (`.m.rule.invite_for_me`): it is in their `/notifications`, and their pusher
+/// delivers it, named from the stripped state the invite came with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invite_from_another_server_notifies_the_invitee() {
     let p = pair().await;
     let (alice, alice_token, _) = p.a.register("alice", "a long password").await;
+    let gateway = crate::push_delivery::Gateway::start().await;
+    let set = crate::push_delivery::pusher(&gateway.url, "alices-phone", None);
+    assert_eq!(p.a.post("/_matrix/client/v3/pushers/set", Some(&alice_token), set).await.0, StatusCode::OK);
     let (_, bob_token, _) = p.b.register("bob", "a long password").await;
-    let (status, created) = p
-        .b
-        .post("/_matrix/client/v3/createRoom", Some(&bob_token), json!({"preset": "private_chat", "invite": [alice]}))
-        .await;
+    let body = json!({"preset": "private_chat", "name": "Club house", "invite": [alice]});
+    let (status, created) = p.b.post("/_matrix/client/v3/createRoom", Some(&bob_token), body).await;
     assert_eq!(status, StatusCode::OK, "{created}");
     let room = created["room_id"].as_str().expect("room id").to_owned();
     let found = eventually("the invite in alice's notifications", || async {
@@ -1268,4 +1269,8 @@ async fn an_invite_from_another_server_notifies_the_invitee() {
     assert_eq!(found["event"]["type"], "m.room.member", "{found}");
     assert_eq!(found["event"]["content"]["membership"], "invite", "{found}");
     assert_eq!(found["event"]["state_key"], alice.as_str(), "{found}");
+    let pushed = gateway.wait_for("of the invite", |b| b["notification"]["room_id"] == room.as_str()).await;
+    let n = &pushed["notification"];
+    assert_eq!((&n["membership"], &n["user_is_target"]), (&json!("invite"), &json!(true)), "{pushed}");
+    assert_eq!(n["room_name"], "Club house", "{pushed}");
 }

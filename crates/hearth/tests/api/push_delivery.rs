@@ -25,18 +25,18 @@ enum Answer {
 }
 
 #[derive(Clone)]
-struct Gateway {
+pub(crate) struct Gateway {
     bodies: Arc<Mutex<Vec<Value>>>,
     /// Event ids of the pushes answered with a failure.
     failed: Arc<Mutex<Vec<String>>>,
     answer: Arc<Mutex<Answer>>,
     /// Stalled requests wait for a permit (given back at once): one permit releases all.
     release: Arc<tokio::sync::Semaphore>,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Gateway {
-    async fn start() -> Gateway {
+    pub(crate) async fn start() -> Gateway {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let gw = Gateway {
@@ -67,7 +67,7 @@ impl Gateway {
     }
 
     /// Waits until a body matching `pred` arrived; returns it.
-    async fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         for _ in 0..200 {
             if let Some(found) = self.bodies.lock().iter().find(|b| pred(b)).cloned() {
                 return found;
@@ -78,7 +78,7 @@ impl Gateway {
     }
 }
 
-fn pusher(url: &str, pushkey: &str, format: Option<&str>) -> Value {
+pub(crate) fn pusher(url: &str, pushkey: &str, format: Option<&str>) -> Value {
     let mut data = json!({"url": url, "secret": "kept-by-the-app"});
     if let Some(f) = format {
         data["format"] = json!(f);
