@@ -1,0 +1,17 @@
+//! hearth-nfs-provisioner: provisions and deletes NFS-backed PersistentVolumes for any number of NFS shares from one
+//! Deployment, and stands in for nfs-subdir-external-provisioner (its environment, StorageClass parameters and
+//! volumes keep their meaning).
+//!
+//! Layout, bottom up:
+//! - `config`: the shares and names, from a TOML file or nfs-subdir's environment, validated once;
+//! - `class`: a StorageClass's parameters; `quantity`: request sizes as bytes;
+//! - `path_pattern`: a volume's directory from `pathPattern`, normalised so it cannot leave the share;
+//! - `share`: making, removing and archiving directories, refusing symlinks that lead out;
+//! - `pv`: the PersistentVolume object for a claim.
+
+pub mod class;
+pub mod config;
+pub mod path_pattern;
+pub mod pv;
+pub mod quantity;
+pub mod share;
