@@ -7,11 +7,15 @@
 //! - `class`: a StorageClass's parameters; `quantity`: request sizes as bytes;
 //! - `path_pattern`: a volume's directory from `pathPattern`, normalised so it cannot leave the share;
 //! - `share`: making, removing and archiving directories, refusing symlinks that lead out;
-//! - `pv`: the PersistentVolume object for a claim.
+//! - `pv`: the PersistentVolume object for a claim; `events`: events on claims; `metrics`: counters;
+//! - `reconcile`: provisioning a claim and deleting a released volume, against a `kube::Client`.
 
 pub mod class;
 pub mod config;
+pub mod events;
+pub mod metrics;
 pub mod path_pattern;
 pub mod pv;
 pub mod quantity;
+pub mod reconcile;
 pub mod share;
