@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::ListParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -50,7 +51,7 @@ fn retry<K>(_: Arc<K>, error: &ReconcileError, _: Arc<Provisioner>) -> Action {
     Action::requeue(RETRY_AFTER)
 }
 
-/// Runs both controllers until `shutdown` turns true; marks `health` ready once both have listed their objects.
+/// Runs both controllers until `shutdown` turns true; marks `health` ready once claims and volumes can be listed.
 pub async fn run_controllers(
     client: Client,
     provisioner: Arc<Provisioner>,
@@ -59,15 +60,9 @@ pub async fn run_controllers(
 ) {
     let claims = Controller::new(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
         .graceful_shutdown_on(wait_true(shutdown.clone()));
-    let volumes = Controller::new(Api::<PersistentVolume>::all(client), watcher::Config::default())
+    let volumes = Controller::new(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default())
         .graceful_shutdown_on(wait_true(shutdown));
-    let (claim_store, volume_store) = (claims.store(), volumes.store());
-    tokio::spawn(async move {
-        if claim_store.wait_until_ready().await.is_ok() && volume_store.wait_until_ready().await.is_ok() {
-            health.ready.store(true, Ordering::Relaxed);
-            tracing::info!("watching claims and volumes");
-        }
-    });
+    tokio::spawn(mark_ready_when_listable(client.clone(), health));
     let claims = claims.run(reconcile_claim, retry, provisioner.clone()).for_each(|r| async move {
         if let Err(e) = r {
             tracing::warn!(error = %e, "claim controller");
@@ -79,6 +74,27 @@ pub async fn run_controllers(
         }
     });
     futures::future::join(claims, volumes).await;
+}
+
+/// Marks `health` ready once claims and volumes can be listed (the API answers and RBAC allows it).
+///
+/// Not `Store::wait_until_ready`: kube-runtime's controller already waits on its store, and that wait keeps a single
+/// waker, so a second waiter can leave one of the two asleep for ever (the end-to-end test caught this).
+async fn mark_ready_when_listable(client: Client, health: Arc<Health>) {
+    let one = ListParams::default().limit(1);
+    loop {
+        let claims = Api::<PersistentVolumeClaim>::all(client.clone()).list_metadata(&one).await;
+        let volumes = Api::<PersistentVolume>::all(client.clone()).list_metadata(&one).await;
+        match (claims, volumes) {
+            (Ok(_), Ok(_)) => {
+                health.ready.store(true, Ordering::Relaxed);
+                tracing::info!("watching claims and volumes");
+                return;
+            }
+            (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "cannot list claims or volumes yet"),
+        }
+        tokio::time::sleep(RETRY_AFTER).await;
+    }
 }
 
 /// Resolves when the flag turns (or already is) true, or its sender is gone.
