@@ -41,6 +41,10 @@ pub struct Config {
     /// Address of the `/healthz`, `/readyz` and `/metrics` server.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Set in drop-in mode only. The seed runs two nfs-subdir containers in one pod, which would both want the health
+    /// port; there a port already taken is a warning, not a reason to stop (`NFS_PROVISIONER_LISTEN` picks another).
+    #[serde(skip)]
+    pub health_server_optional: bool,
 }
 
 /// One NFS export, and where the provisioner's pod has it mounted.
@@ -168,7 +172,8 @@ impl Config {
                 lease_name: lease_name_for(&provisioner),
                 ..LeaderElection::default()
             },
-            listen: default_listen(),
+            listen: env("NFS_PROVISIONER_LISTEN").filter(|l| !l.is_empty()).unwrap_or_else(default_listen),
+            health_server_optional: true,
         };
         config.validate()?;
         Ok(config)
@@ -388,6 +393,7 @@ mod tests {
         assert_eq!(config.leader_election.namespace.as_deref(), Some("nfs-storage"));
         assert_eq!(config.leader_election.lease_duration_seconds, 20);
         assert_eq!(config.listen, "0.0.0.0:8080");
+        assert!(!config.health_server_optional);
     }
 
     #[test]
@@ -426,6 +432,8 @@ mod tests {
         );
         assert!(config.leader_election.enabled);
         assert_eq!(config.leader_election.lease_name, "nfs-provisioner-big-leader");
+        assert_eq!(config.listen, "0.0.0.0:8080");
+        assert!(config.health_server_optional, "two drop-in containers in one pod must not fight over the port");
         assert_eq!(config.default_share_for("nfs-provisioner-big").map(|s| s.name.as_str()), Some("default"));
     }
 
@@ -435,9 +443,11 @@ mod tests {
             "NFS_SERVER" => Some("nas.local".to_owned()),
             "NFS_PATH" => Some("/export".to_owned()),
             "ENABLE_LEADER_ELECTION" => Some("false".to_owned()),
+            "NFS_PROVISIONER_LISTEN" => Some("0.0.0.0:8081".to_owned()),
             _ => None,
         };
         let config = Config::from_drop_in_env(env).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:8081");
         assert_eq!(config.provisioner_names, vec![DROP_IN_DEFAULT_PROVISIONER.to_owned()]);
         assert_eq!(config.shares[0].server, "nas.local");
         assert!(!config.leader_election.enabled);

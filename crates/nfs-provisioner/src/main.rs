@@ -101,11 +101,17 @@ async fn run(config: Config) -> Result<Stopped, String> {
     let (metrics, health) = (Arc::new(Metrics::default()), Arc::new(Health::default()));
     let (shutdown_tx, shutdown) = watch::channel(false);
 
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    match tokio::net::TcpListener::bind(&config.listen).await {
+        Ok(listener) => {
+            tokio::spawn(health::serve(listener, health.clone(), metrics.clone(), shutdown.clone()));
+        }
+        Err(e) if config.health_server_optional => {
+            tracing::warn!(listen = %config.listen, error = %e,
+                "no health server (set NFS_PROVISIONER_LISTEN to give each drop-in container its own port)");
+        }
+        Err(e) => return Err(format!("cannot listen on {}: {e}", config.listen)),
+    }
     tracing::info!(listen = %config.listen, identity, shares = config.shares.len(), "starting");
-    tokio::spawn(health::serve(listener, health.clone(), metrics.clone(), shutdown.clone()));
     let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
     let signals_tx = shutdown_tx.clone();
