@@ -8,7 +8,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
@@ -17,6 +17,8 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::watch;
+// Tokio's clock, not std's, so that tests can run these loops on paused time.
+use tokio::time::Instant;
 
 use crate::health::Health;
 use crate::leader::{LeaderElector, Role};
@@ -112,10 +114,11 @@ pub async fn acquire(
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
+            biased;
             _ = shutdown.wait_for(|v| *v) => return false,
             _ = tick.tick() => {}
         }
-        match elector.try_acquire_or_renew(Instant::now()).await {
+        match elector.try_acquire_or_renew(Instant::now().into_std()).await {
             Ok(Role::Leader) => {
                 tracing::info!(identity = elector.identity(), "acquired the lease");
                 return true;
@@ -143,10 +146,11 @@ pub async fn keep(
     let mut last_renewed = Instant::now();
     loop {
         tokio::select! {
+            biased;
             _ = shutdown.wait_for(|v| *v) => return Stopped::Shutdown,
             _ = tick.tick() => {}
         }
-        match elector.try_acquire_or_renew(Instant::now()).await {
+        match elector.try_acquire_or_renew(Instant::now().into_std()).await {
             Ok(Role::Leader) => last_renewed = Instant::now(),
             Ok(Role::Follower(Some(holder))) if holder != elector.identity() => {
                 tracing::error!(%holder, "the lease is held by another replica");
