@@ -90,6 +90,8 @@ pub struct Services {
     pub media: Arc<media::Media>,
     /// Member events each device was sent by `/sync` (lazy loading).
     pub lazy_members: sync::lazy::SentMembers,
+    /// What each sliding-sync connection was sent (see `sync::sliding`).
+    pub sliding_connections: sync::sliding::Connections,
     /// What operators do: accounts, rooms, backups (the CLI, the admin channel and API).
     pub admin: admin::Admin,
     /// The full-text index of the rooms' messages (`/search`).
@@ -207,6 +209,7 @@ impl Services {
             federation,
             media,
             lazy_members: Default::default(),
+            sliding_connections: Default::default(),
             admin,
             search,
             listening_port: std::sync::atomic::AtomicU16::new(port),

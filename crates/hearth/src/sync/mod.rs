@@ -9,6 +9,7 @@ pub mod cache;
 pub mod filter;
 pub mod lazy;
 pub mod notifier;
+pub mod sliding;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -770,12 +771,22 @@ fn invite_state(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<Vec<Va
         }
         return Ok(out);
     }
+    // The inviter's own member event too: clients name who invited (Element X's "… invited
+    // you") from it.
+    let inviter = match rooms.membership(room_id, user)? {
+        Some(rec) => rooms.pdu_shared(&rec.event_id)?.map(|p| p.sender.clone()),
+        None => None,
+    };
     let map = rooms.current_state_map(room_id)?;
     let mut out = Vec::new();
     for pdu in rooms.state_events(&map)? {
         let kind = pdu.kind.to_string();
+        let key = pdu.state_key.as_deref();
         let keep = crate::rooms::PREVIEW_STATE_TYPES.contains(&kind.as_str())
-            || (kind == "m.room.member" && (pdu.state_key.as_deref() == Some(user.as_str()) || pdu.sender == user));
+            || (kind == "m.room.member"
+                && (key == Some(user.as_str())
+                    || pdu.sender == user
+                    || inviter.as_deref().is_some_and(|i| key == Some(i.as_str()))));
         if keep {
             out.push(pdu.to_stripped_json());
         }

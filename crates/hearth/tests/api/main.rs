@@ -26,6 +26,7 @@ mod room_extras;
 mod rooms;
 mod search;
 mod server_discovery;
+mod sliding_sync;
 mod spaces;
 mod storage;
 mod synapse_admin;

@@ -26,6 +26,7 @@ mod redact;
 mod room;
 mod search;
 mod session;
+mod sliding_sync;
 mod space;
 mod state;
 mod summary;
@@ -61,6 +62,9 @@ pub fn routes() -> Router<Arc<Services>> {
     let mut router = Router::new();
     for path in ruma::api::client::sync::sync_events::v3::Request::PATH_BUILDER.all_paths() {
         router = router.route(path, axum::routing::get(sync::sync_events_route));
+    }
+    for path in ruma::api::client::sync::sync_events::v5::Request::PATH_BUILDER.all_paths() {
+        router = router.route(path, axum::routing::post(sliding_sync::sliding_sync_route));
     }
     for path in ruma::api::client::room::upgrade_room::v3::Request::PATH_BUILDER.all_paths() {
         router = router.route(path, axum::routing::post(room::upgrade_room));

@@ -304,8 +304,13 @@ pub async fn sync_events_route(
     slot: Option<axum::Extension<RequestSlot>>,
     req: Ruma<sync_v3::Request>,
 ) -> axum::response::Response {
+    json_response(sync_events(s, req, slot.map(|axum::Extension(slot)| slot)).await)
+}
+
+/// A JSON body already serialised (both syncs write theirs directly), or the error.
+pub(super) fn json_response(body: Result<Bytes>) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match sync_events(s, req, slot.map(|axum::Extension(slot)| slot)).await {
+    match body {
         Ok(body) => (
             [(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"))],
             axum::body::Body::from(body),
