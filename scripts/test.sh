@@ -25,6 +25,8 @@ bash scripts/validate-deploy.sh --binary "$HEARTH_BIN"
 bash scripts/fuzz-api.sh
 # Real Matrix clients against the built binary.
 "$VENV/bin/python" -m pytest -q tests/clients
+# Element X's engine (matrix-sdk-ui) over simplified sliding sync: its own crate and target dir.
+bash scripts/test-element-x.sh
 # sytest (matrix-org's suite) on both engines, when ../shared/sytest is there: every test
 # of its single-server list passes, less tests/sytest/known-failures.txt.
 bash scripts/sytest.sh "$HEARTH_BIN"

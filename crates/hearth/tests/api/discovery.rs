@@ -20,10 +20,11 @@ async fn versions_lists_only_what_we_serve(b: Backend) {
     let versions: Vec<&str> = body["versions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(versions.contains(&"v1.1"));
     assert!(versions.iter().all(|v| v.starts_with("v1.")), "{versions:?}");
-    // The unstable features claimed are those served (mutual rooms, tested in room_extras).
+    // The unstable features claimed are those served (mutual rooms, tested in room_extras;
+    // simplified sliding sync, in sliding_sync and by tests/element-x).
     assert_eq!(
         body["unstable_features"],
-        serde_json::json!({"uk.half-shot.msc2666.query_mutual_rooms": true}),
+        serde_json::json!({"uk.half-shot.msc2666.query_mutual_rooms": true, "org.matrix.simplified_msc3575": true}),
         "{body}"
     );
 }
