@@ -207,6 +207,51 @@ async fn claim_becomes_a_pv_and_a_directory_and_is_archived_when_released() {
 
     assert_eq!(replica.terminate().await, 0);
     assert_eq!(cluster.lease_holder(), None, "the lease is released on SIGTERM");
+
+    // That run made every kind of call the binary has (Lease create, get and update; claims listed and watched;
+    // volumes listed, watched, read, created and deleted; a class read; events created): the manifests' RBAC must
+    // grant exactly these, no more.
+    assert_eq!(
+        cluster.api.rbac_requests(),
+        rbac_rules_of_the_manifests(),
+        "deploy/kubernetes/nfs-provisioner/rbac.yaml"
+    );
+}
+
+/// The (API group, resource, verb) triples granted by `deploy/kubernetes/nfs-provisioner/rbac.yaml`, ClusterRole and
+/// Role together. The file keeps each list in flow style on one line (`verbs: ["get", "list"]`), which is JSON, so no
+/// YAML parser is needed here.
+fn rbac_rules_of_the_manifests() -> std::collections::BTreeSet<(String, String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/nfs-provisioner/rbac.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let list = |line: &str| -> Vec<String> {
+        let value = line.split_once(':').map(|(_, v)| v).unwrap_or_default();
+        let value = &value[..value.find(']').map_or(value.len(), |i| i + 1)];
+        serde_json::from_str(value.trim())
+            .unwrap_or_else(|e| panic!("{}: {line:?} is not a flow list: {e}", path.display()))
+    };
+    let mut rules: Vec<[Vec<String>; 3]> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("- apiGroups:") {
+            rules.push([list(&format!(":{rest}")), Vec::new(), Vec::new()]);
+        } else if let (Some(rule), true) = (rules.last_mut(), line.starts_with("resources:")) {
+            rule[1] = list(line);
+        } else if let (Some(rule), true) = (rules.last_mut(), line.starts_with("verbs:")) {
+            rule[2] = list(line);
+        }
+    }
+    assert!(!rules.is_empty(), "no rules found in {}", path.display());
+    let mut triples = std::collections::BTreeSet::new();
+    for [groups, resources, verbs] in &rules {
+        for g in groups {
+            for r in resources {
+                for v in verbs {
+                    triples.insert((g.clone(), r.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    triples
 }
 
 #[tokio::test]
