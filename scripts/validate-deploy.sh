@@ -194,7 +194,10 @@ broken_ok() {
     && lint_rejects root-user 's/^USER 10001:10001$/USER root/' \
     && lint_rejects missing-source 's#^COPY crates/hearth/src #COPY crates/hearth/source #' \
     && lint_rejects no-healthcheck '/^HEALTHCHECK/,/^ *CMD \[/d' \
-    && lint_rejects sudo 's#^RUN touch crates/hearth/src/main.rs#RUN sudo touch crates/hearth/src/main.rs#'
+    && lint_rejects sudo 's#^RUN touch crates/hearth/src/main.rs#RUN sudo touch crates/hearth/src/main.rs#' \
+    && lint_rejects provisioner-source 's#^COPY crates/nfs-provisioner/src #COPY crates/nfs-provisioner/source #' \
+    && lint_rejects provisioner-entrypoint 's#^ENTRYPOINT \["hearth-nfs-provisioner"\]#ENTRYPOINT ["hearth"]#' \
+    && lint_rejects provisioner-user 's#^EXPOSE 8080$#EXPOSE 8080\nUSER 10001#'
 }
 step "lint rejects broken Dockerfiles" broken_ok
 
