@@ -10,7 +10,7 @@
       (as the Deployment injects them; data dir and address made local), as uid 10001 when
       run as root, answers /_hearth/health, and exits 0 on SIGTERM within the grace period
   check_deploy.py provisioner RENDERED.yaml --seed SEED.yaml --binary PATH [--drop-in]
-      the rendered deploy/kubernetes/nfs-provisioner (or its drop-in/ RBAC) matches the
+      the rendered deploy/kubernetes/nfs-provisioner/base (or its drop-in/ RBAC) matches the
       hearth-nfs-provisioner binary and the seed's nfs-subdir setup: the ConfigMap's TOML
       passes `PATH --check-config`, each share is mounted at its `mount` from the seed's
       server and path, probes and port match `listen`, the StorageClasses are the seed's and
@@ -506,7 +506,7 @@ def smoke_well_known(a, c, argv, env, data):
 
 # Every API call the binary makes, as RBAC (group, resource, verb). The code is the truth:
 # crates/nfs-provisioner/tests/e2e.rs records the requests the real binary sends and fails
-# when they differ from deploy/kubernetes/nfs-provisioner/rbac.yaml; this table makes the
+# when they differ from deploy/kubernetes/nfs-provisioner/base/rbac.yaml; this table makes the
 # rendered manifests keep exactly those rules (no more: no wildcard, no `update` on claims).
 PROVISIONER_CLUSTER_RULES = {
     ("", "persistentvolumes", v) for v in ("get", "list", "watch", "create", "delete")

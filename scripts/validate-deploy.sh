@@ -10,8 +10,9 @@
 #     (tests/clients/seed-deployment.yaml), Secret, PVC, Service 8448, Ingress routes…;
 #  4. lint the Dockerfile (scripts/lint-dockerfile.sh), and make sure the lint fails on
 #     deliberately broken copies of it;
-#  4b. render deploy/kubernetes/nfs-provisioner and its drop-in/ RBAC the same way, validate
-#     them with kubernetes-validate --strict against the same versions, and check their shape
+#  4b. render deploy/kubernetes/nfs-provisioner/{base,drop-in,k3s-check} the same way,
+#     validate them with kubernetes-validate --strict against the same versions, and check
+#     the shape of base and drop-in (k3s-check: its provisioner.toml passes --check-config)
 #     (deploy/check_deploy.py provisioner): the ConfigMap's TOML passes the provisioner
 #     binary's --check-config, the shares are mounted at their `mount` from the seed's
 #     servers and paths (deploy/kubernetes/nfs-provisioner/seed/nfs-subdir.yaml), the probes
@@ -137,8 +138,8 @@ prov_check() { # prov_check RENDERED [--drop-in]
 }
 prov_rejects() { # prov_rejects NAME SED-EXPRESSION: the shape check must fail on the edited rendering
     local copy="$work/nfs-provisioner.$1.yaml"
-    sed -e "$2" "$work/nfs-provisioner.yaml" > "$copy"
-    if cmp -s "$work/nfs-provisioner.yaml" "$copy"; then
+    sed -e "$2" "$work/nfs-provisioner.base.yaml" > "$copy"
+    if cmp -s "$work/nfs-provisioner.base.yaml" "$copy"; then
         echo "  the edit '$2' changed nothing: update this check"; return 1
     fi
     if prov_check "$copy" > "$work/prov-$1.log" 2>&1; then
@@ -156,18 +157,21 @@ prov_broken_ok() {
 }
 if [[ -n "$provisioner_binary" && -x "$provisioner_binary" ]]; then
     echo "validate-deploy: provisioner binary: $provisioner_binary"
-    for t in nfs-provisioner nfs-provisioner/drop-in; do
+    for t in nfs-provisioner/base nfs-provisioner/drop-in nfs-provisioner/k3s-check; do
         out="$work/$(tr / . <<< "$t").yaml"
         if step "render $t" render "$t" "$out"; then
             step "kubernetes-validate --strict $t" validate "$out"
-            if [[ $t == */drop-in ]]; then
-                step "shape of $t" prov_check "$out" --drop-in
-            else
-                step "shape of $t" prov_check "$out"
-            fi
+            case "$t" in
+                */base) step "shape of $t" prov_check "$out" ;;
+                */drop-in) step "shape of $t" prov_check "$out" --drop-in ;;
+                */k3s-check) step "$t/provisioner.toml passes --check-config" "$provisioner_binary" \
+                    --config "deploy/kubernetes/$t/provisioner.toml" --check-config ;;
+            esac
         fi
     done
-    [[ -s "$work/nfs-provisioner.yaml" ]] && step "provisioner shape check rejects broken renderings" prov_broken_ok
+    if [[ -s "$work/nfs-provisioner.base.yaml" ]]; then
+        step "provisioner shape check rejects broken renderings" prov_broken_ok
+    fi
 else
     failed=$((failed + 1))
     failures+=("no hearth-nfs-provisioner binary: cargo build -p nfs-provisioner, or pass --provisioner-binary PATH")

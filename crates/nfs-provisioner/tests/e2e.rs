@@ -214,15 +214,15 @@ async fn claim_becomes_a_pv_and_a_directory_and_is_archived_when_released() {
     assert_eq!(
         cluster.api.rbac_requests(),
         rbac_rules_of_the_manifests(),
-        "deploy/kubernetes/nfs-provisioner/rbac.yaml"
+        "deploy/kubernetes/nfs-provisioner/base/rbac.yaml"
     );
 }
 
-/// The (API group, resource, verb) triples granted by `deploy/kubernetes/nfs-provisioner/rbac.yaml`, ClusterRole and
+/// The (API group, resource, verb) triples granted by `deploy/kubernetes/nfs-provisioner/base/rbac.yaml`, ClusterRole and
 /// Role together. The file keeps each list in flow style on one line (`verbs: ["get", "list"]`), which is JSON, so no
 /// YAML parser is needed here.
 fn rbac_rules_of_the_manifests() -> std::collections::BTreeSet<(String, String, String)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/nfs-provisioner/rbac.yaml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/nfs-provisioner/base/rbac.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let list = |line: &str| -> Vec<String> {
         let value = line.split_once(':').map(|(_, v)| v).unwrap_or_default();
