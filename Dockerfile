@@ -19,6 +19,14 @@
 #
 # The same runtime layout can be produced without Docker: scripts/build-rootfs.sh.
 # Lint: scripts/lint-dockerfile.sh. Kubernetes manifests: deploy/kubernetes/.
+#
+# The NFS volume provisioner (crates/nfs-provisioner, deploy/kubernetes/nfs-provisioner) is
+# the `provisioner` target of this file, for the same two architectures, the same way:
+#   docker buildx build --platform linux/arm64,linux/amd64 --target provisioner \
+#     -t registry.example/hearth-nfs-provisioner:latest --push .
+# It needs neither RocksDB nor the homeserver's code, so it builds in minutes even under
+# QEMU. A build without --target gives Hearth's image: BuildKit (Docker's default builder
+# since 23.0) builds only the stages the target needs, so the provisioner's are skipped.
 
 ARG RUST_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
@@ -61,6 +69,54 @@ RUN touch crates/hearth/src/main.rs \
     && /out/hearth --version
 
 # ---------------------------------------------------------------------------------------
+# hearth-nfs-provisioner: pure Rust (rustls with ring, no OpenSSL, no C++), so the builder
+# needs nothing beyond the Rust image. Cargo reads every workspace member's manifest, so
+# Hearth's is copied too (with a stub main, never built).
+FROM ${RUST_IMAGE} AS provisioner-builder
+
+WORKDIR /src
+
+# Layer 1, dependencies only (kube, k8s-openapi, tokio, …), as for Hearth above.
+COPY Cargo.toml Cargo.lock ./
+COPY crates/hearth/Cargo.toml crates/hearth/build.rs crates/hearth/
+COPY crates/nfs-provisioner/Cargo.toml crates/nfs-provisioner/
+RUN mkdir -p crates/hearth/src crates/nfs-provisioner/src \
+    && echo 'fn main() {}' > crates/hearth/src/main.rs \
+    && echo 'fn main() {}' > crates/nfs-provisioner/src/main.rs \
+    && touch crates/nfs-provisioner/src/lib.rs \
+    && cargo build --release --locked -p nfs-provisioner \
+    && rm -rf crates/nfs-provisioner/src
+
+# Layer 2, the provisioner itself; `touch` as above. The check at the end runs the binary.
+COPY crates/nfs-provisioner/src crates/nfs-provisioner/src
+RUN touch crates/nfs-provisioner/src/main.rs crates/nfs-provisioner/src/lib.rs \
+    && cargo build --release --locked -p nfs-provisioner \
+    && install -D -m 0755 target/release/hearth-nfs-provisioner /out/hearth-nfs-provisioner \
+    && NFS_SERVER=192.0.2.1 NFS_PATH=/export /out/hearth-nfs-provisioner --check-config
+
+# ---------------------------------------------------------------------------------------
+FROM ${RUNTIME_IMAGE} AS provisioner
+
+# Nothing to install: the binary needs only glibc, and reaches the API server with the CA
+# of its service account token. No USER: it runs as root, as nfs-subdir-external-provisioner
+# did, because NFS checks permissions on the server by uid (see
+# deploy/kubernetes/nfs-provisioner/README.md, "Why root"): only root can make directories
+# in a root-owned export, chown them (directoryUid/Gid) and remove other users' files. The
+# Deployment cuts root down to three capabilities; drop-in mode (the seed's Deployment with
+# only its image changed) has no securityContext and needs the image to be root.
+COPY --from=provisioner-builder /out/hearth-nfs-provisioner /usr/local/bin/hearth-nfs-provisioner
+
+# /healthz, /readyz and /metrics (`listen` in the configuration, NFS_PROVISIONER_LISTEN in
+# drop-in mode). No HEALTHCHECK: outside Kubernetes there is no API server to serve, and
+# Kubernetes uses the Deployment's probes.
+EXPOSE 8080
+
+# SIGTERM: the controllers stop, the Lease is released, exit 0.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["hearth-nfs-provisioner"]
+
+# ---------------------------------------------------------------------------------------
+# Hearth's runtime: the last stage, so a plain `docker build .` gives Hearth's image.
 FROM ${RUNTIME_IMAGE} AS runtime
 
 # Only what the binary needs at run time: RocksDB is linked statically but uses the C++

@@ -9,6 +9,12 @@
       the rootfs's binary starts with the rendered ConfigMap + Secret as its environment
       (as the Deployment injects them; data dir and address made local), as uid 10001 when
       run as root, answers /_hearth/health, and exits 0 on SIGTERM within the grace period
+  check_deploy.py provisioner RENDERED.yaml --seed SEED.yaml --binary PATH [--drop-in]
+      the rendered deploy/kubernetes/nfs-provisioner/base (or its drop-in/ RBAC) matches the
+      hearth-nfs-provisioner binary and the seed's nfs-subdir setup: the ConfigMap's TOML
+      passes `PATH --check-config`, each share is mounted at its `mount` from the seed's
+      server and path, probes and port match `listen`, the StorageClasses are the seed's and
+      answered by the config, the RBAC grants exactly what the binary calls
 
 Each prints one line per failed check and exits 1 if any failed.
 """
@@ -25,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.request
 
@@ -495,6 +502,273 @@ def smoke_well_known(a, c, argv, env, data):
             log.seek(0)
             sys.stdout.write(log.read().decode(errors="replace")[-2000:])
 
+# ---- hearth-nfs-provisioner (deploy/kubernetes/nfs-provisioner)
+
+# Every API call the binary makes, as RBAC (group, resource, verb). The code is the truth:
+# crates/nfs-provisioner/tests/e2e.rs records the requests the real binary sends and fails
+# when they differ from deploy/kubernetes/nfs-provisioner/base/rbac.yaml; this table makes the
+# rendered manifests keep exactly those rules (no more: no wildcard, no `update` on claims).
+PROVISIONER_CLUSTER_RULES = {
+    ("", "persistentvolumes", v) for v in ("get", "list", "watch", "create", "delete")
+} | {
+    ("", "persistentvolumeclaims", "list"), ("", "persistentvolumeclaims", "watch"),
+    ("storage.k8s.io", "storageclasses", "get"),
+    ("events.k8s.io", "events", "create"),
+}
+PROVISIONER_LEASE_VERBS = {"create", "get", "update"}
+# What the binary may do as root: chown (directoryUid/Gid), set modes, remove others' files.
+PROVISIONER_CAPABILITIES = {"CHOWN", "DAC_OVERRIDE", "FOWNER"}
+CLUSTER_SCOPED = {"Namespace", "StorageClass", "ClusterRole", "ClusterRoleBinding", "PersistentVolume"}
+DROP_IN_MOUNT = "/persistentvolumes"
+DEFAULT_LEASE = "hearth-nfs-provisioner"
+
+
+def drop_in_lease_name(provisioner):
+    """config.rs `lease_name_for`: the Lease drop-in mode uses for a PROVISIONER_NAME."""
+    name = "".join(ch.lower() if ch.isascii() and ch.isalnum() else "-" for ch in provisioner).strip("-")
+    name = name[:200].rstrip("-")
+    return f"{name}-leader" if name else DEFAULT_LEASE
+
+
+def rule_triples(rules, c, where):
+    out = set()
+    for r in rules:
+        for field in ("apiGroups", "resources", "verbs"):
+            c.check("*" not in r.get(field, []), f"{where}: a wildcard in {field}")
+        for g in r.get("apiGroups", []):
+            for res in r.get("resources", []):
+                for v in r.get("verbs", []):
+                    out.add((g, res, v))
+    return out
+
+
+def bound_to(kinds, binding_kind, role_kind, role_name, sa, sa_ns, c):
+    ok = any(b.get("roleRef", {}).get("kind") == role_kind and b["roleRef"].get("name") == role_name
+             and {"kind": "ServiceAccount", "name": sa, "namespace": sa_ns} in b.get("subjects", [])
+             for b in kinds.get(binding_kind, []))
+    c.check(ok, f"no {binding_kind} gives {role_kind}/{role_name} to ServiceAccount {sa_ns}/{sa}")
+
+
+def check_lease_role(kinds, role_ns, lease_names, sa, c):
+    """A namespaced Role on Leases: `create`, and get/update limited to the Lease names."""
+    roles = [r for r in kinds.get("Role", [])
+             if any("leases" in ru.get("resources", []) for ru in r.get("rules", []))]
+    c.check(len(roles) == 1, f"expected one Role on leases, found {len(roles)}")
+    if not roles:
+        return
+    role = roles[0]
+    c.check(role["metadata"].get("namespace") == role_ns,
+            f"the Lease Role is in {role['metadata'].get('namespace')!r}, the Lease in {role_ns!r}")
+    triples = rule_triples(role.get("rules", []), c, "Role")
+    c.check(triples == {("coordination.k8s.io", "leases", v) for v in PROVISIONER_LEASE_VERBS},
+            f"the Lease Role grants {sorted(triples)}, expected leases {sorted(PROVISIONER_LEASE_VERBS)}")
+    named_rules = [r for r in role.get("rules", []) if r.get("resourceNames")]
+    names = {n for r in named_rules for n in r["resourceNames"]}
+    c.check(set(lease_names) <= names, f"the Lease Role's resourceNames {sorted(names)} lack {sorted(lease_names)}")
+    c.check(all("create" not in r.get("verbs", []) for r in named_rules),
+            "`create` with resourceNames never matches (the name is in the body): it must be its own rule")
+    bound_to(kinds, "RoleBinding", "Role", role["metadata"]["name"], sa, role_ns, c)
+
+
+def seed_shares(seed):
+    """The seed's nfs-subdir containers: [(PROVISIONER_NAME, NFS_SERVER, NFS_PATH)], and its volumes."""
+    dep = seed["Deployment"][0]
+    pod = dep["spec"]["template"]["spec"]
+    out = []
+    for ctr in pod["containers"]:
+        env = {e["name"]: e.get("value") for e in ctr.get("env", [])}
+        out.append((env["PROVISIONER_NAME"], env["NFS_SERVER"], env["NFS_PATH"]))
+    return out, dep, pod
+
+
+def cmd_provisioner(a):
+    c = Checks("provisioner[drop-in]" if a.drop_in else "provisioner")
+    docs = load_docs(a.rendered)
+    kinds = by_kind(docs)
+    seed = by_kind(load_docs(a.seed))
+    shares_of_seed, seed_dep, _ = seed_shares(seed)
+    ns = seed_dep["metadata"]["namespace"]
+    for d in docs:
+        want = None if d["kind"] in CLUSTER_SCOPED else ns
+        c.check(d["metadata"].get("namespace") == want,
+                f"{d['kind']}/{d['metadata']['name']} has namespace {d['metadata'].get('namespace')!r}, expected {want!r}")
+    if a.drop_in:
+        return check_drop_in(kinds, seed, shares_of_seed, ns, c)
+
+    c.check([n["metadata"]["name"] for n in kinds.get("Namespace", [])] == [ns], f"the Namespace is not {ns}")
+    cm = one(kinds, "ConfigMap", c)
+    text = cm.get("data", {}).get("provisioner.toml", "")
+    c.check(bool(text), "the ConfigMap has no provisioner.toml")
+    config = check_config_with_binary(a.binary, text, c)
+
+    dep = one(kinds, "Deployment", c)
+    spec = dep.get("spec", {})
+    c.check(spec.get("replicas") == 1, f"replicas is {spec.get('replicas')}, expected 1")
+    c.check(spec.get("strategy", {}).get("type") == "Recreate", "strategy is not Recreate")
+    sel = spec.get("selector", {}).get("matchLabels", {})
+    labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
+    c.check(sel and all(labels.get(k) == v for k, v in sel.items()), "pod labels do not match the selector")
+    pod = spec.get("template", {}).get("spec", {})
+    sa = pod.get("serviceAccountName")
+    c.check(sa in [s["metadata"]["name"] for s in kinds.get("ServiceAccount", [])], f"ServiceAccount {sa!r} is not here")
+    c.check(pod.get("automountServiceAccountToken", True) is True, "the service account token is not mounted")
+    ctrs = pod.get("containers", [])
+    c.check(len(ctrs) == 1, f"{len(ctrs)} containers, expected 1")
+    ctr = ctrs[0] if ctrs else {}
+    c.check(ctr.get("image", "").startswith("hearth-nfs-provisioner:") or "@" in ctr.get("image", ""),
+            f"image {ctr.get('image')!r} is not the hearth-nfs-provisioner image as `images:` sets it")
+    env = {e["name"]: e for e in ctr.get("env", [])}
+    c.check(env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
+            "POD_NAME is not the pod's name from the downward API")
+    c.check("NFS_SERVER" not in env, "NFS_SERVER is set: drop-in variables do not belong with a configuration file")
+    check_config_mount(ctr, pod, cm, c)
+    mounts = {m["mountPath"].rstrip("/"): m for m in ctr.get("volumeMounts", [])}
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    check_security(pod, ctr, c)
+    res = ctr.get("resources", {})
+    for kind in ("requests", "limits"):
+        for r in ("cpu", "memory"):
+            c.check(r in res.get(kind, {}), f"resources.{kind}.{r} is not set")
+    if config is None:
+        return c.done()
+
+    # Shares: each mounted at its `mount`, from its server and path; the same shares as the seed.
+    shares = config.get("share", [])
+    for sh in shares:
+        m = mounts.get(sh["mount"].rstrip("/"))
+        c.check(m is not None, f"share {sh['name']!r}: nothing is mounted at {sh['mount']}")
+        if m is None:
+            continue
+        c.check(not m.get("readOnly"), f"share {sh['name']!r} is mounted read-only")
+        nfs = vols.get(m["name"], {}).get("nfs", {})
+        c.check((nfs.get("server"), nfs.get("path")) == (sh["server"], sh["path"]),
+                f"share {sh['name']!r} is {sh['server']}:{sh['path']}, its mount holds {nfs.get('server')}:{nfs.get('path')}")
+    nfs_vols = {v["name"] for v in vols.values() if "nfs" in v}
+    c.check(nfs_vols <= {m["name"] for m in mounts.values()}, "an NFS volume is not mounted")
+    c.check({(s["server"], s["path"]) for s in shares} == {(srv, p) for _, srv, p in shares_of_seed},
+            f"the shares are not the seed's {sorted((srv, p) for _, srv, p in shares_of_seed)}")
+
+    # Health: the port `listen` names, probes on /healthz and /readyz.
+    port = int(config.get("listen", "0.0.0.0:8080").rsplit(":", 1)[1])
+    ports = {p.get("name"): p.get("containerPort") for p in ctr.get("ports", [])}
+    c.check(port in ports.values(), f"listen port {port} is not a containerPort ({ports})")
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get_ = ctr.get(probe, {}).get("httpGet", {})
+        p = ports.get(get_.get("port"), get_.get("port"))
+        c.check(get_.get("path") == path and p == port, f"{probe} is not GET {path} on port {port}")
+
+    # StorageClasses: the seed's, unchanged, each answered by the config and landing on one share.
+    answered = set(config.get("provisioner-names", [])) | {n for s in shares for n in s.get("provisioner-names", [])}
+    classes = {sc["metadata"]["name"]: sc for sc in kinds.get("StorageClass", [])}
+    c.check(set(classes) == {sc["metadata"]["name"] for sc in seed["StorageClass"]},
+            f"StorageClasses {sorted(classes)} are not the seed's")
+    for seed_sc in seed["StorageClass"]:
+        name = seed_sc["metadata"]["name"]
+        sc = classes.get(name, {})
+        for field in ("provisioner", "parameters", "reclaimPolicy", "volumeBindingMode", "mountOptions",
+                      "allowVolumeExpansion"):
+            c.check(sc.get(field) == seed_sc.get(field),
+                    f"StorageClass {name}: {field} is {sc.get(field)!r}, the seed's {seed_sc.get(field)!r} "
+                    "(provisioner and parameters cannot change on an existing class)")
+        prov = sc.get("provisioner")
+        c.check(prov in answered, f"StorageClass {name}: provisioner {prov!r} is not answered by the config")
+        picked = (sc.get("parameters") or {}).get("share")
+        landing = [s["name"] for s in shares if (s["name"] == picked if picked else prov in s.get("provisioner-names", []))]
+        if not picked and not landing and len(shares) == 1:
+            landing = [shares[0]["name"]]
+        c.check(len(landing) == 1, f"StorageClass {name} lands on shares {landing}, expected exactly one")
+        seed_share = [(srv, p) for n, srv, p in shares_of_seed if n == prov]
+        got = [(s["server"], s["path"]) for s in shares if s["name"] in landing]
+        c.check(got == seed_share, f"StorageClass {name} lands on {got}, the seed served it from {seed_share}")
+    # Volumes nfs-subdir made carry its provisioner names: they must stay ours to delete.
+    may_delete = answered | set(config.get("provisioned-by", []))
+    for n, _, _ in shares_of_seed:
+        c.check(n in may_delete, f"volumes provisioned by {n!r} (the seed's) would not be deleted")
+
+    # RBAC: exactly the binary's calls, bound to its service account; Leases where it elects.
+    crs = [r for r in kinds.get("ClusterRole", [])]
+    c.check(len(crs) == 1, f"expected one ClusterRole, found {len(crs)}")
+    if crs:
+        triples = rule_triples(crs[0].get("rules", []), c, "ClusterRole")
+        c.check(triples == PROVISIONER_CLUSTER_RULES,
+                f"ClusterRole grants {sorted(triples - PROVISIONER_CLUSTER_RULES)} beyond the binary's calls and "
+                f"lacks {sorted(PROVISIONER_CLUSTER_RULES - triples)}")
+        bound_to(kinds, "ClusterRoleBinding", "ClusterRole", crs[0]["metadata"]["name"], sa, ns, c)
+    le = config.get("leader-election", {})
+    if le.get("enabled", True):
+        check_lease_role(kinds, le.get("namespace", dep.get("metadata", {}).get("namespace")),
+                         [le.get("lease-name", DEFAULT_LEASE)], sa, c)
+    return c.done()
+
+
+def check_config_with_binary(binary, text, c):
+    """`hearth-nfs-provisioner --config FILE --check-config`, as the pod would read it; the parsed TOML."""
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(text)
+        path = f.name
+    try:
+        run = subprocess.run([binary, "--config", path, "--check-config"], capture_output=True, text=True,
+                             timeout=30, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        c.check(run.returncode == 0, f"--check-config refused the ConfigMap's provisioner.toml: {run.stdout}{run.stderr}")
+        if run.returncode == 0:
+            print(f"  provisioner: `{os.path.basename(binary)} --check-config` accepts the ConfigMap")
+    finally:
+        os.unlink(path)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        c.check(False, f"provisioner.toml is not TOML: {e}")
+        return None
+
+
+def check_config_mount(ctr, pod, cm, c):
+    """The container reads the ConfigMap's provisioner.toml at the path its --config names."""
+    args = ctr.get("args", [])
+    env = {e["name"]: e.get("value") for e in ctr.get("env", [])}
+    path = args[args.index("--config") + 1] if "--config" in args[:-1] else env.get("NFS_PROVISIONER_CONFIG")
+    c.check(bool(path), "neither --config nor NFS_PROVISIONER_CONFIG names the configuration file")
+    if not path:
+        return
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    for m in ctr.get("volumeMounts", []):
+        if os.path.dirname(path) == m["mountPath"].rstrip("/"):
+            ref = vols.get(m["name"], {}).get("configMap", {}).get("name")
+            c.check(ref == cm.get("metadata", {}).get("name"), f"{m['mountPath']} is not the ConfigMap")
+            c.check(os.path.basename(path) in cm.get("data", {}), f"the ConfigMap has no key {os.path.basename(path)}")
+            return
+    c.check(False, f"nothing is mounted where --config points ({path})")
+
+
+def check_security(pod, ctr, c):
+    psc, csc = pod.get("securityContext", {}), ctr.get("securityContext", {})
+    c.check(csc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation is not false")
+    c.check(csc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem is not true")
+    c.check(not csc.get("privileged"), "the container is privileged")
+    caps = csc.get("capabilities", {})
+    c.check(caps.get("drop") == ["ALL"], "capabilities are not drop: [ALL]")
+    c.check(set(caps.get("add", [])) <= PROVISIONER_CAPABILITIES,
+            f"capabilities beyond {sorted(PROVISIONER_CAPABILITIES)}: {sorted(set(caps.get('add', [])) - PROVISIONER_CAPABILITIES)}")
+    seccomp = csc.get("seccompProfile", psc.get("seccompProfile", {}))
+    c.check(seccomp.get("type") == "RuntimeDefault", "no RuntimeDefault seccomp profile")
+
+
+def check_drop_in(kinds, seed, shares_of_seed, ns, c):
+    """drop-in/: what the seed's service account lacks, for the seed's Deployment on this image."""
+    sa = seed["ServiceAccount"][0]["metadata"]["name"]
+    seed_rules = rule_triples(seed["ClusterRole"][0]["rules"], c, "the seed's ClusterRole")
+    crs = kinds.get("ClusterRole", [])
+    granted = set()
+    for cr in crs:
+        granted |= rule_triples(cr.get("rules", []), c, "ClusterRole")
+        bound_to(kinds, "ClusterRoleBinding", "ClusterRole", cr["metadata"]["name"], sa, ns, c)
+    c.check(granted == PROVISIONER_CLUSTER_RULES - seed_rules,
+            f"drop-in ClusterRole grants {sorted(granted)}; the seed lacks {sorted(PROVISIONER_CLUSTER_RULES - seed_rules)}")
+    check_lease_role(kinds, ns, [drop_in_lease_name(n) for n, _, _ in shares_of_seed], sa, c)
+    for kind in ("Deployment", "StorageClass", "ConfigMap"):
+        c.check(kind not in kinds, f"drop-in/ carries a {kind}: it only adds RBAC to the seed's setup")
+    return c.done()
+
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -509,8 +783,14 @@ def main():
     s = sub.add_parser("smoke")
     s.add_argument("rootfs")
     s.add_argument("rendered")
+    pr = sub.add_parser("provisioner")
+    pr.add_argument("rendered")
+    pr.add_argument("--seed", required=True)
+    pr.add_argument("--binary", required=True)
+    pr.add_argument("--drop-in", action="store_true")
     a = ap.parse_args()
-    return {"manifests": cmd_manifests, "rootfs": cmd_rootfs, "smoke": cmd_smoke}[a.cmd](a)
+    return {"manifests": cmd_manifests, "rootfs": cmd_rootfs, "smoke": cmd_smoke,
+            "provisioner": cmd_provisioner}[a.cmd](a)
 
 
 if __name__ == "__main__":

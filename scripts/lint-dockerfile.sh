@@ -15,7 +15,13 @@
 #     multi-stage build whose runtime is debian:bookworm-slim; the runtime runs as uid
 #     10001, exposes 6167, declares the /var/lib/matrix-conduit volume, sets the CONDUIT_*
 #     defaults, health-checks /_hearth/health, stops with SIGTERM and starts `hearth`; every
-#     COPY source exists in the build context and is not excluded by .dockerignore.
+#     COPY source exists in the build context and is not excluded by .dockerignore. When
+#     the file has the NFS provisioner's target (`provisioner`, from `provisioner-builder`):
+#     it is not the last stage (a plain build stays Hearth's), runs on debian:bookworm-slim,
+#     builds `-p nfs-provisioner --locked` in an official rust image, copies the binary to
+#     /usr/local/bin/hearth-nfs-provisioner, starts it in exec form, exposes 8080 (its
+#     `listen` default), stops with SIGTERM, and sets no USER but root (drop-in mode runs the
+#     image under nfs-subdir's Deployment, which has no securityContext).
 # Installs what it needs (deploy/setup-venv.sh: PyPI into the project venv), idempotently.
 set -euo pipefail
 
@@ -152,6 +158,40 @@ if not any(i["instruction"] == "COPY" and "--from=" in i["value"] and "/usr/loca
            for i in runtime):
     errors.append("runtime stage does not COPY the binary from the builder to /usr/local/bin/hearth")
 
+# The NFS provisioner's image, when the file builds one.
+by_name = {name: (image, body) for image, name, body in stages if name}
+if "provisioner" in by_name:
+    p_image, p_body = by_name["provisioner"]
+    def p_last(instr):
+        found = [i for i in p_body if i["instruction"] == instr]
+        return found[-1] if found else None
+    if stages[-1][1] == "provisioner":
+        errors.append("the provisioner stage is the last one: a plain `docker build .` must give Hearth's image")
+    if not p_image.startswith("debian:bookworm-slim"):
+        errors.append(f"provisioner stage is {p_image!r}, expected debian:bookworm-slim")
+    b_image, b_body = by_name.get("provisioner-builder", ("", []))
+    if not b_image.startswith("rust:"):
+        errors.append(f"provisioner-builder stage is {b_image!r}, expected an official rust image")
+    if not any(i["instruction"] == "RUN" and re.search(r"cargo build --release --locked -p nfs-provisioner", i["value"])
+               for i in b_body):
+        errors.append("provisioner-builder does not run `cargo build --release --locked -p nfs-provisioner`")
+    if not any(i["instruction"] == "COPY" and "--from=provisioner-builder" in i["value"]
+               and i["value"].split()[-1] == "/usr/local/bin/hearth-nfs-provisioner" for i in p_body):
+        errors.append("provisioner stage does not COPY the binary from provisioner-builder to "
+                      "/usr/local/bin/hearth-nfs-provisioner")
+    p_ep = p_last("ENTRYPOINT")
+    if p_ep is None or exec_form(p_ep["value"]) is None \
+            or os.path.basename(exec_form(p_ep["value"])[0]) != "hearth-nfs-provisioner":
+        errors.append('provisioner ENTRYPOINT must be the exec form ["hearth-nfs-provisioner", ...]')
+    p_stop = p_last("STOPSIGNAL")
+    if p_stop is None or p_stop["value"].strip() not in ("SIGTERM", "15"):
+        errors.append("provisioner stage does not set STOPSIGNAL SIGTERM")
+    if "8080" not in {p.split("/")[0] for i in p_body if i["instruction"] == "EXPOSE" for p in i["value"].split()}:
+        errors.append("provisioner stage does not EXPOSE 8080")
+    p_user = p_last("USER")
+    if p_user is not None and p_user["value"].split(":")[0] not in ("0", "root"):
+        errors.append(f"provisioner USER is {p_user['value']!r}: drop-in mode needs the image to run as root")
+
 # COPY/ADD sources from the context must exist and not be excluded by .dockerignore.
 ignore = []
 di = os.path.join(context, ".dockerignore")
@@ -188,7 +228,8 @@ if errors:
     for e in errors:
         print(f"  {e}")
     sys.exit(1)
-print(f"project checks: ok ({len(stages)} stages, runtime {runtime_image}, user {user['value']})")
+extra = ", provisioner target checked" if "provisioner" in by_name else ""
+print(f"project checks: ok ({len(stages)} stages, runtime {runtime_image}, user {user['value']}{extra})")
 PY
     :
 else

@@ -207,6 +207,51 @@ async fn claim_becomes_a_pv_and_a_directory_and_is_archived_when_released() {
 
     assert_eq!(replica.terminate().await, 0);
     assert_eq!(cluster.lease_holder(), None, "the lease is released on SIGTERM");
+
+    // That run made every kind of call the binary has (Lease create, get and update; claims listed and watched;
+    // volumes listed, watched, read, created and deleted; a class read; events created): the manifests' RBAC must
+    // grant exactly these, no more.
+    assert_eq!(
+        cluster.api.rbac_requests(),
+        rbac_rules_of_the_manifests(),
+        "deploy/kubernetes/nfs-provisioner/base/rbac.yaml"
+    );
+}
+
+/// The (API group, resource, verb) triples granted by `deploy/kubernetes/nfs-provisioner/base/rbac.yaml`, ClusterRole and
+/// Role together. The file keeps each list in flow style on one line (`verbs: ["get", "list"]`), which is JSON, so no
+/// YAML parser is needed here.
+fn rbac_rules_of_the_manifests() -> std::collections::BTreeSet<(String, String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/nfs-provisioner/base/rbac.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let list = |line: &str| -> Vec<String> {
+        let value = line.split_once(':').map(|(_, v)| v).unwrap_or_default();
+        let value = &value[..value.find(']').map_or(value.len(), |i| i + 1)];
+        serde_json::from_str(value.trim())
+            .unwrap_or_else(|e| panic!("{}: {line:?} is not a flow list: {e}", path.display()))
+    };
+    let mut rules: Vec<[Vec<String>; 3]> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("- apiGroups:") {
+            rules.push([list(&format!(":{rest}")), Vec::new(), Vec::new()]);
+        } else if let (Some(rule), true) = (rules.last_mut(), line.starts_with("resources:")) {
+            rule[1] = list(line);
+        } else if let (Some(rule), true) = (rules.last_mut(), line.starts_with("verbs:")) {
+            rule[2] = list(line);
+        }
+    }
+    assert!(!rules.is_empty(), "no rules found in {}", path.display());
+    let mut triples = std::collections::BTreeSet::new();
+    for [groups, resources, verbs] in &rules {
+        for g in groups {
+            for r in resources {
+                for v in verbs {
+                    triples.insert((g.clone(), r.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    triples
 }
 
 #[tokio::test]
@@ -287,4 +332,81 @@ async fn only_the_lease_holder_provisions_and_a_standby_takes_over_when_it_is_ki
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
 
     assert_eq!(second.terminate().await, 0);
+}
+
+#[tokio::test]
+async fn wait_for_first_consumer_claim_is_provisioned_only_once_a_node_is_selected() {
+    let cluster = Cluster::new().await;
+    cluster.api.create(
+        "storageclasses",
+        "",
+        json!({"metadata": {"name": "nfs-wait"}, "provisioner": "nfs-provisioner-big",
+        "reclaimPolicy": "Delete", "volumeBindingMode": "WaitForFirstConsumer", "parameters": {}}),
+    );
+    let replica = cluster.start("pod-a");
+    let waiting = cluster.claim("waiting", json!({}), "nfs-wait");
+    // A claim of an Immediate class, made after it: once it is provisioned, the waiting claim has been seen too.
+    let immediate = cluster.claim("immediate", json!({}), "nfs-big");
+    cluster
+        .wait_until("the Immediate claim is provisioned", || {
+            cluster.api.get("persistentvolumes", "", &format!("pvc-{immediate}")).is_some()
+        })
+        .await;
+    assert!(cluster.api.get("persistentvolumes", "", &format!("pvc-{waiting}")).is_none());
+    assert!(cluster.events_for("waiting").is_empty(), "waiting for a consumer is silent");
+
+    // The scheduler picks a node for the claim's first pod.
+    cluster.api.update("persistentvolumeclaims", "choppa", "waiting", |c| {
+        c["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] = json!("odroid-n2");
+    });
+    cluster
+        .wait_until("the claim is provisioned once a node is selected", || {
+            cluster.api.get("persistentvolumes", "", &format!("pvc-{waiting}")).is_some()
+        })
+        .await;
+    assert!(cluster.share().join(format!("choppa-waiting-pvc-{waiting}")).is_dir());
+    assert_eq!(replica.terminate().await, 0);
+}
+
+#[tokio::test]
+async fn volumes_nfs_subdir_made_are_deleted_by_their_class_and_retained_ones_are_not_touched() {
+    let cluster = Cluster::new().await;
+    // As nfs-subdir-external-provisioner left them: its provisioner name, the server and path only (no share
+    // annotation), a directory named <namespace>-<claim>-<pv>.
+    cluster.api.create(
+        "storageclasses",
+        "",
+        json!({"metadata": {"name": "nfs-subdir-delete"}, "provisioner": "nfs-provisioner-big",
+        "reclaimPolicy": "Delete", "parameters": {"archiveOnDelete": "false"}}),
+    );
+    let old_volume = |name: &str, class: &str, policy: &str| {
+        let dir = format!("choppa-{name}-pvc-{name}");
+        std::fs::create_dir(cluster.share().join(&dir)).unwrap();
+        std::fs::write(cluster.share().join(&dir).join("data"), b"rows").unwrap();
+        cluster.api.create(
+            "persistentvolumes",
+            "",
+            json!({"metadata": {"name": format!("pvc-{name}"),
+                                "annotations": {"pv.kubernetes.io/provisioned-by": "nfs-provisioner-big"}},
+                   "spec": {"storageClassName": class, "persistentVolumeReclaimPolicy": policy,
+                            "capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteOnce"],
+                            "nfs": {"server": "nas-big.home.arpa", "path": format!("/storage/{dir}")},
+                            "claimRef": {"namespace": "choppa", "name": name}},
+                   "status": {"phase": "Released"}}),
+        );
+        dir
+    };
+    let kept = old_volume("kept", "nfs-big", "Retain");
+    let dropped = old_volume("dropped", "nfs-subdir-delete", "Delete");
+    let replica = cluster.start("pod-a");
+    cluster
+        .wait_until("the released Delete volume is deleted", || {
+            cluster.api.get("persistentvolumes", "", "pvc-dropped").is_none()
+        })
+        .await;
+    assert!(!cluster.share().join(&dropped).exists(), "archiveOnDelete \"false\" removes the directory");
+    // Both volumes were in the controller's first list; the Retain one is left exactly as it was.
+    assert_eq!(cluster.api.get("persistentvolumes", "", "pvc-kept").unwrap()["status"]["phase"], "Released");
+    assert_eq!(std::fs::read(cluster.share().join(&kept).join("data")).unwrap(), b"rows");
+    assert_eq!(replica.terminate().await, 0);
 }

@@ -2,11 +2,13 @@
 //! objects the provisioner touches (PersistentVolumeClaims, PersistentVolumes, StorageClasses, `events.k8s.io`
 //! Events, `coordination.k8s.io` Leases): get, list, watch (newline-delimited watch events, replayed from the
 //! resourceVersion asked for), create (`409 AlreadyExists`), replace (`409 Conflict` on a stale resourceVersion) and
-//! delete. The test itself plays the PV controller by changing objects through [`FakeApi`].
+//! delete. The test itself plays the PV controller by changing objects through [`FakeApi`]. Every request is
+//! recorded as the RBAC rule it needs ([`FakeApi::rbac_requests`]), so a test can hold the manifests' RBAC to what the
+//! binary really calls.
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,6 +30,8 @@ pub struct State {
     log: Vec<(u64, String, String)>,
     watchers: Vec<(String, mpsc::UnboundedSender<Bytes>)>,
     next_uid: u64,
+    /// Every request received, as the RBAC rule that allows it: (API group, resource, verb).
+    requests: BTreeSet<(String, String, String)>,
 }
 
 #[derive(Clone)]
@@ -164,6 +168,11 @@ impl FakeApi {
         self.state().objects.iter().filter(|(k, _)| k.0 == resource).map(|(_, v)| v.clone()).collect()
     }
 
+    /// Every request received so far, as the RBAC rules they need: (API group, resource, verb).
+    pub fn rbac_requests(&self) -> BTreeSet<(String, String, String)> {
+        self.state().requests.clone()
+    }
+
     // ---- the API server's side ----
 
     async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
@@ -181,7 +190,10 @@ impl FakeApi {
         let Some((namespace, resource, name)) = parse_path(&path) else {
             return respond(status(404, "NotFound", &format!("no route {path}")));
         };
-        if method == "GET" && name.is_none() && query.get("watch").map(String::as_str) == Some("true") {
+        let watching = query.get("watch").map(String::as_str) == Some("true");
+        let verb = rbac_verb(&method, name.is_some(), watching);
+        self.state().requests.insert((api_group(&path).to_owned(), resource.clone(), verb.to_owned()));
+        if method == "GET" && name.is_none() && watching {
             let since = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
             return self.watch(&resource, since);
         }
@@ -265,6 +277,29 @@ fn respond((code, body): (u16, Value)) -> Response<BoxBody<Bytes, Infallible>> {
         .header("content-type", "application/json")
         .body(BodyExt::boxed(Full::new(Bytes::from(body.to_string()))))
         .unwrap_or_else(|_| Response::new(BodyExt::boxed(Full::new(Bytes::new()))))
+}
+
+/// The RBAC verb the API server's authorizer checks for a request.
+fn rbac_verb(method: &str, named: bool, watching: bool) -> &'static str {
+    match (method, named, watching) {
+        ("GET" | "HEAD", _, true) => "watch",
+        ("GET" | "HEAD", false, false) => "list",
+        ("GET" | "HEAD", true, false) => "get",
+        ("POST", ..) => "create",
+        ("PUT", ..) => "update",
+        ("PATCH", ..) => "patch",
+        ("DELETE", false, _) => "deletecollection",
+        ("DELETE", true, _) => "delete",
+        _ => "unknown",
+    }
+}
+
+/// The API group of a request path: `""` for the core group under `/api/v1`.
+fn api_group(path: &str) -> &str {
+    match path.trim_start_matches('/').split('/').collect::<Vec<_>>().as_slice() {
+        ["apis", group, ..] => group,
+        _ => "",
+    }
 }
 
 /// `/api/v1[/namespaces/{ns}]/{resource}[/{name}]` or `/apis/{group}/{version}[/namespaces/{ns}]/{resource}[/{name}]`.
