@@ -11,6 +11,12 @@
 //! | `refuseOverFreeSpace` | `true`: refuse a claim asking for more than the share's free space | `false` |
 //!
 //! Other parameters are ignored, as nfs-subdir ignores them, so existing classes keep working.
+//!
+//! A claim may set its own directory's owner and mode with the annotations newer
+//! nfs-subdir releases read — `k8s-sigs.io/nfs-directory-uid`, `…-gid`, `…-mode` — which
+//! override the class's (Hearth's own `overlays/nfs-big` asks for uid/gid 10001 this way).
+//! The volume is the claim's alone, so this grants nothing beyond it; a set-user-id bit is
+//! refused all the same.
 
 use std::collections::BTreeMap;
 
@@ -93,6 +99,33 @@ impl ClassParameters {
     }
 }
 
+/// Claim annotations that set its directory's owner and mode.
+pub const ANN_DIRECTORY_UID: &str = "k8s-sigs.io/nfs-directory-uid";
+pub const ANN_DIRECTORY_GID: &str = "k8s-sigs.io/nfs-directory-gid";
+pub const ANN_DIRECTORY_MODE: &str = "k8s-sigs.io/nfs-directory-mode";
+
+impl ClassParameters {
+    /// The parameters with a claim's directory annotations applied over the class's.
+    pub fn with_claim(mut self, annotations: Option<&BTreeMap<String, String>>) -> Result<Self, ParameterError> {
+        let Some(a) = annotations else { return Ok(self) };
+        if let Some(v) = a.get(ANN_DIRECTORY_MODE) {
+            let mode = u32::from_str_radix(v.trim_start_matches("0o"), 8).ok().filter(|m| *m <= 0o3777);
+            self.permissions.mode = mode.ok_or(ParameterError {
+                name: ANN_DIRECTORY_MODE,
+                value: v.to_owned(),
+                expected: "an octal mode such as 0770 or 2775, without the set-user-id bit",
+            })?;
+        }
+        if let Some(uid) = parse_id(ANN_DIRECTORY_UID, a.get(ANN_DIRECTORY_UID).map(String::as_str))? {
+            self.permissions.uid = Some(uid);
+        }
+        if let Some(gid) = parse_id(ANN_DIRECTORY_GID, a.get(ANN_DIRECTORY_GID).map(String::as_str))? {
+            self.permissions.gid = Some(gid);
+        }
+        Ok(self)
+    }
+}
+
 fn bool_error(name: &'static str, value: &str) -> ParameterError {
     ParameterError { name, value: value.to_owned(), expected: "true or false" }
 }
@@ -115,6 +148,25 @@ mod tests {
     fn parse(pairs: &[(&str, &str)]) -> Result<ClassParameters, ParameterError> {
         let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         ClassParameters::parse(Some(&map))
+    }
+
+    #[test]
+    fn a_claims_directory_annotations_override_the_class() {
+        let claim: BTreeMap<String, String> =
+            [(ANN_DIRECTORY_UID, "10001"), (ANN_DIRECTORY_GID, "10001"), (ANN_DIRECTORY_MODE, "0770")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let p =
+            parse(&[("directoryMode", "0755"), ("directoryUid", "1000")]).unwrap().with_claim(Some(&claim)).unwrap();
+        assert_eq!((p.permissions.mode, p.permissions.uid, p.permissions.gid), (0o770, Some(10001), Some(10001)));
+        // None: the class's stand.
+        let p = parse(&[("directoryUid", "1000")]).unwrap().with_claim(None).unwrap();
+        assert_eq!((p.permissions.mode, p.permissions.uid), (0o755, Some(1000)));
+        for (key, bad) in [(ANN_DIRECTORY_MODE, "4755"), (ANN_DIRECTORY_MODE, "rwx"), (ANN_DIRECTORY_UID, "-1")] {
+            let claim = BTreeMap::from([(key.to_owned(), bad.to_owned())]);
+            assert_eq!(ClassParameters::default().with_claim(Some(&claim)).unwrap_err().name, key, "{bad}");
+        }
     }
 
     #[test]

@@ -161,7 +161,9 @@ impl Provisioner {
         provisioner: &str,
         name: &str,
     ) -> Result<String, Failure> {
-        let params = ClassParameters::parse(class.parameters.as_ref()).map_err(Failure::permanent)?;
+        let params = ClassParameters::parse(class.parameters.as_ref())
+            .and_then(|p| p.with_claim(claim.metadata.annotations.as_ref()))
+            .map_err(Failure::permanent)?;
         let share = self.share_for(class, &params)?;
         let input = PatternInput {
             namespace: claim.metadata.namespace.as_deref().unwrap_or("default"),

@@ -190,6 +190,28 @@ async fn seed_claim_with_beta_annotation_becomes_a_pv_and_a_0755_directory() {
     assert_eq!(metrics.volumes_provisioned.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
+/// Hearth's own claim (`overlays/nfs-big`) asks for its directory's mode (and owner) with
+/// annotations; they win over the class's.
+#[tokio::test]
+async fn a_claims_directory_annotations_set_its_mode() {
+    let cluster = Cluster::new();
+    let (p, _, mut api) = cluster.provisioner();
+    let annotations = json!({
+        "volume.kubernetes.io/storage-provisioner": "nfs-provisioner-big",
+        "k8s-sigs.io/nfs-directory-mode": "0770",
+    });
+    let task = spawn_provision(p, claim(annotations, json!({})));
+    let seed_class = class("nfs-big", "nfs-provisioner-big", json!({"directoryMode": "0755"}), json!({}));
+    api.answer("GET", CLASS_BIG, 200, seed_class).await;
+    api.not_found("GET", PV).await;
+    event(&mut api, "Provisioning").await;
+    api.answer("POST", PVS, 201, json!({})).await;
+    event(&mut api, "ProvisioningSucceeded").await;
+    assert_eq!(task.await.unwrap().unwrap(), ClaimOutcome::Provisioned("pvc-c1a1".into()));
+    api.no_more_requests().await;
+    assert_eq!(mode_of(&cluster.big().join("choppa-conduit-pvc-c1a1")), 0o770);
+}
+
 #[tokio::test]
 async fn share_parameter_and_path_pattern_choose_where_the_directory_goes() {
     let cluster = Cluster::new();
