@@ -89,11 +89,12 @@ impl Keys {
                 let Some(target) = pdu.state_key.as_deref().and_then(|k| OwnedUserId::try_from(k).ok()) else {
                     continue;
                 };
+                let membership = pdu.content_value().get("membership").and_then(|m| m.as_str().map(str::to_owned));
+                let gone = matches!(membership.as_deref(), Some("leave" | "ban"));
                 if *target == *user {
                     // The user left: the room's members they share nothing else with are
                     // `left` for them.
-                    let membership = pdu.content_value().get("membership").and_then(|m| m.as_str().map(str::to_owned));
-                    if matches!(membership.as_deref(), Some("leave" | "ban")) {
+                    if gone {
                         for member in
                             rooms.members_shared(room, &ruma::events::room::member::MembershipState::Join)?.iter()
                         {
@@ -106,7 +107,9 @@ impl Keys {
                 }
                 if is_contact(&target)? {
                     delta.changed.push(target);
-                } else {
+                } else if gone {
+                    // Only someone who left can be `left`: an invited or knocking user
+                    // never shared the room.
                     delta.left.push(target);
                 }
             }
