@@ -18,6 +18,10 @@
 #   bench/run.sh --big-join Hearth and Synapse each joining a room of 10,000 members hosted on
 #                           Synapse: time and peak RSS (bench/big_join.py, HEARTH_BENCH_MEMBERS
 #                           changes the size; writes bench/results/big-join-latest.json)
+#   bench/run.sh --sliding-sync  simplified sliding sync (MSC4186) of a user in 200 rooms: first
+#                           response time and size ([0,19] and [0,199]), wake-up after a message,
+#                           and the same user's /sync (bench/sliding_sync.py; HEARTH_BENCH_QUICK=1
+#                           for a 40-room smoke test; writes bench/results/sliding-sync-latest.json)
 # Builds Hearth in release into its own target dir (never the shared one), installs Synapse
 # into ~/.cache/hearth-bench-venv, runs Synapse, Hearth-RocksDB and Hearth-SQLite on
 # loopback, prints a table and writes bench/results/latest.json. Not part of CI.
@@ -49,7 +53,8 @@ for arg in "$@"; do
         --push) mode=push ;;
         --search) mode=search ;;
         --big-join) mode=big-join ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        --sliding-sync) mode=sliding-sync ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
@@ -99,6 +104,14 @@ fi
 if [[ "$mode" == search ]]; then
     "$PY" "$BENCH/search.py" "${common[@]}" --servers "$SERVERS" ${HEARTH_BENCH_QUICK:+--quick} \
         --json "$BENCH/results/search-latest.json"
+    exit 0
+fi
+
+if [[ "$mode" == sliding-sync ]]; then
+    out="$BENCH/results/sliding-sync-latest.json"
+    [[ -n "${HEARTH_BENCH_QUICK:-}" ]] && out="$BENCH/results/sliding-sync-quick.json"
+    "$PY" "$BENCH/sliding_sync.py" "${common[@]}" --servers "$SERVERS" ${HEARTH_BENCH_QUICK:+--quick} \
+        --json "$out"
     exit 0
 fi
 
