@@ -94,7 +94,18 @@ impl Rooms {
         let new = NewEvent::state("m.room.create", "", Value::Object(content));
         check_limits(&new)?;
         let mut counters = self.append_lock.lock();
-        let built = self.build(version, room_id.as_deref(), &RoomHeads::default(), sender, &new)?;
+        // From version 12 the room id is the create event's hash: the same user creating
+        // the same room within one millisecond (a client creating several at once) would
+        // get the same id, and the two rooms would become one. A later timestamp makes it
+        // another room; the append lock keeps the check and the write together.
+        let mut ts = now_millis();
+        let built = loop {
+            let built = self.build_at(version, room_id.as_deref(), &RoomHeads::default(), sender, &new, ts)?;
+            if room_id.is_some() || self.room(&built.pdu.room_id)?.is_none() {
+                break built;
+            }
+            ts += 1;
+        };
         self.authorize_local(&built)?;
         let record = RoomRecord { version: version.clone(), created_ts: now_millis() };
         let append = Append {

@@ -103,6 +103,19 @@ impl Rooms {
         sender: &UserId,
         new: &NewEvent,
     ) -> Result<Built> {
+        self.build_at(version, room_id, heads, sender, new, now_millis())
+    }
+
+    /// [`Rooms::build`] with the event's `origin_server_ts` given.
+    pub(super) fn build_at(
+        &self,
+        version: &RoomVersionId,
+        room_id: Option<&RoomId>,
+        heads: &RoomHeads,
+        sender: &UserId,
+        new: &NewEvent,
+        ts: u64,
+    ) -> Result<Built> {
         let rules = rules_for(version)?;
         let map: Arc<StateMap> = match heads.snapshot {
             Some(s) => self.state.materialise(s)?,
@@ -164,7 +177,7 @@ impl Rooms {
         obj.insert("type".into(), CanonicalJsonValue::String(new.kind.to_string()));
         obj.insert("sender".into(), CanonicalJsonValue::String(sender.to_string()));
         obj.insert("content".into(), to_canonical(Value::Object(new.content.clone()))?);
-        obj.insert("origin_server_ts".into(), to_canonical(Value::from(now_millis()))?);
+        obj.insert("origin_server_ts".into(), to_canonical(Value::from(ts))?);
         obj.insert("depth".into(), to_canonical(Value::from(depth))?);
         obj.insert("prev_events".into(), refs(&prev_events));
         obj.insert("auth_events".into(), refs(&auth_events));

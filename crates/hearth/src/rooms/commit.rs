@@ -422,6 +422,24 @@ mod tests {
 
     /// Builds and authorizes a message on the room's current heads, and commits it as
     /// `placement`.
+    /// Version 12 derives the room id from the create event: the same user creating the
+    /// same room many times within a millisecond still gets as many rooms, each usable.
+    #[test]
+    fn identical_version_12_rooms_created_at_once_stay_apart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        let alice = owned_user_id!("@alice:commit.test");
+        let mut rooms = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let create =
+                s.rooms.append_create(&RoomVersionId::V12, &alice, serde_json::Map::new(), None).expect("create");
+            let join = NewEvent::state("m.room.member", alice.as_str(), json!({"membership": "join"}));
+            s.rooms.append_local(&create.room_id, &alice, join, None).expect("the creator joins its own room");
+            assert!(rooms.insert(create.room_id.clone()), "room {} made twice", create.room_id);
+        }
+        assert_eq!(rooms.len(), 20);
+    }
+
     fn commit_message(s: &Services, room: &RoomId, sender: &UserId, placement: Placement) -> OwnedEventId {
         let rooms = &s.rooms;
         let mut counters = rooms.append_lock.lock();
