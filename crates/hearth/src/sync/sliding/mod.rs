@@ -269,14 +269,17 @@ fn activity(rooms: &Rooms, room_id: &RoomId, rec: &MembershipRecord, now: u64) -
     if rec.membership != MembershipState::Join {
         return Ok(Activity { latest: rec.stream, bump: rec.stream });
     }
-    let page = rooms.page(room_id, now, Direction::Backward, BUMP_SCAN, now, None)?;
-    let Some((latest, _)) = page.first() else {
+    let bumps = |pdu: &Pdu| BUMP_TYPES.contains(&pdu.kind.to_string().as_str());
+    // The newest event is a message in most rooms: one read, not a page, settles it.
+    let newest = rooms.page(room_id, now, Direction::Backward, 1, now, None)?;
+    let Some((latest, pdu)) = newest.first() else {
         return Ok(Activity { latest: rec.stream, bump: rec.stream });
     };
-    let bump = page
-        .iter()
-        .find(|(_, pdu)| BUMP_TYPES.contains(&pdu.kind.to_string().as_str()))
-        .map_or(*latest, |(pos, _)| *pos);
+    if bumps(pdu) {
+        return Ok(Activity { latest: *latest, bump: *latest });
+    }
+    let page = rooms.page(room_id, now, Direction::Backward, BUMP_SCAN, now, None)?;
+    let bump = page.iter().find(|(_, pdu)| bumps(pdu)).map_or(*latest, |(pos, _)| *pos);
     Ok(Activity { latest: *latest, bump })
 }
 
