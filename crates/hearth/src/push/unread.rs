@@ -222,14 +222,15 @@ impl Tally {
             let bucket = if split_threads { thread_root(&event) } else { None };
             let read_pos = *self.read.entry(bucket.clone()).or_insert_with(|| receipts.read_up_to(bucket.as_ref()));
             if event.get_str("sender") == Some(user.as_str()) {
-                // Sending counts as having read everything before it in that timeline.
+                // Sending counts as having read everything before it in that timeline. A
+                // receipt further on (threaded receipts start the count before it) stays.
                 match &bucket {
                     None => (self.counts.notifications, self.counts.highlights) = (0, 0),
                     Some(root) => {
                         self.counts.threads.remove(root);
                     }
                 }
-                self.read.insert(bucket, pos);
+                self.read.insert(bucket, read_pos.max(pos));
                 continue;
             }
             if pos <= read_pos {

@@ -121,7 +121,7 @@ async fn legacy_mentions_highlight(b: Backend) {
 both_engines!(default_rules_and_edits, unread_counts_follow_messages_mentions_and_receipts, legacy_mentions_highlight);
 
 async fn thread_notifications_are_counted_per_thread(b: Backend) {
-    let (s, at, _, bt, room) = direct_chat(b).await;
+    let (s, at, bob, bt, room) = direct_chat(b).await;
     let (_, root) = s
         .put(
             &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/root"),
@@ -141,6 +141,68 @@ async fn thread_notifications_are_counted_per_thread(b: Backend) {
     assert_eq!(joined["unread_thread_notifications"][&root]["notification_count"], 2, "{joined}");
     // Without the filter flag everything counts in the room's total.
     assert_eq!(unread(&s, &bt, &room).await.0, 3);
+
+    // Threaded receipts (MSC3771): one in the thread clears the thread alone, one on the
+    // main timeline clears the main timeline alone, and an unthreaded one clears both.
+    let main_message = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/after"),
+            Some(&at),
+            json!({"msgtype": "m.text", "body": "after the thread"}),
+        )
+        .await
+        .1["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, threads) = s.get(&format!("/_matrix/client/v1/rooms/{room}/threads"), Some(&bt)).await;
+    let latest = threads["chunk"][0]["unsigned"]["m.relations"]["m.thread"]["latest_event"]["event_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{threads}"))
+        .to_owned();
+    let counts = || async {
+        let (_, res) = s.get(&format!("/_matrix/client/v3/sync?filter={filter}"), Some(&bt)).await;
+        let joined = &res["rooms"]["join"][&room];
+        let thread = joined["unread_thread_notifications"].get(&root).map(|t| t["notification_count"].clone());
+        (joined["unread_notifications"]["notification_count"].as_u64(), thread)
+    };
+    assert_eq!(counts().await, (Some(2), Some(json!(2))));
+    let receipt = |event: &str, thread: &str| {
+        let path = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{event}");
+        let body = if thread.is_empty() { json!({}) } else { json!({"thread_id": thread}) };
+        let (s, bt) = (&s, &bt);
+        async move { assert_eq!(s.post(&path, Some(bt), body).await.0, StatusCode::OK) }
+    };
+    receipt(&latest, &root).await;
+    assert_eq!(counts().await, (Some(2), None), "the thread's receipt leaves the main timeline unread");
+    receipt(&root, "main").await;
+    assert_eq!(counts().await, (Some(1), None), "read up to the root on the main timeline");
+    receipt(&main_message, "main").await;
+    assert_eq!(counts().await, (Some(0), None));
+
+    // A new reply in the thread is unread again until an unthreaded receipt covers it.
+    let content =
+        json!({"msgtype": "m.text", "body": "late reply", "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+    let (_, late) = s.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t9"), Some(&at), content).await;
+    assert_eq!(counts().await, (Some(0), Some(json!(1))));
+    receipt(late["event_id"].as_str().unwrap(), "").await;
+    assert_eq!(counts().await, (Some(0), None));
+
+    // The receipt reaches the sender with its thread id; a thread id that is neither
+    // "main" nor an event id is refused.
+    let (_, res) = s.get("/_matrix/client/v3/sync", Some(&at)).await;
+    let receipts = res["rooms"]["join"][&room]["ephemeral"]["events"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["type"] == "m.receipt"))
+        .unwrap_or_else(|| panic!("{res}"))
+        .clone();
+    assert_eq!(receipts["content"][&latest]["m.read"][&bob]["thread_id"], json!(root), "{receipts}");
+    let path = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{main_message}");
+    let (status, err) = s.post(&path, Some(&bt), json!({"thread_id": "sideways"})).await;
+    assert_eq!((status, err["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")), "{err}");
+    let path = format!("/_matrix/client/v3/rooms/{room}/receipt/m.fully_read/{main_message}");
+    let (status, err) = s.post(&path, Some(&bt), json!({"thread_id": "main"})).await;
+    assert_eq!((status, err["errcode"].as_str()), (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")), "{err}");
 }
 
 both_engines!(thread_notifications_are_counted_per_thread);

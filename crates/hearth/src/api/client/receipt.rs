@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use ruma::api::client::{read_marker::set_read_marker, receipt::create_receipt};
+use ruma::{
+    api::client::{read_marker::set_read_marker, receipt::create_receipt},
+    events::receipt::ReceiptThread,
+};
 use serde_json::json;
 
 use crate::{
@@ -23,6 +26,7 @@ pub async fn create_receipt(
     let b = &req.body;
     s.rooms.require_joined(&b.room_id, &caller.user_id)?;
     let kind = b.receipt_type.as_str();
+    check_thread(kind, &b.thread)?;
     if kind == "m.fully_read" {
         set_fully_read(&s, &caller.user_id, &b.room_id, &b.event_id)?;
     } else {
@@ -32,6 +36,17 @@ pub async fn create_receipt(
         }
     }
     Ok(create_receipt::v3::Response::new())
+}
+
+/// The spec's 400 for a `thread_id` that is neither `main` nor an event id, or that is given
+/// with `m.fully_read`, which has no threads.
+fn check_thread(kind: &str, thread: &ReceiptThread) -> Result<()> {
+    match thread {
+        ReceiptThread::Unthreaded => Ok(()),
+        _ if kind == "m.fully_read" => Err(Error::invalid_param("thread_id is not allowed with m.fully_read")),
+        ReceiptThread::Main | ReceiptThread::Thread(_) => Ok(()),
+        _ => Err(Error::invalid_param("thread_id must be \"main\" or a thread root's event id")),
+    }
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/read_markers`
