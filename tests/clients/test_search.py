@@ -14,7 +14,8 @@ import time
 from nio import AsyncClient
 from nio.responses import JoinResponse, RoomCreateResponse, RoomRedactResponse
 
-from test_threads import register, response_schema, send, validate
+from spec_schema import response_schema, validate
+from test_threads import register, send
 
 SCHEMA_PATH = "/_matrix/client/v3/search"
 

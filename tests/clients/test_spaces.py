@@ -15,7 +15,8 @@ import urllib.parse
 from nio import AsyncClient
 from nio.responses import JoinError, JoinResponse, RoomCreateResponse
 
-from test_threads import register, response_schema, validate
+from spec_schema import response_schema, validate
+from test_threads import register
 
 
 async def walk(client: AsyncClient, space: str) -> list[str]:

@@ -16,22 +16,9 @@ import urllib.parse
 from nio import AsyncClient
 from nio.responses import JoinResponse, RegisterResponse, RoomCreateResponse, RoomMessagesResponse, RoomSendResponse
 
-import jsonschema
-from test_sync_schema import SPEC
+from spec_schema import response_schema, validate
 
 PASSWORD = "correct horse battery staple"
-
-
-def response_schema(path: str, method: str) -> dict:
-    """The 200 response schema of an operation in the spec's OpenAPI document."""
-    spec = json.loads(SPEC.read_text())
-    return spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
-
-
-def validate(body: dict, schema: dict) -> None:
-    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)(schema)
-    errors = sorted(validator.iter_errors(body), key=lambda e: list(e.path))
-    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors[:10])
 
 
 async def register(hearth, name: str) -> AsyncClient:

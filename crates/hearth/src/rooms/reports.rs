@@ -31,7 +31,8 @@ pub const REPORTS: Table<(String, u64), Report> = Table::new(tables::REPORTS);
 pub const MAX_REASON_BYTES: usize = 2000;
 
 impl Rooms {
-    /// Stores a report of an event the reporter can see (404 for one they cannot).
+    /// Stores a report of an event the reporter can see: 404 for one they cannot, and for
+    /// a room they are not in (the spec names that answer for both).
     pub fn report_event(
         &self,
         reporter: &UserId,
@@ -39,7 +40,8 @@ impl Rooms {
         event_id: &EventId,
         reason: Option<String>,
     ) -> Result<()> {
-        let until = self.require_visible(room_id, reporter)?;
+        self.known_room(room_id)?;
+        let until = self.visible_until(room_id, reporter)?.ok_or_else(|| Error::not_found("Event not found"))?;
         self.event_meta(event_id)?
             .filter(|m| m.room_id == room_id && m.stream <= until)
             .ok_or_else(|| Error::not_found("Event not found"))?;

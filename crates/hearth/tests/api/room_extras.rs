@@ -104,10 +104,10 @@ async fn room_summaries_and_mutual_rooms(b: Backend) {
 }
 
 async fn calls_reports_and_refusals(b: Backend) {
-    // No TURN servers: an empty answer, as Synapse gives.
+    // No TURN servers: 404 (MSC4166), since every field of the spec's answer is required.
     let s = TestServer::start(b).await;
     let (_, at, _) = s.register("alice", "pw-alice-1").await;
-    assert_eq!(s.get("/_matrix/client/v3/voip/turnServer", Some(&at)).await, (StatusCode::OK, json!({})));
+    assert_error(&s.get("/_matrix/client/v3/voip/turnServer", Some(&at)).await, 404, "M_NOT_FOUND");
     assert_error(&s.get("/_matrix/client/v3/voip/turnServer", None).await, 401, "M_MISSING_TOKEN");
 
     // Third-party networks: none.
@@ -141,8 +141,8 @@ async fn calls_reports_and_refusals(b: Backend) {
 
     // Third-party identifiers: the spec's refusals, not 404.
     for (path, authed, status, errcode) in [
-        ("/_matrix/client/v3/account/3pid/add", true, 403, "M_THREEPID_DENIED"),
-        ("/_matrix/client/v3/account/3pid/bind", true, 403, "M_THREEPID_DENIED"),
+        ("/_matrix/client/v3/account/3pid/add", true, 403, "M_FORBIDDEN"),
+        ("/_matrix/client/v3/account/3pid/bind", true, 403, "M_FORBIDDEN"),
         ("/_matrix/client/v3/account/3pid/email/requestToken", true, 403, "M_THREEPID_DENIED"),
         ("/_matrix/client/v3/account/3pid/msisdn/requestToken", true, 403, "M_THREEPID_DENIED"),
         ("/_matrix/client/v3/register/email/requestToken", false, 403, "M_THREEPID_DENIED"),

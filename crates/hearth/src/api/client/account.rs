@@ -273,8 +273,9 @@ pub async fn get_3pids(
 }
 
 /// Hearth links no e-mail addresses or phone numbers to accounts: each third-party
-/// identifier operation answers with the spec's refusal rather than 404. Adding, binding
-/// or asking for a token to do either is 403 `M_THREEPID_DENIED`; a password reset by
+/// identifier operation answers with the spec's refusal rather than 404. Asking for a
+/// token to add one is 403 `M_THREEPID_DENIED`; adding or binding, for which the spec
+/// documents no refusal of its own, is 403 `M_FORBIDDEN`; a password reset by
 /// e-mail or phone finds no such address (400 `M_THREEPID_NOT_FOUND`); removing or
 /// unbinding one that is not there succeeds with nothing done (`no-support`).
 pub fn threepid_routes() -> axum::Router<Arc<Services>> {
@@ -284,8 +285,8 @@ pub fn threepid_routes() -> axum::Router<Arc<Services>> {
         let p = |rest: &str| format!("/_matrix/client/{v}/{rest}");
         router = router
             .route(&p("account/3pid"), post(threepid_denied_authed))
-            .route(&p("account/3pid/add"), post(threepid_denied_authed))
-            .route(&p("account/3pid/bind"), post(threepid_denied_authed))
+            .route(&p("account/3pid/add"), post(threepid_forbidden_authed))
+            .route(&p("account/3pid/bind"), post(threepid_forbidden_authed))
             .route(&p("account/3pid/email/requestToken"), post(threepid_denied_authed))
             .route(&p("account/3pid/msisdn/requestToken"), post(threepid_denied_authed))
             .route(&p("account/3pid/delete"), post(threepid_nothing_to_remove))
@@ -316,6 +317,14 @@ async fn threepid_denied_authed(
 ) -> Result<axum::Json<Value>> {
     crate::api::caller_of(&s, &parts)?;
     Err(threepids_denied())
+}
+
+async fn threepid_forbidden_authed(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    parts: http::request::Parts,
+) -> Result<axum::Json<Value>> {
+    crate::api::caller_of(&s, &parts)?;
+    Err(Error::forbidden("This server does not link e-mail addresses or phone numbers to accounts"))
 }
 
 async fn threepid_not_found() -> Result<axum::Json<Value>> {

@@ -30,7 +30,10 @@ async fn turn_server(State(s): State<Arc<Services>>, parts: Parts) -> Result<Jso
     let caller = caller_of(&s, &parts)?;
     let config = &s.config;
     if config.turn_uris.is_empty() {
-        return Ok(Json(json!({})));
+        // The spec's answer has all four fields and none fits "no server"; an empty `uris`
+        // would break WebRTC (an ICE server needs a URL). 404 is MSC4166's answer, and
+        // matrix-js-sdk then simply has no TURN server.
+        return Err(Error::not_found("No TURN server is configured"));
     }
     let (username, password) = match (&config.turn_secret, &config.turn_username, &config.turn_password) {
         (Some(secret), _, _) => {
