@@ -438,6 +438,26 @@ async def workload(srv, P, prof=None):
         res["initial_sync_rooms"] = len(d.get("rooms", {}).get("join", {}))
         res.setdefault("hwm_after", {})["initial_sync"] = proc_status(srv.pid, "VmHWM")
 
+        # --- the first initial sync of each of up to 20 distinct users who had never synced
+        # (no per-user cache can help: what a login on a new device costs each user).
+        firsts = users[2:-1][:20]  # users[-1] synced above; users[0] and [1] sync below
+        times = []
+        cpu0 = cpu_ticks(srv.pid)
+        for fu in firsts:
+            with client_gc_paused():
+                t0 = time.perf_counter()
+                async with http.get(base + "/_matrix/client/v3/sync", params={"timeout": "0"}, headers=fu._h(),
+                                    timeout=aiohttp.ClientTimeout(total=120)) as r:
+                    body = await r.read()
+                    times.append(time.perf_counter() - t0)
+            if r.status != 200 or len(json.loads(body).get("rooms", {}).get("join", {})) < P["rooms"]:
+                raise RuntimeError(f"first initial sync of {fu.user_id} -> {r.status} {body[:200]!r}")
+        cpu1 = cpu_ticks(srv.pid)
+        res["initial_sync_distinct_users"] = len(firsts)
+        res["initial_sync_distinct_p50_ms"] = pct(times, 50) * 1000
+        res["initial_sync_distinct_p95_ms"] = pct(times, 95) * 1000
+        res["initial_sync_distinct_cpu_ms"] = (cpu1 - cpu0) * 1000 / CLK_TCK / len(firsts)
+
         # --- incremental sync wake-up
         a, b = users[0], users[1]
         room = rooms[0]
@@ -586,6 +606,9 @@ ROWS = [
     ("server CPU per event (ms)", "cpu_ms_per_event", "{:.3f}", "low"),
     ("fill throughput, 1 room (events/s)", "fill_events_per_s", "{:.1f}", "high"),
     ("initial /sync, first (ms)", "initial_sync_first_ms", "{:.1f}", "low"),
+    ("initial /sync, first of each of 20 users, p50 (ms)", "initial_sync_distinct_p50_ms", "{:.1f}", "low"),
+    ("initial /sync, first of each of 20 users, p95 (ms)", "initial_sync_distinct_p95_ms", "{:.1f}", "low"),
+    ("server CPU per first initial /sync (ms)", "initial_sync_distinct_cpu_ms", "{:.1f}", "low"),
     ("initial /sync, repeat, median of 3 (ms)", "initial_sync_ms", "{:.1f}", "low"),
     ("initial /sync, repeat, with client JSON parse (ms)", "initial_sync_parsed_ms", "{:.1f}", "low"),
     ("initial /sync body (KiB)", "initial_sync_bytes", "kib", "low"),

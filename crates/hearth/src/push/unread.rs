@@ -15,6 +15,7 @@ use std::{
 
 use futures_util::FutureExt;
 use ruma::{
+    events::room::member::MembershipState,
     push::{FlattenedJson, PushConditionRoomCtx, Ruleset},
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
 };
@@ -146,10 +147,11 @@ impl UnreadCache {
                 // A sync behind the tally (a concurrent request with an older snapshot):
                 // count afresh without disturbing the cache.
                 let context = || self.context(rooms, room_id, user);
-                return Ok(fresh(receipts, until, key).advance(rooms, rules, room_id, user, until, context)?.counts);
+                let tally = fresh(receipts, joined_at(rooms, room_id, user)?, until, key);
+                return Ok(tally.advance(rooms, rules, room_id, user, until, context)?.counts);
             }
             Some(t) => t,
-            None => fresh(receipts, until, key),
+            None => fresh(receipts, joined_at(rooms, room_id, user)?, until, key),
         };
         tally.receipts_at = tally.receipts_at.max(until);
         tally = tally.advance(rooms, rules, room_id, user, until, || self.context(rooms, room_id, user))?;
@@ -186,11 +188,22 @@ pub(super) fn read_up_to(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Resu
     Ok(ReadPositions::load(rooms, room_id, user)?.read_up_to(None))
 }
 
-/// A tally with nothing counted yet, from receipts read at stream position `at`.
-fn fresh(receipts: Arc<ReadPositions>, at: u64, key: (u64, u64, bool)) -> Tally {
+/// A tally with nothing counted yet, from receipts read at stream position `at`. Counting
+/// starts after the unthreaded receipt, and never before the user's join: what was said
+/// before it was never theirs to be notified of (Synapse evaluates an event for the room's
+/// members of its time), and a first sync in a room with a long history would otherwise
+/// evaluate up to [`MAX_COUNTED`] events only for the join to reset the count.
+fn fresh(receipts: Arc<ReadPositions>, joined_at: u64, at: u64, key: (u64, u64, bool)) -> Tally {
     let mut read = BTreeMap::new();
     read.insert(None, receipts.read_up_to(None));
-    Tally { key, counted_to: receipts.unthreaded(), read, counts: UnreadCounts::default(), receipts, receipts_at: at }
+    let counted_to = receipts.unthreaded().max(joined_at);
+    Tally { key, counted_to, read, counts: UnreadCounts::default(), receipts, receipts_at: at }
+}
+
+/// Where the user's current join to the room is in the stream (0 if not joined).
+fn joined_at(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<u64> {
+    let record = rooms.membership(room_id, user)?;
+    Ok(record.filter(|r| r.membership == MembershipState::Join).map_or(0, |r| r.stream))
 }
 
 impl Tally {

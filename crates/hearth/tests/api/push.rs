@@ -207,6 +207,45 @@ async fn thread_notifications_are_counted_per_thread(b: Backend) {
 
 both_engines!(thread_notifications_are_counted_per_thread);
 
+/// What was said before a user joined is not unread for them (Synapse notifies the members
+/// of an event's time), in the main timeline and in threads alike; what comes after is.
+async fn history_before_a_join_is_not_unread(b: Backend) {
+    let s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (_, bt, _) = s.register("bob", "pw-bob-1").await;
+    let (_, res) = s.post("/_matrix/client/v3/createRoom", Some(&at), json!({"preset": "public_chat"})).await;
+    let room = res["room_id"].as_str().unwrap().to_owned();
+    let send = |txn: String, content: Value| {
+        let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}");
+        let (s, at) = (&s, &at);
+        async move { s.put(&path, Some(at), content).await.1["event_id"].as_str().unwrap().to_owned() }
+    };
+    let root = send("root".into(), json!({"msgtype": "m.text", "body": "bob, look"})).await;
+    for i in 0..5 {
+        let thread = json!({"rel_type": "m.thread", "event_id": root});
+        send(format!("b{i}"), json!({"msgtype": "m.text", "body": format!("before {i}"), "m.relates_to": thread}))
+            .await;
+    }
+    s.post(&format!("/_matrix/client/v3/join/{room}"), Some(&bt), json!({})).await;
+    let filter = "%7B%22room%22%3A%7B%22timeline%22%3A%7B%22unread_thread_notifications%22%3Atrue%7D%7D%7D";
+    let (_, res) = s.get(&format!("/_matrix/client/v3/sync?filter={filter}"), Some(&bt)).await;
+    let joined = &res["rooms"]["join"][&room];
+    assert_eq!(joined["unread_notifications"]["notification_count"], 0, "{joined}");
+    assert!(joined["unread_thread_notifications"].get(&root).is_none(), "{joined}");
+    assert_eq!(unread(&s, &bt, &room).await, (0, 0));
+
+    send("after".into(), json!({"msgtype": "m.text", "body": "welcome bob"})).await;
+    let thread = json!({"rel_type": "m.thread", "event_id": root});
+    send("t-after".into(), json!({"msgtype": "m.text", "body": "and here", "m.relates_to": thread})).await;
+    let (_, res) = s.get(&format!("/_matrix/client/v3/sync?filter={filter}"), Some(&bt)).await;
+    let joined = &res["rooms"]["join"][&room];
+    assert_eq!(joined["unread_notifications"]["highlight_count"], 1, "{joined}");
+    assert_eq!(joined["unread_thread_notifications"][&root]["notification_count"], 1, "{joined}");
+    assert_eq!(unread(&s, &bt, &room).await, (2, 1));
+}
+
+both_engines!(history_before_a_join_is_not_unread);
+
 /// The running tally is carried from sync to sync: each incremental sync adds only what is
 /// new, the user's own message and a private receipt both clear it, and a push rule change
 /// starts it over.
