@@ -70,6 +70,7 @@ async fn upload_query_claim(b: Backend) {
         p.s.post("/_matrix/client/v3/keys/query", Some(&p.bt), json!({"device_keys": {&p.alice: []}})).await;
     assert_eq!(status, StatusCode::OK, "{q}");
     assert_eq!(q["device_keys"][&p.alice][&p.ad]["keys"][format!("ed25519:{}", p.ad)], "edkeybase64");
+    assert_eq!(q["failures"], json!({}), "failures is always sent, empty when none failed: {q}");
     let (_, q) =
         p.s.post("/_matrix/client/v3/keys/query", Some(&p.bt), json!({"device_keys": {"@x:elsewhere.example": []}}))
             .await;

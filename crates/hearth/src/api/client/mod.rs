@@ -75,6 +75,9 @@ pub fn routes() -> Router<Arc<Services>> {
     for path in ruma::api::client::account::get_3pids::v3::Request::PATH_BUILDER.all_paths() {
         router = router.route(path, axum::routing::get(account::get_3pids));
     }
+    for path in ruma::api::client::keys::get_keys::v3::Request::PATH_BUILDER.all_paths() {
+        router = router.route(path, axum::routing::post(keys::get_keys));
+    }
     for path in ruma::api::client::device::get_devices::v3::Request::PATH_BUILDER.all_paths() {
         router = router.route(path, axum::routing::get(device::get_devices));
     }
@@ -126,7 +129,6 @@ pub fn routes() -> Router<Arc<Services>> {
         .ruma(presence::set_presence)
         .ruma(presence::get_presence)
         .ruma(keys::upload_keys)
-        .ruma(keys::get_keys)
         .ruma(keys::claim_keys)
         .ruma(keys::get_key_changes)
         .ruma(keys::upload_signing_keys)
