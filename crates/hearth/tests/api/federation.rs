@@ -485,6 +485,46 @@ async fn an_erased_users_events_are_served_redacted() {
     assert_eq!(fetch().await, json!({}), "served redacted");
 }
 
+/// `get_missing_events` takes a body with fields left out (Synapse's defaults), answers a
+/// member server, and refuses a server the room's ACL bans before reading anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_events_default_their_body_and_honour_the_acl() {
+    let (p, bob_token, room) = pair_with_a_room_at_b().await;
+    let (_, alice_token, _) = p.a.register("alice", "a long password").await;
+    let join = format!("/_matrix/client/v3/join/{}?via=b.test", urlencode(&room));
+    assert_eq!(p.a.post(&join, Some(&alice_token), json!({})).await.0, StatusCode::OK);
+    let send = |txn: &'static str| {
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", urlencode(&room));
+        let (b, token) = (&p.b, &bob_token);
+        async move { b.put(&path, Some(token), json!({"msgtype": "m.text", "body": txn})).await.1["event_id"].clone() }
+    };
+    let first = send("first").await;
+    let second = send("second").await;
+    let path = format!("/_matrix/federation/v1/get_missing_events/{}", urlencode(&room));
+    let ask = |body: Value| {
+        let path = path.clone();
+        let p = &p;
+        async move {
+            let got = servers(&p.a).request(&name("b.test"), ServerRequest::post(&path, &body)).await.expect("answer");
+            (got.status.as_u16(), serde_json::from_slice::<Value>(&got.body).expect("json"))
+        }
+    };
+    assert_eq!(ask(json!({})).await, (200, json!({"events": []})));
+    let (status, got) = ask(json!({"latest_events": [second], "earliest_events": [], "limit": 1})).await;
+    assert_eq!(status, 200, "{got}");
+    let ids: Vec<&str> =
+        got["events"].as_array().expect("events").iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(ids, ["first"], "{got} (first: {first})");
+    let (status, got) = ask(json!({"latest_events": "nope"})).await;
+    assert_eq!((status, got["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{got}");
+
+    let acl = format!("/_matrix/client/v3/rooms/{}/state/m.room.server_acl/", urlencode(&room));
+    let deny = json!({"allow": ["*"], "deny": ["a.test"], "allow_ip_literals": false});
+    assert_eq!(p.b.put(&acl, Some(&bob_token), deny).await.0, StatusCode::OK);
+    let (status, got) = ask(json!({})).await;
+    assert_eq!((status, got["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{got}");
+}
+
 /// What older servers and sytest still send, answered as Synapse answers it: a join through
 /// `send_join` v1 (its answer is `[200, {…}]`), the notary's key query with a key id, a
 /// `make_join` for a room this server has left (404), and a body the signature cannot

@@ -39,7 +39,7 @@ pub fn routes(allow_federation: bool) -> Router<Arc<Services>> {
         .ruma(events::get_room_state)
         .ruma(events::get_room_state_ids)
         .ruma(events::get_event_authorization)
-        .ruma(events::get_missing_events)
+        .route("/_matrix/federation/v1/get_missing_events/{room_id}", axum::routing::post(events::get_missing_events))
         .ruma(events::get_backfill)
         .ruma(membership::make_join)
         .ruma(membership::send_join)
