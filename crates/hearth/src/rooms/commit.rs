@@ -298,6 +298,9 @@ impl Rooms {
                 if rel_type == "m.thread" {
                     super::threads::note_reply(batch, &pdu.room_id, target, stream);
                 }
+                if super::threads::is_bundled(rel_type) {
+                    super::threads::note_bundled(batch, target);
+                }
             }
         }
         TIMELINE.put(batch, (room, stream), &TimelineEntry::new(pdu.event_id.as_str(), json));

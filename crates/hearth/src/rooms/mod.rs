@@ -284,6 +284,7 @@ impl Rooms {
         let receipt_marks = crate::stream::Marks::new(stream.written());
         let erased = erasure::Erased::load(&store)?;
         Self::index_threads(&store)?;
+        Self::index_bundled_targets(&store)?;
         Ok(Rooms {
             state: StateReader::new(store.clone()),
             store,

@@ -67,6 +67,7 @@ impl Rooms {
             for (pos, _) in RELATIONS.collect_prefix(&self.store, id.as_str())? {
                 RELATIONS.delete(&mut batch, (id.as_str(), pos));
             }
+            super::threads::BUNDLED_TARGETS.delete(&mut batch, id);
             if !keep.iter().any(|k| k.as_str() == id) {
                 PDUS.delete(&mut batch, id);
                 EVENT_META.delete(&mut batch, id);

@@ -9,7 +9,8 @@
 //! thread root, `m.thread` (the latest reply, the number of replies, whether the viewer
 //! took part); for an edited event, `m.replace` (the newest edit by the original sender);
 //! for a referenced one, `m.reference` (the ids of the events referencing it). Redacted
-//! relating events count for nothing.
+//! relating events count for nothing. The targets of such relations are noted in
+//! [`BUNDLED_TARGETS`], so that serving any other event costs a point lookup, not a seek.
 
 use ruma::{EventId, OwnedEventId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Map, Value};
@@ -44,6 +45,26 @@ pub fn note_reply(batch: &mut Batch, room: &RoomId, root: &str, pos: u64) {
     THREAD_ROOTS.put(batch, (room.as_str(), root), &pos);
 }
 
+/// Events that an edit, a thread reply or a reference points at (target id → nothing).
+/// [`Rooms::bundled_aggregations`] looks here before it reads the relations index, so an
+/// event nothing is bundled with (nearly every one) costs a point lookup, which the
+/// engines' bloom filters answer cheaply, instead of a seek. Reactions are not bundled
+/// and not noted. A marker may outlive its relations (a redacted edit): the seek then
+/// finds nothing, as it would without the marker.
+pub const BUNDLED_TARGETS: Table<String, ()> = Table::new(tables::BUNDLED_TARGETS);
+/// `META` key: the bundled targets of relations from before the table are noted.
+const BUNDLED_INDEXED: &str = "bundled_targets_indexed";
+
+/// Whether a relation of this type is bundled with its target.
+pub fn is_bundled(rel_type: &str) -> bool {
+    matches!(rel_type, "m.thread" | "m.replace" | "m.reference")
+}
+
+/// Notes that `target` has a bundled relation (in the append's batch).
+pub fn note_bundled(batch: &mut Batch, target: &str) {
+    BUNDLED_TARGETS.put(batch, target, &());
+}
+
 impl Rooms {
     /// Builds the thread index from the relations index, once per database.
     pub(super) fn index_threads(store: &Store) -> Result<()> {
@@ -70,6 +91,29 @@ impl Rooms {
         store.write(batch)?;
         if roots > 0 {
             tracing::info!(threads = roots, "indexed the threads of earlier messages");
+        }
+        Ok(())
+    }
+
+    /// Notes the bundled targets of the relations index, once per database (those from
+    /// before [`BUNDLED_TARGETS`] was kept).
+    pub(super) fn index_bundled_targets(store: &Store) -> Result<()> {
+        if tables::META.get(store, BUNDLED_INDEXED)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        let mut targets = 0usize;
+        RELATIONS.scan_all(store, |(target, _), rel| {
+            if is_bundled(&rel.rel_type) {
+                note_bundled(&mut batch, &target);
+                targets += 1;
+            }
+            true
+        })?;
+        tables::META.put(&mut batch, BUNDLED_INDEXED, &Vec::new());
+        store.write(batch)?;
+        if targets > 0 {
+            tracing::info!(relations = targets, "noted the edited, threaded and referenced events of earlier messages");
         }
         Ok(())
     }
@@ -167,6 +211,9 @@ impl Rooms {
         viewer: Option<&UserId>,
         serve: &dyn Fn(&Pdu) -> Value,
     ) -> Result<Option<Map<String, Value>>> {
+        if !BUNDLED_TARGETS.contains(&self.store, pdu.event_id.as_str())? {
+            return Ok(None);
+        }
         let mut has = [false; 3];
         let mut read = 0usize;
         RELATIONS.scan_prefix(&self.store, pdu.event_id.as_str(), Order::Ascending, |_, rel| {

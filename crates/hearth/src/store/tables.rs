@@ -97,6 +97,7 @@ pub const OPENID_TOKENS: &str = "openid_tokens";
 pub const BLOCKED_ROOMS: &str = "blocked_rooms";
 /// (room id, thread root event id) → the stream position of the thread's newest event.
 pub const THREAD_ROOTS: &str = "thread_roots";
+pub const BUNDLED_TARGETS: &str = "bundled_targets";
 pub const ALL: &[&str] = &[
     META_NAME,
     ACCOUNTS,
@@ -160,6 +161,7 @@ pub const ALL: &[&str] = &[
     EXPIRING_EVENTS,
     BLOCKED_ROOMS,
     THREAD_ROOTS,
+    BUNDLED_TARGETS,
 ];
 
 /// (destination server, stream position) → event id: PDUs queued for another server.

@@ -153,3 +153,45 @@ async fn edits_and_references_are_bundled(b: Backend) {
     let (_, event) = s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{plain}"), Some(&fresh)).await;
     assert!(event["unsigned"].get("m.relations").is_none(), "{event}");
 }
+
+/// A database from before the bundled-targets index (its rows and its done-mark removed
+/// here) has them noted again at start, so edits made then are still bundled.
+async fn bundled_targets_of_an_older_database_are_noted_at_start(b: Backend) {
+    let mut s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let (_, room) = s.post("/_matrix/client/v3/createRoom", Some(&at), json!({})).await;
+    let room = room["room_id"].as_str().unwrap().to_owned();
+    let original = send(&s, &at, &room, "o1", json!({"msgtype": "m.text", "body": "helo"})).await;
+    let edit = json!({
+        "msgtype": "m.text",
+        "body": "* hello",
+        "m.new_content": {"msgtype": "m.text", "body": "hello"},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": original},
+    });
+    let newest = send(&s, &at, &room, "e1", edit).await;
+    let reaction = json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": newest, "key": "👍"}});
+    s.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.reaction/r1"), Some(&at), reaction).await;
+    let targets = hearth::rooms::threads::BUNDLED_TARGETS;
+    let store = s.services().store.clone();
+    let mut noted = Vec::new();
+    targets
+        .scan_all(&store, |id, ()| {
+            noted.push(id);
+            true
+        })
+        .unwrap();
+    assert_eq!(noted, std::slice::from_ref(&original), "the edit's target alone: reactions are not bundled");
+    let mut batch = hearth::store::Batch::new();
+    for id in &noted {
+        targets.delete(&mut batch, id);
+    }
+    hearth::store::tables::META.delete(&mut batch, "bundled_targets_indexed");
+    store.write(batch).unwrap();
+    drop(store);
+
+    s.restart().await;
+    let (_, event) = s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{original}"), Some(&at)).await;
+    assert_eq!(event["unsigned"]["m.relations"]["m.replace"]["event_id"], newest.as_str(), "{event}");
+}
+
+both_engines!(bundled_targets_of_an_older_database_are_noted_at_start);
