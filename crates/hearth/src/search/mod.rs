@@ -32,6 +32,10 @@ const STEP: u64 = 2_000;
 const MAX_TEXT: usize = 64 * 1024;
 /// Most words of a search term used.
 const MAX_TERMS: usize = 16;
+/// The index's layout (SQLite's `user_version`). 1: a row's rowid is its event's stream
+/// position, so FTS5 walks matches newest first without sorting them, and a redaction
+/// deletes its target's row by rowid instead of scanning for its event id.
+const SCHEMA: i64 = 1;
 
 /// Which text an indexed row holds: the key a search names it by.
 pub const KEYS: &[(&str, &str)] =
@@ -68,14 +72,21 @@ impl Search {
     pub fn open(data_dir: &Path, rooms: Arc<Rooms>) -> Result<Self> {
         let path = data_dir.join("search.sqlite3");
         let db = Connection::open(&path).map_err(|e| Error::internal(format!("opening {}: {e}", path.display())))?;
+        db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;").map_err(sql)?;
+        let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql)?;
+        if version < SCHEMA {
+            // An index from before rows were keyed by stream position: dropped, and taken
+            // in again from the stream by the follower, in the background.
+            db.execute_batch("DROP TABLE IF EXISTS texts; DROP TABLE IF EXISTS position;").map_err(sql)?;
+        }
         db.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
-             CREATE VIRTUAL TABLE IF NOT EXISTS texts USING fts5(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS texts USING fts5(
                  text, event_id UNINDEXED, room_id UNINDEXED, sender UNINDEXED, kind UNINDEXED, pos UNINDEXED,
                  tokenize = 'unicode61 remove_diacritics 2');
              CREATE TABLE IF NOT EXISTS position (id INTEGER PRIMARY KEY CHECK (id = 0), pos INTEGER NOT NULL);",
         )
         .map_err(sql)?;
+        db.execute_batch(&format!("PRAGMA user_version = {SCHEMA};")).map_err(sql)?;
         Ok(Search { db: Mutex::new(db), rooms })
     }
 
@@ -98,10 +109,11 @@ impl Search {
                 let content = pdu.content_value();
                 let target = pdu
                     .redacts
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .or_else(|| content.get("redacts").and_then(Value::as_str).map(str::to_owned));
-                gone.extend(target);
+                    .clone()
+                    .or_else(|| content.get("redacts").and_then(Value::as_str).and_then(|t| t.try_into().ok()));
+                if let Some(meta) = target.map(|t| self.rooms.event_meta(&t)).transpose()?.flatten() {
+                    gone.push(meta.stream);
+                }
                 continue;
             }
             if self.rooms.event_meta(&pdu.event_id)?.is_some_and(|m| m.soft_failed || m.outlier) {
@@ -137,15 +149,16 @@ impl Search {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO texts (text, event_id, room_id, sender, kind, pos) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO texts (rowid, text, event_id, room_id, sender, kind, pos) \
+                     VALUES (?6, ?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(sql)?;
             for (text, event, room, sender, kind, pos) in &rows {
                 insert.execute(params![text, event, room, sender, kind, *pos as i64]).map_err(sql)?;
             }
-            let mut delete = tx.prepare_cached("DELETE FROM texts WHERE event_id = ?1").map_err(sql)?;
-            for event in &gone {
-                delete.execute(params![event]).map_err(sql)?;
+            let mut delete = tx.prepare_cached("DELETE FROM texts WHERE rowid = ?1").map_err(sql)?;
+            for pos in &gone {
+                delete.execute(params![*pos as i64]).map_err(sql)?;
             }
             tx.execute(
                 "INSERT INTO position (id, pos) VALUES (0, ?1) ON CONFLICT(id) DO UPDATE SET pos = ?1",
@@ -226,7 +239,7 @@ impl Search {
         let kinds = serde_json::to_string(q.kinds).map_err(|e| Error::internal(e.to_string()))?;
         let scope = "texts MATCH ?1 AND room_id IN (SELECT value FROM json_each(?2)) \
                      AND kind IN (SELECT value FROM json_each(?3))";
-        let order = if q.recent_first { "pos DESC" } else { "bm25(texts), pos DESC" };
+        let order = if q.recent_first { "rowid DESC" } else { "bm25(texts), rowid DESC" };
         let db = self.db.lock();
         let total: i64 = db
             .query_row(&format!("SELECT count(*) FROM texts WHERE {scope}"), params![fts, rooms, kinds], |r| r.get(0))

@@ -207,4 +207,24 @@ async fn a_lost_index_is_rebuilt(b: Backend) {
     indexed(&s).await;
     let (_, res) = search(&s, &at, json!({"search_term": "compost"})).await;
     assert_eq!(result_ids(&res), [kept.as_str()], "{res}");
+
+    // An index of the earlier layout (user_version 0; its rows emptied here, so only a
+    // rebuild finds the messages again) is dropped at start and taken in again from the
+    // stream; then a redaction removes its target's row by stream position.
+    let gone = say(&s, &at, &room, "m2", "compost tea").await;
+    indexed(&s).await;
+    s.restart().await;
+    {
+        let db = rusqlite::Connection::open(&index).unwrap();
+        db.execute_batch("PRAGMA user_version = 0; DELETE FROM texts;").unwrap();
+    }
+    s.restart().await;
+    indexed(&s).await;
+    let (_, res) = search(&s, &at, json!({"search_term": "compost", "order_by": "recent"})).await;
+    assert_eq!(result_ids(&res), [gone.as_str(), kept.as_str()], "newest first: {res}");
+    let redact = format!("/_matrix/client/v3/rooms/{room}/redact/{gone}/r1");
+    assert_eq!(s.put(&redact, Some(&at), json!({})).await.0, StatusCode::OK);
+    indexed(&s).await;
+    let (_, res) = search(&s, &at, json!({"search_term": "compost"})).await;
+    assert_eq!(result_ids(&res), [kept.as_str()], "the redacted message left the index: {res}");
 }
