@@ -95,15 +95,16 @@ impl Typing {
         true
     }
 
-    /// Who is typing in `room`, if that changed after `since` (always on an initial sync).
+    /// Who is typing in `room`, if that changed after `since`. With no `since` (an initial
+    /// sync, or a room new to the sync), any room where typing happened since the start
+    /// says so, an empty list included, as Synapse does: a client that joined after
+    /// someone stopped typing, or whose first sync of the room came between the start and
+    /// the stop, learns that nobody types now (sytest: "Typing can be explicitly stopped").
     pub fn typing_since(&self, room: &RoomId, since: Option<u64>) -> Option<Vec<OwnedUserId>> {
         self.expire(room);
         let st = self.state.lock();
         let r = st.rooms.get(room)?;
         if since.is_some_and(|s| r.changed_at <= s) {
-            return None;
-        }
-        if since.is_none() && r.users.is_empty() {
             return None;
         }
         Some(r.users.keys().cloned().collect())

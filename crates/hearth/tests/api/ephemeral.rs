@@ -58,6 +58,11 @@ async fn typing_reaches_the_other_member(b: Backend) {
     p.s.put(&path, Some(&p.at), json!({"typing": false})).await;
     let res = sync_since(&p.s, &p.bt, &since, 10000).await;
     assert_eq!(ephemeral(&res, &p.room, "m.typing").unwrap()["content"]["user_ids"], json!([]));
+    // A sync to which the room is new (an initial one here) says nobody types now, as
+    // Synapse's does for a room where typing happened: a client whose last view of the
+    // room had Alice typing learns that she stopped.
+    let (_, initial) = p.s.get("/_matrix/client/v3/sync", Some(&p.bt)).await;
+    assert_eq!(ephemeral(&initial, &p.room, "m.typing").unwrap()["content"]["user_ids"], json!([]), "{initial}");
 
     // Nobody sets another user's typing state.
     let other = format!("/_matrix/client/v3/rooms/{}/typing/{}", p.room, p.bob);
