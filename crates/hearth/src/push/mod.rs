@@ -4,6 +4,7 @@
 //! event that rules read live with the timeline rows that store them
 //! ([`crate::rooms::push_fields`]), so `push` reads `rooms` and never the other way.
 
+pub mod marks;
 pub mod notifications;
 pub mod rules;
 pub mod sender;
@@ -108,6 +109,9 @@ pub struct Push {
     /// counts it; the ruleset; the fields it reads, one shared value for equal sets).
     rulesets: Mutex<HashMap<OwnedUserId, KeptRuleset>>,
     unread: unread::UnreadCache,
+    /// The span of the stream that unread marks cover (the follower moves it).
+    pub(crate) marks: marks::Coverage,
+    trimmed: marks::Trimmed,
 }
 
 impl Push {
@@ -151,6 +155,16 @@ impl Push {
         split_threads: bool,
     ) -> Result<unread::UnreadCounts> {
         let (version, rules, fields) = self.ruleset(account_data, user)?;
-        self.unread.counts(rooms, (&rules, &fields), version, room_id, user, until, split_threads)
+        let marks = self.marks.span();
+        self.unread.counts(rooms, (&rules, &fields), version, room_id, user, until, split_threads, marks)
+    }
+
+    /// Deletes the user's unread marks in the room that their receipts (or their join)
+    /// have put out of reach (see [`marks`]).
+    pub(crate) fn trim_marks(&self, rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<()> {
+        let receipts = unread::ReadPositions::load(rooms, room_id, user)?;
+        let joined_at = unread::joined_at(rooms, room_id, user)?;
+        self.trimmed
+            .trim(&rooms.store, (user, room_id), receipts.changed_at, joined_at, |thread| receipts.read_up_to(thread))
     }
 }

@@ -25,7 +25,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::Push;
+use super::{marks, Push};
 use crate::{
     error::{Error, Result},
     rooms::{remote::REMOTE_INVITES_BY_POS, Rooms},
@@ -46,6 +46,13 @@ fn invite_context(room: &ruma::RoomId, user: &UserId) -> ruma::push::PushConditi
         user.to_owned(),
         user.localpart().to_owned(),
     )
+}
+
+/// The event as push rules read it.
+fn flatten(pdu: &crate::rooms::pdu::Pdu) -> Result<FlattenedJson> {
+    let raw: Raw<Value> =
+        Raw::from_json(serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?);
+    Ok(FlattenedJson::from_raw(&raw))
 }
 
 /// One notification: an event the user's rules said to notify them of.
@@ -135,6 +142,62 @@ impl Notifications {
         Ok(PUSH_STATE.get(&self.store, "position")?.unwrap_or_else(|| self.rooms.stream_now()))
     }
 
+    /// Where the follower starts: the position evaluated up to. Unread marks cover the
+    /// stream from where the first follower that wrote them started; that start is written
+    /// with the position, so that no span is claimed that no follower marked.
+    pub fn start(&self) -> Result<u64> {
+        let position = self.position()?;
+        let from = match PUSH_STATE.get(&self.store, marks::MARKS_FROM)? {
+            Some(from) => from,
+            None => {
+                let mut batch = Batch::new();
+                PUSH_STATE.put(&mut batch, "position", &position);
+                PUSH_STATE.put(&mut batch, marks::MARKS_FROM, &position);
+                self.store.write(batch)?;
+                position
+            }
+        };
+        self.push.marks.start(from, position);
+        Ok(position)
+    }
+
+    /// A redaction's target was cut down: the joined local users' marks of it are made
+    /// again from what is left of it (a redacted mention no longer highlights). Marks
+    /// already trimmed stay gone, and the sender's own stays.
+    fn mark_redacted(
+        &self,
+        batch: &mut Batch,
+        room: &ruma::RoomId,
+        target: &ruma::EventId,
+        joined: &[OwnedUserId],
+    ) -> Result<()> {
+        let Some(meta) = self.rooms.event_meta(target)? else { return Ok(()) };
+        if meta.room_id != room || meta.redacted_by.is_none() {
+            return Ok(());
+        }
+        let Some(pdu) = self.rooms.pdu_shared(target)? else { return Ok(()) };
+        let flat = flatten(&pdu)?;
+        for user in joined.iter().filter(|u| **u != pdu.sender) {
+            match marks::UNREAD_MARKS.get(&self.store, (user.as_str(), room.as_str(), meta.stream))? {
+                Some(mark) if !mark.own => {}
+                _ => continue,
+            }
+            let (_, rules, _) = self.push.ruleset(&self.account_data, user)?;
+            let ctx = self.push.context(&self.rooms, room, user)?;
+            let actions = super::unread::first_match(&rules, &flat, &ctx).unwrap_or_default();
+            let notify = actions.iter().any(Action::should_notify);
+            let highlight = actions.iter().any(Action::is_highlight);
+            match notify || highlight {
+                true => {
+                    let mark = marks::Mark { own: false, notify, highlight, thread: super::unread::thread_root(&flat) };
+                    marks::put(batch, user, room, meta.stream, &mark);
+                }
+                false => marks::delete(batch, user, room, meta.stream),
+            }
+        }
+        Ok(())
+    }
+
     /// Evaluates the events in (since, until] (at most [`EVALUATE_CHUNK`]); returns the
     /// position reached and the users who got a notification.
     pub fn evaluate_between(&self, since: u64, until: u64) -> Result<(u64, BTreeSet<OwnedUserId>)> {
@@ -154,7 +217,7 @@ impl Notifications {
         for (pos, entry, remote_invite) in &events {
             let Some(pdu) = self.rooms.pdu_shared(&entry.event_id)? else { continue };
             // A room elsewhere that the invitee is invited to has no members here.
-            let mut recipients: Vec<OwnedUserId> = match remote_invite {
+            let joined: Vec<OwnedUserId> = match remote_invite {
                 true => Vec::new(),
                 false => self
                     .rooms
@@ -164,23 +227,30 @@ impl Notifications {
                     .cloned()
                     .collect(),
             };
+            let mut recipients = joined.clone();
             // An invite notifies its (local) invitee, who is not joined.
             if pdu.kind == TimelineEventType::RoomMember {
-                let invitee = pdu.state_key.as_deref().and_then(|k| OwnedUserId::try_from(k).ok());
-                let is_invite = pdu.content_value()["membership"] == "invite";
-                if let Some(target) = invitee.filter(|t| is_invite && t.server_name() == self.own) {
-                    if !recipients.contains(&target) {
-                        recipients.push(target);
+                let target = pdu.state_key.as_deref().and_then(|k| OwnedUserId::try_from(k).ok());
+                let membership = pdu.content_value()["membership"].as_str().map(str::to_owned);
+                if let Some(target) = target.filter(|t| t.server_name() == self.own) {
+                    match membership.as_deref() {
+                        Some("invite") if !recipients.contains(&target) => recipients.push(target),
+                        // Gone from the room: none of their marks there will be read.
+                        Some("leave" | "ban") => marks::forget_room(&self.store, &mut batch, &target, &entry.room_id)?,
+                        _ => {}
                     }
                 }
             }
             recipients.retain(|u| *u != pdu.sender);
-            if recipients.is_empty() {
-                continue;
+            let flat = flatten(&pdu)?;
+            let thread = super::unread::thread_root(&flat);
+            if !*remote_invite && joined.contains(&pdu.sender) {
+                let mark = marks::Mark { own: true, thread: thread.clone(), ..Default::default() };
+                marks::put(&mut batch, &pdu.sender, &entry.room_id, *pos, &mark);
             }
-            let raw: Raw<Value> =
-                Raw::from_json(serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?);
-            let flat = FlattenedJson::from_raw(&raw);
+            if let Some(target) = pdu.redaction_target() {
+                self.mark_redacted(&mut batch, &entry.room_id, &target, &joined)?;
+            }
             for user in recipients {
                 let (_, rules, _) = self.push.ruleset(&self.account_data, &user)?;
                 let ctx = match remote_invite {
@@ -188,7 +258,13 @@ impl Notifications {
                     false => self.push.context(&self.rooms, &entry.room_id, &user)?,
                 };
                 let Some(actions) = super::unread::first_match(&rules, &flat, &ctx) else { continue };
-                if !actions.iter().any(Action::should_notify) {
+                let notify = actions.iter().any(Action::should_notify);
+                let highlight = actions.iter().any(Action::is_highlight);
+                if (notify || highlight) && joined.contains(&user) {
+                    let mark = marks::Mark { own: false, notify, highlight, thread: thread.clone() };
+                    marks::put(&mut batch, &user, &entry.room_id, *pos, &mark);
+                }
+                if !notify {
                     continue;
                 }
                 let row = Notification {
@@ -204,6 +280,7 @@ impl Notifications {
         }
         PUSH_STATE.put(&mut batch, "position", &reached);
         self.store.write(batch)?;
+        self.push.marks.reached(reached);
         for (user, added) in &notified {
             let known = self.kept.lock().get(user).copied();
             let mut kept = match known {
@@ -328,6 +405,11 @@ impl Notifications {
             .filter(|u| u.server_name() == self.own)
             .cloned()
             .collect())
+    }
+
+    /// Deletes the user's unread marks in the room that their receipts put out of reach.
+    pub fn trim_marks(&self, room_id: &ruma::RoomId, user: &UserId) -> Result<()> {
+        self.push.trim_marks(&self.rooms, room_id, user)
     }
 
     /// The room a notification's event is in, and the event, for delivery and listing.

@@ -171,7 +171,7 @@ impl PushSender {
     async fn follow(&self, stream: Arc<Stream>) {
         let mut durable = stream.watch_durable();
         let mut stop = self.stop.subscribe();
-        let mut pos = match self.notifications.position() {
+        let mut pos = match self.notifications.start() {
             Ok(p) => p,
             Err(e) => return tracing::error!(error = %e, "cannot read the push position"),
         };
@@ -200,7 +200,7 @@ impl PushSender {
     }
 
     /// Receipts in (since, until]: the pushers of the rooms' local members look at their
-    /// badge again.
+    /// badge again, and their unread marks behind the receipts are deleted.
     fn note_receipts(&self, since: u64, until: u64) {
         let items = match self.rooms.stream.items_between(since, until) {
             Ok(items) => items,
@@ -214,7 +214,15 @@ impl PushSender {
         }
         for room in rooms {
             match self.notifications.readers_in(&room) {
-                Ok(members) => self.wake_users(members.iter().map(|u| &**u), true),
+                Ok(members) => {
+                    self.wake_users(members.iter().map(|u| &**u), true);
+                    // Marks behind the readers' new receipts will not count again.
+                    for member in &members {
+                        if let Err(e) = self.notifications.trim_marks(&room, member) {
+                            tracing::warn!(%room, error = %e, "cannot trim unread marks");
+                        }
+                    }
+                }
                 Err(e) => tracing::warn!(%room, error = %e, "cannot read a room's members for badges"),
             }
         }

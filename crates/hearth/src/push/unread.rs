@@ -1,8 +1,11 @@
 //! Unread notification counts per room, as sync reports them.
 //!
-//! The events after the user's read receipt (`m.read` or `m.read.private`) are evaluated
-//! against their push rules with ruma's evaluator, in the room's context (member count,
-//! display name, power levels). The tally is kept in memory per (user, room) and carried
+//! The events after the user's read receipt (`m.read` or `m.read.private`) are counted
+//! from the unread marks the push follower wrote when it evaluated them (see
+//! [`super::marks`]). Where no marks cover the span (history from before this Hearth wrote
+//! them, or events the follower has not reached yet), the events are evaluated here
+//! against the user's push rules with ruma's evaluator, in the room's context (member
+//! count, display name, power levels). The tally is kept in memory per (user, room) and carried
 //! forward: a sync evaluates only the events that arrived since the last one, so a wake-up
 //! costs what happened, not how much is unread. A tally starts over when the user's receipts
 //! in the room or their push rules change. One sync evaluates at most [`MAX_COUNTED`]
@@ -40,7 +43,7 @@ pub struct UnreadCounts {
 
 /// The thread an event belongs to (`m.relates_to` with `rel_type: m.thread`). Flattened
 /// paths escape the dots inside keys.
-fn thread_root(event: &FlattenedJson) -> Option<ruma::OwnedEventId> {
+pub(super) fn thread_root(event: &FlattenedJson) -> Option<ruma::OwnedEventId> {
     if event.get_str(r"content.m\.relates_to.rel_type")? != "m.thread" {
         return None;
     }
@@ -49,14 +52,14 @@ fn thread_root(event: &FlattenedJson) -> Option<ruma::OwnedEventId> {
 
 /// The user's read positions in a room: stream positions of the events their receipts
 /// point at, by thread ("" unthreaded, "main", or a thread root), public and private alike.
-struct ReadPositions {
+pub(super) struct ReadPositions {
     by_thread: BTreeMap<String, u64>,
     /// Highest stream position of any of these receipts' own changes: the tally's key.
-    changed_at: u64,
+    pub(super) changed_at: u64,
 }
 
 impl ReadPositions {
-    fn load(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<Self> {
+    pub(super) fn load(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<Self> {
         let mut out = ReadPositions { by_thread: BTreeMap::new(), changed_at: 0 };
         let range = KeyRange::prefix(&encode_key::<(String, String)>((room_id.as_str(), user.as_str())));
         let mut receipts = Vec::new();
@@ -82,7 +85,7 @@ impl ReadPositions {
     }
 
     /// Where reading stopped in a timeline (`None` = main).
-    fn read_up_to(&self, bucket: Option<&OwnedEventId>) -> u64 {
+    pub(super) fn read_up_to(&self, bucket: Option<&OwnedEventId>) -> u64 {
         let key = bucket.map_or("main", |root| root.as_str());
         self.unthreaded().max(self.by_thread.get(key).copied().unwrap_or(0))
     }
@@ -127,6 +130,7 @@ impl UnreadCache {
         user: &UserId,
         until: u64,
         split_threads: bool,
+        marks: Option<(u64, u64)>,
     ) -> Result<UnreadCounts> {
         let cache_key = (user.to_owned(), room_id.to_owned());
         let cached = {
@@ -148,13 +152,13 @@ impl UnreadCache {
                 // count afresh without disturbing the cache.
                 let context = || self.context(rooms, room_id, user);
                 let tally = fresh(receipts, joined_at(rooms, room_id, user)?, until, key);
-                return Ok(tally.advance(rooms, rules, room_id, user, until, context)?.counts);
+                return Ok(tally.advance(rooms, rules, room_id, user, until, marks, &context)?.counts);
             }
             Some(t) => t,
             None => fresh(receipts, joined_at(rooms, room_id, user)?, until, key),
         };
         tally.receipts_at = tally.receipts_at.max(until);
-        tally = tally.advance(rooms, rules, room_id, user, until, || self.context(rooms, room_id, user))?;
+        tally = tally.advance(rooms, rules, room_id, user, until, marks, &|| self.context(rooms, room_id, user))?;
         let counts = tally.counts.clone();
         let mut tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
         // Keep the furthest tally if two syncs raced.
@@ -201,70 +205,129 @@ fn fresh(receipts: Arc<ReadPositions>, joined_at: u64, at: u64, key: (u64, u64, 
 }
 
 /// Where the user's current join to the room is in the stream (0 if not joined).
-fn joined_at(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<u64> {
+pub(super) fn joined_at(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<u64> {
     let record = rooms.membership(room_id, user)?;
     Ok(record.filter(|r| r.membership == MembershipState::Join).map_or(0, |r| r.stream))
 }
 
+/// What one event does to a tally: the user's own, or the actions their rules gave it.
+struct Verdict {
+    own: bool,
+    notify: bool,
+    highlight: bool,
+}
+
 impl Tally {
-    /// Evaluates the events after `counted_to` up to `until` (at most [`MAX_COUNTED`]).
+    /// Counts the events after `counted_to` up to `until`: from the unread marks where they
+    /// cover the span (`marks`, see [`super::marks`]), by evaluating the events elsewhere
+    /// (at most [`MAX_COUNTED`] of them per call).
     #[allow(clippy::too_many_arguments)]
     fn advance(
         mut self,
+        rooms: &Rooms,
+        rules: (&Ruleset, &Arc<PushFields>),
+        room_id: &RoomId,
+        user: &UserId,
+        until: u64,
+        marks: Option<(u64, u64)>,
+        context: &dyn Fn() -> Result<Arc<PushConditionRoomCtx>>,
+    ) -> Result<Self> {
+        // An empty span when the marks are not known yet.
+        let (marks_from, marks_to) = marks.unwrap_or((u64::MAX, 0));
+        while self.counted_to < until {
+            if self.counted_to >= marks_from && self.counted_to < marks_to {
+                let end = until.min(marks_to);
+                let mut seen = Vec::new();
+                super::marks::scan(&rooms.store, user, room_id, self.counted_to, end, |pos, mark| {
+                    seen.push((pos, mark));
+                })?;
+                for (pos, mark) in seen {
+                    let bucket = if self.key.2 { mark.thread } else { None };
+                    self.note(pos, bucket, Verdict { own: mark.own, notify: mark.notify, highlight: mark.highlight });
+                }
+                self.counted_to = end;
+            } else {
+                let end = if self.counted_to < marks_from { until.min(marks_from) } else { until };
+                let capped = self.evaluate(rooms, rules, room_id, user, end, context)?;
+                if capped {
+                    break;
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// Evaluates the events after `counted_to` up to `until`, at most [`MAX_COUNTED`];
+    /// whether it stopped there.
+    fn evaluate(
+        &mut self,
         rooms: &Rooms,
         (rules, fields): (&Ruleset, &Arc<PushFields>),
         room_id: &RoomId,
         user: &UserId,
         until: u64,
-        context: impl FnOnce() -> Result<Arc<PushConditionRoomCtx>>,
-    ) -> Result<Self> {
-        let split_threads = self.key.2;
-        let receipts = self.receipts.clone();
+        context: &dyn Fn() -> Result<Arc<PushConditionRoomCtx>>,
+    ) -> Result<bool> {
         let page = rooms.page_for_push(room_id, self.counted_to, MAX_COUNTED, until, fields)?;
+        let capped = page.len() == MAX_COUNTED;
         self.counted_to = match page.last() {
-            Some((last, _)) if page.len() == MAX_COUNTED => *last,
+            Some((last, _)) if capped => *last,
             _ => until,
         };
         if page.is_empty() {
-            return Ok(self);
+            return Ok(false);
         }
         let ctx = context()?;
         for (pos, event) in page {
             // The rules see the event as stored (as Synapse's evaluator does), with no
             // conversion to the client format, whose only extra field is `event_id`.
-            let bucket = if split_threads { thread_root(&event) } else { None };
-            let read_pos = *self.read.entry(bucket.clone()).or_insert_with(|| receipts.read_up_to(bucket.as_ref()));
-            if event.get_str("sender") == Some(user.as_str()) {
-                // Sending counts as having read everything before it in that timeline. A
-                // receipt further on (threaded receipts start the count before it) stays.
-                match &bucket {
-                    None => (self.counts.notifications, self.counts.highlights) = (0, 0),
-                    Some(root) => {
-                        self.counts.threads.remove(root);
-                    }
+            let bucket = if self.key.2 { thread_root(&event) } else { None };
+            let verdict = if event.get_str("sender") == Some(user.as_str()) {
+                Verdict { own: true, notify: false, highlight: false }
+            } else {
+                let Some(actions) = first_match(rules, &event, &ctx) else { continue };
+                Verdict {
+                    own: false,
+                    notify: actions.iter().any(|a| a.should_notify()),
+                    highlight: actions.iter().any(|a| a.is_highlight()),
                 }
-                self.read.insert(bucket, read_pos.max(pos));
-                continue;
-            }
-            if pos <= read_pos {
-                continue;
-            }
-            let Some(actions) = first_match(rules, &event, &ctx) else { continue };
-            let notify = u64::from(actions.iter().any(|a| a.should_notify()));
-            let highlight = u64::from(actions.iter().any(|a| a.is_highlight()));
-            match bucket {
-                None => {
-                    self.counts.notifications += notify;
-                    self.counts.highlights += highlight;
-                }
+            };
+            self.note(pos, bucket, verdict);
+        }
+        Ok(capped)
+    }
+
+    /// Adds the event at `pos` in timeline `bucket` (None = main) to the counts.
+    fn note(&mut self, pos: u64, bucket: Option<OwnedEventId>, verdict: Verdict) {
+        let receipts = &self.receipts;
+        let read_pos = *self.read.entry(bucket.clone()).or_insert_with(|| receipts.read_up_to(bucket.as_ref()));
+        if verdict.own {
+            // Sending counts as having read everything before it in that timeline. A
+            // receipt further on (threaded receipts start the count before it) stays.
+            match &bucket {
+                None => (self.counts.notifications, self.counts.highlights) = (0, 0),
                 Some(root) => {
-                    let entry = self.counts.threads.entry(root).or_default();
-                    entry.0 += notify;
-                    entry.1 += highlight;
+                    self.counts.threads.remove(root);
                 }
+            }
+            self.read.insert(bucket, read_pos.max(pos));
+            return;
+        }
+        if pos <= read_pos {
+            return;
+        }
+        let (notify, highlight) = (u64::from(verdict.notify), u64::from(verdict.highlight));
+        match bucket {
+            None => {
+                self.counts.notifications += notify;
+                self.counts.highlights += highlight;
+            }
+            Some(root) => {
+                let entry = self.counts.threads.entry(root).or_default();
+                entry.0 += notify;
+                entry.1 += highlight;
             }
         }
-        Ok(self)
     }
 }
 

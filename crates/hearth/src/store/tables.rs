@@ -97,7 +97,11 @@ pub const OPENID_TOKENS: &str = "openid_tokens";
 pub const BLOCKED_ROOMS: &str = "blocked_rooms";
 /// (room id, thread root event id) → the stream position of the thread's newest event.
 pub const THREAD_ROOTS: &str = "thread_roots";
+/// Event id → (): events that an edit, a thread reply or a reference points at.
 pub const BUNDLED_TARGETS: &str = "bundled_targets";
+/// (user id, room id, stream position) → what that event does to the user's unread
+/// counts, as the push follower judged it.
+pub const UNREAD_MARKS: &str = "unread_marks";
 pub const ALL: &[&str] = &[
     META_NAME,
     ACCOUNTS,
@@ -162,6 +166,7 @@ pub const ALL: &[&str] = &[
     BLOCKED_ROOMS,
     THREAD_ROOTS,
     BUNDLED_TARGETS,
+    UNREAD_MARKS,
 ];
 
 /// (destination server, stream position) → event id: PDUs queued for another server.

@@ -428,3 +428,134 @@ async fn push_rules_by_any_id_and_in_order(b: Backend) {
 }
 
 both_engines!(push_rule_paths, push_rules_by_any_id_and_in_order);
+
+/// Waits until the push follower has evaluated everything in the stream (it runs behind
+/// the requests, on durable positions).
+async fn follower_caught_up(s: &TestServer) {
+    use hearth::push::notifications::PUSH_STATE;
+    let services = s.services();
+    for _ in 0..1000 {
+        let now = services.rooms.stream_now();
+        if PUSH_STATE.get(&services.store, "position").unwrap().is_some_and(|p| p >= now) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the push follower did not catch up");
+}
+
+/// Bob's unread marks in the room: (stream position, mark).
+fn marks_of(s: &TestServer, user: &str, room: &str) -> Vec<(u64, hearth::push::marks::Mark)> {
+    let mut out = Vec::new();
+    let user = ruma::UserId::parse(user).unwrap();
+    let room = ruma::RoomId::parse(room).unwrap();
+    hearth::push::marks::scan(&s.services().store, &user, &room, 0, u64::MAX - 1, |pos, mark| out.push((pos, mark)))
+        .unwrap();
+    out
+}
+
+/// Counts made from the push follower's unread marks equal counts made by evaluating the
+/// events (threads, the user's own message, a mention, a redacted mention), both split by
+/// thread and not. A rule changed later applies to later events only (as Synapse's push
+/// actions), receipts delete the marks they put behind them, and leaving deletes the rest.
+async fn unread_counts_from_marks_match_evaluation(b: Backend) {
+    use hearth::push::{marks::MARKS_FROM, notifications::PUSH_STATE};
+    let (mut s, at, bob, bt, room) = direct_chat(b).await;
+    async fn send_as(s: &TestServer, token: &str, room: &str, txn: &str, content: Value) -> String {
+        let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}");
+        let (status, r) = s.put(&path, Some(token), content).await;
+        assert_eq!(status, StatusCode::OK, "{r}");
+        r["event_id"].as_str().unwrap().to_owned()
+    }
+    let root = send_as(&s, &at, &room, "root", json!({"msgtype": "m.text", "body": "root"})).await;
+    let in_thread = |body: &str| json!({"msgtype": "m.text", "body": body, "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+    send_as(&s, &at, &room, "t1", in_thread("one")).await;
+    send_as(&s, &at, &room, "t2", in_thread("two")).await;
+    // Bob answering on the main timeline reads the root, not the thread.
+    send_as(&s, &bt, &room, "own", json!({"msgtype": "m.text", "body": "here"})).await;
+    let mention = json!({"user_ids": [bob]});
+    send_as(&s, &at, &room, "m1", json!({"msgtype": "m.text", "body": "hey bob", "m.mentions": mention})).await;
+    let secret =
+        send_as(&s, &at, &room, "m2", json!({"msgtype": "m.text", "body": "bob: psst", "m.mentions": mention})).await;
+    let path = format!("/_matrix/client/v3/rooms/{room}/redact/{}/r1", secret.replace('$', "%24"));
+    assert_eq!(s.put(&path, Some(&at), json!({})).await.0, StatusCode::OK);
+    let last = send_as(&s, &at, &room, "t3", in_thread("three")).await;
+
+    type Counts = ((Option<u64>, Option<u64>, Option<u64>), (u64, u64));
+    async fn counts(s: &TestServer, bt: &str, room: &str, root: &str) -> Counts {
+        let filter = "%7B%22room%22%3A%7B%22timeline%22%3A%7B%22unread_thread_notifications%22%3Atrue%7D%7D%7D";
+        let (_, res) = s.get(&format!("/_matrix/client/v3/sync?filter={filter}"), Some(bt)).await;
+        let joined = &res["rooms"]["join"][room];
+        let main = &joined["unread_notifications"];
+        let thread = &joined["unread_thread_notifications"][root];
+        let split = (
+            main["notification_count"].as_u64(),
+            main["highlight_count"].as_u64(),
+            thread["notification_count"].as_u64(),
+        );
+        (split, unread(s, bt, room).await)
+    }
+    // Split: the main timeline has the mention and the redacted one (which still notifies
+    // but no longer highlights); the thread its three replies. Unsplit: Bob's message read
+    // the first two replies.
+    let expected = ((Some(2), Some(1), Some(3)), (3, 1));
+
+    follower_caught_up(&s).await;
+    s.restart().await;
+    // From Bob's join on (a follower that comes late may also mark what it finds Bob
+    // joined for, before his join; those never count).
+    let marked = marks_of(&s, &bob, &room);
+    let after_join: Vec<_> = marked.iter().skip_while(|(_, m)| !m.own).skip(1).collect();
+    assert_eq!(after_join.len(), 7, "root, three replies, Bob's own, two mentions: {marked:?}");
+    let highlights: Vec<bool> = after_join.iter().filter(|(_, m)| !m.own).map(|(_, m)| m.highlight).collect();
+    assert_eq!(highlights, [false, false, false, true, false, false], "the redacted mention: {marked:?}");
+    assert_eq!(counts(&s, &bt, &room, &root).await, expected, "from marks");
+
+    // A Hearth that wrote no marks for this history counts it by evaluating the events.
+    let set_marks_from = |s: &TestServer, at: u64| {
+        let mut batch = hearth::store::Batch::new();
+        PUSH_STATE.put(&mut batch, MARKS_FROM, &at);
+        s.services().store.write(batch).unwrap();
+    };
+    let marks_from = PUSH_STATE.get(&s.services().store, MARKS_FROM).unwrap().unwrap();
+    set_marks_from(&s, s.services().rooms.stream_now());
+    s.restart().await;
+    assert_eq!(counts(&s, &bt, &room, &root).await, expected, "by evaluation");
+    set_marks_from(&s, marks_from);
+    s.restart().await;
+
+    // Muting the room silences what comes next; what was already unread stays.
+    let (status, res) =
+        s.put(&format!("/_matrix/client/v3/pushrules/global/room/{room}"), Some(&bt), json!({"actions": []})).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    send_as(&s, &at, &room, "quiet", json!({"msgtype": "m.text", "body": "quiet"})).await;
+    follower_caught_up(&s).await;
+    assert_eq!(counts(&s, &bt, &room, &root).await.1, (3, 1));
+    assert_eq!(marks_of(&s, &bob, &room).len(), marked.len(), "no mark for a muted message");
+    let path = format!("/_matrix/client/v3/pushrules/global/room/{room}");
+    assert_eq!(s.request(Method::DELETE, &path, Some(&bt), None).await.0, StatusCode::OK);
+
+    // An unthreaded receipt on the last reply reads everything; its marks go.
+    let path = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{last}");
+    assert_eq!(s.post(&path, Some(&bt), json!({})).await.0, StatusCode::OK);
+    assert_eq!(counts(&s, &bt, &room, &root).await, ((Some(0), Some(0), None), (0, 0)));
+    for _ in 0..500 {
+        if marks_of(&s, &bob, &room).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(marks_of(&s, &bob, &room), vec![], "marks behind the receipt are deleted");
+
+    // A new message is marked; leaving the room deletes the mark.
+    send_as(&s, &at, &room, "later", json!({"msgtype": "m.text", "body": "later"})).await;
+    follower_caught_up(&s).await;
+    assert_eq!(marks_of(&s, &bob, &room).len(), 1);
+    assert_eq!(counts(&s, &bt, &room, &root).await.1, (1, 0));
+    let path = format!("/_matrix/client/v3/rooms/{room}/leave");
+    assert_eq!(s.post(&path, Some(&bt), json!({})).await.0, StatusCode::OK);
+    follower_caught_up(&s).await;
+    assert_eq!(marks_of(&s, &bob, &room), vec![]);
+}
+
+both_engines!(unread_counts_from_marks_match_evaluation);
