@@ -2,23 +2,26 @@
 //! when the push follower evaluates the event (see [`super::notifications`]), so that a
 //! sync adds up marks instead of evaluating every unread event against the user's rules.
 //!
-//! A mark is written for a local member who was joined when the follower reached the
-//! event: their own event (which counts as having read what came before it in that
-//! timeline), or one their rules made notify or highlight. Events that do neither leave no
-//! mark. The verdict is the rules' at the time the event was evaluated, as Synapse's push
-//! actions are: a rule changed later applies to later events. A redaction evaluates its
-//! target again, cut down, so a mention that is redacted stops highlighting.
+//! One row per event and room, not per member: the verdict most of the room's local
+//! members got (notify, highlight, or nothing), and the members whose verdict differs (a
+//! mention, a muted room, the sender's own event, which counts as having read what came
+//! before it in that timeline). A room of a hundred members writes one small row per
+//! message rather than a hundred. Events that mean nothing to anyone leave no row. The
+//! verdict is the rules' at the time the event was evaluated, as Synapse's push actions
+//! are: a rule changed later applies to later events. A redaction evaluates its target
+//! again, cut down, so a mention that is redacted stops highlighting.
 //!
 //! The marks cover the stream from the position the follower stood at when this Hearth
 //! first wrote them ([`MARKS_FROM`]) to the position it has reached ([`Coverage`]); counts
-//! outside that span are made by evaluating the events, as before. Marks that no receipt
-//! can make count again (at or before the user's read position in their timeline, or
-//! before their join) are deleted after their receipts move, and all of a user's marks in
-//! a room when they leave it.
+//! outside that span are made by evaluating the events, as before. Rows that can count for
+//! no local member any more (each is joined after it, or has read past it in its
+//! timeline) are deleted after receipts in the room (in rooms of many local members at
+//! most once per [`TRIM_EVERY`]), and all of them once no local member is left.
 
 use std::{
     collections::HashMap,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
 };
 
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
@@ -29,51 +32,102 @@ use crate::{
     store::{tables, Batch, KeyRange, Order, Store, Table},
 };
 
-/// (user, room, stream position) → the event's mark.
-pub const UNREAD_MARKS: Table<(String, String, u64), Mark> = Table::new(tables::UNREAD_MARKS);
+/// (room, stream position) → the event's marks.
+pub const UNREAD_MARKS: Table<(String, u64), Marks> = Table::new(tables::UNREAD_MARKS);
 /// The key in the push state table of the position marks were first written after.
 pub const MARKS_FROM: &str = "marks_from";
+/// Least time between two trims of the rows of a room with many local members.
+pub const TRIM_EVERY: Duration = Duration::from_secs(60);
+/// Rooms with at most this many local members are trimmed after every receipt.
+pub const TRIM_ALWAYS_UP_TO: usize = 16;
 
-/// What one event means to one user's unread counts.
+pub const OWN: u8 = 1;
+pub const NOTIFY: u8 = 2;
+pub const HIGHLIGHT: u8 = 4;
+
+/// What one event means to the room's local members' unread counts.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Mark {
-    /// The user sent it.
-    pub own: bool,
-    pub notify: bool,
-    pub highlight: bool,
-    /// The thread it is in (`m.thread` relation), if any.
+pub struct Marks {
+    /// The verdict of every member not listed ([`NOTIFY`], [`HIGHLIGHT`]).
+    pub default: u8,
+    /// The thread the event is in (`m.thread` relation), if any.
     pub thread: Option<OwnedEventId>,
+    /// Members whose verdict differs from `default` (the sender with [`OWN`]).
+    pub users: Vec<(OwnedUserId, u8)>,
 }
 
-const OWN: u8 = 1;
-const NOTIFY: u8 = 2;
-const HIGHLIGHT: u8 = 4;
+impl Marks {
+    /// From each member's verdict: the most common one becomes the default.
+    pub fn from_verdicts(verdicts: Vec<(OwnedUserId, u8)>, thread: Option<OwnedEventId>) -> Self {
+        let mut tally: [usize; 8] = [0; 8];
+        for (_, flags) in &verdicts {
+            tally[usize::from(*flags & 7)] += 1;
+        }
+        let default = (0..8u8)
+            .filter(|f| f & OWN == 0)
+            .max_by_key(|&f| (tally[usize::from(f)], std::cmp::Reverse(f)))
+            .unwrap_or(0);
+        let users = verdicts.into_iter().filter(|(_, flags)| *flags != default).collect();
+        Marks { default, thread, users }
+    }
 
-/// One flags byte, then the thread root's id (if any): marks are many and small.
-impl ValueCodec for Mark {
+    /// Whether the row says anything to anyone.
+    pub fn is_empty(&self) -> bool {
+        self.default == 0 && self.users.is_empty()
+    }
+
+    /// The verdict for `user`: ([`OWN`] | [`NOTIFY`] | [`HIGHLIGHT`]) bits.
+    pub fn of(&self, user: &UserId) -> u8 {
+        self.users.iter().find(|(u, _)| u == user).map_or(self.default, |(_, flags)| *flags)
+    }
+}
+
+/// Flags byte, the thread root's id and each listed member, each string after its length
+/// byte (event and user ids are at most 255 bytes).
+impl ValueCodec for Marks {
     fn encode_value(&self) -> Vec<u8> {
-        let flags =
-            (u8::from(self.own) * OWN) | (u8::from(self.notify) * NOTIFY) | (u8::from(self.highlight) * HIGHLIGHT);
         let root = self.thread.as_ref().map_or("", |t| t.as_str());
-        let mut out = Vec::with_capacity(1 + root.len());
-        out.push(flags);
-        out.extend_from_slice(root.as_bytes());
+        let mut out = Vec::with_capacity(2 + root.len() + self.users.len() * 24);
+        out.push(self.default);
+        push_str(&mut out, root);
+        for (user, flags) in &self.users {
+            out.push(*flags);
+            push_str(&mut out, user.as_str());
+        }
         out
     }
 
     fn decode_value(bytes: &[u8]) -> Result<Self, CodecError> {
-        let (&flags, root) = bytes.split_first().ok_or_else(|| CodecError("empty unread mark".into()))?;
+        let bad = || CodecError("undecodable unread marks".into());
+        let (&default, mut rest) = bytes.split_first().ok_or_else(bad)?;
+        let root = take_str(&mut rest).ok_or_else(bad)?;
         let thread = match root {
-            [] => None,
-            root => Some(
-                std::str::from_utf8(root)
-                    .ok()
-                    .and_then(|r| OwnedEventId::try_from(r).ok())
-                    .ok_or_else(|| CodecError("unread mark with a bad thread id".into()))?,
-            ),
+            "" => None,
+            root => Some(OwnedEventId::try_from(root).map_err(|_| bad())?),
         };
-        Ok(Mark { own: flags & OWN != 0, notify: flags & NOTIFY != 0, highlight: flags & HIGHLIGHT != 0, thread })
+        let mut users = Vec::new();
+        while let Some((&flags, tail)) = rest.split_first() {
+            rest = tail;
+            let user = take_str(&mut rest).and_then(|u| OwnedUserId::try_from(u).ok()).ok_or_else(bad)?;
+            users.push((user, flags));
+        }
+        Ok(Marks { default, thread, users })
     }
+}
+
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    // Ids are at most 255 bytes (checked where they are parsed); a longer one is cut to
+    // nothing rather than written unreadably.
+    let s = if s.len() > 255 { "" } else { s };
+    out.push(s.len() as u8);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn take_str<'a>(input: &mut &'a [u8]) -> Option<&'a str> {
+    let (&len, rest) = input.split_first()?;
+    let (s, rest) = rest.split_at_checked(usize::from(len))?;
+    *input = rest;
+    std::str::from_utf8(s).ok()
 }
 
 /// The span of the stream the marks cover, (from, to], once the follower has started.
@@ -105,81 +159,74 @@ impl Coverage {
     }
 }
 
-fn room_prefix(user: &UserId, room: &RoomId) -> KeyRange {
-    KeyRange::prefix(&encode_key::<(String, String)>((user.as_str(), room.as_str())))
-}
-
-/// Visits the user's marks in the room in (after, up_to], oldest first.
-pub fn scan(
-    store: &Store,
-    user: &UserId,
-    room: &RoomId,
-    after: u64,
-    up_to: u64,
-    mut visit: impl FnMut(u64, Mark),
-) -> Result<()> {
+/// Visits the room's marks in (after, up_to], oldest first.
+pub fn scan(store: &Store, room: &RoomId, after: u64, up_to: u64, mut visit: impl FnMut(u64, Marks)) -> Result<()> {
     if up_to <= after {
         return Ok(());
     }
-    let key = |pos: u64| encode_key::<(String, String, u64)>((user.as_str(), room.as_str(), pos));
+    let key = |pos: u64| encode_key::<(String, u64)>((room.as_str(), pos));
     let range = KeyRange { lower: Some(key(after.saturating_add(1))), upper: Some(key(up_to.saturating_add(1))) };
-    UNREAD_MARKS.scan_range(store, &range, Order::Ascending, |(_, _, pos), mark| {
-        visit(pos, mark);
+    UNREAD_MARKS.scan_range(store, &range, Order::Ascending, |(_, pos), marks| {
+        visit(pos, marks);
         true
     })?;
     Ok(())
 }
 
-pub(super) fn put(batch: &mut Batch, user: &UserId, room: &RoomId, pos: u64, mark: &Mark) {
-    UNREAD_MARKS.put(batch, (user.as_str(), room.as_str(), pos), mark);
+pub(super) fn get(store: &Store, room: &RoomId, pos: u64) -> Result<Option<Marks>> {
+    Ok(UNREAD_MARKS.get(store, (room.as_str(), pos))?)
 }
 
-pub(super) fn delete(batch: &mut Batch, user: &UserId, room: &RoomId, pos: u64) {
-    UNREAD_MARKS.delete(batch, (user.as_str(), room.as_str(), pos));
+/// Writes the event's marks, or deletes them when they say nothing.
+pub(super) fn put(batch: &mut Batch, room: &RoomId, pos: u64, marks: &Marks) {
+    match marks.is_empty() {
+        true => UNREAD_MARKS.delete(batch, (room.as_str(), pos)),
+        false => UNREAD_MARKS.put(batch, (room.as_str(), pos), marks),
+    }
 }
 
-/// Deletes every mark of the user in the room (they left it).
-pub(super) fn forget_room(store: &Store, batch: &mut Batch, user: &UserId, room: &RoomId) -> Result<()> {
-    UNREAD_MARKS.scan_keys(store, &room_prefix(user, room), Order::Ascending, |(_, _, pos)| {
-        delete(batch, user, room, pos);
-        true
-    })?;
-    Ok(())
+/// Where one local member stands in a room, for trimming: their join, and their read
+/// position in a timeline (`None` = main).
+pub(super) struct Reader<'a> {
+    pub joined_at: u64,
+    pub read_up_to: ReadUpTo<'a>,
 }
 
-/// How far the marks of each (user, room) were last trimmed: the receipts' version it was
-/// done for, and the lowest position a mark may still be at. Scans start there, so they
-/// do not walk again over the deleted rows.
+/// A member's read position in a timeline (`None` = main).
+pub(super) type ReadUpTo<'a> = Box<dyn Fn(Option<&OwnedEventId>) -> u64 + 'a>;
+
+impl Reader<'_> {
+    /// Whether a mark at `pos` can never count for this member again: clients that do not
+    /// split threads count thread events in the main timeline, so both must be past it.
+    fn is_past(&self, pos: u64, thread: Option<&OwnedEventId>) -> bool {
+        let main = (self.read_up_to)(None).max(self.joined_at);
+        pos <= main && thread.is_none_or(|t| pos <= (self.read_up_to)(Some(t)).max(self.joined_at))
+    }
+}
+
+/// When each room's rows were last trimmed, and the lowest position a row may still be
+/// at: scans start there, so they do not walk again over deleted rows.
 #[derive(Default)]
-pub(super) struct Trimmed(parking_lot::Mutex<HashMap<(OwnedUserId, OwnedRoomId), (u64, u64)>>);
+pub(super) struct Trimmed(parking_lot::Mutex<HashMap<OwnedRoomId, (Instant, u64)>>);
 
 impl Trimmed {
-    /// Deletes the user's marks in the room that can no longer count: `read_up_to(thread)`
-    /// gives the read position of a timeline (`None` = main), `changed_at` the version of
-    /// the receipts it comes from, `joined_at` where the user's join is.
-    pub(super) fn trim(
-        &self,
-        store: &Store,
-        (user, room): (&UserId, &RoomId),
-        changed_at: u64,
-        joined_at: u64,
-        read_up_to: impl Fn(Option<&OwnedEventId>) -> u64,
-    ) -> Result<()> {
-        let key = (user.to_owned(), room.to_owned());
-        let floor = match self.0.lock().get(&key) {
-            Some(&(done, _)) if done >= changed_at => return Ok(()),
-            Some(&(_, floor)) => floor,
-            None => 0,
-        };
-        // Nothing after the main read position can be irrelevant in both views (thread
-        // marks count in the main timeline for clients that do not split threads).
-        let bound = read_up_to(None).max(joined_at);
+    /// Whether the rows of a room with `members` local members may be trimmed now: a
+    /// trim reads each member's receipts, so rooms with more than [`TRIM_ALWAYS_UP_TO`]
+    /// of them are trimmed at most once per [`TRIM_EVERY`].
+    pub(super) fn due(&self, room: &RoomId, members: usize) -> bool {
+        members <= TRIM_ALWAYS_UP_TO || self.0.lock().get(room).is_none_or(|(at, _)| at.elapsed() >= TRIM_EVERY)
+    }
+
+    /// Deletes the room's rows that can count for none of `readers` (its local members).
+    pub(super) fn trim(&self, store: &Store, room: &RoomId, readers: &[Reader<'_>]) -> Result<()> {
+        let floor = self.0.lock().get(room).map_or(0, |(_, floor)| *floor);
+        // No row after the lowest main read position can be past for everyone.
+        let bound = readers.iter().map(|r| (r.read_up_to)(None).max(r.joined_at)).min().unwrap_or(u64::MAX - 1);
         let mut batch = Batch::new();
         let mut lowest_kept = None;
-        scan(store, user, room, floor.saturating_sub(1), bound, |pos, mark| {
-            let dead = pos <= joined_at || mark.thread.as_ref().is_none_or(|t| pos <= read_up_to(Some(t)));
-            if dead {
-                delete(&mut batch, user, room, pos);
+        scan(store, room, floor.saturating_sub(1), bound, |pos, marks| {
+            if readers.iter().all(|r| r.is_past(pos, marks.thread.as_ref())) {
+                UNREAD_MARKS.delete(&mut batch, (room.as_str(), pos));
             } else {
                 lowest_kept.get_or_insert(pos);
             }
@@ -188,7 +235,7 @@ impl Trimmed {
             store.write(batch)?;
         }
         let floor = lowest_kept.unwrap_or(bound.saturating_add(1)).max(floor);
-        self.0.lock().insert(key, (changed_at, floor));
+        self.0.lock().insert(room.to_owned(), (Instant::now(), floor));
         Ok(())
     }
 }
@@ -199,15 +246,26 @@ mod tests {
 
     #[test]
     fn marks_round_trip() {
-        let marks = [
-            Mark { own: true, ..Default::default() },
-            Mark { notify: true, highlight: true, ..Default::default() },
-            Mark { notify: true, thread: Some(ruma::owned_event_id!("$root:example.org")), ..Default::default() },
+        let alice = ruma::owned_user_id!("@alice:example.org");
+        let bob = ruma::owned_user_id!("@bob:example.org");
+        let carol = ruma::owned_user_id!("@carol:example.org");
+        let root = ruma::owned_event_id!("$root:example.org");
+        let verdicts = vec![
+            (alice.clone(), OWN),
+            (bob.clone(), NOTIFY | HIGHLIGHT),
+            (carol.clone(), NOTIFY),
+            (carol.clone(), NOTIFY),
         ];
-        for mark in marks {
-            assert_eq!(Mark::decode_value(&mark.encode_value()).expect("decodes"), mark);
+        let marks = Marks::from_verdicts(verdicts, Some(root));
+        assert_eq!(marks.default, NOTIFY, "the most common verdict");
+        assert_eq!((marks.of(&alice), marks.of(&bob), marks.of(&carol)), (OWN, NOTIFY | HIGHLIGHT, NOTIFY));
+        assert_eq!(marks.of(&ruma::owned_user_id!("@dan:example.org")), NOTIFY);
+        for marks in [marks, Marks::default(), Marks { default: OWN, ..Default::default() }] {
+            assert_eq!(Marks::decode_value(&marks.encode_value()).expect("decodes"), marks);
         }
-        assert!(Mark::decode_value(&[]).is_err());
-        assert!(Mark::decode_value(&[NOTIFY, b'x']).is_err(), "not an event id");
+        assert!(Marks::decode_value(&[]).is_err());
+        assert!(Marks::decode_value(&[NOTIFY, 1, b'x']).is_err(), "not an event id");
+        assert!(Marks::decode_value(&[NOTIFY, 0, NOTIFY, 9, b'@']).is_err(), "cut short");
+        assert!(Marks::from_verdicts(vec![(alice, 0)], None).is_empty());
     }
 }

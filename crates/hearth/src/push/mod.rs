@@ -159,12 +159,21 @@ impl Push {
         self.unread.counts(rooms, (&rules, &fields), version, room_id, user, until, split_threads, marks)
     }
 
-    /// Deletes the user's unread marks in the room that their receipts (or their join)
-    /// have put out of reach (see [`marks`]).
-    pub(crate) fn trim_marks(&self, rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<()> {
-        let receipts = unread::ReadPositions::load(rooms, room_id, user)?;
-        let joined_at = unread::joined_at(rooms, room_id, user)?;
-        self.trimmed
-            .trim(&rooms.store, (user, room_id), receipts.changed_at, joined_at, |thread| receipts.read_up_to(thread))
+    /// Deletes the room's unread marks that can count for none of `members` (its local
+    /// members) any more, if the room is due (see [`marks`]).
+    pub(crate) fn trim_marks(&self, rooms: &Rooms, room_id: &RoomId, members: &[OwnedUserId]) -> Result<()> {
+        if !self.trimmed.due(room_id, members.len()) {
+            return Ok(());
+        }
+        let mut readers = Vec::with_capacity(members.len());
+        for member in members {
+            let receipts = unread::ReadPositions::load(rooms, room_id, member)?;
+            let joined_at = unread::joined_at(rooms, room_id, member)?;
+            readers.push(marks::Reader {
+                joined_at,
+                read_up_to: Box::new(move |thread: Option<&ruma::OwnedEventId>| receipts.read_up_to(thread)),
+            });
+        }
+        self.trimmed.trim(&rooms.store, room_id, &readers)
     }
 }

@@ -55,6 +55,13 @@ fn flatten(pdu: &crate::rooms::pdu::Pdu) -> Result<FlattenedJson> {
     Ok(FlattenedJson::from_raw(&raw))
 }
 
+/// The unread-mark bits of a user's actions for an event.
+fn verdict(actions: &[Action]) -> u8 {
+    let notify = if actions.iter().any(Action::should_notify) { marks::NOTIFY } else { 0 };
+    let highlight = if actions.iter().any(Action::is_highlight) { marks::HIGHLIGHT } else { 0 };
+    notify | highlight
+}
+
 /// One notification: an event the user's rules said to notify them of.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Notification {
@@ -161,7 +168,7 @@ impl Notifications {
         Ok(position)
     }
 
-    /// A redaction's target was cut down: the joined local users' marks of it are made
+    /// A redaction's target was cut down: the joined local members' marks of it are made
     /// again from what is left of it (a redacted mention no longer highlights). Marks
     /// already trimmed stay gone, and the sender's own stays.
     fn mark_redacted(
@@ -175,26 +182,19 @@ impl Notifications {
         if meta.room_id != room || meta.redacted_by.is_none() {
             return Ok(());
         }
+        let Some(old) = marks::get(&self.store, room, meta.stream)? else { return Ok(()) };
         let Some(pdu) = self.rooms.pdu_shared(target)? else { return Ok(()) };
         let flat = flatten(&pdu)?;
+        let mut verdicts: Vec<(OwnedUserId, u8)> = Vec::with_capacity(joined.len());
+        if old.of(&pdu.sender) & marks::OWN != 0 {
+            verdicts.push((pdu.sender.clone(), marks::OWN));
+        }
         for user in joined.iter().filter(|u| **u != pdu.sender) {
-            match marks::UNREAD_MARKS.get(&self.store, (user.as_str(), room.as_str(), meta.stream))? {
-                Some(mark) if !mark.own => {}
-                _ => continue,
-            }
             let (_, rules, _) = self.push.ruleset(&self.account_data, user)?;
             let ctx = self.push.context(&self.rooms, room, user)?;
-            let actions = super::unread::first_match(&rules, &flat, &ctx).unwrap_or_default();
-            let notify = actions.iter().any(Action::should_notify);
-            let highlight = actions.iter().any(Action::is_highlight);
-            match notify || highlight {
-                true => {
-                    let mark = marks::Mark { own: false, notify, highlight, thread: super::unread::thread_root(&flat) };
-                    marks::put(batch, user, room, meta.stream, &mark);
-                }
-                false => marks::delete(batch, user, room, meta.stream),
-            }
+            verdicts.push((user.clone(), verdict(super::unread::first_match(&rules, &flat, &ctx).unwrap_or_default())));
         }
+        marks::put(batch, room, meta.stream, &marks::Marks::from_verdicts(verdicts, super::unread::thread_root(&flat)));
         Ok(())
     }
 
@@ -213,6 +213,7 @@ impl Notifications {
         events.sort_by_key(|(p, _, _)| *p);
         let mut batch = Batch::new();
         let mut notified: BTreeMap<OwnedUserId, usize> = BTreeMap::new();
+        let mut left: BTreeSet<OwnedRoomId> = BTreeSet::new();
         let now = now_millis();
         for (pos, entry, remote_invite) in &events {
             let Some(pdu) = self.rooms.pdu_shared(&entry.event_id)? else { continue };
@@ -235,18 +236,20 @@ impl Notifications {
                 if let Some(target) = target.filter(|t| t.server_name() == self.own) {
                     match membership.as_deref() {
                         Some("invite") if !recipients.contains(&target) => recipients.push(target),
-                        // Gone from the room: none of their marks there will be read.
-                        Some("leave" | "ban") => marks::forget_room(&self.store, &mut batch, &target, &entry.room_id)?,
+                        // Gone from the room: the rows they held back may go.
+                        Some("leave" | "ban") => {
+                            left.insert(entry.room_id.clone());
+                        }
                         _ => {}
                     }
                 }
             }
             recipients.retain(|u| *u != pdu.sender);
             let flat = flatten(&pdu)?;
-            let thread = super::unread::thread_root(&flat);
-            if !*remote_invite && joined.contains(&pdu.sender) {
-                let mark = marks::Mark { own: true, thread: thread.clone(), ..Default::default() };
-                marks::put(&mut batch, &pdu.sender, &entry.room_id, *pos, &mark);
+            // Each joined local member's verdict, for the event's unread marks.
+            let mut verdicts: Vec<(OwnedUserId, u8)> = Vec::with_capacity(joined.len());
+            if joined.contains(&pdu.sender) {
+                verdicts.push((pdu.sender.clone(), marks::OWN));
             }
             if let Some(target) = pdu.redaction_target() {
                 self.mark_redacted(&mut batch, &entry.room_id, &target, &joined)?;
@@ -257,12 +260,10 @@ impl Notifications {
                     true => Arc::new(invite_context(&entry.room_id, &user)),
                     false => self.push.context(&self.rooms, &entry.room_id, &user)?,
                 };
-                let Some(actions) = super::unread::first_match(&rules, &flat, &ctx) else { continue };
+                let actions = super::unread::first_match(&rules, &flat, &ctx).unwrap_or_default();
                 let notify = actions.iter().any(Action::should_notify);
-                let highlight = actions.iter().any(Action::is_highlight);
-                if (notify || highlight) && joined.contains(&user) {
-                    let mark = marks::Mark { own: false, notify, highlight, thread: thread.clone() };
-                    marks::put(&mut batch, &user, &entry.room_id, *pos, &mark);
+                if joined.contains(&user) {
+                    verdicts.push((user.clone(), verdict(actions)));
                 }
                 if !notify {
                     continue;
@@ -277,10 +278,17 @@ impl Notifications {
                 NOTIFICATIONS.put(&mut batch, (user.as_str(), *pos), &row);
                 *notified.entry(user).or_default() += 1;
             }
+            let event_marks = marks::Marks::from_verdicts(verdicts, super::unread::thread_root(&flat));
+            if !event_marks.is_empty() {
+                marks::put(&mut batch, &entry.room_id, *pos, &event_marks);
+            }
         }
         PUSH_STATE.put(&mut batch, "position", &reached);
         self.store.write(batch)?;
         self.push.marks.reached(reached);
+        for room in left {
+            self.trim_marks(&room)?;
+        }
         for (user, added) in &notified {
             let known = self.kept.lock().get(user).copied();
             let mut kept = match known {
@@ -407,9 +415,11 @@ impl Notifications {
             .collect())
     }
 
-    /// Deletes the user's unread marks in the room that their receipts put out of reach.
-    pub fn trim_marks(&self, room_id: &ruma::RoomId, user: &UserId) -> Result<()> {
-        self.push.trim_marks(&self.rooms, room_id, user)
+    /// Deletes the room's unread marks that can count for none of its local members any
+    /// more (how often: see [`marks`]).
+    pub fn trim_marks(&self, room_id: &ruma::RoomId) -> Result<()> {
+        let members = self.readers_in(room_id)?;
+        self.push.trim_marks(&self.rooms, room_id, &members)
     }
 
     /// The room a notification's event is in, and the event, for delivery and listing.

@@ -216,11 +216,9 @@ impl PushSender {
             match self.notifications.readers_in(&room) {
                 Ok(members) => {
                     self.wake_users(members.iter().map(|u| &**u), true);
-                    // Marks behind the readers' new receipts will not count again.
-                    for member in &members {
-                        if let Err(e) = self.notifications.trim_marks(&room, member) {
-                            tracing::warn!(%room, error = %e, "cannot trim unread marks");
-                        }
+                    // Marks behind the readers' new receipts may not count again.
+                    if let Err(e) = self.notifications.trim_marks(&room) {
+                        tracing::warn!(%room, error = %e, "cannot trim unread marks");
                     }
                 }
                 Err(e) => tracing::warn!(%room, error = %e, "cannot read a room's members for badges"),

@@ -238,12 +238,20 @@ impl Tally {
             if self.counted_to >= marks_from && self.counted_to < marks_to {
                 let end = until.min(marks_to);
                 let mut seen = Vec::new();
-                super::marks::scan(&rooms.store, user, room_id, self.counted_to, end, |pos, mark| {
-                    seen.push((pos, mark));
+                super::marks::scan(&rooms.store, room_id, self.counted_to, end, |pos, marks| {
+                    let flags = marks.of(user);
+                    if flags != 0 {
+                        seen.push((pos, flags, marks.thread));
+                    }
                 })?;
-                for (pos, mark) in seen {
-                    let bucket = if self.key.2 { mark.thread } else { None };
-                    self.note(pos, bucket, Verdict { own: mark.own, notify: mark.notify, highlight: mark.highlight });
+                for (pos, flags, thread) in seen {
+                    let bucket = if self.key.2 { thread } else { None };
+                    let verdict = Verdict {
+                        own: flags & super::marks::OWN != 0,
+                        notify: flags & super::marks::NOTIFY != 0,
+                        highlight: flags & super::marks::HIGHLIGHT != 0,
+                    };
+                    self.note(pos, bucket, verdict);
                 }
                 self.counted_to = end;
             } else {

@@ -444,20 +444,26 @@ async fn follower_caught_up(s: &TestServer) {
     panic!("the push follower did not catch up");
 }
 
-/// Bob's unread marks in the room: (stream position, mark).
-fn marks_of(s: &TestServer, user: &str, room: &str) -> Vec<(u64, hearth::push::marks::Mark)> {
-    let mut out = Vec::new();
+/// A user's unread marks in a room: (stream position, `OWN | NOTIFY | HIGHLIGHT` bits),
+/// and how many rows the room has.
+fn marks_of(s: &TestServer, user: &str, room: &str) -> (Vec<(u64, u8)>, usize) {
+    let (mut out, mut rows) = (Vec::new(), 0);
     let user = ruma::UserId::parse(user).unwrap();
     let room = ruma::RoomId::parse(room).unwrap();
-    hearth::push::marks::scan(&s.services().store, &user, &room, 0, u64::MAX - 1, |pos, mark| out.push((pos, mark)))
-        .unwrap();
-    out
+    hearth::push::marks::scan(&s.services().store, &room, 0, u64::MAX - 1, |pos, marks| {
+        rows += 1;
+        if marks.of(&user) != 0 {
+            out.push((pos, marks.of(&user)));
+        }
+    })
+    .unwrap();
+    (out, rows)
 }
 
 /// Counts made from the push follower's unread marks equal counts made by evaluating the
 /// events (threads, the user's own message, a mention, a redacted mention), both split by
 /// thread and not. A rule changed later applies to later events only (as Synapse's push
-/// actions), receipts delete the marks they put behind them, and leaving deletes the rest.
+/// actions); rows behind every member's receipt are deleted, and all once no member is left.
 async fn unread_counts_from_marks_match_evaluation(b: Backend) {
     use hearth::push::{marks::MARKS_FROM, notifications::PUSH_STATE};
     let (mut s, at, bob, bt, room) = direct_chat(b).await;
@@ -504,14 +510,11 @@ async fn unread_counts_from_marks_match_evaluation(b: Backend) {
     s.restart().await;
     // From Bob's join on (a follower that comes late may also mark what it finds Bob
     // joined for, before his join; those never count).
-    let marked = marks_of(&s, &bob, &room);
-    let after_join: Vec<_> = marked.iter().skip_while(|(_, m)| !m.own).skip(1).collect();
-    assert_eq!(after_join.len(), 7, "root, three replies, Bob's own, two mentions: {marked:?}");
-    let highlights: Vec<bool> = after_join.iter().filter(|(_, m)| !m.own).map(|(_, m)| m.highlight).collect();
-    assert_eq!(highlights, [false, false, false, true, false, false], "the redacted mention: {marked:?}");
-    assert_eq!(counts(&s, &bt, &room, &root).await, expected, "from marks");
-
-    // A Hearth that wrote no marks for this history counts it by evaluating the events.
+    use hearth::push::marks::{HIGHLIGHT, NOTIFY, OWN};
+    let (marked, _) = marks_of(&s, &bob, &room);
+    let after_join: Vec<u8> = marked.iter().map(|(_, m)| *m).skip_while(|m| *m != OWN).skip(1).collect();
+    let n = NOTIFY;
+    assert_eq!(after_join, [n, n, n, OWN, n | HIGHLIGHT, n, n], "the redacted mention no longer highlights");
     let set_marks_from = |s: &TestServer, at: u64| {
         let mut batch = hearth::store::Batch::new();
         PUSH_STATE.put(&mut batch, MARKS_FROM, &at);
@@ -531,31 +534,49 @@ async fn unread_counts_from_marks_match_evaluation(b: Backend) {
     send_as(&s, &at, &room, "quiet", json!({"msgtype": "m.text", "body": "quiet"})).await;
     follower_caught_up(&s).await;
     assert_eq!(counts(&s, &bt, &room, &root).await.1, (3, 1));
-    assert_eq!(marks_of(&s, &bob, &room).len(), marked.len(), "no mark for a muted message");
+    assert_eq!(marks_of(&s, &bob, &room).0, marked, "no mark for a muted message");
     let path = format!("/_matrix/client/v3/pushrules/global/room/{room}");
     assert_eq!(s.request(Method::DELETE, &path, Some(&bt), None).await.0, StatusCode::OK);
 
-    // An unthreaded receipt on the last reply reads everything; its marks go.
-    let path = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{last}");
-    assert_eq!(s.post(&path, Some(&bt), json!({})).await.0, StatusCode::OK);
+    // Unthreaded receipts of both on the last reply: every row up to it can count for
+    // neither and goes.
+    for token in [&at, &bt] {
+        let path = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{last}");
+        assert_eq!(s.post(&path, Some(token), json!({})).await.0, StatusCode::OK);
+    }
     assert_eq!(counts(&s, &bt, &room, &root).await, ((Some(0), Some(0), None), (0, 0)));
+    let last_pos = s.services().rooms.event_meta(&ruma::EventId::parse(&last).unwrap()).unwrap().unwrap().stream;
+    let rows_up_to_last = |s: &TestServer| {
+        let mut n = 0;
+        let room = ruma::RoomId::parse(&room).unwrap();
+        hearth::push::marks::scan(&s.services().store, &room, 0, last_pos, |_, _| n += 1).unwrap();
+        n
+    };
     for _ in 0..500 {
-        if marks_of(&s, &bob, &room).is_empty() {
+        if rows_up_to_last(&s) == 0 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_eq!(marks_of(&s, &bob, &room), vec![], "marks behind the receipt are deleted");
+    assert_eq!(rows_up_to_last(&s), 0, "rows behind both receipts are deleted");
 
-    // A new message is marked; leaving the room deletes the mark.
+    // A new message is marked; once every local member has left, no row is kept.
     send_as(&s, &at, &room, "later", json!({"msgtype": "m.text", "body": "later"})).await;
     follower_caught_up(&s).await;
-    assert_eq!(marks_of(&s, &bob, &room).len(), 1);
+    assert_eq!(marks_of(&s, &bob, &room).0.len(), 1);
     assert_eq!(counts(&s, &bt, &room, &root).await.1, (1, 0));
-    let path = format!("/_matrix/client/v3/rooms/{room}/leave");
-    assert_eq!(s.post(&path, Some(&bt), json!({})).await.0, StatusCode::OK);
+    for token in [&bt, &at] {
+        let path = format!("/_matrix/client/v3/rooms/{room}/leave");
+        assert_eq!(s.post(&path, Some(token), json!({})).await.0, StatusCode::OK);
+    }
     follower_caught_up(&s).await;
-    assert_eq!(marks_of(&s, &bob, &room), vec![]);
+    for _ in 0..500 {
+        if marks_of(&s, &bob, &room).1 == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(marks_of(&s, &bob, &room).1, 0);
 }
 
 both_engines!(unread_counts_from_marks_match_evaluation);
