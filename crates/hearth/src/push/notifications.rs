@@ -106,6 +106,8 @@ pub struct Notifications {
     own: OwnedServerName,
     /// Each user's log as far as this process knows (see [`Kept`]).
     kept: parking_lot::Mutex<HashMap<OwnedUserId, Kept>>,
+    /// Where unread marks begin, until the first evaluation has written it.
+    marks_from_unwritten: parking_lot::Mutex<Option<u64>>,
 }
 
 /// What is known of one user's log without reading it: counted when the user is first
@@ -127,7 +129,15 @@ impl Notifications {
         push: Arc<Push>,
         own: OwnedServerName,
     ) -> Self {
-        Notifications { store, rooms, account_data, push, own, kept: Default::default() }
+        Notifications {
+            store,
+            rooms,
+            account_data,
+            push,
+            own,
+            kept: Default::default(),
+            marks_from_unwritten: Default::default(),
+        }
     }
 
     /// Invites of local users to rooms on other servers in (since, until].
@@ -152,15 +162,16 @@ impl Notifications {
     /// Where the follower starts: the position evaluated up to. Unread marks cover the
     /// stream from where the first follower that wrote them started; that start is written
     /// with the position, so that no span is claimed that no follower marked.
+    ///
+    /// A first start writes that position with the first evaluation, not at once: a
+    /// start writes nothing (an idle Hearth on a new database has touched no memtable),
+    /// and if it stops before, the next start begins again from where it stands.
     pub fn start(&self) -> Result<u64> {
         let position = self.position()?;
         let from = match PUSH_STATE.get(&self.store, marks::MARKS_FROM)? {
             Some(from) => from,
             None => {
-                let mut batch = Batch::new();
-                PUSH_STATE.put(&mut batch, "position", &position);
-                PUSH_STATE.put(&mut batch, marks::MARKS_FROM, &position);
-                self.store.write(batch)?;
+                *self.marks_from_unwritten.lock() = Some(position);
                 position
             }
         };
@@ -228,14 +239,14 @@ impl Notifications {
                     .cloned()
                     .collect(),
             };
-            let mut recipients = joined.clone();
-            // An invite notifies its (local) invitee, who is not joined.
+            // (user, whether joined): an invite notifies its (local) invitee, who is not.
+            let mut recipients: Vec<(OwnedUserId, bool)> = joined.iter().map(|u| (u.clone(), true)).collect();
             if pdu.kind == TimelineEventType::RoomMember {
                 let target = pdu.state_key.as_deref().and_then(|k| OwnedUserId::try_from(k).ok());
                 let membership = pdu.content_value()["membership"].as_str().map(str::to_owned);
                 if let Some(target) = target.filter(|t| t.server_name() == self.own) {
                     match membership.as_deref() {
-                        Some("invite") if !recipients.contains(&target) => recipients.push(target),
+                        Some("invite") if !joined.contains(&target) => recipients.push((target, false)),
                         // Gone from the room: the rows they held back may go.
                         Some("leave" | "ban") => {
                             left.insert(entry.room_id.clone());
@@ -244,7 +255,7 @@ impl Notifications {
                     }
                 }
             }
-            recipients.retain(|u| *u != pdu.sender);
+            recipients.retain(|(u, _)| *u != pdu.sender);
             let flat = flatten(&pdu)?;
             // Each joined local member's verdict, for the event's unread marks.
             let mut verdicts: Vec<(OwnedUserId, u8)> = Vec::with_capacity(joined.len());
@@ -254,7 +265,7 @@ impl Notifications {
             if let Some(target) = pdu.redaction_target() {
                 self.mark_redacted(&mut batch, &entry.room_id, &target, &joined)?;
             }
-            for user in recipients {
+            for (user, member) in recipients {
                 let (_, rules, _) = self.push.ruleset(&self.account_data, &user)?;
                 let ctx = match remote_invite {
                     true => Arc::new(invite_context(&entry.room_id, &user)),
@@ -262,7 +273,7 @@ impl Notifications {
                 };
                 let actions = super::unread::first_match(&rules, &flat, &ctx).unwrap_or_default();
                 let notify = actions.iter().any(Action::should_notify);
-                if joined.contains(&user) {
+                if member {
                     verdicts.push((user.clone(), verdict(actions)));
                 }
                 if !notify {
@@ -284,7 +295,14 @@ impl Notifications {
             }
         }
         PUSH_STATE.put(&mut batch, "position", &reached);
+        let unwritten = *self.marks_from_unwritten.lock();
+        if let Some(from) = unwritten {
+            PUSH_STATE.put(&mut batch, marks::MARKS_FROM, &from);
+        }
         self.store.write(batch)?;
+        if unwritten.is_some() {
+            *self.marks_from_unwritten.lock() = None;
+        }
         self.push.marks.reached(reached);
         for room in left {
             self.trim_marks(&room)?;

@@ -32,6 +32,9 @@ use crate::{
 
 /// Most events evaluated for one room in one sync.
 pub const MAX_COUNTED: usize = 1000;
+/// A span of at most this many stream positions that the marks do not cover to its end
+/// is evaluated whole (see [`Tally::advance`]).
+const SHORT_SPAN: u64 = 64;
 
 /// Unread counts of a room: the main timeline, and per thread root when asked to split.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -232,8 +235,15 @@ impl Tally {
         marks: Option<(u64, u64)>,
         context: &dyn Fn() -> Result<Arc<PushConditionRoomCtx>>,
     ) -> Result<Self> {
-        // An empty span when the marks are not known yet.
-        let (marks_from, marks_to) = marks.unwrap_or((u64::MAX, 0));
+        // An empty span when the marks are not known yet, or when the follower has not
+        // reached `until` and little is to be counted (a wake-up): evaluating those few
+        // events reads one range, where marks and then the rest would read two.
+        let short = until.saturating_sub(self.counted_to) <= SHORT_SPAN;
+        let (marks_from, marks_to) = match marks {
+            Some((_, to)) if short && to < until => (u64::MAX, 0),
+            Some(span) => span,
+            None => (u64::MAX, 0),
+        };
         while self.counted_to < until {
             if self.counted_to >= marks_from && self.counted_to < marks_to {
                 let end = until.min(marks_to);
