@@ -45,7 +45,8 @@ impl Keys {
 
     /// Whose device lists `user` must look at again after what happened in (from, to]:
     /// `changed`, contacts (and the user) whose devices or keys changed, and members who
-    /// joined a room the user is in (their devices are new to the user); `left`, members
+    /// joined, were invited to or knocked on a room the user is in (their devices are new
+    /// to the user); `left`, members
     /// who left and no longer share any room with the user. Sorted, without duplicates.
     /// `items` and `rooms_with_events` are what the stream holds for (from, to].
     pub fn device_list_delta(
@@ -105,7 +106,10 @@ impl Keys {
                     }
                     continue;
                 }
-                if is_contact(&target)? {
+                // An invited or knocking user is `changed` too, as Synapse counts them:
+                // clients that encrypt for invited members need their devices.
+                let arriving = matches!(membership.as_deref(), Some("invite" | "knock"));
+                if arriving || is_contact(&target)? {
                     delta.changed.push(target);
                 } else if gone {
                     // Only someone who left can be `left`: an invited or knocking user
