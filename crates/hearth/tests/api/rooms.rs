@@ -175,6 +175,14 @@ async fn power_is_enforced(b: Backend) {
         403,
         "M_FORBIDDEN",
     );
+    // A kicked user still reads the state as it was when they left; a banned one does not
+    // (as Synapse answers).
+    let (status, kicked) =
+        s.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{carol}"), Some(&ct)).await;
+    assert_eq!((status, kicked["membership"].as_str()), (StatusCode::OK, Some("leave")), "{kicked}");
+    for path in [format!("state/m.room.member/{bob}"), "state".to_owned()] {
+        assert_error(&s.get(&format!("/_matrix/client/v3/rooms/{room}/{path}"), Some(&bt)).await, 403, "M_FORBIDDEN");
+    }
     let (status, _) =
         s.post(&format!("/_matrix/client/v3/rooms/{room}/unban"), Some(&at), json!({"user_id": bob})).await;
     assert_eq!(status, StatusCode::OK);

@@ -13,7 +13,9 @@ use crate::{
     Services,
 };
 
-/// The state a user may see: current if joined, as it was when they left otherwise.
+/// The state a user may see: current if joined (or the room is world-readable), as it was
+/// when they left if they left. A banned user may not, as Synapse answers: their ban is
+/// not theirs to look back from.
 fn visible_state(
     s: &Services,
     room_id: &ruma::RoomId,
@@ -24,6 +26,9 @@ fn visible_state(
         return s.rooms.current_state_map(room_id);
     }
     let rec = s.rooms.membership(room_id, user)?.ok_or_else(|| Error::forbidden("Not a member"))?;
+    if rec.membership == ruma::events::room::member::MembershipState::Ban {
+        return Err(Error::forbidden("You are banned from this room"));
+    }
     // As it was when they left, their leave included.
     s.rooms.state_after(&rec.event_id)
 }
