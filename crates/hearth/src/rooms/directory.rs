@@ -73,7 +73,7 @@ impl Rooms {
     }
 
     /// The users `searcher` may find in the user directory: everyone sharing a room with
-    /// them, and the members of published rooms. Sorted, without duplicates.
+    /// them, and the members of public rooms this server is in. Sorted, without duplicates.
     pub fn user_directory_candidates(&self, searcher: &UserId) -> Result<BTreeSet<OwnedUserId>> {
         // Those sharing a room with the searcher (the searcher is not their own match)…
         let mut visible = self.members_of_joined_rooms(searcher)?;
@@ -100,9 +100,26 @@ impl Rooms {
             }
         }
         for room in public {
-            visible.extend(self.members_shared(&room, &MembershipState::Join)?.iter().cloned());
+            let members = self.members_shared(&room, &MembershipState::Join)?;
+            // A room this server has left is no longer known here: its members as last seen
+            // are not listed (as Synapse drops them when its last user leaves).
+            if members.iter().any(|m| m.server_name() == self.server_name) {
+                visible.extend(members.iter().cloned());
+            }
         }
         Ok(visible)
+    }
+
+    /// A remote user's display name and avatar as a room this server shares with them
+    /// shows them (their member event): what the user directory lists for them.
+    pub fn remote_profile(&self, user: &UserId) -> Result<Option<(Option<String>, Option<String>)>> {
+        for (room, _) in self.rooms_of(user, &[MembershipState::Join])? {
+            let Some(member) = self.state_event(&room, &StateEventType::RoomMember, user.as_str())? else { continue };
+            let content = member.content_value();
+            let field = |k: &str| content.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+            return Ok(Some((field("displayname"), field("avatar_url"))));
+        }
+        Ok(None)
     }
 
     /// Published rooms whose name, topic or canonical alias contains `term` (any case),

@@ -1274,3 +1274,40 @@ async fn an_invite_from_another_server_notifies_the_invitee() {
     assert_eq!((&n["membership"], &n["user_is_target"]), (&json!("invite"), &json!(true)), "{pushed}");
     assert_eq!(n["room_name"], "Club house", "{pushed}");
 }
+
+/// The user directory lists a user of another server while this server shares a room with
+/// them, with the name their member event gives; once this server has left the room (a
+/// public one: anyone could find its members while it was known here), it no longer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_lists_other_servers_users_while_a_room_is_shared() {
+    let p = pair().await;
+    let (bob, bob_token, _) = p.b.register("bob", "a long password").await;
+    let (_, alice_token, _) = p.a.register("alice", "a long password").await;
+    let name_path = format!("/_matrix/client/v3/profile/{}/displayname", encode(&bob));
+    assert_eq!(p.b.put(&name_path, Some(&bob_token), json!({"displayname": "Bobby Tables"})).await.0, StatusCode::OK);
+    let room = public_room_at_b(&p.b, &bob_token).await;
+    let (status, joined) =
+        p.a.post(&format!("/_matrix/client/v3/join/{}?via=b.test", encode(&room)), Some(&alice_token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    let search = |term: &'static str| {
+        let (a, token) = (&p.a, alice_token.clone());
+        async move {
+            let (status, found) =
+                a.post("/_matrix/client/v3/user_directory/search", Some(&token), json!({"search_term": term})).await;
+            assert_eq!(status, StatusCode::OK, "{found}");
+            found["results"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    let found = search("tables").await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        (found[0]["user_id"].as_str(), found[0]["display_name"].as_str()),
+        (Some(bob.as_str()), Some("Bobby Tables"))
+    );
+
+    let (status, left) =
+        p.a.post(&format!("/_matrix/client/v3/rooms/{}/leave", encode(&room)), Some(&alice_token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{left}");
+    assert_eq!(search("tables").await, Vec::<Value>::new());
+    assert_eq!(search("bob").await, Vec::<Value>::new());
+}

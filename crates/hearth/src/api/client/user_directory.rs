@@ -22,7 +22,8 @@ pub async fn search_users(
     let caller = req.caller()?;
     let limit = (u64::from(req.body.limit) as usize).clamp(1, MAX_RESULTS);
     let candidates = s.rooms.user_directory_candidates(&caller.user_id)?;
-    let (found, limited) = s.users.search_user_directory(candidates, &req.body.search_term, limit)?;
+    let remote = |user: &ruma::UserId| s.rooms.remote_profile(user);
+    let (found, limited) = s.users.search_user_directory(candidates, &req.body.search_term, limit, &remote)?;
     let results = found
         .into_iter()
         .map(|entry| {
