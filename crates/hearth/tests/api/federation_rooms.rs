@@ -1311,3 +1311,46 @@ async fn the_directory_lists_other_servers_users_while_a_room_is_shared() {
     assert_eq!(search("tables").await, Vec::<Value>::new());
     assert_eq!(search("bob").await, Vec::<Value>::new());
 }
+
+/// A guest of a.test in a room that lets guests in leaves it when a member of b.test, with
+/// the power to, forbids guests there: the change arrives over federation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_access_revoked_from_another_server_removes_this_servers_guests() {
+    let p = pair_with(|c| c.allow_guest_access = true).await;
+    let (alice, alice_token, _) = p.a.register("alice", "a long password").await;
+    let (bob, bob_token, _) = p.b.register("bob", "a long password").await;
+    let (_, created) =
+        p.a.post("/_matrix/client/v3/createRoom", Some(&alice_token), json!({"preset": "public_chat"})).await;
+    let room = created["room_id"].as_str().expect("room id").to_owned();
+    let (status, res) =
+        p.b.post(&format!("/_matrix/client/v3/join/{}?via=a.test", encode(&room)), Some(&bob_token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    let state = |kind: &str| format!("/_matrix/client/v3/rooms/{}/state/{kind}/", encode(&room));
+    let (_, mut levels) = p.a.get(&state("m.room.power_levels"), Some(&alice_token)).await;
+    levels["users"][&bob] = json!(50);
+    assert_eq!(p.a.put(&state("m.room.power_levels"), Some(&alice_token), levels).await.0, StatusCode::OK);
+    let (status, res) =
+        p.a.put(&state("m.room.guest_access"), Some(&alice_token), json!({"guest_access": "can_join"})).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    let (status, res) = p.a.post("/_matrix/client/v3/register?kind=guest", None, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    let (guest, guest_token) =
+        (res["user_id"].as_str().unwrap().to_owned(), res["access_token"].as_str().unwrap().to_owned());
+    let (status, res) =
+        p.a.post(&format!("/_matrix/client/v3/rooms/{}/join", encode(&room)), Some(&guest_token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+
+    eventually("bob may forbid guests on b.test", || async {
+        let (status, _) =
+            p.b.put(&state("m.room.guest_access"), Some(&bob_token), json!({"guest_access": "forbidden"})).await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    let member = format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", encode(&room), encode(&guest));
+    eventually("the guest gone from the room on a.test", || async {
+        let (_, m) = p.a.get(&member, Some(&alice_token)).await;
+        (m["membership"] == "leave").then_some(())
+    })
+    .await;
+    let _ = alice;
+}
