@@ -38,7 +38,6 @@ its media files without fsync. The servers' limits are raised to 50,000,000 byte
 Prints a Markdown table with Hearth ÷ Synapse for every figure and writes JSON. Run by
 `bench/run.sh --media`; never by CI.
 """
-import argparse
 import asyncio
 import contextlib
 import io
@@ -59,14 +58,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from workload import (  # noqa: E402
     CLK_TCK,
     cpu_ticks,
-    hearth_server,
     log,
     login,
+    named_server,
     pct,
     proc_status,
     register,
+    side_by_side_args,
     synapse_create_token,
-    synapse_server,
     table,
 )
 
@@ -327,15 +326,7 @@ def git(*args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--hearth-bin", required=True)
-    ap.add_argument("--synapse-python", required=True)
-    ap.add_argument("--synapse-template", required=True)
-    ap.add_argument("--servers", default="synapse,hearth-rocksdb,hearth-sqlite")
-    ap.add_argument("--root", default="/tmp/hearth-bench")
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--build-label", default="release")
-    a = ap.parse_args()
+    a = side_by_side_args(__doc__.split("\n\n")[0]).parse_args()
     root = os.path.join(a.root, "media")
     os.makedirs(root, exist_ok=True)
 
@@ -354,13 +345,9 @@ def main():
     t_all = time.perf_counter()
     for name in a.servers.split(","):
         port += 1
-        if name == "synapse":
-            srv = synapse_server(name, a.synapse_python, root, port, template)
-        elif name.startswith("hearth-"):
-            srv = hearth_server(name, a.hearth_bin, name.split("-", 1)[1], root, port)
+        srv = named_server(a, name, root, port, template)
+        if srv.kind == "hearth":
             srv.env["CONDUIT_MAX_REQUEST_SIZE"] = str(MAX_UPLOAD_BYTES)
-        else:
-            raise SystemExit(f"unknown server {name}")
         # fresh random bytes for every file and every server: Hearth stores identical
         # uploads once, and no server may be handed what it has seen before
         small = [os.urandom(PARAMS["small_bytes"]) for _ in range(PARAMS["small_count"])]

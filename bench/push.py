@@ -20,11 +20,8 @@ an allowed destination (Hearth's `ip_range_allowlist`, Synapse's `ip_range_white
 Prints a Markdown table with Hearth ÷ Synapse and writes JSON. Run by
 `bench/run.sh --push`; never by CI.
 """
-import argparse
 import asyncio
-import json
 import os
-import platform
 import sys
 import time
 
@@ -35,16 +32,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from workload import (  # noqa: E402
     CLK_TCK,
     cpu_ticks,
+    each_server,
     gather_limited,
-    hearth_server,
-    log,
     login,
+    named_server,
     pct,
     register,
+    report,
+    run_meta,
     send,
+    side_by_side_args,
     synapse_create_token,
-    synapse_server,
-    table,
 )
 
 PARAMS = dict(users=100, messages=20, settle_s=2.0, push_wait_s=60)
@@ -157,61 +155,30 @@ ROWS = [
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--hearth-bin", required=True)
-    ap.add_argument("--synapse-python", required=True)
-    ap.add_argument("--synapse-template", required=True)
-    ap.add_argument("--servers", default="synapse,hearth-rocksdb,hearth-sqlite")
-    ap.add_argument("--root", default="/tmp/hearth-bench")
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--build-label", default="release")
-    a = ap.parse_args()
+    a = side_by_side_args(__doc__.split("\n\n")[0]).parse_args()
     root = os.path.join(a.root, "push")
     os.makedirs(root, exist_ok=True)
     template = os.path.join(root, "homeserver-push.yaml.in")
     with open(a.synapse_template) as f, open(template, "w") as out:
         out.write(f.read() + "\n# bench/push.py: the gateway is on loopback\nip_range_whitelist: ['127.0.0.1']\n")
 
+    def make(name, port):
+        srv = named_server(a, name, root, port, template)
+        if srv.kind == "hearth":
+            srv.env["HEARTH_IP_RANGE_ALLOWLIST"] = '["127.0.0.0/8"]'
+        return srv
+
     async def run_all():
         gw = Gateway()
         await gw.start()
-        results = []
-        port = 18300
-        for name in a.servers.split(","):
-            port += 1
-            if name == "synapse":
-                srv = synapse_server(name, a.synapse_python, root, port, template)
-            else:
-                srv = hearth_server(name, a.hearth_bin, name.split("-", 1)[1], root, port)
-                srv.env["HEARTH_IP_RANGE_ALLOWLIST"] = '["127.0.0.0/8"]'
-            log(f"=== {name}")
-            try:
-                results.append(await bench_one(srv, gw))
-            except Exception as e:  # keep going: a broken server must not hide the others
-                log(name, "FAILED:", repr(e))
-                results.append({"name": name, "kind": srv.kind, "error": repr(e)})
+        results = await each_server(a.servers, 18300, make, lambda srv: bench_one(srv, gw))
         await gw.stop()
         return results
 
     t = time.perf_counter()
     results = asyncio.run(run_all())
-    meta = {
-        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "build": a.build_label,
-        "params": PARAMS,
-        "machine": {"nproc": os.cpu_count(), "kernel": platform.release()},
-        "elapsed_s": time.perf_counter() - t,
-    }
-    tab = table(results, ROWS)
-    print(f"\nPush, Hearth vs Synapse — {meta['date_utc']}, build: {meta['build']}\n")
-    print(tab)
-    for r in results:
-        if "error" in r:
-            print(f"\n{r['name']} FAILED: {r['error']}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"meta": meta, "results": results, "table_markdown": tab}, f, indent=2)
-
+    meta = run_meta(a, PARAMS, t)
+    report(f"Push, Hearth vs Synapse — {meta['date_utc']}, build: {meta['build']}", results, ROWS, meta, a.json)
 
 if __name__ == "__main__":
     main()

@@ -19,11 +19,8 @@ ones), sent 16 at a time. Then:
 Prints a Markdown table with Hearth ÷ Synapse and writes JSON. Run by
 `bench/run.sh --search`; never by CI.
 """
-import argparse
 import asyncio
-import json
 import os
-import platform
 import random
 import sys
 import time
@@ -33,15 +30,16 @@ import aiohttp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from workload import (  # noqa: E402
     dir_bytes,
+    each_server,
     gather_limited,
-    hearth_server,
-    log,
     login,
+    named_server,
     pct,
     register,
+    report,
+    run_meta,
+    side_by_side_args,
     synapse_create_token,
-    synapse_server,
-    table,
     txn,
 )
 
@@ -167,60 +165,20 @@ ROWS = [
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--hearth-bin", required=True)
-    ap.add_argument("--synapse-python", required=True)
-    ap.add_argument("--synapse-template", required=True)
-    ap.add_argument("--servers", default="synapse,hearth-rocksdb,hearth-sqlite")
-    ap.add_argument("--root", default="/tmp/hearth-bench")
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--build-label", default="release")
-    ap.add_argument("--quick", action="store_true")
-    a = ap.parse_args()
+    a = side_by_side_args(__doc__.split("\n\n")[0], quick_help="").parse_args()
     P = QUICK if a.quick else FULL
     root = os.path.join(a.root, "search")
     os.makedirs(root, exist_ok=True)
-
-    async def run_all():
-        results = []
-        port = 18400
-        for name in a.servers.split(","):
-            port += 1
-            if name == "synapse":
-                srv = synapse_server(name, a.synapse_python, root, port, a.synapse_template)
-            else:
-                srv = hearth_server(name, a.hearth_bin, name.split("-", 1)[1], root, port)
-            log(f"=== {name}")
-            try:
-                results.append(await bench_one(srv, P))
-            except Exception as e:  # keep going: a broken server must not hide the others
-                log(name, "FAILED:", repr(e))
-                results.append({"name": name, "kind": srv.kind, "error": repr(e)})
-        return results
-
     t = time.perf_counter()
-    results = asyncio.run(run_all())
-    meta = {
-        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "build": a.build_label,
-        "params": P,
-        "machine": {"nproc": os.cpu_count(), "kernel": platform.release()},
-        "elapsed_s": time.perf_counter() - t,
-    }
-    tab = table(results, ROWS)
-    print(f"\nSearch and aggregations, Hearth vs Synapse — {meta['date_utc']}, build: {meta['build']}, "
-          f"{P['messages']} messages\n")
-    print(tab)
+    results = asyncio.run(each_server(a.servers, 18400, lambda name, port: named_server(a, name, root, port),
+                                      lambda srv: bench_one(srv, P)))
+    meta = run_meta(a, P, t)
+    report(f"Search and aggregations, Hearth vs Synapse — {meta['date_utc']}, build: {meta['build']}, "
+           f"{P['messages']} messages", results, ROWS, meta, a.json)
     for r in results:
-        if "error" in r:
-            print(f"\n{r['name']} FAILED: {r['error']}")
         for key in ("index_mib", "database_mib", "matches_common_word"):
             if key in r:
                 print(f"{r['name']}: {key} = {r[key]:.1f}" if isinstance(r[key], float) else f"{r['name']}: {key} = {r[key]}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"meta": meta, "results": results, "table_markdown": tab}, f, indent=2)
-
 
 if __name__ == "__main__":
     main()

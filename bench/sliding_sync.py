@@ -30,11 +30,9 @@ client's garbage collector run before and held off during each call. Prints a Ma
 table with Hearth ÷ Synapse and writes JSON. Run by `bench/run.sh --sliding-sync`; never by
 CI.
 """
-import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -46,17 +44,19 @@ from workload import (  # noqa: E402
     CLK_TCK,
     client_gc_paused,
     cpu_ticks,
+    each_server,
     gather_limited,
-    hearth_server,
     log,
     login,
+    named_server,
     pct,
     proc_status,
     register,
+    report,
+    run_meta,
     send,
+    side_by_side_args,
     synapse_create_token,
-    synapse_server,
-    table,
 )
 
 PARAMS = dict(rooms=200, members_per_room=5, other_users=20, messages_per_room=20, send_concurrency=16,
@@ -336,63 +336,24 @@ ROWS = [
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--hearth-bin", required=True)
-    ap.add_argument("--synapse-python", required=True)
-    ap.add_argument("--synapse-template", required=True)
-    ap.add_argument("--servers", default="synapse,hearth-rocksdb,hearth-sqlite")
-    ap.add_argument("--root", default="/tmp/hearth-bench")
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--build-label", default="release")
-    ap.add_argument("--quick", action="store_true", help="40 rooms, 5 messages each: a smoke test only")
-    a = ap.parse_args()
+    a = side_by_side_args(__doc__.split("\n\n")[0], quick_help="40 rooms, 5 messages each: a smoke test only").parse_args()
     P = QUICK if a.quick else PARAMS
     root = os.path.join(a.root, "sliding-sync")
     os.makedirs(root, exist_ok=True)
-
-    async def run_all():
-        results = []
-        port = 18500
-        for name in a.servers.split(","):
-            port += 1
-            if name == "synapse":
-                srv = synapse_server(name, a.synapse_python, root, port, a.synapse_template)
-            else:
-                srv = hearth_server(name, a.hearth_bin, name.split("-", 1)[1], root, port)
-            log(f"=== {name}")
-            try:
-                results.append(await bench_one(srv, P))
-            except Exception as e:  # keep going: a broken server must not hide the others
-                log(name, "FAILED:", repr(e))
-                results.append({"name": name, "kind": srv.kind, "error": repr(e)})
-        return results
-
     t = time.perf_counter()
-    results = asyncio.run(run_all())
-    meta = {
-        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "build": a.build_label,
-        "params": P,
-        "request": ss_body("<fresh>", 19),
-        "machine": {"nproc": os.cpu_count(), "kernel": platform.release()},
-        "elapsed_s": time.perf_counter() - t,
-    }
-    tab = table(results, ROWS)
-    print(f"\nSliding sync, Hearth vs Synapse — {meta['date_utc']}, build: {meta['build']}, "
-          f"{P['rooms']} rooms × {P['members_per_room']} members × {P['messages_per_room']} messages\n")
-    print(tab)
+    results = asyncio.run(each_server(a.servers, 18500, lambda name, port: named_server(a, name, root, port),
+                                      lambda srv: bench_one(srv, P)))
+    meta = run_meta(a, P, t, request=ss_body("<fresh>", 19))
+    report(f"Sliding sync, Hearth vs Synapse — {meta['date_utc']}, build: {meta['build']}, "
+           f"{P['rooms']} rooms × {P['members_per_room']} members × {P['messages_per_room']} messages",
+           results, ROWS, meta, a.json)
     for r in results:
         if "error" in r:
-            print(f"\n{r['name']} FAILED: {r['error']}")
             continue
         for key in ("ss20_answer", "ss200_answer"):
             print(f"\n{r['name']} {key}: {json.dumps(r[key])}")
         print(f"{r['name']}: /sync rooms {r['sync_rooms']}, wake-up extra polls {r['wake_extra_polls']}, "
               f"wake-up body p50 {r['wake_body_kib_p50']:.1f} KiB")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"meta": meta, "results": results, "table_markdown": tab}, f, indent=2)
-
 
 if __name__ == "__main__":
     main()

@@ -690,6 +690,74 @@ def table(results, rows=ROWS):
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- side-by-side scripts
+# The scaffolding bench/push.py, search.py, sliding_sync.py and media.py share: the same
+# arguments, one fresh server after another, a broken one reported without hiding the
+# others, and the same table and JSON.
+
+def side_by_side_args(description, quick_help=None):
+    """The arguments of a side-by-side benchmark (`--quick` when `quick_help` is given)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--hearth-bin", required=True)
+    ap.add_argument("--synapse-python", required=True)
+    ap.add_argument("--synapse-template", required=True)
+    ap.add_argument("--servers", default="synapse,hearth-rocksdb,hearth-sqlite")
+    ap.add_argument("--root", default="/tmp/hearth-bench")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--build-label", default="release")
+    if quick_help is not None:
+        ap.add_argument("--quick", action="store_true", help=quick_help or None)
+    return ap
+
+
+def named_server(a, name, root, port, template=None):
+    """The server `name` of `--servers` (synapse, hearth-rocksdb, hearth-sqlite), not started."""
+    if name == "synapse":
+        return synapse_server(name, a.synapse_python, root, port, template or a.synapse_template)
+    if name.startswith("hearth-"):
+        return hearth_server(name, a.hearth_bin, name.split("-", 1)[1], root, port)
+    raise SystemExit(f"unknown server {name}")
+
+
+async def each_server(names, first_port, make, run):
+    """`run(server)` for each server `make(name, port)` gives, one after another; a server
+    that fails is reported as such and the others still run."""
+    results = []
+    for port, name in enumerate(names.split(","), start=first_port + 1):
+        srv = make(name, port)
+        log(f"=== {name}")
+        try:
+            results.append(await run(srv))
+        except Exception as e:  # keep going: a broken server must not hide the others
+            log(name, "FAILED:", repr(e))
+            results.append({"name": name, "kind": srv.kind, "error": repr(e)})
+    return results
+
+
+def run_meta(a, params, started, **extra):
+    """The run's description in the JSON: when, which build, the parameters, the machine."""
+    meta = {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "build": a.build_label,
+            "params": params}
+    meta.update(extra)
+    meta["machine"] = {"nproc": os.cpu_count(), "kernel": platform.release()}
+    meta["elapsed_s"] = time.perf_counter() - started
+    return meta
+
+
+def report(title, results, rows, meta, json_path, **extra_json):
+    """Prints the table under `title` and each failure; writes the JSON if asked."""
+    tab = table(results, rows)
+    print(f"\n{title}\n")
+    print(tab)
+    for r in results:
+        if "error" in r:
+            print(f"\n{r['name']} FAILED: {r['error']}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"meta": meta, "results": results, "table_markdown": tab, **extra_json}, f, indent=2)
+    return tab
+
+
 def startup_order_coverage(binary):
     """Which code layout the measured binary has: scripts/build-release.sh leaves the list of
     functions it placed together beside the binary (release/startup-order.txt), made from
