@@ -34,7 +34,8 @@
 #   HEARTH_BENCH_SERVERS comma list           (default synapse,hearth-rocksdb,hearth-sqlite)
 #   BENCH_PERF_CALLGRAPH e.g. "dwarf" for call graphs in --profile (needs debuginfo, see README)
 #   BENCH_PROFILE_PHASE  "first-sync": --profile records only the first initial syncs of
-#                        distinct users (else the whole quick workload)
+#                        distinct users; "send": only the sends and the background work
+#                        they leave (else the whole quick workload)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH=bench

@@ -370,6 +370,9 @@ async def workload(srv, P, prof=None):
                 await send(u, room, f"message {j} from {u.user_id}")
                 lat.append(time.perf_counter() - s0)
 
+        send_perf = prof() if prof and os.environ.get("BENCH_PROFILE_PHASE") == "send" else None
+        if send_perf:
+            await asyncio.sleep(1)  # perf attaches
         cpu0 = cpu_ticks(srv.pid)
         t0 = time.perf_counter()
         await asyncio.gather(*(sender(i, u) for i, u in enumerate(users)))
@@ -386,6 +389,9 @@ async def workload(srv, P, prof=None):
         # indexing) done: what a message costs in all, not only while its request runs.
         res["send_settle_s"] = await settle(srv.pid)
         res["cpu_ms_per_event_settled"] = (cpu_ticks(srv.pid) - cpu0) * 1000 / CLK_TCK / n
+        if send_perf:
+            send_perf.send_signal(signal.SIGINT)
+            send_perf.wait(60)
         res.setdefault("hwm_after", {})["send"] = proc_status(srv.pid, "VmHWM")
         log(srv.name, f"sent {n} events at {res['send_events_per_s']:.1f}/s")
 

@@ -100,7 +100,34 @@ pub(crate) fn room_context(rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Re
     Ok(ctx)
 }
 
-type KeptRuleset = (u64, Arc<Ruleset>, Arc<PushFields>);
+/// (version, ruleset, the fields it reads, its class: see [`rules_class`]).
+type KeptRuleset = (u64, Arc<Ruleset>, Arc<PushFields>, Arc<str>);
+
+/// The user's stored rules with every `pattern` or `value` that is exactly their own user
+/// id or localpart replaced by a placeholder, as text. Users of one class have the same
+/// rules but for their own identity, so for an event that names neither of them (see
+/// [`notifications`]) their rules give the same actions.
+pub(crate) fn rules_class(stored: &Map<String, Value>, user: &UserId) -> String {
+    fn walk(v: &mut Value, user: &UserId) {
+        match v {
+            Value::Object(map) => {
+                for (key, value) in map.iter_mut() {
+                    let own = matches!(value.as_str(), Some(s) if s == user.as_str() || s == user.localpart());
+                    if own && (key == "pattern" || key == "value") {
+                        *value = Value::String("\u{0}".into());
+                    } else {
+                        walk(value, user);
+                    }
+                }
+            }
+            Value::Array(list) => list.iter_mut().for_each(|v| walk(v, user)),
+            _ => {}
+        }
+    }
+    let mut rules = Value::Object(stored.clone());
+    walk(&mut rules, user);
+    rules.to_string()
+}
 
 /// Parsed rulesets and running unread counts, cached per user (and room) for sync.
 #[derive(Default)]
@@ -127,14 +154,16 @@ impl Push {
                 return Ok(kept.clone());
             }
         }
-        let rules = Arc::new(ruleset(account_data, user)?);
+        let stored = stored_rules(account_data, user)?;
+        let rules = Arc::new(rules::to_ruleset(&stored));
+        let class: Arc<str> = rules_class(&stored, user).into();
         let fields = PushFields::of(&rules);
         let mut rulesets = self.rulesets.lock().unwrap_or_else(|e| e.into_inner());
         // Users with the same fields share one value: events flattened for one of them
         // are kept for all (see `Rooms::page_for_push`).
         let fields =
             rulesets.values().map(|k| &k.2).find(|f| ***f == fields).cloned().unwrap_or_else(|| Arc::new(fields));
-        let kept = (version, rules, fields);
+        let kept = (version, rules, fields, class);
         rulesets.insert(user.to_owned(), kept.clone());
         Ok(kept)
     }
@@ -154,7 +183,7 @@ impl Push {
         until: u64,
         split_threads: bool,
     ) -> Result<unread::UnreadCounts> {
-        let (version, rules, fields) = self.ruleset(account_data, user)?;
+        let (version, rules, fields, _) = self.ruleset(account_data, user)?;
         let marks = self.marks.span();
         self.unread.counts(rooms, (&rules, &fields), version, room_id, user, until, split_threads, marks)
     }
@@ -175,5 +204,25 @@ impl Push {
             });
         }
         self.trimmed.trim(&rooms.store, room_id, &readers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_rules_of_two_users_are_one_class() {
+        let (bob, dan) = (ruma::user_id!("@bob:x.test"), ruma::user_id!("@dan:x.test"));
+        let (mut b, d) = (rules::server_default(bob), rules::server_default(dan));
+        assert_eq!(rules_class(&b, bob), rules_class(&d, dan));
+        assert_ne!(rules_class(&b, bob), rules_class(&b, dan), "the identity replaced is the user's own");
+        let body = match serde_json::json!({"pattern": "cheese", "actions": ["notify"]}) {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        let cheese = rules::NewRule { kind: "content", rule_id: "cheese", body: &body, before: None, after: None };
+        rules::insert(&mut b, cheese).expect("a keyword rule");
+        assert_ne!(rules_class(&b, bob), rules_class(&d, dan), "a keyword of one's own is another class");
     }
 }

@@ -55,6 +55,34 @@ fn flatten(pdu: &crate::rooms::pdu::Pdu) -> Result<FlattenedJson> {
     Ok(FlattenedJson::from_raw(&raw))
 }
 
+/// Every string value of an event, lower-cased, one per line: what push rules compare
+/// with a user's identity.
+fn lowercase_strings(json: &ruma::CanonicalJsonObject) -> String {
+    fn walk(v: &ruma::CanonicalJsonValue, out: &mut String) {
+        match v {
+            ruma::CanonicalJsonValue::String(s) => {
+                out.push_str(&s.to_lowercase());
+                out.push('\n');
+            }
+            ruma::CanonicalJsonValue::Array(list) => list.iter().for_each(|v| walk(v, out)),
+            ruma::CanonicalJsonValue::Object(map) => map.values().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    json.values().for_each(|v| walk(v, &mut out));
+    out
+}
+
+/// Whether an event (its [`lowercase_strings`]) may name `user`: their localpart (which
+/// their user id holds) or their display name in the room appears in one of its values.
+/// Only rules of a user's own identity read these, so for events that name nobody the
+/// rules of one class agree.
+fn names(text: &str, user: &UserId, ctx: &ruma::push::PushConditionRoomCtx) -> bool {
+    let display_name = ctx.user_display_name.to_lowercase();
+    text.contains(&user.localpart().to_lowercase()) || (!display_name.is_empty() && text.contains(&display_name))
+}
+
 /// The unread-mark bits of a user's actions for an event.
 fn verdict(actions: &[Action]) -> u8 {
     let notify = if actions.iter().any(Action::should_notify) { marks::NOTIFY } else { 0 };
@@ -201,7 +229,7 @@ impl Notifications {
             verdicts.push((pdu.sender.clone(), marks::OWN));
         }
         for user in joined.iter().filter(|u| **u != pdu.sender) {
-            let (_, rules, _) = self.push.ruleset(&self.account_data, user)?;
+            let (_, rules, _, _) = self.push.ruleset(&self.account_data, user)?;
             let ctx = self.push.context(&self.rooms, room, user)?;
             verdicts.push((user.clone(), verdict(super::unread::first_match(&rules, &flat, &ctx).unwrap_or_default())));
         }
@@ -265,13 +293,27 @@ impl Notifications {
             if let Some(target) = pdu.redaction_target() {
                 self.mark_redacted(&mut batch, &entry.room_id, &target, &joined)?;
             }
+            // The event's string values, lower-cased, read once (see `names`), and the
+            // actions found per rules class for members it does not name.
+            let text = std::cell::OnceCell::new();
+            let mut by_class: HashMap<Arc<str>, Arc<[Action]>> = HashMap::new();
             for (user, member) in recipients {
-                let (_, rules, _) = self.push.ruleset(&self.account_data, &user)?;
+                let (_, rules, _, class) = self.push.ruleset(&self.account_data, &user)?;
                 let ctx = match remote_invite {
                     true => Arc::new(invite_context(&entry.room_id, &user)),
                     false => self.push.context(&self.rooms, &entry.room_id, &user)?,
                 };
-                let actions = super::unread::first_match(&rules, &flat, &ctx).unwrap_or_default();
+                let evaluate = || -> Arc<[Action]> {
+                    Arc::from(super::unread::first_match(&rules, &flat, &ctx).unwrap_or_default())
+                };
+                // Members whose rules differ only in their own identity get the same
+                // actions from an event that names none of them: evaluated once per class.
+                let shared = !*remote_invite && !names(text.get_or_init(|| lowercase_strings(&pdu.json)), &user, &ctx);
+                let actions = match shared {
+                    true => by_class.entry(class).or_insert_with(evaluate).clone(),
+                    false => evaluate(),
+                };
+                let actions = &actions[..];
                 let notify = actions.iter().any(Action::should_notify);
                 if member {
                     verdicts.push((user.clone(), verdict(actions)));

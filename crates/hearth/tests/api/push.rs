@@ -580,3 +580,47 @@ async fn unread_counts_from_marks_match_evaluation(b: Backend) {
 }
 
 both_engines!(unread_counts_from_marks_match_evaluation);
+
+/// The push follower evaluates rules once per class of members whose rules differ only in
+/// their own identity, for events that name none of them; a member an event names is
+/// evaluated on their own. Three members with the default rules: each mention highlights
+/// for the one it names alone, by `m.mentions`, by user name and by display name.
+async fn members_an_event_names_are_evaluated_apart(b: Backend) {
+    let mut s = TestServer::start(b).await;
+    let (_, at, _) = s.register("alice", "pw-alice-1").await;
+    let mut members = Vec::new();
+    for name in ["bob", "carol", "dan"] {
+        members.push(s.register(name, &format!("pw-{name}-1")).await);
+    }
+    let (_, res) = s.post("/_matrix/client/v3/createRoom", Some(&at), json!({"preset": "public_chat"})).await;
+    let room = res["room_id"].as_str().unwrap().to_owned();
+    for (_, token, _) in &members {
+        assert_eq!(s.post(&format!("/_matrix/client/v3/join/{room}"), Some(token), json!({})).await.0, StatusCode::OK);
+    }
+    let (carol_id, carol_token) = (&members[1].0, &members[1].1);
+    let path = format!("/_matrix/client/v3/profile/{carol_id}/displayname");
+    assert_eq!(s.put(&path, Some(carol_token), json!({"displayname": "Caroline"})).await.0, StatusCode::OK);
+    let bob = members[0].0.clone();
+    let messages = [
+        json!({"msgtype": "m.text", "body": "hello all"}),
+        json!({"msgtype": "m.text", "body": "hey you", "m.mentions": {"user_ids": [bob]}}),
+        json!({"msgtype": "m.text", "body": "caroline, lunch?"}),
+        json!({"msgtype": "m.text", "body": "dan: and you?"}),
+    ];
+    for (i, content) in messages.into_iter().enumerate() {
+        let (status, r) =
+            s.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/n{i}"), Some(&at), content).await;
+        assert_eq!(status, StatusCode::OK, "{r}");
+    }
+    follower_caught_up(&s).await;
+    // Counted from the follower's marks alone.
+    s.restart().await;
+    let mut counts = Vec::new();
+    for (_, token, _) in &members {
+        counts.push(unread(&s, token, &room).await);
+    }
+    // Carol's display-name change is an event too; it notifies nobody by default.
+    assert_eq!(counts, vec![(4, 1), (4, 1), (4, 1)], "each highlighted once, by the mention that names them");
+}
+
+both_engines!(members_an_event_names_are_evaluated_apart);
