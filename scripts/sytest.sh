@@ -7,8 +7,9 @@
 # (tests/sytest/files.txt), with that list as sytest's whitelist, on RocksDB and then on
 # SQLite (HEARTH_SYTEST_BACKENDS, default "rocksdb sqlite"), and requires every listed test
 # to pass on each, except those tests/sytest/known-failures.txt names (tests/sytest/check.py).
-# Then the federation files (tests/50federation), requiring tests/sytest/federation-passes.txt
-# (issue 22; see the end of this script).
+# Then the federation files (tests/50federation), requiring tests/sytest/federation-passes.txt,
+# and the application service files (tests/60app-services), requiring
+# tests/sytest/appservice-passes.txt (issue 22; see the end of this script).
 # Hearth terminates TLS itself (no stunnel), skips fsync (a test suite, not a crash test), and
 # reads tests/sytest/hearth.toml (URL previews on, which sytest's preview test needs).
 #
@@ -72,5 +73,18 @@ run federation 19600:19699 rocksdb 10 "$FED_LIST" "${FED_FILES[@]}"
 echo "sytest federation on rocksdb:"
 python3 tests/sytest/check.py "$FED_LIST" /dev/null "$OUT/rocksdb-federation/results.tap" || status=1
 rm -rf "$OUT/src-rocksdb-federation"
+
+# Application services (issue 22): sytest writes two registrations for server-0 and names
+# them in SYTEST_APPSERVICE_CONFIGS, which the shared adapter does not map; the repository's
+# wrapper (tests/sytest/appservice-adapter.sh) turns them into app_service_config_files and
+# calls that adapter. Every test of the folder is on the list.
+AS_LIST="$(pwd)/tests/sytest/appservice-passes.txt"
+mapfile -t AS_FILES < <(cd "$SYTEST/sytest" && ls tests/60app-services/*.pl)
+export HEARTH_SYTEST_ADAPTER="$SYTEST/hearth-adapter.sh"
+run appservices 19700:19799 rocksdb 11 "$AS_LIST" \
+    --hs-binary "$(pwd)/tests/sytest/appservice-adapter.sh" "${AS_FILES[@]}"
+echo "sytest application services on rocksdb:"
+python3 tests/sytest/check.py "$AS_LIST" /dev/null "$OUT/rocksdb-appservices/results.tap" || status=1
+rm -rf "$OUT/src-rocksdb-appservices"
 echo "sytest: results in $OUT"
 exit $status

@@ -147,6 +147,8 @@ pub struct Config {
     /// memory while it is checked, about 1.4 KiB per event, so on a board with a 1 GiB
     /// limit raise it with care. Matrix HQ's state was 206,479 events in 2022.
     pub join_max_state_events: usize,
+    /// Application service registration files (YAML, as bridges write them; Synapse's key).
+    pub app_service_config_files: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -194,6 +196,7 @@ impl Default for Config {
             media_retention_days: 0,
             url_preview_enabled: false,
             join_max_state_events: 50_000,
+            app_service_config_files: Vec::new(),
         }
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod appservice;
 pub mod config;
 pub mod e2ee;
 pub mod error;
@@ -96,6 +97,10 @@ pub struct Services {
     pub admin: admin::Admin,
     /// The full-text index of the rooms' messages (`/search`).
     pub search: Arc<search::Search>,
+    /// Registered application services (bridges).
+    pub appservices: Arc<appservice::AppServices>,
+    /// Transactions to the application services.
+    pub appservice_sender: Arc<appservice::sender::AppserviceSender>,
     /// The port the client listener is bound to (the configured one, or the one the
     /// system picked for port 0), set when it starts.
     listening_port: std::sync::atomic::AtomicU16,
@@ -179,6 +184,30 @@ impl Services {
             search::Search::open(&config.database_path, rooms.clone())
                 .map_err(|e| StoreError::Other(format!("cannot open the search index: {e}")))?,
         );
+        let appservices =
+            appservice::AppServices::load(&config.app_service_config_files, &config.server_name, store.clone())
+                .map_err(StoreError::Other)?;
+        let appservices = match appservices.is_empty() {
+            true => appservices,
+            false => {
+                let dns = transport::dns::Dns::new(&config.dns_servers)
+                    .map_err(|e| StoreError::Other(format!("cannot set up requests to application services: {e}")))?;
+                // The operator names these URLs: no address denylist (see `appservice`).
+                let http = transport::client::OutboundClient::new(
+                    transport::policy::AddressPolicy::new(Vec::new(), Vec::new()),
+                    None,
+                    Arc::new(dns),
+                )
+                .map_err(|e| StoreError::Other(format!("cannot set up requests to application services: {e}")))?;
+                appservices.create_senders(&users).map_err(|e| {
+                    StoreError::Other(format!("cannot create the application services' sender users: {e}"))
+                })?;
+                appservices.with_client(http)
+            }
+        };
+        let appservices = Arc::new(appservices);
+        let appservice_sender =
+            Arc::new(appservice::sender::AppserviceSender::new(appservices.clone(), rooms.clone(), store.clone()));
         let max_concurrent = config.max_concurrent_requests as usize;
         let port = config.port;
         Ok(Arc::new(Services {
@@ -212,6 +241,8 @@ impl Services {
             sliding_connections: Default::default(),
             admin,
             search,
+            appservices,
+            appservice_sender,
             listening_port: std::sync::atomic::AtomicU16::new(port),
         }))
     }

@@ -272,6 +272,8 @@ pub struct Running {
     media_tidy: Option<Worker>,
     /// Push rule evaluation and delivery to push gateways.
     push: Option<Worker>,
+    /// Transactions to the application services, when there are any.
+    appservices: Option<Worker>,
     /// Self-destructing messages pruned when due.
     expiry: Option<Worker>,
     /// The admin channel `hearth admin` reaches the running server through.
@@ -359,6 +361,11 @@ impl Running {
             let stream = services.stream.clone();
             Some(Worker::spawn(move |stop| push.run(stream, stop)))
         };
+        let appservices = (!services.appservices.is_empty()).then(|| {
+            let sender = services.appservice_sender.clone();
+            let stream = services.stream.clone();
+            Worker::spawn(move |stop| sender.run(stream, stop))
+        });
         let admin_channel = crate::api::admin::channel::socket_path(config).and_then(|path| {
             match crate::api::admin::channel::bind(&path) {
                 Ok(listener) => {
@@ -400,6 +407,7 @@ impl Running {
             sender,
             media_tidy,
             push,
+            appservices,
             expiry,
             admin_channel,
             search,
@@ -428,6 +436,9 @@ impl Running {
         }
         if let Some(push) = self.push.take() {
             push.stop().await;
+        }
+        if let Some(appservices) = self.appservices.take() {
+            appservices.stop().await;
         }
         if let Some(expiry) = self.expiry.take() {
             expiry.stop().await;

@@ -143,7 +143,7 @@ impl Admin {
         if let Some(p) = password {
             check_password(p)?;
         }
-        self.users.create_account(NewAccount { localpart, password, admin, guest: false })
+        self.users.create_account(NewAccount { localpart, password, admin, guest: false, appservice: false })
     }
 
     /// Sets a password; with `logout_devices`, every device of the user is logged out.

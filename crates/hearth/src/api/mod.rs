@@ -73,8 +73,7 @@ impl AuthPolicy for AccessToken {
 impl AuthPolicy for AccessTokenOptional {
     const KIND: AuthKind = AuthKind::Optional;
 }
-// Application services are not supported yet: their token is treated as a user token,
-// which no appservice will have, so they are refused with M_UNKNOWN_TOKEN.
+// An application service's token is looked up with the users' (see `authenticate`).
 impl AuthPolicy for AppserviceToken {
     const KIND: AuthKind = AuthKind::Required;
 }
@@ -179,10 +178,29 @@ pub(crate) async fn verify_server_request(
 /// finds it); 401 without one.
 pub(crate) fn caller_of(services: &Services, parts: &http::request::Parts) -> Result<Caller> {
     let token = access_token(parts)?.ok_or_else(Error::missing_token)?;
-    let caller = services.users.authenticate(&token)?;
+    let caller = authenticate(services, parts, &token)?;
     guest::check(&caller, parts, "")?;
     note_seen(services, &caller, parts);
     Ok(caller)
+}
+
+/// The device an application service acts through when it names none.
+const APPSERVICE_DEVICE: &str = "APPSERVICE";
+
+/// Who a token is: an application service's `as_token` acts as its sender or, with
+/// `?user_id=`, as a user it registered (`?device_id=` names that user's device); any
+/// other token is a user's.
+fn authenticate(services: &Services, parts: &http::request::Parts, token: &str) -> Result<Caller> {
+    let Some(service) = services.appservices.by_token(token) else { return services.users.authenticate(token) };
+    let query = query_pairs(parts.uri.query().unwrap_or(""));
+    let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let user_id = services.appservices.masquerade(service, param("user_id"), &services.users)?;
+    let device_id = match param("device_id").or_else(|| param("org.matrix.msc3202.device_id")) {
+        Some(d) if services.users.device(&user_id, d.into())?.is_some() => d.into(),
+        Some(_) => return Err(Error::forbidden("The application service's user has no such device")),
+        None => APPSERVICE_DEVICE.into(),
+    };
+    Ok(Caller { user_id, device_id, guest: false, appservice: Some(service.id().into()) })
 }
 
 /// The client's address: the connection's peer, or, when the peer is a trusted proxy
@@ -210,6 +228,9 @@ pub(crate) fn client_ip(parts: &http::request::Parts, trusted: &[ipnet::IpNet]) 
 /// Records the caller's device as seen now, from this address and user agent (see
 /// `users::activity`). A failure to record is logged, never the request's failure.
 fn note_seen(services: &Services, caller: &Caller, parts: &http::request::Parts) {
+    if caller.appservice.is_some() {
+        return;
+    }
     let seen = crate::users::activity::Seen {
         ip: client_ip(parts, &services.config.trusted_proxies).map(|ip| ip.to_string()),
         user_agent: parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
@@ -339,7 +360,7 @@ where
             AuthKind::None | AuthKind::Server => None,
             kind => match access_token(&parts)? {
                 Some(token) => {
-                    let caller = services.users.authenticate(&token)?;
+                    let caller = authenticate(services, &parts, &token)?;
                     let template = R::PATH_BUILDER.all_paths().next().unwrap_or("");
                     guest::check(&caller, &parts, template)?;
                     note_seen(services, &caller, &parts);

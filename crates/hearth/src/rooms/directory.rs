@@ -125,6 +125,18 @@ impl Rooms {
     /// Published rooms whose name, topic or canonical alias contains `term` (any case),
     /// paged by offset (`since` is `o<offset>`, `limit` at most [`MAX_LIMIT`]).
     pub fn public_rooms(&self, term: Option<&str>, since: Option<&str>, limit: Option<UInt>) -> Result<Listing> {
+        self.listing(self.published_rooms()?, term, since, limit)
+    }
+
+    /// As [`Rooms::public_rooms`], over `rooms` (an application service's lists, say)
+    /// instead of the published ones; rooms this server does not hold are left out.
+    pub fn listing(
+        &self,
+        rooms: Vec<OwnedRoomId>,
+        term: Option<&str>,
+        since: Option<&str>,
+        limit: Option<UInt>,
+    ) -> Result<Listing> {
         let offset: usize = match since {
             Some(t) => t
                 .strip_prefix('o')
@@ -135,7 +147,10 @@ impl Rooms {
         let limit = limit.map_or(MAX_LIMIT, |l| (u64::from(l) as usize).clamp(1, MAX_LIMIT));
         let term = term.map(str::to_lowercase).filter(|t| !t.is_empty());
         let mut all = Vec::new();
-        for room_id in self.published_rooms()? {
+        for room_id in rooms {
+            if self.room(&room_id)?.is_none() {
+                continue;
+            }
             let c = self.public_rooms_chunk(&room_id)?;
             if let Some(t) = &term {
                 let hay = format!(

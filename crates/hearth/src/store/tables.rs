@@ -167,6 +167,8 @@ pub const ALL: &[&str] = &[
     THREAD_ROOTS,
     BUNDLED_TARGETS,
     UNREAD_MARKS,
+    APPSERVICE_ROOMS,
+    APPSERVICE_STATE,
 ];
 
 /// (destination server, stream position) → event id: PDUs queued for another server.
@@ -201,6 +203,10 @@ pub const PUSHERS: &str = "pushers";
 pub const NOTIFICATIONS: &str = "notifications";
 /// `"position"` → the stream position push rules were evaluated up to.
 pub const PUSH_STATE: &str = "push_state";
+/// (application service list `<id>|<network>`, room id) → (): rooms a service published.
+pub const APPSERVICE_ROOMS: &str = "appservice_rooms";
+/// Application service id → how far its transactions have got.
+pub const APPSERVICE_STATE: &str = "appservice_state";
 /// User id → when they asked to be erased (deactivation with `erase`).
 pub const ERASED_USERS: &str = "erased_users";
 /// (expiry time, event id) → room id: self-destructing messages (MSC2228) still to prune.

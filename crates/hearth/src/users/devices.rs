@@ -33,6 +33,9 @@ pub struct Caller {
     pub device_id: OwnedDeviceId,
     /// A guest account (see `api::guest` for what it may call).
     pub guest: bool,
+    /// The application service whose token this is (the caller is its sender or a user it
+    /// masquerades as; `device_id` is then the one the service named, or a placeholder).
+    pub appservice: Option<std::sync::Arc<str>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +138,7 @@ impl Users {
                 user_id: owner.user_id.clone(),
                 device_id: owner.device_id.clone(),
                 guest: owner.guest,
+                appservice: None,
             });
         }
         let epoch = self.tokens.epoch.load(Ordering::SeqCst);
@@ -143,7 +147,7 @@ impl Users {
         if self.tokens.epoch.load(Ordering::SeqCst) == epoch {
             owners.insert(hash, owner.clone());
         }
-        Ok(Caller { user_id: owner.user_id, device_id: owner.device_id, guest: owner.guest })
+        Ok(Caller { user_id: owner.user_id, device_id: owner.device_id, guest: owner.guest, appservice: None })
     }
 
     /// Writes a batch that may delete access tokens, then forgets the resolved ones.

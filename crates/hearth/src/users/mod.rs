@@ -43,6 +43,10 @@ pub struct Account {
     /// A guest account (`kind=guest`): no password, a limited API, until it upgrades.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub guest: bool,
+    /// Made by an application service (its sender, or a user it registered): never counts
+    /// as the server's first account.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub appservice: bool,
 }
 
 json_value!(Account);
@@ -95,6 +99,8 @@ pub struct NewAccount<'a> {
     pub admin: Option<bool>,
     /// A guest account: never the server's admin, no display name.
     pub guest: bool,
+    /// Made by an application service (see [`Account::appservice`]).
+    pub appservice: bool,
 }
 
 impl Users {
@@ -213,13 +219,14 @@ impl Users {
         if ACCOUNTS.contains(&self.store, user_id.as_str())? {
             return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_USER_IN_USE", "User ID already taken"));
         }
-        let first = !new.guest && self.count_accounts_up_to(1)? == 0;
+        let first = !new.guest && !new.appservice && !self.has_own_account()?;
         let account = Account {
             password_hash: hash,
             admin: !new.guest && new.admin.unwrap_or(first),
             deactivated: false,
             created_ts: now_millis(),
             guest: new.guest,
+            appservice: new.appservice,
         };
         let mut batch = Batch::new();
         ACCOUNTS.put(&mut batch, user_id.as_str(), &account);
@@ -237,13 +244,16 @@ impl Users {
         Ok(user_id)
     }
 
-    fn count_accounts_up_to(&self, limit: usize) -> Result<usize> {
-        let mut n = 0;
-        ACCOUNTS.scan_all(&self.store, |_, _| {
-            n += 1;
-            n < limit
+    /// Whether any account not made by an application service exists (the first one
+    /// becomes the admin). Bridges' users are read past, a few thousand at most in practice,
+    /// and only when an account is created.
+    fn has_own_account(&self) -> Result<bool> {
+        let mut found = false;
+        ACCOUNTS.scan_all(&self.store, |_, account| {
+            found = !account.appservice;
+            !found
         })?;
-        Ok(n)
+        Ok(found)
     }
 
     /// All accounts, for the admin command.

@@ -3,6 +3,7 @@
 mod common;
 
 mod account;
+mod appservice;
 mod devices;
 mod directory;
 mod discovery;

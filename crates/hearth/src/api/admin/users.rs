@@ -88,7 +88,8 @@ fn detailed(s: &Services, user: &UserId) -> Result<Value> {
     let account = s.users.account(user)?.ok_or_else(|| Error::not_found("User not found"))?;
     let mut v = listed(s, user, &account)?;
     v["creation_ts"] = json!(account.created_ts / 1000);
-    v["appservice_id"] = Value::Null;
+    let service = s.appservices.all().iter().find(|a| account.appservice && a.is_user_in_namespace(user));
+    v["appservice_id"] = json!(service.map(|a| a.id()));
     v["consent_server_notice_sent"] = Value::Null;
     v["consent_version"] = Value::Null;
     v["consent_ts"] = Value::Null;

@@ -65,11 +65,11 @@ pub async fn register(
     if body.kind == RegistrationKind::Guest {
         return register_guest(&s, body.initial_device_display_name, ip);
     }
+    if body.login_type.is_some() || req.caller.as_ref().is_some_and(|c| c.appservice.is_some()) {
+        return register_appservice_user(&s, req.caller.as_ref(), params, ip);
+    }
     if !s.config.allow_registration {
         return Err(Error::forbidden("Registration is disabled on this server"));
-    }
-    if body.login_type.is_some() {
-        return Err(Error::forbidden("Application services are not supported"));
     }
     if let Some(session) = body.auth.as_ref().and_then(|a| a.session()) {
         if let Some((user_id, stored)) = s.uiaa.registered_by(session) {
@@ -116,12 +116,54 @@ pub async fn register(
             password: password.as_deref(),
             admin: None,
             guest: false,
+            appservice: false,
         }),
     })
     .await
     .map_err(|e| Error::internal(format!("registration task: {e}")))??;
     s.uiaa.set_registered(&done.session, &user_id);
     log_in_registered(&s, user_id, params, ip)
+}
+
+/// `POST /register` with `type: m.login.application_service`: an application service
+/// creates a user of its namespaces, without UIA (and whether or not registration is open).
+fn register_appservice_user(
+    s: &Services,
+    caller: Option<&crate::api::Caller>,
+    params: Map<String, Value>,
+    ip: Option<String>,
+) -> Result<axum::Json<Value>> {
+    let service = caller
+        .and_then(|c| c.appservice.as_deref())
+        .and_then(|id| s.appservices.by_id(id))
+        .ok_or_else(|| Error::forbidden("Only an application service may register with m.login.application_service"))?;
+    let params: Params = serde_json::from_value(Value::Object(params))
+        .map_err(|e| Error::bad_json(format!("Invalid registration parameters: {e}")))?;
+    let name =
+        params.username.as_deref().ok_or_else(|| Error::invalid_param("An application service names the user"))?;
+    // A full user id is taken for its localpart, as Synapse does.
+    let localpart = match ruma::UserId::parse(name) {
+        Ok(user) if user.server_name() == s.config.server_name => user.localpart().to_owned(),
+        _ => name.to_lowercase(),
+    };
+    s.users.check_new_localpart(&localpart)?.map_err(UsernameProblem::into_error)?;
+    let user_id = s.users.user_id(&localpart)?;
+    if !service.is_user_in_namespace(&user_id) {
+        return Err(Error::matrix(
+            StatusCode::BAD_REQUEST,
+            "M_EXCLUSIVE",
+            "This user id is not in the application service's namespaces",
+        ));
+    }
+    s.appservices.check_user_free(&user_id, Some(service.id()))?;
+    let user_id = s.users.create_account(NewAccount {
+        localpart: &localpart,
+        password: None,
+        admin: Some(false),
+        guest: false,
+        appservice: true,
+    })?;
+    log_in_registered(s, user_id, params, ip)
 }
 
 /// The checks of a requested username: free, or (with `guest_access_token`) the localpart
@@ -138,7 +180,11 @@ fn check_username(s: &Services, username: Option<&str>, guest_access_token: Opti
             }
             Ok(())
         }
-        (None, Some(name)) => s.users.check_new_localpart(&name.to_lowercase())?.map_err(UsernameProblem::into_error),
+        (None, Some(name)) => {
+            let localpart = name.to_lowercase();
+            s.users.check_new_localpart(&localpart)?.map_err(UsernameProblem::into_error)?;
+            s.appservices.check_user_free(&s.users.user_id(&localpart)?, None)
+        }
         (None, None) => Ok(()),
     }
 }
@@ -174,8 +220,13 @@ fn register_guest(s: &Services, display_name: Option<String>, ip: Option<String>
         if s.users.check_new_localpart(&localpart)?.is_err() {
             continue;
         }
-        let user_id =
-            s.users.create_account(NewAccount { localpart: &localpart, password: None, admin: None, guest: true })?;
+        let user_id = s.users.create_account(NewAccount {
+            localpart: &localpart,
+            password: None,
+            admin: None,
+            guest: true,
+            appservice: false,
+        })?;
         let params = Params { initial_device_display_name: display_name, ..Params::default() };
         return log_in_registered(s, user_id, params, ip);
     }
@@ -192,6 +243,7 @@ pub async fn get_username_availability(
     }
     let localpart = req.body.username.to_lowercase();
     s.users.check_new_localpart(&localpart)?.map_err(UsernameProblem::into_error)?;
+    s.appservices.check_user_free(&s.users.user_id(&localpart)?, None)?;
     Ok(get_username_availability::v3::Response::new(true))
 }
 
@@ -253,8 +305,11 @@ pub async fn change_password(
 /// hidden from those who were not there to see them (`rooms::erasure`).
 pub async fn deactivate(s: Arc<Services>, req: Ruma<deactivate::v3::Request>) -> Result<deactivate::v3::Response> {
     let caller = req.caller()?.clone();
-    let flows = vec![vec![AuthType::Password]];
-    s.uiaa.check(Purpose::Deactivate, Some(&caller.user_id), &flows, req.body.auth.as_ref()).await?;
+    // An application service deactivates the users it masquerades as without UIA.
+    if caller.appservice.is_none() {
+        let flows = vec![vec![AuthType::Password]];
+        s.uiaa.check(Purpose::Deactivate, Some(&caller.user_id), &flows, req.body.auth.as_ref()).await?;
+    }
     s.admin.deactivate(&caller.user_id, req.body.erase)?;
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
 }

@@ -13,13 +13,34 @@ use crate::{
     Services,
 };
 
+/// The room an alias names, with servers to join it through: a remote alias is asked of
+/// its server; a local one that is not there, of the application services whose namespace
+/// holds it (which create it before answering).
+pub(crate) async fn room_alias(
+    s: &Services,
+    alias: &ruma::RoomAliasId,
+) -> Result<(ruma::OwnedRoomId, Vec<ruma::OwnedServerName>)> {
+    let servers = s.config.allow_federation.then_some(&*s.transport.servers);
+    let own = &s.config.server_name;
+    let found = crate::federation::query::room_alias(&s.rooms, servers, own, alias).await;
+    match found {
+        Err(e)
+            if alias.server_name() == own && !s.appservices.is_empty() && e.status() == http::StatusCode::NOT_FOUND =>
+        {
+            if s.appservices.query_alias(alias).await {
+                return crate::federation::query::room_alias(&s.rooms, servers, own, alias).await;
+            }
+            Err(e)
+        }
+        other => other,
+    }
+}
+
 /// `GET /_matrix/client/v3/directory/room/{roomAlias}`
 ///
 /// A remote alias is asked of its server.
 pub async fn get_alias(s: Arc<Services>, req: Ruma<get_alias::v3::Request>) -> Result<get_alias::v3::Response> {
-    let servers = s.config.allow_federation.then_some(&*s.transport.servers);
-    let (room_id, via) =
-        crate::federation::query::room_alias(&s.rooms, servers, &s.config.server_name, &req.body.room_alias).await?;
+    let (room_id, via) = room_alias(&s, &req.body.room_alias).await?;
     Ok(get_alias::v3::Response::new(room_id, via))
 }
 
@@ -33,7 +54,12 @@ pub async fn create_alias(
     if alias.server_name() != s.config.server_name {
         return Err(Error::invalid_param("Aliases can only be created on this server"));
     }
-    s.rooms.require_joined(&req.body.room_id, &caller.user_id)?;
+    s.appservices.check_alias_free(alias, caller.appservice.as_deref())?;
+    // An application service manages the aliases of its namespace, joined or not.
+    match caller.appservice {
+        Some(_) => s.rooms.known_room(&req.body.room_id).map(drop)?,
+        None => s.rooms.require_joined(&req.body.room_id, &caller.user_id)?,
+    }
     s.rooms.create_alias(alias, &req.body.room_id)?;
     Ok(create_alias::v3::Response::new())
 }
@@ -49,7 +75,9 @@ pub async fn delete_alias(
     let caller = req.caller()?;
     let room_id = s.rooms.known_alias(&req.body.room_alias)?;
     let admin = s.users.account(&caller.user_id)?.is_some_and(|a| a.admin);
-    if !admin && !s.rooms.is_joined(&room_id, &caller.user_id)? {
+    let service = caller.appservice.as_deref().and_then(|id| s.appservices.by_id(id));
+    let own_namespace = service.is_some_and(|a| a.is_alias_in_namespace(req.body.room_alias.as_str()));
+    if !admin && !own_namespace && !s.rooms.is_joined(&room_id, &caller.user_id)? {
         return Err(Error::forbidden("You may not remove this alias"));
     }
     s.rooms.delete_alias(&req.body.room_alias)?;

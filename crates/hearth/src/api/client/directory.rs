@@ -7,6 +7,7 @@ use ruma::{
         directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
         room::Visibility,
     },
+    directory::RoomNetwork,
     UInt,
 };
 
@@ -48,7 +49,23 @@ pub async fn get_public_rooms_filtered(
 ) -> Result<get_public_rooms_filtered::v3::Response> {
     req.caller()?;
     let term = req.body.filter.generic_search_term.as_deref();
-    let page = page(&s, req.body.server.as_deref(), term, req.body.since.as_deref(), req.body.limit).await?;
+    let (since, limit) = (req.body.since.as_deref(), req.body.limit);
+    let own = req.body.server.as_deref().is_none_or(|server| server == s.config.server_name);
+    let page = match &req.body.room_network {
+        // The application services' lists (`<service id>|<network id>`), alone or with
+        // the server's own directory.
+        RoomNetwork::ThirdParty(instance) if own => {
+            s.rooms.listing(s.appservices.listed_rooms(Some(instance))?, term, since, limit)?
+        }
+        RoomNetwork::All if own => {
+            let mut rooms = s.rooms.published_rooms()?;
+            rooms.extend(s.appservices.listed_rooms(None)?);
+            rooms.sort();
+            rooms.dedup();
+            s.rooms.listing(rooms, term, since, limit)?
+        }
+        _ => page(&s, req.body.server.as_deref(), term, since, limit).await?,
+    };
     let mut res = get_public_rooms_filtered::v3::Response::new();
     res.chunk = page.chunk;
     res.next_batch = page.next;

@@ -31,9 +31,7 @@ async fn resolve_remote(
     match <&ruma::RoomId>::try_from(target) {
         Ok(room_id) => Ok((room_id.to_owned(), via.to_vec())),
         Err(alias) => {
-            let servers = s.config.allow_federation.then_some(&*s.transport.servers);
-            let (room, mut found) =
-                crate::federation::query::room_alias(&s.rooms, servers, &s.config.server_name, alias).await?;
+            let (room, mut found) = super::alias::room_alias(s, alias).await?;
             found.extend(via.iter().cloned());
             Ok((room, found))
         }
@@ -104,7 +102,11 @@ pub async fn invite_user(s: Arc<Services>, req: Ruma<invite_user::v3::Request>) 
         return Err(Error::forbidden("Third-party invites are not supported"));
     };
     let user_id = &invitee.user_id;
-    if user_id.server_name() == s.config.server_name && !s.users.is_active(user_id)? {
+    // A user of an application service's namespace may be made on demand: asked first.
+    if user_id.server_name() == s.config.server_name
+        && !s.users.is_active(user_id)?
+        && !(s.appservices.query_user(user_id).await && s.users.is_active(user_id)?)
+    {
         return Err(Error::not_found("No such user"));
     }
     let federate = s.config.allow_federation;

@@ -3,7 +3,7 @@
 mod account;
 mod account_data;
 mod admin;
-mod alias;
+pub(crate) mod alias;
 mod appservice;
 mod backup;
 mod capabilities;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use ruma::api::client::{
     session::{
-        get_login_types::v3::{self as get_login_types, LoginType, PasswordLoginType},
+        get_login_types::v3::{self as get_login_types, ApplicationServiceLoginType, LoginType, PasswordLoginType},
         login::v3::{self as login, DiscoveryInfo, HomeserverInfo, LoginInfo},
         logout, logout_all,
     },
@@ -19,10 +19,14 @@ use crate::{
 
 /// `GET /_matrix/client/v3/login`
 pub async fn get_login_types(
-    _s: Arc<Services>,
+    s: Arc<Services>,
     _req: Ruma<get_login_types::Request>,
 ) -> Result<get_login_types::Response> {
-    Ok(get_login_types::Response::new(vec![LoginType::Password(PasswordLoginType::new())]))
+    let mut types = vec![LoginType::Password(PasswordLoginType::new())];
+    if !s.appservices.is_empty() {
+        types.push(LoginType::ApplicationService(ApplicationServiceLoginType::new()));
+    }
+    Ok(get_login_types::Response::new(types))
 }
 
 /// The same refusal for an unknown user and a wrong password, so login does not reveal
@@ -37,26 +41,13 @@ fn bad_credentials() -> Error {
 /// `m.id.user` identifier or the legacy `user` field.
 pub async fn login(s: Arc<Services>, req: Ruma<login::Request>) -> Result<login::Response> {
     let ip = req.client_ip.map(|ip| ip.to_string());
+    let caller = req.caller;
     let body = req.body;
-    let LoginInfo::Password(password) = &body.login_info else {
-        return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unsupported login type"));
+    let user_id = match &body.login_info {
+        LoginInfo::Password(password) => password_login(&s, password).await?,
+        LoginInfo::ApplicationService(info) => appservice_login(&s, caller.as_ref(), info)?,
+        _ => return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unsupported login type")),
     };
-    #[allow(deprecated)]
-    let typed = match (&password.identifier, &password.user) {
-        (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
-        (None, Some(user)) => user.clone(),
-        (Some(_), _) => return Err(Error::forbidden("Only user id login is supported")),
-        (None, None) => return Err(Error::missing_param("identifier is required")),
-    };
-    let user_id = s.users.parse_login_user(&typed).ok_or_else(bad_credentials)?;
-    let users = s.users.clone();
-    let (uid, pw) = (user_id.clone(), password.password.clone());
-    let ok = tokio::task::spawn_blocking(move || users.check_password(&uid, &pw))
-        .await
-        .map_err(|e| Error::internal(format!("password check task: {e}")))??;
-    if !ok {
-        return Err(bad_credentials());
-    }
     let (device_id, token) = s.users.login_device(&user_id, body.device_id, body.initial_device_display_name, ip)?;
     s.keys.note_local_device_change(&s.rooms, &user_id, device_id.as_str())?;
     let mut res = login::Response::new(user_id, token, device_id);
@@ -69,6 +60,54 @@ pub async fn login(s: Arc<Services>, req: Ruma<login::Request>) -> Result<login:
         res.well_known = Some(DiscoveryInfo::new(HomeserverInfo::new(s.config.client_base_url(s.listening_port()))));
     }
     Ok(res)
+}
+
+/// The user an `m.id.user` identifier (or the legacy `user` field) names.
+fn named_user(identifier: Option<&UserIdentifier>, user: Option<&String>) -> Result<String> {
+    match (identifier, user) {
+        (Some(UserIdentifier::Matrix(id)), _) => Ok(id.user.clone()),
+        (None, Some(user)) => Ok(user.clone()),
+        (Some(_), _) => Err(Error::forbidden("Only user id login is supported")),
+        (None, None) => Err(Error::missing_param("identifier is required")),
+    }
+}
+
+async fn password_login(s: &Services, password: &login::Password) -> Result<ruma::OwnedUserId> {
+    #[allow(deprecated)]
+    let typed = named_user(password.identifier.as_ref(), password.user.as_ref())?;
+    let user_id = s.users.parse_login_user(&typed).ok_or_else(bad_credentials)?;
+    let users = s.users.clone();
+    let (uid, pw) = (user_id.clone(), password.password.clone());
+    let ok = tokio::task::spawn_blocking(move || users.check_password(&uid, &pw))
+        .await
+        .map_err(|e| Error::internal(format!("password check task: {e}")))??;
+    if !ok {
+        return Err(bad_credentials());
+    }
+    Ok(user_id)
+}
+
+/// `m.login.application_service`: an application service (its token) logs in a user of
+/// its namespaces that exists.
+fn appservice_login(
+    s: &Services,
+    caller: Option<&crate::api::Caller>,
+    info: &login::ApplicationService,
+) -> Result<ruma::OwnedUserId> {
+    let service = caller
+        .and_then(|c| c.appservice.as_deref())
+        .and_then(|id| s.appservices.by_id(id))
+        .ok_or_else(|| Error::forbidden("Only an application service may log in with m.login.application_service"))?;
+    #[allow(deprecated)]
+    let typed = named_user(info.identifier.as_ref(), info.user.as_ref())?;
+    let user_id = s.users.parse_login_user(&typed).ok_or_else(bad_credentials)?;
+    if !service.is_user_in_namespace(&user_id) {
+        return Err(Error::forbidden("This user is not in the application service's namespaces"));
+    }
+    if !s.users.is_active(&user_id)? {
+        return Err(bad_credentials());
+    }
+    Ok(user_id)
 }
 
 /// `POST /_matrix/client/v3/logout`

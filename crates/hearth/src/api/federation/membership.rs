@@ -89,6 +89,17 @@ pub async fn create_invite(
         })
         .collect();
     let stripped = crate::federation::pdu::stripped(&raws, usize::MAX);
+    // An invitee of an application service's namespace may be made on demand: asked first.
+    if !s.appservices.is_empty() {
+        let target = serde_json::from_str::<serde_json::Value>(b.event.get())
+            .ok()
+            .and_then(|e| e["state_key"].as_str().and_then(|k| ruma::UserId::parse(k).ok()));
+        if let Some(target) = target.filter(|t| t.server_name() == s.config.server_name) {
+            if !s.users.is_active(&target)? {
+                s.appservices.query_user(&target).await;
+            }
+        }
+    }
     let event =
         s.federation.receive_invite(origin, &b.room_id, &b.event_id, &b.room_version, &b.event, stripped).await?;
     Ok(create_invite::v2::Response::new(event))

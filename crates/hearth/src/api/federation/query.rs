@@ -46,6 +46,7 @@ pub async fn get_room_information(
     if alias.server_name() != s.config.server_name {
         return Err(Error::not_found("Room alias not found on this server"));
     }
-    let (room_id, servers) = crate::federation::query::room_alias(&s.rooms, None, &s.config.server_name, alias).await?;
+    // Asked of the application services when it is one of theirs and not there yet.
+    let (room_id, servers) = crate::api::client::alias::room_alias(&s, alias).await?;
     Ok(get_room_information::v1::Response::new(room_id, servers))
 }
