@@ -56,8 +56,14 @@ impl Rooms {
     /// Whether `user` may see `pdu` under the room's history visibility at that event:
     /// `world_readable` and `shared` (within [`Rooms::visible_until`]) let them, `invited`
     /// needs them invited or joined at the event, `joined` needs them joined at the event.
+    ///
+    /// A backfilled event has no state here: it is judged by the state where its history
+    /// joins the timeline (see [`Rooms::backfill_boundary_state`]).
     pub fn event_visible_to(&self, pdu: &Pdu, user: &UserId) -> Result<bool> {
-        let state = self.state_before(&pdu.event_id)?;
+        let state = match self.backfill_boundary_state(&pdu.room_id, &pdu.event_id)? {
+            Some(state) => state,
+            None => self.state_before(&pdu.event_id)?,
+        };
         let visibility = self
             .state_event_shared(&state, &ruma::events::StateEventType::RoomHistoryVisibility, "")?
             .and_then(|p| p.content_value().get("history_visibility").and_then(Value::as_str).map(str::to_owned))
@@ -93,6 +99,35 @@ impl Rooms {
             }
         }
         Ok(false)
+    }
+
+    /// For a backfilled event (history fetched from another server, kept without state of
+    /// its own): the state before the event its history leads up to, that is the room's
+    /// first event here (the history from before this server joined) or the event after
+    /// a gap. The history visibility and the reader's membership there stand for those at
+    /// the event: a reader who was not in the room then (no user of this server was, before
+    /// it joined) sees no history the room kept to its members (`joined`, `invited`), which
+    /// the other server sent redacted. `None` for any other event.
+    pub fn backfill_boundary_state(
+        &self,
+        room_id: &RoomId,
+        event_id: &ruma::EventId,
+    ) -> Result<Option<Arc<super::state::StateMap>>> {
+        let Some(row) = super::backfill::BACKFILL_ROWS.get(&self.store, event_id.as_str())? else { return Ok(None) };
+        let anchor = super::backfill::anchor_of(row);
+        let boundary = match anchor {
+            0 => {
+                let mut first = None;
+                super::TIMELINE.scan_prefix(&self.store, room_id.as_str(), Order::Ascending, |_, entry| {
+                    first = Some(entry.event_id);
+                    false
+                })?;
+                first
+            }
+            pos => crate::stream::EVENT_STREAM.get(&self.store, pos)?.map(|e| e.event_id.to_string()),
+        };
+        let Some(boundary) = boundary.and_then(|id| ruma::OwnedEventId::try_from(id).ok()) else { return Ok(None) };
+        Ok(Some(self.state_before(&boundary)?))
     }
 
     /// `pdu` as `user` may see it ([`Rooms::filter_visible`] for one event), or `None`.

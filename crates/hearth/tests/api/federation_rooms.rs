@@ -971,6 +971,24 @@ async fn joined_only_history_is_not_backfilled_readable() {
     let held = p.a.services().rooms.pdu(&ruma::OwnedEventId::try_from(secret.as_str()).expect("id")).expect("read");
     let held = held.expect("the earlier event was backfilled");
     assert_eq!(held.content_value(), json!({}), "a.test holds the content of an event it may not see");
+    // Nor is it shown to alice as an empty message: history kept to members from before
+    // she joined is not hers to page through (sytest's "Backfill works correctly with
+    // history visibility set to joined").
+    let (_, page) =
+        p.a.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), Some(&alice_token)).await;
+    let ids: Vec<&str> =
+        page["chunk"].as_array().expect("chunk").iter().filter_map(|e| e["event_id"].as_str()).collect();
+    assert!(!ids.contains(&secret.as_str()), "{page}");
+    assert!(
+        page["chunk"]
+            .as_array()
+            .expect("chunk")
+            .iter()
+            .all(|e| e["type"] != "m.room.message" || e["content"]["body"] == "said after alice came"),
+        "{page}"
+    );
+    // Her own join is hers to see.
+    assert!(page["chunk"].as_array().expect("chunk").iter().any(|e| e["state_key"] == "@alice:a.test"), "{page}");
 }
 
 /// A user of b.test sees a picture a user of a.test uploaded: b.test fetches it from a.test
