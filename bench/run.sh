@@ -76,10 +76,20 @@ fi
 
 # 2. Synapse + aiohttp + Pillow in a venv (wheels only). Pillow is a dependency of Synapse
 #    (its thumbnailer); bench/media.py also draws its test JPEG with it.
-if ! "$VENV/bin/python" -c "import synapse, aiohttp, PIL, sys; sys.exit(synapse.__version__ != '$SYNAPSE_VERSION')" 2>/dev/null; then
+#    psycopg2 (its binary wheel) for Synapse on PostgreSQL (`synapse-postgres`, the search
+#    benchmark's Synapse: see bench/README.md).
+if ! "$VENV/bin/python" -c "import synapse, aiohttp, PIL, psycopg2, sys; sys.exit(synapse.__version__ != '$SYNAPSE_VERSION')" 2>/dev/null; then
     echo "== installing matrix-synapse==$SYNAPSE_VERSION into $VENV" >&2
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --only-binary :all: "matrix-synapse==$SYNAPSE_VERSION" "aiohttp==$AIOHTTP_VERSION" pillow >&2
+    "$VENV/bin/pip" install -q --only-binary :all: "matrix-synapse==$SYNAPSE_VERSION" "aiohttp==$AIOHTTP_VERSION" pillow \
+        "psycopg2-binary==2.9.13" >&2
+fi
+# PostgreSQL for `synapse-postgres` (Debian's, run as its `postgres` user).
+if [[ "$mode" == search && ! -x /usr/lib/postgresql/15/bin/initdb ]]; then
+    echo "== installing PostgreSQL (Debian) for Synapse on PostgreSQL" >&2
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql-15 >&2
 fi
 PY="$VENV/bin/python"
 mkdir -p "$BENCH/results"
@@ -105,7 +115,10 @@ if [[ "$mode" == push ]]; then
 fi
 
 if [[ "$mode" == search ]]; then
-    "$PY" "$BENCH/search.py" "${common[@]}" --servers "$SERVERS" ${HEARTH_BENCH_QUICK:+--quick} \
+    # Synapse on SQLite slows to a few events a second as a room grows past 40,000 messages
+    # (bench/README.md): the search benchmark runs Synapse on PostgreSQL unless told otherwise.
+    "$PY" "$BENCH/search.py" "${common[@]}" --servers "${HEARTH_BENCH_SERVERS:-synapse-postgres,hearth-rocksdb,hearth-sqlite}" \
+        ${HEARTH_BENCH_QUICK:+--quick} \
         --json "$BENCH/results/search-latest.json"
     exit 0
 fi

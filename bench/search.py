@@ -14,7 +14,12 @@ ones), sent 16 at a time. Then:
    reaction first, then the room is read backwards 100 events at a time to its start;
    p50 and p95 per page;
 4. the index's size on disk (Hearth: `search.sqlite3`; Synapse keeps its index inside its
-   database, reported as a whole).
+   database: on SQLite the database is reported as a whole, on PostgreSQL the
+   `event_search` table with its indexes).
+
+The full run's Synapse is `synapse-postgres` (bench/run.sh --search): on SQLite Synapse
+slowed to 8.7 messages a second by 44,000 messages and could not be filled to 100,000 in
+a session; PostgreSQL is its database for anything beyond a trial.
 
 Prints a Markdown table with Hearth ÷ Synapse and writes JSON. Run by
 `bench/run.sh --search`; never by CI.
@@ -35,6 +40,7 @@ from workload import (  # noqa: E402
     login,
     named_server,
     pct,
+    postgres_relation_mib,
     register,
     report,
     run_meta,
@@ -147,6 +153,9 @@ async def bench_one(srv, P):
                 os.path.getsize(index + s) for s in ("", "-wal") if os.path.exists(index + s)) / 2**20
         else:
             res["database_mib"] = dir_bytes(srv.db_dir) / 2**20
+            if getattr(srv, "pg_sock", None):
+                # On PostgreSQL the index is a table of its own (`event_search`, with its GIN index).
+                res["index_mib"] = postgres_relation_mib(srv, "event_search")
     finally:
         srv.stop()
     return res

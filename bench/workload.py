@@ -138,6 +138,11 @@ class Server:
         return self.proc.pid
 
     def stop(self):
+        self._stop_server()
+        for done in getattr(self, "on_stop", []):
+            done()
+
+    def _stop_server(self):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -166,10 +171,11 @@ def hearth_server(name, binary, backend, root, port, wrap=()):
     return Server(name, "hearth", list(wrap) + [binary], env, data, port, os.path.join(data, "db"))
 
 
-def synapse_server(name, venv_python, root, port, template):
+def synapse_server(name, venv_python, root, port, template, keep=False):
     data = os.path.join(root, name)
-    shutil.rmtree(data, ignore_errors=True)
-    os.makedirs(os.path.join(data, "db"))
+    if not keep:
+        shutil.rmtree(data, ignore_errors=True)
+    os.makedirs(os.path.join(data, "db"), exist_ok=True)
     cfg = os.path.join(data, "homeserver.yaml")
     with open(template) as f:
         text = f.read()
@@ -185,6 +191,64 @@ def synapse_server(name, venv_python, root, port, template):
                    check=True, env=env, cwd=data, stdout=subprocess.DEVNULL)
     cmd = [venv_python, "-m", "synapse.app.homeserver", "-c", cfg]
     return Server(name, "synapse", cmd, env, data, port, os.path.join(data, "db"), workdir=data)
+
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+def postgres_cluster(data):
+    """A throw-away PostgreSQL cluster in `data` (Debian's `postgresql` 15, run as the
+    `postgres` user, which it refuses to run as root), reached on a Unix socket only, with
+    the C locale Synapse requires and fsync on (as Hearth's default). Returns (socket
+    directory, stop function)."""
+    pg, sock = os.path.join(data, "pg"), os.path.join(data, "pgsock")
+    for d in (pg, sock):
+        os.makedirs(d, exist_ok=True)
+        shutil.chown(d, "postgres", "postgres")
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(as_pg + [f"{PG_BIN}/initdb", "-D", pg, "-U", "postgres", "--locale=C", "-E", "UTF8",
+                            "--auth=trust"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(as_pg + [f"{PG_BIN}/pg_ctl", "-D", pg, "-l", os.path.join(pg, "server.log"), "-w", "-o",
+                            f"-k {sock} -c listen_addresses='' -c fsync=on -c synchronous_commit=on", "start"],
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(as_pg + [f"{PG_BIN}/createdb", "-h", sock, "-U", "postgres", "-O", "postgres", "synapse"],
+                   check=True)
+
+    def stop():
+        subprocess.run(as_pg + [f"{PG_BIN}/pg_ctl", "-D", pg, "-m", "fast", "-w", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return sock, stop
+
+
+def synapse_postgres_server(name, venv_python, root, port, template):
+    """As `synapse_server`, on PostgreSQL (Synapse's database for anything but a trial):
+    for the benchmarks whose rooms outgrow Synapse on SQLite (see bench/README.md)."""
+    data = os.path.join(root, name)
+    shutil.rmtree(data, ignore_errors=True)
+    os.makedirs(data)
+    sock, stop = postgres_cluster(data)
+    with open(template) as f:
+        text = f.read()
+    start = text.index("database:\n")
+    end = text.index("log_config:")
+    text = (text[:start] + "database:\n  name: psycopg2\n  args:\n    user: postgres\n    database: synapse\n"
+            f"    host: {sock}\n    cp_min: 2\n    cp_max: 8\n" + text[end:])
+    pg_template = os.path.join(root, f"{name}-homeserver.yaml.in")
+    with open(pg_template, "w") as f:
+        f.write(text)
+    srv = synapse_server(name, venv_python, root, port, pg_template, keep=True)
+    srv.db_dir = os.path.join(data, "pg")
+    srv.pg_sock = sock
+    srv.on_stop = [stop]
+    return srv
+
+
+def postgres_relation_mib(srv, relation):
+    """The size of one table of `synapse-postgres`'s database with its indexes, in MiB."""
+    out = subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-h", srv.pg_sock, "-U", "postgres", "synapse",
+                          "-tAc", f"SELECT pg_total_relation_size('{relation}')"],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.strip()) / 2**20
 
 
 # ---------------------------------------------------------------- client
@@ -717,9 +781,12 @@ def side_by_side_args(description, quick_help=None):
 
 
 def named_server(a, name, root, port, template=None):
-    """The server `name` of `--servers` (synapse, hearth-rocksdb, hearth-sqlite), not started."""
+    """The server `name` of `--servers` (synapse, synapse-postgres, hearth-rocksdb,
+    hearth-sqlite), not started."""
     if name == "synapse":
         return synapse_server(name, a.synapse_python, root, port, template or a.synapse_template)
+    if name == "synapse-postgres":
+        return synapse_postgres_server(name, a.synapse_python, root, port, template or a.synapse_template)
     if name.startswith("hearth-"):
         return hearth_server(name, a.hearth_bin, name.split("-", 1)[1], root, port)
     raise SystemExit(f"unknown server {name}")

@@ -1280,22 +1280,25 @@ async fn an_invite_from_another_server_notifies_the_invitee() {
     let set = crate::push_delivery::pusher(&gateway.url, "alices-phone", None);
     assert_eq!(p.a.post("/_matrix/client/v3/pushers/set", Some(&alice_token), set).await.0, StatusCode::OK);
     let (_, bob_token, _) = p.b.register("bob", "a long password").await;
-    let body = json!({"preset": "private_chat", "name": "Club house", "invite": [alice]});
-    let (status, created) = p.b.post("/_matrix/client/v3/createRoom", Some(&bob_token), body).await;
-    assert_eq!(status, StatusCode::OK, "{created}");
-    let room = created["room_id"].as_str().expect("room id").to_owned();
-    let found = eventually("the invite in alice's notifications", || async {
-        let (_, list) = p.a.get("/_matrix/client/v3/notifications", Some(&alice_token)).await;
-        list["notifications"].as_array().into_iter().flatten().find(|n| n["room_id"] == room.as_str()).cloned()
-    })
-    .await;
-    assert_eq!(found["event"]["type"], "m.room.member", "{found}");
-    assert_eq!(found["event"]["content"]["membership"], "invite", "{found}");
-    assert_eq!(found["event"]["state_key"], alice.as_str(), "{found}");
-    let pushed = gateway.wait_for("of the invite", |b| b["notification"]["room_id"] == room.as_str()).await;
-    let n = &pushed["notification"];
-    assert_eq!((&n["membership"], &n["user_is_target"]), (&json!("invite"), &json!(true)), "{pushed}");
-    assert_eq!(n["room_name"], "Club house", "{pushed}");
+    // Each room version: the invite's stripped state and event differ between them.
+    for version in ["10", "11", "12"] {
+        let body = json!({"preset": "private_chat", "name": "Club house", "invite": [alice], "room_version": version});
+        let (status, created) = p.b.post("/_matrix/client/v3/createRoom", Some(&bob_token), body).await;
+        assert_eq!(status, StatusCode::OK, "{created}");
+        let room = created["room_id"].as_str().expect("room id").to_owned();
+        let found = eventually("the invite in alice's notifications", || async {
+            let (_, list) = p.a.get("/_matrix/client/v3/notifications", Some(&alice_token)).await;
+            list["notifications"].as_array().into_iter().flatten().find(|n| n["room_id"] == room.as_str()).cloned()
+        })
+        .await;
+        assert_eq!(found["event"]["type"], "m.room.member", "{found}");
+        assert_eq!(found["event"]["content"]["membership"], "invite", "{found}");
+        assert_eq!(found["event"]["state_key"], alice.as_str(), "{found}");
+        let pushed = gateway.wait_for("of the invite", |b| b["notification"]["room_id"] == room.as_str()).await;
+        let n = &pushed["notification"];
+        assert_eq!((&n["membership"], &n["user_is_target"]), (&json!("invite"), &json!(true)), "{pushed}");
+        assert_eq!(n["room_name"], "Club house", "version {version}: {pushed}");
+    }
 }
 
 /// The user directory lists a user of another server while this server shares a room with
