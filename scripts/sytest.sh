@@ -68,7 +68,8 @@ mapfile -t FED_FILES < <(cd "$SYTEST/sytest" && ls tests/50federation/*.pl)
 # 61push/01message-pushed.pl: its federation tests. All nine of its tests pass now, so none
 # leaves a push-gateway waiter behind (see the note at the top).
 FED_FILES+=(tests/30rooms/07ban.pl tests/30rooms/20typing.pl tests/41end-to-end-keys/08-cross-signing.pl
-    tests/52user-directory/01public.pl tests/61push/01message-pushed.pl)
+    tests/52user-directory/01public.pl tests/61push/01message-pushed.pl tests/40presence.pl
+    tests/30rooms/60version_upgrade.pl)
 run federation 19600:19699 rocksdb 10 "$FED_LIST" "${FED_FILES[@]}"
 echo "sytest federation on rocksdb:"
 python3 tests/sytest/check.py "$FED_LIST" /dev/null "$OUT/rocksdb-federation/results.tap" || status=1

@@ -187,4 +187,32 @@ impl Rooms {
         self.append_local(room_id, user, NewEvent::state("m.room.power_levels", "", Value::Object(old_power)), None)?;
         Ok(new_room)
     }
+
+    /// A local user joined `new`, which continues `old` (its create event names `old` as
+    /// predecessor, and `old`'s tombstone names `new`): when the upgrade was made on
+    /// another server, this server's aliases of `old` move to `new`, and so does its entry
+    /// in this server's directory (as Synapse does on the first join). Nothing moves for a
+    /// room whose predecessor does not name it in return: a room cannot take another's
+    /// aliases by claiming to continue it.
+    pub fn follow_remote_upgrade(&self, old: &RoomId, new: &RoomId) -> Result<()> {
+        let replacement = self
+            .state_event(old, &StateEventType::RoomTombstone, "")?
+            .and_then(|t| t.content_value()["replacement_room"].as_str().map(str::to_owned));
+        if replacement.as_deref() != Some(new.as_str()) {
+            return Ok(());
+        }
+        let moved = self.local_aliases(old)?;
+        if !moved.is_empty() {
+            let mut batch = Batch::new();
+            for alias in &moved {
+                ALIASES.put(&mut batch, alias.as_str(), &new.to_string());
+            }
+            self.store.write(batch)?;
+        }
+        if self.is_published(old)? {
+            self.set_published(new, true)?;
+            self.set_published(old, false)?;
+        }
+        Ok(())
+    }
 }

@@ -225,6 +225,13 @@ async fn presence_reaches_contacts_only(b: Backend) {
     let ev = ev.unwrap_or_else(|| panic!("no presence for alice in {res}"));
     assert_eq!(ev["content"]["presence"], "unavailable");
     assert_eq!(ev["content"]["status_msg"], "lunch");
+    // A sync with `set_presence=offline` does not mark her present, nor offline: her
+    // presence stays as she set it (sytest's "Presence changes to UNAVAILABLE are
+    // reported to local room members" syncs so).
+    let (status, _) = p.s.get("/_matrix/client/v3/sync?set_presence=offline&timeout=0", Some(&p.at)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, got) = p.s.get(&path, Some(&p.bt)).await;
+    assert_eq!(got["presence"], "unavailable", "{got}");
     // Carol shares no room with Alice: nothing about her.
     let (_, carol) = p.s.get("/_matrix/client/v3/sync", Some(&ct)).await;
     let senders: Vec<&str> = carol["presence"]["events"]

@@ -1380,3 +1380,43 @@ async fn guest_access_revoked_from_another_server_removes_this_servers_guests() 
     .await;
     let _ = alice;
 }
+
+/// A room upgraded on another server: once a user of this server joins its successor,
+/// this server's aliases of the old room point at the new one and its directory lists
+/// the new one instead (sytest's "/upgrade moves remote aliases to the new room" and
+/// "Local and remote users' homeservers remove a room from their public directory on
+/// upgrade").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_made_elsewhere_moves_this_servers_aliases_and_listing() {
+    let p = pair().await;
+    let (_, bob_token, _) = p.b.register("bob", "a long password").await;
+    let (_, alice_token, _) = p.a.register("alice", "a long password").await;
+    let (_, created) =
+        p.b.post("/_matrix/client/v3/createRoom", Some(&bob_token), json!({"preset": "public_chat"})).await;
+    let old = created["room_id"].as_str().expect("room id").to_owned();
+    let join = |room: &str| format!("/_matrix/client/v3/join/{}?via=b.test", encode(room));
+    assert_eq!(p.a.post(&join(&old), Some(&alice_token), json!({})).await.0, StatusCode::OK);
+    let alias = "/_matrix/client/v3/directory/room/%23lobby%3Aa.test";
+    assert_eq!(p.a.put(alias, Some(&alice_token), json!({"room_id": old})).await.0, StatusCode::OK);
+    let listing = format!("/_matrix/client/v3/directory/list/room/{}", encode(&old));
+    assert_eq!(p.a.put(&listing, Some(&alice_token), json!({"visibility": "public"})).await.0, StatusCode::OK);
+
+    let upgrade = format!("/_matrix/client/v3/rooms/{}/upgrade", encode(&old));
+    let (status, upgraded) = p.b.post(&upgrade, Some(&bob_token), json!({"new_version": "12"})).await;
+    assert_eq!(status, StatusCode::OK, "{upgraded}");
+    let new = upgraded["replacement_room"].as_str().expect("new room").to_owned();
+    // The tombstone reaches a.test; alice follows it.
+    eventually("the tombstone on a.test", || async {
+        let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.tombstone/", encode(&old));
+        let (status, _) = p.a.get(&path, Some(&alice_token)).await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(p.a.post(&join(&new), Some(&alice_token), json!({})).await.0, StatusCode::OK);
+    let (_, found) = p.a.get(alias, Some(&alice_token)).await;
+    assert_eq!(found["room_id"], new.as_str(), "{found}");
+    let (_, listed) = p.a.get("/_matrix/client/v3/publicRooms", Some(&alice_token)).await;
+    let ids: Vec<&str> =
+        listed["chunk"].as_array().expect("chunk").iter().filter_map(|r| r["room_id"].as_str()).collect();
+    assert!(ids.contains(&new.as_str()) && !ids.contains(&old.as_str()), "{listed}");
+}

@@ -197,14 +197,17 @@ pub(crate) fn follow_upgrade(s: &Services, user: &ruma::UserId, old: &ruma::Room
     Ok(())
 }
 
-/// After a local user joined `room`: when it continues an upgraded room the user was in,
-/// their links to the old one follow ([`follow_upgrade`]).
+/// After a local user joined `room`: when it continues an upgraded room, this server's
+/// aliases and directory entry of the old one follow (`Rooms::follow_remote_upgrade`),
+/// and so do the user's links to it if they were in it ([`follow_upgrade`]).
 pub(crate) fn after_join(s: &Services, user: &ruma::UserId, room: &ruma::RoomId) -> Result<()> {
     let create = s.rooms.state_event(room, &ruma::events::StateEventType::RoomCreate, "")?;
     let Some(old) = create.and_then(|c| c.content_value()["predecessor"]["room_id"].as_str().map(str::to_owned)) else {
         return Ok(());
     };
     let Ok(old) = ruma::OwnedRoomId::try_from(old) else { return Ok(()) };
+    // An upgrade made elsewhere: this server's aliases and directory entry follow.
+    s.rooms.follow_remote_upgrade(&old, room)?;
     if s.rooms.membership(&old, user)?.is_none() {
         return Ok(());
     }

@@ -117,10 +117,12 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>, slot: Op
     let mut rx = s.notifier.subscribe(&caller.user_id);
     let deadline = tokio::time::Instant::now() + timeout;
     // Presence the client asks to be in while syncing (`set_presence`, default online).
+    // `offline` means this sync does not mark the user present; it does not set them
+    // offline (as Synapse reads it: a phone's background sync must not hide its user).
     let state = body.set_presence.as_str();
     // Open for as long as this sync: presence does not time out while a client syncs.
     let _syncing = (state != "offline").then(|| s.presence.syncing(&caller.user_id));
-    if STATES.contains(&state) {
+    if state != "offline" && STATES.contains(&state) {
         presence::set(&s.presence, &s.rooms, &s.notifier, &caller.user_id, state, None)?;
     }
     let sources = s.sync_sources();
