@@ -118,11 +118,14 @@ pub async fn sync_events(s: Arc<Services>, req: Ruma<sync_v3::Request>, slot: Op
     let deadline = tokio::time::Instant::now() + timeout;
     // Presence the client asks to be in while syncing (`set_presence`, default online).
     // `offline` means this sync does not mark the user present; it does not set them
-    // offline (as Synapse reads it: a phone's background sync must not hide its user).
+    // offline (as Synapse reads it: a phone's background sync must not hide its user),
+    // except that a user with no presence yet is recorded offline, so that those who share
+    // a room with them see a presence for them, as Synapse shows its default state.
     let state = body.set_presence.as_str();
     // Open for as long as this sync: presence does not time out while a client syncs.
     let _syncing = (state != "offline").then(|| s.presence.syncing(&caller.user_id));
-    if state != "offline" && STATES.contains(&state) {
+    let unknown = || -> Result<bool> { Ok(s.presence.get(&caller.user_id)?.is_none()) };
+    if STATES.contains(&state) && (state != "offline" || unknown()?) {
         presence::set(&s.presence, &s.rooms, &s.notifier, &caller.user_id, state, None)?;
     }
     let sources = s.sync_sources();
