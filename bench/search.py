@@ -3,7 +3,7 @@
 
 Each server starts fresh; one user fills one room with N messages (full: 100,000; quick:
 10,000) of words drawn from a fixed vocabulary (Zipf-like: a few common words, many rare
-ones), sent 16 at a time. Then:
+ones), sent one at a time as a client sends into one room (`--fill-concurrency`). Then:
 
 1. **searchable**: the time from the last send until a word only the last message holds
    is found (Hearth indexes behind the timeline; Synapse as it stores);
@@ -100,7 +100,7 @@ async def bench_one(srv, P):
                 ids[i] = d["event_id"]
 
             for chunk in range(0, n, 1000):
-                await gather_limited(16, [put(i) for i in range(chunk, min(n, chunk + 1000))])
+                await gather_limited(P["fill_concurrency"], [put(i) for i in range(chunk, min(n, chunk + 1000))])
             res["fill_s"] = time.perf_counter() - started
             last = f"zzzfinalmarker{rng.randint(0, 10**9)}"
             t0 = time.perf_counter()
@@ -132,7 +132,7 @@ async def bench_one(srv, P):
                 await c.req("PUT", f"/_matrix/client/v3/rooms/{room}/send/m.reaction/{txn()}", {
                     "m.relates_to": {"rel_type": "m.annotation", "event_id": target, "key": "+1"}})
 
-            await gather_limited(16, [relate(i) for i in range(0, n, 10)])
+            await gather_limited(P["fill_concurrency"], [relate(i) for i in range(0, n, 10)])
             pages, token = [], None
             while True:
                 params = {"dir": "b", "limit": str(P["page"])}
@@ -174,8 +174,16 @@ ROWS = [
 
 
 def main():
-    a = side_by_side_args(__doc__.split("\n\n")[0], quick_help="").parse_args()
-    P = QUICK if a.quick else FULL
+    ap = side_by_side_args(__doc__.split("\n\n")[0], quick_help="")
+    ap.add_argument("--fill-concurrency", type=int, default=1,
+                    help="sends in flight while filling the room (default 1). Synapse builds each of "
+                         "concurrent sends on the same forward extremities, so with 16 the room grew "
+                         "10,740 extremities by 32,000 messages and every send slowed with them")
+    ap.add_argument("--messages", type=int, default=None, help="messages in the room (default 100,000; quick 10,000)")
+    a = ap.parse_args()
+    P = dict(QUICK if a.quick else FULL, fill_concurrency=max(1, a.fill_concurrency))
+    if a.messages:
+        P["messages"] = a.messages
     root = os.path.join(a.root, "search")
     os.makedirs(root, exist_ok=True)
     t = time.perf_counter()
