@@ -150,23 +150,12 @@ impl Rooms {
             }
         }
         // Every alias of this server follows the room, and so does the canonical alias
-        // event (its alternatives included); the old room's is emptied.
-        let moved = self.local_aliases(room_id)?;
-        if !moved.is_empty() {
-            let mut batch = Batch::new();
-            for alias in &moved {
-                ALIASES.put(&mut batch, alias.as_str(), &new_room.to_string());
-            }
-            self.store.write(batch)?;
-        }
+        // event (its alternatives included); the old room's is emptied. A room listed in
+        // the directory is replaced there by its successor.
+        self.move_aliases_and_listing(room_id, &new_room)?;
         if let Some(content) = canonical {
             self.append_local(&new_room, user, NewEvent::state("m.room.canonical_alias", "", content), None)?;
             self.append_local(room_id, user, NewEvent::state("m.room.canonical_alias", "", json!({})), None)?;
-        }
-        // A room listed in the directory is replaced there by its successor.
-        if self.is_published(room_id)? {
-            self.set_published(&new_room, true)?;
-            self.set_published(room_id, false)?;
         }
 
         if chosen_id.is_none() {
@@ -201,6 +190,12 @@ impl Rooms {
         if replacement.as_deref() != Some(new.as_str()) {
             return Ok(());
         }
+        self.move_aliases_and_listing(old, new)
+    }
+
+    /// Points this server's aliases of `old` at `new`, and lists `new` in the directory in
+    /// `old`'s place if `old` was listed.
+    fn move_aliases_and_listing(&self, old: &RoomId, new: &RoomId) -> Result<()> {
         let moved = self.local_aliases(old)?;
         if !moved.is_empty() {
             let mut batch = Batch::new();
