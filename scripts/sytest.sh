@@ -8,8 +8,9 @@
 # SQLite (HEARTH_SYTEST_BACKENDS, default "rocksdb sqlite"), and requires every listed test
 # to pass on each, except those tests/sytest/known-failures.txt names (tests/sytest/check.py).
 # Then the federation files (tests/50federation), requiring tests/sytest/federation-passes.txt,
-# and the application service files (tests/60app-services), requiring
-# tests/sytest/appservice-passes.txt (issue 22; see the end of this script).
+# the application service files (tests/60app-services), requiring
+# tests/sytest/appservice-passes.txt, and the third-party identifier and peeking files,
+# requiring tests/sytest/extras-passes.txt (issue 22; see the end of this script).
 # Hearth terminates TLS itself (no stunnel), skips fsync (a test suite, not a crash test), and
 # reads tests/sytest/hearth.toml (URL previews on, which sytest's preview test needs).
 #
@@ -77,15 +78,26 @@ rm -rf "$OUT/src-rocksdb-federation"
 
 # Application services (issue 22): sytest writes two registrations for server-0 and names
 # them in SYTEST_APPSERVICE_CONFIGS, which the shared adapter does not map; the repository's
-# wrapper (tests/sytest/appservice-adapter.sh) turns them into app_service_config_files and
+# wrapper (tests/sytest/adapter.sh) turns them into app_service_config_files and
 # calls that adapter. Every test of the folder is on the list.
 AS_LIST="$(pwd)/tests/sytest/appservice-passes.txt"
 mapfile -t AS_FILES < <(cd "$SYTEST/sytest" && ls tests/60app-services/*.pl)
 export HEARTH_SYTEST_ADAPTER="$SYTEST/hearth-adapter.sh"
 run appservices 19700:19799 rocksdb 11 "$AS_LIST" \
-    --hs-binary "$(pwd)/tests/sytest/appservice-adapter.sh" "${AS_FILES[@]}"
+    --hs-binary "$(pwd)/tests/sytest/adapter.sh" "${AS_FILES[@]}"
 echo "sytest application services on rocksdb:"
 python3 tests/sytest/check.py "$AS_LIST" /dev/null "$OUT/rocksdb-appservices/results.tap" || status=1
 rm -rf "$OUT/src-rocksdb-appservices"
+# Third-party identifiers and peeking (issue 22): e-mail registration and login, binding at
+# sytest's identity server, third-party invites, MSC2753 peeking. The same wrapper gives
+# server-0 sytest's mail sink and pins the identity server's self-signed certificate (see
+# tests/sytest/adapter.sh).
+EXTRAS_LIST="$(pwd)/tests/sytest/extras-passes.txt"
+run extras 19800:19899 rocksdb 11 "$EXTRAS_LIST" --hs-binary "$(pwd)/tests/sytest/adapter.sh" \
+    tests/11register.pl tests/12login/01threepid-and-password.pl tests/30rooms/12thirdpartyinvite.pl \
+    tests/54identity.pl tests/31sync/17peeking.pl
+echo "sytest third-party identifiers and peeking on rocksdb:"
+python3 tests/sytest/check.py "$EXTRAS_LIST" /dev/null "$OUT/rocksdb-extras/results.tap" || status=1
+rm -rf "$OUT/src-rocksdb-extras"
 echo "sytest: results in $OUT"
 exit $status

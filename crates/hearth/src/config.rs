@@ -149,6 +149,27 @@ pub struct Config {
     pub join_max_state_events: usize,
     /// Application service registration files (YAML, as bridges write them; Synapse's key).
     pub app_service_config_files: Vec<PathBuf>,
+    /// PEM certificates trusted as they are for outbound requests: a server of your own
+    /// (an identity server, a push gateway) with a self-signed certificate. A server that
+    /// presents exactly one of them is trusted whatever its name; all others are verified
+    /// as usual.
+    pub pinned_certificates: Vec<PathBuf>,
+    /// The mail server Hearth sends address validation mails through (registration with
+    /// an e-mail address, adding one to an account, password resets). Unset: no mail,
+    /// and those operations answer `M_THREEPID_DENIED`.
+    #[serde(deserialize_with = "text_from_scalar")]
+    pub smtp_host: Option<String>,
+    pub smtp_port: u16,
+    #[serde(deserialize_with = "text_from_scalar")]
+    pub smtp_username: Option<String>,
+    #[serde(deserialize_with = "text_from_scalar")]
+    pub smtp_password: Option<String>,
+    /// `starttls` (the default: port 587), `tls` (port 465) or `none` (a relay on
+    /// loopback or in the cluster only).
+    pub smtp_tls: String,
+    /// The sender of those mails; default `Hearth <noreply@HOST>` (the server name's host).
+    #[serde(deserialize_with = "text_from_scalar")]
+    pub email_from: Option<String>,
 }
 
 impl Default for Config {
@@ -197,6 +218,13 @@ impl Default for Config {
             url_preview_enabled: false,
             join_max_state_events: 50_000,
             app_service_config_files: Vec::new(),
+            pinned_certificates: Vec::new(),
+            smtp_host: None,
+            smtp_port: 587,
+            smtp_username: None,
+            smtp_password: None,
+            smtp_tls: "starttls".to_owned(),
+            email_from: None,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod config;
 pub mod e2ee;
 pub mod error;
 pub mod federation;
+pub mod identity;
 pub mod json_depth;
 pub mod media;
 pub mod metrics;
@@ -101,6 +102,8 @@ pub struct Services {
     pub appservices: Arc<appservice::AppServices>,
     /// Transactions to the application services.
     pub appservice_sender: Arc<appservice::sender::AppserviceSender>,
+    /// E-mail addresses of accounts, identity servers, third-party invites.
+    pub identity: Arc<identity::Identity>,
     /// The port the client listener is bound to (the configured one, or the one the
     /// system picked for port 0), set when it starts.
     listening_port: std::sync::atomic::AtomicU16,
@@ -208,6 +211,15 @@ impl Services {
         let appservices = Arc::new(appservices);
         let appservice_sender =
             Arc::new(appservice::sender::AppserviceSender::new(appservices.clone(), rooms.clone(), store.clone()));
+        let email = identity::email::Email::from_config(&config).map_err(StoreError::Other)?;
+        let identity = Arc::new(identity::Identity::new(
+            store.clone(),
+            identity::IdentityClient::new(transport.outbound.clone(), server_key.clone()),
+            rooms.clone(),
+            federation.clone(),
+            users.clone(),
+            email,
+        ));
         let max_concurrent = config.max_concurrent_requests as usize;
         let port = config.port;
         Ok(Arc::new(Services {
@@ -243,6 +255,7 @@ impl Services {
             search,
             appservices,
             appservice_sender,
+            identity,
             listening_port: std::sync::atomic::AtomicU16::new(port),
         }))
     }

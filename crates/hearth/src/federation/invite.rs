@@ -46,17 +46,24 @@ impl Federation {
         is_direct: bool,
         federate: bool,
     ) -> Result<()> {
+        let content = crate::rooms::membership::invite_content(reason, is_direct);
+        self.invite_with(room, sender, target, content, federate).await
+    }
+
+    /// As [`Federation::invite`], with the member event's content made by the caller (a
+    /// third-party invite's redemption carries `third_party_invite`).
+    pub async fn invite_with(
+        &self,
+        room: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        content: Value,
+        federate: bool,
+    ) -> Result<()> {
         self.rooms.check_not_blocked(room)?;
         if target.server_name() == self.own || !federate {
-            self.rooms.invite(room, sender, target, reason, is_direct)?;
+            self.rooms.invite_with(room, sender, target, content)?;
             return Ok(());
-        }
-        let mut content = serde_json::json!({"membership": "invite"});
-        if let Some(r) = reason {
-            content["reason"] = Value::String(r);
-        }
-        if is_direct {
-            content["is_direct"] = Value::Bool(true);
         }
         let version = self.rooms.known_room(room)?.version;
         if !federates(&version) {
@@ -68,7 +75,13 @@ impl Federation {
         }
         let (pdu, snapshot) =
             self.rooms.prepare_local(room, sender, NewEvent::state("m.room.member", target.as_str(), content))?;
-        let stripped = self.room_preview(room)?;
+        let mut stripped = self.room_preview(room)?;
+        // The inviter's own member event too, as Synapse sends it: clients show who invited.
+        if let Some(inviter) =
+            self.rooms.state_event(room, &ruma::events::StateEventType::RoomMember, sender.as_str())?
+        {
+            stripped.push(super::pdu::own_json(&inviter));
+        }
         let body = serde_json::json!({
             "room_version": version,
             "event": pdu.json,

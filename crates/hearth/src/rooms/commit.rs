@@ -377,9 +377,10 @@ impl Rooms {
             return Ok(pdu);
         }
         let joined = self.members_shared(&pdu.room_id, &MembershipState::Join)?;
+        let peekers = self.peeks.users_in(&pdu.room_id);
         let notifier = self.notifier.clone();
         self.stream.after_durable(stream, move || {
-            notifier.notify(joined.iter().chain(target.as_ref()).map(|u| &**u), stream);
+            notifier.notify(joined.iter().chain(target.as_ref()).chain(peekers.iter()).map(|u| &**u), stream);
         })?;
         Ok(pdu)
     }

@@ -30,6 +30,18 @@ pub(crate) enum Vouch {
     NoLocalInviter,
 }
 
+/// The content of an invite's member event.
+pub fn invite_content(reason: Option<String>, is_direct: bool) -> Value {
+    let mut content = json!({"membership": "invite"});
+    if let Some(r) = reason {
+        content["reason"] = json!(r);
+    }
+    if is_direct {
+        content["is_direct"] = json!(true);
+    }
+    content
+}
+
 impl Rooms {
     fn member_event(&self, room_id: &RoomId, sender: &UserId, target: &UserId, content: Value) -> Result<Pdu> {
         self.append_local(room_id, sender, NewEvent::state("m.room.member", target.as_str(), content), None)
@@ -187,15 +199,14 @@ impl Rooms {
         reason: Option<String>,
         is_direct: bool,
     ) -> Result<Pdu> {
+        self.invite_with(room_id, sender, target, invite_content(reason, is_direct))
+    }
+
+    /// An invite whose member event content the caller made (`membership` is `invite`):
+    /// a plain one, or one that redeems a third-party invite (`third_party_invite`).
+    pub fn invite_with(&self, room_id: &RoomId, sender: &UserId, target: &UserId, content: Value) -> Result<Pdu> {
         self.known_room(room_id)?;
         self.check_not_blocked(room_id)?;
-        let mut content = json!({"membership": "invite"});
-        if let Some(r) = reason {
-            content["reason"] = json!(r);
-        }
-        if is_direct {
-            content["is_direct"] = json!(true);
-        }
         self.member_event(room_id, sender, target, content)
     }
 

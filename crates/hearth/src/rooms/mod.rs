@@ -23,6 +23,7 @@ pub mod members;
 pub mod membership;
 pub mod pdu;
 mod pdu_cache;
+pub mod peek;
 pub mod power;
 pub mod purge;
 pub mod push_fields;
@@ -270,6 +271,8 @@ pub struct Rooms {
     heads: Mutex<HashMap<OwnedRoomId, RoomHeads>>,
     /// Erased users, whose events those not there at the time see redacted.
     erased: erasure::Erased,
+    /// Devices peeking into rooms (MSC2753).
+    peeks: peek::Peeks,
 }
 
 impl Rooms {
@@ -283,6 +286,7 @@ impl Rooms {
         let members = members::MemberCache::new(stream.written());
         let receipt_marks = crate::stream::Marks::new(stream.written());
         let erased = erasure::Erased::load(&store)?;
+        let peeks = peek::Peeks::load(&store)?;
         Self::index_threads(&store)?;
         Self::index_bundled_targets(&store)?;
         Ok(Rooms {
@@ -298,6 +302,7 @@ impl Rooms {
             receipt_marks,
             records: Mutex::default(),
             heads: Mutex::default(),
+            peeks,
             erased,
         })
     }

@@ -169,6 +169,11 @@ pub const ALL: &[&str] = &[
     UNREAD_MARKS,
     APPSERVICE_ROOMS,
     APPSERVICE_STATE,
+    THREEPIDS,
+    USER_THREEPIDS,
+    THREEPID_BINDINGS,
+    THREEPID_SESSIONS,
+    PEEKS,
 ];
 
 /// (destination server, stream position) → event id: PDUs queued for another server.
@@ -207,6 +212,16 @@ pub const PUSH_STATE: &str = "push_state";
 pub const APPSERVICE_ROOMS: &str = "appservice_rooms";
 /// Application service id → how far its transactions have got.
 pub const APPSERVICE_STATE: &str = "appservice_state";
+/// (medium, address) → the account a validated third-party identifier belongs to.
+pub const THREEPIDS: &str = "threepids";
+/// (user id, medium, address) → when that identifier was validated and added.
+pub const USER_THREEPIDS: &str = "user_threepids";
+/// (user id, medium, address, identity server) → (): bindings this server made.
+pub const THREEPID_BINDINGS: &str = "threepid_bindings";
+/// Session id → a validation session of an address (a token sent to it).
+pub const THREEPID_SESSIONS: &str = "threepid_sessions";
+/// (user id, device id, room id) → the stream position a device began peeking into a room.
+pub const PEEKS: &str = "peeks";
 /// User id → when they asked to be erased (deactivation with `erase`).
 pub const ERASED_USERS: &str = "erased_users";
 /// (expiry time, event id) → room id: self-destructing messages (MSC2228) still to prune.

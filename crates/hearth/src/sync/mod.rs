@@ -164,6 +164,8 @@ pub struct SyncResult {
     pub invite: BTreeMap<OwnedRoomId, Vec<Value>>,
     pub knock: BTreeMap<OwnedRoomId, Vec<Value>>,
     pub leave: BTreeMap<OwnedRoomId, LeftRoomSync>,
+    /// Rooms the device peeks into (MSC2753), shaped as left rooms are.
+    pub peek: BTreeMap<OwnedRoomId, LeftRoomSync>,
 }
 
 impl SyncResult {
@@ -177,6 +179,7 @@ impl SyncResult {
             && self.invite.is_empty()
             && self.knock.is_empty()
             && self.leave.is_empty()
+            && self.peek.is_empty()
     }
 }
 
@@ -434,6 +437,33 @@ pub fn assemble(
         Ok(())
     })?;
     drop(helper);
+    // Rooms this device peeks into (MSC2753; see `rooms::peek`): the whole recent room the
+    // first time after the peek began, new events after that, as a member's sync shows them.
+    for (room_id, start) in rooms.peeks_of(user, device)? {
+        if !opts.rooms.room_allowed(room_id.as_str()) || start > now {
+            continue;
+        }
+        let joined = memberships.iter().any(|(r, rec)| *r == room_id && rec.membership == MembershipState::Join);
+        if joined || !rooms.is_world_readable(&room_id)? {
+            continue;
+        }
+        let from = match since {
+            Some(s) if s >= start && !opts.full_state => Some(s),
+            _ => None,
+        };
+        if from.is_some() && !changed.contains(&room_id) {
+            continue;
+        }
+        let section = SectionContext { rooms, user, opts, viewer, lazy: src.lazy, ignored: &ignored };
+        let r = section.build(&room_id, from, now)?;
+        if from.is_some() && r.timeline.is_empty() && r.state.is_empty() {
+            continue;
+        }
+        result.peek.insert(
+            room_id,
+            LeftRoomSync { timeline: r.timeline, limited: r.limited, prev_batch: r.prev_batch, state: r.state },
+        );
+    }
     // A room joined since `since` brings its members' presence, changed or not: the client
     // has never been told it (as Synapse does).
     if let Some(since) = since {

@@ -75,6 +75,10 @@ pub struct OutboundClient {
 struct Settings {
     policy: Arc<AddressPolicy>,
     extra_ca: Vec<reqwest::Certificate>,
+    /// The same extra CA certificates, and the pinned ones ([`super::pinned`]), for the
+    /// TLS configuration made here when any certificate is pinned.
+    extra_ca_der: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pinned: Vec<rustls::pki_types::CertificateDer<'static>>,
     dns: Arc<Dns>,
 }
 
@@ -98,10 +102,16 @@ impl Settings {
             .redirect(redirects)
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")))
-            .https_only(false)
-            .tls_built_in_root_certs(true);
-        for cert in &self.extra_ca {
-            builder = builder.add_root_certificate(cert.clone());
+            .https_only(false);
+        if self.pinned.is_empty() {
+            builder = builder.tls_built_in_root_certs(true);
+            for cert in &self.extra_ca {
+                builder = builder.add_root_certificate(cert.clone());
+            }
+        } else {
+            let tls =
+                super::pinned::client_config(&self.extra_ca_der, self.pinned.clone()).map_err(OutboundError::Other)?;
+            builder = builder.use_preconfigured_tls(tls);
         }
         if let Some((host, addrs)) = pin {
             builder = builder.resolve_to_addrs(host, addrs);
@@ -126,24 +136,54 @@ impl OutboundClient {
             })?),
             None => None,
         };
-        Self::new(policy, extra_ca.as_deref(), dns)
+        let client = Self::new(policy, extra_ca.as_deref(), dns)?;
+        let mut pinned = Vec::new();
+        for path in &config.pinned_certificates {
+            let pem = std::fs::read(path)
+                .map_err(|e| OutboundError::Other(format!("cannot read pinned certificate {}: {e}", path.display())))?;
+            let certs = super::pinned::read_pem_certs(&pem)
+                .map_err(|e| OutboundError::Other(format!("pinned certificate {}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(OutboundError::Other(format!("{} holds no PEM certificate", path.display())));
+            }
+            pinned.extend(certs);
+        }
+        client.with_pinned(pinned)
+    }
+
+    /// This client, also trusting `pinned` certificates as they are ([`super::pinned`]).
+    pub fn with_pinned(self, pinned: Vec<rustls::pki_types::CertificateDer<'static>>) -> Result<Self, OutboundError> {
+        if pinned.is_empty() {
+            return Ok(self);
+        }
+        let settings = Settings {
+            policy: self.settings.policy.clone(),
+            extra_ca: self.settings.extra_ca.clone(),
+            extra_ca_der: self.settings.extra_ca_der.clone(),
+            pinned,
+            dns: self.settings.dns.clone(),
+        };
+        let http = settings.build(None)?;
+        Ok(OutboundClient { http, settings: Arc::new(settings) })
     }
 
     /// A client with `policy`, trusting the system's roots and the PEM certificates in
     /// `extra_ca_pem`, resolving names with `dns`.
     pub fn new(policy: AddressPolicy, extra_ca_pem: Option<&[u8]>, dns: Arc<Dns>) -> Result<Self, OutboundError> {
-        let extra_ca = match extra_ca_pem {
+        let (extra_ca, extra_ca_der) = match extra_ca_pem {
             Some(pem) => {
                 let certs = reqwest::Certificate::from_pem_bundle(pem)
                     .map_err(|e| OutboundError::Other(format!("federation_ca_file: {e}")))?;
                 if certs.is_empty() {
                     return Err(OutboundError::Other("federation_ca_file holds no PEM certificate".into()));
                 }
-                certs
+                let der = super::pinned::read_pem_certs(pem)
+                    .map_err(|e| OutboundError::Other(format!("federation_ca_file: {e}")))?;
+                (certs, der)
             }
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
-        let settings = Settings { policy: Arc::new(policy), extra_ca, dns };
+        let settings = Settings { policy: Arc::new(policy), extra_ca, extra_ca_der, pinned: Vec::new(), dns };
         let http = settings.build(None)?;
         Ok(OutboundClient { http, settings: Arc::new(settings) })
     }

@@ -12,6 +12,7 @@
 pub mod client;
 pub mod dns;
 pub mod keys;
+pub mod pinned;
 pub mod policy;
 pub mod resolve;
 pub mod server_client;

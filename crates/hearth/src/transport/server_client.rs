@@ -159,32 +159,13 @@ impl ServerClient {
         let mut request = client.request(method.clone(), &url).map_err(fail)?;
         request = request.header(header::HOST, destination.host_header.as_str());
         if signing == Signing::Signed {
-            request = request.header(header::AUTHORIZATION, self.x_matrix(server, &method, path_and_query, &bytes)?);
+            request =
+                request.header(header::AUTHORIZATION, x_matrix(&self.key, server, &method, path_and_query, &bytes)?);
         }
         if body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json").body(bytes);
         }
         Ok((client, request))
-    }
-
-    /// The `Authorization: X-Matrix …` value for a request.
-    fn x_matrix(
-        &self,
-        destination: &ServerName,
-        method: &Method,
-        path_and_query: &str,
-        body: &[u8],
-    ) -> Result<String, ServerRequestError> {
-        let request = http::Request::builder()
-            .method(method)
-            .uri(path_and_query)
-            .body(body)
-            .map_err(|e| ServerRequestError::Sign(e.to_string()))?;
-        let input =
-            XMatrixSigningInput::new(self.key.server_name().clone(), destination.to_owned(), self.key.ed25519());
-        let signed =
-            XMatrix::sign_http_request(&request, input).map_err(|e| ServerRequestError::Sign(e.to_string()))?;
-        Ok(signed.to_string())
     }
 
     /// The shared client, or one pinned to the SRV target's addresses.
@@ -205,4 +186,23 @@ impl ServerClient {
         pinned.insert(key, (client.clone(), Instant::now()));
         Ok(client)
     }
+}
+
+/// The `Authorization: X-Matrix …` value for a request to `destination` signed with `key`
+/// (also used for the identity servers' unbind, which accepts a homeserver's signature).
+pub fn x_matrix(
+    key: &ServerKey,
+    destination: &ServerName,
+    method: &Method,
+    path_and_query: &str,
+    body: &[u8],
+) -> Result<String, ServerRequestError> {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .body(body)
+        .map_err(|e| ServerRequestError::Sign(e.to_string()))?;
+    let input = XMatrixSigningInput::new(key.server_name().clone(), destination.to_owned(), key.ed25519());
+    let signed = XMatrix::sign_http_request(&request, input).map_err(|e| ServerRequestError::Sign(e.to_string()))?;
+    Ok(signed.to_string())
 }

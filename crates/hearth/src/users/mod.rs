@@ -17,6 +17,7 @@ pub mod pushers;
 pub mod registration_tokens;
 pub mod uiaa;
 pub mod user_directory;
+pub mod validation;
 
 use std::sync::Arc;
 

@@ -40,6 +40,8 @@ pub enum Purpose {
     Deactivate,
     DeleteDevices,
     SigningKeys,
+    AddThreepid,
+    ResetPassword,
 }
 
 struct Session {
@@ -54,6 +56,8 @@ struct Session {
     params: Map<String, Value>,
     /// The account a completed registration session made.
     registered: Option<OwnedUserId>,
+    /// The address an `m.login.email.identity` stage proved: (medium, address, when).
+    threepid: Option<(String, String, u64)>,
     expires: Instant,
 }
 
@@ -79,6 +83,8 @@ pub struct Completed {
     /// The parameters to act on: this request's, or, when it sent none, the ones the
     /// session was started with.
     pub params: Map<String, Value>,
+    /// The address an `m.login.email.identity` stage proved: (medium, address, when).
+    pub threepid: Option<(String, String, u64)>,
 }
 
 /// One operation behind UIA: what it is for, what it acts on, who asks, and the request's
@@ -180,6 +186,14 @@ impl Uiaa {
         let stage = auth.auth_type();
         let offered = stage.as_ref().is_some_and(|t| flows.iter().any(|f| f.contains(t)));
         let passed = if offered { self.verify(auth, user).await? } else { false };
+        // The address an e-mail stage proved, kept with the session for the operation.
+        let proved = match (passed, auth) {
+            (true, AuthData::EmailIdentity(e)) => Some(
+                self.users
+                    .validated(e.thirdparty_id_creds.sid.as_str(), e.thirdparty_id_creds.client_secret.as_str())?,
+            ),
+            _ => None,
+        };
         let completed = {
             let mut sessions = self.sessions.lock();
             let Some(s) = sessions.get_mut(&session) else {
@@ -193,9 +207,12 @@ impl Uiaa {
                     s.registration_token = Some(rt.token.clone());
                 }
             }
-            (s.completed.clone(), s.registration_token.clone())
+            if proved.is_some() {
+                s.threepid = proved;
+            }
+            (s.completed.clone(), s.registration_token.clone(), s.threepid.clone())
         };
-        let (completed, registration_token) = completed;
+        let (completed, registration_token, threepid) = completed;
         if flows.iter().any(|f| f.iter().all(|t| completed.contains(t))) {
             let mut sessions = self.sessions.lock();
             // A registration session stays until it expires, so that a retry finds the
@@ -205,12 +222,13 @@ impl Uiaa {
             } else {
                 sessions.remove(&session).map(|s| s.params).unwrap_or_default()
             };
-            return Ok(Completed { registration_token, session, params });
+            return Ok(Completed { registration_token, session, params, threepid });
         }
         let error = match (offered, passed) {
             (false, _) => Some(("M_UNRECOGNIZED", "This authentication stage is not offered here")),
             (true, false) => Some(match stage {
                 Some(AuthType::RegistrationToken) => ("M_FORBIDDEN", "Invalid registration token"),
+                Some(AuthType::EmailIdentity) => ("M_THREEPID_AUTH_FAILED", "That address has not been validated"),
                 _ => ("M_FORBIDDEN", "Invalid password"),
             }),
             (true, true) => None,
@@ -246,6 +264,7 @@ impl Uiaa {
                 completed: Vec::new(),
                 params,
                 registered: None,
+                threepid: None,
                 expires: now + self.ttl,
             },
         );
@@ -271,6 +290,10 @@ impl Uiaa {
     async fn verify(&self, auth: &AuthData, user: Option<&UserId>) -> Result<bool> {
         match auth {
             AuthData::Dummy(_) => Ok(true),
+            AuthData::EmailIdentity(e) => Ok(self
+                .users
+                .validated(e.thirdparty_id_creds.sid.as_str(), e.thirdparty_id_creds.client_secret.as_str())
+                .is_ok_and(|(medium, _, _)| medium == "email")),
             AuthData::RegistrationToken(t) => self.tokens.is_valid(&t.token),
             AuthData::Password(p) => {
                 let UserIdentifier::Matrix(id) = &p.identifier else { return Ok(false) };

@@ -20,7 +20,7 @@ use crate::{
 const ARRIVAL: Duration = Duration::from_secs(30);
 
 /// Polls `check` until it gives `Some`, or fails naming `what` after [`ARRIVAL`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,

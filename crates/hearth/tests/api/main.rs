@@ -13,6 +13,7 @@ mod errors;
 mod federation;
 mod federation_rooms;
 mod guests;
+mod identity;
 mod legacy;
 mod login;
 mod media;

@@ -594,3 +594,95 @@ async fn a_complete_timeline_pages_back_from_now(b: Backend) {
 }
 
 both_engines!(a_complete_timeline_pages_back_from_now);
+
+/// Peeking (MSC2753): a device follows a world-readable room without joining it; its sync
+/// shows the room under `rooms.peek` (the whole recent room first, new events after), is
+/// woken by the room's events, and no other device of the user sees it. Rooms that are
+/// not world-readable refuse, `/unpeek` and joining end a peek, and a peek survives a
+/// restart.
+async fn peeking_follows_a_world_readable_room(b: Backend) {
+    let mut s = TestServer::start(b).await;
+    let (_, alice, _) = s.register("alice", "pw-alice-1").await;
+    let (_, bob, _) = s.register("bob", "pw-bob-1").await;
+    let (bob_phone, _) = s.login("bob", "pw-bob-1").await;
+    let public = create(&s, &alice, json!({"preset": "public_chat", "room_alias_name": "lobby"})).await;
+    let hidden = create(&s, &alice, json!({"preset": "public_chat"})).await;
+    let readable = json!({"history_visibility": "world_readable"});
+    let path = format!("/_matrix/client/v3/rooms/{public}/state/m.room.history_visibility/");
+    assert_eq!(s.put(&path, Some(&alice), readable).await.0, StatusCode::OK);
+
+    // Only world-readable rooms may be peeked into; unknown rooms are 404.
+    let refused = s.post(&format!("/_matrix/client/v3/peek/{hidden}"), Some(&bob), json!({})).await;
+    crate::common::assert_error(&refused, 403, "M_FORBIDDEN");
+    let unknown = s.post("/_matrix/client/v3/peek/!nowhere:hearth.test", Some(&bob), json!({})).await;
+    crate::common::assert_error(&unknown, 404, "M_NOT_FOUND");
+
+    let before = sync(&s, &bob, "").await;
+    let since = before["next_batch"].as_str().unwrap().to_owned();
+    // By alias; the answer names the room.
+    let (status, peeked) =
+        s.post(&format!("/_matrix/client/v3/peek/{}", urlencode("#lobby:hearth.test")), Some(&bob), json!({})).await;
+    assert_eq!((status, peeked["room_id"].as_str()), (StatusCode::OK, Some(public.as_str())), "{peeked}");
+    send_text(&s, &alice, &public, "something to peek").await;
+
+    let first = sync(&s, &bob, &format!("?since={since}")).await;
+    let room = &first["rooms"]["peek"][&public];
+    let types: Vec<&str> =
+        room["timeline"]["events"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types.first(), Some(&"m.room.create"), "{room}");
+    assert_eq!(bodies(&room["timeline"]), vec!["something to peek"], "{room}");
+    assert!(first["rooms"].get("join").is_none(), "bob joined nothing: {first}");
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    // Nothing new: the room stays out.
+    let quiet = sync(&s, &bob, &format!("?since={since}&timeout=0")).await;
+    assert!(quiet["rooms"]["peek"].get(&public).is_none(), "{quiet}");
+    // The other device does not peek.
+    let phone = sync(&s, &bob_phone, "").await;
+    assert!(phone["rooms"].get("peek").is_none(), "{phone}");
+
+    // A waiting sync of the peeking device wakes for the room's next event.
+    let waiting = {
+        let (base, http, token, since) = (s.base.clone(), s.http.clone(), bob.clone(), since.clone());
+        tokio::spawn(async move {
+            let url = format!("{base}/_matrix/client/v3/sync?since={since}&timeout=20000");
+            http.get(url).bearer_auth(token).send().await.unwrap().json::<Value>().await.unwrap()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    send_text(&s, &alice, &public, "something else to peek").await;
+    let woken = waiting.await.unwrap();
+    assert_eq!(bodies(&woken["rooms"]["peek"][&public]["timeline"]), vec!["something else to peek"], "{woken}");
+    let since = woken["next_batch"].as_str().unwrap().to_owned();
+
+    // The peek survives a restart.
+    s.restart().await;
+    send_text(&s, &alice, &public, "after the restart").await;
+    let again = sync(&s, &bob, &format!("?since={since}")).await;
+    assert_eq!(bodies(&again["rooms"]["peek"][&public]["timeline"]), vec!["after the restart"], "{again}");
+    let since = again["next_batch"].as_str().unwrap().to_owned();
+
+    // `/unpeek` ends it.
+    assert_eq!(s.post(&format!("/_matrix/client/v3/unpeek/{public}"), Some(&bob), json!({})).await.0, StatusCode::OK);
+    send_text(&s, &alice, &public, "unseen").await;
+    let after = sync(&s, &bob, &format!("?since={since}&timeout=0")).await;
+    assert!(after["rooms"].get("peek").is_none(), "{after}");
+    let since = after["next_batch"].as_str().unwrap().to_owned();
+
+    // Joining moves the room from peeked to joined for good: after leaving, it is not
+    // peeked into again.
+    assert_eq!(s.post(&format!("/_matrix/client/v3/peek/{public}"), Some(&bob), json!({})).await.0, StatusCode::OK);
+    assert_eq!(s.post(&format!("/_matrix/client/v3/join/{public}"), Some(&bob), json!({})).await.0, StatusCode::OK);
+    let joined = sync(&s, &bob, &format!("?since={since}")).await;
+    assert!(joined["rooms"]["join"].get(&public).is_some(), "{joined}");
+    assert!(joined["rooms"].get("peek").is_none(), "{joined}");
+    assert_eq!(
+        s.post(&format!("/_matrix/client/v3/rooms/{public}/leave"), Some(&bob), json!({})).await.0,
+        StatusCode::OK
+    );
+    let since = joined["next_batch"].as_str().unwrap().to_owned();
+    send_text(&s, &alice, &public, "after bob left").await;
+    let left = sync(&s, &bob, &format!("?since={since}&timeout=0")).await;
+    assert!(left["rooms"].get("peek").is_none(), "{left}");
+}
+
+both_engines!(peeking_follows_a_world_readable_room);

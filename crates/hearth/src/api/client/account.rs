@@ -5,7 +5,7 @@ use std::sync::Arc;
 use http::StatusCode;
 use ruma::api::client::{
     account::{
-        change_password, check_registration_token_validity, deactivate, get_3pids, get_username_availability, register,
+        change_password, check_registration_token_validity, deactivate, get_username_availability, register,
         register::RegistrationKind, whoami, ThirdPartyIdRemovalStatus,
     },
     uiaa::AuthType,
@@ -83,17 +83,31 @@ pub async fn register(
 
     // Token then dummy, as Synapse offers it: matrix-nio's `register_with_token` expects a
     // second stage after the token, and every other client follows whatever flow it gets.
-    let flows = if s.registration_token_required()? {
+    // With a mail server, registering with a validated e-mail address is a flow of its own
+    // (after the token, when one is required).
+    let token_required = s.registration_token_required()?;
+    let mut flows = if token_required {
         vec![vec![AuthType::RegistrationToken, AuthType::Dummy]]
     } else {
         vec![vec![AuthType::Dummy]]
     };
+    if s.identity.email.enabled() {
+        flows.push(match token_required {
+            true => vec![AuthType::RegistrationToken, AuthType::EmailIdentity],
+            false => vec![AuthType::EmailIdentity],
+        });
+    }
     let op = Operation { purpose: Purpose::Register, subject: String::new(), user: None, params };
     let done = s.uiaa.check_bound(op, &flows, body.auth.as_ref()).await?;
     let params: Params = serde_json::from_value(Value::Object(done.params))
         .map_err(|e| Error::bad_json(format!("Invalid registration parameters: {e}")))?;
     // The remembered parameters may name what this request did not: check them again.
     check_username(&s, params.username.as_deref(), params.guest_access_token.as_deref())?;
+    if let Some((medium, address, _)) = &done.threepid {
+        if s.identity.owner(medium, address)?.is_some() {
+            return Err(Error::matrix(StatusCode::BAD_REQUEST, "M_THREEPID_IN_USE", "That address is already in use"));
+        }
+    }
     if let Some(token) = &done.registration_token {
         s.registration_tokens.consume(token)?;
     }
@@ -121,6 +135,9 @@ pub async fn register(
     })
     .await
     .map_err(|e| Error::internal(format!("registration task: {e}")))??;
+    if let Some((medium, address, at)) = &done.threepid {
+        s.identity.add(&user_id, medium, address, *at)?;
+    }
     s.uiaa.set_registered(&done.session, &user_id);
     log_in_registered(&s, user_id, params, ip)
 }
@@ -274,8 +291,10 @@ pub async fn change_password(
     s: Arc<Services>,
     req: Ruma<change_password::v3::Request>,
 ) -> Result<change_password::v3::Response> {
-    let caller = req.caller()?.clone();
     let body = req.body;
+    let Some(caller) = req.caller.clone() else {
+        return reset_password(&s, body).await;
+    };
     let flows = vec![vec![AuthType::Password]];
     s.uiaa.check(Purpose::ChangePassword, Some(&caller.user_id), &flows, body.auth.as_ref()).await?;
     let users = s.users.clone();
@@ -298,6 +317,31 @@ pub async fn change_password(
     Ok(change_password::v3::Response::new())
 }
 
+/// `POST /account/password` without an access token: a password reset, proved by the
+/// validation of an address of the account (`m.login.email.identity`). Every device is
+/// signed out unless `logout_devices` is false.
+async fn reset_password(s: &Services, body: change_password::v3::Request) -> Result<change_password::v3::Response> {
+    s.identity.email.require()?;
+    let flows = vec![vec![AuthType::EmailIdentity]];
+    let done = s.uiaa.check(Purpose::ResetPassword, None, &flows, body.auth.as_ref()).await?;
+    let (medium, address, _) = done.threepid.ok_or_else(|| Error::forbidden("No address was validated"))?;
+    let user_id = s
+        .identity
+        .owner(&medium, &address)?
+        .ok_or_else(|| Error::matrix(StatusCode::BAD_REQUEST, "M_THREEPID_NOT_FOUND", "No account has that address"))?;
+    let users = s.users.clone();
+    let (uid, password) = (user_id.clone(), body.new_password);
+    tokio::task::spawn_blocking(move || users.set_password(&uid, &password))
+        .await
+        .map_err(|e| Error::internal(format!("password task: {e}")))??;
+    if body.logout_devices {
+        let all: Vec<String> = s.users.devices(&user_id)?.into_iter().map(|(d, _)| d.to_string()).collect();
+        s.users.delete_all_devices_except(&user_id, None)?;
+        s.keys.forget_devices(&s.rooms, &user_id, &all)?;
+    }
+    Ok(change_password::v3::Response::new())
+}
+
 /// `POST /_matrix/client/v3/account/deactivate`
 ///
 /// Behind a password UIA stage. The account keeps its id forever, loses its password,
@@ -310,86 +354,11 @@ pub async fn deactivate(s: Arc<Services>, req: Ruma<deactivate::v3::Request>) ->
         let flows = vec![vec![AuthType::Password]];
         s.uiaa.check(Purpose::Deactivate, Some(&caller.user_id), &flows, req.body.auth.as_ref()).await?;
     }
+    let unbound = s.identity.remove_all(&caller.user_id).await?;
     s.admin.deactivate(&caller.user_id, req.body.erase)?;
-    Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
-}
-
-/// `GET /_matrix/client/v3/account/3pid`
-///
-/// Hearth links no email addresses or phone numbers to accounts, so the list is empty
-/// (Element's settings page asks for it). Written out by hand: ruma leaves an empty list
-/// out, and Element reads `threepids` without a default.
-pub async fn get_3pids(
-    axum::extract::State(_s): axum::extract::State<Arc<Services>>,
-    req: Ruma<get_3pids::v3::Request>,
-) -> Result<axum::Json<serde_json::Value>> {
-    req.caller()?;
-    Ok(axum::Json(serde_json::json!({"threepids": []})))
-}
-
-/// Hearth links no e-mail addresses or phone numbers to accounts: each third-party
-/// identifier operation answers with the spec's refusal rather than 404. Asking for a
-/// token to add one is 403 `M_THREEPID_DENIED`; adding or binding, for which the spec
-/// documents no refusal of its own, is 403 `M_FORBIDDEN`; a password reset by
-/// e-mail or phone finds no such address (400 `M_THREEPID_NOT_FOUND`); removing or
-/// unbinding one that is not there succeeds with nothing done (`no-support`).
-pub fn threepid_routes() -> axum::Router<Arc<Services>> {
-    use axum::routing::post;
-    let mut router = axum::Router::new();
-    for v in ["r0", "v3"] {
-        let p = |rest: &str| format!("/_matrix/client/{v}/{rest}");
-        router = router
-            .route(&p("account/3pid"), post(threepid_denied_authed))
-            .route(&p("account/3pid/add"), post(threepid_forbidden_authed))
-            .route(&p("account/3pid/bind"), post(threepid_forbidden_authed))
-            .route(&p("account/3pid/email/requestToken"), post(threepid_denied_authed))
-            .route(&p("account/3pid/msisdn/requestToken"), post(threepid_denied_authed))
-            .route(&p("account/3pid/delete"), post(threepid_nothing_to_remove))
-            .route(&p("account/3pid/unbind"), post(threepid_nothing_to_remove))
-            .route(&p("register/email/requestToken"), post(threepid_denied))
-            .route(&p("register/msisdn/requestToken"), post(threepid_denied))
-            .route(&p("account/password/email/requestToken"), post(threepid_not_found))
-            .route(&p("account/password/msisdn/requestToken"), post(threepid_not_found));
-    }
-    router
-}
-
-fn threepids_denied() -> Error {
-    Error::matrix(
-        StatusCode::FORBIDDEN,
-        "M_THREEPID_DENIED",
-        "This server does not link e-mail addresses or phone numbers to accounts",
-    )
-}
-
-async fn threepid_denied() -> Result<axum::Json<Value>> {
-    Err(threepids_denied())
-}
-
-async fn threepid_denied_authed(
-    axum::extract::State(s): axum::extract::State<Arc<Services>>,
-    parts: http::request::Parts,
-) -> Result<axum::Json<Value>> {
-    crate::api::caller_of(&s, &parts)?;
-    Err(threepids_denied())
-}
-
-async fn threepid_forbidden_authed(
-    axum::extract::State(s): axum::extract::State<Arc<Services>>,
-    parts: http::request::Parts,
-) -> Result<axum::Json<Value>> {
-    crate::api::caller_of(&s, &parts)?;
-    Err(Error::forbidden("This server does not link e-mail addresses or phone numbers to accounts"))
-}
-
-async fn threepid_not_found() -> Result<axum::Json<Value>> {
-    Err(Error::matrix(StatusCode::BAD_REQUEST, "M_THREEPID_NOT_FOUND", "No account has that address"))
-}
-
-async fn threepid_nothing_to_remove(
-    axum::extract::State(s): axum::extract::State<Arc<Services>>,
-    parts: http::request::Parts,
-) -> Result<axum::Json<Value>> {
-    crate::api::caller_of(&s, &parts)?;
-    Ok(axum::Json(serde_json::json!({"id_server_unbind_result": "no-support"})))
+    let status = match unbound {
+        "success" => ThirdPartyIdRemovalStatus::Success,
+        _ => ThirdPartyIdRemovalStatus::NoSupport,
+    };
+    Ok(deactivate::v3::Response::new(status))
 }

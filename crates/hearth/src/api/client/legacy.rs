@@ -140,7 +140,9 @@ async fn events(
     let timeout = Duration::from_millis(number(&query, "timeout")?.unwrap_or(30_000)).min(MAX_TIMEOUT);
     // A limit that is no count is refused, as Synapse does (the stream sends what happened).
     number(&query, "limit")?;
-    let from = match query.get("from") {
+    // An empty `from` is "now", as Synapse reads it (sytest sends one for users who never
+    // took an initial sync).
+    let from = match query.get("from").filter(|t| !t.is_empty()) {
         Some(token) => SyncToken::parse(token)?,
         None => now_token(&s),
     };

@@ -55,6 +55,19 @@ pub(crate) fn join_content(s: &Services, user: &ruma::UserId, body: &[u8]) -> Re
     Ok(content)
 }
 
+/// A join with `third_party_signed` first redeems that third-party invite (the invite's
+/// member event), unless the user is already invited or in.
+async fn redeem_signed(s: &Services, room: &ruma::RoomId, user: &ruma::UserId, body: &[u8]) -> Result<()> {
+    let Ok(Value::Object(mut body)) = serde_json::from_slice(body) else { return Ok(()) };
+    let Some(signed) = body.remove("third_party_signed").filter(Value::is_object) else { return Ok(()) };
+    let current = s.rooms.membership(room, user)?.map(|m| m.membership);
+    use ruma::events::room::member::MembershipState;
+    if matches!(current, Some(MembershipState::Invite) | Some(MembershipState::Join)) {
+        return Ok(());
+    }
+    s.identity.redeem_for_join(room, user, &signed).await
+}
+
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
 pub async fn join_room_by_id(
     s: Arc<Services>,
@@ -64,6 +77,7 @@ pub async fn join_room_by_id(
     let profile = join_content(&s, &caller.user_id, &req.json)?;
     let room = &req.body.room_id;
     let federate = s.config.allow_federation;
+    redeem_signed(&s, room, &caller.user_id, &req.json).await?;
     s.federation.join(room, &caller.user_id, &[], profile, req.body.reason.clone(), federate).await?;
     super::room::after_join(&s, &caller.user_id, room)?;
     Ok(join_room_by_id::v3::Response::new(room.clone()))
@@ -78,6 +92,7 @@ pub async fn join_room_by_id_or_alias(
     let (room_id, via) = resolve_remote(&s, &req.body.room_id_or_alias, &req.body.via).await?;
     let profile = join_content(&s, &caller.user_id, &req.json)?;
     let federate = s.config.allow_federation;
+    redeem_signed(&s, &room_id, &caller.user_id, &req.json).await?;
     s.federation.join(&room_id, &caller.user_id, &via, profile, req.body.reason.clone(), federate).await?;
     super::room::after_join(&s, &caller.user_id, &room_id)?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
@@ -98,8 +113,19 @@ pub async fn knock_room(s: Arc<Services>, req: Ruma<knock_room::v3::Request>) ->
 /// `POST /_matrix/client/v3/rooms/{roomId}/invite`
 pub async fn invite_user(s: Arc<Services>, req: Ruma<invite_user::v3::Request>) -> Result<invite_user::v3::Response> {
     let caller = req.caller()?;
-    let invite_user::v3::InvitationRecipient::UserId(invitee) = &req.body.recipient else {
-        return Err(Error::forbidden("Third-party invites are not supported"));
+    let invitee = match &req.body.recipient {
+        invite_user::v3::InvitationRecipient::UserId(invitee) => invitee,
+        invite_user::v3::InvitationRecipient::ThirdPartyId(tp) => {
+            let to = crate::identity::invite::ThirdPartyInvitee {
+                id_server: &tp.id_server,
+                id_access_token: &tp.id_access_token,
+                medium: tp.medium.as_str(),
+                address: &tp.address,
+            };
+            s.identity.invite(&req.body.room_id, &caller.user_id, to, s.config.allow_federation).await?;
+            return Ok(invite_user::v3::Response::new());
+        }
+        _ => return Err(Error::invalid_param("Invite a user id, or an address at an identity server")),
     };
     let user_id = &invitee.user_id;
     // A user of an application service's namespace may be made on demand: asked first.
@@ -267,7 +293,42 @@ pub async fn joined_members(
 }
 
 pub fn routes() -> axum::Router<Arc<Services>> {
-    axum::Router::new()
+    let mut router = axum::Router::new()
         .route("/_matrix/client/v3/rooms/{roomId}/joined_members", axum::routing::get(joined_members))
-        .route("/_matrix/client/r0/rooms/{roomId}/joined_members", axum::routing::get(joined_members))
+        .route("/_matrix/client/r0/rooms/{roomId}/joined_members", axum::routing::get(joined_members));
+    for v in ["r0", "v3", "unstable/org.matrix.msc2753"] {
+        router = router
+            .route(&format!("/_matrix/client/{v}/peek/{{roomIdOrAlias}}"), axum::routing::post(peek))
+            .route(&format!("/_matrix/client/{v}/unpeek/{{roomId}}"), axum::routing::post(unpeek));
+    }
+    router
+}
+
+/// `POST /_matrix/client/v3/peek/{roomIdOrAlias}` (MSC2753): this device follows a
+/// world-readable room of this server without joining it (see `rooms::peek`).
+async fn peek(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    axum::extract::Path(target): axum::extract::Path<String>,
+    parts: http::request::Parts,
+) -> Result<axum::Json<Value>> {
+    let caller = crate::api::caller_of(&s, &parts)?;
+    let target =
+        <&RoomOrAliasId>::try_from(target.as_str()).map_err(|_| Error::invalid_param("Not a room id or alias"))?;
+    let (room_id, _) = resolve_remote(&s, target, &[]).await?;
+    s.rooms.peek(&caller.user_id, caller.device_id.as_str(), &room_id)?;
+    s.initial_sync_cache.forget_user(&caller.user_id);
+    Ok(axum::Json(serde_json::json!({"room_id": room_id})))
+}
+
+/// `POST /_matrix/client/v3/unpeek/{roomId}` (MSC2753).
+async fn unpeek(
+    axum::extract::State(s): axum::extract::State<Arc<Services>>,
+    axum::extract::Path(room): axum::extract::Path<String>,
+    parts: http::request::Parts,
+) -> Result<axum::Json<Value>> {
+    let caller = crate::api::caller_of(&s, &parts)?;
+    let room = ruma::OwnedRoomId::try_from(room).map_err(|_| Error::invalid_param("Not a room id"))?;
+    s.rooms.unpeek(&caller.user_id, Some(caller.device_id.as_str()), &room)?;
+    s.initial_sync_cache.forget_user(&caller.user_id);
+    Ok(axum::Json(serde_json::json!({})))
 }

@@ -33,6 +33,7 @@ mod summary;
 mod sync;
 mod thirdparty;
 mod threads;
+mod threepid;
 mod typing;
 mod user_directory;
 mod versions;
@@ -73,7 +74,7 @@ pub fn routes() -> Router<Arc<Services>> {
         router = router.route(path, axum::routing::post(account::register));
     }
     for path in ruma::api::client::account::get_3pids::v3::Request::PATH_BUILDER.all_paths() {
-        router = router.route(path, axum::routing::get(account::get_3pids));
+        router = router.route(path, axum::routing::get(threepid::get_3pids));
     }
     for path in ruma::api::client::keys::get_keys::v3::Request::PATH_BUILDER.all_paths() {
         router = router.route(path, axum::routing::post(keys::get_keys));
@@ -90,7 +91,7 @@ pub fn routes() -> Router<Arc<Services>> {
         .merge(space::routes())
         .merge(message::routes())
         .merge(user_directory::routes())
-        .merge(account::threepid_routes())
+        .merge(threepid::routes())
         .merge(appservice::routes())
         .merge(session::routes())
         .merge(search::routes())

@@ -39,7 +39,7 @@ pub async fn create_room(s: Arc<Services>, req: Ruma<create_room::v3::Request>) 
             format!("Room version {version} is not supported"),
         ));
     }
-    if body.invite.len() > MAX_INVITES || body.initial_state.len() > MAX_INITIAL_STATE {
+    if body.invite.len() + body.invite_3pid.len() > MAX_INVITES || body.initial_state.len() > MAX_INITIAL_STATE {
         return Err(Error::too_large("Too many invites or initial state events"));
     }
     let preset = match body.preset.as_ref().map(|p| p.as_str()) {
@@ -102,6 +102,15 @@ pub async fn create_room(s: Arc<Services>, req: Ruma<create_room::v3::Request>) 
     let federate = s.config.allow_federation;
     for user in body.invite.iter().filter(|u| u.server_name() != s.config.server_name) {
         s.federation.invite(&room_id, &caller.user_id, user, None, body.is_direct, federate).await?;
+    }
+    for tp in &body.invite_3pid {
+        let to = crate::identity::invite::ThirdPartyInvitee {
+            id_server: &tp.id_server,
+            id_access_token: &tp.id_access_token,
+            medium: tp.medium.as_str(),
+            address: &tp.address,
+        };
+        s.identity.invite(&room_id, &caller.user_id, to, federate).await?;
     }
     Ok(create_room::v3::Response::new(room_id))
 }
@@ -201,6 +210,8 @@ pub(crate) fn follow_upgrade(s: &Services, user: &ruma::UserId, old: &ruma::Room
 /// aliases and directory entry of the old one follow (`Rooms::follow_remote_upgrade`),
 /// and so do the user's links to it if they were in it ([`follow_upgrade`]).
 pub(crate) fn after_join(s: &Services, user: &ruma::UserId, room: &ruma::RoomId) -> Result<()> {
+    // A room joined is no longer peeked into, by any of the user's devices (MSC2753).
+    s.rooms.unpeek(user, None, room)?;
     let create = s.rooms.state_event(room, &ruma::events::StateEventType::RoomCreate, "")?;
     let Some(old) = create.and_then(|c| c.content_value()["predecessor"]["room_id"].as_str().map(str::to_owned)) else {
         return Ok(());

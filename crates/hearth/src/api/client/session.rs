@@ -72,10 +72,27 @@ fn named_user(identifier: Option<&UserIdentifier>, user: Option<&String>) -> Res
     }
 }
 
-async fn password_login(s: &Services, password: &login::Password) -> Result<ruma::OwnedUserId> {
+/// The account an e-mail address (an `m.id.thirdparty` identifier, or the legacy
+/// `medium`/`address` fields) belongs to, if the login names one.
+fn threepid_user(s: &Services, password: &login::Password) -> Result<Option<Option<ruma::OwnedUserId>>> {
     #[allow(deprecated)]
-    let typed = named_user(password.identifier.as_ref(), password.user.as_ref())?;
-    let user_id = s.users.parse_login_user(&typed).ok_or_else(bad_credentials)?;
+    let (medium, address) = match (&password.identifier, &password.medium, &password.address) {
+        (Some(UserIdentifier::Email(e)), _, _) => ("email", e.address.as_str()),
+        (None, Some(medium), Some(address)) => (medium.as_str(), address.as_str()),
+        _ => return Ok(None),
+    };
+    Ok(Some(s.identity.owner(medium, address)?))
+}
+
+async fn password_login(s: &Services, password: &login::Password) -> Result<ruma::OwnedUserId> {
+    let user_id = match threepid_user(s, password)? {
+        Some(owner) => owner.ok_or_else(bad_credentials)?,
+        None => {
+            #[allow(deprecated)]
+            let typed = named_user(password.identifier.as_ref(), password.user.as_ref())?;
+            s.users.parse_login_user(&typed).ok_or_else(bad_credentials)?
+        }
+    };
     let users = s.users.clone();
     let (uid, pw) = (user_id.clone(), password.password.clone());
     let ok = tokio::task::spawn_blocking(move || users.check_password(&uid, &pw))

@@ -286,7 +286,14 @@ fn response_json(result: SyncResult, now: SyncToken, thread_counts: bool) -> Val
             ]),
         );
     }
-    for (kind, map) in [("join", join), ("invite", invite), ("knock", knock), ("leave", leave)] {
+    let mut peek = Map::new();
+    for (room_id, r) in result.peek {
+        peek.insert(
+            room_id.to_string(),
+            object([("timeline", timeline(r.timeline, r.limited, r.prev_batch)), ("state", events(r.state))]),
+        );
+    }
+    for (kind, map) in [("join", join), ("invite", invite), ("knock", knock), ("leave", leave), ("peek", peek)] {
         if !map.is_empty() {
             rooms.insert(kind.into(), Value::Object(map));
         }

@@ -12,6 +12,7 @@ pub mod membership;
 pub mod openid;
 pub mod query;
 mod space;
+pub mod thirdparty;
 pub mod transactions;
 pub mod version;
 
@@ -55,4 +56,6 @@ pub fn routes(allow_federation: bool) -> Router<Arc<Services>> {
         .ruma(keys::claim_keys)
         .ruma(keys::get_devices)
         .ruma(transactions::send_transaction_message)
+        .ruma(thirdparty::exchange_third_party_invite)
+        .route("/_matrix/federation/v1/3pid/onbind", axum::routing::post(thirdparty::on_bind))
 }
