@@ -1,13 +1,21 @@
 //! Validation mails: the mail with a link that proves a user reads an address, sent through
 //! the operator's mail server (`smtp_*` settings) with lettre over rustls.
 //!
+//! Anyone may ask for such a mail, so they are limited: five an hour to one address, sixty
+//! a minute in all (429 `M_LIMIT_EXCEEDED` beyond).
+//!
 //! The link leads to this server (`well_known.client`, else `https://SERVER_NAME`) at
 //! `/_hearth/client/email/validate`, which marks the session validated; the link carries
 //! the session id, the client's secret and the token, as Synapse's links do. Without a
 //! mail server configured nothing is sent, and the operations that need a mail answer
 //! `M_THREEPID_DENIED`.
 
-use std::time::Duration;
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
 
 use lettre::{
     message::{header::ContentType, Mailbox},
@@ -22,6 +30,13 @@ use crate::{
 
 /// How long the mail server has for one mail.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Anyone may ask for a validation mail (registration, password reset): at most this many
+/// go to one address an hour, and this many leave the server a minute, so that Hearth
+/// cannot be made to flood a mailbox or the mail server.
+const PER_ADDRESS_PER_HOUR: usize = 5;
+const PER_MINUTE: usize = 60;
+const HOUR: Duration = Duration::from_secs(3600);
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// What a validation mail is for: the wording of its text.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +51,37 @@ pub struct Email {
     from: Option<Mailbox>,
     link_base: String,
     server_name: String,
+    /// When mails were sent, by address and in all (see [`PER_ADDRESS_PER_HOUR`]).
+    sent: Mutex<Sent>,
+}
+
+#[derive(Default)]
+struct Sent {
+    by_address: HashMap<String, VecDeque<Instant>>,
+    all: VecDeque<Instant>,
+}
+
+impl Sent {
+    /// Records a mail to `address` now, unless that would pass a limit.
+    fn admit(&mut self, address: &str) -> bool {
+        let now = Instant::now();
+        while self.all.front().is_some_and(|t| now.duration_since(*t) > MINUTE) {
+            self.all.pop_front();
+        }
+        self.by_address.retain(|_, times| {
+            while times.front().is_some_and(|t| now.duration_since(*t) > HOUR) {
+                times.pop_front();
+            }
+            !times.is_empty()
+        });
+        let times = self.by_address.entry(address.to_owned()).or_default();
+        if times.len() >= PER_ADDRESS_PER_HOUR || self.all.len() >= PER_MINUTE {
+            return false;
+        }
+        times.push_back(now);
+        self.all.push_back(now);
+        true
+    }
 }
 
 impl Email {
@@ -51,7 +97,7 @@ impl Email {
             .to_owned();
         let server_name = config.server_name.to_string();
         let Some(host) = config.smtp_host.as_deref().filter(|h| !h.is_empty()) else {
-            return Ok(Email { transport: None, from: None, link_base, server_name });
+            return Ok(Email { transport: None, from: None, link_base, server_name, sent: Default::default() });
         };
         let tls = match config.smtp_tls.as_str() {
             "none" => Tls::None,
@@ -80,7 +126,13 @@ impl Email {
                 .or_else(|_| "Hearth <noreply@localhost>".parse())
                 .map_err(|e| format!("the default email_from: {e}"))?,
         };
-        Ok(Email { transport: Some(builder.build()), from: Some(from), link_base, server_name })
+        Ok(Email {
+            transport: Some(builder.build()),
+            from: Some(from),
+            link_base,
+            server_name,
+            sent: Default::default(),
+        })
     }
 
     /// Whether mails can be sent at all.
@@ -113,6 +165,13 @@ impl Email {
         let (Some(transport), Some(from)) = (&self.transport, &self.from) else { return Ok(()) };
         let to: Mailbox =
             address.parse().map_err(|_| Error::invalid_param(format!("{address} is not an e-mail address")))?;
+        if !self.sent.lock().admit(address) {
+            return Err(Error::matrix(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                "M_LIMIT_EXCEEDED",
+                "Too many validation mails were asked for; try again later",
+            ));
+        }
         let mut link = url::Url::parse(&format!("{}/_hearth/client/email/validate", self.link_base))
             .map_err(|e| Error::internal(format!("the validation link's base is not a URL: {e}")))?;
         link.query_pairs_mut()

@@ -50,6 +50,12 @@ pub const MAX_PER_USER: usize = 32;
 pub struct Threepid {
     pub validated_at: u64,
     pub added_at: u64,
+    /// Whether the account's password may be reset through it: the address was given at
+    /// registration or added behind the password (`/account/3pid/add`). One added through
+    /// the deprecated `POST /account/3pid`, which asks for no password, serves for login
+    /// only: else a stolen access token would be enough to take the account for good.
+    #[serde(default)]
+    pub recovery: bool,
 }
 json_value!(Threepid);
 
@@ -109,12 +115,25 @@ impl Identity {
         Ok(out)
     }
 
-    /// Adds a validated address to a user's account: 400 `M_THREEPID_IN_USE` when another
-    /// account has it.
-    pub fn add(&self, user: &UserId, medium: &str, address: &str, validated_at: u64) -> Result<()> {
+    /// The account whose password may be reset through an address (see
+    /// [`Threepid::recovery`]), if any.
+    pub fn recovery_owner(&self, medium: &str, address: &str) -> Result<Option<OwnedUserId>> {
         let address = canonical(medium, address);
-        match self.owner(medium, &address)? {
-            Some(owner) if owner == user => return Ok(()),
+        let Some(owner) = self.owner(medium, &address)? else { return Ok(None) };
+        let record = USER_THREEPIDS.get(&self.store, (owner.as_str(), medium, &address))?;
+        Ok(record.filter(|r| r.recovery).map(|_| owner))
+    }
+
+    /// Adds a validated address to a user's account (`recovery`: see
+    /// [`Threepid::recovery`]): 400 `M_THREEPID_IN_USE` when another account has it.
+    pub fn add(&self, user: &UserId, medium: &str, address: &str, validated_at: u64, recovery: bool) -> Result<()> {
+        let address = canonical(medium, address);
+        let owner = self.owner(medium, &address)?;
+        let mine = owner.as_deref() == Some(user);
+        match owner {
+            // Already there: only a re-added address may gain `recovery`.
+            Some(_) if mine && !recovery => return Ok(()),
+            Some(_) if mine => {}
             Some(_) => {
                 return Err(Error::matrix(
                     http::StatusCode::BAD_REQUEST,
@@ -124,7 +143,7 @@ impl Identity {
             }
             None => {}
         }
-        if self.list(user)?.len() >= MAX_PER_USER {
+        if !mine && self.list(user)?.len() >= MAX_PER_USER {
             return Err(Error::matrix(
                 http::StatusCode::BAD_REQUEST,
                 "M_LIMIT_EXCEEDED",
@@ -133,7 +152,7 @@ impl Identity {
         }
         let mut batch = Batch::new();
         THREEPIDS.put(&mut batch, (medium, &address), &user.to_string());
-        let record = Threepid { validated_at, added_at: now_millis() };
+        let record = Threepid { validated_at, added_at: now_millis(), recovery };
         USER_THREEPIDS.put(&mut batch, (user.as_str(), medium, &address), &record);
         Ok(self.store.write(batch)?)
     }

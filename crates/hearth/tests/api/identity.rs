@@ -871,6 +871,51 @@ async fn adding_and_removing_an_account_address(b: Backend) {
     assert_error(&login_by_email(&server, "alice@example.org", PASSWORD).await, 403, "M_FORBIDDEN");
     let (status, _) = request_token(&server, "register", "alice@example.org", "someone-elses-secret", 1).await;
     assert_eq!(status, StatusCode::OK);
+
+    // The deprecated `POST /account/3pid` asks for no password (as on Synapse): an address
+    // added through it serves for login, never for a password reset, or an access token
+    // alone would be enough to take the account for good.
+    let sid = request_sid(&server, "account/3pid", "alice.old@example.org", "alices-old-secret").await;
+    assert_eq!(follow(&server, &sink.last().link()).await.0, StatusCode::OK);
+    let creds = json!({"three_pid_creds": {"sid": sid, "client_secret": "alices-old-secret"}});
+    let (status, added) = server.post("/_matrix/client/v3/account/3pid", Some(&token), creds).await;
+    assert_eq!(status, StatusCode::OK, "{added}");
+    assert_eq!(threepids(&server, &token).await, vec!["alice.old@example.org".to_owned()]);
+    assert_eq!(login_by_email(&server, "alice.old@example.org", PASSWORD).await.0, StatusCode::OK);
+    let reset = request_token(&server, "account/password", "alice.old@example.org", "thief", 1).await;
+    assert_error(&reset, 400, "M_THREEPID_NOT_FOUND");
+    // Removed and added again behind the password, it may.
+    let remove = json!({"medium": "email", "address": "alice.old@example.org"});
+    assert_eq!(server.post("/_matrix/client/v3/account/3pid/delete", Some(&token), remove).await.0, StatusCode::OK);
+    let sid = request_sid(&server, "account/3pid", "alice.old@example.org", "alices-new-secret").await;
+    assert_eq!(follow(&server, &sink.last().link()).await.0, StatusCode::OK);
+    let add = json!({"sid": sid, "client_secret": "alices-new-secret"});
+    let (status, added) = server
+        .with_password_uia(Method::POST, "/_matrix/client/v3/account/3pid/add", &token, add, &alice, PASSWORD)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{added}");
+    let (status, _) = request_token(&server, "account/password", "alice.old@example.org", "alice-again", 1).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// Anyone may ask for a validation mail, so Hearth sends at most five an hour to one
+/// address: a sixth is 429, and no mail leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_mails_to_one_address_are_limited() {
+    let sink = MailSink::start().await;
+    let server = TestServer::start_with(Backend::Rocksdb, |c| sink.configure(c)).await;
+    for attempt in 1..=5 {
+        let (status, started) = request_token(&server, "register", "victim@example.org", "secret", attempt).await;
+        assert_eq!(status, StatusCode::OK, "{started}");
+    }
+    assert_eq!(sink.count(), 5);
+    let sixth = request_token(&server, "register", "victim@example.org", "other-secret", 1).await;
+    assert_error(&sixth, 429, "M_LIMIT_EXCEEDED");
+    assert_eq!(sink.count(), 5);
+    // Another address is not held up.
+    let (status, _) = request_token(&server, "register", "someone@example.org", "secret", 1).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sink.count(), 6);
 }
 
 /// Without a mail server nothing is validated by mail: the `requestToken` endpoints and

@@ -136,7 +136,7 @@ pub async fn register(
     .await
     .map_err(|e| Error::internal(format!("registration task: {e}")))??;
     if let Some((medium, address, at)) = &done.threepid {
-        s.identity.add(&user_id, medium, address, *at)?;
+        s.identity.add(&user_id, medium, address, *at, true)?;
     }
     s.uiaa.set_registered(&done.session, &user_id);
     log_in_registered(&s, user_id, params, ip)
@@ -327,7 +327,7 @@ async fn reset_password(s: &Services, body: change_password::v3::Request) -> Res
     let (medium, address, _) = done.threepid.ok_or_else(|| Error::forbidden("No address was validated"))?;
     let user_id = s
         .identity
-        .owner(&medium, &address)?
+        .recovery_owner(&medium, &address)?
         .ok_or_else(|| Error::matrix(StatusCode::BAD_REQUEST, "M_THREEPID_NOT_FOUND", "No account has that address"))?;
     let users = s.users.clone();
     let (uid, password) = (user_id.clone(), body.new_password);

@@ -82,12 +82,12 @@ async fn request_token(s: &Services, body: &[u8], purpose: MailPurpose) -> Resul
     if !address.contains('@') || address.chars().any(char::is_whitespace) {
         return Err(Error::invalid_param(format!("{address} is not an e-mail address")));
     }
-    let owner = s.identity.owner("email", &address)?;
-    match (purpose, owner) {
-        (MailPurpose::ResetPassword, None) => {
+    match purpose {
+        // Only an address the password may be reset through (`identity::Threepid::recovery`).
+        MailPurpose::ResetPassword if s.identity.recovery_owner("email", &address)?.is_none() => {
             return Err(Error::matrix(StatusCode::BAD_REQUEST, "M_THREEPID_NOT_FOUND", "No account has that address"))
         }
-        (MailPurpose::Register | MailPurpose::AddToAccount, Some(_)) => {
+        MailPurpose::Register | MailPurpose::AddToAccount if s.identity.owner("email", &address)?.is_some() => {
             return Err(Error::matrix(StatusCode::BAD_REQUEST, "M_THREEPID_IN_USE", "That address is already in use"))
         }
         _ => {}
@@ -160,7 +160,7 @@ async fn add(State(s): State<Arc<Services>>, parts: http::request::Parts, body: 
         s.uiaa.check(Purpose::AddThreepid, Some(&caller.user_id), &flows, auth.as_ref()).await?;
     }
     let (medium, address, at) = s.users.validated(&creds.sid, &creds.client_secret)?;
-    s.identity.add(&caller.user_id, &medium, &address, at)?;
+    s.identity.add(&caller.user_id, &medium, &address, at, true)?;
     Ok(axum::Json(json!({})))
 }
 
@@ -173,7 +173,9 @@ struct AddDeprecated {
 }
 
 /// `POST /account/3pid` (deprecated, still sent by older clients and sytest): adds an
-/// address this server validated and, with `bind`, binds it at the identity server.
+/// address this server validated and, with `bind`, binds it at the identity server. It
+/// asks for no password, as on Synapse, so the address serves for login but not for a
+/// password reset (see `identity::Threepid::recovery`).
 async fn add_deprecated(
     State(s): State<Arc<Services>>,
     parts: http::request::Parts,
@@ -183,7 +185,7 @@ async fn add_deprecated(
     let b: AddDeprecated = parse(&body)?;
     let creds = b.three_pid_creds;
     let (medium, address, at) = s.users.validated(&creds.sid, &creds.client_secret)?;
-    s.identity.add(&caller.user_id, &medium, &address, at)?;
+    s.identity.add(&caller.user_id, &medium, &address, at, false)?;
     if b.bind {
         let (Some(id_server), Some(token)) = (creds.id_server.as_deref(), creds.id_access_token.as_deref()) else {
             return Err(Error::missing_param("Binding needs id_server and id_access_token"));
