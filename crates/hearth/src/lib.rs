@@ -214,7 +214,7 @@ impl Services {
         let email = identity::email::Email::from_config(&config).map_err(StoreError::Other)?;
         let identity = Arc::new(identity::Identity::new(
             store.clone(),
-            identity::IdentityClient::new(transport.outbound.clone(), server_key.clone()),
+            identity::IdentityClient::new(transport.outbound.clone(), server_key.clone(), config.allow_federation),
             rooms.clone(),
             federation.clone(),
             users.clone(),

@@ -2,6 +2,10 @@
 //! a third-party invite, binding and unbinding an address, and asking whether one of the
 //! server's public keys is still valid.
 //!
+//! With `allow_federation` off, Hearth talks to no identity server either (403): the
+//! server is kept an island. Validation mails go through the operator's own mail server
+//! and are not affected.
+//!
 //! Clients name the identity server (`id_server`, a server name such as `vector.im`), so
 //! every request goes through the outbound client: the address policy is checked on the
 //! address connected to (loopback and the LAN only when allowlisted), with a time-out and a
@@ -79,15 +83,28 @@ impl StoredInvite {
 pub struct IdentityClient {
     http: OutboundClient,
     key: std::sync::Arc<crate::server_key::ServerKey>,
+    /// Whether other servers may be asked at all (`allow_federation`): a server kept an
+    /// island talks to no identity server either.
+    enabled: bool,
 }
 
 impl IdentityClient {
-    pub fn new(http: OutboundClient, key: std::sync::Arc<crate::server_key::ServerKey>) -> Self {
-        IdentityClient { http, key }
+    pub fn new(http: OutboundClient, key: std::sync::Arc<crate::server_key::ServerKey>, enabled: bool) -> Self {
+        IdentityClient { http, key, enabled }
     }
 
     fn url(id_server: &ServerName, path: &str) -> String {
         format!("https://{id_server}/_matrix/identity/v2/{path}")
+    }
+
+    /// 403 when this server talks to no other server.
+    fn allowed(&self) -> Result<()> {
+        match self.enabled {
+            true => Ok(()),
+            false => Err(Error::forbidden(
+                "This server talks to no other servers, identity servers included (allow_federation is off)",
+            )),
+        }
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, id_server: &ServerName, what: &str) -> Result<Value> {
@@ -140,6 +157,7 @@ impl IdentityClient {
         medium: &str,
         address: &str,
     ) -> Result<Option<OwnedUserId>> {
+        self.allowed()?;
         let request = self
             .http
             .request(reqwest::Method::GET, &Self::url(id_server, "hash_details"))
@@ -174,6 +192,7 @@ impl IdentityClient {
     /// Stores an invite of an address no one has bound yet; the identity server tells the
     /// address's owner and calls the homeserver back once they bind it.
     pub async fn store_invite(&self, id_server: &ServerName, token: &str, body: &Value) -> Result<StoredInvite> {
+        self.allowed()?;
         let answer =
             self.send(self.post(id_server, "store-invite", Some(token), body)?, id_server, "the invite").await?;
         serde_json::from_value(answer).map_err(|e| {
@@ -190,6 +209,7 @@ impl IdentityClient {
         client_secret: &str,
         user: &UserId,
     ) -> Result<(String, String)> {
+        self.allowed()?;
         let body = json!({"sid": sid, "client_secret": client_secret, "mxid": user});
         let answer = self.send(self.post(id_server, "3pid/bind", Some(token), &body)?, id_server, "the bind").await?;
         let field = |k: &str| answer.get(k).and_then(Value::as_str).map(str::to_owned);
@@ -202,6 +222,7 @@ impl IdentityClient {
     /// Unbinds an address from `user`, signed as this server. `Ok(false)` when the
     /// identity server had no such binding (404).
     pub async fn unbind(&self, id_server: &ServerName, user: &UserId, medium: &str, address: &str) -> Result<bool> {
+        self.allowed()?;
         let body = json!({"mxid": user, "threepid": {"medium": medium, "address": address}});
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let path = "/_matrix/identity/v2/3pid/unbind";
@@ -224,6 +245,9 @@ impl IdentityClient {
     /// Whether the identity server still vouches for `public_key` (its `key_validity_url`).
     /// Any failure to ask counts as "no".
     pub async fn key_is_valid(&self, key_validity_url: &str, public_key: &str) -> bool {
+        if self.allowed().is_err() {
+            return false;
+        }
         let Ok(mut url) = url::Url::parse(key_validity_url) else {
             return false;
         };

@@ -918,6 +918,31 @@ async fn validation_mails_to_one_address_are_limited() {
     assert_eq!(sink.count(), 6);
 }
 
+/// A server kept an island (`allow_federation` off) asks no identity server: binding and
+/// inviting by address are refused with 403, and the identity server never hears of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_island_asks_no_identity_server() {
+    let is = IdentityServer::start().await;
+    let server = TestServer::start_with(Backend::Rocksdb, |c| {
+        is.trusted_by(c);
+        c.allow_federation = false;
+    })
+    .await;
+    let (_, token, _) = server.register("bob", PASSWORD).await;
+    is.validated_session("sid-1", "secret-1", "bob@example.org");
+    let bind =
+        json!({"id_server": is.name(), "id_access_token": IS_TOKEN, "sid": "sid-1", "client_secret": "secret-1"});
+    let refused = server.post("/_matrix/client/v3/account/3pid/bind", Some(&token), bind).await;
+    assert_error(&refused, 403, "M_FORBIDDEN");
+    assert_eq!(is.bound_to("bob@example.org"), None);
+    let room = private_room(&server, &token).await;
+    let invite =
+        json!({"id_server": is.name(), "id_access_token": IS_TOKEN, "medium": "email", "address": "carol@example.org"});
+    let refused = server.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), Some(&token), invite).await;
+    assert_error(&refused, 403, "M_FORBIDDEN");
+    assert!(is.invites_for("carol@example.org").is_empty());
+}
+
 /// Without a mail server nothing is validated by mail: the `requestToken` endpoints and
 /// the password reset are refused, and registration offers no e-mail stage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
