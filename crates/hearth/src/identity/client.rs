@@ -23,7 +23,7 @@ use sha2::Digest;
 
 use crate::{
     error::{Error, Result},
-    transport::client::{Fetched, OutboundClient},
+    transport::client::{Fetched, OutboundClient, OutboundError},
 };
 
 /// How long an identity server has to answer.
@@ -39,6 +39,23 @@ pub fn server_name(id_server: &str) -> Result<&ServerName> {
     let id_server = id_server.strip_prefix("https://").unwrap_or(id_server);
     <&ServerName>::try_from(id_server)
         .map_err(|_| Error::invalid_param(format!("{id_server} is not an identity server name")))
+}
+
+/// Why an identity server the client named was not asked: one the outbound policy does
+/// not let Hearth reach is 403 `M_SERVER_NOT_TRUSTED`, a name with no address 400 (the
+/// client's mistake), anything else (time-outs, refused connections) 502.
+fn unreachable(id_server: &ServerName, e: OutboundError) -> Error {
+    match e {
+        OutboundError::Refused(_) => Error::matrix(
+            http::StatusCode::FORBIDDEN,
+            "M_SERVER_NOT_TRUSTED",
+            format!("This server may not contact the identity server {id_server}: {e}"),
+        ),
+        OutboundError::NoAddress(_) => {
+            Error::invalid_param(format!("The identity server {id_server} does not exist: {e}"))
+        }
+        e => Error::unavailable(format!("Cannot reach the identity server {id_server}: {e}")),
+    }
 }
 
 /// One public key of a stored invite, as the room's `m.room.third_party_invite` carries it.
@@ -108,11 +125,7 @@ impl IdentityClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, id_server: &ServerName, what: &str) -> Result<Value> {
-        let answer = self
-            .http
-            .send(request, TIMEOUT, MAX_ANSWER)
-            .await
-            .map_err(|e| Error::unavailable(format!("Cannot reach the identity server {id_server}: {e}")))?;
+        let answer = self.http.send(request, TIMEOUT, MAX_ANSWER).await.map_err(|e| unreachable(id_server, e))?;
         Self::json(answer, id_server, what)
     }
 
@@ -139,7 +152,7 @@ impl IdentityClient {
         let mut request = self
             .http
             .request(reqwest::Method::POST, &Self::url(id_server, path))
-            .map_err(|e| Error::forbidden(format!("Cannot reach the identity server {id_server}: {e}")))?
+            .map_err(|e| unreachable(id_server, e))?
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(body).unwrap_or_default());
         if let Some(token) = token {
@@ -161,7 +174,7 @@ impl IdentityClient {
         let request = self
             .http
             .request(reqwest::Method::GET, &Self::url(id_server, "hash_details"))
-            .map_err(|e| Error::forbidden(format!("Cannot reach the identity server {id_server}: {e}")))?
+            .map_err(|e| unreachable(id_server, e))?
             .bearer_auth(token);
         let details = self.send(request, id_server, "the hash details").await?;
         let pepper = details.get("lookup_pepper").and_then(Value::as_str).unwrap_or_default();
@@ -231,11 +244,7 @@ impl IdentityClient {
                 .map_err(|e| Error::internal(e.to_string()))?;
         let request =
             self.post(id_server, "3pid/unbind", None, &body)?.header(http::header::AUTHORIZATION, authorization);
-        let answer = self
-            .http
-            .send(request, TIMEOUT, MAX_ANSWER)
-            .await
-            .map_err(|e| Error::unavailable(format!("Cannot reach the identity server {id_server}: {e}")))?;
+        let answer = self.http.send(request, TIMEOUT, MAX_ANSWER).await.map_err(|e| unreachable(id_server, e))?;
         if answer.status == http::StatusCode::NOT_FOUND {
             return Ok(false);
         }

@@ -184,7 +184,13 @@ async fn add_deprecated(
     let caller = caller_of(&s, &parts)?;
     let b: AddDeprecated = parse(&body)?;
     let creds = b.three_pid_creds;
-    let (medium, address, at) = s.users.validated(&creds.sid, &creds.client_secret)?;
+    // The spec documents 403 for credentials that do not check out here.
+    let (medium, address, at) = s.users.validated(&creds.sid, &creds.client_secret).map_err(|e| match e {
+        Error::Matrix { errcode: "M_THREEPID_AUTH_FAILED", message, .. } => {
+            Error::matrix(StatusCode::FORBIDDEN, "M_THREEPID_AUTH_FAILED", message)
+        }
+        e => e,
+    })?;
     s.identity.add(&caller.user_id, &medium, &address, at, false)?;
     if b.bind {
         let (Some(id_server), Some(token)) = (creds.id_server.as_deref(), creds.id_access_token.as_deref()) else {
