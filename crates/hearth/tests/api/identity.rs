@@ -814,6 +814,9 @@ async fn adding_and_removing_an_account_address(b: Backend) {
     })
     .await;
     let (alice, token, _) = server.register("alice", PASSWORD).await;
+    // With a mail server, clients are told addresses can be changed.
+    let (status, caps) = server.get("/_matrix/client/v3/capabilities", Some(&token)).await;
+    assert_eq!((status, &caps["capabilities"]["m.3pid_changes"]["enabled"]), (StatusCode::OK, &json!(true)), "{caps}");
     assert_eq!(threepids(&server, &token).await, Vec::<String>::new());
 
     // Asking for the mail needs no access token.
@@ -948,6 +951,9 @@ async fn an_island_asks_no_identity_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_mail_server_addresses_are_not_validated() {
     let server = TestServer::start(Backend::Rocksdb).await;
+    let (_, token, _) = server.register("carol", PASSWORD).await;
+    let (status, caps) = server.get("/_matrix/client/v3/capabilities", Some(&token)).await;
+    assert_eq!((status, &caps["capabilities"]["m.3pid_changes"]["enabled"]), (StatusCode::OK, &json!(false)), "{caps}");
     for what in ["register", "account/3pid", "account/password"] {
         let refused = request_token(&server, what, "bob@example.org", "a-secret", 1).await;
         assert_error(&refused, 403, "M_THREEPID_DENIED");

@@ -6,7 +6,6 @@ use axum::{extract::State, http::request::Parts, routing::get, Json, Router};
 #[allow(deprecated)]
 use ruma::api::client::discovery::get_capabilities::v3::{
     Capabilities, RoomVersionStability, RoomVersionsCapability, SetAvatarUrlCapability, SetDisplayNameCapability,
-    ThirdPartyIdChangesCapability,
 };
 use serde_json::{json, Value};
 
@@ -30,9 +29,11 @@ pub async fn get_capabilities(State(s): State<Arc<Services>>, parts: Parts) -> R
     caps.room_versions = RoomVersionsCapability::new(s.config.default_room_version.clone(), available);
     caps.set_displayname = SetDisplayNameCapability::new(true);
     caps.set_avatar_url = SetAvatarUrlCapability::new(true);
-    caps.thirdparty_id_changes = ThirdPartyIdChangesCapability::new(false);
     let mut value = serde_json::to_value(&caps).map_err(|e| Error::internal(e.to_string()))?;
     value["m.change_password"] = json!({"enabled": true});
+    // Addresses can be added and removed once Hearth can send validation mails. Written
+    // out either way: ruma leaves the default (`true`) out.
+    value["m.3pid_changes"] = json!({"enabled": s.identity.email.enabled()});
     Ok(Json(json!({"capabilities": value})))
 }
 
