@@ -296,7 +296,7 @@ impl Notifications {
             // The event's string values, lower-cased, read once (see `names`), and the
             // actions found per rules class for members it does not name.
             let text = std::cell::OnceCell::new();
-            let mut by_class: HashMap<Arc<str>, Arc<[Action]>> = HashMap::new();
+            let mut by_class: HashMap<super::ClassKey, Arc<[Action]>> = HashMap::new();
             for (user, member) in recipients {
                 let (_, rules, _, class) = self.push.ruleset(&self.account_data, &user)?;
                 let ctx = match remote_invite {
