@@ -107,11 +107,7 @@ impl Rooms {
         if self.peeks.by_room.read().is_empty() {
             return Ok(out);
         }
-        let prefix = {
-            let mut key = crate::store::codec::encode_key::<String>(user.as_str());
-            key.extend(crate::store::codec::encode_key::<String>(device));
-            key
-        };
+        let prefix = crate::store::codec::encode_key::<(String, String)>((user.as_str(), device));
         PEEKS.scan_range(
             &self.store,
             &crate::store::KeyRange::prefix(&prefix),
