@@ -43,6 +43,44 @@ fn not_found() -> Error {
 /// ruma's evaluator skips these rules for events that carry `m.mentions`, as the spec
 /// asks.
 pub fn server_default(user: &UserId) -> Map<String, Value> {
+    // Built once, for a user no one is, and filled in for each user: every first sync of a
+    // user without rules of their own carries these, and building them through ruma's
+    // ruleset was a twentieth of such a sync.
+    static TEMPLATE: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+    let template = TEMPLATE.get_or_init(|| match UserId::parse(PLACEHOLDER) {
+        Ok(placeholder) => build_server_default(&placeholder),
+        Err(_) => Map::new(),
+    });
+    if template.is_empty() {
+        return build_server_default(user);
+    }
+    let placeholder_localpart = PLACEHOLDER[1..].split(':').next().unwrap_or_default();
+    let mut rules = template.clone();
+    for value in rules.values_mut() {
+        fill_in(value, &[(PLACEHOLDER, user.as_str()), (placeholder_localpart, user.localpart())]);
+    }
+    rules
+}
+
+/// The user [`server_default`]'s template is built for.
+const PLACEHOLDER: &str = "@hearth-default-rules-placeholder:placeholder.invalid";
+
+/// Replaces every string equal to a `from` with its `to`.
+fn fill_in(value: &mut Value, pairs: &[(&str, &str)]) {
+    match value {
+        Value::String(s) => {
+            if let Some((_, to)) = pairs.iter().find(|(from, _)| s == from) {
+                *s = (*to).to_owned();
+            }
+        }
+        Value::Array(list) => list.iter_mut().for_each(|v| fill_in(v, pairs)),
+        Value::Object(map) => map.values_mut().for_each(|v| fill_in(v, pairs)),
+        _ => {}
+    }
+}
+
+/// [`server_default`], built from ruma's ruleset.
+fn build_server_default(user: &UserId) -> Map<String, Value> {
     let mut rules = match serde_json::to_value(Ruleset::server_default(user)) {
         Ok(Value::Object(m)) => normalized(m),
         _ => return Map::new(),
@@ -261,6 +299,18 @@ mod tests {
 
     fn ids(rules: &Map<String, Value>, kind: &str) -> Vec<String> {
         rules[kind].as_array().unwrap().iter().map(|r| r["rule_id"].as_str().unwrap().to_owned()).collect()
+    }
+
+    #[test]
+    fn default_rules_from_the_template_are_those_built_for_the_user() {
+        for user in ["@a:x.test", "@hearth-default-rules-placeholder:elsewhere.test", "@user.name=1_-/:[::1]:8448"] {
+            let Ok(user) = UserId::parse(user) else { continue };
+            let built = build_server_default(&user);
+            assert!(built["content"].to_string().contains(user.localpart()));
+            assert_eq!(server_default(&user), built, "{user}");
+        }
+        let user = ruma::user_id!("@bob:x.test");
+        assert_eq!(server_default(user), build_server_default(user));
     }
 
     #[test]
