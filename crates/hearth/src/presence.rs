@@ -6,7 +6,10 @@
 //! no knowledge of rooms. A change's stream position comes from the presence service; the
 //! wake-up here only makes the waiting syncs of its audience look at the stream.
 
-use std::{sync::Weak, time::Duration};
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use ruma::UserId;
 
@@ -34,6 +37,41 @@ pub fn set(
         notify_contacts(rooms, notifier, user, pos)?;
     }
     Ok(())
+}
+
+/// [`set`] for a syncing client (`/sync`'s `set_presence`): the change is written at once
+/// and its wait for the disk starts on the blocking pool, so that it overlaps the building
+/// of the sync instead of coming before it (a user's first sync, or their first after time
+/// away, changes their presence). The sync may read up to the returned position (every
+/// earlier one is written too) and must wait for [`PendingPresence::durable`] before
+/// answering: nothing is shown as done before it is on disk. Contacts are told once it is.
+/// Must be called within the runtime.
+pub fn set_while_syncing(s: &Arc<Services>, user: &UserId, state: &str) -> Result<Option<PendingPresence>> {
+    let Some(pos) = s.presence.set_deferred(user, state, None)? else { return Ok(None) };
+    let (s, user) = (s.clone(), user.to_owned());
+    let task = tokio::task::spawn_blocking(move || {
+        s.rooms.stream.make_durable(pos)?;
+        notify_contacts(&s.rooms, &s.notifier, &user, pos)
+    });
+    Ok(Some(PendingPresence { pos, task }))
+}
+
+/// A presence change written and being made durable (see [`set_while_syncing`]).
+pub struct PendingPresence {
+    pos: u64,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl PendingPresence {
+    /// The change's stream position.
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Returns once the change is durable and contacts are told.
+    pub async fn durable(self) -> Result<()> {
+        self.task.await.map_err(|_| crate::error::Error::internal("presence write panicked"))?
+    }
 }
 
 /// One sweep of the time-out: turns offline the users whose clients stopped syncing

@@ -364,21 +364,30 @@ impl Rooms {
         if missing.is_empty() {
             return Ok(out);
         }
+        let epoch = self.pdus.epoch();
         let stored = PDUS.get_many(&self.store, missing.iter().map(|&i| ids[i].as_str()))?;
         for (&i, bytes) in missing.iter().zip(stored) {
             if let Some(bytes) = bytes {
-                out[i] = Some(Arc::new(self.parse_pdu(&ids[i], &bytes)?));
+                let pdu = Arc::new(self.parse_pdu(&ids[i], &bytes)?);
+                self.pdus.keep_read(pdu.clone(), epoch);
+                out[i] = Some(pdu);
             }
         }
         Ok(out)
     }
 
-    /// [`Rooms::pdu`], shared: one of the newest events comes from memory.
+    /// [`Rooms::pdu`], shared: one of the newest events, or of those read last, comes from
+    /// memory.
     pub fn pdu_shared(&self, event_id: &EventId) -> Result<Option<Arc<Pdu>>> {
         if let Some(pdu) = self.pdus.recent(event_id) {
             return Ok(Some(pdu));
         }
-        Ok(self.pdu(event_id)?.map(Arc::new))
+        let epoch = self.pdus.epoch();
+        let pdu = self.pdu(event_id)?.map(Arc::new);
+        if let Some(pdu) = &pdu {
+            self.pdus.keep_read(pdu.clone(), epoch);
+        }
+        Ok(pdu)
     }
 
     pub fn event_meta(&self, event_id: &EventId) -> Result<Option<EventMeta>> {

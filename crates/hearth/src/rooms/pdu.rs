@@ -54,6 +54,35 @@ struct Fields {
     depth: UInt,
 }
 
+/// Writes `s` as a JSON string.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a string into memory cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// An event already written as JSON (see [`Pdu::client_json`]), to be copied into an
+/// answer as it is. Only this module and [`EventJson::from_value`] make one, so it always
+/// holds one valid JSON object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventJson(Vec<u8>);
+
+impl EventJson {
+    /// A JSON value, written.
+    pub fn from_value(value: &Value) -> Self {
+        EventJson(serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec()))
+    }
+
+    /// The JSON text.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The event parsed back (for the deprecated endpoints that reshape events).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_slice(&self.0).unwrap_or(Value::Null)
+    }
+}
+
 /// A parsed PDU with its signed JSON.
 #[derive(Debug, Clone)]
 pub struct Pdu {
@@ -163,6 +192,59 @@ impl Pdu {
             out.insert("unsigned".into(), Value::Object(unsigned));
         }
         Value::Object(out)
+    }
+
+    /// [`Pdu::to_client_json`] written straight as JSON, without `room_id` when
+    /// `with_room_id` is false (sync lists events under their room): the content is copied
+    /// as stored, not parsed and written again. Keys come in the order `to_client_json`'s
+    /// map gives them.
+    pub fn client_json(&self, with_room_id: bool, unsigned: &Map<String, Value>) -> EventJson {
+        let mut out = Vec::with_capacity(self.content.get().len() + 256);
+        let field = |out: &mut Vec<u8>, first: bool, key: &str| {
+            if !first {
+                out.push(b',');
+            }
+            write_json_str(out, key);
+            out.push(b':');
+        };
+        out.push(b'{');
+        field(&mut out, true, "content");
+        out.extend_from_slice(self.content.get().as_bytes());
+        field(&mut out, false, "event_id");
+        write_json_str(&mut out, self.event_id.as_str());
+        field(&mut out, false, "origin_server_ts");
+        out.extend_from_slice(u64::from(self.origin_server_ts.0).to_string().as_bytes());
+        let redacts = match &self.redacts {
+            Some(r) => Some(r.to_string()),
+            // From version 11 `redacts` is in the content (see `to_client_json`).
+            None if self.kind == TimelineEventType::RoomRedaction => {
+                self.content_value().get("redacts").and_then(Value::as_str).map(str::to_owned)
+            }
+            None => None,
+        };
+        if let Some(r) = redacts {
+            field(&mut out, false, "redacts");
+            write_json_str(&mut out, &r);
+        }
+        if with_room_id {
+            field(&mut out, false, "room_id");
+            write_json_str(&mut out, self.room_id.as_str());
+        }
+        field(&mut out, false, "sender");
+        write_json_str(&mut out, self.sender.as_str());
+        if let Some(k) = &self.state_key {
+            field(&mut out, false, "state_key");
+            write_json_str(&mut out, k);
+        }
+        field(&mut out, false, "type");
+        write_json_str(&mut out, &self.kind.to_string());
+        if !unsigned.is_empty() {
+            field(&mut out, false, "unsigned");
+            // A map of JSON values always serialises.
+            let _ = serde_json::to_writer(&mut out, unsigned);
+        }
+        out.push(b'}');
+        EventJson(out)
     }
 
     /// The stripped form used for invite and knock room state.

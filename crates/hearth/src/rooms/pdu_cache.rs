@@ -8,7 +8,11 @@
 //!   kept by short event id, up to [`STATE_CAPACITY`];
 //! - the newest events: when a message arrives, every member's waiting sync reads it (a
 //!   hundred parses of one event in a room of a hundred). The last [`RECENT_CAPACITY`]
-//!   appended are kept by event id.
+//!   appended are kept by event id;
+//! - events read back: every member's first sync reads the last events of the same rooms,
+//!   and `/messages` and `/context` the same pages. The last [`READ_CAPACITY`] read from
+//!   the database are kept by event id, apart from the newest, so that reading old history
+//!   does not push the newest out.
 //!
 //! The metadata of the newest events (stream position, the sending device's transaction
 //! id, the redaction) is kept with them: every member's sync reads it for the new event.
@@ -47,6 +51,8 @@ use crate::rooms::push_fields::PushFields;
 pub const STATE_CAPACITY: usize = 4096;
 /// Most of the newest events kept by id.
 pub const RECENT_CAPACITY: usize = 256;
+/// Most events read from the database kept by id (a message parses to about 1 KiB).
+pub const READ_CAPACITY: usize = 1024;
 
 /// An event flattened for push rules, and the fields it was cut down to.
 type Flattened = (Arc<PushFields>, Arc<FlattenedJson>);
@@ -56,6 +62,7 @@ pub(super) struct PduCache {
     epoch: AtomicU64,
     state: Mutex<LruCache<u64, Arc<Pdu>>>,
     recent: Mutex<LruCache<OwnedEventId, Arc<Pdu>>>,
+    read: Mutex<LruCache<OwnedEventId, Arc<Pdu>>>,
     flattened: Mutex<LruCache<OwnedEventId, Flattened>>,
     /// Event → the state snapshot before it (`None`: the room's first event, before any).
     before: Mutex<LruCache<OwnedEventId, Option<u64>>>,
@@ -73,6 +80,7 @@ impl Default for PduCache {
             epoch: AtomicU64::new(0),
             state: lru(STATE_CAPACITY),
             recent: lru(RECENT_CAPACITY),
+            read: lru(READ_CAPACITY),
             flattened: lru(RECENT_CAPACITY),
             before: lru(RECENT_CAPACITY),
             meta: lru(RECENT_CAPACITY),
@@ -86,9 +94,21 @@ impl PduCache {
         self.state.lock().get(&short).cloned()
     }
 
-    /// One of the newest events, by id.
+    /// One of the newest events or of those read last, by id.
     pub(super) fn recent(&self, event_id: &EventId) -> Option<Arc<Pdu>> {
-        self.recent.lock().get(event_id).cloned()
+        if let Some(pdu) = self.recent.lock().get(event_id) {
+            return Some(pdu.clone());
+        }
+        self.read.lock().get(event_id).cloned()
+    }
+
+    /// Keeps an event read from the database, unless a redaction was written since `epoch`
+    /// was taken.
+    pub(super) fn keep_read(&self, pdu: Arc<Pdu>, epoch: u64) {
+        let mut read = self.read.lock();
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            read.insert(pdu.event_id.clone(), pdu);
+        }
     }
 
     /// An event as push rules reading `fields` read it, if kept.
@@ -166,6 +186,7 @@ impl PduCache {
     pub(super) fn forget(&self, event_id: &EventId, short: Option<u64>) {
         let mut state = self.state.lock();
         let mut recent = self.recent.lock();
+        let mut read = self.read.lock();
         let mut flattened = self.flattened.lock();
         let mut meta = self.meta.lock();
         self.epoch.fetch_add(1, Ordering::SeqCst);
@@ -173,6 +194,7 @@ impl PduCache {
             state.remove(&short);
         }
         recent.remove(event_id);
+        read.remove(event_id);
         flattened.remove(event_id);
         meta.remove(event_id);
     }
@@ -181,11 +203,13 @@ impl PduCache {
     pub(super) fn clear(&self) {
         let mut state = self.state.lock();
         let mut recent = self.recent.lock();
+        let mut read = self.read.lock();
         let mut flattened = self.flattened.lock();
         let mut meta = self.meta.lock();
         self.epoch.fetch_add(1, Ordering::SeqCst);
         state.clear();
         recent.clear();
+        read.clear();
         flattened.clear();
         meta.clear();
     }

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use ruma::{api::Direction, events::room::member::MembershipState, push::FlattenedJson, EventId, RoomId, UserId};
 use serde_json::{json, Map, Value};
 
-use super::{pdu::Pdu, EventMeta, Rooms, TimelineEntry, TIMELINE};
+use super::{
+    pdu::{EventJson, Pdu},
+    EventMeta, Rooms, TimelineEntry, TIMELINE,
+};
 use crate::{
     error::{Error, Result},
     rooms::push_fields::PushFields,
@@ -64,8 +67,31 @@ impl Rooms {
             Some(state) => state,
             None => self.state_before(&pdu.event_id)?,
         };
+        self.visible_in(pdu, user, &state, &mut || self.membership(&pdu.room_id, user))
+    }
+
+    /// Whether an event needs judging on its own: a user's own member events, and changes of
+    /// history visibility. Any other event is judged by the state before it alone, the same
+    /// for every event sharing that state.
+    fn judged_alone(pdu: &Pdu, user: &UserId) -> bool {
+        match pdu.state_key.as_deref() {
+            Some("") => pdu.kind == ruma::events::TimelineEventType::RoomHistoryVisibility,
+            Some(key) => key == user.as_str() && pdu.kind == ruma::events::TimelineEventType::RoomMember,
+            None => false,
+        }
+    }
+
+    /// [`Rooms::event_visible_to`] with the state the event is judged by (`state`) and the
+    /// user's membership now (`current`, asked only under `shared` visibility).
+    fn visible_in(
+        &self,
+        pdu: &Pdu,
+        user: &UserId,
+        state: &super::state::StateMap,
+        current: &mut dyn FnMut() -> Result<Option<super::MembershipRecord>>,
+    ) -> Result<bool> {
         let visibility = self
-            .state_event_shared(&state, &ruma::events::StateEventType::RoomHistoryVisibility, "")?
+            .state_event_shared(state, &ruma::events::StateEventType::RoomHistoryVisibility, "")?
             .and_then(|p| p.content_value().get("history_visibility").and_then(Value::as_str).map(str::to_owned))
             .unwrap_or_else(|| "shared".to_owned());
         // A user's own membership events are always theirs to see.
@@ -74,15 +100,14 @@ impl Rooms {
         }
         let membership = || -> Result<Option<String>> {
             Ok(self
-                .state_event_shared(&state, &ruma::events::StateEventType::RoomMember, user.as_str())?
+                .state_event_shared(state, &ruma::events::StateEventType::RoomMember, user.as_str())?
                 .and_then(|p| p.content_value().get("membership").and_then(Value::as_str).map(str::to_owned)))
         };
-        let allows = |visibility: &str| -> Result<bool> {
+        let mut allows = |visibility: &str| -> Result<bool> {
             Ok(match visibility {
                 "world_readable" => true,
                 // Shared history is for members (current, or former up to their leave).
-                "shared" => self
-                    .membership(&pdu.room_id, user)?
+                "shared" => current()?
                     .is_some_and(|m| m.membership != MembershipState::Invite && m.membership != MembershipState::Knock),
                 "invited" => matches!(membership()?.as_deref(), Some("invite" | "join")),
                 _ => membership()?.as_deref() == Some("join"),
@@ -141,9 +166,43 @@ impl Rooms {
     /// Drops the events of a page that `user` may not see, and redacts those of erased
     /// senders that the user was not there for ([`super::erasure`]).
     pub fn filter_visible(&self, page: Vec<(u64, Arc<Pdu>)>, user: &UserId) -> Result<Vec<(u64, Arc<Pdu>)>> {
+        // The same as `event_visible_to` for each event, read once per page: which events
+        // were backfilled (one batch), the user's membership now (once), and the verdict for
+        // events that share a state (a page of messages mostly shares one).
+        let backfilled =
+            super::backfill::BACKFILL_ROWS.get_many(&self.store, page.iter().map(|(_, p)| p.event_id.as_str()))?;
+        let mut memberships: Vec<(ruma::OwnedRoomId, Option<super::MembershipRecord>)> = Vec::new();
+        let mut membership_now = |room: &RoomId| -> Result<Option<super::MembershipRecord>> {
+            if let Some((_, m)) = memberships.iter().find(|(r, _)| r == room) {
+                return Ok(m.clone());
+            }
+            let m = self.membership(room, user)?;
+            memberships.push((room.to_owned(), m.clone()));
+            Ok(m)
+        };
+        let mut verdicts: Vec<(Arc<super::state::StateMap>, bool)> = Vec::new();
         let mut out = Vec::with_capacity(page.len());
-        for (pos, pdu) in page {
-            if self.event_visible_to(&pdu, user)? {
+        for ((pos, pdu), row) in page.into_iter().zip(backfilled) {
+            let state = match row {
+                Some(_) => self.backfill_boundary_state(&pdu.room_id, &pdu.event_id)?,
+                None => None,
+            };
+            let state = match state {
+                Some(state) => state,
+                None => self.state_before(&pdu.event_id)?,
+            };
+            let room = pdu.room_id.clone();
+            let mut current = || membership_now(&room);
+            let visible = if Self::judged_alone(&pdu, user) {
+                self.visible_in(&pdu, user, &state, &mut current)?
+            } else if let Some((_, v)) = verdicts.iter().find(|(s, _)| Arc::ptr_eq(s, &state)) {
+                *v
+            } else {
+                let v = self.visible_in(&pdu, user, &state, &mut current)?;
+                verdicts.push((state, v));
+                v
+            };
+            if visible {
                 out.push((pos, self.as_seen_by(pdu, user)?));
             }
         }
@@ -312,25 +371,56 @@ impl Rooms {
     /// The event as a client sees it: `unsigned.transaction_id` for the device that sent
     /// it, `unsigned.age`.
     pub fn client_event(&self, pdu: &Pdu, meta: Option<&EventMeta>, viewer: Option<(&UserId, &str)>) -> Value {
-        let mut event = self.client_event_unbundled(pdu, meta, viewer);
-        // Timeline events (those served with their metadata) carry their aggregations.
+        pdu.to_client_json(self.client_unsigned(pdu, meta, viewer))
+    }
+
+    /// [`Rooms::client_event`] written as JSON, without `room_id` unless `with_room_id`:
+    /// what `/sync` copies into its answer.
+    pub fn client_event_json(
+        &self,
+        pdu: &Pdu,
+        meta: Option<&EventMeta>,
+        viewer: Option<(&UserId, &str)>,
+        with_room_id: bool,
+    ) -> EventJson {
+        pdu.client_json(with_room_id, &self.client_unsigned(pdu, meta, viewer))
+    }
+
+    /// An event's `unsigned` for a client: timeline events (those served with their
+    /// metadata) carry their aggregations.
+    fn client_unsigned(
+        &self,
+        pdu: &Pdu,
+        meta: Option<&EventMeta>,
+        viewer: Option<(&UserId, &str)>,
+    ) -> Map<String, Value> {
+        let mut unsigned = self.unsigned_unbundled(pdu, meta, viewer);
         if meta.is_some_and(|m| m.redacted_by.is_none()) {
             let serve = |p: &Pdu| self.client_event_unbundled(p, None, viewer);
             match self.bundled_aggregations(pdu, viewer.map(|v| v.0), &serve) {
                 Ok(Some(relations)) => {
-                    if let Some(unsigned) = event.get_mut("unsigned").and_then(Value::as_object_mut) {
-                        unsigned.insert("m.relations".into(), Value::Object(relations));
-                    }
+                    unsigned.insert("m.relations".into(), Value::Object(relations));
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(event_id = %pdu.event_id, error = %e, "cannot read an event's aggregations"),
             }
         }
-        event
+        unsigned
     }
 
     /// Client format of an event without its bundled aggregations.
     fn client_event_unbundled(&self, pdu: &Pdu, meta: Option<&EventMeta>, viewer: Option<(&UserId, &str)>) -> Value {
+        pdu.to_client_json(self.unsigned_unbundled(pdu, meta, viewer))
+    }
+
+    /// An event's `unsigned` without its aggregations: the transaction id for the device
+    /// that sent it, its age, and the redaction that redacted it.
+    fn unsigned_unbundled(
+        &self,
+        pdu: &Pdu,
+        meta: Option<&EventMeta>,
+        viewer: Option<(&UserId, &str)>,
+    ) -> Map<String, Value> {
         let mut unsigned = Map::new();
         if let (Some(meta), Some((user, device))) = (meta, viewer) {
             if let Some((d, txn)) = &meta.txn {
@@ -349,7 +439,7 @@ impl Rooms {
                 unsigned.insert("redacted_by".into(), json!(by));
             }
         }
-        pdu.to_client_json(unsigned)
+        unsigned
     }
 
     /// Client format of an event by id, with its meta.

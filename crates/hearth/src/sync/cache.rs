@@ -55,15 +55,31 @@ pub struct InitialSyncCache {
 }
 
 impl InitialSyncCache {
-    /// The stored body, if it was built at `token` with the same key counts and is fresh.
-    pub fn get(&self, key: &CacheKey, token: SyncToken, keys: &KeyCounts) -> Option<Bytes> {
-        let mut entries = self.entries.lock();
-        let e = entries.get(key)?;
-        if e.token == token && &e.keys == keys && e.at.elapsed() < TTL {
-            return Some(e.body.clone());
+    /// The stored body, if it was built at `token` with the same key counts (`keys`, read
+    /// only when there is such an entry) and is fresh.
+    pub fn get<E>(
+        &self,
+        key: &CacheKey,
+        token: SyncToken,
+        keys: impl FnOnce() -> Result<KeyCounts, E>,
+    ) -> Result<Option<Bytes>, E> {
+        let kept = {
+            let mut entries = self.entries.lock();
+            match entries.get(key) {
+                Some(e) if e.token == token && e.at.elapsed() < TTL => (e.keys.clone(), e.body.clone()),
+                Some(_) => {
+                    entries.remove(key);
+                    return Ok(None);
+                }
+                None => return Ok(None),
+            }
+        };
+        // Read outside the lock: the counts come from the database.
+        if kept.0 != keys()? {
+            self.entries.lock().remove(key);
+            return Ok(None);
         }
-        entries.remove(key);
-        None
+        Ok(Some(kept.1))
     }
 
     pub fn put(&self, key: CacheKey, token: SyncToken, keys: KeyCounts, body: Bytes) {

@@ -30,7 +30,7 @@ use crate::{
     error::{Error, Result},
     rooms::{
         backfill::{backfill_token, row_of},
-        pdu::Pdu,
+        pdu::{EventJson, Pdu},
         state::StateMap,
         typing::Typing,
         Rooms,
@@ -133,20 +133,20 @@ pub struct JoinedRoomSync {
     pub thread_counts: BTreeMap<ruma::OwnedEventId, (u64, u64)>,
     pub ephemeral: Vec<Value>,
     pub account_data: Vec<Value>,
-    pub timeline: Vec<Value>,
+    pub timeline: Vec<EventJson>,
     pub limited: bool,
     pub prev_batch: Option<String>,
-    pub state: Vec<Value>,
+    pub state: Vec<EventJson>,
     pub heroes: Vec<String>,
     pub joined_count: u64,
     pub invited_count: u64,
 }
 
 pub struct LeftRoomSync {
-    pub timeline: Vec<Value>,
+    pub timeline: Vec<EventJson>,
     pub limited: bool,
     pub prev_batch: Option<String>,
-    pub state: Vec<Value>,
+    pub state: Vec<EventJson>,
 }
 
 #[derive(Default)]
@@ -403,7 +403,7 @@ pub fn assemble(
                         // withdrawn): its leave is all this server has of it.
                         None => Section {
                             timeline: (rooms.pdu_shared(&rec.event_id)?.into_iter())
-                                .map(|leave| without_room_id(rooms.client_event(&leave, None, viewer)))
+                                .map(|leave| rooms.client_event_json(&leave, None, viewer, false))
                                 .collect(),
                             limited: false,
                             prev_batch: None,
@@ -516,10 +516,10 @@ impl Drop for CountingHelper {
 }
 
 struct Section {
-    timeline: Vec<Value>,
+    timeline: Vec<EventJson>,
     limited: bool,
     prev_batch: Option<String>,
-    state: Vec<Value>,
+    state: Vec<EventJson>,
 }
 
 /// Most events looked at to fill a filtered timeline (events the filter refuses are
@@ -695,13 +695,18 @@ impl SectionContext<'_> {
                 .filter_map(|p| Some((p.state_key.as_deref()?, p.event_id.as_str())));
             self.lazy.mark(user, device, room_id, members);
         }
-        let shown =
-            |pdu: &Pdu, client: Value| if opts.federation_format { federation_event(pdu, client) } else { client };
-        let state = state.iter().map(|pdu| shown(pdu, without_room_id(rooms.client_event(pdu, None, None)))).collect();
+        // Events are written as JSON here, once; the answer copies them as they are.
+        let shown = |pdu: &Pdu, meta: Option<&crate::rooms::EventMeta>, viewer| match opts.federation_format {
+            true => {
+                EventJson::from_value(&federation_event(pdu, without_room_id(rooms.client_event(pdu, meta, viewer))))
+            }
+            false => rooms.client_event_json(pdu, meta, viewer, false),
+        };
+        let state = state.iter().map(|pdu| shown(pdu, None, None)).collect();
         let mut timeline = Vec::with_capacity(page.len());
         for (_, pdu) in &page {
             let meta = rooms.event_meta(&pdu.event_id)?;
-            timeline.push(shown(pdu, without_room_id(rooms.client_event(pdu, meta.as_ref(), self.viewer))));
+            timeline.push(shown(pdu, meta.as_ref(), self.viewer));
         }
         Ok(Section { timeline, limited, prev_batch, state })
     }

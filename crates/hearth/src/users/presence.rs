@@ -113,6 +113,22 @@ impl Presence {
     /// `last_active_ago` others read is then at most that stale. Activity after a quiet
     /// spell ([`ACTIVE_MS`]) turns `currently_active` back on, and is told.
     pub fn set(&self, user: &UserId, presence: &str, status_msg: Option<Option<String>>) -> Result<Option<u64>> {
+        let pos = self.set_deferred(user, presence, status_msg)?;
+        if let Some(pos) = pos {
+            self.stream.make_durable(pos)?;
+        }
+        Ok(pos)
+    }
+
+    /// [`Presence::set`] without the wait for the disk: the change is in memory and in the
+    /// database, and the caller must make the returned position durable
+    /// ([`crate::stream::Stream::make_durable`]) before telling anyone of it.
+    pub fn set_deferred(
+        &self,
+        user: &UserId,
+        presence: &str,
+        status_msg: Option<Option<String>>,
+    ) -> Result<Option<u64>> {
         if !STATES.contains(&presence) {
             return Err(Error::invalid_param(format!("Unknown presence state {presence}")));
         }
@@ -166,7 +182,6 @@ impl Presence {
                 // The wait for the disk happens after the lock: writers of other users'
                 // presence share the fsync instead of queueing behind it.
                 drop(writing);
-                self.stream.make_durable(pos)?;
                 Ok(Some(pos))
             }
         }

@@ -32,7 +32,7 @@ use serde_json::{json, Map, Value};
 use crate::{
     api::{caller_of, Caller},
     error::{Error, Result},
-    rooms::append::NewEvent,
+    rooms::{append::NewEvent, pdu::EventJson},
     stream::StreamItem,
     sync::{assemble, SyncOptions, SyncResult, SyncToken},
     Services,
@@ -98,7 +98,7 @@ fn flatten(s: &Services, user: &UserId, result: SyncResult) -> Result<Vec<Value>
     let mut chunk: Vec<Value> = result.presence.into_iter().map(v1).collect();
     chunk.extend(result.account_data);
     for (room_id, room) in result.join {
-        chunk.extend(room.timeline.into_iter().map(|e| in_room(e, &room_id)));
+        chunk.extend(values(&room.timeline).into_iter().map(|e| in_room(e, &room_id)));
         chunk.extend(room.ephemeral.into_iter().map(|e| in_room(e, &room_id)));
         chunk.extend(room.account_data.into_iter().map(|e| in_room(e, &room_id)));
     }
@@ -108,9 +108,14 @@ fn flatten(s: &Services, user: &UserId, result: SyncResult) -> Result<Vec<Value>
         }
     }
     for (room_id, room) in result.leave {
-        chunk.extend(room.timeline.into_iter().map(|e| in_room(e, &room_id)));
+        chunk.extend(values(&room.timeline).into_iter().map(|e| in_room(e, &room_id)));
     }
     Ok(chunk)
+}
+
+/// Events of a sync result as values, to be reshaped.
+fn values(events: &[EventJson]) -> Vec<Value> {
+    events.iter().map(EventJson::to_value).collect()
 }
 
 /// The user's member event in a room, as a client event.
@@ -297,7 +302,7 @@ async fn initial_sync(
                 receipts.push(in_room(e.clone(), &room_id));
             }
         }
-        let timeline = if limit == 0 { Vec::new() } else { room.timeline };
+        let timeline = if limit == 0 { Vec::new() } else { values(&room.timeline) };
         rooms.push(room_entry(
             &s,
             &caller.user_id,
@@ -316,7 +321,7 @@ async fn initial_sync(
             &caller.user_id,
             &room_id,
             &membership,
-            (room.timeline, room.prev_batch),
+            (values(&room.timeline), room.prev_batch),
             &end,
             vec![],
         )?);

@@ -40,7 +40,11 @@ pub async fn sliding_sync(s: Arc<Services>, req: Ruma<ss::Request>, slot: Option
     let state = body.set_presence.as_str();
     let _syncing = (state != "offline").then(|| s.presence.syncing(user));
     if STATES.contains(&state) {
-        presence::set(&s.presence, &s.rooms, &s.notifier, user, state, None)?;
+        // Sliding sync answers from the stream's durable position: the change is waited
+        // for here, not overlapped as `/sync` does.
+        if let Some(pending) = presence::set_while_syncing(&s, user, state)? {
+            pending.durable().await?;
+        }
     }
     let timeout = body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
