@@ -341,7 +341,10 @@ impl Notifications {
         if let Some(from) = unwritten {
             PUSH_STATE.put(&mut batch, marks::MARKS_FROM, &from);
         }
-        self.store.write(batch)?;
+        // Not waited for on disk: nothing is acknowledged by it. After a crash the follower
+        // starts again from the last position that reached the disk, and its rows and marks,
+        // written in the same batch as the position, are written again alike.
+        self.store.write_deferred(batch)?;
         if unwritten.is_some() {
             *self.marks_from_unwritten.lock() = None;
         }

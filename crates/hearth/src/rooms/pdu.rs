@@ -102,6 +102,11 @@ pub struct Pdu {
     pub depth: u64,
     /// The event as signed, without `event_id` for v3+ (it is not part of their PDUs).
     pub json: CanonicalJsonObject,
+    /// The client format without `room_id` and `unsigned`, written once and open at its
+    /// end (no closing brace): a PDU kept in memory is served to many syncs, and writing it
+    /// (escaping every string) was the largest part of serving it. A parsed PDU is never
+    /// changed (a redaction parses a new one), so this never goes stale.
+    client_base: std::sync::OnceLock<Box<[u8]>>,
 }
 
 impl Pdu {
@@ -130,6 +135,7 @@ impl Pdu {
             redacts: f.redacts,
             depth: f.depth.into(),
             json,
+            client_base: std::sync::OnceLock::new(),
         })
     }
 
@@ -199,6 +205,27 @@ impl Pdu {
     /// as stored, not parsed and written again. Keys come in the order `to_client_json`'s
     /// map gives them.
     pub fn client_json(&self, with_room_id: bool, unsigned: &Map<String, Value>) -> EventJson {
+        let fresh;
+        let base: &[u8] = match with_room_id {
+            false => self.client_base.get_or_init(|| self.write_client_base(false).into_boxed_slice()),
+            true => {
+                fresh = self.write_client_base(true);
+                &fresh
+            }
+        };
+        let mut out = Vec::with_capacity(base.len() + 64);
+        out.extend_from_slice(base);
+        if !unsigned.is_empty() {
+            out.extend_from_slice(b",\"unsigned\":");
+            // A map of JSON values always serialises.
+            let _ = serde_json::to_writer(&mut out, unsigned);
+        }
+        out.push(b'}');
+        EventJson(out)
+    }
+
+    /// The client format up to `unsigned` (which sorts last), without the closing brace.
+    fn write_client_base(&self, with_room_id: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.content.get().len() + 256);
         let field = |out: &mut Vec<u8>, first: bool, key: &str| {
             if !first {
@@ -238,13 +265,7 @@ impl Pdu {
         }
         field(&mut out, false, "type");
         write_json_str(&mut out, &self.kind.to_string());
-        if !unsigned.is_empty() {
-            field(&mut out, false, "unsigned");
-            // A map of JSON values always serialises.
-            let _ = serde_json::to_writer(&mut out, unsigned);
-        }
-        out.push(b'}');
-        EventJson(out)
+        out
     }
 
     /// The stripped form used for invite and knock room state.

@@ -6,7 +6,10 @@
 //! written only when the address or user agent changed or [`WRITE_EVERY_MS`] passed since
 //! the last write, so a busy client costs one small write a minute, not one per request.
 //! The time shown may therefore lag by up to that interval, as on Synapse (which batches
-//! these writes too).
+//! these writes too). The write does not wait for the disk: nothing is acknowledged by it,
+//! and the next durable write carries it (a crash may lose the last minute of "last seen",
+//! never another write). It used to cost the first request of every new device an fsync,
+//! a first `/sync`'s included.
 
 use std::collections::HashMap;
 
@@ -74,7 +77,7 @@ impl Users {
         }
         let mut batch = Batch::new();
         DEVICES.put(&mut batch, db_key, &record);
-        self.store().write(batch)?;
+        self.store().write_deferred(batch)?;
         let mut written = self.activity.written.lock();
         if written.len() >= MAX_KEPT {
             // Devices deleted long ago linger here; starting over costs one write each.
