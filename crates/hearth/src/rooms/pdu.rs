@@ -200,19 +200,12 @@ impl Pdu {
         Value::Object(out)
     }
 
-    /// [`Pdu::to_client_json`] written straight as JSON, without `room_id` when
-    /// `with_room_id` is false (sync lists events under their room): the content is copied
-    /// as stored, not parsed and written again. Keys come in the order `to_client_json`'s
-    /// map gives them.
-    pub fn client_json(&self, with_room_id: bool, unsigned: &Map<String, Value>) -> EventJson {
-        let fresh;
-        let base: &[u8] = match with_room_id {
-            false => self.client_base.get_or_init(|| self.write_client_base(false).into_boxed_slice()),
-            true => {
-                fresh = self.write_client_base(true);
-                &fresh
-            }
-        };
+    /// [`Pdu::to_client_json`] without `room_id` (sync lists events under their room),
+    /// written straight as JSON: the content is copied as stored, not parsed and written
+    /// again, and the part before `unsigned` is written once per parsed PDU. Keys come in
+    /// the order `to_client_json`'s map gives them.
+    pub fn client_json(&self, unsigned: &Map<String, Value>) -> EventJson {
+        let base = self.client_base.get_or_init(|| self.write_client_base().into_boxed_slice());
         let mut out = Vec::with_capacity(base.len() + 64);
         out.extend_from_slice(base);
         if !unsigned.is_empty() {
@@ -224,8 +217,9 @@ impl Pdu {
         EventJson(out)
     }
 
-    /// The client format up to `unsigned` (which sorts last), without the closing brace.
-    fn write_client_base(&self, with_room_id: bool) -> Vec<u8> {
+    /// The client format without `room_id`, up to `unsigned` (which sorts last), without
+    /// the closing brace.
+    fn write_client_base(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.content.get().len() + 256);
         let field = |out: &mut Vec<u8>, first: bool, key: &str| {
             if !first {
@@ -252,10 +246,6 @@ impl Pdu {
         if let Some(r) = redacts {
             field(&mut out, false, "redacts");
             write_json_str(&mut out, &r);
-        }
-        if with_room_id {
-            field(&mut out, false, "room_id");
-            write_json_str(&mut out, self.room_id.as_str());
         }
         field(&mut out, false, "sender");
         write_json_str(&mut out, self.sender.as_str());

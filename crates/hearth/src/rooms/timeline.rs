@@ -374,16 +374,10 @@ impl Rooms {
         pdu.to_client_json(self.client_unsigned(pdu, meta, viewer))
     }
 
-    /// [`Rooms::client_event`] written as JSON, without `room_id` unless `with_room_id`:
-    /// what `/sync` copies into its answer.
-    pub fn client_event_json(
-        &self,
-        pdu: &Pdu,
-        meta: Option<&EventMeta>,
-        viewer: Option<(&UserId, &str)>,
-        with_room_id: bool,
-    ) -> EventJson {
-        pdu.client_json(with_room_id, &self.client_unsigned(pdu, meta, viewer))
+    /// [`Rooms::client_event`] written as JSON, without `room_id`: what `/sync` copies into
+    /// its answer.
+    pub fn client_event_json(&self, pdu: &Pdu, meta: Option<&EventMeta>, viewer: Option<(&UserId, &str)>) -> EventJson {
+        pdu.client_json(&self.client_unsigned(pdu, meta, viewer))
     }
 
     /// An event's `unsigned` for a client: timeline events (those served with their

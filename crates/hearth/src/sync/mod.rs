@@ -403,7 +403,7 @@ pub fn assemble(
                         // withdrawn): its leave is all this server has of it.
                         None => Section {
                             timeline: (rooms.pdu_shared(&rec.event_id)?.into_iter())
-                                .map(|leave| rooms.client_event_json(&leave, None, viewer, false))
+                                .map(|leave| rooms.client_event_json(&leave, None, viewer))
                                 .collect(),
                             limited: false,
                             prev_batch: None,
@@ -700,7 +700,7 @@ impl SectionContext<'_> {
             true => {
                 EventJson::from_value(&federation_event(pdu, without_room_id(rooms.client_event(pdu, meta, viewer))))
             }
-            false => rooms.client_event_json(pdu, meta, viewer, false),
+            false => rooms.client_event_json(pdu, meta, viewer),
         };
         let state = state.iter().map(|pdu| shown(pdu, None, None)).collect();
         let mut timeline = Vec::with_capacity(page.len());
