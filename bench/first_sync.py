@@ -51,8 +51,10 @@ async def wait_up(http, base, proc):
     raise RuntimeError("hearth did not start")
 
 
-async def one_round(binary, db_template, syncs, users, perf_out):
-    work = tempfile.mkdtemp(prefix="hearth-first-sync-")
+def start(binary, db_template, prefix):
+    """Starts `binary` on a copy of `db_template` (RocksDB, fsync on, loopback, no
+    federation). Returns the work directory, the data directory, the process and its log."""
+    work = tempfile.mkdtemp(prefix=prefix)
     db = os.path.join(work, "db")
     shutil.copytree(db_template, db)
     env = dict(os.environ)
@@ -65,6 +67,18 @@ async def one_round(binary, db_template, syncs, users, perf_out):
     env.pop("RUST_LOG", None)
     log = open(os.path.join(work, "log"), "w")
     proc = subprocess.Popen([binary], env=env, stdout=log, stderr=subprocess.STDOUT)
+    return work, db, proc, log
+
+
+def stop(work, proc, log):
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    log.close()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+async def one_round(binary, db_template, syncs, users, perf_out):
+    work, _, proc, log = start(binary, db_template, "hearth-first-sync-")
     base = f"http://127.0.0.1:{PORT}"
     times, cpu = [], 0
     perf = None
@@ -114,10 +128,7 @@ async def one_round(binary, db_template, syncs, users, perf_out):
         if perf:
             perf.send_signal(signal.SIGINT)
             perf.wait(120)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-        log.close()
-        shutil.rmtree(work, ignore_errors=True)
+        stop(work, proc, log)
     return {"p50_ms": pct(times, 50) * 1000, "p95_ms": pct(times, 95) * 1000,
             "cpu_ms": cpu * 1000 / CLK_TCK / syncs, "bytes": len(body)}
 

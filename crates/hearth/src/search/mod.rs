@@ -28,6 +28,12 @@ use crate::{
 
 /// Stream positions read per step of the follower.
 const STEP: u64 = 2_000;
+/// How long the follower lets new events gather after a wake-up before it takes them in,
+/// unless a search is waiting: each step is one SQLite transaction, whose begin, commit
+/// and FTS5 flush cost more than the rows of a few messages.
+const GATHER: Duration = Duration::from_millis(100);
+/// Longest a search waits for the index to take in what was written before it.
+const CATCH_UP: Duration = Duration::from_secs(2);
 /// Longest text indexed of one event, in bytes.
 const MAX_TEXT: usize = 64 * 1024;
 /// Most words of a search term used.
@@ -65,6 +71,10 @@ pub struct Query<'a> {
 pub struct Search {
     db: Mutex<Connection>,
     rooms: Arc<Rooms>,
+    /// The stream position the index has taken in: the one stored with the rows.
+    reached: tokio::sync::watch::Sender<u64>,
+    /// Wakes the follower from its gathering wait: a search is waiting for it.
+    hurry: tokio::sync::Notify,
 }
 
 impl Search {
@@ -87,15 +97,27 @@ impl Search {
         )
         .map_err(sql)?;
         db.execute_batch(&format!("PRAGMA user_version = {SCHEMA};")).map_err(sql)?;
-        Ok(Search { db: Mutex::new(db), rooms })
+        let pos: Option<i64> =
+            db.query_row("SELECT pos FROM position WHERE id = 0", [], |r| r.get(0)).optional().map_err(sql)?;
+        let (reached, _) = tokio::sync::watch::channel(pos.unwrap_or(0) as u64);
+        Ok(Search { db: Mutex::new(db), rooms, reached, hurry: tokio::sync::Notify::new() })
     }
 
     /// The stream position the index has taken in.
-    pub fn position(&self) -> Result<u64> {
-        let db = self.db.lock();
-        let pos: Option<i64> =
-            db.query_row("SELECT pos FROM position WHERE id = 0", [], |r| r.get(0)).optional().map_err(sql)?;
-        Ok(pos.unwrap_or(0) as u64)
+    pub fn position(&self) -> u64 {
+        *self.reached.borrow()
+    }
+
+    /// Waits until the index has taken in stream position `pos`, or [`CATCH_UP`] has
+    /// passed (a search then answers from what the index has), waking the follower from
+    /// its gathering wait.
+    pub async fn catch_up(&self, pos: u64) {
+        if *self.reached.borrow() >= pos {
+            return;
+        }
+        self.hurry.notify_one();
+        let mut reached = self.reached.subscribe();
+        let _ = tokio::time::timeout(CATCH_UP, reached.wait_for(|r| *r >= pos)).await;
     }
 
     /// Takes in the events in (since, until]: their text, and the redactions among them.
@@ -167,6 +189,7 @@ impl Search {
             .map_err(sql)?;
         }
         tx.commit().map_err(sql)?;
+        self.reached.send_replace(until);
         Ok(())
     }
 
@@ -174,13 +197,7 @@ impl Search {
     pub async fn run(self: Arc<Self>, stream: Arc<Stream>, mut stop: oneshot::Receiver<()>) {
         let mut durable = stream.watch_durable();
         loop {
-            let from = match self.position() {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the search index's position");
-                    return;
-                }
-            };
+            let from = *self.reached.borrow();
             let now = stream.now();
             if now > from {
                 let until = now.min(from.saturating_add(STEP));
@@ -197,6 +214,11 @@ impl Search {
             }
             tokio::select! {
                 changed = durable.changed() => if changed.is_err() { return },
+                _ = &mut stop => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(GATHER) => {}
+                _ = self.hurry.notified() => {}
                 _ = &mut stop => return,
             }
         }

@@ -17,7 +17,7 @@ both_engines!(search_finds_what_one_may_see, search_pages_orders_and_groups, a_l
 async fn indexed(s: &TestServer) {
     let services = s.services();
     for _ in 0..500 {
-        if services.search.position().unwrap() >= services.stream.now() {
+        if services.search.position() >= services.stream.now() {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -148,6 +148,9 @@ async fn search(
         .filter(|r| !not_rooms.iter().any(|n| n == r.as_str()))
         .collect();
 
+    // What was sent before the search is searched: the indexer gathers events for a
+    // moment before it takes them in, and is hurried here.
+    s.search.catch_up(s.stream.now()).await;
     // Read matches in batches until the page is full of what the caller may see.
     let viewer = Some((&*caller.user_id, caller.device_id.as_str()));
     let mut found: Vec<(search::Hit, Arc<Pdu>)> = Vec::new();
