@@ -671,7 +671,8 @@ async def bench_one(srv, P, profile):
         if profile and os.environ.get("BENCH_PROFILER", "perf") == "perf":
             perf_data = os.path.join(profile, f"perf-{srv.name}.data")
             cg = os.environ.get("BENCH_PERF_CALLGRAPH", "")
-            cmd = ["perf", "record", "-e", "cpu-clock", "-F", "499", "-p", str(srv.pid), "-o", perf_data]
+            freq = os.environ.get("BENCH_PERF_FREQ", "499")  # samples/s; more for short phases
+            cmd = ["perf", "record", "-e", "cpu-clock", "-F", freq, "-p", str(srv.pid), "-o", perf_data]
             if cg:
                 cmd += ["--call-graph", cg]
             out["perf_data"] = perf_data

@@ -22,14 +22,13 @@ use ruma::{
     serde::Raw,
     OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, UserId,
 };
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::{json, Value};
 
 use super::{marks, Push};
 use crate::{
     error::{Error, Result},
     rooms::{remote::REMOTE_INVITES_BY_POS, Rooms},
-    store::codec::json_value,
     store::{tables, Batch, KeyRange, Order, Store, Table},
     stream::StreamEntry,
     time::now_millis,
@@ -91,19 +90,16 @@ fn verdict(actions: &[Action]) -> u8 {
 }
 
 /// One notification: an event the user's rules said to notify them of.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Notification {
     pub room_id: OwnedRoomId,
     pub event_id: OwnedEventId,
     pub actions: Vec<Action>,
     /// When it was logged, in ms.
     pub ts: u64,
-    /// The event's type (for `missed_calls`, without reading the event).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    /// Whether the event is an `m.call.invite` (for `missed_calls`, without reading it).
+    pub call_invite: bool,
 }
-
-json_value!(Notification);
 
 impl Notification {
     pub fn highlight(&self) -> bool {
@@ -111,8 +107,130 @@ impl Notification {
     }
 }
 
+/// A notification as the log stores it. Every local member a message notifies gets a row,
+/// so rows are kept small: written as JSON with their event and room, the rows were most
+/// of the bytes a sent message wrote, and most of its CPU with the flushes and compactions
+/// they caused.
+#[derive(Debug, Clone)]
+pub enum Row {
+    /// The time, whether the event is a call invite, and the actions. The event and its
+    /// room are those at the row's stream position (the event stream's, or an invite from
+    /// another server's).
+    Compact { ts: u64, call_invite: bool, actions: Vec<Action> },
+    /// A row written before rows were compact: the whole notification as JSON.
+    Whole(Notification),
+}
+
+/// A member's actions for an event, and the part of a compact row that names them
+/// ([`encode_actions`]): shared by the members of one rules class.
+type Evaluated = (Arc<[Action]>, Arc<[u8]>);
+
+/// The first byte of a compact row; a row written as JSON starts with `{`.
+const COMPACT: u8 = 1;
+/// Flag of a compact row: the event is an `m.call.invite`.
+const CALL_INVITE: u8 = 1;
+/// The action lists of the default push rules, as compact rows name them: code `k` is
+/// `COMMON_ACTIONS[k - 1]`, code 0 means the actions follow as JSON.
+const COMMON_ACTIONS: &[&str] = &[
+    r#"["notify"]"#,
+    r#"["notify",{"set_tweak":"sound","value":"default"}]"#,
+    r#"["notify",{"set_tweak":"highlight"}]"#,
+    r#"["notify",{"set_tweak":"sound","value":"default"},{"set_tweak":"highlight"}]"#,
+    r#"["notify",{"set_tweak":"sound","value":"ring"}]"#,
+    r#"["notify",{"set_tweak":"sound","value":"default"},{"set_tweak":"highlight","value":false}]"#,
+];
+
+/// The part of a compact row that names its actions: a code of [`COMMON_ACTIONS`], or 0
+/// and the actions as JSON. Written once per distinct action list of an event.
+fn encode_actions(actions: &[Action]) -> Vec<u8> {
+    let json = serde_json::to_vec(actions).unwrap_or_default();
+    match COMMON_ACTIONS.iter().position(|c| c.as_bytes() == json.as_slice()) {
+        Some(k) => vec![k as u8 + 1],
+        None => [&[0u8][..], &json].concat(),
+    }
+}
+
+/// A compact row: its header, then the actions as [`encode_actions`] wrote them.
+fn encode_compact(ts: u64, call_invite: bool, actions: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10 + actions.len());
+    out.push(COMPACT);
+    out.extend_from_slice(&ts.to_be_bytes());
+    out.push(if call_invite { CALL_INVITE } else { 0 });
+    out.extend_from_slice(actions);
+    out
+}
+
+/// A row written as JSON, before rows were compact.
+#[derive(Deserialize)]
+struct WholeRow {
+    room_id: OwnedRoomId,
+    event_id: OwnedEventId,
+    actions: Vec<Action>,
+    ts: u64,
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+impl crate::store::codec::ValueCodec for Row {
+    fn encode_value(&self) -> Vec<u8> {
+        match self {
+            Row::Compact { ts, call_invite, actions } => encode_compact(*ts, *call_invite, &encode_actions(actions)),
+            Row::Whole(n) => serde_json::to_vec(&json!({
+                "room_id": n.room_id, "event_id": n.event_id, "actions": n.actions, "ts": n.ts,
+                "kind": n.call_invite.then_some("m.call.invite"),
+            }))
+            .unwrap_or_default(),
+        }
+    }
+
+    fn decode_value(bytes: &[u8]) -> std::result::Result<Self, crate::store::codec::CodecError> {
+        let bad = |e: &dyn std::fmt::Display| crate::store::codec::CodecError(format!("notification row: {e}"));
+        match bytes.first() {
+            Some(&COMPACT) if bytes.len() >= 11 => {
+                let ts = u64::from_be_bytes(bytes[1..9].try_into().map_err(|e| bad(&e))?);
+                let call_invite = bytes[9] & CALL_INVITE != 0;
+                let actions = match bytes[10] {
+                    0 => serde_json::from_slice(&bytes[11..]).map_err(|e| bad(&e))?,
+                    k => {
+                        let common = COMMON_ACTIONS.get(usize::from(k) - 1).ok_or_else(|| bad(&"unknown actions"))?;
+                        serde_json::from_str(common).map_err(|e| bad(&e))?
+                    }
+                };
+                Ok(Row::Compact { ts, call_invite, actions })
+            }
+            _ => {
+                let w: WholeRow = serde_json::from_slice(bytes).map_err(|e| bad(&e))?;
+                let call_invite = w.kind.as_deref() == Some("m.call.invite");
+                Ok(Row::Whole(Notification {
+                    room_id: w.room_id,
+                    event_id: w.event_id,
+                    actions: w.actions,
+                    ts: w.ts,
+                    call_invite,
+                }))
+            }
+        }
+    }
+}
+
+impl Row {
+    fn highlight(&self) -> bool {
+        match self {
+            Row::Compact { actions, .. } | Row::Whole(Notification { actions, .. }) => {
+                actions.iter().any(Action::is_highlight)
+            }
+        }
+    }
+
+    fn call_invite(&self) -> bool {
+        match self {
+            Row::Compact { call_invite, .. } | Row::Whole(Notification { call_invite, .. }) => *call_invite,
+        }
+    }
+}
+
 /// (user, stream position of the event) → notification.
-pub const NOTIFICATIONS: Table<(String, u64), Notification> = Table::new(tables::NOTIFICATIONS);
+pub const NOTIFICATIONS: Table<(String, u64), Row> = Table::new(tables::NOTIFICATIONS);
 /// `"position"` → the stream position evaluated up to.
 pub const PUSH_STATE: Table<String, u64> = Table::new(tables::PUSH_STATE);
 
@@ -296,20 +414,25 @@ impl Notifications {
             // The event's string values, lower-cased, read once (see `names`), and the
             // actions found per rules class for members it does not name.
             let text = std::cell::OnceCell::new();
-            let mut by_class: HashMap<super::ClassKey, Arc<[Action]>> = HashMap::new();
+            let mut by_class: HashMap<super::ClassKey, Evaluated> = HashMap::new();
+            let call_invite = pdu.kind == TimelineEventType::CallInvite;
             for (user, member) in recipients {
                 let (_, rules, _, class) = self.push.ruleset(&self.account_data, &user)?;
                 let ctx = match remote_invite {
                     true => Arc::new(invite_context(&entry.room_id, &user)),
                     false => self.push.context(&self.rooms, &entry.room_id, &user)?,
                 };
-                let evaluate = || -> Arc<[Action]> {
-                    Arc::from(super::unread::first_match(&rules, &flat, &ctx).unwrap_or_default())
+                // The actions, and the part of a compact row that names them.
+                let evaluate = || -> Evaluated {
+                    let actions: Arc<[Action]> =
+                        Arc::from(super::unread::first_match(&rules, &flat, &ctx).unwrap_or_default());
+                    let encoded = Arc::from(encode_actions(&actions));
+                    (actions, encoded)
                 };
                 // Members whose rules differ only in their own identity get the same
                 // actions from an event that names none of them: evaluated once per class.
                 let shared = !*remote_invite && !names(text.get_or_init(|| lowercase_strings(&pdu.json)), &user, &ctx);
-                let actions = match shared {
+                let (actions, encoded) = match shared {
                     true => by_class.entry(class).or_insert_with(evaluate).clone(),
                     false => evaluate(),
                 };
@@ -321,14 +444,11 @@ impl Notifications {
                 if !notify {
                     continue;
                 }
-                let row = Notification {
-                    room_id: entry.room_id.clone(),
-                    event_id: entry.event_id.clone(),
-                    actions: actions.to_vec(),
-                    ts: now,
-                    kind: Some(pdu.kind.to_string()),
-                };
-                NOTIFICATIONS.put(&mut batch, (user.as_str(), *pos), &row);
+                NOTIFICATIONS.put_encoded(
+                    &mut batch,
+                    (user.as_str(), *pos),
+                    encode_compact(now, call_invite, &encoded),
+                );
                 *notified.entry(user).or_default() += 1;
             }
             let event_marks = marks::Marks::from_verdicts(verdicts, super::unread::thread_root(&flat));
@@ -398,20 +518,52 @@ impl Notifications {
         for pos in &old {
             NOTIFICATIONS.delete(&mut batch, (user.as_str(), *pos));
         }
-        self.store.write(batch)?;
+        // Not waited for on disk: rows a crash leaves past the cap are counted after the
+        // start and trimmed with the next.
+        self.store.write_deferred(batch)?;
         Ok(Kept { rows: kept.rows - old.len(), from: last + 1 })
+    }
+
+    /// The notification a row at stream position `pos` stands for; `None` if its event
+    /// is no longer in the stream (a purged room).
+    fn resolve(&self, pos: u64, row: Row) -> Result<Option<Notification>> {
+        let (ts, call_invite, actions) = match row {
+            Row::Whole(n) => return Ok(Some(n)),
+            Row::Compact { ts, call_invite, actions } => (ts, call_invite, actions),
+        };
+        let entry = match crate::stream::EVENT_STREAM.get(&self.store, pos)? {
+            Some(e) => Some(e),
+            None => REMOTE_INVITES_BY_POS.get(&self.store, pos)?,
+        };
+        Ok(entry.map(|e| Notification { room_id: e.room_id, event_id: e.event_id, actions, ts, call_invite }))
+    }
+
+    /// A user's rows in `order`, from `from` on (oldest or newest first), until `visit`
+    /// returns `false`.
+    fn rows(&self, user: &UserId, order: Order, mut visit: impl FnMut(u64, Row) -> bool) -> Result<()> {
+        let range = KeyRange::prefix(&crate::store::codec::encode_key::<String>(user.as_str()));
+        Ok(NOTIFICATIONS.scan_range(&self.store, &range, order, |(_, pos), row| visit(pos, row))?)
     }
 
     /// A user's notifications after stream position `after`, oldest first, at most `limit`.
     pub fn after(&self, user: &UserId, after: u64, limit: usize) -> Result<Vec<(u64, Notification)>> {
-        let range = KeyRange::prefix(&crate::store::codec::encode_key::<String>(user.as_str()));
-        let mut out = Vec::new();
-        NOTIFICATIONS.scan_range(&self.store, &range, Order::Ascending, |(_, pos), n| {
+        let mut rows = Vec::new();
+        self.rows(user, Order::Ascending, |pos, row| {
             if pos > after {
+                rows.push((pos, row));
+            }
+            rows.len() < limit
+        })?;
+        self.resolve_all(rows)
+    }
+
+    fn resolve_all(&self, rows: Vec<(u64, Row)>) -> Result<Vec<(u64, Notification)>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for (pos, row) in rows {
+            if let Some(n) = self.resolve(pos, row)? {
                 out.push((pos, n));
             }
-            out.len() < limit
-        })?;
+        }
         Ok(out)
     }
 
@@ -424,15 +576,14 @@ impl Notifications {
         limit: usize,
         only_highlight: bool,
     ) -> Result<Vec<(u64, Notification)>> {
-        let range = KeyRange::prefix(&crate::store::codec::encode_key::<String>(user.as_str()));
-        let mut out = Vec::new();
-        NOTIFICATIONS.scan_range(&self.store, &range, Order::Descending, |(_, pos), n| {
-            if before.is_none_or(|b| pos < b) && (!only_highlight || n.highlight()) {
-                out.push((pos, n));
+        let mut rows = Vec::new();
+        self.rows(user, Order::Descending, |pos, row| {
+            if before.is_none_or(|b| pos < b) && (!only_highlight || row.highlight()) {
+                rows.push((pos, row));
             }
-            out.len() < limit
+            rows.len() < limit
         })?;
-        Ok(out)
+        self.resolve_all(rows)
     }
 
     /// Whether the user has read the room past stream position `pos`.
@@ -458,9 +609,18 @@ impl Notifications {
     /// not read since: the gateway's `missed_calls`. Looks at the newest
     /// [`MAX_KEPT_PER_USER`] notifications, which is all that is kept.
     pub fn missed_calls(&self, user: &UserId) -> Result<u64> {
+        let mut calls = Vec::new();
+        let mut seen = 0;
+        self.rows(user, Order::Descending, |pos, row| {
+            if row.call_invite() {
+                calls.push((pos, row));
+            }
+            seen += 1;
+            seen < MAX_KEPT_PER_USER
+        })?;
         let mut missed = 0;
-        for (pos, n) in self.page(user, None, MAX_KEPT_PER_USER, false)? {
-            if n.kind.as_deref() == Some("m.call.invite") && !self.is_read(user, &n.room_id, pos)? {
+        for (pos, n) in self.resolve_all(calls)? {
+            if !self.is_read(user, &n.room_id, pos)? {
                 missed += 1;
             }
         }
@@ -488,5 +648,72 @@ impl Notifications {
     /// The room a notification's event is in, and the event, for delivery and listing.
     pub fn event(&self, n: &Notification) -> Result<Option<Arc<crate::rooms::pdu::Pdu>>> {
         self.rooms.pdu_shared(&n.event_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::push::{Action, Tweak};
+    use serde_json::json;
+
+    use super::{Row, COMMON_ACTIONS};
+    use crate::store::codec::ValueCodec;
+
+    fn actions(v: serde_json::Value) -> Vec<Action> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn compact_rows_read_back_as_written() {
+        let unusual = actions(json!(["notify", {"set_tweak": "sound", "value": "bell"}, {"set_tweak": "x-custom"}]));
+        let cases = COMMON_ACTIONS.iter().map(|c| serde_json::from_str::<Vec<Action>>(c).unwrap()).chain([
+            unusual,
+            vec![Action::Notify, Action::SetTweak(Tweak::Highlight(true.into()))],
+            Vec::new(),
+        ]);
+        for (k, list) in cases.enumerate() {
+            let row = Row::Compact { ts: 1_700_000_000_000 + k as u64, call_invite: k % 2 == 0, actions: list.clone() };
+            let bytes = row.encode_value();
+            let Row::Compact { ts, call_invite, actions: back } = Row::decode_value(&bytes).unwrap() else {
+                panic!("read back as a whole row");
+            };
+            assert_eq!((ts, call_invite), (1_700_000_000_000 + k as u64, k % 2 == 0));
+            assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&list).unwrap());
+        }
+        // The common lists take one byte: the row is its header and the code.
+        let common: Vec<Action> = serde_json::from_str(COMMON_ACTIONS[1]).unwrap();
+        assert_eq!(Row::Compact { ts: 0, call_invite: false, actions: common }.encode_value().len(), 11);
+        // Every list of the default rules that notifies is a common one.
+        let user = ruma::user_id!("@alice:example.org");
+        let rules = ruma::push::Ruleset::server_default(user);
+        for rule in rules.iter() {
+            let list = rule.actions();
+            if list.iter().any(Action::should_notify) {
+                assert_eq!(super::encode_actions(list).len(), 1, "{}: {list:?}", rule.rule_id());
+            }
+        }
+    }
+
+    #[test]
+    fn rows_written_as_json_before_are_read() {
+        let old = json!({
+            "room_id": "!r:example.org", "event_id": "$e", "ts": 5,
+            "actions": ["notify", {"set_tweak": "sound", "value": "ring"}], "kind": "m.call.invite",
+        });
+        let Row::Whole(n) = Row::decode_value(&serde_json::to_vec(&old).unwrap()).unwrap() else {
+            panic!("a JSON row read as compact");
+        };
+        assert_eq!((n.room_id.as_str(), n.event_id.as_str(), n.ts, n.call_invite), ("!r:example.org", "$e", 5, true));
+        assert_eq!(serde_json::to_value(&n.actions).unwrap(), old["actions"]);
+        let Row::Whole(back) = Row::decode_value(&Row::Whole(n.clone()).encode_value()).unwrap() else {
+            panic!("a JSON row read as compact");
+        };
+        assert_eq!((back.event_id, back.ts, back.call_invite), (n.event_id, 5, true));
+        // A row without a kind is not a call; cut-off and unknown rows are errors, not panics.
+        let plain = json!({"room_id": "!r:example.org", "event_id": "$e", "ts": 5, "actions": ["notify"]});
+        assert!(matches!(Row::decode_value(&serde_json::to_vec(&plain).unwrap()), Ok(Row::Whole(n)) if !n.call_invite));
+        assert!(Row::decode_value(&[1, 0, 0]).is_err());
+        assert!(Row::decode_value(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 200]).is_err());
+        assert!(Row::decode_value(b"").is_err());
     }
 }

@@ -397,6 +397,12 @@ impl<K: KeyPart, V: ValueCodec> Table<K, V> {
         batch.ops.push(Op::Put { table: self.name, key: encode_key::<K>(key), value: value.encode_value() });
     }
 
+    /// Puts a value already encoded as `V` encodes it: for a value written under many
+    /// keys, encoded once.
+    pub fn put_encoded(&self, batch: &mut Batch, key: K::Ref<'_>, value: Vec<u8>) {
+        batch.ops.push(Op::Put { table: self.name, key: encode_key::<K>(key), value });
+    }
+
     pub fn delete(&self, batch: &mut Batch, key: K::Ref<'_>) {
         batch.ops.push(Op::Delete { table: self.name, key: encode_key::<K>(key) });
     }
