@@ -16,11 +16,13 @@ first ever) count every room from the user's join. (Before 2026-12-07, session 1
 default was 60 syncs of 20 users: two thirds of them had their counts kept.)
 
     bench/first_sync.py --db /tmp/hearth-bench/hearth-rocksdb/db BIN_A BIN_B [...]
-        [--syncs N] [--rounds 6] [--perf OUT.data]
+        [--syncs N] [--rounds 6] [--perf OUT]
 
 Prints, per binary, p50/p95 of the syncs and the server's CPU per sync (median over the
-rounds of each round's figure), and the ratios to the first binary. `--perf` records the
-syncs (not the logins) of the last binary's last round with DWARF call graphs.
+rounds of each round's figure), and the ratios to the first binary. `--perf OUT` records
+the syncs (not the logins) of every round of the last binary, at 4,999 samples a second,
+with DWARF call graphs, one file per round (`OUT.1`, `OUT.2`, …: read them with
+`perf script -i` each, one after another).
 """
 
 import argparse
@@ -96,7 +98,7 @@ async def one_round(binary, db_template, syncs, users, perf_out):
                 # so the logins' password hashing is not recorded.
                 ctl = os.path.join(work, "perf-ctl")
                 os.mkfifo(ctl)
-                perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "--call-graph", "dwarf",
+                perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "4999", "--call-graph", "dwarf",
                                          "-D", "-1", "--control", f"fifo:{ctl}", "-p", str(proc.pid),
                                          "-o", perf_out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 perf_ctl = open(ctl, "w")
@@ -153,8 +155,8 @@ def main():
     figures = {b: [] for b in a.binaries}
     for rnd in range(a.rounds):
         for i, b in enumerate(a.binaries):
-            last = rnd == a.rounds - 1 and i == len(a.binaries) - 1
-            f = asyncio.run(one_round(b, a.db, syncs, users, a.perf if last else None))
+            last = i == len(a.binaries) - 1
+            f = asyncio.run(one_round(b, a.db, syncs, users, f"{a.perf}.{rnd + 1}" if last and a.perf else None))
             figures[b].append(f)
             print(f"round {rnd + 1} {b}: p50 {f['p50_ms']:.2f} ms, p95 {f['p95_ms']:.2f} ms, "
                   f"CPU {f['cpu_ms']:.2f} ms/sync, {f['bytes'] / 1024:.0f} KiB", flush=True)

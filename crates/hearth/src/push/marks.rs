@@ -159,6 +159,38 @@ impl Coverage {
     }
 }
 
+/// Visits the room's marks in (after, up_to], oldest first, as they concern `user`: the
+/// position, the user's verdict ([`Marks::of`]) and the event's thread root, if any. Read
+/// from the stored bytes without decoding the rows: a first sync counts every row since the
+/// user's join in each of their rooms, and most rows name only their sender.
+pub fn scan_for(
+    store: &Store,
+    room: &RoomId,
+    user: &UserId,
+    after: u64,
+    up_to: u64,
+    mut visit: impl FnMut(u64, u8, Option<&str>),
+) -> Result<()> {
+    if up_to <= after {
+        return Ok(());
+    }
+    let key = |pos: u64| encode_key::<(String, u64)>((room.as_str(), pos));
+    let range = KeyRange { lower: Some(key(after.saturating_add(1))), upper: Some(key(up_to.saturating_add(1))) };
+    let mut bad = false;
+    UNREAD_MARKS.scan_bytes(store, &range, Order::Ascending, |k, v| {
+        let pos = k.last_chunk::<8>().map(|b| u64::from_be_bytes(*b));
+        match (pos, verdict_of(v, user.as_str())) {
+            (Some(pos), Some((flags, thread))) => visit(pos, flags, thread),
+            _ => bad = true,
+        }
+        !bad
+    })?;
+    if bad {
+        return Err(crate::error::Error::internal("undecodable unread marks"));
+    }
+    Ok(())
+}
+
 /// Visits the room's marks in (after, up_to], oldest first.
 pub fn scan(store: &Store, room: &RoomId, after: u64, up_to: u64, mut visit: impl FnMut(u64, Marks)) -> Result<()> {
     if up_to <= after {
@@ -171,6 +203,22 @@ pub fn scan(store: &Store, room: &RoomId, after: u64, up_to: u64, mut visit: imp
         true
     })?;
     Ok(())
+}
+
+/// A user's verdict and the thread root in a stored row (see the codec below), or `None`
+/// if the row cannot be read.
+fn verdict_of<'a>(mut bytes: &'a [u8], user: &str) -> Option<(u8, Option<&'a str>)> {
+    let (&default, rest) = bytes.split_first()?;
+    bytes = rest;
+    let root = take_str(&mut bytes)?;
+    let thread = (!root.is_empty()).then_some(root);
+    while let Some((&flags, rest)) = bytes.split_first() {
+        bytes = rest;
+        if take_str(&mut bytes)? == user {
+            return Some((flags, thread));
+        }
+    }
+    Some((default, thread))
 }
 
 pub(super) fn get(store: &Store, room: &RoomId, pos: u64) -> Result<Option<Marks>> {
@@ -267,5 +315,29 @@ mod tests {
         assert!(Marks::decode_value(&[NOTIFY, 1, b'x']).is_err(), "not an event id");
         assert!(Marks::decode_value(&[NOTIFY, 0, NOTIFY, 9, b'@']).is_err(), "cut short");
         assert!(Marks::from_verdicts(vec![(alice, 0)], None).is_empty());
+    }
+
+    #[test]
+    fn verdicts_read_from_stored_rows_agree_with_decoded_ones() {
+        let alice = ruma::owned_user_id!("@alice:example.org");
+        let bob = ruma::owned_user_id!("@bob:example.org");
+        let others = ["@carol:example.org", "@al:example.org", "@alice:example.org.evil"];
+        let root = ruma::owned_event_id!("$root:example.org");
+        let rows = [
+            Marks::from_verdicts(vec![(alice.clone(), OWN), (bob.clone(), NOTIFY)], None),
+            Marks::from_verdicts(vec![(alice.clone(), NOTIFY | HIGHLIGHT), (bob.clone(), 0)], Some(root)),
+            Marks { default: NOTIFY, thread: None, users: Vec::new() },
+        ];
+        for marks in rows {
+            let bytes = marks.encode_value();
+            for user in [alice.as_str(), bob.as_str()].into_iter().chain(others) {
+                let (flags, thread) = verdict_of(&bytes, user).expect("readable");
+                let id = ruma::UserId::parse(user).unwrap();
+                assert_eq!(flags, marks.of(&id), "{user}");
+                assert_eq!(thread, marks.thread.as_ref().map(|t| t.as_str()));
+            }
+        }
+        assert_eq!(verdict_of(&[], "@a:b"), None);
+        assert_eq!(verdict_of(&[NOTIFY, 0, NOTIFY, 9, b'@'], "@a:b"), None, "cut short");
     }
 }

@@ -248,10 +248,9 @@ impl Tally {
             if self.counted_to >= marks_from && self.counted_to < marks_to {
                 let end = until.min(marks_to);
                 let mut seen = Vec::new();
-                super::marks::scan(&rooms.store, room_id, self.counted_to, end, |pos, marks| {
-                    let flags = marks.of(user);
+                super::marks::scan_for(&rooms.store, room_id, user, self.counted_to, end, |pos, flags, thread| {
                     if flags != 0 {
-                        seen.push((pos, flags, marks.thread));
+                        seen.push((pos, flags, thread.and_then(|t| OwnedEventId::try_from(t).ok())));
                     }
                 })?;
                 for (pos, flags, thread) in seen {
