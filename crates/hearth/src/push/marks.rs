@@ -159,8 +159,9 @@ impl Coverage {
     }
 }
 
-/// Visits the room's marks in (after, up_to], oldest first, as they concern `user`: the
-/// position, the user's verdict ([`Marks::of`]) and the event's thread root, if any. Read
+/// Visits the room's marks in (after, up_to] in `order`, as they concern `user`, until
+/// `visit` returns `false`: the position, the user's verdict ([`Marks::of`]) and the
+/// event's thread root, if any. Read
 /// from the stored bytes without decoding the rows: a first sync counts every row since the
 /// user's join in each of their rooms, and most rows name only their sender.
 pub fn scan_for(
@@ -169,7 +170,8 @@ pub fn scan_for(
     user: &UserId,
     after: u64,
     up_to: u64,
-    mut visit: impl FnMut(u64, u8, Option<&str>),
+    order: Order,
+    mut visit: impl FnMut(u64, u8, Option<&str>) -> bool,
 ) -> Result<()> {
     if up_to <= after {
         return Ok(());
@@ -177,13 +179,15 @@ pub fn scan_for(
     let key = |pos: u64| encode_key::<(String, u64)>((room.as_str(), pos));
     let range = KeyRange { lower: Some(key(after.saturating_add(1))), upper: Some(key(up_to.saturating_add(1))) };
     let mut bad = false;
-    UNREAD_MARKS.scan_bytes(store, &range, Order::Ascending, |k, v| {
+    UNREAD_MARKS.scan_bytes(store, &range, order, |k, v| {
         let pos = k.last_chunk::<8>().map(|b| u64::from_be_bytes(*b));
         match (pos, verdict_of(v, user.as_str())) {
             (Some(pos), Some((flags, thread))) => visit(pos, flags, thread),
-            _ => bad = true,
+            _ => {
+                bad = true;
+                false
+            }
         }
-        !bad
     })?;
     if bad {
         return Err(crate::error::Error::internal("undecodable unread marks"));

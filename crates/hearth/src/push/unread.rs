@@ -248,11 +248,42 @@ impl Tally {
             if self.counted_to >= marks_from && self.counted_to < marks_to {
                 let end = until.min(marks_to);
                 let mut seen = Vec::new();
-                super::marks::scan_for(&rooms.store, room_id, user, self.counted_to, end, |pos, flags, thread| {
-                    if flags != 0 {
-                        seen.push((pos, flags, thread.and_then(|t| OwnedEventId::try_from(t).ok())));
-                    }
-                })?;
+                if self.key.2 {
+                    super::marks::scan_for(
+                        &rooms.store,
+                        room_id,
+                        user,
+                        self.counted_to,
+                        end,
+                        Order::Ascending,
+                        |pos, flags, thread| {
+                            if flags != 0 {
+                                seen.push((pos, flags, thread.and_then(|t| OwnedEventId::try_from(t).ok())));
+                            }
+                            true
+                        },
+                    )?;
+                } else {
+                    // All in one timeline: the user's own event resets the count, so what
+                    // came before their last one in the span counts for nothing. Read back
+                    // from the end to it (a first sync in a room where the user talks reads
+                    // a few rows, not every row since their join), then note in order.
+                    super::marks::scan_for(
+                        &rooms.store,
+                        room_id,
+                        user,
+                        self.counted_to,
+                        end,
+                        Order::Descending,
+                        |pos, flags, _| {
+                            if flags != 0 {
+                                seen.push((pos, flags, None));
+                            }
+                            flags & super::marks::OWN == 0
+                        },
+                    )?;
+                    seen.reverse();
+                }
                 for (pos, flags, thread) in seen {
                     let bucket = if self.key.2 { thread } else { None };
                     let verdict = Verdict {
