@@ -247,45 +247,33 @@ impl Tally {
         while self.counted_to < until {
             if self.counted_to >= marks_from && self.counted_to < marks_to {
                 let end = until.min(marks_to);
+                // All in one timeline (threads not split), the user's own event resets
+                // the count, so what came before their last one in the span counts for
+                // nothing: read back from the end to it (a first sync in a room where the
+                // user talks reads a few rows, not every row since their join), then note
+                // in order. Split, every thread has its own count: read forward.
+                let split = self.key.2;
+                let order = if split { Order::Ascending } else { Order::Descending };
                 let mut seen = Vec::new();
-                if self.key.2 {
-                    super::marks::scan_for(
-                        &rooms.store,
-                        room_id,
-                        user,
-                        self.counted_to,
-                        end,
-                        Order::Ascending,
-                        |pos, flags, thread| {
-                            if flags != 0 {
-                                seen.push((pos, flags, thread.and_then(|t| OwnedEventId::try_from(t).ok())));
-                            }
-                            true
-                        },
-                    )?;
-                } else {
-                    // All in one timeline: the user's own event resets the count, so what
-                    // came before their last one in the span counts for nothing. Read back
-                    // from the end to it (a first sync in a room where the user talks reads
-                    // a few rows, not every row since their join), then note in order.
-                    super::marks::scan_for(
-                        &rooms.store,
-                        room_id,
-                        user,
-                        self.counted_to,
-                        end,
-                        Order::Descending,
-                        |pos, flags, _| {
-                            if flags != 0 {
-                                seen.push((pos, flags, None));
-                            }
-                            flags & super::marks::OWN == 0
-                        },
-                    )?;
+                super::marks::scan_for(
+                    &rooms.store,
+                    room_id,
+                    user,
+                    self.counted_to,
+                    end,
+                    order,
+                    |pos, flags, thread| {
+                        if flags != 0 {
+                            let thread = thread.filter(|_| split).and_then(|t| OwnedEventId::try_from(t).ok());
+                            seen.push((pos, flags, thread));
+                        }
+                        split || flags & super::marks::OWN == 0
+                    },
+                )?;
+                if !split {
                     seen.reverse();
                 }
-                for (pos, flags, thread) in seen {
-                    let bucket = if self.key.2 { thread } else { None };
+                for (pos, flags, bucket) in seen {
                     let verdict = Verdict {
                         own: flags & super::marks::OWN != 0,
                         notify: flags & super::marks::NOTIFY != 0,
