@@ -552,6 +552,26 @@ impl Stream {
         )
     }
 
+    /// The newest `count` events of `room` at or before `until`, oldest first, when memory
+    /// holds that many of them (`None`: it holds fewer, and older ones may be on disk).
+    pub fn room_newest(&self, room: &ruma::RoomId, until: u64, count: usize) -> Option<Vec<(u64, OwnedEventId)>> {
+        let recent = self.recent.lock();
+        let end = recent.events.partition_point(|(p, _)| *p <= until);
+        let mut out: Vec<(u64, OwnedEventId)> = recent
+            .events
+            .range(..end)
+            .rev()
+            .filter(|(_, e)| e.room_id == room)
+            .take(count)
+            .map(|(p, e)| (*p, e.event_id.clone()))
+            .collect();
+        if out.len() < count {
+            return None;
+        }
+        out.reverse();
+        Some(out)
+    }
+
     /// Non-event items in (since, until], in order.
     pub fn items_between(&self, since: u64, until: u64) -> Result<Vec<(u64, StreamItem)>> {
         self.between(&STREAM_LOG, |r| &r.items, since, until)

@@ -336,13 +336,19 @@ impl Rooms {
             Direction::Forward => Some(from),
             Direction::Backward => to,
         };
-        let recent = after.and_then(|after| {
-            let until = match dir {
-                Direction::Forward => to.unwrap_or(u64::MAX).min(until),
-                Direction::Backward => from.min(until),
-            };
-            self.stream.room_events(room_id, after, until)
-        });
+        // So is the newest page (an initial sync's) when memory holds that many of the
+        // room's events.
+        let recent = match (dir, after) {
+            (Direction::Backward, None) => self.stream.room_newest(room_id, from.min(until), limit.max(1)),
+            (_, None) => None,
+            (_, Some(after)) => {
+                let until = match dir {
+                    Direction::Forward => to.unwrap_or(u64::MAX).min(until),
+                    Direction::Backward => from.min(until),
+                };
+                self.stream.room_events(room_id, after, until)
+            }
+        };
         let rows: Vec<(u64, TimelineEntry)> = match recent {
             Some(mut list) => {
                 if dir == Direction::Backward {
