@@ -686,4 +686,45 @@ mod tests {
             }
         }
     }
+
+    /// A room's newest events come from memory only when it holds as many as asked,
+    /// and are then the room's newest on disk.
+    #[test]
+    fn newest_events_of_a_room() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path(), Backend::Rocksdb, Durability::Process, 8).expect("open"));
+        let stream = Stream::open(store.clone(), Arc::new(Notifier::default())).expect("stream");
+        stream.recent.lock().capacity = 6;
+        let rooms = [owned_room_id!("!a:example.org"), owned_room_id!("!b:example.org")];
+        for i in 0..12u64 {
+            // Room a at 1, 3, 4, 6, 7, 9, 10, 12; room b at the others.
+            let room = rooms[usize::from(i % 3 == 1)].clone();
+            let event_id = OwnedEventId::try_from(format!("$e{i}")).expect("id");
+            stream
+                .commit(|pos, batch| {
+                    EVENT_STREAM.put(batch, pos, &StreamEntry { room_id: room.clone(), event_id: event_id.clone() });
+                    Ok(())
+                })
+                .expect("commit");
+        }
+        let on_disk = |room: &ruma::RoomId, until: u64, count: usize| {
+            let all = from_disk(&store, &EVENT_STREAM, 0, until);
+            let mine: Vec<(u64, OwnedEventId)> =
+                all.into_iter().filter(|(_, e)| e.room_id == room).map(|(p, e)| (p, e.event_id)).collect();
+            mine[mine.len().saturating_sub(count)..].to_vec()
+        };
+        let now = stream.now();
+        for room in &rooms {
+            for until in [now, now - 1, now - 3] {
+                for count in 1..=3 {
+                    if let Some(got) = stream.room_newest(room, until, count) {
+                        assert_eq!(got, on_disk(room, until, count), "{room} until {until}, {count}");
+                    }
+                }
+            }
+        }
+        assert!(stream.room_newest(&rooms[0], now, 2).is_some(), "memory holds the newest two of room a");
+        assert_eq!(stream.room_newest(&rooms[0], now, 6), None, "memory holds six positions, not six of room a");
+        assert_eq!(stream.room_newest(&rooms[1], now, 3), None);
+    }
 }
