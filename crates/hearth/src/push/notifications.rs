@@ -101,12 +101,6 @@ pub struct Notification {
     pub call_invite: bool,
 }
 
-impl Notification {
-    pub fn highlight(&self) -> bool {
-        self.actions.iter().any(Action::is_highlight)
-    }
-}
-
 /// A notification as the log stores it. Every local member a message notifies gets a row,
 /// so rows are kept small: written as JSON with their event and room, the rows were most
 /// of the bytes a sent message wrote, and most of its CPU with the flushes and compactions
@@ -538,8 +532,7 @@ impl Notifications {
         Ok(entry.map(|e| Notification { room_id: e.room_id, event_id: e.event_id, actions, ts, call_invite }))
     }
 
-    /// A user's rows in `order`, from `from` on (oldest or newest first), until `visit`
-    /// returns `false`.
+    /// A user's rows in `order` (oldest or newest first), until `visit` returns `false`.
     fn rows(&self, user: &UserId, order: Order, mut visit: impl FnMut(u64, Row) -> bool) -> Result<()> {
         let range = KeyRange::prefix(&crate::store::codec::encode_key::<String>(user.as_str()));
         Ok(NOTIFICATIONS.scan_range(&self.store, &range, order, |(_, pos), row| visit(pos, row))?)
