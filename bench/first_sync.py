@@ -6,7 +6,7 @@ given is started in turn on its own copy of one data directory the main workload
 (`bench/workload.py --root DIR`, which keeps `DIR/hearth-rocksdb/db` after its run). For
 each sync a user logs in on a new device, so nothing a device or user synced before is
 cached, and then the device's first `/sync` is timed to the last byte of the body; the
-server's CPU is read from `/proc/<pid>/stat` around the sync alone (the login's password
+server's CPU is read from its threads' `schedstat` around the sync alone (the login's password
 hash is outside). Binaries alternate in rounds, so the machine's drift falls on all alike.
 
 Each round starts the server afresh and, unless `--syncs` says more, syncs each user once:
@@ -40,7 +40,7 @@ import time
 import aiohttp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from workload import PASSWORD, SERVER_NAME, TOKEN, cpu_ticks, CLK_TCK, pct  # noqa: E402
+from workload import PASSWORD, SERVER_NAME, TOKEN, cpu_ns, pct  # noqa: E402
 
 PORT = 18931
 
@@ -59,9 +59,10 @@ async def wait_up(http, base, proc):
     raise RuntimeError("hearth did not start")
 
 
-def start(binary, db_template, prefix):
+def start(binary, db_template, prefix, extra_env=None):
     """Starts `binary` on a copy of `db_template` (RocksDB, fsync on, loopback, no
-    federation). Returns the work directory, the data directory, the process and its log."""
+    federation), with `extra_env` added to its environment. Returns the work directory,
+    the data directory, the process and its log."""
     work = tempfile.mkdtemp(prefix=prefix)
     db = os.path.join(work, "db")
     shutil.copytree(db_template, db)
@@ -72,6 +73,7 @@ def start(binary, db_template, prefix):
         "CONDUIT_ALLOW_REGISTRATION": "true", "CONDUIT_REGISTRATION_TOKEN": TOKEN,
         "HEARTH_DATABASE_FSYNC": "true", "CONDUIT_ALLOW_FEDERATION": "false", "HEARTH_LOG": "warn",
     })
+    env.update(extra_env or {})
     env.pop("RUST_LOG", None)
     log = open(os.path.join(work, "log"), "w")
     proc = subprocess.Popen([binary], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -117,13 +119,13 @@ async def one_round(binary, db_template, syncs, users, perf_out):
                     perf_ctl.flush()
                 gc.collect()
                 gc.disable()
-                c0 = cpu_ticks(proc.pid)
+                c0 = cpu_ns(proc.pid)
                 t0 = time.perf_counter()
                 async with http.get(base + "/_matrix/client/v3/sync", params={"timeout": "0"},
                                     headers={"Authorization": f"Bearer {token}"}) as r:
                     body = await r.read()
                     t1 = time.perf_counter()
-                c1 = cpu_ticks(proc.pid)
+                c1 = cpu_ns(proc.pid)
                 gc.enable()
                 if perf:
                     perf_ctl.write("disable\n")
@@ -138,7 +140,7 @@ async def one_round(binary, db_template, syncs, users, perf_out):
             perf.wait(120)
         stop(work, proc, log)
     return {"p50_ms": pct(times, 50) * 1000, "p95_ms": pct(times, 95) * 1000,
-            "cpu_ms": cpu * 1000 / CLK_TCK / syncs, "bytes": len(body)}
+            "cpu_ms": cpu / 1e6 / syncs, "bytes": len(body)}
 
 
 def main():

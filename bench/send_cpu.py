@@ -17,9 +17,11 @@ finished. Binaries alternate in rounds, so the machine's drift falls on all alik
 
 Prints, per binary, the CPU per message with and without the background work, the send
 latency p50 (median over the rounds of each round's figure) and the ratios to the first
-binary, and what the data directory grew by per message (RocksDB's log and tables and the
-search index; the log's apparent size). `--perf` records the sends and the background work (not the logins) of the last
-binary's last round with DWARF call graphs.
+binary, what the data directory grew by per message (RocksDB's log and tables and the
+search index; the log's apparent size), and the group commit's disk syncs per message (read
+from the server's `/metrics` listener, started on the port after the client one).
+`--perf` records the sends and the background work (not the logins) of the last binary's
+last round with DWARF call graphs, at `BENCH_PERF_FREQ` samples a second (999 unless set).
 """
 
 import argparse
@@ -47,8 +49,17 @@ async def login(http, base, user):
         return (await r.json())["access_token"]
 
 
+async def disk_syncs(http, port):
+    """The group commit's disk syncs so far, from the server's metrics listener."""
+    async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+        for line in (await r.text()).splitlines():
+            if line.startswith("hearth_database_syncs_total"):
+                return float(line.split()[-1])
+    raise RuntimeError("no hearth_database_syncs_total in /metrics")
+
+
 async def one_round(binary, db_template, users, msgs, perf_out, rnd):
-    work, db, proc, log = start(binary, db_template, "hearth-send-cpu-")
+    work, db, proc, log = start(binary, db_template, "hearth-send-cpu-", {"HEARTH_METRICS_PORT": str(PORT + 1)})
     base = f"http://127.0.0.1:{PORT}"
     perf = None
     try:
@@ -62,7 +73,7 @@ async def one_round(binary, db_template, users, msgs, perf_out, rnd):
                 raise RuntimeError(f"{users[-1]} is in {len(rooms)} rooms: not the quick workload's data?")
             await settle(proc.pid)
             if perf_out:
-                perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "--call-graph", "dwarf",
+                perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", os.environ.get("BENCH_PERF_FREQ", "999"), "--call-graph", "dwarf",
                                          "-p", str(proc.pid), "-o", perf_out],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 await asyncio.sleep(1)
@@ -81,6 +92,7 @@ async def one_round(binary, db_template, users, msgs, perf_out, rnd):
                     lat.append(time.perf_counter() - s0)
 
             b0 = dir_bytes(db)
+            s0 = await disk_syncs(http, PORT + 1)
             c0 = cpu_ticks(proc.pid)
             t0 = time.perf_counter()
             await asyncio.gather(*(sender(i, h) for i, h in enumerate(headers)))
@@ -89,6 +101,7 @@ async def one_round(binary, db_template, users, msgs, perf_out, rnd):
             await settle(proc.pid)
             c2 = cpu_ticks(proc.pid)
             b1 = dir_bytes(db)
+            s1 = await disk_syncs(http, PORT + 1)
     finally:
         if perf:
             perf.send_signal(signal.SIGINT)
@@ -96,7 +109,8 @@ async def one_round(binary, db_template, users, msgs, perf_out, rnd):
         stop(work, proc, log)
     n = len(lat)
     return {"cpu_ms": (c1 - c0) * 1000 / CLK_TCK / n, "cpu_settled_ms": (c2 - c0) * 1000 / CLK_TCK / n,
-            "p50_ms": pct(lat, 50) * 1000, "per_s": n / wall, "n": n, "bytes": (b1 - b0) / n}
+            "p50_ms": pct(lat, 50) * 1000, "per_s": n / wall, "n": n, "bytes": (b1 - b0) / n,
+            "syncs": (s1 - s0) / n}
 
 
 def main():
@@ -109,7 +123,7 @@ def main():
     ap.add_argument("--perf", default=None)
     a = ap.parse_args()
     users = [f"u{i:03d}" for i in range(a.users)]
-    keys = ("cpu_settled_ms", "cpu_ms", "p50_ms", "per_s", "bytes")
+    keys = ("cpu_settled_ms", "cpu_ms", "p50_ms", "per_s", "bytes", "syncs")
     figures = {b: [] for b in a.binaries}
     for rnd in range(a.rounds):
         for i, b in enumerate(a.binaries):
@@ -117,14 +131,14 @@ def main():
             f = asyncio.run(one_round(b, a.db, users, a.msgs, a.perf if last else None, rnd))
             figures[b].append(f)
             print(f"round {rnd + 1} {b}: {f['n']} messages, CPU {f['cpu_settled_ms']:.3f} ms/message in all, "
-                  f"{f['cpu_ms']:.3f} while sending; {f['bytes']:.0f} bytes written/message; send p50 {f['p50_ms']:.2f} ms, {f['per_s']:.0f}/s", flush=True)
+                  f"{f['cpu_ms']:.3f} while sending; {f['bytes']:.0f} bytes written/message, {f['syncs']:.2f} disk syncs; send p50 {f['p50_ms']:.2f} ms, {f['per_s']:.0f}/s", flush=True)
     ref = None
     for b in a.binaries:
         med = {k: statistics.median(f[k] for f in figures[b]) for k in keys}
         ref = ref or med
         print(f"{b}: CPU {med['cpu_settled_ms']:.3f} ms/message in all "
               f"({med['cpu_settled_ms'] / ref['cpu_settled_ms']:.2f}×), {med['cpu_ms']:.3f} while sending "
-              f"({med['cpu_ms'] / ref['cpu_ms']:.2f}×); {med['bytes']:.0f} bytes/message; send p50 {med['p50_ms']:.2f} ms, {med['per_s']:.0f}/s")
+              f"({med['cpu_ms'] / ref['cpu_ms']:.2f}×); {med['bytes']:.0f} bytes and {med['syncs']:.2f} disk syncs/message; send p50 {med['p50_ms']:.2f} ms, {med['per_s']:.0f}/s")
 
 
 if __name__ == "__main__":

@@ -573,6 +573,7 @@ async def workload(srv, P, prof=None):
             phase_perf.send_signal(signal.SIGINT)
             phase_perf.wait(60)
         res["initial_sync_distinct_users"] = len(firsts)
+        res["initial_sync_distinct_each_ms"] = [round(t * 1000, 3) for t in times]
         res["initial_sync_distinct_p50_ms"] = pct(times, 50) * 1000
         res["initial_sync_distinct_p95_ms"] = pct(times, 95) * 1000
         res["initial_sync_distinct_cpu_ms"] = (cpu1 - cpu0) * 1000 / CLK_TCK / len(firsts)

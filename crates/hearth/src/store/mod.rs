@@ -169,6 +169,11 @@ pub trait Engine: Send + Sync + 'static {
     fn sync(&self) -> Result<()> {
         Ok(())
     }
+    /// Whether [`Engine::sync`] does nothing (RocksDB without fsync): then there is no
+    /// point in gathering writes for it.
+    fn sync_is_free(&self) -> bool {
+        false
+    }
     /// Makes everything written so far durable on disk, in the form that opens fastest
     /// (called at shutdown: RocksDB memtables to table files, SQLite WAL checkpointed).
     fn flush(&self) -> Result<()>;
@@ -290,6 +295,11 @@ impl Store {
 
     pub fn sync(&self) -> Result<()> {
         self.engine.sync()
+    }
+
+    /// See [`Engine::sync_is_free`].
+    pub fn sync_is_free(&self) -> bool {
+        self.engine.sync_is_free()
     }
 
     pub fn flush(&self) -> Result<()> {

@@ -239,6 +239,10 @@ impl Engine for RocksEngine {
         Ok(())
     }
 
+    fn sync_is_free(&self) -> bool {
+        !self.sync
+    }
+
     fn flush(&self) -> Result<()> {
         self.db.flush_wal(true)?;
         // Memtables to table files too: otherwise the next start replays the whole
