@@ -26,11 +26,8 @@ use tokio::sync::watch;
 use super::{AppService, AppServices};
 use crate::{
     error::Result,
-    rooms::{remote::REMOTE_INVITES_BY_POS, Rooms},
-    store::{
-        codec::{encode_key, json_value},
-        tables, Batch, KeyRange, Order, Store, Table,
-    },
+    rooms::Rooms,
+    store::{codec::json_value, tables, Batch, Store, Table},
     stream::Stream,
 };
 
@@ -192,14 +189,7 @@ impl AppserviceSender {
             // With invites of this server's users to rooms elsewhere, which are not in the
             // event stream (a bridge hears of the DMs its users are invited to).
             let mut found = self.rooms.stream.events_between(from, to)?;
-            let range = KeyRange {
-                lower: Some(encode_key::<u64>(from.saturating_add(1))),
-                upper: Some(encode_key::<u64>(to.saturating_add(1))),
-            };
-            REMOTE_INVITES_BY_POS.scan_range(&self.store, &range, Order::Ascending, |pos, entry| {
-                found.push((pos, entry));
-                true
-            })?;
+            found.extend(self.rooms.remote_invites_between(from, to)?);
             found.sort_by_key(|(pos, _)| *pos);
             for (pos, entry) in found {
                 let Some(pdu) = self.rooms.pdu_shared(&entry.event_id)? else { continue };

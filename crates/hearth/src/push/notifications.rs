@@ -280,20 +280,6 @@ impl Notifications {
         }
     }
 
-    /// Invites of local users to rooms on other servers in (since, until].
-    fn remote_invites(&self, since: u64, until: u64) -> Result<Vec<(u64, StreamEntry)>> {
-        let range = KeyRange {
-            lower: Some(crate::store::codec::encode_key::<u64>(since.saturating_add(1))),
-            upper: Some(crate::store::codec::encode_key::<u64>(until.saturating_add(1))),
-        };
-        let mut out = Vec::new();
-        REMOTE_INVITES_BY_POS.scan_range(&self.store, &range, Order::Ascending, |pos, entry| {
-            out.push((pos, entry));
-            true
-        })?;
-        Ok(out)
-    }
-
     /// The position evaluated up to; on the first start, now.
     pub fn position(&self) -> Result<u64> {
         Ok(PUSH_STATE.get(&self.store, "position")?.unwrap_or_else(|| self.rooms.stream_now()))
@@ -360,7 +346,7 @@ impl Notifications {
         };
         // With the invites from other servers in the same span (`true`: such an invite).
         let mut events: Vec<(u64, StreamEntry, bool)> = events.iter().map(|(p, e)| (*p, e.clone(), false)).collect();
-        events.extend(self.remote_invites(since, reached)?.into_iter().map(|(p, e)| (p, e, true)));
+        events.extend(self.rooms.remote_invites_between(since, reached)?.into_iter().map(|(p, e)| (p, e, true)));
         events.sort_by_key(|(p, _, _)| *p);
         let mut batch = Batch::new();
         let mut notified: BTreeMap<OwnedUserId, usize> = BTreeMap::new();

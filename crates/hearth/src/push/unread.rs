@@ -116,7 +116,8 @@ type KeptContext = (Option<u64>, Arc<PushConditionRoomCtx>);
 pub(super) struct UnreadCache {
     tallies: Mutex<HashMap<(OwnedUserId, OwnedRoomId), Tally>>,
     /// The push context of (user, room), with the room state snapshot it was read at.
-    contexts: Mutex<HashMap<(OwnedUserId, OwnedRoomId), KeptContext>>,
+    /// Room → member → context: nested, so that a lookup copies no id.
+    contexts: Mutex<HashMap<OwnedRoomId, HashMap<OwnedUserId, KeptContext>>>,
 }
 
 impl UnreadCache {
@@ -176,15 +177,17 @@ impl UnreadCache {
     /// The room's push context for the user (member count, display name, power levels),
     /// read again only when the room's state has changed.
     pub(super) fn context(&self, rooms: &Rooms, room_id: &RoomId, user: &UserId) -> Result<Arc<PushConditionRoomCtx>> {
-        let snapshot = rooms.heads(room_id)?.snapshot;
-        let key = (user.to_owned(), room_id.to_owned());
-        if let Some((at, ctx)) = self.contexts.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        let snapshot = rooms.snapshot(room_id)?;
+        let contexts = self.contexts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, ctx)) = contexts.get(room_id).and_then(|members| members.get(user)) {
             if *at == snapshot {
                 return Ok(ctx.clone());
             }
         }
+        drop(contexts);
         let ctx = Arc::new(super::room_context(rooms, room_id, user)?);
-        self.contexts.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (snapshot, ctx.clone()));
+        let mut contexts = self.contexts.lock().unwrap_or_else(|e| e.into_inner());
+        contexts.entry(room_id.to_owned()).or_default().insert(user.to_owned(), (snapshot, ctx.clone()));
         Ok(ctx)
     }
 }

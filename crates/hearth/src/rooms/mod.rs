@@ -273,6 +273,9 @@ pub struct Rooms {
     erased: erasure::Erased,
     /// Devices peeking into rooms (MSC2753).
     peeks: peek::Peeks,
+    /// The stream position of the newest invite to a room elsewhere, once read (see
+    /// [`Rooms::remote_invites_between`]).
+    remote_invites_newest: Mutex<Option<u64>>,
 }
 
 impl Rooms {
@@ -304,6 +307,7 @@ impl Rooms {
             heads: Mutex::default(),
             peeks,
             erased,
+            remote_invites_newest: Mutex::default(),
         })
     }
 
@@ -335,6 +339,15 @@ impl Rooms {
         let Some(heads) = ROOM_HEADS.get(&self.store, room_id.as_str())? else { return Ok(RoomHeads::default()) };
         // An append that wrote after this read has put its own heads first: keep those.
         Ok(self.heads.lock().entry(room_id.to_owned()).or_insert(heads).clone())
+    }
+
+    /// The room's current state snapshot: [`Rooms::heads`] without copying its
+    /// extremities (read for every member of every message by push evaluation).
+    pub fn snapshot(&self, room_id: &RoomId) -> Result<Option<u64>> {
+        if let Some(heads) = self.heads.lock().get(room_id) {
+            return Ok(heads.snapshot);
+        }
+        Ok(self.heads(room_id)?.snapshot)
     }
 
     pub fn pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {

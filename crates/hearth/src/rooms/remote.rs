@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    store::{tables, Table},
+    store::{codec::encode_key, tables, KeyRange, Order, Table},
     time::now_millis,
 };
 
@@ -162,11 +162,60 @@ impl Rooms {
                 }
                 Ok(())
             },
-            |_, _| self.members.invalidate_user(&user),
+            |pos, _| {
+                self.members.invalidate_user(&user);
+                if invite {
+                    // Before the position can become durable, so before any follower reads it.
+                    if let Some(newest) = self.remote_invites_newest.lock().as_mut() {
+                        *newest = (*newest).max(pos);
+                    }
+                }
+            },
         )?;
         drop(counters);
         let notifier = self.notifier.clone();
         self.stream.after_durable(pos, move || notifier.notify([&*user], pos))
+    }
+
+    /// The invites of local users to rooms on other servers at stream positions in
+    /// (since, until], oldest first: they are not in the event stream, and the followers
+    /// of the stream (push, application services) read them beside it. The newest one's
+    /// position is kept, so that the followers' every step does not open an iterator on a
+    /// table that is empty on most servers.
+    pub fn remote_invites_between(&self, since: u64, until: u64) -> Result<Vec<(u64, crate::stream::StreamEntry)>> {
+        let newest = {
+            let mut newest = self.remote_invites_newest.lock();
+            match *newest {
+                Some(n) => n,
+                None => {
+                    let mut last = 0;
+                    REMOTE_INVITES_BY_POS.scan_range(
+                        &self.store,
+                        &KeyRange::default(),
+                        Order::Descending,
+                        |pos, _| {
+                            last = pos;
+                            false
+                        },
+                    )?;
+                    *newest = Some(last);
+                    last
+                }
+            }
+        };
+        let mut out = Vec::new();
+        if newest <= since {
+            return Ok(out);
+        }
+        let range = KeyRange {
+            lower: Some(encode_key::<u64>(since.saturating_add(1))),
+            upper: Some(encode_key::<u64>(until.saturating_add(1))),
+        };
+        REMOTE_INVITES_BY_POS.scan_range(&self.store, &range, Order::Ascending, |pos, entry| {
+            out.push((pos, entry));
+            true
+        })?;
+        Ok(out)
     }
 
     /// The stripped state an invite to a room on another server came with.

@@ -38,7 +38,8 @@ pub struct AccountData {
     stream: Arc<Stream>,
     /// (user, type) → stream position of its last change since this process started, so
     /// a cached reading (the push rules) can tell it is current without a database read.
-    changed_at: Mutex<HashMap<(OwnedUserId, String), u64>>,
+    /// User → kind → position: nested, so that a lookup copies no id.
+    changed_at: Mutex<HashMap<OwnedUserId, HashMap<String, u64>>>,
 }
 
 /// What changed for a user: global events and per-room events, as `{type, content}`.
@@ -76,7 +77,7 @@ impl AccountData {
             Ok(())
         })?;
         if room.is_none() {
-            self.changed_at.lock().insert((user.to_owned(), kind.to_owned()), pos);
+            self.changed_at.lock().entry(user.to_owned()).or_default().insert(kind.to_owned(), pos);
         }
         self.stream.notifier.notify([user], pos);
         Ok(())
@@ -85,7 +86,7 @@ impl AccountData {
     /// Stream position of the last change of a global type of the user's account data
     /// since start-up; 0 if it has not changed since.
     pub fn changed_since_start(&self, user: &UserId, kind: &str) -> u64 {
-        self.changed_at.lock().get(&(user.to_owned(), kind.to_owned())).copied().unwrap_or(0)
+        self.changed_at.lock().get(user).and_then(|kinds| kinds.get(kind)).copied().unwrap_or(0)
     }
 
     pub fn get(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>> {
