@@ -42,6 +42,19 @@ pub fn stored_rules(account_data: &AccountData, user: &UserId) -> Result<Map<Str
     Ok(rules::normalized(stored.unwrap_or_else(|| rules::server_default(user))))
 }
 
+/// The class and the fields read of the default rules (of every user who has not changed
+/// theirs), worked out once.
+fn default_class() -> (ClassKey, PushFields) {
+    static DEFAULT: std::sync::OnceLock<(ClassKey, PushFields)> = std::sync::OnceLock::new();
+    DEFAULT
+        .get_or_init(|| {
+            let user = ruma::user_id!("@hearth-default-rules-class:hearth.invalid");
+            let stored = rules::normalized(rules::server_default(user));
+            (class_key(&stored, user), PushFields::of(&rules::default_ruleset(user)))
+        })
+        .clone()
+}
+
 /// The user's ruleset as ruma evaluates it.
 pub fn ruleset(account_data: &AccountData, user: &UserId) -> Result<Ruleset> {
     Ok(rules::to_ruleset(&stored_rules(account_data, user)?))
@@ -168,10 +181,25 @@ impl Push {
                 return Ok(kept.clone());
             }
         }
-        let stored = stored_rules(account_data, user)?;
-        let rules = Arc::new(rules::to_ruleset(&stored));
-        let class = class_key(&stored, user);
-        let fields = PushFields::of(&rules);
+        let own = account_data.get(user, None, "m.push_rules")?.and_then(|c| match c.get("global") {
+            Some(Value::Object(g)) => Some(g.clone()),
+            _ => None,
+        });
+        let (rules, class, fields) = match own {
+            Some(own) => {
+                let stored = rules::normalized(own);
+                let rules = rules::to_ruleset(&stored);
+                let fields = PushFields::of(&rules);
+                (rules, class_key(&stored, user), fields)
+            }
+            // The spec's defaults: the same for every user but for their own identity, so
+            // of one class, reading the same fields.
+            None => {
+                let (class, fields) = default_class();
+                (rules::default_ruleset(user), class, fields)
+            }
+        };
+        let rules = Arc::new(rules);
         let mut rulesets = self.rulesets.lock().unwrap_or_else(|e| e.into_inner());
         // Users with the same fields share one value: events flattened for one of them
         // are kept for all (see `Rooms::page_for_push`).
