@@ -72,6 +72,11 @@ impl EventJson {
         EventJson(serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec()))
     }
 
+    /// JSON text written elsewhere; the caller vouches that it is one JSON value.
+    pub fn from_text(text: Vec<u8>) -> Self {
+        EventJson(text)
+    }
+
     /// The JSON text.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

@@ -160,6 +160,9 @@ pub struct SyncResult {
     pub unused_fallback_key_types: Vec<String>,
     pub presence: Vec<Value>,
     pub account_data: Vec<Value>,
+    /// The default push rules, written, for a first sync of a user who has not changed
+    /// theirs (who has, finds them in `account_data`): listed after `account_data`.
+    pub push_rules: Option<EventJson>,
     pub join: BTreeMap<OwnedRoomId, JoinedRoomSync>,
     pub invite: BTreeMap<OwnedRoomId, Vec<Value>>,
     pub knock: BTreeMap<OwnedRoomId, Vec<Value>>,
@@ -171,6 +174,7 @@ pub struct SyncResult {
 impl SyncResult {
     pub fn is_empty(&self) -> bool {
         self.account_data.is_empty()
+            && self.push_rules.is_none()
             && self.to_device.is_empty()
             && self.device_lists_changed.is_empty()
             && self.device_lists_left.is_empty()
@@ -244,9 +248,14 @@ pub fn assemble(
         Default::default()
     };
     result.account_data = account.global;
-    // A first sync always carries the push rules, defaults included.
-    if (since.is_none() || opts.full_state) && !result.account_data.iter().any(|e| e["type"] == "m.push_rules") {
-        result.account_data.push(crate::push::rules_event(src.account_data, user)?);
+    // A first sync always carries the push rules, defaults included. Stored rules are
+    // among the account data just read (all of it, for such a sync); without them, the
+    // user has the defaults.
+    if (since.is_none() || opts.full_state)
+        && !result.account_data.iter().any(|e| e["type"] == "m.push_rules")
+        && opts.account_data.type_allowed("m.push_rules")
+    {
+        result.push_rules = Some(crate::push::rules::default_rules_event(user));
     }
     result.account_data.retain(|e| opts.account_data.type_allowed(e["type"].as_str().unwrap_or_default()));
     // Everyone sharing a room with the user (and the user), read only when needed.

@@ -97,6 +97,7 @@ fn legacy_options(limit: usize, archived: bool) -> SyncOptions {
 fn flatten(s: &Services, user: &UserId, result: SyncResult) -> Result<Vec<Value>> {
     let mut chunk: Vec<Value> = result.presence.into_iter().map(v1).collect();
     chunk.extend(result.account_data);
+    chunk.extend(result.push_rules.map(|e| e.to_value()));
     for (room_id, room) in result.join {
         chunk.extend(values(&room.timeline).into_iter().map(|e| in_room(e, &room_id)));
         chunk.extend(room.ephemeral.into_iter().map(|e| in_room(e, &room_id)));

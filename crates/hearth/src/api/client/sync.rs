@@ -327,8 +327,22 @@ fn left_room(out: &mut Vec<u8>, r: &LeftRoomSync, account_data: bool) -> Result<
 fn response_json(out: &mut Vec<u8>, result: SyncResult, now: SyncToken, thread_counts: bool) -> Result<()> {
     let mut o = Obj::open(out);
     o.member("next_batch", &now.encode())?;
-    if !result.account_data.is_empty() {
-        events(o.key("account_data")?, &result.account_data)?;
+    if !result.account_data.is_empty() || result.push_rules.is_some() {
+        let out = o.key("account_data")?;
+        out.extend_from_slice(b"{\"events\":[");
+        for (i, e) in result.account_data.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            put(out, e)?;
+        }
+        if let Some(rules) = &result.push_rules {
+            if !result.account_data.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(rules.as_bytes());
+        }
+        out.extend_from_slice(b"]}");
     }
     if !result.presence.is_empty() {
         events(o.key("presence")?, &result.presence)?;
