@@ -61,13 +61,15 @@ impl SyncToken {
 
 /// The services a sync reads from.
 pub struct SyncSources<'a> {
-    pub rooms: &'a Rooms,
+    /// Shared, not only borrowed: an initial sync's unread counting runs on a thread of
+    /// its own (see [`run_counting`]).
+    pub rooms: &'a Arc<Rooms>,
     pub typing: &'a Typing,
-    pub account_data: &'a AccountData,
+    pub account_data: &'a Arc<AccountData>,
     pub presence: &'a Presence,
     pub keys: &'a Keys,
     pub to_device: &'a ToDevice,
-    pub push: &'a crate::push::Push,
+    pub push: &'a Arc<crate::push::Push>,
     /// Member events each device was sent (lazy loading).
     pub lazy: &'a lazy::SentMembers,
 }
@@ -294,158 +296,157 @@ pub fn assemble(
         .collect();
     // The largest part of an initial sync is counting unread events in every joined room
     // (push rules over all the history the user has not read). It needs nothing else the
-    // sync builds, so a second thread starts on it at once, and this one joins in once the
-    // rooms' timelines and state are built. Not when every core already has such a thread.
+    // sync builds, so a counting thread ([`run_counting`]) starts on it at once, and this
+    // one joins in once the rooms' timelines and state are built. Not when every core
+    // already has such a thread at work.
+    let threads = opts.unread_thread_notifications;
     let helper = (since.is_none() && !joined.is_empty()).then(CountingHelper::take).flatten();
-    let next_room = std::sync::atomic::AtomicUsize::new(0);
-    let counted = std::sync::Mutex::new(std::collections::HashMap::new());
-    let count_rooms = || -> Result<()> {
-        while let Some(room) = joined.get(next_room.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
-            let counts =
-                src.push.unread_counts(rooms, src.account_data, room, user, now, opts.unread_thread_notifications)?;
-            counted.lock().unwrap_or_else(|e| e.into_inner()).insert((*room).to_owned(), counts);
+    let helper_done = helper.and_then(|permit| {
+        let counting = Arc::new(Counting {
+            rooms: joined.iter().map(|r| (*r).to_owned()).collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
+            counted: std::sync::Mutex::new(std::collections::HashMap::new()),
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (c, push, rooms, account_data) =
+            (counting.clone(), src.push.clone(), src.rooms.clone(), src.account_data.clone());
+        let user = user.to_owned();
+        let job = Box::new(move || {
+            let counted = c.count(&push, &rooms, &account_data, &user, now, threads);
+            drop(permit);
+            let _ = tx.send(counted);
+        });
+        run_counting(job).then_some((counting, rx))
+    });
+    for (room_id, rec) in memberships.iter() {
+        if rec.stream > now {
+            continue; // Committed after this sync's snapshot of the stream.
         }
-        Ok(())
-    };
-    std::thread::scope(|scope| -> Result<()> {
-        let counting = helper.as_ref().map(|_| scope.spawn(count_rooms));
-        for (room_id, rec) in memberships.iter() {
-            if rec.stream > now {
-                continue; // Committed after this sync's snapshot of the stream.
+        let is_new = since.is_none_or(|s| rec.stream > s);
+        if !opts.rooms.room_allowed(room_id.as_str()) {
+            continue;
+        }
+        let section = SectionContext { rooms, user, opts, viewer, lazy: src.lazy, ignored: &ignored };
+        match rec.membership.as_str() {
+            "join" => {
+                let account_data = room_account.remove(room_id).unwrap_or_default();
+                if !(is_new || opts.full_state || changed.contains(room_id) || !account_data.is_empty()) {
+                    continue;
+                }
+                let room_id = room_id.clone();
+                let eph_since = if is_new || opts.full_state { None } else { since_token };
+                let mut ephemeral = Vec::new();
+                let typing_wanted = opts.ephemeral.type_allowed("m.typing");
+                if let Some(users) =
+                    src.typing.typing_since(&room_id, eph_since.map(|t| t.typing)).filter(|_| typing_wanted)
+                {
+                    ephemeral.push(serde_json::json!({"type": "m.typing", "content": {"user_ids": users}}));
+                }
+                // After `since`, only rooms with a receipt item on the stream have new ones.
+                let receipts_moved = eph_since.is_none()
+                    || items.iter().any(|(_, i)| matches!(i, StreamItem::Receipt { room_id: r } if *r == room_id));
+                if receipts_moved && opts.ephemeral.type_allowed("m.receipt") {
+                    if let Some(receipts) = rooms.receipt_event(&room_id, eph_since.map(|t| t.pos), user)? {
+                        ephemeral.push(receipts);
+                    }
+                }
+                let from = if is_new || opts.full_state { None } else { since };
+                let mut r = section.build(&room_id, from, now)?;
+                // A room joined since the last sync is always `limited`, as Synapse marks
+                // it: the client has no timeline of it to join up with.
+                if is_new && since.is_some() && !r.timeline.is_empty() {
+                    r.limited = true;
+                }
+                let account_data: Vec<Value> = account_data
+                    .into_iter()
+                    .filter(|e| opts.room_account_data.type_allowed(e["type"].as_str().unwrap_or_default()))
+                    .collect();
+                // Nothing left to show after filtering (only an ignored user spoke, say):
+                // the room stays out, as if nothing had happened.
+                let nothing = r.timeline.is_empty() && r.state.is_empty() && ephemeral.is_empty();
+                if from.is_some() && nothing && account_data.is_empty() {
+                    continue;
+                }
+                let (joined_count, invited_count, heroes) = summary(rooms, &room_id, user)?;
+                let unread = match helper_done {
+                    Some(_) => Default::default(), // filled in below
+                    None => src.push.unread_counts(
+                        rooms,
+                        src.account_data,
+                        &room_id,
+                        user,
+                        now,
+                        opts.unread_thread_notifications,
+                    )?,
+                };
+                result.join.insert(
+                    room_id,
+                    JoinedRoomSync {
+                        notification_count: unread.notifications,
+                        highlight_count: unread.highlights,
+                        thread_counts: unread.threads,
+                        ephemeral,
+                        account_data,
+                        timeline: r.timeline,
+                        limited: r.limited,
+                        prev_batch: r.prev_batch,
+                        state: r.state,
+                        heroes,
+                        joined_count,
+                        invited_count,
+                    },
+                );
             }
-            let is_new = since.is_none_or(|s| rec.stream > s);
-            if !opts.rooms.room_allowed(room_id.as_str()) {
-                continue;
+            "invite" if is_new => {
+                let inviter = rooms.pdu(&rec.event_id)?.map(|p| p.sender.to_string());
+                if inviter.is_some_and(|i| ignored.contains(&i)) {
+                    continue; // an invite from someone the user ignores
+                }
+                result.invite.insert(room_id.clone(), invite_state(rooms, room_id, user)?);
             }
-            let section = SectionContext { rooms, user, opts, viewer, lazy: src.lazy, ignored: &ignored };
-            match rec.membership.as_str() {
-                "join" => {
-                    let account_data = room_account.remove(room_id).unwrap_or_default();
-                    if !(is_new || opts.full_state || changed.contains(room_id) || !account_data.is_empty()) {
-                        continue;
-                    }
-                    let room_id = room_id.clone();
-                    let eph_since = if is_new || opts.full_state { None } else { since_token };
-                    let mut ephemeral = Vec::new();
-                    let typing_wanted = opts.ephemeral.type_allowed("m.typing");
-                    if let Some(users) =
-                        src.typing.typing_since(&room_id, eph_since.map(|t| t.typing)).filter(|_| typing_wanted)
-                    {
-                        ephemeral.push(serde_json::json!({"type": "m.typing", "content": {"user_ids": users}}));
-                    }
-                    // After `since`, only rooms with a receipt item on the stream have new ones.
-                    let receipts_moved = eph_since.is_none()
-                        || items.iter().any(|(_, i)| matches!(i, StreamItem::Receipt { room_id: r } if *r == room_id));
-                    if receipts_moved && opts.ephemeral.type_allowed("m.receipt") {
-                        if let Some(receipts) = rooms.receipt_event(&room_id, eph_since.map(|t| t.pos), user)? {
-                            ephemeral.push(receipts);
-                        }
-                    }
-                    let from = if is_new || opts.full_state { None } else { since };
-                    let mut r = section.build(&room_id, from, now)?;
-                    // A room joined since the last sync is always `limited`, as Synapse marks
-                    // it: the client has no timeline of it to join up with.
-                    if is_new && since.is_some() && !r.timeline.is_empty() {
-                        r.limited = true;
-                    }
-                    let account_data: Vec<Value> = account_data
-                        .into_iter()
-                        .filter(|e| opts.room_account_data.type_allowed(e["type"].as_str().unwrap_or_default()))
-                        .collect();
-                    // Nothing left to show after filtering (only an ignored user spoke, say):
-                    // the room stays out, as if nothing had happened.
-                    let nothing = r.timeline.is_empty() && r.state.is_empty() && ephemeral.is_empty();
-                    if from.is_some() && nothing && account_data.is_empty() {
-                        continue;
-                    }
-                    let (joined_count, invited_count, heroes) = summary(rooms, &room_id, user)?;
-                    let unread = match counting {
-                        Some(_) => Default::default(), // filled in below
-                        None => src.push.unread_counts(
-                            rooms,
-                            src.account_data,
-                            &room_id,
-                            user,
-                            now,
-                            opts.unread_thread_notifications,
-                        )?,
-                    };
-                    result.join.insert(
-                        room_id,
-                        JoinedRoomSync {
-                            notification_count: unread.notifications,
-                            highlight_count: unread.highlights,
-                            thread_counts: unread.threads,
-                            ephemeral,
-                            account_data,
-                            timeline: r.timeline,
-                            limited: r.limited,
-                            prev_batch: r.prev_batch,
-                            state: r.state,
-                            heroes,
-                            joined_count,
-                            invited_count,
-                        },
-                    );
-                }
-                "invite" if is_new => {
-                    let inviter = rooms.pdu(&rec.event_id)?.map(|p| p.sender.to_string());
-                    if inviter.is_some_and(|i| ignored.contains(&i)) {
-                        continue; // an invite from someone the user ignores
-                    }
-                    result.invite.insert(room_id.clone(), invite_state(rooms, room_id, user)?);
-                }
-                "knock" if is_new => {
-                    result.knock.insert(room_id.clone(), invite_state(rooms, room_id, user)?);
-                }
-                "leave" | "ban" if (since.is_some() && is_new) || (since.is_none() && opts.include_leave) => {
-                    let until = rec.stream;
-                    // Incremental only from a point where the user was in the room: one who
-                    // joined and left within this batch gets the room's state afresh.
-                    let from = match since {
-                        Some(s) if !opts.full_state && was_joined_at(rooms, room_id, user, s, until)? => Some(s),
-                        _ => None,
-                    };
-                    let r = match rooms.room(room_id)? {
-                        Some(_) => section.build(room_id, from, until)?,
-                        // A room on another server never joined here (an invite rejected or
-                        // withdrawn): its leave is all this server has of it.
-                        None => Section {
-                            timeline: (rooms.pdu_shared(&rec.event_id)?.into_iter())
-                                .map(|leave| rooms.client_event_json(&leave, None, viewer))
-                                .collect(),
-                            limited: false,
-                            prev_batch: None,
-                            state: Vec::new(),
-                        },
-                    };
-                    result.leave.insert(
-                        room_id.clone(),
-                        LeftRoomSync {
-                            timeline: r.timeline,
-                            limited: r.limited,
-                            prev_batch: r.prev_batch,
-                            state: r.state,
-                        },
-                    );
-                }
-                _ => {}
+            "knock" if is_new => {
+                result.knock.insert(room_id.clone(), invite_state(rooms, room_id, user)?);
+            }
+            "leave" | "ban" if (since.is_some() && is_new) || (since.is_none() && opts.include_leave) => {
+                let until = rec.stream;
+                // Incremental only from a point where the user was in the room: one who
+                // joined and left within this batch gets the room's state afresh.
+                let from = match since {
+                    Some(s) if !opts.full_state && was_joined_at(rooms, room_id, user, s, until)? => Some(s),
+                    _ => None,
+                };
+                let r = match rooms.room(room_id)? {
+                    Some(_) => section.build(room_id, from, until)?,
+                    // A room on another server never joined here (an invite rejected or
+                    // withdrawn): its leave is all this server has of it.
+                    None => Section {
+                        timeline: (rooms.pdu_shared(&rec.event_id)?.into_iter())
+                            .map(|leave| rooms.client_event_json(&leave, None, viewer))
+                            .collect(),
+                        limited: false,
+                        prev_batch: None,
+                        state: Vec::new(),
+                    },
+                };
+                result.leave.insert(
+                    room_id.clone(),
+                    LeftRoomSync { timeline: r.timeline, limited: r.limited, prev_batch: r.prev_batch, state: r.state },
+                );
+            }
+            _ => {}
+        }
+    }
+    if let Some((counting, done)) = helper_done {
+        counting.count(src.push, rooms, src.account_data, user, now, threads)?;
+        done.recv().map_err(|_| Error::internal("counting unread events panicked"))??;
+        let mut counts = counting.counted.lock().unwrap_or_else(|e| e.into_inner());
+        for (room_id, sync) in result.join.iter_mut() {
+            if let Some(c) = counts.remove(room_id) {
+                (sync.notification_count, sync.highlight_count, sync.thread_counts) =
+                    (c.notifications, c.highlights, c.threads);
             }
         }
-        if let Some(handle) = counting {
-            count_rooms()?;
-            handle.join().map_err(|_| Error::internal("counting unread events panicked"))??;
-            let mut counts = counted.lock().unwrap_or_else(|e| e.into_inner());
-            for (room_id, sync) in result.join.iter_mut() {
-                if let Some(c) = counts.remove(room_id) {
-                    (sync.notification_count, sync.highlight_count, sync.thread_counts) =
-                        (c.notifications, c.highlights, c.threads);
-                }
-            }
-        }
-        Ok(())
-    })?;
-    drop(helper);
+    }
     // Rooms this device peeks into (MSC2753; see `rooms::peek`): the whole recent room the
     // first time after the peek began, new events after that, as a member's sync shows them.
     for (room_id, start) in rooms.peeks_of(user, device)? {
@@ -495,6 +496,66 @@ pub fn assemble(
         }
     }
     Ok(result)
+}
+
+/// The joined rooms of an initial sync whose unread events are being counted, shared by
+/// the sync's thread and a counting thread: each takes the next room not yet taken.
+struct Counting {
+    rooms: Vec<OwnedRoomId>,
+    next: std::sync::atomic::AtomicUsize,
+    counted: std::sync::Mutex<std::collections::HashMap<OwnedRoomId, crate::push::unread::UnreadCounts>>,
+}
+
+impl Counting {
+    fn count(
+        &self,
+        push: &crate::push::Push,
+        rooms: &Rooms,
+        account_data: &AccountData,
+        user: &UserId,
+        now: u64,
+        threads: bool,
+    ) -> Result<()> {
+        while let Some(room) = self.rooms.get(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+            let counts = push.unread_counts(rooms, account_data, room, user, now, threads)?;
+            self.counted.lock().unwrap_or_else(|e| e.into_inner()).insert(room.clone(), counts);
+        }
+        Ok(())
+    }
+}
+
+/// Work for a counting thread.
+type CountingJob = Box<dyn FnOnce() + Send>;
+
+/// Hands `job` to one of the threads kept for counting initial syncs' unread events (one
+/// per core, started with the first such sync); `false` if they cannot be started. Kept,
+/// not started per sync: a thread's start and end were a tenth of a first sync's CPU.
+fn run_counting(job: CountingJob) -> bool {
+    static POOL: std::sync::OnceLock<Option<std::sync::Mutex<std::sync::mpsc::Sender<CountingJob>>>> =
+        std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<CountingJob>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut started = 0;
+        for _ in 0..cores {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new().name("hearth-counting".into()).spawn(move || loop {
+                let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                match job {
+                    // A panic drops the job's sender: its sync answers with an error.
+                    Ok(job) => drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))),
+                    Err(_) => return,
+                }
+            });
+            started += usize::from(spawned.is_ok());
+        }
+        (started > 0).then(|| std::sync::Mutex::new(tx))
+    });
+    match pool {
+        Some(tx) => tx.lock().unwrap_or_else(|e| e.into_inner()).send(job).is_ok(),
+        None => false,
+    }
 }
 
 /// Initial syncs counting on a second thread right now.
