@@ -120,8 +120,16 @@ async fn edits_and_references_are_bundled(b: Backend) {
             "m.relates_to": {"rel_type": "m.replace", "event_id": original},
         })
     };
-    send(&s, &at, &room, "e1", edit("hello")).await;
-    let newest = send(&s, &at, &room, "e2", edit("hello, all")).await;
+    let first_edit = send(&s, &at, &room, "e1", edit("hello")).await;
+    let second_edit = send(&s, &at, &room, "e2", edit("hello, all")).await;
+    // The newest edit is the one with the later origin_server_ts and, sent in the same
+    // millisecond, the larger event id (spec: "Event replacements").
+    let mut stamped = Vec::new();
+    for id in [&first_edit, &second_edit] {
+        let (_, e) = s.get(&format!("/_matrix/client/v3/rooms/{room}/event/{id}"), Some(&at)).await;
+        stamped.push((e["origin_server_ts"].as_u64().expect("a timestamp"), id.clone(), e["content"].clone()));
+    }
+    let (_, newest, newest_content) = stamped.into_iter().max_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1))).unwrap();
     // Someone else's "edit" is no edit.
     send(&s, &bt, &room, "e3", edit("hijacked")).await;
     let reference = send(
@@ -139,7 +147,7 @@ async fn edits_and_references_are_bundled(b: Backend) {
     let shown = messages["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == original.as_str()).unwrap();
     let relations = &shown["unsigned"]["m.relations"];
     assert_eq!(relations["m.replace"]["event_id"], newest.as_str(), "{shown}");
-    assert_eq!(relations["m.replace"]["content"]["m.new_content"]["body"], "hello, all");
+    assert_eq!(relations["m.replace"]["content"]["m.new_content"]["body"], newest_content["m.new_content"]["body"]);
     assert_eq!(relations["m.reference"]["chunk"], json!([{"event_id": reference}]));
     let (_, context) =
         s.get(&format!("/_matrix/client/v3/rooms/{room}/context/{original}?limit=0"), Some(&fresh)).await;
