@@ -106,6 +106,10 @@ struct Recent {
     capacity: usize,
     events: VecDeque<(u64, StreamEntry)>,
     items: VecDeque<(u64, StreamItem)>,
+    /// The positions in `events` of each room's events, oldest first: a room's events are
+    /// found without walking past every other room's (a first sync in a quiet room behind
+    /// a busy one walked the whole memory for each room).
+    by_room: std::collections::HashMap<OwnedRoomId, VecDeque<u64>>,
 }
 
 /// Where each key (a room, a user) last had some kind of change on the stream, since this
@@ -188,7 +192,18 @@ impl Recent {
     fn reset(&mut self, pos: u64) {
         self.events.clear();
         self.items.clear();
+        self.by_room.clear();
         self.from = pos;
+    }
+
+    /// The event ids at `positions`, which are positions of `events`.
+    fn ids_at(&self, positions: impl Iterator<Item = u64>) -> Vec<(u64, OwnedEventId)> {
+        positions
+            .filter_map(|pos| {
+                let at = self.events.binary_search_by_key(&pos, |(p, _)| *p).ok()?;
+                Some((pos, self.events[at].1.event_id.clone()))
+            })
+            .collect()
     }
 
     fn record(&mut self, pos: u64, logged: Logged) {
@@ -198,6 +213,12 @@ impl Recent {
             return self.reset(pos);
         };
         if let Some(e) = event {
+            match self.by_room.get_mut(&e.room_id) {
+                Some(positions) => positions.push_back(pos),
+                None => {
+                    self.by_room.insert(e.room_id.clone(), VecDeque::from([pos]));
+                }
+            }
             self.events.push_back((pos, e));
         }
         if let Some(i) = item {
@@ -212,7 +233,15 @@ impl Recent {
                 (None, None) => break,
             };
             while self.events.front().is_some_and(|(p, _)| *p <= oldest) {
-                self.events.pop_front();
+                let Some((pos, e)) = self.events.pop_front() else { break };
+                if let Some(positions) = self.by_room.get_mut(&e.room_id) {
+                    while positions.front().is_some_and(|p| *p <= pos) {
+                        positions.pop_front();
+                    }
+                    if positions.is_empty() {
+                        self.by_room.remove(&e.room_id);
+                    }
+                }
             }
             while self.items.front().is_some_and(|(p, _)| *p <= oldest) {
                 self.items.pop_front();
@@ -325,6 +354,7 @@ impl Stream {
                 capacity: RECENT_POSITIONS,
                 events: VecDeque::new(),
                 items: VecDeque::new(),
+                by_room: Default::default(),
             }),
             notifier,
         })
@@ -568,36 +598,23 @@ impl Stream {
         if since < recent.from {
             return None;
         }
-        let start = recent.events.partition_point(|(p, _)| *p <= since);
-        Some(
-            recent
-                .events
-                .range(start..)
-                .take_while(|(p, _)| *p <= until)
-                .filter(|(_, e)| e.room_id == room)
-                .map(|(p, e)| (*p, e.event_id.clone()))
-                .collect(),
-        )
+        let Some(positions) = recent.by_room.get(room) else { return Some(Vec::new()) };
+        let start = positions.partition_point(|p| *p <= since);
+        Some(recent.ids_at(positions.range(start..).copied().take_while(|p| *p <= until)))
     }
 
     /// The newest `count` events of `room` at or before `until`, oldest first, when memory
     /// holds that many of them (`None`: it holds fewer, and older ones may be on disk).
     pub fn room_newest(&self, room: &ruma::RoomId, until: u64, count: usize) -> Option<Vec<(u64, OwnedEventId)>> {
         let recent = self.recent.lock();
-        let end = recent.events.partition_point(|(p, _)| *p <= until);
-        let mut out: Vec<(u64, OwnedEventId)> = recent
-            .events
-            .range(..end)
-            .rev()
-            .filter(|(_, e)| e.room_id == room)
-            .take(count)
-            .map(|(p, e)| (*p, e.event_id.clone()))
-            .collect();
-        if out.len() < count {
-            return None;
-        }
-        out.reverse();
-        Some(out)
+        let positions = match recent.by_room.get(room) {
+            Some(positions) => positions,
+            None if count == 0 => return Some(Vec::new()),
+            None => return None,
+        };
+        let end = positions.partition_point(|p| *p <= until);
+        let start = end.checked_sub(count)?;
+        Some(recent.ids_at(positions.range(start..end).copied()))
     }
 
     /// Non-event items in (since, until], in order.
@@ -747,6 +764,24 @@ mod tests {
                 for count in 1..=3 {
                     if let Some(got) = stream.room_newest(room, until, count) {
                         assert_eq!(got, on_disk(room, until, count), "{room} until {until}, {count}");
+                    }
+                }
+            }
+        }
+        // A room's events in a span, from the per-room index, are the disk's.
+        let from = stream.recent.lock().from;
+        for room in &rooms {
+            for since in 0..=now {
+                for until in [since, since + 2, now] {
+                    let got = stream.room_events(room, since, until);
+                    assert_eq!(got.is_some(), since >= from, "{room} ({since}, {until}]");
+                    let want: Vec<(u64, OwnedEventId)> = from_disk(&store, &EVENT_STREAM, since, until)
+                        .into_iter()
+                        .filter(|(_, e)| e.room_id == *room)
+                        .map(|(p, e)| (p, e.event_id))
+                        .collect();
+                    if let Some(got) = got {
+                        assert_eq!(got, want, "{room} ({since}, {until}]");
                     }
                 }
             }
