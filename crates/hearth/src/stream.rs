@@ -278,11 +278,11 @@ pub async fn with_deferred_durability<F: Future>(handler: F) -> (F::Output, u64)
 }
 
 /// Least time between the starts of two syncs of the syncer thread while writes arrive
-/// side by side ([`Stream::start_syncer`]). A disk sync costs the kernel about 0.1 ms of
-/// CPU whatever it covers. With 21 clients sending at once (`bench/send_cpu.py`) there were
-/// 0.47–0.57 syncs per message without the wait and 0.18 with it: 0.89× the CPU per
-/// message, and the send latency no worse (more requests share each wait). A lone writer
-/// never waits.
+/// side by side, several requests waiting for each sync ([`Stream::start_syncer`]). A
+/// disk sync costs the kernel about 0.1 ms of CPU whatever it covers. With 21 clients
+/// sending at once (`bench/send_cpu.py`) there were 0.47–0.57 syncs per message without
+/// the wait and 0.18 with it: 0.89× the CPU per message, and the send latency no worse
+/// (more requests share each wait). A lone writer never waits.
 const GATHER: Duration = Duration::from_millis(2);
 
 /// [`GATHER`], or `HEARTH_BENCH_SYNC_GATHER_US` microseconds (for the benchmarks that
@@ -325,6 +325,9 @@ pub struct Stream {
     now: AtomicU64,
     /// Syncs made so far (each covers every write before it: the group commit's groups).
     syncs: AtomicU64,
+    /// Requests waiting in [`Stream::wait_durable`] right now: the syncer's sign that
+    /// writes arrive side by side.
+    waiters: std::sync::atomic::AtomicUsize,
     recent: Mutex<Recent>,
     pub notifier: Arc<Notifier>,
 }
@@ -349,6 +352,7 @@ impl Stream {
             durable: Mutex::new(last),
             now: AtomicU64::new(last),
             syncs: AtomicU64::new(0),
+            waiters: Default::default(),
             recent: Mutex::new(Recent {
                 from: last,
                 capacity: RECENT_POSITIONS,
@@ -504,6 +508,14 @@ impl Stream {
     /// started from tokio's blocking pool; the two never sync twice for one position. An
     /// error if a sync failed meanwhile.
     pub async fn wait_durable(self: &Arc<Self>, pos: u64) -> Result<()> {
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiters);
         let mut rx = self.durable_tx.subscribe();
         let failures_before = rx.borrow().1;
         self.kick.kick();
@@ -551,7 +563,7 @@ impl Stream {
         let stream: Weak<Stream> = Arc::downgrade(self);
         let kick = self.kick.clone();
         let gather = gather_spacing();
-        // When the last sync started, and whether it covered writes of several requests.
+        // When the last sync started, and whether several requests waited for it.
         let mut last: Option<(Instant, bool)> = None;
         std::thread::Builder::new().name("hearth-syncer".into()).spawn(move || loop {
             {
@@ -568,17 +580,18 @@ impl Stream {
             if stream.written() <= stream.now() {
                 continue;
             }
-            // Writes arriving side by side (the last sync covered several): wait until
-            // `gather` after the last sync began, so that one sync covers more of them.
-            // A lone writer, or the first write after a quiet spell, is synced at once.
+            // Writes arriving side by side (several requests waited for the last sync):
+            // wait until `gather` after the last sync began, so that one sync covers more
+            // of them. A lone writer (even one request writing several positions, such as
+            // a room's creation), or the first write after a quiet spell, is synced at once.
             if let Some((began, several)) = last {
                 let until = began + gather;
                 if several && !stream.store.sync_is_free() {
                     std::thread::sleep(until.saturating_duration_since(Instant::now()));
                 }
             }
-            let (from, written) = (stream.now(), stream.written());
-            last = Some((Instant::now(), written > from.saturating_add(1)));
+            let written = stream.written();
+            last = Some((Instant::now(), stream.waiters.load(Ordering::Relaxed) > 1));
             if let Err(e) = stream.sync_up_to(written) {
                 tracing::error!(error = %e, "syncing the database failed; writes are not acknowledged");
             }
