@@ -400,6 +400,16 @@ mod tests {
         }
     }
 
+    /// The push follower cuts events down to the stored fields for users whose rules read
+    /// no more (`notifications::flatten_cut`): Hearth's defaults, legacy rules included,
+    /// are such rules.
+    #[test]
+    fn hearth_default_rules_read_within_the_stored_fields() {
+        let user = ruma::user_id!("@a:x.test");
+        let fields = crate::rooms::push_fields::PushFields::of(&default_ruleset(user));
+        assert!(fields.within(crate::rooms::push_fields::PushFields::stored()), "{fields:?}");
+    }
+
     #[test]
     fn default_rules_event_written_from_the_template_is_the_one_built_for_the_user() {
         for user in ["@a:x.test", "@hearth-default-rules-placeholder:elsewhere.test", "@user.name=1_-/:[::1]:8448"] {
