@@ -35,11 +35,15 @@ use crate::{
 /// The user's rules as stored (the `global` scope of `m.push_rules`; the spec's defaults
 /// until they change them), every kind present (see [`rules`]).
 pub fn stored_rules(account_data: &AccountData, user: &UserId) -> Result<Map<String, Value>> {
-    let stored = account_data.get(user, None, "m.push_rules")?.and_then(|c| match c.get("global") {
+    Ok(rules::normalized(own_rules(account_data, user)?.unwrap_or_else(|| rules::server_default(user))))
+}
+
+/// The rules the user stored (the `global` scope of `m.push_rules`), if they changed any.
+fn own_rules(account_data: &AccountData, user: &UserId) -> Result<Option<Map<String, Value>>> {
+    Ok(account_data.get(user, None, "m.push_rules")?.and_then(|c| match c.get("global") {
         Some(Value::Object(g)) => Some(g.clone()),
         _ => None,
-    });
-    Ok(rules::normalized(stored.unwrap_or_else(|| rules::server_default(user))))
+    }))
 }
 
 /// The class and the fields read of the default rules (of every user who has not changed
@@ -181,11 +185,7 @@ impl Push {
                 return Ok(kept.clone());
             }
         }
-        let own = account_data.get(user, None, "m.push_rules")?.and_then(|c| match c.get("global") {
-            Some(Value::Object(g)) => Some(g.clone()),
-            _ => None,
-        });
-        let (rules, class, fields) = match own {
+        let (rules, class, fields) = match own_rules(account_data, user)? {
             Some(own) => {
                 let stored = rules::normalized(own);
                 let rules = rules::to_ruleset(&stored);

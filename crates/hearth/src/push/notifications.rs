@@ -394,11 +394,14 @@ impl Notifications {
             // Cut down to what the default rules read when no recipient's rules read more
             // (most users keep the defaults): flattening the whole event, signatures and
             // all, was a twentieth of a message's CPU.
+            // Each recipient's ruleset, looked up once for this and for the evaluation below.
+            let rulesets = (recipients.iter())
+                .map(|(user, _)| self.push.ruleset(&self.account_data, user))
+                .collect::<Result<Vec<_>>>()?;
             let mut cut = true;
-            let mut judged: Vec<(Arc<crate::rooms::push_fields::PushFields>, bool)> = Vec::new();
-            for (user, _) in &recipients {
-                let (_, _, fields, _) = self.push.ruleset(&self.account_data, user)?;
-                let within = match judged.iter().find(|(f, _)| Arc::ptr_eq(f, &fields)) {
+            let mut judged: Vec<(&Arc<crate::rooms::push_fields::PushFields>, bool)> = Vec::new();
+            for (_, _, fields, _) in &rulesets {
+                let within = match judged.iter().find(|(f, _)| Arc::ptr_eq(f, fields)) {
                     Some((_, within)) => *within,
                     None => {
                         let within = fields.within(crate::rooms::push_fields::PushFields::stored());
@@ -428,8 +431,7 @@ impl Notifications {
             let text = std::cell::OnceCell::new();
             let mut by_class: HashMap<super::ClassKey, Evaluated> = HashMap::new();
             let call_invite = pdu.kind == TimelineEventType::CallInvite;
-            for (user, member) in recipients {
-                let (_, rules, _, class) = self.push.ruleset(&self.account_data, &user)?;
+            for ((user, member), (_, rules, _, class)) in recipients.into_iter().zip(rulesets) {
                 let ctx = match remote_invite {
                     true => Arc::new(invite_context(&entry.room_id, &user)),
                     false => self.push.context(&self.rooms, &entry.room_id, &user)?,

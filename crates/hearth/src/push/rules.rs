@@ -57,7 +57,7 @@ pub fn server_default(user: &UserId) -> Map<String, Value> {
     if template.is_empty() {
         return build_server_default(user);
     }
-    let placeholder_localpart = PLACEHOLDER[1..].split(':').next().unwrap_or_default();
+    let placeholder_localpart = placeholder_localpart();
     let mut rules = template.clone();
     for value in rules.values_mut() {
         fill_in(value, &[(PLACEHOLDER, user.as_str()), (placeholder_localpart, user.localpart())]);
@@ -80,7 +80,7 @@ pub fn default_rules_event(user: &UserId) -> EventJson {
         EventJson::from_value(&json!({"type": "m.push_rules", "content": {"global": rules}}))
     };
     let Some(template) = template else { return written(server_default(user)) };
-    let placeholder_localpart = PLACEHOLDER[1..].split(':').next().unwrap_or_default();
+    let placeholder_localpart = placeholder_localpart();
     let quoted = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let text = template
         .replace(&quoted(PLACEHOLDER), &quoted(user.as_str()))
@@ -95,7 +95,7 @@ pub fn default_ruleset(user: &UserId) -> Ruleset {
     static TEMPLATE: std::sync::OnceLock<Option<Ruleset>> = std::sync::OnceLock::new();
     let template = TEMPLATE.get_or_init(|| UserId::parse(PLACEHOLDER).ok().map(|p| to_ruleset(&server_default(&p))));
     let Some(template) = template else { return to_ruleset(&server_default(user)) };
-    let placeholder_localpart = PLACEHOLDER[1..].split(':').next().unwrap_or_default();
+    let placeholder_localpart = placeholder_localpart();
     let swap = |s: &mut String| {
         if s == PLACEHOLDER {
             *s = user.as_str().to_owned();
@@ -135,6 +135,11 @@ fn swap_scalar(value: &mut ruma::push::ScalarJsonValue, swap: &impl Fn(&mut Stri
 
 /// The user [`server_default`]'s template is built for.
 const PLACEHOLDER: &str = "@hearth-default-rules-placeholder:placeholder.invalid";
+
+/// [`PLACEHOLDER`]'s localpart.
+fn placeholder_localpart() -> &'static str {
+    PLACEHOLDER[1..].split(':').next().unwrap_or_default()
+}
 
 /// Replaces every string equal to a `from` with its `to`.
 fn fill_in(value: &mut Value, pairs: &[(&str, &str)]) {
