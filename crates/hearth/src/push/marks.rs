@@ -136,20 +136,40 @@ pub struct Coverage {
     started: AtomicBool,
     from: AtomicU64,
     to: AtomicU64,
+    /// Where this process's follower started: marks after it were made by this process.
+    started_at: AtomicU64,
+}
+
+/// What [`Coverage`] says at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// Marks cover the stream after this position…
+    pub from: u64,
+    /// …up to this one.
+    pub to: u64,
+    /// The marks after this position were made by this process, with the push rules each
+    /// user had then; a user's rules unchanged since this process started and since an
+    /// event was marked give the same verdict when evaluated again.
+    pub marked_since_start_from: u64,
 }
 
 impl Coverage {
-    /// `(from, to)`, or `None` before the follower has said where it stands.
-    pub fn span(&self) -> Option<(u64, u64)> {
+    /// The span, or `None` before the follower has said where it stands.
+    pub fn span(&self) -> Option<Span> {
         if !self.started.load(Ordering::Acquire) {
             return None;
         }
-        Some((self.from.load(Ordering::Acquire), self.to.load(Ordering::Acquire)))
+        Some(Span {
+            from: self.from.load(Ordering::Acquire),
+            to: self.to.load(Ordering::Acquire),
+            marked_since_start_from: self.started_at.load(Ordering::Acquire),
+        })
     }
 
     pub(super) fn start(&self, from: u64, to: u64) {
         self.from.store(from, Ordering::Release);
         self.to.store(to, Ordering::Release);
+        self.started_at.store(to, Ordering::Release);
         self.started.store(true, Ordering::Release);
     }
 

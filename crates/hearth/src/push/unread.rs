@@ -134,7 +134,7 @@ impl UnreadCache {
         user: &UserId,
         until: u64,
         split_threads: bool,
-        marks: Option<(u64, u64)>,
+        marks: Option<super::marks::Span>,
     ) -> Result<UnreadCounts> {
         let cache_key = (user.to_owned(), room_id.to_owned());
         let cached = {
@@ -223,6 +223,20 @@ struct Verdict {
     highlight: bool,
 }
 
+/// Whether the events in (`counted_to`, `until`] are evaluated whole rather than counted
+/// from the marks and the rest evaluated: when the follower has not reached `until` and
+/// little is to be counted (a wake-up), evaluating those few events reads one range where
+/// marks and then the rest would read two. Only where evaluating again gives what the
+/// marks say: every event in the span was marked by this process (which read the rules
+/// each user had then) after the user's rules last changed (`rules_version`, 0 if not
+/// since start). Marks keep the verdict of the rules of their time: a room muted after a
+/// message and unmuted later must not make that message count.
+fn evaluated_whole(counted_to: u64, until: u64, rules_version: u64, span: super::marks::Span) -> bool {
+    until.saturating_sub(counted_to) <= SHORT_SPAN
+        && span.to < until
+        && counted_to >= rules_version.max(span.marked_since_start_from)
+}
+
 impl Tally {
     /// Counts the events after `counted_to` up to `until`: from the unread marks where they
     /// cover the span (`marks`, see [`super::marks`]), by evaluating the events elsewhere
@@ -235,16 +249,14 @@ impl Tally {
         room_id: &RoomId,
         user: &UserId,
         until: u64,
-        marks: Option<(u64, u64)>,
+        marks: Option<super::marks::Span>,
         context: &dyn Fn() -> Result<Arc<PushConditionRoomCtx>>,
     ) -> Result<Self> {
-        // An empty span when the marks are not known yet, or when the follower has not
-        // reached `until` and little is to be counted (a wake-up): evaluating those few
-        // events reads one range, where marks and then the rest would read two.
-        let short = until.saturating_sub(self.counted_to) <= SHORT_SPAN;
+        // An empty span when the marks are not known yet, or when a short span is
+        // evaluated whole (see `evaluated_whole`).
         let (marks_from, marks_to) = match marks {
-            Some((_, to)) if short && to < until => (u64::MAX, 0),
-            Some(span) => span,
+            Some(span) if evaluated_whole(self.counted_to, until, self.key.0, span) => (u64::MAX, 0),
+            Some(span) => (span.from, span.to),
             None => (u64::MAX, 0),
         };
         while self.counted_to < until {
@@ -385,4 +397,27 @@ pub(super) fn first_match<'a>(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::marks::Span;
+
+    /// Marks cover (100, 150]; this process's follower started at 120.
+    const SPAN: Span = Span { from: 100, to: 150, marked_since_start_from: 120 };
+
+    #[test]
+    fn a_wake_up_evaluates_its_few_events_where_the_marks_would_say_the_same() {
+        assert!(evaluated_whole(140, 160, 0, SPAN), "rules unchanged since start, events marked since");
+        assert!(evaluated_whole(140, 160, 130, SPAN), "rules changed before every event of the span");
+    }
+
+    #[test]
+    fn marks_are_read_where_evaluating_again_could_differ() {
+        assert!(!evaluated_whole(140, 160, 145, SPAN), "rules changed after an event the follower marked");
+        assert!(!evaluated_whole(110, 160, 0, SPAN), "events marked before this process started");
+        assert!(!evaluated_whole(140, 150, 0, SPAN), "the follower has reached the end: marks alone");
+        assert!(!evaluated_whole(140, 140 + SHORT_SPAN + 1, 0, SPAN), "a long span");
+    }
 }
