@@ -23,7 +23,7 @@ use ruma::{
     room_version_rules::RoomPowerLevelsRules,
     Int, OwnedUserId, RoomId, UInt, UserId,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::rooms::push_fields::PushFields;
 use crate::{
@@ -68,11 +68,6 @@ pub fn save_rules(account_data: &AccountData, user: &UserId, rules: Map<String, 
     let mut content = Map::new();
     content.insert("global".into(), Value::Object(rules));
     account_data.set(user, None, "m.push_rules", content)
-}
-
-/// The `m.push_rules` account data event a first sync must carry.
-pub fn rules_event(account_data: &AccountData, user: &UserId) -> Result<Value> {
-    Ok(json!({"type": "m.push_rules", "content": {"global": stored_rules(account_data, user)?}}))
 }
 
 pub(crate) fn int(v: &Value) -> Option<i64> {

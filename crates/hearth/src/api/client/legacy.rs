@@ -294,7 +294,6 @@ async fn initial_sync(
     let opts = legacy_options(limit.max(1), archived);
     let result = assemble(&s.sync_sources(), &caller.user_id, caller.device_id.as_str(), None, now, &opts)?;
     let end = now.encode();
-    let stored_rules = s.account_data.get(&caller.user_id, None, "m.push_rules")?.is_some();
     let mut rooms = Vec::new();
     let mut receipts = Vec::new();
     for (room_id, room) in result.join {
@@ -338,13 +337,10 @@ async fn initial_sync(
         "end": end,
         "rooms": rooms,
         "presence": result.presence.into_iter().map(v1).collect::<Vec<_>>(),
-        // The account data the user stored; /sync's default push rules are not among it
-        // (as on Synapse, whose /initialSync lists only what was stored).
-        "account_data": result
-            .account_data
-            .into_iter()
-            .filter(|e| e["type"] != "m.push_rules" || stored_rules)
-            .collect::<Vec<_>>(),
+        // The account data the user stored. /sync's default push rules come apart
+        // (`SyncResult::push_rules`) and are left out, as on Synapse, whose /initialSync
+        // lists only what was stored.
+        "account_data": result.account_data,
         "receipts": receipts,
     })))
 }

@@ -666,7 +666,7 @@ fn extensions(
         let changes = src.account_data.changes(user, since)?;
         let mut global = changes.global;
         if since.is_none() && !global.iter().any(|e| e["type"] == "m.push_rules") {
-            global.push(crate::push::rules_event(src.account_data, user)?);
+            global.push(crate::push::rules::default_rules_event(user).to_value());
         }
         let mut by_room = changes.rooms;
         // Rooms new to the connection bring all their account data, changed or not.
